@@ -1,0 +1,38 @@
+# quota_ext — PGXS build.  See README.md for the two commands (make demo, make test).
+EXTENSION   = quota_ext
+EXTVERSION  = $(shell sed -n "s/^default_version[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" $(EXTENSION).control)
+
+MODULE_big  = quota_ext
+OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+
+# The install script is assembled from one file per subsystem (sql/install/NN_*.sql),
+# mirroring src/; upgrade scripts quota_ext--A--B.sql are kept as released.
+INSTALL_PARTS = $(sort $(wildcard sql/install/*.sql))
+DATA_built  = sql/$(EXTENSION)--$(EXTVERSION).sql
+DATA        = $(wildcard sql/$(EXTENSION)--*--*.sql)
+
+# pg_regress inputs live in test/sql, isolation specs in test/specs; expected
+# outputs of both in expected/ (test/expected is a symlink to it, because the
+# PostgreSQL 15 pg_regress reads inputs and outputs from one --inputdir).
+REGRESS     = $(patsubst test/sql/%.sql,%,$(sort $(wildcard test/sql/*.sql)))
+REGRESS_OPTS = --inputdir=test --load-extension=$(EXTENSION)
+ISOLATION   = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=test --load-extension=$(EXTENSION)
+
+PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
+EXTRA_CLEAN = sql/$(EXTENSION)--$(EXTVERSION).sql results/ output_iso/ regression.* tmp_check/ log/
+
+PG_CONFIG  ?= pg_config
+PGXS       := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+sql/$(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_PARTS) $(EXTENSION).control
+	cat $(INSTALL_PARTS) > $@
+
+.PHONY: test demo bench
+# The whole suite on throwaway clusters (run as root on a fresh machine: installs what it needs).
+test:
+	test/run
+# The walkthrough (doc/demo.sql) on a throwaway cluster.
+demo:
+	test/demo

@@ -1,0 +1,104 @@
+-- quota_ext install script, assembled from sql/install/*.sql (one file per
+-- subsystem, like src/).  Rules for every part (see doc/design.md):
+--   * fixed schema quota_ext; every name schema-qualified; no OR REPLACE, no
+--     IF NOT EXISTS; SECURITY DEFINER functions pin
+--     search_path = pg_catalog, pg_temp;
+--   * per-tenant tables lead every key with tenant_id, have FORCE ROW LEVEL
+--     SECURITY and no triggers; global catalogs are tiers and models;
+--   * every function is revoked from PUBLIC and granted to quota_ext_app
+--     (hot path) or quota_ext_admin (management);
+--   * every table and sequence is registered with pg_extension_config_dump.
+
+\echo Use "CREATE EXTENSION quota_ext" to load this file. \quit
+
+-- ---------------------------------------------------------------------------
+-- 00 core: install-time checks, roles, the tenant context
+-- ---------------------------------------------------------------------------
+
+-- Refuse a schema prepared by someone else (CVE-2020-14350 class): CREATE
+-- EXTENSION reuses an existing schema named quota_ext, so it must be ours
+-- (owned by the installing superuser) and empty.
+DO $check$
+DECLARE
+	nsp oid := (SELECT n.oid FROM pg_catalog.pg_namespace n
+	             WHERE n.nspname OPERATOR(pg_catalog.=) 'quota_ext');
+BEGIN
+	IF (SELECT n.nspowner FROM pg_catalog.pg_namespace n
+	     WHERE n.oid OPERATOR(pg_catalog.=) nsp)
+	   OPERATOR(pg_catalog.<>) (SELECT r.oid FROM pg_catalog.pg_roles r
+	                             WHERE r.rolname OPERATOR(pg_catalog.=) current_user) THEN
+		RAISE EXCEPTION 'schema "quota_ext" exists and is not owned by the installing role'
+			USING ERRCODE = 'insufficient_privilege',
+			      HINT = 'Drop the schema, or let a superuser own it, before CREATE EXTENSION quota_ext.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.relnamespace OPERATOR(pg_catalog.=) nsp)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc p WHERE p.pronamespace OPERATOR(pg_catalog.=) nsp)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.typnamespace OPERATOR(pg_catalog.=) nsp)
+	   OR EXISTS (SELECT 1 FROM pg_catalog.pg_operator o WHERE o.oprnamespace OPERATOR(pg_catalog.=) nsp)
+	THEN
+		RAISE EXCEPTION 'schema "quota_ext" already contains objects'
+			USING ERRCODE = 'duplicate_object',
+			      HINT = 'CREATE EXTENSION quota_ext needs a new, empty schema.';
+	END IF;
+END
+$check$;
+
+-- The two roles are cluster-wide, so a second database reuses them.  A
+-- pre-existing role is accepted only without dangerous attributes.
+DO $roles$
+DECLARE
+	r text;
+BEGIN
+	FOREACH r IN ARRAY ARRAY['quota_ext_admin', 'quota_ext_app'] LOOP
+		IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_roles a
+		     WHERE a.rolname OPERATOR(pg_catalog.=) r) OPERATOR(pg_catalog.=) 0 THEN
+			EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE', r);
+		ELSIF EXISTS (SELECT 1 FROM pg_catalog.pg_roles a
+		               WHERE a.rolname OPERATOR(pg_catalog.=) r
+		                 AND (a.rolsuper OR a.rolbypassrls)) THEN
+			RAISE EXCEPTION 'role "%" exists with SUPERUSER or BYPASSRLS', r
+				USING ERRCODE = 'insufficient_privilege',
+				      HINT = 'quota_ext_admin and quota_ext_app must not bypass row-level security.';
+		END IF;
+	END LOOP;
+END
+$roles$;
+
+-- An admin can do everything an app can.
+GRANT quota_ext_app TO quota_ext_admin;
+
+GRANT USAGE ON SCHEMA quota_ext TO quota_ext_app, quota_ext_admin;
+
+-- Tenant context (src/context.c).  PARALLEL RESTRICTED: workers do not see
+-- backend memory.
+CREATE FUNCTION quota_ext.current_tenant_id() RETURNS bigint
+	AS 'MODULE_PATHNAME', 'current_tenant_id'
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext.current_tenant_id() IS
+	'The tenant of the current transaction (set by authenticate or set_tenant), or NULL';
+
+CREATE FUNCTION quota_ext.current_context(
+	OUT tenant_id bigint, OUT user_id bigint, OUT key_id bigint, OUT role text)
+	AS 'MODULE_PATHNAME', 'current_context'
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext.current_context() IS
+	'The whole tenant context of the current transaction; all NULL without one';
+
+CREATE FUNCTION quota_ext.set_tenant(tenant_id bigint) RETURNS void
+	AS 'MODULE_PATHNAME', 'set_tenant'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext.set_tenant(bigint) IS
+	'Privileged (quota_ext_admin): make a tenant the context of this transaction';
+
+CREATE FUNCTION quota_ext.clear_tenant() RETURNS void
+	AS 'MODULE_PATHNAME', 'clear_tenant'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext.clear_tenant() IS
+	'Drop the tenant context before the transaction ends';
+
+CREATE FUNCTION quota_ext._check_tenant_access(tenant_id bigint) RETURNS void
+	AS 'MODULE_PATHNAME', 'check_tenant_access'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext._check_tenant_access(bigint) IS
+	'Internal: raise unless the caller may act on this tenant';
+

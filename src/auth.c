@@ -1,0 +1,344 @@
+/*-------------------------------------------------------------------------
+ *
+ * auth.c
+ *		API keys: minting, hashing and quota_ext.authenticate().
+ *
+ * A key reads  qxk_<tenant_id>_<key_id>_<secret>  where <secret> is 32
+ * base62 characters from pg_strong_random (about 190 bits) followed by a
+ * 6-character base62 CRC-32C of everything before it.  The visible part
+ * (qxk_<tenant_id>_<key_id>) is the lookup key and is stored as key_prefix;
+ * the table holds only the SHA-256 of the whole key (PostgreSQL's
+ * cryptohash), compared with timingsafe_bcmp.  The checksum lets malformed
+ * or mistyped keys be refused before any table is read, and lets leaked
+ * strings be recognised by scanners, as GitHub's tokens do.
+ *
+ * Carrying the tenant id in the key means authenticate() reads the key row
+ * by its primary key (tenant_id, key_id): one index probe, and on Citus a
+ * router query to the tenant's shard.
+ *
+ * Every failure (malformed, unknown, wrong secret, revoked, expired, user
+ * disabled, tenant suspended or closed) raises the same error, SQLSTATE
+ * 28000, with the same text, so a caller learns nothing about which case it
+ * was.
+ *
+ * last_used_at is refreshed at most once per quota_ext.key_touch_interval
+ * per key, with SKIP LOCKED so a busy key never queues on its own row, and
+ * never in a read-only transaction: authenticate() is a read on all other
+ * calls.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "quota_ext.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/cryptohash.h"
+#include "common/sha2.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "port/pg_crc32c.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+
+PG_FUNCTION_INFO_V1(authenticate);
+PG_FUNCTION_INFO_V1(api_key_mint);
+
+#define QUOTA_KEY_PREFIX		"qxk_"
+#define QUOTA_KEY_SECRET_LEN	32
+#define QUOTA_KEY_CRC_LEN		6
+#define QUOTA_KEY_MAX_LEN		255
+
+static const char base62[] =
+"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+static int	quota_key_touch_interval = 60;
+
+void
+QuotaAuthInit(void)
+{
+	DefineCustomIntVariable("quota_ext.key_touch_interval",
+							"Seconds between updates of an API key's last_used_at.",
+							"0 updates it on every authenticate().",
+							&quota_key_touch_interval,
+							60, 0, 86400,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+}
+
+static void
+quota_key_crc(const char *s, size_t len, char *out)
+{
+	pg_crc32c	crc;
+	int			i;
+
+	INIT_CRC32C(crc);
+	COMP_CRC32C(crc, s, len);
+	FIN_CRC32C(crc);
+	for (i = QUOTA_KEY_CRC_LEN - 1; i >= 0; i--)
+	{
+		out[i] = base62[crc % 62];
+		crc /= 62;
+	}
+}
+
+static void
+quota_sha256(const char *s, size_t len, uint8 *out)
+{
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+
+	if (ctx == NULL ||
+		pg_cryptohash_init(ctx) < 0 ||
+		pg_cryptohash_update(ctx, (const uint8 *) s, len) < 0 ||
+		pg_cryptohash_final(ctx, out, PG_SHA256_DIGEST_LENGTH) < 0)
+	{
+		pg_cryptohash_free(ctx);
+		elog(ERROR, "could not compute SHA-256");
+	}
+	pg_cryptohash_free(ctx);
+}
+
+static void
+quota_invalid_key(void) pg_attribute_noreturn();
+
+static void
+quota_invalid_key(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+			 errmsg("invalid API key")));
+}
+
+/* parse 1..18 decimal digits without a leading zero; advance *p */
+static bool
+quota_parse_id(const char **p, const char *end, int64 *out)
+{
+	const char *s = *p;
+	int64		v = 0;
+	int			n = 0;
+
+	while (s < end && *s >= '0' && *s <= '9' && n < 19)
+	{
+		v = v * 10 + (*s - '0');
+		s++;
+		n++;
+	}
+	if (n == 0 || n > 18 || **p == '0')
+		return false;
+	*p = s;
+	*out = v;
+	return true;
+}
+
+/*
+ * quota_parse_key
+ *		Check the shape and checksum of a key; on success return the tenant
+ *		and key ids.  Reads no table.
+ */
+static bool
+quota_parse_key(const char *key, size_t len, int64 *tenant_id, int64 *key_id)
+{
+	const char *p = key;
+	const char *end = key + len;
+	const char *secret;
+	char		crc[QUOTA_KEY_CRC_LEN];
+	size_t		i;
+
+	if (len > QUOTA_KEY_MAX_LEN || len < strlen(QUOTA_KEY_PREFIX))
+		return false;
+	if (memcmp(p, QUOTA_KEY_PREFIX, strlen(QUOTA_KEY_PREFIX)) != 0)
+		return false;
+	p += strlen(QUOTA_KEY_PREFIX);
+	if (!quota_parse_id(&p, end, tenant_id) || p >= end || *p++ != '_')
+		return false;
+	if (!quota_parse_id(&p, end, key_id) || p >= end || *p++ != '_')
+		return false;
+	secret = p;
+	if (end - secret != QUOTA_KEY_SECRET_LEN + QUOTA_KEY_CRC_LEN)
+		return false;
+	for (i = 0; i < QUOTA_KEY_SECRET_LEN + QUOTA_KEY_CRC_LEN; i++)
+		if (strchr(base62, secret[i]) == NULL || secret[i] == '\0')
+			return false;
+	quota_key_crc(key, len - QUOTA_KEY_CRC_LEN, crc);
+	return memcmp(crc, end - QUOTA_KEY_CRC_LEN, QUOTA_KEY_CRC_LEN) == 0;
+}
+
+/*
+ * quota_ext._api_key_mint(tenant_id bigint, key_id bigint)
+ *		RETURNS (api_key text, key_prefix text, key_hash bytea)
+ *
+ * Internal (no EXECUTE for anyone but the owner): make a new key for the
+ * given ids.  The caller stores prefix and hash and shows api_key once.
+ */
+Datum
+api_key_mint(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+	char		prefix[64];
+	char		key[QUOTA_KEY_MAX_LEN + 1];
+	size_t		plen;
+	size_t		len;
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	bytea	   *hash;
+	int			i;
+
+	QuotaArgNotNull(fcinfo, 0, "tenant_id");
+	QuotaArgNotNull(fcinfo, 1, "key_id");
+	if (PG_GETARG_INT64(0) <= 0 || PG_GETARG_INT64(1) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tenant and key ids must be positive")));
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	plen = snprintf(prefix, sizeof(prefix), QUOTA_KEY_PREFIX "%lld_%lld",
+					(long long) PG_GETARG_INT64(0), (long long) PG_GETARG_INT64(1));
+	memcpy(key, prefix, plen);
+	key[plen] = '_';
+	len = plen + 1;
+	for (i = 0; i < QUOTA_KEY_SECRET_LEN;)
+	{
+		uint8		buf[64];
+		int			j;
+
+		if (!pg_strong_random(buf, sizeof(buf)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate random API key")));
+		/* rejection sampling keeps the alphabet uniform */
+		for (j = 0; j < (int) sizeof(buf) && i < QUOTA_KEY_SECRET_LEN; j++)
+			if (buf[j] < 248)
+				key[len + i++] = base62[buf[j] % 62];
+	}
+	len += QUOTA_KEY_SECRET_LEN;
+	quota_key_crc(key, len, key + len);
+	len += QUOTA_KEY_CRC_LEN;
+	key[len] = '\0';
+
+	quota_sha256(key, len, digest);
+	hash = (bytea *) palloc(VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
+	SET_VARSIZE(hash, VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
+	memcpy(VARDATA(hash), digest, PG_SHA256_DIGEST_LENGTH);
+
+	values[0] = CStringGetTextDatum(key);
+	values[1] = CStringGetTextDatum(prefix);
+	values[2] = PointerGetDatum(hash);
+	explicit_bzero(key, sizeof(key));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  values, nulls)));
+}
+
+/*
+ * quota_ext.authenticate(api_key text)
+ *		RETURNS (tenant_id bigint, user_id bigint, role text)
+ *
+ * Check the key and make its tenant the context of this transaction.
+ */
+Datum
+authenticate(PG_FUNCTION_ARGS)
+{
+	static QuotaPlan lookup = {
+		"SELECT k.key_hash, k.user_id, u.role, "
+		"       (k.last_used_at IS NULL OR k.last_used_at OPERATOR(pg_catalog.<) "
+		"          (pg_catalog.now() OPERATOR(pg_catalog.-) "
+		"           pg_catalog.make_interval(0, 0, 0, 0, 0, 0, $3))) AS touch "
+		"FROM quota_ext.api_keys k "
+		"JOIN quota_ext.users u ON u.tenant_id OPERATOR(pg_catalog.=) k.tenant_id "
+		"                      AND u.user_id OPERATOR(pg_catalog.=) k.user_id "
+		"JOIN quota_ext.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) k.tenant_id "
+		"WHERE k.tenant_id OPERATOR(pg_catalog.=) $1 "
+		"  AND k.key_id OPERATOR(pg_catalog.=) $2 "
+		"  AND k.revoked_at IS NULL "
+		"  AND (k.expires_at IS NULL OR k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()) "
+		"  AND u.status OPERATOR(pg_catalog.=) 'active' "
+		"  AND t.status OPERATOR(pg_catalog.=) 'active'",
+		3, {INT8OID, INT8OID, FLOAT8OID}
+	};
+	static QuotaPlan touch = {
+		"UPDATE quota_ext.api_keys k SET last_used_at = pg_catalog.now() "
+		"FROM (SELECT tenant_id, key_id FROM quota_ext.api_keys "
+		"      WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
+		"        AND key_id OPERATOR(pg_catalog.=) $2 "
+		"      FOR NO KEY UPDATE SKIP LOCKED) s "
+		"WHERE k.tenant_id OPERATOR(pg_catalog.=) s.tenant_id "
+		"  AND k.key_id OPERATOR(pg_catalog.=) s.key_id",
+		2, {INT8OID, INT8OID}
+	};
+	static const uint8 dummy[PG_SHA256_DIGEST_LENGTH];
+	text	   *keytext;
+	const char *key;
+	size_t		len;
+	int64		tenant_id = 0;
+	int64		key_id = 0;
+	int64		user_id = 0;
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	const uint8 *stored = dummy;
+	char		role[QUOTA_MAX_ROLE_LEN + 1] = "";
+	bool		ok = false;
+	bool		do_touch = false;
+	QuotaSpiState spi;
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	QuotaArgNotNull(fcinfo, 0, "api_key");
+	keytext = PG_GETARG_TEXT_PP(0);
+	key = VARDATA_ANY(keytext);
+	len = VARSIZE_ANY_EXHDR(keytext);
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	if (!quota_parse_key(key, len, &tenant_id, &key_id))
+		quota_invalid_key();
+	quota_sha256(key, len, digest);
+
+	QuotaSpiBegin(&spi);
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(key_id);
+	values[2] = Float8GetDatum((double) quota_key_touch_interval);
+	QuotaSpiExec(&lookup, values, NULL, false, 1);
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		bytea	   *h;
+		char	   *r;
+
+		h = DatumGetByteaPP(SPI_getbinval(tup, desc, 1, &isnull));
+		if (!isnull && VARSIZE_ANY_EXHDR(h) == PG_SHA256_DIGEST_LENGTH)
+		{
+			stored = (const uint8 *) VARDATA_ANY(h);
+			ok = true;
+		}
+		user_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		r = SPI_getvalue(tup, desc, 3);
+		if (r)
+			strlcpy(role, r, sizeof(role));
+		do_touch = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+	}
+	/* always compare, so a missing row costs the same as a wrong secret */
+	if (timingsafe_bcmp(digest, stored, PG_SHA256_DIGEST_LENGTH) != 0)
+		ok = false;
+
+	if (ok && do_touch && !XactReadOnly && !RecoveryInProgress())
+	{
+		values[0] = Int64GetDatum(tenant_id);
+		values[1] = Int64GetDatum(key_id);
+		QuotaSpiExec(&touch, values, NULL, false, 0);
+	}
+	QuotaSpiEnd(&spi);
+
+	if (!ok)
+		quota_invalid_key();
+
+	QuotaContextSet(tenant_id, user_id, key_id, role);
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(user_id);
+	values[2] = CStringGetTextDatum(role);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  values, nulls)));
+}
