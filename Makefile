@@ -23,8 +23,16 @@ PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializer
 EXTRA_CLEAN = sql/$(EXTENSION)--$(EXTVERSION).sql results/ output_iso/ regression.* tmp_check/ log/
 
 PG_CONFIG  ?= pg_config
-PGXS       := $(shell $(PG_CONFIG) --pgxs)
+PGXS       := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+ifneq ($(wildcard $(PGXS)),)
 include $(PGXS)
+else
+# A fresh machine has no server headers yet: `make test` and `make demo`
+# install them (as root) before building.
+all install installcheck:
+	@echo "PostgreSQL server headers not found: apt-get install postgresql-server-dev-15," \
+	      "or run 'make test' / 'make demo' as root, which install them" >&2; exit 1
+endif
 
 sql/$(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_PARTS) $(EXTENSION).control
 	cat $(INSTALL_PARTS) > $@

@@ -1,0 +1,82 @@
+# test/lib.sh — shared by test/run, test/demo and bench/run.
+# Throwaway clusters, dependency installation and privilege handling.
+
+PG_MAJOR=${PG_MAJOR:-15}
+PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+export PATH="$PG_BIN:$PATH"
+
+# Debian packages each entry point needs (installed when running as root).
+QUOTA_BUILD_PKGS="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR make gcc"
+QUOTA_TEST_PKGS="postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl libipc-run-perl"
+
+log() { printf '== %s\n' "$*" >&2; }
+
+# ensure_pkgs PKG...: install the missing ones (root only; once per run).
+ensure_pkgs() {
+	local missing=() p
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	if [ "$(id -u)" -ne 0 ]; then
+		log "missing packages: ${missing[*]} (run as root to install them)"
+		return 1
+	fi
+	log "installing ${missing[*]}"
+	if [ -z "${QUOTA_APT_UPDATED:-}" ]; then
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || return 1
+		export QUOTA_APT_UPDATED=1
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# build_and_install: compile (warnings are errors here) and install.
+build_and_install() {
+	local top=$1
+	log "building and installing quota_ext"
+	make -C "$top" -s PG_CONFIG="$PG_BIN/pg_config" >/dev/null || return 1
+	if [ "$(id -u)" -eq 0 ]; then
+		make -C "$top" -s install PG_CONFIG="$PG_BIN/pg_config" >/dev/null || return 1
+	else
+		make -C "$top" -s install PG_CONFIG="$PG_BIN/pg_config" >/dev/null 2>&1 ||
+			{ log "make install failed: run as root"; return 1; }
+	fi
+}
+
+# as_unprivileged CMD...: initdb refuses root, so clusters run as postgres.
+as_unprivileged() {
+	if [ "$(id -u)" -eq 0 ]; then
+		runuser -u postgres -- env PATH="$PATH" CI="${CI:-}" QUOTA_SOAK="${QUOTA_SOAK:-}" "$@"
+	else
+		"$@"
+	fi
+}
+
+# cluster_start DIR PORT [extra conf lines]: a throwaway cluster with the
+# library preloaded, listening only on a Unix socket in DIR.
+cluster_start() {
+	local dir=$1 port=$2
+	shift 2
+	initdb -D "$dir/data" -A trust -U postgres --no-sync >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log"; return 1; }
+	cat >>"$dir/data/postgresql.conf" <<CONF
+listen_addresses = ''
+port = $port
+unix_socket_directories = '$dir'
+shared_preload_libraries = 'quota_ext'
+max_prepared_transactions = 10
+fsync = off
+CONF
+	local line
+	for line in "$@"; do echo "$line" >>"$dir/data/postgresql.conf"; done
+	pg_ctl -D "$dir/data" -l "$dir/server.log" -w start >/dev/null || { cat "$dir/server.log"; return 1; }
+	export PGHOST=$dir PGPORT=$port PGUSER=postgres
+}
+
+cluster_stop() {
+	pg_ctl -D "$1/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# free_port: a port nobody listens on (Unix sockets, so only our dirs matter).
+free_port() {
+	echo $((20000 + ($$ % 20000) + RANDOM % 1000))
+}
