@@ -67,6 +67,10 @@ extern void QuotaRaiseUnknownTenant(int64 tenant_id) pg_attribute_noreturn();
 /* auth.c: API keys */
 extern void QuotaAuthInit(void);
 
+/* ratelimit.c / gcra.c: rate limits (GCRA in shared memory) */
+
+/* quota.c: policies, quotas, consumption */
+
 /* argument helpers (quota_ext.c) */
 extern void QuotaArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name);
 
