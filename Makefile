@@ -44,3 +44,6 @@ test:
 # The walkthrough (doc/demo.sql) on a throwaway cluster.
 demo:
 	test/demo
+
+# Every object depends on the shared headers.
+$(OBJS): src/quota_ext.h src/compat.h

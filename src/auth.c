@@ -231,13 +231,12 @@ api_key_mint(PG_FUNCTION_ARGS)
 }
 
 /*
- * quota_ext.authenticate(api_key text)
- *		RETURNS (tenant_id bigint, user_id bigint, role text)
- *
- * Check the key and make its tenant the context of this transaction.
+ * QuotaAuthenticate
+ *		Check a key and make its tenant the context of this transaction
+ *		(see QuotaContextGet for the result).  Raises 28000 on any failure.
  */
-Datum
-authenticate(PG_FUNCTION_ARGS)
+void
+QuotaAuthenticate(text *keytext)
 {
 	static QuotaPlan lookup = {
 		"SELECT k.key_hash, k.user_id, u.role, "
@@ -267,9 +266,8 @@ authenticate(PG_FUNCTION_ARGS)
 		2, {INT8OID, INT8OID}
 	};
 	static const uint8 dummy[PG_SHA256_DIGEST_LENGTH];
-	text	   *keytext;
-	const char *key;
-	size_t		len;
+	const char *key = VARDATA_ANY(keytext);
+	size_t		len = VARSIZE_ANY_EXHDR(keytext);
 	int64		tenant_id = 0;
 	int64		key_id = 0;
 	int64		user_id = 0;
@@ -279,16 +277,7 @@ authenticate(PG_FUNCTION_ARGS)
 	bool		ok = false;
 	bool		do_touch = false;
 	QuotaSpiState spi;
-	TupleDesc	tupdesc;
 	Datum		values[3];
-	bool		nulls[3] = {false, false, false};
-
-	QuotaArgNotNull(fcinfo, 0, "api_key");
-	keytext = PG_GETARG_TEXT_PP(0);
-	key = VARDATA_ANY(keytext);
-	len = VARSIZE_ANY_EXHDR(keytext);
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
 
 	if (!quota_parse_key(key, len, &tenant_id, &key_id))
 		quota_invalid_key();
@@ -335,10 +324,30 @@ authenticate(PG_FUNCTION_ARGS)
 		quota_invalid_key();
 
 	QuotaContextSet(tenant_id, user_id, key_id, role);
+}
 
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(user_id);
-	values[2] = CStringGetTextDatum(role);
+/*
+ * quota_ext.authenticate(api_key text)
+ *		RETURNS (tenant_id bigint, user_id bigint, role text)
+ *
+ * Check the key and make its tenant the context of this transaction.
+ */
+Datum
+authenticate(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+	const QuotaContext *ctx;
+
+	QuotaArgNotNull(fcinfo, 0, "api_key");
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	QuotaAuthenticate(PG_GETARG_TEXT_PP(0));
+	ctx = QuotaContextGet();
+	values[0] = Int64GetDatum(ctx->tenant_id);
+	values[1] = Int64GetDatum(ctx->user_id);
+	values[2] = CStringGetTextDatum(ctx->role);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
 													  values, nulls)));
 }

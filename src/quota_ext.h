@@ -15,6 +15,7 @@
 
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "datatype/timestamp.h"
 
 #define QUOTA_SCHEMA		"quota_ext"
 #define QUOTA_ADMIN_ROLE	"quota_ext_admin"
@@ -29,7 +30,7 @@ typedef struct QuotaPlan
 {
 	const char *sql;			/* fully qualified query text */
 	int			nargs;
-	Oid			argtypes[8];
+	Oid			argtypes[16];
 	SPIPlanPtr	plan;			/* kept plan, prepared on first use */
 } QuotaPlan;
 
@@ -66,10 +67,41 @@ extern void QuotaRaiseUnknownTenant(int64 tenant_id) pg_attribute_noreturn();
 
 /* auth.c: API keys */
 extern void QuotaAuthInit(void);
+extern void QuotaAuthenticate(text *api_key);
 
 /* ratelimit.c / gcra.c: rate limits (GCRA in shared memory) */
 
-/* quota.c: policies, quotas, consumption */
+/* period.c: calendar periods in the tenant's time zone */
+typedef enum QuotaPeriod
+{
+	QUOTA_PERIOD_MINUTE,
+	QUOTA_PERIOD_HOUR,
+	QUOTA_PERIOD_DAY,
+	QUOTA_PERIOD_WEEK,
+	QUOTA_PERIOD_MONTH,
+	QUOTA_PERIOD_YEAR,
+	QUOTA_PERIOD_LIFETIME
+} QuotaPeriod;
+
+extern int	QuotaPeriodParse(const char *s);
+extern const char *QuotaPeriodName(QuotaPeriod p);
+extern void QuotaPeriodBounds(QuotaPeriod p, text *tz, TimestampTz at,
+							  TimestampTz *start, TimestampTz *end);
+
+/* policy.c: model resolution and access policies */
+typedef struct QuotaPolicyResult
+{
+	bool		tenant_found;
+	bool		tenant_active;
+	char	   *timezone;		/* valid until QuotaSpiEnd */
+	int64		model_id;		/* 0 when the name means no model */
+	bool		allowed;
+} QuotaPolicyResult;
+
+extern void QuotaPolicyEvaluate(int64 tenant_id, const char *model,
+								const char *role, QuotaPolicyResult *out);
+
+/* quota.c: quotas, consumption, reservations */
 
 /* argument helpers (quota_ext.c) */
 extern void QuotaArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name);

@@ -247,6 +247,7 @@ BEGIN
 	END;
 	PERFORM quota_ext._audit(t.tenant_id, 'tenant_create', 'tenant', t.tenant_id::text,
 	                         NULL, to_jsonb(t));
+	PERFORM quota_ext._tier_quotas_sync(t.tenant_id);
 	RETURN t.tenant_id;
 END
 $$;
@@ -302,6 +303,9 @@ BEGIN
 	END;
 	PERFORM quota_ext._audit(old.tenant_id, 'tenant_update', 'tenant', old.tenant_id::text,
 	                         to_jsonb(old), to_jsonb(new));
+	IF new.tier <> old.tier THEN
+		PERFORM quota_ext._tier_quotas_sync(old.tenant_id);
+	END IF;
 END
 $$;
 COMMENT ON FUNCTION quota_ext.tenant_update(bigint, text, text, text, jsonb, jsonb) IS

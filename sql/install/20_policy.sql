@@ -1,0 +1,224 @@
+
+-- ---------------------------------------------------------------------------
+-- 20 policies: which models a tenant (and which of its roles) may use
+-- (src/policy.c evaluates them)
+-- ---------------------------------------------------------------------------
+
+CREATE SEQUENCE quota_ext.policy_id_seq;
+
+CREATE INDEX models_name ON quota_ext.models (name);
+
+-- A tenant-owned model shared with another tenant.  The owner grants; the
+-- grantee still needs its own allow policy.
+CREATE TABLE quota_ext.model_shares (
+	tenant_id   bigint NOT NULL REFERENCES quota_ext.tenants (tenant_id),
+	model_id    bigint NOT NULL REFERENCES quota_ext.models (model_id),
+	granted_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (tenant_id, model_id)
+);
+COMMENT ON TABLE quota_ext.model_shares IS
+	'Models owned by one tenant and shared with another (tenant_id is the grantee)';
+
+-- model_pattern is a model name, or a prefix ending in "*" ("gpt-4*").
+-- An exact policy wins over patterns; among patterns the longest wins.
+CREATE TABLE quota_ext.policies (
+	tenant_id     bigint NOT NULL REFERENCES quota_ext.tenants (tenant_id),
+	policy_id     bigint NOT NULL DEFAULT pg_catalog.nextval('quota_ext.policy_id_seq'),
+	model_pattern text NOT NULL,
+	is_prefix     boolean NOT NULL,
+	allowed       boolean NOT NULL,
+	roles_allowed text[],
+	created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	updated_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (tenant_id, policy_id),
+	UNIQUE (tenant_id, model_pattern)
+);
+COMMENT ON TABLE quota_ext.policies IS
+	'Per-tenant model access policies; no matching policy means deny';
+
+-- Resolve a model name for a tenant: its own model of that name, else a
+-- global one, else one shared with it.  Used by policy_set and the views;
+-- src/policy.c runs the same query as a kept plan.
+CREATE FUNCTION quota_ext._model_resolve(tenant_id bigint, model text) RETURNS bigint
+	LANGUAGE sql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+	SELECT m.model_id FROM quota_ext.models m
+	 WHERE m.name = $2 AND m.status = 'active'
+	   AND (m.owner_tenant_id IS NULL OR m.owner_tenant_id = $1
+	        OR EXISTS (SELECT 1 FROM quota_ext.model_shares s
+	                    WHERE s.tenant_id = $1 AND s.model_id = m.model_id))
+	 ORDER BY (m.owner_tenant_id = $1) DESC NULLS LAST, m.owner_tenant_id NULLS FIRST, m.model_id
+	 LIMIT 1
+	$$;
+COMMENT ON FUNCTION quota_ext._model_resolve(bigint, text) IS
+	'Internal: the model a name means for a tenant (own, then global, then shared)';
+
+CREATE FUNCTION quota_ext.model_share(owner_tenant_id bigint, model text, grantee_tenant_id bigint)
+	RETURNS void
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	mid bigint;
+BEGIN
+	IF model IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
+	PERFORM quota_ext._tenant_for_update(owner_tenant_id);
+	IF grantee_tenant_id IS NULL THEN PERFORM quota_ext._null_arg('grantee_tenant_id'); END IF;
+	SELECT m.model_id INTO mid FROM quota_ext.models m
+	 WHERE m.owner_tenant_id = model_share.owner_tenant_id AND m.name = model_share.model;
+	IF mid IS NULL THEN
+		RAISE EXCEPTION 'model "%" does not exist', left(model, 200) USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = grantee_tenant_id;
+	IF NOT FOUND OR grantee_tenant_id = owner_tenant_id THEN
+		RAISE EXCEPTION 'tenant % does not exist', grantee_tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
+	INSERT INTO quota_ext.model_shares (tenant_id, model_id) VALUES (grantee_tenant_id, mid)
+	ON CONFLICT DO NOTHING;
+	IF FOUND THEN
+		PERFORM quota_ext._audit(owner_tenant_id, 'model_share', 'model', mid::text, NULL,
+		                         jsonb_build_object('grantee_tenant_id', grantee_tenant_id));
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.model_share(bigint, text, bigint) IS
+	'Share a model owned by one tenant with another; the grantee still needs an allow policy';
+
+CREATE FUNCTION quota_ext.model_unshare(owner_tenant_id bigint, model text, grantee_tenant_id bigint)
+	RETURNS void
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	mid bigint;
+BEGIN
+	IF model IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
+	IF grantee_tenant_id IS NULL THEN PERFORM quota_ext._null_arg('grantee_tenant_id'); END IF;
+	PERFORM quota_ext._tenant_for_update(owner_tenant_id);
+	SELECT m.model_id INTO mid FROM quota_ext.models m
+	 WHERE m.owner_tenant_id = model_unshare.owner_tenant_id AND m.name = model_unshare.model;
+	DELETE FROM quota_ext.model_shares s WHERE s.tenant_id = grantee_tenant_id AND s.model_id = mid;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'model "%" is not shared with tenant %', left(model, 200), grantee_tenant_id
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM quota_ext._audit(owner_tenant_id, 'model_unshare', 'model', mid::text,
+	                         jsonb_build_object('grantee_tenant_id', grantee_tenant_id), NULL);
+END
+$$;
+COMMENT ON FUNCTION quota_ext.model_unshare(bigint, text, bigint) IS 'Withdraw a model share';
+
+CREATE FUNCTION quota_ext.policy_set(tenant_id bigint, model text, allowed boolean,
+	roles_allowed text[] DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	t quota_ext.tenants := quota_ext._tenant_for_update(policy_set.tenant_id);
+	old quota_ext.policies;
+	new quota_ext.policies;
+	prefix boolean;
+	r text;
+BEGIN
+	PERFORM quota_ext._check_label('model', policy_set.model, 200);
+	IF policy_set.allowed IS NULL THEN PERFORM quota_ext._null_arg('allowed'); END IF;
+	prefix := right(policy_set.model, 1) = '*';
+	IF prefix AND (length(policy_set.model) = 1 OR strpos(left(policy_set.model, -1), '*') > 0) THEN
+		RAISE EXCEPTION 'invalid model pattern "%"', policy_set.model
+			USING ERRCODE = 'invalid_parameter_value',
+			      HINT = 'A pattern is a model name prefix followed by one "*", as in gpt-4*.';
+	END IF;
+	IF NOT prefix AND quota_ext._model_resolve(t.tenant_id, policy_set.model) IS NULL THEN
+		RAISE EXCEPTION 'model "%" does not exist', policy_set.model USING ERRCODE = 'undefined_object';
+	END IF;
+	IF policy_set.roles_allowed IS NOT NULL THEN
+		IF array_ndims(policy_set.roles_allowed) > 1 THEN
+			RAISE EXCEPTION 'roles_allowed must be a one-dimensional array' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		FOREACH r IN ARRAY policy_set.roles_allowed LOOP
+			PERFORM quota_ext._check_role(r);
+		END LOOP;
+	END IF;
+	SELECT * INTO old FROM quota_ext.policies
+	 WHERE tenant_id = t.tenant_id AND model_pattern = policy_set.model FOR UPDATE;
+	INSERT INTO quota_ext.policies (tenant_id, model_pattern, is_prefix, allowed, roles_allowed)
+	VALUES (t.tenant_id, policy_set.model, prefix, policy_set.allowed, policy_set.roles_allowed)
+	ON CONFLICT (tenant_id, model_pattern) DO UPDATE
+	   SET allowed = EXCLUDED.allowed, roles_allowed = EXCLUDED.roles_allowed, updated_at = now()
+	RETURNING * INTO new;
+	PERFORM quota_ext._audit(t.tenant_id, 'policy_set', 'policy', new.policy_id::text,
+	                         to_jsonb(old), to_jsonb(new));
+	RETURN new.policy_id;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.policy_set(bigint, text, boolean, text[]) IS
+	'Allow or deny a model (or a "prefix*" pattern) for a tenant, optionally only for some roles';
+
+CREATE FUNCTION quota_ext.policy_delete(tenant_id bigint, model text) RETURNS void
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	t quota_ext.tenants := quota_ext._tenant_for_update(policy_delete.tenant_id);
+	old quota_ext.policies;
+BEGIN
+	IF policy_delete.model IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
+	DELETE FROM quota_ext.policies
+	 WHERE tenant_id = t.tenant_id AND model_pattern = policy_delete.model
+	RETURNING * INTO old;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'policy for model "%" does not exist', left(policy_delete.model, 200)
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM quota_ext._audit(t.tenant_id, 'policy_delete', 'policy', old.policy_id::text,
+	                         to_jsonb(old), NULL);
+END
+$$;
+COMMENT ON FUNCTION quota_ext.policy_delete(bigint, text) IS
+	'Remove a policy: the model falls back to a matching pattern, or to deny';
+
+CREATE FUNCTION quota_ext.policy_check(tenant_id bigint, model text, role text DEFAULT NULL)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'policy_check'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext.policy_check(bigint, text, text) IS
+	'May this tenant (and role; NULL = the authenticated user''s role) use this model?  Default deny';
+
+-- security of this section
+ALTER TABLE quota_ext.policies ENABLE ROW LEVEL SECURITY;
+ALTER TABLE quota_ext.policies FORCE ROW LEVEL SECURITY;
+ALTER TABLE quota_ext.model_shares ENABLE ROW LEVEL SECURITY;
+ALTER TABLE quota_ext.model_shares FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON quota_ext.policies TO quota_ext_app
+	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
+	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+CREATE POLICY admin_read ON quota_ext.policies FOR SELECT TO quota_ext_admin
+	USING (quota_ext.current_tenant_id() IS NULL
+	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+CREATE POLICY tenant_isolation ON quota_ext.model_shares TO quota_ext_app
+	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
+	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+CREATE POLICY admin_read ON quota_ext.model_shares FOR SELECT TO quota_ext_admin
+	USING (quota_ext.current_tenant_id() IS NULL
+	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+-- a tenant also sees the models shared with it
+CREATE POLICY shared_models ON quota_ext.models FOR SELECT TO quota_ext_app
+	USING (EXISTS (SELECT 1 FROM quota_ext.model_shares s
+	                WHERE s.tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()
+	                  AND s.model_id OPERATOR(pg_catalog.=) models.model_id));
+
+GRANT SELECT ON quota_ext.policies, quota_ext.model_shares TO quota_ext_app;
+GRANT EXECUTE ON FUNCTION quota_ext.policy_check(bigint, text, text) TO quota_ext_app;
+GRANT EXECUTE ON FUNCTION
+	quota_ext.policy_set(bigint, text, boolean, text[]),
+	quota_ext.policy_delete(bigint, text),
+	quota_ext.model_share(bigint, text, bigint),
+	quota_ext.model_unshare(bigint, text, bigint)
+	TO quota_ext_admin;
+
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.policies', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.model_shares', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.policy_id_seq', '');

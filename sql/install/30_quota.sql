@@ -1,0 +1,594 @@
+
+-- ---------------------------------------------------------------------------
+-- 30 quotas, counters, the usage ledger, idempotency, reservations, events
+-- (src/period.c computes periods; src/quota.c is the hot path)
+-- ---------------------------------------------------------------------------
+
+CREATE SEQUENCE quota_ext.quota_id_seq;
+CREATE SEQUENCE quota_ext.usage_id_seq;
+CREATE SEQUENCE quota_ext.reservation_id_seq;
+CREATE SEQUENCE quota_ext.event_id_seq;
+
+-- Quota definitions.  Scope: the whole tenant, or one model, user or key
+-- (NULL = any).  period is normalized (minute .. year, lifetime);
+-- period_label keeps the word it was set with ('daily', 'monthly', ...).
+-- origin 'tier' rows are the tier's default and follow the tenant's tier;
+-- a quota_set() on the same scope makes the row the tenant's own.
+CREATE TABLE quota_ext.quotas (
+	tenant_id     bigint NOT NULL REFERENCES quota_ext.tenants (tenant_id),
+	quota_id      bigint NOT NULL DEFAULT pg_catalog.nextval('quota_ext.quota_id_seq'),
+	period        text NOT NULL
+	              CHECK (period OPERATOR(pg_catalog.=) ANY
+	                     (ARRAY['minute', 'hour', 'day', 'week', 'month', 'year', 'lifetime'])),
+	period_label  text NOT NULL,
+	metric        text NOT NULL
+	              CHECK (metric OPERATOR(pg_catalog.=) ANY (ARRAY['calls', 'units'])),
+	model_id      bigint REFERENCES quota_ext.models (model_id),
+	user_id       bigint,
+	key_id        bigint,
+	max_units     bigint NOT NULL CHECK (max_units OPERATOR(pg_catalog.>=) 0),
+	soft_limit    bigint CHECK (soft_limit OPERATOR(pg_catalog.>=) 0),
+	on_exceed     text NOT NULL DEFAULT 'block'
+	              CHECK (on_exceed OPERATOR(pg_catalog.=) ANY (ARRAY['block', 'alert', 'overage'])),
+	thresholds    integer[] NOT NULL DEFAULT '{80,100}',
+	origin        text NOT NULL DEFAULT 'tenant'
+	              CHECK (origin OPERATOR(pg_catalog.=) ANY (ARRAY['tenant', 'tier'])),
+	created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	updated_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (tenant_id, quota_id),
+	UNIQUE NULLS NOT DISTINCT (tenant_id, period, metric, model_id, user_id, key_id),
+	FOREIGN KEY (tenant_id, user_id) REFERENCES quota_ext.users (tenant_id, user_id),
+	FOREIGN KEY (tenant_id, key_id) REFERENCES quota_ext.api_keys (tenant_id, key_id)
+);
+COMMENT ON TABLE quota_ext.quotas IS
+	'Quota definitions: scope, metric (calls or units), calendar period, limits and action on exceed';
+
+-- The counter of a quota for its current period.  One row per quota and
+-- slot (slot 0 only for now; see doc/design.md, "hot tenants").  Updated in
+-- place (HOT: no indexed column changes), so the table stays small.
+CREATE TABLE quota_ext.quota_counters (
+	tenant_id     bigint NOT NULL,
+	quota_id      bigint NOT NULL,
+	slot          integer NOT NULL DEFAULT 0,
+	period_start  timestamptz NOT NULL DEFAULT '-infinity',
+	used          bigint NOT NULL DEFAULT 0 CHECK (used OPERATOR(pg_catalog.>=) 0),
+	PRIMARY KEY (tenant_id, quota_id, slot),
+	FOREIGN KEY (tenant_id, quota_id) REFERENCES quota_ext.quotas (tenant_id, quota_id)
+		ON DELETE CASCADE
+) WITH (fillfactor = 50);
+COMMENT ON TABLE quota_ext.quota_counters IS
+	'Units used in the current period of each quota (period_start says which period)';
+
+-- The usage ledger: append-only.  occurred_at is the instant the row counts
+-- in (its periods); created_at when it was written.  A refund or settlement
+-- carries the occurred_at of the row it adjusts, so every period's sum stays
+-- equal to its counter.  No foreign keys: nothing on the hot path locks
+-- shared parent rows.
+CREATE TABLE quota_ext.usage (
+	tenant_id       bigint NOT NULL,
+	usage_id        bigint NOT NULL DEFAULT pg_catalog.nextval('quota_ext.usage_id_seq'),
+	created_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	occurred_at     timestamptz NOT NULL,
+	kind            text NOT NULL
+	                CHECK (kind OPERATOR(pg_catalog.=) ANY
+	                       (ARRAY['consume', 'refund', 'reserve', 'settle', 'release'])),
+	model_id        bigint NOT NULL,
+	user_id         bigint,
+	key_id          bigint,
+	calls           integer NOT NULL,
+	units           bigint NOT NULL,
+	overage_units   bigint NOT NULL DEFAULT 0,
+	ref_usage_id    bigint,
+	reservation_id  bigint,
+	idempotency_key text,
+	PRIMARY KEY (tenant_id, usage_id, created_at)
+) PARTITION BY RANGE (created_at);
+COMMENT ON TABLE quota_ext.usage IS
+	'Append-only usage ledger (partitioned by created_at); calls and units are signed';
+CREATE TABLE quota_ext.usage_default PARTITION OF quota_ext.usage DEFAULT;
+CREATE INDEX usage_tenant_occurred ON quota_ext.usage (tenant_id, occurred_at);
+
+-- One row per (tenant, idempotency key): the request's parameters and the
+-- decision it got.  A replay returns the decision; other parameters raise.
+CREATE TABLE quota_ext.idempotency_keys (
+	tenant_id       bigint NOT NULL,
+	idempotency_key text NOT NULL
+	                CHECK (pg_catalog.length(idempotency_key) OPERATOR(pg_catalog.<=) 255),
+	op              text NOT NULL,
+	model           text NOT NULL,
+	units           bigint NOT NULL,
+	created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	allowed         boolean,
+	denied_by       text,
+	quota_id        bigint,
+	period          text,
+	"limit"         bigint,
+	remaining       bigint,
+	resets_at       timestamptz,
+	retry_after     bigint,
+	usage_id        bigint,
+	reservation_id  bigint,
+	PRIMARY KEY (tenant_id, idempotency_key)
+);
+COMMENT ON TABLE quota_ext.idempotency_keys IS
+	'Idempotency keys per tenant with the original request and decision';
+
+CREATE TABLE quota_ext.reservations (
+	tenant_id       bigint NOT NULL,
+	reservation_id  bigint NOT NULL DEFAULT pg_catalog.nextval('quota_ext.reservation_id_seq'),
+	usage_id        bigint NOT NULL,
+	occurred_at     timestamptz NOT NULL,
+	model_id        bigint NOT NULL,
+	user_id         bigint,
+	key_id          bigint,
+	estimate        bigint NOT NULL,
+	actual          bigint,
+	unbilled        bigint NOT NULL DEFAULT 0,
+	status          text NOT NULL DEFAULT 'open'
+	                CHECK (status OPERATOR(pg_catalog.=) ANY
+	                       (ARRAY['open', 'settled', 'cancelled', 'expired'])),
+	expires_at      timestamptz NOT NULL,
+	created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	closed_at       timestamptz,
+	PRIMARY KEY (tenant_id, reservation_id)
+);
+COMMENT ON TABLE quota_ext.reservations IS
+	'Reserved estimates awaiting settle, cancel or expiry (unbilled = excess a settle could not charge)';
+CREATE INDEX reservations_open_expiry ON quota_ext.reservations (expires_at)
+	WHERE status OPERATOR(pg_catalog.=) 'open';
+
+-- A consumption refunded (once).
+CREATE TABLE quota_ext.refunds (
+	tenant_id        bigint NOT NULL,
+	usage_id         bigint NOT NULL,
+	refund_usage_id  bigint NOT NULL,
+	created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (tenant_id, usage_id)
+);
+COMMENT ON TABLE quota_ext.refunds IS 'Consumptions given back with quota_refund()';
+
+-- Threshold crossings, at most one per quota, period, kind and threshold.
+CREATE TABLE quota_ext.quota_events (
+	tenant_id     bigint NOT NULL,
+	event_id      bigint NOT NULL DEFAULT pg_catalog.nextval('quota_ext.event_id_seq'),
+	quota_id      bigint NOT NULL,
+	period_start  timestamptz NOT NULL,
+	kind          text NOT NULL
+	              CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['threshold', 'soft_limit'])),
+	threshold     integer NOT NULL,
+	used          bigint NOT NULL,
+	"limit"       bigint NOT NULL,
+	created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (tenant_id, event_id),
+	UNIQUE (tenant_id, quota_id, period_start, kind, threshold)
+);
+COMMENT ON TABLE quota_ext.quota_events IS
+	'Quota threshold crossings (percent of the limit, or the soft limit); also sent on NOTIFY channel quota_ext_events';
+
+-- The answer of quota_consume / invoke / quota_reserve.
+CREATE TYPE quota_ext.decision AS (
+	allowed        boolean,
+	denied_by      text,
+	quota_id       bigint,
+	period         text,
+	"limit"        bigint,
+	remaining      bigint,
+	resets_at      timestamptz,
+	retry_after    bigint,
+	usage_id       bigint,
+	reservation_id bigint,
+	replayed       boolean
+);
+COMMENT ON TYPE quota_ext.decision IS
+	'allowed; denied_by (tenant, policy, rate_limit, quota or NULL); the tightest or denying limit with remaining, resets_at and retry_after (seconds); the usage row; replayed = answered from an idempotency key';
+
+-- ---------------------------------------------------------------------------
+-- periods (src/period.c)
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION quota_ext.period_bounds(period text, timezone text, at timestamptz,
+	OUT period_start timestamptz, OUT period_end timestamptz)
+	AS 'MODULE_PATHNAME', 'period_bounds'
+	LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION quota_ext.period_bounds(text, text, timestamptz) IS
+	'The calendar period (minute .. year, lifetime; or daily, monthly, ...) containing at, in a time zone';
+
+-- ---------------------------------------------------------------------------
+-- quota administration
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION quota_ext._normalize_period(period text) RETURNS text
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF period IS NULL THEN PERFORM quota_ext._null_arg('period'); END IF;
+	RETURN CASE WHEN lower(period) = ANY (ARRAY['minute', 'minutely']) THEN 'minute'
+	            WHEN lower(period) = ANY (ARRAY['hour', 'hourly']) THEN 'hour'
+	            WHEN lower(period) = ANY (ARRAY['day', 'daily']) THEN 'day'
+	            WHEN lower(period) = ANY (ARRAY['week', 'weekly']) THEN 'week'
+	            WHEN lower(period) = ANY (ARRAY['month', 'monthly']) THEN 'month'
+	            WHEN lower(period) = ANY (ARRAY['year', 'yearly', 'annual', 'annually']) THEN 'year'
+	            WHEN lower(period) = ANY (ARRAY['lifetime', 'never', 'total']) THEN 'lifetime'
+	       END;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._normalize_period(text) IS 'Internal: period word to period';
+
+-- Make the tenant's tier defaults (origin 'tier') match its tier: a
+-- tenant-wide monthly calls quota of tiers.monthly_calls, unless the tenant
+-- set its own quota of that scope.
+CREATE FUNCTION quota_ext._tier_quotas_sync(tenant_id bigint) RETURNS void
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	lim bigint;
+	q quota_ext.quotas;
+BEGIN
+	SELECT tr.monthly_calls INTO lim FROM quota_ext.tenants t
+	  JOIN quota_ext.tiers tr ON tr.tier = t.tier
+	 WHERE t.tenant_id = _tier_quotas_sync.tenant_id;
+	SELECT * INTO q FROM quota_ext.quotas
+	 WHERE tenant_id = _tier_quotas_sync.tenant_id AND period = 'month' AND metric = 'calls'
+	   AND model_id IS NULL AND user_id IS NULL AND key_id IS NULL
+	 FOR UPDATE;
+	IF q.quota_id IS NOT NULL AND q.origin = 'tenant' THEN
+		RETURN;
+	ELSIF lim IS NULL THEN
+		DELETE FROM quota_ext.quotas WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+	ELSIF q.quota_id IS NULL THEN
+		WITH n AS (
+			INSERT INTO quota_ext.quotas (tenant_id, period, period_label, metric, max_units, origin)
+			VALUES (_tier_quotas_sync.tenant_id, 'month', 'monthly', 'calls', lim, 'tier')
+			RETURNING tenant_id, quota_id)
+		INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) SELECT tenant_id, quota_id FROM n;
+	ELSIF q.max_units <> lim THEN
+		UPDATE quota_ext.quotas SET max_units = lim, updated_at = now()
+		 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._tier_quotas_sync(bigint) IS
+	'Internal: keep a tenant''s tier default quota in line with its tier';
+
+CREATE FUNCTION quota_ext.quota_set(tenant_id bigint, period text, max_units bigint,
+	model text DEFAULT NULL, metric text DEFAULT 'calls', soft_limit bigint DEFAULT NULL,
+	on_exceed text DEFAULT 'block', user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
+	thresholds integer[] DEFAULT '{80,100}') RETURNS bigint
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	t quota_ext.tenants := quota_ext._tenant_for_update(quota_set.tenant_id);
+	p text := quota_ext._normalize_period(quota_set.period);
+	mid bigint;
+	old quota_ext.quotas;
+	new quota_ext.quotas;
+	th integer;
+BEGIN
+	IF p IS NULL THEN
+		RAISE EXCEPTION 'invalid period "%"', left(quota_set.period, 64)
+			USING ERRCODE = 'invalid_parameter_value',
+			      HINT = 'Use minute, hour, day, week, month, year or lifetime (or hourly, daily, weekly, monthly, yearly, never).';
+	END IF;
+	IF quota_set.max_units IS NULL THEN PERFORM quota_ext._null_arg('max_units'); END IF;
+	IF quota_set.metric IS NULL THEN PERFORM quota_ext._null_arg('metric'); END IF;
+	IF quota_set.on_exceed IS NULL THEN PERFORM quota_ext._null_arg('on_exceed'); END IF;
+	IF quota_set.thresholds IS NULL THEN PERFORM quota_ext._null_arg('thresholds'); END IF;
+	IF quota_set.max_units < 0 OR quota_set.soft_limit < 0 THEN
+		RAISE EXCEPTION 'max_units and soft_limit must not be negative' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF quota_set.soft_limit > quota_set.max_units THEN
+		RAISE EXCEPTION 'soft_limit must not exceed max_units' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF quota_set.metric <> ALL (ARRAY['calls', 'units']) THEN
+		RAISE EXCEPTION 'invalid metric "%"', left(quota_set.metric, 64)
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use calls or units.';
+	END IF;
+	IF quota_set.on_exceed <> ALL (ARRAY['block', 'alert', 'overage']) THEN
+		RAISE EXCEPTION 'invalid on_exceed "%"', left(quota_set.on_exceed, 64)
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use block, alert or overage.';
+	END IF;
+	IF array_ndims(quota_set.thresholds) > 1 OR cardinality(quota_set.thresholds) > 16 THEN
+		RAISE EXCEPTION 'thresholds must be a list of at most 16 percentages'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOREACH th IN ARRAY quota_set.thresholds LOOP
+		IF th IS NULL OR th < 1 OR th > 1000 THEN
+			RAISE EXCEPTION 'thresholds must be percentages from 1 to 1000'
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+	END LOOP;
+	IF quota_set.model IS NOT NULL THEN
+		mid := quota_ext._model_resolve(t.tenant_id, quota_set.model);
+		IF mid IS NULL THEN
+			RAISE EXCEPTION 'model "%" does not exist', left(quota_set.model, 200)
+				USING ERRCODE = 'undefined_object';
+		END IF;
+	END IF;
+	IF quota_set.user_id IS NOT NULL THEN
+		PERFORM 1 FROM quota_ext.users WHERE tenant_id = t.tenant_id AND user_id = quota_set.user_id;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'user % does not exist', quota_set.user_id USING ERRCODE = 'undefined_object';
+		END IF;
+	END IF;
+	IF quota_set.key_id IS NOT NULL THEN
+		PERFORM 1 FROM quota_ext.api_keys WHERE tenant_id = t.tenant_id AND key_id = quota_set.key_id;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'API key % does not exist', quota_set.key_id USING ERRCODE = 'undefined_object';
+		END IF;
+	END IF;
+
+	SELECT * INTO old FROM quota_ext.quotas
+	 WHERE tenant_id = t.tenant_id AND period = p AND metric = quota_set.metric
+	   AND model_id IS NOT DISTINCT FROM mid AND user_id IS NOT DISTINCT FROM quota_set.user_id
+	   AND key_id IS NOT DISTINCT FROM quota_set.key_id
+	 FOR UPDATE;
+	IF old.quota_id IS NULL THEN
+		INSERT INTO quota_ext.quotas (tenant_id, period, period_label, metric, model_id, user_id, key_id,
+		                              max_units, soft_limit, on_exceed, thresholds)
+		VALUES (t.tenant_id, p, lower(quota_set.period), quota_set.metric, mid, quota_set.user_id,
+		        quota_set.key_id, quota_set.max_units, quota_set.soft_limit, quota_set.on_exceed,
+		        quota_set.thresholds)
+		RETURNING * INTO new;
+		INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) VALUES (t.tenant_id, new.quota_id);
+	ELSE
+		UPDATE quota_ext.quotas SET period_label = lower(quota_set.period),
+		       max_units = quota_set.max_units, soft_limit = quota_set.soft_limit,
+		       on_exceed = quota_set.on_exceed, thresholds = quota_set.thresholds,
+		       origin = 'tenant', updated_at = now()
+		 WHERE tenant_id = t.tenant_id AND quota_id = old.quota_id
+		RETURNING * INTO new;
+	END IF;
+	PERFORM quota_ext._audit(t.tenant_id, 'quota_set', 'quota', new.quota_id::text,
+	                         to_jsonb(old), to_jsonb(new));
+	RETURN new.quota_id;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[]) IS
+	'Create or change the quota of a scope (tenant, or one model, user or key); the count of the current period is kept';
+
+CREATE FUNCTION quota_ext.quota_delete(tenant_id bigint, quota_id bigint) RETURNS void
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	t quota_ext.tenants := quota_ext._tenant_for_update(quota_delete.tenant_id);
+	old quota_ext.quotas;
+BEGIN
+	IF quota_delete.quota_id IS NULL THEN PERFORM quota_ext._null_arg('quota_id'); END IF;
+	DELETE FROM quota_ext.quotas WHERE tenant_id = t.tenant_id AND quota_id = quota_delete.quota_id
+	RETURNING * INTO old;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'quota % does not exist', quota_delete.quota_id USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM quota_ext._audit(t.tenant_id, 'quota_delete', 'quota', old.quota_id::text, to_jsonb(old), NULL);
+	-- a deleted tenant-wide monthly quota gives the tier default back
+	PERFORM quota_ext._tier_quotas_sync(t.tenant_id);
+END
+$$;
+COMMENT ON FUNCTION quota_ext.quota_delete(bigint, bigint) IS 'Remove a quota (its counter goes with it)';
+
+-- ---------------------------------------------------------------------------
+-- the hot path (src/quota.c)
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION quota_ext.quota_consume(tenant_id bigint, model text, units bigint DEFAULT 1,
+	idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
+	role text DEFAULT NULL)
+	RETURNS quota_ext.decision
+	AS 'MODULE_PATHNAME', 'quota_consume'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION quota_ext.quota_consume(bigint, text, bigint, text, bigint, bigint, text) IS
+	'Check policy, rate limits and every applicable quota as one unit; charge all or none; record usage';
+
+CREATE FUNCTION quota_ext.quota_consume_or_raise(tenant_id bigint, model text, units bigint DEFAULT 1,
+	idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
+	role text DEFAULT NULL)
+	RETURNS quota_ext.decision
+	AS 'MODULE_PATHNAME', 'quota_consume_or_raise'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION quota_ext.quota_consume_or_raise(bigint, text, bigint, text, bigint, bigint, text) IS
+	'quota_consume that raises on denial: 53400 for quotas and rate limits, 42501 for policy';
+
+CREATE FUNCTION quota_ext.invoke(api_key text, model text, units bigint DEFAULT 1,
+	idempotency_key text DEFAULT NULL)
+	RETURNS quota_ext.decision
+	AS 'MODULE_PATHNAME', 'invoke'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION quota_ext.invoke(text, text, bigint, text) IS
+	'authenticate + policy + rate limits + quotas + usage record in one call';
+
+CREATE FUNCTION quota_ext.quota_reserve(tenant_id bigint, model text, estimate bigint,
+	ttl interval DEFAULT '15 minutes', idempotency_key text DEFAULT NULL,
+	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL, role text DEFAULT NULL)
+	RETURNS quota_ext.decision
+	AS 'MODULE_PATHNAME', 'quota_reserve'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION quota_ext.quota_reserve(bigint, text, bigint, interval, text, bigint, bigint, text) IS
+	'Charge an estimate now (commit it quickly); settle or cancel it later; it expires after ttl';
+
+CREATE FUNCTION quota_ext.quota_settle(tenant_id bigint, reservation_id bigint, actual bigint)
+	RETURNS quota_ext.decision
+	AS 'MODULE_PATHNAME', 'quota_settle'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION quota_ext.quota_settle(bigint, bigint, bigint) IS
+	'Replace a reservation''s estimate by the actual amount (see doc/reference.md for the rule beyond the estimate)';
+
+CREATE FUNCTION quota_ext.quota_cancel(tenant_id bigint, reservation_id bigint)
+	RETURNS quota_ext.decision
+	AS 'MODULE_PATHNAME', 'quota_cancel'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION quota_ext.quota_cancel(bigint, bigint) IS
+	'Release a reservation''s whole estimate';
+
+CREATE FUNCTION quota_ext.quota_refund(tenant_id bigint, usage_id bigint)
+	RETURNS quota_ext.decision
+	AS 'MODULE_PATHNAME', 'quota_refund'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION quota_ext.quota_refund(bigint, bigint) IS
+	'Give back a committed consumption, once';
+
+CREATE FUNCTION quota_ext.quota_expire_reservations(batch integer DEFAULT 1000) RETURNS integer
+	AS 'MODULE_PATHNAME', 'quota_expire_reservations'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION quota_ext.quota_expire_reservations(integer) IS
+	'Release reservations past their expiry (for pg_cron); returns how many';
+
+-- ---------------------------------------------------------------------------
+-- reading quotas
+-- ---------------------------------------------------------------------------
+
+CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL,
+	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL)
+	RETURNS TABLE (quota_id bigint, period text, metric text, model_name text,
+	               scope_user_id bigint, scope_key_id bigint, "limit" bigint, used bigint, remaining bigint,
+	               resets_at timestamptz, on_exceed text, origin text)
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	mid bigint;
+BEGIN
+	IF quota_status.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
+	PERFORM quota_ext._check_tenant_access(quota_status.tenant_id);
+	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = quota_status.tenant_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', quota_status.tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF quota_status.model IS NOT NULL THEN
+		mid := quota_ext._model_resolve(quota_status.tenant_id, quota_status.model);
+		IF mid IS NULL THEN
+			RAISE EXCEPTION 'model "%" does not exist', left(quota_status.model, 200)
+				USING ERRCODE = 'undefined_object';
+		END IF;
+	END IF;
+	RETURN QUERY
+	SELECT q.quota_id, q.period_label, q.metric, m.name, q.user_id, q.key_id, q.max_units,
+	       s.used, greatest(q.max_units - s.used, 0),
+	       CASE WHEN q.period = 'lifetime' THEN NULL ELSE b.period_end END,
+	       q.on_exceed, q.origin
+	  FROM quota_ext.quotas q
+	  JOIN quota_ext.tenants t ON t.tenant_id = q.tenant_id
+	  JOIN quota_ext.quota_counters c ON c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
+	                                 AND c.slot = 0
+	  LEFT JOIN quota_ext.models m ON m.model_id = q.model_id
+	  CROSS JOIN LATERAL quota_ext.period_bounds(q.period, t.timezone, clock_timestamp()) b
+	  CROSS JOIN LATERAL (SELECT CASE WHEN c.period_start = b.period_start THEN c.used
+	                                  ELSE 0 END AS used) s
+	 WHERE q.tenant_id = quota_status.tenant_id
+	   AND (quota_status.model IS NULL OR q.model_id IS NULL OR q.model_id = mid)
+	   AND (quota_status.user_id IS NULL OR q.user_id IS NULL OR q.user_id = quota_status.user_id)
+	   AND (quota_status.key_id IS NULL OR q.key_id IS NULL OR q.key_id = quota_status.key_id)
+	 ORDER BY q.quota_id;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.quota_status(bigint, text, bigint, bigint) IS
+	'Every quota of a tenant (or those that apply to a model, user, key) with used, remaining and resets_at now';
+
+CREATE FUNCTION quota_ext.tenant_summary(tenant_id bigint) RETURNS jsonb
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	t quota_ext.tenants;
+	day_start timestamptz;
+	month_start timestamptz;
+BEGIN
+	IF tenant_summary.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
+	PERFORM quota_ext._check_tenant_access(tenant_summary.tenant_id);
+	SELECT * INTO t FROM quota_ext.tenants WHERE tenant_id = tenant_summary.tenant_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', tenant_summary.tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
+	day_start := (quota_ext.period_bounds('day', t.timezone, clock_timestamp())).period_start;
+	month_start := (quota_ext.period_bounds('month', t.timezone, clock_timestamp())).period_start;
+	RETURN jsonb_build_object(
+		'tenant', jsonb_build_object('tenant_id', t.tenant_id, 'name', t.name, 'tier', t.tier,
+		                             'status', t.status, 'timezone', t.timezone,
+		                             'features', t.features, 'created_at', t.created_at),
+		'policies', coalesce((SELECT jsonb_agg(jsonb_build_object('model', p.model_pattern,
+		                             'allowed', p.allowed, 'roles_allowed', p.roles_allowed)
+		                             ORDER BY p.model_pattern)
+		                        FROM quota_ext.policies p WHERE p.tenant_id = t.tenant_id), '[]'),
+		'quotas', coalesce((SELECT jsonb_agg(jsonb_build_object('quota_id', s.quota_id,
+		                             'period', s.period, 'model', s.model_name, 'metric', s.metric,
+		                             'limit', s."limit", 'used', s.used, 'remaining', s.remaining,
+		                             'resets_at', s.resets_at, 'on_exceed', s.on_exceed)
+		                             ORDER BY s.quota_id)
+		                      FROM quota_ext.quota_status(t.tenant_id) s), '[]'),
+		'usage', (SELECT jsonb_build_object(
+		                   'calls_today', coalesce(sum(u.calls) FILTER (WHERE u.occurred_at >= day_start), 0),
+		                   'units_today', coalesce(sum(u.units) FILTER (WHERE u.occurred_at >= day_start), 0),
+		                   'calls_this_month', coalesce(sum(u.calls), 0),
+		                   'units_this_month', coalesce(sum(u.units), 0))
+		            FROM quota_ext.usage u
+		           WHERE u.tenant_id = t.tenant_id AND u.occurred_at >= month_start));
+END
+$$;
+COMMENT ON FUNCTION quota_ext.tenant_summary(bigint) IS
+	'A tenant at a glance: tenant, policies, quotas with used/remaining/resets_at, usage today and this month';
+
+-- ---------------------------------------------------------------------------
+-- security of this section
+-- ---------------------------------------------------------------------------
+
+DO $rls$
+DECLARE
+	t text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['quotas', 'quota_counters', 'usage', 'usage_default',
+	                         'idempotency_keys', 'reservations', 'refunds', 'quota_events'] LOOP
+		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I ENABLE ROW LEVEL SECURITY', t);
+		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I FORCE ROW LEVEL SECURITY', t);
+		EXECUTE pg_catalog.format(
+			'CREATE POLICY tenant_isolation ON quota_ext.%I TO quota_ext_app '
+			'USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()) '
+			'WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
+		EXECUTE pg_catalog.format(
+			'CREATE POLICY admin_read ON quota_ext.%I FOR SELECT TO quota_ext_admin '
+			'USING (quota_ext.current_tenant_id() IS NULL '
+			'       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
+	END LOOP;
+END
+$rls$;
+
+GRANT SELECT ON quota_ext.quotas, quota_ext.quota_counters, quota_ext.usage,
+                quota_ext.idempotency_keys, quota_ext.reservations, quota_ext.refunds,
+                quota_ext.quota_events TO quota_ext_app;
+
+GRANT EXECUTE ON FUNCTION
+	quota_ext.period_bounds(text, text, timestamptz),
+	quota_ext.quota_consume(bigint, text, bigint, text, bigint, bigint, text),
+	quota_ext.quota_consume_or_raise(bigint, text, bigint, text, bigint, bigint, text),
+	quota_ext.invoke(text, text, bigint, text),
+	quota_ext.quota_reserve(bigint, text, bigint, interval, text, bigint, bigint, text),
+	quota_ext.quota_settle(bigint, bigint, bigint),
+	quota_ext.quota_cancel(bigint, bigint),
+	quota_ext.quota_refund(bigint, bigint),
+	quota_ext.quota_status(bigint, text, bigint, bigint),
+	quota_ext.tenant_summary(bigint)
+	TO quota_ext_app;
+GRANT EXECUTE ON FUNCTION
+	quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[]),
+	quota_ext.quota_delete(bigint, bigint),
+	quota_ext.quota_expire_reservations(integer)
+	TO quota_ext_admin;
+
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.quotas', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.quota_counters', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.usage_default', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.idempotency_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.reservations', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.refunds', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.quota_events', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.quota_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.usage_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.reservation_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.event_id_seq', '');

@@ -1,0 +1,1573 @@
+/*-------------------------------------------------------------------------
+ *
+ * quota.c
+ *		Exact enforcement: quota_consume, invoke, reservations, refunds.
+ *
+ * One request is one pass through this file, inside the caller's
+ * transaction (privileged SPI, see spi.c):
+ *
+ *	 1. policy.c: tenant active?  which model?  policy allows?
+ *	 2. idempotency claim: INSERT ... ON CONFLICT DO NOTHING on
+ *		(tenant_id, idempotency_key).  A second session with the same key
+ *		waits here on the first one's uncommitted row, holding no quota
+ *		lock; once the first commits it finds the row and returns the stored
+ *		decision (a replay charges nothing); if the first rolls back, it
+ *		goes on as if alone.
+ *	 3. rate limits (ratelimit.c), before any quota: a limited request
+ *		charges nothing.
+ *	 4. lock the counters of every applicable quota with one
+ *		SELECT ... ORDER BY quota_id FOR NO KEY UPDATE.  The sort happens
+ *		below the lock step, so every transaction takes its locks in
+ *		ascending quota_id order and concurrent consumes never deadlock.
+ *	 5. decide in C: the period of each quota is computed from one instant
+ *		taken after the locks (so under a counter's lock time never goes
+ *		backwards), a counter whose period_start is older is read as 0, and
+ *		if any blocking quota would exceed its limit nothing is charged.
+ *	 6. one statement writes the usage row and every counter (a data-
+ *		modifying CTE), then threshold events (INSERT ... ON CONFLICT DO
+ *		NOTHING on their unique key, and a NOTIFY) and the idempotency row.
+ *
+ * Everything is in the caller's transaction: ROLLBACK (or ROLLBACK TO
+ * SAVEPOINT) takes back counters, usage, events and the idempotency claim
+ * together, and a NOTIFY is only delivered on commit.
+ *
+ * Refunds, settlements and releases adjust the counters of the period the
+ * original row counted in (its occurred_at): a counter that has moved on to
+ * a later period is left alone, and the adjusting row carries the original
+ * occurred_at, so every period's sum(usage) keeps equal to its counter.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "quota_ext.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "common/int.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/json.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(quota_consume);
+PG_FUNCTION_INFO_V1(quota_consume_or_raise);
+PG_FUNCTION_INFO_V1(invoke);
+PG_FUNCTION_INFO_V1(quota_reserve);
+PG_FUNCTION_INFO_V1(quota_settle);
+PG_FUNCTION_INFO_V1(quota_cancel);
+PG_FUNCTION_INFO_V1(quota_refund);
+PG_FUNCTION_INFO_V1(quota_expire_reservations);
+
+#define QUOTA_MAX_QUOTAS		64	/* applicable quotas per request */
+#define QUOTA_MAX_THRESHOLDS	16
+#define QUOTA_IDEM_MAX_LEN		255
+#define QUOTA_EVENT_CHANNEL		"quota_ext_events"
+
+/* one request to charge */
+typedef struct ConsumeRequest
+{
+	int64		tenant_id;
+	const char *model;
+	int64		units;
+	const char *idem_key;		/* NULL: none */
+	int64		user_id;		/* 0: unknown */
+	int64		key_id;			/* 0: unknown */
+	const char *role;			/* NULL: none */
+	bool		reserve;
+	Interval   *ttl;			/* reserve only */
+} ConsumeRequest;
+
+/* the answer, as the composite quota_ext.decision */
+typedef struct Decision
+{
+	bool		allowed;
+	const char *denied_by;		/* static string or NULL */
+	int64		quota_id;		/* 0: none */
+	char		period[32];
+	bool		has_limit;
+	int64		limit;
+	int64		remaining;
+	bool		has_resets;
+	TimestampTz resets_at;
+	bool		has_retry;
+	int64		retry_after;
+	int64		usage_id;		/* 0: none */
+	int64		reservation_id; /* 0: none */
+	bool		replayed;
+} Decision;
+
+/* a locked counter and its quota */
+typedef struct QuotaRow
+{
+	int64		quota_id;
+	QuotaPeriod period;
+	char		label[32];
+	bool		metric_calls;
+	int64		max_units;
+	bool		has_soft;
+	int64		soft_limit;
+	char		on_exceed;		/* 'b'lock, 'a'lert, 'o'verage */
+	int			nthresholds;
+	int			thresholds[QUOTA_MAX_THRESHOLDS];
+	TimestampTz counter_start;
+	int64		used;
+	/* computed */
+	TimestampTz start;
+	TimestampTz end;
+	int64		old_used;		/* in the current period */
+	int64		new_used;
+	bool		touched;		/* counter is written */
+} QuotaRow;
+
+static const char *const denied_tenant = "tenant";
+static const char *const denied_policy = "policy";
+static const char *const denied_rate = "rate_limit";
+static const char *const denied_quota = "quota";
+
+/* ----------------------------------------------------------------------
+ * plans
+ * ---------------------------------------------------------------------- */
+
+/*
+ * Counters of the quotas that apply to (tenant, model, user, key), locked in
+ * quota_id order.  $5 bounds the quota's creation time: adjustments of old
+ * usage skip quotas created after it (their counters never included it).
+ */
+static QuotaPlan lock_plan = {
+	"SELECT c.quota_id, q.period, q.period_label, "
+	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
+	"       q.on_exceed, q.thresholds, c.period_start, c.used "
+	"FROM quota_ext.quota_counters c "
+	"JOIN quota_ext.quotas q ON q.tenant_id OPERATOR(pg_catalog.=) c.tenant_id "
+	"                       AND q.quota_id OPERATOR(pg_catalog.=) c.quota_id "
+	"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.slot OPERATOR(pg_catalog.=) 0 "
+	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
+	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
+	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
+	"  AND q.created_at OPERATOR(pg_catalog.<=) $5 "
+	"ORDER BY c.quota_id "
+	"FOR NO KEY UPDATE OF c",
+	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
+};
+
+/* the usage row and every touched counter, in one statement */
+static QuotaPlan write_plan = {
+	"WITH u AS ("
+	"  INSERT INTO quota_ext.usage (tenant_id, usage_id, occurred_at, kind, model_id, "
+	"      user_id, key_id, calls, units, overage_units, ref_usage_id, reservation_id, "
+	"      idempotency_key) "
+	"  VALUES ($1, COALESCE($2, pg_catalog.nextval('quota_ext.usage_id_seq')), "
+	"          $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+	"  RETURNING usage_id), "
+	"c AS ("
+	"  UPDATE quota_ext.quota_counters c SET used = v.used, period_start = v.ps "
+	"  FROM ROWS FROM (pg_catalog.unnest($14), pg_catalog.unnest($15), "
+	"  pg_catalog.unnest($16)) AS v(qid, used, ps) "
+	"  WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.slot OPERATOR(pg_catalog.=) 0 "
+	"    AND c.quota_id OPERATOR(pg_catalog.=) v.qid) "
+	"SELECT usage_id FROM u",
+	16, {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, INT8OID, INT4OID,
+		INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT8ARRAYOID, INT8ARRAYOID,
+	TIMESTAMPTZARRAYOID}
+};
+
+/* ----------------------------------------------------------------------
+ * argument checks
+ * ---------------------------------------------------------------------- */
+
+static void
+check_positive(int64 v, const char *name)
+{
+	if (v <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be positive", name),
+				 errdetail("Got %lld.", (long long) v)));
+}
+
+static const char *
+check_idem_key(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *t;
+	int			len;
+
+	if (PG_ARGISNULL(argno))
+		return NULL;
+	t = PG_GETARG_TEXT_PP(argno);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len == 0 || len > QUOTA_IDEM_MAX_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency_key must be 1 to %d bytes", QUOTA_IDEM_MAX_LEN),
+				 errdetail("Got %d bytes.", len)));
+	return text_to_cstring(t);
+}
+
+static void
+raise_unknown_model(const char *model)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("model \"%s\" does not exist", model)));
+}
+
+/* ----------------------------------------------------------------------
+ * helpers
+ * ---------------------------------------------------------------------- */
+
+static Datum
+int8_array(int64 *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		d[i] = Int64GetDatum(v[i]);
+	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+static Datum
+tstz_array(TimestampTz *v, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		d[i] = TimestampTzGetDatum(v[i]);
+	return PointerGetDatum(construct_array(d, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
+										   TYPALIGN_DOUBLE));
+}
+
+static int64
+seconds_until(TimestampTz when, TimestampTz now)
+{
+	int64		us;
+
+	if (when <= now)
+		return 0;
+	us = when - now;
+	return (us + USECS_PER_SEC - 1) / USECS_PER_SEC;
+}
+
+/*
+ * lock_counters
+ *		Run lock_plan and load the rows.  created_before is +infinity for a
+ *		new charge.
+ */
+static int
+lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
+			  TimestampTz created_before, QuotaRow *rows)
+{
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	uint64		i;
+	int			n;
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(model_id);
+	values[2] = Int64GetDatum(user_id);
+	values[3] = Int64GetDatum(key_id);
+	values[4] = TimestampTzGetDatum(created_before);
+	if (user_id == 0)
+		nulls[2] = 'n';
+	if (key_id == 0)
+		nulls[3] = 'n';
+	QuotaSpiExec(&lock_plan, values, nulls, false, 0);
+	if (SPI_processed > QUOTA_MAX_QUOTAS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("more than %d quotas apply to one request", QUOTA_MAX_QUOTAS)));
+	n = (int) SPI_processed;
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		QuotaRow   *r = &rows[i];
+		bool		isnull;
+		Datum		d;
+		char	   *s;
+
+		memset(r, 0, sizeof(*r));
+		r->quota_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		s = SPI_getvalue(tup, desc, 2);
+		r->period = (QuotaPeriod) QuotaPeriodParse(s);
+		s = SPI_getvalue(tup, desc, 3);
+		strlcpy(r->label, s, sizeof(r->label));
+		r->metric_calls = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+		r->max_units = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		r->has_soft = !isnull;
+		r->soft_limit = isnull ? 0 : DatumGetInt64(d);
+		s = SPI_getvalue(tup, desc, 7);
+		r->on_exceed = s[0];
+		d = SPI_getbinval(tup, desc, 8, &isnull);
+		if (!isnull)
+		{
+			ArrayType  *a = DatumGetArrayTypeP(d);
+			Datum	   *elems;
+			bool	   *enulls;
+			int			ne;
+			int			j;
+
+			deconstruct_array(a, INT4OID, 4, true, TYPALIGN_INT, &elems, &enulls, &ne);
+			for (j = 0; j < ne && r->nthresholds < QUOTA_MAX_THRESHOLDS; j++)
+				if (!enulls[j])
+					r->thresholds[r->nthresholds++] = DatumGetInt32(elems[j]);
+		}
+		r->counter_start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
+		r->used = DatumGetInt64(SPI_getbinval(tup, desc, 10, &isnull));
+	}
+	return n;
+}
+
+/*
+ * write_usage
+ *		The usage row plus the touched counters.  Returns the usage id.
+ */
+static int64
+write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char *kind,
+			int64 model_id, int64 user_id, int64 key_id, int32 calls, int64 units,
+			int64 overage, int64 ref_usage_id, int64 reservation_id, const char *idem_key,
+			QuotaRow *rows, int nrows)
+{
+	Datum		values[16];
+	char		nulls[16];
+	int64		qids[QUOTA_MAX_QUOTAS];
+	int64		used[QUOTA_MAX_QUOTAS];
+	TimestampTz starts[QUOTA_MAX_QUOTAS];
+	int			n = 0;
+	int			i;
+	bool		isnull;
+
+	for (i = 0; i < nrows; i++)
+	{
+		if (!rows[i].touched)
+			continue;
+		qids[n] = rows[i].quota_id;
+		used[n] = rows[i].new_used;
+		starts[n] = rows[i].start;
+		n++;
+	}
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(usage_id);
+	if (usage_id == 0)
+		nulls[1] = 'n';
+	values[2] = TimestampTzGetDatum(occurred_at);
+	values[3] = CStringGetTextDatum(kind);
+	values[4] = Int64GetDatum(model_id);
+	values[5] = Int64GetDatum(user_id);
+	if (user_id == 0)
+		nulls[5] = 'n';
+	values[6] = Int64GetDatum(key_id);
+	if (key_id == 0)
+		nulls[6] = 'n';
+	values[7] = Int32GetDatum(calls);
+	values[8] = Int64GetDatum(units);
+	values[9] = Int64GetDatum(overage);
+	values[10] = Int64GetDatum(ref_usage_id);
+	if (ref_usage_id == 0)
+		nulls[10] = 'n';
+	values[11] = Int64GetDatum(reservation_id);
+	if (reservation_id == 0)
+		nulls[11] = 'n';
+	if (idem_key)
+		values[12] = CStringGetTextDatum(idem_key);
+	else
+		nulls[12] = 'n';
+	values[13] = int8_array(qids, n);
+	values[14] = int8_array(used, n);
+	values[15] = tstz_array(starts, n);
+	QuotaSpiExec(&write_plan, values, nulls, false, 0);
+	if (SPI_processed != 1)
+		elog(ERROR, "usage row was not written");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * crossing
+ *		Did used go from below to at-or-above pct percent of limit?
+ */
+static bool
+crossing(int64 old_used, int64 new_used, int64 limit, int pct)
+{
+	int128		mark = (int128) limit * pct;
+
+	return (int128) old_used * 100 < mark && (int128) new_used * 100 >= mark;
+}
+
+static void
+emit_event(int64 tenant_id, QuotaRow *r, const char *kind, int threshold, int64 limit)
+{
+	static QuotaPlan plan = {
+		"INSERT INTO quota_ext.quota_events (tenant_id, quota_id, period_start, kind, "
+		"    threshold, used, \"limit\") "
+		"VALUES ($1, $2, $3, $4, $5, $6, $7) "
+		"ON CONFLICT (tenant_id, quota_id, period_start, kind, threshold) DO NOTHING "
+		"RETURNING event_id",
+		7, {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, INT4OID, INT8OID, INT8OID}
+	};
+	Datum		values[7];
+	bool		isnull;
+	int64		event_id;
+	StringInfoData payload;
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(r->quota_id);
+	values[2] = TimestampTzGetDatum(r->start);
+	values[3] = CStringGetTextDatum(kind);
+	values[4] = Int32GetDatum(threshold);
+	values[5] = Int64GetDatum(r->new_used);
+	values[6] = Int64GetDatum(limit);
+	QuotaSpiExec(&plan, values, NULL, false, 0);
+	if (SPI_processed == 0)
+		return;					/* already emitted in this period */
+	event_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+										   &isnull));
+	initStringInfo(&payload);
+	appendStringInfo(&payload,
+					 "{\"event_id\": %lld, \"tenant_id\": %lld, \"quota_id\": %lld, "
+					 "\"period\": ",
+					 (long long) event_id, (long long) tenant_id, (long long) r->quota_id);
+	escape_json(&payload, r->label);
+	appendStringInfoString(&payload, ", \"period_start\": ");
+	escape_json(&payload, TIMESTAMP_NOT_FINITE(r->start) ? "-infinity" : timestamptz_to_str(r->start));
+	appendStringInfo(&payload,
+					 ", \"kind\": \"%s\", \"threshold\": %d, \"used\": %lld, \"limit\": %lld}",
+					 kind, threshold, (long long) r->new_used, (long long) limit);
+	Async_Notify(QUOTA_EVENT_CHANNEL, payload.data);
+}
+
+/* threshold and soft-limit events of one counter change */
+static void
+emit_events(int64 tenant_id, QuotaRow *r)
+{
+	int			i;
+
+	if (r->new_used <= r->old_used)
+		return;
+	for (i = 0; i < r->nthresholds; i++)
+		if (crossing(r->old_used, r->new_used, r->max_units, r->thresholds[i]))
+			emit_event(tenant_id, r, "threshold", r->thresholds[i], r->max_units);
+	if (r->has_soft && r->old_used < r->soft_limit && r->new_used >= r->soft_limit)
+		emit_event(tenant_id, r, "soft_limit", 0, r->soft_limit);
+}
+
+/* ----------------------------------------------------------------------
+ * idempotency
+ * ---------------------------------------------------------------------- */
+
+/*
+ * idem_claim
+ *		Claim (tenant, key) for this request.  Returns true when claimed;
+ *		false when the key was used before, with *d set to the stored
+ *		decision.  The same key with other parameters raises 22023.
+ */
+static bool
+idem_claim(const ConsumeRequest *req, Decision *d)
+{
+	static QuotaPlan claim = {
+		"INSERT INTO quota_ext.idempotency_keys (tenant_id, idempotency_key, op, model, units) "
+		"VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
+		5, {INT8OID, TEXTOID, TEXTOID, TEXTOID, INT8OID}
+	};
+	static QuotaPlan fetch = {
+		"SELECT op, model, units, allowed, denied_by, quota_id, period, \"limit\", "
+		"       remaining, resets_at, retry_after, usage_id, reservation_id "
+		"FROM quota_ext.idempotency_keys "
+		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
+		"  AND idempotency_key OPERATOR(pg_catalog.=) $2",
+		2, {INT8OID, TEXTOID}
+	};
+	Datum		values[5];
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		v;
+	const char *op = req->reserve ? "reserve" : "consume";
+	char	   *s;
+
+	values[0] = Int64GetDatum(req->tenant_id);
+	values[1] = CStringGetTextDatum(req->idem_key);
+	values[2] = CStringGetTextDatum(op);
+	values[3] = CStringGetTextDatum(req->model);
+	values[4] = Int64GetDatum(req->units);
+	QuotaSpiExec(&claim, values, NULL, false, 0);
+	if (SPI_processed == 1)
+		return true;
+
+	QuotaSpiExec(&fetch, values, NULL, false, 1);
+	if (SPI_processed != 1)
+		elog(ERROR, "idempotency key vanished");
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	if (strcmp(SPI_getvalue(tup, desc, 1), op) != 0 ||
+		strcmp(SPI_getvalue(tup, desc, 2), req->model) != 0 ||
+		DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull)) != req->units)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency key \"%s\" was used with other parameters", req->idem_key),
+				 errhint("Use a new key for a different request.")));
+
+	memset(d, 0, sizeof(*d));
+	d->replayed = true;
+	d->allowed = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+	s = SPI_getvalue(tup, desc, 5);
+	if (s == NULL)
+		d->denied_by = NULL;
+	else if (strcmp(s, denied_tenant) == 0)
+		d->denied_by = denied_tenant;
+	else if (strcmp(s, denied_policy) == 0)
+		d->denied_by = denied_policy;
+	else if (strcmp(s, denied_rate) == 0)
+		d->denied_by = denied_rate;
+	else
+		d->denied_by = denied_quota;
+	v = SPI_getbinval(tup, desc, 6, &isnull);
+	d->quota_id = isnull ? 0 : DatumGetInt64(v);
+	s = SPI_getvalue(tup, desc, 7);
+	if (s)
+		strlcpy(d->period, s, sizeof(d->period));
+	v = SPI_getbinval(tup, desc, 8, &isnull);
+	d->has_limit = !isnull;
+	d->limit = isnull ? 0 : DatumGetInt64(v);
+	v = SPI_getbinval(tup, desc, 9, &isnull);
+	d->remaining = isnull ? 0 : DatumGetInt64(v);
+	v = SPI_getbinval(tup, desc, 10, &isnull);
+	d->has_resets = !isnull;
+	d->resets_at = isnull ? 0 : DatumGetTimestampTz(v);
+	v = SPI_getbinval(tup, desc, 11, &isnull);
+	d->has_retry = !isnull;
+	d->retry_after = isnull ? 0 : DatumGetInt64(v);
+	v = SPI_getbinval(tup, desc, 12, &isnull);
+	d->usage_id = isnull ? 0 : DatumGetInt64(v);
+	v = SPI_getbinval(tup, desc, 13, &isnull);
+	d->reservation_id = isnull ? 0 : DatumGetInt64(v);
+	return false;
+}
+
+static void
+idem_store(const ConsumeRequest *req, const Decision *d)
+{
+	static QuotaPlan plan = {
+		"UPDATE quota_ext.idempotency_keys SET allowed = $3, denied_by = $4, quota_id = $5, "
+		"       period = $6, \"limit\" = $7, remaining = $8, resets_at = $9, "
+		"       retry_after = $10, usage_id = $11, reservation_id = $12 "
+		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
+		"  AND idempotency_key OPERATOR(pg_catalog.=) $2",
+		12, {INT8OID, TEXTOID, BOOLOID, TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID,
+		TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID}
+	};
+	Datum		values[12];
+	char		nulls[12];
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(req->tenant_id);
+	values[1] = CStringGetTextDatum(req->idem_key);
+	values[2] = BoolGetDatum(d->allowed);
+	if (d->denied_by)
+		values[3] = CStringGetTextDatum(d->denied_by);
+	else
+		nulls[3] = 'n';
+	values[4] = Int64GetDatum(d->quota_id);
+	if (d->quota_id == 0)
+		nulls[4] = 'n';
+	if (d->period[0])
+		values[5] = CStringGetTextDatum(d->period);
+	else
+		nulls[5] = 'n';
+	values[6] = Int64GetDatum(d->limit);
+	values[7] = Int64GetDatum(d->remaining);
+	if (!d->has_limit)
+		nulls[6] = nulls[7] = 'n';
+	values[8] = TimestampTzGetDatum(d->resets_at);
+	if (!d->has_resets)
+		nulls[8] = 'n';
+	values[9] = Int64GetDatum(d->retry_after);
+	if (!d->has_retry)
+		nulls[9] = 'n';
+	values[10] = Int64GetDatum(d->usage_id);
+	if (d->usage_id == 0)
+		nulls[10] = 'n';
+	values[11] = Int64GetDatum(d->reservation_id);
+	if (d->reservation_id == 0)
+		nulls[11] = 'n';
+	QuotaSpiExec(&plan, values, nulls, false, 0);
+}
+
+/* ----------------------------------------------------------------------
+ * the charge
+ * ---------------------------------------------------------------------- */
+
+/*
+ * decide_quotas
+ *		Compute periods and new counts for a charge of `calls` calls and
+ *		`units` units at `at`; fill *d.  Returns false (nothing to write)
+ *		when a blocking quota denies.  *overage gets the units beyond the
+ *		limit of overage quotas.
+ */
+static bool
+decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock,
+			  int64 calls, int64 units, Decision *d, int64 *overage)
+{
+	int			i;
+	int			deny = -1;
+	int			tight = -1;
+
+	*overage = 0;
+	for (i = 0; i < n; i++)
+	{
+		QuotaRow   *r = &rows[i];
+		int64		amount = r->metric_calls ? calls : units;
+
+		QuotaPeriodBounds(r->period, tz, at, &r->start, &r->end);
+		r->old_used = (r->counter_start == r->start) ? r->used : 0;
+		if (pg_add_s64_overflow(r->old_used, amount, &r->new_used))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("quota %lld would overflow", (long long) r->quota_id),
+					 errdetail("%lld used, %lld requested.", (long long) r->old_used,
+							   (long long) amount)));
+		r->touched = true;
+		if (r->new_used > r->max_units)
+		{
+			if (r->on_exceed == 'b')
+			{
+				/* deny by the blocking quota that frees up last */
+				if (deny < 0 || (rows[deny].period != QUOTA_PERIOD_LIFETIME &&
+								 (r->period == QUOTA_PERIOD_LIFETIME ||
+								  r->end > rows[deny].end)))
+					deny = i;
+			}
+			else if (r->on_exceed == 'o')
+			{
+				int64		over = r->new_used - Max(r->old_used, r->max_units);
+
+				*overage = Max(*overage, Min(over, amount));
+			}
+		}
+		if (tight < 0 || r->max_units - r->new_used < rows[tight].max_units - rows[tight].new_used)
+			tight = i;
+	}
+
+	if (deny >= 0)
+	{
+		QuotaRow   *r = &rows[deny];
+
+		d->allowed = false;
+		d->denied_by = denied_quota;
+		d->quota_id = r->quota_id;
+		strlcpy(d->period, r->label, sizeof(d->period));
+		d->has_limit = true;
+		d->limit = r->max_units;
+		d->remaining = Max(r->max_units - r->old_used, 0);
+		if (r->period != QUOTA_PERIOD_LIFETIME)
+		{
+			d->has_resets = true;
+			d->resets_at = r->end;
+			d->has_retry = true;
+			d->retry_after = seconds_until(r->end, clock);
+		}
+		return false;
+	}
+	d->allowed = true;
+	if (tight >= 0)
+	{
+		QuotaRow   *r = &rows[tight];
+
+		d->quota_id = r->quota_id;
+		strlcpy(d->period, r->label, sizeof(d->period));
+		d->has_limit = true;
+		d->limit = r->max_units;
+		d->remaining = Max(r->max_units - r->new_used, 0);
+		if (r->period != QUOTA_PERIOD_LIFETIME)
+		{
+			d->has_resets = true;
+			d->resets_at = r->end;
+		}
+	}
+	return true;
+}
+
+/*
+ * charge_instant
+ *		Now, after the locks; never before a locked counter's period.
+ */
+static TimestampTz
+charge_instant(QuotaRow *rows, int n)
+{
+	TimestampTz at = GetCurrentTimestamp();
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (!TIMESTAMP_NOT_FINITE(rows[i].counter_start) && rows[i].counter_start > at)
+			at = rows[i].counter_start;
+	return at;
+}
+
+static int64
+next_reservation_id(void)
+{
+	static QuotaPlan plan = {
+		"SELECT pg_catalog.nextval('quota_ext.reservation_id_seq')", 0, {InvalidOid}
+	};
+	bool		isnull;
+
+	QuotaSpiExec(&plan, NULL, NULL, false, 1);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+static void
+insert_reservation(int64 tenant_id, int64 reservation_id, int64 usage_id, TimestampTz at,
+				   int64 model_id, int64 user_id, int64 key_id, int64 estimate, Interval *ttl)
+{
+	static QuotaPlan plan = {
+		"INSERT INTO quota_ext.reservations (tenant_id, reservation_id, usage_id, occurred_at, "
+		"    model_id, user_id, key_id, estimate, expires_at) "
+		"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $4 OPERATOR(pg_catalog.+) $9)",
+		9, {INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, INT8OID,
+		INTERVALOID}
+	};
+	Datum		values[9];
+	char		nulls[9];
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(reservation_id);
+	values[2] = Int64GetDatum(usage_id);
+	values[3] = TimestampTzGetDatum(at);
+	values[4] = Int64GetDatum(model_id);
+	values[5] = Int64GetDatum(user_id);
+	if (user_id == 0)
+		nulls[5] = 'n';
+	values[6] = Int64GetDatum(key_id);
+	if (key_id == 0)
+		nulls[6] = 'n';
+	values[7] = Int64GetDatum(estimate);
+	values[8] = IntervalPGetDatum(ttl);
+	QuotaSpiExec(&plan, values, nulls, false, 0);
+}
+
+/*
+ * QuotaConsume
+ *		The whole request: see the file header.  Runs its own SPI session.
+ */
+static void
+QuotaConsume(const ConsumeRequest *req, Decision *d)
+{
+	QuotaSpiState spi;
+	QuotaPolicyResult pol;
+	QuotaRow	rows[QUOTA_MAX_QUOTAS];
+	int			n;
+	TimestampTz at;
+	TimestampTz clock;
+	int64		overage;
+	int64		reservation_id = 0;
+	text	   *tz;
+	TimestampTz infinity;
+
+	memset(d, 0, sizeof(*d));
+	QuotaSpiBegin(&spi);
+
+	QuotaPolicyEvaluate(req->tenant_id, req->model, req->role, &pol);
+	if (!pol.tenant_found)
+		QuotaRaiseUnknownTenant(req->tenant_id);
+	if (pol.model_id == 0)
+		raise_unknown_model(req->model);
+
+	if (req->idem_key && !idem_claim(req, d))
+	{
+		QuotaSpiEnd(&spi);
+		return;
+	}
+
+	if (!pol.tenant_active || !pol.allowed)
+	{
+		d->allowed = false;
+		d->denied_by = pol.tenant_active ? denied_policy : denied_tenant;
+	}
+	else
+	{
+		/* TODO(issue 4 merge): rate limits are applied here */
+		tz = cstring_to_text(pol.timezone);
+		TIMESTAMP_NOEND(infinity);
+		n = lock_counters(req->tenant_id, pol.model_id, req->user_id, req->key_id,
+						  infinity, rows);
+		at = charge_instant(rows, n);
+		clock = at;
+		if (decide_quotas(rows, n, tz, at, clock, 1,
+						  req->units, d, &overage))
+		{
+			int			i;
+
+			if (req->reserve)
+				reservation_id = next_reservation_id();
+			d->usage_id = write_usage(req->tenant_id, 0, at,
+									  req->reserve ? "reserve" : "consume",
+									  pol.model_id, req->user_id, req->key_id, 1,
+									  req->units, overage, 0, reservation_id,
+									  req->idem_key, rows, n);
+			if (req->reserve)
+			{
+				insert_reservation(req->tenant_id, reservation_id, d->usage_id, at,
+								   pol.model_id, req->user_id, req->key_id, req->units,
+								   req->ttl);
+				d->reservation_id = reservation_id;
+			}
+			for (i = 0; i < n; i++)
+				emit_events(req->tenant_id, &rows[i]);
+		}
+	}
+	if (req->idem_key)
+		idem_store(req, d);
+	QuotaSpiEnd(&spi);
+}
+
+/* ----------------------------------------------------------------------
+ * adjustments: refund, settle, release
+ * ---------------------------------------------------------------------- */
+
+/* the tenant's time zone (inside SPI) */
+static text *
+tenant_timezone(int64 tenant_id)
+{
+	static QuotaPlan plan = {
+		"SELECT timezone FROM quota_ext.tenants WHERE tenant_id OPERATOR(pg_catalog.=) $1",
+		1, {INT8OID}
+	};
+	Datum		values[1];
+
+	values[0] = Int64GetDatum(tenant_id);
+	QuotaSpiExec(&plan, values, NULL, false, 1);
+	if (SPI_processed != 1)
+		QuotaRaiseUnknownTenant(tenant_id);
+	return cstring_to_text(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+}
+
+/*
+ * adjust_counters
+ *		Add (calls, units) to the counters that counted a row of
+ *		occurred_at: those still in that period.  With check, a positive
+ *		change that a blocking quota cannot take changes nothing and
+ *		returns false with *d describing the quota.
+ */
+static bool
+adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 user_id,
+				int64 key_id, int64 calls, int64 units, bool check, QuotaRow *rows,
+				int *nrows, Decision *d)
+{
+	text	   *tz = tenant_timezone(tenant_id);
+	int			n;
+	int			i;
+	TimestampTz clock = GetCurrentTimestamp();
+
+	n = lock_counters(tenant_id, model_id, user_id, key_id, occurred_at, rows);
+	*nrows = n;
+	for (i = 0; i < n; i++)
+	{
+		QuotaRow   *r = &rows[i];
+		int64		delta = r->metric_calls ? calls : units;
+
+		QuotaPeriodBounds(r->period, tz, occurred_at, &r->start, &r->end);
+		r->touched = (r->counter_start == r->start && delta != 0);
+		if (!r->touched)
+			continue;
+		r->old_used = r->used;
+		if (pg_add_s64_overflow(r->used, delta, &r->new_used))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("quota %lld would overflow", (long long) r->quota_id)));
+		if (r->new_used < 0)
+			r->new_used = 0;
+		if (check && delta > 0 && r->on_exceed == 'b' && r->new_used > r->max_units)
+		{
+			d->allowed = false;
+			d->denied_by = denied_quota;
+			d->quota_id = r->quota_id;
+			strlcpy(d->period, r->label, sizeof(d->period));
+			d->has_limit = true;
+			d->limit = r->max_units;
+			d->remaining = Max(r->max_units - r->used, 0);
+			if (r->period != QUOTA_PERIOD_LIFETIME)
+			{
+				d->has_resets = d->has_retry = true;
+				d->resets_at = r->end;
+				d->retry_after = seconds_until(r->end, clock);
+			}
+			return false;
+		}
+	}
+	return true;
+}
+
+typedef struct Reservation
+{
+	int64		usage_id;
+	TimestampTz occurred_at;
+	int64		model_id;
+	int64		user_id;
+	int64		key_id;
+	int64		estimate;
+	bool		has_actual;
+	int64		actual;
+	char		status[16];
+	int64		closing_usage_id;
+} Reservation;
+
+/* lock and load a reservation (inside SPI); false when not found */
+static bool
+reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
+{
+	static QuotaPlan plan = {
+		"SELECT r.usage_id, r.occurred_at, r.model_id, r.user_id, r.key_id, r.estimate, "
+		"       r.actual, r.status, "
+		"       (SELECT max(u.usage_id) FROM quota_ext.usage u "
+		"         WHERE u.tenant_id OPERATOR(pg_catalog.=) r.tenant_id "
+		"           AND u.reservation_id OPERATOR(pg_catalog.=) r.reservation_id "
+		"           AND u.kind OPERATOR(pg_catalog.<>) 'reserve') "
+		"FROM quota_ext.reservations r "
+		"WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 "
+		"  AND r.reservation_id OPERATOR(pg_catalog.=) $2 "
+		"FOR NO KEY UPDATE",
+		2, {INT8OID, INT8OID}
+	};
+	Datum		values[2];
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		v;
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(reservation_id);
+	QuotaSpiExec(&plan, values, NULL, false, 1);
+	if (SPI_processed != 1)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	res->usage_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	res->occurred_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+	res->model_id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	v = SPI_getbinval(tup, desc, 4, &isnull);
+	res->user_id = isnull ? 0 : DatumGetInt64(v);
+	v = SPI_getbinval(tup, desc, 5, &isnull);
+	res->key_id = isnull ? 0 : DatumGetInt64(v);
+	res->estimate = DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull));
+	v = SPI_getbinval(tup, desc, 7, &isnull);
+	res->has_actual = !isnull;
+	res->actual = isnull ? 0 : DatumGetInt64(v);
+	strlcpy(res->status, SPI_getvalue(tup, desc, 8), sizeof(res->status));
+	v = SPI_getbinval(tup, desc, 9, &isnull);
+	res->closing_usage_id = isnull ? 0 : DatumGetInt64(v);
+	return true;
+}
+
+static void
+reservation_close(int64 tenant_id, int64 reservation_id, const char *status,
+				  bool has_actual, int64 actual, int64 unbilled)
+{
+	static QuotaPlan plan = {
+		"UPDATE quota_ext.reservations SET status = $3, actual = $4, unbilled = $5, "
+		"       closed_at = pg_catalog.now() "
+		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
+		"  AND reservation_id OPERATOR(pg_catalog.=) $2",
+		5, {INT8OID, INT8OID, TEXTOID, INT8OID, INT8OID}
+	};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(reservation_id);
+	values[2] = CStringGetTextDatum(status);
+	values[3] = Int64GetDatum(actual);
+	if (!has_actual)
+		nulls[3] = 'n';
+	values[4] = Int64GetDatum(unbilled);
+	QuotaSpiExec(&plan, values, nulls, false, 0);
+}
+
+static void
+raise_unknown_reservation(int64 reservation_id)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("reservation %lld does not exist", (long long) reservation_id)));
+}
+
+/*
+ * release_reservation
+ *		Give back an open reservation's estimate (cancel or expiry); inside
+ *		SPI, reservation locked.  Returns the release row's id.
+ */
+static int64
+release_reservation(int64 tenant_id, int64 reservation_id, Reservation *res,
+					const char *status)
+{
+	QuotaRow	rows[QUOTA_MAX_QUOTAS];
+	int			n;
+	Decision	ignored;
+	int64		usage_id;
+
+	memset(&ignored, 0, sizeof(ignored));
+	adjust_counters(tenant_id, res->occurred_at, res->model_id, res->user_id, res->key_id,
+					-1, -res->estimate, false, rows, &n, &ignored);
+	usage_id = write_usage(tenant_id, 0, res->occurred_at, "release", res->model_id,
+						   res->user_id, res->key_id, -1, -res->estimate, 0, res->usage_id,
+						   reservation_id, NULL, rows, n);
+	reservation_close(tenant_id, reservation_id, status, false, 0, 0);
+	return usage_id;
+}
+
+/* ----------------------------------------------------------------------
+ * result and SQL-callable functions
+ * ---------------------------------------------------------------------- */
+
+static Datum
+decision_datum(FunctionCallInfo fcinfo, const Decision *d)
+{
+	TupleDesc	tupdesc;
+	Datum		values[11];
+	bool		nulls[11];
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = BoolGetDatum(d->allowed);
+	if (d->denied_by)
+		values[1] = CStringGetTextDatum(d->denied_by);
+	else
+		nulls[1] = true;
+	values[2] = Int64GetDatum(d->quota_id);
+	nulls[2] = d->quota_id == 0;
+	if (d->period[0])
+		values[3] = CStringGetTextDatum(d->period);
+	else
+		nulls[3] = true;
+	values[4] = Int64GetDatum(d->limit);
+	values[5] = Int64GetDatum(d->remaining);
+	nulls[4] = nulls[5] = !d->has_limit;
+	values[6] = TimestampTzGetDatum(d->resets_at);
+	nulls[6] = !d->has_resets;
+	values[7] = Int64GetDatum(d->retry_after);
+	nulls[7] = !d->has_retry;
+	values[8] = Int64GetDatum(d->usage_id);
+	nulls[8] = d->usage_id == 0;
+	values[9] = Int64GetDatum(d->reservation_id);
+	nulls[9] = d->reservation_id == 0;
+	values[10] = BoolGetDatum(d->replayed);
+	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
+}
+
+/* arguments (tenant_id, model, units, idempotency_key, user_id, key_id, role) */
+static void
+consume_args(FunctionCallInfo fcinfo, ConsumeRequest *req)
+{
+	const QuotaContext *ctx;
+
+	memset(req, 0, sizeof(*req));
+	QuotaArgNotNull(fcinfo, 0, "tenant_id");
+	QuotaArgNotNull(fcinfo, 1, "model");
+	QuotaArgNotNull(fcinfo, 2, "units");
+	req->tenant_id = PG_GETARG_INT64(0);
+	req->model = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	req->units = PG_GETARG_INT64(2);
+	check_positive(req->units, "units");
+	req->idem_key = check_idem_key(fcinfo, 3);
+	QuotaCheckTenantAccess(req->tenant_id);
+
+	/* user, key and role default to the authenticated caller's */
+	ctx = QuotaContextGet();
+	if (ctx && ctx->tenant_id == req->tenant_id)
+	{
+		req->user_id = ctx->user_id;
+		req->key_id = ctx->key_id;
+		if (ctx->role[0])
+			req->role = ctx->role;
+	}
+	if (!PG_ARGISNULL(4))
+		req->user_id = PG_GETARG_INT64(4);
+	if (!PG_ARGISNULL(5))
+		req->key_id = PG_GETARG_INT64(5);
+	if (!PG_ARGISNULL(6))
+		req->role = text_to_cstring(PG_GETARG_TEXT_PP(6));
+	if (req->user_id < 0 || req->key_id < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("user_id and key_id must be positive")));
+}
+
+/*
+ * quota_ext.quota_consume(tenant_id bigint, model text, units bigint DEFAULT 1,
+ *		idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL,
+ *		key_id bigint DEFAULT NULL, role text DEFAULT NULL)
+ *		RETURNS quota_ext.decision
+ */
+Datum
+quota_consume(PG_FUNCTION_ARGS)
+{
+	ConsumeRequest req;
+	Decision	d;
+
+	consume_args(fcinfo, &req);
+	QuotaConsume(&req, &d);
+	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+}
+
+/*
+ * raise_denial
+ *		The raising variant's errors.
+ */
+static void
+raise_denial(const ConsumeRequest *req, const Decision *d)
+{
+	if (d->denied_by == denied_tenant)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("tenant %lld is not active", (long long) req->tenant_id)));
+	if (d->denied_by == denied_policy)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("model \"%s\" is not allowed for tenant %lld",
+						req->model, (long long) req->tenant_id),
+				 errhint("Allow it with quota_ext.policy_set().")));
+	if (d->denied_by == denied_rate)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("rate limit exceeded for tenant %lld", (long long) req->tenant_id),
+				 errdetail("Limit %lld; retry after %lld seconds.",
+						   (long long) d->limit, (long long) d->retry_after)));
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("%s quota exceeded for tenant %lld", d->period, (long long) req->tenant_id),
+			 d->has_resets ?
+			 errdetail("Quota %lld: requested %lld units; %lld of %lld remain until %s.",
+					   (long long) d->quota_id, (long long) req->units,
+					   (long long) d->remaining, (long long) d->limit,
+					   timestamptz_to_str(d->resets_at)) :
+			 errdetail("Quota %lld: requested %lld units; %lld of %lld remain.",
+					   (long long) d->quota_id, (long long) req->units,
+					   (long long) d->remaining, (long long) d->limit),
+			 errhint("Wait for the period to reset, or raise the limit with quota_ext.quota_set().")));
+}
+
+/*
+ * quota_ext.quota_consume_or_raise(...) RETURNS quota_ext.decision
+ *		As quota_consume, but a denial is an error: 53400 for quotas and
+ *		rate limits, 42501 for policy and inactive tenants.
+ */
+Datum
+quota_consume_or_raise(PG_FUNCTION_ARGS)
+{
+	ConsumeRequest req;
+	Decision	d;
+
+	consume_args(fcinfo, &req);
+	QuotaConsume(&req, &d);
+	if (!d.allowed)
+		raise_denial(&req, &d);
+	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+}
+
+/*
+ * quota_ext.invoke(api_key text, model text, units bigint DEFAULT 1,
+ *		idempotency_key text DEFAULT NULL) RETURNS quota_ext.decision
+ *
+ * authenticate() then quota_consume() for the key's tenant, user and key,
+ * with the key's user's role.
+ */
+Datum
+invoke(PG_FUNCTION_ARGS)
+{
+	ConsumeRequest req;
+	Decision	d;
+	const QuotaContext *ctx;
+
+	QuotaArgNotNull(fcinfo, 0, "api_key");
+	QuotaArgNotNull(fcinfo, 1, "model");
+	QuotaArgNotNull(fcinfo, 2, "units");
+	memset(&req, 0, sizeof(req));
+	req.model = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	req.units = PG_GETARG_INT64(2);
+	check_positive(req.units, "units");
+	req.idem_key = check_idem_key(fcinfo, 3);
+
+	QuotaAuthenticate(PG_GETARG_TEXT_PP(0));
+	ctx = QuotaContextGet();
+	req.tenant_id = ctx->tenant_id;
+	req.user_id = ctx->user_id;
+	req.key_id = ctx->key_id;
+	req.role = ctx->role[0] ? pstrdup(ctx->role) : NULL;
+	QuotaConsume(&req, &d);
+	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+}
+
+/*
+ * quota_ext.quota_reserve(tenant_id bigint, model text, estimate bigint,
+ *		ttl interval DEFAULT '15 minutes', idempotency_key text DEFAULT NULL,
+ *		user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
+ *		role text DEFAULT NULL) RETURNS quota_ext.decision
+ */
+Datum
+quota_reserve(PG_FUNCTION_ARGS)
+{
+	ConsumeRequest req;
+	Decision	d;
+	Interval   *ttl;
+	const QuotaContext *ctx;
+
+	memset(&req, 0, sizeof(req));
+	QuotaArgNotNull(fcinfo, 0, "tenant_id");
+	QuotaArgNotNull(fcinfo, 1, "model");
+	QuotaArgNotNull(fcinfo, 2, "estimate");
+	QuotaArgNotNull(fcinfo, 3, "ttl");
+	req.tenant_id = PG_GETARG_INT64(0);
+	req.model = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	req.units = PG_GETARG_INT64(2);
+	check_positive(req.units, "estimate");
+	ttl = PG_GETARG_INTERVAL_P(3);
+	if (ttl->month != 0 || ttl->day < 0 || ttl->time < 0 || (ttl->day == 0 && ttl->time == 0) ||
+		ttl->day > 7 || (ttl->day == 7 && ttl->time > 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("ttl must be positive and at most 7 days")));
+	req.ttl = ttl;
+	req.reserve = true;
+	req.idem_key = check_idem_key(fcinfo, 4);
+	QuotaCheckTenantAccess(req.tenant_id);
+	ctx = QuotaContextGet();
+	if (ctx && ctx->tenant_id == req.tenant_id)
+	{
+		req.user_id = ctx->user_id;
+		req.key_id = ctx->key_id;
+		if (ctx->role[0])
+			req.role = ctx->role;
+	}
+	if (!PG_ARGISNULL(5))
+		req.user_id = PG_GETARG_INT64(5);
+	if (!PG_ARGISNULL(6))
+		req.key_id = PG_GETARG_INT64(6);
+	if (!PG_ARGISNULL(7))
+		req.role = text_to_cstring(PG_GETARG_TEXT_PP(7));
+	QuotaConsume(&req, &d);
+	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+}
+
+/*
+ * quota_ext.quota_settle(tenant_id bigint, reservation_id bigint, actual bigint)
+ *		RETURNS quota_ext.decision
+ *
+ * actual <= estimate: the difference is given back.  actual > estimate:
+ * the excess is charged like a consume, all or nothing; if a blocking quota
+ * cannot take it, only the estimate stays charged, the excess is recorded in
+ * reservations.unbilled and the decision says allowed = false, denied_by =
+ * quota.  Settling again with the same actual returns the same answer
+ * (replayed); with another actual, or after cancel/expiry, is an error.
+ */
+Datum
+quota_settle(PG_FUNCTION_ARGS)
+{
+	int64		tenant_id;
+	int64		reservation_id;
+	int64		actual;
+	Reservation res;
+	QuotaSpiState spi;
+	QuotaRow	rows[QUOTA_MAX_QUOTAS];
+	int			n;
+	Decision	d;
+	int64		delta;
+	int64		unbilled = 0;
+
+	QuotaArgNotNull(fcinfo, 0, "tenant_id");
+	QuotaArgNotNull(fcinfo, 1, "reservation_id");
+	QuotaArgNotNull(fcinfo, 2, "actual");
+	tenant_id = PG_GETARG_INT64(0);
+	reservation_id = PG_GETARG_INT64(1);
+	actual = PG_GETARG_INT64(2);
+	if (actual < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("actual must not be negative")));
+	QuotaCheckTenantAccess(tenant_id);
+	memset(&d, 0, sizeof(d));
+
+	QuotaSpiBegin(&spi);
+	if (!reservation_lock(tenant_id, reservation_id, &res))
+		raise_unknown_reservation(reservation_id);
+	d.reservation_id = reservation_id;
+	if (strcmp(res.status, "settled") == 0 && res.has_actual && res.actual == actual)
+	{
+		d.allowed = true;
+		d.replayed = true;
+		d.usage_id = res.closing_usage_id ? res.closing_usage_id : res.usage_id;
+		QuotaSpiEnd(&spi);
+		PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	}
+	if (strcmp(res.status, "open") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("reservation %lld is %s", (long long) reservation_id, res.status)));
+
+	delta = actual - res.estimate;
+	d.allowed = true;
+	d.usage_id = res.usage_id;
+	if (delta != 0)
+	{
+		if (adjust_counters(tenant_id, res.occurred_at, res.model_id, res.user_id, res.key_id,
+							0, delta, true, rows, &n, &d))
+		{
+			int			i;
+
+			d.usage_id = write_usage(tenant_id, 0, res.occurred_at, "settle", res.model_id,
+									 res.user_id, res.key_id, 0, delta, 0, res.usage_id,
+									 reservation_id, NULL, rows, n);
+			for (i = 0; i < n; i++)
+				if (rows[i].touched)
+					emit_events(tenant_id, &rows[i]);
+		}
+		else
+			unbilled = delta;
+	}
+	reservation_close(tenant_id, reservation_id, "settled", true, actual, unbilled);
+	QuotaSpiEnd(&spi);
+	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+}
+
+/*
+ * quota_ext.quota_cancel(tenant_id bigint, reservation_id bigint)
+ *		RETURNS quota_ext.decision
+ *
+ * Gives the whole estimate back.  Cancelling twice answers the same
+ * (replayed); a settled or expired reservation cannot be cancelled.
+ */
+Datum
+quota_cancel(PG_FUNCTION_ARGS)
+{
+	int64		tenant_id;
+	int64		reservation_id;
+	Reservation res;
+	QuotaSpiState spi;
+	Decision	d;
+
+	QuotaArgNotNull(fcinfo, 0, "tenant_id");
+	QuotaArgNotNull(fcinfo, 1, "reservation_id");
+	tenant_id = PG_GETARG_INT64(0);
+	reservation_id = PG_GETARG_INT64(1);
+	QuotaCheckTenantAccess(tenant_id);
+	memset(&d, 0, sizeof(d));
+	d.allowed = true;
+	d.reservation_id = reservation_id;
+
+	QuotaSpiBegin(&spi);
+	if (!reservation_lock(tenant_id, reservation_id, &res))
+		raise_unknown_reservation(reservation_id);
+	if (strcmp(res.status, "cancelled") == 0)
+	{
+		d.replayed = true;
+		d.usage_id = res.closing_usage_id;
+	}
+	else if (strcmp(res.status, "open") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("reservation %lld is %s", (long long) reservation_id, res.status)));
+	else
+		d.usage_id = release_reservation(tenant_id, reservation_id, &res, "cancelled");
+	QuotaSpiEnd(&spi);
+	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+}
+
+/*
+ * quota_ext.quota_refund(tenant_id bigint, usage_id bigint)
+ *		RETURNS quota_ext.decision
+ *
+ * Gives back a consumption (kind consume) once: a second refund of the same
+ * row answers the first refund's usage row, replayed.
+ */
+Datum
+quota_refund(PG_FUNCTION_ARGS)
+{
+	static QuotaPlan find = {
+		"SELECT occurred_at, model_id, user_id, key_id, units, kind "
+		"FROM quota_ext.usage "
+		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND usage_id OPERATOR(pg_catalog.=) $2",
+		2, {INT8OID, INT8OID}
+	};
+	static QuotaPlan claim = {
+		"INSERT INTO quota_ext.refunds (tenant_id, usage_id, refund_usage_id) "
+		"VALUES ($1, $2, pg_catalog.nextval('quota_ext.usage_id_seq')) "
+		"ON CONFLICT (tenant_id, usage_id) DO NOTHING RETURNING refund_usage_id",
+		2, {INT8OID, INT8OID}
+	};
+	static QuotaPlan prior = {
+		"SELECT refund_usage_id FROM quota_ext.refunds "
+		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND usage_id OPERATOR(pg_catalog.=) $2",
+		2, {INT8OID, INT8OID}
+	};
+	int64		tenant_id;
+	int64		usage_id;
+	QuotaSpiState spi;
+	Datum		values[2];
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		v;
+	TimestampTz occurred_at;
+	int64		model_id;
+	int64		user_id;
+	int64		key_id;
+	int64		units;
+	int64		refund_id;
+	QuotaRow	rows[QUOTA_MAX_QUOTAS];
+	int			n;
+	Decision	d;
+
+	QuotaArgNotNull(fcinfo, 0, "tenant_id");
+	QuotaArgNotNull(fcinfo, 1, "usage_id");
+	tenant_id = PG_GETARG_INT64(0);
+	usage_id = PG_GETARG_INT64(1);
+	QuotaCheckTenantAccess(tenant_id);
+	memset(&d, 0, sizeof(d));
+	d.allowed = true;
+
+	QuotaSpiBegin(&spi);
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(usage_id);
+	QuotaSpiExec(&find, values, NULL, false, 1);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("usage %lld does not exist", (long long) usage_id)));
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	if (strcmp(SPI_getvalue(tup, desc, 6), "consume") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("usage %lld is not a consumption", (long long) usage_id),
+				 errhint("Reservations are given back with quota_cancel() or quota_settle().")));
+	occurred_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 1, &isnull));
+	model_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	v = SPI_getbinval(tup, desc, 3, &isnull);
+	user_id = isnull ? 0 : DatumGetInt64(v);
+	v = SPI_getbinval(tup, desc, 4, &isnull);
+	key_id = isnull ? 0 : DatumGetInt64(v);
+	units = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+
+	QuotaSpiExec(&claim, values, NULL, false, 0);
+	if (SPI_processed == 0)
+	{
+		QuotaSpiExec(&prior, values, NULL, false, 1);
+		d.replayed = true;
+		d.usage_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+		QuotaSpiEnd(&spi);
+		PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	}
+	refund_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+											&isnull));
+	adjust_counters(tenant_id, occurred_at, model_id, user_id, key_id, -1, -units, false,
+					rows, &n, &d);
+	d.usage_id = write_usage(tenant_id, refund_id, occurred_at, "refund", model_id, user_id,
+							 key_id, -1, -units, 0, usage_id, 0, NULL, rows, n);
+	QuotaSpiEnd(&spi);
+	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+}
+
+/*
+ * quota_ext.quota_expire_reservations(batch integer DEFAULT 1000) RETURNS integer
+ *
+ * Releases open reservations past expires_at, oldest first, at most batch
+ * of them; for pg_cron.  Needs quota_ext_admin (it works across tenants).
+ * Reservations locked by a running settle are skipped (SKIP LOCKED) and
+ * taken by the next run.  Tenants are processed in ascending order and all
+ * counters of a tenant are locked first, in quota_id order, so the sweep
+ * cannot deadlock with consumes or with another sweep.
+ */
+Datum
+quota_expire_reservations(PG_FUNCTION_ARGS)
+{
+	static QuotaPlan pick = {
+		"SELECT tenant_id, reservation_id FROM ("
+		"  SELECT tenant_id, reservation_id FROM quota_ext.reservations "
+		"  WHERE status OPERATOR(pg_catalog.=) 'open' "
+		"    AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() "
+		"  ORDER BY expires_at LIMIT $1) s "
+		"ORDER BY tenant_id, reservation_id",
+		1, {INT4OID}
+	};
+	static QuotaPlan lock_tenant = {
+		"SELECT 1 FROM quota_ext.quota_counters "
+		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
+		"ORDER BY quota_id, slot FOR NO KEY UPDATE",
+		1, {INT8OID}
+	};
+	static QuotaPlan relock = {
+		"SELECT status FROM quota_ext.reservations "
+		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
+		"  AND reservation_id OPERATOR(pg_catalog.=) $2 "
+		"  AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() "
+		"FOR NO KEY UPDATE SKIP LOCKED",
+		2, {INT8OID, INT8OID}
+	};
+	int32		batch;
+	QuotaSpiState spi;
+	int64	   *tenants;
+	int64	   *ids;
+	int			n;
+	int			i;
+	int			done = 0;
+	int64		locked_tenant = 0;
+
+	QuotaArgNotNull(fcinfo, 0, "batch");
+	batch = PG_GETARG_INT32(0);
+	if (batch <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("batch must be positive")));
+	if (QuotaContextGet() != NULL || !QuotaCallerIsAdmin())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("quota_expire_reservations needs quota_ext_admin and no tenant context")));
+
+	QuotaSpiBegin(&spi);
+	{
+		Datum		values[1] = {Int32GetDatum(batch)};
+		bool		isnull;
+
+		QuotaSpiExec(&pick, values, NULL, false, 0);
+		n = (int) SPI_processed;
+		tenants = palloc(sizeof(int64) * Max(n, 1));
+		ids = palloc(sizeof(int64) * Max(n, 1));
+		for (i = 0; i < n; i++)
+		{
+			tenants[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+													 1, &isnull));
+			ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+												 2, &isnull));
+		}
+	}
+	for (i = 0; i < n; i++)
+	{
+		Datum		values[2];
+		Reservation res;
+
+		if (tenants[i] != locked_tenant)
+		{
+			values[0] = Int64GetDatum(tenants[i]);
+			QuotaSpiExec(&lock_tenant, values, NULL, false, 0);
+			locked_tenant = tenants[i];
+		}
+		values[0] = Int64GetDatum(tenants[i]);
+		values[1] = Int64GetDatum(ids[i]);
+		QuotaSpiExec(&relock, values, NULL, false, 1);
+		if (SPI_processed != 1 ||
+			strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "open") != 0)
+			continue;
+		if (!reservation_lock(tenants[i], ids[i], &res))
+			continue;
+		release_reservation(tenants[i], ids[i], &res, "expired");
+		done++;
+	}
+	QuotaSpiEnd(&spi);
+	PG_RETURN_INT32(done);
+}
