@@ -68,9 +68,19 @@ static void
 quota_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					   SubTransactionId parentSubid, void *arg)
 {
-	if (event == SUBXACT_EVENT_ABORT_SUB && quota_ctx.valid &&
-		quota_ctx.nest_level >= GetCurrentTransactionNestLevel())
+	if (!quota_ctx.valid || quota_ctx.nest_level < GetCurrentTransactionNestLevel())
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
 		quota_context_clear();
+
+	/*
+	 * RELEASE SAVEPOINT (or the normal end of a PL/pgSQL exception block)
+	 * hands a context set inside the subtransaction to its parent.  Without
+	 * this, the context kept the child's nest level and the rollback of any
+	 * later, unrelated savepoint at that level cleared it (test/sql/context).
+	 */
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		quota_ctx.nest_level = GetCurrentTransactionNestLevel() - 1;
 }
 
 void

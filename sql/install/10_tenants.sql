@@ -531,6 +531,12 @@ BEGIN
 	IF api_key_rotate.grace < interval '0' THEN
 		RAISE EXCEPTION 'grace must not be negative' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	-- Like api_key_create: a closed tenant gets no new credential (rotating
+	-- used to mint one; test/pgtap/03_api_keys.sql).
+	IF t.status = 'closed' THEN
+		RAISE EXCEPTION 'tenant % is closed', t.tenant_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
 	SELECT * INTO old FROM quota_ext.api_keys
 	 WHERE tenant_id = t.tenant_id AND key_id = api_key_rotate.key_id FOR UPDATE;
 	IF NOT FOUND THEN
