@@ -68,7 +68,8 @@ fsync = off
 CONF
 	local line
 	for line in "$@"; do echo "$line" >>"$dir/data/postgresql.conf"; done
-	pg_ctl -D "$dir/data" -l "$dir/server.log" -w start >/dev/null || { cat "$dir/server.log"; return 1; }
+	# 9>&-: never hand the machine-wide install lock (test/run) to a postmaster
+	pg_ctl -D "$dir/data" -l "$dir/server.log" -w start >/dev/null 9>&- || { cat "$dir/server.log"; return 1; }
 	export PGHOST=$dir PGPORT=$port PGUSER=postgres
 }
 
