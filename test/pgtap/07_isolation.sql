@@ -73,7 +73,7 @@ $$;
 SELECT count(*) AS n_tables FROM qx_per_tenant \gset
 SELECT count(*) AS n_all FROM qx_all_tables \gset
 SELECT count(*) AS n_denied FROM qx_denied \gset
-SELECT plan(54 + 6 * :n_tables + 3 * :n_all + :n_denied);
+SELECT plan(62 + 4 * :n_tables + 3 * :n_all + :n_denied);
 
 -- ---------------------------------------------------------------------------
 -- as quota_ext_app without a context: no tenant rows at all
