@@ -16,7 +16,9 @@
  * Keys.  A bucket is named by 128 bits of SHA-256 over a namespace and the
  * key: 'g' for quota_ext.rate_limit_check() (one namespace for every
  * caller), 't' plus the tenant id for tenant_rate_limit_check(), 'r' plus
- * the tenant id and rule id for configured rules.  The fields before the
+ * the tenant id and rule id for configured rules, each also with the
+ * database OID (the table is cluster-wide; tenant 1 of one database is not
+ * tenant 1 of another).  The fields before the
  * key have fixed widths, so two different (namespace, key) pairs never hash
  * the same input, and 128 bits of a cryptographic hash make a collision
  * (even a crafted one) no practical concern; the key text itself is not
@@ -310,19 +312,21 @@ quota_rl_now(void)
 
 /*
  * quota_rl_digest
- *		128 bits of SHA-256 over kind, a, b (fixed width) and the key.
+ *		128 bits of SHA-256 over kind, the database, a, b (fixed width) and
+ *		the key.
  */
 static void
 quota_rl_digest(char kind, int64 a, int64 b, const char *key, size_t keylen,
 				uint64 *out)
 {
-	uint8		head[17];
+	uint8		head[1 + sizeof(Oid) + 2 * sizeof(int64)];
 	uint8		hash[PG_SHA256_DIGEST_LENGTH];
 	pg_cryptohash_ctx *ctx;
 
 	head[0] = (uint8) kind;
-	memcpy(head + 1, &a, sizeof(int64));
-	memcpy(head + 9, &b, sizeof(int64));
+	memcpy(head + 1, &MyDatabaseId, sizeof(Oid));
+	memcpy(head + 1 + sizeof(Oid), &a, sizeof(int64));
+	memcpy(head + 1 + sizeof(Oid) + sizeof(int64), &b, sizeof(int64));
 	ctx = pg_cryptohash_create(PG_SHA256);
 	if (ctx == NULL ||
 		pg_cryptohash_init(ctx) < 0 ||
