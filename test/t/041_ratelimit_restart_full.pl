@@ -1,0 +1,68 @@
+# The bucket table: sized by quota_ext.rate_limit_slots, empty after a
+# restart (documented: like Redis without persistence), 53200 with a hint
+# when every slot holds a live bucket, idle buckets reclaimed.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(sleep);
+
+my $node = PostgreSQL::Test::Cluster->new('restart');
+$node->init;
+$node->append_conf('postgresql.conf', "shared_preload_libraries = 'quota_ext'");
+$node->append_conf('postgresql.conf', "quota_ext.rate_limit_slots = 1024");
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION quota_ext');
+
+is($node->safe_psql('postgres', 'SHOW quota_ext.rate_limit_slots'),
+	'1024', 'the slot count is a setting');
+is($node->safe_psql('postgres', 'SELECT slots, in_use FROM quota_ext.rate_limit_status()'),
+	'1024|0', 'the table starts empty');
+
+my $check = q{SELECT limited FROM quota_ext.rate_limit_check('restart', 0, 1, 3600)};
+is($node->safe_psql('postgres', $check), 'f', 'first call admitted');
+is($node->safe_psql('postgres', $check), 't', 'second call limited');
+
+# ---- restart: state resets ----
+$node->restart;
+is($node->safe_psql('postgres', 'SELECT in_use FROM quota_ext.rate_limit_status()'),
+	'0', 'no bucket survives a restart');
+is($node->safe_psql('postgres', $check), 'f', 'after a restart the key is admitted again');
+
+# ---- full table ----
+# 1023 more keys with a 2-second interval fill every slot (buckets move
+# between the 64 partitions as each runs out).
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT count(*) FROM generate_series(1, 1023) g,
+		         quota_ext.rate_limit_check('fill:' || g, 0, 1, 2) r
+		   WHERE NOT r.limited}),
+	'1023',
+	'1024 live buckets fit in 1024 slots');
+my ($ret, $out, $err) = $node->psql('postgres',
+	q{SELECT * FROM quota_ext.rate_limit_check('one-too-many', 0, 1, 3600)},
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/ERROR:\s+53200: rate-limit table is full/, 'a full table: 53200');
+like($err, qr/HINT:\s+Raise quota_ext.rate_limit_slots/, 'the hint names the setting');
+is($node->safe_psql('postgres', $check), 't',
+	'existing buckets still answer when the table is full');
+is($node->safe_psql('postgres',
+		q{SELECT limited FROM quota_ext.rate_limit_check('one-too-many', 0, 1, 3600, 0)}),
+	'f', 'a peek needs no slot');
+
+# Once the 2-second buckets are idle (TAT in the past) their slots are
+# reclaimed for new keys.
+sleep(2.2);
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT count(*) FROM generate_series(1, 1000) g,
+		         quota_ext.rate_limit_check('new:' || g, 0, 1, 3600) r
+		   WHERE NOT r.limited}),
+	'1000',
+	'idle buckets are reclaimed');
+is($node->safe_psql('postgres', $check), 't',
+	'a live bucket is never reclaimed');
+
+$node->stop;
+done_testing();
