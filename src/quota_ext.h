@@ -122,7 +122,8 @@ extern void QuotaRateLimitInit(void);
  * (the one with the longest retry_after), or the tightest one (fewest
  * remaining) when allowed.  model_id/key_id 0 = unknown: rules for a
  * specific model or key then do not apply.  Must be called inside the
- * caller's SPI session (between QuotaSpiBegin and QuotaSpiEnd).  Raises
+ * caller's SPI session (between QuotaSpiBegin and QuotaSpiEnd); it runs one
+ * query, so SPI_tuptable is replaced (copy out earlier results).  Raises
  * 42704 for an unknown tenant and 55000 when the tenant has rules but the
  * library is not in shared_preload_libraries.  Not undone by a rollback.
  */
