@@ -930,13 +930,7 @@ Datum
 rate_limit_apply(PG_FUNCTION_ARGS)
 {
 	static QuotaPlan model_plan = {
-		"SELECT m.model_id FROM quota_ext.models m "
-		" WHERE m.name OPERATOR(pg_catalog.=) $2 "
-		"   AND m.status OPERATOR(pg_catalog.=) 'active' "
-		"   AND (m.owner_tenant_id IS NULL "
-		"        OR m.owner_tenant_id OPERATOR(pg_catalog.=) $1) "
-		" ORDER BY m.owner_tenant_id NULLS LAST "
-		" LIMIT 1",
+		"SELECT quota_ext._model_resolve($1, $2)",
 		2, {INT8OID, TEXTOID}
 	};
 	QuotaSpiState spi;
@@ -970,25 +964,20 @@ rate_limit_apply(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(1))
 	{
 		Datum		mv[2];
+		bool		isnull = true;
 
 		mv[0] = Int64GetDatum(tenant_id);
 		mv[1] = PG_GETARG_DATUM(1);
 		QuotaSpiExec(&model_plan, mv, NULL, true, 1);
-		if (SPI_processed == 0)
-		{
-			char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(1));
-
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("model \"%s\" does not exist", name)));
-		}
-		{
-			bool		isnull;
-
+		if (SPI_processed == 1)
 			model_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 												   SPI_tuptable->tupdesc, 1,
 												   &isnull));
-		}
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("model \"%s\" does not exist",
+							text_to_cstring(PG_GETARG_TEXT_PP(1)))));
 	}
 	QuotaRateLimitApply(tenant_id, model_id, key_id, quantity, &d);
 	QuotaSpiEnd(&spi);

@@ -83,21 +83,6 @@ GRANT SELECT ON quota_ext.rate_limits TO quota_ext_app;
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.rate_limits', '');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.rate_limit_id_seq', '');
 
--- Internal: the model a name means for a tenant (its own, else a global
--- one), or NULL.
-CREATE FUNCTION quota_ext._rate_limit_model(tenant_id bigint, model text) RETURNS bigint
-	LANGUAGE sql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-	SELECT m.model_id FROM quota_ext.models m
-	 WHERE m.name = $2 AND m.status = 'active'
-	   AND (m.owner_tenant_id IS NULL OR m.owner_tenant_id = $1)
-	 ORDER BY m.owner_tenant_id NULLS LAST
-	 LIMIT 1
-	$$;
-COMMENT ON FUNCTION quota_ext._rate_limit_model(bigint, text) IS
-	'Internal: resolve a model name for a rate-limit rule';
-
 CREATE FUNCTION quota_ext.rate_limit_set(tenant_id bigint, count integer,
 	period_seconds integer, max_burst integer DEFAULT 0, model text DEFAULT NULL,
 	key_id bigint DEFAULT NULL) RETURNS bigint
@@ -118,7 +103,7 @@ BEGIN
 	PERFORM quota_ext.gcra_eval(0, 0, rate_limit_set.max_burst, rate_limit_set.count,
 	                            rate_limit_set.period_seconds, 1);
 	IF rate_limit_set.model IS NOT NULL THEN
-		mid := quota_ext._rate_limit_model(t.tenant_id, rate_limit_set.model);
+		mid := quota_ext._model_resolve(t.tenant_id, rate_limit_set.model);
 		IF mid IS NULL THEN
 			RAISE EXCEPTION 'model "%" does not exist', left(rate_limit_set.model, 200)
 				USING ERRCODE = 'undefined_object';
