@@ -63,9 +63,11 @@
  *	  two such callers cannot deadlock, and one-lock holders never wait for
  *	  a second lock), evaluates every rule at one clock reading and stores
  *	  the new TATs only when none is limited: all or nothing.  No shared
- *	  holder can CAS meanwhile.  A rule that needs an entry when its
- *	  partition has none releases all locks, refills as above and starts
- *	  over.
+ *	  holder can CAS meanwhile.  A partition that must give an entry but
+ *	  has an empty free list is reclaimed before the other entries found
+ *	  there are relied on (a reclaim unlinks every idle entry), and a rule
+ *	  whose partition still has none releases all locks, refills as above
+ *	  and starts over.
  *
  * No lock is held across anything that can wait for another lock or raise
  * an error, except that an ERROR raised by the code here first releases
@@ -417,20 +419,19 @@ quota_rl_reclaim(int part, int64 now)
 
 /*
  * quota_rl_link
- *		Link a new entry for key into its partition (lock held EXCLUSIVE),
- *		reclaiming the partition's idle entries when its free list is
- *		empty.  NULL when the partition has nothing to give.
+ *		Link a new entry for key into its partition (lock held EXCLUSIVE)
+ *		from the partition's free list.  NULL when the list is empty: the
+ *		caller reclaims (before it looks up entries it means to keep: a
+ *		reclaim unlinks every idle entry) or refills.
  */
 static QuotaRlEntry *
-quota_rl_link(int part, const uint64 *key, int64 now)
+quota_rl_link(int part, const uint64 *key)
 {
 	QuotaRlPartition *p = &rl->parts[part];
 	int32	   *head;
 	int32		i;
 	QuotaRlEntry *e;
 
-	if (p->free_head == QUOTA_RL_NONE)
-		quota_rl_reclaim(part, now);
 	if (p->free_head == QUOTA_RL_NONE)
 		return NULL;
 	i = p->free_head;
@@ -554,7 +555,11 @@ quota_rl_check_one(QuotaRlBucket *b, int64 quantity)
 		now = quota_rl_now();
 		e = quota_rl_lookup(b->part, b->key);
 		if (e == NULL)
-			e = quota_rl_link(b->part, b->key, now);
+		{
+			if (rl->parts[b->part].free_head == QUOTA_RL_NONE)
+				quota_rl_reclaim(b->part, now);
+			e = quota_rl_link(b->part, b->key);
+		}
 		if (e == NULL)
 		{
 			LWLockRelease(lock);
@@ -625,11 +630,34 @@ quota_rl_check_all(QuotaRlBucket *buckets, int n, int64 quantity)
 			LWLockAcquire(quota_rl_lock(parts[i]), LW_EXCLUSIVE);
 		now = quota_rl_now();
 
+		for (i = 0; i < n; i++)
+			buckets[i].entry = quota_rl_lookup(buckets[i].part, buckets[i].key);
+
+		/*
+		 * A bucket without an entry may need one from a partition whose free
+		 * list is empty: reclaim that partition now, before any entry is
+		 * relied on (a reclaim unlinks every idle entry, which is then
+		 * looked up again as missing; its answer is the same, an idle TAT
+		 * counting as none).
+		 */
+		if (quantity > 0)
+		{
+			bool		reclaimed = false;
+
+			for (i = 0; i < n; i++)
+				if (buckets[i].entry == NULL &&
+					rl->parts[buckets[i].part].free_head == QUOTA_RL_NONE &&
+					quota_rl_reclaim(buckets[i].part, now) > 0)
+					reclaimed = true;
+			if (reclaimed)
+				for (i = 0; i < n; i++)
+					buckets[i].entry = quota_rl_lookup(buckets[i].part, buckets[i].key);
+		}
+
 		for (i = 0; i < n && st == QUOTA_GCRA_OK; i++)
 		{
 			QuotaRlBucket *b = &buckets[i];
 
-			b->entry = quota_rl_lookup(b->part, b->key);
 			st = QuotaGcraEval(b->entry ? (int64) pg_atomic_read_u64(&b->entry->tat) : 0,
 							   now, b->max_burst, b->count, b->period,
 							   quantity, &b->r);
@@ -647,7 +675,7 @@ quota_rl_check_all(QuotaRlBucket *buckets, int n, int64 quantity)
 				QuotaRlBucket *b = &buckets[i];
 
 				if (b->entry == NULL)
-					b->entry = quota_rl_link(b->part, b->key, now);
+					b->entry = quota_rl_link(b->part, b->key);
 				if (b->entry == NULL)
 					missing = i;
 			}

@@ -64,5 +64,61 @@ is( $node->safe_psql(
 is($node->safe_psql('postgres', $check), 't',
 	'a live bucket is never reclaimed');
 
+# Churn: far more keys over time than slots, each idle after 1 s, while
+# two-rule checks (rate_limit_apply: tenant-wide and model rule, both 1 per
+# second) run between them.  Every path that reclaims or moves entries runs
+# (link, reclaim before lookup, refill), and the answers stay exact: each
+# tenant is admitted again only once a full second has passed.
+$node->restart;
+$node->safe_psql('postgres', q{SELECT quota_ext.model_register('m')});
+my $churn = $node->safe_psql(
+	'postgres', q{
+	CREATE FUNCTION churn() RETURNS text LANGUAGE plpgsql AS $$
+	DECLARE
+		t bigint[] := ARRAY[]::bigint[];
+		last timestamptz[];
+		r record;
+		i int;
+		g int;
+		k int := 0;
+		admitted int := 0;
+		too_early int := 0;
+		now timestamptz;
+	BEGIN
+		FOR i IN 1 .. 20 LOOP
+			t := t || quota_ext.tenant_create('churn-' || i, 'enterprise');
+			PERFORM quota_ext.rate_limit_set(t[i], 1, 1, 0);
+			PERFORM quota_ext.rate_limit_set(t[i], 1, 1, 0, 'm');
+		END LOOP;
+		last := array_fill(NULL::timestamptz, ARRAY[20]);
+		FOR round IN 1 .. 12 LOOP
+			FOR g IN 1 .. 150 LOOP
+				k := k + 1;
+				PERFORM quota_ext.rate_limit_check('churn:' || k, 0, 1, 1);
+			END LOOP;
+			FOR i IN 1 .. 20 LOOP
+				r := quota_ext.rate_limit_apply(t[i], 'm');
+				now := clock_timestamp();
+				IF NOT r.limited THEN
+					admitted := admitted + 1;
+					IF last[i] IS NOT NULL AND now - last[i] < interval '0.99 s' THEN
+						too_early := too_early + 1;
+					END IF;
+					last[i] := now;
+				END IF;
+			END LOOP;
+			PERFORM pg_sleep(0.25);
+		END LOOP;
+		RETURN k || ' keys, ' || admitted || ' admitted, ' || too_early || ' too early';
+	END
+	$$;
+	SELECT churn();
+});
+my ($keys, $admitted, $early) = $churn =~ /(\d+) keys, (\d+) admitted, (\d+) too early/;
+note($churn);
+cmp_ok($keys, '>', 1024, 'more keys than slots went through the table');
+is($early, 0, 'no tenant admitted twice within one second');
+cmp_ok($admitted, '>=', 20 * 2, 'every tenant admitted about once a second');
+
 $node->stop;
 done_testing();
