@@ -29,6 +29,7 @@ _PG_init(void)
 
 	QuotaContextInit();
 	QuotaAuthInit();
+	QuotaRateLimitInit();
 
 	MarkGUCPrefixReserved("quota_ext");
 }

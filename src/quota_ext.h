@@ -70,6 +70,65 @@ extern void QuotaAuthInit(void);
 extern void QuotaAuthenticate(text *api_key);
 
 /* ratelimit.c / gcra.c: rate limits (GCRA in shared memory) */
+typedef enum QuotaGcraStatus
+{
+	QUOTA_GCRA_OK,
+	QUOTA_GCRA_ZERO_RATE,		/* period / count under one nanosecond */
+	QUOTA_GCRA_OVERFLOW			/* does not fit in int64 nanoseconds */
+} QuotaGcraStatus;
+
+typedef struct QuotaGcraResult
+{
+	bool		limited;
+	int64		limit;			/* max_burst + 1 */
+	int64		remaining;
+	int64		retry_after;	/* seconds, rounded up as redis-cell; -1 */
+	int64		reset_after;	/* seconds, rounded up as redis-cell */
+	int64		retry_after_ns; /* -1 s when allowed or never possible */
+	int64		reset_after_ns;
+	int64		new_tat;		/* TAT to store (ns) */
+} QuotaGcraResult;
+
+extern QuotaGcraStatus QuotaGcraEval(int64 tat, int64 now, int64 max_burst,
+									 int64 count, int64 period_s,
+									 int64 quantity, QuotaGcraResult *out);
+extern void QuotaGcraCheckArgs(int64 max_burst, int64 count, int64 period_s,
+							   int64 quantity);
+extern void QuotaGcraRaise(QuotaGcraStatus status, int64 max_burst,
+						   int64 count, int64 period_s, int64 quantity)
+			pg_attribute_noreturn();
+
+/*
+ * The answer of QuotaRateLimitApply.  rule_id 0 is the tier default; when
+ * no rule applies at all: limited false, rule_id -1, limit -1, remaining
+ * -1, retry_after -1, reset_after 0.  Seconds are rounded as redis-cell.
+ */
+typedef struct QuotaRateDecision
+{
+	bool		limited;
+	int64		rule_id;		/* 0 = tier default, -1 = no rule applies */
+	int64		limit;
+	int64		remaining;
+	int64		retry_after;
+	int64		reset_after;
+} QuotaRateDecision;
+
+extern void QuotaRateLimitInit(void);
+
+/*
+ * Check every rate-limit rule that applies to (tenant, model, key) for
+ * `quantity` requests, all-or-nothing (if one rule limits, none is
+ * charged); returns true when allowed.  *out describes the limiting rule
+ * (the one with the longest retry_after), or the tightest one (fewest
+ * remaining) when allowed.  model_id/key_id 0 = unknown: rules for a
+ * specific model or key then do not apply.  Must be called inside the
+ * caller's SPI session (between QuotaSpiBegin and QuotaSpiEnd); it runs one
+ * query, so SPI_tuptable is replaced (copy out earlier results).  Raises
+ * 42704 for an unknown tenant and 55000 when the tenant has rules but the
+ * library is not in shared_preload_libraries.  Not undone by a rollback.
+ */
+extern bool QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
+								int64 quantity, QuotaRateDecision *out);
 
 /* period.c: calendar periods in the tenant's time zone */
 typedef enum QuotaPeriod

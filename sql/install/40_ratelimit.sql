@@ -1,0 +1,195 @@
+
+-- ---------------------------------------------------------------------------
+-- 40 rate limits: GCRA buckets in shared memory (src/gcra.c, src/ratelimit.c)
+-- ---------------------------------------------------------------------------
+-- The buckets are not in any table: no WAL, no row lock, not undone by a
+-- rollback, empty after a restart (doc/rate-limits.md).  Configured
+-- per-tenant limits are rows of quota_ext.rate_limits; a tenant without a
+-- tenant-wide rule gets its tier's rate_limit_per_minute/rate_limit_burst.
+
+-- The arithmetic with the clock passed in (for tests and for checking
+-- parameters).  Pure: IMMUTABLE.
+CREATE FUNCTION quota_ext.gcra_eval(tat_ns bigint, now_ns bigint, max_burst integer,
+	count integer, period_seconds integer, quantity integer,
+	OUT limited boolean, OUT "limit" bigint, OUT remaining bigint,
+	OUT retry_after bigint, OUT reset_after bigint,
+	OUT new_tat_ns bigint, OUT retry_after_ns bigint, OUT reset_after_ns bigint)
+	AS 'MODULE_PATHNAME', 'gcra_eval'
+	LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION quota_ext.gcra_eval(bigint, bigint, integer, integer, integer, integer) IS
+	'GCRA arithmetic of one CL.THROTTLE given the stored TAT and now (ns); new_tat_ns is the TAT to store';
+
+CREATE FUNCTION quota_ext.rate_limit_check(key text, max_burst integer, count integer,
+	period_seconds integer, quantity integer DEFAULT 1,
+	OUT limited boolean, OUT "limit" bigint, OUT remaining bigint,
+	OUT retry_after bigint, OUT reset_after bigint)
+	AS 'MODULE_PATHNAME', 'rate_limit_check'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext.rate_limit_check(text, integer, integer, integer, integer) IS
+	'redis-cell CL.THROTTLE: count per period_seconds with max_burst, in one namespace shared by all callers; quantity 0 peeks';
+
+CREATE FUNCTION quota_ext.tenant_rate_limit_check(key text, max_burst integer, count integer,
+	period_seconds integer, quantity integer DEFAULT 1,
+	OUT limited boolean, OUT "limit" bigint, OUT remaining bigint,
+	OUT retry_after bigint, OUT reset_after bigint)
+	AS 'MODULE_PATHNAME', 'tenant_rate_limit_check'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext.tenant_rate_limit_check(text, integer, integer, integer, integer) IS
+	'rate_limit_check in the current tenant''s own namespace (needs a tenant context)';
+
+CREATE FUNCTION quota_ext.rate_limit_status(OUT slots integer, OUT in_use bigint,
+	OUT partitions integer)
+	AS 'MODULE_PATHNAME', 'rate_limit_status'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext.rate_limit_status() IS
+	'Size of the shared rate-limit table and how many slots hold a bucket';
+
+-- ---------------------------------------------------------------------------
+-- configured per-tenant limits
+-- ---------------------------------------------------------------------------
+
+CREATE SEQUENCE quota_ext.rate_limit_id_seq;
+
+-- One rule per scope: tenant-wide (model and key NULL), per model, per API
+-- key, or per model and key.  rule_id 0 is never used: it names the tier
+-- default in answers.
+CREATE TABLE quota_ext.rate_limits (
+	tenant_id      bigint NOT NULL REFERENCES quota_ext.tenants (tenant_id),
+	rule_id        bigint NOT NULL DEFAULT pg_catalog.nextval('quota_ext.rate_limit_id_seq')
+	               CHECK (rule_id OPERATOR(pg_catalog.>) 0),
+	model_id       bigint REFERENCES quota_ext.models (model_id),
+	key_id         bigint,
+	max_burst      integer NOT NULL CHECK (max_burst OPERATOR(pg_catalog.>=) 0),
+	count          integer NOT NULL CHECK (count OPERATOR(pg_catalog.>) 0),
+	period_seconds integer NOT NULL CHECK (period_seconds OPERATOR(pg_catalog.>) 0),
+	created_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	updated_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (tenant_id, rule_id),
+	UNIQUE NULLS NOT DISTINCT (tenant_id, model_id, key_id),
+	FOREIGN KEY (tenant_id, key_id) REFERENCES quota_ext.api_keys (tenant_id, key_id)
+);
+COMMENT ON TABLE quota_ext.rate_limits IS
+	'Per-tenant rate limits (GCRA: count per period_seconds, max_burst), tenant-wide or per model and/or API key';
+
+ALTER TABLE quota_ext.rate_limits ENABLE ROW LEVEL SECURITY;
+ALTER TABLE quota_ext.rate_limits FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON quota_ext.rate_limits TO quota_ext_app
+	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
+	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+CREATE POLICY admin_read ON quota_ext.rate_limits FOR SELECT TO quota_ext_admin
+	USING (quota_ext.current_tenant_id() IS NULL
+	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+GRANT SELECT ON quota_ext.rate_limits TO quota_ext_app;
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.rate_limits', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.rate_limit_id_seq', '');
+
+CREATE FUNCTION quota_ext.rate_limit_set(tenant_id bigint, count integer,
+	period_seconds integer, max_burst integer DEFAULT 0, model text DEFAULT NULL,
+	key_id bigint DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	t quota_ext.tenants := quota_ext._tenant_for_update(rate_limit_set.tenant_id);
+	mid bigint;
+	old quota_ext.rate_limits;
+	new quota_ext.rate_limits;
+BEGIN
+	IF rate_limit_set.count IS NULL THEN PERFORM quota_ext._null_arg('count'); END IF;
+	IF rate_limit_set.period_seconds IS NULL THEN PERFORM quota_ext._null_arg('period_seconds'); END IF;
+	IF rate_limit_set.max_burst IS NULL THEN PERFORM quota_ext._null_arg('max_burst'); END IF;
+	-- the same checks (22023, 22003) as every rate-limit check will make
+	PERFORM quota_ext.gcra_eval(0, 0, rate_limit_set.max_burst, rate_limit_set.count,
+	                            rate_limit_set.period_seconds, 1);
+	IF rate_limit_set.model IS NOT NULL THEN
+		mid := quota_ext._model_resolve(t.tenant_id, rate_limit_set.model);
+		IF mid IS NULL THEN
+			RAISE EXCEPTION 'model "%" does not exist', left(rate_limit_set.model, 200)
+				USING ERRCODE = 'undefined_object';
+		END IF;
+	END IF;
+	IF rate_limit_set.key_id IS NOT NULL THEN
+		PERFORM 1 FROM quota_ext.api_keys
+		 WHERE tenant_id = t.tenant_id AND key_id = rate_limit_set.key_id;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'API key % does not exist', rate_limit_set.key_id
+				USING ERRCODE = 'undefined_object';
+		END IF;
+	END IF;
+	SELECT * INTO old FROM quota_ext.rate_limits
+	 WHERE tenant_id = t.tenant_id
+	   AND model_id IS NOT DISTINCT FROM mid
+	   AND key_id IS NOT DISTINCT FROM rate_limit_set.key_id
+	 FOR UPDATE;
+	IF FOUND THEN
+		UPDATE quota_ext.rate_limits
+		   SET max_burst = rate_limit_set.max_burst, count = rate_limit_set.count,
+		       period_seconds = rate_limit_set.period_seconds, updated_at = now()
+		 WHERE tenant_id = t.tenant_id AND rule_id = old.rule_id
+		RETURNING * INTO new;
+		PERFORM quota_ext._audit(t.tenant_id, 'rate_limit_update', 'rate_limit',
+		                         new.rule_id::text, to_jsonb(old), to_jsonb(new));
+	ELSE
+		INSERT INTO quota_ext.rate_limits (tenant_id, model_id, key_id, max_burst, count,
+		                                   period_seconds)
+		VALUES (t.tenant_id, mid, rate_limit_set.key_id, rate_limit_set.max_burst,
+		        rate_limit_set.count, rate_limit_set.period_seconds)
+		RETURNING * INTO new;
+		PERFORM quota_ext._audit(t.tenant_id, 'rate_limit_set', 'rate_limit',
+		                         new.rule_id::text, NULL, to_jsonb(new));
+	END IF;
+	RETURN new.rule_id;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.rate_limit_set(bigint, integer, integer, integer, text, bigint) IS
+	'Create or change the rate limit of one scope (tenant-wide, a model, an API key, or both); returns its rule_id';
+
+CREATE FUNCTION quota_ext.rate_limit_delete(tenant_id bigint, rule_id bigint) RETURNS void
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	t quota_ext.tenants := quota_ext._tenant_for_update(rate_limit_delete.tenant_id);
+	old quota_ext.rate_limits;
+BEGIN
+	IF rate_limit_delete.rule_id IS NULL THEN PERFORM quota_ext._null_arg('rule_id'); END IF;
+	DELETE FROM quota_ext.rate_limits
+	 WHERE tenant_id = t.tenant_id AND rule_id = rate_limit_delete.rule_id
+	RETURNING * INTO old;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'rate limit % does not exist', rate_limit_delete.rule_id
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM quota_ext._audit(t.tenant_id, 'rate_limit_delete', 'rate_limit',
+	                         old.rule_id::text, to_jsonb(old), NULL);
+END
+$$;
+COMMENT ON FUNCTION quota_ext.rate_limit_delete(bigint, bigint) IS
+	'Remove a rate-limit rule (a tenant-wide one brings the tier default back)';
+
+CREATE FUNCTION quota_ext.rate_limit_apply(tenant_id bigint, model text DEFAULT NULL,
+	quantity integer DEFAULT 1, key_id bigint DEFAULT NULL,
+	OUT limited boolean, OUT rule_id bigint, OUT "limit" bigint, OUT remaining bigint,
+	OUT retry_after bigint, OUT reset_after bigint)
+	AS 'MODULE_PATHNAME', 'rate_limit_apply'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext.rate_limit_apply(bigint, text, integer, bigint) IS
+	'Check and charge every configured rate limit of a tenant (model, key; tier default) all or nothing, as invoke() does';
+
+-- Who may call what.  rate_limit_check is the hot path of app servers,
+-- also before authentication (per IP address, per login name), so it is
+-- quota_ext_app's; its keys are shared by every holder of that role.
+-- Keys private to a tenant go through tenant_rate_limit_check.
+GRANT EXECUTE ON FUNCTION
+	quota_ext.gcra_eval(bigint, bigint, integer, integer, integer, integer),
+	quota_ext.rate_limit_check(text, integer, integer, integer, integer),
+	quota_ext.tenant_rate_limit_check(text, integer, integer, integer, integer),
+	quota_ext.rate_limit_apply(bigint, text, integer, bigint)
+	TO quota_ext_app;
+GRANT EXECUTE ON FUNCTION
+	quota_ext.rate_limit_status(),
+	quota_ext.rate_limit_set(bigint, integer, integer, integer, text, bigint),
+	quota_ext.rate_limit_delete(bigint, bigint)
+	TO quota_ext_admin;

@@ -1,0 +1,1057 @@
+/*-------------------------------------------------------------------------
+ *
+ * ratelimit.c
+ *		Rate limits: GCRA buckets in shared memory, the SQL functions that
+ *		check them, and the per-tenant rules that invoke() applies.
+ *
+ * Each bucket is one theoretical arrival time (TAT, see gcra.c) in a
+ * fixed-size table in shared memory, requested in shmem_request_hook and
+ * set up in shmem_startup_hook, so the library must be in
+ * shared_preload_libraries (otherwise the functions that need the table
+ * raise 55000).  Nothing is written to WAL and no row is locked: a check
+ * is not undone when the caller's transaction rolls back (a client cannot
+ * get its budget back by aborting), and the table starts empty at every
+ * server start, like Redis without persistence.
+ *
+ * Keys.  A bucket is named by 128 bits of SHA-256 over a namespace and the
+ * key: 'g' for quota_ext.rate_limit_check() (one namespace for every
+ * caller), 't' plus the tenant id for tenant_rate_limit_check(), 'r' plus
+ * the tenant id and rule id for configured rules, each also with the
+ * database OID (the table is cluster-wide; tenant 1 of one database is not
+ * tenant 1 of another).  The fields before the
+ * key have fixed widths, so two different (namespace, key) pairs never hash
+ * the same input, and 128 bits of a cryptographic hash make a collision
+ * (even a crafted one) no practical concern; the key text itself is not
+ * stored.
+ *
+ * Layout.  quota_ext.rate_limit_slots entries of 32 bytes (the TAT as a
+ * pg_atomic_uint64, the digest, a chain link), a header per partition, and
+ * per partition a power-of-two array of chain heads (int32), about 36-40
+ * bytes per slot in all.  The digest picks one of QUOTA_RL_PARTITIONS (64)
+ * partitions and a chain within it.  Entries are storage only: each
+ * partition owns a free list, the free entries are dealt out evenly at
+ * start, and they move between partitions when one runs out.
+ *
+ * Locking protocol.  Each partition has one LWLock of the named tranche
+ * "quota_ext_ratelimit".  It protects the partition's chains and free list
+ * and the identity (digest, link) of every entry on them; it does not by
+ * itself serialize TAT updates:
+ *
+ *	- Checking a key that has an entry takes the partition lock SHARED,
+ *	  finds the entry, then reads the TAT, evaluates GCRA and stores the new
+ *	  TAT with one compare-and-swap, retrying (with a fresh clock reading)
+ *	  when another backend changed the TAT in between.  So many backends can
+ *	  check keys of one partition, even one hot key, at the same time; the
+ *	  successful CAS order is the order of the decisions.  The clock
+ *	  (CLOCK_MONOTONIC) is read after the TAT, inside the lock.
+ *	- A key without an entry is answered from "no TAT"; only when the
+ *	  answer consumes something is the lock released and retaken EXCLUSIVE
+ *	  to link a new entry (looking again first: another backend may have
+ *	  linked it meanwhile).  An entry is never unlinked under a shared
+ *	  lock, so a shared holder's entry cannot be recycled under it.
+ *	- Reclaiming: when a partition's free list is empty, its holder
+ *	  (EXCLUSIVE) unlinks every idle entry, one whose TAT is in the past:
+ *	  such a bucket is full again and equals a missing key, so nothing is
+ *	  lost.  When that frees nothing, it releases its lock and visits every
+ *	  partition in turn, one lock at a time (EXCLUSIVE), reclaiming idle
+ *	  entries there and taking up to half of each free list, then puts the
+ *	  batch on its own free list and tries again.  Only when no partition
+ *	  has a free or idle entry is the table full: 53200 with a hint to raise
+ *	  quota_ext.rate_limit_slots.
+ *	- Applying several rules at once (QuotaRateLimitApply) takes the
+ *	  partitions of all of them EXCLUSIVE in ascending partition order (so
+ *	  two such callers cannot deadlock, and one-lock holders never wait for
+ *	  a second lock), evaluates every rule at one clock reading and stores
+ *	  the new TATs only when none is limited: all or nothing.  No shared
+ *	  holder can CAS meanwhile.  A partition that must give an entry but
+ *	  has an empty free list is reclaimed before the other entries found
+ *	  there are relied on (a reclaim unlinks every idle entry), and a rule
+ *	  whose partition still has none releases all locks, refills as above
+ *	  and starts over.
+ *
+ * No lock is held across anything that can wait for another lock or raise
+ * an error, except that an ERROR raised by the code here first releases
+ * what it holds (and transaction abort would release LWLocks anyway).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "quota_ext.h"
+
+#include <time.h>
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "common/cryptohash.h"
+#include "common/sha2.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+
+PG_FUNCTION_INFO_V1(rate_limit_check);
+PG_FUNCTION_INFO_V1(tenant_rate_limit_check);
+PG_FUNCTION_INFO_V1(rate_limit_apply);
+PG_FUNCTION_INFO_V1(rate_limit_status);
+
+#define QUOTA_RL_PARTITIONS		64
+#define QUOTA_RL_TRANCHE		"quota_ext_ratelimit"
+#define QUOTA_RL_NONE			(-1)
+#define QUOTA_RL_MAX_KEY		1024
+#define QUOTA_RL_MAX_RULES		8	/* at most 4 scopes + the tier default */
+#define QUOTA_RL_REFILL_BATCH	32
+#define QUOTA_RL_ATTEMPTS		4
+#define NS_PER_SEC				INT64CONST(1000000000)
+
+/* one bucket: 32 bytes */
+typedef struct QuotaRlEntry
+{
+	pg_atomic_uint64 tat;		/* ns on CLOCK_MONOTONIC; 0 = none */
+	uint64		key[2];			/* 128 bits of SHA-256(namespace, key) */
+	int32		next;			/* chain or free list; QUOTA_RL_NONE ends */
+	int32		unused;
+} QuotaRlEntry;
+
+/* per-partition state, protected by the partition's lock */
+typedef struct QuotaRlPartition
+{
+	int32		free_head;
+	int32		nfree;
+	char		pad[PG_CACHE_LINE_SIZE - 2 * sizeof(int32)];
+} QuotaRlPartition;
+
+typedef struct QuotaRlShared
+{
+	int32		nentries;
+	int32		nbuckets;		/* chain heads per partition, power of 2 */
+	QuotaRlPartition parts[QUOTA_RL_PARTITIONS];
+	/* then int32 heads[QUOTA_RL_PARTITIONS * nbuckets], QuotaRlEntry[] */
+} QuotaRlShared;
+
+/* a bucket to check: its parameters, where it lives, its answer */
+typedef struct QuotaRlBucket
+{
+	int64		rule_id;
+	int64		max_burst;
+	int64		count;
+	int64		period;
+	uint64		key[2];
+	int			part;
+	QuotaRlEntry *entry;
+	QuotaGcraResult r;
+} QuotaRlBucket;
+
+static int	quota_rl_slots = 100000;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static QuotaRlShared *rl = NULL;
+static LWLockPadded *rl_locks = NULL;
+static int32 *rl_heads = NULL;
+static QuotaRlEntry *rl_entries = NULL;
+
+/* ----------------------------------------------------------------------
+ * shared memory
+ * ----------------------------------------------------------------------
+ */
+
+static int32
+quota_rl_nbuckets(int nentries)
+{
+	int32		per_part = (nentries + QUOTA_RL_PARTITIONS - 1) / QUOTA_RL_PARTITIONS;
+	int32		n = 16;
+
+	while (n < per_part)
+		n <<= 1;
+	return n;
+}
+
+static Size
+quota_rl_heads_offset(void)
+{
+	return MAXALIGN(sizeof(QuotaRlShared));
+}
+
+static Size
+quota_rl_entries_offset(int nentries)
+{
+	Size		heads = mul_size(sizeof(int32),
+								 mul_size(QUOTA_RL_PARTITIONS,
+										  quota_rl_nbuckets(nentries)));
+
+	return TYPEALIGN(PG_CACHE_LINE_SIZE,
+					 add_size(quota_rl_heads_offset(), heads));
+}
+
+static Size
+quota_rl_shmem_size(void)
+{
+	return add_size(add_size(quota_rl_entries_offset(quota_rl_slots),
+							 mul_size(sizeof(QuotaRlEntry), quota_rl_slots)),
+					PG_CACHE_LINE_SIZE);
+}
+
+static void
+quota_rl_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(quota_rl_shmem_size());
+	RequestNamedLWLockTranche(QUOTA_RL_TRANCHE, QUOTA_RL_PARTITIONS);
+}
+
+static void
+quota_rl_shmem_startup(void)
+{
+	bool		found;
+	char	   *base;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	base = ShmemInitStruct("quota_ext rate limits", quota_rl_shmem_size(), &found);
+	base = (char *) TYPEALIGN(PG_CACHE_LINE_SIZE, base);
+	rl = (QuotaRlShared *) base;
+	rl_heads = (int32 *) (base + quota_rl_heads_offset());
+	rl_entries = (QuotaRlEntry *) (base + quota_rl_entries_offset(quota_rl_slots));
+	rl_locks = GetNamedLWLockTranche(QUOTA_RL_TRANCHE);
+	if (!found)
+	{
+		int			i;
+
+		rl->nentries = quota_rl_slots;
+		rl->nbuckets = quota_rl_nbuckets(quota_rl_slots);
+		for (i = 0; i < QUOTA_RL_PARTITIONS * rl->nbuckets; i++)
+			rl_heads[i] = QUOTA_RL_NONE;
+		for (i = 0; i < QUOTA_RL_PARTITIONS; i++)
+		{
+			rl->parts[i].free_head = QUOTA_RL_NONE;
+			rl->parts[i].nfree = 0;
+		}
+		/* deal the entries out to the partitions' free lists */
+		for (i = rl->nentries - 1; i >= 0; i--)
+		{
+			QuotaRlPartition *p = &rl->parts[i % QUOTA_RL_PARTITIONS];
+
+			pg_atomic_init_u64(&rl_entries[i].tat, 0);
+			rl_entries[i].key[0] = rl_entries[i].key[1] = 0;
+			rl_entries[i].next = p->free_head;
+			p->free_head = i;
+			p->nfree++;
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * QuotaRateLimitInit
+ *		Called by _PG_init.  Only a preloading postmaster defines the
+ *		PGC_POSTMASTER setting and asks for shared memory.
+ */
+void
+QuotaRateLimitInit(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	DefineCustomIntVariable("quota_ext.rate_limit_slots",
+							"Number of rate-limit buckets kept in shared memory.",
+							"Each slot takes about 40 bytes; idle buckets are reclaimed when the table is full.",
+							&quota_rl_slots,
+							100000, 1024, 100000000,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = quota_rl_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = quota_rl_shmem_startup;
+}
+
+/* raise 55000 unless the table exists */
+static void
+quota_rl_require(void)
+{
+	if (rl == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("quota_ext rate limits need the library to be preloaded"),
+				 errdetail("Rate-limit buckets live in shared memory, which is set up only at server start."),
+				 errhint("Add quota_ext to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+static void quota_rl_raise_full(void) pg_attribute_noreturn();
+
+static void
+quota_rl_raise_full(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OUT_OF_MEMORY),
+			 errmsg("rate-limit table is full"),
+			 errdetail("All %d slots hold buckets that are not idle.", rl->nentries),
+			 errhint("Raise quota_ext.rate_limit_slots and restart the server.")));
+}
+
+/* ----------------------------------------------------------------------
+ * the table
+ * ----------------------------------------------------------------------
+ */
+
+static int64
+quota_rl_now(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+		elog(PANIC, "clock_gettime(CLOCK_MONOTONIC) failed: %m");
+	return (int64) ts.tv_sec * NS_PER_SEC + ts.tv_nsec;
+}
+
+/*
+ * quota_rl_digest
+ *		128 bits of SHA-256 over kind, the database, a, b (fixed width) and
+ *		the key.
+ */
+static void
+quota_rl_digest(char kind, int64 a, int64 b, const char *key, size_t keylen,
+				uint64 *out)
+{
+	uint8		head[1 + sizeof(Oid) + 2 * sizeof(int64)];
+	uint8		hash[PG_SHA256_DIGEST_LENGTH];
+	pg_cryptohash_ctx *ctx;
+
+	head[0] = (uint8) kind;
+	memcpy(head + 1, &MyDatabaseId, sizeof(Oid));
+	memcpy(head + 1 + sizeof(Oid), &a, sizeof(int64));
+	memcpy(head + 1 + sizeof(Oid) + sizeof(int64), &b, sizeof(int64));
+	ctx = pg_cryptohash_create(PG_SHA256);
+	if (ctx == NULL ||
+		pg_cryptohash_init(ctx) < 0 ||
+		pg_cryptohash_update(ctx, head, sizeof(head)) < 0 ||
+		(keylen > 0 && pg_cryptohash_update(ctx, (const uint8 *) key, keylen) < 0) ||
+		pg_cryptohash_final(ctx, hash, sizeof(hash)) < 0)
+	{
+		pg_cryptohash_free(ctx);
+		elog(ERROR, "could not compute SHA-256");
+	}
+	pg_cryptohash_free(ctx);
+	memcpy(out, hash, 2 * sizeof(uint64));
+}
+
+static inline int
+quota_rl_partition(const uint64 *key)
+{
+	return (int) (key[0] % QUOTA_RL_PARTITIONS);
+}
+
+static inline int32 *
+quota_rl_head(int part, const uint64 *key)
+{
+	uint64		b = (key[0] / QUOTA_RL_PARTITIONS) & (uint64) (rl->nbuckets - 1);
+
+	return &rl_heads[(Size) part * rl->nbuckets + b];
+}
+
+static inline LWLock *
+quota_rl_lock(int part)
+{
+	return &rl_locks[part].lock;
+}
+
+/* find a key's entry; the partition lock is held in either mode */
+static QuotaRlEntry *
+quota_rl_lookup(int part, const uint64 *key)
+{
+	int32		i = *quota_rl_head(part, key);
+
+	while (i != QUOTA_RL_NONE)
+	{
+		QuotaRlEntry *e = &rl_entries[i];
+
+		if (e->key[0] == key[0] && e->key[1] == key[1])
+			return e;
+		i = e->next;
+	}
+	return NULL;
+}
+
+/*
+ * quota_rl_reclaim
+ *		Unlink every idle entry of a partition (lock held EXCLUSIVE) and put
+ *		it on the partition's free list.  Returns how many.
+ */
+static int
+quota_rl_reclaim(int part, int64 now)
+{
+	QuotaRlPartition *p = &rl->parts[part];
+	int32	   *heads = &rl_heads[(Size) part * rl->nbuckets];
+	int			n = 0;
+	int32		b;
+
+	for (b = 0; b < rl->nbuckets; b++)
+	{
+		int32	   *link = &heads[b];
+
+		while (*link != QUOTA_RL_NONE)
+		{
+			int32		i = *link;
+			QuotaRlEntry *e = &rl_entries[i];
+
+			if ((int64) pg_atomic_read_u64(&e->tat) <= now)
+			{
+				*link = e->next;
+				e->next = p->free_head;
+				p->free_head = i;
+				p->nfree++;
+				n++;
+			}
+			else
+				link = &e->next;
+		}
+	}
+	return n;
+}
+
+/*
+ * quota_rl_link
+ *		Link a new entry for key into its partition (lock held EXCLUSIVE)
+ *		from the partition's free list.  NULL when the list is empty: the
+ *		caller reclaims (before it looks up entries it means to keep: a
+ *		reclaim unlinks every idle entry) or refills.
+ */
+static QuotaRlEntry *
+quota_rl_link(int part, const uint64 *key)
+{
+	QuotaRlPartition *p = &rl->parts[part];
+	int32	   *head;
+	int32		i;
+	QuotaRlEntry *e;
+
+	if (p->free_head == QUOTA_RL_NONE)
+		return NULL;
+	i = p->free_head;
+	e = &rl_entries[i];
+	p->free_head = e->next;
+	p->nfree--;
+
+	pg_atomic_write_u64(&e->tat, 0);
+	e->key[0] = key[0];
+	e->key[1] = key[1];
+	head = quota_rl_head(part, key);
+	e->next = *head;
+	*head = i;
+	return e;
+}
+
+/*
+ * quota_rl_refill
+ *		Move free entries to partition `part` from the others (no lock held
+ *		on entry): visit every partition, one lock at a time, reclaim its
+ *		idle entries when it has no free one, and take up to half of its
+ *		free list.  Raises 53200 when no partition has anything.
+ */
+static void
+quota_rl_refill(int part)
+{
+	int32		batch[QUOTA_RL_REFILL_BATCH];
+	int			n = 0;
+	int			k;
+	int64		now = quota_rl_now();
+
+	for (k = 1; k <= QUOTA_RL_PARTITIONS && n < QUOTA_RL_REFILL_BATCH; k++)
+	{
+		int			v = (part + k) % QUOTA_RL_PARTITIONS;
+		QuotaRlPartition *p = &rl->parts[v];
+		int			take;
+
+		LWLockAcquire(quota_rl_lock(v), LW_EXCLUSIVE);
+		if (p->free_head == QUOTA_RL_NONE)
+			quota_rl_reclaim(v, now);
+		take = Max(p->nfree / 2, Min(p->nfree, 1));
+		take = Min(take, QUOTA_RL_REFILL_BATCH - n);
+		while (take-- > 0)
+		{
+			int32		i = p->free_head;
+
+			p->free_head = rl_entries[i].next;
+			p->nfree--;
+			batch[n++] = i;
+		}
+		LWLockRelease(quota_rl_lock(v));
+	}
+	if (n == 0)
+		quota_rl_raise_full();
+
+	LWLockAcquire(quota_rl_lock(part), LW_EXCLUSIVE);
+	while (n > 0)
+	{
+		QuotaRlPartition *p = &rl->parts[part];
+		int32		i = batch[--n];
+
+		rl_entries[i].next = p->free_head;
+		p->free_head = i;
+		p->nfree++;
+	}
+	LWLockRelease(quota_rl_lock(part));
+}
+
+/*
+ * quota_rl_check_one
+ *		One CL.THROTTLE on one bucket (see the locking protocol above).
+ */
+static void
+quota_rl_check_one(QuotaRlBucket *b, int64 quantity)
+{
+	LWLock	   *lock = quota_rl_lock(b->part);
+	QuotaGcraStatus st;
+	int			attempt;
+
+	for (attempt = 0; attempt < QUOTA_RL_ATTEMPTS; attempt++)
+	{
+		QuotaRlEntry *e;
+		int64		now;
+
+		LWLockAcquire(lock, LW_SHARED);
+		e = quota_rl_lookup(b->part, b->key);
+		if (e != NULL)
+		{
+			uint64		old = pg_atomic_read_u64(&e->tat);
+
+			for (;;)
+			{
+				now = quota_rl_now();
+				st = QuotaGcraEval((int64) old, now, b->max_burst, b->count,
+								   b->period, quantity, &b->r);
+				if (st != QUOTA_GCRA_OK || b->r.limited || quantity == 0)
+					break;
+				/* on failure, old is the TAT another backend stored */
+				if (pg_atomic_compare_exchange_u64(&e->tat, &old,
+												   (uint64) b->r.new_tat))
+					break;
+			}
+			LWLockRelease(lock);
+			if (st != QUOTA_GCRA_OK)
+				QuotaGcraRaise(st, b->max_burst, b->count, b->period, quantity);
+			return;
+		}
+
+		/* no entry: the answer for a fresh bucket */
+		now = quota_rl_now();
+		st = QuotaGcraEval(0, now, b->max_burst, b->count, b->period,
+						   quantity, &b->r);
+		LWLockRelease(lock);
+		if (st != QUOTA_GCRA_OK)
+			QuotaGcraRaise(st, b->max_burst, b->count, b->period, quantity);
+		if (b->r.limited || quantity == 0)
+			return;
+
+		/* it consumes: link an entry, then decide again under that lock */
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		now = quota_rl_now();
+		e = quota_rl_lookup(b->part, b->key);
+		if (e == NULL)
+		{
+			if (rl->parts[b->part].free_head == QUOTA_RL_NONE)
+				quota_rl_reclaim(b->part, now);
+			e = quota_rl_link(b->part, b->key);
+		}
+		if (e == NULL)
+		{
+			LWLockRelease(lock);
+			quota_rl_refill(b->part);
+			continue;
+		}
+		st = QuotaGcraEval((int64) pg_atomic_read_u64(&e->tat), now,
+						   b->max_burst, b->count, b->period, quantity, &b->r);
+		if (st == QUOTA_GCRA_OK && !b->r.limited)
+			pg_atomic_write_u64(&e->tat, (uint64) b->r.new_tat);
+		LWLockRelease(lock);
+		if (st != QUOTA_GCRA_OK)
+			QuotaGcraRaise(st, b->max_burst, b->count, b->period, quantity);
+		return;
+	}
+	quota_rl_raise_full();
+}
+
+static int
+quota_rl_int_cmp(const void *a, const void *b)
+{
+	int			x = *(const int *) a;
+	int			y = *(const int *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * quota_rl_check_all
+ *		Several buckets, all or nothing, under their partition locks taken
+ *		EXCLUSIVE in ascending order.  Returns true when every one allows.
+ */
+static bool
+quota_rl_check_all(QuotaRlBucket *buckets, int n, int64 quantity)
+{
+	int			parts[QUOTA_RL_MAX_RULES];
+	int			nparts = 0;
+	int			attempt;
+	int			i;
+
+	if (n == 1)
+	{
+		quota_rl_check_one(&buckets[0], quantity);
+		return !buckets[0].r.limited;
+	}
+
+	for (i = 0; i < n; i++)
+	{
+		int			j;
+
+		for (j = 0; j < nparts; j++)
+			if (parts[j] == buckets[i].part)
+				break;
+		if (j == nparts)
+			parts[nparts++] = buckets[i].part;
+	}
+	qsort(parts, nparts, sizeof(int), quota_rl_int_cmp);
+
+	for (attempt = 0; attempt < QUOTA_RL_ATTEMPTS; attempt++)
+	{
+		int64		now;
+		bool		limited = false;
+		int			missing = -1;
+		int			failed = -1;
+		QuotaGcraStatus st = QUOTA_GCRA_OK;
+
+		for (i = 0; i < nparts; i++)
+			LWLockAcquire(quota_rl_lock(parts[i]), LW_EXCLUSIVE);
+		now = quota_rl_now();
+
+		for (i = 0; i < n; i++)
+			buckets[i].entry = quota_rl_lookup(buckets[i].part, buckets[i].key);
+
+		/*
+		 * A bucket without an entry may need one from a partition whose free
+		 * list is empty: reclaim that partition now, before any entry is
+		 * relied on (a reclaim unlinks every idle entry, which is then
+		 * looked up again as missing; its answer is the same, an idle TAT
+		 * counting as none).
+		 */
+		if (quantity > 0)
+		{
+			bool		reclaimed = false;
+
+			for (i = 0; i < n; i++)
+				if (buckets[i].entry == NULL &&
+					rl->parts[buckets[i].part].free_head == QUOTA_RL_NONE &&
+					quota_rl_reclaim(buckets[i].part, now) > 0)
+					reclaimed = true;
+			if (reclaimed)
+				for (i = 0; i < n; i++)
+					buckets[i].entry = quota_rl_lookup(buckets[i].part, buckets[i].key);
+		}
+
+		for (i = 0; i < n && st == QUOTA_GCRA_OK; i++)
+		{
+			QuotaRlBucket *b = &buckets[i];
+
+			st = QuotaGcraEval(b->entry ? (int64) pg_atomic_read_u64(&b->entry->tat) : 0,
+							   now, b->max_burst, b->count, b->period,
+							   quantity, &b->r);
+			if (st != QUOTA_GCRA_OK)
+				failed = i;
+			else if (b->r.limited)
+				limited = true;
+		}
+
+		if (st == QUOTA_GCRA_OK && !limited && quantity > 0)
+		{
+			/* link every missing entry before storing anything */
+			for (i = 0; i < n && missing < 0; i++)
+			{
+				QuotaRlBucket *b = &buckets[i];
+
+				if (b->entry == NULL)
+					b->entry = quota_rl_link(b->part, b->key);
+				if (b->entry == NULL)
+					missing = i;
+			}
+			if (missing < 0)
+				for (i = 0; i < n; i++)
+					pg_atomic_write_u64(&buckets[i].entry->tat,
+										(uint64) buckets[i].r.new_tat);
+		}
+
+		for (i = nparts - 1; i >= 0; i--)
+			LWLockRelease(quota_rl_lock(parts[i]));
+
+		if (failed >= 0)
+			QuotaGcraRaise(st, buckets[failed].max_burst, buckets[failed].count,
+						   buckets[failed].period, quantity);
+		if (missing < 0)
+			return !limited;
+		quota_rl_refill(buckets[missing].part);
+	}
+	quota_rl_raise_full();
+}
+
+/* ----------------------------------------------------------------------
+ * SQL: ad-hoc keys
+ * ----------------------------------------------------------------------
+ */
+
+/*
+ * quota_rl_keyed
+ *		Shared body of rate_limit_check and tenant_rate_limit_check.
+ */
+static Datum
+quota_rl_keyed(FunctionCallInfo fcinfo, char kind, int64 ns)
+{
+	static const char *const names[] = {
+		"key", "max_burst", "count", "period_seconds", "quantity"
+	};
+	QuotaRlBucket b;
+	text	   *key;
+	int64		quantity;
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5] = {0};
+	int			i;
+
+	for (i = 0; i < 5; i++)
+		QuotaArgNotNull(fcinfo, i, names[i]);
+	key = PG_GETARG_TEXT_PP(0);
+	b.max_burst = PG_GETARG_INT32(1);
+	b.count = PG_GETARG_INT32(2);
+	b.period = PG_GETARG_INT32(3);
+	quantity = PG_GETARG_INT32(4);
+	QuotaGcraCheckArgs(b.max_burst, b.count, b.period, quantity);
+	if (VARSIZE_ANY_EXHDR(key) == 0 || VARSIZE_ANY_EXHDR(key) > QUOTA_RL_MAX_KEY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate-limit key must be 1 to %d bytes long", QUOTA_RL_MAX_KEY),
+				 errdetail("The key is %zu bytes long.", (size_t) VARSIZE_ANY_EXHDR(key))));
+	quota_rl_require();
+
+	b.rule_id = 0;
+	quota_rl_digest(kind, ns, 0, VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), b.key);
+	b.part = quota_rl_partition(b.key);
+	b.entry = NULL;
+	quota_rl_check_one(&b, quantity);
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	values[0] = BoolGetDatum(b.r.limited);
+	values[1] = Int64GetDatum(b.r.limit);
+	values[2] = Int64GetDatum(b.r.remaining);
+	values[3] = Int64GetDatum(b.r.retry_after);
+	values[4] = Int64GetDatum(b.r.reset_after);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  values, nulls)));
+}
+
+/*
+ * quota_ext.rate_limit_check(key text, max_burst int, count int,
+ *		period_seconds int, quantity int DEFAULT 1)
+ *	RETURNS (limited boolean, "limit" bigint, remaining bigint,
+ *		retry_after bigint, reset_after bigint)
+ *
+ *		redis-cell's CL.THROTTLE key max_burst count period quantity, in the
+ *		one namespace shared by every caller.
+ */
+Datum
+rate_limit_check(PG_FUNCTION_ARGS)
+{
+	return quota_rl_keyed(fcinfo, 'g', 0);
+}
+
+/*
+ * quota_ext.tenant_rate_limit_check(key text, max_burst int, count int,
+ *		period_seconds int, quantity int DEFAULT 1)
+ *	RETURNS as rate_limit_check
+ *
+ *		The same in the current tenant's own namespace: tenants cannot reach
+ *		each other's buckets.  42501 without a tenant context.
+ */
+Datum
+tenant_rate_limit_check(PG_FUNCTION_ARGS)
+{
+	const QuotaContext *ctx = QuotaContextGet();
+
+	if (ctx == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("no tenant context in this transaction"),
+				 errhint("Call quota_ext.authenticate() in the same transaction first.")));
+	return quota_rl_keyed(fcinfo, 't', ctx->tenant_id);
+}
+
+/* ----------------------------------------------------------------------
+ * configured rules
+ * ----------------------------------------------------------------------
+ */
+
+/*
+ * QuotaRateLimitApply
+ *		See quota_ext.h.  The rules are read with a kept plan on every call
+ *		(so a change is seen by the next statement, as with every other
+ *		table of quota_ext); the tier row is always returned for an existing
+ *		tenant and used only when the tenant has no tenant-wide rule.
+ */
+bool
+QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
+					int64 quantity, QuotaRateDecision *out)
+{
+	static QuotaPlan plan = {
+		"(SELECT r.rule_id, r.max_burst, r.count, r.period_seconds, "
+		"        (r.model_id IS NULL AND r.key_id IS NULL) "
+		"   FROM quota_ext.rate_limits r "
+		"  WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 "
+		"    AND (r.model_id IS NULL OR r.model_id OPERATOR(pg_catalog.=) $2) "
+		"    AND (r.key_id IS NULL OR r.key_id OPERATOR(pg_catalog.=) $3) "
+		"  ORDER BY r.rule_id) "
+		"UNION ALL "
+		"(SELECT 0, ti.rate_limit_burst, ti.rate_limit_per_minute, 60, NULL "
+		"   FROM quota_ext.tenants t "
+		"   JOIN quota_ext.tiers ti ON ti.tier OPERATOR(pg_catalog.=) t.tier "
+		"  WHERE t.tenant_id OPERATOR(pg_catalog.=) $1)",
+		3, {INT8OID, INT8OID, INT8OID}
+	};
+	QuotaRlBucket buckets[QUOTA_RL_MAX_RULES];
+	Datum		values[3];
+	int			n = 0;
+	bool		tenant_found = false;
+	bool		tenant_wide = false;
+	int64		tier_count = 0;
+	int64		tier_burst = 0;
+	uint64		row;
+	bool		allowed;
+	int			best;
+	int			i;
+
+	if (quantity < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("quantity must not be negative"),
+				 errdetail("quantity is %lld.", (long long) quantity)));
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(model_id);
+	values[2] = Int64GetDatum(key_id);
+	QuotaSpiExec(&plan, values, NULL, true, 0);
+
+	for (row = 0; row < SPI_processed; row++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[row];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		rule_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		Datum		burst = SPI_getbinval(tup, desc, 2, &isnull);
+		bool		burst_null = isnull;
+		Datum		count = SPI_getbinval(tup, desc, 3, &isnull);
+		bool		count_null = isnull;
+		int64		period = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+
+		if (rule_id == 0)
+		{
+			tenant_found = true;
+			if (!count_null)
+			{
+				tier_count = DatumGetInt32(count);
+				tier_burst = burst_null ? 0 : DatumGetInt32(burst);
+			}
+			continue;
+		}
+		if (DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull)))
+			tenant_wide = true;
+		if (n >= QUOTA_RL_MAX_RULES - 1)
+			elog(ERROR, "too many rate-limit rules apply to tenant %lld",
+				 (long long) tenant_id);
+		buckets[n].rule_id = rule_id;
+		buckets[n].max_burst = DatumGetInt32(burst);
+		buckets[n].count = DatumGetInt32(count);
+		buckets[n].period = period;
+		n++;
+	}
+	if (!tenant_found)
+		QuotaRaiseUnknownTenant(tenant_id);
+	if (!tenant_wide && tier_count > 0)
+	{
+		buckets[n].rule_id = 0;
+		buckets[n].max_burst = tier_burst;
+		buckets[n].count = tier_count;
+		buckets[n].period = 60;
+		n++;
+	}
+
+	if (n == 0)
+	{
+		out->limited = false;
+		out->rule_id = -1;
+		out->limit = -1;
+		out->remaining = -1;
+		out->retry_after = -1;
+		out->reset_after = 0;
+		return true;
+	}
+
+	quota_rl_require();
+	for (i = 0; i < n; i++)
+	{
+		quota_rl_digest('r', tenant_id, buckets[i].rule_id, NULL, 0,
+						buckets[i].key);
+		buckets[i].part = quota_rl_partition(buckets[i].key);
+		buckets[i].entry = NULL;
+	}
+	allowed = quota_rl_check_all(buckets, n, quantity);
+
+	/*
+	 * Report the limiting rule that waits longest (one that can never admit
+	 * this quantity, retry_after -1, first), or when allowed the tightest:
+	 * fewest remaining, then the longest reset.
+	 */
+	best = -1;
+	for (i = 0; i < n; i++)
+	{
+		QuotaGcraResult *r = &buckets[i].r;
+		QuotaGcraResult *b = best >= 0 ? &buckets[best].r : NULL;
+
+		if (allowed)
+		{
+			if (b == NULL || r->remaining < b->remaining ||
+				(r->remaining == b->remaining &&
+				 r->reset_after_ns > b->reset_after_ns))
+				best = i;
+		}
+		else if (r->limited)
+		{
+			if (b == NULL ||
+				(b->retry_after_ns >= 0 &&
+				 (r->retry_after_ns < 0 || r->retry_after_ns > b->retry_after_ns)))
+				best = i;
+		}
+	}
+	out->limited = !allowed;
+	out->rule_id = buckets[best].rule_id;
+	out->limit = buckets[best].r.limit;
+	out->remaining = buckets[best].r.remaining;
+	out->retry_after = buckets[best].r.retry_after;
+	out->reset_after = buckets[best].r.reset_after;
+	return allowed;
+}
+
+/*
+ * quota_ext.rate_limit_apply(tenant_id bigint, model text DEFAULT NULL,
+ *		quantity int DEFAULT 1, key_id bigint DEFAULT NULL)
+ *	RETURNS (limited boolean, rule_id bigint, "limit" bigint,
+ *		remaining bigint, retry_after bigint, reset_after bigint)
+ *
+ *		QuotaRateLimitApply from SQL: the configured rules (and the tier
+ *		default) for a tenant, optionally a model, and the API key (by
+ *		default the one of the tenant context).  rule_id, limit and
+ *		remaining are NULL when no rule applies.
+ */
+Datum
+rate_limit_apply(PG_FUNCTION_ARGS)
+{
+	static QuotaPlan model_plan = {
+		"SELECT quota_ext._model_resolve($1, $2)",
+		2, {INT8OID, TEXTOID}
+	};
+	QuotaSpiState spi;
+	QuotaRateDecision d;
+	const QuotaContext *ctx;
+	int64		tenant_id;
+	int64		model_id = 0;
+	int64		key_id = 0;
+	int64		quantity;
+	TupleDesc	tupdesc;
+	Datum		values[6];
+	bool		nulls[6] = {0};
+
+	QuotaArgNotNull(fcinfo, 0, "tenant_id");
+	QuotaArgNotNull(fcinfo, 2, "quantity");
+	tenant_id = PG_GETARG_INT64(0);
+	quantity = PG_GETARG_INT32(2);
+	if (quantity < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("quantity must not be negative"),
+				 errdetail("quantity is %d.", (int) quantity)));
+	QuotaCheckTenantAccess(tenant_id);
+	ctx = QuotaContextGet();
+	if (!PG_ARGISNULL(3))
+		key_id = PG_GETARG_INT64(3);
+	else if (ctx != NULL)
+		key_id = ctx->key_id;
+
+	QuotaSpiBegin(&spi);
+	if (!PG_ARGISNULL(1))
+	{
+		Datum		mv[2];
+		bool		isnull = true;
+
+		mv[0] = Int64GetDatum(tenant_id);
+		mv[1] = PG_GETARG_DATUM(1);
+		QuotaSpiExec(&model_plan, mv, NULL, true, 1);
+		if (SPI_processed == 1)
+			model_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 1,
+												   &isnull));
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("model \"%s\" does not exist",
+							text_to_cstring(PG_GETARG_TEXT_PP(1)))));
+	}
+	QuotaRateLimitApply(tenant_id, model_id, key_id, quantity, &d);
+	QuotaSpiEnd(&spi);
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	values[0] = BoolGetDatum(d.limited);
+	values[1] = Int64GetDatum(d.rule_id);
+	values[2] = Int64GetDatum(d.limit);
+	values[3] = Int64GetDatum(d.remaining);
+	values[4] = Int64GetDatum(d.retry_after);
+	values[5] = Int64GetDatum(d.reset_after);
+	if (d.rule_id < 0)
+		nulls[1] = nulls[2] = nulls[3] = true;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  values, nulls)));
+}
+
+/*
+ * quota_ext.rate_limit_status()
+ *	RETURNS (slots integer, in_use bigint, partitions integer)
+ *
+ *		The size of the bucket table and how many slots hold a bucket (idle
+ *		ones included until they are reclaimed).
+ */
+Datum
+rate_limit_status(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[3];
+	bool		nulls[3] = {0};
+	int64		nfree = 0;
+	int			i;
+
+	quota_rl_require();
+	for (i = 0; i < QUOTA_RL_PARTITIONS; i++)
+	{
+		LWLockAcquire(quota_rl_lock(i), LW_SHARED);
+		nfree += rl->parts[i].nfree;
+		LWLockRelease(quota_rl_lock(i));
+	}
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	values[0] = Int32GetDatum(rl->nentries);
+	values[1] = Int64GetDatum((int64) rl->nentries - nfree);
+	values[2] = Int32GetDatum(QUOTA_RL_PARTITIONS);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  values, nulls)));
+}

@@ -1,0 +1,67 @@
+# Without shared_preload_libraries: the extension installs and everything
+# but the shared bucket table works; the rate-limit functions that need it
+# raise 55000 with a hint naming shared_preload_libraries.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('not_preloaded');
+$node->init;
+$node->start;
+
+$node->safe_psql('postgres', 'CREATE EXTENSION quota_ext');
+pass('CREATE EXTENSION works without shared_preload_libraries');
+
+sub fails_with
+{
+	my ($sql, $state, $hint, $name) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres', $sql,
+		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	isnt($ret, 0, "$name: fails");
+	like($err, qr/ERROR:\s+$state:/, "$name: SQLSTATE $state");
+	like($err, $hint, "$name: hint") if $hint;
+}
+
+fails_with(q{SELECT * FROM quota_ext.rate_limit_check('k', 1, 1, 1)},
+	'55000', qr/HINT:\s+Add quota_ext to shared_preload_libraries/,
+	'rate_limit_check');
+$node->safe_psql('postgres',
+	q{SELECT quota_ext.tenant_create('t-free', 'free')});
+fails_with(q{BEGIN;
+             SELECT quota_ext.set_tenant(
+               (SELECT tenant_id FROM quota_ext.tenants WHERE name = 't-free'));
+             SELECT * FROM quota_ext.tenant_rate_limit_check('k', 1, 1, 1);},
+	'55000', qr/shared_preload_libraries/, 'tenant_rate_limit_check');
+fails_with(q{SELECT * FROM quota_ext.rate_limit_status()},
+	'55000', qr/shared_preload_libraries/, 'rate_limit_status');
+# bad input is still reported as such
+fails_with(q{SELECT * FROM quota_ext.rate_limit_check('k', -1, 1, 1)},
+	'22023', undef, 'bad input');
+
+# The arithmetic needs no shared memory.
+is( $node->safe_psql(
+		'postgres',
+		'SELECT remaining FROM quota_ext.gcra_eval(0, 0, 15, 30, 60, 1)'),
+	'15',
+	'gcra_eval works');
+
+# A tenant without any rate limit (enterprise tier: unlimited) is served;
+# one with a limit (the free tier's default) gets 55000.
+$node->safe_psql('postgres',
+	q{SELECT quota_ext.tenant_create('t-ent', 'enterprise')});
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT limited, rule_id IS NULL FROM quota_ext.rate_limit_apply(
+		    (SELECT tenant_id FROM quota_ext.tenants WHERE name = 't-ent'))}),
+	'f|t',
+	'rate_limit_apply without rules needs no shared memory');
+fails_with(
+	q{SELECT * FROM quota_ext.rate_limit_apply(
+	    (SELECT tenant_id FROM quota_ext.tenants WHERE name = 't-free'))},
+	'55000', qr/shared_preload_libraries/,
+	'rate_limit_apply with a tier default');
+
+$node->stop;
+done_testing();
