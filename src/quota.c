@@ -14,7 +14,8 @@
  *		decision (a replay charges nothing); if the first rolls back, it
  *		goes on as if alone.
  *	 3. rate limits (ratelimit.c), before any quota: a limited request
- *		charges nothing.
+ *		charges no quota.  Buckets live in shared memory and are not given
+ *		back if the transaction rolls back (anti-abuse).
  *	 4. lock the counters of every applicable quota with one
  *		SELECT ... ORDER BY quota_id FOR NO KEY UPDATE.  The sort happens
  *		below the lock step, so every transaction takes its locks in
@@ -791,7 +792,23 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 	}
 	else
 	{
-		/* TODO(issue 4 merge): rate limits are applied here */
+		QuotaRateDecision rd;
+
+		/* rate limits first: a limited request charges no quota */
+		if (!QuotaRateLimitApply(req->tenant_id, pol.model_id, req->key_id, 1, &rd))
+		{
+			d->allowed = false;
+			d->denied_by = denied_rate;
+			d->has_limit = true;
+			d->limit = rd.limit;
+			d->remaining = rd.remaining;
+			d->has_retry = rd.retry_after >= 0;
+			d->retry_after = rd.retry_after;
+			d->has_resets = true;
+			d->resets_at = GetCurrentTimestamp() + rd.reset_after * USECS_PER_SEC;
+			goto done;
+		}
+
 		tz = cstring_to_text(pol.timezone);
 		TIMESTAMP_NOEND(infinity);
 		n = lock_counters(req->tenant_id, pol.model_id, req->user_id, req->key_id,
@@ -821,6 +838,7 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 				emit_events(req->tenant_id, &rows[i]);
 		}
 	}
+done:
 	if (req->idem_key)
 		idem_store(req, d);
 	QuotaSpiEnd(&spi);
