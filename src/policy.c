@@ -7,8 +7,9 @@
  * touches a counter: does the tenant exist and is it active, what is its
  * time zone, which model does the name mean for this tenant (its own model,
  * else a global one, else one shared with it), and which policy applies
- * (the exact name first, else the longest "prefix*" pattern).  No matching
- * policy means deny, as does an unknown or retired model.
+ * (the exact name first, else the longest "prefix*" pattern), and which
+ * price version is in force (metering.c).  No matching policy means deny,
+ * as does an unknown or retired model.
  *
  * Nothing is cached across transactions: a policy change committed before a
  * statement starts is seen by it (READ COMMITTED), so a revoke takes effect
@@ -22,6 +23,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(policy_check);
 
@@ -57,7 +59,9 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 {
 	static QuotaPlan plan = {
 		"SELECT t.status OPERATOR(pg_catalog.=) 'active', t.timezone, m.model_id, "
-		"       p.allowed, p.roles_allowed "
+		"       p.allowed, p.roles_allowed, "
+		"       pr.price_id, pr.currency, pr.unit_price, pr.input_per_1k, pr.output_per_1k, "
+		"       pv.valid_until "
 		"FROM quota_ext.tenants t "
 		"LEFT JOIN LATERAL ("
 		"  SELECT m.model_id FROM quota_ext.models m "
@@ -79,10 +83,40 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 		"               pg_catalog.rtrim(p.model_pattern, '*')))) "
 		"  ORDER BY p.is_prefix, pg_catalog.length(p.model_pattern) DESC "
 		"  LIMIT 1) p ON m.model_id IS NOT NULL "
+	/* the price in force at $3 (metering.c; same rule as _price_in_force) */
+		"LEFT JOIN LATERAL ("
+		"  SELECT c.price_id, c.currency, c.unit_price, c.input_per_1k, c.output_per_1k "
+		"  FROM ((SELECT o.price_id, o.currency, o.unit_price, o.input_per_1k, o.output_per_1k, "
+		"                0 AS rank FROM quota_ext.prices o "
+		"          WHERE o.model_id OPERATOR(pg_catalog.=) m.model_id "
+		"            AND o.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
+		"            AND o.effective_from OPERATOR(pg_catalog.<=) $3 "
+		"          ORDER BY o.effective_from DESC LIMIT 1) "
+		"        UNION ALL "
+		"        (SELECT g.price_id, g.currency, g.unit_price, g.input_per_1k, g.output_per_1k, "
+		"                1 FROM quota_ext.prices g "
+		"          WHERE g.model_id OPERATOR(pg_catalog.=) m.model_id AND g.tenant_id IS NULL "
+		"            AND g.effective_from OPERATOR(pg_catalog.<=) $3 "
+		"          ORDER BY g.effective_from DESC LIMIT 1)) c "
+		"  WHERE c.unit_price IS NOT NULL OR c.input_per_1k IS NOT NULL "
+		"     OR c.output_per_1k IS NOT NULL "
+		"  ORDER BY c.rank LIMIT 1) pr ON m.model_id IS NOT NULL "
+		"LEFT JOIN LATERAL ("
+		"  SELECT LEAST((SELECT n.effective_from FROM quota_ext.prices n "
+		"                 WHERE n.model_id OPERATOR(pg_catalog.=) m.model_id "
+		"                   AND n.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
+		"                   AND n.effective_from OPERATOR(pg_catalog.>) $3 "
+		"                 ORDER BY n.effective_from LIMIT 1), "
+		"               (SELECT n.effective_from FROM quota_ext.prices n "
+		"                 WHERE n.model_id OPERATOR(pg_catalog.=) m.model_id "
+		"                   AND n.tenant_id IS NULL "
+		"                   AND n.effective_from OPERATOR(pg_catalog.>) $3 "
+		"                 ORDER BY n.effective_from LIMIT 1)) AS valid_until) pv "
+		"  ON m.model_id IS NOT NULL "
 		"WHERE t.tenant_id OPERATOR(pg_catalog.=) $1",
-		2, {INT8OID, TEXTOID}
+		3, {INT8OID, TEXTOID, TIMESTAMPTZOID}
 	};
-	Datum		values[2];
+	Datum		values[3];
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
@@ -91,6 +125,7 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 	memset(out, 0, sizeof(*out));
 	values[0] = Int64GetDatum(tenant_id);
 	values[1] = CStringGetTextDatum(model);
+	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
 	QuotaSpiExec(&plan, values, NULL, false, 1);
 	if (SPI_processed == 0)
 		return;
@@ -101,6 +136,7 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 	out->timezone = SPI_getvalue(tup, desc, 2);
 	d = SPI_getbinval(tup, desc, 3, &isnull);
 	out->model_id = isnull ? 0 : DatumGetInt64(d);
+	QuotaPriceFromTuple(tup, desc, 6, &out->price);
 	d = SPI_getbinval(tup, desc, 4, &isnull);
 	if (isnull || !DatumGetBool(d))
 		return;

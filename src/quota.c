@@ -50,7 +50,9 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/json.h"
+#include "utils/jsonb.h"
 #include "utils/builtins.h"
+#include "utils/numeric.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(quota_consume);
@@ -65,7 +67,26 @@ PG_FUNCTION_INFO_V1(quota_expire_reservations);
 #define QUOTA_MAX_QUOTAS		64	/* applicable quotas per request */
 #define QUOTA_MAX_THRESHOLDS	16
 #define QUOTA_IDEM_MAX_LEN		255
+#define QUOTA_METADATA_MAX_BYTES 1024	/* jsonb on a usage row */
 #define QUOTA_EVENT_CHANNEL		"quota_ext_events"
+
+/* optional token counts of a call (metering) */
+typedef struct UsageTokens
+{
+	bool		has_input;
+	bool		has_output;
+	int64		input;
+	int64		output;
+} UsageTokens;
+
+/* what a usage row carries beyond units: tokens, price version, cost */
+typedef struct UsageExtra
+{
+	UsageTokens tokens;
+	int64		price_id;		/* 0: unpriced */
+	int64		cost_micro;
+	Datum		metadata;		/* jsonb, or 0 */
+} UsageExtra;
 
 /* one request to charge */
 typedef struct ConsumeRequest
@@ -79,6 +100,8 @@ typedef struct ConsumeRequest
 	const char *role;			/* NULL: none */
 	bool		reserve;
 	Interval   *ttl;			/* reserve only */
+	UsageTokens tokens;			/* optional input/output tokens */
+	Datum		metadata;		/* jsonb, or 0 */
 } ConsumeRequest;
 
 /* the answer, as the composite quota_ext.decision */
@@ -98,6 +121,11 @@ typedef struct Decision
 	int64		usage_id;		/* 0: none */
 	int64		reservation_id; /* 0: none */
 	bool		replayed;
+	bool		has_cost;		/* the call is priced */
+	int64		cost_micro;
+	bool		has_remaining_cost; /* a cost quota applies */
+	int64		remaining_cost_micro;
+	char		currency[4];	/* of the cost, else of the cost quota */
 } Decision;
 
 /* a locked counter and its quota */
@@ -107,6 +135,8 @@ typedef struct QuotaRow
 	QuotaPeriod period;
 	char		label[32];
 	bool		metric_calls;
+	bool		metric_cost;	/* max_units, used: micro-units of currency */
+	char		currency[4];
 	int64		max_units;
 	bool		has_soft;
 	int64		soft_limit;
@@ -140,7 +170,8 @@ static const char *const denied_quota = "quota";
 static QuotaPlan lock_plan = {
 	"SELECT c.quota_id, q.period, q.period_label, "
 	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
-	"       q.on_exceed, q.thresholds, c.period_start, c.used "
+	"       q.on_exceed, q.thresholds, c.period_start, c.used, "
+	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency "
 	"FROM quota_ext.quota_counters c "
 	"JOIN quota_ext.quotas q ON q.tenant_id OPERATOR(pg_catalog.=) c.tenant_id "
 	"                       AND q.quota_id OPERATOR(pg_catalog.=) c.quota_id "
@@ -159,9 +190,9 @@ static QuotaPlan write_plan = {
 	"WITH u AS ("
 	"  INSERT INTO quota_ext.usage (tenant_id, usage_id, occurred_at, kind, model_id, "
 	"      user_id, key_id, calls, units, overage_units, ref_usage_id, reservation_id, "
-	"      idempotency_key) "
+	"      idempotency_key, input_tokens, output_tokens, price_id, cost, metadata) "
 	"  VALUES ($1, COALESCE($2, pg_catalog.nextval('quota_ext.usage_id_seq')), "
-	"          $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+	"          $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $17, $18, $19, $20, $21) "
 	"  RETURNING usage_id), "
 	"c AS ("
 	"  UPDATE quota_ext.quota_counters c SET used = v.used, period_start = v.ps "
@@ -170,9 +201,9 @@ static QuotaPlan write_plan = {
 	"  WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.slot OPERATOR(pg_catalog.=) 0 "
 	"    AND c.quota_id OPERATOR(pg_catalog.=) v.qid) "
 	"SELECT usage_id FROM u",
-	16, {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, INT8OID, INT4OID,
+	21, {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, INT8OID, INT4OID,
 		INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT8ARRAYOID, INT8ARRAYOID,
-	TIMESTAMPTZARRAYOID}
+		TIMESTAMPTZARRAYOID, INT8OID, INT8OID, INT8OID, NUMERICOID, JSONBOID}
 };
 
 /* ----------------------------------------------------------------------
@@ -205,6 +236,46 @@ check_idem_key(FunctionCallInfo fcinfo, int argno)
 				 errmsg("idempotency_key must be 1 to %d bytes", QUOTA_IDEM_MAX_LEN),
 				 errdetail("Got %d bytes.", len)));
 	return text_to_cstring(t);
+}
+
+/* optional input_tokens, output_tokens (argno, argno + 1), metadata (argno + 2) */
+static void
+check_metering_args(FunctionCallInfo fcinfo, int argno, UsageTokens *tokens, Datum *metadata)
+{
+	memset(tokens, 0, sizeof(*tokens));
+	if (PG_NARGS() > argno && !PG_ARGISNULL(argno))
+	{
+		tokens->has_input = true;
+		tokens->input = PG_GETARG_INT64(argno);
+	}
+	if (PG_NARGS() > argno + 1 && !PG_ARGISNULL(argno + 1))
+	{
+		tokens->has_output = true;
+		tokens->output = PG_GETARG_INT64(argno + 1);
+	}
+	if (tokens->input < 0 || tokens->output < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("input_tokens and output_tokens must not be negative")));
+	if (metadata == NULL)
+		return;
+	*metadata = (Datum) 0;
+	if (PG_NARGS() > argno + 2 && !PG_ARGISNULL(argno + 2))
+	{
+		Jsonb	   *j = PG_GETARG_JSONB_P(argno + 2);
+
+		if (!JB_ROOT_IS_OBJECT(j) || JB_ROOT_IS_SCALAR(j))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("metadata must be a JSON object")));
+		if (VARSIZE(j) > QUOTA_METADATA_MAX_BYTES)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("metadata must be at most %d bytes", QUOTA_METADATA_MAX_BYTES),
+					 errdetail("Got %d bytes.", (int) VARSIZE(j)),
+					 errhint("Keep static data out of the ledger: reference it by id.")));
+		*metadata = PointerGetDatum(j);
+	}
 }
 
 static void
@@ -320,6 +391,10 @@ lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
 		}
 		r->counter_start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
 		r->used = DatumGetInt64(SPI_getbinval(tup, desc, 10, &isnull));
+		r->metric_cost = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
+		s = SPI_getvalue(tup, desc, 12);
+		if (s)
+			strlcpy(r->currency, s, sizeof(r->currency));
 	}
 	return n;
 }
@@ -332,10 +407,10 @@ static int64
 write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char *kind,
 			int64 model_id, int64 user_id, int64 key_id, int32 calls, int64 units,
 			int64 overage, int64 ref_usage_id, int64 reservation_id, const char *idem_key,
-			QuotaRow *rows, int nrows)
+			QuotaRow *rows, int nrows, const UsageExtra *extra)
 {
-	Datum		values[16];
-	char		nulls[16];
+	Datum		values[21];
+	char		nulls[21];
 	int64		qids[QUOTA_MAX_QUOTAS];
 	int64		used[QUOTA_MAX_QUOTAS];
 	TimestampTz starts[QUOTA_MAX_QUOTAS];
@@ -382,6 +457,32 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 	values[13] = int8_array(qids, n);
 	values[14] = int8_array(used, n);
 	values[15] = tstz_array(starts, n);
+	nulls[16] = nulls[17] = nulls[18] = nulls[20] = 'n';
+	values[19] = QuotaMicroToNumeric(0);
+	if (extra)
+	{
+		if (extra->tokens.has_input)
+		{
+			values[16] = Int64GetDatum(extra->tokens.input);
+			nulls[16] = ' ';
+		}
+		if (extra->tokens.has_output)
+		{
+			values[17] = Int64GetDatum(extra->tokens.output);
+			nulls[17] = ' ';
+		}
+		if (extra->price_id != 0)
+		{
+			values[18] = Int64GetDatum(extra->price_id);
+			nulls[18] = ' ';
+		}
+		values[19] = QuotaMicroToNumeric(extra->cost_micro);
+		if (extra->metadata != (Datum) 0)
+		{
+			values[20] = extra->metadata;
+			nulls[20] = ' ';
+		}
+	}
 	QuotaSpiExec(&write_plan, values, nulls, false, 0);
 	if (SPI_processed != 1)
 		elog(ERROR, "usage row was not written");
@@ -477,7 +578,8 @@ idem_claim(const ConsumeRequest *req, Decision *d)
 	};
 	static QuotaPlan fetch = {
 		"SELECT op, model, units, allowed, denied_by, quota_id, period, \"limit\", "
-		"       remaining, resets_at, retry_after, usage_id, reservation_id "
+		"       remaining, resets_at, retry_after, usage_id, reservation_id, "
+		"       cost, remaining_cost, currency "
 		"FROM quota_ext.idempotency_keys "
 		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
 		"  AND idempotency_key OPERATOR(pg_catalog.=) $2",
@@ -547,6 +649,15 @@ idem_claim(const ConsumeRequest *req, Decision *d)
 	d->usage_id = isnull ? 0 : DatumGetInt64(v);
 	v = SPI_getbinval(tup, desc, 13, &isnull);
 	d->reservation_id = isnull ? 0 : DatumGetInt64(v);
+	v = SPI_getbinval(tup, desc, 14, &isnull);
+	d->has_cost = !isnull;
+	d->cost_micro = isnull ? 0 : QuotaNumericToMicro(v);
+	v = SPI_getbinval(tup, desc, 15, &isnull);
+	d->has_remaining_cost = !isnull;
+	d->remaining_cost_micro = isnull ? 0 : QuotaNumericToMicro(v);
+	s = SPI_getvalue(tup, desc, 16);
+	if (s)
+		strlcpy(d->currency, s, sizeof(d->currency));
 	return false;
 }
 
@@ -556,14 +667,15 @@ idem_store(const ConsumeRequest *req, const Decision *d)
 	static QuotaPlan plan = {
 		"UPDATE quota_ext.idempotency_keys SET allowed = $3, denied_by = $4, quota_id = $5, "
 		"       period = $6, \"limit\" = $7, remaining = $8, resets_at = $9, "
-		"       retry_after = $10, usage_id = $11, reservation_id = $12 "
+		"       retry_after = $10, usage_id = $11, reservation_id = $12, "
+		"       cost = $13, remaining_cost = $14, currency = $15 "
 		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
 		"  AND idempotency_key OPERATOR(pg_catalog.=) $2",
-		12, {INT8OID, TEXTOID, BOOLOID, TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID,
-		TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID}
+		15, {INT8OID, TEXTOID, BOOLOID, TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID,
+		TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, NUMERICOID, NUMERICOID, TEXTOID}
 	};
-	Datum		values[12];
-	char		nulls[12];
+	Datum		values[15];
+	char		nulls[15];
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int64GetDatum(req->tenant_id);
@@ -596,6 +708,16 @@ idem_store(const ConsumeRequest *req, const Decision *d)
 	values[11] = Int64GetDatum(d->reservation_id);
 	if (d->reservation_id == 0)
 		nulls[11] = 'n';
+	values[12] = QuotaMicroToNumeric(d->cost_micro);
+	if (!d->has_cost)
+		nulls[12] = 'n';
+	values[13] = QuotaMicroToNumeric(d->remaining_cost_micro);
+	if (!d->has_remaining_cost)
+		nulls[13] = 'n';
+	if (d->currency[0])
+		values[14] = CStringGetTextDatum(d->currency);
+	else
+		nulls[14] = 'n';
 	QuotaSpiExec(&plan, values, nulls, false, 0);
 }
 
@@ -605,24 +727,27 @@ idem_store(const ConsumeRequest *req, const Decision *d)
 
 /*
  * decide_quotas
- *		Compute periods and new counts for a charge of `calls` calls and
- *		`units` units at `at`; fill *d.  Returns false (nothing to write)
- *		when a blocking quota denies.  *overage gets the units beyond the
- *		limit of overage quotas.
+ *		Compute periods and new counts for a charge of `calls` calls,
+ *		`units` units and `cost` micro-units of money at `at`; fill *d.
+ *		Returns false (nothing to write) when a blocking quota denies.
+ *		*overage gets the units beyond the limit of overage quotas (a cost
+ *		quota with on_exceed overage lets the call through like alert: its
+ *		money is on the usage row already).
  */
 static bool
 decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock,
-			  int64 calls, int64 units, Decision *d, int64 *overage)
+			  int64 calls, int64 units, int64 cost, Decision *d, int64 *overage)
 {
 	int			i;
 	int			deny = -1;
 	int			tight = -1;
+	int			tight_cost = -1;
 
 	*overage = 0;
 	for (i = 0; i < n; i++)
 	{
 		QuotaRow   *r = &rows[i];
-		int64		amount = r->metric_calls ? calls : units;
+		int64		amount = r->metric_cost ? cost : r->metric_calls ? calls : units;
 
 		QuotaPeriodBounds(r->period, tz, at, &r->start, &r->end);
 		r->old_used = (r->counter_start == r->start) ? r->used : 0;
@@ -643,15 +768,31 @@ decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock
 								  r->end > rows[deny].end)))
 					deny = i;
 			}
-			else if (r->on_exceed == 'o')
+			else if (r->on_exceed == 'o' && !r->metric_cost)
 			{
 				int64		over = r->new_used - Max(r->old_used, r->max_units);
 
 				*overage = Max(*overage, Min(over, amount));
 			}
 		}
-		if (tight < 0 || r->max_units - r->new_used < rows[tight].max_units - rows[tight].new_used)
+		if (r->metric_cost)
+		{
+			if (tight_cost < 0 || r->max_units - r->new_used <
+				rows[tight_cost].max_units - rows[tight_cost].new_used)
+				tight_cost = i;
+		}
+		else if (tight < 0 ||
+				 r->max_units - r->new_used < rows[tight].max_units - rows[tight].new_used)
 			tight = i;
+	}
+	if (tight_cost >= 0)
+	{
+		d->has_remaining_cost = true;
+		d->remaining_cost_micro = Max(rows[tight_cost].max_units -
+									  (deny >= 0 ? rows[tight_cost].old_used :
+									   rows[tight_cost].new_used), 0);
+		if (!d->currency[0])
+			strlcpy(d->currency, rows[tight_cost].currency, sizeof(d->currency));
 	}
 
 	if (deny >= 0)
@@ -662,9 +803,18 @@ decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock
 		d->denied_by = denied_quota;
 		d->quota_id = r->quota_id;
 		strlcpy(d->period, r->label, sizeof(d->period));
-		d->has_limit = true;
-		d->limit = r->max_units;
-		d->remaining = Max(r->max_units - r->old_used, 0);
+		if (r->metric_cost)
+		{
+			/* money: in remaining_cost, not in the integer columns */
+			d->has_remaining_cost = true;
+			d->remaining_cost_micro = Max(r->max_units - r->old_used, 0);
+		}
+		else
+		{
+			d->has_limit = true;
+			d->limit = r->max_units;
+			d->remaining = Max(r->max_units - r->old_used, 0);
+		}
 		if (r->period != QUOTA_PERIOD_LIFETIME)
 		{
 			d->has_resets = true;
@@ -723,17 +873,19 @@ next_reservation_id(void)
 
 static void
 insert_reservation(int64 tenant_id, int64 reservation_id, int64 usage_id, TimestampTz at,
-				   int64 model_id, int64 user_id, int64 key_id, int64 estimate, Interval *ttl)
+				   int64 model_id, int64 user_id, int64 key_id, int64 estimate, Interval *ttl,
+				   const UsageExtra *extra)
 {
 	static QuotaPlan plan = {
 		"INSERT INTO quota_ext.reservations (tenant_id, reservation_id, usage_id, occurred_at, "
-		"    model_id, user_id, key_id, estimate, expires_at) "
-		"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $4 OPERATOR(pg_catalog.+) $9)",
-		9, {INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, INT8OID,
-		INTERVALOID}
+		"    model_id, user_id, key_id, estimate, expires_at, price_id, cost, input_tokens, "
+		"    output_tokens) "
+		"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $4 OPERATOR(pg_catalog.+) $9, $10, $11, $12, $13)",
+		13, {INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, INT8OID,
+		INTERVALOID, INT8OID, NUMERICOID, INT8OID, INT8OID}
 	};
-	Datum		values[9];
-	char		nulls[9];
+	Datum		values[13];
+	char		nulls[13];
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int64GetDatum(tenant_id);
@@ -749,7 +901,78 @@ insert_reservation(int64 tenant_id, int64 reservation_id, int64 usage_id, Timest
 		nulls[6] = 'n';
 	values[7] = Int64GetDatum(estimate);
 	values[8] = IntervalPGetDatum(ttl);
+	values[9] = Int64GetDatum(extra->price_id);
+	if (extra->price_id == 0)
+		nulls[9] = 'n';
+	values[10] = QuotaMicroToNumeric(extra->cost_micro);
+	values[11] = Int64GetDatum(extra->tokens.input);
+	if (!extra->tokens.has_input)
+		nulls[11] = 'n';
+	values[12] = Int64GetDatum(extra->tokens.output);
+	if (!extra->tokens.has_output)
+		nulls[12] = 'n';
 	QuotaSpiExec(&plan, values, nulls, false, 0);
+}
+
+/*
+ * charge_cost
+ *		The price and cost of a charge at `at` (metering.c): the price in
+ *		force came with the policy plan; look again only when a new version
+ *		started between the lookup and `at`.  A cost quota counting another
+ *		currency than the price is a configuration error (55000), raised
+ *		before anything is written.
+ */
+static void
+charge_cost(const ConsumeRequest *req, QuotaPolicyResult *pol, TimestampTz at,
+			QuotaRow *rows, int n, UsageExtra *extra, Decision *d)
+{
+	QuotaPrice *price = &pol->price;
+	QuotaPrice	later;
+	int			i;
+
+	if (at >= price->valid_until)
+	{
+		QuotaPriceAt(req->tenant_id, pol->model_id, at, &later);
+		price = &later;
+	}
+	if (!price->found)
+		return;
+	extra->price_id = price->price_id;
+	extra->cost_micro = QuotaCostMicro(price, req->units, req->tokens.input,
+									   req->tokens.output);
+	d->has_cost = true;
+	d->cost_micro = extra->cost_micro;
+	strlcpy(d->currency, price->currency, sizeof(d->currency));
+	for (i = 0; i < n; i++)
+		if (rows[i].metric_cost && strcmp(rows[i].currency, price->currency) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cost quota %lld counts %s but model \"%s\" is priced in %s",
+							(long long) rows[i].quota_id, rows[i].currency, req->model,
+							price->currency),
+					 errhint("Give the tenant a price in %s with quota_ext.price_set(), or a cost quota in %s.",
+							 rows[i].currency, price->currency)));
+}
+
+/* count the decision in shared memory (stats.c) */
+static void
+count_decision(int64 tenant_id, const Decision *d)
+{
+	QuotaOutcome o;
+
+	if (d->replayed)
+		o = QUOTA_OUTCOME_REPLAYED;
+	else if (d->allowed)
+		o = QUOTA_OUTCOME_ALLOWED;
+	else if (d->denied_by == denied_rate)
+		o = QUOTA_OUTCOME_DENIED_RATE;
+	else if (d->denied_by == denied_policy)
+		o = QUOTA_OUTCOME_DENIED_POLICY;
+	else if (d->denied_by == denied_tenant)
+		o = QUOTA_OUTCOME_DENIED_TENANT;
+	else
+		o = QUOTA_OUTCOME_DENIED_QUOTA;
+	QuotaStatsCount(tenant_id, o);
 }
 
 /*
@@ -769,8 +992,12 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 	int64		reservation_id = 0;
 	text	   *tz;
 	TimestampTz infinity;
+	UsageExtra	extra;
 
 	memset(d, 0, sizeof(*d));
+	memset(&extra, 0, sizeof(extra));
+	extra.tokens = req->tokens;
+	extra.metadata = req->metadata;
 	QuotaSpiBegin(&spi);
 
 	QuotaPolicyEvaluate(req->tenant_id, req->model, req->role, &pol);
@@ -782,6 +1009,7 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 	if (req->idem_key && !idem_claim(req, d))
 	{
 		QuotaSpiEnd(&spi);
+		QuotaStatsCount(req->tenant_id, QUOTA_OUTCOME_REPLAYED);
 		return;
 	}
 
@@ -815,8 +1043,9 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 						  infinity, rows);
 		at = charge_instant(rows, n);
 		clock = at;
+		charge_cost(req, &pol, at, rows, n, &extra, d);
 		if (decide_quotas(rows, n, tz, at, clock, 1,
-						  req->units, d, &overage))
+						  req->units, extra.cost_micro, d, &overage))
 		{
 			int			i;
 
@@ -826,12 +1055,12 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 									  req->reserve ? "reserve" : "consume",
 									  pol.model_id, req->user_id, req->key_id, 1,
 									  req->units, overage, 0, reservation_id,
-									  req->idem_key, rows, n);
+									  req->idem_key, rows, n, &extra);
 			if (req->reserve)
 			{
 				insert_reservation(req->tenant_id, reservation_id, d->usage_id, at,
 								   pol.model_id, req->user_id, req->key_id, req->units,
-								   req->ttl);
+								   req->ttl, &extra);
 				d->reservation_id = reservation_id;
 			}
 			for (i = 0; i < n; i++)
@@ -842,6 +1071,7 @@ done:
 	if (req->idem_key)
 		idem_store(req, d);
 	QuotaSpiEnd(&spi);
+	count_decision(req->tenant_id, d);
 }
 
 /* ----------------------------------------------------------------------
@@ -874,7 +1104,7 @@ tenant_timezone(int64 tenant_id)
  */
 static bool
 adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 user_id,
-				int64 key_id, int64 calls, int64 units, bool check, QuotaRow *rows,
+				int64 key_id, int64 calls, int64 units, int64 cost, bool check, QuotaRow *rows,
 				int *nrows, Decision *d)
 {
 	text	   *tz = tenant_timezone(tenant_id);
@@ -887,7 +1117,7 @@ adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 
 	for (i = 0; i < n; i++)
 	{
 		QuotaRow   *r = &rows[i];
-		int64		delta = r->metric_calls ? calls : units;
+		int64		delta = r->metric_cost ? cost : r->metric_calls ? calls : units;
 
 		QuotaPeriodBounds(r->period, tz, occurred_at, &r->start, &r->end);
 		r->touched = (r->counter_start == r->start && delta != 0);
@@ -906,9 +1136,18 @@ adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 
 			d->denied_by = denied_quota;
 			d->quota_id = r->quota_id;
 			strlcpy(d->period, r->label, sizeof(d->period));
-			d->has_limit = true;
-			d->limit = r->max_units;
-			d->remaining = Max(r->max_units - r->used, 0);
+			if (r->metric_cost)
+			{
+				d->has_remaining_cost = true;
+				d->remaining_cost_micro = Max(r->max_units - r->used, 0);
+				strlcpy(d->currency, r->currency, sizeof(d->currency));
+			}
+			else
+			{
+				d->has_limit = true;
+				d->limit = r->max_units;
+				d->remaining = Max(r->max_units - r->used, 0);
+			}
 			if (r->period != QUOTA_PERIOD_LIFETIME)
 			{
 				d->has_resets = d->has_retry = true;
@@ -933,6 +1172,9 @@ typedef struct Reservation
 	int64		actual;
 	char		status[16];
 	int64		closing_usage_id;
+	int64		price_id;		/* 0: unpriced */
+	int64		cost_micro;		/* of the estimate */
+	UsageTokens tokens;			/* estimated */
 } Reservation;
 
 /* lock and load a reservation (inside SPI); false when not found */
@@ -945,7 +1187,8 @@ reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
 		"       (SELECT max(u.usage_id) FROM quota_ext.usage u "
 		"         WHERE u.tenant_id OPERATOR(pg_catalog.=) r.tenant_id "
 		"           AND u.reservation_id OPERATOR(pg_catalog.=) r.reservation_id "
-		"           AND u.kind OPERATOR(pg_catalog.<>) 'reserve') "
+		"           AND u.kind OPERATOR(pg_catalog.<>) 'reserve'), "
+		"       r.price_id, r.cost, r.input_tokens, r.output_tokens "
 		"FROM quota_ext.reservations r "
 		"WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 "
 		"  AND r.reservation_id OPERATOR(pg_catalog.=) $2 "
@@ -979,6 +1222,16 @@ reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
 	strlcpy(res->status, SPI_getvalue(tup, desc, 8), sizeof(res->status));
 	v = SPI_getbinval(tup, desc, 9, &isnull);
 	res->closing_usage_id = isnull ? 0 : DatumGetInt64(v);
+	v = SPI_getbinval(tup, desc, 10, &isnull);
+	res->price_id = isnull ? 0 : DatumGetInt64(v);
+	res->cost_micro = QuotaNumericToMicro(SPI_getbinval(tup, desc, 11, &isnull));
+	memset(&res->tokens, 0, sizeof(res->tokens));
+	v = SPI_getbinval(tup, desc, 12, &isnull);
+	res->tokens.has_input = !isnull;
+	res->tokens.input = isnull ? 0 : DatumGetInt64(v);
+	v = SPI_getbinval(tup, desc, 13, &isnull);
+	res->tokens.has_output = !isnull;
+	res->tokens.output = isnull ? 0 : DatumGetInt64(v);
 	return true;
 }
 
@@ -1027,13 +1280,20 @@ release_reservation(int64 tenant_id, int64 reservation_id, Reservation *res,
 	int			n;
 	Decision	ignored;
 	int64		usage_id;
+	UsageExtra	extra;
 
 	memset(&ignored, 0, sizeof(ignored));
+	memset(&extra, 0, sizeof(extra));
+	extra.price_id = res->price_id;
+	extra.cost_micro = -res->cost_micro;
+	extra.tokens = res->tokens;
+	extra.tokens.input = -extra.tokens.input;
+	extra.tokens.output = -extra.tokens.output;
 	adjust_counters(tenant_id, res->occurred_at, res->model_id, res->user_id, res->key_id,
-					-1, -res->estimate, false, rows, &n, &ignored);
+					-1, -res->estimate, -res->cost_micro, false, rows, &n, &ignored);
 	usage_id = write_usage(tenant_id, 0, res->occurred_at, "release", res->model_id,
 						   res->user_id, res->key_id, -1, -res->estimate, 0, res->usage_id,
-						   reservation_id, NULL, rows, n);
+						   reservation_id, NULL, rows, n, &extra);
 	reservation_close(tenant_id, reservation_id, status, false, 0, 0);
 	return usage_id;
 }
@@ -1046,8 +1306,8 @@ static Datum
 decision_datum(FunctionCallInfo fcinfo, const Decision *d)
 {
 	TupleDesc	tupdesc;
-	Datum		values[11];
-	bool		nulls[11];
+	Datum		values[14];
+	bool		nulls[14];
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -1075,6 +1335,14 @@ decision_datum(FunctionCallInfo fcinfo, const Decision *d)
 	values[9] = Int64GetDatum(d->reservation_id);
 	nulls[9] = d->reservation_id == 0;
 	values[10] = BoolGetDatum(d->replayed);
+	values[11] = QuotaMicroToNumeric(d->cost_micro);
+	nulls[11] = !d->has_cost;
+	values[12] = QuotaMicroToNumeric(d->remaining_cost_micro);
+	nulls[12] = !d->has_remaining_cost;
+	if (d->currency[0])
+		values[13] = CStringGetTextDatum(d->currency);
+	else
+		nulls[13] = true;
 	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
 }
 
@@ -1114,6 +1382,7 @@ consume_args(FunctionCallInfo fcinfo, ConsumeRequest *req)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("user_id and key_id must be positive")));
+	check_metering_args(fcinfo, 7, &req->tokens, &req->metadata);
 }
 
 /*
@@ -1156,6 +1425,24 @@ raise_denial(const ConsumeRequest *req, const Decision *d)
 				 errmsg("rate limit exceeded for tenant %lld", (long long) req->tenant_id),
 				 errdetail("Limit %lld; retry after %lld seconds.",
 						   (long long) d->limit, (long long) d->retry_after)));
+	if (!d->has_limit && d->has_remaining_cost)
+	{
+		char	   *cost = d->has_cost ?
+			numeric_normalize(DatumGetNumeric(QuotaMicroToNumeric(d->cost_micro))) : "0";
+		char	   *left = numeric_normalize(DatumGetNumeric(QuotaMicroToNumeric(d->remaining_cost_micro)));
+
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("%s cost quota exceeded for tenant %lld", d->period,
+						(long long) req->tenant_id),
+				 d->has_resets ?
+				 errdetail("Quota %lld: the call costs %s %s; %s %s remain until %s.",
+						   (long long) d->quota_id, cost, d->currency, left, d->currency,
+						   timestamptz_to_str(d->resets_at)) :
+				 errdetail("Quota %lld: the call costs %s %s; %s %s remain.",
+						   (long long) d->quota_id, cost, d->currency, left, d->currency),
+				 errhint("Wait for the period to reset, or raise the budget with quota_ext.quota_set().")));
+	}
 	ereport(ERROR,
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 			 errmsg("%s quota exceeded for tenant %lld", d->period, (long long) req->tenant_id),
@@ -1210,6 +1497,7 @@ invoke(PG_FUNCTION_ARGS)
 	req.units = PG_GETARG_INT64(2);
 	check_positive(req.units, "units");
 	req.idem_key = check_idem_key(fcinfo, 3);
+	check_metering_args(fcinfo, 4, &req.tokens, &req.metadata);
 
 	QuotaAuthenticate(PG_GETARG_TEXT_PP(0));
 	ctx = QuotaContextGet();
@@ -1268,13 +1556,20 @@ quota_reserve(PG_FUNCTION_ARGS)
 		req.key_id = PG_GETARG_INT64(6);
 	if (!PG_ARGISNULL(7))
 		req.role = text_to_cstring(PG_GETARG_TEXT_PP(7));
+	check_metering_args(fcinfo, 8, &req.tokens, &req.metadata);
 	QuotaConsume(&req, &d);
 	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
 }
 
 /*
- * quota_ext.quota_settle(tenant_id bigint, reservation_id bigint, actual bigint)
+ * quota_ext.quota_settle(tenant_id bigint, reservation_id bigint, actual bigint,
+ *		input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL)
  *		RETURNS quota_ext.decision
+ *
+ * The actual tokens replace the estimated ones (NULL keeps them).  Money is
+ * recomputed at the reservation's price version (never repriced), and the
+ * settle row carries the differences in units, tokens and cost; the
+ * decision's cost is the call's final cost.
  *
  * actual <= estimate: the difference is given back.  actual > estimate:
  * the excess is charged like a consume, all or nothing; if a blocking quota
@@ -1296,6 +1591,10 @@ quota_settle(PG_FUNCTION_ARGS)
 	Decision	d;
 	int64		delta;
 	int64		unbilled = 0;
+	UsageTokens actual_tokens;
+	UsageExtra	extra;
+	QuotaPrice	price;
+	int64		actual_cost;
 
 	QuotaArgNotNull(fcinfo, 0, "tenant_id");
 	QuotaArgNotNull(fcinfo, 1, "reservation_id");
@@ -1307,6 +1606,7 @@ quota_settle(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("actual must not be negative")));
+	check_metering_args(fcinfo, 3, &actual_tokens, NULL);
 	QuotaCheckTenantAccess(tenant_id);
 	memset(&d, 0, sizeof(d));
 
@@ -1330,16 +1630,40 @@ quota_settle(PG_FUNCTION_ARGS)
 	delta = actual - res.estimate;
 	d.allowed = true;
 	d.usage_id = res.usage_id;
-	if (delta != 0)
+
+	/* tokens: the actual ones replace the estimate; money at the same price */
+	memset(&extra, 0, sizeof(extra));
+	extra.price_id = res.price_id;
+	if (!actual_tokens.has_input)
+		actual_tokens.has_input = res.tokens.has_input, actual_tokens.input = res.tokens.input;
+	if (!actual_tokens.has_output)
+		actual_tokens.has_output = res.tokens.has_output, actual_tokens.output = res.tokens.output;
+	extra.tokens.has_input = actual_tokens.has_input || res.tokens.has_input;
+	extra.tokens.input = actual_tokens.input - res.tokens.input;
+	extra.tokens.has_output = actual_tokens.has_output || res.tokens.has_output;
+	extra.tokens.output = actual_tokens.output - res.tokens.output;
+	QuotaPriceById(res.price_id, &price);
+	actual_cost = QuotaCostMicro(&price, actual, actual_tokens.input, actual_tokens.output);
+	extra.cost_micro = actual_cost - res.cost_micro;
+	if (price.found)
+	{
+		d.has_cost = true;
+		d.cost_micro = res.cost_micro;
+		strlcpy(d.currency, price.currency, sizeof(d.currency));
+	}
+
+	if (delta != 0 || extra.cost_micro != 0 || extra.tokens.input != 0 ||
+		extra.tokens.output != 0)
 	{
 		if (adjust_counters(tenant_id, res.occurred_at, res.model_id, res.user_id, res.key_id,
-							0, delta, true, rows, &n, &d))
+							0, delta, extra.cost_micro, true, rows, &n, &d))
 		{
 			int			i;
 
 			d.usage_id = write_usage(tenant_id, 0, res.occurred_at, "settle", res.model_id,
 									 res.user_id, res.key_id, 0, delta, 0, res.usage_id,
-									 reservation_id, NULL, rows, n);
+									 reservation_id, NULL, rows, n, &extra);
+			d.cost_micro = actual_cost;
 			for (i = 0; i < n; i++)
 				if (rows[i].touched)
 					emit_events(tenant_id, &rows[i]);
@@ -1406,7 +1730,8 @@ Datum
 quota_refund(PG_FUNCTION_ARGS)
 {
 	static QuotaPlan find = {
-		"SELECT occurred_at, model_id, user_id, key_id, units, kind "
+		"SELECT occurred_at, model_id, user_id, key_id, units, kind, "
+		"       price_id, cost, input_tokens, output_tokens "
 		"FROM quota_ext.usage "
 		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND usage_id OPERATOR(pg_catalog.=) $2",
 		2, {INT8OID, INT8OID}
@@ -1439,6 +1764,7 @@ quota_refund(PG_FUNCTION_ARGS)
 	QuotaRow	rows[QUOTA_MAX_QUOTAS];
 	int			n;
 	Decision	d;
+	UsageExtra	extra;
 
 	QuotaArgNotNull(fcinfo, 0, "tenant_id");
 	QuotaArgNotNull(fcinfo, 1, "usage_id");
@@ -1470,6 +1796,16 @@ quota_refund(PG_FUNCTION_ARGS)
 	v = SPI_getbinval(tup, desc, 4, &isnull);
 	key_id = isnull ? 0 : DatumGetInt64(v);
 	units = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+	memset(&extra, 0, sizeof(extra));
+	v = SPI_getbinval(tup, desc, 7, &isnull);
+	extra.price_id = isnull ? 0 : DatumGetInt64(v);
+	extra.cost_micro = -QuotaNumericToMicro(SPI_getbinval(tup, desc, 8, &isnull));
+	v = SPI_getbinval(tup, desc, 9, &isnull);
+	extra.tokens.has_input = !isnull;
+	extra.tokens.input = isnull ? 0 : -DatumGetInt64(v);
+	v = SPI_getbinval(tup, desc, 10, &isnull);
+	extra.tokens.has_output = !isnull;
+	extra.tokens.output = isnull ? 0 : -DatumGetInt64(v);
 
 	QuotaSpiExec(&claim, values, NULL, false, 0);
 	if (SPI_processed == 0)
@@ -1483,10 +1819,15 @@ quota_refund(PG_FUNCTION_ARGS)
 	}
 	refund_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 											&isnull));
-	adjust_counters(tenant_id, occurred_at, model_id, user_id, key_id, -1, -units, false,
-					rows, &n, &d);
+	adjust_counters(tenant_id, occurred_at, model_id, user_id, key_id, -1, -units,
+					extra.cost_micro, false, rows, &n, &d);
 	d.usage_id = write_usage(tenant_id, refund_id, occurred_at, "refund", model_id, user_id,
-							 key_id, -1, -units, 0, usage_id, 0, NULL, rows, n);
+							 key_id, -1, -units, 0, usage_id, 0, NULL, rows, n, &extra);
+	if (extra.price_id != 0)
+	{
+		d.has_cost = true;
+		d.cost_micro = extra.cost_micro;
+	}
 	QuotaSpiEnd(&spi);
 	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
 }

@@ -30,6 +30,8 @@ _PG_init(void)
 	QuotaContextInit();
 	QuotaAuthInit();
 	QuotaRateLimitInit();
+	QuotaMeteringInit();
+	QuotaStatsInit();
 
 	MarkGUCPrefixReserved("quota_ext");
 }

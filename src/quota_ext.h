@@ -16,6 +16,8 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "datatype/timestamp.h"
+#include "access/htup.h"
+#include "access/tupdesc.h"
 
 #define QUOTA_SCHEMA		"quota_ext"
 #define QUOTA_ADMIN_ROLE	"quota_ext_admin"
@@ -30,7 +32,7 @@ typedef struct QuotaPlan
 {
 	const char *sql;			/* fully qualified query text */
 	int			nargs;
-	Oid			argtypes[16];
+	Oid			argtypes[24];
 	SPIPlanPtr	plan;			/* kept plan, prepared on first use */
 } QuotaPlan;
 
@@ -147,6 +149,47 @@ extern const char *QuotaPeriodName(QuotaPeriod p);
 extern void QuotaPeriodBounds(QuotaPeriod p, text *tz, TimestampTz at,
 							  TimestampTz *start, TimestampTz *end);
 
+/* metering.c: prices and the cost of a call */
+typedef struct QuotaPrice
+{
+	bool		found;			/* false: unpriced (cost 0) */
+	int64		price_id;
+	char		currency[4];
+	bool		has_unit;
+	bool		has_input;
+	bool		has_output;
+	Datum		unit_price;		/* numeric; valid until QuotaSpiEnd */
+	Datum		input_per_1k;
+	Datum		output_per_1k;
+	TimestampTz valid_until;	/* when the next version starts (or +inf) */
+} QuotaPrice;
+
+extern void QuotaMeteringInit(void);
+extern void QuotaPriceFromTuple(HeapTuple tup, TupleDesc desc, int first_col,
+								QuotaPrice *out);
+extern void QuotaPriceAt(int64 tenant_id, int64 model_id, TimestampTz at,
+						 QuotaPrice *out);
+extern void QuotaPriceById(int64 price_id, QuotaPrice *out);
+extern int64 QuotaCostMicro(const QuotaPrice *price, int64 units,
+							int64 input_tokens, int64 output_tokens);
+extern Datum QuotaMicroToNumeric(int64 micro);
+extern int64 QuotaNumericToMicro(Datum amount);
+
+/* stats.c: decision counters per tenant in shared memory */
+typedef enum QuotaOutcome
+{
+	QUOTA_OUTCOME_ALLOWED,
+	QUOTA_OUTCOME_DENIED_QUOTA,
+	QUOTA_OUTCOME_DENIED_RATE,
+	QUOTA_OUTCOME_DENIED_POLICY,
+	QUOTA_OUTCOME_DENIED_TENANT,
+	QUOTA_OUTCOME_REPLAYED,
+	QUOTA_NUM_OUTCOMES
+} QuotaOutcome;
+
+extern void QuotaStatsInit(void);
+extern void QuotaStatsCount(int64 tenant_id, QuotaOutcome outcome);
+
 /* policy.c: model resolution and access policies */
 typedef struct QuotaPolicyResult
 {
@@ -155,6 +198,7 @@ typedef struct QuotaPolicyResult
 	char	   *timezone;		/* valid until QuotaSpiEnd */
 	int64		model_id;		/* 0 when the name means no model */
 	bool		allowed;
+	QuotaPrice	price;			/* in force when the request started */
 } QuotaPolicyResult;
 
 extern void QuotaPolicyEvaluate(int64 tenant_id, const char *model,

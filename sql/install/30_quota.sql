@@ -22,7 +22,7 @@ CREATE TABLE quota_ext.quotas (
 	                     (ARRAY['minute', 'hour', 'day', 'week', 'month', 'year', 'lifetime'])),
 	period_label  text NOT NULL,
 	metric        text NOT NULL
-	              CHECK (metric OPERATOR(pg_catalog.=) ANY (ARRAY['calls', 'units'])),
+	              CHECK (metric OPERATOR(pg_catalog.=) ANY (ARRAY['calls', 'units', 'cost'])),
 	model_id      bigint REFERENCES quota_ext.models (model_id),
 	user_id       bigint,
 	key_id        bigint,
@@ -35,13 +35,18 @@ CREATE TABLE quota_ext.quotas (
 	              CHECK (origin OPERATOR(pg_catalog.=) ANY (ARRAY['tenant', 'tier'])),
 	created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	-- money budgets (metric 'cost'): max_units, soft_limit and the counter
+	-- are micro-units (1e-6) of this ISO 4217 currency; see doc/metering.md
+	currency      char(3)
+	              CHECK (currency OPERATOR(pg_catalog.~) '^[A-Z]{3}$'),
+	CHECK ((metric OPERATOR(pg_catalog.=) 'cost') OPERATOR(pg_catalog.=) (currency IS NOT NULL)),
 	PRIMARY KEY (tenant_id, quota_id),
 	UNIQUE NULLS NOT DISTINCT (tenant_id, period, metric, model_id, user_id, key_id),
 	FOREIGN KEY (tenant_id, user_id) REFERENCES quota_ext.users (tenant_id, user_id),
 	FOREIGN KEY (tenant_id, key_id) REFERENCES quota_ext.api_keys (tenant_id, key_id)
 );
 COMMENT ON TABLE quota_ext.quotas IS
-	'Quota definitions: scope, metric (calls or units), calendar period, limits and action on exceed';
+	'Quota definitions: scope, metric (calls, units or cost in a currency), calendar period, limits and action on exceed';
 
 -- The counter of a quota for its current period.  One row per quota and
 -- slot (slot 0 only for now; see doc/design.md, "hot tenants").  Updated in
@@ -69,24 +74,37 @@ CREATE TABLE quota_ext.usage (
 	usage_id        bigint NOT NULL DEFAULT pg_catalog.nextval('quota_ext.usage_id_seq'),
 	created_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	occurred_at     timestamptz NOT NULL,
-	kind            text NOT NULL
-	                CHECK (kind OPERATOR(pg_catalog.=) ANY
-	                       (ARRAY['consume', 'refund', 'reserve', 'settle', 'release'])),
 	model_id        bigint NOT NULL,
 	user_id         bigint,
 	key_id          bigint,
-	calls           integer NOT NULL,
 	units           bigint NOT NULL,
 	overage_units   bigint NOT NULL DEFAULT 0,
+	input_tokens    bigint,
+	output_tokens   bigint,
+	price_id        bigint,
 	ref_usage_id    bigint,
 	reservation_id  bigint,
+	calls           integer NOT NULL,
+	kind            text NOT NULL
+	                CHECK (kind OPERATOR(pg_catalog.=) ANY
+	                       (ARRAY['consume', 'refund', 'reserve', 'settle', 'release'])),
+	cost            numeric NOT NULL DEFAULT 0,
 	idempotency_key text,
+	metadata        jsonb,
 	PRIMARY KEY (tenant_id, usage_id, created_at)
 ) PARTITION BY RANGE (created_at);
 COMMENT ON TABLE quota_ext.usage IS
-	'Append-only usage ledger (partitioned by created_at); calls and units are signed';
+	'Append-only usage ledger (monthly partitions by created_at); calls, units, tokens and cost are signed; price_id is the price version used';
+COMMENT ON COLUMN quota_ext.usage.cost IS
+	'Money charged by this row in the currency of its price (exact, micro-unit precision); 0 without a price';
 CREATE TABLE quota_ext.usage_default PARTITION OF quota_ext.usage DEFAULT;
-CREATE INDEX usage_tenant_occurred ON quota_ext.usage (tenant_id, occurred_at);
+-- (tenant_id, created_at): the tail of a tenant's rows since a rollup or
+-- billing watermark; created_at >= occurred_at always, so a created_at range
+-- also bounds every occurred_at query.  BRIN on created_at: the cross-tenant
+-- scans of usage_rollup() and billing_close(), nearly free to maintain on an
+-- append-only table.
+CREATE INDEX usage_tenant_created ON quota_ext.usage (tenant_id, created_at);
+CREATE INDEX usage_created_brin ON quota_ext.usage USING brin (created_at);
 
 -- One row per (tenant, idempotency key): the request's parameters and the
 -- decision it got.  A replay returns the decision; other parameters raise.
@@ -108,6 +126,9 @@ CREATE TABLE quota_ext.idempotency_keys (
 	retry_after     bigint,
 	usage_id        bigint,
 	reservation_id  bigint,
+	cost            numeric,
+	remaining_cost  numeric,
+	currency        char(3),
 	PRIMARY KEY (tenant_id, idempotency_key)
 );
 COMMENT ON TABLE quota_ext.idempotency_keys IS
@@ -122,6 +143,10 @@ CREATE TABLE quota_ext.reservations (
 	user_id         bigint,
 	key_id          bigint,
 	estimate        bigint NOT NULL,
+	price_id        bigint,
+	cost            numeric NOT NULL DEFAULT 0,
+	input_tokens    bigint,
+	output_tokens   bigint,
 	actual          bigint,
 	unbilled        bigint NOT NULL DEFAULT 0,
 	status          text NOT NULL DEFAULT 'open'
@@ -177,10 +202,13 @@ CREATE TYPE quota_ext.decision AS (
 	retry_after    bigint,
 	usage_id       bigint,
 	reservation_id bigint,
-	replayed       boolean
+	replayed       boolean,
+	cost           numeric,
+	remaining_cost numeric,
+	currency       text
 );
 COMMENT ON TYPE quota_ext.decision IS
-	'allowed; denied_by (tenant, policy, rate_limit, quota or NULL); the tightest or denying limit with remaining, resets_at and retry_after (seconds); the usage row; replayed = answered from an idempotency key';
+	'allowed; denied_by (tenant, policy, rate_limit, quota or NULL); the tightest or denying limit with remaining, resets_at and retry_after (seconds); the usage row; replayed = answered from an idempotency key; cost of the call, money left in the tightest (or denying) cost quota and its currency';
 
 -- ---------------------------------------------------------------------------
 -- periods (src/period.c)
@@ -256,7 +284,8 @@ COMMENT ON FUNCTION quota_ext._tier_quotas_sync(bigint) IS
 CREATE FUNCTION quota_ext.quota_set(tenant_id bigint, period text, max_units bigint,
 	model text DEFAULT NULL, metric text DEFAULT 'calls', soft_limit bigint DEFAULT NULL,
 	on_exceed text DEFAULT 'block', user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
-	thresholds integer[] DEFAULT '{80,100}') RETURNS bigint
+	thresholds integer[] DEFAULT '{80,100}', max_cost numeric DEFAULT NULL,
+	currency text DEFAULT NULL) RETURNS bigint
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
@@ -264,29 +293,51 @@ CREATE FUNCTION quota_ext.quota_set(tenant_id bigint, period text, max_units big
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(quota_set.tenant_id);
 	p text := quota_ext._normalize_period(quota_set.period);
+	m text := quota_set.metric;
+	cur text := upper(quota_set.currency);
+	lim bigint := quota_set.max_units;
 	mid bigint;
 	old quota_ext.quotas;
 	new quota_ext.quotas;
 	th integer;
+	pc text;
 BEGIN
 	IF p IS NULL THEN
 		RAISE EXCEPTION 'invalid period "%"', left(quota_set.period, 64)
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'Use minute, hour, day, week, month, year or lifetime (or hourly, daily, weekly, monthly, yearly, never).';
 	END IF;
-	IF quota_set.max_units IS NULL THEN PERFORM quota_ext._null_arg('max_units'); END IF;
-	IF quota_set.metric IS NULL THEN PERFORM quota_ext._null_arg('metric'); END IF;
+	IF m IS NULL THEN PERFORM quota_ext._null_arg('metric'); END IF;
+	-- a money budget: max_cost (and currency) instead of max_units
+	IF quota_set.max_cost IS NOT NULL AND m = 'calls' THEN
+		m := 'cost';
+	END IF;
+	IF m = 'cost' THEN
+		IF quota_set.max_cost IS NULL THEN PERFORM quota_ext._null_arg('max_cost'); END IF;
+		IF cur IS NULL THEN PERFORM quota_ext._null_arg('currency'); END IF;
+		IF quota_set.max_units IS NOT NULL OR quota_set.soft_limit IS NOT NULL THEN
+			RAISE EXCEPTION 'a cost quota is limited by max_cost, not max_units or soft_limit'
+				USING ERRCODE = 'invalid_parameter_value',
+				      HINT = 'Pass max_units => NULL and use thresholds for early alerts.';
+		END IF;
+		cur := quota_ext._check_currency(cur);
+		lim := quota_ext._money_to_micro(quota_set.max_cost, 'max_cost');
+	ELSIF quota_set.max_cost IS NOT NULL OR cur IS NOT NULL THEN
+		RAISE EXCEPTION 'max_cost and currency apply only to cost quotas'
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use metric => ''cost''.';
+	END IF;
+	IF lim IS NULL THEN PERFORM quota_ext._null_arg('max_units'); END IF;
 	IF quota_set.on_exceed IS NULL THEN PERFORM quota_ext._null_arg('on_exceed'); END IF;
 	IF quota_set.thresholds IS NULL THEN PERFORM quota_ext._null_arg('thresholds'); END IF;
-	IF quota_set.max_units < 0 OR quota_set.soft_limit < 0 THEN
+	IF lim < 0 OR quota_set.soft_limit < 0 THEN
 		RAISE EXCEPTION 'max_units and soft_limit must not be negative' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF quota_set.soft_limit > quota_set.max_units THEN
+	IF quota_set.soft_limit > lim THEN
 		RAISE EXCEPTION 'soft_limit must not exceed max_units' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF quota_set.metric <> ALL (ARRAY['calls', 'units']) THEN
-		RAISE EXCEPTION 'invalid metric "%"', left(quota_set.metric, 64)
-			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use calls or units.';
+	IF m <> ALL (ARRAY['calls', 'units', 'cost']) THEN
+		RAISE EXCEPTION 'invalid metric "%"', left(m, 64)
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use calls, units or cost.';
 	END IF;
 	IF quota_set.on_exceed <> ALL (ARRAY['block', 'alert', 'overage']) THEN
 		RAISE EXCEPTION 'invalid on_exceed "%"', left(quota_set.on_exceed, 64)
@@ -308,6 +359,15 @@ BEGIN
 			RAISE EXCEPTION 'model "%" does not exist', left(quota_set.model, 200)
 				USING ERRCODE = 'undefined_object';
 		END IF;
+		-- a model's cost quota must count in the currency of its price now
+		IF m = 'cost' THEN
+			SELECT pr.currency INTO pc FROM quota_ext._price_in_force(t.tenant_id, mid, now()) pr;
+			IF pc IS NOT NULL AND pc <> cur THEN
+				RAISE EXCEPTION 'model "%" is priced in %, not %', left(quota_set.model, 200), pc, cur
+					USING ERRCODE = 'invalid_parameter_value',
+					      HINT = 'A cost quota counts the currency of the prices it applies to.';
+			END IF;
+		END IF;
 	END IF;
 	IF quota_set.user_id IS NOT NULL THEN
 		PERFORM 1 FROM quota_ext.users WHERE tenant_id = t.tenant_id AND user_id = quota_set.user_id;
@@ -323,21 +383,26 @@ BEGIN
 	END IF;
 
 	SELECT * INTO old FROM quota_ext.quotas
-	 WHERE tenant_id = t.tenant_id AND period = p AND metric = quota_set.metric
+	 WHERE tenant_id = t.tenant_id AND period = p AND metric = m
 	   AND model_id IS NOT DISTINCT FROM mid AND user_id IS NOT DISTINCT FROM quota_set.user_id
 	   AND key_id IS NOT DISTINCT FROM quota_set.key_id
 	 FOR UPDATE;
+	IF old.quota_id IS NOT NULL AND old.currency IS DISTINCT FROM cur THEN
+		RAISE EXCEPTION 'quota % counts %, not %', old.quota_id, old.currency, cur
+			USING ERRCODE = 'invalid_parameter_value',
+			      HINT = 'Delete the quota with quota_ext.quota_delete() to change its currency.';
+	END IF;
 	IF old.quota_id IS NULL THEN
 		INSERT INTO quota_ext.quotas (tenant_id, period, period_label, metric, model_id, user_id, key_id,
-		                              max_units, soft_limit, on_exceed, thresholds)
-		VALUES (t.tenant_id, p, lower(quota_set.period), quota_set.metric, mid, quota_set.user_id,
-		        quota_set.key_id, quota_set.max_units, quota_set.soft_limit, quota_set.on_exceed,
-		        quota_set.thresholds)
+		                              max_units, soft_limit, on_exceed, thresholds, currency)
+		VALUES (t.tenant_id, p, lower(quota_set.period), m, mid, quota_set.user_id,
+		        quota_set.key_id, lim, quota_set.soft_limit, quota_set.on_exceed,
+		        quota_set.thresholds, cur)
 		RETURNING * INTO new;
 		INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) VALUES (t.tenant_id, new.quota_id);
 	ELSE
 		UPDATE quota_ext.quotas SET period_label = lower(quota_set.period),
-		       max_units = quota_set.max_units, soft_limit = quota_set.soft_limit,
+		       max_units = lim, soft_limit = quota_set.soft_limit,
 		       on_exceed = quota_set.on_exceed, thresholds = quota_set.thresholds,
 		       origin = 'tenant', updated_at = now()
 		 WHERE tenant_id = t.tenant_id AND quota_id = old.quota_id
@@ -348,8 +413,8 @@ BEGIN
 	RETURN new.quota_id;
 END
 $$;
-COMMENT ON FUNCTION quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[]) IS
-	'Create or change the quota of a scope (tenant, or one model, user or key); the count of the current period is kept';
+COMMENT ON FUNCTION quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text) IS
+	'Create or change the quota of a scope (tenant, or one model, user or key); a money budget with max_cost and currency; the count of the current period is kept';
 
 CREATE FUNCTION quota_ext.quota_delete(tenant_id bigint, quota_id bigint) RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -379,44 +444,49 @@ COMMENT ON FUNCTION quota_ext.quota_delete(bigint, bigint) IS 'Remove a quota (i
 
 CREATE FUNCTION quota_ext.quota_consume(tenant_id bigint, model text, units bigint DEFAULT 1,
 	idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
-	role text DEFAULT NULL)
+	role text DEFAULT NULL, input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL,
+	metadata jsonb DEFAULT NULL)
 	RETURNS quota_ext.decision
 	AS 'MODULE_PATHNAME', 'quota_consume'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION quota_ext.quota_consume(bigint, text, bigint, text, bigint, bigint, text) IS
+COMMENT ON FUNCTION quota_ext.quota_consume(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb) IS
 	'Check policy, rate limits and every applicable quota as one unit; charge all or none; record usage';
 
 CREATE FUNCTION quota_ext.quota_consume_or_raise(tenant_id bigint, model text, units bigint DEFAULT 1,
 	idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
-	role text DEFAULT NULL)
+	role text DEFAULT NULL, input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL,
+	metadata jsonb DEFAULT NULL)
 	RETURNS quota_ext.decision
 	AS 'MODULE_PATHNAME', 'quota_consume_or_raise'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION quota_ext.quota_consume_or_raise(bigint, text, bigint, text, bigint, bigint, text) IS
+COMMENT ON FUNCTION quota_ext.quota_consume_or_raise(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb) IS
 	'quota_consume that raises on denial: 53400 for quotas and rate limits, 42501 for policy';
 
 CREATE FUNCTION quota_ext.invoke(api_key text, model text, units bigint DEFAULT 1,
-	idempotency_key text DEFAULT NULL)
+	idempotency_key text DEFAULT NULL, input_tokens bigint DEFAULT NULL,
+	output_tokens bigint DEFAULT NULL, metadata jsonb DEFAULT NULL)
 	RETURNS quota_ext.decision
 	AS 'MODULE_PATHNAME', 'invoke'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION quota_ext.invoke(text, text, bigint, text) IS
+COMMENT ON FUNCTION quota_ext.invoke(text, text, bigint, text, bigint, bigint, jsonb) IS
 	'authenticate + policy + rate limits + quotas + usage record in one call';
 
 CREATE FUNCTION quota_ext.quota_reserve(tenant_id bigint, model text, estimate bigint,
 	ttl interval DEFAULT '15 minutes', idempotency_key text DEFAULT NULL,
-	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL, role text DEFAULT NULL)
+	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL, role text DEFAULT NULL,
+	input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL, metadata jsonb DEFAULT NULL)
 	RETURNS quota_ext.decision
 	AS 'MODULE_PATHNAME', 'quota_reserve'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION quota_ext.quota_reserve(bigint, text, bigint, interval, text, bigint, bigint, text) IS
+COMMENT ON FUNCTION quota_ext.quota_reserve(bigint, text, bigint, interval, text, bigint, bigint, text, bigint, bigint, jsonb) IS
 	'Charge an estimate now (commit it quickly); settle or cancel it later; it expires after ttl';
 
-CREATE FUNCTION quota_ext.quota_settle(tenant_id bigint, reservation_id bigint, actual bigint)
+CREATE FUNCTION quota_ext.quota_settle(tenant_id bigint, reservation_id bigint, actual bigint,
+	input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL)
 	RETURNS quota_ext.decision
 	AS 'MODULE_PATHNAME', 'quota_settle'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION quota_ext.quota_settle(bigint, bigint, bigint) IS
+COMMENT ON FUNCTION quota_ext.quota_settle(bigint, bigint, bigint, bigint, bigint) IS
 	'Replace a reservation''s estimate by the actual amount (see doc/reference.md for the rule beyond the estimate)';
 
 CREATE FUNCTION quota_ext.quota_cancel(tenant_id bigint, reservation_id bigint)
@@ -447,7 +517,8 @@ CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL
 	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL)
 	RETURNS TABLE (quota_id bigint, period text, metric text, model_name text,
 	               scope_user_id bigint, scope_key_id bigint, "limit" bigint, used bigint, remaining bigint,
-	               resets_at timestamptz, on_exceed text, origin text)
+	               resets_at timestamptz, on_exceed text, origin text, currency text,
+	               limit_cost numeric, used_cost numeric, remaining_cost numeric)
 	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
@@ -472,7 +543,10 @@ BEGIN
 	SELECT q.quota_id, q.period_label, q.metric, m.name, q.user_id, q.key_id, q.max_units,
 	       s.used, greatest(q.max_units - s.used, 0),
 	       CASE WHEN q.period = 'lifetime' THEN NULL ELSE b.period_end END,
-	       q.on_exceed, q.origin
+	       q.on_exceed, q.origin, q.currency::text,
+	       CASE WHEN q.metric = 'cost' THEN q.max_units / 1000000.0 END,
+	       CASE WHEN q.metric = 'cost' THEN s.used / 1000000.0 END,
+	       CASE WHEN q.metric = 'cost' THEN greatest(q.max_units - s.used, 0) / 1000000.0 END
 	  FROM quota_ext.quotas q
 	  JOIN quota_ext.tenants t ON t.tenant_id = q.tenant_id
 	  JOIN quota_ext.quota_counters c ON c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
@@ -489,8 +563,13 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION quota_ext.quota_status(bigint, text, bigint, bigint) IS
-	'Every quota of a tenant (or those that apply to a model, user, key) with used, remaining and resets_at now';
+	'Every quota of a tenant (or those that apply to a model, user, key) with used, remaining and resets_at now (cost quotas: in micro-units, and as money in limit_cost, used_cost, remaining_cost)';
 
+-- tenant_summary never scans the ledger beyond the rollup watermark: whole
+-- days come from quota_ext.usage_daily (usage_rollup(), 40_metering.sql)
+-- and the rows written since the last rollup from the ledger's
+-- (tenant_id, created_at) index.  Its cost depends on the days in the month
+-- and the rollup lag, not on the number of usage rows.
 CREATE FUNCTION quota_ext.tenant_summary(tenant_id bigint) RETURNS jsonb
 	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
@@ -498,8 +577,9 @@ CREATE FUNCTION quota_ext.tenant_summary(tenant_id bigint) RETURNS jsonb
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants;
-	day_start timestamptz;
-	month_start timestamptz;
+	today date;
+	month_first date;
+	usage jsonb;
 BEGIN
 	IF tenant_summary.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
 	PERFORM quota_ext._check_tenant_access(tenant_summary.tenant_id);
@@ -507,8 +587,26 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'tenant % does not exist', tenant_summary.tenant_id USING ERRCODE = 'undefined_object';
 	END IF;
-	day_start := (quota_ext.period_bounds('day', t.timezone, clock_timestamp())).period_start;
-	month_start := (quota_ext.period_bounds('month', t.timezone, clock_timestamp())).period_start;
+	today := (clock_timestamp() AT TIME ZONE t.timezone)::date;
+	month_first := date_trunc('month', today)::date;
+	WITH d AS MATERIALIZED (
+		SELECT * FROM quota_ext._usage_days(t.tenant_id, month_first, today))
+	SELECT jsonb_build_object(
+	           'calls_today', coalesce((SELECT sum(d.calls) FROM d WHERE d.day = today), 0),
+	           'units_today', coalesce((SELECT sum(d.units) FROM d WHERE d.day = today), 0),
+	           'calls_this_month', coalesce((SELECT sum(d.calls) FROM d), 0),
+	           'units_this_month', coalesce((SELECT sum(d.units) FROM d), 0),
+	           'input_tokens_this_month', coalesce((SELECT sum(d.input_tokens) FROM d), 0),
+	           'output_tokens_this_month', coalesce((SELECT sum(d.output_tokens) FROM d), 0),
+	           'cost_today', coalesce((SELECT jsonb_object_agg(c.currency, c.cost)
+	                                     FROM (SELECT d.currency, sum(d.cost) AS cost FROM d
+	                                            WHERE d.day = today AND d.currency <> 'XXX'
+	                                            GROUP BY d.currency) c), '{}'),
+	           'cost_this_month', coalesce((SELECT jsonb_object_agg(c.currency, c.cost)
+	                                          FROM (SELECT d.currency, sum(d.cost) AS cost FROM d
+	                                                 WHERE d.currency <> 'XXX'
+	                                                 GROUP BY d.currency) c), '{}'))
+	  INTO usage;
 	RETURN jsonb_build_object(
 		'tenant', jsonb_build_object('tenant_id', t.tenant_id, 'name', t.name, 'tier', t.tier,
 		                             'status', t.status, 'timezone', t.timezone,
@@ -517,23 +615,19 @@ BEGIN
 		                             'allowed', p.allowed, 'roles_allowed', p.roles_allowed)
 		                             ORDER BY p.model_pattern)
 		                        FROM quota_ext.policies p WHERE p.tenant_id = t.tenant_id), '[]'),
-		'quotas', coalesce((SELECT jsonb_agg(jsonb_build_object('quota_id', s.quota_id,
+		'quotas', coalesce((SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object('quota_id', s.quota_id,
 		                             'period', s.period, 'model', s.model_name, 'metric', s.metric,
 		                             'limit', s."limit", 'used', s.used, 'remaining', s.remaining,
-		                             'resets_at', s.resets_at, 'on_exceed', s.on_exceed)
+		                             'resets_at', s.resets_at, 'on_exceed', s.on_exceed,
+		                             'currency', s.currency, 'limit_cost', s.limit_cost,
+		                             'used_cost', s.used_cost, 'remaining_cost', s.remaining_cost)))
 		                             ORDER BY s.quota_id)
 		                      FROM quota_ext.quota_status(t.tenant_id) s), '[]'),
-		'usage', (SELECT jsonb_build_object(
-		                   'calls_today', coalesce(sum(u.calls) FILTER (WHERE u.occurred_at >= day_start), 0),
-		                   'units_today', coalesce(sum(u.units) FILTER (WHERE u.occurred_at >= day_start), 0),
-		                   'calls_this_month', coalesce(sum(u.calls), 0),
-		                   'units_this_month', coalesce(sum(u.units), 0))
-		            FROM quota_ext.usage u
-		           WHERE u.tenant_id = t.tenant_id AND u.occurred_at >= month_start));
+		'usage', usage);
 END
 $$;
 COMMENT ON FUNCTION quota_ext.tenant_summary(bigint) IS
-	'A tenant at a glance: tenant, policies, quotas with used/remaining/resets_at, usage today and this month';
+	'A tenant at a glance: tenant, policies, quotas with used/remaining/resets_at, usage and cost today and this month (from rollups plus the ledger tail)';
 
 -- ---------------------------------------------------------------------------
 -- security of this section
@@ -565,18 +659,18 @@ GRANT SELECT ON quota_ext.quotas, quota_ext.quota_counters, quota_ext.usage,
 
 GRANT EXECUTE ON FUNCTION
 	quota_ext.period_bounds(text, text, timestamptz),
-	quota_ext.quota_consume(bigint, text, bigint, text, bigint, bigint, text),
-	quota_ext.quota_consume_or_raise(bigint, text, bigint, text, bigint, bigint, text),
-	quota_ext.invoke(text, text, bigint, text),
-	quota_ext.quota_reserve(bigint, text, bigint, interval, text, bigint, bigint, text),
-	quota_ext.quota_settle(bigint, bigint, bigint),
+	quota_ext.quota_consume(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb),
+	quota_ext.quota_consume_or_raise(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb),
+	quota_ext.invoke(text, text, bigint, text, bigint, bigint, jsonb),
+	quota_ext.quota_reserve(bigint, text, bigint, interval, text, bigint, bigint, text, bigint, bigint, jsonb),
+	quota_ext.quota_settle(bigint, bigint, bigint, bigint, bigint),
 	quota_ext.quota_cancel(bigint, bigint),
 	quota_ext.quota_refund(bigint, bigint),
 	quota_ext.quota_status(bigint, text, bigint, bigint),
 	quota_ext.tenant_summary(bigint)
 	TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION
-	quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[]),
+	quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text),
 	quota_ext.quota_delete(bigint, bigint),
 	quota_ext.quota_expire_reservations(integer)
 	TO quota_ext_admin;

@@ -1,0 +1,624 @@
+
+-- ---------------------------------------------------------------------------
+-- 40 metering: the price book, ledger partitions, the watermark, rollups
+-- and usage reports (src/metering.c computes a call's cost; doc/metering.md)
+-- ---------------------------------------------------------------------------
+
+-- An ISO 4217 code: three upper-case letters.
+CREATE FUNCTION quota_ext._check_currency(currency text) RETURNS text
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF currency IS NULL THEN PERFORM quota_ext._null_arg('currency'); END IF;
+	IF upper(currency) !~ '^[A-Z]{3}$' THEN
+		RAISE EXCEPTION 'invalid currency "%"', left(currency, 16)
+			USING ERRCODE = 'invalid_parameter_value',
+			      HINT = 'Use a three-letter ISO 4217 code such as USD or EUR.';
+	END IF;
+	RETURN upper(currency);
+END
+$$;
+COMMENT ON FUNCTION quota_ext._check_currency(text) IS 'Internal: validate an ISO 4217 currency code';
+
+-- Money to micro-units (1e-6) of its currency, exactly: cost quota limits
+-- and counters are kept in micro-units (see doc/metering.md).
+CREATE FUNCTION quota_ext._money_to_micro(amount numeric, what text) RETURNS bigint
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	micro numeric := amount * 1000000;
+BEGIN
+	IF amount IS NULL THEN PERFORM quota_ext._null_arg(what); END IF;
+	IF amount < 0 THEN
+		RAISE EXCEPTION '% must not be negative', what USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF micro <> trunc(micro) THEN
+		RAISE EXCEPTION '% has more than 6 decimal places', what
+			USING ERRCODE = 'invalid_parameter_value',
+			      DETAIL = format('Got %s.', amount),
+			      HINT = 'Money budgets count micro-units (0.000001) of their currency.';
+	END IF;
+	IF micro > 9223372036854775807 THEN
+		RAISE EXCEPTION '% is out of range', what USING ERRCODE = 'numeric_value_out_of_range';
+	END IF;
+	RETURN micro::bigint;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._money_to_micro(numeric, text) IS
+	'Internal: an amount of money as micro-units of its currency (exact, else 22023)';
+
+-- ---------------------------------------------------------------------------
+-- the price book
+-- ---------------------------------------------------------------------------
+
+CREATE SEQUENCE quota_ext.price_id_seq;
+
+-- Price versions.  A row is never changed: a new price is a new row with a
+-- later effective_from.  tenant_id NULL is the list price of the model;
+-- otherwise a tenant's own price, which wins over the list price while it is
+-- in force.  A row without any price (all three NULL) ends what came before:
+-- for a tenant, its own price (the list price applies again); for the list
+-- price, the model is unpriced from then on.  Global catalog, like models:
+-- Citus would make it a reference table.
+CREATE TABLE quota_ext.prices (
+	price_id            bigint PRIMARY KEY DEFAULT pg_catalog.nextval('quota_ext.price_id_seq'),
+	model_id            bigint NOT NULL REFERENCES quota_ext.models (model_id),
+	tenant_id           bigint REFERENCES quota_ext.tenants (tenant_id),
+	currency            char(3) NOT NULL CHECK (currency OPERATOR(pg_catalog.~) '^[A-Z]{3}$'),
+	unit_price          numeric CHECK (unit_price OPERATOR(pg_catalog.>=) 0),
+	input_per_1k        numeric CHECK (input_per_1k OPERATOR(pg_catalog.>=) 0),
+	output_per_1k       numeric CHECK (output_per_1k OPERATOR(pg_catalog.>=) 0),
+	overage_unit_price  numeric CHECK (overage_unit_price OPERATOR(pg_catalog.>=) 0),
+	effective_from      timestamptz NOT NULL,
+	created_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	UNIQUE NULLS NOT DISTINCT (model_id, tenant_id, effective_from)
+);
+COMMENT ON TABLE quota_ext.prices IS
+	'Versioned prices per model (tenant_id NULL = list price) per unit and per 1000 input/output tokens, in an ISO 4217 currency, from effective_from; never updated';
+
+-- The price in force for a tenant's use of a model at an instant (NULL
+-- fields when unpriced).  src/policy.c runs the same query as part of its
+-- one kept plan.
+CREATE FUNCTION quota_ext._price_in_force(tenant_id bigint, model_id bigint, at timestamptz)
+	RETURNS quota_ext.prices
+	LANGUAGE sql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+	SELECT c.price_id, c.model_id, c.tenant_id, c.currency, c.unit_price, c.input_per_1k,
+	       c.output_per_1k, c.overage_unit_price, c.effective_from, c.created_at
+	  FROM ((SELECT o.*, 0 AS rank FROM quota_ext.prices o
+	          WHERE o.model_id = $2 AND o.tenant_id = $1 AND o.effective_from <= $3
+	          ORDER BY o.effective_from DESC LIMIT 1)
+	        UNION ALL
+	        (SELECT g.*, 1 FROM quota_ext.prices g
+	          WHERE g.model_id = $2 AND g.tenant_id IS NULL AND g.effective_from <= $3
+	          ORDER BY g.effective_from DESC LIMIT 1)) c
+	 WHERE c.unit_price IS NOT NULL OR c.input_per_1k IS NOT NULL OR c.output_per_1k IS NOT NULL
+	 ORDER BY c.rank
+	 LIMIT 1
+	$$;
+COMMENT ON FUNCTION quota_ext._price_in_force(bigint, bigint, timestamptz) IS
+	'Internal: the price version a tenant pays for a model at an instant (its own, else the list price)';
+
+CREATE FUNCTION quota_ext._price_insert(model text, currency text, unit_price numeric,
+	input_per_1k numeric, output_per_1k numeric, effective_from timestamptz, tenant_id bigint,
+	overage_unit_price numeric) RETURNS bigint
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	mid bigint;
+	p quota_ext.prices;
+BEGIN
+	PERFORM quota_ext._check_label('model', _price_insert.model, 200);
+	IF _price_insert.effective_from IS NULL THEN PERFORM quota_ext._null_arg('effective_from'); END IF;
+	IF _price_insert.tenant_id IS NOT NULL THEN
+		PERFORM quota_ext._tenant_for_update(_price_insert.tenant_id);
+		mid := quota_ext._model_resolve(_price_insert.tenant_id, _price_insert.model);
+	ELSE
+		IF quota_ext.current_tenant_id() IS NOT NULL THEN
+			RAISE EXCEPTION 'cannot set a list price inside a tenant context'
+				USING ERRCODE = 'insufficient_privilege';
+		END IF;
+		SELECT m.model_id INTO mid FROM quota_ext.models m
+		 WHERE m.name = _price_insert.model AND m.owner_tenant_id IS NULL;
+	END IF;
+	IF mid IS NULL THEN
+		RAISE EXCEPTION 'model "%" does not exist', _price_insert.model USING ERRCODE = 'undefined_object';
+	END IF;
+	IF _price_insert.unit_price < 0 OR _price_insert.input_per_1k < 0 OR _price_insert.output_per_1k < 0
+	   OR _price_insert.overage_unit_price < 0 THEN
+		RAISE EXCEPTION 'prices must not be negative' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- history is never repriced: a version starts now or later
+	IF _price_insert.effective_from < now() THEN
+		RAISE EXCEPTION 'effective_from must not be in the past'
+			USING ERRCODE = 'invalid_parameter_value',
+			      DETAIL = format('Got %s; the transaction started at %s.', _price_insert.effective_from, now()),
+			      HINT = 'Prices are versioned: usage already recorded keeps the price it was charged.';
+	END IF;
+	BEGIN
+		INSERT INTO quota_ext.prices (model_id, tenant_id, currency, unit_price, input_per_1k,
+		                              output_per_1k, overage_unit_price, effective_from)
+		VALUES (mid, _price_insert.tenant_id, quota_ext._check_currency(_price_insert.currency),
+		        _price_insert.unit_price, _price_insert.input_per_1k, _price_insert.output_per_1k,
+		        _price_insert.overage_unit_price, _price_insert.effective_from)
+		RETURNING * INTO p;
+	EXCEPTION WHEN unique_violation THEN
+		RAISE EXCEPTION 'a price of model "%" already starts at %', _price_insert.model,
+		                _price_insert.effective_from
+			USING ERRCODE = 'unique_violation';
+	END;
+	PERFORM quota_ext._audit(coalesce(p.tenant_id, 0),
+	                         CASE WHEN p.currency = 'XXX' AND p.unit_price IS NULL
+	                                   AND p.input_per_1k IS NULL AND p.output_per_1k IS NULL
+	                              THEN 'price_clear' ELSE 'price_set' END,
+	                         'price', p.price_id::text, NULL, to_jsonb(p));
+	RETURN p.price_id;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._price_insert(text, text, numeric, numeric, numeric, timestamptz, bigint, numeric) IS
+	'Internal: insert and audit a price version';
+
+CREATE FUNCTION quota_ext.price_set(model text, currency text, unit_price numeric DEFAULT NULL,
+	input_per_1k numeric DEFAULT NULL, output_per_1k numeric DEFAULT NULL,
+	effective_from timestamptz DEFAULT now(), tenant_id bigint DEFAULT NULL,
+	overage_unit_price numeric DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF currency IS NULL THEN PERFORM quota_ext._null_arg('currency'); END IF;
+	IF unit_price IS NULL AND input_per_1k IS NULL AND output_per_1k IS NULL THEN
+		RAISE EXCEPTION 'a price needs unit_price, input_per_1k or output_per_1k'
+			USING ERRCODE = 'null_value_not_allowed',
+			      HINT = 'To stop charging for a model, use quota_ext.price_clear().';
+	END IF;
+	RETURN quota_ext._price_insert(model, currency, unit_price, input_per_1k, output_per_1k,
+	                               effective_from, tenant_id, overage_unit_price);
+END
+$$;
+COMMENT ON FUNCTION quota_ext.price_set(text, text, numeric, numeric, numeric, timestamptz, bigint, numeric) IS
+	'Add a price version of a model (list price, or a tenant''s own with tenant_id) from effective_from; returns its price_id';
+
+CREATE FUNCTION quota_ext.price_clear(model text, effective_from timestamptz DEFAULT now(),
+	tenant_id bigint DEFAULT NULL) RETURNS bigint
+	LANGUAGE sql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT quota_ext._price_insert($1, 'XXX', NULL, NULL, NULL, $2, $3, NULL) $$;
+COMMENT ON FUNCTION quota_ext.price_clear(text, timestamptz, bigint) IS
+	'From effective_from: end a tenant''s own price (the list price applies again), or with tenant_id NULL make the model unpriced';
+
+CREATE FUNCTION quota_ext.price_lookup(tenant_id bigint, model text, at timestamptz DEFAULT now())
+	RETURNS SETOF quota_ext.prices
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	mid bigint;
+BEGIN
+	IF price_lookup.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
+	IF price_lookup.model IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
+	IF price_lookup.at IS NULL THEN PERFORM quota_ext._null_arg('at'); END IF;
+	PERFORM quota_ext._check_tenant_access(price_lookup.tenant_id);
+	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = price_lookup.tenant_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', price_lookup.tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
+	mid := quota_ext._model_resolve(price_lookup.tenant_id, price_lookup.model);
+	IF mid IS NULL THEN
+		RAISE EXCEPTION 'model "%" does not exist', left(price_lookup.model, 200)
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN QUERY SELECT p.* FROM quota_ext._price_in_force(price_lookup.tenant_id, mid, price_lookup.at) p
+	              WHERE p.price_id IS NOT NULL;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.price_lookup(bigint, text, timestamptz) IS
+	'The price version a tenant pays for a model at an instant (no row: unpriced)';
+
+-- ---------------------------------------------------------------------------
+-- the ledger watermark
+-- ---------------------------------------------------------------------------
+-- The instant W before which the ledger is final: no transaction still
+-- running can add a usage row with created_at < W.  A row's created_at is
+-- clock_timestamp() at its INSERT, which comes after its transaction's start
+-- and after the transaction got its xid.  So W = least(now, start of the
+-- oldest other transaction that has an xid) — read from the live proc array
+-- through pg_stat_activity, after pg_stat_clear_snapshot() — bounds every
+-- row still to commit; a transaction without an xid yet writes rows later
+-- than now.  The caller's own transaction is left out: its rows are visible
+-- to it and commit (or roll back) with whatever it writes from them.
+-- Prepared transactions are not in pg_stat_activity: while one holds a lock
+-- on the ledger (it inserted usage) the answer is NULL, "cannot advance".
+-- Readers must use READ COMMITTED, so that their next statement's snapshot
+-- sees every transaction that ended before W was taken.
+CREATE FUNCTION quota_ext._usage_watermark() RETURNS timestamptz
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	now0 timestamptz := clock_timestamp();
+	oldest timestamptz;
+BEGIN
+	IF current_setting('transaction_isolation') <> 'read committed' THEN
+		RAISE EXCEPTION 'metering and billing functions need READ COMMITTED isolation'
+			USING ERRCODE = 'invalid_transaction_state',
+			      HINT = 'Their exactness relies on a new snapshot per statement.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM pg_locks l
+	            WHERE l.pid IS NULL AND l.locktype = 'relation'
+	              AND l.relation = 'quota_ext.usage'::regclass) THEN
+		RETURN NULL;
+	END IF;
+	PERFORM pg_stat_clear_snapshot();
+	SELECT min(a.xact_start) INTO oldest
+	  FROM pg_stat_activity a
+	 WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid();
+	RETURN least(now0, oldest);
+END
+$$;
+COMMENT ON FUNCTION quota_ext._usage_watermark() IS
+	'Internal: the instant before which no usage row can still appear (NULL while a prepared transaction holds ledger rows)';
+
+-- ---------------------------------------------------------------------------
+-- ledger partitions
+-- ---------------------------------------------------------------------------
+-- Monthly partitions usage_pYYYYMM by created_at (UTC months), created
+-- ahead by usage_partitions_maintain() (pg_cron, daily).  They are made at
+-- run time, so they are not members of the extension: pg_dump dumps them
+-- as ordinary tables attached to quota_ext.usage, with their data and
+-- policies, and restore recreates them after CREATE EXTENSION (see
+-- doc/operations.md and test/t/002_dump_restore.pl).
+
+-- FORCE RLS and the two policies on a new partition (reads through the
+-- parent use the parent's policies; these guard direct access).
+CREATE FUNCTION quota_ext._usage_partition_secure(part regclass) RETURNS void
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', part);
+	EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', part);
+	EXECUTE format('CREATE POLICY tenant_isolation ON %s TO quota_ext_app '
+	               'USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()) '
+	               'WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', part);
+	EXECUTE format('CREATE POLICY admin_read ON %s FOR SELECT TO quota_ext_admin '
+	               'USING (quota_ext.current_tenant_id() IS NULL '
+	               '       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', part);
+END
+$$;
+COMMENT ON FUNCTION quota_ext._usage_partition_secure(regclass) IS
+	'Internal: row-level security of a ledger partition';
+
+CREATE FUNCTION quota_ext._admin_only(what text) RETURNS void
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF quota_ext.current_tenant_id() IS NOT NULL THEN
+		RAISE EXCEPTION '% works across tenants and cannot run in a tenant context', what
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._admin_only(text) IS 'Internal: refuse a cross-tenant operation inside a tenant context';
+
+CREATE FUNCTION quota_ext.usage_partitions_maintain(months_ahead integer DEFAULT 3)
+	RETURNS SETOF text
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	first timestamptz := date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+	m timestamptz;
+	hi timestamptz;
+	part text;
+	moved bigint;
+BEGIN
+	IF months_ahead IS NULL THEN PERFORM quota_ext._null_arg('months_ahead'); END IF;
+	IF months_ahead < 0 OR months_ahead > 120 THEN
+		RAISE EXCEPTION 'months_ahead must be between 0 and 120'
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', months_ahead);
+	END IF;
+	PERFORM quota_ext._admin_only('usage_partitions_maintain');
+	-- serialize maintenance runs
+	PERFORM pg_advisory_xact_lock('quota_ext.usage'::regclass::oid::bigint);
+	-- the months ahead, and any month whose rows sit in the default partition
+	-- (written before maintenance ran, or restored)
+	FOR m IN
+		SELECT g FROM generate_series(first, first + make_interval(months => months_ahead),
+		                              interval '1 month') g
+		UNION
+		SELECT DISTINCT date_trunc('month', d.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+		  FROM ONLY quota_ext.usage_default d
+		ORDER BY 1
+	LOOP
+		part := 'usage_p' || to_char(m AT TIME ZONE 'UTC', 'YYYYMM');
+		hi := ((m AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
+		IF EXISTS (SELECT 1 FROM pg_class c
+		            WHERE c.relnamespace = 'quota_ext'::regnamespace AND c.relname = part) THEN
+			IF NOT EXISTS (SELECT 1 FROM pg_inherits i
+			                WHERE i.inhparent = 'quota_ext.usage'::regclass
+			                  AND i.inhrelid = format('quota_ext.%I', part)::regclass) THEN
+				RAISE EXCEPTION 'table quota_ext.% exists but is not a partition of quota_ext.usage', part
+					USING ERRCODE = 'object_not_in_prerequisite_state',
+					      HINT = 'Rename or drop the detached table, then run maintenance again.';
+			END IF;
+			CONTINUE;
+		END IF;
+		-- rows of that month already in the default partition move in; the
+		-- lock keeps new ones out until the partition is attached
+		LOCK TABLE quota_ext.usage_default IN EXCLUSIVE MODE;
+		IF EXISTS (SELECT 1 FROM ONLY quota_ext.usage_default d
+		            WHERE d.created_at >= m AND d.created_at < hi) THEN
+			EXECUTE format('CREATE TABLE quota_ext.%I (LIKE quota_ext.usage INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
+			EXECUTE format('INSERT INTO quota_ext.%I SELECT * FROM ONLY quota_ext.usage_default d '
+			               'WHERE d.created_at >= $1 AND d.created_at < $2', part) USING m, hi;
+			GET DIAGNOSTICS moved = ROW_COUNT;
+			DELETE FROM ONLY quota_ext.usage_default d WHERE d.created_at >= m AND d.created_at < hi;
+			EXECUTE format('ALTER TABLE quota_ext.usage ATTACH PARTITION quota_ext.%I FOR VALUES FROM (%L) TO (%L)',
+			               part, m, hi);
+		ELSE
+			moved := 0;
+			EXECUTE format('CREATE TABLE quota_ext.%I PARTITION OF quota_ext.usage FOR VALUES FROM (%L) TO (%L)',
+			               part, m, hi);
+		END IF;
+		PERFORM quota_ext._usage_partition_secure(format('quota_ext.%I', part)::regclass);
+		PERFORM quota_ext._audit(0, 'usage_partition_create', 'table', 'quota_ext.' || part, NULL,
+		                         jsonb_build_object('from', m, 'to', hi, 'rows_moved', moved));
+		RETURN NEXT part;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.usage_partitions_maintain(integer) IS
+	'Create the monthly ledger partitions from this month to months_ahead (idempotent; moves rows out of the default partition); returns the new ones';
+
+CREATE FUNCTION quota_ext.usage_partition_detach(before timestamptz) RETURNS SETOF text
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	r record;
+	w timestamptz;
+BEGIN
+	IF before IS NULL THEN PERFORM quota_ext._null_arg('before'); END IF;
+	PERFORM quota_ext._admin_only('usage_partition_detach');
+	PERFORM pg_advisory_xact_lock('quota_ext.usage'::regclass::oid::bigint);
+	SELECT s.watermark INTO w FROM quota_ext.rollup_state s WHERE s.name = 'usage_daily';
+	FOR r IN
+		SELECT c.relname,
+		       to_date(substr(c.relname, 8), 'YYYYMM')::timestamp AT TIME ZONE 'UTC' AS lo,
+		       (to_date(substr(c.relname, 8), 'YYYYMM') + interval '1 month') AT TIME ZONE 'UTC' AS hi
+		  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		 WHERE i.inhparent = 'quota_ext.usage'::regclass AND c.relname ~ '^usage_p[0-9]{6}$'
+		 ORDER BY c.relname
+	LOOP
+		CONTINUE WHEN r.hi > before;
+		-- only what the rollups have counted leaves the ledger
+		IF w IS NULL OR r.hi > w THEN
+			RAISE EXCEPTION 'partition quota_ext.% holds rows not yet rolled up', r.relname
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+				      HINT = 'Run quota_ext.usage_rollup() first.';
+		END IF;
+		EXECUTE format('ALTER TABLE quota_ext.usage DETACH PARTITION quota_ext.%I', r.relname);
+		PERFORM quota_ext._audit(0, 'usage_partition_detach', 'table', 'quota_ext.' || r.relname,
+		                         jsonb_build_object('from', r.lo, 'to', r.hi), NULL);
+		RETURN NEXT r.relname::text;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.usage_partition_detach(timestamptz) IS
+	'Detach the monthly ledger partitions that end at or before an instant (they stay as plain tables to archive or drop); returns their names';
+
+-- ---------------------------------------------------------------------------
+-- rollups
+-- ---------------------------------------------------------------------------
+-- usage_daily: per tenant, local day (the tenant's time zone when rolled
+-- up), model, user (0 = none) and currency ('XXX' = unpriced).  Maintained
+-- by usage_rollup() (pg_cron, every minute), never by the hot path: a
+-- per-call upsert would put a second contended row in front of every call
+-- of a hot tenant.  usage_rollup() adds the ledger rows with created_at in
+-- [previous watermark, new watermark) — see _usage_watermark() — so every
+-- row is counted exactly once; readers add the rows since the watermark.
+CREATE TABLE quota_ext.usage_daily (
+	tenant_id      bigint NOT NULL,
+	day            date NOT NULL,
+	model_id       bigint NOT NULL,
+	user_id        bigint NOT NULL,
+	currency       char(3) NOT NULL,
+	calls          bigint NOT NULL,
+	units          bigint NOT NULL,
+	input_tokens   bigint NOT NULL,
+	output_tokens  bigint NOT NULL,
+	overage_units  bigint NOT NULL,
+	cost           numeric NOT NULL,
+	PRIMARY KEY (tenant_id, day, model_id, user_id, currency)
+);
+COMMENT ON TABLE quota_ext.usage_daily IS
+	'Usage per tenant, local day, model, user (0 = none) and currency (XXX = unpriced), up to quota_ext.rollup_state''s watermark';
+
+-- Global maintenance state (no row until the first rollup).
+CREATE TABLE quota_ext.rollup_state (
+	name        text PRIMARY KEY,
+	watermark   timestamptz NOT NULL,
+	rows_total  bigint NOT NULL DEFAULT 0,
+	updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE quota_ext.rollup_state IS
+	'Rollup watermarks: every usage row with created_at before watermark is in usage_daily';
+
+CREATE FUNCTION quota_ext.usage_rollup() RETURNS bigint
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	w_old timestamptz;
+	w_new timestamptz;
+	n bigint;
+BEGIN
+	PERFORM quota_ext._admin_only('usage_rollup');
+	INSERT INTO quota_ext.rollup_state (name, watermark) VALUES ('usage_daily', '-infinity')
+	ON CONFLICT (name) DO NOTHING;
+	SELECT s.watermark INTO w_old FROM quota_ext.rollup_state s
+	 WHERE s.name = 'usage_daily' FOR UPDATE;
+	w_new := quota_ext._usage_watermark();
+	IF w_new IS NULL OR w_new <= w_old THEN
+		RETURN 0;
+	END IF;
+	INSERT INTO quota_ext.usage_daily AS d (tenant_id, day, model_id, user_id, currency, calls,
+	                                         units, input_tokens, output_tokens, overage_units, cost)
+	SELECT u.tenant_id, (u.occurred_at AT TIME ZONE t.timezone)::date, u.model_id,
+	       coalesce(u.user_id, 0), coalesce(p.currency, 'XXX'),
+	       sum(u.calls), sum(u.units), coalesce(sum(u.input_tokens), 0),
+	       coalesce(sum(u.output_tokens), 0), sum(u.overage_units), sum(u.cost)
+	  FROM quota_ext.usage u
+	  JOIN quota_ext.tenants t ON t.tenant_id = u.tenant_id
+	  LEFT JOIN quota_ext.prices p ON p.price_id = u.price_id
+	 WHERE u.created_at >= w_old AND u.created_at < w_new
+	 GROUP BY 1, 2, 3, 4, 5
+	ON CONFLICT (tenant_id, day, model_id, user_id, currency) DO UPDATE
+	   SET calls = d.calls + EXCLUDED.calls, units = d.units + EXCLUDED.units,
+	       input_tokens = d.input_tokens + EXCLUDED.input_tokens,
+	       output_tokens = d.output_tokens + EXCLUDED.output_tokens,
+	       overage_units = d.overage_units + EXCLUDED.overage_units,
+	       cost = d.cost + EXCLUDED.cost;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	UPDATE quota_ext.rollup_state SET watermark = w_new, rows_total = rows_total + n,
+	       updated_at = now()
+	 WHERE name = 'usage_daily';
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.usage_rollup() IS
+	'Add the usage rows that became final since the last run to usage_daily (for pg_cron, every minute); returns the rollup rows touched';
+
+-- Usage of one tenant per local day, model, user and currency for the days
+-- [from_day, to_day]: usage_daily up to the watermark plus the ledger rows
+-- written since (through the (tenant_id, created_at) index).  Both read in
+-- one snapshot, in which a rollup is all or nothing.
+CREATE FUNCTION quota_ext._usage_days(tenant_id bigint, from_day date, to_day date)
+	RETURNS TABLE (day date, model_id bigint, user_id bigint, currency text, calls bigint,
+	               units bigint, input_tokens bigint, output_tokens bigint,
+	               overage_units bigint, cost numeric)
+	LANGUAGE sql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+	SELECT x.day, x.model_id, x.user_id, x.currency, sum(x.calls)::bigint, sum(x.units)::bigint,
+	       sum(x.input_tokens)::bigint, sum(x.output_tokens)::bigint, sum(x.overage_units)::bigint,
+	       sum(x.cost)
+	  FROM (SELECT d.day, d.model_id, d.user_id, d.currency::text AS currency, d.calls, d.units,
+	               d.input_tokens, d.output_tokens, d.overage_units, d.cost
+	          FROM quota_ext.usage_daily d
+	         WHERE d.tenant_id = $1 AND d.day >= $2 AND d.day <= $3
+	        UNION ALL
+	        SELECT (u.occurred_at AT TIME ZONE t.timezone)::date, u.model_id, coalesce(u.user_id, 0),
+	               coalesce(p.currency, 'XXX'), u.calls, u.units, coalesce(u.input_tokens, 0),
+	               coalesce(u.output_tokens, 0), u.overage_units, u.cost
+	          FROM quota_ext.tenants t
+	          JOIN quota_ext.usage u ON u.tenant_id = t.tenant_id
+	          LEFT JOIN quota_ext.prices p ON p.price_id = u.price_id
+	         WHERE t.tenant_id = $1
+	           AND u.created_at >= coalesce((SELECT s.watermark FROM quota_ext.rollup_state s
+	                                          WHERE s.name = 'usage_daily'), '-infinity')
+	           AND (u.occurred_at AT TIME ZONE t.timezone)::date >= $2
+	           AND (u.occurred_at AT TIME ZONE t.timezone)::date <= $3) x
+	 GROUP BY 1, 2, 3, 4
+	$$;
+COMMENT ON FUNCTION quota_ext._usage_days(bigint, date, date) IS
+	'Internal: a tenant''s usage per local day, model, user and currency from rollups plus the ledger tail';
+
+CREATE FUNCTION quota_ext.usage_report(tenant_id bigint, "from" timestamptz, "to" timestamptz,
+	group_by text DEFAULT 'model')
+	RETURNS TABLE (model text, day date, user_id bigint, currency text, calls bigint, units bigint,
+	               input_tokens bigint, output_tokens bigint, overage_units bigint, cost numeric)
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	tz text;
+	d0 date;
+	d1 date;
+BEGIN
+	IF usage_report.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
+	IF usage_report."from" IS NULL THEN PERFORM quota_ext._null_arg('from'); END IF;
+	IF usage_report."to" IS NULL THEN PERFORM quota_ext._null_arg('to'); END IF;
+	IF usage_report.group_by IS NULL THEN PERFORM quota_ext._null_arg('group_by'); END IF;
+	IF usage_report.group_by <> ALL (ARRAY['model', 'day', 'user']) THEN
+		RAISE EXCEPTION 'invalid group_by "%"', left(usage_report.group_by, 64)
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use model, day or user.';
+	END IF;
+	IF NOT (usage_report."from" < usage_report."to") THEN
+		RAISE EXCEPTION '"from" must be before "to"' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM quota_ext._check_tenant_access(usage_report.tenant_id);
+	SELECT t.timezone INTO tz FROM quota_ext.tenants t WHERE t.tenant_id = usage_report.tenant_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', usage_report.tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
+	-- day resolution: every local day that [from, to) touches
+	d0 := (usage_report."from" AT TIME ZONE tz)::date;
+	d1 := ((usage_report."to" - interval '1 microsecond') AT TIME ZONE tz)::date;
+	RETURN QUERY
+	SELECT CASE WHEN usage_report.group_by = 'model' THEN m.name END,
+	       CASE WHEN usage_report.group_by = 'day' THEN x.day END,
+	       CASE WHEN usage_report.group_by = 'user' THEN nullif(x.user_id, 0) END,
+	       nullif(x.currency, 'XXX'),
+	       sum(x.calls)::bigint, sum(x.units)::bigint, sum(x.input_tokens)::bigint,
+	       sum(x.output_tokens)::bigint, sum(x.overage_units)::bigint, sum(x.cost)
+	  FROM quota_ext._usage_days(usage_report.tenant_id, d0, d1) x
+	  JOIN quota_ext.models m ON m.model_id = x.model_id
+	 GROUP BY 1, 2, 3, 4
+	 ORDER BY 1, 2, 3, 4;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.usage_report(bigint, timestamptz, timestamptz, text) IS
+	'A tenant''s usage and cost per model, local day or user (and currency) over the local days [from, to) touches; reads rollups, not the ledger';
+
+-- ---------------------------------------------------------------------------
+-- security of this section
+-- ---------------------------------------------------------------------------
+
+ALTER TABLE quota_ext.usage_daily ENABLE ROW LEVEL SECURITY;
+ALTER TABLE quota_ext.usage_daily FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON quota_ext.usage_daily TO quota_ext_app
+	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
+	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+CREATE POLICY admin_read ON quota_ext.usage_daily FOR SELECT TO quota_ext_admin
+	USING (quota_ext.current_tenant_id() IS NULL
+	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+
+-- prices: like models, a tenant sees the list prices and its own
+ALTER TABLE quota_ext.prices ENABLE ROW LEVEL SECURITY;
+ALTER TABLE quota_ext.prices FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON quota_ext.prices TO quota_ext_app
+	USING (tenant_id IS NULL OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+CREATE POLICY admin_read ON quota_ext.prices FOR SELECT TO quota_ext_admin
+	USING (quota_ext.current_tenant_id() IS NULL
+	       OR tenant_id IS NULL
+	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+
+GRANT SELECT ON quota_ext.prices, quota_ext.usage_daily TO quota_ext_app;
+GRANT SELECT ON quota_ext.rollup_state TO quota_ext_admin;
+
+GRANT EXECUTE ON FUNCTION
+	quota_ext.price_lookup(bigint, text, timestamptz),
+	quota_ext.usage_report(bigint, timestamptz, timestamptz, text)
+	TO quota_ext_app;
+GRANT EXECUTE ON FUNCTION
+	quota_ext.price_set(text, text, numeric, numeric, numeric, timestamptz, bigint, numeric),
+	quota_ext.price_clear(text, timestamptz, bigint),
+	quota_ext.usage_partitions_maintain(integer),
+	quota_ext.usage_partition_detach(timestamptz),
+	quota_ext.usage_rollup()
+	TO quota_ext_admin;
+
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.prices', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.price_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.usage_daily', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.rollup_state', '');

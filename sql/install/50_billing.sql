@@ -1,0 +1,384 @@
+
+-- ---------------------------------------------------------------------------
+-- 50 billing: closing periods into invoices (doc/billing.md)
+-- ---------------------------------------------------------------------------
+-- What an invoice covers, without marking ledger rows (the ledger is
+-- append-only): closing [period_start, period_end) for a tenant takes the
+-- watermark W (_usage_watermark(): every usage row with created_at < W is
+-- final) and records it as covered_until.  The close covers the rows with
+--     occurred_at < period_end AND created_at < covered_until
+-- that the tenant's previous close (prev_end, prev_covered) did not:
+--     NOT (occurred_at < prev_end AND created_at < prev_covered).
+-- Rows that occurred inside the period are its usage (and overage) lines;
+-- rows that occurred earlier but were written after the previous close
+-- (refunds, settlements, a transaction that was still open) are adjustment
+-- lines.  Periods close in order, so each row lands on exactly one close.
+
+CREATE SEQUENCE quota_ext.invoice_id_seq;
+CREATE SEQUENCE quota_ext.invoice_number_seq;
+
+CREATE TABLE quota_ext.billing_closes (
+	tenant_id      bigint NOT NULL,
+	period_start   timestamptz NOT NULL,
+	period_end     timestamptz NOT NULL,
+	covered_until  timestamptz NOT NULL,
+	prev_end       timestamptz NOT NULL,
+	prev_covered   timestamptz NOT NULL,
+	closed_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (tenant_id, period_start),
+	CHECK (period_start OPERATOR(pg_catalog.<) period_end)
+);
+COMMENT ON TABLE quota_ext.billing_closes IS
+	'Closed billing periods per tenant: the close covers usage with occurred_at < period_end and created_at < covered_until not covered by the previous close';
+
+CREATE TABLE quota_ext.invoices (
+	tenant_id       bigint NOT NULL,
+	invoice_id      bigint NOT NULL DEFAULT pg_catalog.nextval('quota_ext.invoice_id_seq'),
+	period_start    timestamptz NOT NULL,
+	period_end      timestamptz NOT NULL,
+	currency        char(3) NOT NULL,
+	status          text NOT NULL DEFAULT 'draft'
+	                CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['draft', 'issued', 'void'])),
+	invoice_number  bigint,
+	total           numeric NOT NULL DEFAULT 0,
+	covered_until   timestamptz NOT NULL,
+	created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	issued_at       timestamptz,
+	voided_at       timestamptz,
+	void_reason     text,
+	PRIMARY KEY (tenant_id, invoice_id),
+	UNIQUE (tenant_id, period_start, currency),
+	UNIQUE (tenant_id, invoice_number)
+);
+COMMENT ON TABLE quota_ext.invoices IS
+	'Invoices per tenant, billing period and currency: draft, then issued (numbered from invoice_number_seq, NOTIFY quota_ext_invoices), or void';
+
+CREATE TABLE quota_ext.invoice_lines (
+	tenant_id       bigint NOT NULL,
+	invoice_id      bigint NOT NULL,
+	line_no         integer NOT NULL,
+	kind            text NOT NULL
+	                CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['usage', 'overage', 'adjustment'])),
+	model_id        bigint NOT NULL,
+	model           text NOT NULL,
+	price_id        bigint NOT NULL,
+	currency        char(3) NOT NULL,
+	calls           bigint NOT NULL,
+	units           bigint NOT NULL,
+	input_tokens    bigint NOT NULL,
+	output_tokens   bigint NOT NULL,
+	unit_price      numeric,
+	input_per_1k    numeric,
+	output_per_1k   numeric,
+	amount          numeric NOT NULL,
+	PRIMARY KEY (tenant_id, invoice_id, line_no)
+);
+COMMENT ON TABLE quota_ext.invoice_lines IS
+	'Invoice lines per model and price version: usage of the period, overage units at the overage price, adjustments for earlier periods written after their close';
+
+CREATE FUNCTION quota_ext._billing_close(period_start timestamptz, period_end timestamptz,
+	only_tenant bigint) RETURNS SETOF quota_ext.invoices
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	ps timestamptz := _billing_close.period_start;
+	pe timestamptz := _billing_close.period_end;
+	w timestamptz;
+	lb timestamptz;
+	tids bigint[];
+	new_ids bigint[];
+	bad record;
+BEGIN
+	IF ps IS NULL THEN PERFORM quota_ext._null_arg('period_start'); END IF;
+	IF pe IS NULL THEN PERFORM quota_ext._null_arg('period_end'); END IF;
+	IF NOT (ps < pe) OR NOT isfinite(ps) OR NOT isfinite(pe) THEN
+		RAISE EXCEPTION 'a billing period needs finite period_start < period_end'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM quota_ext._admin_only('billing_close');
+	IF only_tenant IS NOT NULL THEN
+		PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = only_tenant;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'tenant % does not exist', only_tenant USING ERRCODE = 'undefined_object';
+		END IF;
+	END IF;
+	-- one close at a time; consumption goes on
+	LOCK TABLE quota_ext.billing_closes IN SHARE ROW EXCLUSIVE MODE;
+
+	-- periods close in order and never overlap (the same period again is
+	-- the idempotent case)
+	SELECT c.tenant_id, c.period_start, c.period_end INTO bad
+	  FROM quota_ext.billing_closes c
+	 WHERE (only_tenant IS NULL OR c.tenant_id = only_tenant)
+	   AND c.period_end > ps
+	   AND NOT (c.period_start = ps AND c.period_end = pe)
+	 ORDER BY c.tenant_id, c.period_start
+	 LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'tenant % has a closed period [%, %) that overlaps or follows [%, %)',
+		                bad.tenant_id, bad.period_start, bad.period_end, ps, pe
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+			      HINT = 'Billing periods close in order and do not overlap.';
+	END IF;
+
+	w := quota_ext._usage_watermark();
+	IF w IS NULL THEN
+		RAISE EXCEPTION 'a prepared transaction holds usage rows'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+			      HINT = 'COMMIT PREPARED or ROLLBACK PREPARED it, then close again.';
+	END IF;
+
+	-- the tenants this call closes: those not closed for this period yet
+	WITH ins AS (
+		INSERT INTO quota_ext.billing_closes (tenant_id, period_start, period_end, covered_until,
+		                                      prev_end, prev_covered)
+		SELECT t.tenant_id, ps, pe, w, coalesce(p.period_end, '-infinity'),
+		       coalesce(p.covered_until, '-infinity')
+		  FROM quota_ext.tenants t
+		  LEFT JOIN LATERAL (SELECT c.period_end, c.covered_until FROM quota_ext.billing_closes c
+		                      WHERE c.tenant_id = t.tenant_id
+		                      ORDER BY c.period_start DESC LIMIT 1) p ON true
+		 WHERE (only_tenant IS NULL OR t.tenant_id = only_tenant)
+		   AND t.created_at < pe
+		   AND NOT EXISTS (SELECT 1 FROM quota_ext.billing_closes c
+		                    WHERE c.tenant_id = t.tenant_id AND c.period_start = ps)
+		RETURNING tenant_id, least(ps, prev_end, prev_covered) AS lo)
+	SELECT array_agg(ins.tenant_id), min(ins.lo) INTO tids, lb FROM ins;
+
+	IF tids IS NOT NULL THEN
+		WITH c AS (
+			SELECT * FROM quota_ext.billing_closes c
+			 WHERE c.tenant_id = ANY (tids) AND c.period_start = ps),
+		agg AS (
+			SELECT u.tenant_id, p.currency, u.model_id, u.price_id,
+			       CASE WHEN u.occurred_at >= ps THEN 'usage' ELSE 'adjustment' END AS kind,
+			       sum(u.calls) AS calls, sum(u.units) AS units,
+			       coalesce(sum(u.input_tokens), 0) AS input_tokens,
+			       coalesce(sum(u.output_tokens), 0) AS output_tokens,
+			       sum(u.overage_units) AS overage_units, sum(u.cost) AS cost
+			  FROM quota_ext.usage u
+			  JOIN c ON c.tenant_id = u.tenant_id
+			  JOIN quota_ext.prices p ON p.price_id = u.price_id
+			 WHERE u.created_at >= lb AND u.created_at < w
+			   AND u.created_at >= least(ps, c.prev_end, c.prev_covered)
+			   AND u.occurred_at < pe
+			   AND NOT (u.occurred_at < c.prev_end AND u.created_at < c.prev_covered)
+			 GROUP BY 1, 2, 3, 4, 5),
+		l AS (
+			SELECT a.tenant_id, a.currency, a.model_id, m.name AS model, a.price_id,
+			       k.kind, k.ord, p.effective_from, k.calls, k.units, k.input_tokens,
+			       k.output_tokens, k.unit_price, p.input_per_1k, p.output_per_1k, k.amount
+			  FROM agg a
+			  JOIN quota_ext.prices p ON p.price_id = a.price_id
+			  JOIN quota_ext.models m ON m.model_id = a.model_id
+			  CROSS JOIN LATERAL (
+			        SELECT a.kind, CASE WHEN a.kind = 'usage' THEN 1 ELSE 3 END, a.calls, a.units,
+			               a.input_tokens, a.output_tokens, p.unit_price,
+			               a.cost + CASE WHEN a.kind = 'adjustment'
+			                             THEN coalesce(a.overage_units * p.overage_unit_price, 0)
+			                             ELSE 0 END
+			        UNION ALL
+			        SELECT 'overage', 2, 0, a.overage_units, 0, 0, p.overage_unit_price,
+			               a.overage_units * p.overage_unit_price
+			         WHERE a.kind = 'usage' AND a.overage_units <> 0
+			           AND p.overage_unit_price IS NOT NULL)
+			       k (kind, ord, calls, units, input_tokens, output_tokens, unit_price, amount)),
+		inv AS (
+			INSERT INTO quota_ext.invoices (tenant_id, period_start, period_end, currency, covered_until, total)
+			SELECT l.tenant_id, ps, pe, l.currency, w, sum(l.amount)
+			  FROM l GROUP BY l.tenant_id, l.currency
+			 ORDER BY l.tenant_id, l.currency
+			RETURNING tenant_id, invoice_id, currency),
+		lines AS (
+			INSERT INTO quota_ext.invoice_lines (tenant_id, invoice_id, line_no, kind, model_id, model,
+			                                     price_id, currency, calls, units, input_tokens,
+			                                     output_tokens, unit_price, input_per_1k,
+			                                     output_per_1k, amount)
+			SELECT l.tenant_id, inv.invoice_id,
+			       row_number() OVER (PARTITION BY inv.invoice_id
+			                          ORDER BY l.ord, l.model, l.effective_from, l.price_id),
+			       l.kind, l.model_id, l.model, l.price_id, l.currency, l.calls, l.units,
+			       l.input_tokens, l.output_tokens, l.unit_price, l.input_per_1k, l.output_per_1k,
+			       l.amount
+			  FROM l JOIN inv ON inv.tenant_id = l.tenant_id AND inv.currency = l.currency)
+		SELECT array_agg(inv.invoice_id) INTO new_ids FROM inv;
+
+		PERFORM quota_ext._audit(i.tenant_id, 'invoice_create', 'invoice', i.invoice_id::text, NULL,
+		                         to_jsonb(i))
+		   FROM quota_ext.invoices i
+		  WHERE i.tenant_id = ANY (tids) AND i.invoice_id = ANY (coalesce(new_ids, '{}'))
+		  ORDER BY i.tenant_id, i.invoice_id;
+		PERFORM quota_ext._audit(0, 'billing_close', 'billing_period', ps || ' .. ' || pe, NULL,
+		                         jsonb_build_object('tenants', cardinality(tids),
+		                                            'invoices', coalesce(cardinality(new_ids), 0),
+		                                            'covered_until', w));
+	END IF;
+
+	RETURN QUERY
+	SELECT i.* FROM quota_ext.invoices i
+	 WHERE i.period_start = ps AND i.period_end = pe
+	   AND (only_tenant IS NULL OR i.tenant_id = only_tenant)
+	 ORDER BY i.tenant_id, i.currency;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._billing_close(timestamptz, timestamptz, bigint) IS
+	'Internal: close a billing period for every tenant or one';
+
+CREATE FUNCTION quota_ext.billing_close(period_start timestamptz, period_end timestamptz)
+	RETURNS SETOF quota_ext.invoices
+	LANGUAGE sql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT * FROM quota_ext._billing_close($1, $2, NULL) $$;
+COMMENT ON FUNCTION quota_ext.billing_close(timestamptz, timestamptz) IS
+	'Close a billing period for every tenant: draft invoices per tenant and currency (idempotent; returns the period''s invoices)';
+
+CREATE FUNCTION quota_ext.billing_close(tenant_id bigint, period_start timestamptz,
+	period_end timestamptz) RETURNS SETOF quota_ext.invoices
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
+	RETURN QUERY SELECT * FROM quota_ext._billing_close($2, $3, $1);
+END
+$$;
+COMMENT ON FUNCTION quota_ext.billing_close(bigint, timestamptz, timestamptz) IS
+	'Close a billing period for one tenant (idempotent; returns its invoices of the period)';
+
+CREATE FUNCTION quota_ext._invoice_for_update(tenant_id bigint, invoice_id bigint)
+	RETURNS quota_ext.invoices
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	i quota_ext.invoices;
+BEGIN
+	IF _invoice_for_update.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
+	IF _invoice_for_update.invoice_id IS NULL THEN PERFORM quota_ext._null_arg('invoice_id'); END IF;
+	PERFORM quota_ext._check_tenant_access(_invoice_for_update.tenant_id);
+	SELECT * INTO i FROM quota_ext.invoices
+	 WHERE tenant_id = _invoice_for_update.tenant_id AND invoice_id = _invoice_for_update.invoice_id
+	 FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'invoice % does not exist', _invoice_for_update.invoice_id
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN i;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._invoice_for_update(bigint, bigint) IS 'Internal: lock an invoice';
+
+-- The NOTIFY payload of an invoice event (see doc/billing.md).
+CREATE FUNCTION quota_ext._invoice_notify(i quota_ext.invoices, event text) RETURNS void
+	LANGUAGE sql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+	SELECT pg_notify('quota_ext_invoices', jsonb_build_object(
+		'event', $2, 'invoice_id', $1.invoice_id, 'tenant_id', $1.tenant_id,
+		'invoice_number', $1.invoice_number, 'status', $1.status,
+		'period_start', $1.period_start, 'period_end', $1.period_end,
+		'currency', $1.currency, 'total', $1.total::text,
+		'lines', (SELECT count(*) FROM quota_ext.invoice_lines l
+		           WHERE l.tenant_id = $1.tenant_id AND l.invoice_id = $1.invoice_id))::text)
+	$$;
+COMMENT ON FUNCTION quota_ext._invoice_notify(quota_ext.invoices, text) IS
+	'Internal: send an invoice event on channel quota_ext_invoices';
+
+CREATE FUNCTION quota_ext.invoice_issue(tenant_id bigint, invoice_id bigint)
+	RETURNS quota_ext.invoices
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	old quota_ext.invoices := quota_ext._invoice_for_update($1, $2);
+	new quota_ext.invoices;
+BEGIN
+	IF old.status = 'issued' THEN
+		RETURN old;
+	ELSIF old.status <> 'draft' THEN
+		RAISE EXCEPTION 'invoice % is %', old.invoice_id, old.status
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+			      HINT = 'Only draft invoices can be issued.';
+	END IF;
+	UPDATE quota_ext.invoices i
+	   SET status = 'issued', issued_at = now(),
+	       invoice_number = nextval('quota_ext.invoice_number_seq')
+	 WHERE i.tenant_id = old.tenant_id AND i.invoice_id = old.invoice_id
+	RETURNING * INTO new;
+	PERFORM quota_ext._audit(new.tenant_id, 'invoice_issue', 'invoice', new.invoice_id::text,
+	                         jsonb_build_object('status', old.status),
+	                         jsonb_build_object('status', new.status, 'invoice_number', new.invoice_number));
+	PERFORM quota_ext._invoice_notify(new, 'invoice.issued');
+	RETURN new;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.invoice_issue(bigint, bigint) IS
+	'Issue a draft invoice: give it the next invoice number and announce it on NOTIFY channel quota_ext_invoices (idempotent)';
+
+CREATE FUNCTION quota_ext.invoice_void(tenant_id bigint, invoice_id bigint, reason text DEFAULT NULL)
+	RETURNS quota_ext.invoices
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	old quota_ext.invoices := quota_ext._invoice_for_update($1, $2);
+	new quota_ext.invoices;
+BEGIN
+	IF $3 IS NOT NULL THEN
+		PERFORM quota_ext._check_label('reason', $3, 500);
+	END IF;
+	IF old.status = 'void' THEN
+		RETURN old;
+	END IF;
+	UPDATE quota_ext.invoices i SET status = 'void', voided_at = now(), void_reason = $3
+	 WHERE i.tenant_id = old.tenant_id AND i.invoice_id = old.invoice_id
+	RETURNING * INTO new;
+	PERFORM quota_ext._audit(new.tenant_id, 'invoice_void', 'invoice', new.invoice_id::text,
+	                         jsonb_build_object('status', old.status),
+	                         jsonb_build_object('status', new.status, 'reason', $3));
+	PERFORM quota_ext._invoice_notify(new, 'invoice.void');
+	RETURN new;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.invoice_void(bigint, bigint, text) IS
+	'Void a draft or issued invoice (final; its usage is not billed again); announced on quota_ext_invoices (idempotent)';
+
+-- ---------------------------------------------------------------------------
+-- security of this section
+-- ---------------------------------------------------------------------------
+
+DO $rls$
+DECLARE
+	t text;
+BEGIN
+	FOREACH t IN ARRAY ARRAY['billing_closes', 'invoices', 'invoice_lines'] LOOP
+		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I ENABLE ROW LEVEL SECURITY', t);
+		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I FORCE ROW LEVEL SECURITY', t);
+		EXECUTE pg_catalog.format(
+			'CREATE POLICY tenant_isolation ON quota_ext.%I TO quota_ext_app '
+			'USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()) '
+			'WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
+		EXECUTE pg_catalog.format(
+			'CREATE POLICY admin_read ON quota_ext.%I FOR SELECT TO quota_ext_admin '
+			'USING (quota_ext.current_tenant_id() IS NULL '
+			'       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
+	END LOOP;
+END
+$rls$;
+
+GRANT SELECT ON quota_ext.billing_closes, quota_ext.invoices, quota_ext.invoice_lines TO quota_ext_app;
+GRANT EXECUTE ON FUNCTION
+	quota_ext.billing_close(timestamptz, timestamptz),
+	quota_ext.billing_close(bigint, timestamptz, timestamptz),
+	quota_ext.invoice_issue(bigint, bigint),
+	quota_ext.invoice_void(bigint, bigint, text)
+	TO quota_ext_admin;
+
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.billing_closes', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.invoices', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.invoice_lines', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.invoice_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.invoice_number_seq', '');
