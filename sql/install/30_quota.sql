@@ -544,9 +544,9 @@ BEGIN
 	       s.used, greatest(q.max_units - s.used, 0),
 	       CASE WHEN q.period = 'lifetime' THEN NULL ELSE b.period_end END,
 	       q.on_exceed, q.origin, q.currency::text,
-	       CASE WHEN q.metric = 'cost' THEN q.max_units / 1000000.0 END,
-	       CASE WHEN q.metric = 'cost' THEN s.used / 1000000.0 END,
-	       CASE WHEN q.metric = 'cost' THEN greatest(q.max_units - s.used, 0) / 1000000.0 END
+	       CASE WHEN q.metric = 'cost' THEN round(q.max_units / 1000000.0, 6) END,
+	       CASE WHEN q.metric = 'cost' THEN round(s.used / 1000000.0, 6) END,
+	       CASE WHEN q.metric = 'cost' THEN round(greatest(q.max_units - s.used, 0) / 1000000.0, 6) END
 	  FROM quota_ext.quotas q
 	  JOIN quota_ext.tenants t ON t.tenant_id = q.tenant_id
 	  JOIN quota_ext.quota_counters c ON c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
@@ -620,7 +620,7 @@ BEGIN
 		                             'limit', s."limit", 'used', s.used, 'remaining', s.remaining,
 		                             'resets_at', s.resets_at, 'on_exceed', s.on_exceed,
 		                             'currency', s.currency, 'limit_cost', s.limit_cost,
-		                             'used_cost', s.used_cost, 'remaining_cost', s.remaining_cost)))
+		                             'used_cost', s.used_cost, 'remaining_cost', s.remaining_cost))
 		                             ORDER BY s.quota_id)
 		                      FROM quota_ext.quota_status(t.tenant_id) s), '[]'),
 		'usage', usage);

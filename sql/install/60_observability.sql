@@ -75,8 +75,8 @@ COMMENT ON FUNCTION quota_ext.request_stats_reset() IS
 CREATE VIEW quota_ext.quota_usage WITH (security_invoker = true, security_barrier = true) AS
 SELECT q.tenant_id, q.quota_id, q.period_label AS period, q.metric, m.name AS model,
        q.user_id, q.key_id, q.currency,
-       CASE WHEN q.metric = 'cost' THEN q.max_units / 1000000.0 ELSE q.max_units END AS "limit",
-       CASE WHEN q.metric = 'cost' THEN s.used / 1000000.0 ELSE s.used END AS used,
+       CASE WHEN q.metric = 'cost' THEN round(q.max_units / 1000000.0, 6) ELSE q.max_units END AS "limit",
+       CASE WHEN q.metric = 'cost' THEN round(s.used / 1000000.0, 6) ELSE s.used END AS used,
        round(100.0 * s.used / nullif(q.max_units, 0), 2) AS used_pct,
        CASE WHEN q.period = 'lifetime' THEN NULL ELSE b.period_end END AS resets_at,
        q.on_exceed
