@@ -10,7 +10,7 @@
  * by a server restart (as Prometheus counters may be) and by
  * quota_ext.request_stats_reset().
  *
- * Protocol: one hash table keyed by tenant_id, at most
+ * Protocol: one hash table keyed by (database, tenant_id), at most
  * quota_ext.stats_max_tenants entries (tenants beyond that are counted under
  * tenant 0, "other"), guarded by one LWLock of the tranche quota_ext_stats.
  * Counting takes the lock in shared mode to find the tenant's entry and
@@ -41,9 +41,15 @@ PG_FUNCTION_INFO_V1(request_stats_reset);
 
 #define QUOTA_STATS_TRANCHE	"quota_ext_stats"
 
+typedef struct StatsKey
+{
+	Oid			dbid;			/* tenant ids are per database */
+	int64		tenant_id;		/* 0 = tenants beyond the limit */
+} StatsKey;
+
 typedef struct StatsEntry
 {
-	int64		tenant_id;		/* hash key; 0 = tenants beyond the limit */
+	StatsKey	key;			/* hash key */
 	pg_atomic_uint64 counts[QUOTA_NUM_OUTCOMES];
 } StatsEntry;
 
@@ -82,7 +88,7 @@ stats_shmem_startup(void)
 	if (!found)
 		stats_shared->lock = &(GetNamedLWLockTranche(QUOTA_STATS_TRANCHE))->lock;
 	memset(&info, 0, sizeof(info));
-	info.keysize = sizeof(int64);
+	info.keysize = sizeof(StatsKey);
 	info.entrysize = sizeof(StatsEntry);
 	stats_hash = ShmemInitHash("quota_ext stats hash", stats_max_tenants + 1,
 							   stats_max_tenants + 1, &info, HASH_ELEM | HASH_BLOBS);
@@ -120,20 +126,24 @@ void
 QuotaStatsCount(int64 tenant_id, QuotaOutcome outcome)
 {
 	StatsEntry *e;
+	StatsKey	key;
 	bool		found;
 
 	if (stats_hash == NULL)
 		return;
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	key.tenant_id = tenant_id;
 	LWLockAcquire(stats_shared->lock, LW_SHARED);
-	e = hash_search(stats_hash, &tenant_id, HASH_FIND, NULL);
+	e = hash_search(stats_hash, &key, HASH_FIND, NULL);
 	if (e == NULL)
 	{
 		LWLockRelease(stats_shared->lock);
 		LWLockAcquire(stats_shared->lock, LW_EXCLUSIVE);
 		if (hash_get_num_entries(stats_hash) >= stats_max_tenants &&
-			hash_search(stats_hash, &tenant_id, HASH_FIND, NULL) == NULL)
-			tenant_id = 0;
-		e = hash_search(stats_hash, &tenant_id, HASH_ENTER_NULL, &found);
+			hash_search(stats_hash, &key, HASH_FIND, NULL) == NULL)
+			key.tenant_id = 0;
+		e = hash_search(stats_hash, &key, HASH_ENTER_NULL, &found);
 		if (e != NULL && !found)
 		{
 			int			i;
@@ -145,7 +155,7 @@ QuotaStatsCount(int64 tenant_id, QuotaOutcome outcome)
 		if (e == NULL)
 			return;				/* out of shared memory: not counted */
 		LWLockAcquire(stats_shared->lock, LW_SHARED);
-		e = hash_search(stats_hash, &tenant_id, HASH_FIND, NULL);
+		e = hash_search(stats_hash, &key, HASH_FIND, NULL);
 		if (e == NULL)
 		{
 			/* reset in between */
@@ -189,9 +199,9 @@ request_stats(PG_FUNCTION_ARGS)
 		bool		nulls[1 + QUOTA_NUM_OUTCOMES] = {0};
 		int			i;
 
-		if (!all && e->tenant_id != ctx->tenant_id)
+		if (e->key.dbid != MyDatabaseId || (!all && e->key.tenant_id != ctx->tenant_id))
 			continue;
-		values[0] = Int64GetDatum(e->tenant_id);
+		values[0] = Int64GetDatum(e->key.tenant_id);
 		for (i = 0; i < QUOTA_NUM_OUTCOMES; i++)
 			values[1 + i] = Int64GetDatum((int64) pg_atomic_read_u64(&e->counts[i]));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
@@ -202,7 +212,7 @@ request_stats(PG_FUNCTION_ARGS)
 
 /*
  * quota_ext.request_stats_reset() RETURNS void
- *		Forget every tenant's counters (quota_ext_admin).
+ *		Forget the counters of every tenant of this database (quota_ext_admin).
  */
 Datum
 request_stats_reset(PG_FUNCTION_ARGS)
@@ -219,7 +229,8 @@ request_stats_reset(PG_FUNCTION_ARGS)
 	LWLockAcquire(stats_shared->lock, LW_EXCLUSIVE);
 	hash_seq_init(&seq, stats_hash);
 	while ((e = hash_seq_search(&seq)) != NULL)
-		hash_search(stats_hash, &e->tenant_id, HASH_REMOVE, NULL);
+		if (e->key.dbid == MyDatabaseId)
+			hash_search(stats_hash, &e->key, HASH_REMOVE, NULL);
 	LWLockRelease(stats_shared->lock);
 	PG_RETURN_VOID();
 }
