@@ -90,21 +90,29 @@ CREATE TABLE quota_ext.usage (
 	                       (ARRAY['consume', 'refund', 'reserve', 'settle', 'release'])),
 	cost            numeric NOT NULL DEFAULT 0,
 	idempotency_key text,
-	metadata        jsonb,
-	PRIMARY KEY (tenant_id, usage_id, created_at)
+	metadata        jsonb
 ) PARTITION BY RANGE (created_at);
 COMMENT ON TABLE quota_ext.usage IS
 	'Append-only usage ledger (monthly partitions by created_at); calls, units, tokens and cost are signed; price_id is the price version used';
 COMMENT ON COLUMN quota_ext.usage.cost IS
 	'Money charged by this row in the currency of its price (exact, micro-unit precision); 0 without a price';
 CREATE TABLE quota_ext.usage_default PARTITION OF quota_ext.usage DEFAULT;
--- (tenant_id, created_at): the tail of a tenant's rows since a rollup or
--- billing watermark; created_at >= occurred_at always, so a created_at range
--- also bounds every occurred_at query.  BRIN on created_at: the cross-tenant
--- scans of usage_rollup() and billing_close(), nearly free to maintain on an
--- append-only table.
-CREATE INDEX usage_tenant_created ON quota_ext.usage (tenant_id, created_at);
-CREATE INDEX usage_created_brin ON quota_ext.usage USING brin (created_at);
+-- Indexes live on each partition, not on the partitioned table: monthly
+-- partitions are made at run time (usage_partitions_maintain(), with the
+-- same three indexes) and are not extension members, so pg_dump dumps them
+-- with their own indexes; a partitioned index, created by CREATE EXTENSION
+-- on restore, would clone itself onto them at ATTACH and collide with the
+-- dumped ones.  Per partition:
+--   (tenant_id, usage_id, created_at) unique: the key (created_at is the
+--     partition key);
+--   (tenant_id, created_at): the tail of a tenant's rows since a rollup or
+--     billing watermark; created_at >= occurred_at always, so a created_at
+--     range also bounds every occurred_at query;
+--   BRIN (created_at): the cross-tenant scans of usage_rollup() and
+--     billing_close(), nearly free to maintain on an append-only table.
+ALTER TABLE quota_ext.usage_default ADD PRIMARY KEY (tenant_id, usage_id, created_at);
+CREATE INDEX usage_default_tenant_created ON quota_ext.usage_default (tenant_id, created_at);
+CREATE INDEX usage_default_created_brin ON quota_ext.usage_default USING brin (created_at);
 
 -- One row per (tenant, idempotency key): the request's parameters and the
 -- decision it got.  A replay returns the decision; other parameters raise.

@@ -275,13 +275,20 @@ COMMENT ON FUNCTION quota_ext._usage_watermark() IS
 -- policies, and restore recreates them after CREATE EXTENSION (see
 -- doc/operations.md and test/t/002_dump_restore.pl).
 
--- FORCE RLS and the two policies on a new partition (reads through the
--- parent use the parent's policies; these guard direct access).
+-- The indexes of usage_default (see 30_quota.sql), FORCE RLS and the two
+-- policies on a new partition (reads through the parent use the parent's
+-- policies; these guard direct access).
 CREATE FUNCTION quota_ext._usage_partition_secure(part regclass) RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
+DECLARE
+	n text := (SELECT c.relname FROM pg_class c WHERE c.oid = part);
 BEGIN
+	EXECUTE format('ALTER TABLE %s ADD CONSTRAINT %I PRIMARY KEY (tenant_id, usage_id, created_at)',
+	               part, n || '_pkey');
+	EXECUTE format('CREATE INDEX %I ON %s (tenant_id, created_at)', n || '_tenant_created', part);
+	EXECUTE format('CREATE INDEX %I ON %s USING brin (created_at)', n || '_created_brin', part);
 	EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', part);
 	EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', part);
 	EXECUTE format('CREATE POLICY tenant_isolation ON %s TO quota_ext_app '
@@ -361,14 +368,15 @@ BEGIN
 			               'WHERE d.created_at >= $1 AND d.created_at < $2', part) USING m, hi;
 			GET DIAGNOSTICS moved = ROW_COUNT;
 			DELETE FROM ONLY quota_ext.usage_default d WHERE d.created_at >= m AND d.created_at < hi;
+			PERFORM quota_ext._usage_partition_secure(format('quota_ext.%I', part)::regclass);
 			EXECUTE format('ALTER TABLE quota_ext.usage ATTACH PARTITION quota_ext.%I FOR VALUES FROM (%L) TO (%L)',
 			               part, m, hi);
 		ELSE
 			moved := 0;
 			EXECUTE format('CREATE TABLE quota_ext.%I PARTITION OF quota_ext.usage FOR VALUES FROM (%L) TO (%L)',
 			               part, m, hi);
+			PERFORM quota_ext._usage_partition_secure(format('quota_ext.%I', part)::regclass);
 		END IF;
-		PERFORM quota_ext._usage_partition_secure(format('quota_ext.%I', part)::regclass);
 		PERFORM quota_ext._audit(0, 'usage_partition_create', 'table', 'quota_ext.' || part, NULL,
 		                         jsonb_build_object('from', m, 'to', hi, 'rows_moved', moved));
 		RETURN NEXT part;
