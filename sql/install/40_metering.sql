@@ -323,6 +323,7 @@ CREATE FUNCTION quota_ext.usage_partitions_maintain(months_ahead integer DEFAULT
 DECLARE
 	first timestamptz := date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
 	m timestamptz;
+	months timestamptz[];
 	hi timestamptz;
 	part text;
 	moved bigint;
@@ -336,31 +337,38 @@ BEGIN
 	-- serialize maintenance runs
 	PERFORM pg_advisory_xact_lock('quota_ext.usage'::regclass::oid::bigint);
 	-- the months ahead, and any month whose rows sit in the default partition
-	-- (written before maintenance ran, or restored)
-	FOR m IN
-		SELECT g FROM generate_series(first, first + make_interval(months => months_ahead),
-		                              interval '1 month') g
-		UNION
-		SELECT DISTINCT date_trunc('month', d.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-		  FROM ONLY quota_ext.usage_default d
-		ORDER BY 1
+	-- (written before maintenance ran, or restored), that have no partition
+	SELECT array_agg(x.m ORDER BY x.m) INTO months
+	  FROM (SELECT g AS m FROM generate_series(first, first + make_interval(months => months_ahead),
+	                                          interval '1 month') g
+	        UNION
+	        SELECT DISTINCT date_trunc('month', d.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+	          FROM ONLY quota_ext.usage_default d) x
+	 WHERE NOT EXISTS (SELECT 1 FROM pg_class c
+	                    WHERE c.relnamespace = 'quota_ext'::regnamespace
+	                      AND c.relname = 'usage_p' || to_char(x.m AT TIME ZONE 'UTC', 'YYYYMM')
+	                      AND EXISTS (SELECT 1 FROM pg_inherits i
+	                                   WHERE i.inhparent = 'quota_ext.usage'::regclass
+	                                     AND i.inhrelid = c.oid));
+	IF months IS NULL THEN
+		RETURN;
+	END IF;
+	-- DDL on the ledger: take the parent first, as every reader and writer
+	-- does, so that maintenance cannot deadlock with them (it waits for
+	-- them, and new calls wait a moment for it)
+	LOCK TABLE ONLY quota_ext.usage IN ACCESS EXCLUSIVE MODE;
+	LOCK TABLE quota_ext.usage_default IN ACCESS EXCLUSIVE MODE;
+	FOREACH m IN ARRAY months
 	LOOP
 		part := 'usage_p' || to_char(m AT TIME ZONE 'UTC', 'YYYYMM');
 		hi := ((m AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
 		IF EXISTS (SELECT 1 FROM pg_class c
 		            WHERE c.relnamespace = 'quota_ext'::regnamespace AND c.relname = part) THEN
-			IF NOT EXISTS (SELECT 1 FROM pg_inherits i
-			                WHERE i.inhparent = 'quota_ext.usage'::regclass
-			                  AND i.inhrelid = format('quota_ext.%I', part)::regclass) THEN
-				RAISE EXCEPTION 'table quota_ext.% exists but is not a partition of quota_ext.usage', part
-					USING ERRCODE = 'object_not_in_prerequisite_state',
-					      HINT = 'Rename or drop the detached table, then run maintenance again.';
-			END IF;
-			CONTINUE;
+			RAISE EXCEPTION 'table quota_ext.% exists but is not a partition of quota_ext.usage', part
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+				      HINT = 'Rename or drop the detached table, then run maintenance again.';
 		END IF;
-		-- rows of that month already in the default partition move in; the
-		-- lock keeps new ones out until the partition is attached
-		LOCK TABLE quota_ext.usage_default IN EXCLUSIVE MODE;
+		-- rows of that month already in the default partition move in
 		IF EXISTS (SELECT 1 FROM ONLY quota_ext.usage_default d
 		            WHERE d.created_at >= m AND d.created_at < hi) THEN
 			EXECUTE format('CREATE TABLE quota_ext.%I (LIKE quota_ext.usage INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
@@ -407,6 +415,7 @@ BEGIN
 		 ORDER BY c.relname
 	LOOP
 		CONTINUE WHEN r.hi > before;
+		LOCK TABLE ONLY quota_ext.usage IN ACCESS EXCLUSIVE MODE;
 		-- only what the rollups have counted leaves the ledger
 		IF w IS NULL OR r.hi > w THEN
 			RAISE EXCEPTION 'partition quota_ext.% holds rows not yet rolled up', r.relname
