@@ -7,7 +7,7 @@ export PATH="$PG_BIN:$PATH"
 
 # Debian packages each entry point needs (installed when running as root).
 QUOTA_BUILD_PKGS="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR make gcc"
-QUOTA_TEST_PKGS="postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl libipc-run-perl"
+QUOTA_TEST_PKGS="postgresql-$PG_MAJOR-pgtap postgresql-$PG_MAJOR-cron libtap-parser-sourcehandler-pgtap-perl libipc-run-perl"
 
 log() { printf '== %s\n' "$*" >&2; }
 

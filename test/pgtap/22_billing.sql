@@ -126,7 +126,7 @@ SELECT is((SELECT invoice_number FROM quota_ext.invoice_issue(:tb, :inv_b)),
 SELECT is((SELECT invoice_number FROM quota_ext.invoice_issue(:ta, :inv_a)), (SELECT invoice_number FROM quota_ext.invoices WHERE invoice_id = :inv_a),
 	'issuing again changes nothing');
 SELECT is((SELECT count(*) FROM quota_ext.audit_log WHERE action = 'invoice_issue')::int, 2, 'issue is audited once per invoice');
-SELECT ok(pg_notification_queue_usage() >= 0, 'notifications are queued for commit (see the regress test for payloads)');
+SELECT ok(pg_notification_queue_usage() >= 0, 'notifications are queued for commit (payloads: test/specs/invoice_notify.spec)');
 SELECT results_eq(format($$SELECT status, void_reason FROM quota_ext.invoice_void(%s, %s, 'customer dispute')$$, :tb, :inv_b),
 	$$VALUES ('void'::text, 'customer dispute'::text)$$, 'void an issued invoice with a reason');
 SELECT is((SELECT count(*) FROM quota_ext.audit_log WHERE action = 'invoice_void')::int, 1, 'void is audited');
