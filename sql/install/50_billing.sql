@@ -144,28 +144,46 @@ BEGIN
 		   AND t.created_at < pe
 		   AND NOT EXISTS (SELECT 1 FROM quota_ext.billing_closes c
 		                    WHERE c.tenant_id = t.tenant_id AND c.period_start = ps)
-		RETURNING tenant_id, least(ps, prev_end, prev_covered) AS lo)
+		RETURNING tenant_id, least(prev_end, prev_covered) AS lo)
 	SELECT array_agg(ins.tenant_id), min(ins.lo) INTO tids, lb FROM ins;
 
 	IF tids IS NOT NULL THEN
-		WITH c AS (
-			SELECT * FROM quota_ext.billing_closes c
-			 WHERE c.tenant_id = ANY (tids) AND c.period_start = ps),
-		agg AS (
-			SELECT u.tenant_id, p.currency, u.model_id, u.price_id,
-			       CASE WHEN u.occurred_at >= ps THEN 'usage' ELSE 'adjustment' END AS kind,
+		-- the aggregate is a read-only CREATE TABLE AS, so it can run as a
+		-- parallel plan (a data-modifying statement cannot), and it is
+		-- planned with fresh statistics of the closes just made (a hash join
+		-- for many tenants, an index scan for one): the close then costs
+		-- about what a plain GROUP BY over the period costs
+		IF cardinality(tids) > 1 THEN
+			ANALYZE quota_ext.billing_closes;
+		END IF;
+		DROP TABLE IF EXISTS pg_temp.quota_ext_bill;
+		CREATE TEMP TABLE quota_ext_bill ON COMMIT DROP AS
+			-- the period's usage: occurred in it (so written after its start)
+			SELECT u.tenant_id, u.model_id, u.price_id, 'usage' AS kind,
 			       sum(u.calls) AS calls, sum(u.units) AS units,
 			       coalesce(sum(u.input_tokens), 0) AS input_tokens,
 			       coalesce(sum(u.output_tokens), 0) AS output_tokens,
 			       sum(u.overage_units) AS overage_units, sum(u.cost) AS cost
 			  FROM quota_ext.usage u
-			  JOIN c ON c.tenant_id = u.tenant_id
-			  JOIN quota_ext.prices p ON p.price_id = u.price_id
-			 WHERE u.created_at >= lb AND u.created_at < w
-			   AND u.created_at >= least(ps, c.prev_end, c.prev_covered)
-			   AND u.occurred_at < pe
+			 WHERE u.tenant_id = ANY (tids) AND u.price_id IS NOT NULL
+			   AND u.created_at >= ps AND u.created_at < w
+			   AND u.occurred_at >= ps AND u.occurred_at < pe
+			 GROUP BY 1, 2, 3
+			UNION ALL
+			-- adjustments: earlier usage its tenant's previous close did not cover
+			SELECT u.tenant_id, u.model_id, u.price_id, 'adjustment',
+			       sum(u.calls), sum(u.units), coalesce(sum(u.input_tokens), 0),
+			       coalesce(sum(u.output_tokens), 0), sum(u.overage_units), sum(u.cost)
+			  FROM quota_ext.usage u
+			  JOIN quota_ext.billing_closes c ON c.tenant_id = u.tenant_id AND c.period_start = ps
+			 WHERE c.tenant_id = ANY (tids) AND u.price_id IS NOT NULL
+			   AND u.created_at >= lb AND u.created_at < w
+			   AND u.created_at >= least(c.prev_end, c.prev_covered)
+			   AND u.occurred_at < ps
 			   AND NOT (u.occurred_at < c.prev_end AND u.created_at < c.prev_covered)
-			 GROUP BY 1, 2, 3, 4, 5),
+			 GROUP BY 1, 2, 3;
+		WITH agg AS (SELECT b.*, p.currency FROM pg_temp.quota_ext_bill b
+		               JOIN quota_ext.prices p ON p.price_id = b.price_id),
 		l AS (
 			SELECT a.tenant_id, a.currency, a.model_id, m.name AS model, a.price_id,
 			       k.kind, k.ord, p.effective_from, k.calls, k.units, k.input_tokens,
@@ -204,6 +222,7 @@ BEGIN
 			       l.amount
 			  FROM l JOIN inv ON inv.tenant_id = l.tenant_id AND inv.currency = l.currency)
 		SELECT array_agg(inv.invoice_id) INTO new_ids FROM inv;
+		DROP TABLE pg_temp.quota_ext_bill;
 
 		PERFORM quota_ext._audit(i.tenant_id, 'invoice_create', 'invoice', i.invoice_id::text, NULL,
 		                         to_jsonb(i))
