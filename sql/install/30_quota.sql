@@ -574,7 +574,7 @@ COMMENT ON FUNCTION quota_ext.quota_status(bigint, text, bigint, bigint) IS
 	'Every quota of a tenant (or those that apply to a model, user, key) with used, remaining and resets_at now (cost quotas: in micro-units, and as money in limit_cost, used_cost, remaining_cost)';
 
 -- tenant_summary never scans the ledger beyond the rollup watermark: whole
--- days come from quota_ext.usage_daily (usage_rollup(), 40_metering.sql)
+-- days come from quota_ext.usage_daily (usage_rollup(), 50_metering.sql)
 -- and the rows written since the last rollup from the ledger's
 -- (tenant_id, created_at) index.  Its cost depends on the days in the month
 -- and the rollup lag, not on the number of usage rows.

@@ -1,6 +1,6 @@
 
 -- ---------------------------------------------------------------------------
--- 50 billing: closing periods into invoices (doc/billing.md)
+-- 55 billing: closing periods into invoices (doc/billing.md)
 -- ---------------------------------------------------------------------------
 -- What an invoice covers, without marking ledger rows (the ledger is
 -- append-only): closing [period_start, period_end) for a tenant takes the

@@ -1,6 +1,6 @@
 
 -- ---------------------------------------------------------------------------
--- 40 metering: the price book, ledger partitions, the watermark, rollups
+-- 50 metering: the price book, ledger partitions, the watermark, rollups
 -- and usage reports (src/metering.c computes a call's cost; doc/metering.md)
 -- ---------------------------------------------------------------------------
 
