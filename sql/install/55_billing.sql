@@ -156,7 +156,9 @@ BEGIN
 		IF cardinality(tids) > 1 THEN
 			ANALYZE quota_ext.billing_closes;
 		END IF;
-		DROP TABLE IF EXISTS pg_temp.quota_ext_bill;
+		IF to_regclass('pg_temp.quota_ext_bill') IS NOT NULL THEN
+			DROP TABLE pg_temp.quota_ext_bill;
+		END IF;
 		CREATE TEMP TABLE quota_ext_bill ON COMMIT DROP AS
 			-- the period's usage: occurred in it (so written after its start)
 			SELECT u.tenant_id, u.model_id, u.price_id, 'usage' AS kind,
