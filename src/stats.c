@@ -102,6 +102,9 @@ stats_shmem_startup(void)
 void
 QuotaStatsInit(void)
 {
+	/* a PGC_POSTMASTER variable can only be defined at server start */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
 	DefineCustomIntVariable("quota_ext.stats_max_tenants",
 							"Tenants with their own decision counters (the rest count as tenant 0).",
 							NULL,
@@ -110,8 +113,6 @@ QuotaStatsInit(void)
 							PGC_POSTMASTER,
 							0,
 							NULL, NULL, NULL);
-	if (!process_shared_preload_libraries_in_progress)
-		return;
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = stats_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;

@@ -620,6 +620,11 @@ CREATE POLICY admin_read ON quota_ext.prices FOR SELECT TO quota_ext_admin
 	       OR tenant_id IS NULL
 	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
 
+-- rollup_state: global maintenance state, read by quota_ext_admin only
+ALTER TABLE quota_ext.rollup_state ENABLE ROW LEVEL SECURITY;
+ALTER TABLE quota_ext.rollup_state FORCE ROW LEVEL SECURITY;
+CREATE POLICY admin_read ON quota_ext.rollup_state FOR SELECT TO quota_ext_admin USING (true);
+
 GRANT SELECT ON quota_ext.prices, quota_ext.usage_daily TO quota_ext_app;
 GRANT SELECT ON quota_ext.rollup_state TO quota_ext_admin;
 

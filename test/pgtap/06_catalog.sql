@@ -126,15 +126,18 @@ SELECT policy_cmd_is('quota_ext', t, 'admin_read', 'SELECT', t || '.admin_read o
   FROM unnest(ARRAY['tenants', 'users', 'api_keys', 'models', 'audit_log']) AS t;
 SELECT is_empty($$SELECT p.polrelid::regclass FROM pg_policy p
                    WHERE p.polrelid IN (SELECT oid FROM qx_tables) AND p.polname = 'tenant_isolation'
-                     AND p.polrelid <> 'quota_ext.models'::regclass
+                     AND p.polrelid NOT IN ('quota_ext.models'::regclass, 'quota_ext.prices'::regclass)
                      AND pg_get_expr(p.polqual, p.polrelid) <> '(tenant_id = quota_ext.current_tenant_id())'$$,
                 'tenant_isolation compares tenant_id with current_tenant_id() (NULL without context: no rows)');
 
 -- Citus readiness: tenant_id leads every unique key of per-tenant tables.
 -- tenants itself is the directory (a reference table under Citus): its
--- unique name is global by design.
+-- unique name is global by design.  prices is a global catalog like models
+-- (list prices, plus rows that are one tenant's own price: tenant_id is
+-- nullable there), a reference table too; its policy shows list prices to
+-- every tenant.
 SELECT is_empty($$SELECT i.indexrelid::regclass FROM pg_index i JOIN qx_tables t ON t.oid = i.indrelid
-                   WHERE t.per_tenant AND t.relname <> 'tenants' AND i.indisunique
+                   WHERE t.per_tenant AND t.relname NOT IN ('tenants', 'prices') AND i.indisunique
                      AND (SELECT attname FROM pg_attribute WHERE attrelid = i.indrelid AND attnum = i.indkey[0]) <> 'tenant_id'$$,
                 'tenant_id leads every primary key and unique constraint of per-tenant tables');
 SELECT is_empty($$SELECT tg.tgrelid::regclass, tg.tgname FROM pg_trigger tg JOIN qx_tables t ON t.oid = tg.tgrelid
