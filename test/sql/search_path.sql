@@ -103,7 +103,7 @@ SELECT tenant_id AS h1_cc_tenant, user_id AS h1_cc_user, role AS h1_cc_role FROM
 SELECT pg_catalog.string_agg(name, ',') AS h1_names FROM quota_ext.tenants \gset
 SELECT pg_catalog.count(*) AS h1_users FROM quota_ext.users \gset
 SELECT pg_catalog.count(*) AS h1_keys FROM quota_ext.api_keys \gset
-SELECT pg_catalog.string_agg(name, ',') AS h1_models FROM quota_ext.models \gset
+SELECT pg_catalog.string_agg(name, ',') AS h1_models FROM quota_ext.models WHERE pg_catalog.starts_with(name, 'sp-') \gset
 SELECT quota_ext.clear_tenant();
 SELECT quota_ext.current_tenant_id() IS NULL AS h1_cleared \gset
 SELECT tenant_id AS h1_tenant_b FROM quota_ext.authenticate(:'kb') \gset
