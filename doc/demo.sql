@@ -57,9 +57,18 @@ SELECT quota_ext.model_register('gpt-4o', 'openai') AS gpt4o \gset
 SELECT quota_ext.model_register('embedding-1', 'openai') AS embedding \gset
 SELECT model_id, name, provider, owner_tenant_id FROM quota_ext.models ORDER BY model_id;
 
--- next: policies and quotas (issue 3)
---   policy_set(acme, 'gpt-4o', true, ARRAY['admin','member']);
---   quota_set(acme, 'daily', 1000); quota_set(acme, 'monthly', 10000);
+\echo
+\echo '=== 4b. Admin: access policies and quotas (POST /admin/policies, /admin/quotas) ==='
+\echo 'Default deny: acme may use gpt-4o, and only as admin or member.  The daily'
+\echo 'quota is 3 calls here so the walkthrough reaches it; monthly 10,000.'
+SELECT quota_ext.policy_set(:acme, 'gpt-4o', true, ARRAY['admin', 'member']);
+SELECT quota_ext.quota_set(:acme, 'daily', 3) AS acme_daily \gset
+SELECT quota_ext.quota_set(:acme, 'monthly', 10000);
+SELECT quota_ext.policy_check(:acme, 'gpt-4o', 'member') AS member_gpt4o,
+       quota_ext.policy_check(:acme, 'gpt-4o', 'viewer') AS viewer_gpt4o,
+       quota_ext.policy_check(:acme, 'embedding-1', 'admin') AS admin_embedding;
+\echo 'globex (tier pro) has no quota of its own yet: its tier gives it 10,000 calls a month.'
+SELECT period, metric, "limit", used, remaining, resets_at, origin FROM quota_ext.quota_status(:globex);
 RESET ROLE;
 
 \echo
@@ -102,7 +111,37 @@ SELECT * FROM quota_ext.authenticate(:'gina_key');
 SELECT name FROM quota_ext.tenants;
 COMMIT;
 
--- next: invoke() = authenticate + policy + rate limit + quotas + usage in one call (issues 3-5)
+\echo
+\echo '=== 6b. App: invoke (POST /invoke) ========================================'
+\echo 'invoke(key, model, units, idempotency_key) = authenticate + policy + rate limit'
+\echo '+ every quota + the usage row, in the caller''s transaction.  A denial is an'
+\echo 'answer, not an error.'
+SELECT allowed, denied_by, period, "limit", remaining, resets_at FROM quota_ext.invoke(:'alice_key', 'gpt-4o', 1, 'req-1');
+\echo 'The client retries req-1 (timeout on its side): same answer, charged once.'
+SELECT allowed, remaining, replayed FROM quota_ext.invoke(:'alice_key', 'gpt-4o', 1, 'req-1');
+SELECT allowed, denied_by, remaining FROM quota_ext.invoke(:'bob_key', 'gpt-4o');
+\echo 'A model without a policy is denied:'
+SELECT allowed, denied_by FROM quota_ext.invoke(:'alice_key', 'embedding-1');
+\echo 'A rolled-back transaction charges nothing:'
+BEGIN;
+SELECT allowed, remaining FROM quota_ext.invoke(:'alice_key', 'gpt-4o');
+ROLLBACK;
+SELECT allowed, remaining FROM quota_ext.invoke(:'alice_key', 'gpt-4o');
+\echo 'The daily quota is used up: denied, with when it resets and how long to wait.'
+SELECT allowed, denied_by, period, "limit", remaining, resets_at, retry_after FROM quota_ext.invoke(:'bob_key', 'gpt-4o');
+\echo 'Reading the state is tenant-scoped too: authenticate, then look.'
+BEGIN;
+SELECT tenant_id FROM quota_ext.authenticate(:'alice_key');
+\echo 'Both quotas were checked together: the monthly one was not charged by the denial.'
+SELECT period, "limit", used, remaining FROM quota_ext.quota_status(:acme) ORDER BY quota_id;
+\echo 'Crossing 80 % and 100 % of the daily quota left one event each (and a NOTIFY):'
+SELECT kind, threshold, used, "limit" FROM quota_ext.quota_events ORDER BY event_id;
+\echo 'The downstream call failed: refund it, once.'
+SELECT usage_id AS last_usage FROM quota_ext.usage WHERE kind = 'consume' ORDER BY usage_id DESC LIMIT 1 \gset
+SELECT allowed, replayed FROM quota_ext.quota_refund(:acme, :last_usage);
+SELECT allowed, replayed FROM quota_ext.quota_refund(:acme, :last_usage);
+SELECT period, used, remaining FROM quota_ext.quota_status(:acme) ORDER BY quota_id;
+COMMIT;
 
 \echo
 \echo '=== 7. Revoked keys and suspended tenants: one error for every refusal ======'
@@ -161,7 +200,13 @@ SELECT coalesce(t.name, '(global)') AS tenant, a.action, a.object_type, a.object
  ORDER BY a.audit_id;
 RESET ROLE;
 
--- next: tenant summary (GET /admin/tenants/ID/summary), usage and billing (issues 6-7)
+\echo
+\echo '=== 10. Tenant summary (GET /admin/tenants/ID/summary) ====================='
+SET ROLE demo_admin;
+SELECT jsonb_pretty(quota_ext.tenant_summary(:acme));
+RESET ROLE;
+
+-- next: usage reports, prices, budgets and billing (issue 5)
 
 \echo
 \echo '=== done ================================================================='
