@@ -61,7 +61,11 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 		"SELECT t.status OPERATOR(pg_catalog.=) 'active', t.timezone, m.model_id, "
 		"       p.allowed, p.roles_allowed, "
 		"       pr.price_id, pr.currency, pr.unit_price, pr.input_per_1k, pr.output_per_1k, "
-		"       pv.valid_until "
+		"       pv.valid_until, "
+	/* does the tenant have escrow (multi-slot) quotas?  (quota.c) */
+		"       EXISTS (SELECT 1 FROM quota_ext.quotas q "
+		"               WHERE q.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
+		"                 AND q.slots OPERATOR(pg_catalog.>) 1) "
 		"FROM quota_ext.tenants t "
 		"LEFT JOIN LATERAL ("
 		"  SELECT m.model_id FROM quota_ext.models m "
@@ -137,6 +141,7 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 	d = SPI_getbinval(tup, desc, 3, &isnull);
 	out->model_id = isnull ? 0 : DatumGetInt64(d);
 	QuotaPriceFromTuple(tup, desc, 6, &out->price);
+	out->has_slots = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
 	d = SPI_getbinval(tup, desc, 4, &isnull);
 	if (isnull || !DatumGetBool(d))
 		return;

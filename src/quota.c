@@ -20,6 +20,12 @@
  *		SELECT ... ORDER BY quota_id FOR NO KEY UPDATE.  The sort happens
  *		below the lock step, so every transaction takes its locks in
  *		ascending quota_id order and concurrent consumes never deadlock.
+ *		Escrow quotas (slots > 1, for hot tenants) come after those, in
+ *		quota_id order: one free slot that can hold the amount is taken with
+ *		SKIP LOCKED (never waits); only if none can, every slot is locked in
+ *		slot order and the limit re-split (acquire_slots).  A transaction
+ *		waiting there holds no slot of that quota, and holders of its slots
+ *		wait only on later quotas, so the order stays acyclic.
  *	 5. decide in C: the period of each quota is computed from one instant
  *		taken after the locks (so under a counter's lock time never goes
  *		backwards), a counter whose period_start is older is read as 0, and
@@ -128,6 +134,18 @@ typedef struct Decision
 	char		currency[4];	/* of the cost, else of the cost quota */
 } Decision;
 
+/* one counter row to write: (quota, slot) <- used, period, allowance, mask */
+typedef struct CounterUpdate
+{
+	int64		quota_id;
+	int32		slot;
+	int64		used;
+	TimestampTz start;
+	bool		has_allowance;
+	int64		allowance;
+	int32		mask;
+} CounterUpdate;
+
 /* a locked counter and its quota */
 typedef struct QuotaRow
 {
@@ -151,12 +169,21 @@ typedef struct QuotaRow
 	int64		old_used;		/* in the current period */
 	int64		new_used;
 	bool		touched;		/* counter is written */
+	/* escrow quotas (slots > 1): see acquire_slots */
+	int			slots;
+	bool		multi_deny;		/* even all slots together cannot take it */
+	int			nupd;
+	CounterUpdate *upd;			/* the slot rows to write */
+	int			charged;		/* index in upd of the charged slot */
 } QuotaRow;
 
 static const char *const denied_tenant = "tenant";
 static const char *const denied_policy = "policy";
 static const char *const denied_rate = "rate_limit";
 static const char *const denied_quota = "quota";
+
+static void emit_event(int64 tenant_id, QuotaRow *r, const char *kind, int threshold,
+					   int64 limit);
 
 /* ----------------------------------------------------------------------
  * plans
@@ -176,6 +203,7 @@ static QuotaPlan lock_plan = {
 	"JOIN quota_ext.quotas q ON q.tenant_id OPERATOR(pg_catalog.=) c.tenant_id "
 	"                       AND q.quota_id OPERATOR(pg_catalog.=) c.quota_id "
 	"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.slot OPERATOR(pg_catalog.=) 0 "
+	"  AND q.slots OPERATOR(pg_catalog.=) 1 "
 	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
 	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
 	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
@@ -195,15 +223,70 @@ static QuotaPlan write_plan = {
 	"          $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $17, $18, $19, $20, $21) "
 	"  RETURNING usage_id), "
 	"c AS ("
-	"  UPDATE quota_ext.quota_counters c SET used = v.used, period_start = v.ps "
+	"  UPDATE quota_ext.quota_counters c SET used = v.used, period_start = v.ps, "
+	"         allowance = v.allowance, events_mask = v.mask "
 	"  FROM ROWS FROM (pg_catalog.unnest($14), pg_catalog.unnest($15), "
-	"  pg_catalog.unnest($16)) AS v(qid, used, ps) "
-	"  WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.slot OPERATOR(pg_catalog.=) 0 "
+	"  pg_catalog.unnest($16), pg_catalog.unnest($22), pg_catalog.unnest($23), "
+	"  pg_catalog.unnest($24)) AS v(qid, used, ps, slot, allowance, mask) "
+	"  WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.slot OPERATOR(pg_catalog.=) v.slot "
 	"    AND c.quota_id OPERATOR(pg_catalog.=) v.qid) "
 	"SELECT usage_id FROM u",
-	21, {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, INT8OID, INT4OID,
+	24, {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, INT8OID, INT4OID,
 		INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT8ARRAYOID, INT8ARRAYOID,
-		TIMESTAMPTZARRAYOID, INT8OID, INT8OID, INT8OID, NUMERICOID, JSONBOID}
+		TIMESTAMPTZARRAYOID, INT8OID, INT8OID, INT8OID, NUMERICOID, JSONBOID,
+	INT4ARRAYOID, INT8ARRAYOID, INT4ARRAYOID}
+};
+
+/* the escrow quotas that apply (definitions only; slots are taken one by one) */
+static QuotaPlan multi_plan = {
+	"SELECT q.quota_id, q.period, q.period_label, "
+	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
+	"       q.on_exceed, q.thresholds, '-infinity'::pg_catalog.timestamptz, 0::pg_catalog.int8, "
+	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency, q.slots "
+	"FROM quota_ext.quotas q "
+	"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.slots OPERATOR(pg_catalog.>) 1 "
+	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
+	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
+	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
+	"  AND q.created_at OPERATOR(pg_catalog.<=) $5 "
+	"ORDER BY q.quota_id",
+	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
+};
+
+/*
+ * Escrow fast path: one slot of the quota that can take the amount and that
+ * nobody holds, starting at a slot chosen by backend.  A slot of an older
+ * period counts as empty with its default share ($5 is the smallest share);
+ * a slot of a newer period is not taken.  Also returns the quota's committed
+ * total in the period as of this statement (for reporting and events).
+ */
+static QuotaPlan slot_fast_plan = {
+	"SELECT c.slot, c.period_start, c.used, c.allowance, c.events_mask, "
+	"       (SELECT pg_catalog.sum(x.used) FROM quota_ext.quota_counters x "
+	"         WHERE x.tenant_id OPERATOR(pg_catalog.=) $1 "
+	"           AND x.quota_id OPERATOR(pg_catalog.=) $2 "
+	"           AND x.period_start OPERATOR(pg_catalog.=) $3) "
+	"FROM quota_ext.quota_counters c "
+	"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.quota_id OPERATOR(pg_catalog.=) $2 "
+	"  AND CASE WHEN c.period_start OPERATOR(pg_catalog.=) $3 "
+	"           THEN c.allowance OPERATOR(pg_catalog.-) c.used OPERATOR(pg_catalog.>=) $4 "
+	"           WHEN c.period_start OPERATOR(pg_catalog.<) $3 "
+	"           THEN $5 OPERATOR(pg_catalog.>=) $4 "
+	"           ELSE false END "
+	"ORDER BY (c.slot OPERATOR(pg_catalog.+) $6) OPERATOR(pg_catalog.%) $7 "
+	"LIMIT 1 "
+	"FOR NO KEY UPDATE OF c SKIP LOCKED",
+	7, {INT8OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, INT4OID, INT4OID}
+};
+
+/* Escrow exact path: every slot of the quota, locked in slot order. */
+static QuotaPlan slot_all_plan = {
+	"SELECT c.slot, c.period_start, c.used, c.allowance, c.events_mask "
+	"FROM quota_ext.quota_counters c "
+	"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.quota_id OPERATOR(pg_catalog.=) $2 "
+	"ORDER BY c.slot "
+	"FOR NO KEY UPDATE",
+	2, {INT8OID, INT8OID}
 };
 
 /* ----------------------------------------------------------------------
@@ -325,39 +408,23 @@ seconds_until(TimestampTz when, TimestampTz now)
 }
 
 /*
- * lock_counters
- *		Run lock_plan and load the rows.  created_before is +infinity for a
- *		new charge.
+ * parse_quota_rows
+ *		Load SPI's rows (lock_plan or multi_plan columns) into rows[first..].
  */
 static int
-lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
-			  TimestampTz created_before, QuotaRow *rows)
+parse_quota_rows(QuotaRow *rows, int first)
 {
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	uint64		i;
-	int			n;
 
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(model_id);
-	values[2] = Int64GetDatum(user_id);
-	values[3] = Int64GetDatum(key_id);
-	values[4] = TimestampTzGetDatum(created_before);
-	if (user_id == 0)
-		nulls[2] = 'n';
-	if (key_id == 0)
-		nulls[3] = 'n';
-	QuotaSpiExec(&lock_plan, values, nulls, false, 0);
-	if (SPI_processed > QUOTA_MAX_QUOTAS)
+	if (first + SPI_processed > QUOTA_MAX_QUOTAS)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("more than %d quotas apply to one request", QUOTA_MAX_QUOTAS)));
-	n = (int) SPI_processed;
 	for (i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
-		QuotaRow   *r = &rows[i];
+		QuotaRow   *r = &rows[first + i];
 		bool		isnull;
 		Datum		d;
 		char	   *s;
@@ -395,10 +462,223 @@ lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
 		s = SPI_getvalue(tup, desc, 12);
 		if (s)
 			strlcpy(r->currency, s, sizeof(r->currency));
+		r->slots = desc->natts >= 13 ?
+			DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull)) : 1;
+		r->charged = -1;
+	}
+	return first + (int) SPI_processed;
+}
+
+/*
+ * lock_counters
+ *		Lock the counters of the single-row quotas that apply, in quota_id
+ *		order, and load them; with escrow quotas (has_slots), append their
+ *		definitions (their slots are taken later, see acquire_slots).
+ *		created_before is +infinity for a new charge.
+ */
+static int
+lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
+			  TimestampTz created_before, bool has_slots, QuotaRow *rows)
+{
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	int			n;
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(model_id);
+	values[2] = Int64GetDatum(user_id);
+	values[3] = Int64GetDatum(key_id);
+	values[4] = TimestampTzGetDatum(created_before);
+	if (user_id == 0)
+		nulls[2] = 'n';
+	if (key_id == 0)
+		nulls[3] = 'n';
+	QuotaSpiExec(&lock_plan, values, nulls, false, 0);
+	n = parse_quota_rows(rows, 0);
+	if (has_slots)
+	{
+		QuotaSpiExec(&multi_plan, values, nulls, false, 0);
+		n = parse_quota_rows(rows, n);
 	}
 	return n;
 }
 
+/* the default share of the limit of slot i of n */
+static int64
+slot_share(int64 limit, int slots, int i)
+{
+	return limit / slots + (i < limit % slots ? 1 : 0);
+}
+
+/* load one slot row from SPI (columns slot, period_start, used, allowance, mask) */
+static void
+parse_slot(HeapTuple tup, TupleDesc desc, QuotaRow *r, TimestampTz start,
+		   CounterUpdate *u)
+{
+	bool		isnull;
+	Datum		d;
+
+	u->quota_id = r->quota_id;
+	u->slot = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	u->start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+	u->used = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	u->has_allowance = true;
+	u->allowance = isnull ? 0 : DatumGetInt64(d);
+	u->mask = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+	if (u->start < start)
+	{
+		/* a slot of an older period: empty, with its default share */
+		u->start = start;
+		u->used = 0;
+		u->allowance = slot_share(r->max_units, r->slots, u->slot);
+		u->mask = 0;
+	}
+}
+
+/*
+ * lay_out_slots
+ *		All slots of r are in r->upd (locked, in r->start's period): give
+ *		`delta` to slot k and share the limit's remaining slack among all
+ *		slots as allowances.  Returns false, changing nothing, when a
+ *		positive delta does not fit (check) in the whole quota.
+ */
+static bool
+lay_out_slots(QuotaRow *r, int k, int64 delta, bool check)
+{
+	int64		total = 0;
+	int64		slack;
+	int			i;
+
+	for (i = 0; i < r->nupd; i++)
+		total += r->upd[i].used;
+	r->old_used = total;
+	if (pg_add_s64_overflow(total, delta, &r->new_used))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("quota %lld would overflow", (long long) r->quota_id)));
+	if (check && delta > 0 && r->new_used > r->max_units)
+		return false;
+	/* a negative delta comes out of the slots that hold usage */
+	if (delta < 0)
+	{
+		int64		left = -delta;
+
+		for (i = 0; i < r->nupd && left > 0; i++)
+		{
+			int64		take = Min(left, r->upd[i].used);
+
+			r->upd[i].used -= take;
+			left -= take;
+		}
+		if (r->new_used < 0)
+			r->new_used = 0;
+	}
+	else
+		r->upd[k].used += delta;
+	slack = Max(r->max_units - r->new_used, 0);
+	for (i = 0; i < r->nupd; i++)
+		r->upd[i].allowance = r->upd[i].used + slot_share(slack, r->nupd, i);
+	r->charged = k;
+	r->touched = true;
+	return true;
+}
+
+/*
+ * lock_all_slots
+ *		Lock every slot of r in slot order into r->upd.  A slot already in a
+ *		newer period than start means the quota has moved on: for an
+ *		adjustment of older usage (moved_on given) that is reported; for a
+ *		new charge it means the period turned over during this call and
+ *		another transaction counted in the new one: 40001, retry.
+ */
+static void
+lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on)
+{
+	Datum		values[2];
+	uint64		i;
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(r->quota_id);
+	QuotaSpiExec(&slot_all_plan, values, NULL, false, 0);
+	r->nupd = (int) SPI_processed;
+	r->upd = palloc0(sizeof(CounterUpdate) * Max(r->nupd, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		parse_slot(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, r, r->start, &r->upd[i]);
+		if (r->upd[i].start > r->start && moved_on)
+			*moved_on = true;
+		else if (r->upd[i].start > r->start)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("quota %lld entered a new period during this call",
+							(long long) r->quota_id),
+					 errhint("Retry the transaction.")));
+	}
+}
+
+/*
+ * acquire_slots
+ *		Take room for `amount` in escrow quota r (r->start set): first one
+ *		free slot that can hold it (SKIP LOCKED: never waits); else every
+ *		slot in slot order, exactly.  Sets r->multi_deny when even all slots
+ *		together cannot take it.  See doc/design.md, "hot tenants".
+ */
+static void
+acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount)
+{
+	Datum		values[7];
+	bool		isnull;
+	Datum		d;
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(r->quota_id);
+	values[2] = TimestampTzGetDatum(r->start);
+	values[3] = Int64GetDatum(amount);
+	values[4] = Int64GetDatum(r->max_units / r->slots);
+	values[5] = Int32GetDatum(MyProcPid % r->slots);
+	values[6] = Int32GetDatum(r->slots);
+	QuotaSpiExec(&slot_fast_plan, values, NULL, false, 1);
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		CounterUpdate *u;
+		int64		before;
+
+		r->nupd = 1;
+		r->upd = u = palloc0(sizeof(CounterUpdate));
+		parse_slot(tup, desc, r, r->start, u);
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		before = isnull ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
+		u->used += amount;
+		r->charged = 0;
+		r->touched = true;
+		/* committed total as of this statement: for reporting and events */
+		r->old_used = Min(before, r->max_units);
+		r->new_used = Min(r->old_used + amount, r->max_units);
+		return;
+	}
+	lock_all_slots(tenant_id, r, NULL);
+	if (!lay_out_slots(r, 0, amount, true))
+	{
+		int			i;
+
+		r->multi_deny = true;
+		r->touched = false;
+		/*
+		 * The exact total is known here: a threshold it has reached is
+		 * emitted now if no earlier call did (the fast path sees only
+		 * committed totals and may have filled the last slot unseen).
+		 */
+		r->new_used = r->old_used;
+		for (i = 0; i < r->nthresholds; i++)
+			if ((int128) r->old_used * 100 >= (int128) r->max_units * r->thresholds[i])
+				emit_event(tenant_id, r, "threshold", r->thresholds[i], r->max_units);
+		if (r->has_soft && r->old_used >= r->soft_limit)
+			emit_event(tenant_id, r, "soft_limit", 0, r->soft_limit);
+	}
+}
 /*
  * write_usage
  *		The usage row plus the touched counters.  Returns the usage id.
@@ -409,23 +689,64 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 			int64 overage, int64 ref_usage_id, int64 reservation_id, const char *idem_key,
 			QuotaRow *rows, int nrows, const UsageExtra *extra)
 {
-	Datum		values[21];
-	char		nulls[21];
-	int64		qids[QUOTA_MAX_QUOTAS];
-	int64		used[QUOTA_MAX_QUOTAS];
-	TimestampTz starts[QUOTA_MAX_QUOTAS];
+	Datum		values[24];
+	char		nulls[24];
+	int			cap = nrows + 1;
+	int64	   *qids;
+	int64	   *used;
+	TimestampTz *starts;
+	Datum	   *slots;
+	Datum	   *allowances;
+	bool	   *allowance_nulls;
+	Datum	   *masks;
 	int			n = 0;
 	int			i;
+	int			j;
+	int			dims[1];
+	int			lbs[1] = {1};
 	bool		isnull;
 
 	for (i = 0; i < nrows; i++)
+		if (rows[i].touched && rows[i].slots > 1)
+			cap += rows[i].nupd;
+	qids = palloc(sizeof(int64) * cap);
+	used = palloc(sizeof(int64) * cap);
+	starts = palloc(sizeof(TimestampTz) * cap);
+	slots = palloc(sizeof(Datum) * cap);
+	allowances = palloc(sizeof(Datum) * cap);
+	allowance_nulls = palloc(sizeof(bool) * cap);
+	masks = palloc(sizeof(Datum) * cap);
+	for (i = 0; i < nrows; i++)
 	{
-		if (!rows[i].touched)
+		QuotaRow   *r = &rows[i];
+
+		if (!r->touched)
 			continue;
-		qids[n] = rows[i].quota_id;
-		used[n] = rows[i].new_used;
-		starts[n] = rows[i].start;
-		n++;
+		if (r->slots == 1)
+		{
+			qids[n] = r->quota_id;
+			used[n] = r->new_used;
+			starts[n] = r->start;
+			slots[n] = Int32GetDatum(0);
+			allowances[n] = Int64GetDatum(0);
+			allowance_nulls[n] = true;
+			masks[n] = Int32GetDatum(0);
+			n++;
+			continue;
+		}
+		for (j = 0; j < r->nupd; j++)
+		{
+			CounterUpdate *u = &r->upd[j];
+
+			qids[n] = u->quota_id;
+			used[n] = u->used;
+			starts[n] = u->start;
+			slots[n] = Int32GetDatum(u->slot);
+			allowances[n] = Int64GetDatum(u->allowance);
+			allowance_nulls[n] = !u->has_allowance;
+			masks[n] = Int32GetDatum(u->mask);
+			n++;
+		}
 	}
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int64GetDatum(tenant_id);
@@ -457,6 +778,12 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 	values[13] = int8_array(qids, n);
 	values[14] = int8_array(used, n);
 	values[15] = tstz_array(starts, n);
+	dims[0] = n;
+	values[21] = PointerGetDatum(construct_array(slots, n, INT4OID, 4, true, TYPALIGN_INT));
+	values[22] = PointerGetDatum(construct_md_array(allowances, allowance_nulls, 1, dims, lbs,
+													INT8OID, 8, FLOAT8PASSBYVAL,
+													TYPALIGN_DOUBLE));
+	values[23] = PointerGetDatum(construct_array(masks, n, INT4OID, 4, true, TYPALIGN_INT));
 	nulls[16] = nulls[17] = nulls[18] = nulls[20] = 'n';
 	values[19] = QuotaMicroToNumeric(0);
 	if (extra)
@@ -549,6 +876,33 @@ emit_events(int64 tenant_id, QuotaRow *r)
 {
 	int			i;
 
+	if (r->slots > 1)
+	{
+		/*
+		 * Escrow: no call sees the exact total, so a threshold is emitted by
+		 * the first call of each slot that sees the committed total past it,
+		 * and the slot remembers it in its events_mask: exactly once per
+		 * period (the unique key), at the latest one call per slot late.
+		 */
+		CounterUpdate *u;
+
+		if (!r->touched || r->charged < 0)
+			return;
+		u = &r->upd[r->charged];
+		for (i = 0; i < r->nthresholds; i++)
+			if (!(u->mask & (1 << i)) &&
+				(int128) r->new_used * 100 >= (int128) r->max_units * r->thresholds[i])
+			{
+				emit_event(tenant_id, r, "threshold", r->thresholds[i], r->max_units);
+				u->mask |= (1 << i);
+			}
+		if (r->has_soft && !(u->mask & (1 << 30)) && r->new_used >= r->soft_limit)
+		{
+			emit_event(tenant_id, r, "soft_limit", 0, r->soft_limit);
+			u->mask |= (1 << 30);
+		}
+		return;
+	}
 	if (r->new_used <= r->old_used)
 		return;
 	for (i = 0; i < r->nthresholds; i++)
@@ -748,17 +1102,24 @@ decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock
 	{
 		QuotaRow   *r = &rows[i];
 		int64		amount = r->metric_cost ? cost : r->metric_calls ? calls : units;
+		bool		over;
 
-		QuotaPeriodBounds(r->period, tz, at, &r->start, &r->end);
-		r->old_used = (r->counter_start == r->start) ? r->used : 0;
-		if (pg_add_s64_overflow(r->old_used, amount, &r->new_used))
-			ereport(ERROR,
-					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-					 errmsg("quota %lld would overflow", (long long) r->quota_id),
-					 errdetail("%lld used, %lld requested.", (long long) r->old_used,
-							   (long long) amount)));
-		r->touched = true;
-		if (r->new_used > r->max_units)
+		if (r->slots > 1)
+			over = r->multi_deny;	/* acquire_slots decided */
+		else
+		{
+			QuotaPeriodBounds(r->period, tz, at, &r->start, &r->end);
+			r->old_used = (r->counter_start == r->start) ? r->used : 0;
+			if (pg_add_s64_overflow(r->old_used, amount, &r->new_used))
+				ereport(ERROR,
+						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+						 errmsg("quota %lld would overflow", (long long) r->quota_id),
+						 errdetail("%lld used, %lld requested.", (long long) r->old_used,
+								   (long long) amount)));
+			r->touched = true;
+			over = r->new_used > r->max_units;
+		}
+		if (over)
 		{
 			if (r->on_exceed == 'b')
 			{
@@ -993,6 +1354,7 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 	text	   *tz;
 	TimestampTz infinity;
 	UsageExtra	extra;
+	int			i;
 
 	memset(d, 0, sizeof(*d));
 	memset(&extra, 0, sizeof(extra));
@@ -1040,15 +1402,27 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 		tz = cstring_to_text(pol.timezone);
 		TIMESTAMP_NOEND(infinity);
 		n = lock_counters(req->tenant_id, pol.model_id, req->user_id, req->key_id,
-						  infinity, rows);
+						  infinity, pol.has_slots, rows);
 		at = charge_instant(rows, n);
 		clock = at;
 		charge_cost(req, &pol, at, rows, n, &extra, d);
+		/* escrow quotas come after the single-row ones, in quota_id order */
+		for (i = 0; i < n; i++)
+		{
+			QuotaRow   *r = &rows[i];
+
+			if (r->slots == 1)
+				continue;
+			QuotaPeriodBounds(r->period, tz, at, &r->start, &r->end);
+			acquire_slots(req->tenant_id, r,
+						  r->metric_cost ? extra.cost_micro : r->metric_calls ? 1 : req->units);
+		}
 		if (decide_quotas(rows, n, tz, at, clock, 1,
 						  req->units, extra.cost_micro, d, &overage))
 		{
-			int			i;
-
+			/* events first: escrow slots record theirs in the row written below */
+			for (i = 0; i < n; i++)
+				emit_events(req->tenant_id, &rows[i]);
 			if (req->reserve)
 				reservation_id = next_reservation_id();
 			d->usage_id = write_usage(req->tenant_id, 0, at,
@@ -1063,8 +1437,6 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 								   req->ttl, &extra);
 				d->reservation_id = reservation_id;
 			}
-			for (i = 0; i < n; i++)
-				emit_events(req->tenant_id, &rows[i]);
 		}
 	}
 done:
@@ -1112,25 +1484,45 @@ adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 
 	int			i;
 	TimestampTz clock = GetCurrentTimestamp();
 
-	n = lock_counters(tenant_id, model_id, user_id, key_id, occurred_at, rows);
+	n = lock_counters(tenant_id, model_id, user_id, key_id, occurred_at, true, rows);
 	*nrows = n;
 	for (i = 0; i < n; i++)
 	{
 		QuotaRow   *r = &rows[i];
 		int64		delta = r->metric_cost ? cost : r->metric_calls ? calls : units;
+		bool		fits = true;
 
 		QuotaPeriodBounds(r->period, tz, occurred_at, &r->start, &r->end);
-		r->touched = (r->counter_start == r->start && delta != 0);
-		if (!r->touched)
-			continue;
-		r->old_used = r->used;
-		if (pg_add_s64_overflow(r->used, delta, &r->new_used))
-			ereport(ERROR,
-					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-					 errmsg("quota %lld would overflow", (long long) r->quota_id)));
-		if (r->new_used < 0)
-			r->new_used = 0;
-		if (check && delta > 0 && r->on_exceed == 'b' && r->new_used > r->max_units)
+		if (r->slots > 1)
+		{
+			/* escrow: all slots, in slot order, unless it moved on */
+			bool		moved_on = false;
+
+			r->touched = false;
+			if (delta == 0)
+				continue;
+			lock_all_slots(tenant_id, r, &moved_on);
+			if (moved_on)
+				continue;
+			fits = lay_out_slots(r, 0, delta, check && r->on_exceed == 'b');
+			r->used = r->old_used;
+			r->touched = fits;
+		}
+		else
+		{
+			r->touched = (r->counter_start == r->start && delta != 0);
+			if (!r->touched)
+				continue;
+			r->old_used = r->used;
+			if (pg_add_s64_overflow(r->used, delta, &r->new_used))
+				ereport(ERROR,
+						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+						 errmsg("quota %lld would overflow", (long long) r->quota_id)));
+			if (r->new_used < 0)
+				r->new_used = 0;
+			fits = !(check && delta > 0 && r->on_exceed == 'b' && r->new_used > r->max_units);
+		}
+		if (!fits)
 		{
 			d->allowed = false;
 			d->denied_by = denied_quota;
@@ -1660,13 +2052,13 @@ quota_settle(PG_FUNCTION_ARGS)
 		{
 			int			i;
 
+			for (i = 0; i < n; i++)
+				if (rows[i].touched)
+					emit_events(tenant_id, &rows[i]);
 			d.usage_id = write_usage(tenant_id, 0, res.occurred_at, "settle", res.model_id,
 									 res.user_id, res.key_id, 0, delta, 0, res.usage_id,
 									 reservation_id, NULL, rows, n, &extra);
 			d.cost_micro = actual_cost;
-			for (i = 0; i < n; i++)
-				if (rows[i].touched)
-					emit_events(tenant_id, &rows[i]);
 		}
 		else
 			unbilled = delta;
@@ -1855,9 +2247,13 @@ quota_expire_reservations(PG_FUNCTION_ARGS)
 		1, {INT4OID}
 	};
 	static QuotaPlan lock_tenant = {
-		"SELECT 1 FROM quota_ext.quota_counters "
-		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
-		"ORDER BY quota_id, slot FOR NO KEY UPDATE",
+		/* the hot path's order: single-row quotas, then escrow slots */
+		"SELECT 1 FROM quota_ext.quota_counters c "
+		"JOIN quota_ext.quotas q ON q.tenant_id OPERATOR(pg_catalog.=) c.tenant_id "
+		"                       AND q.quota_id OPERATOR(pg_catalog.=) c.quota_id "
+		"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 "
+		"ORDER BY q.slots OPERATOR(pg_catalog.>) 1, c.quota_id, c.slot "
+		"FOR NO KEY UPDATE OF c",
 		1, {INT8OID}
 	};
 	static QuotaPlan relock = {

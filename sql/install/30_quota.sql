@@ -40,6 +40,10 @@ CREATE TABLE quota_ext.quotas (
 	currency      char(3)
 	              CHECK (currency OPERATOR(pg_catalog.~) '^[A-Z]{3}$'),
 	CHECK ((metric OPERATOR(pg_catalog.=) 'cost') OPERATOR(pg_catalog.=) (currency IS NOT NULL)),
+	-- escrow slots for hot tenants (doc/design.md §5): 1 = one counter row
+	slots         integer NOT NULL DEFAULT 1
+	              CHECK (slots OPERATOR(pg_catalog.>=) 1 AND slots OPERATOR(pg_catalog.<=) 64),
+	CHECK (slots OPERATOR(pg_catalog.=) 1 OR on_exceed OPERATOR(pg_catalog.=) 'block'),
 	PRIMARY KEY (tenant_id, quota_id),
 	UNIQUE NULLS NOT DISTINCT (tenant_id, period, metric, model_id, user_id, key_id),
 	FOREIGN KEY (tenant_id, user_id) REFERENCES quota_ext.users (tenant_id, user_id),
@@ -57,12 +61,63 @@ CREATE TABLE quota_ext.quota_counters (
 	slot          integer NOT NULL DEFAULT 0,
 	period_start  timestamptz NOT NULL DEFAULT '-infinity',
 	used          bigint NOT NULL DEFAULT 0 CHECK (used OPERATOR(pg_catalog.>=) 0),
+	-- escrow (slots > 1 only): this slot's share of the limit in its period,
+	-- and the thresholds this slot has seen emitted (bit i = thresholds[i+1],
+	-- bit 30 = soft limit)
+	allowance     bigint,
+	events_mask   integer NOT NULL DEFAULT 0,
 	PRIMARY KEY (tenant_id, quota_id, slot),
 	FOREIGN KEY (tenant_id, quota_id) REFERENCES quota_ext.quotas (tenant_id, quota_id)
 		ON DELETE CASCADE
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE quota_ext.quota_counters IS
-	'Units used in the current period of each quota (period_start says which period)';
+	'Units used in the current period of each quota (period_start says which period); one row per escrow slot';
+
+-- Rebuild the counters of a quota with its current number of slots: the
+-- current period's total goes to slot 0, and the limit is split into
+-- allowances so that slot 0 holds what it used plus its share of the slack.
+-- Called by quota_set when slots or the limit of a multi-slot quota change.
+CREATE FUNCTION quota_ext._counters_rebuild(tenant_id bigint, quota_id bigint) RETURNS void
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	q quota_ext.quotas;
+	tz text;
+	cur timestamptz;
+	total bigint;
+	slack bigint;
+	i integer;
+BEGIN
+	SELECT * INTO q FROM quota_ext.quotas
+	 WHERE tenant_id = _counters_rebuild.tenant_id AND quota_id = _counters_rebuild.quota_id;
+	SELECT t.timezone INTO tz FROM quota_ext.tenants t WHERE t.tenant_id = q.tenant_id;
+	cur := (quota_ext.period_bounds(q.period, tz, clock_timestamp())).period_start;
+	-- every slot, in slot order, like the hot path
+	PERFORM 1 FROM quota_ext.quota_counters c
+	 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
+	 ORDER BY c.slot FOR UPDATE;
+	SELECT coalesce(sum(c.used) FILTER (WHERE c.period_start = cur), 0) INTO total
+	  FROM quota_ext.quota_counters c WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id;
+	DELETE FROM quota_ext.quota_counters c WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id;
+	IF q.slots = 1 THEN
+		INSERT INTO quota_ext.quota_counters (tenant_id, quota_id, slot, period_start, used)
+		VALUES (q.tenant_id, q.quota_id, 0, cur, total);
+		RETURN;
+	END IF;
+	slack := greatest(q.max_units - total, 0);
+	FOR i IN 0 .. q.slots - 1 LOOP
+		INSERT INTO quota_ext.quota_counters (tenant_id, quota_id, slot, period_start, used, allowance)
+		VALUES (q.tenant_id, q.quota_id, i, cur,
+		        CASE WHEN i = 0 THEN total ELSE 0 END,
+		        (CASE WHEN i = 0 THEN total ELSE 0 END)
+		        + slack / q.slots + CASE WHEN i < slack % q.slots THEN 1 ELSE 0 END);
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._counters_rebuild(bigint, bigint) IS
+	'Internal: lay out a quota''s counter rows for its number of escrow slots';
 
 -- The usage ledger: append-only.  occurred_at is the instant the row counts
 -- in (its periods); created_at when it was written.  A refund or settlement
@@ -293,7 +348,7 @@ CREATE FUNCTION quota_ext.quota_set(tenant_id bigint, period text, max_units big
 	model text DEFAULT NULL, metric text DEFAULT 'calls', soft_limit bigint DEFAULT NULL,
 	on_exceed text DEFAULT 'block', user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
 	thresholds integer[] DEFAULT '{80,100}', max_cost numeric DEFAULT NULL,
-	currency text DEFAULT NULL) RETURNS bigint
+	currency text DEFAULT NULL, slots integer DEFAULT NULL) RETURNS bigint
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
@@ -346,6 +401,14 @@ BEGIN
 	IF m <> ALL (ARRAY['calls', 'units', 'cost']) THEN
 		RAISE EXCEPTION 'invalid metric "%"', left(m, 64)
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use calls, units or cost.';
+	END IF;
+	IF quota_set.slots IS NOT NULL AND (quota_set.slots < 1 OR quota_set.slots > 64) THEN
+		RAISE EXCEPTION 'slots must be between 1 and 64' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF quota_set.slots > 1 AND quota_set.on_exceed <> 'block' THEN
+		RAISE EXCEPTION 'only blocking quotas can have escrow slots'
+			USING ERRCODE = 'invalid_parameter_value',
+			      HINT = 'Alert and overage quotas never deny, so one counter row does not serialize them more than the usage insert.';
 	END IF;
 	IF quota_set.on_exceed <> ALL (ARRAY['block', 'alert', 'overage']) THEN
 		RAISE EXCEPTION 'invalid on_exceed "%"', left(quota_set.on_exceed, 64)
@@ -402,27 +465,36 @@ BEGIN
 	END IF;
 	IF old.quota_id IS NULL THEN
 		INSERT INTO quota_ext.quotas (tenant_id, period, period_label, metric, model_id, user_id, key_id,
-		                              max_units, soft_limit, on_exceed, thresholds, currency)
+		                              max_units, soft_limit, on_exceed, thresholds, currency, slots)
 		VALUES (t.tenant_id, p, lower(quota_set.period), m, mid, quota_set.user_id,
 		        quota_set.key_id, lim, quota_set.soft_limit, quota_set.on_exceed,
-		        quota_set.thresholds, cur)
+		        quota_set.thresholds, cur, coalesce(quota_set.slots, 1))
 		RETURNING * INTO new;
-		INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) VALUES (t.tenant_id, new.quota_id);
+		IF new.slots = 1 THEN
+			INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) VALUES (t.tenant_id, new.quota_id);
+		ELSE
+			PERFORM quota_ext._counters_rebuild(t.tenant_id, new.quota_id);
+		END IF;
 	ELSE
 		UPDATE quota_ext.quotas SET period_label = lower(quota_set.period),
 		       max_units = lim, soft_limit = quota_set.soft_limit,
 		       on_exceed = quota_set.on_exceed, thresholds = quota_set.thresholds,
+		       slots = coalesce(quota_set.slots, slots),
 		       origin = 'tenant', updated_at = now()
 		 WHERE tenant_id = t.tenant_id AND quota_id = old.quota_id
 		RETURNING * INTO new;
+		-- escrow allowances follow the limit; a change of slots re-lays the rows
+		IF new.slots > 1 OR old.slots > 1 THEN
+			PERFORM quota_ext._counters_rebuild(t.tenant_id, new.quota_id);
+		END IF;
 	END IF;
 	PERFORM quota_ext._audit(t.tenant_id, 'quota_set', 'quota', new.quota_id::text,
 	                         to_jsonb(old), to_jsonb(new));
 	RETURN new.quota_id;
 END
 $$;
-COMMENT ON FUNCTION quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text) IS
-	'Create or change the quota of a scope (tenant, or one model, user or key); a money budget with max_cost and currency; the count of the current period is kept';
+COMMENT ON FUNCTION quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text, integer) IS
+	'Create or change the quota of a scope (tenant, or one model, user or key); a money budget with max_cost and currency; slots > 1 spreads a hot quota over escrow rows; the count of the current period is kept';
 
 CREATE FUNCTION quota_ext.quota_delete(tenant_id bigint, quota_id bigint) RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -557,12 +629,11 @@ BEGIN
 	       CASE WHEN q.metric = 'cost' THEN round(greatest(q.max_units - s.used, 0) / 1000000.0, 6) END
 	  FROM quota_ext.quotas q
 	  JOIN quota_ext.tenants t ON t.tenant_id = q.tenant_id
-	  JOIN quota_ext.quota_counters c ON c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
-	                                 AND c.slot = 0
 	  LEFT JOIN quota_ext.models m ON m.model_id = q.model_id
 	  CROSS JOIN LATERAL quota_ext.period_bounds(q.period, t.timezone, clock_timestamp()) b
-	  CROSS JOIN LATERAL (SELECT CASE WHEN c.period_start = b.period_start THEN c.used
-	                                  ELSE 0 END AS used) s
+	  CROSS JOIN LATERAL (SELECT coalesce(sum(c.used) FILTER (WHERE c.period_start = b.period_start), 0)::bigint AS used
+	                        FROM quota_ext.quota_counters c
+	                       WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id) s
 	 WHERE q.tenant_id = quota_status.tenant_id
 	   AND (quota_status.model IS NULL OR q.model_id IS NULL OR q.model_id = mid)
 	   AND (quota_status.user_id IS NULL OR q.user_id IS NULL OR q.user_id = quota_status.user_id)
@@ -678,7 +749,7 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.tenant_summary(bigint)
 	TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION
-	quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text),
+	quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text, integer),
 	quota_ext.quota_delete(bigint, bigint),
 	quota_ext.quota_expire_reservations(integer)
 	TO quota_ext_admin;

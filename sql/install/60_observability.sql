@@ -82,11 +82,11 @@ SELECT q.tenant_id, q.quota_id, q.period_label AS period, q.metric, m.name AS mo
        q.on_exceed
   FROM quota_ext.quotas q
   JOIN quota_ext.tenants t ON t.tenant_id = q.tenant_id
-  JOIN quota_ext.quota_counters c ON c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
-                                 AND c.slot = 0
   LEFT JOIN quota_ext.models m ON m.model_id = q.model_id
  CROSS JOIN LATERAL quota_ext.period_bounds(q.period, t.timezone, clock_timestamp()) b
- CROSS JOIN LATERAL (SELECT CASE WHEN c.period_start = b.period_start THEN c.used ELSE 0 END AS used) s;
+ CROSS JOIN LATERAL (SELECT coalesce(sum(c.used) FILTER (WHERE c.period_start = b.period_start), 0)::bigint AS used
+                       FROM quota_ext.quota_counters c
+                      WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id) s;
 COMMENT ON VIEW quota_ext.quota_usage IS
 	'Every quota with its use in the current period (money for cost quotas) and percent of the limit';
 
