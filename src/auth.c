@@ -335,6 +335,39 @@ QuotaAuthenticate(text *keytext)
 }
 
 /*
+ * QuotaKeyRecheck
+ *		Is the key that authenticated this transaction still good: not
+ *		revoked or expired, its user and tenant active?  Raises the error of
+ *		authenticate() (28000) when not.  For quota.c, which calls it inside
+ *		its SPI session after a request waited for a lock, so that a key
+ *		revoked meanwhile admits nothing more (checklist L6).
+ */
+void
+QuotaKeyRecheck(int64 tenant_id, int64 key_id)
+{
+	static QuotaPlan plan = {
+		"SELECT 1 FROM quota_ext.api_keys k "
+		"JOIN quota_ext.users u ON u.tenant_id OPERATOR(pg_catalog.=) k.tenant_id "
+		"                      AND u.user_id OPERATOR(pg_catalog.=) k.user_id "
+		"JOIN quota_ext.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) k.tenant_id "
+		"WHERE k.tenant_id OPERATOR(pg_catalog.=) $1 "
+		"  AND k.key_id OPERATOR(pg_catalog.=) $2 "
+		"  AND k.revoked_at IS NULL "
+		"  AND (k.expires_at IS NULL OR k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()) "
+		"  AND u.status OPERATOR(pg_catalog.=) 'active' "
+		"  AND t.status OPERATOR(pg_catalog.=) 'active'",
+		2, {INT8OID, INT8OID}
+	};
+	Datum		values[2];
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(key_id);
+	QuotaSpiExec(&plan, values, NULL, false, 1);
+	if (SPI_processed != 1)
+		quota_invalid_key();
+}
+
+/*
  * quota_ext.authenticate(api_key text)
  *		RETURNS (tenant_id bigint, user_id bigint, role text)
  *

@@ -3,14 +3,15 @@
  * period.c
  *		Calendar periods of quotas in the tenant's time zone.
  *
- * A period starts at date_trunc(unit, at, tenant time zone) — the same
- * function SQL users know, DST-correct because PostgreSQL truncates in local
- * time and converts back with the zone's rules.  It ends one unit of *local*
- * time later: start is converted to local time, the unit is added there
- * (timestamp + interval has no time zone), and the result converted back.
- * So a day is 23 or 25 hours across a DST change and a month always ends at
- * local midnight on the 1st.  Weeks are ISO weeks (Monday).  A lifetime
- * period starts at -infinity and never ends.
+ * A day, week, month or year is a span of *local* calendar time: at is
+ * converted to local time and truncated there (L, as date_trunc(unit, at,
+ * tz) does), and the period is [L, L + one unit) converted back with the
+ * zone's rules.  So a day is 23 or 25 hours across a DST change, a month
+ * always ends at local midnight on the 1st, and every period ends exactly
+ * where the next begins, even in zones where local midnight is skipped or
+ * repeated (see QuotaPeriodBounds).  Weeks are ISO weeks (Monday).  Minutes
+ * and hours are fixed lengths of time starting at a local minute or hour.
+ * A lifetime period starts at -infinity and never ends.
  *
  *-------------------------------------------------------------------------
  */
@@ -84,10 +85,6 @@ QuotaPeriodBounds(QuotaPeriod p, text *tz, TimestampTz at,
 		TIMESTAMP_NOEND(*end);
 		return;
 	}
-	*start = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_trunc_zone,
-													 CStringGetTextDatum(period_names[p]),
-													 TimestampTzGetDatum(at),
-													 PointerGetDatum(tz)));
 	switch (p)
 	{
 		case QUOTA_PERIOD_MINUTE:
@@ -114,11 +111,35 @@ QuotaPeriodBounds(QuotaPeriod p, text *tz, TimestampTz at,
 	if (p == QUOTA_PERIOD_MINUTE || p == QUOTA_PERIOD_HOUR)
 	{
 		/* fixed-length units: no local-time detour (a DST hour is an hour) */
+		*start = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_trunc_zone,
+														 CStringGetTextDatum(period_names[p]),
+														 TimestampTzGetDatum(at),
+														 PointerGetDatum(tz)));
 		*end = *start + one.time;
 		return;
 	}
+	/*
+	 * Both ends come from the truncated *local* time L: start = L in tz, end
+	 * = L + one unit in tz, so a period ends exactly where the next begins.
+	 * (Converting start back to local time is not the same thing when local
+	 * midnight does not exist: America/Santiago skips 00:00-01:00 on its
+	 * spring-forward day, start resolves to 01:00, and start + 1 day would
+	 * overlap the next day by an hour.)  When L happens twice (America/Havana
+	 * falls back from 01:00 to 00:00), PostgreSQL resolves it to the later
+	 * instant, which lies after the first pass through that hour; such an
+	 * instant belongs to the previous period, whose end is that same start.
+	 */
 	local = DirectFunctionCall2(timestamptz_zone, PointerGetDatum(tz),
-								TimestampTzGetDatum(*start));
+								TimestampTzGetDatum(at));
+	local = DirectFunctionCall2(timestamp_trunc,
+								CStringGetTextDatum(period_names[p]), local);
+	*start = DatumGetTimestampTz(DirectFunctionCall2(timestamp_zone, PointerGetDatum(tz), local));
+	if (*start > at)
+	{
+		local = DirectFunctionCall2(timestamp_mi_interval, local, IntervalPGetDatum(&one));
+		*start = DatumGetTimestampTz(DirectFunctionCall2(timestamp_zone, PointerGetDatum(tz),
+														 local));
+	}
 	local = DirectFunctionCall2(timestamp_pl_interval, local, IntervalPGetDatum(&one));
 	*end = DatumGetTimestampTz(DirectFunctionCall2(timestamp_zone, PointerGetDatum(tz), local));
 }

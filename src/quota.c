@@ -26,6 +26,10 @@
  *		slot order and the limit re-split (acquire_slots).  A transaction
  *		waiting there holds no slot of that quota, and holders of its slots
  *		wait only on later quotas, so the order stays acyclic.
+ *	 4a. a request that waited for a lock in 2 or 4 reads the policy, the
+ *		tenant's status and its quotas again before deciding (invoke() also
+ *		its key): a change committed while it waited applies to it
+ *		(recheck_after_wait).  One that did not wait reads nothing more.
  *	 5. decide in C: the period of each quota is computed from one instant
  *		taken after the locks (so under a counter's lock time never goes
  *		backwards), a counter whose period_start is older is read as 0, and
@@ -59,6 +63,7 @@
 #include "utils/jsonb.h"
 #include "utils/builtins.h"
 #include "utils/numeric.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(quota_consume);
@@ -104,6 +109,7 @@ typedef struct ConsumeRequest
 	int64		user_id;		/* 0: unknown */
 	int64		key_id;			/* 0: unknown */
 	const char *role;			/* NULL: none */
+	bool		key_authenticated;	/* invoke(): key_id was checked by this call */
 	bool		reserve;
 	Interval   *ttl;			/* reserve only */
 	UsageTokens tokens;			/* optional input/output tokens */
@@ -301,6 +307,20 @@ check_positive(int64 v, const char *name)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be positive", name),
 				 errdetail("Got %lld.", (long long) v)));
+}
+
+/*
+ * check_writable
+ *		Every function below writes.  In a read-only transaction (or on a
+ *		standby) say so first, with PostgreSQL's own SQLSTATE and wording
+ *		(25006), rather than failing inside whichever internal statement
+ *		writes first, with that statement as CONTEXT.  (Found by
+ *		test/sql/consume.sql, checklist F11.)
+ */
+static void
+check_writable(const char *fn)
+{
+	PreventCommandIfReadOnly(fn);
 }
 
 static const char *
@@ -1337,6 +1357,68 @@ count_decision(int64 tenant_id, const Decision *d)
 }
 
 /*
+ * lock_wait_mark
+ *		Changes whenever this backend starts to sleep on a heavyweight lock
+ *		(a row lock, or another transaction's uncommitted idempotency key):
+ *		ProcSleep arms the deadlock timeout each time it goes to sleep, and
+ *		the timeout keeps its start time.  Two reads that differ mean "this
+ *		request waited in between".
+ */
+static TimestampTz
+lock_wait_mark(void)
+{
+	return get_timeout_start_time(DEADLOCK_TIMEOUT);
+}
+
+/*
+ * recheck_after_wait
+ *		A request that waited for a counter or an idempotency key decides on
+ *		what is true once it holds them, not on what it read before it
+ *		waited: a limit cut, policy revoke, key revoke or tenant suspension
+ *		that committed in the meantime applies to it.  (Checklist L6; found
+ *		by test/specs/admin_race.spec, where a waiting consume used to pass
+ *		after each of these had committed.)  READ COMMITTED gives each
+ *		statement a new snapshot, and the counters are already locked, so
+ *		re-reading the policy and the quota rows sees the change without
+ *		waiting again, unless a quota was added meanwhile; then loop.
+ *		Uncontended requests never wait and pay nothing.  With rows NULL
+ *		(after the escrow slots were taken) only the policy, the tenant and
+ *		the key are read again.
+ *
+ *		Returns false when the request is now denied by its tenant or
+ *		policy (pol says which).  invoke(), which checked its key in this
+ *		same statement, also checks it again and raises authenticate()'s
+ *		error if it was revoked meanwhile; a context set by an earlier
+ *		authenticate() stays valid until its transaction ends, as
+ *		documented (test/specs/key_revoke.spec).  Otherwise rows and *n are
+ *		fresh.
+ */
+static bool
+recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, QuotaPolicyResult *pol,
+				   QuotaRow *rows, int *n)
+{
+	int64		model_id = pol->model_id;
+	TimestampTz infinity;
+
+	TIMESTAMP_NOEND(infinity);
+	while (lock_wait_mark() != *mark)
+	{
+		*mark = lock_wait_mark();
+		if (req->key_authenticated)
+			QuotaKeyRecheck(req->tenant_id, req->key_id);
+		QuotaPolicyEvaluate(req->tenant_id, req->model, req->role, pol);
+		if (!pol->tenant_found || !pol->tenant_active || !pol->allowed)
+			return false;
+		/* the counters locked are the model's that was resolved first */
+		pol->model_id = model_id;
+		if (rows)
+			*n = lock_counters(req->tenant_id, model_id, req->user_id, req->key_id,
+							   infinity, pol->has_slots, rows);
+	}
+	return true;
+}
+
+/*
  * QuotaConsume
  *		The whole request: see the file header.  Runs its own SPI session.
  */
@@ -1355,6 +1437,7 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 	TimestampTz infinity;
 	UsageExtra	extra;
 	int			i;
+	TimestampTz wait_mark = lock_wait_mark();
 
 	memset(d, 0, sizeof(*d));
 	memset(&extra, 0, sizeof(extra));
@@ -1403,6 +1486,12 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 		TIMESTAMP_NOEND(infinity);
 		n = lock_counters(req->tenant_id, pol.model_id, req->user_id, req->key_id,
 						  infinity, pol.has_slots, rows);
+		if (!recheck_after_wait(req, &wait_mark, &pol, rows, &n))
+		{
+			d->allowed = false;
+			d->denied_by = pol.tenant_active ? denied_policy : denied_tenant;
+			goto done;
+		}
 		at = charge_instant(rows, n);
 		clock = at;
 		charge_cost(req, &pol, at, rows, n, &extra, d);
@@ -1416,6 +1505,13 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 			QuotaPeriodBounds(r->period, tz, at, &r->start, &r->end);
 			acquire_slots(req->tenant_id, r,
 						  r->metric_cost ? extra.cost_micro : r->metric_calls ? 1 : req->units);
+		}
+		/* taking every slot of an escrow quota may have waited too */
+		if (!recheck_after_wait(req, &wait_mark, &pol, NULL, NULL))
+		{
+			d->allowed = false;
+			d->denied_by = pol.tenant_active ? denied_policy : denied_tenant;
+			goto done;
 		}
 		if (decide_quotas(rows, n, tz, at, clock, 1,
 						  req->units, extra.cost_micro, d, &overage))
@@ -1552,6 +1648,37 @@ adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 
 	return true;
 }
 
+/*
+ * overage_change
+ *		The overage_units of an adjusting usage row (settle, refund,
+ *		release): the change in units beyond the limit of the overage
+ *		quotas it touched (the largest), negative when units are given back.
+ *		So sum(overage_units) over the ledger stays the overage a period
+ *		owes, as quota_consume marks it.  (Adjustments wrote 0 before: a
+ *		settle above the estimate went past an overage limit unmarked, and a
+ *		refund or cancel left the original overage billed; found by
+ *		test/sql/consume.sql.)  Cost quotas count money, not units: skipped.
+ */
+static int64
+overage_change(const QuotaRow *rows, int n)
+{
+	int64		change = 0;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		const QuotaRow *r = &rows[i];
+		int64		c;
+
+		if (!r->touched || r->on_exceed != 'o' || r->metric_cost)
+			continue;
+		c = Max(r->new_used - r->max_units, 0) - Max(r->old_used - r->max_units, 0);
+		if ((c < 0 ? -c : c) > (change < 0 ? -change : change))
+			change = c;
+	}
+	return change;
+}
+
 typedef struct Reservation
 {
 	int64		usage_id;
@@ -1564,6 +1691,7 @@ typedef struct Reservation
 	int64		actual;
 	char		status[16];
 	int64		closing_usage_id;
+	int64		unbilled;
 	int64		price_id;		/* 0: unpriced */
 	int64		cost_micro;		/* of the estimate */
 	UsageTokens tokens;			/* estimated */
@@ -1580,7 +1708,7 @@ reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
 		"         WHERE u.tenant_id OPERATOR(pg_catalog.=) r.tenant_id "
 		"           AND u.reservation_id OPERATOR(pg_catalog.=) r.reservation_id "
 		"           AND u.kind OPERATOR(pg_catalog.<>) 'reserve'), "
-		"       r.price_id, r.cost, r.input_tokens, r.output_tokens "
+		"       r.price_id, r.cost, r.input_tokens, r.output_tokens, r.unbilled "
 		"FROM quota_ext.reservations r "
 		"WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 "
 		"  AND r.reservation_id OPERATOR(pg_catalog.=) $2 "
@@ -1624,6 +1752,7 @@ reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
 	v = SPI_getbinval(tup, desc, 13, &isnull);
 	res->tokens.has_output = !isnull;
 	res->tokens.output = isnull ? 0 : DatumGetInt64(v);
+	res->unbilled = DatumGetInt64(SPI_getbinval(tup, desc, 14, &isnull));
 	return true;
 }
 
@@ -1684,7 +1813,8 @@ release_reservation(int64 tenant_id, int64 reservation_id, Reservation *res,
 	adjust_counters(tenant_id, res->occurred_at, res->model_id, res->user_id, res->key_id,
 					-1, -res->estimate, -res->cost_micro, false, rows, &n, &ignored);
 	usage_id = write_usage(tenant_id, 0, res->occurred_at, "release", res->model_id,
-						   res->user_id, res->key_id, -1, -res->estimate, 0, res->usage_id,
+						   res->user_id, res->key_id, -1, -res->estimate,
+						   overage_change(rows, n), res->usage_id,
 						   reservation_id, NULL, rows, n, &extra);
 	reservation_close(tenant_id, reservation_id, status, false, 0, 0);
 	return usage_id;
@@ -1789,6 +1919,7 @@ quota_consume(PG_FUNCTION_ARGS)
 	ConsumeRequest req;
 	Decision	d;
 
+	check_writable("quota_consume()");
 	consume_args(fcinfo, &req);
 	QuotaConsume(&req, &d);
 	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
@@ -1860,6 +1991,7 @@ quota_consume_or_raise(PG_FUNCTION_ARGS)
 	ConsumeRequest req;
 	Decision	d;
 
+	check_writable("quota_consume_or_raise()");
 	consume_args(fcinfo, &req);
 	QuotaConsume(&req, &d);
 	if (!d.allowed)
@@ -1881,6 +2013,7 @@ invoke(PG_FUNCTION_ARGS)
 	Decision	d;
 	const QuotaContext *ctx;
 
+	check_writable("invoke()");
 	QuotaArgNotNull(fcinfo, 0, "api_key");
 	QuotaArgNotNull(fcinfo, 1, "model");
 	QuotaArgNotNull(fcinfo, 2, "units");
@@ -1896,6 +2029,7 @@ invoke(PG_FUNCTION_ARGS)
 	req.tenant_id = ctx->tenant_id;
 	req.user_id = ctx->user_id;
 	req.key_id = ctx->key_id;
+	req.key_authenticated = true;
 	req.role = ctx->role[0] ? pstrdup(ctx->role) : NULL;
 	QuotaConsume(&req, &d);
 	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
@@ -1915,6 +2049,7 @@ quota_reserve(PG_FUNCTION_ARGS)
 	Interval   *ttl;
 	const QuotaContext *ctx;
 
+	check_writable("quota_reserve()");
 	memset(&req, 0, sizeof(req));
 	QuotaArgNotNull(fcinfo, 0, "tenant_id");
 	QuotaArgNotNull(fcinfo, 1, "model");
@@ -1988,6 +2123,7 @@ quota_settle(PG_FUNCTION_ARGS)
 	QuotaPrice	price;
 	int64		actual_cost;
 
+	check_writable("quota_settle()");
 	QuotaArgNotNull(fcinfo, 0, "tenant_id");
 	QuotaArgNotNull(fcinfo, 1, "reservation_id");
 	QuotaArgNotNull(fcinfo, 2, "actual");
@@ -2008,7 +2144,13 @@ quota_settle(PG_FUNCTION_ARGS)
 	d.reservation_id = reservation_id;
 	if (strcmp(res.status, "settled") == 0 && res.has_actual && res.actual == actual)
 	{
-		d.allowed = true;
+		/*
+		 * The same answer as the first settle: not allowed when its excess
+		 * could not be charged.  (It said allowed = true before; found by
+		 * test/sql/consume.sql.)
+		 */
+		d.allowed = (res.unbilled == 0);
+		d.denied_by = d.allowed ? NULL : denied_quota;
 		d.replayed = true;
 		d.usage_id = res.closing_usage_id ? res.closing_usage_id : res.usage_id;
 		QuotaSpiEnd(&spi);
@@ -2056,7 +2198,8 @@ quota_settle(PG_FUNCTION_ARGS)
 				if (rows[i].touched)
 					emit_events(tenant_id, &rows[i]);
 			d.usage_id = write_usage(tenant_id, 0, res.occurred_at, "settle", res.model_id,
-									 res.user_id, res.key_id, 0, delta, 0, res.usage_id,
+									 res.user_id, res.key_id, 0, delta,
+									 overage_change(rows, n), res.usage_id,
 									 reservation_id, NULL, rows, n, &extra);
 			d.cost_micro = actual_cost;
 		}
@@ -2084,6 +2227,7 @@ quota_cancel(PG_FUNCTION_ARGS)
 	QuotaSpiState spi;
 	Decision	d;
 
+	check_writable("quota_cancel()");
 	QuotaArgNotNull(fcinfo, 0, "tenant_id");
 	QuotaArgNotNull(fcinfo, 1, "reservation_id");
 	tenant_id = PG_GETARG_INT64(0);
@@ -2158,6 +2302,7 @@ quota_refund(PG_FUNCTION_ARGS)
 	Decision	d;
 	UsageExtra	extra;
 
+	check_writable("quota_refund()");
 	QuotaArgNotNull(fcinfo, 0, "tenant_id");
 	QuotaArgNotNull(fcinfo, 1, "usage_id");
 	tenant_id = PG_GETARG_INT64(0);
@@ -2214,7 +2359,8 @@ quota_refund(PG_FUNCTION_ARGS)
 	adjust_counters(tenant_id, occurred_at, model_id, user_id, key_id, -1, -units,
 					extra.cost_micro, false, rows, &n, &d);
 	d.usage_id = write_usage(tenant_id, refund_id, occurred_at, "refund", model_id, user_id,
-							 key_id, -1, -units, 0, usage_id, 0, NULL, rows, n, &extra);
+							 key_id, -1, -units, overage_change(rows, n), usage_id, 0, NULL,
+							 rows, n, &extra);
 	if (extra.price_id != 0)
 	{
 		d.has_cost = true;
@@ -2273,6 +2419,7 @@ quota_expire_reservations(PG_FUNCTION_ARGS)
 	int			done = 0;
 	int64		locked_tenant = 0;
 
+	check_writable("quota_expire_reservations()");
 	QuotaArgNotNull(fcinfo, 0, "batch");
 	batch = PG_GETARG_INT32(0);
 	if (batch <= 0)

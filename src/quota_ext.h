@@ -70,6 +70,7 @@ extern void QuotaRaiseUnknownTenant(int64 tenant_id) pg_attribute_noreturn();
 /* auth.c: API keys */
 extern void QuotaAuthInit(void);
 extern void QuotaAuthenticate(text *api_key);
+extern void QuotaKeyRecheck(int64 tenant_id, int64 key_id);
 
 /* ratelimit.c / gcra.c: rate limits (GCRA in shared memory) */
 typedef enum QuotaGcraStatus
