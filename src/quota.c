@@ -1868,11 +1868,69 @@ decision_datum(FunctionCallInfo fcinfo, const Decision *d)
 	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
 }
 
+/*
+ * request_identity
+ *		User, key and role of a request: the authenticated caller's by
+ *		default.  Under a context set from an API key, explicit arguments
+ *		must name that same user, key and role — a key cannot act as another
+ *		user or claim another role (42501); admin callers (no context, or
+ *		set_tenant) may name any.  Arguments user_arg, user_arg+1 (key) and
+ *		user_arg+2 (role).
+ */
+static void
+request_identity(FunctionCallInfo fcinfo, int user_arg, ConsumeRequest *req)
+{
+	const QuotaContext *ctx = QuotaContextGet();
+	bool		from_key = ctx && ctx->tenant_id == req->tenant_id && ctx->key_id != 0;
+
+	if (ctx && ctx->tenant_id == req->tenant_id)
+	{
+		req->user_id = ctx->user_id;
+		req->key_id = ctx->key_id;
+		if (ctx->role[0])
+			req->role = ctx->role;
+	}
+	if (!PG_ARGISNULL(user_arg))
+	{
+		int64		v = PG_GETARG_INT64(user_arg);
+
+		if (from_key && v != req->user_id)
+			goto impersonation;
+		req->user_id = v;
+	}
+	if (!PG_ARGISNULL(user_arg + 1))
+	{
+		int64		v = PG_GETARG_INT64(user_arg + 1);
+
+		if (from_key && v != req->key_id)
+			goto impersonation;
+		req->key_id = v;
+	}
+	if (!PG_ARGISNULL(user_arg + 2))
+	{
+		char	   *v = text_to_cstring(PG_GETARG_TEXT_PP(user_arg + 2));
+
+		if (from_key && (req->role == NULL || strcmp(v, req->role) != 0))
+			goto impersonation;
+		req->role = v;
+	}
+	if (req->user_id < 0 || req->key_id < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("user_id and key_id must be positive")));
+	return;
+
+impersonation:
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("an API key's transaction cannot act as another user, key or role"),
+			 errhint("Leave user_id, key_id and role NULL: they come from the authenticated key.")));
+}
+
 /* arguments (tenant_id, model, units, idempotency_key, user_id, key_id, role) */
 static void
 consume_args(FunctionCallInfo fcinfo, ConsumeRequest *req)
 {
-	const QuotaContext *ctx;
 
 	memset(req, 0, sizeof(*req));
 	QuotaArgNotNull(fcinfo, 0, "tenant_id");
@@ -1884,26 +1942,7 @@ consume_args(FunctionCallInfo fcinfo, ConsumeRequest *req)
 	check_positive(req->units, "units");
 	req->idem_key = check_idem_key(fcinfo, 3);
 	QuotaCheckTenantAccess(req->tenant_id);
-
-	/* user, key and role default to the authenticated caller's */
-	ctx = QuotaContextGet();
-	if (ctx && ctx->tenant_id == req->tenant_id)
-	{
-		req->user_id = ctx->user_id;
-		req->key_id = ctx->key_id;
-		if (ctx->role[0])
-			req->role = ctx->role;
-	}
-	if (!PG_ARGISNULL(4))
-		req->user_id = PG_GETARG_INT64(4);
-	if (!PG_ARGISNULL(5))
-		req->key_id = PG_GETARG_INT64(5);
-	if (!PG_ARGISNULL(6))
-		req->role = text_to_cstring(PG_GETARG_TEXT_PP(6));
-	if (req->user_id < 0 || req->key_id < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("user_id and key_id must be positive")));
+	request_identity(fcinfo, 4, req);
 	check_metering_args(fcinfo, 7, &req->tokens, &req->metadata);
 }
 
@@ -2047,7 +2086,6 @@ quota_reserve(PG_FUNCTION_ARGS)
 	ConsumeRequest req;
 	Decision	d;
 	Interval   *ttl;
-	const QuotaContext *ctx;
 
 	check_writable("quota_reserve()");
 	memset(&req, 0, sizeof(req));
@@ -2069,20 +2107,7 @@ quota_reserve(PG_FUNCTION_ARGS)
 	req.reserve = true;
 	req.idem_key = check_idem_key(fcinfo, 4);
 	QuotaCheckTenantAccess(req.tenant_id);
-	ctx = QuotaContextGet();
-	if (ctx && ctx->tenant_id == req.tenant_id)
-	{
-		req.user_id = ctx->user_id;
-		req.key_id = ctx->key_id;
-		if (ctx->role[0])
-			req.role = ctx->role;
-	}
-	if (!PG_ARGISNULL(5))
-		req.user_id = PG_GETARG_INT64(5);
-	if (!PG_ARGISNULL(6))
-		req.key_id = PG_GETARG_INT64(6);
-	if (!PG_ARGISNULL(7))
-		req.role = text_to_cstring(PG_GETARG_TEXT_PP(7));
+	request_identity(fcinfo, 5, &req);
 	check_metering_args(fcinfo, 8, &req.tokens, &req.metadata);
 	QuotaConsume(&req, &d);
 	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
