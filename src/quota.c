@@ -58,6 +58,7 @@
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -1438,6 +1439,14 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 	UsageExtra	extra;
 	int			i;
 	TimestampTz wait_mark = lock_wait_mark();
+
+	/*
+	 * A writer: refuse a read-only transaction (or a standby) with 25006
+	 * before anything else.  Otherwise such a call would still charge the
+	 * rate-limit buckets, which a rollback does not give back, and answer
+	 * policy and rate-limit denials that a writable call would not.
+	 */
+	PreventCommandIfReadOnly(req->reserve ? "quota_reserve()" : "quota_consume()");
 
 	memset(d, 0, sizeof(*d));
 	memset(&extra, 0, sizeof(extra));
