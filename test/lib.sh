@@ -46,7 +46,8 @@ build_and_install() {
 # as_unprivileged CMD...: initdb refuses root, so clusters run as postgres.
 as_unprivileged() {
 	if [ "$(id -u)" -eq 0 ]; then
-		runuser -u postgres -- env PATH="$PATH" CI="${CI:-}" QUOTA_SOAK="${QUOTA_SOAK:-}" "$@"
+		runuser -u postgres -- env PATH="$PATH" CI="${CI:-}" QUOTA_SOAK="${QUOTA_SOAK:-}" \
+			QUOTA_TMPFS="${QUOTA_TMPFS:-}" QUOTA_TMPFS_WAL="${QUOTA_TMPFS_WAL:-}" "$@"
 	else
 		"$@"
 	fi
@@ -80,4 +81,34 @@ cluster_stop() {
 # free_port: a port nobody listens on (Unix sockets, so only our dirs matter).
 free_port() {
 	echo $((20000 + ($$ % 20000) + RANDOM % 1000))
+}
+
+# tmpfs_setup DIR: as root, mount two small tmpfs under DIR for the
+# disk-full tests, owned by the unprivileged user, and export their paths:
+# QUOTA_TMPFS (8 MB, a tablespace: test/t/064_disk_full.pl) and
+# QUOTA_TMPFS_WAL (96 MB, a pg_wal: test/t/065_wal_full.pl).  Without root
+# or mount permission nothing is exported and those tests skip.
+tmpfs_setup() {
+	local dir=$1 name size var
+	[ "$(id -u)" -eq 0 ] || return 0
+	for name in data:8M:QUOTA_TMPFS wal:96M:QUOTA_TMPFS_WAL; do
+		IFS=: read -r name size var <<<"$name"
+		mkdir -p "$dir/tmpfs_$name"
+		if mount -t tmpfs -o "size=$size,mode=0700" tmpfs "$dir/tmpfs_$name" 2>/dev/null; then
+			chown postgres: "$dir/tmpfs_$name"
+			export "$var=$dir/tmpfs_$name"
+		else
+			log "cannot mount a tmpfs: the disk-full tests will skip"
+			return 0
+		fi
+	done
+}
+
+# tmpfs_teardown DIR: unmount what tmpfs_setup mounted.
+tmpfs_teardown() {
+	local d
+	for d in "$1/tmpfs_data" "$1/tmpfs_wal"; do
+		mountpoint -q "$d" 2>/dev/null && umount "$d"
+	done
+	return 0
 }
