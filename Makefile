@@ -6,10 +6,12 @@ MODULE_big  = quota_ext
 OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 
 # The install script is assembled from one file per subsystem (sql/install/NN_*.sql),
-# mirroring src/; upgrade scripts quota_ext--A--B.sql are kept as released.
+# mirroring src/; upgrade scripts quota_ext--A--B.sql are kept as released, and
+# so are the install scripts of released versions (quota_ext--A.sql, frozen
+# copies of what was built for A), so test/t/067_upgrade.pl can install them.
 INSTALL_PARTS = $(sort $(wildcard sql/install/*.sql))
 DATA_built  = sql/$(EXTENSION)--$(EXTVERSION).sql
-DATA        = $(wildcard sql/$(EXTENSION)--*--*.sql)
+DATA        = $(filter-out $(DATA_built),$(wildcard sql/$(EXTENSION)--*.sql))
 
 # pg_regress inputs live in test/sql, isolation specs in test/specs; expected
 # outputs of both in expected/ (test/expected is a symlink to it, because the

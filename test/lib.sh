@@ -47,7 +47,8 @@ build_and_install() {
 as_unprivileged() {
 	if [ "$(id -u)" -eq 0 ]; then
 		runuser -u postgres -- env PATH="$PATH" CI="${CI:-}" QUOTA_SOAK="${QUOTA_SOAK:-}" \
-			QUOTA_TMPFS="${QUOTA_TMPFS:-}" QUOTA_TMPFS_WAL="${QUOTA_TMPFS_WAL:-}" "$@"
+			QUOTA_TMPFS="${QUOTA_TMPFS:-}" QUOTA_TMPFS_WAL="${QUOTA_TMPFS_WAL:-}" \
+			UPGRADE_FROM="${UPGRADE_FROM:-}" "$@"
 	else
 		"$@"
 	fi
