@@ -1713,7 +1713,7 @@ reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
 	static QuotaPlan plan = {
 		"SELECT r.usage_id, r.occurred_at, r.model_id, r.user_id, r.key_id, r.estimate, "
 		"       r.actual, r.status, "
-		"       (SELECT max(u.usage_id) FROM quota_ext.usage u "
+		"       (SELECT pg_catalog.max(u.usage_id) FROM quota_ext.usage u "
 		"         WHERE u.tenant_id OPERATOR(pg_catalog.=) r.tenant_id "
 		"           AND u.reservation_id OPERATOR(pg_catalog.=) r.reservation_id "
 		"           AND u.kind OPERATOR(pg_catalog.<>) 'reserve'), "

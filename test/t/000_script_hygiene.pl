@@ -2,7 +2,8 @@
 # checklist B8; CVE-2020-14350 / CVE-2022-2625 class): no OR REPLACE, no
 # IF NOT EXISTS, no quoted @extschema@/@extowner@, every SECURITY DEFINER
 # function pins search_path, the control file is fixed-schema, not
-# relocatable, not trusted.  Runs on the source tree; no server needed.
+# relocatable, not trusted; and (B6) the SQL strings in src/*.c call only
+# schema-qualified functions.  Runs on the source tree; no server needed.
 use strict;
 use warnings;
 use Test::More;
@@ -41,6 +42,41 @@ for my $f (@scripts)
 		}
 	}
 	is($n_pinned, $n_definer, "$f: all $n_definer SECURITY DEFINER functions pin search_path");
+}
+
+# SQL that C code runs through SPI is planned under the caller's
+# search_path (doc/design.md, "How functions reach tables"), with the
+# owner's privileges: every function it calls must be schema-qualified.
+# Checks every string literal (adjacent ones joined) that holds a
+# SELECT/INSERT/UPDATE/DELETE for an unqualified name followed by "(" that
+# is not SQL syntax (COALESCE, EXISTS, VALUES, ...) nor an alias column
+# list ("AS v(a, b)").
+my %syntax = map { $_ => 1 } qw(any all exists in values from rows coalesce greatest least nullif array row
+  cast on using filter over lateral with as and or not where select insert into update set delete conflict
+  returning join order by partition case when then else end distinct limit offset group having union except
+  intersect window substring position trim extract overlay nothing do is null);
+my @c_files = glob('src/*.c');
+ok(@c_files > 0, 'found C sources');
+for my $f (@c_files)
+{
+	open my $fh, '<', $f or die "$f: $!";
+	local $/;
+	my $c = <$fh>;
+	close $fh;
+	$c =~ s{/\*.*?\*/}{}gs;
+	my @unqualified;
+	for my $lits ($c =~ /((?:"(?:[^"\\]|\\.)*"\s*)+)/g)
+	{
+		my $sql = join '', ($lits =~ /"((?:[^"\\]|\\.)*)"/g);
+		next unless $sql =~ /\b(SELECT|INSERT|UPDATE|DELETE)\b/;
+		while ($sql =~ /(?<![.\w"])([a-z_][a-z0-9_]*)\s*\(/g)
+		{
+			my ($name, $before) = ($1, substr($sql, 0, $-[0]));
+			next if $syntax{ lc $name } || $before =~ /\bAS\s*$/i;
+			push @unqualified, $name;
+		}
+	}
+	is("@unqualified", '', "$f: SQL run through SPI calls only schema-qualified functions");
 }
 
 open my $ctl, '<', 'quota_ext.control' or die $!;

@@ -1,0 +1,427 @@
+--
+-- search_path attacks at call time on every function a role may execute.
+-- Checklist: B6 (test/sql/search_path.sql covers authenticate and the
+-- foundation's admin functions; this file covers all of them, the hot path
+-- included, and fails when a new function is not covered).
+--
+-- Three identical fixture sets (tenants spa-1-*, spa-2-*, spa-3-*).  The
+-- same calls run on set 1 with a normal search_path, on set 2 with
+-- search_path = evil, pg_catalog, public and on set 3 with
+-- search_path = pg_temp, evil, pg_catalog, each in a fresh session (so the
+-- extension prepares its plans under that path).  evil holds, made by the
+-- application role itself:
+--   * a copy of every pg_catalog operator on the types the extension uses,
+--   * every overload of the pg_catalog functions the extension (or careless
+--     code) calls, and a few aggregates,
+--   * views named like every table of the extension and a few catalogs,
+-- and pg_temp holds views with the same names.  Every hostile object bumps
+-- the sequence evil.calls and raises.  Pass: every call's outcome (result
+-- or SQLSTATE and message, with digits and API keys masked) is the same
+-- on all three sets, the data the calls leave behind is the same, and
+-- evil.calls was never used.
+--
+-- Calls live in public.spa_calls, written by hand so each one succeeds (or
+-- fails) meaningfully; being the application's own SQL, they spell their
+-- operators OPERATOR(pg_catalog.=) like the extension does.  A function that a role may execute and that has no
+-- call gets one generated from the catalog (arguments by name and type),
+-- so it is still attacked; it is listed below under "generated", which
+-- changes this file's output: add a real call for it.
+--
+\set SHOW_CONTEXT never
+SET client_min_messages = warning;
+CREATE ROLE qx_spa_app LOGIN IN ROLE quota_ext_app;
+CREATE ROLE qx_spa_admin LOGIN IN ROLE quota_ext_admin;
+SELECT current_database() AS db \gset
+GRANT CREATE ON DATABASE :"db" TO qx_spa_app, qx_spa_admin;
+--
+-- fixtures: three identical sets, their ids in public.spa_fix
+--
+CREATE TABLE public.spa_fix (s int, k text, v text, PRIMARY KEY (s, k));
+CREATE FUNCTION pg_temp.fixture(s int) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+	p text := 'spa-' || s || '-';
+	a bigint; b bigint; c bigint; u bigint; kid bigint; kid2 bigint; kid3 bigint;
+	key text; q bigint; qd bigint; rule bigint; ruled bigint; r1 bigint; r2 bigint; u1 bigint;
+BEGIN
+	a := quota_ext.tenant_create(p || 'a', 'enterprise', 'Europe/Berlin');
+	b := quota_ext.tenant_create(p || 'b', 'enterprise');
+	c := quota_ext.tenant_create(p || 'c', 'pro');
+	PERFORM quota_ext.model_register(p || 'g', 'acme');
+	PERFORM quota_ext.model_register(p || 'own', owner_tenant_id => a);
+	PERFORM quota_ext.policy_set(a, p || 'g', true);
+	PERFORM quota_ext.policy_set(a, p || 'own', true, ARRAY['admin']);
+	SELECT x.user_id, x.api_key INTO u, key FROM quota_ext.user_create(a, 'spa' || s || '@a.example', 'admin') x;
+	SELECT k.key_id INTO kid FROM quota_ext.api_keys k WHERE k.tenant_id = a;
+	kid2 := (quota_ext.api_key_create(a, u, 'to-rotate')).key_id;
+	kid3 := (quota_ext.api_key_create(a, u, 'to-revoke')).key_id;
+	q := quota_ext.quota_set(a, 'day', 1000, p || 'g');
+	qd := quota_ext.quota_set(a, 'month', 100000, p || 'g', 'units');
+	rule := quota_ext.rate_limit_set(a, 1000, 60, 100);
+	ruled := quota_ext.rate_limit_set(a, 500, 60, 100, p || 'g');
+	r1 := (quota_ext.quota_reserve(a, p || 'g', 10)).reservation_id;
+	r2 := (quota_ext.quota_reserve(a, p || 'g', 4)).reservation_id;
+	PERFORM quota_ext.policy_set(b, p || 'g', true);
+	u1 := (quota_ext.quota_consume(a, p || 'g', 6)).usage_id;
+	INSERT INTO public.spa_fix VALUES (s, 'a', a), (s, 'b', b), (s, 'c', c), (s, 'u', u), (s, 'kid', kid),
+		(s, 'kid2', kid2), (s, 'kid3', kid3), (s, 'key', key), (s, 'q', q), (s, 'qd', qd), (s, 'rule', rule),
+		(s, 'ruled', ruled), (s, 'r1', r1), (s, 'r2', r2), (s, 'u1', u1), (s, 'g', p || 'g'),
+		(s, 'own', p || 'own'), (s, 'p', p);
+END
+$$;
+SELECT pg_temp.fixture(s) FROM generate_series(1, 3) s;
+--
+-- the calls: {name} is replaced by the set's value of name
+--
+CREATE TABLE public.spa_calls (ord int PRIMARY KEY, fn regprocedure NOT NULL, role text NOT NULL, sql text NOT NULL,
+	generated boolean NOT NULL DEFAULT false);
+INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
+	(10, 'quota_ext.authenticate(text)', 'app', $q$SELECT tenant_id OPERATOR(pg_catalog.=) {a} AND user_id OPERATOR(pg_catalog.=) {u}, role FROM quota_ext.authenticate('{key}')$q$),
+	(11, 'quota_ext.current_tenant_id()', 'app', $q$SELECT quota_ext.current_tenant_id() OPERATOR(pg_catalog.=) {a}$q$),
+	(12, 'quota_ext.current_context()', 'app', $q$SELECT * FROM quota_ext.current_context()$q$),
+	(13, 'quota_ext.policy_check(bigint,text,text)', 'app', $q$SELECT quota_ext.policy_check({a}, '{g}'), quota_ext.policy_check({a}, '{own}', 'member')$q$),
+	(14, 'quota_ext.period_bounds(text,text,timestamptz)', 'app', $q$SELECT * FROM quota_ext.period_bounds('day', 'Europe/Berlin', '2026-03-29 12:00+00')$q$),
+	(15, 'quota_ext.quota_consume(bigint,text,bigint,text,bigint,bigint,text)', 'app', $q$SELECT allowed, denied_by, period, "limit", remaining, replayed FROM quota_ext.quota_consume({a}, '{g}', 2, 'idem-1')$q$),
+	(16, 'quota_ext.quota_consume(bigint,text,bigint,text,bigint,bigint,text)', 'app', $q$SELECT allowed, replayed FROM quota_ext.quota_consume({a}, '{g}', 2, 'idem-1')$q$),
+	(17, 'quota_ext.quota_consume_or_raise(bigint,text,bigint,text,bigint,bigint,text)', 'app', $q$SELECT allowed, remaining FROM quota_ext.quota_consume_or_raise({a}, '{g}', 1)$q$),
+	(18, 'quota_ext.invoke(text,text,bigint,text)', 'app', $q$SELECT allowed, remaining, replayed FROM quota_ext.invoke('{key}', '{g}', 3, 'idem-2')$q$),
+	(19, 'quota_ext.quota_reserve(bigint,text,bigint,interval,text,bigint,bigint,text)', 'app', $q$SELECT allowed, reservation_id IS NOT NULL FROM quota_ext.quota_reserve({a}, '{g}', 5, '1 hour', 'idem-3')$q$),
+	(20, 'quota_ext.quota_settle(bigint,bigint,bigint)', 'app', $q$SELECT allowed, replayed FROM quota_ext.quota_settle({a}, {r1}, 3)$q$),
+	(21, 'quota_ext.quota_cancel(bigint,bigint)', 'app', $q$SELECT allowed, replayed FROM quota_ext.quota_cancel({a}, {r2})$q$),
+	(22, 'quota_ext.quota_refund(bigint,bigint)', 'app', $q$SELECT allowed, replayed FROM quota_ext.quota_refund({a}, {u1})$q$),
+	(23, 'quota_ext.quota_status(bigint,text,bigint,bigint)', 'app', $q$SELECT period, metric, model_name, "limit", used, remaining, on_exceed, origin FROM quota_ext.quota_status({a})$q$),
+	(24, 'quota_ext.tenant_summary(bigint)', 'app', $q$SELECT quota_ext.tenant_summary({a}) OPERATOR(pg_catalog.-) 'tenant'$q$),
+	(25, 'quota_ext.gcra_eval(bigint,bigint,integer,integer,integer,integer)', 'app', $q$SELECT * FROM quota_ext.gcra_eval(0, 1000000000, 5, 10, 60, 1)$q$),
+	(26, 'quota_ext.rate_limit_check(text,integer,integer,integer,integer)', 'app', $q$SELECT limited, "limit", remaining FROM quota_ext.rate_limit_check('{p}key', 5, 10, 60)$q$),
+	(27, 'quota_ext.tenant_rate_limit_check(text,integer,integer,integer,integer)', 'app', $q$SELECT limited, "limit", remaining FROM quota_ext.tenant_rate_limit_check('key', 5, 10, 60)$q$),
+	(28, 'quota_ext.rate_limit_apply(bigint,text,integer,bigint)', 'app', $q$SELECT limited, "limit", remaining FROM quota_ext.rate_limit_apply({a}, '{g}')$q$),
+	(29, 'quota_ext.clear_tenant()', 'app', $q$SELECT quota_ext.clear_tenant()$q$),
+	-- error paths
+	(30, 'quota_ext.quota_consume(bigint,text,bigint,text,bigint,bigint,text)', 'app', $q$SELECT * FROM quota_ext.quota_consume({a}, 'no-such-model', 1)$q$),
+	(31, 'quota_ext.quota_consume(bigint,text,bigint,text,bigint,bigint,text)', 'app', $q$SELECT * FROM quota_ext.quota_consume({b}, '{g}', 1)$q$),
+	(32, 'quota_ext.invoke(text,text,bigint,text)', 'app', $q$SELECT * FROM quota_ext.invoke('{key}x', '{g}')$q$),
+	(33, 'quota_ext.quota_consume(bigint,text,bigint,text,bigint,bigint,text)', 'app', $q$SELECT * FROM quota_ext.quota_consume({a}, '{g}', 1, 'idem-1')$q$),
+	(34, 'quota_ext.quota_settle(bigint,bigint,bigint)', 'app', $q$SELECT * FROM quota_ext.quota_settle({a}, {r1}, 4)$q$),
+	-- admin
+	(50, 'quota_ext.set_tenant(bigint)', 'admin', $q$SELECT quota_ext.set_tenant({a}), quota_ext.current_tenant_id() OPERATOR(pg_catalog.=) {a}$q$),
+	(51, 'quota_ext.tenant_create(text,text,text,jsonb)', 'admin', $q$SELECT quota_ext.tenant_create('{p}new', 'pro', 'Asia/Tokyo', '{"plan": "x"}') OPERATOR(pg_catalog.>) {a}$q$),
+	(52, 'quota_ext.tenant_update(bigint,text,text,text,jsonb,jsonb)', 'admin', $q$SELECT quota_ext.tenant_update({b}, tier => 'premium', settings => '{"x": 1}', features => '{"f": true}')$q$),
+	(53, 'quota_ext.tenant_suspend(bigint)', 'admin', $q$SELECT quota_ext.tenant_suspend({b})$q$),
+	(54, 'quota_ext.tenant_activate(bigint)', 'admin', $q$SELECT quota_ext.tenant_activate({b})$q$),
+	(55, 'quota_ext.user_create(bigint,text,text)', 'admin', $q$SELECT user_id OPERATOR(pg_catalog.>) {u}, api_key FROM quota_ext.user_create({b}, 'New@Spa.example', 'viewer')$q$),
+	(56, 'quota_ext.user_update(bigint,bigint,text,text)', 'admin', $q$SELECT quota_ext.user_update({a}, {u}, role => 'admin', status => 'active')$q$),
+	(57, 'quota_ext.api_key_create(bigint,bigint,text,timestamptz)', 'admin', $q$SELECT key_id OPERATOR(pg_catalog.>) {kid3}, api_key FROM quota_ext.api_key_create({a}, {u}, 'ci', '2999-01-01')$q$),
+	(58, 'quota_ext.api_key_rotate(bigint,bigint,interval)', 'admin', $q$SELECT new_key_id OPERATOR(pg_catalog.>) {kid3}, api_key FROM quota_ext.api_key_rotate({a}, {kid2}, '1 hour')$q$),
+	(59, 'quota_ext.api_key_revoke(bigint,bigint)', 'admin', $q$SELECT quota_ext.api_key_revoke({a}, {kid3})$q$),
+	(60, 'quota_ext.model_register(text,text,bigint,text,jsonb)', 'admin', $q$SELECT quota_ext.model_register('{p}new-model', 'acme', {b}, 'd', '{"ctx": 8}') OPERATOR(pg_catalog.>) 0$q$),
+	(61, 'quota_ext.policy_set(bigint,text,boolean,text[])', 'admin', $q$SELECT quota_ext.policy_set({b}, '{p}*', true, ARRAY['admin', 'viewer']) OPERATOR(pg_catalog.>) 0$q$),
+	(62, 'quota_ext.policy_delete(bigint,text)', 'admin', $q$SELECT quota_ext.policy_delete({b}, '{g}')$q$),
+	(63, 'quota_ext.model_share(bigint,text,bigint)', 'admin', $q$SELECT quota_ext.model_share({a}, '{own}', {b})$q$),
+	(64, 'quota_ext.model_unshare(bigint,text,bigint)', 'admin', $q$SELECT quota_ext.model_unshare({a}, '{own}', {b})$q$),
+	(65, 'quota_ext.quota_set(bigint,text,bigint,text,text,bigint,text,bigint,bigint,integer[])', 'admin', $q$SELECT quota_ext.quota_set({a}, 'weekly', 50, '{g}', 'units', soft_limit => 40, thresholds => '{50,90}') OPERATOR(pg_catalog.>) {qd}$q$),
+	(66, 'quota_ext.quota_delete(bigint,bigint)', 'admin', $q$SELECT quota_ext.quota_delete({a}, {qd})$q$),
+	(67, 'quota_ext.quota_expire_reservations(integer)', 'admin', $q$SELECT quota_ext.quota_expire_reservations(1)$q$),
+	(68, 'quota_ext.rate_limit_status()', 'admin', $q$SELECT slots OPERATOR(pg_catalog.>) 0, partitions OPERATOR(pg_catalog.>) 0 FROM quota_ext.rate_limit_status()$q$),
+	(69, 'quota_ext.rate_limit_set(bigint,integer,integer,integer,text,bigint)', 'admin', $q$SELECT quota_ext.rate_limit_set({a}, 100, 60, 5, key_id => {kid}) OPERATOR(pg_catalog.>) {ruled}$q$),
+	(70, 'quota_ext.rate_limit_delete(bigint,bigint)', 'admin', $q$SELECT quota_ext.rate_limit_delete({a}, {ruled})$q$),
+	(71, 'quota_ext.tenant_close(bigint)', 'admin', $q$SELECT quota_ext.tenant_close({c})$q$),
+	(72, 'quota_ext.tenant_create(text,text,text,jsonb)', 'admin', $q$SELECT quota_ext.tenant_create('{p}a')$q$),
+	(73, 'quota_ext.tenant_create(text,text,text,jsonb)', 'admin', $q$SELECT quota_ext.tenant_create('{p}x', 'free', 'Mars/Base')$q$),
+	(74, 'quota_ext.quota_set(bigint,text,bigint,text,text,bigint,text,bigint,bigint,integer[])', 'admin', $q$SELECT quota_ext.quota_set({a}, 'fortnight', 5)$q$),
+	(75, 'quota_ext.policy_set(bigint,text,boolean,text[])', 'admin', $q$SELECT quota_ext.policy_set({a}, 'no-such-model', true)$q$);
+-- every function a role may execute and no call above names gets a
+-- generated call: arguments without a default, by name, else by type
+INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
+SELECT 100 + row_number() OVER (ORDER BY p.oid::regprocedure::text), p.oid,
+       CASE WHEN has_function_privilege('quota_ext_app', p.oid, 'EXECUTE') THEN 'app' ELSE 'admin' END,
+       format('SELECT * FROM quota_ext.%I(%s)', p.proname,
+              (SELECT string_agg(CASE
+                         WHEN n IN ('tenant_id', 'owner_tenant_id') THEN '{a}'
+                         WHEN n = 'grantee_tenant_id' THEN '{b}'
+                         WHEN n = 'user_id' THEN '{u}'
+                         WHEN n = 'key_id' THEN '{kid}'
+                         WHEN n = 'quota_id' THEN '{q}'
+                         WHEN n = 'reservation_id' THEN '{r1}'
+                         WHEN n = 'usage_id' THEN '{u1}'
+                         WHEN n = 'rule_id' THEN '{rule}'
+                         WHEN n = 'model' THEN quote_literal('{g}')
+                         WHEN n = 'api_key' THEN quote_literal('{key}')
+                         WHEN t IN ('bigint', 'integer', 'smallint', 'numeric') THEN '1'
+                         WHEN t = 'boolean' THEN 'true'
+                         WHEN t = 'interval' THEN '''1 hour'''
+                         WHEN t IN ('timestamp with time zone', 'date') THEN '''2026-01-01'''
+                         WHEN t = 'jsonb' THEN '''{}'''
+                         WHEN t = 'text' THEN '''x'''
+                         ELSE 'NULL' END || '::' || t, ', ' ORDER BY i)
+                 FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY AS a(typ, i),
+                      LATERAL (SELECT format_type(a.typ, NULL) AS t,
+                                      coalesce(p.proargnames[i], '') AS n) x
+                WHERE i <= p.pronargs - p.pronargdefaults)),
+       true
+  FROM pg_proc p
+ WHERE p.pronamespace = 'quota_ext'::regnamespace
+   AND (has_function_privilege('quota_ext_app', p.oid, 'EXECUTE')
+        OR has_function_privilege('quota_ext_admin', p.oid, 'EXECUTE'))
+   AND p.oid NOT IN (SELECT fn FROM public.spa_calls);
+-- the catalog check: these need a real call above (expected: none)
+SELECT fn AS "generated (add a call)" FROM public.spa_calls WHERE generated ORDER BY ord;
+SELECT count(DISTINCT fn) AS functions_called,
+       (SELECT count(*) FROM pg_proc p WHERE p.pronamespace = 'quota_ext'::regnamespace
+           AND (has_function_privilege('quota_ext_app', p.oid, 'EXECUTE')
+                OR has_function_privilege('quota_ext_admin', p.oid, 'EXECUTE'))) AS functions_executable
+  FROM public.spa_calls;
+--
+-- the driver: runs one role's calls on one set with the given search_path.
+-- Its own statements run with a pinned path; only the calls (and the
+-- authenticate / clear_tenant before each) run under p_path.  An error
+-- rolls the subtransaction back, which also restores the pinned path.
+--
+CREATE TABLE public.spa_res (s int, ord int, fn text, outcome text, PRIMARY KEY (s, ord));
+GRANT SELECT ON public.spa_fix, public.spa_calls TO PUBLIC;
+GRANT SELECT, INSERT ON public.spa_res TO PUBLIC;
+CREATE FUNCTION public.spa_run(p_set int, p_role text, p_path text) RETURNS bigint
+	LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	c record;
+	f record;
+	q text;
+	res text;
+	st text;
+	auth boolean;
+	pinned text := current_setting('search_path');
+	key text := (SELECT v FROM public.spa_fix WHERE s = p_set AND k = 'key');
+	n bigint := 0;
+BEGIN
+	FOR c IN SELECT * FROM public.spa_calls WHERE role = p_role ORDER BY ord LOOP
+		q := c.sql;
+		FOR f IN SELECT k, v FROM public.spa_fix WHERE s = p_set LOOP
+			q := replace(q, '{' || f.k || '}', f.v);
+		END LOOP;
+		q := format('SELECT pg_catalog.string_agg(x::text, '' '' ORDER BY x::text) FROM (%s) x', q);
+		auth := p_role = 'app' AND c.fn <> 'quota_ext.clear_tenant()'::regprocedure;
+		BEGIN
+			-- from here to the reset, no expression may use an operator or
+			-- an unqualified function: they would resolve under p_path
+			PERFORM pg_catalog.set_config('search_path', p_path, true);
+			IF auth THEN
+				EXECUTE 'SELECT quota_ext.authenticate($1)' USING key;
+			ELSE
+				EXECUTE 'SELECT quota_ext.clear_tenant()';
+			END IF;
+			EXECUTE q INTO res;
+			PERFORM pg_catalog.set_config('search_path', pinned, true);
+			st := 'ok';
+			res := coalesce(res, '(none)');
+		EXCEPTION WHEN OTHERS THEN
+			st := 'ERROR ' || SQLSTATE;
+			res := SQLERRM;
+		END;
+		-- the set's own numbers, ids and names differ: mask them
+		res := regexp_replace(res, 'qxk_[A-Za-z0-9_]+', 'KEY', 'g');
+		res := regexp_replace(res, '[0-9]+', 'N', 'g');
+		INSERT INTO public.spa_res VALUES (p_set, c.ord, c.fn::text, st || ' ' || res);
+		n := n + 1;
+	END LOOP;
+	RETURN n;
+END
+$$;
+GRANT EXECUTE ON FUNCTION public.spa_run(int, text, text) TO PUBLIC;
+--
+-- set 1: the normal path
+--
+\c - qx_spa_app
+SET client_min_messages = warning;
+SELECT public.spa_run(1, 'app', 'public') IS NOT NULL AS app_calls_ran;
+\c - qx_spa_admin
+SET client_min_messages = warning;
+SELECT public.spa_run(1, 'admin', 'public') IS NOT NULL AS admin_calls_ran;
+--
+-- the hostile schema, made by the application role
+--
+\c - qx_spa_app
+SET client_min_messages = warning;
+CREATE SCHEMA evil;
+GRANT USAGE ON SCHEMA evil TO PUBLIC;
+CREATE SEQUENCE evil.calls;
+GRANT USAGE, SELECT, UPDATE ON SEQUENCE evil.calls TO PUBLIC;
+CREATE FUNCTION evil.raise_any() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_catalog.nextval('evil.calls'); RAISE EXCEPTION 'evil called'; END $$;
+DO $evil$
+DECLARE
+	body text := $b$ BEGIN PERFORM pg_catalog.nextval('evil.calls'); RAISE EXCEPTION 'evil called: %s'; END $b$;
+	r record;
+	fname text;
+	made int := 0;
+BEGIN
+	-- every pg_catalog operator on the types the extension works with
+	FOR r IN SELECT o.oprname, format_type(o.oprleft, NULL) AS l, format_type(o.oprright, NULL) AS rt,
+	                format_type(o.oprresult, NULL) AS res, o.oid
+	           FROM pg_operator o
+	          WHERE o.oprnamespace = 'pg_catalog'::regnamespace AND o.oprkind = 'b'
+	            AND o.oprleft IN ('int8'::regtype, 'int4'::regtype, 'int2'::regtype, 'text'::regtype,
+	                              'timestamptz'::regtype, 'interval'::regtype, 'numeric'::regtype,
+	                              'bool'::regtype, 'jsonb'::regtype, 'bytea'::regtype, 'name'::regtype,
+	                              'oid'::regtype, 'anyarray'::regtype, 'anycompatiblearray'::regtype,
+	                              'anyelement'::regtype, 'anycompatible'::regtype, 'date'::regtype)
+	            AND o.oprright <> 'internal'::regtype LOOP
+		fname := 'op_' || r.oid;
+		BEGIN
+			EXECUTE format('CREATE FUNCTION evil.%I(%s, %s) RETURNS %s LANGUAGE plpgsql AS %L',
+			               fname, r.l, r.rt, r.res, format(body, r.oprname || '(' || r.l || ', ' || r.rt || ')'));
+			EXECUTE format('CREATE OPERATOR evil.%s (LEFTARG = %s, RIGHTARG = %s, FUNCTION = evil.%I)',
+			               r.oprname, r.l, r.rt, fname);
+			made := made + 1;
+		EXCEPTION WHEN OTHERS THEN NULL;
+		END;
+	END LOOP;
+	-- every overload of functions that SQL commonly calls unqualified
+	FOR r IN SELECT p.proname, pg_get_function_arguments(p.oid) AS args, pg_get_function_result(p.oid) AS res
+	           FROM pg_proc p
+	          WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.prokind = 'f'
+	            AND p.proname IN ('now', 'clock_timestamp', 'statement_timestamp', 'transaction_timestamp',
+	                              'lower', 'upper', 'btrim', 'trim', 'length', 'left', 'right', 'substr',
+	                              'substring', 'format', 'concat', 'concat_ws', 'nextval', 'currval', 'setval',
+	                              'make_interval', 'date_trunc', 'date_part', 'extract', 'to_jsonb', 'to_json',
+	                              'jsonb_build_object', 'jsonb_build_array', 'jsonb_typeof', 'jsonb_set',
+	                              'jsonb_object_keys', 'jsonb_each', 'jsonb_array_elements', 'jsonb_strip_nulls',
+	                              'array_length', 'cardinality', 'array_position', 'unnest', 'generate_series',
+	                              'md5', 'sha256', 'encode', 'decode', 'gen_random_uuid', 'random',
+	                              'regexp_replace', 'regexp_match', 'regexp_matches', 'split_part', 'strpos',
+	                              'replace', 'timezone', 'age', 'to_char', 'to_timestamp', 'abs', 'round',
+	                              'floor', 'ceil', 'div', 'mod', 'pg_notify', 'current_setting', 'set_config',
+	                              'pg_backend_pid', 'row_to_json', 'quote_ident', 'quote_literal', 'quote_nullable',
+	                              'format_type', 'has_function_privilege', 'has_table_privilege', 'pg_has_role',
+	                              'txid_current', 'pg_current_xact_id', 'pg_advisory_xact_lock',
+	                              'convert_to', 'convert_from', 'octet_length', 'char_length', 'position',
+	                              'starts_with', 'translate', 'repeat', 'lpad', 'rpad', 'numeric', 'int8', 'text')
+	            AND NOT EXISTS (SELECT 1 FROM unnest(p.proargtypes::oid[] || coalesce(p.proallargtypes, '{}'))
+	                             AS t(t) WHERE t.t IN ('internal'::regtype, 'cstring'::regtype))
+	            AND p.prorettype NOT IN ('internal'::regtype, 'cstring'::regtype) LOOP
+		BEGIN
+			EXECUTE format('CREATE FUNCTION evil.%I(%s) RETURNS %s LANGUAGE plpgsql AS %L',
+			               r.proname, r.args, r.res, format(body, r.proname || '(' || r.args || ')'));
+			made := made + 1;
+		EXCEPTION WHEN OTHERS THEN NULL;
+		END;
+	END LOOP;
+	-- aggregates
+	EXECUTE format('CREATE FUNCTION evil.agg_sfunc(anycompatible, anycompatible) RETURNS anycompatible LANGUAGE plpgsql AS %L', format(body, 'an aggregate'));
+	EXECUTE format('CREATE FUNCTION evil.agg_count(bigint) RETURNS bigint LANGUAGE plpgsql AS %L', format(body, 'count(*)'));
+	FOR r IN SELECT * FROM (VALUES ('sum', 'bigint'), ('sum', 'integer'), ('sum', 'numeric'), ('max', 'bigint'),
+	                               ('max', 'timestamptz'), ('min', 'timestamptz'), ('min', 'bigint'),
+	                               ('max', 'integer')) AS v(n, t) LOOP
+		EXECUTE format('CREATE AGGREGATE evil.%I(%s) (SFUNC = evil.agg_sfunc, STYPE = %s)', r.n, r.t, r.t);
+		made := made + 1;
+	END LOOP;
+	CREATE AGGREGATE evil.count(*) (SFUNC = evil.agg_count, STYPE = bigint, INITCOND = '0');
+	-- look-alike relations: every table and view of the extension, a few catalogs
+	FOR r IN SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'quota_ext'::regnamespace
+	                                            AND c.relkind IN ('r', 'p', 'v', 'm')
+	         UNION SELECT unnest(ARRAY['pg_timezone_names', 'pg_class', 'pg_roles', 'pg_namespace', 'pg_proc',
+	                                   'pg_authid', 'pg_settings', 'pg_extension']) LOOP
+		EXECUTE format('CREATE VIEW evil.%I AS SELECT 1 AS tenant_id FROM evil.raise_any()', r.relname);
+		made := made + 1;
+	END LOOP;
+	RAISE NOTICE 'made %', made;
+END
+$evil$;
+SELECT count(*) > 300 AS hostile_objects FROM pg_proc WHERE pronamespace = 'evil'::regnamespace;
+SELECT count(*) > 100 AS hostile_operators FROM pg_operator WHERE oprnamespace = 'evil'::regnamespace;
+-- the trap is live: unqualified SQL under the hostile path calls it
+SET search_path = evil, pg_catalog, public;
+SELECT 1::bigint = 1::bigint;
+SELECT now();
+SELECT sum(x) FROM (VALUES (1::bigint)) v(x);
+SELECT * FROM tenants;
+RESET search_path;
+SELECT pg_catalog.setval('evil.calls', 1, false) AS calls_reset;
+--
+-- set 2: evil first, in fresh sessions
+--
+\c - qx_spa_app
+SET client_min_messages = warning;
+SET search_path = evil, pg_catalog, public;
+SELECT public.spa_run(2, 'app', 'evil, pg_catalog, public') IS NOT NULL AS app_calls_ran;
+\c - qx_spa_admin
+SET client_min_messages = warning;
+SET search_path = evil, pg_catalog, public;
+SELECT public.spa_run(2, 'admin', 'evil, pg_catalog, public') IS NOT NULL AS admin_calls_ran;
+--
+-- set 3: pg_temp first (temporary look-alike views), then evil
+--
+\c - qx_spa_app
+SET client_min_messages = warning;
+DO $temp$
+DECLARE
+	r record;
+BEGIN
+	FOR r IN SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'quota_ext'::regnamespace
+	                                            AND c.relkind IN ('r', 'p', 'v', 'm')
+	         UNION SELECT unnest(ARRAY['pg_timezone_names', 'pg_roles', 'pg_settings']) LOOP
+		EXECUTE format('CREATE TEMP VIEW %I AS SELECT 1 AS tenant_id FROM evil.raise_any()', r.relname);
+	END LOOP;
+END
+$temp$;
+SET search_path = pg_temp, evil, pg_catalog;
+SELECT public.spa_run(3, 'app', 'pg_temp, evil, pg_catalog') IS NOT NULL AS app_calls_ran;
+\c - qx_spa_admin
+SET client_min_messages = warning;
+DO $temp$
+DECLARE
+	r record;
+BEGIN
+	FOR r IN SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'quota_ext'::regnamespace
+	                                            AND c.relkind IN ('r', 'p', 'v', 'm')
+	         UNION SELECT unnest(ARRAY['pg_timezone_names', 'pg_roles', 'pg_settings']) LOOP
+		EXECUTE format('CREATE TEMP VIEW %I AS SELECT 1 AS tenant_id FROM evil.raise_any()', r.relname);
+	END LOOP;
+END
+$temp$;
+SET search_path = pg_temp, evil, pg_catalog;
+SELECT public.spa_run(3, 'admin', 'pg_temp, evil, pg_catalog') IS NOT NULL AS admin_calls_ran;
+--
+-- the verdict, read with a normal path
+--
+\c - postgres
+SET client_min_messages = warning;
+SELECT pg_catalog.nextval('evil.calls') = 1 AS evil_never_called;
+-- every call, and what it gave on the normal path (ids, numbers and keys masked)
+SELECT c.ord, c.fn, c.role, r.outcome FROM public.spa_calls c JOIN public.spa_res r ON r.ord = c.ord AND r.s = 1
+ ORDER BY c.ord;
+-- calls whose outcome differs under a hostile path (expected: none)
+SELECT r.s AS set, r.ord, r.fn, r.outcome AS hostile, n.outcome AS normal
+  FROM public.spa_res r JOIN public.spa_res n ON n.ord = r.ord AND n.s = 1
+ WHERE r.s > 1 AND r.outcome IS DISTINCT FROM n.outcome
+ ORDER BY 1, 2;
+SELECT s AS set, count(*) AS calls FROM public.spa_res GROUP BY s ORDER BY s;
+-- the data the calls left behind, per set, masked the same way (expected:
+-- identical digests)
+CREATE FUNCTION pg_temp.set_digest(p_set int) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	r record;
+	d text;
+	acc text := '';
+	ids bigint[] := (SELECT array_agg(t.tenant_id) FROM quota_ext.tenants t
+	                  WHERE t.name LIKE 'spa-' || p_set || '-%');
+BEGIN
+	FOR r IN SELECT c.oid::regclass AS rel, c.relname FROM pg_class c
+	          WHERE c.relnamespace = 'quota_ext'::regnamespace AND c.relkind IN ('r', 'p')
+	            AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id')
+	          ORDER BY c.relname LOOP
+		EXECUTE format($f$SELECT md5(coalesce(string_agg(m, E'\n' ORDER BY m), ''))
+		                  FROM (SELECT regexp_replace(regexp_replace(
+		                                 (to_jsonb(t) - 'key_hash' - 'created_at' - 'updated_at')::text,
+		                                 'qxk_[A-Za-z0-9_]+', 'KEY', 'g'), '[0-9]+', 'N', 'g') AS m
+		                          FROM %s t WHERE t.tenant_id = ANY ($1)) y$f$, r.rel) INTO d USING ids;
+		acc := acc || r.relname || '=' || left(d, 8) || ' ';
+	END LOOP;
+	RETURN acc;
+END
+$$;
+SELECT count(DISTINCT pg_temp.set_digest(s)) AS distinct_digests FROM generate_series(1, 3) s;
+-- cleanup
+DROP SCHEMA evil CASCADE;
+DROP FUNCTION public.spa_run(int, text, text);
+DROP TABLE public.spa_res, public.spa_calls, public.spa_fix;
+REVOKE CREATE ON DATABASE :"db" FROM qx_spa_app, qx_spa_admin;
+DROP ROLE qx_spa_app;
+DROP ROLE qx_spa_admin;
