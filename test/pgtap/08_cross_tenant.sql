@@ -28,6 +28,7 @@ SELECT quota_ext.tenant_create('x-c', 'enterprise') AS tc \gset
 SELECT quota_ext.model_register('x-a-own', owner_tenant_id => :ta);
 SELECT quota_ext.model_register('xb-marker-model', owner_tenant_id => :tb);
 SELECT quota_ext.model_share(:tb, 'xb-marker-model', :tc);
+SELECT quota_ext.model_share(:ta, 'x-a-own', :tb);
 SELECT quota_ext.policy_set(t, 'x-g', true) FROM unnest(ARRAY[:ta, :tb, :tc]) t;
 SELECT quota_ext.policy_set(:ta, 'x-a-own', true);
 SELECT quota_ext.policy_set(:tb, 'xb-marker-model', true, ARRAY['admin']);
@@ -36,7 +37,7 @@ SELECT user_id AS ub, api_key AS kb FROM quota_ext.user_create(:tb, 'bob@xb-mark
 SELECT key_id AS kida FROM quota_ext.api_keys WHERE tenant_id = :ta \gset
 SELECT key_id AS kidb FROM quota_ext.api_keys WHERE tenant_id = :tb \gset
 SELECT quota_ext.quota_set(:ta, 'day', 1000, 'x-g') AS qa \gset
-SELECT quota_ext.quota_set(:tb, 'day', 1000, 'xb-marker-model') AS qb \gset
+SELECT quota_ext.quota_set(:tb, 'day', 10, 'xb-marker-model') AS qb \gset
 SELECT quota_ext.quota_set(:tb, 'month', 500, user_id => :ub) AS qb2 \gset
 SELECT quota_ext.rate_limit_set(:ta, 1000, 60, 100) AS rla \gset
 SELECT quota_ext.rate_limit_set(:tb, 1000, 60, 100, 'xb-marker-model') AS rlb \gset
@@ -44,7 +45,7 @@ SELECT reservation_id AS ra FROM quota_ext.quota_reserve(:ta, 'x-g', 5) \gset
 SELECT reservation_id AS rb FROM quota_ext.quota_reserve(:tb, 'xb-marker-model', 5, role => 'admin') \gset
 SELECT usage_id AS usa FROM quota_ext.quota_consume(:ta, 'x-g', 3) \gset
 SELECT usage_id AS usb FROM quota_ext.quota_consume(:tb, 'xb-marker-model', 3, 'xb-marker-idem', role => 'admin') \gset
-SELECT quota_ext.quota_consume(:tb, 'xb-marker-model', 799, role => 'admin');	-- crosses 80 %: an event
+SELECT quota_ext.quota_consume(:tb, 'xb-marker-model', 1, role => 'admin') FROM generate_series(1, 7);	-- 8 of 10: an event
 SELECT usage_id AS usb2 FROM quota_ext.quota_consume(:tb, 'x-g', 2) \gset
 SELECT quota_ext.quota_refund(:tb, :usb2);
 \o
@@ -161,6 +162,22 @@ BEGIN
 END
 $$;
 
+-- the per-tenant tables (a tenant_id column), as 07_isolation.sql defines them
+CREATE TEMP VIEW x_tables AS
+	SELECT c.oid::regclass AS rel, c.relname FROM pg_class c
+	 WHERE c.relnamespace = 'quota_ext'::regnamespace AND c.relkind IN ('r', 'p')
+	   AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped);
+GRANT SELECT ON x_tables TO PUBLIC;
+-- rows of rel of tenant t, as the calling role
+CREATE FUNCTION pg_temp.own_rows_x(rel regclass, t bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+	n bigint;
+BEGIN
+	EXECUTE format('SELECT count(*) FROM %s WHERE tenant_id = $1', rel) INTO n USING t;
+	RETURN n;
+END
+$$;
+
 SELECT count(*) AS n_cases FROM x_cases \gset
 SELECT count(*) AS n_tables FROM pg_class c
  WHERE c.relnamespace = 'quota_ext'::regnamespace AND c.relkind IN ('r', 'p')
@@ -170,7 +187,8 @@ SELECT count(*) AS n_views FROM pg_class c
 SELECT count(*) AS n_readers FROM pg_proc p
  WHERE p.pronamespace = 'quota_ext'::regnamespace AND has_function_privilege('quota_ext_app', p.oid, 'EXECUTE')
    AND 'tenant_id' = ANY (p.proargnames[1:p.pronargs]) \gset
-SELECT plan(:n_cases + :n_views + :n_readers + 29);
+SELECT count(*) AS n_pt FROM x_tables \gset
+SELECT plan(:n_cases + :n_views + :n_readers + 5 * :n_pt + 30);
 
 -- ---------------------------------------------------------------------------
 -- I3: B's ids answer exactly like unknown ids
@@ -280,6 +298,46 @@ RESET client_min_messages;
 RESET ROLE;
 SELECT is((SELECT array_agg(DISTINCT rel ORDER BY rel) FROM x_seen WHERE tenant_id IS DISTINCT FROM :ta), NULL,
           format('a leaky WHERE function on %s tables saw no other tenant''s row', :n_tables));
+
+-- ---------------------------------------------------------------------------
+-- every per-tenant table, with B's rows in all of them (so that the suite
+-- fails when one policy or FORCE flag is broken: test/t/071_rls_mutation.pl)
+-- ---------------------------------------------------------------------------
+SELECT cmp_ok(pg_temp.own_rows_x(rel, :tb), '>', 0::bigint, relname || ': the fixtures give B rows here')
+  FROM x_tables ORDER BY relname;
+SELECT results_eq(
+	format($q$SELECT p.polname::text COLLATE "default", p.polcmd::text COLLATE "default", p.polpermissive,
+	                 ARRAY(SELECT r::regrole::text FROM unnest(p.polroles) r ORDER BY 1),
+	                 pg_get_expr(p.polqual, p.polrelid) COLLATE "default", pg_get_expr(p.polwithcheck, p.polrelid) COLLATE "default"
+	            FROM pg_policy p WHERE p.polrelid = %s ORDER BY 1$q$, rel::oid),
+	$$VALUES ('admin_read', 'r', true, ARRAY['quota_ext_admin'],
+	          '((quota_ext.current_tenant_id() IS NULL) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text),
+	         ('tenant_isolation', '*', true, ARRAY['quota_ext_app'],
+	          '(tenant_id = quota_ext.current_tenant_id())', '(tenant_id = quota_ext.current_tenant_id())')$$,
+	relname || ': exactly tenant_isolation (app, all commands) and admin_read (admin, SELECT), as written')
+  FROM x_tables ORDER BY relname;
+SELECT ok(c.relrowsecurity AND c.relforcerowsecurity, t.relname || ': ENABLE and FORCE ROW LEVEL SECURITY')
+  FROM x_tables t JOIN pg_class c ON c.oid = t.rel ORDER BY t.relname;
+-- as the app in A's context and the admin after set_tenant(A): no row of B
+-- anywhere (for tables a role cannot read, that is the check)
+SET ROLE qx_tap_x_app;
+SELECT quota_ext.authenticate(:'ka') IS NOT NULL AS ok \gset
+SELECT CASE WHEN pg_temp.app_reads_tenant(rel) THEN is(pg_temp.foreign_rows_x(rel, :ta), 0::bigint, 'app as A: no other tenant''s rows in ' || relname)
+            ELSE pass('app: ' || relname || ' is not readable') END
+  FROM x_tables ORDER BY relname;
+RESET ROLE;
+SELECT quota_ext.set_tenant(:ta) IS NULL AS ok \gset
+SET ROLE qx_tap_x_admin;
+SELECT CASE WHEN has_table_privilege('quota_ext_admin', rel, 'SELECT')
+            THEN is(pg_temp.foreign_rows_x(rel, :ta), 0::bigint, 'admin after set_tenant(A): no other tenant''s rows in ' || relname)
+            ELSE pass('admin: ' || relname || ' is not readable as a whole') END
+  FROM x_tables ORDER BY relname;
+RESET ROLE;
+SELECT quota_ext.clear_tenant() IS NULL AS ok \gset
+SET ROLE qx_tap_x_admin;
+SELECT cmp_ok(pg_temp.own_rows_x('quota_ext.usage', :tb) + pg_temp.own_rows_x('quota_ext.quotas', :tb), '>', 0::bigint,
+              'admin without a context reads every tenant (B''s usage and quotas)');
+RESET ROLE;
 
 -- ---------------------------------------------------------------------------
 -- I8: plans reused across a tenant switch
