@@ -30,6 +30,7 @@
 #   idem_dup         at most one consume/reserve row per idempotency key
 #   idem_allowed     a key whose stored decision is allowed has exactly its
 #                    usage row; a denied one has none
+#   idem_orphan      every consume/reserve row with a key has its key row
 #   reservation      a reservation's rows add up to what its status says
 #                    (open: estimate; settled: actual - unbilled;
 #                    cancelled, expired: 0)
@@ -125,6 +126,12 @@ WITH q AS (
 	           AND u.occurred_at < b.cur_end) AS cur_ledger,
 	       CASE WHEN b.c_start = b.cur_start THEN b.c_used ELSE 0 END AS used_now
 	  FROM b
+), idem AS (
+	-- consume/reserve rows per idempotency key (min: the one a key names)
+	SELECT u.tenant_id, u.idempotency_key, count(*) AS n, min(u.usage_id) AS usage_id
+	  FROM quota_ext.usage u
+	 WHERE u.idempotency_key IS NOT NULL AND u.kind IN ('consume', 'reserve')
+	 GROUP BY 1, 2
 )
 SELECT * FROM (
 	SELECT 'counter_missing' AS problem, tenant_id, 'quota ' || quota_id AS object, NULL::numeric AS expected, NULL::numeric AS actual
@@ -145,32 +152,30 @@ SELECT * FROM (
 	SELECT 'over_limit', tenant_id, 'quota ' || quota_id, max_units, used_now
 	  FROM l WHERE on_exceed = 'block' AND used_now > max_units
 	UNION ALL
-	SELECT 'idem_dup', u.tenant_id, 'key ' || u.idempotency_key, 1, count(*)
-	  FROM quota_ext.usage u
-	 WHERE u.idempotency_key IS NOT NULL AND u.kind IN ('consume', 'reserve')
-	 GROUP BY u.tenant_id, u.idempotency_key HAVING count(*) > 1
+	SELECT 'idem_dup', i.tenant_id, 'key ' || i.idempotency_key, 1, i.n
+	  FROM idem i WHERE i.n > 1
 	UNION ALL
 	SELECT 'idem_allowed', k.tenant_id, 'key ' || k.idempotency_key,
-	       CASE WHEN k.allowed THEN 1 ELSE 0 END,
-	       (SELECT count(*) FROM quota_ext.usage u
-	         WHERE u.tenant_id = k.tenant_id AND u.idempotency_key = k.idempotency_key
-	           AND u.kind IN ('consume', 'reserve')
-	           AND (NOT k.allowed OR u.usage_id = k.usage_id))
+	       CASE WHEN k.allowed THEN 1 ELSE 0 END, coalesce(i.n, 0)
 	  FROM quota_ext.idempotency_keys k
-	 WHERE (SELECT count(*) FROM quota_ext.usage u
-	         WHERE u.tenant_id = k.tenant_id AND u.idempotency_key = k.idempotency_key
-	           AND u.kind IN ('consume', 'reserve')
-	           AND (NOT k.allowed OR u.usage_id = k.usage_id))
-	       <> CASE WHEN k.allowed THEN 1 ELSE 0 END
+	  LEFT JOIN idem i ON i.tenant_id = k.tenant_id AND i.idempotency_key = k.idempotency_key
+	 WHERE coalesce(i.n, 0) <> CASE WHEN k.allowed THEN 1 ELSE 0 END
+	    OR (k.allowed AND k.usage_id IS DISTINCT FROM i.usage_id)
+	UNION ALL
+	SELECT 'idem_orphan', i.tenant_id, 'key ' || i.idempotency_key, 1, 0
+	  FROM idem i
+	 WHERE NOT EXISTS (SELECT 1 FROM quota_ext.idempotency_keys k
+	                    WHERE k.tenant_id = i.tenant_id AND k.idempotency_key = i.idempotency_key)
 	UNION ALL
 	SELECT 'reservation_' || r.status, r.tenant_id, 'reservation ' || r.reservation_id,
 	       CASE r.status WHEN 'open' THEN r.estimate WHEN 'settled' THEN r.actual - r.unbilled ELSE 0 END,
-	       coalesce((SELECT sum(u.units) FROM quota_ext.usage u
-	                  WHERE u.tenant_id = r.tenant_id AND u.reservation_id = r.reservation_id), 0)
+	       coalesce(ru.units, 0)
 	  FROM quota_ext.reservations r
+	  LEFT JOIN (SELECT u.tenant_id, u.reservation_id, sum(u.units) AS units FROM quota_ext.usage u
+	              WHERE u.reservation_id IS NOT NULL GROUP BY 1, 2) ru
+	         ON ru.tenant_id = r.tenant_id AND ru.reservation_id = r.reservation_id
 	 WHERE CASE r.status WHEN 'open' THEN r.estimate WHEN 'settled' THEN r.actual - r.unbilled ELSE 0 END
-	       <> coalesce((SELECT sum(u.units) FROM quota_ext.usage u
-	                     WHERE u.tenant_id = r.tenant_id AND u.reservation_id = r.reservation_id), 0)
+	       <> coalesce(ru.units, 0)
 	UNION ALL
 	SELECT 'refund', f.tenant_id, 'usage ' || f.usage_id, o.units, -r.units
 	  FROM quota_ext.refunds f
