@@ -339,8 +339,13 @@ BEGIN
 	-- the months ahead, and any month whose rows sit in the default partition
 	-- (written before maintenance ran, or restored), that have no partition
 	SELECT array_agg(x.m ORDER BY x.m) INTO months
-	  FROM (SELECT g AS m FROM generate_series(first, first + make_interval(months => months_ahead),
-	                                          interval '1 month') g
+	  -- (months stepped as UTC timestamps: timestamptz + '1 month' steps in the
+	  -- session's TimeZone, and across a DST change lands an hour off the
+	  -- month boundary, so partitions were misnamed or refused)
+	  FROM (SELECT g AT TIME ZONE 'UTC' AS m
+	          FROM generate_series(first AT TIME ZONE 'UTC',
+	                               (first AT TIME ZONE 'UTC') + make_interval(months => months_ahead),
+	                               interval '1 month') g
 	        UNION
 	        SELECT DISTINCT date_trunc('month', d.created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
 	          FROM ONLY quota_ext.usage_default d) x

@@ -17,15 +17,19 @@
 #                                with a user, model "m" allowed, and quotas
 #
 # The invariants (reliability-anchors.md §2 "INV", doc/design.md §4), read
-# as a superuser (RLS does not apply).  For every quota q and its counter c
-# (slot 0), ledger(a, b) = sum of usage.calls (metric calls), usage.units
-# (units) or usage.cost in micro-units (cost) over the rows in q's scope
-# with a <= occurred_at < b and occurred_at >= q.created_at:
-#   counter_period   c.used = ledger(c's own period)
-#   current_period   used now = ledger(the current period)
-#   never_charged    a calendar quota's counter still at -infinity is 0
-#   alignment        c.period_start starts the period that contains it
-#   over_limit       used now <= max_units for on_exceed = 'block'
+# as a superuser (RLS does not apply); the same rules as the enforcement
+# suite's test/invariant.sql (issue 3).  For every quota q and its counter
+# rows (one, or one per escrow slot), ledger(a, b) = sum of usage.calls
+# (metric calls), usage.units (units) or usage.cost in micro-units (cost)
+# over the rows in q's scope with a <= occurred_at < b and occurred_at >=
+# q.created_at:
+#   counter_rows     q has quotas.slots counter rows
+#   counter_period   when all rows are in one period: sum(used) =
+#                    ledger(that period)
+#   current_period   used now (rows in the current period) = ledger(it)
+#   never_charged    a calendar quota's counters still at -infinity are 0
+#   alignment        every period_start starts the period containing it
+#   over_limit       0 <= used now <= max_units for on_exceed = 'block'
 # and across the ledger:
 #   idem_dup         at most one consume/reserve row per idempotency key
 #   idem_allowed     a key whose stored decision is allowed has exactly its
@@ -89,19 +93,30 @@ my $invariant_sql = q{
 WITH q AS (
 	SELECT q.tenant_id, q.quota_id, q.period, q.metric, q.model_id, q.user_id, q.key_id,
 	       q.max_units, q.on_exceed, q.created_at, t.timezone,
-	       c.period_start AS c_start, c.used AS c_used,
+	       (to_jsonb(q) ->> 'slots')::int AS slots,
+	       c.nrows, c.first_start, c.last_start, c.total, c.misaligned,
+	       coalesce(c.cur_total, 0) AS used_now,
 	       cur.period_start AS cur_start, cur.period_end AS cur_end
 	  FROM quota_ext.quotas q
 	  JOIN quota_ext.tenants t ON t.tenant_id = q.tenant_id
-	  LEFT JOIN quota_ext.quota_counters c
-	         ON c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id AND c.slot = 0
 	  CROSS JOIN LATERAL quota_ext.period_bounds(q.period, t.timezone, clock_timestamp()) cur
+	  -- the counter rows: one, or one per escrow slot
+	  CROSS JOIN LATERAL (
+	        SELECT count(*) AS nrows, min(x.period_start) AS first_start, max(x.period_start) AS last_start,
+	               sum(x.used) AS total,
+	               sum(x.used) FILTER (WHERE x.period_start = cur.period_start) AS cur_total,
+	               count(*) FILTER (WHERE isfinite(x.period_start) AND q.period <> 'lifetime' AND
+	                   (quota_ext.period_bounds(q.period, t.timezone, x.period_start)).period_start
+	                   <> x.period_start) AS misaligned
+	          FROM quota_ext.quota_counters x
+	         WHERE x.tenant_id = q.tenant_id AND x.quota_id = q.quota_id) c
 ), b AS (
-	SELECT q.*, (q.c_start <> '-infinity' OR q.period = 'lifetime') AS charged,
+	-- the counters' own period when all rows are in one (lifetime, or a
+	-- calendar period they were charged in)
+	SELECT q.*, (q.first_start = q.last_start AND (isfinite(q.first_start) OR q.period = 'lifetime')) AS charged,
 	       own.period_start AS own_start, own.period_end AS own_end
 	  FROM q CROSS JOIN LATERAL quota_ext.period_bounds(q.period, q.timezone,
-	           CASE WHEN q.c_start IS NULL OR q.c_start = '-infinity' THEN clock_timestamp()
-	                ELSE q.c_start END) own
+	           CASE WHEN isfinite(q.first_start) THEN q.first_start ELSE clock_timestamp() END) own
 ), l AS (
 	SELECT b.*,
 	       (SELECT coalesce(sum(CASE WHEN b.metric = 'calls' THEN u.calls::numeric
@@ -123,8 +138,7 @@ WITH q AS (
 	           AND (b.user_id IS NULL OR u.user_id = b.user_id)
 	           AND (b.key_id IS NULL OR u.key_id = b.key_id)
 	           AND u.occurred_at >= greatest(b.cur_start, b.created_at)
-	           AND u.occurred_at < b.cur_end) AS cur_ledger,
-	       CASE WHEN b.c_start = b.cur_start THEN b.c_used ELSE 0 END AS used_now
+	           AND u.occurred_at < b.cur_end) AS cur_ledger
 	  FROM b
 ), idem AS (
 	-- consume/reserve rows per idempotency key (min: the one a key names)
@@ -134,23 +148,24 @@ WITH q AS (
 	 GROUP BY 1, 2
 )
 SELECT * FROM (
-	SELECT 'counter_missing' AS problem, tenant_id, 'quota ' || quota_id AS object, NULL::numeric AS expected, NULL::numeric AS actual
-	  FROM l WHERE c_start IS NULL
+	SELECT 'counter_rows' AS problem, tenant_id, 'quota ' || quota_id AS object,
+	       coalesce(slots, 1)::numeric AS expected, nrows::numeric AS actual
+	  FROM l WHERE nrows <> coalesce(slots, 1)
 	UNION ALL
-	SELECT 'counter_period', tenant_id, 'quota ' || quota_id, own_ledger, c_used
-	  FROM l WHERE charged AND c_used <> own_ledger
+	SELECT 'counter_period', tenant_id, 'quota ' || quota_id, own_ledger, total
+	  FROM l WHERE charged AND total <> own_ledger
 	UNION ALL
-	SELECT 'never_charged', tenant_id, 'quota ' || quota_id, 0, c_used
-	  FROM l WHERE NOT charged AND c_used <> 0
+	SELECT 'never_charged', tenant_id, 'quota ' || quota_id, 0, total
+	  FROM l WHERE nrows > 0 AND first_start = last_start AND NOT charged AND total <> 0
 	UNION ALL
-	SELECT 'alignment', tenant_id, 'quota ' || quota_id, extract(epoch FROM own_start), extract(epoch FROM c_start)
-	  FROM l WHERE charged AND period <> 'lifetime' AND own_start <> c_start
+	SELECT 'alignment', tenant_id, 'quota ' || quota_id, 0, misaligned
+	  FROM l WHERE misaligned > 0
 	UNION ALL
 	SELECT 'current_period', tenant_id, 'quota ' || quota_id, cur_ledger, used_now
 	  FROM l WHERE used_now <> cur_ledger
 	UNION ALL
 	SELECT 'over_limit', tenant_id, 'quota ' || quota_id, max_units, used_now
-	  FROM l WHERE on_exceed = 'block' AND used_now > max_units
+	  FROM l WHERE on_exceed = 'block' AND (used_now > max_units OR used_now < 0)
 	UNION ALL
 	SELECT 'idem_dup', i.tenant_id, 'key ' || i.idempotency_key, 1, i.n
 	  FROM idem i WHERE i.n > 1
