@@ -48,6 +48,16 @@ SELECT usage_id AS usb FROM quota_ext.quota_consume(:tb, 'xb-marker-model', 3, '
 SELECT quota_ext.quota_consume(:tb, 'xb-marker-model', 1, role => 'admin') FROM generate_series(1, 7);	-- 8 of 10: an event
 SELECT usage_id AS usb2 FROM quota_ext.quota_consume(:tb, 'x-g', 2) \gset
 SELECT quota_ext.quota_refund(:tb, :usb2);
+-- money: B's own price, priced usage, a closed period with its invoice,
+-- rollups (cross-tenant tables the app reads its own rows of)
+SELECT quota_ext.price_set('x-g', 'EUR', 0.01);
+SELECT quota_ext.price_set('xb-marker-model', 'EUR', 0.02, tenant_id => :tb);
+SELECT quota_ext.quota_consume(:tb, 'xb-marker-model', 1, role => 'admin');
+SELECT quota_ext.quota_consume(:ta, 'x-g', 1);
+SELECT clock_timestamp() AS close_end \gset
+SELECT count(*) FROM quota_ext.billing_close(:tb, now() - interval '1 day', :'close_end');
+SELECT count(*) FROM quota_ext.billing_close(:ta, now() - interval '1 day', :'close_end');
+SELECT quota_ext.usage_rollup();
 \o
 CREATE ROLE qx_tap_x_app LOGIN IN ROLE quota_ext_app;
 CREATE ROLE qx_tap_x_admin LOGIN IN ROLE quota_ext_admin;
@@ -140,12 +150,13 @@ CREATE FUNCTION pg_temp.app_reads_tenant(rel oid) RETURNS boolean LANGUAGE sql S
 	SELECT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = 'tenant_id'
 	                  AND NOT a.attisdropped AND has_column_privilege('quota_ext_app', rel, a.attnum, 'SELECT'))
 $$;
--- rows of rel with a tenant other than t, as the calling role
+-- rows of rel of a tenant other than t, as the calling role
 CREATE FUNCTION pg_temp.foreign_rows_x(rel regclass, t bigint) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
 	n bigint;
 BEGIN
-	EXECUTE format('SELECT count(*) FROM %s WHERE tenant_id IS DISTINCT FROM $1', rel) INTO n USING t;
+	-- rows of no tenant (list prices) are global, not another tenant's
+	EXECUTE format('SELECT count(*) FROM %s WHERE tenant_id <> $1', rel) INTO n USING t;
 	RETURN n;
 END
 $$;
@@ -231,7 +242,7 @@ SELECT is((SELECT array_agg(quota_id ORDER BY quota_id) FROM quota_ext.quota_sta
           'quota_status(A) lists A''s quota only');
 SELECT is((SELECT count(*) FROM jsonb_array_elements(quota_ext.tenant_summary(:ta) -> 'quotas')), 1::bigint,
           'tenant_summary(A) has A''s quota only');
-SELECT is((quota_ext.tenant_summary(:ta) -> 'usage' ->> 'calls_this_month')::int, 2,
+SELECT is((quota_ext.tenant_summary(:ta) -> 'usage' ->> 'calls_this_month')::int, 3,
           'tenant_summary(A) counts A''s usage only');
 SELECT is((SELECT rule_id FROM quota_ext.rate_limit_apply(:ta, 'x-g')), :rla::bigint,
           'rate_limit_apply(A) applies A''s rule');
@@ -296,7 +307,8 @@ SET client_min_messages = warning;
 SELECT pg_temp.x_peek_all() IS NULL AS ok \gset
 RESET client_min_messages;
 RESET ROLE;
-SELECT is((SELECT array_agg(DISTINCT rel ORDER BY rel) FROM x_seen WHERE tenant_id IS DISTINCT FROM :ta), NULL,
+-- (rows of no tenant, list prices, are global)
+SELECT is((SELECT array_agg(DISTINCT rel ORDER BY rel) FROM x_seen WHERE tenant_id <> :ta), NULL,
           format('a leaky WHERE function on %s tables saw no other tenant''s row', :n_tables));
 
 -- ---------------------------------------------------------------------------
@@ -310,10 +322,19 @@ SELECT results_eq(
 	                 ARRAY(SELECT r::regrole::text FROM unnest(p.polroles) r ORDER BY 1),
 	                 pg_get_expr(p.polqual, p.polrelid) COLLATE "default", pg_get_expr(p.polwithcheck, p.polrelid) COLLATE "default"
 	            FROM pg_policy p WHERE p.polrelid = %s ORDER BY 1$q$, rel::oid),
+	-- prices is a global catalog with tenant rows: its list prices
+	-- (tenant_id NULL) are everyone's
+	CASE WHEN relname = 'prices' THEN
+	$$VALUES ('admin_read', 'r', true, ARRAY['quota_ext_admin'],
+	          '((quota_ext.current_tenant_id() IS NULL) OR (tenant_id IS NULL) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text),
+	         ('tenant_isolation', '*', true, ARRAY['quota_ext_app'],
+	          '((tenant_id IS NULL) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text)$$
+	ELSE
 	$$VALUES ('admin_read', 'r', true, ARRAY['quota_ext_admin'],
 	          '((quota_ext.current_tenant_id() IS NULL) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text),
 	         ('tenant_isolation', '*', true, ARRAY['quota_ext_app'],
-	          '(tenant_id = quota_ext.current_tenant_id())', '(tenant_id = quota_ext.current_tenant_id())')$$,
+	          '(tenant_id = quota_ext.current_tenant_id())', '(tenant_id = quota_ext.current_tenant_id())')$$
+	END,
 	relname || ': exactly tenant_isolation (app, all commands) and admin_read (admin, SELECT), as written')
   FROM x_tables ORDER BY relname;
 SELECT ok(c.relrowsecurity AND c.relforcerowsecurity, t.relname || ': ENABLE and FORCE ROW LEVEL SECURITY')
