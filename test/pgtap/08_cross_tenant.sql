@@ -199,7 +199,7 @@ SELECT count(*) AS n_readers FROM pg_proc p
  WHERE p.pronamespace = 'quota_ext'::regnamespace AND has_function_privilege('quota_ext_app', p.oid, 'EXECUTE')
    AND 'tenant_id' = ANY (p.proargnames[1:p.pronargs]) \gset
 SELECT count(*) AS n_pt FROM x_tables \gset
-SELECT plan(:n_cases + :n_views + :n_readers + 5 * :n_pt + 30);
+SELECT plan(:n_cases + :n_views + :n_readers + 5 * :n_pt + 31);
 
 -- ---------------------------------------------------------------------------
 -- I3: B's ids answer exactly like unknown ids
@@ -339,6 +339,9 @@ SELECT results_eq(
   FROM x_tables ORDER BY relname;
 SELECT ok(c.relrowsecurity AND c.relforcerowsecurity, t.relname || ': ENABLE and FORCE ROW LEVEL SECURITY')
   FROM x_tables t JOIN pg_class c ON c.oid = t.rel ORDER BY t.relname;
+SELECT is_empty($$SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'quota_ext'::regnamespace
+                     AND c.relkind IN ('r', 'p') AND c.relrowsecurity AND NOT c.relforcerowsecurity$$,
+                'every table with row-level security forces it (global ones such as rollup_state too)');
 -- as the app in A's context and the admin after set_tenant(A): no row of B
 -- anywhere (for tables a role cannot read, that is the check)
 SET ROLE qx_tap_x_app;

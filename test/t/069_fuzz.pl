@@ -205,7 +205,8 @@ ok(!$node->log_contains('terminated by signal|server process .* was terminated|P
 	'no backend crashed, no PANIC, no assertion');
 is($node->safe_psql('postgres', 'SELECT 1'), '1', 'the server answers');
 
-# documented SQLSTATEs per function (doc/reference.md, doc/rate-limits.md).
+# documented SQLSTATEs per function (doc/reference.md, doc/rate-limits.md,
+# doc/reference-billing.md).
 # Every function may raise 22004 (NULL argument), 22023 (invalid argument),
 # 22003 (out of range), 42501 (no tenant context, not allowed in a context,
 # missing privilege), 42704 (unknown tenant, model, user, key, ...); the
@@ -213,8 +214,9 @@ is($node->safe_psql('postgres', 'SELECT 1'), '1', 'the server answers');
 # checked against the common ones only.
 my %extra = (
 	authenticate             => '28000',
-	invoke                   => '28000',
-	quota_consume_or_raise   => '53400',
+	invoke                   => '28000 55000',
+	quota_consume            => '55000',
+	quota_consume_or_raise   => '53400 55000',
 	tenant_create            => '23505',
 	tenant_update            => '23505 55000',
 	tenant_suspend           => '55000',
@@ -231,7 +233,15 @@ my %extra = (
 	quota_settle             => '55000',
 	quota_cancel             => '55000',
 	quota_refund             => '55000',
-	quota_reserve            => '',
+	quota_reserve            => '55000',
+	price_set                => '23505',
+	price_clear              => '23505',
+	billing_close            => '55000 25000',
+	invoice_issue            => '55000',
+	invoice_void             => '55000',
+	usage_partitions_maintain => '55000',
+	usage_partition_detach   => '55000',
+	usage_rollup             => '25000',
 	rate_limit_check         => '53200 55000',
 	tenant_rate_limit_check  => '53200 55000',
 	rate_limit_apply         => '53200 55000',

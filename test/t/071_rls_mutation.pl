@@ -82,7 +82,10 @@ for my $p (@policies)
 		"CREATE POLICY $name ON $t AS $perm FOR $cmd TO $roles$using$with" ],
 	  [ "$t: $name USING (true)",
 		"ALTER POLICY $name ON $t USING (true)" . ($cmd =~ /^(ALL|UPDATE)$/ ? ' WITH CHECK (true)' : ''),
-		"ALTER POLICY $name ON $t$using$with" ];
+		# (recreated: ALTER POLICY cannot take a WITH CHECK away again)
+		"DROP POLICY $name ON $t; CREATE POLICY $name ON $t AS $perm FOR $cmd TO $roles$using$with" ]
+	  # a policy that already allows everything cannot fail open further
+	  unless $qual eq 'true' && ($check eq '' || $check eq 'true');
 }
 note(scalar(@mutations) . ' mutations');
 
