@@ -5,8 +5,8 @@
 # scope with used counts, usage rows of every kind, idempotency keys
 # (allowed and denied), reservations (open, settled, cancelled, one about
 # to expire), refunds, threshold events, policies, model shares, rate-limit
-# rules — dumps it with pg_dump -Fc, restores it into a fresh cluster and
-# checks:
+# rules, prices, a closed billing period with issued invoices — dumps it
+# with pg_dump -Fc, restores it into a fresh cluster and checks:
 #   * every row of every table of the extension is back unchanged (tiers:
 #     002), and so
 #     is quota_status() of every tenant (used, remaining);
@@ -17,6 +17,8 @@
 #     same key with other units is still 22023, a denied key stays denied;
 #   * the open reservation settles, the expired one is released by
 #     quota_expire_reservations(), a second refund is a replay;
+#   * the next billing period closes, and its invoices are numbered above
+#     every restored one (no duplicate invoice number);
 #   * threshold events stay once per period: crossing 80 % again emits
 #     nothing, crossing 100 % emits one;
 #   * rate-limit rules are enforced (buckets start empty: they live in
@@ -75,10 +77,21 @@ my $ids = $old->safe_psql('app', q{
 	SELECT reservation_id AS r_exp FROM quota_ext.quota_reserve(:i, 'm', 4, '1 second') \gset
 	SELECT usage_id AS u_ref FROM quota_ext.quota_consume(:i, 'm', 3) \gset
 	SELECT quota_ext.quota_refund(:i, :u_ref);
-	SELECT :a, :g, :i, :ua, :ub, :kb2, :q_day, :r_open, :r_exp, :u_ref, :'g_denied';
+	-- money: a price, priced usage, a closed period, issued invoices
+	SELECT quota_ext.price_set('m', 'EUR', 0.01);
+	SELECT quota_ext.price_set('other', 'EUR', 0.03);
+	SELECT quota_ext.quota_consume(:a, 'other', 7, role => 'admin');
+	SELECT quota_ext.quota_consume(:i, 'm', 7);
+	SELECT clock_timestamp() AS e1 \gset
+	SELECT count(*) FROM quota_ext.billing_close(now() - interval '1 day', :'e1');
+	SELECT count(*) FROM quota_ext.invoices i, quota_ext.invoice_issue(i.tenant_id, i.invoice_id) x;
+	SELECT :a, :g, :i, :ua, :ub, :kb2, :q_day, :r_open, :r_exp, :u_ref, :'g_denied', :'e1';
 });
-my ($a, $g, $i, $ua, $ub, $kb2, $q_day, $r_open, $r_exp, $u_ref, $g_denied) = split /\|/, (split /\n/, $ids)[-1];
+my ($a, $g, $i, $ua, $ub, $kb2, $q_day, $r_open, $r_exp, $u_ref, $g_denied, $e1) = split /\|/, (split /\n/, $ids)[-1];
 is($g_denied, 'rate_limit', 'fixtures: globex is rate-limited (2 per hour, no burst)');
+is($old->safe_psql('app', q{SELECT count(*), count(invoice_number) FROM quota_ext.invoices}), '2|2',
+	'fixtures: two issued, numbered invoices');
+my $max_invoice_number = $old->safe_psql('app', q{SELECT max(invoice_number) FROM quota_ext.invoices});
 is($old->safe_psql('app', qq{SELECT count(*) FROM quota_ext.quota_events WHERE tenant_id = $a AND quota_id = $q_day}),
 	'1', 'fixtures: the daily quota crossed 80 % (one event)');
 invariants_ok($old, 'app', 'source');
@@ -174,6 +187,18 @@ is($new->safe_psql('app', qq{SELECT string_agg(threshold::text, ',' ORDER BY thr
 	WHERE tenant_id = $a AND quota_id = $q_day}), '80,100', 'crossing 100 % emits one event');
 is($new->safe_psql('app', qq{SELECT allowed, denied_by FROM quota_ext.quota_consume($a, 'm', 1)}), 'f|quota',
 	'the restored daily count still limits');
+
+# billing goes on: the next period closes, its invoices get new numbers
+$new->safe_psql('app', qq{SELECT quota_ext.quota_consume($a, 'other', 2, role => 'admin'), quota_ext.quota_consume($i, 'm', 2)});
+is( $new->safe_psql('app', qq{
+		SELECT count(*) FROM quota_ext.billing_close('$e1', clock_timestamp()) b,
+		       quota_ext.invoice_issue(b.tenant_id, b.invoice_id) x
+		 WHERE b.period_start = '$e1'}),
+	'2', 'the next period closes after the restore, into two invoices, issued');
+cmp_ok($new->safe_psql('app', qq{SELECT min(invoice_number) FROM quota_ext.invoices WHERE period_start = '$e1'}),
+	'>', $max_invoice_number, 'new invoice numbers continue above the restored ones');
+is($new->safe_psql('app', q{SELECT count(*) FROM (SELECT invoice_number FROM quota_ext.invoices
+	WHERE invoice_number IS NOT NULL GROUP BY 1 HAVING count(*) > 1) d}), '0', 'no duplicate invoice number');
 
 # rate-limit rules are enforced (from empty buckets)
 is( $new->safe_psql('app',
