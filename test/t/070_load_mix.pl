@@ -12,8 +12,9 @@
 #   * 8 clients as a quota_ext_admin login role, one tenant each: quota_set
 #     flipping a tight daily units limit (1000 / 1050), policy flips on a
 #     second model, API key rotation, rate-limit rule changes,
-#     quota_expire_reservations, and billing_close when the extension has
-#     it (skipped otherwise).
+#     quota_expire_reservations, and (one of them) billing_close of the last
+#     complete 5-second window, when the extension has it (skipped
+#     otherwise).
 # Denials (quota, rate limit, policy) are answers, not errors.  Pass:
 #   * no pgbench client aborted and no transaction failed (no error of any
 #     kind: every call is single-lock-set or known deadlock-free);
@@ -69,14 +70,16 @@ $node->safe_psql('postgres', q{
 my $nkeys = $node->safe_psql('postgres', 'SELECT count(*) FROM public.loadkeys');
 is($nkeys, '40', '40 API keys of 20 tenants');
 
-# billing_close, when the extension has it (issue 5): one period per
-# minute, closed again and again (idempotent)
+# billing_close, when the extension has it (issue 5): the last complete
+# 5-second window, closed again and again (idempotent) by one admin client
+# (periods must follow each other)
 my $has_billing = $node->safe_psql('postgres',
 	q{SELECT count(*) FROM pg_proc WHERE pronamespace = 'quota_ext'::regnamespace AND proname = 'billing_close'});
 $node->safe_psql('postgres', $has_billing
 	? q{CREATE FUNCTION public.load_billing() RETURNS void LANGUAGE sql SECURITY INVOKER AS $$
-	      SELECT count(*) FROM quota_ext.billing_close(date_trunc('minute', now()) - interval '1 minute',
-	                                                   date_trunc('minute', now())) $$ }
+	      SELECT count(*) FROM quota_ext.billing_close(
+	          to_timestamp(floor(extract(epoch FROM now()) / 5) * 5 - 5),
+	          to_timestamp(floor(extract(epoch FROM now()) / 5) * 5)) $$ }
 	: q{CREATE FUNCTION public.load_billing() RETURNS void LANGUAGE sql AS $$ SELECT $$});
 note($has_billing ? 'billing_close is part of the mix' : 'no billing_close in this version: that part is skipped');
 $node->safe_psql('postgres', 'GRANT EXECUTE ON FUNCTION public.load_billing() TO load_admin');
@@ -165,7 +168,7 @@ SELECT quota_ext.api_key_rotate(t.tenant_id, k.key_id, '1 hour')
  WHERE t.n = :t;
 \elif :op = 7
 SELECT quota_ext.rate_limit_set(tenant_id, 100000 + :b, 60, 1000) FROM public.loadtenants WHERE n = :t;
-\elif :op <= 9
+\elif :op <= 9 or :client_id > 0
 SELECT quota_ext.quota_expire_reservations(100);
 \else
 SELECT public.load_billing();
