@@ -199,7 +199,7 @@ SELECT count(*) AS n_readers FROM pg_proc p
  WHERE p.pronamespace = 'quota_ext'::regnamespace AND has_function_privilege('quota_ext_app', p.oid, 'EXECUTE')
    AND 'tenant_id' = ANY (p.proargnames[1:p.pronargs]) \gset
 SELECT count(*) AS n_pt FROM x_tables \gset
-SELECT plan(:n_cases + :n_views + :n_readers + 5 * :n_pt + 31);
+SELECT plan(:n_cases + :n_views + :n_readers + 5 * :n_pt + 33);
 
 -- ---------------------------------------------------------------------------
 -- I3: B's ids answer exactly like unknown ids
@@ -259,6 +259,10 @@ SET ROLE qx_tap_x_app;
 SELECT quota_ext.authenticate(:'ka') IS NOT NULL AS ok \gset
 SELECT is((SELECT limited FROM quota_ext.tenant_rate_limit_check('x-shared-name', 0, 1, 3600)), false,
           'A''s bucket of the same name is its own');
+-- decision counters and metrics: A's only
+SELECT is((SELECT array_agg(DISTINCT tenant_id) FROM quota_ext.request_stats()), ARRAY[:ta::bigint],
+          'request_stats() in A''s context: A''s row only');
+SELECT unalike(quota_ext.metrics(), format('%%tenant_id="%s"%%', :tb), 'metrics() in A''s context: no series of B');
 -- views: none of B's rows (every view of the extension, from the catalog)
 SELECT CASE WHEN pg_temp.app_reads_tenant(c.oid)
             THEN is(pg_temp.foreign_rows_x(c.oid::regclass, :ta), 0::bigint, 'view ' || c.relname || ': no other tenant''s rows')
