@@ -32,7 +32,7 @@ my $node = quota_node('crash', durable => 1, quiet => 1,
 	conf => [ 'restart_after_crash = on', 'max_connections = 40' ]);
 $node->safe_psql('postgres', fixture_sql(20) . q{
 	-- tenant t1 has a tight daily quota: the load runs into it every cycle
-	SELECT quota_ext.quota_set(tenant_id, 'day', 150, 'm') FROM quota_ext.tenants WHERE name = 't1';
+	SELECT quota_ext.quota_set(tenant_id, 'day', 100, 'm') FROM quota_ext.tenants WHERE name = 't1';
 	CREATE EXTENSION amcheck;
 });
 my ($t1, $tw, $ti) = split /\n/, $node->safe_psql('postgres',
@@ -166,7 +166,7 @@ for my $cycle (1 .. $cycles)
 is( $node->safe_psql('postgres',
 		qq{SELECT used FROM quota_ext.quota_counters c JOIN quota_ext.quotas q USING (tenant_id, quota_id)
 		    WHERE q.tenant_id = $t1 AND q.period = 'day' AND q.metric = 'calls'}),
-	'150', 'the tight quota filled up exactly to its limit');
+	'100', 'the tight quota filled up exactly to its limit');
 ok(!$node->log_contains('deadlock detected'), 'no deadlocks in any cycle');
 
 $node->stop;
