@@ -12,7 +12,9 @@
 # subtransaction; its SQLSTATE is tallied per function.  Three roles
 # call: a superuser without a context, quota_ext_admin (with and without
 # set_tenant) and quota_ext_app in a tenant's context.  Seeds are fixed, so
-# a failure reproduces.
+# a failure reproduces.  usage_partition_detach() is left out: taking
+# months of rows out of the ledger is its purpose, and the invariants are
+# checked afterwards (test/pgtap/23_metering_ops.sql tests it).
 #
 # Pass: the server never crashed (it stayed up, the fuzzing sessions were
 # never cut, the log shows no crash or PANIC), every SQLSTATE is one that
@@ -98,6 +100,9 @@ DECLARE
 	fns oid[] := ARRAY(SELECT p.oid FROM pg_proc p
 	                    WHERE p.pronamespace = 'quota_ext'::regnamespace AND p.proname !~ '^_'
 	                      AND has_function_privilege(current_user, p.oid, 'EXECUTE')
+	                      -- detaching takes months of rows out of the ledger by
+	                      -- design (retention): the invariants would not hold
+	                      AND p.proname <> 'usage_partition_detach'
 	                    ORDER BY p.oid::regprocedure::text);
 	f oid;
 	p record;
