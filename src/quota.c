@@ -58,7 +58,6 @@
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
-#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -1440,14 +1439,6 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 	int			i;
 	TimestampTz wait_mark = lock_wait_mark();
 
-	/*
-	 * A writer: refuse a read-only transaction (or a standby) with 25006
-	 * before anything else.  Otherwise such a call would still charge the
-	 * rate-limit buckets, which a rollback does not give back, and answer
-	 * policy and rate-limit denials that a writable call would not.
-	 */
-	PreventCommandIfReadOnly(req->reserve ? "quota_reserve()" : "quota_consume()");
-
 	memset(d, 0, sizeof(*d));
 	memset(&extra, 0, sizeof(extra));
 	extra.tokens = req->tokens;
@@ -1710,6 +1701,11 @@ typedef struct Reservation
 static bool
 reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
 {
+	/*
+	 * pg_catalog.max: this runs as the extension owner but is planned under
+	 * the caller's search_path, so an unqualified max() let a hostile
+	 * max(bigint) run as the owner (test/sql/search_path_all.sql).
+	 */
 	static QuotaPlan plan = {
 		"SELECT r.usage_id, r.occurred_at, r.model_id, r.user_id, r.key_id, r.estimate, "
 		"       r.actual, r.status, "
