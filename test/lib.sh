@@ -46,7 +46,8 @@ build_and_install() {
 # as_unprivileged CMD...: initdb refuses root, so clusters run as postgres.
 as_unprivileged() {
 	if [ "$(id -u)" -eq 0 ]; then
-		runuser -u postgres -- env PATH="$PATH" CI="${CI:-}" QUOTA_SOAK="${QUOTA_SOAK:-}" "$@"
+		runuser -u postgres -- env PATH="$PATH" CI="${CI:-}" QUOTA_SOAK="${QUOTA_SOAK:-}" \
+			QUOTA_LOCK_HELD="${QUOTA_LOCK_HELD:-}" "$@"
 	else
 		"$@"
 	fi
