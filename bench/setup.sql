@@ -8,7 +8,11 @@
 --   tenant N+1         'bench-deny': the same, but a daily limit of
 --                      :deny_limit calls, for the over-subscription check;
 --   tenant N+2         'bench-summary': no quota; bench/run loads usage rows
---                      into its current month for the tenant_summary runs.
+--                      into its current month for the tenant_summary runs;
+--   tenant N+3         'bench-hot-escrow': like 1..N, with both quotas spread
+--                      over 16 escrow slots (quota_set(..., slots => 16)),
+--                      when the extension has them;
+--   tenant N+4         'bench-deny-escrow': like N+1, with 16 escrow slots.
 -- The same tenants and quotas are mirrored in the PL/pgSQL comparator's
 -- tables (bench/plpgsql_consume.sql) and in the ceiling's bench.counters.
 \set ON_ERROR_STOP on
@@ -46,6 +50,18 @@ SELECT g, t.id, u.user_id, u.api_key
 	CASE WHEN g <= :tenants THEN 'bench-' || g ELSE 'bench-deny' END, 'enterprise') AS t(id)
  CROSS JOIN LATERAL quota_ext.user_create(t.id, 'user' || g || '@bench.example', 'member') AS u;
 SELECT quota_ext.tenant_create('bench-summary', 'enterprise') AS summary_tenant \gset
+SELECT EXISTS (SELECT 1 FROM pg_proc WHERE pronamespace = 'quota_ext'::regnamespace
+                 AND proname = 'quota_set' AND 'slots' = ANY (proargnames)) AS has_slots \gset
+\if :has_slots
+SELECT quota_ext.tenant_create('bench-hot-escrow', 'enterprise') AS hot_escrow_tenant \gset
+SELECT quota_ext.tenant_create('bench-deny-escrow', 'enterprise') AS deny_escrow_tenant \gset
+SELECT count(*) AS escrow_quotas FROM (
+SELECT quota_ext.policy_set(t, 'bench-model', true),
+       quota_ext.quota_set(t, 'daily', CASE WHEN t = :deny_escrow_tenant THEN :deny_limit ELSE 1000000000000 END,
+                           metric => 'calls', slots => 16),
+       quota_ext.quota_set(t, 'monthly', 1000000000000, metric => 'units', slots => 16)
+  FROM unnest(ARRAY[:hot_escrow_tenant, :deny_escrow_tenant]::bigint[]) t) s \gset
+\endif
 
 DO $$
 BEGIN
@@ -62,11 +78,20 @@ SELECT count(quota_ext.quota_set(i, 'daily',
      + count(quota_ext.quota_set(i, 'monthly', 1000000000000, metric => 'units')) AS quotas
   FROM generate_series(1, :tenants + 1) i \gset
 
--- price book: only when the extension has one (billing branch)
+-- price book and ledger partitions, when the extension has them: a consume
+-- then computes the cost of its usage row, and writes into this month's
+-- partition, as in production
 DO $$
 BEGIN
-	IF to_regprocedure('quota_ext.price_set(text,numeric,text)') IS NOT NULL THEN
-		EXECUTE $p$SELECT quota_ext.price_set('bench-model', 0.002, 'USD')$p$;
+	-- written straight into the price book (price_set() refuses a past
+	-- effective_from), so that last month's billing rows have a price too
+	IF to_regclass('quota_ext.prices') IS NOT NULL THEN
+		EXECUTE $p$INSERT INTO quota_ext.prices (model_id, currency, unit_price, effective_from)
+			SELECT model_id, 'USD', 0.002, now() - interval '90 days'
+			  FROM quota_ext.models WHERE name = 'bench-model'$p$;
+	END IF;
+	IF to_regprocedure('quota_ext.usage_partitions_maintain(integer)') IS NOT NULL THEN
+		PERFORM quota_ext.usage_partitions_maintain(1);
 	END IF;
 END
 $$;
@@ -138,6 +163,7 @@ CREATE FUNCTION bench.qx_check(OUT counters bigint, OUT mismatched bigint, OUT o
 		       (SELECT coalesce(sum(CASE WHEN c.metric = 'calls' THEN u.calls ELSE u.units END), 0)
 		          FROM quota_ext.usage u
 		         WHERE u.tenant_id = c.tenant_id
+		           AND u.created_at >= c.period_start	-- created_at >= occurred_at (index)
 		           AND u.occurred_at >= c.period_start AND u.occurred_at < c.period_end
 		           AND (c.model_id IS NULL OR u.model_id = c.model_id)
 		           AND (c.user_id IS NULL OR u.user_id = c.user_id)

@@ -45,7 +45,8 @@ for my $k (sort keys %rows)
 	my $m = $rows{$k}{exact};
 	ok($m eq '✓' || $m eq '—', "$k: exactness mark $m") or diag($out);
 }
-for my $w (qw(consume_uniform consume_hot consume_idem invoke pl_uniform consume_deny pl_deny))
+for my $w (qw(consume_uniform consume_hot consume_hot_escrow consume_idem invoke pl_uniform consume_deny
+	consume_deny_escrow pl_deny rl_uniform rl_hot))
 {
 	my @r = grep { $rows{$_}{name} eq $w } keys %rows;
 	ok((grep { $rows{$_}{exact} eq '✓' } @r) == @r, "$w: checked and exact");
