@@ -48,7 +48,8 @@ for my $k (sort keys %rows)
 for my $w (qw(consume_uniform consume_hot consume_hot_escrow consume_idem invoke pl_uniform consume_deny
 	consume_deny_escrow pl_deny rl_uniform rl_hot))
 {
-	my @r = grep { $rows{$_}{name} eq $w } keys %rows;
+	# (a workload whose function is not in the build says "not available")
+	my @r = grep { $rows{$_}{name} eq $w && $rows{$_}{what} !~ /^not available/ } keys %rows;
 	ok((grep { $rows{$_}{exact} eq '✓' } @r) == @r, "$w: checked and exact");
 }
 
