@@ -46,6 +46,10 @@ test:
 # The walkthrough (doc/demo.sql) on a throwaway cluster.
 demo:
 	test/demo
+# The benchmark suite (doc/performance.md); e.g. make bench BENCH_ARGS=--quick
+BENCH_ARGS ?=
+bench:
+	bench/run $(BENCH_ARGS)
 
 # Every object depends on the shared headers.
 $(OBJS): src/quota_ext.h src/compat.h

@@ -1,0 +1,2 @@
+-- ceiling: the cheapest round trip
+SELECT 1;
