@@ -1,7 +1,7 @@
 -- quota_ext install script, assembled from sql/install/*.sql (one file per
 -- subsystem, like src/).  Rules for every part (see doc/design.md):
---   * fixed schema quota_ext; every name schema-qualified; no OR REPLACE, no
---     IF NOT EXISTS; SECURITY DEFINER functions pin
+--   * fixed schema quota_ext; every name schema-qualified; no replacing or conditional
+--     CREATE (CVE-2022-2625); SECURITY DEFINER functions pin
 --     search_path = pg_catalog, pg_temp;
 --   * per-tenant tables lead every key with tenant_id, have FORCE ROW LEVEL
 --     SECURITY and no triggers; global catalogs are tiers and models;
