@@ -40,6 +40,7 @@
 #include "port/pg_crc32c.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(authenticate);
 PG_FUNCTION_INFO_V1(api_key_mint);
@@ -230,19 +231,34 @@ api_key_mint(PG_FUNCTION_ARGS)
 													  values, nulls)));
 }
 
+/* the cached facts about a good key (cache.c) */
+typedef struct QuotaKeyCacheKey
+{
+	int64		tenant_id;
+	int64		key_id;
+} QuotaKeyCacheKey;
+
+typedef struct QuotaKeyCacheEntry
+{
+	QuotaKeyCacheKey key;
+	bool		valid;
+	uint8		hash[PG_SHA256_DIGEST_LENGTH];
+	int64		user_id;
+	char		role[QUOTA_MAX_ROLE_LEN + 1];
+	TimestampTz expires_at;		/* +infinity: never */
+	TimestampTz last_used_at;	/* -infinity: never; as last seen or set */
+} QuotaKeyCacheEntry;
+
 /*
- * QuotaAuthenticate
- *		Check a key and make its tenant the context of this transaction
- *		(see QuotaContextGet for the result).  Raises 28000 on any failure.
+ * quota_key_read
+ *		Read a key that is good now (not revoked or expired, user and tenant
+ *		active) into *e; false when there is none.
  */
-void
-QuotaAuthenticate(text *keytext)
+static bool
+quota_key_read(int64 tenant_id, int64 key_id, QuotaKeyCacheEntry *e)
 {
 	static QuotaPlan lookup = {
-		"SELECT k.key_hash, k.user_id, u.role, "
-		"       (k.last_used_at IS NULL OR k.last_used_at OPERATOR(pg_catalog.<) "
-		"          (pg_catalog.now() OPERATOR(pg_catalog.-) "
-		"           pg_catalog.make_interval(0, 0, 0, 0, 0, 0, $3))) AS touch "
+		"SELECT k.key_hash, k.user_id, u.role, k.expires_at, k.last_used_at "
 		"FROM quota_ext.api_keys k "
 		"JOIN quota_ext.users u ON u.tenant_id OPERATOR(pg_catalog.=) k.tenant_id "
 		"                      AND u.user_id OPERATOR(pg_catalog.=) k.user_id "
@@ -253,8 +269,56 @@ QuotaAuthenticate(text *keytext)
 		"  AND (k.expires_at IS NULL OR k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()) "
 		"  AND u.status OPERATOR(pg_catalog.=) 'active' "
 		"  AND t.status OPERATOR(pg_catalog.=) 'active'",
-		3, {INT8OID, INT8OID, FLOAT8OID}
+		2, {INT8OID, INT8OID}
 	};
+	Datum		values[2];
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	bytea	   *h;
+	char	   *r;
+	Datum		d;
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(key_id);
+	QuotaSpiExec(&lookup, values, NULL, false, 1);
+	if (SPI_processed != 1)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	h = DatumGetByteaPP(SPI_getbinval(tup, desc, 1, &isnull));
+	if (isnull || VARSIZE_ANY_EXHDR(h) != PG_SHA256_DIGEST_LENGTH)
+		return false;
+	memcpy(e->hash, VARDATA_ANY(h), PG_SHA256_DIGEST_LENGTH);
+	e->user_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	r = SPI_getvalue(tup, desc, 3);
+	strlcpy(e->role, r ? r : "", sizeof(e->role));
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	if (isnull)
+		TIMESTAMP_NOEND(e->expires_at);
+	else
+		e->expires_at = DatumGetTimestampTz(d);
+	d = SPI_getbinval(tup, desc, 5, &isnull);
+	if (isnull)
+		TIMESTAMP_NOBEGIN(e->last_used_at);
+	else
+		e->last_used_at = DatumGetTimestampTz(d);
+	return true;
+}
+
+/*
+ * QuotaAuthenticate
+ *		Check a key and make its tenant the context of this transaction
+ *		(see QuotaContextGet for the result).  Raises 28000 on any failure.
+ *
+ *		A good key is kept in the backend's configuration cache (cache.c)
+ *		until the configuration changes; its expiry is checked on every use
+ *		against the transaction's start, as the query does.  Only the hash
+ *		is kept, as in the table.
+ */
+void
+QuotaAuthenticate(text *keytext)
+{
 	static QuotaPlan touch = {
 		"UPDATE quota_ext.api_keys k SET last_used_at = pg_catalog.now() "
 		"FROM (SELECT tenant_id, key_id FROM quota_ext.api_keys "
@@ -268,46 +332,58 @@ QuotaAuthenticate(text *keytext)
 	static const uint8 dummy[PG_SHA256_DIGEST_LENGTH];
 	const char *key = VARDATA_ANY(keytext);
 	size_t		len = VARSIZE_ANY_EXHDR(keytext);
-	int64		tenant_id = 0;
-	int64		key_id = 0;
-	int64		user_id = 0;
+	QuotaKeyCacheKey ck;
+	QuotaKeyCacheEntry local;
+	QuotaKeyCacheEntry *e = NULL;
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	const uint8 *stored = dummy;
-	char		role[QUOTA_MAX_ROLE_LEN + 1] = "";
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	bool		ok = false;
-	bool		do_touch = false;
+	bool		spi_open = false;
 	QuotaSpiState spi;
-	Datum		values[3];
 
-	if (!quota_parse_key(key, len, &tenant_id, &key_id))
+	memset(&ck, 0, sizeof(ck));
+	if (!quota_parse_key(key, len, &ck.tenant_id, &ck.key_id))
 		quota_invalid_key();
 	quota_sha256(key, len, digest);
 
-	QuotaSpiBegin(&spi);
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(key_id);
-	values[2] = Float8GetDatum((double) quota_key_touch_interval);
-	QuotaSpiExec(&lookup, values, NULL, false, 1);
-	if (SPI_processed == 1)
+	if (QuotaCacheBegin())
 	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		bytea	   *h;
-		char	   *r;
+		bool		found;
 
-		h = DatumGetByteaPP(SPI_getbinval(tup, desc, 1, &isnull));
-		if (!isnull && VARSIZE_ANY_EXHDR(h) == PG_SHA256_DIGEST_LENGTH)
+		e = QuotaCacheLookup(QUOTA_CACHE_KEYS, &ck, sizeof(ck),
+							 sizeof(QuotaKeyCacheEntry), &found);
+		if (found && e->valid && e->expires_at > now)
+			ok = true;
+		else
 		{
-			stored = (const uint8 *) VARDATA_ANY(h);
+			e->valid = false;
+			QuotaSpiBegin(&spi);
+			spi_open = true;
+			if (quota_key_read(ck.tenant_id, ck.key_id, e))
+			{
+				e->valid = true;
+				ok = true;
+			}
+			else
+			{
+				QuotaCacheForget(QUOTA_CACHE_KEYS, &ck);
+				e = NULL;
+			}
+		}
+	}
+	else
+	{
+		QuotaSpiBegin(&spi);
+		spi_open = true;
+		if (quota_key_read(ck.tenant_id, ck.key_id, &local))
+		{
+			e = &local;
 			ok = true;
 		}
-		user_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		r = SPI_getvalue(tup, desc, 3);
-		if (r)
-			strlcpy(role, r, sizeof(role));
-		do_touch = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 	}
+	if (ok)
+		stored = e->hash;
 	/* always compare, so a missing row costs the same as a wrong secret */
 	if (timingsafe_bcmp(digest, stored, PG_SHA256_DIGEST_LENGTH) != 0)
 		ok = false;
@@ -317,21 +393,34 @@ QuotaAuthenticate(text *keytext)
 	 * transaction snapshot may have been touched (or revoked) since, and
 	 * locking it would then fail with 40001, refusing a valid key because
 	 * another session used it (test/specs/key_revoke.spec).  Such callers
-	 * leave last_used_at to the next READ COMMITTED use.
+	 * leave last_used_at to the next READ COMMITTED use.  The cache keeps
+	 * the last value seen or written; the UPDATE (which the cache's trigger
+	 * ignores: it changes no configuration) skips a row another session is
+	 * touching right now.
 	 */
-	if (ok && do_touch && !XactReadOnly && !IsolationUsesXactSnapshot() &&
-		!RecoveryInProgress())
+	if (ok && !XactReadOnly && !IsolationUsesXactSnapshot() &&
+		!RecoveryInProgress() &&
+		e->last_used_at < now - (int64) quota_key_touch_interval * USECS_PER_SEC)
 	{
-		values[0] = Int64GetDatum(tenant_id);
-		values[1] = Int64GetDatum(key_id);
+		Datum		values[2];
+
+		if (!spi_open)
+		{
+			QuotaSpiBegin(&spi);
+			spi_open = true;
+		}
+		values[0] = Int64GetDatum(ck.tenant_id);
+		values[1] = Int64GetDatum(ck.key_id);
 		QuotaSpiExec(&touch, values, NULL, false, 0);
+		e->last_used_at = now;
 	}
-	QuotaSpiEnd(&spi);
+	if (spi_open)
+		QuotaSpiEnd(&spi);
 
 	if (!ok)
 		quota_invalid_key();
 
-	QuotaContextSet(tenant_id, user_id, key_id, role);
+	QuotaContextSet(ck.tenant_id, e->user_id, ck.key_id, e->role);
 }
 
 /*

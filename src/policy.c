@@ -11,9 +11,11 @@
  * price version is in force (metering.c).  No matching policy means deny,
  * as does an unknown or retired model.
  *
- * Nothing is cached across transactions: a policy change committed before a
- * statement starts is seen by it (READ COMMITTED), so a revoke takes effect
- * for the next transaction at the latest.
+ * The answer for (tenant, model) is kept in the backend's configuration
+ * cache (cache.c) until the configuration changes or the next price version
+ * takes effect; the role is checked against it on every call.  A policy
+ * change committed before a request starts is seen by it, as with a query
+ * (READ COMMITTED), so a revoke takes effect for the next request.
  *
  *-------------------------------------------------------------------------
  */
@@ -22,7 +24,9 @@
 #include "catalog/pg_type.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(policy_check);
@@ -49,13 +53,14 @@ quota_role_listed(ArrayType *roles, const char *role)
 }
 
 /*
- * QuotaPolicyEvaluate
- *		Tenant, model and policy for one request.  Call between QuotaSpiBegin
- *		and QuotaSpiEnd; out->timezone lives until QuotaSpiEnd.
+ * quota_policy_read
+ *		Run the query: everything but the role check, which is left in
+ *		*policy_allows (a policy allows the model) and *roles (NULL = any
+ *		role; else the roles it names, in SPI memory).
  */
-void
-QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
-					QuotaPolicyResult *out)
+static void
+quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
+				  bool *policy_allows, ArrayType **roles)
 {
 	static QuotaPlan plan = {
 		"SELECT t.status OPERATOR(pg_catalog.=) 'active', t.timezone, m.model_id, "
@@ -127,6 +132,8 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 	Datum		d;
 
 	memset(out, 0, sizeof(*out));
+	*policy_allows = false;
+	*roles = NULL;
 	values[0] = Int64GetDatum(tenant_id);
 	values[1] = CStringGetTextDatum(model);
 	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
@@ -145,8 +152,148 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 	d = SPI_getbinval(tup, desc, 4, &isnull);
 	if (isnull || !DatumGetBool(d))
 		return;
+	*policy_allows = true;
 	d = SPI_getbinval(tup, desc, 5, &isnull);
-	out->allowed = isnull || quota_role_listed(DatumGetArrayTypeP(d), role);
+	if (!isnull)
+		*roles = DatumGetArrayTypeP(d);
+}
+
+/* the cached answer for (tenant, model) */
+#define QUOTA_POLICY_CACHE_NAME 64
+
+typedef struct QuotaPolicyCacheKey
+{
+	int64		tenant_id;
+	char		model[QUOTA_POLICY_CACHE_NAME];
+} QuotaPolicyCacheKey;
+
+typedef struct QuotaPolicyCacheEntry
+{
+	QuotaPolicyCacheKey key;
+	bool		valid;
+	QuotaPolicyResult res;		/* allowed unused; pointers into the cache */
+	bool		policy_allows;
+	ArrayType  *roles;			/* NULL: any role */
+} QuotaPolicyCacheEntry;
+
+static Datum
+quota_copy_numeric(bool has, Datum d)
+{
+	return has ? datumCopy(d, false, -1) : (Datum) 0;
+}
+
+/* copy the pointed-to parts of res into the current memory context */
+static void
+quota_policy_copy(QuotaPolicyResult *res)
+{
+	if (res->timezone)
+		res->timezone = pstrdup(res->timezone);
+	res->price.unit_price = quota_copy_numeric(res->price.has_unit, res->price.unit_price);
+	res->price.input_per_1k = quota_copy_numeric(res->price.has_input, res->price.input_per_1k);
+	res->price.output_per_1k = quota_copy_numeric(res->price.has_output, res->price.output_per_1k);
+}
+
+static void
+quota_policy_answer(QuotaPolicyCacheEntry *e, const char *role, QuotaPolicyResult *out)
+{
+	*out = e->res;
+	quota_policy_copy(out);
+	out->allowed = e->policy_allows &&
+		(e->roles == NULL || quota_role_listed(e->roles, role));
+}
+
+/*
+ * QuotaPolicyEvaluateFresh
+ *		Tenant, model and policy for one request, read from the tables.  Call
+ *		between QuotaSpiBegin and QuotaSpiEnd; out->timezone and the prices
+ *		live until QuotaSpiEnd.  For a request that waited for a lock and
+ *		must decide on what is true now (quota.c).
+ */
+void
+QuotaPolicyEvaluateFresh(int64 tenant_id, const char *model, const char *role,
+						 QuotaPolicyResult *out)
+{
+	bool		policy_allows;
+	ArrayType  *roles;
+
+	quota_policy_read(tenant_id, model, out, &policy_allows, &roles);
+	out->allowed = policy_allows &&
+		(roles == NULL || quota_role_listed(roles, role));
+}
+
+/*
+ * QuotaPolicyEvaluate
+ *		The same, from the backend's configuration cache when it may be used
+ *		(cache.c); the answer's pointers are copies in the current memory
+ *		context, so a later reset of the cache does not touch them.
+ */
+void
+QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
+					QuotaPolicyResult *out)
+{
+	QuotaPolicyCacheKey key;
+	QuotaPolicyCacheEntry *e;
+	bool		found;
+
+	if (strlen(model) >= QUOTA_POLICY_CACHE_NAME || !QuotaCacheBegin())
+	{
+		QuotaPolicyEvaluateFresh(tenant_id, model, role, out);
+		return;
+	}
+	memset(&key, 0, sizeof(key));
+	key.tenant_id = tenant_id;
+	strlcpy(key.model, model, sizeof(key.model));
+	e = QuotaCacheLookup(QUOTA_CACHE_POLICIES, &key, sizeof(key),
+						 sizeof(QuotaPolicyCacheEntry), &found);
+	if (!found || !e->valid || GetCurrentTimestamp() >= e->res.price.valid_until)
+	{
+		QuotaPolicyResult res;
+		bool		policy_allows;
+		ArrayType  *roles;
+		MemoryContext old;
+
+		e->valid = false;
+		quota_policy_read(tenant_id, model, &res, &policy_allows, &roles);
+		if (!res.tenant_found)
+		{
+			/* unknown tenants are not cached */
+			QuotaCacheForget(QUOTA_CACHE_POLICIES, &key);
+			*out = res;
+			return;
+		}
+		old = MemoryContextSwitchTo(QuotaCacheContext());
+		quota_policy_copy(&res);
+		e->roles = roles ? DatumGetArrayTypePCopy(PointerGetDatum(roles)) : NULL;
+		MemoryContextSwitchTo(old);
+		e->res = res;
+		e->policy_allows = policy_allows;
+		e->valid = true;
+	}
+	quota_policy_answer(e, role, out);
+}
+
+/*
+ * QuotaPolicyFromCache
+ *		The answer when the cache holds it (true), without any query: the
+ *		caller need not open SPI.  False: call QuotaPolicyEvaluate.
+ */
+bool
+QuotaPolicyFromCache(int64 tenant_id, const char *model, const char *role,
+					 QuotaPolicyResult *out)
+{
+	QuotaPolicyCacheKey key;
+	QuotaPolicyCacheEntry *e;
+
+	if (strlen(model) >= QUOTA_POLICY_CACHE_NAME || !QuotaCacheBegin())
+		return false;
+	memset(&key, 0, sizeof(key));
+	key.tenant_id = tenant_id;
+	strlcpy(key.model, model, sizeof(key.model));
+	e = QuotaCacheFind(QUOTA_CACHE_POLICIES, &key);
+	if (e == NULL || !e->valid || GetCurrentTimestamp() >= e->res.price.valid_until)
+		return false;
+	quota_policy_answer(e, role, out);
+	return true;
 }
 
 /*
@@ -179,9 +326,12 @@ policy_check(PG_FUNCTION_ARGS)
 	else if (ctx && ctx->tenant_id == tenant_id && ctx->role[0] != '\0')
 		role = ctx->role;
 
-	QuotaSpiBegin(&spi);
-	QuotaPolicyEvaluate(tenant_id, model, role, &res);
-	QuotaSpiEnd(&spi);
+	if (!QuotaPolicyFromCache(tenant_id, model, role, &res))
+	{
+		QuotaSpiBegin(&spi);
+		QuotaPolicyEvaluate(tenant_id, model, role, &res);
+		QuotaSpiEnd(&spi);
+	}
 	if (!res.tenant_found)
 		QuotaRaiseUnknownTenant(tenant_id);
 	PG_RETURN_BOOL(res.tenant_active && res.model_id != 0 && res.allowed);

@@ -1406,7 +1406,7 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, QuotaPolicyResu
 		*mark = lock_wait_mark();
 		if (req->key_authenticated)
 			QuotaKeyRecheck(req->tenant_id, req->key_id);
-		QuotaPolicyEvaluate(req->tenant_id, req->model, req->role, pol);
+		QuotaPolicyEvaluateFresh(req->tenant_id, req->model, req->role, pol);
 		if (!pol->tenant_found || !pol->tenant_active || !pol->allowed)
 			return false;
 		/* the counters locked are the model's that was resolved first */

@@ -28,6 +28,7 @@ _PG_init(void)
 	QuotaPreloaded = process_shared_preload_libraries_in_progress;
 
 	QuotaContextInit();
+	QuotaCacheInit();
 	QuotaAuthInit();
 	QuotaRateLimitInit();
 	QuotaMeteringInit();

@@ -67,6 +67,23 @@ extern bool QuotaCallerIsAdmin(void);
 extern void QuotaCheckTenantAccess(int64 tenant_id);
 extern void QuotaRaiseUnknownTenant(int64 tenant_id) pg_attribute_noreturn();
 
+/* cache.c: per-backend cache of the configuration */
+typedef enum QuotaCacheKind
+{
+	QUOTA_CACHE_KEYS,			/* auth.c */
+	QUOTA_CACHE_POLICIES,		/* policy.c */
+	QUOTA_CACHE_RATE_RULES,		/* ratelimit.c */
+	QUOTA_CACHE_NKINDS
+} QuotaCacheKind;
+
+extern void QuotaCacheInit(void);
+extern bool QuotaCacheBegin(void);
+extern void *QuotaCacheLookup(QuotaCacheKind kind, const void *key, Size keysize,
+							  Size entrysize, bool *found);
+extern void *QuotaCacheFind(QuotaCacheKind kind, const void *key);
+extern void QuotaCacheForget(QuotaCacheKind kind, const void *key);
+extern MemoryContext QuotaCacheContext(void);
+
 /* auth.c: API keys */
 extern void QuotaAuthInit(void);
 extern void QuotaAuthenticate(text *api_key);
@@ -205,6 +222,10 @@ typedef struct QuotaPolicyResult
 
 extern void QuotaPolicyEvaluate(int64 tenant_id, const char *model,
 								const char *role, QuotaPolicyResult *out);
+extern void QuotaPolicyEvaluateFresh(int64 tenant_id, const char *model,
+									 const char *role, QuotaPolicyResult *out);
+extern bool QuotaPolicyFromCache(int64 tenant_id, const char *model,
+								 const char *role, QuotaPolicyResult *out);
 
 /* quota.c: quotas, consumption, reservations */
 

@@ -794,16 +794,38 @@ tenant_rate_limit_check(PG_FUNCTION_ARGS)
  * ----------------------------------------------------------------------
  */
 
+/* the rules that apply to (tenant, model, key), as cached (cache.c) */
+typedef struct QuotaRlRulesKey
+{
+	int64		tenant_id;
+	int64		model_id;
+	int64		key_id;
+} QuotaRlRulesKey;
+
+typedef struct QuotaRlRule
+{
+	int64		rule_id;		/* 0: the tier default */
+	int64		max_burst;
+	int64		count;
+	int64		period;
+} QuotaRlRule;
+
+typedef struct QuotaRlRulesEntry
+{
+	QuotaRlRulesKey key;
+	bool		valid;
+	int			n;
+	QuotaRlRule rules[QUOTA_RL_MAX_RULES];
+} QuotaRlRulesEntry;
+
 /*
- * QuotaRateLimitApply
- *		See quota_ext.h.  The rules are read with a kept plan on every call
- *		(so a change is seen by the next statement, as with every other
- *		table of quota_ext); the tier row is always returned for an existing
- *		tenant and used only when the tenant has no tenant-wide rule.
+ * quota_rl_rules_read
+ *		The tenant's rules for the model and key, then its tier default
+ *		unless a tenant-wide rule replaces it.  False: no such tenant.
  */
-bool
-QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
-					int64 quantity, QuotaRateDecision *out)
+static bool
+quota_rl_rules_read(int64 tenant_id, int64 model_id, int64 key_id,
+					QuotaRlRule *rules, int *nrules)
 {
 	static QuotaPlan plan = {
 		"(SELECT r.rule_id, r.max_burst, r.count, r.period_seconds, "
@@ -820,7 +842,6 @@ QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
 		"  WHERE t.tenant_id OPERATOR(pg_catalog.=) $1)",
 		3, {INT8OID, INT8OID, INT8OID}
 	};
-	QuotaRlBucket buckets[QUOTA_RL_MAX_RULES];
 	Datum		values[3];
 	int			n = 0;
 	bool		tenant_found = false;
@@ -828,20 +849,12 @@ QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
 	int64		tier_count = 0;
 	int64		tier_burst = 0;
 	uint64		row;
-	bool		allowed;
-	int			best;
-	int			i;
-
-	if (quantity < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("quantity must not be negative"),
-				 errdetail("quantity is %lld.", (long long) quantity)));
 
 	values[0] = Int64GetDatum(tenant_id);
 	values[1] = Int64GetDatum(model_id);
 	values[2] = Int64GetDatum(key_id);
-	QuotaSpiExec(&plan, values, NULL, true, 0);
+	/* not read-only: a fresh snapshot, taken after the cache's generation */
+	QuotaSpiExec(&plan, values, NULL, false, 0);
 
 	for (row = 0; row < SPI_processed; row++)
 	{
@@ -870,21 +883,96 @@ QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
 		if (n >= QUOTA_RL_MAX_RULES - 1)
 			elog(ERROR, "too many rate-limit rules apply to tenant %lld",
 				 (long long) tenant_id);
-		buckets[n].rule_id = rule_id;
-		buckets[n].max_burst = DatumGetInt32(burst);
-		buckets[n].count = DatumGetInt32(count);
-		buckets[n].period = period;
+		rules[n].rule_id = rule_id;
+		rules[n].max_burst = DatumGetInt32(burst);
+		rules[n].count = DatumGetInt32(count);
+		rules[n].period = period;
 		n++;
 	}
 	if (!tenant_found)
-		QuotaRaiseUnknownTenant(tenant_id);
+		return false;
 	if (!tenant_wide && tier_count > 0)
 	{
-		buckets[n].rule_id = 0;
-		buckets[n].max_burst = tier_burst;
-		buckets[n].count = tier_count;
-		buckets[n].period = 60;
+		rules[n].rule_id = 0;
+		rules[n].max_burst = tier_burst;
+		rules[n].count = tier_count;
+		rules[n].period = 60;
 		n++;
+	}
+	*nrules = n;
+	return true;
+}
+
+/*
+ * quota_rl_rules
+ *		quota_rl_rules_read through the backend's configuration cache.
+ */
+static void
+quota_rl_rules(int64 tenant_id, int64 model_id, int64 key_id,
+			   QuotaRlRule *rules, int *nrules)
+{
+	QuotaRlRulesKey key;
+	QuotaRlRulesEntry *e;
+	bool		found;
+
+	if (!QuotaCacheBegin())
+	{
+		if (!quota_rl_rules_read(tenant_id, model_id, key_id, rules, nrules))
+			QuotaRaiseUnknownTenant(tenant_id);
+		return;
+	}
+	memset(&key, 0, sizeof(key));
+	key.tenant_id = tenant_id;
+	key.model_id = model_id;
+	key.key_id = key_id;
+	e = QuotaCacheLookup(QUOTA_CACHE_RATE_RULES, &key, sizeof(key),
+						 sizeof(QuotaRlRulesEntry), &found);
+	if (!found || !e->valid)
+	{
+		e->valid = false;
+		if (!quota_rl_rules_read(tenant_id, model_id, key_id, e->rules, &e->n))
+		{
+			QuotaCacheForget(QUOTA_CACHE_RATE_RULES, &key);
+			QuotaRaiseUnknownTenant(tenant_id);
+		}
+		e->valid = true;
+	}
+	memcpy(rules, e->rules, sizeof(QuotaRlRule) * e->n);
+	*nrules = e->n;
+}
+
+/*
+ * QuotaRateLimitApply
+ *		See quota_ext.h.  The rules come from the backend's configuration
+ *		cache (cache.c), else from a kept plan, so a change committed before
+ *		a request starts is seen by it, as with every other table of
+ *		quota_ext.  The tier row is always read for an existing tenant and
+ *		used only when the tenant has no tenant-wide rule.
+ */
+bool
+QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
+					int64 quantity, QuotaRateDecision *out)
+{
+	QuotaRlBucket buckets[QUOTA_RL_MAX_RULES];
+	QuotaRlRule rules[QUOTA_RL_MAX_RULES];
+	int			n;
+	bool		allowed;
+	int			best;
+	int			i;
+
+	if (quantity < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("quantity must not be negative"),
+				 errdetail("quantity is %lld.", (long long) quantity)));
+
+	quota_rl_rules(tenant_id, model_id, key_id, rules, &n);
+	for (i = 0; i < n; i++)
+	{
+		buckets[i].rule_id = rules[i].rule_id;
+		buckets[i].max_burst = rules[i].max_burst;
+		buckets[i].count = rules[i].count;
+		buckets[i].period = rules[i].period;
 	}
 
 	if (n == 0)

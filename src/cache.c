@@ -1,0 +1,297 @@
+/*-------------------------------------------------------------------------
+ *
+ * cache.c
+ *		Per-backend cache of the configuration the hot path reads: API keys
+ *		(auth.c), tenant + model + policy + price (policy.c) and rate-limit
+ *		rules (ratelimit.c).
+ *
+ * Configuration changes rarely and is read on every request, so each
+ * backend keeps what it read in hash tables in its own memory and asks
+ * PostgreSQL again only when something may have changed.  "May have
+ * changed" is one 64-bit generation counter in shared memory:
+ *
+ *	- every table the cache is built from has a statement-level trigger
+ *	  (sql/install/95_cache.sql, ENABLE ALWAYS so logical replication's
+ *	  apply workers fire it too) that marks the writing transaction dirty;
+ *	- when a dirty transaction commits, its XACT_EVENT_COMMIT callback
+ *	  increments the generation.  That callback runs after the commit became
+ *	  visible (ProcArrayEndTransaction) and before the transaction's locks
+ *	  are released and before COMMIT returns to the client, so a request
+ *	  that starts after the change committed, or that waited for a row the
+ *	  changing transaction had locked, sees the new generation;
+ *	- a backend reads the generation before it looks anything up, and throws
+ *	  its whole cache away when the generation moved.  Entries are loaded by
+ *	  queries that take a fresh snapshot (READ COMMITTED, non-read-only SPI)
+ *	  after that read, so an entry never holds data older than the
+ *	  generation it is filed under.
+ *
+ * The cache is not used (neither read nor filled) when it could give an
+ * answer a plain query would not:
+ *	- under REPEATABLE READ or SERIALIZABLE, whose queries see the
+ *	  transaction's snapshot (and take predicate locks) — these callers read
+ *	  the tables as before;
+ *	- in a transaction that itself changed the configuration (it must see
+ *	  its own uncommitted changes);
+ *	- when the library is not preloaded (no shared memory for the counter),
+ *	  or quota_ext.config_cache is off.
+ * A transaction that changed the configuration cannot be prepared (two-
+ * phase commit): the generation would have to move at COMMIT PREPARED in
+ * another backend, which runs no callback of ours (0A000, as PostgreSQL
+ * does for NOTIFY).
+ *
+ * Time-dependent facts are kept with their deadline and checked on every
+ * use: a key's expiry, the instant the next price version takes effect.
+ * Negative answers (unknown tenant, unknown key) are never cached, so
+ * unknown ids cost a query as before and cannot fill the cache.  Dropping
+ * the extension or its schema resets the cache (pg_namespace invalidation).
+ * Each kind of entry has its own hash table in one memory context; when a
+ * table reaches quota_ext.config_cache_entries the whole cache is reset.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "quota_ext.h"
+
+#include "access/xact.h"
+#include "commands/trigger.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+
+PG_FUNCTION_INFO_V1(cache_invalidate);
+
+typedef struct QuotaCacheShared
+{
+	pg_atomic_uint64 generation;
+} QuotaCacheShared;
+
+static QuotaCacheShared *cache_shared = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static bool quota_config_cache = true;
+static int	quota_config_cache_entries = 20000;
+
+static MemoryContext cache_cxt = NULL;
+static HTAB *cache_tables[QUOTA_CACHE_NKINDS];
+static uint64 cache_generation = 0;
+static bool cache_reset_pending = true;
+
+/* this transaction wrote to a table the cache is built from */
+static bool cache_dirty = false;
+
+static const char *const cache_names[QUOTA_CACHE_NKINDS] = {
+	"quota_ext key cache",
+	"quota_ext policy cache",
+	"quota_ext rate-limit rule cache"
+};
+
+static void
+quota_cache_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(QuotaCacheShared)));
+}
+
+static void
+quota_cache_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	cache_shared = ShmemInitStruct("quota_ext config generation",
+								   sizeof(QuotaCacheShared), &found);
+	if (!found)
+		pg_atomic_init_u64(&cache_shared->generation, 1);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static void
+quota_cache_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (cache_dirty)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that changed quota_ext configuration"),
+						 errdetail("Backends cache the configuration and learn of a change when the changing transaction commits."),
+						 errhint("Commit configuration changes without two-phase commit.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (cache_dirty && cache_shared != NULL)
+				pg_atomic_fetch_add_u64(&cache_shared->generation, 1);
+			cache_dirty = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			cache_dirty = false;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+quota_cache_namespace_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	cache_reset_pending = true;
+}
+
+/*
+ * QuotaCacheInit
+ *		Called by _PG_init.
+ */
+void
+QuotaCacheInit(void)
+{
+	DefineCustomBoolVariable("quota_ext.config_cache",
+							 "Cache keys, policies, prices and rate-limit rules in each backend.",
+							 "A committed change is seen by the next request either way; off reads the tables on every request.",
+							 &quota_config_cache,
+							 true,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("quota_ext.config_cache_entries",
+							"Entries per kind kept by the configuration cache of one backend.",
+							"When a kind reaches this number the backend's whole cache is emptied.",
+							&quota_config_cache_entries,
+							20000, 16, 10000000,
+							PGC_USERSET, 0,
+							NULL, NULL, NULL);
+	RegisterXactCallback(quota_cache_xact_callback, NULL);
+	CacheRegisterSyscacheCallback(NAMESPACEOID, quota_cache_namespace_callback,
+								  (Datum) 0);
+	if (process_shared_preload_libraries_in_progress)
+	{
+		prev_shmem_request_hook = shmem_request_hook;
+		shmem_request_hook = quota_cache_shmem_request;
+		prev_shmem_startup_hook = shmem_startup_hook;
+		shmem_startup_hook = quota_cache_shmem_startup;
+	}
+}
+
+static void
+quota_cache_reset(uint64 generation)
+{
+	if (cache_cxt == NULL)
+		cache_cxt = AllocSetContextCreate(TopMemoryContext,
+										  "quota_ext config cache",
+										  ALLOCSET_DEFAULT_SIZES);
+	else
+		MemoryContextReset(cache_cxt);
+	memset(cache_tables, 0, sizeof(cache_tables));
+	cache_generation = generation;
+	cache_reset_pending = false;
+}
+
+/*
+ * QuotaCacheBegin
+ *		May this request use the cache?  Empties it first when the
+ *		configuration changed since it was filled.  Call before the queries
+ *		that would fill it (they must take their snapshot after this).
+ */
+bool
+QuotaCacheBegin(void)
+{
+	uint64		generation;
+
+	if (!quota_config_cache || cache_shared == NULL || cache_dirty ||
+		IsolationUsesXactSnapshot())
+		return false;
+	generation = pg_atomic_read_u64(&cache_shared->generation);
+	/* the generation is read before any snapshot a filling query takes */
+	pg_memory_barrier();
+	if (generation != cache_generation || cache_reset_pending || cache_cxt == NULL)
+		quota_cache_reset(generation);
+	return true;
+}
+
+/*
+ * QuotaCacheLookup
+ *		The entry for key in one kind's table (after QuotaCacheBegin returned
+ *		true), created when missing: *found false means the caller fills it
+ *		(every entry starts with its key, then a bool "valid" the caller sets
+ *		last, so an entry left half-filled by an error is filled again).
+ */
+void *
+QuotaCacheLookup(QuotaCacheKind kind, const void *key, Size keysize,
+				 Size entrysize, bool *found)
+{
+	HTAB	   *htab = cache_tables[kind];
+
+	if (htab != NULL && hash_get_num_entries(htab) >= quota_config_cache_entries)
+	{
+		void	   *e = hash_search(htab, key, HASH_FIND, NULL);
+
+		if (e != NULL)
+		{
+			*found = true;
+			return e;
+		}
+		quota_cache_reset(cache_generation);
+		htab = NULL;
+	}
+	if (htab == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = keysize;
+		ctl.entrysize = entrysize;
+		ctl.hcxt = cache_cxt;
+		htab = hash_create(cache_names[kind], 256, &ctl,
+						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		cache_tables[kind] = htab;
+	}
+	return hash_search(htab, key, HASH_ENTER, found);
+}
+
+/* QuotaCacheFind: the entry for key, or NULL (nothing is created) */
+void *
+QuotaCacheFind(QuotaCacheKind kind, const void *key)
+{
+	if (cache_tables[kind] == NULL)
+		return NULL;
+	return hash_search(cache_tables[kind], key, HASH_FIND, NULL);
+}
+
+/* QuotaCacheForget: drop an entry (an answer that must not be cached) */
+void
+QuotaCacheForget(QuotaCacheKind kind, const void *key)
+{
+	if (cache_tables[kind] != NULL)
+		hash_search(cache_tables[kind], key, HASH_REMOVE, NULL);
+}
+
+/* QuotaCacheContext: where entries keep what they point to */
+MemoryContext
+QuotaCacheContext(void)
+{
+	return cache_cxt;
+}
+
+/*
+ * quota_ext._cache_invalidate() RETURNS trigger
+ *		Statement-level trigger on every table the cache is built from.
+ */
+Datum
+cache_invalidate(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("quota_ext._cache_invalidate() must be called as a trigger")));
+	cache_dirty = true;
+	return PointerGetDatum(NULL);
+}
