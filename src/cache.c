@@ -10,9 +10,12 @@
  * PostgreSQL again only when something may have changed.  "May have
  * changed" is one 64-bit generation counter in shared memory:
  *
- *	- every table the cache is built from has a statement-level trigger
- *	  (sql/install/95_cache.sql, ENABLE ALWAYS so logical replication's
- *	  apply workers fire it too) that marks the writing transaction dirty;
+ *	- every administrative function records its change with _audit()
+ *	  (sql/install/05_audit.sql), which calls quota_ext.config_changed():
+ *	  that marks the writing transaction dirty.  Not a trigger: per-tenant
+ *	  tables carry none, so that they can be distributed with Citus
+ *	  (PRODUCT.md, capability 10).  Whoever changes the tables directly
+ *	  calls config_changed() in the same transaction (doc/reference.md);
  *	- when a dirty transaction commits, its XACT_EVENT_COMMIT callback
  *	  increments the generation.  That callback runs after the commit became
  *	  visible (ProcArrayEndTransaction) and before the transaction's locks
@@ -52,7 +55,6 @@
 #include "quota_ext.h"
 
 #include "access/xact.h"
-#include "commands/trigger.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/ipc.h"
@@ -63,7 +65,7 @@
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 
-PG_FUNCTION_INFO_V1(cache_invalidate);
+PG_FUNCTION_INFO_V1(config_changed);
 
 typedef struct QuotaCacheShared
 {
@@ -282,16 +284,14 @@ QuotaCacheContext(void)
 }
 
 /*
- * quota_ext._cache_invalidate() RETURNS trigger
- *		Statement-level trigger on every table the cache is built from.
+ * quota_ext.config_changed() RETURNS void
+ *		The configuration changes in this transaction: when it commits,
+ *		every backend empties its cache.  Called by _audit(), i.e. by every
+ *		administrative function; for direct changes to the tables.
  */
 Datum
-cache_invalidate(PG_FUNCTION_ARGS)
+config_changed(PG_FUNCTION_ARGS)
 {
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("quota_ext._cache_invalidate() must be called as a trigger")));
 	cache_dirty = true;
-	return PointerGetDatum(NULL);
+	PG_RETURN_VOID();
 }
