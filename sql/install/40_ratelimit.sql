@@ -19,19 +19,31 @@ CREATE FUNCTION quota_ext.gcra_eval(tat_ns bigint, now_ns bigint, max_burst inte
 COMMENT ON FUNCTION quota_ext.gcra_eval(bigint, bigint, integer, integer, integer, integer) IS
 	'GCRA arithmetic of one CL.THROTTLE given the stored TAT and now (ns); new_tat_ns is the TAT to store';
 
+-- The answer of rate_limit_check and tenant_rate_limit_check: redis-cell's
+-- five numbers.  A named row type rather than OUT parameters: the executor
+-- then finds the result shape in the type cache instead of rebuilding it
+-- from pg_proc at every call (doc/performance.md).
+CREATE TYPE quota_ext.rate_limit_result AS (
+	limited     boolean,
+	"limit"     bigint,
+	remaining   bigint,
+	retry_after bigint,
+	reset_after bigint
+);
+COMMENT ON TYPE quota_ext.rate_limit_result IS
+	'CL.THROTTLE''s answer: limited; limit = max_burst + 1; remaining; retry_after (-1 when allowed) and reset_after in whole seconds';
+
 CREATE FUNCTION quota_ext.rate_limit_check(key text, max_burst integer, count integer,
-	period_seconds integer, quantity integer DEFAULT 1,
-	OUT limited boolean, OUT "limit" bigint, OUT remaining bigint,
-	OUT retry_after bigint, OUT reset_after bigint)
+	period_seconds integer, quantity integer DEFAULT 1)
+	RETURNS quota_ext.rate_limit_result
 	AS 'MODULE_PATHNAME', 'rate_limit_check'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext.rate_limit_check(text, integer, integer, integer, integer) IS
 	'redis-cell CL.THROTTLE: count per period_seconds with max_burst, in one namespace shared by all callers; quantity 0 peeks';
 
 CREATE FUNCTION quota_ext.tenant_rate_limit_check(key text, max_burst integer, count integer,
-	period_seconds integer, quantity integer DEFAULT 1,
-	OUT limited boolean, OUT "limit" bigint, OUT remaining bigint,
-	OUT retry_after bigint, OUT reset_after bigint)
+	period_seconds integer, quantity integer DEFAULT 1)
+	RETURNS quota_ext.rate_limit_result
 	AS 'MODULE_PATHNAME', 'tenant_rate_limit_check'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext.tenant_rate_limit_check(text, integer, integer, integer, integer) IS
