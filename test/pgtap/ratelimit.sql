@@ -1,7 +1,7 @@
 -- pgTAP: the rate-limit contract (functions, privileges, SQLSTATEs, rules,
 -- tier defaults, RLS on quota_ext.rate_limits).
 BEGIN;
-SELECT plan(61);
+SELECT plan(64);
 
 -- Buckets outlive the transaction: fresh keys for every run.
 SELECT pg_catalog.md5(pg_catalog.random()::text) AS run \gset
@@ -18,6 +18,19 @@ SELECT has_function('quota_ext', 'rate_limit_apply', ARRAY['bigint', 'text', 'in
 SELECT has_function('quota_ext', 'rate_limit_status', ARRAY[]::text[]);
 SELECT volatility_is('quota_ext', 'gcra_eval', ARRAY['bigint', 'bigint', 'integer', 'integer', 'integer', 'integer'], 'immutable');
 SELECT volatility_is('quota_ext', 'rate_limit_check', ARRAY['text', 'integer', 'integer', 'integer', 'integer'], 'volatile');
+-- both checks answer the named row type (the executor then takes its shape
+-- from the type cache), with redis-cell's five columns in order
+SELECT is((SELECT array_agg(DISTINCT p.prorettype::regtype::text)
+             FROM pg_catalog.pg_proc p
+            WHERE p.oid IN ('quota_ext.rate_limit_check(text,integer,integer,integer,integer)'::regprocedure,
+                            'quota_ext.tenant_rate_limit_check(text,integer,integer,integer,integer)'::regprocedure)),
+	ARRAY['quota_ext.rate_limit_result'], 'the checks return quota_ext.rate_limit_result');
+SELECT is((SELECT array_agg(a.attname::text ORDER BY a.attnum)
+             FROM pg_catalog.pg_attribute a
+            WHERE a.attrelid = (SELECT typrelid FROM pg_catalog.pg_type
+                                 WHERE oid = 'quota_ext.rate_limit_result'::regtype)
+              AND a.attnum > 0 AND NOT a.attisdropped),
+	ARRAY['limited', 'limit', 'remaining', 'retry_after', 'reset_after'], 'rate_limit_result columns');
 
 SELECT function_privs_are('quota_ext', 'rate_limit_check', ARRAY['text', 'integer', 'integer', 'integer', 'integer'],
 	'quota_ext_app', ARRAY['EXECUTE'], 'the app role may check keys');
@@ -69,6 +82,9 @@ SELECT results_eq(
 -- ---------------------------------------------------------------------------
 -- bad input: SQLSTATEs
 -- ---------------------------------------------------------------------------
+-- called as a value (not in FROM) the row has the named type too
+SELECT is((SELECT (quota_ext.rate_limit_check('tap:value:' || :'run', 4, 1, 3600)).remaining), 4::bigint,
+	'rate_limit_check as a value: a fresh bucket of 5 leaves 4');
 SELECT throws_ok($$SELECT quota_ext.rate_limit_check(NULL, 1, 1, 1)$$, '22004', NULL, 'NULL key');
 SELECT throws_ok($$SELECT quota_ext.rate_limit_check('tap:x', NULL, 1, 1)$$, '22004', NULL, 'NULL max_burst');
 SELECT throws_ok($$SELECT quota_ext.rate_limit_check('tap:x', 1, 1, 1, NULL)$$, '22004', NULL, 'NULL quantity');
