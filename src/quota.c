@@ -243,6 +243,34 @@ static QuotaPlan write_plan = {
 	INT4ARRAYOID, INT8ARRAYOID, INT4ARRAYOID}
 };
 
+/*
+ * The same when every touched counter is a single-slot quota's (slot 0): the
+ * counters are found by index with quota_id = ANY and take their values by
+ * position, with no function scan or join to set up (write_plan costs ~15%
+ * more instructions per consume).
+ */
+static QuotaPlan write_simple_plan = {
+	"WITH u AS ("
+	"  INSERT INTO quota_ext.usage (tenant_id, usage_id, occurred_at, kind, model_id, "
+	"      user_id, key_id, calls, units, overage_units, ref_usage_id, reservation_id, "
+	"      idempotency_key, input_tokens, output_tokens, price_id, cost, metadata) "
+	"  VALUES ($1, COALESCE($2, pg_catalog.nextval('quota_ext.usage_id_seq')), "
+	"          $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $17, $18, $19, $20, $21) "
+	"  RETURNING usage_id), "
+	"c AS ("
+	"  UPDATE quota_ext.quota_counters c "
+	"     SET used = ($15)[pg_catalog.array_position($14, c.quota_id)], "
+	"         period_start = ($16)[pg_catalog.array_position($14, c.quota_id)], "
+	"         allowance = NULL, events_mask = 0 "
+	"   WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 "
+	"     AND c.quota_id OPERATOR(pg_catalog.=) ANY ($14) "
+	"     AND c.slot OPERATOR(pg_catalog.=) 0) "
+	"SELECT usage_id FROM u",
+	21, {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, INT8OID, INT4OID,
+		INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT8ARRAYOID, INT8ARRAYOID,
+		TIMESTAMPTZARRAYOID, INT8OID, INT8OID, INT8OID, NUMERICOID, JSONBOID}
+};
+
 /* the escrow quotas that apply (definitions only; slots are taken one by one) */
 static QuotaPlan multi_plan = {
 	"SELECT q.quota_id, q.period, q.period_label, "
@@ -726,9 +754,14 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 	int			lbs[1] = {1};
 	bool		isnull;
 
+	bool		simple = true;
+
 	for (i = 0; i < nrows; i++)
 		if (rows[i].touched && rows[i].slots > 1)
+		{
 			cap += rows[i].nupd;
+			simple = false;
+		}
 	qids = palloc(sizeof(int64) * cap);
 	used = palloc(sizeof(int64) * cap);
 	starts = palloc(sizeof(TimestampTz) * cap);
@@ -830,7 +863,7 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 			nulls[20] = ' ';
 		}
 	}
-	QuotaSpiExec(&write_plan, values, nulls, false, 0);
+	QuotaSpiExec(simple ? &write_simple_plan : &write_plan, values, nulls, false, 0);
 	if (SPI_processed != 1)
 		elog(ERROR, "usage row was not written");
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
