@@ -90,7 +90,8 @@ static bool cache_dirty = false;
 static const char *const cache_names[QUOTA_CACHE_NKINDS] = {
 	"quota_ext key cache",
 	"quota_ext policy cache",
-	"quota_ext rate-limit rule cache"
+	"quota_ext rate-limit rule cache",
+	"quota_ext quota definition cache"
 };
 
 static void

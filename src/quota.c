@@ -517,21 +517,154 @@ parse_quota_rows(QuotaRow *rows, int first)
 	return first + (int) SPI_processed;
 }
 
+/* the single-slot quotas that apply to (tenant, model, user, key), cached */
+typedef struct QuotaDefsKey
+{
+	int64		tenant_id;
+	int64		model_id;
+	int64		user_id;
+	int64		key_id;
+} QuotaDefsKey;
+
+typedef struct QuotaDefsEntry
+{
+	QuotaDefsKey key;
+	bool		valid;
+	int			n;
+	QuotaRow   *rows;			/* definitions only, in quota_id order */
+} QuotaDefsEntry;
+
+/* the definitions of the single-slot quotas that apply (no lock) */
+static QuotaPlan defs_plan = {
+	"SELECT q.quota_id, q.period, q.period_label, "
+	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
+	"       q.on_exceed, q.thresholds, '-infinity'::pg_catalog.timestamptz, 0::pg_catalog.int8, "
+	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency "
+	"FROM quota_ext.quotas q "
+	"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.slots OPERATOR(pg_catalog.=) 1 "
+	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
+	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
+	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
+	"ORDER BY q.quota_id",
+	4, {INT8OID, INT8OID, INT8OID, INT8OID}
+};
+
+/* lock the counters of known single-slot quotas, in quota_id order */
+static QuotaPlan lock_ids_plan = {
+	"SELECT c.quota_id, c.period_start, c.used "
+	"FROM quota_ext.quota_counters c "
+	"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 "
+	"  AND c.quota_id OPERATOR(pg_catalog.=) ANY ($2) "
+	"  AND c.slot OPERATOR(pg_catalog.=) 0 "
+	"ORDER BY c.quota_id "
+	"FOR NO KEY UPDATE OF c",
+	2, {INT8OID, INT8ARRAYOID}
+};
+
+/*
+ * lock_cached_counters
+ *		lock_counters for a new charge when the configuration cache may be
+ *		used (cache.c): the quota definitions come from the cache, and only
+ *		the counters are read, by primary key, and locked.  A quota deleted
+ *		since (its counter went with it) no longer applies.  Returns -1
+ *		when the cache may not be used.
+ */
+static int
+lock_cached_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
+					 QuotaRow *rows)
+{
+	QuotaDefsKey key;
+	QuotaDefsEntry *e;
+	bool		found;
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	int64	   *ids;
+	int			n = 0;
+	int			i;
+	uint64		row;
+
+	if (!QuotaCacheBegin())
+		return -1;
+	memset(&key, 0, sizeof(key));
+	key.tenant_id = tenant_id;
+	key.model_id = model_id;
+	key.user_id = user_id;
+	key.key_id = key_id;
+	e = QuotaCacheLookup(QUOTA_CACHE_QUOTAS, &key, sizeof(key),
+						 sizeof(QuotaDefsEntry), &found);
+	if (!found || !e->valid)
+	{
+		int			nd;
+
+		e->valid = false;
+		values[0] = Int64GetDatum(tenant_id);
+		values[1] = Int64GetDatum(model_id);
+		values[2] = Int64GetDatum(user_id);
+		values[3] = Int64GetDatum(key_id);
+		if (user_id == 0)
+			nulls[2] = 'n';
+		if (key_id == 0)
+			nulls[3] = 'n';
+		/* not read-only: a fresh snapshot, taken after the cache's generation */
+		QuotaSpiExec(&defs_plan, values, nulls, false, 0);
+		nd = parse_quota_rows(rows, 0);
+		e->rows = nd > 0 ?
+			MemoryContextAlloc(QuotaCacheContext(), sizeof(QuotaRow) * nd) : NULL;
+		if (nd > 0)
+			memcpy(e->rows, rows, sizeof(QuotaRow) * nd);
+		e->n = nd;
+		e->valid = true;
+	}
+	if (e->n == 0)
+		return 0;
+
+	ids = palloc(sizeof(int64) * e->n);
+	for (i = 0; i < e->n; i++)
+		ids[i] = e->rows[i].quota_id;
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = int8_array(ids, e->n);
+	QuotaSpiExec(&lock_ids_plan, values, NULL, false, 0);
+	/* both in quota_id order: keep the definitions whose counter exists */
+	i = 0;
+	for (row = 0; row < SPI_processed; row++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[row];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		qid = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+
+		while (i < e->n && e->rows[i].quota_id < qid)
+			i++;
+		if (i >= e->n || e->rows[i].quota_id != qid)
+			continue;
+		rows[n] = e->rows[i];
+		rows[n].counter_start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+		rows[n].used = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		n++;
+		i++;
+	}
+	return n;
+}
+
 /*
  * lock_counters
  *		Lock the counters of the single-row quotas that apply, in quota_id
  *		order, and load them; with escrow quotas (has_slots), append their
  *		definitions (their slots are taken later, see acquire_slots).
- *		created_before is +infinity for a new charge.
+ *		created_before is +infinity for a new charge, which may take the
+ *		definitions from the configuration cache unless fresh is set (a
+ *		request that waited decides on what the tables say now).
  */
 static int
 lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
-			  TimestampTz created_before, bool has_slots, QuotaRow *rows)
+			  TimestampTz created_before, bool has_slots, bool fresh, QuotaRow *rows)
 {
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-	int			n;
+	int			n = -1;
 
+	if (!fresh && TIMESTAMP_IS_NOEND(created_before))
+		n = lock_cached_counters(tenant_id, model_id, user_id, key_id, rows);
 	values[0] = Int64GetDatum(tenant_id);
 	values[1] = Int64GetDatum(model_id);
 	values[2] = Int64GetDatum(user_id);
@@ -541,8 +674,11 @@ lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
 		nulls[2] = 'n';
 	if (key_id == 0)
 		nulls[3] = 'n';
-	QuotaSpiExec(&lock_plan, values, nulls, false, 0);
-	n = parse_quota_rows(rows, 0);
+	if (n < 0)
+	{
+		QuotaSpiExec(&lock_plan, values, nulls, false, 0);
+		n = parse_quota_rows(rows, 0);
+	}
 	if (has_slots)
 	{
 		QuotaSpiExec(&multi_plan, values, nulls, false, 0);
@@ -1446,7 +1582,7 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, QuotaPolicyResu
 		pol->model_id = model_id;
 		if (rows)
 			*n = lock_counters(req->tenant_id, model_id, req->user_id, req->key_id,
-							   infinity, pol->has_slots, rows);
+							   infinity, pol->has_slots, true, rows);
 	}
 	return true;
 }
@@ -1518,7 +1654,7 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 		tz = cstring_to_text(pol.timezone);
 		TIMESTAMP_NOEND(infinity);
 		n = lock_counters(req->tenant_id, pol.model_id, req->user_id, req->key_id,
-						  infinity, pol.has_slots, rows);
+						  infinity, pol.has_slots, false, rows);
 		if (!recheck_after_wait(req, &wait_mark, &pol, rows, &n))
 		{
 			d->allowed = false;
@@ -1613,7 +1749,7 @@ adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 
 	int			i;
 	TimestampTz clock = GetCurrentTimestamp();
 
-	n = lock_counters(tenant_id, model_id, user_id, key_id, occurred_at, true, rows);
+	n = lock_counters(tenant_id, model_id, user_id, key_id, occurred_at, true, true, rows);
 	*nrows = n;
 	for (i = 0; i < n; i++)
 	{

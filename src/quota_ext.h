@@ -73,6 +73,7 @@ typedef enum QuotaCacheKind
 	QUOTA_CACHE_KEYS,			/* auth.c */
 	QUOTA_CACHE_POLICIES,		/* policy.c */
 	QUOTA_CACHE_RATE_RULES,		/* ratelimit.c */
+	QUOTA_CACHE_QUOTAS,			/* quota.c: quota definitions */
 	QUOTA_CACHE_NKINDS
 } QuotaCacheKind;
 

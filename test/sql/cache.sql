@@ -68,6 +68,16 @@ SELECT allowed, cost FROM quota_ext.quota_consume(:t, 'cache-model', 1, role => 
 SELECT pg_sleep(1.2);
 SELECT allowed, cost FROM quota_ext.quota_consume(:t, 'cache-model', 1, role => 'admin');
 
+-- Quota definitions are cached too (the counters are always locked and
+-- read): a new quota, a limit cut and a deleted quota apply at once.
+SELECT quota_ext.quota_set(:t, 'daily', 3, model => 'cache-model') AS q \gset
+SELECT allowed, remaining FROM quota_ext.quota_consume(:t, 'cache-model', 1, role => 'admin');
+SELECT allowed, remaining FROM quota_ext.quota_consume(:t, 'cache-model', 1, role => 'admin');
+SELECT quota_ext.quota_set(:t, 'daily', 2, model => 'cache-model') = :q AS same_quota;
+SELECT allowed, denied_by, remaining FROM quota_ext.quota_consume(:t, 'cache-model', 1, role => 'admin');
+SELECT quota_ext.quota_delete(:t, :q);
+SELECT allowed, denied_by, remaining FROM quota_ext.quota_consume(:t, 'cache-model', 1, role => 'admin');
+
 -- Off: the same answers from the tables.
 SET quota_ext.config_cache = off;
 SELECT quota_ext.policy_check(:t, 'cache-model', 'member') AS member,
