@@ -227,8 +227,7 @@ api_key_mint(PG_FUNCTION_ARGS)
 	values[1] = CStringGetTextDatum(prefix);
 	values[2] = PointerGetDatum(hash);
 	explicit_bzero(key, sizeof(key));
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
-													  values, nulls)));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 
 /* the cached facts about a good key (cache.c) */
@@ -471,13 +470,23 @@ authenticate(PG_FUNCTION_ARGS)
 	const QuotaContext *ctx;
 
 	QuotaArgNotNull(fcinfo, 0, "api_key");
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
+	/* the row type, looked up once per call site */
+	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	if (tupdesc == NULL)
+	{
+		MemoryContext old;
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		MemoryContextSwitchTo(old);
+		fcinfo->flinfo->fn_extra = tupdesc;
+	}
 	QuotaAuthenticate(PG_GETARG_TEXT_PP(0));
 	ctx = QuotaContextGet();
 	values[0] = Int64GetDatum(ctx->tenant_id);
 	values[1] = Int64GetDatum(ctx->user_id);
 	values[2] = CStringGetTextDatum(ctx->role);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
-													  values, nulls)));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
