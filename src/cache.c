@@ -35,8 +35,13 @@
  *	  the tables as before;
  *	- in a transaction that itself changed the configuration (it must see
  *	  its own uncommitted changes);
+ *	- on a hot standby: replayed commits run no callback, so nothing would
+ *	  move the counter;
  *	- when the library is not preloaded (no shared memory for the counter),
  *	  or quota_ext.config_cache is off.
+ * Likewise a database that receives quota_ext's tables through logical
+ * replication must turn quota_ext.config_cache off: the apply worker's
+ * plain DML does not call config_changed().
  * A transaction that changed the configuration cannot be prepared (two-
  * phase commit): the generation would have to move at COMMIT PREPARED in
  * another backend, which runs no callback of ours (0A000, as PostgreSQL
@@ -55,6 +60,7 @@
 #include "quota_ext.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/ipc.h"
@@ -211,7 +217,7 @@ QuotaCacheBegin(void)
 	uint64		generation;
 
 	if (!quota_config_cache || cache_shared == NULL || cache_dirty ||
-		IsolationUsesXactSnapshot())
+		IsolationUsesXactSnapshot() || RecoveryInProgress())
 		return false;
 	generation = pg_atomic_read_u64(&cache_shared->generation);
 	/* the generation is read before any snapshot a filling query takes */
