@@ -55,17 +55,12 @@ COMMENT ON TABLE quota_ext.quotas IS
 -- The counter of a quota for its current period.  One row per quota and
 -- slot (slot 0 only for now; see doc/design.md, "hot tenants").  Updated in
 -- place (HOT: no indexed column changes), so the table stays small.
--- A domain rather than a CHECK constraint, for the reason given at
--- quota_ext.usage_kind below: the counter is updated by every consume.
-CREATE DOMAIN quota_ext.counter_used AS bigint CHECK (VALUE OPERATOR(pg_catalog.>=) 0);
-COMMENT ON DOMAIN quota_ext.counter_used IS 'Units used by a quota counter: never negative';
-
 CREATE TABLE quota_ext.quota_counters (
 	tenant_id     bigint NOT NULL,
 	quota_id      bigint NOT NULL,
 	slot          integer NOT NULL DEFAULT 0,
 	period_start  timestamptz NOT NULL DEFAULT '-infinity',
-	used          quota_ext.counter_used NOT NULL DEFAULT 0,
+	used          bigint NOT NULL DEFAULT 0 CHECK (used OPERATOR(pg_catalog.>=) 0),
 	-- escrow (slots > 1 only): this slot's share of the limit in its period,
 	-- and the thresholds this slot has seen emitted (bit i = thresholds[i+1],
 	-- bit 30 = soft limit)
