@@ -52,12 +52,14 @@
 #include "quota_ext.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "common/int.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -181,6 +183,9 @@ typedef struct QuotaRow
 	int			nupd;
 	CounterUpdate *upd;			/* the slot rows to write */
 	int			charged;		/* index in upd of the charged slot */
+	bool		slot_written;	/* upd[0] charged and written by acquire_slots */
+	int64		slot_amount;	/* ... by this much */
+	int32		written_mask;	/* ... with this events_mask */
 } QuotaRow;
 
 static const char *const denied_tenant = "tenant";
@@ -288,29 +293,80 @@ static QuotaPlan multi_plan = {
 };
 
 /*
- * Escrow fast path: one slot of the quota that can take the amount and that
- * nobody holds, starting at a slot chosen by backend.  A slot of an older
- * period counts as empty with its default share ($5 is the smallest share);
- * a slot of a newer period is not taken.  Also returns the quota's committed
- * total in the period as of this statement (for reporting and events).
+ * Escrow single-slot charge (acquire_slots): take one slot of the quota that
+ * can hold $4 and charge it, in one statement.  $9 is how the slot is chosen:
+ *
+ *	 SKIP LOCKED: the first slot in this backend's rotation ($6) that fits
+ *	 and that nobody holds; never waits.
+ *	 WAIT: the first slot in the rotation that fits as of the statement's
+ *	 snapshot, locked by key (waiting for its holder); after the wait the
+ *	 lock step's recheck (EvalPlanQual) tests the fit again on the newest
+ *	 version.
+ *
+ * Either way the subquery's lock step has already checked the fit on the
+ * version it locked, so the outer UPDATE charges only a slot that fits.  A
+ * row whose recheck failed stays locked (heap_lock_tuple locks before the
+ * recheck): acquire_slots runs these in a subtransaction and rolls it back
+ * when nothing was charged, which releases such a row.  A slot of an older
+ * period counts as empty with its default share ($8 + 1 for the first $10
+ * slots; the subquery tests against the smallest share, $5); a slot of a
+ * newer period is never taken.  RETURNING gives the slot as written and the
+ * quota's committed total in the period as of the statement (for reporting
+ * and events; the statement does not see its own change).
  */
-static QuotaPlan slot_fast_plan = {
-	"SELECT c.slot, c.period_start, c.used, c.allowance, c.events_mask, "
-	"       (SELECT pg_catalog.sum(x.used) FROM quota_ext.quota_counters x "
-	"         WHERE x.tenant_id OPERATOR(pg_catalog.=) $1 "
-	"           AND x.quota_id OPERATOR(pg_catalog.=) $2 "
-	"           AND x.period_start OPERATOR(pg_catalog.=) $3) "
-	"FROM quota_ext.quota_counters c "
-	"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.quota_id OPERATOR(pg_catalog.=) $2 "
-	"  AND CASE WHEN c.period_start OPERATOR(pg_catalog.=) $3 "
-	"           THEN c.allowance OPERATOR(pg_catalog.-) c.used OPERATOR(pg_catalog.>=) $4 "
-	"           WHEN c.period_start OPERATOR(pg_catalog.<) $3 "
-	"           THEN $5 OPERATOR(pg_catalog.>=) $4 "
-	"           ELSE false END "
-	"ORDER BY (c.slot OPERATOR(pg_catalog.+) $6) OPERATOR(pg_catalog.%) $7 "
-	"LIMIT 1 "
-	"FOR NO KEY UPDATE OF c SKIP LOCKED",
-	7, {INT8OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, INT4OID, INT4OID}
+#define SLOT_FITS(x) \
+	"CASE WHEN " x ".period_start OPERATOR(pg_catalog.=) $3 " \
+	"     THEN " x ".allowance OPERATOR(pg_catalog.-) " x ".used OPERATOR(pg_catalog.>=) $4 " \
+	"     WHEN " x ".period_start OPERATOR(pg_catalog.<) $3 " \
+	"     THEN $5 OPERATOR(pg_catalog.>=) $4 " \
+	"     ELSE false END "
+#define SLOT_KEY(x) \
+	x ".tenant_id OPERATOR(pg_catalog.=) $1 AND " x ".quota_id OPERATOR(pg_catalog.=) $2 "
+#define SLOT_ROTATION(x) \
+	"ORDER BY (" x ".slot OPERATOR(pg_catalog.+) $6) OPERATOR(pg_catalog.%) $7 LIMIT 1 "
+#define SLOT_CHARGE(choose) \
+	"UPDATE quota_ext.quota_counters c SET " \
+	"  used = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 THEN $4 " \
+	"         ELSE c.used OPERATOR(pg_catalog.+) $4 END, " \
+	"  allowance = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 " \
+	"              THEN $8 OPERATOR(pg_catalog.+) " \
+	"                   CASE WHEN c.slot OPERATOR(pg_catalog.<) $9 THEN 1 ELSE 0 END " \
+	"              ELSE c.allowance END, " \
+	"  events_mask = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 THEN 0 " \
+	"                ELSE c.events_mask END, " \
+	"  period_start = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 THEN $3 " \
+	"                 ELSE c.period_start END " \
+	"WHERE " SLOT_KEY("c") "AND c.slot OPERATOR(pg_catalog.=) (" choose ") " \
+	"RETURNING c.slot, c.period_start, c.used, c.allowance, c.events_mask, " \
+	"  (SELECT pg_catalog.sum(x.used) FROM quota_ext.quota_counters x " \
+	"    WHERE " SLOT_KEY("x") "AND x.period_start OPERATOR(pg_catalog.=) $3)"
+#define SLOT_CHARGE_TYPES \
+	9, {INT8OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, INT4OID, INT4OID, INT8OID, INT4OID}
+
+static QuotaPlan slot_skip_plan = {
+	SLOT_CHARGE("SELECT s.slot FROM quota_ext.quota_counters s "
+				"WHERE " SLOT_KEY("s") "AND " SLOT_FITS("s")
+				SLOT_ROTATION("s")
+				"FOR NO KEY UPDATE OF s SKIP LOCKED"),
+	SLOT_CHARGE_TYPES
+};
+
+static QuotaPlan slot_wait_plan = {
+	SLOT_CHARGE("SELECT s.slot FROM quota_ext.quota_counters s "
+				"WHERE " SLOT_KEY("s") "AND " SLOT_FITS("s")
+				"  AND s.slot OPERATOR(pg_catalog.=) ("
+				"    SELECT w.slot FROM quota_ext.quota_counters w "
+				"    WHERE " SLOT_KEY("w") "AND " SLOT_FITS("w")
+				SLOT_ROTATION("w") ") "
+				"FOR NO KEY UPDATE OF s"),
+	SLOT_CHARGE_TYPES
+};
+
+/* Give back a single-slot charge of $4 when the call ends up not writing. */
+static QuotaPlan slot_undo_plan = {
+	"UPDATE quota_ext.quota_counters c SET used = c.used OPERATOR(pg_catalog.-) $4 "
+	"WHERE " SLOT_KEY("c") "AND c.slot OPERATOR(pg_catalog.=) $3",
+	4, {INT8OID, INT8OID, INT4OID, INT8OID}
 };
 
 /* Escrow exact path: every slot of the quota, locked in slot order. */
@@ -802,18 +858,28 @@ lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on)
 }
 
 /*
- * acquire_slots
- *		Take room for `amount` in escrow quota r (r->start set): first one
- *		free slot that can hold it (SKIP LOCKED: never waits); else every
- *		slot in slot order, exactly.  Sets r->multi_deny when even all slots
- *		together cannot take it.  See doc/design.md, "hot tenants".
+ * charge_one_slot
+ *		Run one single-slot charge statement (slot_skip_plan or
+ *		slot_wait_plan) for `amount` in escrow quota r, in a subtransaction.
+ *		When it charged a slot, keep it (release the subtransaction into
+ *		ours), load the slot into r and return true.  Otherwise roll the
+ *		subtransaction back and return false: that also releases any slot
+ *		row the statement locked and then rejected on recheck, so after a
+ *		false return this transaction holds no slot of r that it did not
+ *		hold before (see acquire_slots for why that matters).
+ *
+ *		The charge is written here, in the subtransaction that locked the
+ *		row: an update of it by the parent transaction would have to keep
+ *		the subtransaction's lock too and make a MultiXact of every hot slot
+ *		row, which costs more than all the rest (measured: 7x slower).
  */
-static void
-acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount)
+static bool
+charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 {
-	Datum		values[7];
-	bool		isnull;
-	Datum		d;
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	Datum		values[9];
+	volatile bool charged = false;
 
 	values[0] = Int64GetDatum(tenant_id);
 	values[1] = Int64GetDatum(r->quota_id);
@@ -822,26 +888,97 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount)
 	values[4] = Int64GetDatum(r->max_units / r->slots);
 	values[5] = Int32GetDatum(MyProcPid % r->slots);
 	values[6] = Int32GetDatum(r->slots);
-	QuotaSpiExec(&slot_fast_plan, values, NULL, false, 1);
-	if (SPI_processed == 1)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		CounterUpdate *u;
-		int64		before;
+	values[7] = Int64GetDatum(r->max_units / r->slots);
+	values[8] = Int32GetDatum((int32) (r->max_units % r->slots));
 
-		r->nupd = 1;
-		r->upd = u = palloc0(sizeof(CounterUpdate));
-		parse_slot(tup, desc, r, r->start, u);
-		d = SPI_getbinval(tup, desc, 6, &isnull);
-		before = isnull ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
-		u->used += amount;
-		r->charged = 0;
-		r->touched = true;
-		/* committed total as of this statement: for reporting and events */
-		r->old_used = Min(before, r->max_units);
-		r->new_used = Min(r->old_used + amount, r->max_units);
-		return;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		QuotaSpiExec(plan, values, NULL, false, 0);
+		if (SPI_processed == 1)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[0];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			CounterUpdate *u;
+			bool		isnull;
+			Datum		d;
+			int64		before;
+
+			r->nupd = 1;
+			r->upd = u = palloc0(sizeof(CounterUpdate));
+			parse_slot(tup, desc, r, r->start, u);
+			d = SPI_getbinval(tup, desc, 6, &isnull);
+			before = isnull ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
+			r->charged = 0;
+			r->touched = true;
+			r->slot_written = true;
+			r->slot_amount = amount;
+			r->written_mask = u->mask;
+			/* committed total as of the statement: for reporting and events */
+			r->old_used = Min(before, r->max_units);
+			r->new_used = Min(r->old_used + amount, r->max_units);
+			charged = true;
+		}
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	if (charged)
+		ReleaseCurrentSubTransaction();
+	else
+		RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return charged;
+}
+
+/*
+ * acquire_slots
+ *		Take room for `amount` in escrow quota r (r->start set), in three
+ *		steps (doc/design.md, "hot tenants"):
+ *
+ *		 1. one free slot that can hold it (SKIP LOCKED: never waits);
+ *		 2. else, if some slot could hold it, wait for that one slot (the
+ *			first in this backend's rotation, so waiters spread over the
+ *			slots) and charge it if it still can;
+ *		 3. else every slot in slot order, exactly, moving allowance between
+ *			them; sets r->multi_deny when even all slots together cannot
+ *			take it.
+ *
+ *		Steps 1 and 2 charge the slot row at once (charge_one_slot, which
+ *		says why); step 3 leaves the rows to write_usage.
+ *
+ *		Deadlocks: a transaction waits on a slot of r only in step 2, holding
+ *		no slot of r, or in step 3, holding only lower slots of r (the
+ *		subtransactions of steps 1 and 2 were rolled back).  Once it leaves
+ *		here it waits only on later quotas.  So every wait is on a lock
+ *		ranked above all it holds, in the order (single-row quotas by id,
+ *		then escrow quotas by id, then slot): no cycle.
+ *
+ *		A transaction near the 64 subtransactions a backend advertises
+ *		(a long batch of calls) goes straight to step 3: past that, every
+ *		snapshot in the cluster would have to read pg_subtrans.
+ */
+static void
+acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount)
+{
+	if (MyProc->subxidStatus.count < PGPROC_MAX_CACHED_SUBXIDS - 8)
+	{
+		if (charge_one_slot(&slot_skip_plan, tenant_id, r, amount))
+			return;
+		if (charge_one_slot(&slot_wait_plan, tenant_id, r, amount))
+			return;
 	}
 	lock_all_slots(tenant_id, r, NULL);
 	if (!lay_out_slots(r, 0, amount, true))
@@ -850,9 +987,10 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount)
 
 		r->multi_deny = true;
 		r->touched = false;
+
 		/*
 		 * The exact total is known here: a threshold it has reached is
-		 * emitted now if no earlier call did (the fast path sees only
+		 * emitted now if no earlier call did (the single-slot steps see only
 		 * committed totals and may have filled the last slot unseen).
 		 */
 		r->new_used = r->old_used;
@@ -863,6 +1001,36 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount)
 			emit_event(tenant_id, r, "soft_limit", 0, r->soft_limit);
 	}
 }
+
+/*
+ * release_slots
+ *		The call charges nothing after all (another quota denies, or the
+ *		recheck after a wait does): give back what acquire_slots' single-slot
+ *		steps already wrote.  The slot stays locked until the transaction
+ *		ends, as every counter a denied call locked does.
+ */
+static void
+release_slots(int64 tenant_id, QuotaRow *rows, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		QuotaRow   *r = &rows[i];
+		Datum		values[4];
+
+		if (!r->slot_written)
+			continue;
+		values[0] = Int64GetDatum(tenant_id);
+		values[1] = Int64GetDatum(r->quota_id);
+		values[2] = Int32GetDatum(r->upd[0].slot);
+		values[3] = Int64GetDatum(r->slot_amount);
+		QuotaSpiExec(&slot_undo_plan, values, NULL, false, 0);
+		r->slot_written = false;
+		r->touched = false;
+	}
+}
+
 /*
  * write_usage
  *		The usage row plus the touched counters.  Returns the usage id.
@@ -927,6 +1095,9 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 		{
 			CounterUpdate *u = &r->upd[j];
 
+			/* charged by acquire_slots already: again only for new events */
+			if (r->slot_written && u->mask == r->written_mask)
+				continue;
 			qids[n] = u->quota_id;
 			used[n] = u->used;
 			starts[n] = u->start;
@@ -1678,6 +1849,7 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 		/* taking every slot of an escrow quota may have waited too */
 		if (!recheck_after_wait(req, &wait_mark, &pol, NULL, NULL))
 		{
+			release_slots(req->tenant_id, rows, n);
 			d->allowed = false;
 			d->denied_by = pol.tenant_active ? denied_policy : denied_tenant;
 			goto done;
@@ -1703,6 +1875,8 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 				d->reservation_id = reservation_id;
 			}
 		}
+		else
+			release_slots(req->tenant_id, rows, n);
 	}
 done:
 	if (req->idem_key)
