@@ -1,5 +1,6 @@
 -- bench/setup.sql — the benchmark's data (run by bench/run as a superuser,
--- psql variables: tenants, deny_limit).  Not part of the extension.
+-- psql variables: tenants, deny_limit, escrow_slots).  Not part of the
+-- extension.
 --
 --   tenants 1..N       tier enterprise (no tier default quota, no tier rate
 --                      limit), one user with one API key, policy allowing
@@ -10,13 +11,18 @@
 --   tenant N+2         'bench-summary': no quota; bench/run loads usage rows
 --                      into its current month for the tenant_summary runs;
 --   tenant N+3         'bench-hot-escrow': like 1..N, with both quotas spread
---                      over 16 escrow slots (quota_set(..., slots => 16)),
---                      when the extension has them;
---   tenant N+4         'bench-deny-escrow': like N+1, with 16 escrow slots.
+--                      over :escrow_slots escrow slots (quota_set(...,
+--                      slots => N); 16 unless bench/run --escrow-slots says
+--                      otherwise), when the extension has them;
+--   tenant N+4         'bench-deny-escrow': like N+1, with as many slots.
 -- The same tenants and quotas are mirrored in the PL/pgSQL comparator's
 -- tables (bench/plpgsql_consume.sql) and in the ceiling's bench.counters.
 \set ON_ERROR_STOP on
 SET client_min_messages = warning;
+\if :{?escrow_slots}
+\else
+\set escrow_slots 16
+\endif
 
 CREATE EXTENSION quota_ext;
 CREATE SCHEMA bench;
@@ -58,8 +64,8 @@ SELECT quota_ext.tenant_create('bench-deny-escrow', 'enterprise') AS deny_escrow
 SELECT count(*) AS escrow_quotas FROM (
 SELECT quota_ext.policy_set(t, 'bench-model', true),
        quota_ext.quota_set(t, 'daily', CASE WHEN t = :deny_escrow_tenant THEN :deny_limit ELSE 1000000000000 END,
-                           metric => 'calls', slots => 16),
-       quota_ext.quota_set(t, 'monthly', 1000000000000, metric => 'units', slots => 16)
+                           metric => 'calls', slots => :escrow_slots),
+       quota_ext.quota_set(t, 'monthly', 1000000000000, metric => 'units', slots => :escrow_slots)
   FROM unnest(ARRAY[:hot_escrow_tenant, :deny_escrow_tenant]::bigint[]) t) s \gset
 \endif
 

@@ -22,10 +22,12 @@
  *		ascending quota_id order and concurrent consumes never deadlock.
  *		Escrow quotas (slots > 1, for hot tenants) come after those, in
  *		quota_id order: one free slot that can hold the amount is taken with
- *		SKIP LOCKED (never waits); only if none can, every slot is locked in
- *		slot order and the limit re-split (acquire_slots).  A transaction
- *		waiting there holds no slot of that quota, and holders of its slots
- *		wait only on later quotas, so the order stays acyclic.
+ *		SKIP LOCKED (never waits); if all that could are busy, the call waits
+ *		for one of them; only if no single slot can hold it is every slot
+ *		locked in slot order and the limit re-split (acquire_slots).  A
+ *		transaction waits on a slot only while holding no slot of that quota,
+ *		or lower slots in the all-slots path, and holders of its slots wait
+ *		only on later quotas, so the order stays acyclic.
  *	 4a. a request that waited for a lock in 2 or 4 reads the policy, the
  *		tenant's status and its quotas again before deciding (invoke() also
  *		its key): a change committed while it waited applies to it
