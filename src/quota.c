@@ -296,7 +296,7 @@ static QuotaPlan multi_plan = {
 
 /*
  * Escrow single-slot charge (acquire_slots): take one slot of the quota that
- * can hold $4 and charge it, in one statement.  $9 is how the slot is chosen:
+ * can hold $4 and charge it, in one statement.  Two ways to choose the slot:
  *
  *	 SKIP LOCKED: the first slot in this backend's rotation ($6) that fits
  *	 and that nobody holds; never waits.
@@ -306,15 +306,19 @@ static QuotaPlan multi_plan = {
  *	 version.
  *
  * Either way the subquery's lock step has already checked the fit on the
- * version it locked, so the outer UPDATE charges only a slot that fits.  A
- * row whose recheck failed stays locked (heap_lock_tuple locks before the
+ * version it locked, so the UPDATE charges only a slot that fits.  A row
+ * whose recheck failed stays locked (heap_lock_tuple locks before the
  * recheck): acquire_slots runs these in a subtransaction and rolls it back
  * when nothing was charged, which releases such a row.  A slot of an older
- * period counts as empty with its default share ($8 + 1 for the first $10
- * slots; the subquery tests against the smallest share, $5); a slot of a
- * newer period is never taken.  RETURNING gives the slot as written and the
- * quota's committed total in the period as of the statement (for reporting
- * and events; the statement does not see its own change).
+ * period counts as empty with its default share ($8, plus 1 for slots below
+ * $9; the choice tests against the smallest share, $5); a slot of a newer
+ * period is never taken.
+ *
+ * One row comes back either way: the slot as written (all NULL when nothing
+ * was charged), the quota's committed total in the period as of the
+ * statement (for reporting and events; the statement does not see its own
+ * change), and whether any slot could hold $4 as of the statement (if none,
+ * waiting for one is pointless).
  */
 #define SLOT_FITS(x) \
 	"CASE WHEN " x ".period_start OPERATOR(pg_catalog.=) $3 " \
@@ -327,21 +331,27 @@ static QuotaPlan multi_plan = {
 #define SLOT_ROTATION(x) \
 	"ORDER BY (" x ".slot OPERATOR(pg_catalog.+) $6) OPERATOR(pg_catalog.%) $7 LIMIT 1 "
 #define SLOT_CHARGE(choose) \
-	"UPDATE quota_ext.quota_counters c SET " \
-	"  used = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 THEN $4 " \
-	"         ELSE c.used OPERATOR(pg_catalog.+) $4 END, " \
-	"  allowance = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 " \
-	"              THEN $8 OPERATOR(pg_catalog.+) " \
-	"                   CASE WHEN c.slot OPERATOR(pg_catalog.<) $9 THEN 1 ELSE 0 END " \
-	"              ELSE c.allowance END, " \
-	"  events_mask = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 THEN 0 " \
-	"                ELSE c.events_mask END, " \
-	"  period_start = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 THEN $3 " \
-	"                 ELSE c.period_start END " \
-	"WHERE " SLOT_KEY("c") "AND c.slot OPERATOR(pg_catalog.=) (" choose ") " \
-	"RETURNING c.slot, c.period_start, c.used, c.allowance, c.events_mask, " \
-	"  (SELECT pg_catalog.sum(x.used) FROM quota_ext.quota_counters x " \
-	"    WHERE " SLOT_KEY("x") "AND x.period_start OPERATOR(pg_catalog.=) $3)"
+	"WITH charged AS (" \
+	"  UPDATE quota_ext.quota_counters c SET " \
+	"    used = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 THEN $4 " \
+	"           ELSE c.used OPERATOR(pg_catalog.+) $4 END, " \
+	"    allowance = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 " \
+	"                THEN $8 OPERATOR(pg_catalog.+) " \
+	"                     CASE WHEN c.slot OPERATOR(pg_catalog.<) $9 THEN 1 ELSE 0 END " \
+	"                ELSE c.allowance END, " \
+	"    events_mask = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 THEN 0 " \
+	"                  ELSE c.events_mask END, " \
+	"    period_start = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 THEN $3 " \
+	"                   ELSE c.period_start END " \
+	"  WHERE " SLOT_KEY("c") "AND c.slot OPERATOR(pg_catalog.=) (" choose ") " \
+	"  RETURNING c.slot, c.period_start, c.used, c.allowance, c.events_mask) " \
+	"SELECT charged.slot, charged.period_start, charged.used, charged.allowance, " \
+	"       charged.events_mask, " \
+	"       (SELECT pg_catalog.sum(x.used) FROM quota_ext.quota_counters x " \
+	"         WHERE " SLOT_KEY("x") "AND x.period_start OPERATOR(pg_catalog.=) $3), " \
+	"       EXISTS (SELECT FROM quota_ext.quota_counters f " \
+	"                WHERE " SLOT_KEY("f") "AND " SLOT_FITS("f") ") " \
+	"FROM (VALUES (1)) one LEFT JOIN charged ON true"
 #define SLOT_CHARGE_TYPES \
 	9, {INT8OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, INT4OID, INT4OID, INT8OID, INT4OID}
 
@@ -864,24 +874,32 @@ lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on)
  *		Run one single-slot charge statement (slot_skip_plan or
  *		slot_wait_plan) for `amount` in escrow quota r, in a subtransaction.
  *		When it charged a slot, keep it (release the subtransaction into
- *		ours), load the slot into r and return true.  Otherwise roll the
- *		subtransaction back and return false: that also releases any slot
- *		row the statement locked and then rejected on recheck, so after a
- *		false return this transaction holds no slot of r that it did not
- *		hold before (see acquire_slots for why that matters).
+ *		ours), load the slot into r and return SLOT_CHARGED.  Otherwise roll
+ *		the subtransaction back, which also releases any slot row the
+ *		statement locked and then rejected on recheck, so that this
+ *		transaction holds no slot of r that it did not hold before (see
+ *		acquire_slots for why that matters); return SLOT_NONE_FITS if no
+ *		slot could hold `amount` as of the statement, else SLOT_BUSY.
  *
  *		The charge is written here, in the subtransaction that locked the
  *		row: an update of it by the parent transaction would have to keep
  *		the subtransaction's lock too and make a MultiXact of every hot slot
  *		row, which costs more than all the rest (measured: 7x slower).
  */
-static bool
+typedef enum SlotCharge
+{
+	SLOT_CHARGED,
+	SLOT_BUSY,
+	SLOT_NONE_FITS
+} SlotCharge;
+
+static SlotCharge
 charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	Datum		values[9];
-	volatile bool charged = false;
+	volatile SlotCharge result = SLOT_BUSY;
 
 	values[0] = Int64GetDatum(tenant_id);
 	values[1] = Int64GetDatum(r->quota_id);
@@ -897,13 +915,23 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
+		HeapTuple	tup;
+		TupleDesc	desc;
+		bool		isnull;
+		bool		none;
+
 		QuotaSpiExec(plan, values, NULL, false, 0);
-		if (SPI_processed == 1)
+		if (SPI_processed != 1)
+			elog(ERROR, "escrow slot statement returned %llu rows",
+				 (unsigned long long) SPI_processed);
+		tup = SPI_tuptable->vals[0];
+		desc = SPI_tuptable->tupdesc;
+		(void) SPI_getbinval(tup, desc, 1, &none);
+		if (none && !DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull)))
+			result = SLOT_NONE_FITS;
+		else if (!none)
 		{
-			HeapTuple	tup = SPI_tuptable->vals[0];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
 			CounterUpdate *u;
-			bool		isnull;
 			Datum		d;
 			int64		before;
 
@@ -920,7 +948,7 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 			/* committed total as of the statement: for reporting and events */
 			r->old_used = Min(before, r->max_units);
 			r->new_used = Min(r->old_used + amount, r->max_units);
-			charged = true;
+			result = SLOT_CHARGED;
 		}
 	}
 	PG_CATCH();
@@ -936,13 +964,13 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
-	if (charged)
+	if (result == SLOT_CHARGED)
 		ReleaseCurrentSubTransaction();
 	else
 		RollbackAndReleaseCurrentSubTransaction();
 	MemoryContextSwitchTo(cxt);
 	CurrentResourceOwner = owner;
-	return charged;
+	return result;
 }
 
 /*
@@ -977,9 +1005,12 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount)
 {
 	if (MyProc->subxidStatus.count < PGPROC_MAX_CACHED_SUBXIDS - 8)
 	{
-		if (charge_one_slot(&slot_skip_plan, tenant_id, r, amount))
+		SlotCharge	c = charge_one_slot(&slot_skip_plan, tenant_id, r, amount);
+
+		if (c == SLOT_CHARGED)
 			return;
-		if (charge_one_slot(&slot_wait_plan, tenant_id, r, amount))
+		if (c == SLOT_BUSY &&
+			charge_one_slot(&slot_wait_plan, tenant_id, r, amount) == SLOT_CHARGED)
 			return;
 	}
 	lock_all_slots(tenant_id, r, NULL);
