@@ -374,6 +374,14 @@ static QuotaPlan slot_wait_plan = {
 	SLOT_CHARGE_TYPES
 };
 
+/* One slot row as the exact path laid it out (a denial that emitted events). */
+static QuotaPlan slot_write_plan = {
+	"UPDATE quota_ext.quota_counters c SET used = $4, period_start = $5, allowance = $6, "
+	"       events_mask = $7 "
+	"WHERE " SLOT_KEY("c") "AND c.slot OPERATOR(pg_catalog.=) $3",
+	7, {INT8OID, INT8OID, INT4OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID}
+};
+
 /* Give back a single-slot charge of $4 when the call ends up not writing. */
 static QuotaPlan slot_undo_plan = {
 	"UPDATE quota_ext.quota_counters c SET used = c.used OPERATOR(pg_catalog.-) $4 "
@@ -879,7 +887,11 @@ lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on)
  *		statement locked and then rejected on recheck, so that this
  *		transaction holds no slot of r that it did not hold before (see
  *		acquire_slots for why that matters); return SLOT_NONE_FITS if no
- *		slot could hold `amount` as of the statement, else SLOT_BUSY.
+ *		slot could hold `amount` as of the statement, else SLOT_BUSY.  With
+ *		keep false (a probe: the call is denied already) a charged slot is
+ *		rolled back too; SLOT_CHARGED then only says that one could take it.
+ *		r->old_used and r->new_used get the committed total as of the
+ *		statement in every case.
  *
  *		The charge is written here, in the subtransaction that locked the
  *		row: an update of it by the parent transaction would have to keep
@@ -894,7 +906,7 @@ typedef enum SlotCharge
 } SlotCharge;
 
 static SlotCharge
-charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
+charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount, bool keep)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -919,6 +931,8 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 		TupleDesc	desc;
 		bool		isnull;
 		bool		none;
+		Datum		d;
+		int64		before;
 
 		QuotaSpiExec(plan, values, NULL, false, 0);
 		if (SPI_processed != 1)
@@ -926,28 +940,26 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 				 (unsigned long long) SPI_processed);
 		tup = SPI_tuptable->vals[0];
 		desc = SPI_tuptable->tupdesc;
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		before = isnull ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
+		/* committed total as of the statement: for reporting and events */
+		r->old_used = Min(before, r->max_units);
+		r->new_used = Min(r->old_used + amount, r->max_units);
 		(void) SPI_getbinval(tup, desc, 1, &none);
 		if (none && !DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull)))
 			result = SLOT_NONE_FITS;
 		else if (!none)
 		{
 			CounterUpdate *u;
-			Datum		d;
-			int64		before;
 
 			r->nupd = 1;
 			r->upd = u = palloc0(sizeof(CounterUpdate));
 			parse_slot(tup, desc, r, r->start, u);
-			d = SPI_getbinval(tup, desc, 6, &isnull);
-			before = isnull ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
 			r->charged = 0;
-			r->touched = true;
-			r->slot_written = true;
+			r->touched = keep;
+			r->slot_written = keep;
 			r->slot_amount = amount;
 			r->written_mask = u->mask;
-			/* committed total as of the statement: for reporting and events */
-			r->old_used = Min(before, r->max_units);
-			r->new_used = Min(r->old_used + amount, r->max_units);
 			result = SLOT_CHARGED;
 		}
 	}
@@ -964,7 +976,7 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
-	if (result == SLOT_CHARGED)
+	if (result == SLOT_CHARGED && keep)
 		ReleaseCurrentSubTransaction();
 	else
 		RollbackAndReleaseCurrentSubTransaction();
@@ -987,7 +999,10 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
  *			take it.
  *
  *		Steps 1 and 2 charge the slot row at once (charge_one_slot, which
- *		says why); step 3 leaves the rows to write_usage.
+ *		says why); step 3 leaves the rows to write_usage.  When an earlier
+ *		escrow quota already denies the call (`denied`), only whether this
+ *		one could take the amount matters (for the quota the decision
+ *		names): step 1 keeps nothing, and a busy slot that fits is enough.
  *
  *		Deadlocks: a transaction waits on a slot of r only in step 2, holding
  *		no slot of r, or in step 3, holding only lower slots of r (the
@@ -1001,22 +1016,27 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
  *		snapshot in the cluster would have to read pg_subtrans.
  */
 static void
-acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount)
+acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied)
 {
 	if (MyProc->subxidStatus.count < PGPROC_MAX_CACHED_SUBXIDS - 8)
 	{
-		SlotCharge	c = charge_one_slot(&slot_skip_plan, tenant_id, r, amount);
+		SlotCharge	c = charge_one_slot(&slot_skip_plan, tenant_id, r, amount, !denied);
 
 		if (c == SLOT_CHARGED)
 			return;
+		/* denied anyway: a slot that could hold it is enough to know */
+		if (c == SLOT_BUSY && denied)
+			return;
 		if (c == SLOT_BUSY &&
-			charge_one_slot(&slot_wait_plan, tenant_id, r, amount) == SLOT_CHARGED)
+			charge_one_slot(&slot_wait_plan, tenant_id, r, amount, true) == SLOT_CHARGED)
 			return;
 	}
 	lock_all_slots(tenant_id, r, NULL);
 	if (!lay_out_slots(r, 0, amount, true))
 	{
 		int			i;
+		int32		seen = 0;
+		int32		due = 0;
 
 		r->multi_deny = true;
 		r->touched = false;
@@ -1024,14 +1044,42 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount)
 		/*
 		 * The exact total is known here: a threshold it has reached is
 		 * emitted now if no earlier call did (the single-slot steps see only
-		 * committed totals and may have filled the last slot unseen).
+		 * committed totals and may have filled the last slot unseen).  A bit
+		 * in any slot's events_mask means it was; what is emitted here is
+		 * recorded in the first slot, so that the denials that follow (an
+		 * over-subscribed tenant is denied over and over, every slot locked)
+		 * do not try again.
 		 */
 		r->new_used = r->old_used;
+		for (i = 0; i < r->nupd; i++)
+			seen |= r->upd[i].mask;
 		for (i = 0; i < r->nthresholds; i++)
-			if ((int128) r->old_used * 100 >= (int128) r->max_units * r->thresholds[i])
+			if (!(seen & (1 << i)) &&
+				(int128) r->old_used * 100 >= (int128) r->max_units * r->thresholds[i])
+			{
 				emit_event(tenant_id, r, "threshold", r->thresholds[i], r->max_units);
-		if (r->has_soft && r->old_used >= r->soft_limit)
+				due |= 1 << i;
+			}
+		if (r->has_soft && !(seen & (1 << 30)) && r->old_used >= r->soft_limit)
+		{
 			emit_event(tenant_id, r, "soft_limit", 0, r->soft_limit);
+			due |= 1 << 30;
+		}
+		if (due && r->nupd > 0)
+		{
+			CounterUpdate *u = &r->upd[0];
+			Datum		values[7];
+
+			u->mask |= due;
+			values[0] = Int64GetDatum(tenant_id);
+			values[1] = Int64GetDatum(r->quota_id);
+			values[2] = Int32GetDatum(u->slot);
+			values[3] = Int64GetDatum(u->used);
+			values[4] = TimestampTzGetDatum(u->start);
+			values[5] = Int64GetDatum(u->allowance);
+			values[6] = Int32GetDatum(u->mask);
+			QuotaSpiExec(&slot_write_plan, values, NULL, false, 0);
+		}
 	}
 }
 
@@ -1811,6 +1859,7 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 	UsageExtra	extra;
 	int			i;
 	TimestampTz wait_mark = lock_wait_mark();
+	bool		escrow_denied = false;
 
 	memset(d, 0, sizeof(*d));
 	memset(&extra, 0, sizeof(extra));
@@ -1877,7 +1926,9 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 				continue;
 			QuotaPeriodBounds(r->period, tz, at, &r->start, &r->end);
 			acquire_slots(req->tenant_id, r,
-						  r->metric_cost ? extra.cost_micro : r->metric_calls ? 1 : req->units);
+						  r->metric_cost ? extra.cost_micro : r->metric_calls ? 1 : req->units,
+						  escrow_denied);
+			escrow_denied |= r->multi_deny;
 		}
 		/* taking every slot of an escrow quota may have waited too */
 		if (!recheck_after_wait(req, &wait_mark, &pol, NULL, NULL))
