@@ -374,6 +374,18 @@ static QuotaPlan slot_wait_plan = {
 	SLOT_CHARGE_TYPES
 };
 
+/*
+ * Probe (the call is denied already by an earlier escrow quota): could any
+ * slot hold $4 as of the statement, and the committed total.  Locks nothing.
+ */
+static QuotaPlan slot_probe_plan = {
+	"SELECT EXISTS (SELECT FROM quota_ext.quota_counters f "
+	"                WHERE " SLOT_KEY("f") "AND " SLOT_FITS("f") "), "
+	"       (SELECT pg_catalog.sum(x.used) FROM quota_ext.quota_counters x "
+	"         WHERE " SLOT_KEY("x") "AND x.period_start OPERATOR(pg_catalog.=) $3)",
+	5, {INT8OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID}
+};
+
 /* One slot row as the exact path laid it out (a denial that emitted events). */
 static QuotaPlan slot_write_plan = {
 	"UPDATE quota_ext.quota_counters c SET used = $4, period_start = $5, allowance = $6, "
@@ -887,9 +899,7 @@ lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on)
  *		statement locked and then rejected on recheck, so that this
  *		transaction holds no slot of r that it did not hold before (see
  *		acquire_slots for why that matters); return SLOT_NONE_FITS if no
- *		slot could hold `amount` as of the statement, else SLOT_BUSY.  With
- *		keep false (a probe: the call is denied already) a charged slot is
- *		rolled back too; SLOT_CHARGED then only says that one could take it.
+ *		slot could hold `amount` as of the statement, else SLOT_BUSY.
  *		r->old_used and r->new_used get the committed total as of the
  *		statement in every case.
  *
@@ -906,7 +916,7 @@ typedef enum SlotCharge
 } SlotCharge;
 
 static SlotCharge
-charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount, bool keep)
+charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -956,8 +966,8 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount, boo
 			r->upd = u = palloc0(sizeof(CounterUpdate));
 			parse_slot(tup, desc, r, r->start, u);
 			r->charged = 0;
-			r->touched = keep;
-			r->slot_written = keep;
+			r->touched = true;
+			r->slot_written = true;
 			r->slot_amount = amount;
 			r->written_mask = u->mask;
 			result = SLOT_CHARGED;
@@ -976,7 +986,7 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount, boo
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
-	if (result == SLOT_CHARGED && keep)
+	if (result == SLOT_CHARGED)
 		ReleaseCurrentSubTransaction();
 	else
 		RollbackAndReleaseCurrentSubTransaction();
@@ -1002,7 +1012,8 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount, boo
  *		says why); step 3 leaves the rows to write_usage.  When an earlier
  *		escrow quota already denies the call (`denied`), only whether this
  *		one could take the amount matters (for the quota the decision
- *		names): step 1 keeps nothing, and a busy slot that fits is enough.
+ *		names): a slot that could, as of a plain read, is enough; else
+ *		step 3 as usual.
  *
  *		Deadlocks: a transaction waits on a slot of r only in step 2, holding
  *		no slot of r, or in step 3, holding only lower slots of r (the
@@ -1018,17 +1029,36 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount, boo
 static void
 acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied)
 {
-	if (MyProc->subxidStatus.count < PGPROC_MAX_CACHED_SUBXIDS - 8)
+	if (denied)
 	{
-		SlotCharge	c = charge_one_slot(&slot_skip_plan, tenant_id, r, amount, !denied);
+		/* denied anyway: a slot that could hold it is enough to know */
+		Datum		values[5];
+		bool		isnull;
+		Datum		d;
+		int64		before;
+
+		values[0] = Int64GetDatum(tenant_id);
+		values[1] = Int64GetDatum(r->quota_id);
+		values[2] = TimestampTzGetDatum(r->start);
+		values[3] = Int64GetDatum(amount);
+		values[4] = Int64GetDatum(r->max_units / r->slots);
+		QuotaSpiExec(&slot_probe_plan, values, NULL, true, 0);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		before = isnull ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
+		r->old_used = Min(before, r->max_units);
+		r->new_used = Min(r->old_used + amount, r->max_units);
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+									   &isnull)))
+			return;
+	}
+	else if (MyProc->subxidStatus.count < PGPROC_MAX_CACHED_SUBXIDS - 8)
+	{
+		SlotCharge	c = charge_one_slot(&slot_skip_plan, tenant_id, r, amount);
 
 		if (c == SLOT_CHARGED)
 			return;
-		/* denied anyway: a slot that could hold it is enough to know */
-		if (c == SLOT_BUSY && denied)
-			return;
 		if (c == SLOT_BUSY &&
-			charge_one_slot(&slot_wait_plan, tenant_id, r, amount, true) == SLOT_CHARGED)
+			charge_one_slot(&slot_wait_plan, tenant_id, r, amount) == SLOT_CHARGED)
 			return;
 	}
 	lock_all_slots(tenant_id, r, NULL);
