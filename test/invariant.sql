@@ -175,7 +175,8 @@ CREATE OR REPLACE PROCEDURE quota_test.reset()
 AS $$
 	TRUNCATE quota_ext.tenants, quota_ext.models, quota_ext.usage, quota_ext.idempotency_keys,
 	         quota_ext.reservations, quota_ext.refunds, quota_ext.quota_events,
-	         quota_ext.audit_log, quota_ext.usage_daily, quota_ext.rollup_state,
+	         quota_ext.audit_log, quota_ext.usage_daily, quota_ext.usage_billing_daily,
+	         quota_ext.rollup_state,
 	         quota_ext.invoices, quota_ext.invoice_lines, quota_ext.billing_closes CASCADE;
 	TRUNCATE quota_test.keys;
 	SELECT pg_catalog.setval(c.oid::regclass, 1, false)

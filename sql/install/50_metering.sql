@@ -464,6 +464,32 @@ CREATE TABLE quota_ext.usage_daily (
 COMMENT ON TABLE quota_ext.usage_daily IS
 	'Usage per tenant, local day, model, user (0 = none) and currency (XXX = unpriced), up to quota_ext.rollup_state''s watermark';
 
+-- usage_billing_daily: the priced rows per tenant, UTC day of occurrence,
+-- UTC day of writing, model and price version, for billing_close()
+-- (doc/billing.md §5): with both days, a close decides from the rollup
+-- alone, for every row written before the day of the previous close's
+-- watermark or after it, whether the row is in the period, an adjustment,
+-- or billed before.  Kept by usage_rollup() with usage_daily, up to the
+-- same watermark.
+CREATE TABLE quota_ext.usage_billing_daily (
+	tenant_id      bigint NOT NULL,
+	created_day    date NOT NULL,
+	occurred_day   date NOT NULL,
+	model_id       bigint NOT NULL,
+	price_id       bigint NOT NULL,
+	calls          bigint NOT NULL,
+	units          bigint NOT NULL,
+	input_tokens   bigint NOT NULL,
+	output_tokens  bigint NOT NULL,
+	overage_units  bigint NOT NULL,
+	cost           numeric NOT NULL,
+	PRIMARY KEY (tenant_id, created_day, occurred_day, model_id, price_id)
+);
+-- a close reads the days written since the previous close's watermark
+CREATE INDEX usage_billing_daily_created ON quota_ext.usage_billing_daily (created_day);
+COMMENT ON TABLE quota_ext.usage_billing_daily IS
+	'Priced usage per UTC day written, tenant, UTC day of occurrence, model and price version, up to quota_ext.rollup_state''s watermark (for billing_close)';
+
 -- Global maintenance state (no row until the first rollup).
 CREATE TABLE quota_ext.rollup_state (
 	name        text PRIMARY KEY,
@@ -482,6 +508,7 @@ DECLARE
 	w_old timestamptz;
 	w_new timestamptz;
 	n bigint;
+	nb bigint;
 BEGIN
 	PERFORM quota_ext._admin_only('usage_rollup');
 	INSERT INTO quota_ext.rollup_state (name, watermark) VALUES ('usage_daily', '-infinity')
@@ -510,6 +537,30 @@ BEGIN
 	       overage_units = d.overage_units + EXCLUDED.overage_units,
 	       cost = d.cost + EXCLUDED.cost;
 	GET DIAGNOSTICS n = ROW_COUNT;
+	INSERT INTO quota_ext.usage_billing_daily AS b (tenant_id, created_day, occurred_day, model_id,
+	                                                 price_id, calls, units, input_tokens,
+	                                                 output_tokens, overage_units, cost)
+	SELECT u.tenant_id, (u.created_at AT TIME ZONE 'UTC')::date,
+	       (u.occurred_at AT TIME ZONE 'UTC')::date, u.model_id, u.price_id,
+	       sum(u.calls), sum(u.units), coalesce(sum(u.input_tokens), 0),
+	       coalesce(sum(u.output_tokens), 0), sum(u.overage_units), sum(u.cost)
+	  FROM quota_ext.usage u
+	 WHERE u.created_at >= w_old AND u.created_at < w_new AND u.price_id IS NOT NULL
+	 GROUP BY 1, 2, 3, 4, 5
+	ON CONFLICT (tenant_id, created_day, occurred_day, model_id, price_id) DO UPDATE
+	   SET calls = b.calls + EXCLUDED.calls, units = b.units + EXCLUDED.units,
+	       input_tokens = b.input_tokens + EXCLUDED.input_tokens,
+	       output_tokens = b.output_tokens + EXCLUDED.output_tokens,
+	       overage_units = b.overage_units + EXCLUDED.overage_units,
+	       cost = b.cost + EXCLUDED.cost;
+	-- fresh statistics once the billing rollup has grown by a tenth (the
+	-- first run after a load, a backlog), so that billing_close plans its
+	-- aggregate by them rather than by an empty table's
+	GET DIAGNOSTICS nb = ROW_COUNT;
+	IF nb > 1000 AND nb > 0.1 * (SELECT c.reltuples FROM pg_class c
+	                              WHERE c.oid = 'quota_ext.usage_billing_daily'::regclass) THEN
+		ANALYZE quota_ext.usage_billing_daily;
+	END IF;
 	UPDATE quota_ext.rollup_state SET watermark = w_new, rows_total = rows_total + n,
 	       updated_at = now()
 	 WHERE name = 'usage_daily';
@@ -517,7 +568,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION quota_ext.usage_rollup() IS
-	'Add the usage rows that became final since the last run to usage_daily (for pg_cron, every minute); returns the rollup rows touched';
+	'Add the usage rows that became final since the last run to usage_daily and usage_billing_daily (for pg_cron, every minute); returns the usage_daily rows touched';
 
 -- Usage of one tenant per local day, model, user and currency for the days
 -- [from_day, to_day]: usage_daily up to the watermark plus the ledger rows
@@ -615,6 +666,15 @@ CREATE POLICY admin_read ON quota_ext.usage_daily FOR SELECT TO quota_ext_admin
 	USING (quota_ext.current_tenant_id() IS NULL
 	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
 
+ALTER TABLE quota_ext.usage_billing_daily ENABLE ROW LEVEL SECURITY;
+ALTER TABLE quota_ext.usage_billing_daily FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON quota_ext.usage_billing_daily TO quota_ext_app
+	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
+	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+CREATE POLICY admin_read ON quota_ext.usage_billing_daily FOR SELECT TO quota_ext_admin
+	USING (quota_ext.current_tenant_id() IS NULL
+	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+
 -- prices: like models, a tenant sees the list prices and its own
 ALTER TABLE quota_ext.prices ENABLE ROW LEVEL SECURITY;
 ALTER TABLE quota_ext.prices FORCE ROW LEVEL SECURITY;
@@ -630,7 +690,7 @@ ALTER TABLE quota_ext.rollup_state ENABLE ROW LEVEL SECURITY;
 ALTER TABLE quota_ext.rollup_state FORCE ROW LEVEL SECURITY;
 CREATE POLICY admin_read ON quota_ext.rollup_state FOR SELECT TO quota_ext_admin USING (true);
 
-GRANT SELECT ON quota_ext.prices, quota_ext.usage_daily TO quota_ext_app;
+GRANT SELECT ON quota_ext.prices, quota_ext.usage_daily, quota_ext.usage_billing_daily TO quota_ext_app;
 GRANT SELECT ON quota_ext.rollup_state TO quota_ext_admin;
 
 GRANT EXECUTE ON FUNCTION
@@ -648,4 +708,5 @@ GRANT EXECUTE ON FUNCTION
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.prices', '');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.price_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.usage_daily', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.usage_billing_daily', '');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.rollup_state', '');

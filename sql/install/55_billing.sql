@@ -94,6 +94,11 @@ DECLARE
 	n_prev bigint;
 	p_end timestamptz;
 	p_cov timestamptz;
+	r timestamptz;
+	xl timestamptz;
+	xd date;
+	ya timestamptz;
+	yb timestamptz;
 	new_ids bigint[];
 	bad record;
 BEGIN
@@ -172,12 +177,40 @@ BEGIN
 			-- The usual case: the tenants closed now were last closed together
 			-- (one previous period_end and watermark, p_end and p_cov) or never
 			-- ('-infinity').  Then whether a row was covered before depends on
-			-- the row only, so the ledger is aggregated in one pass with that
-			-- as a group key, and the tenants are matched to their closes
-			-- afterwards, on the few aggregated rows: one scan, no per-row join,
-			-- as cheap as a plain GROUP BY over the same rows.
+			-- the row only, so it is a group key, and the tenants are matched
+			-- to their closes afterwards, on the few aggregated rows: one scan,
+			-- no per-row join.
 			p_end := coalesce(p_end, '-infinity');
 			p_cov := coalesce(p_cov, '-infinity');
+			-- The rollup usage_billing_daily holds every row written before its
+			-- watermark r.  When the period (and the previous one) start and
+			-- end at UTC midnight, the close reads the rows written before r
+			-- from it (its days decide whether a row is in the period or
+			-- before it), and the ledger only from xl = r on; should r be
+			-- after w, the rollup up to w's day and the ledger from that
+			-- midnight.  Whether a row was written before the previous close's
+			-- watermark p_cov the rollup tells by its day of writing, except on
+			-- the day of p_cov itself, [ya, yb): those rows come from the
+			-- ledger.  The rollup state is locked (FOR SHARE) so that no rollup
+			-- commits during the close.
+			xl := '-infinity';
+			xd := '-infinity';
+			SELECT s.watermark INTO r FROM quota_ext.rollup_state s
+			 WHERE s.name = 'usage_daily' FOR SHARE;
+			IF FOUND
+			   AND date_trunc('day', ps AT TIME ZONE 'UTC') = ps AT TIME ZONE 'UTC'
+			   AND date_trunc('day', pe AT TIME ZONE 'UTC') = pe AT TIME ZONE 'UTC'
+			   AND date_trunc('day', p_end AT TIME ZONE 'UTC') = p_end AT TIME ZONE 'UTC' THEN
+				IF r <= w THEN
+					xl := r;
+					xd := (r AT TIME ZONE 'UTC')::date + 1;
+				ELSE
+					xl := date_trunc('day', w AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+					xd := (w AT TIME ZONE 'UTC')::date;
+				END IF;
+			END IF;
+			ya := date_trunc('day', p_cov AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+			yb := CASE WHEN ya = p_cov THEN ya ELSE ya + interval '1 day' END;
 			CREATE TEMP TABLE quota_ext_bill ON COMMIT DROP AS
 			SELECT a.tenant_id, a.model_id, a.price_id,
 			       CASE WHEN a.in_period THEN 'usage' ELSE 'adjustment' END AS kind,
@@ -185,15 +218,44 @@ BEGIN
 			       coalesce(sum(a.input_tokens), 0) AS input_tokens,
 			       coalesce(sum(a.output_tokens), 0) AS output_tokens,
 			       sum(a.overage_units) AS overage_units, sum(a.cost) AS cost
-			  FROM (SELECT u.tenant_id, u.model_id, u.price_id, u.occurred_at >= ps AS in_period,
+			  FROM (-- the ledger from xl on
+			        SELECT u.tenant_id, u.model_id, u.price_id, u.occurred_at >= ps AS in_period,
 			               (u.occurred_at < p_end AND u.created_at < p_cov) AS covered_before,
 			               sum(u.calls) AS calls, sum(u.units) AS units,
 			               sum(u.input_tokens) AS input_tokens, sum(u.output_tokens) AS output_tokens,
 			               sum(u.overage_units) AS overage_units, sum(u.cost) AS cost
 			          FROM quota_ext.usage u
 			         WHERE u.price_id IS NOT NULL
-			           AND u.created_at >= lb AND u.created_at < w AND u.occurred_at < pe
+			           AND u.created_at >= greatest(lb, xl) AND u.created_at < w AND u.occurred_at < pe
 			           AND (only_tenant IS NULL OR u.tenant_id = only_tenant)
+			         GROUP BY 1, 2, 3, 4, 5
+			        UNION ALL
+			        -- the ledger on the day of p_cov, before xl
+			        SELECT u.tenant_id, u.model_id, u.price_id, u.occurred_at >= ps,
+			               (u.occurred_at < p_end AND u.created_at < p_cov),
+			               sum(u.calls), sum(u.units), sum(u.input_tokens), sum(u.output_tokens),
+			               sum(u.overage_units), sum(u.cost)
+			          FROM quota_ext.usage u
+			         WHERE u.price_id IS NOT NULL
+			           AND u.created_at >= greatest(lb, ya) AND u.created_at < least(yb, xl)
+			           AND u.occurred_at < pe
+			           AND (only_tenant IS NULL OR u.tenant_id = only_tenant)
+			         GROUP BY 1, 2, 3, 4, 5
+			        UNION ALL
+			        -- the rollup before xd, but the day of p_cov
+			        SELECT b.tenant_id, b.model_id, b.price_id,
+			               b.occurred_day >= (ps AT TIME ZONE 'UTC')::date,
+			               (b.occurred_day < (p_end AT TIME ZONE 'UTC')::date
+			                AND b.created_day < (ya AT TIME ZONE 'UTC')::date),
+			               sum(b.calls), sum(b.units), sum(b.input_tokens), sum(b.output_tokens),
+			               sum(b.overage_units), sum(b.cost)
+			          FROM quota_ext.usage_billing_daily b
+			         WHERE b.created_day >= (date_trunc('day', lb AT TIME ZONE 'UTC'))::date
+			           AND b.created_day < xd
+			           AND NOT (b.created_day >= (ya AT TIME ZONE 'UTC')::date
+			                    AND b.created_day < (yb AT TIME ZONE 'UTC')::date)
+			           AND b.occurred_day < (pe AT TIME ZONE 'UTC')::date
+			           AND (only_tenant IS NULL OR b.tenant_id = only_tenant)
 			         GROUP BY 1, 2, 3, 4, 5) a
 			  JOIN quota_ext.billing_closes c ON c.tenant_id = a.tenant_id AND c.period_start = ps
 			 WHERE c.tenant_id = ANY (tids)
