@@ -67,3 +67,22 @@ SELECT quota_ext.usage_rollup();
 SELECT length(quota_ext.tenant_summary(42)::text);
 SELECT length(quota_ext.tenant_summary(42)::text);
 \timing off
+
+-- billing_close from the rollups needs a period at UTC midnights: the last
+-- whole UTC days, closed and rolled back (the period above is closed already)
+SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '20 days' AS ps2,
+       date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS pe2 \gset
+\echo == billing_close of UTC days after usage_rollup() (rolled back), and its GROUP BY
+BEGIN;
+DELETE FROM quota_ext.billing_closes;
+\timing on
+SELECT count(*) AS invoices, sum(total) FROM quota_ext.billing_close(:'ps2', :'pe2');
+\timing off
+ROLLBACK;
+\timing on
+SELECT count(*) AS groups, sum(c) FROM (
+	SELECT u.tenant_id, p.currency, u.model_id, u.price_id, sum(u.calls), sum(u.units) AS c, sum(u.cost)
+	  FROM quota_ext.usage u JOIN quota_ext.prices p USING (price_id)
+	 WHERE u.occurred_at >= :'ps2' AND u.occurred_at < :'pe2'
+	 GROUP BY 1, 2, 3, 4) s;
+\timing off
