@@ -91,6 +91,8 @@ DECLARE
 	w timestamptz;
 	lb timestamptz;
 	tids bigint[];
+	prev_ends timestamptz[];
+	prev_covs timestamptz[];
 	n_prev bigint;
 	p_end timestamptz;
 	p_cov timestamptz;
@@ -141,27 +143,33 @@ BEGIN
 			      HINT = 'COMMIT PREPARED or ROLLBACK PREPARED it, then close again.';
 	END IF;
 
-	-- the tenants this call closes: those not closed for this period yet
-	WITH ins AS (
-		INSERT INTO quota_ext.billing_closes (tenant_id, period_start, period_end, covered_until,
-		                                      prev_end, prev_covered)
-		SELECT t.tenant_id, ps, pe, w, coalesce(p.period_end, '-infinity'),
-		       coalesce(p.covered_until, '-infinity')
-		  FROM quota_ext.tenants t
-		  LEFT JOIN LATERAL (SELECT c.period_end, c.covered_until FROM quota_ext.billing_closes c
-		                      WHERE c.tenant_id = t.tenant_id
-		                      ORDER BY c.period_start DESC LIMIT 1) p ON true
-		 WHERE (only_tenant IS NULL OR t.tenant_id = only_tenant)
-		   AND t.created_at < pe
-		   AND NOT EXISTS (SELECT 1 FROM quota_ext.billing_closes c
-		                    WHERE c.tenant_id = t.tenant_id AND c.period_start = ps)
-		RETURNING tenant_id, prev_end, prev_covered)
-	SELECT array_agg(ins.tenant_id), min(least(ins.prev_end, ins.prev_covered)),
-	       count(DISTINCT (ins.prev_end, ins.prev_covered)) FILTER (WHERE ins.prev_end > '-infinity'),
-	       min(ins.prev_end) FILTER (WHERE ins.prev_end > '-infinity'),
-	       min(ins.prev_covered) FILTER (WHERE ins.prev_end > '-infinity')
-	  INTO tids, lb, n_prev, p_end, p_cov
-	  FROM ins;
+	-- the tenants this call closes (those not closed for this period yet)
+	-- with their previous close, read before any close is written: an
+	-- INSERT ... SELECT reading billing_closes row by row (as the planner
+	-- likes to when the table was empty at its last analyze) would scan the
+	-- rows it has just written again for every tenant
+	SELECT array_agg(t.tenant_id ORDER BY t.tenant_id),
+	       array_agg(coalesce(p.period_end, '-infinity') ORDER BY t.tenant_id),
+	       array_agg(coalesce(p.covered_until, '-infinity') ORDER BY t.tenant_id)
+	  INTO tids, prev_ends, prev_covs
+	  FROM quota_ext.tenants t
+	  LEFT JOIN LATERAL (SELECT c.period_end, c.covered_until FROM quota_ext.billing_closes c
+	                      WHERE c.tenant_id = t.tenant_id
+	                      ORDER BY c.period_start DESC LIMIT 1) p ON true
+	 WHERE (only_tenant IS NULL OR t.tenant_id = only_tenant)
+	   AND t.created_at < pe
+	   AND NOT EXISTS (SELECT 1 FROM quota_ext.billing_closes c
+	                    WHERE c.tenant_id = t.tenant_id AND c.period_start = ps);
+	INSERT INTO quota_ext.billing_closes (tenant_id, period_start, period_end, covered_until,
+	                                      prev_end, prev_covered)
+	SELECT n.tenant_id, ps, pe, w, n.prev_end, n.prev_covered
+	  FROM unnest(tids, prev_ends, prev_covs) n (tenant_id, prev_end, prev_covered);
+	SELECT min(least(n.prev_end, n.prev_covered)),
+	       count(DISTINCT (n.prev_end, n.prev_covered)) FILTER (WHERE n.prev_end > '-infinity'),
+	       min(n.prev_end) FILTER (WHERE n.prev_end > '-infinity'),
+	       min(n.prev_covered) FILTER (WHERE n.prev_end > '-infinity')
+	  INTO lb, n_prev, p_end, p_cov
+	  FROM unnest(prev_ends, prev_covs) n (prev_end, prev_covered);
 
 	IF tids IS NOT NULL THEN
 		IF to_regclass('pg_temp.quota_ext_bill') IS NOT NULL THEN
