@@ -315,7 +315,8 @@ BEGIN
 			  FROM l GROUP BY l.tenant_id, l.currency
 			 ORDER BY l.tenant_id, l.currency
 			RETURNING *),
-		-- one audit row per invoice (as quota_ext._audit() writes them)
+		-- one audit row per invoice, as quota_ext._audit() writes them (its
+		-- config_changed() is the close's own _audit() call below)
 		audit AS (
 			INSERT INTO quota_ext.audit_log (tenant_id, actor_tenant_id, action, object_type,
 			                                 object_id, before, after)
