@@ -433,25 +433,9 @@ QuotaAuthenticate(text *keytext)
 void
 QuotaKeyRecheck(int64 tenant_id, int64 key_id)
 {
-	static QuotaPlan plan = {
-		"SELECT 1 FROM quota_ext.api_keys k "
-		"JOIN quota_ext.users u ON u.tenant_id OPERATOR(pg_catalog.=) k.tenant_id "
-		"                      AND u.user_id OPERATOR(pg_catalog.=) k.user_id "
-		"JOIN quota_ext.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) k.tenant_id "
-		"WHERE k.tenant_id OPERATOR(pg_catalog.=) $1 "
-		"  AND k.key_id OPERATOR(pg_catalog.=) $2 "
-		"  AND k.revoked_at IS NULL "
-		"  AND (k.expires_at IS NULL OR k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()) "
-		"  AND u.status OPERATOR(pg_catalog.=) 'active' "
-		"  AND t.status OPERATOR(pg_catalog.=) 'active'",
-		2, {INT8OID, INT8OID}
-	};
-	Datum		values[2];
+	QuotaKeyCacheEntry e;
 
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(key_id);
-	QuotaSpiExec(&plan, values, NULL, false, 1);
-	if (SPI_processed != 1)
+	if (!quota_key_read(tenant_id, key_id, &e))
 		quota_invalid_key();
 }
 

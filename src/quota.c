@@ -226,15 +226,19 @@ static QuotaPlan lock_plan = {
 	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
 };
 
+/* the usage row of write_plan and write_simple_plan ($1-$13, $17-$21) */
+#define QUOTA_USAGE_INSERT_CTE \
+	"WITH u AS (" \
+	"  INSERT INTO quota_ext.usage (tenant_id, usage_id, occurred_at, kind, model_id, " \
+	"      user_id, key_id, calls, units, overage_units, ref_usage_id, reservation_id, " \
+	"      idempotency_key, input_tokens, output_tokens, price_id, cost, metadata) " \
+	"  VALUES ($1, COALESCE($2, pg_catalog.nextval('quota_ext.usage_id_seq')), " \
+	"          $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $17, $18, $19, $20, $21) " \
+	"  RETURNING usage_id), "
+
 /* the usage row and every touched counter, in one statement */
 static QuotaPlan write_plan = {
-	"WITH u AS ("
-	"  INSERT INTO quota_ext.usage (tenant_id, usage_id, occurred_at, kind, model_id, "
-	"      user_id, key_id, calls, units, overage_units, ref_usage_id, reservation_id, "
-	"      idempotency_key, input_tokens, output_tokens, price_id, cost, metadata) "
-	"  VALUES ($1, COALESCE($2, pg_catalog.nextval('quota_ext.usage_id_seq')), "
-	"          $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $17, $18, $19, $20, $21) "
-	"  RETURNING usage_id), "
+	QUOTA_USAGE_INSERT_CTE
 	"c AS ("
 	"  UPDATE quota_ext.quota_counters c SET used = v.used, period_start = v.ps, "
 	"         allowance = v.allowance, events_mask = v.mask "
@@ -257,13 +261,7 @@ static QuotaPlan write_plan = {
  * more instructions per consume).
  */
 static QuotaPlan write_simple_plan = {
-	"WITH u AS ("
-	"  INSERT INTO quota_ext.usage (tenant_id, usage_id, occurred_at, kind, model_id, "
-	"      user_id, key_id, calls, units, overage_units, ref_usage_id, reservation_id, "
-	"      idempotency_key, input_tokens, output_tokens, price_id, cost, metadata) "
-	"  VALUES ($1, COALESCE($2, pg_catalog.nextval('quota_ext.usage_id_seq')), "
-	"          $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $17, $18, $19, $20, $21) "
-	"  RETURNING usage_id), "
+	QUOTA_USAGE_INSERT_CTE
 	"c AS ("
 	"  UPDATE quota_ext.quota_counters c "
 	"     SET used = ($15)[pg_catalog.array_position($14, c.quota_id)], "
