@@ -349,10 +349,18 @@ QuotaAuthenticate(text *keytext)
 	if (QuotaCacheBegin())
 	{
 		bool		found;
+		char		shared[QUOTA_SHARED_DATA];
 
 		e = QuotaCacheLookup(QUOTA_CACHE_KEYS, &ck, sizeof(ck),
 							 sizeof(QuotaKeyCacheEntry), &found);
-		if (found && e->valid && e->expires_at > now)
+		if (!found)
+			e->valid = false;
+		/* else from the level shared by all backends (cache.c) */
+		if (!e->valid &&
+			QuotaSharedCacheGet(QUOTA_CACHE_KEYS, &ck, sizeof(ck), shared) ==
+			sizeof(QuotaKeyCacheEntry))
+			memcpy(e, shared, sizeof(QuotaKeyCacheEntry));
+		if (e->valid && e->expires_at > now)
 			ok = true;
 		else
 		{
@@ -363,6 +371,8 @@ QuotaAuthenticate(text *keytext)
 			{
 				e->valid = true;
 				ok = true;
+				QuotaSharedCachePut(QUOTA_CACHE_KEYS, &ck, sizeof(ck), e,
+									sizeof(QuotaKeyCacheEntry));
 			}
 			else
 			{
@@ -412,6 +422,10 @@ QuotaAuthenticate(text *keytext)
 		values[1] = Int64GetDatum(ck.key_id);
 		QuotaSpiExec(&touch, values, NULL, false, 0);
 		e->last_used_at = now;
+		/* other backends that take the shared copy need not touch it again */
+		if (e != &local)
+			QuotaSharedCachePut(QUOTA_CACHE_KEYS, &ck, sizeof(ck), e,
+								sizeof(QuotaKeyCacheEntry));
 	}
 	if (spi_open)
 		QuotaSpiEnd(&spi);

@@ -55,6 +55,21 @@
  * Each kind of entry has its own hash table in one memory context; when a
  * table reaches quota_ext.config_cache_entries the whole cache is reset.
  *
+ * Under the backends' caches is one shared by all of them, in shared
+ * memory: a backend that misses its own cache looks there before it runs
+ * the query, and files what the query returned there too.  Without it a
+ * new connection, or a backend of a pool that serves thousands of tenants,
+ * would run the configuration queries for every tenant it meets (about
+ * three quarters of a consume's cost when it misses; doc/performance.md).
+ * Shared entries are flat copies (a kind's entry serialized by its owner,
+ * at most QUOTA_SHARED_DATA bytes, else it is not shared) filed under the
+ * generation that was current when the filling query started, and an entry
+ * of another generation is never returned: the same rule as the backends'
+ * caches.  The table has quota_ext.shared_cache_entries entries (set at
+ * server start, 0 = none) in 16 partitions, each with its own lock; when it
+ * is full the entries of past generations are removed, and if none is,
+ * new answers stay in the backends' caches only.
+ *
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
@@ -79,6 +94,30 @@ typedef struct QuotaCacheShared
 } QuotaCacheShared;
 
 static QuotaCacheShared *cache_shared = NULL;
+
+/* the shared second level: flat copies of entries, by kind, database and key */
+#define QUOTA_SHARED_KEY		80
+#define QUOTA_SHARED_PARTITIONS 16
+#define QUOTA_SHARED_TRANCHE	"quota_ext config cache"
+
+typedef struct QuotaSharedKey
+{
+	Oid			dbid;
+	int32		kind;
+	char		key[QUOTA_SHARED_KEY];	/* zero-padded */
+} QuotaSharedKey;
+
+typedef struct QuotaSharedEntry
+{
+	QuotaSharedKey key;
+	uint64		generation;
+	Size		len;
+	char		data[QUOTA_SHARED_DATA];
+} QuotaSharedEntry;
+
+static HTAB *shared_hash = NULL;
+static LWLockPadded *shared_locks = NULL;
+static int	quota_shared_cache_entries = 8192;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -106,6 +145,12 @@ quota_cache_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(QuotaCacheShared)));
+	if (quota_shared_cache_entries > 0)
+	{
+		RequestAddinShmemSpace(hash_estimate_size(quota_shared_cache_entries,
+												  sizeof(QuotaSharedEntry)));
+		RequestNamedLWLockTranche(QUOTA_SHARED_TRANCHE, QUOTA_SHARED_PARTITIONS);
+	}
 }
 
 static void
@@ -120,6 +165,19 @@ quota_cache_shmem_startup(void)
 								   sizeof(QuotaCacheShared), &found);
 	if (!found)
 		pg_atomic_init_u64(&cache_shared->generation, 1);
+	if (quota_shared_cache_entries > 0)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(QuotaSharedKey);
+		ctl.entrysize = sizeof(QuotaSharedEntry);
+		ctl.num_partitions = QUOTA_SHARED_PARTITIONS;
+		shared_hash = ShmemInitHash("quota_ext config cache",
+									quota_shared_cache_entries,
+									quota_shared_cache_entries, &ctl,
+									HASH_ELEM | HASH_BLOBS | HASH_PARTITION);
+		shared_locks = GetNamedLWLockTranche(QUOTA_SHARED_TRANCHE);
+	}
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -184,6 +242,13 @@ QuotaCacheInit(void)
 								  (Datum) 0);
 	if (process_shared_preload_libraries_in_progress)
 	{
+		DefineCustomIntVariable("quota_ext.shared_cache_entries",
+								"Entries of the configuration cache shared by all backends.",
+								"Each takes about 1.2 kB of shared memory; 0 disables the shared level.",
+								&quota_shared_cache_entries,
+								8192, 0, 1000000,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
 		prev_shmem_request_hook = shmem_request_hook;
 		shmem_request_hook = quota_cache_shmem_request;
 		prev_shmem_startup_hook = shmem_startup_hook;
@@ -288,6 +353,105 @@ MemoryContext
 QuotaCacheContext(void)
 {
 	return cache_cxt;
+}
+
+static void
+shared_key(QuotaSharedKey *sk, QuotaCacheKind kind, const void *key, Size keysize)
+{
+	Assert(keysize <= QUOTA_SHARED_KEY);
+	memset(sk, 0, sizeof(*sk));
+	sk->dbid = MyDatabaseId;
+	sk->kind = (int32) kind;
+	memcpy(sk->key, key, keysize);
+}
+
+/*
+ * QuotaSharedCacheGet
+ *		Copy the shared entry for key into data (QUOTA_SHARED_DATA bytes) and
+ *		return its length, or 0 when there is none of the current generation.
+ *		Only after QuotaCacheBegin returned true.
+ */
+Size
+QuotaSharedCacheGet(QuotaCacheKind kind, const void *key, Size keysize, void *data)
+{
+	QuotaSharedKey sk;
+	QuotaSharedEntry *e;
+	uint32		hash;
+	LWLock	   *lock;
+	Size		len = 0;
+
+	if (shared_hash == NULL || keysize > QUOTA_SHARED_KEY)
+		return 0;
+	shared_key(&sk, kind, key, keysize);
+	hash = get_hash_value(shared_hash, &sk);
+	lock = &shared_locks[hash % QUOTA_SHARED_PARTITIONS].lock;
+	LWLockAcquire(lock, LW_SHARED);
+	e = hash_search_with_hash_value(shared_hash, &sk, hash, HASH_FIND, NULL);
+	if (e != NULL && e->generation == cache_generation)
+	{
+		len = e->len;
+		memcpy(data, e->data, len);
+	}
+	LWLockRelease(lock);
+	return len;
+}
+
+/* remove the entries of past generations (every partition locked, in order) */
+static void
+shared_sweep(void)
+{
+	HASH_SEQ_STATUS seq;
+	QuotaSharedEntry *e;
+	uint64		generation = pg_atomic_read_u64(&cache_shared->generation);
+	int			i;
+
+	for (i = 0; i < QUOTA_SHARED_PARTITIONS; i++)
+		LWLockAcquire(&shared_locks[i].lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, shared_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->generation != generation)
+			hash_search(shared_hash, &e->key, HASH_REMOVE, NULL);
+	for (i = QUOTA_SHARED_PARTITIONS - 1; i >= 0; i--)
+		LWLockRelease(&shared_locks[i].lock);
+}
+
+/*
+ * QuotaSharedCachePut
+ *		File len bytes of data for key under the generation QuotaCacheBegin
+ *		read (before the query that produced them took its snapshot).
+ *		Too long, or no room: not shared.
+ */
+void
+QuotaSharedCachePut(QuotaCacheKind kind, const void *key, Size keysize,
+					const void *data, Size len)
+{
+	QuotaSharedKey sk;
+	QuotaSharedEntry *e;
+	uint32		hash;
+	LWLock	   *lock;
+	bool		found;
+
+	if (shared_hash == NULL || keysize > QUOTA_SHARED_KEY || len > QUOTA_SHARED_DATA ||
+		len == 0)
+		return;
+	shared_key(&sk, kind, key, keysize);
+	hash = get_hash_value(shared_hash, &sk);
+	lock = &shared_locks[hash % QUOTA_SHARED_PARTITIONS].lock;
+	if (hash_get_num_entries(shared_hash) >= quota_shared_cache_entries)
+		shared_sweep();
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	e = hash_search_with_hash_value(shared_hash, &sk, hash,
+									hash_get_num_entries(shared_hash) <
+									quota_shared_cache_entries ? HASH_ENTER_NULL : HASH_FIND,
+									&found);
+	/* a newer generation's entry stays */
+	if (e != NULL && (!found || e->generation <= cache_generation))
+	{
+		e->generation = cache_generation;
+		e->len = len;
+		memcpy(e->data, data, len);
+	}
+	LWLockRelease(lock);
 }
 
 /*

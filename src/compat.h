@@ -30,4 +30,11 @@
 #define QUOTA_GUC_DEBUG_PARALLEL "force_parallel_mode"
 #endif
 
+/* 16 added the permission infos to the executor's range table */
+#if PG_VERSION_NUM >= 160000
+#define QuotaExecInitRangeTable(estate, rtable) ExecInitRangeTable(estate, rtable, NIL)
+#else
+#define QuotaExecInitRangeTable(estate, rtable) ExecInitRangeTable(estate, rtable)
+#endif
+
 #endif							/* QUOTA_COMPAT_H */

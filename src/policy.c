@@ -193,6 +193,79 @@ quota_policy_copy(QuotaPolicyResult *res)
 	res->price.output_per_1k = quota_copy_numeric(res->price.has_output, res->price.output_per_1k);
 }
 
+/*
+ * The entry as a flat copy for the shared level (cache.c): the fixed part,
+ * then the time zone, the three prices and the role list, each as long as
+ * the header says (0: absent).
+ */
+typedef struct QuotaPolicyBlob
+{
+	QuotaPolicyResult res;		/* its pointers are not used */
+	bool		policy_allows;
+	int32		len[5];			/* time zone (with its NUL), 3 prices, roles */
+} QuotaPolicyBlob;
+
+static Size
+quota_policy_pack(const QuotaPolicyCacheEntry *e, char *buf)
+{
+	QuotaPolicyBlob *b = (QuotaPolicyBlob *) buf;
+	const void *part[5];
+	Size		off = MAXALIGN(sizeof(QuotaPolicyBlob));
+	int			i;
+
+	memset(b, 0, sizeof(*b));
+	b->res = e->res;
+	b->policy_allows = e->policy_allows;
+	part[0] = e->res.timezone;
+	b->len[0] = e->res.timezone ? strlen(e->res.timezone) + 1 : 0;
+	part[1] = DatumGetPointer(e->res.price.unit_price);
+	b->len[1] = e->res.price.has_unit ? VARSIZE_ANY(part[1]) : 0;
+	part[2] = DatumGetPointer(e->res.price.input_per_1k);
+	b->len[2] = e->res.price.has_input ? VARSIZE_ANY(part[2]) : 0;
+	part[3] = DatumGetPointer(e->res.price.output_per_1k);
+	b->len[3] = e->res.price.has_output ? VARSIZE_ANY(part[3]) : 0;
+	part[4] = e->roles;
+	b->len[4] = e->roles ? VARSIZE(e->roles) : 0;
+	for (i = 0; i < 5; i++)
+	{
+		if (off + MAXALIGN(b->len[i]) > QUOTA_SHARED_DATA)
+			return 0;
+		if (b->len[i] > 0)
+			memcpy(buf + off, part[i], b->len[i]);
+		off += MAXALIGN(b->len[i]);
+	}
+	return off;
+}
+
+/* the inverse, into the cache's memory */
+static void
+quota_policy_unpack(QuotaPolicyCacheEntry *e, const char *buf)
+{
+	const QuotaPolicyBlob *b = (const QuotaPolicyBlob *) buf;
+	Size		off = MAXALIGN(sizeof(QuotaPolicyBlob));
+	void	   *part[5];
+	int			i;
+
+	for (i = 0; i < 5; i++)
+	{
+		part[i] = NULL;
+		if (b->len[i] > 0)
+		{
+			part[i] = MemoryContextAlloc(QuotaCacheContext(), b->len[i]);
+			memcpy(part[i], buf + off, b->len[i]);
+		}
+		off += MAXALIGN(b->len[i]);
+	}
+	e->res = b->res;
+	e->res.timezone = part[0];
+	e->res.price.unit_price = PointerGetDatum(part[1]);
+	e->res.price.input_per_1k = PointerGetDatum(part[2]);
+	e->res.price.output_per_1k = PointerGetDatum(part[3]);
+	e->roles = part[4];
+	e->policy_allows = b->policy_allows;
+	e->valid = true;
+}
+
 static void
 quota_policy_answer(QuotaPolicyCacheEntry *e, const char *role, QuotaPolicyResult *out)
 {
@@ -245,12 +318,25 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 	strlcpy(key.model, model, sizeof(key.model));
 	e = QuotaCacheLookup(QUOTA_CACHE_POLICIES, &key, sizeof(key),
 						 sizeof(QuotaPolicyCacheEntry), &found);
-	if (!found || !e->valid || GetCurrentTimestamp() >= e->res.price.valid_until)
+	if (!found)
+		e->valid = false;
+	/* else from the level shared by all backends (cache.c) */
+	if (!e->valid || GetCurrentTimestamp() >= e->res.price.valid_until)
+	{
+		char		shared[QUOTA_SHARED_DATA];
+
+		e->valid = false;
+		if (QuotaSharedCacheGet(QUOTA_CACHE_POLICIES, &key, sizeof(key), shared) > 0)
+			quota_policy_unpack(e, shared);
+	}
+	if (!e->valid || GetCurrentTimestamp() >= e->res.price.valid_until)
 	{
 		QuotaPolicyResult res;
 		bool		policy_allows;
 		ArrayType  *roles;
 		MemoryContext old;
+		char		shared[QUOTA_SHARED_DATA];
+		Size		len;
 
 		e->valid = false;
 		quota_policy_read(tenant_id, model, &res, &policy_allows, &roles);
@@ -268,6 +354,9 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 		e->res = res;
 		e->policy_allows = policy_allows;
 		e->valid = true;
+		len = quota_policy_pack(e, shared);
+		if (len > 0)
+			QuotaSharedCachePut(QUOTA_CACHE_POLICIES, &key, sizeof(key), shared, len);
 	}
 	quota_policy_answer(e, role, out);
 }
@@ -291,7 +380,19 @@ QuotaPolicyFromCache(int64 tenant_id, const char *model, const char *role,
 	strlcpy(key.model, model, sizeof(key.model));
 	e = QuotaCacheFind(QUOTA_CACHE_POLICIES, &key);
 	if (e == NULL || !e->valid || GetCurrentTimestamp() >= e->res.price.valid_until)
-		return false;
+	{
+		char		shared[QUOTA_SHARED_DATA];
+		bool		found;
+
+		/* the level shared by all backends (cache.c) */
+		if (QuotaSharedCacheGet(QUOTA_CACHE_POLICIES, &key, sizeof(key), shared) == 0)
+			return false;
+		e = QuotaCacheLookup(QUOTA_CACHE_POLICIES, &key, sizeof(key),
+							 sizeof(QuotaPolicyCacheEntry), &found);
+		quota_policy_unpack(e, shared);
+		if (GetCurrentTimestamp() >= e->res.price.valid_until)
+			return false;
+	}
 	quota_policy_answer(e, role, out);
 	return true;
 }

@@ -173,6 +173,7 @@ typedef struct QuotaRow
 	int			thresholds[QUOTA_MAX_THRESHOLDS];
 	TimestampTz counter_start;
 	int64		used;
+	ItemPointerData counter_tid;	/* where it was locked (direct.c), or invalid */
 	/* computed */
 	TimestampTz start;
 	TimestampTz end;
@@ -226,19 +227,15 @@ static QuotaPlan lock_plan = {
 	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
 };
 
-/* the usage row of write_plan and write_simple_plan ($1-$13, $17-$21) */
-#define QUOTA_USAGE_INSERT_CTE \
-	"WITH u AS (" \
-	"  INSERT INTO quota_ext.usage (tenant_id, usage_id, occurred_at, kind, model_id, " \
-	"      user_id, key_id, calls, units, overage_units, ref_usage_id, reservation_id, " \
-	"      idempotency_key, input_tokens, output_tokens, price_id, cost, metadata) " \
-	"  VALUES ($1, COALESCE($2, pg_catalog.nextval('quota_ext.usage_id_seq')), " \
-	"          $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $17, $18, $19, $20, $21) " \
-	"  RETURNING usage_id), "
-
 /* the usage row and every touched counter, in one statement */
 static QuotaPlan write_plan = {
-	QUOTA_USAGE_INSERT_CTE
+	"WITH u AS ("
+	"  INSERT INTO quota_ext.usage (tenant_id, usage_id, occurred_at, kind, model_id, "
+	"      user_id, key_id, calls, units, overage_units, ref_usage_id, reservation_id, "
+	"      idempotency_key, input_tokens, output_tokens, price_id, cost, metadata) "
+	"  VALUES ($1, COALESCE($2, pg_catalog.nextval('quota_ext.usage_id_seq')), "
+	"          $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $17, $18, $19, $20, $21) "
+	"  RETURNING usage_id), "
 	"c AS ("
 	"  UPDATE quota_ext.quota_counters c SET used = v.used, period_start = v.ps, "
 	"         allowance = v.allowance, events_mask = v.mask "
@@ -252,28 +249,6 @@ static QuotaPlan write_plan = {
 		INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT8ARRAYOID, INT8ARRAYOID,
 		TIMESTAMPTZARRAYOID, INT8OID, INT8OID, INT8OID, NUMERICOID, JSONBOID,
 	INT4ARRAYOID, INT8ARRAYOID, INT4ARRAYOID}
-};
-
-/*
- * The same when every touched counter is a single-slot quota's (slot 0): the
- * counters are found by index with quota_id = ANY and take their values by
- * position, with no function scan or join to set up (write_plan costs ~15%
- * more instructions per consume).
- */
-static QuotaPlan write_simple_plan = {
-	QUOTA_USAGE_INSERT_CTE
-	"c AS ("
-	"  UPDATE quota_ext.quota_counters c "
-	"     SET used = ($15)[pg_catalog.array_position($14, c.quota_id)], "
-	"         period_start = ($16)[pg_catalog.array_position($14, c.quota_id)], "
-	"         allowance = NULL, events_mask = 0 "
-	"   WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 "
-	"     AND c.quota_id OPERATOR(pg_catalog.=) ANY ($14) "
-	"     AND c.slot OPERATOR(pg_catalog.=) 0) "
-	"SELECT usage_id FROM u",
-	21, {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, INT8OID, INT4OID,
-		INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT8ARRAYOID, INT8ARRAYOID,
-		TIMESTAMPTZARRAYOID, INT8OID, INT8OID, INT8OID, NUMERICOID, JSONBOID}
 };
 
 /* the escrow quotas that apply (definitions only; slots are taken one by one) */
@@ -635,18 +610,6 @@ static QuotaPlan defs_plan = {
 	4, {INT8OID, INT8OID, INT8OID, INT8OID}
 };
 
-/* lock the counters of known single-slot quotas, in quota_id order */
-static QuotaPlan lock_ids_plan = {
-	"SELECT c.quota_id, c.period_start, c.used "
-	"FROM quota_ext.quota_counters c "
-	"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 "
-	"  AND c.quota_id OPERATOR(pg_catalog.=) ANY ($2) "
-	"  AND c.slot OPERATOR(pg_catalog.=) 0 "
-	"ORDER BY c.quota_id "
-	"FOR NO KEY UPDATE OF c",
-	2, {INT8OID, INT8ARRAYOID}
-};
-
 /*
  * lock_cached_counters
  *		lock_counters for a new charge when the configuration cache may be
@@ -665,9 +628,12 @@ lock_cached_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_i
 	Datum		values[4];
 	char		nulls[4] = {' ', ' ', ' ', ' '};
 	int64	   *ids;
+	bool	   *found_ids;
+	TimestampTz *starts;
+	int64	   *used;
+	ItemPointerData *tids;
 	int			n = 0;
 	int			i;
-	uint64		row;
 
 	if (!QuotaCacheBegin())
 		return -1;
@@ -678,9 +644,29 @@ lock_cached_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_i
 	key.key_id = key_id;
 	e = QuotaCacheLookup(QUOTA_CACHE_QUOTAS, &key, sizeof(key),
 						 sizeof(QuotaDefsEntry), &found);
-	if (!found || !e->valid)
+	if (!found)
+		e->valid = false;
+	if (!e->valid)
+	{
+		char		shared[QUOTA_SHARED_DATA];
+		Size		len;
+
+		/* the level shared by all backends (cache.c): the count, then the rows */
+		len = QuotaSharedCacheGet(QUOTA_CACHE_QUOTAS, &key, sizeof(key), shared);
+		if (len >= sizeof(int) && len == sizeof(int) + sizeof(QuotaRow) * *(int *) shared)
+		{
+			e->n = *(int *) shared;
+			e->rows = e->n > 0 ?
+				MemoryContextAlloc(QuotaCacheContext(), sizeof(QuotaRow) * e->n) : NULL;
+			if (e->n > 0)
+				memcpy(e->rows, shared + sizeof(int), sizeof(QuotaRow) * e->n);
+			e->valid = true;
+		}
+	}
+	if (!e->valid)
 	{
 		int			nd;
+		char		shared[QUOTA_SHARED_DATA];
 
 		e->valid = false;
 		values[0] = Int64GetDatum(tenant_id);
@@ -700,34 +686,36 @@ lock_cached_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_i
 			memcpy(e->rows, rows, sizeof(QuotaRow) * nd);
 		e->n = nd;
 		e->valid = true;
+		if (sizeof(int) + sizeof(QuotaRow) * nd <= QUOTA_SHARED_DATA)
+		{
+			memcpy(shared, &nd, sizeof(int));
+			if (nd > 0)
+				memcpy(shared + sizeof(int), rows, sizeof(QuotaRow) * nd);
+			QuotaSharedCachePut(QUOTA_CACHE_QUOTAS, &key, sizeof(key), shared,
+								sizeof(int) + sizeof(QuotaRow) * nd);
+		}
 	}
 	if (e->n == 0)
 		return 0;
 
 	ids = palloc(sizeof(int64) * e->n);
+	found_ids = palloc(sizeof(bool) * e->n);
+	starts = palloc(sizeof(TimestampTz) * e->n);
+	used = palloc(sizeof(int64) * e->n);
+	tids = palloc(sizeof(ItemPointerData) * e->n);
 	for (i = 0; i < e->n; i++)
 		ids[i] = e->rows[i].quota_id;
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = int8_array(ids, e->n);
-	QuotaSpiExec(&lock_ids_plan, values, NULL, false, 0);
-	/* both in quota_id order: keep the definitions whose counter exists */
-	i = 0;
-	for (row = 0; row < SPI_processed; row++)
+	/* by primary key, in quota_id order (direct.c); a deleted quota's is gone */
+	QuotaDirectLockCounters(tenant_id, ids, e->n, found_ids, starts, used, tids);
+	for (i = 0; i < e->n; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[row];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		int64		qid = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-
-		while (i < e->n && e->rows[i].quota_id < qid)
-			i++;
-		if (i >= e->n || e->rows[i].quota_id != qid)
+		if (!found_ids[i])
 			continue;
 		rows[n] = e->rows[i];
-		rows[n].counter_start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
-		rows[n].used = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		rows[n].counter_start = starts[i];
+		rows[n].used = used[i];
+		rows[n].counter_tid = tids[i];
 		n++;
-		i++;
 	}
 	return n;
 }
@@ -1162,6 +1150,7 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 	int64	   *qids;
 	int64	   *used;
 	TimestampTz *starts;
+	ItemPointerData *tids;
 	Datum	   *slots;
 	Datum	   *allowances;
 	bool	   *allowance_nulls;
@@ -1184,6 +1173,7 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 	qids = palloc(sizeof(int64) * cap);
 	used = palloc(sizeof(int64) * cap);
 	starts = palloc(sizeof(TimestampTz) * cap);
+	tids = palloc0(sizeof(ItemPointerData) * cap);
 	slots = palloc(sizeof(Datum) * cap);
 	allowances = palloc(sizeof(Datum) * cap);
 	allowance_nulls = palloc(sizeof(bool) * cap);
@@ -1199,6 +1189,7 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 			qids[n] = r->quota_id;
 			used[n] = r->new_used;
 			starts[n] = r->start;
+			tids[n] = r->counter_tid;
 			slots[n] = Int32GetDatum(0);
 			allowances[n] = Int64GetDatum(0);
 			allowance_nulls[n] = true;
@@ -1222,6 +1213,37 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 			masks[n] = Int32GetDatum(u->mask);
 			n++;
 		}
+	}
+	if (simple)
+	{
+		/* only single-slot counters: without the executor (direct.c) */
+		QuotaUsageRow u;
+
+		memset(&u, 0, sizeof(u));
+		u.tenant_id = tenant_id;
+		u.usage_id = usage_id;
+		u.occurred_at = occurred_at;
+		u.kind = kind;
+		u.model_id = model_id;
+		u.user_id = user_id;
+		u.key_id = key_id;
+		u.calls = calls;
+		u.units = units;
+		u.overage = overage;
+		u.ref_usage_id = ref_usage_id;
+		u.reservation_id = reservation_id;
+		u.idem_key = idem_key;
+		u.cost = QuotaMicroToNumeric(extra ? extra->cost_micro : 0);
+		if (extra)
+		{
+			u.has_input = extra->tokens.has_input;
+			u.input_tokens = extra->tokens.input;
+			u.has_output = extra->tokens.has_output;
+			u.output_tokens = extra->tokens.output;
+			u.price_id = extra->price_id;
+			u.metadata = extra->metadata;
+		}
+		return QuotaDirectWrite(&u, qids, used, starts, tids, n);
 	}
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int64GetDatum(tenant_id);
@@ -1285,7 +1307,7 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 			nulls[20] = ' ';
 		}
 	}
-	QuotaSpiExec(simple ? &write_simple_plan : &write_plan, values, nulls, false, 0);
+	QuotaSpiExec(&write_plan, values, nulls, false, 0);
 	if (SPI_processed != 1)
 		elog(ERROR, "usage row was not written");
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));

@@ -85,6 +85,13 @@ extern void *QuotaCacheFind(QuotaCacheKind kind, const void *key);
 extern void QuotaCacheForget(QuotaCacheKind kind, const void *key);
 extern MemoryContext QuotaCacheContext(void);
 
+/* the level shared by all backends: flat copies of entries (cache.c) */
+#define QUOTA_SHARED_DATA	1024
+extern Size QuotaSharedCacheGet(QuotaCacheKind kind, const void *key, Size keysize,
+								void *data);
+extern void QuotaSharedCachePut(QuotaCacheKind kind, const void *key, Size keysize,
+								const void *data, Size len);
+
 /* auth.c: API keys */
 extern void QuotaAuthInit(void);
 extern void QuotaAuthenticate(text *api_key);
@@ -227,6 +234,38 @@ extern void QuotaPolicyEvaluateFresh(int64 tenant_id, const char *model,
 									 const char *role, QuotaPolicyResult *out);
 extern bool QuotaPolicyFromCache(int64 tenant_id, const char *model,
 								 const char *role, QuotaPolicyResult *out);
+
+/* direct.c: counters and usage rows without the executor (single-slot quotas) */
+typedef struct QuotaUsageRow
+{
+	int64		tenant_id;
+	int64		usage_id;		/* 0: the next value of usage_id_seq */
+	TimestampTz occurred_at;
+	const char *kind;			/* a quota_ext.usage_kind */
+	int64		model_id;
+	int64		user_id;		/* 0: NULL */
+	int64		key_id;			/* 0: NULL */
+	int32		calls;
+	int64		units;
+	int64		overage;
+	int64		ref_usage_id;	/* 0: NULL */
+	int64		reservation_id; /* 0: NULL */
+	const char *idem_key;		/* NULL: NULL */
+	bool		has_input;
+	int64		input_tokens;
+	bool		has_output;
+	int64		output_tokens;
+	int64		price_id;		/* 0: NULL */
+	Datum		cost;			/* numeric */
+	Datum		metadata;		/* jsonb, or 0: NULL */
+} QuotaUsageRow;
+
+extern int	QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n,
+									bool *found, TimestampTz *starts, int64 *used,
+									ItemPointerData *tids);
+extern int64 QuotaDirectWrite(const QuotaUsageRow *u, const int64 *qids,
+							  const int64 *used, const TimestampTz *starts,
+							  const ItemPointerData *tids, int n);
 
 /* quota.c: quotas, consumption, reservations */
 

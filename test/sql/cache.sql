@@ -92,3 +92,25 @@ SELECT count(*) FILTER (WHERE quota_ext.policy_check(:t, 'm' || i)) AS allowed_u
   FROM generate_series(1, 50) i;
 SELECT quota_ext.policy_check(:t, 'cache-model', 'admin') AS admin;
 RESET quota_ext.config_cache_entries;
+
+-- The level shared by all backends (design §4a): a new connection, whose own
+-- cache is empty, gets the answers another backend filed there.  Shown by a
+-- raw change made without config_changed(): backends keep answering from the
+-- cache (as documented) until config_changed() commits.
+SELECT quota_ext.policy_check(:t, 'cache-model', 'admin') AS filled,
+       allowed AS consume_filled
+  FROM quota_ext.quota_consume(:t, 'cache-model', 1, role => 'admin');
+SELECT role FROM quota_ext.authenticate(:'k');
+UPDATE quota_ext.policies SET allowed = false
+ WHERE tenant_id = :t AND model_pattern = 'cache-model';
+\c
+SELECT quota_ext.policy_check(:t, 'cache-model', 'admin') AS from_shared,
+       quota_ext.policy_check(:t, 'cache-model', 'member') AS member_from_shared;
+SELECT allowed, denied_by FROM quota_ext.quota_consume(:t, 'cache-model', 1, role => 'admin');
+SELECT role FROM quota_ext.authenticate(:'k');
+SELECT quota_ext.config_changed();
+SELECT quota_ext.policy_check(:t, 'cache-model', 'admin') AS after_change;
+\c
+SELECT quota_ext.policy_check(:t, 'cache-model', 'admin') AS new_backend,
+       allowed, denied_by
+  FROM quota_ext.quota_consume(:t, 'cache-model', 1, role => 'admin');

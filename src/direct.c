@@ -1,0 +1,451 @@
+/*-------------------------------------------------------------------------
+ *
+ * direct.c
+ *		The hot path's counter rows and usage row, read and written through
+ *		the table and index access methods instead of SQL.
+ *
+ * A charge locks its counters by primary key, updates them and appends one
+ * usage row.  As SQL statements (SPI), most of that time went into starting
+ * the executor for each statement: plan-tree copies, CTE and ModifyTable
+ * nodes, partition routing set up from scratch (doc/performance.md, "Why
+ * consume is at 0.3x the ceiling").  Here the same rows are touched the way
+ * logical replication's apply worker touches them: an index probe, a tuple
+ * lock that follows the update chain (table_tuple_lock with
+ * TUPLE_LOCK_FLAG_FIND_LAST_VERSION, as SELECT ... FOR NO KEY UPDATE does in
+ * READ COMMITTED), ExecSimpleRelationUpdate/Insert (constraints, index
+ * entries, triggers), and ExecFindPartition for the ledger's monthly
+ * partitions.
+ *
+ * The semantics are those of the statements they replace:
+ *	- the lock is FOR NO KEY UPDATE, waits (lock_timeout and the deadlock
+ *	  detector apply) and, under REPEATABLE READ or SERIALIZABLE, raises
+ *	  40001 when the row changed after the snapshot, as nodeLockRows does;
+ *	  a deleted row is skipped (its quota no longer applies);
+ *	- each call starts with CommandCounterIncrement and a new snapshot, as a
+ *	  non-read-only SPI statement does, so the transaction's own earlier
+ *	  changes are seen;
+ *	- CHECK and NOT NULL constraints, index entries (unique checks), row
+ *	  triggers (the foreign key's) and the statistics counters are all the
+ *	  executor's own code;
+ *	- the rows are touched as the extension's owner, as SPI does here
+ *	  (spi.c): the caller's rights were checked before (quota.c).
+ * Used for single-slot counters only; escrow slots, refunds and the other
+ * paths keep their SQL.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "quota_ext.h"
+
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
+#include "executor/execPartition.h"
+#include "nodes/makefuncs.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+/* the relations, found by name once (reset by any relcache invalidation of them) */
+static Oid	counters_relid = InvalidOid;
+static Oid	usage_relid = InvalidOid;
+static Oid	usage_seqid = InvalidOid;
+static bool callback_registered = false;
+
+/* attribute numbers, by name (the ledger's columns may be in any order) */
+enum
+{
+	U_TENANT, U_USAGE_ID, U_CREATED_AT, U_OCCURRED_AT, U_MODEL, U_USER, U_KEY,
+	U_UNITS, U_OVERAGE, U_INPUT, U_OUTPUT, U_PRICE, U_REF, U_RESERVATION,
+	U_CALLS, U_KIND, U_COST, U_IDEM, U_METADATA, U_NCOLS
+};
+static const char *const usage_cols[U_NCOLS] = {
+	"tenant_id", "usage_id", "created_at", "occurred_at", "model_id", "user_id",
+	"key_id", "units", "overage_units", "input_tokens", "output_tokens",
+	"price_id", "ref_usage_id", "reservation_id", "calls", "kind", "cost",
+	"idempotency_key", "metadata"
+};
+static AttrNumber usage_att[U_NCOLS];
+
+enum
+{
+	C_TENANT, C_QUOTA, C_SLOT, C_PERIOD_START, C_USED, C_ALLOWANCE, C_MASK, C_NCOLS
+};
+static const char *const counter_cols[C_NCOLS] = {
+	"tenant_id", "quota_id", "slot", "period_start", "used", "allowance", "events_mask"
+};
+static AttrNumber counter_att[C_NCOLS];
+
+static void
+direct_invalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == counters_relid || relid == usage_relid ||
+		relid == usage_seqid)
+	{
+		counters_relid = InvalidOid;
+		usage_relid = InvalidOid;
+		usage_seqid = InvalidOid;
+	}
+}
+
+static void
+find_columns(Relation rel, const char *const *names, AttrNumber *atts, int n)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		atts[i] = get_attnum(RelationGetRelid(rel), names[i]);
+		if (atts[i] == InvalidAttrNumber || atts[i] > desc->natts)
+			elog(ERROR, "column \"%s\" of \"%s\" not found", names[i],
+				 RelationGetRelationName(rel));
+	}
+}
+
+/*
+ * The relations' OIDs, into *rels: the caller uses its copy, because opening
+ * a relation processes invalidations, which may reset the statics.
+ */
+typedef struct DirectRels
+{
+	Oid			counters;
+	Oid			usage;
+	Oid			usage_seq;
+} DirectRels;
+
+static void
+find_relations(DirectRels *rels)
+{
+	Oid			nsp;
+	Relation	rel;
+
+	if (OidIsValid(counters_relid) && OidIsValid(usage_relid) && OidIsValid(usage_seqid))
+	{
+		rels->counters = counters_relid;
+		rels->usage = usage_relid;
+		rels->usage_seq = usage_seqid;
+		return;
+	}
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(direct_invalidate, (Datum) 0);
+		callback_registered = true;
+	}
+	nsp = get_namespace_oid(QUOTA_SCHEMA, false);
+	counters_relid = get_relname_relid("quota_counters", nsp);
+	usage_relid = get_relname_relid("usage", nsp);
+	usage_seqid = get_relname_relid("usage_id_seq", nsp);
+	if (!OidIsValid(counters_relid) || !OidIsValid(usage_relid) || !OidIsValid(usage_seqid))
+		elog(ERROR, "quota_ext's counters or ledger not found");
+	rels->counters = counters_relid;
+	rels->usage = usage_relid;
+	rels->usage_seq = usage_seqid;
+	rel = table_open(rels->counters, AccessShareLock);
+	find_columns(rel, counter_cols, counter_att, C_NCOLS);
+	table_close(rel, AccessShareLock);
+	rel = table_open(rels->usage, AccessShareLock);
+	find_columns(rel, usage_cols, usage_att, U_NCOLS);
+	table_close(rel, AccessShareLock);
+}
+
+/* as a non-read-only SPI statement: see earlier changes, a new snapshot */
+static Snapshot
+direct_snapshot(void)
+{
+	CommandCounterIncrement();
+	PushCopiedSnapshot(GetTransactionSnapshot());
+	UpdateActiveSnapshotCommandId();
+	return GetActiveSnapshot();
+}
+
+/*
+ * find_counter
+ *		The slot-0 counter of (tenant, quota) visible to snapshot, into slot;
+ *		with lock, locked FOR NO KEY UPDATE in its latest version (see the
+ *		file header).  False when there is none (or it was deleted).
+ */
+static bool
+find_counter(Relation rel, Relation idx, Snapshot snapshot, int64 tenant_id,
+			 int64 quota_id, bool lock, TupleTableSlot *slot)
+{
+	IndexScanDesc scan;
+	ScanKeyData skey[3];
+	bool		found;
+
+	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(tenant_id));
+	ScanKeyInit(&skey[1], 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(quota_id));
+	ScanKeyInit(&skey[2], 3, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(0));
+	scan = index_beginscan(rel, idx, snapshot, 3, 0);
+	index_rescan(scan, skey, 3, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	index_endscan(scan);
+	if (!found || !lock)
+		return found;
+
+	{
+		TM_FailureData tmfd;
+		TM_Result	res;
+		ItemPointerData tid = slot->tts_tid;
+
+		res = table_tuple_lock(rel, &tid, snapshot, slot,
+							   GetCurrentCommandId(false),
+							   LockTupleNoKeyExclusive, LockWaitBlock,
+							   IsolationUsesXactSnapshot() ? 0 :
+							   TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
+							   &tmfd);
+		switch (res)
+		{
+			case TM_Ok:
+				return true;
+			case TM_Updated:
+				if (IsolationUsesXactSnapshot())
+					ereport(ERROR,
+							(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+							 errmsg("could not serialize access due to concurrent update")));
+				break;
+			case TM_Deleted:
+				if (IsolationUsesXactSnapshot())
+					ereport(ERROR,
+							(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+							 errmsg("could not serialize access due to concurrent delete")));
+				return false;
+			default:
+				/* TM_SelfModified: changed by a later command of ours, impossible here */
+				break;
+		}
+		elog(ERROR, "unexpected table_tuple_lock status %u for the counter of quota "
+			 INT64_FORMAT, res, quota_id);
+		return false;			/* keep compiler quiet */
+	}
+}
+
+/*
+ * QuotaDirectLockCounters
+ *		Lock the slot-0 counters of quotas qids[0..n-1] (ascending) of a
+ *		tenant, in that order, as SELECT ... FOR NO KEY UPDATE does; found[i]
+ *		says whether quota i still has its counter, starts[i] and used[i] are
+ *		its values once locked and tids[i] where the locked version is.
+ *		Returns how many were found.
+ */
+int
+QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
+						TimestampTz *starts, int64 *used, ItemPointerData *tids)
+{
+	DirectRels	rels;
+	Relation	rel;
+	Relation	idx;
+	TupleTableSlot *slot;
+	Snapshot	snapshot;
+	int			nfound = 0;
+	int			i;
+
+	find_relations(&rels);
+	rel = table_open(rels.counters, RowShareLock);
+	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	slot = table_slot_create(rel, NULL);
+	snapshot = direct_snapshot();
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		found[i] = find_counter(rel, idx, snapshot, tenant_id, qids[i], true, slot);
+		if (!found[i])
+			continue;
+		tids[i] = slot->tts_tid;
+		starts[i] = DatumGetTimestampTz(slot_getattr(slot, counter_att[C_PERIOD_START], &isnull));
+		used[i] = DatumGetInt64(slot_getattr(slot, counter_att[C_USED], &isnull));
+		nfound++;
+	}
+	PopActiveSnapshot();
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, NoLock);
+	return nfound;
+}
+
+/* an executor state with both relations in its range table */
+static EState *
+direct_estate(Relation counters, Relation usage, Snapshot snapshot)
+{
+	EState	   *estate = CreateExecutorState();
+	RangeTblEntry *c = makeNode(RangeTblEntry);
+	RangeTblEntry *u = makeNode(RangeTblEntry);
+
+	c->rtekind = RTE_RELATION;
+	c->relid = RelationGetRelid(counters);
+	c->relkind = counters->rd_rel->relkind;
+	c->rellockmode = RowExclusiveLock;
+	u->rtekind = RTE_RELATION;
+	u->relid = RelationGetRelid(usage);
+	u->relkind = usage->rd_rel->relkind;
+	u->rellockmode = RowExclusiveLock;
+	QuotaExecInitRangeTable(estate, list_make2(c, u));
+	estate->es_snapshot = snapshot;
+	estate->es_output_cid = GetCurrentCommandId(true);
+	return estate;
+}
+
+/*
+ * QuotaDirectWrite
+ *		Set the slot-0 counters of quotas qids[0..n-1] (ascending, locked by
+ *		this transaction) to used[i] in the period starting starts[i], and
+ *		append the usage row *u.  tids[i], when valid, is where
+ *		QuotaDirectLockCounters found the locked version (else it is looked
+ *		up again).  Returns the usage row's id.
+ */
+int64
+QuotaDirectWrite(const QuotaUsageRow *u, const int64 *qids, const int64 *used,
+				 const TimestampTz *starts, const ItemPointerData *tids, int n)
+{
+	DirectRels	rels;
+	Relation	counters;
+	Relation	idx;
+	Relation	usage;
+	Snapshot	snapshot;
+	EState	   *estate;
+	EPQState	epqstate;
+	ResultRelInfo *crel;
+	ResultRelInfo *urel;
+	ResultRelInfo *part;
+	ModifyTableState *mtstate;
+	PartitionTupleRouting *proute;
+	TupleTableSlot *oldslot;
+	TupleTableSlot *newslot;
+	TupleTableSlot *uslot;
+	TupleTableSlot *pslot;
+	Datum	   *values;
+	bool	   *nulls;
+	int64		usage_id;
+	int			i;
+
+	find_relations(&rels);
+	counters = table_open(rels.counters, RowExclusiveLock);
+	usage = table_open(rels.usage, RowExclusiveLock);
+	idx = index_open(RelationGetPrimaryKeyIndex(counters), AccessShareLock);
+	snapshot = direct_snapshot();
+	estate = direct_estate(counters, usage, snapshot);
+	crel = makeNode(ResultRelInfo);
+	InitResultRelInfo(crel, counters, 1, NULL, 0);
+	urel = makeNode(ResultRelInfo);
+	InitResultRelInfo(urel, usage, 2, NULL, 0);
+	/* as the apply worker: lets ExecGetTriggerResultRel find them */
+	estate->es_opened_result_relations = list_make2(crel, urel);
+	EvalPlanQualInit(&epqstate, estate, NULL, NIL, -1);
+	AfterTriggerBeginQuery();
+
+	/*
+	 * The counters: locked by this transaction already, so the version this
+	 * snapshot sees is the latest (and the one locked, when its place is known).
+	 */
+	if (n > 0)
+	{
+		ExecOpenIndices(crel, false);
+		oldslot = table_slot_create(counters, &estate->es_tupleTable);
+		newslot = table_slot_create(counters, &estate->es_tupleTable);
+		for (i = 0; i < n; i++)
+		{
+			ItemPointerData tid;
+
+			if (tids && ItemPointerIsValid(&tids[i]))
+				tid = tids[i];
+			else
+				ItemPointerSetInvalid(&tid);
+			if (!(ItemPointerIsValid(&tid) &&
+				  table_tuple_fetch_row_version(counters, &tid, snapshot, oldslot)) &&
+				!find_counter(counters, idx, snapshot, u->tenant_id, qids[i], false, oldslot))
+				elog(ERROR, "locked counter of quota " INT64_FORMAT " not found", qids[i]);
+			slot_getallattrs(oldslot);
+			ExecClearTuple(newslot);
+			memcpy(newslot->tts_values, oldslot->tts_values,
+				   sizeof(Datum) * counters->rd_att->natts);
+			memcpy(newslot->tts_isnull, oldslot->tts_isnull,
+				   sizeof(bool) * counters->rd_att->natts);
+			newslot->tts_values[counter_att[C_USED] - 1] = Int64GetDatum(used[i]);
+			newslot->tts_values[counter_att[C_PERIOD_START] - 1] = TimestampTzGetDatum(starts[i]);
+			newslot->tts_isnull[counter_att[C_ALLOWANCE] - 1] = true;
+			newslot->tts_values[counter_att[C_MASK] - 1] = Int32GetDatum(0);
+			ExecStoreVirtualTuple(newslot);
+			ExecSimpleRelationUpdate(crel, estate, &epqstate, oldslot, newslot);
+			ResetPerTupleExprContext(estate);
+		}
+		ExecCloseIndices(crel);
+	}
+
+	/* the usage row, routed to its partition */
+	uslot = table_slot_create(usage, &estate->es_tupleTable);
+	values = uslot->tts_values;
+	nulls = uslot->tts_isnull;
+	ExecClearTuple(uslot);
+	for (i = 0; i < usage->rd_att->natts; i++)
+		nulls[i] = true;
+	usage_id = u->usage_id != 0 ? u->usage_id : nextval_internal(rels.usage_seq, false);
+#define SETCOL(col, datum) \
+	do { values[usage_att[col] - 1] = (datum); nulls[usage_att[col] - 1] = false; } while (0)
+	SETCOL(U_TENANT, Int64GetDatum(u->tenant_id));
+	SETCOL(U_USAGE_ID, Int64GetDatum(usage_id));
+	SETCOL(U_CREATED_AT, TimestampTzGetDatum(GetCurrentTimestamp()));
+	SETCOL(U_OCCURRED_AT, TimestampTzGetDatum(u->occurred_at));
+	SETCOL(U_MODEL, Int64GetDatum(u->model_id));
+	if (u->user_id != 0)
+		SETCOL(U_USER, Int64GetDatum(u->user_id));
+	if (u->key_id != 0)
+		SETCOL(U_KEY, Int64GetDatum(u->key_id));
+	SETCOL(U_UNITS, Int64GetDatum(u->units));
+	SETCOL(U_OVERAGE, Int64GetDatum(u->overage));
+	if (u->has_input)
+		SETCOL(U_INPUT, Int64GetDatum(u->input_tokens));
+	if (u->has_output)
+		SETCOL(U_OUTPUT, Int64GetDatum(u->output_tokens));
+	if (u->price_id != 0)
+		SETCOL(U_PRICE, Int64GetDatum(u->price_id));
+	if (u->ref_usage_id != 0)
+		SETCOL(U_REF, Int64GetDatum(u->ref_usage_id));
+	if (u->reservation_id != 0)
+		SETCOL(U_RESERVATION, Int64GetDatum(u->reservation_id));
+	SETCOL(U_CALLS, Int32GetDatum(u->calls));
+	SETCOL(U_KIND, CStringGetTextDatum(u->kind));
+	SETCOL(U_COST, u->cost);
+	if (u->idem_key)
+		SETCOL(U_IDEM, CStringGetTextDatum(u->idem_key));
+	if (u->metadata != (Datum) 0)
+		SETCOL(U_METADATA, u->metadata);
+#undef SETCOL
+	ExecStoreVirtualTuple(uslot);
+
+	mtstate = makeNode(ModifyTableState);
+	mtstate->ps.plan = NULL;
+	mtstate->ps.state = estate;
+	mtstate->operation = CMD_INSERT;
+	mtstate->resultRelInfo = urel;
+	proute = ExecSetupPartitionTupleRouting(estate, usage);
+	part = ExecFindPartition(mtstate, urel, proute, uslot, estate);
+	pslot = uslot;
+	if (part->ri_RootToPartitionMap != NULL)
+		pslot = execute_attr_map_slot(part->ri_RootToPartitionMap->attrMap, uslot,
+									  table_slot_create(part->ri_RelationDesc,
+														&estate->es_tupleTable));
+	ExecSimpleRelationInsert(part, estate, pslot);
+
+	AfterTriggerEndQuery(estate);
+	ExecCleanupTupleRouting(mtstate, proute);
+	EvalPlanQualEnd(&epqstate);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	PopActiveSnapshot();
+	index_close(idx, AccessShareLock);
+	table_close(usage, NoLock);
+	table_close(counters, NoLock);
+	return usage_id;
+}
