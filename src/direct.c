@@ -13,8 +13,9 @@
  * lock that follows the update chain (table_tuple_lock with
  * TUPLE_LOCK_FLAG_FIND_LAST_VERSION, as SELECT ... FOR NO KEY UPDATE does in
  * READ COMMITTED), ExecSimpleRelationUpdate/Insert (constraints, index
- * entries, triggers), and ExecFindPartition for the ledger's monthly
- * partitions.
+ * entries, triggers; the insert without the partition check when no
+ * trigger could change the routed row, as ExecInsert), and
+ * ExecFindPartition for the ledger's monthly partitions.
  *
  * The semantics are those of the statements they replace:
  *	- the lock is FOR NO KEY UPDATE, waits (lock_timeout and the deadlock
@@ -275,6 +276,33 @@ QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
 	return nfound;
 }
 
+/*
+ * The usage row into the partition ExecFindPartition chose: ExecSimple-
+ * RelationInsert without its partition check, which ExecInsert also skips
+ * for a routed row (the routing proved it), unless before-row triggers
+ * could have changed the row; with any trigger or generated column, the
+ * whole of ExecSimpleRelationInsert.
+ */
+static void
+direct_insert(ResultRelInfo *rri, EState *estate, TupleTableSlot *slot)
+{
+	Relation	rel = rri->ri_RelationDesc;
+	List	   *recheck = NIL;
+
+	if (rri->ri_TrigDesc != NULL ||
+		(rel->rd_att->constr && rel->rd_att->constr->has_generated_stored))
+	{
+		ExecSimpleRelationInsert(rri, estate, slot);
+		return;
+	}
+	if (rel->rd_att->constr)
+		ExecConstraints(rri, slot, estate);
+	simple_table_tuple_insert(rel, slot);
+	if (rri->ri_NumIndices > 0)
+		recheck = ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+	list_free(recheck);
+}
+
 /* an executor state with both relations in its range table */
 static EState *
 direct_estate(Relation counters, Relation usage, Snapshot snapshot)
@@ -436,7 +464,7 @@ QuotaDirectWrite(const QuotaUsageRow *u, const int64 *qids, const int64 *used,
 		pslot = execute_attr_map_slot(part->ri_RootToPartitionMap->attrMap, uslot,
 									  table_slot_create(part->ri_RelationDesc,
 														&estate->es_tupleTable));
-	ExecSimpleRelationInsert(part, estate, pslot);
+	direct_insert(part, estate, pslot);
 
 	AfterTriggerEndQuery(estate);
 	ExecCleanupTupleRouting(mtstate, proute);
