@@ -67,8 +67,10 @@
  * of another generation is never returned: the same rule as the backends'
  * caches.  The table has quota_ext.shared_cache_entries entries (set at
  * server start, 0 = none) in 16 partitions, each with its own lock; when it
- * is full the entries of past generations are removed, and if none is,
- * new answers stay in the backends' caches only.
+ * is full the entries of past generations are removed (once per
+ * generation: the whole table is scanned with every partition locked), and
+ * if that frees nothing, the generation's new answers stay in the backends'
+ * caches only.
  *
  *-------------------------------------------------------------------------
  */
@@ -91,6 +93,8 @@ PG_FUNCTION_INFO_V1(config_changed);
 typedef struct QuotaCacheShared
 {
 	pg_atomic_uint64 generation;
+	/* the shared level was full of this generation's entries (see Put) */
+	pg_atomic_uint64 full_generation;
 } QuotaCacheShared;
 
 static QuotaCacheShared *cache_shared = NULL;
@@ -164,7 +168,10 @@ quota_cache_shmem_startup(void)
 	cache_shared = ShmemInitStruct("quota_ext config generation",
 								   sizeof(QuotaCacheShared), &found);
 	if (!found)
+	{
 		pg_atomic_init_u64(&cache_shared->generation, 1);
+		pg_atomic_init_u64(&cache_shared->full_generation, 0);
+	}
 	if (quota_shared_cache_entries > 0)
 	{
 		HASHCTL		ctl;
@@ -437,8 +444,17 @@ QuotaSharedCachePut(QuotaCacheKind kind, const void *key, Size keysize,
 	shared_key(&sk, kind, key, keysize);
 	hash = get_hash_value(shared_hash, &sk);
 	lock = &shared_locks[hash % QUOTA_SHARED_PARTITIONS].lock;
-	if (hash_get_num_entries(shared_hash) >= quota_shared_cache_entries)
+	/*
+	 * Full: remove the entries of past generations, once per generation;
+	 * when that freed nothing, this generation's new answers stay local.
+	 */
+	if (hash_get_num_entries(shared_hash) >= quota_shared_cache_entries &&
+		pg_atomic_read_u64(&cache_shared->full_generation) != cache_generation)
+	{
 		shared_sweep();
+		if (hash_get_num_entries(shared_hash) >= quota_shared_cache_entries)
+			pg_atomic_write_u64(&cache_shared->full_generation, cache_generation);
+	}
 	LWLockAcquire(lock, LW_EXCLUSIVE);
 	e = hash_search_with_hash_value(shared_hash, &sk, hash,
 									hash_get_num_entries(shared_hash) <

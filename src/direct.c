@@ -30,8 +30,10 @@
  *	  executor's own code;
  *	- the rows are touched as the extension's owner, as SPI does here
  *	  (spi.c): the caller's rights were checked before (quota.c).
- * Used for single-slot counters only; escrow slots, refunds and the other
- * paths keep their SQL.
+ * Every usage row and its counter writes go through here (charges,
+ * reservations, settlements, releases, refunds; escrow slots too).  The
+ * locks without SQL are for single-slot counters of a new charge; escrow
+ * slots are taken with SKIP LOCKED statements (quota.c, acquire_slots).
  *
  *-------------------------------------------------------------------------
  */
@@ -173,13 +175,13 @@ direct_snapshot(void)
 
 /*
  * find_counter
- *		The slot-0 counter of (tenant, quota) visible to snapshot, into slot;
+ *		The counter row (tenant, quota, slotno) visible to snapshot, into slot;
  *		with lock, locked FOR NO KEY UPDATE in its latest version (see the
  *		file header).  False when there is none (or it was deleted).
  */
 static bool
 find_counter(Relation rel, Relation idx, Snapshot snapshot, int64 tenant_id,
-			 int64 quota_id, bool lock, TupleTableSlot *slot)
+			 int64 quota_id, int32 slotno, bool lock, TupleTableSlot *slot)
 {
 	IndexScanDesc scan;
 	ScanKeyData skey[3];
@@ -187,7 +189,7 @@ find_counter(Relation rel, Relation idx, Snapshot snapshot, int64 tenant_id,
 
 	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(tenant_id));
 	ScanKeyInit(&skey[1], 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(quota_id));
-	ScanKeyInit(&skey[2], 3, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(0));
+	ScanKeyInit(&skey[2], 3, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(slotno));
 	scan = index_beginscan(rel, idx, snapshot, 3, 0);
 	index_rescan(scan, skey, 3, NULL, 0);
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
@@ -261,7 +263,7 @@ QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
 	{
 		bool		isnull;
 
-		found[i] = find_counter(rel, idx, snapshot, tenant_id, qids[i], true, slot);
+		found[i] = find_counter(rel, idx, snapshot, tenant_id, qids[i], 0, true, slot);
 		if (!found[i])
 			continue;
 		tids[i] = slot->tts_tid;
@@ -327,15 +329,13 @@ direct_estate(Relation counters, Relation usage, Snapshot snapshot)
 
 /*
  * QuotaDirectWrite
- *		Set the slot-0 counters of quotas qids[0..n-1] (ascending, locked by
- *		this transaction) to used[i] in the period starting starts[i], and
- *		append the usage row *u.  tids[i], when valid, is where
- *		QuotaDirectLockCounters found the locked version (else it is looked
- *		up again).  Returns the usage row's id.
+ *		Write the counter rows w[0..n-1] (locked by this transaction) and
+ *		append the usage row *u.  w[i].tid, when valid, is where
+ *		QuotaDirectLockCounters found the locked version (else the row is
+ *		looked up again by primary key).  Returns the usage row's id.
  */
 int64
-QuotaDirectWrite(const QuotaUsageRow *u, const int64 *qids, const int64 *used,
-				 const TimestampTz *starts, const ItemPointerData *tids, int n)
+QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 {
 	DirectRels	rels;
 	Relation	counters;
@@ -384,26 +384,25 @@ QuotaDirectWrite(const QuotaUsageRow *u, const int64 *qids, const int64 *used,
 		newslot = table_slot_create(counters, &estate->es_tupleTable);
 		for (i = 0; i < n; i++)
 		{
-			ItemPointerData tid;
+			ItemPointerData tid = w[i].tid;
 
-			if (tids && ItemPointerIsValid(&tids[i]))
-				tid = tids[i];
-			else
-				ItemPointerSetInvalid(&tid);
 			if (!(ItemPointerIsValid(&tid) &&
 				  table_tuple_fetch_row_version(counters, &tid, snapshot, oldslot)) &&
-				!find_counter(counters, idx, snapshot, u->tenant_id, qids[i], false, oldslot))
-				elog(ERROR, "locked counter of quota " INT64_FORMAT " not found", qids[i]);
+				!find_counter(counters, idx, snapshot, u->tenant_id, w[i].quota_id,
+							  w[i].slot, false, oldslot))
+				elog(ERROR, "locked counter of quota " INT64_FORMAT " slot %d not found",
+					 w[i].quota_id, w[i].slot);
 			slot_getallattrs(oldslot);
 			ExecClearTuple(newslot);
 			memcpy(newslot->tts_values, oldslot->tts_values,
 				   sizeof(Datum) * counters->rd_att->natts);
 			memcpy(newslot->tts_isnull, oldslot->tts_isnull,
 				   sizeof(bool) * counters->rd_att->natts);
-			newslot->tts_values[counter_att[C_USED] - 1] = Int64GetDatum(used[i]);
-			newslot->tts_values[counter_att[C_PERIOD_START] - 1] = TimestampTzGetDatum(starts[i]);
-			newslot->tts_isnull[counter_att[C_ALLOWANCE] - 1] = true;
-			newslot->tts_values[counter_att[C_MASK] - 1] = Int32GetDatum(0);
+			newslot->tts_values[counter_att[C_USED] - 1] = Int64GetDatum(w[i].used);
+			newslot->tts_values[counter_att[C_PERIOD_START] - 1] = TimestampTzGetDatum(w[i].start);
+			newslot->tts_values[counter_att[C_ALLOWANCE] - 1] = Int64GetDatum(w[i].allowance);
+			newslot->tts_isnull[counter_att[C_ALLOWANCE] - 1] = !w[i].has_allowance;
+			newslot->tts_values[counter_att[C_MASK] - 1] = Int32GetDatum(w[i].mask);
 			ExecStoreVirtualTuple(newslot);
 			ExecSimpleRelationUpdate(crel, estate, &epqstate, oldslot, newslot);
 			ResetPerTupleExprContext(estate);

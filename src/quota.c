@@ -227,30 +227,6 @@ static QuotaPlan lock_plan = {
 	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
 };
 
-/* the usage row and every touched counter, in one statement */
-static QuotaPlan write_plan = {
-	"WITH u AS ("
-	"  INSERT INTO quota_ext.usage (tenant_id, usage_id, occurred_at, kind, model_id, "
-	"      user_id, key_id, calls, units, overage_units, ref_usage_id, reservation_id, "
-	"      idempotency_key, input_tokens, output_tokens, price_id, cost, metadata) "
-	"  VALUES ($1, COALESCE($2, pg_catalog.nextval('quota_ext.usage_id_seq')), "
-	"          $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $17, $18, $19, $20, $21) "
-	"  RETURNING usage_id), "
-	"c AS ("
-	"  UPDATE quota_ext.quota_counters c SET used = v.used, period_start = v.ps, "
-	"         allowance = v.allowance, events_mask = v.mask "
-	"  FROM ROWS FROM (pg_catalog.unnest($14), pg_catalog.unnest($15), "
-	"  pg_catalog.unnest($16), pg_catalog.unnest($22), pg_catalog.unnest($23), "
-	"  pg_catalog.unnest($24)) AS v(qid, used, ps, slot, allowance, mask) "
-	"  WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.slot OPERATOR(pg_catalog.=) v.slot "
-	"    AND c.quota_id OPERATOR(pg_catalog.=) v.qid) "
-	"SELECT usage_id FROM u",
-	24, {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, INT8OID, INT4OID,
-		INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT8ARRAYOID, INT8ARRAYOID,
-		TIMESTAMPTZARRAYOID, INT8OID, INT8OID, INT8OID, NUMERICOID, JSONBOID,
-	INT4ARRAYOID, INT8ARRAYOID, INT4ARRAYOID}
-};
-
 /* the escrow quotas that apply (definitions only; slots are taken one by one) */
 static QuotaPlan multi_plan = {
 	"SELECT q.quota_id, q.period, q.period_label, "
@@ -481,29 +457,6 @@ raise_unknown_model(const char *model)
 /* ----------------------------------------------------------------------
  * helpers
  * ---------------------------------------------------------------------- */
-
-static Datum
-int8_array(int64 *v, int n)
-{
-	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
-	int			i;
-
-	for (i = 0; i < n; i++)
-		d[i] = Int64GetDatum(v[i]);
-	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-}
-
-static Datum
-tstz_array(TimestampTz *v, int n)
-{
-	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
-	int			i;
-
-	for (i = 0; i < n; i++)
-		d[i] = TimestampTzGetDatum(v[i]);
-	return PointerGetDatum(construct_array(d, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
-										   TYPALIGN_DOUBLE));
-}
 
 static int64
 seconds_until(TimestampTz when, TimestampTz now)
@@ -1136,7 +1089,8 @@ release_slots(int64 tenant_id, QuotaRow *rows, int n)
 
 /*
  * write_usage
- *		The usage row plus the touched counters.  Returns the usage id.
+ *		The usage row plus the touched counters (direct.c).  Returns the
+ *		usage id.
  */
 static int64
 write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char *kind,
@@ -1144,40 +1098,17 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 			int64 overage, int64 ref_usage_id, int64 reservation_id, const char *idem_key,
 			QuotaRow *rows, int nrows, const UsageExtra *extra)
 {
-	Datum		values[24];
-	char		nulls[24];
+	QuotaUsageRow u;
+	QuotaCounterWrite *w;
 	int			cap = nrows + 1;
-	int64	   *qids;
-	int64	   *used;
-	TimestampTz *starts;
-	ItemPointerData *tids;
-	Datum	   *slots;
-	Datum	   *allowances;
-	bool	   *allowance_nulls;
-	Datum	   *masks;
 	int			n = 0;
 	int			i;
 	int			j;
-	int			dims[1];
-	int			lbs[1] = {1};
-	bool		isnull;
-
-	bool		simple = true;
 
 	for (i = 0; i < nrows; i++)
 		if (rows[i].touched && rows[i].slots > 1)
-		{
 			cap += rows[i].nupd;
-			simple = false;
-		}
-	qids = palloc(sizeof(int64) * cap);
-	used = palloc(sizeof(int64) * cap);
-	starts = palloc(sizeof(TimestampTz) * cap);
-	tids = palloc0(sizeof(ItemPointerData) * cap);
-	slots = palloc(sizeof(Datum) * cap);
-	allowances = palloc(sizeof(Datum) * cap);
-	allowance_nulls = palloc(sizeof(bool) * cap);
-	masks = palloc(sizeof(Datum) * cap);
+	w = palloc0(sizeof(QuotaCounterWrite) * cap);
 	for (i = 0; i < nrows; i++)
 	{
 		QuotaRow   *r = &rows[i];
@@ -1186,131 +1117,56 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 			continue;
 		if (r->slots == 1)
 		{
-			qids[n] = r->quota_id;
-			used[n] = r->new_used;
-			starts[n] = r->start;
-			tids[n] = r->counter_tid;
-			slots[n] = Int32GetDatum(0);
-			allowances[n] = Int64GetDatum(0);
-			allowance_nulls[n] = true;
-			masks[n] = Int32GetDatum(0);
+			w[n].quota_id = r->quota_id;
+			w[n].used = r->new_used;
+			w[n].start = r->start;
+			w[n].tid = r->counter_tid;
 			n++;
 			continue;
 		}
 		for (j = 0; j < r->nupd; j++)
 		{
-			CounterUpdate *u = &r->upd[j];
+			CounterUpdate *cu = &r->upd[j];
 
 			/* charged by acquire_slots already: again only for new events */
-			if (r->slot_written && u->mask == r->written_mask)
+			if (r->slot_written && cu->mask == r->written_mask)
 				continue;
-			qids[n] = u->quota_id;
-			used[n] = u->used;
-			starts[n] = u->start;
-			slots[n] = Int32GetDatum(u->slot);
-			allowances[n] = Int64GetDatum(u->allowance);
-			allowance_nulls[n] = !u->has_allowance;
-			masks[n] = Int32GetDatum(u->mask);
+			w[n].quota_id = cu->quota_id;
+			w[n].slot = cu->slot;
+			w[n].used = cu->used;
+			w[n].start = cu->start;
+			w[n].has_allowance = cu->has_allowance;
+			w[n].allowance = cu->allowance;
+			w[n].mask = cu->mask;
 			n++;
 		}
 	}
-	if (simple)
-	{
-		/* only single-slot counters: without the executor (direct.c) */
-		QuotaUsageRow u;
 
-		memset(&u, 0, sizeof(u));
-		u.tenant_id = tenant_id;
-		u.usage_id = usage_id;
-		u.occurred_at = occurred_at;
-		u.kind = kind;
-		u.model_id = model_id;
-		u.user_id = user_id;
-		u.key_id = key_id;
-		u.calls = calls;
-		u.units = units;
-		u.overage = overage;
-		u.ref_usage_id = ref_usage_id;
-		u.reservation_id = reservation_id;
-		u.idem_key = idem_key;
-		u.cost = QuotaMicroToNumeric(extra ? extra->cost_micro : 0);
-		if (extra)
-		{
-			u.has_input = extra->tokens.has_input;
-			u.input_tokens = extra->tokens.input;
-			u.has_output = extra->tokens.has_output;
-			u.output_tokens = extra->tokens.output;
-			u.price_id = extra->price_id;
-			u.metadata = extra->metadata;
-		}
-		return QuotaDirectWrite(&u, qids, used, starts, tids, n);
-	}
-	memset(nulls, ' ', sizeof(nulls));
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(usage_id);
-	if (usage_id == 0)
-		nulls[1] = 'n';
-	values[2] = TimestampTzGetDatum(occurred_at);
-	values[3] = CStringGetTextDatum(kind);
-	values[4] = Int64GetDatum(model_id);
-	values[5] = Int64GetDatum(user_id);
-	if (user_id == 0)
-		nulls[5] = 'n';
-	values[6] = Int64GetDatum(key_id);
-	if (key_id == 0)
-		nulls[6] = 'n';
-	values[7] = Int32GetDatum(calls);
-	values[8] = Int64GetDatum(units);
-	values[9] = Int64GetDatum(overage);
-	values[10] = Int64GetDatum(ref_usage_id);
-	if (ref_usage_id == 0)
-		nulls[10] = 'n';
-	values[11] = Int64GetDatum(reservation_id);
-	if (reservation_id == 0)
-		nulls[11] = 'n';
-	if (idem_key)
-		values[12] = CStringGetTextDatum(idem_key);
-	else
-		nulls[12] = 'n';
-	values[13] = int8_array(qids, n);
-	values[14] = int8_array(used, n);
-	values[15] = tstz_array(starts, n);
-	dims[0] = n;
-	values[21] = PointerGetDatum(construct_array(slots, n, INT4OID, 4, true, TYPALIGN_INT));
-	values[22] = PointerGetDatum(construct_md_array(allowances, allowance_nulls, 1, dims, lbs,
-													INT8OID, 8, FLOAT8PASSBYVAL,
-													TYPALIGN_DOUBLE));
-	values[23] = PointerGetDatum(construct_array(masks, n, INT4OID, 4, true, TYPALIGN_INT));
-	nulls[16] = nulls[17] = nulls[18] = nulls[20] = 'n';
-	values[19] = QuotaMicroToNumeric(0);
+	memset(&u, 0, sizeof(u));
+	u.tenant_id = tenant_id;
+	u.usage_id = usage_id;
+	u.occurred_at = occurred_at;
+	u.kind = kind;
+	u.model_id = model_id;
+	u.user_id = user_id;
+	u.key_id = key_id;
+	u.calls = calls;
+	u.units = units;
+	u.overage = overage;
+	u.ref_usage_id = ref_usage_id;
+	u.reservation_id = reservation_id;
+	u.idem_key = idem_key;
+	u.cost = QuotaMicroToNumeric(extra ? extra->cost_micro : 0);
 	if (extra)
 	{
-		if (extra->tokens.has_input)
-		{
-			values[16] = Int64GetDatum(extra->tokens.input);
-			nulls[16] = ' ';
-		}
-		if (extra->tokens.has_output)
-		{
-			values[17] = Int64GetDatum(extra->tokens.output);
-			nulls[17] = ' ';
-		}
-		if (extra->price_id != 0)
-		{
-			values[18] = Int64GetDatum(extra->price_id);
-			nulls[18] = ' ';
-		}
-		values[19] = QuotaMicroToNumeric(extra->cost_micro);
-		if (extra->metadata != (Datum) 0)
-		{
-			values[20] = extra->metadata;
-			nulls[20] = ' ';
-		}
+		u.has_input = extra->tokens.has_input;
+		u.input_tokens = extra->tokens.input;
+		u.has_output = extra->tokens.has_output;
+		u.output_tokens = extra->tokens.output;
+		u.price_id = extra->price_id;
+		u.metadata = extra->metadata;
 	}
-	QuotaSpiExec(&write_plan, values, nulls, false, 0);
-	if (SPI_processed != 1)
-		elog(ERROR, "usage row was not written");
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return QuotaDirectWrite(&u, w, n);
 }
 
 /*

@@ -260,12 +260,23 @@ typedef struct QuotaUsageRow
 	Datum		metadata;		/* jsonb, or 0: NULL */
 } QuotaUsageRow;
 
+/* one counter row to write: quota, slot (0 unless escrow) and new values */
+typedef struct QuotaCounterWrite
+{
+	int64		quota_id;
+	int32		slot;
+	int64		used;
+	TimestampTz start;			/* period_start */
+	bool		has_allowance;	/* else NULL */
+	int64		allowance;
+	int32		mask;			/* events_mask */
+	ItemPointerData tid;		/* where it was locked, if known (else invalid) */
+} QuotaCounterWrite;
+
 extern int	QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n,
 									bool *found, TimestampTz *starts, int64 *used,
 									ItemPointerData *tids);
-extern int64 QuotaDirectWrite(const QuotaUsageRow *u, const int64 *qids,
-							  const int64 *used, const TimestampTz *starts,
-							  const ItemPointerData *tids, int n);
+extern int64 QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n);
 
 /* quota.c: quotas, consumption, reservations */
 
