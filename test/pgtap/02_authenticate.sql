@@ -9,7 +9,7 @@
 -- no hint, and must change nothing (tables and context, qx_state()).
 BEGIN;
 \ir helpers.psql
-SELECT plan(95);
+SELECT plan(97);
 
 -- ---------------------------------------------------------------------------
 -- fixtures: one tenant per case that needs its own status
@@ -216,6 +216,18 @@ SELECT results_eq(format('SELECT tenant_id, user_id, role FROM quota_ext.authent
                   'quota_ext_app can authenticate');
 SELECT is(pg_temp.auth_error(:'krevoked'), '28000 invalid API key', 'quota_ext_app gets the same refusal');
 RESET ROLE;
+
+-- the answer is the named row type (the executor takes its shape from the
+-- type cache), with the three columns in order
+SELECT is((SELECT p.prorettype::regtype::text FROM pg_catalog.pg_proc p
+            WHERE p.oid = 'quota_ext.authenticate(text)'::regprocedure),
+	'quota_ext.auth_result', 'authenticate returns quota_ext.auth_result');
+SELECT is((SELECT array_agg(a.attname::text || ' ' || format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+             FROM pg_catalog.pg_attribute a
+            WHERE a.attrelid = (SELECT typrelid FROM pg_catalog.pg_type
+                                 WHERE oid = 'quota_ext.auth_result'::regtype)
+              AND a.attnum > 0 AND NOT a.attisdropped),
+	ARRAY['tenant_id bigint', 'user_id bigint', 'role text'], 'auth_result columns');
 
 SELECT * FROM finish();
 ROLLBACK;
