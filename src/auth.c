@@ -349,18 +349,10 @@ QuotaAuthenticate(text *keytext)
 	if (QuotaCacheBegin())
 	{
 		bool		found;
-		char		shared[QUOTA_SHARED_DATA];
 
 		e = QuotaCacheLookup(QUOTA_CACHE_KEYS, &ck, sizeof(ck),
 							 sizeof(QuotaKeyCacheEntry), &found);
-		if (!found)
-			e->valid = false;
-		/* else from the level shared by all backends (cache.c) */
-		if (!e->valid &&
-			QuotaSharedCacheGet(QUOTA_CACHE_KEYS, &ck, sizeof(ck), shared) ==
-			sizeof(QuotaKeyCacheEntry))
-			memcpy(e, shared, sizeof(QuotaKeyCacheEntry));
-		if (e->valid && e->expires_at > now)
+		if (found && e->valid && e->expires_at > now)
 			ok = true;
 		else
 		{

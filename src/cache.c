@@ -136,6 +136,18 @@ static bool cache_reset_pending = true;
 /* this transaction wrote to a table the cache is built from */
 static bool cache_dirty = false;
 
+/*
+ * Kinds whose entries are flat (no pointers): QuotaCacheLookup itself fills
+ * a new one from the shared level when it holds a copy; the others
+ * serialize their entries (QuotaSharedCacheGet/Put).
+ */
+static const bool cache_flat[QUOTA_CACHE_NKINDS] = {
+	true,						/* keys */
+	false,						/* policy answers: time zone, prices, roles */
+	true,						/* rate-limit rules */
+	false						/* quota definitions: a row array */
+};
+
 static const char *const cache_names[QUOTA_CACHE_NKINDS] = {
 	"quota_ext key cache",
 	"quota_ext policy cache",
@@ -304,18 +316,21 @@ QuotaCacheBegin(void)
  *		The entry for key in one kind's table (after QuotaCacheBegin returned
  *		true), created when missing: *found false means the caller fills it
  *		(every entry starts with its key, then a bool "valid" the caller sets
- *		last, so an entry left half-filled by an error is filled again).
+ *		last, so an entry left half-filled by an error is filled again).  A
+ *		new entry of a flat kind is first copied from the shared level when it
+ *		holds one (*found true); the caller files what it fills there with
+ *		QuotaSharedCachePut.
  */
 void *
 QuotaCacheLookup(QuotaCacheKind kind, const void *key, Size keysize,
 				 Size entrysize, bool *found)
 {
 	HTAB	   *htab = cache_tables[kind];
+	void	   *e;
 
 	if (htab != NULL && hash_get_num_entries(htab) >= quota_config_cache_entries)
 	{
-		void	   *e = hash_search(htab, key, HASH_FIND, NULL);
-
+		e = hash_search(htab, key, HASH_FIND, NULL);
 		if (e != NULL)
 		{
 			*found = true;
@@ -335,7 +350,19 @@ QuotaCacheLookup(QuotaCacheKind kind, const void *key, Size keysize,
 						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 		cache_tables[kind] = htab;
 	}
-	return hash_search(htab, key, HASH_ENTER, found);
+	e = hash_search(htab, key, HASH_ENTER, found);
+	/* a flat entry another backend filed in the shared level */
+	if (!*found && cache_flat[kind] && entrysize <= QUOTA_SHARED_DATA)
+	{
+		char		shared[QUOTA_SHARED_DATA];
+
+		if (QuotaSharedCacheGet(kind, key, keysize, shared) == entrysize)
+		{
+			memcpy(e, shared, entrysize);
+			*found = true;
+		}
+	}
+	return e;
 }
 
 /* QuotaCacheFind: the entry for key, or NULL (nothing is created) */

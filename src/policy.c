@@ -266,6 +266,29 @@ quota_policy_unpack(QuotaPolicyCacheEntry *e, const char *buf)
 	e->valid = true;
 }
 
+/*
+ * quota_policy_cached
+ *		The valid answer for key from the backend's cache or, failing that,
+ *		from the level shared by all backends (copied into the backend's);
+ *		NULL when neither holds one that is still in force.
+ */
+static QuotaPolicyCacheEntry *
+quota_policy_cached(const QuotaPolicyCacheKey *key)
+{
+	QuotaPolicyCacheEntry *e = QuotaCacheFind(QUOTA_CACHE_POLICIES, key);
+	char		shared[QUOTA_SHARED_DATA];
+	bool		found;
+
+	if (e != NULL && e->valid && GetCurrentTimestamp() < e->res.price.valid_until)
+		return e;
+	if (QuotaSharedCacheGet(QUOTA_CACHE_POLICIES, key, sizeof(*key), shared) == 0)
+		return NULL;
+	e = QuotaCacheLookup(QUOTA_CACHE_POLICIES, key, sizeof(*key),
+						 sizeof(QuotaPolicyCacheEntry), &found);
+	quota_policy_unpack(e, shared);
+	return GetCurrentTimestamp() < e->res.price.valid_until ? e : NULL;
+}
+
 static void
 quota_policy_answer(QuotaPolicyCacheEntry *e, const char *role, QuotaPolicyResult *out)
 {
@@ -316,20 +339,8 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 	memset(&key, 0, sizeof(key));
 	key.tenant_id = tenant_id;
 	strlcpy(key.model, model, sizeof(key.model));
-	e = QuotaCacheLookup(QUOTA_CACHE_POLICIES, &key, sizeof(key),
-						 sizeof(QuotaPolicyCacheEntry), &found);
-	if (!found)
-		e->valid = false;
-	/* else from the level shared by all backends (cache.c) */
-	if (!e->valid || GetCurrentTimestamp() >= e->res.price.valid_until)
-	{
-		char		shared[QUOTA_SHARED_DATA];
-
-		e->valid = false;
-		if (QuotaSharedCacheGet(QUOTA_CACHE_POLICIES, &key, sizeof(key), shared) > 0)
-			quota_policy_unpack(e, shared);
-	}
-	if (!e->valid || GetCurrentTimestamp() >= e->res.price.valid_until)
+	e = quota_policy_cached(&key);
+	if (e == NULL)
 	{
 		QuotaPolicyResult res;
 		bool		policy_allows;
@@ -338,6 +349,8 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 		char		shared[QUOTA_SHARED_DATA];
 		Size		len;
 
+		e = QuotaCacheLookup(QUOTA_CACHE_POLICIES, &key, sizeof(key),
+							 sizeof(QuotaPolicyCacheEntry), &found);
 		e->valid = false;
 		quota_policy_read(tenant_id, model, &res, &policy_allows, &roles);
 		if (!res.tenant_found)
@@ -378,21 +391,9 @@ QuotaPolicyFromCache(int64 tenant_id, const char *model, const char *role,
 	memset(&key, 0, sizeof(key));
 	key.tenant_id = tenant_id;
 	strlcpy(key.model, model, sizeof(key.model));
-	e = QuotaCacheFind(QUOTA_CACHE_POLICIES, &key);
-	if (e == NULL || !e->valid || GetCurrentTimestamp() >= e->res.price.valid_until)
-	{
-		char		shared[QUOTA_SHARED_DATA];
-		bool		found;
-
-		/* the level shared by all backends (cache.c) */
-		if (QuotaSharedCacheGet(QUOTA_CACHE_POLICIES, &key, sizeof(key), shared) == 0)
-			return false;
-		e = QuotaCacheLookup(QUOTA_CACHE_POLICIES, &key, sizeof(key),
-							 sizeof(QuotaPolicyCacheEntry), &found);
-		quota_policy_unpack(e, shared);
-		if (GetCurrentTimestamp() >= e->res.price.valid_until)
-			return false;
-	}
+	e = quota_policy_cached(&key);
+	if (e == NULL)
+		return false;
 	quota_policy_answer(e, role, out);
 	return true;
 }

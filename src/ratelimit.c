@@ -1091,24 +1091,15 @@ quota_rl_rules(int64 tenant_id, int64 model_id, int64 key_id,
 						 sizeof(QuotaRlRulesEntry), &found);
 	if (!found || !e->valid)
 	{
-		char		shared[QUOTA_SHARED_DATA];
-
 		e->valid = false;
-		if (QuotaSharedCacheGet(QUOTA_CACHE_RATE_RULES, &key, sizeof(key), shared) ==
-			sizeof(QuotaRlRulesEntry))
-			memcpy(e, shared, sizeof(QuotaRlRulesEntry));
-		else
+		if (!quota_rl_rules_read(tenant_id, model_id, key_id, e->rules, &e->n))
 		{
-			if (!quota_rl_rules_read(tenant_id, model_id, key_id, e->rules, &e->n))
-			{
-				QuotaCacheForget(QUOTA_CACHE_RATE_RULES, &key);
-				QuotaRaiseUnknownTenant(tenant_id);
-			}
-			e->valid = true;
-			QuotaSharedCachePut(QUOTA_CACHE_RATE_RULES, &key, sizeof(key), e,
-								sizeof(QuotaRlRulesEntry));
+			QuotaCacheForget(QUOTA_CACHE_RATE_RULES, &key);
+			QuotaRaiseUnknownTenant(tenant_id);
 		}
 		e->valid = true;
+		QuotaSharedCachePut(QUOTA_CACHE_RATE_RULES, &key, sizeof(key), e,
+							sizeof(QuotaRlRulesEntry));
 	}
 	memcpy(rules, e->rules, sizeof(QuotaRlRule) * e->n);
 	*nrules = e->n;
