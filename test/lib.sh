@@ -48,7 +48,7 @@ as_unprivileged() {
 	if [ "$(id -u)" -eq 0 ]; then
 		runuser -u postgres -- env PATH="$PATH" CI="${CI:-}" QUOTA_SOAK="${QUOTA_SOAK:-}" \
 			QUOTA_TMPFS="${QUOTA_TMPFS:-}" QUOTA_TMPFS_WAL="${QUOTA_TMPFS_WAL:-}" \
-			UPGRADE_FROM="${UPGRADE_FROM:-}" QUOTA_LOCK_HELD="${QUOTA_LOCK_HELD:-}" "$@"
+			UPGRADE_FROM="${UPGRADE_FROM:-}" QUOTA_ONLY="${QUOTA_ONLY:-}" QUOTA_LOCK_HELD="${QUOTA_LOCK_HELD:-}" "$@"
 	else
 		"$@"
 	fi
