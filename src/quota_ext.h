@@ -40,6 +40,7 @@ typedef struct QuotaSpiState
 {
 	Oid			save_userid;
 	int			save_sec_context;
+	int			guc_nest_level; /* 0: the path was already pinned */
 } QuotaSpiState;
 
 extern void QuotaSpiBegin(QuotaSpiState *state);
