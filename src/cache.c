@@ -312,6 +312,42 @@ QuotaCacheBegin(void)
 }
 
 /*
+ * QuotaConfigStamp
+ *		The configuration generation a request is about to read under, or 0
+ *		when it cannot use the cache (then nothing may be inferred from the
+ *		generation: see QuotaCacheBegin's conditions).  Take it before the
+ *		request reads any configuration.
+ */
+uint64
+QuotaConfigStamp(void)
+{
+	if (!QuotaCacheBegin())
+		return 0;
+	return cache_generation;
+}
+
+/*
+ * QuotaConfigUnchanged
+ *		Has no configuration change committed since stamp was taken?  Every
+ *		admin change moves the generation when it commits, before it
+ *		releases its locks (quota_cache_xact_callback), so a request that
+ *		waited for a lock and finds the generation unchanged has nothing new
+ *		to read (design §4a).  Always false for stamp 0.
+ */
+bool
+QuotaConfigUnchanged(uint64 stamp)
+{
+	uint64		generation;
+
+	if (stamp == 0 || cache_shared == NULL || cache_dirty || cache_reset_pending)
+		return false;
+	/* read after the lock this request waited for was granted */
+	pg_memory_barrier();
+	generation = pg_atomic_read_u64(&cache_shared->generation);
+	return generation == stamp;
+}
+
+/*
  * QuotaCacheLookup
  *		The entry for key in one kind's table (after QuotaCacheBegin returned
  *		true), created when missing: *found false means the caller fills it

@@ -30,8 +30,9 @@
  *		only on later quotas, so the order stays acyclic.
  *	 4a. a request that waited for a lock in 2 or 4 reads the policy, the
  *		tenant's status and its quotas again before deciding (invoke() also
- *		its key): a change committed while it waited applies to it
- *		(recheck_after_wait).  One that did not wait reads nothing more.
+ *		its key) if a configuration change committed while it waited: that
+ *		change applies to it (recheck_after_wait).  One that did not wait,
+ *		or whose configuration generation did not move, reads nothing more.
  *	 5. decide in C: the period of each quota is computed from one instant
  *		taken after the locks (so under a counter's lock time never goes
  *		backwards), a counter whose period_start is older is read as 0, and
@@ -114,6 +115,7 @@ typedef struct ConsumeRequest
 	int64		key_id;			/* 0: unknown */
 	const char *role;			/* NULL: none */
 	bool		key_authenticated;	/* invoke(): key_id was checked by this call */
+	uint64		config_stamp;	/* invoke(): QuotaConfigStamp() before the key */
 	bool		reserve;
 	Interval   *ttl;			/* reserve only */
 	UsageTokens tokens;			/* optional input/output tokens */
@@ -1716,6 +1718,13 @@ lock_wait_mark(void)
  *		(after the escrow slots were taken) only the policy, the tenant and
  *		the key are read again.
  *
+ *		The configuration cache's generation moves at every committed admin
+ *		change (before that transaction releases its locks): when it has not
+ *		moved since *stamp was taken, before the request read its
+ *		configuration, nothing it read can have changed and nothing is read
+ *		again.  So waiting on a hot tenant's counters costs nothing extra.
+ *		Requests that do not use the cache (stamp 0) always read again.
+ *
  *		Returns false when the request is now denied by its tenant or
  *		policy (pol says which).  invoke(), which checked its key in this
  *		same statement, also checks it again and raises authenticate()'s
@@ -1725,8 +1734,8 @@ lock_wait_mark(void)
  *		fresh.
  */
 static bool
-recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, QuotaPolicyResult *pol,
-				   QuotaRow *rows, int *n)
+recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
+				   QuotaPolicyResult *pol, QuotaRow *rows, int *n)
 {
 	int64		model_id = pol->model_id;
 	TimestampTz infinity;
@@ -1735,6 +1744,9 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, QuotaPolicyResu
 	while (lock_wait_mark() != *mark)
 	{
 		*mark = lock_wait_mark();
+		if (QuotaConfigUnchanged(*stamp))
+			continue;
+		*stamp = QuotaConfigStamp();
 		if (req->key_authenticated)
 			QuotaKeyRecheck(req->tenant_id, req->key_id);
 		QuotaPolicyEvaluateFresh(req->tenant_id, req->model, req->role, pol);
@@ -1769,6 +1781,8 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 	UsageExtra	extra;
 	int			i;
 	TimestampTz wait_mark = lock_wait_mark();
+	/* invoke() took it before it read the key */
+	uint64		config_stamp = req->key_authenticated ? req->config_stamp : QuotaConfigStamp();
 	bool		escrow_denied = false;
 
 	memset(d, 0, sizeof(*d));
@@ -1818,7 +1832,7 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 		TIMESTAMP_NOEND(infinity);
 		n = lock_counters(req->tenant_id, pol.model_id, req->user_id, req->key_id,
 						  infinity, pol.has_slots, false, rows);
-		if (!recheck_after_wait(req, &wait_mark, &pol, rows, &n))
+		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, rows, &n))
 		{
 			d->allowed = false;
 			d->denied_by = pol.tenant_active ? denied_policy : denied_tenant;
@@ -1841,7 +1855,7 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 			escrow_denied |= r->multi_deny;
 		}
 		/* taking every slot of an escrow quota may have waited too */
-		if (!recheck_after_wait(req, &wait_mark, &pol, NULL, NULL))
+		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, NULL, NULL))
 		{
 			release_slots(req->tenant_id, rows, n);
 			d->allowed = false;
@@ -2406,6 +2420,7 @@ invoke(PG_FUNCTION_ARGS)
 	req.idem_key = check_idem_key(fcinfo, 3);
 	check_metering_args(fcinfo, 4, &req.tokens, &req.metadata);
 
+	req.config_stamp = QuotaConfigStamp();
 	QuotaAuthenticate(PG_GETARG_TEXT_PP(0));
 	ctx = QuotaContextGet();
 	req.tenant_id = ctx->tenant_id;

@@ -80,6 +80,8 @@ typedef enum QuotaCacheKind
 
 extern void QuotaCacheInit(void);
 extern bool QuotaCacheBegin(void);
+extern uint64 QuotaConfigStamp(void);
+extern bool QuotaConfigUnchanged(uint64 stamp);
 extern void *QuotaCacheLookup(QuotaCacheKind kind, const void *key, Size keysize,
 							  Size entrysize, bool *found);
 extern void *QuotaCacheFind(QuotaCacheKind kind, const void *key);
