@@ -39,7 +39,7 @@ endif
 sql/$(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_PARTS) $(EXTENSION).control
 	cat $(INSTALL_PARTS) > $@
 
-.PHONY: test demo bench
+.PHONY: test demo bench dist deb-check
 # The whole suite on throwaway clusters (run as root on a fresh machine: installs what it needs).
 test:
 	test/run
@@ -50,6 +50,23 @@ demo:
 BENCH_ARGS ?=
 bench:
 	bench/run $(BENCH_ARGS)
+
+# The release tarball, as PGXN takes it (doc/releasing.md): the tree committed at
+# HEAD under $(EXTENSION)-$(EXTVERSION)/, less what .gitattributes marks
+# export-ignore.  Uncommitted changes are not in it; META.json must carry the
+# control file's version.  DISTDIR=dir puts it elsewhere.
+DISTDIR    ?= .
+dist:
+	@grep -q '"version": *"$(EXTVERSION)"' META.json || \
+		{ echo "META.json does not carry version $(EXTVERSION) (quota_ext.control)" >&2; exit 1; }
+	@git diff --quiet HEAD -- 2>/dev/null || \
+		echo "warning: uncommitted changes are not in the tarball (it archives HEAD)" >&2
+	git archive --format=tar.gz --prefix=$(EXTENSION)-$(EXTVERSION)/ \
+		-o $(DISTDIR)/$(EXTENSION)-$(EXTVERSION).tar.gz HEAD
+# Build the Debian packages in a scratch copy, install one, CREATE EXTENSION
+# from it, remove it (as root; test/deb, doc/releasing.md).
+deb-check:
+	test/deb
 
 # Every object depends on the shared headers.
 $(OBJS): src/quota_ext.h src/compat.h
