@@ -63,6 +63,11 @@ my @checked = split /\x1e/, $node->safe_psql('postgres', q{
 	 WHERE p.pronamespace = 'quota_ext'::regnamespace AND l.lanname IN ('sql', 'plpgsql')
 	   AND p.prosrc ~ 'quota_ext\._(check_tenant_access|admin_only)\('});
 cmp_ok(scalar(@checked), '>=', 10, scalar(@checked) . ' SQL/PL/pgSQL functions call an access check');
+# A function whose body also calls another checked function is guarded
+# twice (tenant_summary calls quota_status): removing only its own check
+# changes no answer.  Such a mutant, if it survives alone, is run again
+# with the checks of those callees removed too, and must be caught then.
+my (%mutant, %original, %also);
 for my $c (@checked)
 {
 	my ($f, $def) = split /\x1f/, $c, 2;
@@ -71,7 +76,13 @@ for my $c (@checked)
 	$mutated =~ s/PERFORM\s+quota_ext\._(?:check_tenant_access|admin_only)\([^;]*\);/NULL;/g;
 	$mutated =~ s/SELECT\s+quota_ext\._(?:check_tenant_access|admin_only)\([^;]*\);//g;
 	ok($mutated !~ $check_re, "$f: every call of the check can be removed by the mutation");
-	push @mutations, [ "$f without its access check", $mutated, $def ];
+	($mutant{$f}, $original{$f}) = ($mutated, $def);
+}
+for my $f (sort keys %mutant)
+{
+	my ($body) = $original{$f} =~ /(AS .*)\z/s;
+	$also{$f} = [ grep { $_ ne $f && index($body, (split /\(/, $_)[0] . '(') >= 0 } sort keys %mutant ];
+	push @mutations, [ "$f without its access check", $mutant{$f}, $original{$f}, $also{$f} ];
 }
 
 # ---- WRAP: the SQL entry points of the C check ----
@@ -114,9 +125,16 @@ note(scalar(@mutations) . ' SQL mutations');
 my @survivors;
 for my $m (@mutations)
 {
-	my ($what, $break, $repair) = @$m;
+	my ($what, $break, $repair, $also) = @$m;
 	$node->safe_psql('postgres', $break);
 	my $by = suite_fails();
+	if ($by eq '' && $also && @$also)
+	{
+		$node->safe_psql('postgres', $mutant{$_}) for @$also;
+		$by = suite_fails();
+		$node->safe_psql('postgres', $original{$_}) for @$also;
+		$by = "guarded again by @$also; without those checks too: $by" if $by ne '';
+	}
 	$node->safe_psql('postgres', $repair);
 	if ($by eq '') { push @survivors, $what; }
 	else           { note("$what: caught ($by)"); }
