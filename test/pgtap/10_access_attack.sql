@@ -227,7 +227,7 @@ SELECT count(*) AS n_global FROM a_funcs f JOIN pg_proc p ON p.oid = f.oid
 SELECT count(*) AS n_ctx_ok FROM a_ctx_ok \gset
 SELECT count(*) AS n_open FROM a_open \gset
 SELECT count(*) AS n_needs FROM a_needs_context \gset
-SELECT plan(3 * :n_funcs + 2 * :n_tenant + :n_swaps + :n_global + :n_open + :n_needs + :n_ctx_ok + 17);
+SELECT plan(3 * :n_funcs + 2 * :n_tenant + :n_swaps + :n_global + :n_open + :n_needs + :n_ctx_ok + 20);
 
 SELECT cmp_ok(:n_funcs, '>=', 50, 'functions under attack, from the catalog: ' || :n_funcs);
 
@@ -389,6 +389,15 @@ CREATE FUNCTION public.aa_wrapper_consume(t bigint) RETURNS boolean
 CREATE FUNCTION public.aa_wrapper_for(t bigint) RETURNS jsonb
 	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 	AS $$ BEGIN PERFORM quota_ext.set_tenant(t); RETURN quota_ext.tenant_summary(t) -> 'tenant'; END $$;
+CREATE FUNCTION public.aa_wrapper_rollup() RETURNS bigint
+	LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT quota_ext.usage_rollup() $$;
+CREATE FUNCTION public.aa_wrapper_sweep() RETURNS integer
+	LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT quota_ext.quota_expire_reservations() $$;
+ALTER FUNCTION public.aa_wrapper_rollup() OWNER TO qx_tap_aa_admin;
+ALTER FUNCTION public.aa_wrapper_sweep() OWNER TO qx_tap_aa_admin;
+GRANT EXECUTE ON FUNCTION public.aa_wrapper_rollup(), public.aa_wrapper_sweep() TO qx_tap_aa_app;
 ALTER FUNCTION public.aa_wrapper_summary(bigint) OWNER TO qx_tap_aa_admin;
 ALTER FUNCTION public.aa_wrapper_consume(bigint) OWNER TO qx_tap_aa_admin;
 ALTER FUNCTION public.aa_wrapper_for(bigint) OWNER TO qx_tap_aa_admin;
@@ -402,6 +411,11 @@ SELECT throws_ok(format('SELECT public.aa_wrapper_consume(%s)', :tb), '42501', N
 SELECT is(public.aa_wrapper_for(:tb) ->> 'name', 'xb-marker-tenant',
           'a wrapper that calls set_tenant() acts for that tenant');
 SELECT quota_ext.clear_tenant() IS NULL AS ok \gset
+SELECT throws_ok('SELECT public.aa_wrapper_rollup()', '42501', 'usage_rollup needs quota_ext_admin and no tenant context',
+                 'an admin-owned wrapper does not make an app login an admin (cross-tenant PL/pgSQL function)');
+SELECT throws_ok('SELECT public.aa_wrapper_sweep()', '42501', 'quota_expire_reservations needs quota_ext_admin and no tenant context',
+                 'an admin-owned wrapper does not make an app login an admin (cross-tenant C function)');
+SELECT quota_ext.clear_tenant() IS NULL AS ok \gset
 RESET ROLE;
 -- ... and the other way round: a less trusted role's SECURITY DEFINER
 -- function, called by an admin, is judged as its owner in the C functions
@@ -413,6 +427,13 @@ SET ROLE qx_tap_aa_admin;
 SELECT throws_ok(format('SELECT public.aa_app_owned_consume(%s)', :tb), '42501', NULL,
                  'an app-owned SECURITY DEFINER function called by an admin does not borrow the admin''s rights');
 RESET ROLE;
+-- ... and code of an object's owner run by a security-restricted operation
+-- (here REFRESH MATERIALIZED VIEW, by a superuser session, of a view owned
+-- by an app login) is not the session's code: no admin rights in it
+CREATE MATERIALIZED VIEW public.aa_mv AS SELECT quota_ext.tenant_summary(:tb) AS s WITH NO DATA;
+ALTER MATERIALIZED VIEW public.aa_mv OWNER TO qx_tap_aa_app;
+SELECT throws_ok('REFRESH MATERIALIZED VIEW public.aa_mv', '42501', 'no tenant context in this transaction',
+                 'REFRESH of an app-owned materialized view by a superuser: the view''s code gets no admin rights');
 -- finding 10: a key's transaction cannot charge another key's rules
 SET ROLE qx_tap_aa_app;
 SELECT quota_ext.authenticate(:'ka') IS NOT NULL AS ok \gset

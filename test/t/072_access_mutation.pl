@@ -19,8 +19,9 @@
 #         (pg_proc.probin) and the server preloads it; the unmutated library
 #         is restored afterwards.  Covers QuotaCheckTenantAccess (no-context
 #         branch, other-tenant branch), QuotaCallerIsAdmin (GetUserId only:
-#         the bug of finding 2), QuotaCheckAdmin and QuotaIdentityResolve
-#         (finding 10).
+#         the bug of finding 2; security-restricted operations counted as
+#         the session), QuotaCheckAdmin (either condition) and
+#         QuotaIdentityResolve (finding 10).
 # Pass: the unmutated database passes, every mutation makes the suite fail,
 # and the suite passes again at the end.
 use strict;
@@ -155,6 +156,12 @@ my @cmut = (
 	[ 'QuotaCallerIsAdmin judges GetUserId() only (finding 2)',
 		qr/return quota_role_is_admin\(GetOuterUserId\(\), admin\) &&\n\t\tquota_role_is_admin\(GetUserId\(\), admin\);/,
 		'return quota_role_is_admin(GetUserId(), admin);' ],
+	[ 'QuotaCallerIsAdmin counts a security-restricted operation as the session',
+		qr/\tif \(InSecurityRestrictedOperation\(\)\)\n\t\treturn false;/,
+		"\tif (false)\n\t\treturn false;" ],
+	[ 'QuotaCheckAdmin lets a caller that is not an admin through',
+		qr/if \(quota_ctx\.valid \|\| !QuotaCallerIsAdmin\(\)\)/,
+		'if (quota_ctx.valid)' ],
 	[ 'QuotaCheckAdmin allows a tenant context',
 		qr/if \(quota_ctx\.valid \|\| !QuotaCallerIsAdmin\(\)\)/,
 		'if (!QuotaCallerIsAdmin())' ],
