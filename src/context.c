@@ -38,6 +38,7 @@ PG_FUNCTION_INFO_V1(current_context);
 PG_FUNCTION_INFO_V1(set_tenant);
 PG_FUNCTION_INFO_V1(clear_tenant);
 PG_FUNCTION_INFO_V1(check_tenant_access);
+PG_FUNCTION_INFO_V1(admin_only);
 
 static QuotaContext quota_ctx;
 
@@ -117,18 +118,93 @@ QuotaContextGet(void)
 }
 
 /*
+ * quota_role_is_admin
+ *		Whether role has the privileges of quota_ext_admin (superusers do).
+ */
+static bool
+quota_role_is_admin(Oid role, Oid admin)
+{
+	if (superuser_arg(role))
+		return true;
+	return OidIsValid(admin) && has_privs_of_role(role, admin);
+}
+
+/*
  * QuotaCallerIsAdmin
- *		Whether the calling role has the privileges of quota_ext_admin
- *		(superusers do).
+ *		The one answer to "may this caller act without a tenant context?":
+ *		whether the calling role has the privileges of quota_ext_admin.
+ *		Every privilege decision of the extension that is not a plain
+ *		EXECUTE grant goes through here (QuotaCheckTenantAccess,
+ *		QuotaCheckAdmin and through them the SQL wrappers
+ *		_check_tenant_access and _admin_only).
+ *
+ * Which role is "the caller" (doc/design.md section 2):
+ *
+ * GetUserId() alone is wrong: inside a SECURITY DEFINER function it is the
+ * definer, and quota_status(), tenant_summary(), price_lookup(),
+ * usage_report() and the other PL/pgSQL functions of the extension are
+ * SECURITY DEFINER, owned by the superuser who ran CREATE EXTENSION.  The
+ * check ran there saw a superuser, so any quota_ext_app login without a
+ * context passed as admin and read every tenant (issue 12, finding 2).
+ *
+ * GetOuterUserId() is the role the session acts as: the login, or the role
+ * of the last SET ROLE.  SECURITY DEFINER never changes it, and SET ROLE
+ * is refused inside a SECURITY DEFINER function, so no function can lend
+ * it a role it does not have.  A pg_cron job runs in a session of the
+ * job's user (a background worker connected as that user, or a libpq
+ * connection as it), so the job is judged as that user, as if the user had
+ * typed the statement; cron.schedule() records the scheduling user, so an
+ * app login cannot schedule a job as the admin.
+ *
+ * Both must hold.  Judging the outer role only would let an admin session
+ * lend its rights to code written by a less trusted role: a SECURITY
+ * DEFINER function owned by an app login, or a security-restricted
+ * operation (REFRESH MATERIALIZED VIEW, CREATE INDEX, VACUUM, ANALYZE run
+ * an object owner's expressions as that owner), called by the admin.  The
+ * current role is that owner in our C functions, so requiring it too closes
+ * that path there.  Inside our own SECURITY DEFINER functions the current
+ * role is the extension owner and the owner in between is invisible, so a
+ * security-restricted operation, whose code always belongs to an object's
+ * owner and never to the session, never counts as admin.
+ *
+ * What this means for SECURITY DEFINER wrappers a deployment writes: a
+ * wrapper owned by quota_ext_admin and granted to an app login does not
+ * make the app login an admin (the session role is still the app login);
+ * a wrapper that is meant to act for one tenant calls
+ * quota_ext.set_tenant(), whose EXECUTE grant is checked against the
+ * wrapper's owner as PostgreSQL always does, and then runs in that tenant's
+ * context.  What remains (doc/design.md): an admin session that calls a
+ * SECURITY DEFINER function owned by a less trusted role, which in turn
+ * calls one of the extension's SECURITY DEFINER functions, is judged as
+ * the admin.  Admin sessions should not call functions owned by roles they
+ * do not trust, as with any SECURITY DEFINER code.
  */
 bool
 QuotaCallerIsAdmin(void)
 {
 	Oid			admin = get_role_oid(QUOTA_ADMIN_ROLE, true);
 
-	if (superuser())
-		return true;
-	return OidIsValid(admin) && has_privs_of_role(GetUserId(), admin);
+	if (InSecurityRestrictedOperation())
+		return false;
+	return quota_role_is_admin(GetOuterUserId(), admin) &&
+		quota_role_is_admin(GetUserId(), admin);
+}
+
+/*
+ * QuotaCheckAdmin
+ *		For operations across tenants (sweeps, rollups, billing runs,
+ *		partition maintenance): the caller must be an admin (see
+ *		QuotaCallerIsAdmin) and have no tenant context.  what names the
+ *		operation in the error.
+ */
+void
+QuotaCheckAdmin(const char *what)
+{
+	if (quota_ctx.valid || !QuotaCallerIsAdmin())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("%s needs quota_ext_admin and no tenant context", what),
+				 errhint("It works across tenants: run it as quota_ext_admin outside a tenant context.")));
 }
 
 /*
@@ -164,6 +240,72 @@ QuotaCheckTenantAccess(int64 tenant_id)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("no tenant context in this transaction"),
 				 errhint("Call quota_ext.authenticate() in the same transaction first.")));
+}
+
+/*
+ * QuotaIdentityResolve
+ *		User, key and role a request for tenant_id acts as: the
+ *		authenticated caller's by default.  Under a context set from an API
+ *		key, explicit arguments must name that same user, key and role — a
+ *		key cannot act as another user or key or claim another role (42501);
+ *		admin callers (no context, or set_tenant) may name any.  user_arg,
+ *		key_arg and role_arg are the argument numbers of fcinfo that carry
+ *		them, -1 when the function has no such argument.  Every function
+ *		that takes a user, key or role next to a tenant resolves it here
+ *		(quota_consume, quota_reserve, rate_limit_apply, ...).
+ *
+ *		Call after QuotaCheckTenantAccess(tenant_id).
+ */
+void
+QuotaIdentityResolve(FunctionCallInfo fcinfo, int64 tenant_id, int user_arg,
+					 int key_arg, int role_arg, QuotaIdentity *id)
+{
+	bool		own = quota_ctx.valid && quota_ctx.tenant_id == tenant_id;
+	bool		from_key = own && quota_ctx.key_id != 0;
+
+	memset(id, 0, sizeof(*id));
+	if (own)
+	{
+		id->user_id = quota_ctx.user_id;
+		id->key_id = quota_ctx.key_id;
+		if (quota_ctx.role[0])
+			id->role = quota_ctx.role;
+	}
+	if (user_arg >= 0 && !PG_ARGISNULL(user_arg))
+	{
+		int64		v = PG_GETARG_INT64(user_arg);
+
+		if (from_key && v != id->user_id)
+			goto impersonation;
+		id->user_id = v;
+	}
+	if (key_arg >= 0 && !PG_ARGISNULL(key_arg))
+	{
+		int64		v = PG_GETARG_INT64(key_arg);
+
+		if (from_key && v != id->key_id)
+			goto impersonation;
+		id->key_id = v;
+	}
+	if (role_arg >= 0 && !PG_ARGISNULL(role_arg))
+	{
+		char	   *v = text_to_cstring(PG_GETARG_TEXT_PP(role_arg));
+
+		if (from_key && (id->role == NULL || strcmp(v, id->role) != 0))
+			goto impersonation;
+		id->role = v;
+	}
+	if (id->user_id < 0 || id->key_id < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("user_id and key_id must be positive")));
+	return;
+
+impersonation:
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("an API key's transaction cannot act as another user, key or role"),
+			 errhint("Leave user_id, key_id and role NULL: they come from the authenticated key.")));
 }
 
 /*
@@ -270,5 +412,17 @@ check_tenant_access(PG_FUNCTION_ARGS)
 {
 	QuotaArgNotNull(fcinfo, 0, "tenant_id");
 	QuotaCheckTenantAccess(PG_GETARG_INT64(0));
+	PG_RETURN_VOID();
+}
+
+/*
+ * quota_ext._admin_only(what text) RETURNS void
+ *		QuotaCheckAdmin for the PL/pgSQL functions that work across tenants.
+ */
+Datum
+admin_only(PG_FUNCTION_ARGS)
+{
+	QuotaArgNotNull(fcinfo, 0, "what");
+	QuotaCheckAdmin(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
 }

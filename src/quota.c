@@ -2226,61 +2226,19 @@ decision_datum(FunctionCallInfo fcinfo, const Decision *d)
 
 /*
  * request_identity
- *		User, key and role of a request: the authenticated caller's by
- *		default.  Under a context set from an API key, explicit arguments
- *		must name that same user, key and role — a key cannot act as another
- *		user or claim another role (42501); admin callers (no context, or
- *		set_tenant) may name any.  Arguments user_arg, user_arg+1 (key) and
- *		user_arg+2 (role).
+ *		User, key and role of a request (QuotaIdentityResolve): arguments
+ *		user_arg, user_arg+1 (key) and user_arg+2 (role).
  */
 static void
 request_identity(FunctionCallInfo fcinfo, int user_arg, ConsumeRequest *req)
 {
-	const QuotaContext *ctx = QuotaContextGet();
-	bool		from_key = ctx && ctx->tenant_id == req->tenant_id && ctx->key_id != 0;
+	QuotaIdentity id;
 
-	if (ctx && ctx->tenant_id == req->tenant_id)
-	{
-		req->user_id = ctx->user_id;
-		req->key_id = ctx->key_id;
-		if (ctx->role[0])
-			req->role = ctx->role;
-	}
-	if (!PG_ARGISNULL(user_arg))
-	{
-		int64		v = PG_GETARG_INT64(user_arg);
-
-		if (from_key && v != req->user_id)
-			goto impersonation;
-		req->user_id = v;
-	}
-	if (!PG_ARGISNULL(user_arg + 1))
-	{
-		int64		v = PG_GETARG_INT64(user_arg + 1);
-
-		if (from_key && v != req->key_id)
-			goto impersonation;
-		req->key_id = v;
-	}
-	if (!PG_ARGISNULL(user_arg + 2))
-	{
-		char	   *v = text_to_cstring(PG_GETARG_TEXT_PP(user_arg + 2));
-
-		if (from_key && (req->role == NULL || strcmp(v, req->role) != 0))
-			goto impersonation;
-		req->role = v;
-	}
-	if (req->user_id < 0 || req->key_id < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("user_id and key_id must be positive")));
-	return;
-
-impersonation:
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("an API key's transaction cannot act as another user, key or role"),
-			 errhint("Leave user_id, key_id and role NULL: they come from the authenticated key.")));
+	QuotaIdentityResolve(fcinfo, req->tenant_id, user_arg, user_arg + 1,
+						 user_arg + 2, &id);
+	req->user_id = id.user_id;
+	req->key_id = id.key_id;
+	req->role = id.role;
 }
 
 /* arguments (tenant_id, model, units, idempotency_key, user_id, key_id, role) */
@@ -2810,10 +2768,7 @@ quota_expire_reservations(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("batch must be positive")));
-	if (QuotaContextGet() != NULL || !QuotaCallerIsAdmin())
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("quota_expire_reservations needs quota_ext_admin and no tenant context")));
+	QuotaCheckAdmin("quota_expire_reservations");
 
 	QuotaSpiBegin(&spi);
 	{

@@ -65,7 +65,20 @@ extern void QuotaContextSet(int64 tenant_id, int64 user_id, int64 key_id,
 							const char *role);
 extern const QuotaContext *QuotaContextGet(void);
 extern bool QuotaCallerIsAdmin(void);
+extern void QuotaCheckAdmin(const char *what);
 extern void QuotaCheckTenantAccess(int64 tenant_id);
+
+/* who a request acts as (QuotaIdentityResolve) */
+typedef struct QuotaIdentity
+{
+	int64		user_id;		/* 0: unknown */
+	int64		key_id;			/* 0: unknown */
+	const char *role;			/* NULL: none */
+} QuotaIdentity;
+
+extern void QuotaIdentityResolve(FunctionCallInfo fcinfo, int64 tenant_id,
+								 int user_arg, int key_arg, int role_arg,
+								 QuotaIdentity *id);
 extern void QuotaRaiseUnknownTenant(int64 tenant_id) pg_attribute_noreturn();
 
 /* cache.c: per-backend cache of the configuration */

@@ -1203,8 +1203,9 @@ QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
  *
  *		QuotaRateLimitApply from SQL: the configured rules (and the tier
  *		default) for a tenant, optionally a model, and the API key (by
- *		default the one of the tenant context).  rule_id, limit and
- *		remaining are NULL when no rule applies.
+ *		default the one of the tenant context; a key's transaction may not
+ *		name another key, 42501, as in quota_consume: QuotaIdentityResolve).
+ *		rule_id, limit and remaining are NULL when no rule applies.
  */
 Datum
 rate_limit_apply(PG_FUNCTION_ARGS)
@@ -1215,7 +1216,7 @@ rate_limit_apply(PG_FUNCTION_ARGS)
 	};
 	QuotaSpiState spi;
 	QuotaRateDecision d;
-	const QuotaContext *ctx;
+	QuotaIdentity id;
 	int64		tenant_id;
 	int64		model_id = 0;
 	int64		key_id = 0;
@@ -1234,11 +1235,9 @@ rate_limit_apply(PG_FUNCTION_ARGS)
 				 errmsg("quantity must not be negative"),
 				 errdetail("quantity is %d.", (int) quantity)));
 	QuotaCheckTenantAccess(tenant_id);
-	ctx = QuotaContextGet();
-	if (!PG_ARGISNULL(3))
-		key_id = PG_GETARG_INT64(3);
-	else if (ctx != NULL)
-		key_id = ctx->key_id;
+	/* a key's transaction charges its own key's rules only (as consume) */
+	QuotaIdentityResolve(fcinfo, tenant_id, -1, 3, -1, &id);
+	key_id = id.key_id;
 
 	QuotaSpiBegin(&spi);
 	if (!PG_ARGISNULL(1))

@@ -221,10 +221,7 @@ request_stats_reset(PG_FUNCTION_ARGS)
 	HASH_SEQ_STATUS seq;
 	StatsEntry *e;
 
-	if (QuotaContextGet() != NULL || !QuotaCallerIsAdmin())
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("request_stats_reset needs quota_ext_admin and no tenant context")));
+	QuotaCheckAdmin("request_stats_reset");
 	if (stats_hash == NULL)
 		PG_RETURN_VOID();
 	LWLockAcquire(stats_shared->lock, LW_EXCLUSIVE);

@@ -102,3 +102,13 @@ CREATE FUNCTION quota_ext._check_tenant_access(tenant_id bigint) RETURNS void
 COMMENT ON FUNCTION quota_ext._check_tenant_access(bigint) IS
 	'Internal: raise unless the caller may act on this tenant';
 
+-- Internal: refuse a cross-tenant operation to a caller that is not
+-- quota_ext_admin or has a tenant context (QuotaCheckAdmin).  Like
+-- _check_tenant_access it judges the session's role as well as the current
+-- one, so it means the same inside SECURITY DEFINER functions.
+CREATE FUNCTION quota_ext._admin_only(what text) RETURNS void
+	AS 'MODULE_PATHNAME', 'admin_only'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext._admin_only(text) IS
+	'Internal: raise unless the caller is quota_ext_admin without a tenant context';
+

@@ -302,19 +302,6 @@ $$;
 COMMENT ON FUNCTION quota_ext._usage_partition_secure(regclass) IS
 	'Internal: row-level security of a ledger partition';
 
-CREATE FUNCTION quota_ext._admin_only(what text) RETURNS void
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-BEGIN
-	IF quota_ext.current_tenant_id() IS NOT NULL THEN
-		RAISE EXCEPTION '% works across tenants and cannot run in a tenant context', what
-			USING ERRCODE = 'insufficient_privilege';
-	END IF;
-END
-$$;
-COMMENT ON FUNCTION quota_ext._admin_only(text) IS 'Internal: refuse a cross-tenant operation inside a tenant context';
-
 CREATE FUNCTION quota_ext.usage_partitions_maintain(months_ahead integer DEFAULT 3)
 	RETURNS SETOF text
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
