@@ -12,7 +12,7 @@ CREATE FUNCTION quota_ext._check_currency(currency text) RETURNS text
 BEGIN
 	IF currency IS NULL THEN PERFORM quota_ext._null_arg('currency'); END IF;
 	IF upper(currency) !~ '^[A-Z]{3}$' THEN
-		RAISE EXCEPTION 'invalid currency "%"', left(currency, 16)
+		RAISE EXCEPTION 'invalid currency "%"', quota_ext._quote_input(currency)
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'Use a three-letter ISO 4217 code such as USD or EUR.';
 	END IF;
@@ -20,6 +20,37 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION quota_ext._check_currency(text) IS 'Internal: validate an ISO 4217 currency code';
+
+-- An amount of money or a price from a caller: a finite number (numeric
+-- also holds NaN and +-Infinity, which poison every sum and every cost
+-- computed from them), not negative, at most 10^12 (a money limit) or 10^9
+-- (a price per unit or per 1,000 tokens).  NULL passes: the caller decides
+-- whether the argument is optional.
+CREATE FUNCTION quota_ext._check_money(amount numeric, what text, max numeric) RETURNS numeric
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF amount IS NULL THEN
+		RETURN NULL;
+	END IF;
+	IF amount = 'NaN'::numeric OR amount = 'Infinity'::numeric OR amount = '-Infinity'::numeric THEN
+		RAISE EXCEPTION '% must be a finite number', what
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', amount);
+	END IF;
+	IF amount < 0 THEN
+		RAISE EXCEPTION '% must not be negative', what USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF amount > max THEN
+		RAISE EXCEPTION '% is out of range', what
+			USING ERRCODE = 'numeric_value_out_of_range',
+			      DETAIL = format('At most %s.', max);
+	END IF;
+	RETURN amount;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._check_money(numeric, text, numeric) IS
+	'Internal: refuse NaN, Infinity, negative and too large amounts of money (22023, 22003)';
 
 -- Money to micro-units (1e-6) of its currency, exactly: cost quota limits
 -- and counters are kept in micro-units (see doc/metering.md).
@@ -31,17 +62,12 @@ DECLARE
 	micro numeric := amount * 1000000;
 BEGIN
 	IF amount IS NULL THEN PERFORM quota_ext._null_arg(what); END IF;
-	IF amount < 0 THEN
-		RAISE EXCEPTION '% must not be negative', what USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	PERFORM quota_ext._check_money(amount, what, 1000000000000);
 	IF micro <> trunc(micro) THEN
 		RAISE EXCEPTION '% has more than 6 decimal places', what
 			USING ERRCODE = 'invalid_parameter_value',
-			      DETAIL = format('Got %s.', amount),
+			      DETAIL = format('Got %s.', quota_ext._quote_input(amount::text)),
 			      HINT = 'Money budgets count micro-units (0.000001) of their currency.';
-	END IF;
-	IF micro > 9223372036854775807 THEN
-		RAISE EXCEPTION '% is out of range', what USING ERRCODE = 'numeric_value_out_of_range';
 	END IF;
 	RETURN micro::bigint;
 END
@@ -127,12 +153,12 @@ BEGIN
 		 WHERE m.name = _price_insert.model AND m.owner_tenant_id IS NULL;
 	END IF;
 	IF mid IS NULL THEN
-		RAISE EXCEPTION 'model "%" does not exist', _price_insert.model USING ERRCODE = 'undefined_object';
+		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(_price_insert.model) USING ERRCODE = 'undefined_object';
 	END IF;
-	IF _price_insert.unit_price < 0 OR _price_insert.input_per_1k < 0 OR _price_insert.output_per_1k < 0
-	   OR _price_insert.overage_unit_price < 0 THEN
-		RAISE EXCEPTION 'prices must not be negative' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	PERFORM quota_ext._check_money(_price_insert.unit_price, 'unit_price', 1000000000),
+	        quota_ext._check_money(_price_insert.input_per_1k, 'input_per_1k', 1000000000),
+	        quota_ext._check_money(_price_insert.output_per_1k, 'output_per_1k', 1000000000),
+	        quota_ext._check_money(_price_insert.overage_unit_price, 'overage_unit_price', 1000000000);
 	-- history is never repriced: a version starts now or later
 	IF _price_insert.effective_from < now() THEN
 		RAISE EXCEPTION 'effective_from must not be in the past'
@@ -148,7 +174,7 @@ BEGIN
 		        _price_insert.overage_unit_price, _price_insert.effective_from)
 		RETURNING * INTO p;
 	EXCEPTION WHEN unique_violation THEN
-		RAISE EXCEPTION 'a price of model "%" already starts at %', _price_insert.model,
+		RAISE EXCEPTION 'a price of model "%" already starts at %', quota_ext._quote_input(_price_insert.model),
 		                _price_insert.effective_from
 			USING ERRCODE = 'unique_violation';
 	END;
@@ -211,7 +237,7 @@ BEGIN
 	END IF;
 	mid := quota_ext._model_resolve(price_lookup.tenant_id, price_lookup.model);
 	IF mid IS NULL THEN
-		RAISE EXCEPTION 'model "%" does not exist', left(price_lookup.model, 200)
+		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(price_lookup.model)
 			USING ERRCODE = 'undefined_object';
 	END IF;
 	RETURN QUERY SELECT p.* FROM quota_ext._price_in_force(price_lookup.tenant_id, mid, price_lookup.at) p
@@ -628,7 +654,7 @@ BEGIN
 	IF usage_report."to" IS NULL THEN PERFORM quota_ext._null_arg('to'); END IF;
 	IF usage_report.group_by IS NULL THEN PERFORM quota_ext._null_arg('group_by'); END IF;
 	IF usage_report.group_by <> ALL (ARRAY['model', 'day', 'user']) THEN
-		RAISE EXCEPTION 'invalid group_by "%"', left(usage_report.group_by, 64)
+		RAISE EXCEPTION 'invalid group_by "%"', quota_ext._quote_input(usage_report.group_by)
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use model, day or user.';
 	END IF;
 	IF NOT (usage_report."from" < usage_report."to") THEN
