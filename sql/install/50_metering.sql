@@ -341,11 +341,24 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._admin_only(text) IS 'Internal: refuse a cross-tenant operation inside a tenant context';
 
+-- Maintenance never queues a lock that the hot path would then queue
+-- behind (issue 12, finding 12).  A new month is made as a standalone table
+-- (LIKE the ledger, with the indexes, FORCE RLS and policies of
+-- _usage_partition_secure) and then ATTACHed: ATTACH PARTITION takes SHARE
+-- UPDATE EXCLUSIVE on the ledger, which no reader or writer conflicts with,
+-- where CREATE TABLE ... PARTITION OF took ACCESS EXCLUSIVE and so queued
+-- every invoke behind any transaction left open on the ledger.  ATTACH also
+-- takes ACCESS EXCLUSIVE on the default partition (its constraint changes);
+-- invoke never touches it, but settlements and refunds read the ledger
+-- through it, so maintenance takes that lock NOWAIT and, when a transaction
+-- holds it, skips with a WARNING and returns the months as 'skipped': the
+-- next scheduled run (partitions are made months ahead) makes them.
 CREATE FUNCTION quota_ext.usage_partitions_maintain(months_ahead integer DEFAULT 3)
-	RETURNS SETOF text
+	RETURNS TABLE (partition text, action text)
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
+#variable_conflict use_column
 DECLARE
 	first timestamptz := date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
 	m timestamptz;
@@ -384,11 +397,20 @@ BEGIN
 	IF months IS NULL THEN
 		RETURN;
 	END IF;
-	-- DDL on the ledger: take the parent first, as every reader and writer
-	-- does, so that maintenance cannot deadlock with them (it waits for
-	-- them, and new calls wait a moment for it)
-	LOCK TABLE ONLY quota_ext.usage IN ACCESS EXCLUSIVE MODE;
-	LOCK TABLE quota_ext.usage_default IN ACCESS EXCLUSIVE MODE;
+	-- the ledger in the mode ATTACH takes (readers and writers go on), then
+	-- the default partition without ever waiting for it
+	LOCK TABLE ONLY quota_ext.usage IN SHARE UPDATE EXCLUSIVE MODE;
+	BEGIN
+		LOCK TABLE ONLY quota_ext.usage_default IN ACCESS EXCLUSIVE MODE NOWAIT;
+	EXCEPTION WHEN lock_not_available THEN
+		RAISE WARNING 'usage_partitions_maintain skipped % month(s): a transaction is using quota_ext.usage_default',
+		              cardinality(months)
+			USING DETAIL = 'Attaching a partition locks the default partition; waiting for it would queue the settlements and refunds behind that transaction.',
+			      HINT = 'The next scheduled run creates them; long transactions on quota_ext.usage delay it.';
+		RETURN QUERY SELECT 'usage_p' || to_char(x AT TIME ZONE 'UTC', 'YYYYMM'), 'skipped'
+		               FROM unnest(months) x ORDER BY 1;
+		RETURN;
+	END;
 	FOREACH m IN ARRAY months
 	LOOP
 		part := 'usage_p' || to_char(m AT TIME ZONE 'UTC', 'YYYYMM');
@@ -399,39 +421,43 @@ BEGIN
 				USING ERRCODE = 'object_not_in_prerequisite_state',
 				      HINT = 'Rename or drop the detached table, then run maintenance again.';
 		END IF;
+		EXECUTE format('CREATE TABLE quota_ext.%I (LIKE quota_ext.usage INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
 		-- rows of that month already in the default partition move in
-		IF EXISTS (SELECT 1 FROM ONLY quota_ext.usage_default d
-		            WHERE d.created_at >= m AND d.created_at < hi) THEN
-			EXECUTE format('CREATE TABLE quota_ext.%I (LIKE quota_ext.usage INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
-			EXECUTE format('INSERT INTO quota_ext.%I SELECT * FROM ONLY quota_ext.usage_default d '
-			               'WHERE d.created_at >= $1 AND d.created_at < $2', part) USING m, hi;
-			GET DIAGNOSTICS moved = ROW_COUNT;
+		EXECUTE format('INSERT INTO quota_ext.%I SELECT * FROM ONLY quota_ext.usage_default d '
+		               'WHERE d.created_at >= $1 AND d.created_at < $2', part) USING m, hi;
+		GET DIAGNOSTICS moved = ROW_COUNT;
+		IF moved > 0 THEN
 			DELETE FROM ONLY quota_ext.usage_default d WHERE d.created_at >= m AND d.created_at < hi;
-			PERFORM quota_ext._usage_partition_secure(format('quota_ext.%I', part)::regclass);
-			EXECUTE format('ALTER TABLE quota_ext.usage ATTACH PARTITION quota_ext.%I FOR VALUES FROM (%L) TO (%L)',
-			               part, m, hi);
-		ELSE
-			moved := 0;
-			EXECUTE format('CREATE TABLE quota_ext.%I PARTITION OF quota_ext.usage FOR VALUES FROM (%L) TO (%L)',
-			               part, m, hi);
-			PERFORM quota_ext._usage_partition_secure(format('quota_ext.%I', part)::regclass);
 		END IF;
+		PERFORM quota_ext._usage_partition_secure(format('quota_ext.%I', part)::regclass);
+		EXECUTE format('ALTER TABLE quota_ext.usage ATTACH PARTITION quota_ext.%I FOR VALUES FROM (%L) TO (%L)',
+		               part, m, hi);
 		PERFORM quota_ext._audit(0, 'usage_partition_create', 'table', 'quota_ext.' || part, NULL,
 		                         jsonb_build_object('from', m, 'to', hi, 'rows_moved', moved));
-		RETURN NEXT part;
+		partition := part;
+		action := 'created';
+		RETURN NEXT;
 	END LOOP;
 END
 $$;
 COMMENT ON FUNCTION quota_ext.usage_partitions_maintain(integer) IS
-	'Create the monthly ledger partitions from this month to months_ahead (idempotent; moves rows out of the default partition); returns the new ones';
+	'Create the monthly ledger partitions from this month to months_ahead (idempotent; moves rows out of the default partition; never queues behind a transaction on the ledger: skipped months are returned and made by the next run)';
 
-CREATE FUNCTION quota_ext.usage_partition_detach(before timestamptz) RETURNS SETOF text
+-- Detaching needs ACCESS EXCLUSIVE on the ledger, which every invoke queues
+-- behind while it is waited for: the wait is bounded by a lock_timeout of
+-- 100 ms, and a partition whose lock is not granted in that time is skipped
+-- (WARNING, returned as 'skipped') for the next scheduled run.
+CREATE FUNCTION quota_ext.usage_partition_detach(before timestamptz)
+	RETURNS TABLE (partition text, action text)
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
+#variable_conflict use_column
 DECLARE
 	r record;
 	w timestamptz;
+	saved_timeout text := current_setting('lock_timeout');
+	skipping boolean := false;
 BEGIN
 	IF before IS NULL THEN PERFORM quota_ext._null_arg('before'); END IF;
 	PERFORM quota_ext._admin_only('usage_partition_detach');
@@ -446,22 +472,45 @@ BEGIN
 		 ORDER BY c.relname
 	LOOP
 		CONTINUE WHEN r.hi > before;
-		LOCK TABLE ONLY quota_ext.usage IN ACCESS EXCLUSIVE MODE;
 		-- only what the rollups have counted leaves the ledger
 		IF w IS NULL OR r.hi > w THEN
 			RAISE EXCEPTION 'partition quota_ext.% holds rows not yet rolled up', r.relname
 				USING ERRCODE = 'object_not_in_prerequisite_state',
 				      HINT = 'Run quota_ext.usage_rollup() first.';
 		END IF;
+		IF NOT skipping THEN
+			BEGIN
+				-- DETACH locks the ledger, the partition and the default
+				-- partition (whose constraint changes): all three here
+				PERFORM set_config('lock_timeout', '100ms', true);
+				LOCK TABLE ONLY quota_ext.usage IN ACCESS EXCLUSIVE MODE;
+				EXECUTE format('LOCK TABLE ONLY quota_ext.%I IN ACCESS EXCLUSIVE MODE', r.relname);
+				LOCK TABLE ONLY quota_ext.usage_default IN ACCESS EXCLUSIVE MODE;
+				PERFORM set_config('lock_timeout', saved_timeout, true);
+			EXCEPTION WHEN lock_not_available THEN
+				-- (the subtransaction's rollback restored lock_timeout)
+				skipping := true;
+				RAISE WARNING 'usage_partition_detach skipped: quota_ext.usage stayed locked by other transactions for 100 ms'
+					USING HINT = 'The next scheduled run detaches the partitions left; long transactions on quota_ext.usage delay it.';
+			END;
+		END IF;
+		IF skipping THEN
+			partition := r.relname::text;
+			action := 'skipped';
+			RETURN NEXT;
+			CONTINUE;
+		END IF;
 		EXECUTE format('ALTER TABLE quota_ext.usage DETACH PARTITION quota_ext.%I', r.relname);
 		PERFORM quota_ext._audit(0, 'usage_partition_detach', 'table', 'quota_ext.' || r.relname,
 		                         jsonb_build_object('from', r.lo, 'to', r.hi), NULL);
-		RETURN NEXT r.relname::text;
+		partition := r.relname::text;
+		action := 'detached';
+		RETURN NEXT;
 	END LOOP;
 END
 $$;
 COMMENT ON FUNCTION quota_ext.usage_partition_detach(timestamptz) IS
-	'Detach the monthly ledger partitions that end at or before an instant (they stay as plain tables to archive or drop); returns their names';
+	'Detach the monthly ledger partitions that end at or before an instant (they stay as plain tables to archive or drop); waits at most 100 ms for the ledger''s lock, else skips them (returned as skipped) for the next run';
 
 -- ---------------------------------------------------------------------------
 -- rollups
@@ -473,6 +522,10 @@ COMMENT ON FUNCTION quota_ext.usage_partition_detach(timestamptz) IS
 -- of a hot tenant.  usage_rollup() adds the ledger rows with created_at in
 -- [previous watermark, new watermark) — see _usage_watermark() — so every
 -- row is counted exactly once; readers add the rows since the watermark.
+-- Sums are numeric (issue 12, finding 5): a call carries up to 10^15 units
+-- and tokens, so one tenant's ten thousand calls pass the bigint range, and
+-- one overflowing group would fail the rollup of every tenant.  calls stay
+-- bigint: a ledger row counts -1, 0 or 1 calls, and no table holds 2^63 rows.
 CREATE TABLE quota_ext.usage_daily (
 	tenant_id      bigint NOT NULL,
 	day            date NOT NULL,
@@ -480,10 +533,10 @@ CREATE TABLE quota_ext.usage_daily (
 	user_id        bigint NOT NULL,
 	currency       char(3) NOT NULL,
 	calls          bigint NOT NULL,
-	units          bigint NOT NULL,
-	input_tokens   bigint NOT NULL,
-	output_tokens  bigint NOT NULL,
-	overage_units  bigint NOT NULL,
+	units          numeric NOT NULL,
+	input_tokens   numeric NOT NULL,
+	output_tokens  numeric NOT NULL,
+	overage_units  numeric NOT NULL,
 	cost           numeric NOT NULL,
 	PRIMARY KEY (tenant_id, day, model_id, user_id, currency)
 );
@@ -504,10 +557,10 @@ CREATE TABLE quota_ext.usage_billing_daily (
 	model_id       bigint NOT NULL,
 	price_id       bigint NOT NULL,
 	calls          bigint NOT NULL,
-	units          bigint NOT NULL,
-	input_tokens   bigint NOT NULL,
-	output_tokens  bigint NOT NULL,
-	overage_units  bigint NOT NULL,
+	units          numeric NOT NULL,
+	input_tokens   numeric NOT NULL,
+	output_tokens  numeric NOT NULL,
+	overage_units  numeric NOT NULL,
 	cost           numeric NOT NULL,
 	PRIMARY KEY (tenant_id, created_day, occurred_day, model_id, price_id)
 );
@@ -602,8 +655,8 @@ COMMENT ON FUNCTION quota_ext.usage_rollup() IS
 -- one snapshot, in which a rollup is all or nothing.
 CREATE FUNCTION quota_ext._usage_days(tenant_id bigint, from_day date, to_day date)
 	RETURNS TABLE (day date, model_id bigint, user_id bigint, currency text, calls bigint,
-	               units bigint, input_tokens bigint, output_tokens bigint,
-	               overage_units bigint, cost numeric)
+	               units numeric, input_tokens numeric, output_tokens numeric,
+	               overage_units numeric, cost numeric)
 	LANGUAGE sql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	-- The ledger tail's bound is known only at run time, so its plan is
@@ -612,9 +665,8 @@ CREATE FUNCTION quota_ext._usage_days(tenant_id bigint, from_day date, to_day da
 	-- a handful of rows.
 	SET jit = off
 	AS $$
-	SELECT x.day, x.model_id, x.user_id, x.currency, sum(x.calls)::bigint, sum(x.units)::bigint,
-	       sum(x.input_tokens)::bigint, sum(x.output_tokens)::bigint, sum(x.overage_units)::bigint,
-	       sum(x.cost)
+	SELECT x.day, x.model_id, x.user_id, x.currency, sum(x.calls)::bigint, sum(x.units),
+	       sum(x.input_tokens), sum(x.output_tokens), sum(x.overage_units), sum(x.cost)
 	  FROM (SELECT d.day, d.model_id, d.user_id, d.currency::text AS currency, d.calls, d.units,
 	               d.input_tokens, d.output_tokens, d.overage_units, d.cost
 	          FROM quota_ext.usage_daily d
@@ -638,8 +690,8 @@ COMMENT ON FUNCTION quota_ext._usage_days(bigint, date, date) IS
 
 CREATE FUNCTION quota_ext.usage_report(tenant_id bigint, "from" timestamptz, "to" timestamptz,
 	group_by text DEFAULT 'model')
-	RETURNS TABLE (model text, day date, user_id bigint, currency text, calls bigint, units bigint,
-	               input_tokens bigint, output_tokens bigint, overage_units bigint, cost numeric)
+	RETURNS TABLE (model text, day date, user_id bigint, currency text, calls bigint, units numeric,
+	               input_tokens numeric, output_tokens numeric, overage_units numeric, cost numeric)
 	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
@@ -673,8 +725,8 @@ BEGIN
 	       CASE WHEN usage_report.group_by = 'day' THEN x.day END,
 	       CASE WHEN usage_report.group_by = 'user' THEN nullif(x.user_id, 0) END,
 	       nullif(x.currency, 'XXX'),
-	       sum(x.calls)::bigint, sum(x.units)::bigint, sum(x.input_tokens)::bigint,
-	       sum(x.output_tokens)::bigint, sum(x.overage_units)::bigint, sum(x.cost)
+	       sum(x.calls)::bigint, sum(x.units), sum(x.input_tokens),
+	       sum(x.output_tokens), sum(x.overage_units), sum(x.cost)
 	  FROM quota_ext._usage_days(usage_report.tenant_id, d0, d1) x
 	  JOIN quota_ext.models m ON m.model_id = x.model_id
 	 GROUP BY 1, 2, 3, 4
