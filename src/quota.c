@@ -408,17 +408,22 @@ check_ttl(const Interval *ttl)
 	int64		part;
 	Interval   *out;
 
-	if (pg_mul_s64_overflow((int64) ttl->month, (int64) DAYS_PER_MONTH * USECS_PER_DAY, &part) ||
+	bool		overflow;
+
+	overflow = pg_mul_s64_overflow((int64) ttl->month, (int64) DAYS_PER_MONTH * USECS_PER_DAY, &part) ||
 		pg_add_s64_overflow(ttl->time, part, &usecs) ||
 		pg_mul_s64_overflow((int64) ttl->day, USECS_PER_DAY, &part) ||
-		pg_add_s64_overflow(usecs, part, &usecs) ||
-		usecs <= 0 || usecs > QUOTA_MAX_TTL_USECS)
+		pg_add_s64_overflow(usecs, part, &usecs);
+	if (overflow || usecs <= 0 || usecs > QUOTA_MAX_TTL_USECS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("ttl must be positive and at most 7 days"),
-				 errdetail("Got %s.",
-						   DatumGetCString(DirectFunctionCall1(interval_out,
-															   IntervalPGetDatum(ttl))))));
+				 overflow ? 0 :
+				 errdetail("Got %s seconds; the most is %lld.",
+						   DatumGetCString(DirectFunctionCall1(numeric_out,
+															   DirectFunctionCall1(numeric_trim_scale,
+																				   NumericGetDatum(int64_div_fast_to_numeric(usecs, 6))))),
+						   (long long) (QUOTA_MAX_TTL_USECS / USECS_PER_SEC))));
 	out = palloc0(sizeof(Interval));
 	out->time = usecs;
 	return out;

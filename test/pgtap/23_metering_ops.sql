@@ -26,7 +26,7 @@ SELECT pg_temp.mx_usage(:ta, :m1, '2025-01-05 10:00+00', 5, 0, NULL);
 SELECT pg_temp.mx_usage(:ta, :m1, '2025-01-31 23:30+00', 6, 0, NULL);
 SELECT pg_temp.mx_usage(:tb, :m2, '2025-02-01 00:10+00', 7, 0, NULL);
 SELECT set_eq($$SELECT * FROM quota_ext.usage_partitions_maintain(2)$$,
-	format($$SELECT 'usage_p' || to_char(g, 'YYYYMM'), 'created' FROM generate_series(date_trunc('month', now() AT TIME ZONE 'UTC'),
+	format($$SELECT 'usage_p' || to_char(g, 'YYYYMM') AS p, 'created' AS a FROM generate_series(date_trunc('month', now() AT TIME ZONE 'UTC'),
 	         date_trunc('month', now() AT TIME ZONE 'UTC') + interval '2 months', interval '1 month') g
 	         UNION ALL VALUES ('usage_p202501', 'created'), ('usage_p202502', 'created')$$),
 	'maintain: this month and two ahead, plus the months found in the default partition');

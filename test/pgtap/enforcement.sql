@@ -159,7 +159,7 @@ SELECT is((SELECT used FROM quota_ext.quota_counters WHERE tenant_id = :big), 0:
 -- used near INT64 max (9223 calls of 10^15): the next charge would overflow: 22003, nothing changed
 SELECT quota_ext.quota_set(:big, 'monthly', 9223372036854775807, metric => 'units') = :big_q AS ok \gset
 SELECT is((SELECT count(*) FROM generate_series(1, 9223) g,
-                  LATERAL quota_ext.quota_consume(:big, 'tap-m', 1000000000000000) c WHERE c.allowed),
+                  LATERAL quota_ext.quota_consume(:big, 'tap-m', 1000000000000000 + 0 * g) c WHERE c.allowed),
           9223::bigint, 'a limit of INT64 max takes 9223 calls of 10^15 units');
 SELECT throws_ok(format('SELECT quota_ext.quota_consume(%s, %L, 1000000000000000)', :big, 'tap-m'), '22003',
                  format('quota %s would overflow', :big_q), 'used + units beyond INT64 max: 22003');
@@ -174,7 +174,7 @@ SELECT quota_ext.tenant_create('tap-alert', 'enterprise') AS al \gset
 SELECT quota_ext.policy_set(:al, 'tap-m', true) > 0 AS ok \gset
 SELECT quota_ext.quota_set(:al, 'never', 10, metric => 'units', on_exceed => 'alert') AS al_q \gset
 SELECT is((SELECT count(*) FROM generate_series(1, 9223) g,
-                  LATERAL quota_ext.quota_consume(:al, 'tap-m', 1000000000000000) c WHERE c.allowed),
+                  LATERAL quota_ext.quota_consume(:al, 'tap-m', 1000000000000000 + 0 * g) c WHERE c.allowed),
           9223::bigint, 'alert quota: 9223 calls of 10^15 units pass a limit of 10');
 SELECT throws_ok(format('SELECT quota_ext.quota_consume(%s, %L, 1000000000000000)', :al, 'tap-m'), '22003', NULL,
                  'alert quota near INT64 max: one more call is 22003');
@@ -183,7 +183,7 @@ SELECT quota_ext.tenant_create('tap-settle', 'enterprise') AS st \gset
 SELECT quota_ext.policy_set(:st, 'tap-m', true) > 0 AS ok \gset
 SELECT quota_ext.quota_set(:st, 'never', 9223372036854775807, metric => 'units') > 0 AS ok \gset
 SELECT count(*) AS st_n FROM generate_series(1, 9222) g,
-       LATERAL quota_ext.quota_consume(:st, 'tap-m', 1000000000000000) c WHERE c.allowed \gset
+       LATERAL quota_ext.quota_consume(:st, 'tap-m', 1000000000000000 + 0 * g) c WHERE c.allowed \gset
 SELECT reservation_id AS st_res FROM quota_ext.quota_reserve(:st, 'tap-m', 999999999999990) \gset
 SELECT is((quota_ext.quota_consume(:st, 'tap-m', 372036854775810)).allowed, true, 'the counter is at INT64 max - 7');
 SELECT throws_ok(format('SELECT quota_ext.quota_settle(%s, %s, 1000000000000000)', :st, :st_res), '22003', NULL,
@@ -256,7 +256,7 @@ SELECT is((quota_ext.quota_consume(:a, 'tap-m', 5, repeat('k', 255))).replayed, 
 SELECT is((quota_ext.quota_consume(:a, 'tap-m', 5, repeat('k', 255))).replayed, true,
           'and replayed the second time');
 SELECT throws_ok(format('SELECT quota_ext.quota_consume(%s, %L, %s, %L)', :a, mo, u, repeat('k', 255)), '22023',
-                 format('idempotency key "%s" was used with other parameters', repeat('k', 255)),
+                 format('idempotency key "%s..." was used with other parameters', repeat('k', 64)),
                  format('same key, %s x %s units: 22023', mo, u))
   FROM (VALUES ('tap-m', 6), ('tap-m2', 5)) v(mo, u);
 SELECT throws_ok(format('SELECT quota_ext.quota_reserve(%s, %L, 5, idempotency_key => %L)', :a, 'tap-m', repeat('k', 255)),
