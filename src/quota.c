@@ -970,7 +970,8 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 		before = isnull ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
 		/* committed total as of the statement: for reporting and events */
 		r->old_used = Min(before, r->max_units);
-		r->new_used = Min(r->old_used + amount, r->max_units);
+		/* old_used <= max_units: the difference cannot overflow, a sum could */
+		r->new_used = (amount > r->max_units - r->old_used) ? r->max_units : r->old_used + amount;
 		(void) SPI_getbinval(tup, desc, 1, &none);
 		if (none && !DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull)))
 			result = SLOT_NONE_FITS;
@@ -1062,7 +1063,7 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied)
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 		before = isnull ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
 		r->old_used = Min(before, r->max_units);
-		r->new_used = Min(r->old_used + amount, r->max_units);
+		r->new_used = (amount > r->max_units - r->old_used) ? r->max_units : r->old_used + amount;
 		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 									   &isnull)))
 			return;
