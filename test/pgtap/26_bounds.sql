@@ -11,7 +11,7 @@
 --  13: an error quotes at most 64 characters of a caller's text.
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(109);
+SELECT plan(111);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('bd-a', 'enterprise') AS ta \gset
@@ -24,6 +24,7 @@ SELECT quota_ext.price_set('bd-m', 'USD', unit_price => 0.000001, input_per_1k =
 SELECT quota_ext.price_set('bd-dear', 'USD', unit_price => 1000);
 SELECT quota_ext.quota_set(:ta, 'monthly', 100000);
 SELECT quota_ext.quota_set(:tb, 'monthly', 100000);
+SELECT api_key AS ka FROM quota_ext.user_create(:ta, 'bd@example.com') \gset
 \o
 
 -- ---------------------------------------------------------------------------
@@ -89,6 +90,8 @@ SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.quota_consume(%s, %L, 1
 	'22003', 'input_tokens must be at most 1000000000000000', 'consume: input_tokens over the maximum');
 SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.quota_consume(%s, %L, 1, output_tokens => 900000000000000000)', :ta, 'bd-m'),
 	'22003', 'output_tokens must be at most 1000000000000000', 'consume: the reported 9 * 10^17 output_tokens');
+SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.invoke(%L, %L, 1000000000000001)', :'ka', 'bd-m'),
+	'22003', 'units must be at most 1000000000000000', 'invoke: units over the maximum');
 SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.quota_reserve(%s, %L, 1000000000000001)', :ta, 'bd-m'),
 	'22003', 'estimate must be at most 1000000000000000', 'reserve: estimate over the maximum');
 SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.quota_settle(%s, %s, 1000000000000001)', :tb, :rb),
