@@ -341,18 +341,61 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._admin_only(text) IS 'Internal: refuse a cross-tenant operation inside a tenant context';
 
+-- ACCESS EXCLUSIVE on the ledger (and on one partition, and the default
+-- partition), as detaching a partition or moving rows out of the default
+-- one needs it, without ever making charges wait long behind it: each try
+-- waits at most 100 ms (this function's lock_timeout), so the charges
+-- queued behind the request wait no longer; up to three tries, with a
+-- pause between them in which the queue drains.  false: not granted, and
+-- nothing is held.
+CREATE FUNCTION quota_ext._usage_lock_briefly(part regclass) RETURNS boolean
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	SET lock_timeout = '100ms'
+	AS $$
+BEGIN
+	FOR i IN 1 .. 3 LOOP
+		BEGIN
+			LOCK TABLE ONLY quota_ext.usage IN ACCESS EXCLUSIVE MODE;
+			IF part IS NOT NULL THEN
+				EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', part);
+			END IF;
+			LOCK TABLE ONLY quota_ext.usage_default IN ACCESS EXCLUSIVE MODE;
+			RETURN true;
+		EXCEPTION WHEN lock_not_available THEN
+			-- (the subtransaction's rollback released what it had taken)
+			IF i < 3 THEN
+				PERFORM pg_sleep(0.1 * i);
+			END IF;
+		END;
+	END LOOP;
+	RETURN false;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._usage_lock_briefly(regclass) IS
+	'Internal: ACCESS EXCLUSIVE on the ledger (a partition, the default partition) within 3 tries of 100 ms, else false';
+
 -- Maintenance never queues a lock that the hot path would then queue
--- behind (issue 12, finding 12).  A new month is made as a standalone table
+-- behind for long (issue 12, finding 12).  A month ahead (the daily case:
+-- partitions are made three months ahead) is made as a standalone table
 -- (LIKE the ledger, with the indexes, FORCE RLS and policies of
 -- _usage_partition_secure) and then ATTACHed: ATTACH PARTITION takes SHARE
 -- UPDATE EXCLUSIVE on the ledger, which no reader or writer conflicts with,
 -- where CREATE TABLE ... PARTITION OF took ACCESS EXCLUSIVE and so queued
 -- every invoke behind any transaction left open on the ledger.  ATTACH also
 -- takes ACCESS EXCLUSIVE on the default partition (its constraint changes);
--- invoke never touches it, but settlements and refunds read the ledger
--- through it, so maintenance takes that lock NOWAIT and, when a transaction
--- holds it, skips with a WARNING and returns the months as 'skipped': the
--- next scheduled run (partitions are made months ahead) makes them.
+-- charges never touch it, but settlements, refunds and readers of the whole
+-- ledger do, so maintenance asks for it NOWAIT.  A statement planned before
+-- the ATTACH commits does not see the new partition; that is harmless for a
+-- month that has not begun: it holds no rows and no charge routes there.
+-- This month or an earlier one (maintenance started late; rows to move out
+-- of the default partition) is different: a reader planned before the move
+-- and running after it would miss the moved rows (a rollup would skip them
+-- for good), and a charge could be routed by the old partitions.  Those
+-- months are made under ACCESS EXCLUSIVE on the ledger, which every
+-- statement takes in order before planning, taken by _usage_lock_briefly().
+-- Months whose lock is not granted are skipped with a WARNING and returned
+-- as 'skipped'; the next scheduled run makes them.
 CREATE FUNCTION quota_ext.usage_partitions_maintain(months_ahead integer DEFAULT 3)
 	RETURNS TABLE (partition text, action text)
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -363,6 +406,9 @@ DECLARE
 	first timestamptz := date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
 	m timestamptz;
 	months timestamptz[];
+	begun timestamptz[];
+	ahead timestamptz[];
+	skipped timestamptz[] := '{}';
 	hi timestamptz;
 	part text;
 	moved bigint;
@@ -397,21 +443,37 @@ BEGIN
 	IF months IS NULL THEN
 		RETURN;
 	END IF;
-	-- the ledger in the mode ATTACH takes (readers and writers go on), then
-	-- the default partition without ever waiting for it
-	LOCK TABLE ONLY quota_ext.usage IN SHARE UPDATE EXCLUSIVE MODE;
-	BEGIN
-		LOCK TABLE ONLY quota_ext.usage_default IN ACCESS EXCLUSIVE MODE NOWAIT;
-	EXCEPTION WHEN lock_not_available THEN
-		RAISE WARNING 'usage_partitions_maintain skipped % month(s): a transaction is using quota_ext.usage_default',
-		              cardinality(months)
-			USING DETAIL = 'Attaching a partition locks the default partition; waiting for it would queue the settlements and refunds behind that transaction.',
-			      HINT = 'The next scheduled run creates them; long transactions on quota_ext.usage delay it.';
+	-- (a row's created_at is never in the future: months ahead hold no rows)
+	SELECT coalesce(array_agg(x ORDER BY x) FILTER (WHERE x <= clock_timestamp()), '{}'),
+	       coalesce(array_agg(x ORDER BY x) FILTER (WHERE x > clock_timestamp()), '{}')
+	  INTO begun, ahead
+	  FROM unnest(months) x;
+	IF cardinality(begun) > 0 THEN
+		IF NOT quota_ext._usage_lock_briefly(NULL) THEN
+			skipped := begun;
+			begun := '{}';
+		END IF;
+	END IF;
+	IF cardinality(ahead) > 0 AND cardinality(begun) = 0 THEN
+		-- the ledger in the mode ATTACH takes (readers and writers go on),
+		-- then the default partition without ever waiting for it
+		LOCK TABLE ONLY quota_ext.usage IN SHARE UPDATE EXCLUSIVE MODE;
+		BEGIN
+			LOCK TABLE ONLY quota_ext.usage_default IN ACCESS EXCLUSIVE MODE NOWAIT;
+		EXCEPTION WHEN lock_not_available THEN
+			skipped := skipped || ahead;
+			ahead := '{}';
+		END;
+	END IF;
+	IF cardinality(skipped) > 0 THEN
+		RAISE WARNING 'usage_partitions_maintain skipped % month(s): other transactions are using quota_ext.usage',
+		              cardinality(skipped)
+			USING DETAIL = 'Making a partition locks the default partition (and, for a month that has begun, the ledger); waiting for that would make charges, settlements and refunds wait behind those transactions.',
+			      HINT = 'The next scheduled run makes them; long transactions on quota_ext.usage delay it.';
 		RETURN QUERY SELECT 'usage_p' || to_char(x AT TIME ZONE 'UTC', 'YYYYMM'), 'skipped'
-		               FROM unnest(months) x ORDER BY 1;
-		RETURN;
-	END;
-	FOREACH m IN ARRAY months
+		               FROM unnest(skipped) x ORDER BY 1;
+	END IF;
+	FOREACH m IN ARRAY begun || ahead
 	LOOP
 		part := 'usage_p' || to_char(m AT TIME ZONE 'UTC', 'YYYYMM');
 		hi := ((m AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
@@ -444,9 +506,9 @@ COMMENT ON FUNCTION quota_ext.usage_partitions_maintain(integer) IS
 	'Create the monthly ledger partitions from this month to months_ahead (idempotent; moves rows out of the default partition; never queues behind a transaction on the ledger: skipped months are returned and made by the next run)';
 
 -- Detaching needs ACCESS EXCLUSIVE on the ledger, which every invoke queues
--- behind while it is waited for: the wait is bounded by a lock_timeout of
--- 100 ms, and a partition whose lock is not granted in that time is skipped
--- (WARNING, returned as 'skipped') for the next scheduled run.
+-- behind while it is waited for: _usage_lock_briefly() bounds each wait to
+-- 100 ms, and partitions whose lock is not granted are skipped (WARNING,
+-- returned as 'skipped') for the next scheduled run.
 CREATE FUNCTION quota_ext.usage_partition_detach(before timestamptz)
 	RETURNS TABLE (partition text, action text)
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -456,7 +518,6 @@ CREATE FUNCTION quota_ext.usage_partition_detach(before timestamptz)
 DECLARE
 	r record;
 	w timestamptz;
-	saved_timeout text := current_setting('lock_timeout');
 	skipping boolean := false;
 BEGIN
 	IF before IS NULL THEN PERFORM quota_ext._null_arg('before'); END IF;
@@ -478,21 +539,11 @@ BEGIN
 				USING ERRCODE = 'object_not_in_prerequisite_state',
 				      HINT = 'Run quota_ext.usage_rollup() first.';
 		END IF;
-		IF NOT skipping THEN
-			BEGIN
-				-- DETACH locks the ledger, the partition and the default
-				-- partition (whose constraint changes): all three here
-				PERFORM set_config('lock_timeout', '100ms', true);
-				LOCK TABLE ONLY quota_ext.usage IN ACCESS EXCLUSIVE MODE;
-				EXECUTE format('LOCK TABLE ONLY quota_ext.%I IN ACCESS EXCLUSIVE MODE', r.relname);
-				LOCK TABLE ONLY quota_ext.usage_default IN ACCESS EXCLUSIVE MODE;
-				PERFORM set_config('lock_timeout', saved_timeout, true);
-			EXCEPTION WHEN lock_not_available THEN
-				-- (the subtransaction's rollback restored lock_timeout)
-				skipping := true;
-				RAISE WARNING 'usage_partition_detach skipped: quota_ext.usage stayed locked by other transactions for 100 ms'
-					USING HINT = 'The next scheduled run detaches the partitions left; long transactions on quota_ext.usage delay it.';
-			END;
+		IF NOT skipping AND NOT quota_ext._usage_lock_briefly(format('quota_ext.%I', r.relname)::regclass) THEN
+			skipping := true;
+			RAISE WARNING 'usage_partition_detach skipped: other transactions kept quota_ext.usage locked'
+				USING DETAIL = 'Three tries of 100 ms each; waiting longer would make charges wait behind those transactions.',
+				      HINT = 'The next scheduled run detaches the partitions left; long transactions on quota_ext.usage delay it.';
 		END IF;
 		IF skipping THEN
 			partition := r.relname::text;
@@ -510,7 +561,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION quota_ext.usage_partition_detach(timestamptz) IS
-	'Detach the monthly ledger partitions that end at or before an instant (they stay as plain tables to archive or drop); waits at most 100 ms for the ledger''s lock, else skips them (returned as skipped) for the next run';
+	'Detach the monthly ledger partitions that end at or before an instant (they stay as plain tables to archive or drop); waits at most 100 ms at a time for the ledger''s lock, else skips them (returned as skipped) for the next run';
 
 -- ---------------------------------------------------------------------------
 -- rollups
