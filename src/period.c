@@ -175,7 +175,7 @@ period_bounds(PG_FUNCTION_ARGS)
 	if (p < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid period \"%s\"", word),
+				 errmsg("invalid period \"%s\"", QuotaQuoteInput(word)),
 				 errhint("Use minute, hour, day, week, month, year or lifetime.")));
 	if (TIMESTAMP_NOT_FINITE(PG_GETARG_TIMESTAMPTZ(2)))
 		ereport(ERROR,

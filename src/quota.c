@@ -377,6 +377,75 @@ check_positive(int64 v, const char *name)
 }
 
 /*
+ * check_bounded
+ *		Units, tokens: at most QUOTA_MAX_UNITS per call (quota_ext.h).  Sums
+ *		over the ledger are numeric, but one call's numbers must stay far
+ *		from the int64 range of a counter and of the ledger's columns.
+ */
+static void
+check_bounded(int64 v, const char *name)
+{
+	if (v > QUOTA_MAX_UNITS)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("%s must be at most %lld", name, (long long) QUOTA_MAX_UNITS),
+				 errdetail("Got %lld.", (long long) v)));
+}
+
+/*
+ * check_ttl
+ *		A reservation's ttl as a duration: every field counts (a month as 30
+ *		days, a day as 24 hours, as EXTRACT(epoch) does), the whole must be
+ *		positive and at most 7 days.  Returns it as an interval of time only,
+ *		so that expires_at is exactly that long after the charge instant
+ *		whatever the session's time zone.  (Only the days were bounded
+ *		before: '1000000 hours' passed, issue 12 finding 9.)
+ */
+#define QUOTA_MAX_TTL_USECS		(INT64CONST(7) * USECS_PER_DAY)
+
+static Interval *
+check_ttl(const Interval *ttl)
+{
+	int64		usecs;
+	int64		part;
+	Interval   *out;
+
+	bool		overflow;
+
+	overflow = pg_mul_s64_overflow((int64) ttl->month, (int64) DAYS_PER_MONTH * USECS_PER_DAY, &part) ||
+		pg_add_s64_overflow(ttl->time, part, &usecs) ||
+		pg_mul_s64_overflow((int64) ttl->day, USECS_PER_DAY, &part) ||
+		pg_add_s64_overflow(usecs, part, &usecs);
+	if (overflow || usecs <= 0 || usecs > QUOTA_MAX_TTL_USECS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("ttl must be positive and at most 7 days"),
+				 overflow ? 0 :
+				 errdetail("Got %s seconds; the most is %lld.",
+						   DatumGetCString(DirectFunctionCall1(numeric_out,
+															   DirectFunctionCall1(numeric_trim_scale,
+																				   NumericGetDatum(int64_div_fast_to_numeric(usecs, 6))))),
+						   (long long) (QUOTA_MAX_TTL_USECS / USECS_PER_SEC))));
+	out = palloc0(sizeof(Interval));
+	out->time = usecs;
+	return out;
+}
+
+/* a call's cost: at most QUOTA_MAX_COST_MICRO micro-units */
+static void
+check_cost_bounded(int64 micro)
+{
+	if (micro > QUOTA_MAX_COST_MICRO || micro < -QUOTA_MAX_COST_MICRO)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("the cost of one call must be at most %lld",
+						(long long) (QUOTA_MAX_COST_MICRO / 1000000)),
+				 errdetail("Got %s.",
+						   DatumGetCString(DirectFunctionCall1(numeric_out,
+															   QuotaMicroToNumeric(micro))))));
+}
+
+/*
  * check_writable
  *		Every function below writes.  In a read-only transaction (or on a
  *		standby) say so first, with PostgreSQL's own SQLSTATE and wording
@@ -427,6 +496,8 @@ check_metering_args(FunctionCallInfo fcinfo, int argno, UsageTokens *tokens, Dat
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("input_tokens and output_tokens must not be negative")));
+	check_bounded(tokens->input, "input_tokens");
+	check_bounded(tokens->output, "output_tokens");
 	if (metadata == NULL)
 		return;
 	*metadata = (Datum) 0;
@@ -453,7 +524,7 @@ raise_unknown_model(const char *model)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
-			 errmsg("model \"%s\" does not exist", model)));
+			 errmsg("model \"%s\" does not exist", QuotaQuoteInput(model))));
 }
 
 /* ----------------------------------------------------------------------
@@ -901,7 +972,8 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 		before = isnull ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
 		/* committed total as of the statement: for reporting and events */
 		r->old_used = Min(before, r->max_units);
-		r->new_used = Min(r->old_used + amount, r->max_units);
+		/* old_used <= max_units: the difference cannot overflow, a sum could */
+		r->new_used = (amount > r->max_units - r->old_used) ? r->max_units : r->old_used + amount;
 		(void) SPI_getbinval(tup, desc, 1, &none);
 		if (none && !DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull)))
 			result = SLOT_NONE_FITS;
@@ -993,7 +1065,7 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied)
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 		before = isnull ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
 		r->old_used = Min(before, r->max_units);
-		r->new_used = Min(r->old_used + amount, r->max_units);
+		r->new_used = (amount > r->max_units - r->old_used) ? r->max_units : r->old_used + amount;
 		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 									   &isnull)))
 			return;
@@ -1319,7 +1391,8 @@ idem_claim(const ConsumeRequest *req, Decision *d)
 		DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull)) != req->units)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("idempotency key \"%s\" was used with other parameters", req->idem_key),
+				 errmsg("idempotency key \"%s\" was used with other parameters",
+						QuotaQuoteInput(req->idem_key)),
 				 errhint("Use a new key for a different request.")));
 
 	memset(d, 0, sizeof(*d));
@@ -1654,6 +1727,7 @@ charge_cost(const ConsumeRequest *req, QuotaPolicyResult *pol, TimestampTz at,
 	extra->price_id = price->price_id;
 	extra->cost_micro = QuotaCostMicro(price, req->units, req->tokens.input,
 									   req->tokens.output);
+	check_cost_bounded(extra->cost_micro);
 	d->has_cost = true;
 	d->cost_micro = extra->cost_micro;
 	strlcpy(d->currency, price->currency, sizeof(d->currency));
@@ -1662,7 +1736,8 @@ charge_cost(const ConsumeRequest *req, QuotaPolicyResult *pol, TimestampTz at,
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("cost quota %lld counts %s but model \"%s\" is priced in %s",
-							(long long) rows[i].quota_id, rows[i].currency, req->model,
+							(long long) rows[i].quota_id, rows[i].currency,
+							QuotaQuoteInput(req->model),
 							price->currency),
 					 errhint("Give the tenant a price in %s with quota_ext.price_set(), or a cost quota in %s.",
 							 rows[i].currency, price->currency)));
@@ -2254,6 +2329,7 @@ consume_args(FunctionCallInfo fcinfo, ConsumeRequest *req)
 	req->model = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	req->units = PG_GETARG_INT64(2);
 	check_positive(req->units, "units");
+	check_bounded(req->units, "units");
 	req->idem_key = check_idem_key(fcinfo, 3);
 	QuotaCheckTenantAccess(req->tenant_id);
 	request_identity(fcinfo, 4, req);
@@ -2293,7 +2369,7 @@ raise_denial(const ConsumeRequest *req, const Decision *d)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("model \"%s\" is not allowed for tenant %lld",
-						req->model, (long long) req->tenant_id),
+						QuotaQuoteInput(req->model), (long long) req->tenant_id),
 				 errhint("Allow it with quota_ext.policy_set().")));
 	if (d->denied_by == denied_rate)
 		ereport(ERROR,
@@ -2375,6 +2451,7 @@ invoke(PG_FUNCTION_ARGS)
 	req.model = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	req.units = PG_GETARG_INT64(2);
 	check_positive(req.units, "units");
+	check_bounded(req.units, "units");
 	req.idem_key = check_idem_key(fcinfo, 3);
 	check_metering_args(fcinfo, 4, &req.tokens, &req.metadata);
 
@@ -2414,13 +2491,9 @@ quota_reserve(PG_FUNCTION_ARGS)
 	req.model = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	req.units = PG_GETARG_INT64(2);
 	check_positive(req.units, "estimate");
+	check_bounded(req.units, "estimate");
 	ttl = PG_GETARG_INTERVAL_P(3);
-	if (ttl->month != 0 || ttl->day < 0 || ttl->time < 0 || (ttl->day == 0 && ttl->time == 0) ||
-		ttl->day > 7 || (ttl->day == 7 && ttl->time > 0))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("ttl must be positive and at most 7 days")));
-	req.ttl = ttl;
+	req.ttl = check_ttl(ttl);
 	req.reserve = true;
 	req.idem_key = check_idem_key(fcinfo, 4);
 	QuotaCheckTenantAccess(req.tenant_id);
@@ -2476,6 +2549,7 @@ quota_settle(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("actual must not be negative")));
+	check_bounded(actual, "actual");
 	check_metering_args(fcinfo, 3, &actual_tokens, NULL);
 	QuotaCheckTenantAccess(tenant_id);
 	memset(&d, 0, sizeof(d));
@@ -2520,6 +2594,7 @@ quota_settle(PG_FUNCTION_ARGS)
 	extra.tokens.output = actual_tokens.output - res.tokens.output;
 	QuotaPriceById(res.price_id, &price);
 	actual_cost = QuotaCostMicro(&price, actual, actual_tokens.input, actual_tokens.output);
+	check_cost_bounded(actual_cost);
 	extra.cost_micro = actual_cost - res.cost_micro;
 	if (price.found)
 	{

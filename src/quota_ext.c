@@ -12,6 +12,7 @@
  */
 #include "quota_ext.h"
 
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 
@@ -49,4 +50,30 @@ QuotaArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("argument \"%s\" must not be null", name)));
+}
+
+/*
+ * QuotaQuoteInput
+ *		A caller's text as an error message may quote it: at most
+ *		QUOTA_QUOTE_MAX_CHARS characters, cut on a character boundary and
+ *		marked with "..." when cut.  An error must not echo a megabyte of
+ *		input into the log and back to the client (issue 12, finding 13);
+ *		quota_ext._quote_input() is the same rule for PL/pgSQL.
+ */
+const char *
+QuotaQuoteInput(const char *s)
+{
+	int			len;
+	int			cut;
+
+	if (s == NULL)
+		return "";
+	len = strlen(s);
+	if (len <= QUOTA_QUOTE_MAX_CHARS)
+		return s;
+	/* the byte length of the first QUOTA_QUOTE_MAX_CHARS characters */
+	cut = pg_mbcharcliplen(s, len, QUOTA_QUOTE_MAX_CHARS);
+	if (cut >= len)
+		return s;
+	return psprintf("%.*s...", cut, s);
 }

@@ -300,5 +300,20 @@ extern int64 QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w
 
 /* argument helpers (quota_ext.c) */
 extern void QuotaArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name);
+extern const char *QuotaQuoteInput(const char *s);
+
+/*
+ * Bounds of one call (doc/reference.md, "Bounds"): units, an estimate or an
+ * actual, input_tokens and output_tokens are at most QUOTA_MAX_UNITS each
+ * (10^15: below 2^53, so JSON clients keep them exact), and a call's cost at
+ * most QUOTA_MAX_COST_MICRO micro-units (10^12 of its currency).  Beyond:
+ * 22003, nothing changed.  Sums of them (rollups, invoices, reports) are
+ * numeric; quota counters are int64 and checked (22003 for that quota).
+ */
+#define QUOTA_MAX_UNITS			INT64CONST(1000000000000000)
+#define QUOTA_MAX_COST_MICRO	INT64CONST(1000000000000000000)
+
+/* error messages quote at most this many characters of a caller's text */
+#define QUOTA_QUOTE_MAX_CHARS	64
 
 #endif							/* QUOTA_EXT_H */

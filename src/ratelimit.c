@@ -1256,7 +1256,7 @@ rate_limit_apply(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("model \"%s\" does not exist",
-							text_to_cstring(PG_GETARG_TEXT_PP(1)))));
+							QuotaQuoteInput(text_to_cstring(PG_GETARG_TEXT_PP(1))))));
 	}
 	QuotaRateLimitApply(tenant_id, model_id, key_id, quantity, &d);
 	QuotaSpiEnd(&spi);

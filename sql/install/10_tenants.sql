@@ -116,6 +116,20 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._null_arg(text) IS 'Internal: raise 22004 for a NULL argument';
 
+-- A caller's text as an error message may quote it: at most 64 characters,
+-- marked with "..." when cut, so that an error never echoes a megabyte of
+-- input into the log and back (src/quota_ext.c QuotaQuoteInput() is the
+-- same rule in C).
+CREATE FUNCTION quota_ext._quote_input(value text) RETURNS text
+	LANGUAGE sql IMMUTABLE PARALLEL SAFE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+	SELECT CASE WHEN pg_catalog.length($1) OPERATOR(pg_catalog.<=) 64 THEN $1
+	            ELSE pg_catalog.left($1, 64) OPERATOR(pg_catalog.||) '...' END
+	$$;
+COMMENT ON FUNCTION quota_ext._quote_input(text) IS
+	'Internal: at most 64 characters of a caller''s text for an error message ("..." when cut)';
+
 -- A display name: 1..maxlen characters, no control characters, no
 -- surrounding white space.
 CREATE FUNCTION quota_ext._check_label(what text, value text, maxlen integer) RETURNS text
@@ -149,7 +163,7 @@ BEGIN
 	END IF;
 	IF length(tz) > 64
 	   OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_names z WHERE z.name = tz) THEN
-		RAISE EXCEPTION 'time zone "%" is not an IANA time zone name', left(tz, 64)
+		RAISE EXCEPTION 'time zone "%" is not an IANA time zone name', quota_ext._quote_input(tz)
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'Use a name from pg_timezone_names, such as Europe/Berlin.';
 	END IF;
@@ -167,7 +181,7 @@ BEGIN
 		PERFORM quota_ext._null_arg('role');
 	END IF;
 	IF role !~ '^[a-z][a-z0-9_-]{0,62}$' THEN
-		RAISE EXCEPTION 'invalid role name "%"', left(role, 64)
+		RAISE EXCEPTION 'invalid role name "%"', quota_ext._quote_input(role)
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'Role names are 1 to 63 lower-case letters, digits, "_" or "-", starting with a letter.';
 	END IF;
@@ -234,7 +248,7 @@ BEGIN
 	END IF;
 	PERFORM 1 FROM quota_ext.tiers WHERE tier = tenant_create.tier;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tier "%" does not exist', left(tenant_create.tier, 64)
+		RAISE EXCEPTION 'tier "%" does not exist', quota_ext._quote_input(tenant_create.tier)
 			USING ERRCODE = 'undefined_object';
 	END IF;
 	BEGIN
@@ -242,7 +256,7 @@ BEGIN
 		VALUES (tenant_create.name, tenant_create.tier, tenant_create.timezone, tenant_create.settings)
 		RETURNING * INTO t;
 	EXCEPTION WHEN unique_violation THEN
-		RAISE EXCEPTION 'tenant "%" already exists', tenant_create.name
+		RAISE EXCEPTION 'tenant "%" already exists', quota_ext._quote_input(tenant_create.name)
 			USING ERRCODE = 'unique_violation';
 	END;
 	PERFORM quota_ext._audit(t.tenant_id, 'tenant_create', 'tenant', t.tenant_id::text,
@@ -278,7 +292,7 @@ BEGIN
 	IF tenant_update.tier IS NOT NULL THEN
 		PERFORM 1 FROM quota_ext.tiers WHERE tier = tenant_update.tier;
 		IF NOT FOUND THEN
-			RAISE EXCEPTION 'tier "%" does not exist', left(tenant_update.tier, 64)
+			RAISE EXCEPTION 'tier "%" does not exist', quota_ext._quote_input(tenant_update.tier)
 				USING ERRCODE = 'undefined_object';
 		END IF;
 	END IF;
@@ -298,7 +312,7 @@ BEGIN
 		WHERE tenant_id = old.tenant_id
 		RETURNING * INTO new;
 	EXCEPTION WHEN unique_violation THEN
-		RAISE EXCEPTION 'tenant "%" already exists', tenant_update.name
+		RAISE EXCEPTION 'tenant "%" already exists', quota_ext._quote_input(tenant_update.name)
 			USING ERRCODE = 'unique_violation';
 	END;
 	PERFORM quota_ext._audit(old.tenant_id, 'tenant_update', 'tenant', old.tenant_id::text,
@@ -408,7 +422,7 @@ BEGIN
 		INSERT INTO quota_ext.users (tenant_id, email, role)
 		VALUES (t.tenant_id, e, user_create.role) RETURNING * INTO u;
 	EXCEPTION WHEN unique_violation THEN
-		RAISE EXCEPTION 'user "%" already exists in tenant %', e, t.tenant_id
+		RAISE EXCEPTION 'user "%" already exists in tenant %', quota_ext._quote_input(e), t.tenant_id
 			USING ERRCODE = 'unique_violation';
 	END;
 	PERFORM quota_ext._audit(t.tenant_id, 'user_create', 'user', u.user_id::text, NULL, to_jsonb(u));
@@ -433,7 +447,7 @@ BEGIN
 	IF user_update.user_id IS NULL THEN PERFORM quota_ext._null_arg('user_id'); END IF;
 	IF user_update.role IS NOT NULL THEN PERFORM quota_ext._check_role(user_update.role); END IF;
 	IF user_update.status IS NOT NULL AND user_update.status NOT IN ('active', 'disabled') THEN
-		RAISE EXCEPTION 'invalid user status "%"', left(user_update.status, 64)
+		RAISE EXCEPTION 'invalid user status "%"', quota_ext._quote_input(user_update.status)
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use active or disabled.';
 	END IF;
 	SELECT * INTO old FROM quota_ext.users
@@ -592,7 +606,7 @@ BEGIN
 		        model_register.description, model_register.metadata)
 		RETURNING * INTO m;
 	EXCEPTION WHEN unique_violation THEN
-		RAISE EXCEPTION 'model "%" already exists', model_register.name
+		RAISE EXCEPTION 'model "%" already exists', quota_ext._quote_input(model_register.name)
 			USING ERRCODE = 'unique_violation';
 	END;
 	PERFORM quota_ext._audit(coalesce(m.owner_tenant_id, 0), 'model_register', 'model',

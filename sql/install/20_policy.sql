@@ -68,7 +68,7 @@ BEGIN
 	SELECT m.model_id INTO mid FROM quota_ext.models m
 	 WHERE m.owner_tenant_id = model_share.owner_tenant_id AND m.name = model_share.model;
 	IF mid IS NULL THEN
-		RAISE EXCEPTION 'model "%" does not exist', left(model, 200) USING ERRCODE = 'undefined_object';
+		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(model) USING ERRCODE = 'undefined_object';
 	END IF;
 	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = grantee_tenant_id;
 	IF NOT FOUND OR grantee_tenant_id = owner_tenant_id THEN
@@ -100,7 +100,7 @@ BEGIN
 	 WHERE m.owner_tenant_id = model_unshare.owner_tenant_id AND m.name = model_unshare.model;
 	DELETE FROM quota_ext.model_shares s WHERE s.tenant_id = grantee_tenant_id AND s.model_id = mid;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'model "%" is not shared with tenant %', left(model, 200), grantee_tenant_id
+		RAISE EXCEPTION 'model "%" is not shared with tenant %', quota_ext._quote_input(model), grantee_tenant_id
 			USING ERRCODE = 'undefined_object';
 	END IF;
 	PERFORM quota_ext._audit(owner_tenant_id, 'model_unshare', 'model', mid::text,
@@ -126,12 +126,12 @@ BEGIN
 	IF policy_set.allowed IS NULL THEN PERFORM quota_ext._null_arg('allowed'); END IF;
 	prefix := right(policy_set.model, 1) = '*';
 	IF prefix AND (length(policy_set.model) = 1 OR strpos(left(policy_set.model, -1), '*') > 0) THEN
-		RAISE EXCEPTION 'invalid model pattern "%"', policy_set.model
+		RAISE EXCEPTION 'invalid model pattern "%"', quota_ext._quote_input(policy_set.model)
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'A pattern is a model name prefix followed by one "*", as in gpt-4*.';
 	END IF;
 	IF NOT prefix AND quota_ext._model_resolve(t.tenant_id, policy_set.model) IS NULL THEN
-		RAISE EXCEPTION 'model "%" does not exist', policy_set.model USING ERRCODE = 'undefined_object';
+		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(policy_set.model) USING ERRCODE = 'undefined_object';
 	END IF;
 	IF policy_set.roles_allowed IS NOT NULL THEN
 		IF array_ndims(policy_set.roles_allowed) > 1 THEN
@@ -170,7 +170,7 @@ BEGIN
 	 WHERE tenant_id = t.tenant_id AND model_pattern = policy_delete.model
 	RETURNING * INTO old;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'policy for model "%" does not exist', left(policy_delete.model, 200)
+		RAISE EXCEPTION 'policy for model "%" does not exist', quota_ext._quote_input(policy_delete.model)
 			USING ERRCODE = 'undefined_object';
 	END IF;
 	PERFORM quota_ext._audit(t.tenant_id, 'policy_delete', 'policy', old.policy_id::text,

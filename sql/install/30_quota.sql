@@ -372,7 +372,7 @@ DECLARE
 	pc text;
 BEGIN
 	IF p IS NULL THEN
-		RAISE EXCEPTION 'invalid period "%"', left(quota_set.period, 64)
+		RAISE EXCEPTION 'invalid period "%"', quota_ext._quote_input(quota_set.period)
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'Use minute, hour, day, week, month, year or lifetime (or hourly, daily, weekly, monthly, yearly, never).';
 	END IF;
@@ -405,7 +405,7 @@ BEGIN
 		RAISE EXCEPTION 'soft_limit must not exceed max_units' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF m <> ALL (ARRAY['calls', 'units', 'cost']) THEN
-		RAISE EXCEPTION 'invalid metric "%"', left(m, 64)
+		RAISE EXCEPTION 'invalid metric "%"', quota_ext._quote_input(m)
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use calls, units or cost.';
 	END IF;
 	IF quota_set.slots IS NOT NULL AND (quota_set.slots < 1 OR quota_set.slots > 64) THEN
@@ -417,7 +417,7 @@ BEGIN
 			      HINT = 'Alert and overage quotas never deny, so one counter row does not serialize them more than the usage insert.';
 	END IF;
 	IF quota_set.on_exceed <> ALL (ARRAY['block', 'alert', 'overage']) THEN
-		RAISE EXCEPTION 'invalid on_exceed "%"', left(quota_set.on_exceed, 64)
+		RAISE EXCEPTION 'invalid on_exceed "%"', quota_ext._quote_input(quota_set.on_exceed)
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use block, alert or overage.';
 	END IF;
 	IF array_ndims(quota_set.thresholds) > 1 OR cardinality(quota_set.thresholds) > 16 THEN
@@ -433,14 +433,14 @@ BEGIN
 	IF quota_set.model IS NOT NULL THEN
 		mid := quota_ext._model_resolve(t.tenant_id, quota_set.model);
 		IF mid IS NULL THEN
-			RAISE EXCEPTION 'model "%" does not exist', left(quota_set.model, 200)
+			RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(quota_set.model)
 				USING ERRCODE = 'undefined_object';
 		END IF;
 		-- a model's cost quota must count in the currency of its price now
 		IF m = 'cost' THEN
 			SELECT pr.currency INTO pc FROM quota_ext._price_in_force(t.tenant_id, mid, now()) pr;
 			IF pc IS NOT NULL AND pc <> cur THEN
-				RAISE EXCEPTION 'model "%" is priced in %, not %', left(quota_set.model, 200), pc, cur
+				RAISE EXCEPTION 'model "%" is priced in %, not %', quota_ext._quote_input(quota_set.model), pc, cur
 					USING ERRCODE = 'invalid_parameter_value',
 					      HINT = 'A cost quota counts the currency of the prices it applies to.';
 			END IF;
@@ -621,7 +621,7 @@ BEGIN
 	IF quota_status.model IS NOT NULL THEN
 		mid := quota_ext._model_resolve(quota_status.tenant_id, quota_status.model);
 		IF mid IS NULL THEN
-			RAISE EXCEPTION 'model "%" does not exist', left(quota_status.model, 200)
+			RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(quota_status.model)
 				USING ERRCODE = 'undefined_object';
 		END IF;
 	END IF;

@@ -117,7 +117,7 @@ BEGIN
 	IF rate_limit_set.model IS NOT NULL THEN
 		mid := quota_ext._model_resolve(t.tenant_id, rate_limit_set.model);
 		IF mid IS NULL THEN
-			RAISE EXCEPTION 'model "%" does not exist', left(rate_limit_set.model, 200)
+			RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(rate_limit_set.model)
 				USING ERRCODE = 'undefined_object';
 		END IF;
 	END IF;

@@ -12,7 +12,7 @@ CREATE FUNCTION quota_ext._check_currency(currency text) RETURNS text
 BEGIN
 	IF currency IS NULL THEN PERFORM quota_ext._null_arg('currency'); END IF;
 	IF upper(currency) !~ '^[A-Z]{3}$' THEN
-		RAISE EXCEPTION 'invalid currency "%"', left(currency, 16)
+		RAISE EXCEPTION 'invalid currency "%"', quota_ext._quote_input(currency)
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'Use a three-letter ISO 4217 code such as USD or EUR.';
 	END IF;
@@ -20,6 +20,37 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION quota_ext._check_currency(text) IS 'Internal: validate an ISO 4217 currency code';
+
+-- An amount of money or a price from a caller: a finite number (numeric
+-- also holds NaN and +-Infinity, which poison every sum and every cost
+-- computed from them), not negative, at most 10^12 (a money limit) or 10^9
+-- (a price per unit or per 1,000 tokens).  NULL passes: the caller decides
+-- whether the argument is optional.
+CREATE FUNCTION quota_ext._check_money(amount numeric, what text, max numeric) RETURNS numeric
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF amount IS NULL THEN
+		RETURN NULL;
+	END IF;
+	IF amount = 'NaN'::numeric OR amount = 'Infinity'::numeric OR amount = '-Infinity'::numeric THEN
+		RAISE EXCEPTION '% must be a finite number', what
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = format('Got %s.', amount);
+	END IF;
+	IF amount < 0 THEN
+		RAISE EXCEPTION '% must not be negative', what USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF amount > max THEN
+		RAISE EXCEPTION '% is out of range', what
+			USING ERRCODE = 'numeric_value_out_of_range',
+			      DETAIL = format('At most %s.', max);
+	END IF;
+	RETURN amount;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._check_money(numeric, text, numeric) IS
+	'Internal: refuse NaN, Infinity, negative and too large amounts of money (22023, 22003)';
 
 -- Money to micro-units (1e-6) of its currency, exactly: cost quota limits
 -- and counters are kept in micro-units (see doc/metering.md).
@@ -31,17 +62,12 @@ DECLARE
 	micro numeric := amount * 1000000;
 BEGIN
 	IF amount IS NULL THEN PERFORM quota_ext._null_arg(what); END IF;
-	IF amount < 0 THEN
-		RAISE EXCEPTION '% must not be negative', what USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	PERFORM quota_ext._check_money(amount, what, 1000000000000);
 	IF micro <> trunc(micro) THEN
 		RAISE EXCEPTION '% has more than 6 decimal places', what
 			USING ERRCODE = 'invalid_parameter_value',
-			      DETAIL = format('Got %s.', amount),
+			      DETAIL = format('Got %s.', quota_ext._quote_input(amount::text)),
 			      HINT = 'Money budgets count micro-units (0.000001) of their currency.';
-	END IF;
-	IF micro > 9223372036854775807 THEN
-		RAISE EXCEPTION '% is out of range', what USING ERRCODE = 'numeric_value_out_of_range';
 	END IF;
 	RETURN micro::bigint;
 END
@@ -127,12 +153,12 @@ BEGIN
 		 WHERE m.name = _price_insert.model AND m.owner_tenant_id IS NULL;
 	END IF;
 	IF mid IS NULL THEN
-		RAISE EXCEPTION 'model "%" does not exist', _price_insert.model USING ERRCODE = 'undefined_object';
+		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(_price_insert.model) USING ERRCODE = 'undefined_object';
 	END IF;
-	IF _price_insert.unit_price < 0 OR _price_insert.input_per_1k < 0 OR _price_insert.output_per_1k < 0
-	   OR _price_insert.overage_unit_price < 0 THEN
-		RAISE EXCEPTION 'prices must not be negative' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	PERFORM quota_ext._check_money(_price_insert.unit_price, 'unit_price', 1000000000),
+	        quota_ext._check_money(_price_insert.input_per_1k, 'input_per_1k', 1000000000),
+	        quota_ext._check_money(_price_insert.output_per_1k, 'output_per_1k', 1000000000),
+	        quota_ext._check_money(_price_insert.overage_unit_price, 'overage_unit_price', 1000000000);
 	-- history is never repriced: a version starts now or later
 	IF _price_insert.effective_from < now() THEN
 		RAISE EXCEPTION 'effective_from must not be in the past'
@@ -148,7 +174,7 @@ BEGIN
 		        _price_insert.overage_unit_price, _price_insert.effective_from)
 		RETURNING * INTO p;
 	EXCEPTION WHEN unique_violation THEN
-		RAISE EXCEPTION 'a price of model "%" already starts at %', _price_insert.model,
+		RAISE EXCEPTION 'a price of model "%" already starts at %', quota_ext._quote_input(_price_insert.model),
 		                _price_insert.effective_from
 			USING ERRCODE = 'unique_violation';
 	END;
@@ -211,7 +237,7 @@ BEGIN
 	END IF;
 	mid := quota_ext._model_resolve(price_lookup.tenant_id, price_lookup.model);
 	IF mid IS NULL THEN
-		RAISE EXCEPTION 'model "%" does not exist', left(price_lookup.model, 200)
+		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(price_lookup.model)
 			USING ERRCODE = 'undefined_object';
 	END IF;
 	RETURN QUERY SELECT p.* FROM quota_ext._price_in_force(price_lookup.tenant_id, mid, price_lookup.at) p
@@ -302,15 +328,74 @@ $$;
 COMMENT ON FUNCTION quota_ext._usage_partition_secure(regclass) IS
 	'Internal: row-level security of a ledger partition';
 
+-- ACCESS EXCLUSIVE on the ledger (and on one partition, and the default
+-- partition), as detaching a partition or moving rows out of the default
+-- one needs it, without ever making charges wait long behind it: each try
+-- waits at most 100 ms (this function's lock_timeout), so the charges
+-- queued behind the request wait no longer; up to three tries, with a
+-- pause between them in which the queue drains.  false: not granted, and
+-- nothing is held.
+CREATE FUNCTION quota_ext._usage_lock_briefly(part regclass) RETURNS boolean
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	SET lock_timeout = '100ms'
+	AS $$
+BEGIN
+	FOR i IN 1 .. 3 LOOP
+		BEGIN
+			LOCK TABLE ONLY quota_ext.usage IN ACCESS EXCLUSIVE MODE;
+			IF part IS NOT NULL THEN
+				EXECUTE format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', part);
+			END IF;
+			LOCK TABLE ONLY quota_ext.usage_default IN ACCESS EXCLUSIVE MODE;
+			RETURN true;
+		EXCEPTION WHEN lock_not_available THEN
+			-- (the subtransaction's rollback released what it had taken)
+			IF i < 3 THEN
+				PERFORM pg_sleep(0.1 * i);
+			END IF;
+		END;
+	END LOOP;
+	RETURN false;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._usage_lock_briefly(regclass) IS
+	'Internal: ACCESS EXCLUSIVE on the ledger (a partition, the default partition) within 3 tries of 100 ms, else false';
+
+-- Maintenance never queues a lock that the hot path would then queue
+-- behind for long (issue 12, finding 12).  A month ahead (the daily case:
+-- partitions are made three months ahead) is made as a standalone table
+-- (LIKE the ledger, with the indexes, FORCE RLS and policies of
+-- _usage_partition_secure) and then ATTACHed: ATTACH PARTITION takes SHARE
+-- UPDATE EXCLUSIVE on the ledger, which no reader or writer conflicts with,
+-- where CREATE TABLE ... PARTITION OF took ACCESS EXCLUSIVE and so queued
+-- every invoke behind any transaction left open on the ledger.  ATTACH also
+-- takes ACCESS EXCLUSIVE on the default partition (its constraint changes);
+-- charges never touch it, but settlements, refunds and readers of the whole
+-- ledger do, so maintenance asks for it NOWAIT.  A statement planned before
+-- the ATTACH commits does not see the new partition; that is harmless for a
+-- month that has not begun: it holds no rows and no charge routes there.
+-- This month or an earlier one (maintenance started late; rows to move out
+-- of the default partition) is different: a reader planned before the move
+-- and running after it would miss the moved rows (a rollup would skip them
+-- for good), and a charge could be routed by the old partitions.  Those
+-- months are made under ACCESS EXCLUSIVE on the ledger, which every
+-- statement takes in order before planning, taken by _usage_lock_briefly().
+-- Months whose lock is not granted are skipped with a WARNING and returned
+-- as 'skipped'; the next scheduled run makes them.
 CREATE FUNCTION quota_ext.usage_partitions_maintain(months_ahead integer DEFAULT 3)
-	RETURNS SETOF text
+	RETURNS TABLE (partition text, action text)
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
+#variable_conflict use_column
 DECLARE
 	first timestamptz := date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
 	m timestamptz;
 	months timestamptz[];
+	begun timestamptz[];
+	ahead timestamptz[];
+	skipped timestamptz[] := '{}';
 	hi timestamptz;
 	part text;
 	moved bigint;
@@ -345,12 +430,37 @@ BEGIN
 	IF months IS NULL THEN
 		RETURN;
 	END IF;
-	-- DDL on the ledger: take the parent first, as every reader and writer
-	-- does, so that maintenance cannot deadlock with them (it waits for
-	-- them, and new calls wait a moment for it)
-	LOCK TABLE ONLY quota_ext.usage IN ACCESS EXCLUSIVE MODE;
-	LOCK TABLE quota_ext.usage_default IN ACCESS EXCLUSIVE MODE;
-	FOREACH m IN ARRAY months
+	-- (a row's created_at is never in the future: months ahead hold no rows)
+	SELECT coalesce(array_agg(x ORDER BY x) FILTER (WHERE x <= clock_timestamp()), '{}'),
+	       coalesce(array_agg(x ORDER BY x) FILTER (WHERE x > clock_timestamp()), '{}')
+	  INTO begun, ahead
+	  FROM unnest(months) x;
+	IF cardinality(begun) > 0 THEN
+		IF NOT quota_ext._usage_lock_briefly(NULL) THEN
+			skipped := begun;
+			begun := '{}';
+		END IF;
+	END IF;
+	IF cardinality(ahead) > 0 AND cardinality(begun) = 0 THEN
+		-- the ledger in the mode ATTACH takes (readers and writers go on),
+		-- then the default partition without ever waiting for it
+		LOCK TABLE ONLY quota_ext.usage IN SHARE UPDATE EXCLUSIVE MODE;
+		BEGIN
+			LOCK TABLE ONLY quota_ext.usage_default IN ACCESS EXCLUSIVE MODE NOWAIT;
+		EXCEPTION WHEN lock_not_available THEN
+			skipped := skipped || ahead;
+			ahead := '{}';
+		END;
+	END IF;
+	IF cardinality(skipped) > 0 THEN
+		RAISE WARNING 'usage_partitions_maintain skipped % month(s): other transactions are using quota_ext.usage',
+		              cardinality(skipped)
+			USING DETAIL = 'Making a partition locks the default partition (and, for a month that has begun, the ledger); waiting for that would make charges, settlements and refunds wait behind those transactions.',
+			      HINT = 'The next scheduled run makes them; long transactions on quota_ext.usage delay it.';
+		RETURN QUERY SELECT 'usage_p' || to_char(x AT TIME ZONE 'UTC', 'YYYYMM'), 'skipped'
+		               FROM unnest(skipped) x ORDER BY 1;
+	END IF;
+	FOREACH m IN ARRAY begun || ahead
 	LOOP
 		part := 'usage_p' || to_char(m AT TIME ZONE 'UTC', 'YYYYMM');
 		hi := ((m AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC';
@@ -360,39 +470,42 @@ BEGIN
 				USING ERRCODE = 'object_not_in_prerequisite_state',
 				      HINT = 'Rename or drop the detached table, then run maintenance again.';
 		END IF;
+		EXECUTE format('CREATE TABLE quota_ext.%I (LIKE quota_ext.usage INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
 		-- rows of that month already in the default partition move in
-		IF EXISTS (SELECT 1 FROM ONLY quota_ext.usage_default d
-		            WHERE d.created_at >= m AND d.created_at < hi) THEN
-			EXECUTE format('CREATE TABLE quota_ext.%I (LIKE quota_ext.usage INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
-			EXECUTE format('INSERT INTO quota_ext.%I SELECT * FROM ONLY quota_ext.usage_default d '
-			               'WHERE d.created_at >= $1 AND d.created_at < $2', part) USING m, hi;
-			GET DIAGNOSTICS moved = ROW_COUNT;
+		EXECUTE format('INSERT INTO quota_ext.%I SELECT * FROM ONLY quota_ext.usage_default d '
+		               'WHERE d.created_at >= $1 AND d.created_at < $2', part) USING m, hi;
+		GET DIAGNOSTICS moved = ROW_COUNT;
+		IF moved > 0 THEN
 			DELETE FROM ONLY quota_ext.usage_default d WHERE d.created_at >= m AND d.created_at < hi;
-			PERFORM quota_ext._usage_partition_secure(format('quota_ext.%I', part)::regclass);
-			EXECUTE format('ALTER TABLE quota_ext.usage ATTACH PARTITION quota_ext.%I FOR VALUES FROM (%L) TO (%L)',
-			               part, m, hi);
-		ELSE
-			moved := 0;
-			EXECUTE format('CREATE TABLE quota_ext.%I PARTITION OF quota_ext.usage FOR VALUES FROM (%L) TO (%L)',
-			               part, m, hi);
-			PERFORM quota_ext._usage_partition_secure(format('quota_ext.%I', part)::regclass);
 		END IF;
+		PERFORM quota_ext._usage_partition_secure(format('quota_ext.%I', part)::regclass);
+		EXECUTE format('ALTER TABLE quota_ext.usage ATTACH PARTITION quota_ext.%I FOR VALUES FROM (%L) TO (%L)',
+		               part, m, hi);
 		PERFORM quota_ext._audit(0, 'usage_partition_create', 'table', 'quota_ext.' || part, NULL,
 		                         jsonb_build_object('from', m, 'to', hi, 'rows_moved', moved));
-		RETURN NEXT part;
+		partition := part;
+		action := 'created';
+		RETURN NEXT;
 	END LOOP;
 END
 $$;
 COMMENT ON FUNCTION quota_ext.usage_partitions_maintain(integer) IS
-	'Create the monthly ledger partitions from this month to months_ahead (idempotent; moves rows out of the default partition); returns the new ones';
+	'Create the monthly ledger partitions from this month to months_ahead (idempotent; moves rows out of the default partition; never queues behind a transaction on the ledger: skipped months are returned and made by the next run)';
 
-CREATE FUNCTION quota_ext.usage_partition_detach(before timestamptz) RETURNS SETOF text
+-- Detaching needs ACCESS EXCLUSIVE on the ledger, which every invoke queues
+-- behind while it is waited for: _usage_lock_briefly() bounds each wait to
+-- 100 ms, and partitions whose lock is not granted are skipped (WARNING,
+-- returned as 'skipped') for the next scheduled run.
+CREATE FUNCTION quota_ext.usage_partition_detach(before timestamptz)
+	RETURNS TABLE (partition text, action text)
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
+#variable_conflict use_column
 DECLARE
 	r record;
 	w timestamptz;
+	skipping boolean := false;
 BEGIN
 	IF before IS NULL THEN PERFORM quota_ext._null_arg('before'); END IF;
 	PERFORM quota_ext._admin_only('usage_partition_detach');
@@ -407,22 +520,35 @@ BEGIN
 		 ORDER BY c.relname
 	LOOP
 		CONTINUE WHEN r.hi > before;
-		LOCK TABLE ONLY quota_ext.usage IN ACCESS EXCLUSIVE MODE;
 		-- only what the rollups have counted leaves the ledger
 		IF w IS NULL OR r.hi > w THEN
 			RAISE EXCEPTION 'partition quota_ext.% holds rows not yet rolled up', r.relname
 				USING ERRCODE = 'object_not_in_prerequisite_state',
 				      HINT = 'Run quota_ext.usage_rollup() first.';
 		END IF;
+		IF NOT skipping AND NOT quota_ext._usage_lock_briefly(format('quota_ext.%I', r.relname)::regclass) THEN
+			skipping := true;
+			RAISE WARNING 'usage_partition_detach skipped: other transactions kept quota_ext.usage locked'
+				USING DETAIL = 'Three tries of 100 ms each; waiting longer would make charges wait behind those transactions.',
+				      HINT = 'The next scheduled run detaches the partitions left; long transactions on quota_ext.usage delay it.';
+		END IF;
+		IF skipping THEN
+			partition := r.relname::text;
+			action := 'skipped';
+			RETURN NEXT;
+			CONTINUE;
+		END IF;
 		EXECUTE format('ALTER TABLE quota_ext.usage DETACH PARTITION quota_ext.%I', r.relname);
 		PERFORM quota_ext._audit(0, 'usage_partition_detach', 'table', 'quota_ext.' || r.relname,
 		                         jsonb_build_object('from', r.lo, 'to', r.hi), NULL);
-		RETURN NEXT r.relname::text;
+		partition := r.relname::text;
+		action := 'detached';
+		RETURN NEXT;
 	END LOOP;
 END
 $$;
 COMMENT ON FUNCTION quota_ext.usage_partition_detach(timestamptz) IS
-	'Detach the monthly ledger partitions that end at or before an instant (they stay as plain tables to archive or drop); returns their names';
+	'Detach the monthly ledger partitions that end at or before an instant (they stay as plain tables to archive or drop); waits at most 100 ms at a time for the ledger''s lock, else skips them (returned as skipped) for the next run';
 
 -- ---------------------------------------------------------------------------
 -- rollups
@@ -434,6 +560,10 @@ COMMENT ON FUNCTION quota_ext.usage_partition_detach(timestamptz) IS
 -- of a hot tenant.  usage_rollup() adds the ledger rows with created_at in
 -- [previous watermark, new watermark) — see _usage_watermark() — so every
 -- row is counted exactly once; readers add the rows since the watermark.
+-- Sums are numeric (issue 12, finding 5): a call carries up to 10^15 units
+-- and tokens, so one tenant's ten thousand calls pass the bigint range, and
+-- one overflowing group would fail the rollup of every tenant.  calls stay
+-- bigint: a ledger row counts -1, 0 or 1 calls, and no table holds 2^63 rows.
 CREATE TABLE quota_ext.usage_daily (
 	tenant_id      bigint NOT NULL,
 	day            date NOT NULL,
@@ -441,10 +571,10 @@ CREATE TABLE quota_ext.usage_daily (
 	user_id        bigint NOT NULL,
 	currency       char(3) NOT NULL,
 	calls          bigint NOT NULL,
-	units          bigint NOT NULL,
-	input_tokens   bigint NOT NULL,
-	output_tokens  bigint NOT NULL,
-	overage_units  bigint NOT NULL,
+	units          numeric NOT NULL,
+	input_tokens   numeric NOT NULL,
+	output_tokens  numeric NOT NULL,
+	overage_units  numeric NOT NULL,
 	cost           numeric NOT NULL,
 	PRIMARY KEY (tenant_id, day, model_id, user_id, currency)
 );
@@ -465,10 +595,10 @@ CREATE TABLE quota_ext.usage_billing_daily (
 	model_id       bigint NOT NULL,
 	price_id       bigint NOT NULL,
 	calls          bigint NOT NULL,
-	units          bigint NOT NULL,
-	input_tokens   bigint NOT NULL,
-	output_tokens  bigint NOT NULL,
-	overage_units  bigint NOT NULL,
+	units          numeric NOT NULL,
+	input_tokens   numeric NOT NULL,
+	output_tokens  numeric NOT NULL,
+	overage_units  numeric NOT NULL,
 	cost           numeric NOT NULL,
 	PRIMARY KEY (tenant_id, created_day, occurred_day, model_id, price_id)
 );
@@ -563,8 +693,8 @@ COMMENT ON FUNCTION quota_ext.usage_rollup() IS
 -- one snapshot, in which a rollup is all or nothing.
 CREATE FUNCTION quota_ext._usage_days(tenant_id bigint, from_day date, to_day date)
 	RETURNS TABLE (day date, model_id bigint, user_id bigint, currency text, calls bigint,
-	               units bigint, input_tokens bigint, output_tokens bigint,
-	               overage_units bigint, cost numeric)
+	               units numeric, input_tokens numeric, output_tokens numeric,
+	               overage_units numeric, cost numeric)
 	LANGUAGE sql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	-- The ledger tail's bound is known only at run time, so its plan is
@@ -573,9 +703,8 @@ CREATE FUNCTION quota_ext._usage_days(tenant_id bigint, from_day date, to_day da
 	-- a handful of rows.
 	SET jit = off
 	AS $$
-	SELECT x.day, x.model_id, x.user_id, x.currency, sum(x.calls)::bigint, sum(x.units)::bigint,
-	       sum(x.input_tokens)::bigint, sum(x.output_tokens)::bigint, sum(x.overage_units)::bigint,
-	       sum(x.cost)
+	SELECT x.day, x.model_id, x.user_id, x.currency, sum(x.calls)::bigint, sum(x.units),
+	       sum(x.input_tokens), sum(x.output_tokens), sum(x.overage_units), sum(x.cost)
 	  FROM (SELECT d.day, d.model_id, d.user_id, d.currency::text AS currency, d.calls, d.units,
 	               d.input_tokens, d.output_tokens, d.overage_units, d.cost
 	          FROM quota_ext.usage_daily d
@@ -599,8 +728,8 @@ COMMENT ON FUNCTION quota_ext._usage_days(bigint, date, date) IS
 
 CREATE FUNCTION quota_ext.usage_report(tenant_id bigint, "from" timestamptz, "to" timestamptz,
 	group_by text DEFAULT 'model')
-	RETURNS TABLE (model text, day date, user_id bigint, currency text, calls bigint, units bigint,
-	               input_tokens bigint, output_tokens bigint, overage_units bigint, cost numeric)
+	RETURNS TABLE (model text, day date, user_id bigint, currency text, calls bigint, units numeric,
+	               input_tokens numeric, output_tokens numeric, overage_units numeric, cost numeric)
 	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
@@ -615,7 +744,7 @@ BEGIN
 	IF usage_report."to" IS NULL THEN PERFORM quota_ext._null_arg('to'); END IF;
 	IF usage_report.group_by IS NULL THEN PERFORM quota_ext._null_arg('group_by'); END IF;
 	IF usage_report.group_by <> ALL (ARRAY['model', 'day', 'user']) THEN
-		RAISE EXCEPTION 'invalid group_by "%"', left(usage_report.group_by, 64)
+		RAISE EXCEPTION 'invalid group_by "%"', quota_ext._quote_input(usage_report.group_by)
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use model, day or user.';
 	END IF;
 	IF NOT (usage_report."from" < usage_report."to") THEN
@@ -634,8 +763,8 @@ BEGIN
 	       CASE WHEN usage_report.group_by = 'day' THEN x.day END,
 	       CASE WHEN usage_report.group_by = 'user' THEN nullif(x.user_id, 0) END,
 	       nullif(x.currency, 'XXX'),
-	       sum(x.calls)::bigint, sum(x.units)::bigint, sum(x.input_tokens)::bigint,
-	       sum(x.output_tokens)::bigint, sum(x.overage_units)::bigint, sum(x.cost)
+	       sum(x.calls)::bigint, sum(x.units), sum(x.input_tokens),
+	       sum(x.output_tokens), sum(x.overage_units), sum(x.cost)
 	  FROM quota_ext._usage_days(usage_report.tenant_id, d0, d1) x
 	  JOIN quota_ext.models m ON m.model_id = x.model_id
 	 GROUP BY 1, 2, 3, 4

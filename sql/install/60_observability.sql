@@ -22,7 +22,7 @@ BEGIN
 		BEGIN
 			g := g_text::interval;
 		EXCEPTION WHEN OTHERS THEN
-			RAISE EXCEPTION 'invalid quota_ext.audit_retention_global "%"', left(g_text, 64)
+			RAISE EXCEPTION 'invalid quota_ext.audit_retention_global "%"', quota_ext._quote_input(g_text)
 				USING ERRCODE = 'invalid_parameter_value', HINT = 'Use an interval such as ''400 days''.';
 		END;
 		IF g < interval '0' THEN

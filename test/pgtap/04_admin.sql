@@ -58,7 +58,7 @@ SELECT pg_temp.throws_clean('SELECT quota_ext.tenant_create(''n1'', ''gold'')', 
 SELECT pg_temp.throws_clean('SELECT quota_ext.tenant_create(''n1'', ''Free'')', '42704', 'tier "Free" does not exist',
 	'tenant_create: tier names are case-sensitive');
 SELECT pg_temp.throws_clean(format('SELECT quota_ext.tenant_create(''n1'', %L)', repeat('t', 10240)), '42704',
-	format('tier "%s" does not exist', repeat('t', 64)), 'tenant_create: huge tier name (message cut at 64)');
+	format('tier "%s..." does not exist', repeat('t', 64)), 'tenant_create: huge tier name (message cut at 64)');
 SELECT pg_temp.throws_clean(format('SELECT quota_ext.tenant_create(''n1'', ''free'', %L)', z), '22023', NULL,
 	'tenant_create: time zone ' || d)
   FROM (VALUES ('Mars/Olympus_Mons', 'Mars/Olympus_Mons'), ('', 'empty'), ('utc', 'utc (lower case)'),

@@ -39,7 +39,7 @@ SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.price_set(NULL, 'USD', 1)$$, 
 SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.price_set('px-chat', NULL, 1)$$, '22004', 'argument "currency" must not be null', 'price_set: NULL currency');
 SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.price_set('px-chat', 'US', 1)$$, '22023', 'invalid currency "US"', 'price_set: bad currency');
 SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.price_set('px-chat', 'USD')$$, '22004', 'a price needs unit_price, input_per_1k or output_per_1k', 'price_set: no price');
-SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.price_set('px-chat', 'USD', -1)$$, '22023', 'prices must not be negative', 'price_set: negative price');
+SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.price_set('px-chat', 'USD', -1)$$, '22023', 'unit_price must not be negative', 'price_set: negative price');
 SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.price_set('px-chat', 'USD', 1, effective_from => now() - interval '1 second')$$, '22023', 'effective_from must not be in the past', 'price_set: back-dated');
 SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.price_set('px-nope', 'USD', 1)$$, '42704', 'model "px-nope" does not exist', 'price_set: unknown model');
 SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.price_set('px-own', 'USD', 1)$$, '42704', 'model "px-own" does not exist', 'price_set: a tenant''s model has no list price');

@@ -47,14 +47,14 @@ SELECT results_eq(format('SELECT tenant_id, currency::text, status, total, invoi
 SELECT results_eq(format($$SELECT l.line_no, l.kind, l.model, l.price_id, l.calls, l.units, l.input_tokens, l.output_tokens, l.unit_price, l.amount
                             FROM quota_ext.invoice_lines l JOIN jan i USING (tenant_id, invoice_id)
                            WHERE i.tenant_id = %s ORDER BY l.line_no$$, :ta),
-	$$VALUES (1, 'usage'::text, 'bl-chat'::text, 9001::bigint, 1::bigint, 100::bigint, 0::bigint, 0::bigint, 0.01::numeric, 1.00::numeric),
+	$$VALUES (1, 'usage'::text, 'bl-chat'::text, 9001::bigint, 1::bigint, 100::numeric, 0::numeric, 0::numeric, 0.01::numeric, 1.00::numeric),
 	         (2, 'usage', 'bl-chat', 9002, 1, 50, 0, 0, 0.02, 1.00),
 	         (3, 'usage', 'bl-tok', 9003, 1, 1, 2000, 1000, 1.00, 3.50),
 	         (4, 'overage', 'bl-tok', 9003, 0, 200, 0, 0, 0.001, 0.200)$$,
 	'tenant A: a line per price version, token counts, an overage line at the overage price');
 SELECT results_eq(format($$SELECT l.currency::text, l.model, l.units, l.amount FROM quota_ext.invoice_lines l JOIN jan i USING (tenant_id, invoice_id)
                            WHERE i.tenant_id = %s ORDER BY l.currency, l.line_no$$, :tb),
-	$$VALUES ('EUR'::text, 'bl-chat'::text, 200::bigint, 3.00::numeric), ('USD', 'bl-tok', 0, 0.50)$$,
+	$$VALUES ('EUR'::text, 'bl-chat'::text, 200::numeric, 3.00::numeric), ('USD', 'bl-tok', 0, 0.50)$$,
 	'tenant B: its own EUR price and a USD list price give two invoices');
 SELECT is((SELECT sum(total) FROM jan WHERE tenant_id = :ta), (SELECT sum(l.amount) FROM quota_ext.invoice_lines l JOIN jan i USING (tenant_id, invoice_id) WHERE i.tenant_id = :ta),
 	'the total is the sum of the lines');
@@ -89,7 +89,7 @@ SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.billing_close(999999, '2025-0
 -- ---------------------------------------------------------------------------
 CREATE TEMP TABLE feb AS SELECT * FROM quota_ext.billing_close(:ta, '2025-02-01 00:00+00', '2025-03-01 00:00+00');
 SELECT results_eq($$SELECT l.kind, l.model, l.price_id, l.calls, l.units, l.amount FROM quota_ext.invoice_lines l JOIN feb i USING (tenant_id, invoice_id) ORDER BY l.line_no$$,
-	$$VALUES ('usage'::text, 'bl-chat'::text, 9002::bigint, 1::bigint, 10::bigint, 0.20::numeric),
+	$$VALUES ('usage'::text, 'bl-chat'::text, 9002::bigint, 1::bigint, 10::numeric, 0.20::numeric),
 	         ('adjustment', 'bl-chat', 9001, -1, -100, -1.00)$$,
 	'late usage of a closed period lands on the next invoice as an adjustment, at its own price');
 SELECT is((SELECT total FROM feb), -0.800000::numeric, 'the adjustment counts in the total');

@@ -26,9 +26,9 @@ SELECT pg_temp.mx_usage(:ta, :m1, '2025-01-05 10:00+00', 5, 0, NULL);
 SELECT pg_temp.mx_usage(:ta, :m1, '2025-01-31 23:30+00', 6, 0, NULL);
 SELECT pg_temp.mx_usage(:tb, :m2, '2025-02-01 00:10+00', 7, 0, NULL);
 SELECT set_eq($$SELECT * FROM quota_ext.usage_partitions_maintain(2)$$,
-	format($$SELECT 'usage_p' || to_char(g, 'YYYYMM') FROM generate_series(date_trunc('month', now() AT TIME ZONE 'UTC'),
+	format($$SELECT 'usage_p' || to_char(g, 'YYYYMM') AS p, 'created' AS a FROM generate_series(date_trunc('month', now() AT TIME ZONE 'UTC'),
 	         date_trunc('month', now() AT TIME ZONE 'UTC') + interval '2 months', interval '1 month') g
-	         UNION ALL VALUES ('usage_p202501'), ('usage_p202502')$$),
+	         UNION ALL VALUES ('usage_p202501', 'created'), ('usage_p202502', 'created')$$),
 	'maintain: this month and two ahead, plus the months found in the default partition');
 SELECT is((SELECT count(*) FROM ONLY quota_ext.usage_default)::int, 0, 'their rows moved out of the default partition');
 SELECT is((SELECT sum(units) FROM quota_ext.usage_p202501)::int, 11, 'into their month''s partition');
@@ -50,7 +50,7 @@ SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.usage_partition_detach('2025-
 -- ---------------------------------------------------------------------------
 SELECT ok(quota_ext.usage_rollup() > 0, 'usage_rollup aggregates the ledger');
 SELECT results_eq(format('SELECT day, calls, units FROM quota_ext.usage_daily WHERE tenant_id = %s AND day < %L ORDER BY day', :ta, '2025-12-31'),
-	$$VALUES ('2025-01-05'::date, 1::bigint, 5::bigint), ('2025-02-01', 1, 6)$$,
+	$$VALUES ('2025-01-05'::date, 1::bigint, 5::numeric), ('2025-02-01', 1, 6)$$,
 	'days are the tenant''s local days (Europe/Berlin: 23:30 UTC on Jan 31 is Feb 1)');
 SELECT is(quota_ext.usage_rollup(), 0::bigint, 'a second run finds nothing new');
 SELECT is((SELECT sum(calls) FROM quota_ext.usage_daily)::bigint, (SELECT sum(calls) FROM quota_ext.usage)::bigint, 'every row counted exactly once');
@@ -58,7 +58,7 @@ SELECT ok((SELECT watermark FROM quota_ext.rollup_state WHERE name = 'usage_dail
 SELECT quota_ext.quota_consume(:ta, 'op-chat', 3);
 SELECT quota_ext.quota_consume(:ta, 'op-img', 4, user_id => :ua);
 SELECT results_eq(format($$SELECT model, currency, calls, units, cost FROM quota_ext.usage_report(%s, now() - interval '1 day', now() + interval '1 day', 'model')$$, :ta),
-	$$VALUES ('op-chat'::text, 'USD'::text, 2::bigint, 5::bigint, 0.500000::numeric), ('op-img', NULL, 1, 4, 0)$$,
+	$$VALUES ('op-chat'::text, 'USD'::text, 2::bigint, 5::numeric, 0.500000::numeric), ('op-img', NULL, 1, 4, 0)$$,
 	'usage_report by model: rollups plus the rows since the watermark');
 SELECT results_eq(format($$SELECT user_id, calls FROM quota_ext.usage_report(%s, now() - interval '1 day', now() + interval '1 day', 'user') WHERE currency IS NULL$$, :ta),
 	format('VALUES (%s::bigint, 1::bigint)', :ua), 'usage_report by user');
@@ -78,7 +78,7 @@ SELECT is((quota_ext.tenant_summary(:ta)->'usage'->>'calls_this_month')::int, 10
 UPDATE quota_ext.usage_daily SET calls = calls - 1000 WHERE tenant_id = :ta AND day = (now() AT TIME ZONE 'Europe/Berlin')::date AND model_id = :m1;
 
 -- detach after the rollup
-SELECT results_eq($$SELECT * FROM quota_ext.usage_partition_detach('2025-02-01 00:00+00')$$, $$VALUES ('usage_p202501'::text)$$,
+SELECT results_eq($$SELECT * FROM quota_ext.usage_partition_detach('2025-02-01 00:00+00')$$, $$VALUES ('usage_p202501'::text, 'detached'::text)$$,
 	'detach: the partitions that end by then');
 SELECT is((SELECT count(*) FROM quota_ext.usage WHERE occurred_at < '2025-01-31 23:59+00')::int, 0, 'their rows left the ledger');
 SELECT is((SELECT count(*) FROM quota_ext.usage_p202501)::int, 2, 'and stay in the detached table');

@@ -44,7 +44,7 @@ SELECT i.period_start, i.tenant_id, i.total, l.line_no, l.kind, l.calls, l.units
 
 SELECT results_eq(format($$SELECT tenant_id, total, line_no, kind, calls, units, amount FROM bp_lines
                             WHERE period_start = '2025-01-01 00:00+00' ORDER BY tenant_id, line_no$$),
-	format($$VALUES (%s::bigint, 1.00::numeric, 1, 'usage'::text, 1::bigint, 100::bigint, 1.00::numeric),
+	format($$VALUES (%s::bigint, 1.00::numeric, 1, 'usage'::text, 1::bigint, 100::numeric, 1.00::numeric),
 	                (%s, 2.07, 1, 'usage', 2, 207, 2.07)$$, :ta, :tb),
 	'January: A before its late row, B after its own (per-tenant closes)');
 
@@ -69,7 +69,7 @@ SELECT is((SELECT count(DISTINCT (prev_end, prev_covered)) FROM quota_ext.billin
 	'February: A and B had different previous closes');
 SELECT results_eq(format($$SELECT tenant_id, total, line_no, kind, calls, units, amount FROM bp_lines
                             WHERE period_start = '2025-02-01 00:00+00' ORDER BY tenant_id, line_no$$),
-	format($$VALUES (%s::bigint, 0.15::numeric, 1, 'usage'::text, 1::bigint, 10::bigint, 0.10::numeric),
+	format($$VALUES (%s::bigint, 0.15::numeric, 1, 'usage'::text, 1::bigint, 10::numeric, 0.10::numeric),
 	                (%s, 0.15, 2, 'adjustment', 1, 5, 0.05),
 	                (%s, 0.20, 1, 'usage', 1, 20, 0.20),
 	                (%s, 3.050, 1, 'adjustment', 1, 300, 3.050)$$, :ta, :ta, :tb, :tc),
@@ -97,7 +97,7 @@ SELECT is((SELECT count(DISTINCT (prev_end, prev_covered)) FROM quota_ext.billin
 	'March: A, B and C had one previous close, D none');
 SELECT results_eq(format($$SELECT tenant_id, total, line_no, kind, calls, units, amount FROM bp_lines
                             WHERE period_start = '2025-03-01 00:00+00' ORDER BY tenant_id, line_no$$),
-	format($$VALUES (%s::bigint, 0.30::numeric, 1, 'usage'::text, 1::bigint, 30::bigint, 0.30::numeric),
+	format($$VALUES (%s::bigint, 0.30::numeric, 1, 'usage'::text, 1::bigint, 30::numeric, 0.30::numeric),
 	                (%s, 0.08, 1, 'adjustment', 1, 8, 0.08),
 	                (%s, 1.010, 1, 'usage', 1, 60, 0.60),
 	                (%s, 1.010, 2, 'overage', 0, 10, 0.010),

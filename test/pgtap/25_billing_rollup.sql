@@ -66,7 +66,7 @@ SELECT is((SELECT count(*) FROM quota_ext.rollup_state)::int, 0, 'no rollup yet'
 SELECT results_eq(format($$SELECT i.tenant_id, i.total, l.line_no, l.kind, l.price_id, l.calls, l.units, l.amount
                             FROM quota_ext.invoices i JOIN quota_ext.invoice_lines l USING (tenant_id, invoice_id)
                            WHERE i.period_start = '2025-02-01 00:00+00' ORDER BY i.tenant_id, l.line_no$$),
-	format($$VALUES (%s::bigint, 0.36::numeric, 1, 'usage'::text, 9202::bigint, 2::bigint, 13::bigint, 0.26::numeric),
+	format($$VALUES (%s::bigint, 0.36::numeric, 1, 'usage'::text, 9202::bigint, 2::bigint, 13::numeric, 0.26::numeric),
 	                (%s, 0.36, 2, 'adjustment', 9202, 1, 5, 0.10),
 	                (%s, -0.07, 1, 'adjustment', 9201, -1, -7, -0.07)$$, :ta, :ta, :tb),
 	'February from the ledger: usage written in March, late rows of the close''s day and later as adjustments');

@@ -14,7 +14,7 @@ BEGIN;
 \i test/invariant.sql
 SET LOCAL TimeZone = 'UTC';
 SET LOCAL datestyle = 'ISO, YMD';
-SELECT plan(165);
+SELECT plan(166);
 
 -- ---------------------------------------------------------------------
 -- helpers: run a statement (optionally as another role) and report
@@ -143,49 +143,56 @@ SELECT throws_ok(format('SELECT quota_ext.quota_reserve(%s, %L, -5)', :a, 'tap-m
                  'estimate must be positive', 'reserve: a negative estimate is refused');
 SELECT throws_ok(format('SELECT quota_ext.quota_settle(%s, %s, -1)', :a, :a_res), '22023',
                  'actual must not be negative', 'settle: a negative actual is refused');
--- INT64 max against a blocking quota of 100: denied, nothing charged
+-- a call carries at most 10^15 units (issue 12, finding 5): INT64 max is 22003
 SELECT quota_ext.tenant_create('tap-big', 'enterprise') AS big \gset
 SELECT quota_ext.policy_set(:big, 'tap-m', true) > 0 AS ok \gset
 SELECT quota_ext.quota_set(:big, 'monthly', 100, metric => 'units') AS big_q \gset
+SELECT throws_ok(format('SELECT quota_ext.quota_consume(%s, %L, 9223372036854775807)', :big, 'tap-m'), '22003',
+                 'units must be at most 1000000000000000', 'INT64 max units: 22003');
+-- the maximum against a blocking quota of 100: denied, nothing charged
 SELECT results_eq(
-	format('SELECT allowed, denied_by, remaining FROM quota_ext.quota_consume(%s, %L, 9223372036854775807)', :big, 'tap-m'),
+	format('SELECT allowed, denied_by, remaining FROM quota_ext.quota_consume(%s, %L, 1000000000000000)', :big, 'tap-m'),
 	$$VALUES (false, 'quota'::text, 100::bigint)$$,
-	'INT64 max units against a limit of 100: denied, 100 remain');
+	'10^15 units against a limit of 100: denied, 100 remain');
 SELECT is((SELECT used FROM quota_ext.quota_counters WHERE tenant_id = :big), 0::bigint,
           'the denial charged nothing');
--- used near INT64 max: the next charge would overflow: 22003, nothing changed
+-- used near INT64 max (9223 calls of 10^15): the next charge would overflow: 22003, nothing changed
 SELECT quota_ext.quota_set(:big, 'monthly', 9223372036854775807, metric => 'units') = :big_q AS ok \gset
-SELECT is((quota_ext.quota_consume(:big, 'tap-m', 9223372036854775800)).allowed, true,
-          'a limit of INT64 max takes INT64 max - 7 units');
-SELECT throws_ok(format('SELECT quota_ext.quota_consume(%s, %L, 10)', :big, 'tap-m'), '22003',
+SELECT is((SELECT count(*) FROM generate_series(1, 9223) g,
+                  LATERAL quota_ext.quota_consume(:big, 'tap-m', 1000000000000000 + 0 * g) c WHERE c.allowed),
+          9223::bigint, 'a limit of INT64 max takes 9223 calls of 10^15 units');
+SELECT throws_ok(format('SELECT quota_ext.quota_consume(%s, %L, 1000000000000000)', :big, 'tap-m'), '22003',
                  format('quota %s would overflow', :big_q), 'used + units beyond INT64 max: 22003');
-SELECT throws_ok(format('SELECT quota_ext.quota_reserve(%s, %L, 10)', :big, 'tap-m'), '22003',
+SELECT throws_ok(format('SELECT quota_ext.quota_reserve(%s, %L, 1000000000000000)', :big, 'tap-m'), '22003',
                  format('quota %s would overflow', :big_q), 'reserve beyond INT64 max: 22003');
 SELECT results_eq(
 	format('SELECT used, (SELECT count(*) FROM quota_ext.usage WHERE tenant_id = %s) FROM quota_ext.quota_counters WHERE tenant_id = %s', :big, :big),
-	$$VALUES (9223372036854775800::bigint, 1::bigint)$$,
+	$$VALUES (9223000000000000000::bigint, 9223::bigint)$$,
 	'after the overflow errors: counter and ledger unchanged');
 -- an alert quota lets used pass its limit, up to the overflow
 SELECT quota_ext.tenant_create('tap-alert', 'enterprise') AS al \gset
 SELECT quota_ext.policy_set(:al, 'tap-m', true) > 0 AS ok \gset
 SELECT quota_ext.quota_set(:al, 'never', 10, metric => 'units', on_exceed => 'alert') AS al_q \gset
-SELECT is((quota_ext.quota_consume(:al, 'tap-m', 9223372036854775807)).allowed, true,
-          'alert quota: INT64 max units pass a limit of 10');
-SELECT throws_ok(format('SELECT quota_ext.quota_consume(%s, %L, 1)', :al, 'tap-m'), '22003', NULL,
-                 'alert quota at INT64 max: one more unit is 22003');
+SELECT is((SELECT count(*) FROM generate_series(1, 9223) g,
+                  LATERAL quota_ext.quota_consume(:al, 'tap-m', 1000000000000000 + 0 * g) c WHERE c.allowed),
+          9223::bigint, 'alert quota: 9223 calls of 10^15 units pass a limit of 10');
+SELECT throws_ok(format('SELECT quota_ext.quota_consume(%s, %L, 1000000000000000)', :al, 'tap-m'), '22003', NULL,
+                 'alert quota near INT64 max: one more call is 22003');
 -- a settle whose excess would overflow
 SELECT quota_ext.tenant_create('tap-settle', 'enterprise') AS st \gset
 SELECT quota_ext.policy_set(:st, 'tap-m', true) > 0 AS ok \gset
 SELECT quota_ext.quota_set(:st, 'never', 9223372036854775807, metric => 'units') > 0 AS ok \gset
-SELECT reservation_id AS st_res FROM quota_ext.quota_reserve(:st, 'tap-m', 9223372036854775000) \gset
-SELECT is((quota_ext.quota_consume(:st, 'tap-m', 800)).allowed, true, 'the counter is at INT64 max - 7');
-SELECT throws_ok(format('SELECT quota_ext.quota_settle(%s, %s, 9223372036854775010)', :st, :st_res), '22003', NULL,
+SELECT count(*) AS st_n FROM generate_series(1, 9222) g,
+       LATERAL quota_ext.quota_consume(:st, 'tap-m', 1000000000000000 + 0 * g) c WHERE c.allowed \gset
+SELECT reservation_id AS st_res FROM quota_ext.quota_reserve(:st, 'tap-m', 999999999999990) \gset
+SELECT is((quota_ext.quota_consume(:st, 'tap-m', 372036854775810)).allowed, true, 'the counter is at INT64 max - 7');
+SELECT throws_ok(format('SELECT quota_ext.quota_settle(%s, %s, 1000000000000000)', :st, :st_res), '22003', NULL,
                  'a settle 10 units above the estimate would overflow: 22003');
 SELECT results_eq(
 	format('SELECT r.status, c.used FROM quota_ext.reservations r, quota_ext.quota_counters c WHERE r.tenant_id = %s AND c.tenant_id = %s', :st, :st),
 	$$VALUES ('open'::text, 9223372036854775800::bigint)$$,
 	'after it: the reservation is still open, the counter unchanged');
-SELECT is((quota_ext.quota_settle(:st, :st_res, 9223372036854775007)).allowed, true,
+SELECT is((quota_ext.quota_settle(:st, :st_res, 999999999999997)).allowed, true,
           'settling up to exactly INT64 max is charged');
 
 -- ---------------------------------------------------------------------
@@ -249,7 +256,7 @@ SELECT is((quota_ext.quota_consume(:a, 'tap-m', 5, repeat('k', 255))).replayed, 
 SELECT is((quota_ext.quota_consume(:a, 'tap-m', 5, repeat('k', 255))).replayed, true,
           'and replayed the second time');
 SELECT throws_ok(format('SELECT quota_ext.quota_consume(%s, %L, %s, %L)', :a, mo, u, repeat('k', 255)), '22023',
-                 format('idempotency key "%s" was used with other parameters', repeat('k', 255)),
+                 format('idempotency key "%s..." was used with other parameters', repeat('k', 64)),
                  format('same key, %s x %s units: 22023', mo, u))
   FROM (VALUES ('tap-m', 6), ('tap-m2', 5)) v(mo, u);
 SELECT throws_ok(format('SELECT quota_ext.quota_reserve(%s, %L, 5, idempotency_key => %L)', :a, 'tap-m', repeat('k', 255)),
