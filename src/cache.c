@@ -72,12 +72,30 @@
  * if that frees nothing, the generation's new answers stay in the backends'
  * caches only.
  *
+ * No tenant can fill the shared level for the others.  Every kind's key
+ * starts with the tenant id, and one tenant's entries (per database) may be
+ * at most quota_ext.shared_cache_tenant_entries (by default a quarter of
+ * the table); a tenant at its share gets its past generations' entries
+ * swept as for a full table, and then its new answers stay in the
+ * backends' caches, while every other tenant's still find room.  The
+ * counts live in a second shared hash table keyed by (database, tenant),
+ * guarded by one more lock of the tranche, taken after a partition lock
+ * (filing) or after all of them (sweeping), never before: a count changes
+ * together with the entry it counts, so it is exact, and only filing and
+ * sweeping touch it, never a lookup.  Answers that exist only because the
+ * caller made up a name (a model name that matches no model) are not
+ * cached at all (policy.c), like unknown tenants and keys.  Counters of
+ * the shared level's hits, misses, filed and refused answers, kept per
+ * partition, are read with quota_ext.shared_cache_status().
+ *
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/ipc.h"
@@ -87,22 +105,41 @@
 #include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
+#include "utils/tuplestore.h"
 
 PG_FUNCTION_INFO_V1(config_changed);
+PG_FUNCTION_INFO_V1(shared_cache_status);
+PG_FUNCTION_INFO_V1(shared_cache_tenants);
+
+#define QUOTA_SHARED_PARTITIONS 16
+
+/* what the shared level did, per partition (one cache line each) */
+typedef union QuotaSharedCounters
+{
+	struct
+	{
+		pg_atomic_uint64 hits;
+		pg_atomic_uint64 misses;
+		pg_atomic_uint64 filed;
+		pg_atomic_uint64 refused;
+	}			c;
+	char		pad[PG_CACHE_LINE_SIZE];
+} QuotaSharedCounters;
 
 typedef struct QuotaCacheShared
 {
 	pg_atomic_uint64 generation;
-	/* the shared level was full of this generation's entries (see Put) */
-	pg_atomic_uint64 full_generation;
+	/* the entries of past generations were swept at this generation */
+	pg_atomic_uint64 swept_generation;
+	QuotaSharedCounters counters[QUOTA_SHARED_PARTITIONS];
 } QuotaCacheShared;
 
 static QuotaCacheShared *cache_shared = NULL;
 
 /* the shared second level: flat copies of entries, by kind, database and key */
 #define QUOTA_SHARED_KEY		80
-#define QUOTA_SHARED_PARTITIONS 16
 #define QUOTA_SHARED_TRANCHE	"quota_ext config cache"
+#define QUOTA_SHARED_TENANT_LOCK QUOTA_SHARED_PARTITIONS	/* the counts' lock */
 
 typedef struct QuotaSharedKey
 {
@@ -119,9 +156,24 @@ typedef struct QuotaSharedEntry
 	char		data[QUOTA_SHARED_DATA];
 } QuotaSharedEntry;
 
+/* how many entries of the shared level a tenant has */
+typedef struct QuotaSharedTenantKey
+{
+	Oid			dbid;
+	int64		tenant_id;
+} QuotaSharedTenantKey;
+
+typedef struct QuotaSharedTenant
+{
+	QuotaSharedTenantKey key;
+	int32		n;
+} QuotaSharedTenant;
+
 static HTAB *shared_hash = NULL;
+static HTAB *shared_tenants = NULL;
 static LWLockPadded *shared_locks = NULL;
 static int	quota_shared_cache_entries = 8192;
+static int	quota_shared_tenant_entries = 0;	/* 0: a quarter of the table */
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -165,7 +217,9 @@ quota_cache_shmem_request(void)
 	{
 		RequestAddinShmemSpace(hash_estimate_size(quota_shared_cache_entries,
 												  sizeof(QuotaSharedEntry)));
-		RequestNamedLWLockTranche(QUOTA_SHARED_TRANCHE, QUOTA_SHARED_PARTITIONS);
+		RequestAddinShmemSpace(hash_estimate_size(quota_shared_cache_entries,
+												  sizeof(QuotaSharedTenant)));
+		RequestNamedLWLockTranche(QUOTA_SHARED_TRANCHE, QUOTA_SHARED_PARTITIONS + 1);
 	}
 }
 
@@ -181,8 +235,17 @@ quota_cache_shmem_startup(void)
 								   sizeof(QuotaCacheShared), &found);
 	if (!found)
 	{
+		int			i;
+
 		pg_atomic_init_u64(&cache_shared->generation, 1);
-		pg_atomic_init_u64(&cache_shared->full_generation, 0);
+		pg_atomic_init_u64(&cache_shared->swept_generation, 0);
+		for (i = 0; i < QUOTA_SHARED_PARTITIONS; i++)
+		{
+			pg_atomic_init_u64(&cache_shared->counters[i].c.hits, 0);
+			pg_atomic_init_u64(&cache_shared->counters[i].c.misses, 0);
+			pg_atomic_init_u64(&cache_shared->counters[i].c.filed, 0);
+			pg_atomic_init_u64(&cache_shared->counters[i].c.refused, 0);
+		}
 	}
 	if (quota_shared_cache_entries > 0)
 	{
@@ -195,6 +258,13 @@ quota_cache_shmem_startup(void)
 									quota_shared_cache_entries,
 									quota_shared_cache_entries, &ctl,
 									HASH_ELEM | HASH_BLOBS | HASH_PARTITION);
+		/* at most one tenant per entry */
+		ctl.keysize = sizeof(QuotaSharedTenantKey);
+		ctl.entrysize = sizeof(QuotaSharedTenant);
+		shared_tenants = ShmemInitHash("quota_ext config cache tenants",
+									   quota_shared_cache_entries,
+									   quota_shared_cache_entries, &ctl,
+									   HASH_ELEM | HASH_BLOBS);
 		shared_locks = GetNamedLWLockTranche(QUOTA_SHARED_TRANCHE);
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -267,6 +337,13 @@ QuotaCacheInit(void)
 								&quota_shared_cache_entries,
 								8192, 0, 1000000,
 								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
+		DefineCustomIntVariable("quota_ext.shared_cache_tenant_entries",
+								"Most entries one tenant may have in the shared configuration cache.",
+								"0 means a quarter of quota_ext.shared_cache_entries.  A tenant's answers beyond it stay in the backends' own caches.",
+								&quota_shared_tenant_entries,
+								0, 0, 1000000,
+								PGC_SIGHUP, 0,
 								NULL, NULL, NULL);
 		prev_shmem_request_hook = shmem_request_hook;
 		shmem_request_hook = quota_cache_shmem_request;
@@ -425,6 +502,75 @@ QuotaCacheContext(void)
 	return cache_cxt;
 }
 
+#define shared_counters(hash) \
+	(&cache_shared->counters[(hash) % QUOTA_SHARED_PARTITIONS].c)
+
+/* the most entries of one tenant */
+static int32
+shared_tenant_cap(void)
+{
+	if (quota_shared_tenant_entries > 0)
+		return quota_shared_tenant_entries;
+	return Max(quota_shared_cache_entries / 4, 1);
+}
+
+/*
+ * shared_tenant_add
+ *		Count delta (+1 or -1) entries of a tenant, with the lock of the
+ *		entry's partition (or every partition) held EXCLUSIVE.  +1 fails
+ *		(false) when the tenant has its share already.
+ */
+static bool
+shared_tenant_add(Oid dbid, int64 tenant_id, int32 delta)
+{
+	LWLock	   *lock = &shared_locks[QUOTA_SHARED_TENANT_LOCK].lock;
+	QuotaSharedTenantKey key;
+	QuotaSharedTenant *t;
+	bool		found;
+	bool		ok = true;
+
+	memset(&key, 0, sizeof(key));
+	key.dbid = dbid;
+	key.tenant_id = tenant_id;
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	if (delta > 0)
+	{
+		t = hash_search(shared_tenants, &key, HASH_ENTER_NULL, &found);
+		if (t == NULL)
+			ok = false;
+		else
+		{
+			if (!found)
+				t->n = 0;
+			if (t->n >= shared_tenant_cap())
+				ok = false;
+			else
+				t->n++;
+			if (t->n == 0)
+				hash_search(shared_tenants, &key, HASH_REMOVE, NULL);
+		}
+	}
+	else
+	{
+		t = hash_search(shared_tenants, &key, HASH_FIND, NULL);
+		Assert(t != NULL && t->n > 0);
+		if (t != NULL && --t->n <= 0)
+			hash_search(shared_tenants, &key, HASH_REMOVE, NULL);
+	}
+	LWLockRelease(lock);
+	return ok;
+}
+
+/* the tenant an entry belongs to: every kind's key starts with it */
+static int64
+shared_key_tenant(const QuotaSharedKey *sk)
+{
+	int64		tenant_id;
+
+	memcpy(&tenant_id, sk->key, sizeof(int64));
+	return tenant_id;
+}
+
 static void
 shared_key(QuotaSharedKey *sk, QuotaCacheKind kind, const void *key, Size keysize)
 {
@@ -463,6 +609,10 @@ QuotaSharedCacheGet(QuotaCacheKind kind, const void *key, Size keysize, void *da
 		memcpy(data, e->data, len);
 	}
 	LWLockRelease(lock);
+	if (len > 0)
+		pg_atomic_fetch_add_u64(&shared_counters(hash)->hits, 1);
+	else
+		pg_atomic_fetch_add_u64(&shared_counters(hash)->misses, 1);
 	return len;
 }
 
@@ -472,15 +622,20 @@ shared_sweep(void)
 {
 	HASH_SEQ_STATUS seq;
 	QuotaSharedEntry *e;
-	uint64		generation = pg_atomic_read_u64(&cache_shared->generation);
+	uint64		generation;
 	int			i;
 
 	for (i = 0; i < QUOTA_SHARED_PARTITIONS; i++)
 		LWLockAcquire(&shared_locks[i].lock, LW_EXCLUSIVE);
+	generation = pg_atomic_read_u64(&cache_shared->generation);
 	hash_seq_init(&seq, shared_hash);
 	while ((e = hash_seq_search(&seq)) != NULL)
 		if (e->generation != generation)
+		{
+			shared_tenant_add(e->key.dbid, shared_key_tenant(&e->key), -1);
 			hash_search(shared_hash, &e->key, HASH_REMOVE, NULL);
+		}
+	pg_atomic_write_u64(&cache_shared->swept_generation, generation);
 	for (i = QUOTA_SHARED_PARTITIONS - 1; i >= 0; i--)
 		LWLockRelease(&shared_locks[i].lock);
 }
@@ -488,8 +643,10 @@ shared_sweep(void)
 /*
  * QuotaSharedCachePut
  *		File len bytes of data for key under the generation QuotaCacheBegin
- *		read (before the query that produced them took its snapshot).
- *		Too long, or no room: not shared.
+ *		read (before the query that produced them took its snapshot).  Too
+ *		long, or no room in the table or in the tenant's share (after the
+ *		entries of past generations were swept, once per generation): not
+ *		shared.  The key must start with the tenant id (int64).
  */
 void
 QuotaSharedCachePut(QuotaCacheKind kind, const void *key, Size keysize,
@@ -500,37 +657,57 @@ QuotaSharedCachePut(QuotaCacheKind kind, const void *key, Size keysize,
 	uint32		hash;
 	LWLock	   *lock;
 	bool		found;
+	int64		tenant_id;
+	int			attempt;
 
-	if (shared_hash == NULL || keysize > QUOTA_SHARED_KEY || len > QUOTA_SHARED_DATA ||
-		len == 0)
+	if (shared_hash == NULL || keysize > QUOTA_SHARED_KEY ||
+		keysize < sizeof(int64) || len > QUOTA_SHARED_DATA || len == 0)
 		return;
 	shared_key(&sk, kind, key, keysize);
+	tenant_id = shared_key_tenant(&sk);
 	hash = get_hash_value(shared_hash, &sk);
 	lock = &shared_locks[hash % QUOTA_SHARED_PARTITIONS].lock;
-	/*
-	 * Full: remove the entries of past generations, once per generation;
-	 * when that freed nothing, this generation's new answers stay local.
-	 */
-	if (hash_get_num_entries(shared_hash) >= quota_shared_cache_entries &&
-		pg_atomic_read_u64(&cache_shared->full_generation) != cache_generation)
+	for (attempt = 0;; attempt++)
 	{
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		e = hash_search_with_hash_value(shared_hash, &sk, hash, HASH_FIND, &found);
+		if (e == NULL &&
+			hash_get_num_entries(shared_hash) < quota_shared_cache_entries &&
+			shared_tenant_add(sk.dbid, tenant_id, 1))
+		{
+			e = hash_search_with_hash_value(shared_hash, &sk, hash,
+											HASH_ENTER_NULL, &found);
+			if (e == NULL)
+				shared_tenant_add(sk.dbid, tenant_id, -1);
+		}
+		/* a newer generation's entry stays */
+		if (e != NULL && (!found || e->generation <= cache_generation))
+		{
+			e->generation = cache_generation;
+			e->len = len;
+			memcpy(e->data, data, len);
+		}
+		LWLockRelease(lock);
+		if (e != NULL)
+		{
+			pg_atomic_fetch_add_u64(&shared_counters(hash)->filed, 1);
+			return;
+		}
+
+		/*
+		 * The table is full or the tenant has its share: remove the entries
+		 * of past generations, once per generation; when that was done
+		 * already, this answer stays local.
+		 */
+		if (attempt > 0 ||
+			pg_atomic_read_u64(&cache_shared->swept_generation) ==
+			pg_atomic_read_u64(&cache_shared->generation))
+		{
+			pg_atomic_fetch_add_u64(&shared_counters(hash)->refused, 1);
+			return;
+		}
 		shared_sweep();
-		if (hash_get_num_entries(shared_hash) >= quota_shared_cache_entries)
-			pg_atomic_write_u64(&cache_shared->full_generation, cache_generation);
 	}
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	e = hash_search_with_hash_value(shared_hash, &sk, hash,
-									hash_get_num_entries(shared_hash) <
-									quota_shared_cache_entries ? HASH_ENTER_NULL : HASH_FIND,
-									&found);
-	/* a newer generation's entry stays */
-	if (e != NULL && (!found || e->generation <= cache_generation))
-	{
-		e->generation = cache_generation;
-		e->len = len;
-		memcpy(e->data, data, len);
-	}
-	LWLockRelease(lock);
 }
 
 /*
@@ -544,4 +721,80 @@ config_changed(PG_FUNCTION_ARGS)
 {
 	cache_dirty = true;
 	PG_RETURN_VOID();
+}
+
+/*
+ * quota_ext.shared_cache_status()
+ *	RETURNS (capacity integer, tenant_entries integer, entries bigint,
+ *		hits bigint, misses bigint, filed bigint, refused bigint)
+ *
+ *		The shared level of the configuration cache: its size, the most
+ *		entries of one tenant, the entries it holds (every database), and
+ *		since server start how many lookups it answered (hits) or not
+ *		(misses: the backend then ran the query), how many answers were
+ *		filed and how many were not (no room in the table or in the
+ *		tenant's share).  Zeros when the library is not preloaded.
+ */
+Datum
+shared_cache_status(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[7];
+	bool		nulls[7] = {0};
+	uint64		sum[4] = {0};
+	int			i;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (cache_shared != NULL)
+		for (i = 0; i < QUOTA_SHARED_PARTITIONS; i++)
+		{
+			sum[0] += pg_atomic_read_u64(&cache_shared->counters[i].c.hits);
+			sum[1] += pg_atomic_read_u64(&cache_shared->counters[i].c.misses);
+			sum[2] += pg_atomic_read_u64(&cache_shared->counters[i].c.filed);
+			sum[3] += pg_atomic_read_u64(&cache_shared->counters[i].c.refused);
+		}
+	values[0] = Int32GetDatum(shared_hash != NULL ? quota_shared_cache_entries : 0);
+	values[1] = Int32GetDatum(shared_hash != NULL ? shared_tenant_cap() : 0);
+	values[2] = Int64GetDatum(shared_hash != NULL ? (int64) hash_get_num_entries(shared_hash) : 0);
+	for (i = 0; i < 4; i++)
+		values[3 + i] = Int64GetDatum((int64) sum[i]);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  values, nulls)));
+}
+
+/*
+ * quota_ext.shared_cache_tenants()
+ *	RETURNS SETOF (tenant_id bigint, entries integer)
+ *
+ *		The tenants of this database with entries in the shared level, and
+ *		how many each has (at most shared_cache_status().tenant_entries).
+ */
+Datum
+shared_cache_tenants(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HASH_SEQ_STATUS seq;
+	QuotaSharedTenant *t;
+	LWLock	   *lock;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (shared_tenants == NULL)
+		return (Datum) 0;
+	lock = &shared_locks[QUOTA_SHARED_TENANT_LOCK].lock;
+	LWLockAcquire(lock, LW_SHARED);
+	hash_seq_init(&seq, shared_tenants);
+	while ((t = hash_seq_search(&seq)) != NULL)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {0};
+
+		if (t->key.dbid != MyDatabaseId)
+			continue;
+		values[0] = Int64GetDatum(t->key.tenant_id);
+		values[1] = Int32GetDatum(t->n);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(lock);
+	return (Datum) 0;
 }

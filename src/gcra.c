@@ -55,6 +55,16 @@
  * combination of parameters whose tolerance or TAT does not fit in 64-bit
  * nanoseconds is refused (22003), never wrapped.
  *
+ * Bounds (a third difference from redis-cell, which takes any period):
+ * period_seconds is at most QUOTA_RL_MAX_SECONDS (one day), and so is the
+ * tolerance, the time an empty bucket takes to become full again, which is
+ * also the longest a bucket's TAT can lie ahead of now and so the longest a
+ * bucket occupies a slot of the shared table (ratelimit.c).  Both are
+ * refused with 22023 beyond.  Without them one call with a period of 2^31
+ * seconds pinned a slot for 68 years; a limit over days, weeks or months is
+ * what quotas are for (persistent and by calendar period), while the
+ * bucket table is emptied by every restart.
+ *
  * A clock that goes backwards cannot grant capacity: the TAT never moves
  * back, so an earlier "now" only sees a fuller bucket (a larger ttl, fewer
  * remaining) until the clock catches up.
@@ -113,12 +123,16 @@ QuotaGcraEval(int64 tat, int64 now, int64 max_burst, int64 count,
 	Assert(max_burst >= 0 && count > 0 && period_s > 0 && quantity >= 0);
 
 	if (pg_mul_s64_overflow(period_s, NS_PER_SEC, &period_ns))
-		return QUOTA_GCRA_OVERFLOW;
+		return QUOTA_GCRA_TOO_LONG;
 	interval = period_ns / count;
 	if (interval <= 0)
 		return QUOTA_GCRA_ZERO_RATE;
-	if (pg_mul_s64_overflow(interval, max_burst + 1, &tolerance) ||
-		pg_mul_s64_overflow(interval, quantity, &increment))
+	if (pg_mul_s64_overflow(interval, max_burst + 1, &tolerance))
+		return QUOTA_GCRA_TOO_LONG;
+	if (period_s > QUOTA_RL_MAX_SECONDS ||
+		tolerance > QUOTA_RL_MAX_SECONDS * NS_PER_SEC)
+		return QUOTA_GCRA_TOO_LONG;
+	if (pg_mul_s64_overflow(interval, quantity, &increment))
 		return QUOTA_GCRA_OVERFLOW;
 
 	if (tat < now)
@@ -188,6 +202,13 @@ QuotaGcraCheckArgs(int64 max_burst, int64 count, int64 period_s, int64 quantity)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("period must be positive"),
 				 errdetail("period is %lld seconds.", (long long) period_s)));
+	if (period_s > QUOTA_RL_MAX_SECONDS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("period must be at most %d seconds (one day)",
+						QUOTA_RL_MAX_SECONDS),
+				 errdetail("period is %lld seconds.", (long long) period_s),
+				 errhint("Use a quota (quota_ext.quota_set) for limits over longer periods.")));
 	if (quantity < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -203,6 +224,14 @@ void
 QuotaGcraRaise(QuotaGcraStatus status, int64 max_burst, int64 count,
 			   int64 period_s, int64 quantity)
 {
+	if (status == QUOTA_GCRA_TOO_LONG)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit takes more than one day to refill"),
+				 errdetail("max_burst %lld, count %lld, period %lld s: (max_burst + 1) * period / count must be at most %d seconds.",
+						   (long long) max_burst, (long long) count,
+						   (long long) period_s, QUOTA_RL_MAX_SECONDS),
+				 errhint("Use a smaller max_burst or a higher count, or a quota (quota_ext.quota_set) for longer periods.")));
 	if (status == QUOTA_GCRA_ZERO_RATE)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

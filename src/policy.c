@@ -13,7 +13,9 @@
  *
  * The answer for (tenant, model) is kept in the backend's configuration
  * cache (cache.c) until the configuration changes or the next price version
- * takes effect; the role is checked against it on every call.  A policy
+ * takes effect; the role is checked against it on every call.  Only when
+ * the name means a model: a name that matches none is answered by the query
+ * every time, so made-up names cannot fill the cache (nor its shared level).  A policy
  * change committed before a request starts is seen by it, as with a query
  * (READ COMMITTED), so a revoke takes effect for the next request.
  *
@@ -353,11 +355,16 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 							 sizeof(QuotaPolicyCacheEntry), &found);
 		e->valid = false;
 		quota_policy_read(tenant_id, model, &res, &policy_allows, &roles);
-		if (!res.tenant_found)
+		if (!res.tenant_found || res.model_id == 0)
 		{
-			/* unknown tenants are not cached */
+			/*
+			 * Unknown tenants are not cached, nor names that match no model
+			 * (the caller makes those up: caching them would let a flood of
+			 * junk names fill the cache).  No model: no policy allows.
+			 */
 			QuotaCacheForget(QUOTA_CACHE_POLICIES, &key);
 			*out = res;
+			out->allowed = false;
 			return;
 		}
 		old = MemoryContextSwitchTo(QuotaCacheContext());

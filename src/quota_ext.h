@@ -120,8 +120,17 @@ typedef enum QuotaGcraStatus
 {
 	QUOTA_GCRA_OK,
 	QUOTA_GCRA_ZERO_RATE,		/* period / count under one nanosecond */
-	QUOTA_GCRA_OVERFLOW			/* does not fit in int64 nanoseconds */
+	QUOTA_GCRA_OVERFLOW,		/* does not fit in int64 nanoseconds */
+	QUOTA_GCRA_TOO_LONG			/* a bucket would live longer than a day */
 } QuotaGcraStatus;
+
+/*
+ * The longest period_seconds, and the longest time a bucket may take to
+ * refill completely (its tolerance, (max_burst + 1) * period / count, which
+ * is also the longest time it stays in the shared table): one day.  Longer
+ * limits are quotas (persistent, per calendar period), not rate limits.
+ */
+#define QUOTA_RL_MAX_SECONDS	86400
 
 typedef struct QuotaGcraResult
 {

@@ -75,6 +75,52 @@
  *	  whose partition still has none releases all locks, refills as above
  *	  and starts over.
  *
+ * Namespaces and their caps.  The keys of rate_limit_check() (one
+ * namespace per database, for every caller) and of each tenant's
+ * tenant_rate_limit_check() (one namespace per tenant) are chosen by
+ * callers, so without a bound one statement could fill every slot with
+ * live buckets and lock every tenant out (53200) until a restart.  So
+ * each such namespace may hold at most quota_ext.rate_limit_tenant_entries
+ * buckets (by default a quarter of the slots): rate_limit_check's keys plus
+ * one tenant's keys can never take more than half the table, and what is
+ * left serves every other tenant and the configured rules.  The buckets of
+ * configured rules ('r') are not capped: there is one per rule (and one
+ * per tenant for the tier default), so the configuration bounds them.
+ *
+ *	- A namespace is a record (database, tenant id; 0 = rate_limit_check's
+ *	  keys) in a second chained table of the same shared memory, with as many
+ *	  records as there are slots (a capped namespace holds at least one
+ *	  bucket or reservation while it is counted, so this never runs out
+ *	  first).  Its count of buckets is an atomic; the entry of each capped
+ *	  bucket holds its record's index.  One more LWLock of the tranche, the
+ *	  namespace lock, guards the records' identities and free list; it is
+ *	  always taken last (with or without a partition lock held), so it
+ *	  cannot be part of a deadlock.
+ *	- A bucket is counted before it is linked: under the namespace lock
+ *	  SHARED, the count is raised by compare-and-swap only while it is
+ *	  below the cap (a reservation), and given back when the entry then
+ *	  turns out to exist or no slot is free.  Unlinking an entry (reclaim,
+ *	  reset) lowers its namespace's count after the entry left its chain.
+ *	  So a count is never below the number of its linked buckets and never
+ *	  above the cap: exact, and nothing of this runs when a key that has a
+ *	  bucket is checked (the hot path).
+ *	- A record whose count is 0 is freed (under the namespace lock
+ *	  EXCLUSIVE, when a new namespace needs a record): no reservation can
+ *	  be in flight then, and no entry points to it.
+ *	- A namespace at its cap first reclaims: one pass over every partition
+ *	  (one lock at a time) unlinks every idle entry, whoever's, and notes
+ *	  the earliest TAT among the namespace's live buckets.  If the count is
+ *	  still at the cap, the namespace alone gets 53200 naming the setting,
+ *	  and until that earliest TAT no call of it passes over the table again
+ *	  (none of its buckets can be idle before: a TAT never moves back).
+ *	  Unlinking any of its buckets clears that mark.
+ *
+ * Resetting (quota_ext.rate_limit_reset, for quota_ext_admin): one key's
+ * bucket is found by its digest; a whole namespace by visiting every
+ * partition (EXCLUSIVE, one at a time) and unlinking the entries that
+ * point to its record, which a reservation held meanwhile keeps from being
+ * freed; a tenant's rule buckets by the digests of its rules.
+ *
  * No lock is held across anything that can wait for another lock or raise
  * an error, except that an ERROR raised by the code here first releases
  * what it holds (and transaction abort would release LWLocks anyway).
@@ -87,6 +133,7 @@
 
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
@@ -94,14 +141,18 @@
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/tuplestore.h"
 #include "utils/typcache.h"
 
 PG_FUNCTION_INFO_V1(rate_limit_check);
 PG_FUNCTION_INFO_V1(tenant_rate_limit_check);
 PG_FUNCTION_INFO_V1(rate_limit_apply);
 PG_FUNCTION_INFO_V1(rate_limit_status);
+PG_FUNCTION_INFO_V1(rate_limit_namespaces);
+PG_FUNCTION_INFO_V1(rate_limit_reset_buckets);
 
 #define QUOTA_RL_PARTITIONS		64
 #define QUOTA_RL_TRANCHE		"quota_ext_ratelimit"
@@ -111,6 +162,8 @@ PG_FUNCTION_INFO_V1(rate_limit_status);
 #define QUOTA_RL_MAX_RULES		8	/* at most 4 scopes + the tier default */
 #define QUOTA_RL_REFILL_BATCH	32
 #define QUOTA_RL_ATTEMPTS		4
+#define QUOTA_RL_NS_LOCK		QUOTA_RL_PARTITIONS /* the namespace lock */
+#define QUOTA_RL_NS_SPARE		64	/* records beyond one per slot */
 #define NS_PER_SEC				INT64CONST(1000000000)
 
 /* one bucket: 32 bytes */
@@ -119,8 +172,19 @@ typedef struct QuotaRlEntry
 	pg_atomic_uint64 tat;		/* ns on CLOCK_MONOTONIC; 0 = none */
 	uint64		key[2];			/* SipHash-2-4-128(namespace, key) */
 	int32		next;			/* chain or free list; QUOTA_RL_NONE ends */
-	int32		unused;
+	int32		ns;				/* namespace record, or QUOTA_RL_NONE (a rule) */
 } QuotaRlEntry;
+
+/* a capped namespace: 32 bytes */
+typedef struct QuotaRlNs
+{
+	Oid			dbid;
+	int32		next;			/* chain or free list (namespace lock) */
+	int64		tenant_id;		/* 0: the keys of rate_limit_check() */
+	pg_atomic_uint32 count;		/* linked buckets + reservations */
+	int32		unused;
+	pg_atomic_uint64 full_until;	/* at the cap: no bucket idle before (ns) */
+} QuotaRlNs;
 
 /* per-partition state, protected by the partition's lock */
 typedef struct QuotaRlPartition
@@ -135,8 +199,14 @@ typedef struct QuotaRlShared
 	uint64		secret[2];		/* SipHash key, drawn at server start */
 	int32		nentries;
 	int32		nbuckets;		/* chain heads per partition, power of 2 */
+	int32		nns;			/* namespace records */
+	int32		ns_nbuckets;	/* their chain heads, power of 2 */
+	int32		ns_free;		/* free list of records (namespace lock) */
 	QuotaRlPartition parts[QUOTA_RL_PARTITIONS];
-	/* then int32 heads[QUOTA_RL_PARTITIONS * nbuckets], QuotaRlEntry[] */
+	/*
+	 * then int32 heads[QUOTA_RL_PARTITIONS * nbuckets], QuotaRlEntry[],
+	 * int32 ns_heads[ns_nbuckets], QuotaRlNs[nns]
+	 */
 } QuotaRlShared;
 
 /* a bucket to check: its parameters, where it lives, its answer */
@@ -148,11 +218,14 @@ typedef struct QuotaRlBucket
 	int64		period;
 	uint64		key[2];
 	int			part;
+	bool		capped;			/* an ad-hoc key: counted in its namespace */
+	int64		ns_tenant;		/* which (0: rate_limit_check's) */
 	QuotaRlEntry *entry;
 	QuotaGcraResult r;
 } QuotaRlBucket;
 
 static int	quota_rl_slots = 100000;
+static int	quota_rl_tenant_entries = 0;	/* 0: a quarter of the slots */
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -161,6 +234,8 @@ static QuotaRlShared *rl = NULL;
 static LWLockPadded *rl_locks = NULL;
 static int32 *rl_heads = NULL;
 static QuotaRlEntry *rl_entries = NULL;
+static int32 *rl_ns_heads = NULL;
+static QuotaRlNs *rl_ns = NULL;
 
 /* ----------------------------------------------------------------------
  * shared memory
@@ -195,11 +270,43 @@ quota_rl_entries_offset(int nentries)
 					 add_size(quota_rl_heads_offset(), heads));
 }
 
+static int32
+quota_rl_ns_count(int nentries)
+{
+	return nentries + QUOTA_RL_NS_SPARE;
+}
+
+/* chain heads of the namespace table: a power of 2, about one per 4 records */
+static int32
+quota_rl_ns_nbuckets(int nentries)
+{
+	int32		n = 16;
+
+	while (n < quota_rl_ns_count(nentries) / 4)
+		n <<= 1;
+	return n;
+}
+
+static Size
+quota_rl_ns_heads_offset(int nentries)
+{
+	return MAXALIGN(add_size(quota_rl_entries_offset(nentries),
+							 mul_size(sizeof(QuotaRlEntry), nentries)));
+}
+
+static Size
+quota_rl_ns_offset(int nentries)
+{
+	return MAXALIGN(add_size(quota_rl_ns_heads_offset(nentries),
+							 mul_size(sizeof(int32), quota_rl_ns_nbuckets(nentries))));
+}
+
 static Size
 quota_rl_shmem_size(void)
 {
-	return add_size(add_size(quota_rl_entries_offset(quota_rl_slots),
-							 mul_size(sizeof(QuotaRlEntry), quota_rl_slots)),
+	return add_size(add_size(quota_rl_ns_offset(quota_rl_slots),
+							 mul_size(sizeof(QuotaRlNs),
+									  quota_rl_ns_count(quota_rl_slots))),
 					PG_CACHE_LINE_SIZE);
 }
 
@@ -209,7 +316,7 @@ quota_rl_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(quota_rl_shmem_size());
-	RequestNamedLWLockTranche(QUOTA_RL_TRANCHE, QUOTA_RL_PARTITIONS);
+	RequestNamedLWLockTranche(QUOTA_RL_TRANCHE, QUOTA_RL_PARTITIONS + 1);
 }
 
 static void
@@ -227,6 +334,8 @@ quota_rl_shmem_startup(void)
 	rl = (QuotaRlShared *) base;
 	rl_heads = (int32 *) (base + quota_rl_heads_offset());
 	rl_entries = (QuotaRlEntry *) (base + quota_rl_entries_offset(quota_rl_slots));
+	rl_ns_heads = (int32 *) (base + quota_rl_ns_heads_offset(quota_rl_slots));
+	rl_ns = (QuotaRlNs *) (base + quota_rl_ns_offset(quota_rl_slots));
 	rl_locks = GetNamedLWLockTranche(QUOTA_RL_TRANCHE);
 	if (!found)
 	{
@@ -255,9 +364,25 @@ quota_rl_shmem_startup(void)
 
 			pg_atomic_init_u64(&rl_entries[i].tat, 0);
 			rl_entries[i].key[0] = rl_entries[i].key[1] = 0;
+			rl_entries[i].ns = QUOTA_RL_NONE;
 			rl_entries[i].next = p->free_head;
 			p->free_head = i;
 			p->nfree++;
+		}
+		/* the namespace records, all free */
+		rl->nns = quota_rl_ns_count(quota_rl_slots);
+		rl->ns_nbuckets = quota_rl_ns_nbuckets(quota_rl_slots);
+		for (i = 0; i < rl->ns_nbuckets; i++)
+			rl_ns_heads[i] = QUOTA_RL_NONE;
+		rl->ns_free = QUOTA_RL_NONE;
+		for (i = rl->nns - 1; i >= 0; i--)
+		{
+			rl_ns[i].dbid = InvalidOid;
+			rl_ns[i].tenant_id = 0;
+			pg_atomic_init_u32(&rl_ns[i].count, 0);
+			pg_atomic_init_u64(&rl_ns[i].full_until, 0);
+			rl_ns[i].next = rl->ns_free;
+			rl->ns_free = i;
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -280,6 +405,13 @@ QuotaRateLimitInit(void)
 							&quota_rl_slots,
 							100000, 1024, 100000000,
 							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("quota_ext.rate_limit_tenant_entries",
+							"Most rate-limit buckets one tenant's ad-hoc keys, or the keys of rate_limit_check(), may hold.",
+							"0 means a quarter of quota_ext.rate_limit_slots.  Buckets of configured rules are not counted.",
+							&quota_rl_tenant_entries,
+							0, 0, 100000000,
+							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 
 	prev_shmem_request_hook = shmem_request_hook;
@@ -514,12 +646,33 @@ quota_rl_lookup(int part, const uint64 *key)
 }
 
 /*
+ * quota_rl_unlinked
+ *		An entry just left its chain (partition lock held EXCLUSIVE): it no
+ *		longer counts in its namespace, which may reclaim again.
+ */
+static inline void
+quota_rl_unlinked(QuotaRlEntry *e)
+{
+	if (e->ns != QUOTA_RL_NONE)
+	{
+		QuotaRlNs  *n = &rl_ns[e->ns];
+
+		/* before the count drops: at 0 the record may be reused */
+		pg_atomic_write_u64(&n->full_until, 0);
+		pg_atomic_fetch_sub_u32(&n->count, 1);
+		e->ns = QUOTA_RL_NONE;
+	}
+}
+
+/*
  * quota_rl_reclaim
  *		Unlink every idle entry of a partition (lock held EXCLUSIVE) and put
- *		it on the partition's free list.  Returns how many.
+ *		it on the partition's free list.  Returns how many.  With watch a
+ *		namespace record, also lowers *watch_min to the earliest TAT of its
+ *		live entries there.
  */
 static int
-quota_rl_reclaim(int part, int64 now)
+quota_rl_reclaim(int part, int64 now, int32 watch, int64 *watch_min)
 {
 	QuotaRlPartition *p = &rl->parts[part];
 	int32	   *heads = &rl_heads[(Size) part * rl->nbuckets];
@@ -534,17 +687,23 @@ quota_rl_reclaim(int part, int64 now)
 		{
 			int32		i = *link;
 			QuotaRlEntry *e = &rl_entries[i];
+			int64		tat = (int64) pg_atomic_read_u64(&e->tat);
 
-			if ((int64) pg_atomic_read_u64(&e->tat) <= now)
+			if (tat <= now)
 			{
 				*link = e->next;
+				quota_rl_unlinked(e);
 				e->next = p->free_head;
 				p->free_head = i;
 				p->nfree++;
 				n++;
 			}
 			else
+			{
+				if (watch != QUOTA_RL_NONE && e->ns == watch && tat < *watch_min)
+					*watch_min = tat;
 				link = &e->next;
+			}
 		}
 	}
 	return n;
@@ -558,7 +717,7 @@ quota_rl_reclaim(int part, int64 now)
  *		reclaim unlinks every idle entry) or refills.
  */
 static QuotaRlEntry *
-quota_rl_link(int part, const uint64 *key)
+quota_rl_link(int part, const uint64 *key, int32 ns)
 {
 	QuotaRlPartition *p = &rl->parts[part];
 	int32	   *head;
@@ -575,6 +734,7 @@ quota_rl_link(int part, const uint64 *key)
 	pg_atomic_write_u64(&e->tat, 0);
 	e->key[0] = key[0];
 	e->key[1] = key[1];
+	e->ns = ns;
 	head = quota_rl_head(part, key);
 	e->next = *head;
 	*head = i;
@@ -604,7 +764,7 @@ quota_rl_refill(int part)
 
 		LWLockAcquire(quota_rl_lock(v), LW_EXCLUSIVE);
 		if (p->free_head == QUOTA_RL_NONE)
-			quota_rl_reclaim(v, now);
+			quota_rl_reclaim(v, now, QUOTA_RL_NONE, NULL);
 		take = Max(p->nfree / 2, Min(p->nfree, 1));
 		take = Min(take, QUOTA_RL_REFILL_BATCH - n);
 		while (take-- > 0)
@@ -633,6 +793,236 @@ quota_rl_refill(int part)
 	LWLockRelease(quota_rl_lock(part));
 }
 
+/* ----------------------------------------------------------------------
+ * namespaces (see "Namespaces and their caps" above)
+ * ----------------------------------------------------------------------
+ */
+
+/* the most buckets one capped namespace may hold */
+static uint32
+quota_rl_cap(void)
+{
+	if (quota_rl_tenant_entries > 0)
+		return (uint32) quota_rl_tenant_entries;
+	return (uint32) Max(rl->nentries / 4, 1);
+}
+
+static int32 *
+quota_rl_ns_head(Oid dbid, int64 tenant_id)
+{
+	uint64		t = (uint64) tenant_id;
+	uint32		h = hash_combine(murmurhash32((uint32) dbid),
+								 murmurhash32((uint32) (t ^ (t >> 32))));
+
+	return &rl_ns_heads[h & (uint32) (rl->ns_nbuckets - 1)];
+}
+
+/* the record of (this database, tenant_id), namespace lock held */
+static int32
+quota_rl_ns_find(int64 tenant_id)
+{
+	int32		i = *quota_rl_ns_head(MyDatabaseId, tenant_id);
+
+	while (i != QUOTA_RL_NONE)
+	{
+		if (rl_ns[i].dbid == MyDatabaseId && rl_ns[i].tenant_id == tenant_id)
+			return i;
+		i = rl_ns[i].next;
+	}
+	return QUOTA_RL_NONE;
+}
+
+/*
+ * quota_rl_ns_create
+ *		A new record for (this database, tenant_id), namespace lock held
+ *		EXCLUSIVE; when none is free, records whose count is 0 are freed
+ *		first.  QUOTA_RL_NONE when every record counts a bucket.
+ */
+static int32
+quota_rl_ns_create(int64 tenant_id)
+{
+	int32	   *head;
+	int32		i;
+
+	if (rl->ns_free == QUOTA_RL_NONE)
+	{
+		int32		b;
+
+		for (b = 0; b < rl->ns_nbuckets; b++)
+		{
+			int32	   *link = &rl_ns_heads[b];
+
+			while (*link != QUOTA_RL_NONE)
+			{
+				QuotaRlNs  *n = &rl_ns[*link];
+
+				if (pg_atomic_read_u32(&n->count) == 0)
+				{
+					int32		j = *link;
+
+					*link = n->next;
+					n->dbid = InvalidOid;
+					n->next = rl->ns_free;
+					rl->ns_free = j;
+				}
+				else
+					link = &n->next;
+			}
+		}
+	}
+	if (rl->ns_free == QUOTA_RL_NONE)
+		return QUOTA_RL_NONE;
+	i = rl->ns_free;
+	rl->ns_free = rl_ns[i].next;
+	rl_ns[i].dbid = MyDatabaseId;
+	rl_ns[i].tenant_id = tenant_id;
+	pg_atomic_write_u32(&rl_ns[i].count, 0);
+	pg_atomic_write_u64(&rl_ns[i].full_until, 0);
+	head = quota_rl_ns_head(MyDatabaseId, tenant_id);
+	rl_ns[i].next = *head;
+	*head = i;
+	return i;
+}
+
+/*
+ * quota_rl_ns_reserve
+ *		Count one more bucket in the namespace of tenant_id while it holds
+ *		fewer than cap (no lock held on entry or exit).  True: reserved in
+ *		record *ns.  False: at the cap; *ns is its record and *until its
+ *		full_until mark.  Creates the record when missing.
+ */
+static bool
+quota_rl_ns_reserve(int64 tenant_id, uint32 cap, int32 *ns, int64 *until)
+{
+	LWLock	   *lock = quota_rl_lock(QUOTA_RL_NS_LOCK);
+	int32		i;
+	uint32		c;
+	bool		ok = true;
+
+	LWLockAcquire(lock, LW_SHARED);
+	i = quota_rl_ns_find(tenant_id);
+	if (i == QUOTA_RL_NONE)
+	{
+		LWLockRelease(lock);
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		i = quota_rl_ns_find(tenant_id);
+		if (i == QUOTA_RL_NONE)
+			i = quota_rl_ns_create(tenant_id);
+		if (i == QUOTA_RL_NONE)
+		{
+			LWLockRelease(lock);
+			quota_rl_raise_full();
+		}
+	}
+	/* records are freed only under the lock EXCLUSIVE: i stays ours */
+	c = pg_atomic_read_u32(&rl_ns[i].count);
+	for (;;)
+	{
+		if (c >= cap)
+		{
+			ok = false;
+			*until = (int64) pg_atomic_read_u64(&rl_ns[i].full_until);
+			break;
+		}
+		if (pg_atomic_compare_exchange_u32(&rl_ns[i].count, &c, c + 1))
+			break;
+	}
+	LWLockRelease(lock);
+	*ns = i;
+	return ok;
+}
+
+/* give a reservation back (QUOTA_RL_NONE: none) */
+static inline void
+quota_rl_ns_release(int32 ns)
+{
+	if (ns != QUOTA_RL_NONE)
+		pg_atomic_fetch_sub_u32(&rl_ns[ns].count, 1);
+}
+
+/*
+ * quota_rl_ns_hold
+ *		Keep the existing record of tenant_id's namespace from being freed
+ *		(a reservation beyond the cap): its index, or QUOTA_RL_NONE when the
+ *		namespace has none.  Give it back with quota_rl_ns_release.
+ */
+static int32
+quota_rl_ns_hold(int64 tenant_id)
+{
+	LWLock	   *lock = quota_rl_lock(QUOTA_RL_NS_LOCK);
+	int32		i;
+
+	LWLockAcquire(lock, LW_SHARED);
+	i = quota_rl_ns_find(tenant_id);
+	if (i != QUOTA_RL_NONE)
+		pg_atomic_fetch_add_u32(&rl_ns[i].count, 1);
+	LWLockRelease(lock);
+	return i;
+}
+
+static void quota_rl_raise_ns_full(int64 tenant_id, uint32 cap) pg_attribute_noreturn();
+
+static void
+quota_rl_raise_ns_full(int64 tenant_id, uint32 cap)
+{
+	if (tenant_id == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("too many rate-limit buckets for the keys of rate_limit_check()"),
+				 errdetail("The keys of rate_limit_check() in this database hold %u live buckets, the most they may hold (quota_ext.rate_limit_tenant_entries); tenants' own keys and configured rules are not affected.",
+						   cap),
+				 errhint("Wait until buckets become idle (at most one day), reset them with quota_ext.rate_limit_reset(), or raise quota_ext.rate_limit_tenant_entries.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_OUT_OF_MEMORY),
+			 errmsg("too many rate-limit buckets for tenant %lld", (long long) tenant_id),
+			 errdetail("The tenant's keys of tenant_rate_limit_check() hold %u live buckets, the most one tenant may hold (quota_ext.rate_limit_tenant_entries); other tenants and configured rules are not affected.",
+					   cap),
+			 errhint("Wait until buckets become idle (at most one day), reset them with quota_ext.rate_limit_reset(), or raise quota_ext.rate_limit_tenant_entries.")));
+}
+
+/*
+ * quota_rl_ns_claim
+ *		A reservation for one more bucket in b's namespace (no lock held):
+ *		its record.  At the cap, and unless the namespace's earliest live
+ *		TAT is still ahead, every partition is reclaimed once (one lock at a
+ *		time) and the cap tried again; then 53200 for this namespace only.
+ */
+static int32
+quota_rl_ns_claim(const QuotaRlBucket *b)
+{
+	uint32		cap = quota_rl_cap();
+	int			attempt;
+
+	for (attempt = 0;; attempt++)
+	{
+		int32		ns;
+		int64		until = 0;
+		int64		now;
+		int64		min_tat = PG_INT64_MAX;
+		int			v;
+
+		if (quota_rl_ns_reserve(b->ns_tenant, cap, &ns, &until))
+			return ns;
+		now = quota_rl_now();
+		if (attempt > 0 || now < until)
+			quota_rl_raise_ns_full(b->ns_tenant, cap);
+
+		for (v = 0; v < QUOTA_RL_PARTITIONS; v++)
+		{
+			LWLockAcquire(quota_rl_lock(v), LW_EXCLUSIVE);
+			quota_rl_reclaim(v, now, ns, &min_tat);
+			LWLockRelease(quota_rl_lock(v));
+		}
+
+		/* still at the cap: none of its buckets is idle before min_tat */
+		LWLockAcquire(quota_rl_lock(QUOTA_RL_NS_LOCK), LW_SHARED);
+		if (rl_ns[ns].dbid == MyDatabaseId && rl_ns[ns].tenant_id == b->ns_tenant &&
+			pg_atomic_read_u32(&rl_ns[ns].count) >= cap && min_tat != PG_INT64_MAX)
+			pg_atomic_write_u64(&rl_ns[ns].full_until, (uint64) min_tat);
+		LWLockRelease(quota_rl_lock(QUOTA_RL_NS_LOCK));
+	}
+}
+
 /*
  * quota_rl_check_one
  *		One CL.THROTTLE on one bucket (see the locking protocol above).
@@ -648,6 +1038,7 @@ quota_rl_check_one(QuotaRlBucket *b, int64 quantity)
 	{
 		QuotaRlEntry *e;
 		int64		now;
+		int32		ns;
 
 		LWLockAcquire(lock, LW_SHARED);
 		e = quota_rl_lookup(b->part, b->key);
@@ -683,19 +1074,27 @@ quota_rl_check_one(QuotaRlBucket *b, int64 quantity)
 		if (b->r.limited || quantity == 0)
 			return;
 
-		/* it consumes: link an entry, then decide again under that lock */
+		/*
+		 * It consumes: count it in its namespace (an ad-hoc key), link an
+		 * entry, then decide again under that lock.  The reservation passes
+		 * to a new entry, and is given back when the key has one by now.
+		 */
+		ns = b->capped ? quota_rl_ns_claim(b) : QUOTA_RL_NONE;
 		LWLockAcquire(lock, LW_EXCLUSIVE);
 		now = quota_rl_now();
 		e = quota_rl_lookup(b->part, b->key);
 		if (e == NULL)
 		{
 			if (rl->parts[b->part].free_head == QUOTA_RL_NONE)
-				quota_rl_reclaim(b->part, now);
-			e = quota_rl_link(b->part, b->key);
+				quota_rl_reclaim(b->part, now, QUOTA_RL_NONE, NULL);
+			e = quota_rl_link(b->part, b->key, ns);
+			if (e != NULL)
+				ns = QUOTA_RL_NONE;
 		}
 		if (e == NULL)
 		{
 			LWLockRelease(lock);
+			quota_rl_ns_release(ns);
 			quota_rl_refill(b->part);
 			continue;
 		}
@@ -704,6 +1103,7 @@ quota_rl_check_one(QuotaRlBucket *b, int64 quantity)
 		if (st == QUOTA_GCRA_OK && !b->r.limited)
 			pg_atomic_write_u64(&e->tat, (uint64) b->r.new_tat);
 		LWLockRelease(lock);
+		quota_rl_ns_release(ns);
 		if (st != QUOTA_GCRA_OK)
 			QuotaGcraRaise(st, b->max_burst, b->count, b->period, quantity);
 		return;
@@ -780,7 +1180,7 @@ quota_rl_check_all(QuotaRlBucket *buckets, int n, int64 quantity)
 			for (i = 0; i < n; i++)
 				if (buckets[i].entry == NULL &&
 					rl->parts[buckets[i].part].free_head == QUOTA_RL_NONE &&
-					quota_rl_reclaim(buckets[i].part, now) > 0)
+					quota_rl_reclaim(buckets[i].part, now, QUOTA_RL_NONE, NULL) > 0)
 					reclaimed = true;
 			if (reclaimed)
 				for (i = 0; i < n; i++)
@@ -808,7 +1208,7 @@ quota_rl_check_all(QuotaRlBucket *buckets, int n, int64 quantity)
 				QuotaRlBucket *b = &buckets[i];
 
 				if (b->entry == NULL)
-					b->entry = quota_rl_link(b->part, b->key);
+					b->entry = quota_rl_link(b->part, b->key, QUOTA_RL_NONE);
 				if (b->entry == NULL)
 					missing = i;
 			}
@@ -909,6 +1309,8 @@ quota_rl_keyed(FunctionCallInfo fcinfo, char kind, int64 ns)
 	b.rule_id = 0;
 	quota_rl_digest(kind, ns, 0, VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), b.key);
 	b.part = quota_rl_partition(b.key);
+	b.capped = true;
+	b.ns_tenant = ns;
 	b.entry = NULL;
 	quota_rl_check_one(&b, quantity);
 
@@ -1156,6 +1558,8 @@ QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
 		quota_rl_digest('r', tenant_id, buckets[i].rule_id, NULL, 0,
 						buckets[i].key);
 		buckets[i].part = quota_rl_partition(buckets[i].key);
+		buckets[i].capped = false;
+		buckets[i].ns_tenant = tenant_id;
 		buckets[i].entry = NULL;
 	}
 	allowed = quota_rl_check_all(buckets, n, quantity);
@@ -1277,17 +1681,19 @@ rate_limit_apply(PG_FUNCTION_ARGS)
 
 /*
  * quota_ext.rate_limit_status()
- *	RETURNS (slots integer, in_use bigint, partitions integer)
+ *	RETURNS (slots integer, in_use bigint, partitions integer,
+ *		tenant_entries integer)
  *
- *		The size of the bucket table and how many slots hold a bucket (idle
- *		ones included until they are reclaimed).
+ *		The size of the bucket table, how many slots hold a bucket (idle
+ *		ones included until they are reclaimed), and the cap of each ad-hoc
+ *		namespace (quota_ext.rate_limit_tenant_entries in effect).
  */
 Datum
 rate_limit_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[3];
-	bool		nulls[3] = {0};
+	Datum		values[4];
+	bool		nulls[4] = {0};
 	int64		nfree = 0;
 	int			i;
 
@@ -1303,6 +1709,189 @@ rate_limit_status(PG_FUNCTION_ARGS)
 	values[0] = Int32GetDatum(rl->nentries);
 	values[1] = Int64GetDatum((int64) rl->nentries - nfree);
 	values[2] = Int32GetDatum(QUOTA_RL_PARTITIONS);
+	values[3] = Int32GetDatum((int32) quota_rl_cap());
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
 													  values, nulls)));
+}
+
+/*
+ * quota_ext.rate_limit_namespaces()
+ *	RETURNS SETOF (tenant_id bigint, buckets integer)
+ *
+ *		The capped namespaces of this database that count buckets: tenant_id
+ *		NULL for the keys of rate_limit_check(), else the tenant whose keys
+ *		of tenant_rate_limit_check() they are.  buckets counts idle ones
+ *		until they are reclaimed (and calls linking one right now).
+ */
+Datum
+rate_limit_namespaces(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	LWLock	   *lock;
+	int32		b;
+
+	quota_rl_require();
+	InitMaterializedSRF(fcinfo, 0);
+	lock = quota_rl_lock(QUOTA_RL_NS_LOCK);
+	LWLockAcquire(lock, LW_SHARED);
+	for (b = 0; b < rl->ns_nbuckets; b++)
+	{
+		int32		i;
+
+		for (i = rl_ns_heads[b]; i != QUOTA_RL_NONE; i = rl_ns[i].next)
+		{
+			Datum		values[2];
+			bool		nulls[2] = {0};
+			uint32		c = pg_atomic_read_u32(&rl_ns[i].count);
+
+			if (rl_ns[i].dbid != MyDatabaseId || c == 0)
+				continue;
+			values[0] = Int64GetDatum(rl_ns[i].tenant_id);
+			nulls[0] = (rl_ns[i].tenant_id == 0);
+			values[1] = Int32GetDatum((int32) c);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+	}
+	LWLockRelease(lock);
+	return (Datum) 0;
+}
+
+/* unlink the entry of one digest, if any (no lock held): 1 or 0 */
+static int64
+quota_rl_remove_key(const uint64 *key)
+{
+	int			part = quota_rl_partition(key);
+	QuotaRlPartition *p = &rl->parts[part];
+	int32	   *link;
+	int64		n = 0;
+
+	LWLockAcquire(quota_rl_lock(part), LW_EXCLUSIVE);
+	for (link = quota_rl_head(part, key); *link != QUOTA_RL_NONE;
+		 link = &rl_entries[*link].next)
+	{
+		int32		i = *link;
+		QuotaRlEntry *e = &rl_entries[i];
+
+		if (e->key[0] == key[0] && e->key[1] == key[1])
+		{
+			*link = e->next;
+			quota_rl_unlinked(e);
+			e->next = p->free_head;
+			p->free_head = i;
+			p->nfree++;
+			n = 1;
+			break;
+		}
+	}
+	LWLockRelease(quota_rl_lock(part));
+	return n;
+}
+
+/*
+ * quota_rl_remove_ns
+ *		Unlink every entry of namespace record ns (held by the caller, so
+ *		that it is not reused meanwhile), one partition at a time.
+ */
+static int64
+quota_rl_remove_ns(int32 ns)
+{
+	int64		n = 0;
+	int			part;
+
+	for (part = 0; part < QUOTA_RL_PARTITIONS; part++)
+	{
+		QuotaRlPartition *p = &rl->parts[part];
+		int32	   *heads = &rl_heads[(Size) part * rl->nbuckets];
+		int32		b;
+
+		LWLockAcquire(quota_rl_lock(part), LW_EXCLUSIVE);
+		for (b = 0; b < rl->nbuckets; b++)
+		{
+			int32	   *link = &heads[b];
+
+			while (*link != QUOTA_RL_NONE)
+			{
+				int32		i = *link;
+				QuotaRlEntry *e = &rl_entries[i];
+
+				if (e->ns == ns)
+				{
+					*link = e->next;
+					quota_rl_unlinked(e);
+					e->next = p->free_head;
+					p->free_head = i;
+					p->nfree++;
+					n++;
+				}
+				else
+					link = &e->next;
+			}
+		}
+		LWLockRelease(quota_rl_lock(part));
+	}
+	return n;
+}
+
+/*
+ * quota_ext._rate_limit_reset(tenant_id bigint, key text, rule_ids bigint[])
+ *	RETURNS bigint
+ *
+ *		The buckets behind quota_ext.rate_limit_reset() (which checks the
+ *		caller, records the reset in the audit log and passes the tenant's
+ *		rule ids; EXECUTE for nobody else): removes them and returns how
+ *		many there were.  tenant_id NULL: the keys of rate_limit_check(),
+ *		else the tenant's keys of tenant_rate_limit_check() and, without a
+ *		key, the buckets of rule_ids (0 = the tier default).  key NULL:
+ *		every key of the namespace.  A removed bucket is full again.
+ */
+Datum
+rate_limit_reset_buckets(PG_FUNCTION_ARGS)
+{
+	int64		tenant_id = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
+	int64		n = 0;
+	uint64		digest[2];
+
+	quota_rl_require();
+	if (!PG_ARGISNULL(1))
+	{
+		text	   *key = PG_GETARG_TEXT_PP(1);
+
+		if (VARSIZE_ANY_EXHDR(key) == 0 || VARSIZE_ANY_EXHDR(key) > QUOTA_RL_MAX_KEY)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("rate-limit key must be 1 to %d bytes long", QUOTA_RL_MAX_KEY),
+					 errdetail("The key is %zu bytes long.", (size_t) VARSIZE_ANY_EXHDR(key))));
+		quota_rl_digest(PG_ARGISNULL(0) ? 'g' : 't', tenant_id, 0,
+						VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), digest);
+		PG_RETURN_INT64(quota_rl_remove_key(digest));
+	}
+	else
+	{
+		int32		ns = quota_rl_ns_hold(tenant_id);
+
+		if (ns != QUOTA_RL_NONE)
+		{
+			n = quota_rl_remove_ns(ns);
+			quota_rl_ns_release(ns);
+		}
+	}
+	if (!PG_ARGISNULL(0) && !PG_ARGISNULL(2))
+	{
+		ArrayType  *ids = PG_GETARG_ARRAYTYPE_P(2);
+		Datum	   *elems;
+		bool	   *nulls;
+		int			nelems;
+		int			i;
+
+		deconstruct_array(ids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+						  TYPALIGN_DOUBLE, &elems, &nulls, &nelems);
+		for (i = 0; i < nelems; i++)
+		{
+			if (nulls[i])
+				continue;
+			quota_rl_digest('r', tenant_id, DatumGetInt64(elems[i]), NULL, 0, digest);
+			n += quota_rl_remove_key(digest);
+		}
+	}
+	PG_RETURN_INT64(n);
 }

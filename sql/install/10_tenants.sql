@@ -19,6 +19,10 @@ CREATE TABLE quota_ext.tiers (
 	rate_limit_per_minute  integer CHECK (rate_limit_per_minute OPERATOR(pg_catalog.>) 0),
 	rate_limit_burst       integer CHECK (rate_limit_burst OPERATOR(pg_catalog.>=) 0),
 	audit_retention        interval NOT NULL,
+	-- a tier default may take at most one day to refill (src/gcra.c):
+	-- (burst + 1) * 60 s / per_minute <= 86400 s
+	CHECK ((rate_limit_burst::pg_catalog.int8 OPERATOR(pg_catalog.+) 1)
+	       OPERATOR(pg_catalog.<=) (1440 OPERATOR(pg_catalog.*) rate_limit_per_minute::pg_catalog.int8)),
 	builtin                boolean NOT NULL DEFAULT false,
 	created_at             timestamptz NOT NULL DEFAULT pg_catalog.now()
 );

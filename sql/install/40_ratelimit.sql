@@ -50,11 +50,21 @@ COMMENT ON FUNCTION quota_ext.tenant_rate_limit_check(text, integer, integer, in
 	'rate_limit_check in the current tenant''s own namespace (needs a tenant context)';
 
 CREATE FUNCTION quota_ext.rate_limit_status(OUT slots integer, OUT in_use bigint,
-	OUT partitions integer)
+	OUT partitions integer, OUT tenant_entries integer)
 	AS 'MODULE_PATHNAME', 'rate_limit_status'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext.rate_limit_status() IS
-	'Size of the shared rate-limit table and how many slots hold a bucket';
+	'Size of the shared rate-limit table, how many slots hold a bucket, and the most buckets one tenant''s (or rate_limit_check''s) keys may hold';
+
+-- The capped namespaces (src/ratelimit.c): the keys of rate_limit_check()
+-- (tenant_id NULL) and each tenant's keys of tenant_rate_limit_check() may
+-- hold at most quota_ext.rate_limit_tenant_entries buckets each.
+CREATE FUNCTION quota_ext.rate_limit_namespaces(OUT tenant_id bigint, OUT buckets integer)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'rate_limit_namespaces'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext.rate_limit_namespaces() IS
+	'Buckets held by the keys of rate_limit_check() (tenant_id NULL) and by each tenant''s keys of tenant_rate_limit_check(), in this database';
 
 -- ---------------------------------------------------------------------------
 -- configured per-tenant limits
@@ -73,7 +83,8 @@ CREATE TABLE quota_ext.rate_limits (
 	key_id         bigint,
 	max_burst      integer NOT NULL CHECK (max_burst OPERATOR(pg_catalog.>=) 0),
 	count          integer NOT NULL CHECK (count OPERATOR(pg_catalog.>) 0),
-	period_seconds integer NOT NULL CHECK (period_seconds OPERATOR(pg_catalog.>) 0),
+	period_seconds integer NOT NULL CHECK (period_seconds OPERATOR(pg_catalog.>) 0
+	                                       AND period_seconds OPERATOR(pg_catalog.<=) 86400),
 	created_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	PRIMARY KEY (tenant_id, rule_id),
@@ -190,6 +201,53 @@ CREATE FUNCTION quota_ext.rate_limit_apply(tenant_id bigint, model text DEFAULT 
 COMMENT ON FUNCTION quota_ext.rate_limit_apply(bigint, text, integer, bigint) IS
 	'Check and charge every configured rate limit of a tenant (model, key; tier default) all or nothing, as invoke() does';
 
+-- Emptying buckets (quota_ext_admin): a removed bucket is full again.  Not
+-- undone by a rollback, like every bucket change; the audit row is.  The
+-- row is written here rather than by _audit(), which would also mark the
+-- configuration changed and empty every backend's cache for nothing.
+CREATE FUNCTION quota_ext._rate_limit_reset(tenant_id bigint, key text, rule_ids bigint[])
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'rate_limit_reset_buckets'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION quota_ext._rate_limit_reset(bigint, text, bigint[]) IS
+	'Internal: remove rate-limit buckets (see rate_limit_reset)';
+REVOKE ALL ON FUNCTION quota_ext._rate_limit_reset(bigint, text, bigint[]) FROM PUBLIC;
+
+CREATE FUNCTION quota_ext.rate_limit_reset(tenant_id bigint DEFAULT NULL, key text DEFAULT NULL)
+	RETURNS bigint
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	t quota_ext.tenants;
+	ids bigint[];
+	n bigint;
+BEGIN
+	IF rate_limit_reset.tenant_id IS NULL THEN
+		PERFORM quota_ext._admin_only('rate_limit_reset of the keys of rate_limit_check()');
+	ELSE
+		t := quota_ext._tenant_for_update(rate_limit_reset.tenant_id);
+		IF rate_limit_reset.key IS NULL THEN
+			-- the tenant's rules and its tier default (rule 0)
+			ids := ARRAY(SELECT r.rule_id FROM quota_ext.rate_limits r
+			              WHERE r.tenant_id OPERATOR(pg_catalog.=) t.tenant_id)
+			       OPERATOR(pg_catalog.||) 0::pg_catalog.int8;
+		END IF;
+	END IF;
+	n := quota_ext._rate_limit_reset(t.tenant_id, rate_limit_reset.key, ids);
+	INSERT INTO quota_ext.audit_log (tenant_id, actor_tenant_id, action, object_type,
+	                                 object_id, before, after)
+	VALUES (coalesce(t.tenant_id, 0), quota_ext.current_tenant_id(), 'rate_limit_reset',
+	        'rate_limit_bucket', NULL, NULL,
+	        pg_catalog.jsonb_build_object('key', pg_catalog.left(rate_limit_reset.key, 200),
+	                                      'removed', n));
+	RETURN n;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.rate_limit_reset(bigint, text) IS
+	'Empty rate-limit buckets: the keys of rate_limit_check() (tenant_id NULL) or a tenant''s (its keys of tenant_rate_limit_check() and, without a key, its configured rules); one key or all; returns how many were removed';
+
 -- Who may call what.  rate_limit_check is the hot path of app servers,
 -- also before authentication (per IP address, per login name), so it is
 -- quota_ext_app's; its keys are shared by every holder of that role.
@@ -202,6 +260,8 @@ GRANT EXECUTE ON FUNCTION
 	TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION
 	quota_ext.rate_limit_status(),
+	quota_ext.rate_limit_namespaces(),
+	quota_ext.rate_limit_reset(bigint, text),
 	quota_ext.rate_limit_set(bigint, integer, integer, integer, text, bigint),
 	quota_ext.rate_limit_delete(bigint, bigint)
 	TO quota_ext_admin;

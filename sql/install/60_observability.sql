@@ -69,6 +69,25 @@ CREATE FUNCTION quota_ext.request_stats_reset() RETURNS void
 COMMENT ON FUNCTION quota_ext.request_stats_reset() IS
 	'Zero the request counters of every tenant';
 
+-- The configuration cache's level shared by all backends (src/cache.c):
+-- its size, the most entries one tenant may have, what it holds, and since
+-- server start its hits, misses (the backend ran the query), answers filed
+-- and answers refused (no room in the table or in the tenant's share).
+CREATE FUNCTION quota_ext.shared_cache_status(OUT capacity integer,
+	OUT tenant_entries integer, OUT entries bigint, OUT hits bigint, OUT misses bigint,
+	OUT filed bigint, OUT refused bigint)
+	AS 'MODULE_PATHNAME', 'shared_cache_status'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext.shared_cache_status() IS
+	'The shared configuration cache: capacity, most entries per tenant, entries, and hits, misses, filed and refused answers since server start';
+
+CREATE FUNCTION quota_ext.shared_cache_tenants(OUT tenant_id bigint, OUT entries integer)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'shared_cache_tenants'
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION quota_ext.shared_cache_tenants() IS
+	'Entries of each tenant of this database in the shared configuration cache';
+
 -- Dashboards.  security_invoker: the caller's row-level security applies
 -- (a tenant context sees its own rows; quota_ext_admin without one, all);
 -- security_barrier: caller predicates cannot see filtered rows.
@@ -170,5 +189,7 @@ GRANT EXECUTE ON FUNCTION
 	TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION
 	quota_ext.audit_purge(),
-	quota_ext.request_stats_reset()
+	quota_ext.request_stats_reset(),
+	quota_ext.shared_cache_status(),
+	quota_ext.shared_cache_tenants()
 	TO quota_ext_admin;

@@ -1,7 +1,7 @@
 -- pgTAP: the rate-limit contract (functions, privileges, SQLSTATEs, rules,
 -- tier defaults, RLS on quota_ext.rate_limits).
 BEGIN;
-SELECT plan(64);
+SELECT plan(70);
 
 -- Buckets outlive the transaction: fresh keys for every run.
 SELECT pg_catalog.md5(pg_catalog.random()::text) AS run \gset
@@ -46,6 +46,12 @@ SELECT function_privs_are('quota_ext', 'rate_limit_delete', ARRAY['bigint', 'big
 	'quota_ext_app', ARRAY[]::text[], 'the app role may not delete limits');
 SELECT function_privs_are('quota_ext', 'rate_limit_check', ARRAY['text', 'integer', 'integer', 'integer', 'integer'],
 	'public', ARRAY[]::text[], 'PUBLIC may not check');
+SELECT function_privs_are('quota_ext', 'rate_limit_reset', ARRAY['bigint', 'text'],
+	'quota_ext_app', ARRAY[]::text[], 'the app role may not reset buckets');
+SELECT function_privs_are('quota_ext', 'rate_limit_reset', ARRAY['bigint', 'text'],
+	'quota_ext_admin', ARRAY['EXECUTE'], 'the admin role resets buckets');
+SELECT function_privs_are('quota_ext', '_rate_limit_reset', ARRAY['bigint', 'text', 'bigint[]'],
+	'quota_ext_admin', ARRAY[]::text[], 'the internal reset is for nobody but its wrapper');
 
 SELECT has_table('quota_ext', 'rate_limits', 'rate_limits exists');
 SELECT col_is_pk('quota_ext', 'rate_limits', ARRAY['tenant_id', 'rule_id'], 'PK leads with tenant_id');
@@ -94,7 +100,10 @@ SELECT throws_ok($$SELECT quota_ext.rate_limit_check('tap:x', 1, 1, -1)$$, '2202
 SELECT throws_ok($$SELECT quota_ext.rate_limit_check('tap:x', 1, 1, 1, -2)$$, '22023', NULL, 'negative quantity');
 SELECT throws_ok($$SELECT quota_ext.rate_limit_check('', 1, 1, 1)$$, '22023', NULL, 'empty key');
 SELECT throws_ok($$SELECT quota_ext.rate_limit_check(repeat('x', 1025), 1, 1, 1)$$, '22023', NULL, 'key over 1024 bytes');
-SELECT throws_ok($$SELECT quota_ext.rate_limit_check('tap:x', 2147483647, 1, 2147483647)$$, '22003', NULL, 'overflow');
+SELECT throws_ok($$SELECT quota_ext.rate_limit_check('tap:x', 0, 1, 86400, 2147483647)$$, '22003', NULL, 'overflow');
+SELECT throws_ok($$SELECT quota_ext.rate_limit_check('tap:x', 0, 1, 86401)$$, '22023', NULL, 'period over one day');
+SELECT throws_ok($$SELECT quota_ext.rate_limit_check('tap:x', 2147483647, 1, 2147483647)$$, '22023', NULL, 'the 68-year bucket');
+SELECT throws_ok($$SELECT quota_ext.rate_limit_check('tap:x', 1440, 1440, 86400)$$, '22023', NULL, 'refill over one day');
 SELECT throws_ok($$SELECT quota_ext.tenant_rate_limit_check('tap:x', 1, 1, 1)$$, '42501', NULL, 'tenant check needs a context');
 
 -- ---------------------------------------------------------------------------

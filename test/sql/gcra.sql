@@ -122,17 +122,25 @@ SELECT limited, "limit", remaining, reset_after_ns
 SELECT limited, remaining, reset_after_ns
   FROM quota_ext.gcra_eval(0, 0, 10, 2000000000, 3, 1);
 
--- Huge periods: one per 2^31-1 seconds (68 years) fits in int64 ns, with a
--- burst of 2 (a tolerance of 204 years); 68 years later there is one more.
-SELECT * FROM pg_temp.seq(2, 1, 2147483647, ARRAY[
-	[1, 1], [1, 1], [1, 1], [1, 1], [2147483647000000001, 1], [2147483647000000001, 0]]);
+-- The longest buckets (src/gcra.c, "Bounds"): a period of one day, and a
+-- refill time (tolerance) of one day: 3 per day with a burst of 2 takes
+-- exactly 86400 s to refill; 8 hours later there is one more.
+SELECT * FROM pg_temp.seq(2, 3, 86400, ARRAY[
+	[1, 1], [1, 1], [1, 1], [1, 1], [28800000000001, 1], [28800000000001, 0]]);
+-- One second more is refused (22023), as is a period over one day or a
+-- burst that takes longer than one day to refill (the 68-year bucket).
+SELECT pg_temp.err('SELECT quota_ext.gcra_eval(0, 0, 0, 1, 86401, 1)');
+SELECT pg_temp.err('SELECT quota_ext.gcra_eval(0, 0, 3, 3, 86400, 1)');
+SELECT pg_temp.err('SELECT quota_ext.gcra_eval(0, 0, 86400, 1, 1, 1)');
+SELECT pg_temp.err('SELECT quota_ext.gcra_eval(0, 0, 0, 1, 2147483647, 1)');
+SELECT pg_temp.err('SELECT quota_ext.gcra_eval(0, 0, 2147483647, 1, 86400, 1)');
+SELECT limited, "limit" FROM quota_ext.gcra_eval(0, 0, 86399, 1, 1, 1);
 
--- Overflow is an error (22003), never a wrapped answer: a tolerance of 5
--- such periods, an increment of 5, a TAT past 2262, a TAT below 1677.
-SELECT pg_temp.err('SELECT quota_ext.gcra_eval(0, 0, 4, 1, 2147483647, 1)');
-SELECT pg_temp.err('SELECT quota_ext.gcra_eval(0, 0, 0, 1, 2147483647, 5)');
+-- Overflow is an error (22003), never a wrapped answer: an increment of
+-- 2^31 days, a TAT past 2262, an allow-at time below 1677.
+SELECT pg_temp.err('SELECT quota_ext.gcra_eval(0, 0, 0, 1, 86400, 2147483647)');
 SELECT pg_temp.err('SELECT quota_ext.gcra_eval(0, 9223372036854775000, 0, 1, 1, 1)');
-SELECT pg_temp.err('SELECT quota_ext.gcra_eval(0, -9223372036854775000, 2147483647, 1, 10, 1)');
+SELECT pg_temp.err('SELECT quota_ext.gcra_eval(-9223372036854775000, -9223372036854775000, 0, 1, 1, 0)');
 -- ... and a rate above 10^9 per second has no interval (22023).
 SELECT pg_temp.err('SELECT quota_ext.gcra_eval(0, 0, 0, 2000000000, 1, 1)');
 

@@ -71,6 +71,9 @@ SELECT pg_temp.err($$SELECT quota_ext.rate_limit_check('rl:bad', 1, 1, 1, -1)$$)
 SELECT pg_temp.err($$SELECT quota_ext.rate_limit_check('', 1, 1, 1)$$);
 SELECT pg_temp.err($$SELECT quota_ext.rate_limit_check(repeat('k', 1025), 1, 1, 1)$$);
 SELECT pg_temp.err($$SELECT quota_ext.rate_limit_check('rl:bad', 2147483647, 1, 2147483647)$$);
+SELECT pg_temp.err($$SELECT quota_ext.rate_limit_check('rl:bad', 0, 1, 86401)$$);
+SELECT pg_temp.err($$SELECT quota_ext.rate_limit_check('rl:bad', 1440, 1440, 86400)$$);
+SELECT pg_temp.err($$SELECT quota_ext.rate_limit_check('rl:bad', 0, 1, 86400, 2147483647)$$);
 SELECT pg_temp.err($$SELECT quota_ext.rate_limit_check('rl:bad', 0, 2000000000, 1)$$);
 SELECT * FROM quota_ext.rate_limit_check('rl:bad', 1, 1, 3600, 0);
 
@@ -166,13 +169,42 @@ SELECT left(pg_temp.err($$SELECT quota_ext.rate_limit_apply($$ || :acme || $$)$$
 SELECT left(pg_temp.err($$SELECT quota_ext.rate_limit_set($$ || :acme || $$, 1, 1)$$), 5) AS sqlstate;
 ROLLBACK;
 
+-- Resetting buckets (quota_ext_admin; not undone by a rollback): one key
+-- of rate_limit_check, one key of a tenant, then the rest of the tenant's
+-- (its rules' buckets and its tier default's).  A reset bucket is full.
+SELECT quota_ext.rate_limit_reset(key => 'rl:noburst') AS one_key;
+SELECT quota_ext.rate_limit_reset(key => 'rl:noburst') AS again;
+SELECT limited, remaining FROM quota_ext.rate_limit_check('rl:noburst', 0, 1, 3600);
+SELECT quota_ext.rate_limit_reset(:acme, 'shared') AS acme_key;
+SELECT quota_ext.rate_limit_reset(:acme) AS acme_rules;
+SELECT limited, rule_id = :per_key AS per_key, remaining
+  FROM quota_ext.rate_limit_apply(:acme, key_id => :acme_key);
+SELECT tenant_id = :globex AS globex, buckets FROM quota_ext.rate_limit_namespaces()
+ WHERE tenant_id IN (:acme, :globex);
+SELECT tenant_id = :acme AS acme, action, object_type, after
+  FROM quota_ext.audit_log
+ WHERE tenant_id IN (0, :acme) AND action = 'rate_limit_reset' ORDER BY audit_id;
+SELECT pg_temp.err($$SELECT quota_ext.rate_limit_reset(999999999)$$);
+SELECT pg_temp.err($$SELECT quota_ext.rate_limit_reset(key => '')$$);
+BEGIN;
+SELECT quota_ext.set_tenant(:globex);
+SELECT left(pg_temp.err($$SELECT quota_ext.rate_limit_reset()$$), 5) AS sqlstate;
+SELECT left(pg_temp.err($$SELECT quota_ext.rate_limit_reset($$ || :acme || $$)$$), 5) AS sqlstate;
+ROLLBACK;
+-- a rule over one day is refused before it is stored
+SELECT pg_temp.err($$SELECT quota_ext.rate_limit_set($$ || :acme || $$, 1, 86401)$$);
+SELECT pg_temp.err($$SELECT quota_ext.rate_limit_set($$ || :acme || $$, 1, 60, 1440)$$);
+
 -- The app role: checks yes, management no.
 SET ROLE quota_ext_app;
 SELECT limited FROM quota_ext.rate_limit_check('rl:app', 0, 1, 3600);
 SELECT pg_temp.err($$SELECT quota_ext.rate_limit_set($$ || :acme || $$, 1, 1)$$);
 SELECT pg_temp.err($$SELECT quota_ext.rate_limit_status()$$);
+SELECT pg_temp.err($$SELECT quota_ext.rate_limit_namespaces()$$);
+SELECT pg_temp.err($$SELECT quota_ext.rate_limit_reset()$$);
 SELECT pg_temp.err($$SELECT quota_ext.rate_limit_apply($$ || :acme || $$)$$);
 SELECT count(*) AS visible_rules FROM quota_ext.rate_limits;
 RESET ROLE;
 
-SELECT slots, in_use > 0 AS some_in_use, partitions FROM quota_ext.rate_limit_status();
+SELECT slots, in_use > 0 AS some_in_use, partitions, tenant_entries = slots / 4 AS quarter
+  FROM quota_ext.rate_limit_status();

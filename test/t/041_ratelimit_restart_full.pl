@@ -1,6 +1,9 @@
 # The bucket table: sized by quota_ext.rate_limit_slots, empty after a
 # restart (documented: like Redis without persistence), 53200 with a hint
-# when every slot holds a live bucket, idle buckets reclaimed.
+# when every slot holds a live bucket, idle buckets reclaimed; a namespace
+# at its cap (quota_ext.rate_limit_tenant_entries) reclaims its idle
+# buckets before it is refused.  Until that last part the cap is above the
+# table's size, so that one namespace can fill the table.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -12,6 +15,7 @@ my $node = PostgreSQL::Test::Cluster->new('restart');
 $node->init;
 $node->append_conf('postgresql.conf', "shared_preload_libraries = 'quota_ext'");
 $node->append_conf('postgresql.conf', "quota_ext.rate_limit_slots = 1024");
+$node->append_conf('postgresql.conf', "quota_ext.rate_limit_tenant_entries = 2048");
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION quota_ext');
 
@@ -119,6 +123,49 @@ note($churn);
 cmp_ok($keys, '>', 1024, 'more keys than slots went through the table');
 is($early, 0, 'no tenant admitted twice within one second');
 cmp_ok($admitted, '>=', 20 * 2, 'every tenant admitted about once a second');
+
+# ---- a namespace at its cap ----
+# 100 live buckets for the keys of rate_limit_check: the next key is
+# refused while the table has free slots.  Then 100 one-second buckets:
+# once they are idle the namespace reclaims them first and takes new keys.
+$node->restart;
+$node->safe_psql('postgres', 'ALTER SYSTEM SET quota_ext.rate_limit_tenant_entries = 100');
+$node->reload;
+$node->poll_query_until('postgres',
+	'SELECT tenant_entries = 100 FROM quota_ext.rate_limit_status()');
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT count(*) FROM generate_series(1, 100) g,
+		         quota_ext.rate_limit_check('cap:' || g, 0, 1, 3600) r
+		   WHERE NOT r.limited}),
+	'100',
+	'100 buckets fill the namespace');
+($ret, $out, $err) = $node->psql('postgres',
+	q{SELECT * FROM quota_ext.rate_limit_check('cap:101', 0, 1, 3600)},
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/ERROR:\s+53200: too many rate-limit buckets for the keys of rate_limit_check/,
+	'the 101st: 53200 while all 100 are live');
+is($node->safe_psql('postgres', 'SELECT in_use FROM quota_ext.rate_limit_status()'),
+	'100', 'while the table has free slots');
+is($node->safe_psql('postgres', 'SELECT quota_ext.rate_limit_reset()'),
+	'100', 'the admin reset empties the namespace');
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT count(*) FROM generate_series(1, 100) g,
+		         quota_ext.rate_limit_check('short:' || g, 0, 1, 1) r
+		   WHERE NOT r.limited}),
+	'100',
+	'100 one-second buckets fill it again');
+sleep(2.2);
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT count(*) FROM generate_series(101, 200) g,
+		         quota_ext.rate_limit_check('short:' || g, 0, 1, 3600) r
+		   WHERE NOT r.limited}),
+	'100',
+	'once idle, the namespace reclaims them and takes 100 new keys');
+is($node->safe_psql('postgres', 'SELECT buckets FROM quota_ext.rate_limit_namespaces()'),
+	'100', 'and counts exactly 100');
 
 $node->stop;
 done_testing();

@@ -250,7 +250,9 @@ my %extra = (
 	rate_limit_check         => '53200 55000',
 	tenant_rate_limit_check  => '53200 55000',
 	rate_limit_apply         => '53200 55000',
-	rate_limit_status        => '55000',);
+	rate_limit_status        => '55000',
+	rate_limit_namespaces    => '55000',
+	rate_limit_reset         => '55000',);
 my $common = '22004 22023 22003 42501 42704';
 my @unexpected;
 for my $row (split /\n/, $node->safe_psql('postgres',
