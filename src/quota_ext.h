@@ -65,7 +65,7 @@ extern void QuotaContextSet(int64 tenant_id, int64 user_id, int64 key_id,
 extern const QuotaContext *QuotaContextGet(void);
 extern bool QuotaCallerIsAdmin(void);
 extern void QuotaCheckTenantAccess(int64 tenant_id);
-extern void QuotaRaiseUnknownTenant(int64 tenant_id) pg_attribute_noreturn();
+pg_noreturn extern void QuotaRaiseUnknownTenant(int64 tenant_id);
 
 /* cache.c: per-backend cache of the configuration */
 typedef enum QuotaCacheKind
@@ -122,9 +122,8 @@ extern QuotaGcraStatus QuotaGcraEval(int64 tat, int64 now, int64 max_burst,
 									 int64 quantity, QuotaGcraResult *out);
 extern void QuotaGcraCheckArgs(int64 max_burst, int64 count, int64 period_s,
 							   int64 quantity);
-extern void QuotaGcraRaise(QuotaGcraStatus status, int64 max_burst,
-						   int64 count, int64 period_s, int64 quantity)
-			pg_attribute_noreturn();
+pg_noreturn extern void QuotaGcraRaise(QuotaGcraStatus status, int64 max_burst,
+									   int64 count, int64 period_s, int64 quantity);
 
 /*
  * The answer of QuotaRateLimitApply.  rule_id 0 is the tier default; when

@@ -300,7 +300,7 @@ quota_rl_require(void)
 				 errhint("Add quota_ext to shared_preload_libraries in postgresql.conf and restart the server.")));
 }
 
-static void quota_rl_raise_full(void) pg_attribute_noreturn();
+pg_noreturn static void quota_rl_raise_full(void);
 
 static void
 quota_rl_raise_full(void)
