@@ -76,6 +76,9 @@ RESET ROLE;
 \echo 'The app connects as demo_app (a member of quota_ext_app).  authenticate()'
 \echo 'returns (tenant_id, user_id, role) and makes the tenant the context of this'
 \echo 'transaction; row-level security then shows that tenant''s rows only.'
+\echo '(psql 15 sends :''alice_key'' as a literal in the SQL text; an application sends'
+\echo 'the key as a bind parameter, invoke($1, ...), so it appears in no log and in no'
+\echo 'pg_stat_activity.query: see SECURITY.md.)'
 SET ROLE demo_app;
 BEGIN;
 SELECT * FROM quota_ext.authenticate(:'alice_key');

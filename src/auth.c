@@ -21,6 +21,13 @@
  * 28000, with the same text, so a caller learns nothing about which case it
  * was.
  *
+ * A key must not reach the server log: from the moment a statement hands a
+ * key to QuotaAuthenticate until that call (authenticate() or invoke())
+ * returns, an error's STATEMENT line is suppressed (emit_log_hook), so a
+ * failing invoke('qxk_...', ...) logs its error but not the key.  What the
+ * extension cannot reach (log_statement = 'all', pg_stat_activity.query)
+ * is kept clean by passing keys as bind parameters (SECURITY.md).
+ *
  * last_used_at is refreshed at most once per quota_ext.key_touch_interval
  * per key, with SKIP LOCKED so a busy key never queues on its own row, and
  * never in a read-only, REPEATABLE READ or SERIALIZABLE transaction:
@@ -55,6 +62,43 @@ static const char base62[] =
 
 static int	quota_key_touch_interval = 60;
 
+/* a statement's key argument is being used (see the header) */
+static bool quota_key_in_flight = false;
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+static void
+quota_auth_emit_log(ErrorData *edata)
+{
+	if (quota_key_in_flight && edata->elevel >= ERROR)
+		edata->hide_stmt = true;
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+static void
+quota_auth_xact_callback(XactEvent event, void *arg)
+{
+	/* after the error was reported, or a caught one's transaction ended */
+	quota_key_in_flight = false;
+}
+
+/*
+ * QuotaKeyArgBegin, QuotaKeyArgDone
+ *		A function that takes an API key argument calls Begin first thing
+ *		and Done before it returns: errors in between hide their statement.
+ */
+void
+QuotaKeyArgBegin(void)
+{
+	quota_key_in_flight = true;
+}
+
+void
+QuotaKeyArgDone(void)
+{
+	quota_key_in_flight = false;
+}
+
 void
 QuotaAuthInit(void)
 {
@@ -65,6 +109,9 @@ QuotaAuthInit(void)
 							60, 0, 86400,
 							PGC_SUSET, GUC_UNIT_S,
 							NULL, NULL, NULL);
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = quota_auth_emit_log;
+	RegisterXactCallback(quota_auth_xact_callback, NULL);
 }
 
 static void
@@ -107,7 +154,8 @@ quota_invalid_key(void)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-			 errmsg("invalid API key")));
+			 errmsg("invalid API key"),
+			 errhidestmt(true)));
 }
 
 /* parse 1..18 decimal digits without a leading zero; advance *p */
@@ -352,8 +400,22 @@ QuotaAuthenticate(text *keytext)
 
 		e = QuotaCacheLookup(QUOTA_CACHE_KEYS, &ck, sizeof(ck),
 							 sizeof(QuotaKeyCacheEntry), &found);
-		if (found && e->valid && e->expires_at > now)
+		if (found && e->valid && e->expires_at > now &&
+			timingsafe_bcmp(digest, e->hash, PG_SHA256_DIGEST_LENGTH) == 0)
 			ok = true;
+		else if (found && e->valid && e->expires_at > now)
+		{
+			/*
+			 * A wrong secret for a cached key does the work of an unknown
+			 * key (the table is read), so the time of a refusal does not
+			 * tell whether the key id exists (SECURITY.md).  The entry
+			 * stays: it is the right key's.
+			 */
+			QuotaSpiBegin(&spi);
+			spi_open = true;
+			(void) quota_key_read(ck.tenant_id, ck.key_id, &local);
+			e = NULL;
+		}
 		else
 		{
 			e->valid = false;
@@ -459,6 +521,7 @@ authenticate(PG_FUNCTION_ARGS)
 	bool		nulls[3] = {false, false, false};
 	const QuotaContext *ctx;
 
+	QuotaKeyArgBegin();
 	QuotaArgNotNull(fcinfo, 0, "api_key");
 	/* the row type, looked up once per call site */
 	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
@@ -474,6 +537,7 @@ authenticate(PG_FUNCTION_ARGS)
 		fcinfo->flinfo->fn_extra = tupdesc;
 	}
 	QuotaAuthenticate(PG_GETARG_TEXT_PP(0));
+	QuotaKeyArgDone();
 	ctx = QuotaContextGet();
 	values[0] = Int64GetDatum(ctx->tenant_id);
 	values[1] = Int64GetDatum(ctx->user_id);

@@ -90,7 +90,7 @@ QuotaPriceAt(int64 tenant_id, int64 model_id, TimestampTz at, QuotaPrice *out)
 {
 	static QuotaPlan plan = {
 		"SELECT p.price_id, p.currency, p.unit_price, p.input_per_1k, p.output_per_1k, "
-		"       NULL::timestamptz "
+		"       NULL::pg_catalog.timestamptz "
 		"FROM quota_ext._price_in_force($1, $2, $3) p",
 		3, {INT8OID, INT8OID, TIMESTAMPTZOID}
 	};
@@ -115,7 +115,7 @@ QuotaPriceById(int64 price_id, QuotaPrice *out)
 {
 	static QuotaPlan plan = {
 		"SELECT p.price_id, p.currency, p.unit_price, p.input_per_1k, p.output_per_1k, "
-		"       NULL::timestamptz "
+		"       NULL::pg_catalog.timestamptz "
 		"FROM quota_ext.prices p WHERE p.price_id OPERATOR(pg_catalog.=) $1",
 		1, {INT8OID}
 	};

@@ -1209,17 +1209,15 @@ emit_event(int64 tenant_id, QuotaRow *r, const char *kind, int threshold, int64 
 		return;					/* already emitted in this period */
 	event_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 										   &isnull));
+	/*
+	 * Ids only: any login may LISTEN on any channel (PostgreSQL has no
+	 * privilege for it) and NOTIFY a forged payload, so the payload is a
+	 * hint that says which row to read, and the listener reads it through
+	 * row-level security (SECURITY.md, doc/design.md §2).
+	 */
 	initStringInfo(&payload);
-	appendStringInfo(&payload,
-					 "{\"event_id\": %lld, \"tenant_id\": %lld, \"quota_id\": %lld, "
-					 "\"period\": ",
-					 (long long) event_id, (long long) tenant_id, (long long) r->quota_id);
-	escape_json(&payload, r->label);
-	appendStringInfoString(&payload, ", \"period_start\": ");
-	escape_json(&payload, TIMESTAMP_NOT_FINITE(r->start) ? "-infinity" : timestamptz_to_str(r->start));
-	appendStringInfo(&payload,
-					 ", \"kind\": \"%s\", \"threshold\": %d, \"used\": %lld, \"limit\": %lld}",
-					 kind, threshold, (long long) r->new_used, (long long) limit);
+	appendStringInfo(&payload, "{\"event_id\": %lld, \"tenant_id\": %lld}",
+					 (long long) event_id, (long long) tenant_id);
 	Async_Notify(QUOTA_EVENT_CHANNEL, payload.data);
 }
 
@@ -2396,6 +2394,7 @@ invoke(PG_FUNCTION_ARGS)
 	Decision	d;
 	const QuotaContext *ctx;
 
+	QuotaKeyArgBegin();
 	check_writable("invoke()");
 	QuotaArgNotNull(fcinfo, 0, "api_key");
 	QuotaArgNotNull(fcinfo, 1, "model");
@@ -2415,6 +2414,7 @@ invoke(PG_FUNCTION_ARGS)
 	req.key_authenticated = true;
 	req.role = ctx->role[0] ? pstrdup(ctx->role) : NULL;
 	QuotaConsume(&req, &d);
+	QuotaKeyArgDone();
 	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
 }
 

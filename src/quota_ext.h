@@ -40,6 +40,7 @@ typedef struct QuotaSpiState
 {
 	Oid			save_userid;
 	int			save_sec_context;
+	int			guc_nest_level; /* 0: the path was already pinned */
 } QuotaSpiState;
 
 extern void QuotaSpiBegin(QuotaSpiState *state);
@@ -95,6 +96,8 @@ extern void QuotaSharedCachePut(QuotaCacheKind kind, const void *key, Size keysi
 /* auth.c: API keys */
 extern void QuotaAuthInit(void);
 extern void QuotaAuthenticate(text *api_key);
+extern void QuotaKeyArgBegin(void);
+extern void QuotaKeyArgDone(void);
 extern void QuotaKeyRecheck(int64 tenant_id, int64 key_id);
 
 /* ratelimit.c / gcra.c: rate limits (GCRA in shared memory) */

@@ -15,17 +15,29 @@
  * before the switch.  An ERROR restores the user through (sub)transaction
  * abort, so no PG_TRY is needed.
  *
- * Queries are written fully qualified: tables as quota_ext.t, functions as
- * pg_catalog.f(), every operator as OPERATOR(pg_catalog.=), no IN lists and
- * no CASE x WHEN (both pick operators by search_path).  This matters because
- * since PostgreSQL 9.3 the plan cache re-plans a kept plan under the
- * caller's *current* search_path whenever that path changes; with nothing
- * left to resolve by path, a hostile path (an evil schema or pg_temp first)
- * cannot capture anything, and ordinary callers, whose path does not
- * change, keep one plan.  Plans are prepared once per backend and kept with
- * SPI_keepplan.  Only SQL text in this file's
- * callers' static QuotaPlan structs is ever executed: nothing is built from
- * strings.
+ * Name capture is made impossible twice over (doc/design.md §2):
+ *
+ * 1. The path is pinned.  Between QuotaSpiBegin and QuotaSpiEnd the
+ *    search_path is "pg_catalog, pg_temp", exactly as the SET clause of a
+ *    SECURITY DEFINER function would make it: pg_catalog first for every
+ *    kind of name, pg_temp last (it is searched first for relations and
+ *    types unless the path names it), no schema of the caller's at all.
+ *    The plan cache re-plans a kept plan whenever the current path differs
+ *    from the one it was planned under, so the pin holds at planning *and*
+ *    at every re-plan; and since every call pins the same path, kept plans
+ *    stay valid.  A caller that already runs under this path (the SQL
+ *    functions of the extension, which SET it) pays nothing.
+ * 2. The texts are qualified: tables as quota_ext.t, types and casts as
+ *    pg_catalog.int8 or quota_ext.t, functions as pg_catalog.f(), every
+ *    operator as OPERATOR(pg_catalog.=), no IN lists and no CASE x WHEN
+ *    (both pick operators by path).  test/t/000_script_hygiene.pl checks
+ *    the texts statically; test/sql/search_path_all.sql runs the whole API
+ *    under hostile paths with pg_temp shadowing every name the extension
+ *    uses.
+ *
+ * Plans are prepared once per backend and kept with SPI_keepplan.  Only SQL
+ * text in this file's callers' static QuotaPlan structs is ever executed:
+ * nothing is built from strings.
  *
  *-------------------------------------------------------------------------
  */
@@ -35,6 +47,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "miscadmin.h"
+#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/syscache.h"
 
@@ -80,9 +93,12 @@ QuotaOwnerId(void)
 	return quota_owner;
 }
 
+/* the path everything the extension runs as its owner resolves names in */
+#define QUOTA_PINNED_PATH "pg_catalog, pg_temp"
+
 /*
  * QuotaSpiBegin
- *		Connect to SPI and become the extension owner.
+ *		Connect to SPI, pin the search_path and become the extension owner.
  */
 void
 QuotaSpiBegin(QuotaSpiState *state)
@@ -90,6 +106,16 @@ QuotaSpiBegin(QuotaSpiState *state)
 	Oid			owner = QuotaOwnerId();
 
 	GetUserIdAndSecContext(&state->save_userid, &state->save_sec_context);
+	state->guc_nest_level = 0;
+	if (namespace_search_path == NULL ||
+		strcmp(namespace_search_path, QUOTA_PINNED_PATH) != 0)
+	{
+		/* as fmgr_security_definer does for a SET clause */
+		state->guc_nest_level = NewGUCNestLevel();
+		(void) set_config_option("search_path", QUOTA_PINNED_PATH,
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	}
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	SetUserIdAndSecContext(owner,
@@ -98,7 +124,8 @@ QuotaSpiBegin(QuotaSpiState *state)
 
 /*
  * QuotaSpiEnd
- *		Become the caller again and disconnect from SPI.  Memory returned by
+ *		Become the caller again, disconnect from SPI and give the caller its
+ *		search_path back.  Memory returned by
  *		SPI must have been copied out before.
  */
 void
@@ -107,6 +134,9 @@ QuotaSpiEnd(QuotaSpiState *state)
 	SetUserIdAndSecContext(state->save_userid, state->save_sec_context);
 	if (SPI_finish() != SPI_OK_FINISH)
 		elog(ERROR, "SPI_finish failed");
+	/* an ERROR before this point restores the path through (sub)xact abort */
+	if (state->guc_nest_level > 0)
+		AtEOXact_GUC(true, state->guc_nest_level);
 }
 
 /*

@@ -399,18 +399,16 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._invoice_for_update(bigint, bigint) IS 'Internal: lock an invoice';
 
--- The NOTIFY payload of an invoice event (see doc/billing.md).
+-- The NOTIFY payload of an invoice event (see doc/billing.md): ids only.
+-- Any login may LISTEN on any channel and NOTIFY a forged payload, so the
+-- payload only says which invoice to read; the listener reads it through
+-- row-level security and trusts the row, never the payload (SECURITY.md).
 CREATE FUNCTION quota_ext._invoice_notify(i quota_ext.invoices, event text) RETURNS void
 	LANGUAGE sql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
-	SELECT pg_notify('quota_ext_invoices', jsonb_build_object(
-		'event', $2, 'invoice_id', $1.invoice_id, 'tenant_id', $1.tenant_id,
-		'invoice_number', $1.invoice_number, 'status', $1.status,
-		'period_start', $1.period_start, 'period_end', $1.period_end,
-		'currency', $1.currency, 'total', $1.total::text,
-		'lines', (SELECT count(*) FROM quota_ext.invoice_lines l
-		           WHERE l.tenant_id = $1.tenant_id AND l.invoice_id = $1.invoice_id))::text)
+	SELECT pg_catalog.pg_notify('quota_ext_invoices', pg_catalog.jsonb_build_object(
+		'event', $2, 'invoice_id', $1.invoice_id, 'tenant_id', $1.tenant_id)::pg_catalog.text)
 	$$;
 COMMENT ON FUNCTION quota_ext._invoice_notify(quota_ext.invoices, text) IS
 	'Internal: send an invoice event on channel quota_ext_invoices';

@@ -14,7 +14,12 @@
 --   * every overload of the pg_catalog functions the extension (or careless
 --     code) calls, and a few aggregates,
 --   * views named like every table of the extension and a few catalogs,
--- and pg_temp holds views with the same names.  Every hostile object bumps
+--   * domains named like every base type of pg_catalog and every type of
+--     the extension, whose CHECK raises (a cast to a captured type name
+--     runs it: the attack of issue 12, finding 1),
+-- and pg_temp holds views and domains with the same names, in the sessions
+-- of sets 2 and 3 (pg_temp is searched first for relations and types even
+-- when the path does not name it).  Every hostile object bumps
 -- the sequence evil.calls and raises.  Pass: every call's outcome (result
 -- or SQLSTATE and message, with digits and API keys masked) is the same
 -- on all three sets, the data the calls leave behind is the same, and
@@ -41,7 +46,7 @@ CREATE FUNCTION pg_temp.fixture(s int) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
 	p text := 'spa-' || s || '-';
 	a bigint; b bigint; c bigint; u bigint; kid bigint; kid2 bigint; kid3 bigint;
-	key text; q bigint; qd bigint; rule bigint; ruled bigint; r1 bigint; r2 bigint; u1 bigint;
+	key text; q bigint; qd bigint; rule bigint; ruled bigint; r1 bigint; r2 bigint; r3 bigint; u1 bigint;
 	e1 timestamptz; e2 timestamptz; inv bigint; inv2 bigint;
 BEGIN
 	a := quota_ext.tenant_create(p || 'a', 'enterprise', 'Europe/Berlin');
@@ -66,6 +71,8 @@ BEGIN
 	-- a list price, priced usage and two closed periods with an invoice each
 	PERFORM quota_ext.price_set(p || 'g', 'EUR', 0.01);
 	PERFORM quota_ext.quota_consume(a, p || 'g', 2);
+	-- a reservation at a price: its settlement reads the price by id
+	r3 := (quota_ext.quota_reserve(a, p || 'g', 3)).reservation_id;
 	e1 := clock_timestamp();
 	inv := (SELECT i.invoice_id FROM quota_ext.billing_close(a, now() - interval '1 day', e1) i);
 	PERFORM quota_ext.quota_consume(a, p || 'g', 4);
@@ -73,7 +80,7 @@ BEGIN
 	inv2 := (SELECT i.invoice_id FROM quota_ext.billing_close(a, e1, e2) i);
 	INSERT INTO public.spa_fix VALUES (s, 'a', a), (s, 'b', b), (s, 'c', c), (s, 'u', u), (s, 'kid', kid),
 		(s, 'kid2', kid2), (s, 'kid3', kid3), (s, 'key', key), (s, 'q', q), (s, 'qd', qd), (s, 'rule', rule),
-		(s, 'ruled', ruled), (s, 'r1', r1), (s, 'r2', r2), (s, 'u1', u1), (s, 'g', p || 'g'),
+		(s, 'ruled', ruled), (s, 'r1', r1), (s, 'r2', r2), (s, 'r3', r3), (s, 'u1', u1), (s, 'g', p || 'g'),
 		(s, 'own', p || 'own'), (s, 'p', p), (s, 'e2', e2), (s, 'inv', inv), (s, 'inv2', inv2);
 END
 $$;
@@ -117,6 +124,7 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(36, 'usage_report', 'app', $q$SELECT model, calls, units, currency, cost FROM quota_ext.usage_report({a}, '2026-01-01', '2100-01-01')$q$),
 	(37, 'request_stats', 'app', $q$SELECT tenant_id OPERATOR(pg_catalog.=) {a} FROM quota_ext.request_stats()$q$),
 	(38, 'metrics', 'app', $q$SELECT quota_ext.metrics()$q$),
+	(40, 'quota_settle', 'app', $q$SELECT allowed, cost, currency FROM quota_ext.quota_settle({a}, {r3}, 2)$q$),
 	(39, 'quota_consume', 'app', $q$SELECT allowed, cost, currency FROM quota_ext.quota_consume({a}, '{g}', 1, input_tokens => 10, output_tokens => 5, metadata => '{"req": "x"}')$q$),
 	-- admin
 	(50, 'set_tenant', 'admin', $q$SELECT quota_ext.set_tenant({a}), quota_ext.current_tenant_id() OPERATOR(pg_catalog.=) {a}$q$),
@@ -148,7 +156,7 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(76, 'price_set', 'admin', $q$SELECT quota_ext.price_set('{g}', 'EUR', 0.02, effective_from => pg_catalog.now() OPERATOR(pg_catalog.+) interval '1 day') IS NOT NULL$q$),
 	(77, 'price_clear', 'admin', $q$SELECT quota_ext.price_clear('{g}', pg_catalog.now() OPERATOR(pg_catalog.+) interval '2 days') IS NOT NULL$q$),
 	(78, 'billing_close', 'admin', $q$SELECT * FROM quota_ext.billing_close('2001-01-01', '2001-01-02')$q$),
-	(79, 'billing_close', 'admin', $q$SELECT status, currency, total FROM quota_ext.billing_close({a}, '{e2}', '{e2}'::timestamptz OPERATOR(pg_catalog.+) interval '1 hour')$q$),
+	(79, 'billing_close', 'admin', $q$SELECT status, currency, total FROM quota_ext.billing_close({a}, '{e2}', '{e2}'::pg_catalog.timestamptz OPERATOR(pg_catalog.+) interval '1 hour')$q$),
 	(80, 'invoice_issue', 'admin', $q$SELECT status, invoice_number IS NOT NULL, total FROM quota_ext.invoice_issue({a}, {inv})$q$),
 	(81, 'invoice_void', 'admin', $q$SELECT status, void_reason FROM quota_ext.invoice_void({a}, {inv2}, 'spa test')$q$),
 	(82, 'usage_partitions_maintain', 'admin', $q$SELECT * FROM quota_ext.usage_partitions_maintain(3)$q$),
@@ -179,9 +187,12 @@ SELECT 1000 + row_number() OVER (ORDER BY p.oid::regprocedure::text), p.proname,
                          WHEN t IN ('timestamp with time zone', 'date') THEN '''2026-01-01'''
                          WHEN t = 'jsonb' THEN '''{}'''
                          WHEN t = 'text' THEN '''x'''
-                         ELSE 'NULL' END || '::' || t, ', ' ORDER BY i)
+                         ELSE 'NULL' END || '::' || qt, ', ' ORDER BY i)
                  FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY AS a(typ, i),
                       LATERAL (SELECT format_type(a.typ, NULL) AS t,
+                                      (SELECT format('%I.%I', tn.nspname, ty.typname) FROM pg_type ty
+                                         JOIN pg_namespace tn ON tn.oid = ty.typnamespace
+                                        WHERE ty.oid = a.typ) AS qt,
                                       coalesce(p.proargnames[i], '') AS n) x
                 WHERE i <= p.pronargs - p.pronargdefaults)),
        true
@@ -224,7 +235,7 @@ BEGIN
 		FOR f IN SELECT k, v FROM public.spa_fix WHERE s = p_set LOOP
 			q := replace(q, '{' || f.k || '}', f.v);
 		END LOOP;
-		q := format('SELECT pg_catalog.string_agg(x::text, '' '' ORDER BY x::text) FROM (%s) x', q);
+		q := format('SELECT pg_catalog.string_agg(x::pg_catalog.text, '' '' ORDER BY x::pg_catalog.text) FROM (%s) x', q);
 		auth := p_role = 'app' AND c.fn <> 'clear_tenant';
 		BEGIN
 			-- from here to the reset, no expression may use an operator or
@@ -256,6 +267,36 @@ BEGIN
 END
 $$;
 GRANT EXECUTE ON FUNCTION public.spa_run(int, text, text) TO PUBLIC;
+-- look-alike types: a domain for every base type of pg_catalog and every
+-- type of the extension, in a schema (evil, and pg_temp in each hostile
+-- session); its CHECK calls evil.type_trap, which raises
+CREATE FUNCTION public.spa_shadow_types(p_schema text) RETURNS int LANGUAGE plpgsql
+	SET search_path = pg_catalog AS $$
+DECLARE
+	r record;
+	made int := 0;
+BEGIN
+	FOR r IN SELECT DISTINCT t.typname, format('%I.%I', n.nspname, t.typname) AS base
+	           FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+	          WHERE ((n.nspname = 'pg_catalog' AND t.typtype = 'b' AND t.typcategory <> 'A'
+	                  AND t.typname NOT LIKE 'reg%' AND t.typisdefined)
+	                 OR (n.nspname = 'quota_ext' AND t.typtype IN ('b', 'c', 'd', 'e')
+	                     AND t.typcategory <> 'A'))
+	            AND NOT EXISTS (SELECT 1 FROM pg_type x WHERE x.typname = t.typname
+	                               AND x.typnamespace = pg_my_temp_schema() AND p_schema = 'pg_temp')
+	            AND NOT EXISTS (SELECT 1 FROM pg_type x WHERE x.typname = t.typname
+	                               AND x.typnamespace = 'evil'::regnamespace AND p_schema = 'evil') LOOP
+		BEGIN
+			EXECUTE format('CREATE DOMAIN %s.%I AS %s CHECK (evil.type_trap(VALUE))',
+			               p_schema, r.typname, r.base);
+			made := made + 1;
+		EXCEPTION WHEN OTHERS THEN NULL;
+		END;
+	END LOOP;
+	RETURN made;
+END
+$$;
+GRANT EXECUTE ON FUNCTION public.spa_shadow_types(text) TO PUBLIC;
 --
 -- set 1: the normal path
 --
@@ -355,6 +396,10 @@ BEGIN
 	RAISE NOTICE 'made %', made;
 END
 $evil$;
+-- look-alike types (public.spa_shadow_types)
+CREATE FUNCTION evil.type_trap(anyelement) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_catalog.nextval('evil.calls'); RAISE EXCEPTION 'evil type called'; END $$;
+SELECT public.spa_shadow_types('evil') > 60 AS hostile_types;
 SELECT count(*) > 300 AS hostile_objects FROM pg_proc WHERE pronamespace = 'evil'::regnamespace;
 SELECT count(*) > 100 AS hostile_operators FROM pg_operator WHERE oprnamespace = 'evil'::regnamespace;
 -- the trap is live: unqualified SQL under the hostile path calls it
@@ -363,6 +408,8 @@ SELECT 1::bigint = 1::bigint;
 SELECT now();
 SELECT sum(x) FROM (VALUES (1::bigint)) v(x);
 SELECT * FROM tenants;
+SELECT NULL::timestamptz;
+SELECT NULL::decision;
 RESET search_path;
 SELECT pg_catalog.setval('evil.calls', 1, false) AS calls_reset;
 --
@@ -370,10 +417,12 @@ SELECT pg_catalog.setval('evil.calls', 1, false) AS calls_reset;
 --
 \c - qx_spa_app
 SET client_min_messages = warning;
+SELECT public.spa_shadow_types('pg_temp') > 60 AS temp_types;
 SET search_path = evil, pg_catalog, public;
 SELECT public.spa_run(2, 'app', 'evil, pg_catalog, public') IS NOT NULL AS app_calls_ran;
 \c - qx_spa_admin
 SET client_min_messages = warning;
+SELECT public.spa_shadow_types('pg_temp') > 60 AS temp_types;
 SET search_path = evil, pg_catalog, public;
 SELECT public.spa_run(2, 'admin', 'evil, pg_catalog, public') IS NOT NULL AS admin_calls_ran;
 --
@@ -392,6 +441,7 @@ BEGIN
 	END LOOP;
 END
 $temp$;
+SELECT public.spa_shadow_types('pg_temp') > 60 AS temp_types;
 SET search_path = pg_temp, evil, pg_catalog;
 SELECT public.spa_run(3, 'app', 'pg_temp, evil, pg_catalog') IS NOT NULL AS app_calls_ran;
 \c - qx_spa_admin
@@ -407,6 +457,7 @@ BEGIN
 	END LOOP;
 END
 $temp$;
+SELECT public.spa_shadow_types('pg_temp') > 60 AS temp_types;
 SET search_path = pg_temp, evil, pg_catalog;
 SELECT public.spa_run(3, 'admin', 'pg_temp, evil, pg_catalog') IS NOT NULL AS admin_calls_ran;
 --
@@ -452,6 +503,7 @@ SELECT count(DISTINCT pg_temp.set_digest(s)) AS distinct_digests FROM generate_s
 -- cleanup
 DROP SCHEMA evil CASCADE;
 DROP FUNCTION public.spa_run(int, text, text);
+DROP FUNCTION public.spa_shadow_types(text);
 DROP TABLE public.spa_res, public.spa_calls, public.spa_fix;
 REVOKE CREATE ON DATABASE :"db" FROM qx_spa_app, qx_spa_admin;
 DROP ROLE qx_spa_app;

@@ -44,17 +44,72 @@ for my $f (@scripts)
 	is($n_pinned, $n_definer, "$f: all $n_definer SECURITY DEFINER functions pin search_path");
 }
 
-# SQL that C code runs through SPI is planned under the caller's
-# search_path (doc/design.md, "How functions reach tables"), with the
-# owner's privileges: every function it calls must be schema-qualified.
-# Checks every string literal (adjacent ones joined) that holds a
-# SELECT/INSERT/UPDATE/DELETE for an unqualified name followed by "(" that
-# is not SQL syntax (COALESCE, EXISTS, VALUES, ...) nor an alias column
-# list ("AS v(a, b)").
+# SQL that C code runs through SPI is planned with the owner's privileges
+# (src/spi.c, doc/design.md §2).  The path is pinned there, and the texts
+# are qualified as well: this checks the second layer.  In every string
+# literal (adjacent ones joined) that holds a SELECT/INSERT/UPDATE/DELETE:
+#   * a function call (a name followed by "(") must be schema-qualified,
+#     unless it is SQL syntax (COALESCE, EXISTS, VALUES, ...) or an alias
+#     column list ("AS v(a, b)");
+#   * a type (after "::" or in CAST(... AS t)) must be pg_catalog.t or
+#     quota_ext.t;
+#   * a relation (after FROM, JOIN, UPDATE, INTO, USING) must be
+#     schema-qualified, unless it names a CTE of the same text;
+#   * an operator must be OPERATOR(pg_catalog.op), except the few that are
+#     SQL syntax (AND, OR, NOT, IS, =/:= of SET lists and named arguments).
 my %syntax = map { $_ => 1 } qw(any all exists in values from rows coalesce greatest least nullif array row
   cast on using filter over lateral with as and or not where select insert into update set delete conflict
   returning join order by partition case when then else end distinct limit offset group having union except
-  intersect window substring position trim extract overlay nothing do is null);
+  intersect window substring position trim extract overlay nothing do is null skip of nowait);
+
+# spi_findings(C source): the unqualified names in its SPI texts
+sub spi_findings
+{
+	my ($c) = @_;
+	$c =~ s{/\*.*?\*/}{}gs;
+	my @found;
+	for my $lits ($c =~ /((?:"(?:[^"\\]|\\.)*"\s*)+)/g)
+	{
+		my $sql = join '', ($lits =~ /"((?:[^"\\]|\\.)*)"/g);
+		next unless $sql =~ /\b(SELECT|INSERT|UPDATE|DELETE)\b/;
+		$sql =~ s/\\"/"/g;
+		my %cte = map { lc $_ => 1 } ($sql =~ /(?:\bWITH\s+(?:RECURSIVE\s+)?|,\s*)([a-z_][a-z0-9_]*)\s+AS\s+(?:NOT\s+)?(?:MATERIALIZED\s+)?\(/gi);
+		while ($sql =~ /(?<![.\w"])([a-z_][a-z0-9_]*)\s*\(/g)
+		{
+			my ($name, $before) = ($1, substr($sql, 0, $-[0]));
+			next if $syntax{ lc $name } || $before =~ /\bAS\s*$/i;
+			push @found, "function $name";
+		}
+		while ($sql =~ /::\s*("?[A-Za-z_][\w"]*)(\s*\.)?/g)
+		{
+			my ($name, $dot) = ($1, $2);
+			push @found, "type $name" unless $dot && $name =~ /^"?(pg_catalog|quota_ext)"?$/;
+		}
+		while ($sql =~ /\bCAST\s*\(.*?\bAS\s+("?[A-Za-z_][\w"]*)(\s*\.)?/gis)
+		{
+			my ($name, $dot) = ($1, $2);
+			push @found, "type $name" unless $dot && $name =~ /^"?(pg_catalog|quota_ext)"?$/;
+		}
+		while ($sql =~ /\b(?:FROM|JOIN|UPDATE|INTO|USING)\s+(?:ONLY\s+)?("?[A-Za-z_][\w"]*)\s*([.(]?)/gi)
+		{
+			my ($name, $next) = ($1, $2);
+			next if $next ne '' || $cte{ lc $name } || $syntax{ lc $name };
+			push @found, "relation $name";
+		}
+		(my $ops = $sql) =~ s/OPERATOR\s*\(\s*pg_catalog\.[^)]*\)//g;
+		$ops =~ s/'(?:[^']|'')*'//g;
+		while ($ops =~ /([-+*\/<>=~!@#%^&|`?]+)/g)
+		{
+			my $op = $1;
+			# SQL syntax: "=" of SET lists, ":=" and "=>" of named arguments
+			next if $op eq '=' && substr($ops, 0, $-[0]) =~ /(\bSET\b|,)\s*[\w"]+\s*$/i;
+			next if $op eq '=>' || $op eq ':=' || $op eq '*';
+			push @found, "operator $op";
+		}
+	}
+	return @found;
+}
+
 my @c_files = glob('src/*.c');
 ok(@c_files > 0, 'found C sources');
 for my $f (@c_files)
@@ -63,20 +118,28 @@ for my $f (@c_files)
 	local $/;
 	my $c = <$fh>;
 	close $fh;
-	$c =~ s{/\*.*?\*/}{}gs;
-	my @unqualified;
-	for my $lits ($c =~ /((?:"(?:[^"\\]|\\.)*"\s*)+)/g)
+	is(join(', ', spi_findings($c)), '', "$f: SQL run through SPI names nothing unqualified");
+}
+
+# The checker checks: one unqualified name of each kind, put into a real SPI
+# text of src/metering.c, must be found (mutation test of this file).
+{
+	open my $fh, '<', 'src/metering.c' or die $!;
+	local $/;
+	my $c = <$fh>;
+	close $fh;
+	my %mutations = (
+		'type'     => [ qr/::pg_catalog\.timestamptz/, '::timestamptz' ],
+		'relation' => [ qr/FROM quota_ext\.prices/, 'FROM prices' ],
+		'function' => [ qr/quota_ext\._price_in_force\(/, '_price_in_force(' ],
+		'operator' => [ qr/OPERATOR\(pg_catalog\.=\)/, '=' ],);
+	for my $kind (sort keys %mutations)
 	{
-		my $sql = join '', ($lits =~ /"((?:[^"\\]|\\.)*)"/g);
-		next unless $sql =~ /\b(SELECT|INSERT|UPDATE|DELETE)\b/;
-		while ($sql =~ /(?<![.\w"])([a-z_][a-z0-9_]*)\s*\(/g)
-		{
-			my ($name, $before) = ($1, substr($sql, 0, $-[0]));
-			next if $syntax{ lc $name } || $before =~ /\bAS\s*$/i;
-			push @unqualified, $name;
-		}
+		my ($re, $to) = @{ $mutations{$kind} };
+		(my $m = $c) =~ s/$re/$to/;
+		isnt($m, $c, "mutation ($kind) applies to src/metering.c");
+		like(join(', ', spi_findings($m)), qr/^\Q$kind\E /, "an unqualified $kind in an SPI text is found");
 	}
-	is("@unqualified", '', "$f: SQL run through SPI calls only schema-qualified functions");
 }
 
 open my $ctl, '<', 'quota_ext.control' or die $!;
