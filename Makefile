@@ -41,8 +41,16 @@ sql/$(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_PARTS) $(EXTENSION).control
 
 .PHONY: test demo bench dist deb-check
 # The whole suite on throwaway clusters (run as root on a fresh machine: installs what it needs).
+# PG_MAJOR=N: on PostgreSQL N (default 15, the host's).  A version that is not
+# installed here (17, 18) runs in a Debian chroot built by test/chroot.
+PG_MAJOR ?= 15
 test:
+ifeq ($(PG_MAJOR),15)
 	test/run
+else
+	if [ -x /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config ]; then PG_MAJOR=$(PG_MAJOR) test/run; \
+	else test/chroot $(PG_MAJOR); fi
+endif
 # The walkthrough (doc/demo.sql) on a throwaway cluster.
 demo:
 	test/demo

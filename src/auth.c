@@ -146,8 +146,8 @@ quota_sha256(const char *s, size_t len, uint8 *out)
 	pg_cryptohash_free(ctx);
 }
 
-static void
-quota_invalid_key(void) pg_attribute_noreturn();
+pg_noreturn static void
+quota_invalid_key(void);
 
 static void
 quota_invalid_key(void)

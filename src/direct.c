@@ -190,7 +190,7 @@ find_counter(Relation rel, Relation idx, Snapshot snapshot, int64 tenant_id,
 	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(tenant_id));
 	ScanKeyInit(&skey[1], 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(quota_id));
 	ScanKeyInit(&skey[2], 3, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(slotno));
-	scan = index_beginscan(rel, idx, snapshot, 3, 0);
+	scan = QuotaIndexBeginscan(rel, idx, snapshot, 3, 0);
 	index_rescan(scan, skey, 3, NULL, 0);
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
 	index_endscan(scan);
@@ -256,7 +256,7 @@ QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
 
 	find_relations(&rels);
 	rel = table_open(rels.counters, RowShareLock);
-	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	idx = index_open(QuotaPrimaryKeyIndex(rel), AccessShareLock);
 	slot = table_slot_create(rel, NULL);
 	snapshot = direct_snapshot();
 	for (i = 0; i < n; i++)
@@ -301,7 +301,7 @@ direct_insert(ResultRelInfo *rri, EState *estate, TupleTableSlot *slot)
 		ExecConstraints(rri, slot, estate);
 	simple_table_tuple_insert(rel, slot);
 	if (rri->ri_NumIndices > 0)
-		recheck = ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+		recheck = QuotaExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
 	list_free(recheck);
 }
 
@@ -353,6 +353,7 @@ QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 	TupleTableSlot *newslot;
 	TupleTableSlot *uslot;
 	TupleTableSlot *pslot;
+	TupleConversionMap *map;
 	Datum	   *values;
 	bool	   *nulls;
 	int64		usage_id;
@@ -361,7 +362,7 @@ QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 	find_relations(&rels);
 	counters = table_open(rels.counters, RowExclusiveLock);
 	usage = table_open(rels.usage, RowExclusiveLock);
-	idx = index_open(RelationGetPrimaryKeyIndex(counters), AccessShareLock);
+	idx = index_open(QuotaPrimaryKeyIndex(counters), AccessShareLock);
 	snapshot = direct_snapshot();
 	estate = direct_estate(counters, usage, snapshot);
 	crel = makeNode(ResultRelInfo);
@@ -370,7 +371,7 @@ QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 	InitResultRelInfo(urel, usage, 2, NULL, 0);
 	/* as the apply worker: lets ExecGetTriggerResultRel find them */
 	estate->es_opened_result_relations = list_make2(crel, urel);
-	EvalPlanQualInit(&epqstate, estate, NULL, NIL, -1);
+	QuotaEvalPlanQualInit(&epqstate, estate, NULL, NIL, -1);
 	AfterTriggerBeginQuery();
 
 	/*
@@ -459,8 +460,9 @@ QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 	proute = ExecSetupPartitionTupleRouting(estate, usage);
 	part = ExecFindPartition(mtstate, urel, proute, uslot, estate);
 	pslot = uslot;
-	if (part->ri_RootToPartitionMap != NULL)
-		pslot = execute_attr_map_slot(part->ri_RootToPartitionMap->attrMap, uslot,
+	map = QuotaRootToChildMap(part, estate);
+	if (map != NULL)
+		pslot = execute_attr_map_slot(map->attrMap, uslot,
 									  table_slot_create(part->ri_RelationDesc,
 														&estate->es_tupleTable));
 	direct_insert(part, estate, pslot);

@@ -946,7 +946,7 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 	 * backends have distinct, mostly consecutive ones, where pids modulo the
 	 * slots collide by chance (and two backends starting at one slot wait).
 	 */
-	values[5] = Int32GetDatum(MyProc->pgprocno % r->slots);
+	values[5] = Int32GetDatum(QuotaMyProcNumber() % r->slots);
 	values[6] = Int32GetDatum(r->slots);
 	values[7] = Int64GetDatum(r->max_units / r->slots);
 	values[8] = Int32GetDatum((int32) (r->max_units % r->slots));

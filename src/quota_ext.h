@@ -79,7 +79,7 @@ typedef struct QuotaIdentity
 extern void QuotaIdentityResolve(FunctionCallInfo fcinfo, int64 tenant_id,
 								 int user_arg, int key_arg, int role_arg,
 								 QuotaIdentity *id);
-extern void QuotaRaiseUnknownTenant(int64 tenant_id) pg_attribute_noreturn();
+pg_noreturn extern void QuotaRaiseUnknownTenant(int64 tenant_id);
 
 /* cache.c: per-backend cache of the configuration */
 typedef enum QuotaCacheKind
@@ -149,9 +149,8 @@ extern QuotaGcraStatus QuotaGcraEval(int64 tat, int64 now, int64 max_burst,
 									 int64 quantity, QuotaGcraResult *out);
 extern void QuotaGcraCheckArgs(int64 max_burst, int64 count, int64 period_s,
 							   int64 quantity);
-extern void QuotaGcraRaise(QuotaGcraStatus status, int64 max_burst,
-						   int64 count, int64 period_s, int64 quantity)
-			pg_attribute_noreturn();
+pg_noreturn extern void QuotaGcraRaise(QuotaGcraStatus status, int64 max_burst,
+									   int64 count, int64 period_s, int64 quantity);
 
 /*
  * The answer of QuotaRateLimitApply.  rule_id 0 is the tier default; when

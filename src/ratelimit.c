@@ -432,7 +432,7 @@ quota_rl_require(void)
 				 errhint("Add quota_ext to shared_preload_libraries in postgresql.conf and restart the server.")));
 }
 
-static void quota_rl_raise_full(void) pg_attribute_noreturn();
+pg_noreturn static void quota_rl_raise_full(void);
 
 static void
 quota_rl_raise_full(void)
@@ -960,7 +960,7 @@ quota_rl_ns_hold(int64 tenant_id)
 	return i;
 }
 
-static void quota_rl_raise_ns_full(int64 tenant_id, uint32 cap) pg_attribute_noreturn();
+pg_noreturn static void quota_rl_raise_ns_full(int64 tenant_id, uint32 cap);
 
 static void
 quota_rl_raise_ns_full(int64 tenant_id, uint32 cap)

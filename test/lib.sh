@@ -32,11 +32,12 @@ ensure_pkgs() {
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# build_and_install: compile (warnings are errors here) and install.
+# build_and_install DIR: compile for $PG_MAJOR (warnings are errors here) and install.
 build_and_install() {
 	local top=$1
 	log "building and installing quota_ext"
-	make -C "$top" -s PG_CONFIG="$PG_BIN/pg_config" >/dev/null || return 1
+	# COPT: PGXS appends it to CFLAGS (every warning fails the build)
+	make -C "$top" -s PG_CONFIG="$PG_BIN/pg_config" COPT=-Werror >/dev/null || return 1
 	if [ "$(id -u)" -eq 0 ]; then
 		make -C "$top" -s install PG_CONFIG="$PG_BIN/pg_config" >/dev/null || return 1
 	else

@@ -272,7 +272,8 @@ BEGIN;
 SELECT tenant_id = :ta AS is_a FROM quota_ext.authenticate(:'ka');
 COPY (SELECT name FROM quota_ext.tenants) TO STDOUT;
 COPY quota_ext.users (email, role) TO STDOUT;
-SET LOCAL force_parallel_mode = on;
+SELECT set_config(CASE WHEN current_setting('server_version_num')::int >= 160000
+                  THEN 'debug_parallel_query' ELSE 'force_parallel_mode' END, 'on', true) IS NOT NULL AS parallel_forced;
 SET LOCAL parallel_setup_cost = 0;
 SET LOCAL parallel_tuple_cost = 0;
 SET LOCAL min_parallel_table_scan_size = 0;
