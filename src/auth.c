@@ -494,7 +494,7 @@ QuotaAuthenticate(text *keytext)
  * QuotaKeyRecheck
  *		Is the key that authenticated this transaction still good: not
  *		revoked or expired, its user and tenant active?  Raises the error of
- *		authenticate() (28000) when not.  For quota.c, which calls it inside
+ *		authenticate() (28000) when not.  For consume.c, which calls it inside
  *		its SPI session after a request waited for a lock, so that a key
  *		revoked meanwhile admits nothing more (checklist L6).
  */
