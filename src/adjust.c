@@ -320,7 +320,6 @@ release_reservation(int64 tenant_id, int64 reservation_id, Reservation *res,
 	return usage_id;
 }
 
-
 /*
  * quota_ext.quota_settle(tenant_id bigint, reservation_id bigint, actual bigint,
  *		input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL)

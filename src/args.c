@@ -292,7 +292,7 @@ decision_datum(FunctionCallInfo fcinfo, const Decision *d)
  *		User, key and role of a request (QuotaIdentityResolve): arguments
  *		user_arg, user_arg+1 (key) and user_arg+2 (role).
  */
-void
+static void
 request_identity(FunctionCallInfo fcinfo, int user_arg, ConsumeRequest *req)
 {
 	QuotaIdentity id;
@@ -304,24 +304,54 @@ request_identity(FunctionCallInfo fcinfo, int user_arg, ConsumeRequest *req)
 	req->role = id.role;
 }
 
-/* arguments (tenant_id, model, units, idempotency_key, user_id, key_id, role) */
+/*
+ * charge_args
+ *		The arguments of a charging function, one parser for all three:
+ *
+ *		quota_consume[_or_raise](tenant_id, model, units, idempotency_key,
+ *			user_id, key_id, role, input_tokens, output_tokens, metadata)
+ *		quota_reserve(tenant_id, model, estimate, ttl, idempotency_key,
+ *			user_id, key_id, role, input_tokens, output_tokens, metadata)
+ *		invoke(api_key, model, units, idempotency_key,
+ *			input_tokens, output_tokens, metadata)
+ *
+ *		names[] are the first nnames arguments, which must not be NULL
+ *		(names[2] also names the amount in errors); nnames 4 is a
+ *		reservation (argument 3 its ttl).  by_tenant: argument 0 is the
+ *		tenant, whose access is checked before the identity arguments that
+ *		follow the key; otherwise (invoke) the metering arguments follow
+ *		the key directly and the caller authenticates afterwards.
+ */
 void
-consume_args(FunctionCallInfo fcinfo, ConsumeRequest *req)
+charge_args(FunctionCallInfo fcinfo, ConsumeRequest *req, const char *const *names,
+			int nnames, bool by_tenant)
 {
+	int			argno;
 
 	memset(req, 0, sizeof(*req));
-	QuotaArgNotNull(fcinfo, 0, "tenant_id");
-	QuotaArgNotNull(fcinfo, 1, "model");
-	QuotaArgNotNull(fcinfo, 2, "units");
-	req->tenant_id = PG_GETARG_INT64(0);
+	for (argno = 0; argno < nnames; argno++)
+		QuotaArgNotNull(fcinfo, argno, names[argno]);
+	if (by_tenant)
+		req->tenant_id = PG_GETARG_INT64(0);
 	req->model = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	req->units = PG_GETARG_INT64(2);
-	check_positive(req->units, "units");
-	check_bounded(req->units, "units");
-	req->idem_key = check_idem_key(fcinfo, 3);
-	QuotaCheckTenantAccess(req->tenant_id);
-	request_identity(fcinfo, 4, req);
-	check_metering_args(fcinfo, 7, &req->tokens, &req->metadata);
+	check_positive(req->units, names[2]);
+	check_bounded(req->units, names[2]);
+	argno = 3;
+	if (nnames == 4)
+	{
+		req->ttl = check_ttl(PG_GETARG_INTERVAL_P(3));
+		req->reserve = true;
+		argno = 4;
+	}
+	req->idem_key = check_idem_key(fcinfo, argno++);
+	if (by_tenant)
+	{
+		QuotaCheckTenantAccess(req->tenant_id);
+		request_identity(fcinfo, argno, req);
+		argno += 3;
+	}
+	check_metering_args(fcinfo, argno, &req->tokens, &req->metadata);
 }
 
 /*

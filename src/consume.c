@@ -932,6 +932,10 @@ done:
 	count_decision(req->tenant_id, d);
 }
 
+/* the arguments that must not be NULL (charge_args) */
+static const char *const consume_names[] = {"tenant_id", "model", "units"};
+static const char *const invoke_names[] = {"api_key", "model", "units"};
+static const char *const reserve_names[] = {"tenant_id", "model", "estimate", "ttl"};
 
 /*
  * quota_ext.quota_consume(tenant_id bigint, model text, units bigint DEFAULT 1,
@@ -946,12 +950,10 @@ quota_consume(PG_FUNCTION_ARGS)
 	Decision	d;
 
 	check_writable("quota_consume()");
-	consume_args(fcinfo, &req);
+	charge_args(fcinfo, &req, consume_names, 3, true);
 	QuotaConsume(&req, &d);
 	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
 }
-
-
 
 /*
  * quota_ext.quota_consume_or_raise(...) RETURNS quota_ext.decision
@@ -965,7 +967,7 @@ quota_consume_or_raise(PG_FUNCTION_ARGS)
 	Decision	d;
 
 	check_writable("quota_consume_or_raise()");
-	consume_args(fcinfo, &req);
+	charge_args(fcinfo, &req, consume_names, 3, true);
 	QuotaConsume(&req, &d);
 	if (!d.allowed)
 		raise_denial(&req, &d);
@@ -988,16 +990,7 @@ invoke(PG_FUNCTION_ARGS)
 
 	QuotaKeyArgBegin();
 	check_writable("invoke()");
-	QuotaArgNotNull(fcinfo, 0, "api_key");
-	QuotaArgNotNull(fcinfo, 1, "model");
-	QuotaArgNotNull(fcinfo, 2, "units");
-	memset(&req, 0, sizeof(req));
-	req.model = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	req.units = PG_GETARG_INT64(2);
-	check_positive(req.units, "units");
-	check_bounded(req.units, "units");
-	req.idem_key = check_idem_key(fcinfo, 3);
-	check_metering_args(fcinfo, 4, &req.tokens, &req.metadata);
+	charge_args(fcinfo, &req, invoke_names, 3, false);
 
 	req.config_stamp = QuotaConfigStamp();
 	QuotaAuthenticate(PG_GETARG_TEXT_PP(0));
@@ -1023,26 +1016,9 @@ quota_reserve(PG_FUNCTION_ARGS)
 {
 	ConsumeRequest req;
 	Decision	d;
-	Interval   *ttl;
 
 	check_writable("quota_reserve()");
-	memset(&req, 0, sizeof(req));
-	QuotaArgNotNull(fcinfo, 0, "tenant_id");
-	QuotaArgNotNull(fcinfo, 1, "model");
-	QuotaArgNotNull(fcinfo, 2, "estimate");
-	QuotaArgNotNull(fcinfo, 3, "ttl");
-	req.tenant_id = PG_GETARG_INT64(0);
-	req.model = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	req.units = PG_GETARG_INT64(2);
-	check_positive(req.units, "estimate");
-	check_bounded(req.units, "estimate");
-	ttl = PG_GETARG_INTERVAL_P(3);
-	req.ttl = check_ttl(ttl);
-	req.reserve = true;
-	req.idem_key = check_idem_key(fcinfo, 4);
-	QuotaCheckTenantAccess(req.tenant_id);
-	request_identity(fcinfo, 5, &req);
-	check_metering_args(fcinfo, 8, &req.tokens, &req.metadata);
+	charge_args(fcinfo, &req, reserve_names, 4, true);
 	QuotaConsume(&req, &d);
 	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
 }

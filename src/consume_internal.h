@@ -192,8 +192,8 @@ extern QUOTA_PRIVATE const char * check_idem_key(FunctionCallInfo fcinfo, int ar
 extern QUOTA_PRIVATE void check_metering_args(FunctionCallInfo fcinfo, int argno, UsageTokens *tokens, Datum *metadata);
 extern QUOTA_PRIVATE void raise_unknown_model(const char *model);
 extern QUOTA_PRIVATE Datum decision_datum(FunctionCallInfo fcinfo, const Decision *d);
-extern QUOTA_PRIVATE void request_identity(FunctionCallInfo fcinfo, int user_arg, ConsumeRequest *req);
-extern QUOTA_PRIVATE void consume_args(FunctionCallInfo fcinfo, ConsumeRequest *req);
+extern QUOTA_PRIVATE void charge_args(FunctionCallInfo fcinfo, ConsumeRequest *req,
+									   const char *const *names, int nnames, bool by_tenant);
 extern QUOTA_PRIVATE void raise_denial(const ConsumeRequest *req, const Decision *d);
 
 #endif							/* CONSUME_INTERNAL_H */
