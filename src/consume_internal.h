@@ -15,12 +15,15 @@
  *	 events.c		threshold and soft-limit events and their NOTIFY
  *	 adjust.c		quota_settle, quota_cancel, quota_refund,
  *					quota_expire_reservations and the counter adjustments
- *	 args.c			argument checks, the shared argument parser, the
+ *	 decision.c		the one argument parser of the charging functions, the
  *					decision composite and the denial errors
+ *	 args.c			argument checks (and QuotaArgNotNull, QuotaQuoteInput
+ *					for every module)
  *
  * Calls go one way: consume.c and adjust.c call the others; escrow.c calls
- * events.c; every file may call args.c; args.c, events.c and
- * idempotency.c call none of them.  Nothing here is part of the library's
+ * events.c; decision.c calls args.c and context.c; every file may call
+ * args.c, which calls no other file of the extension; events.c and
+ * idempotency.c call none of the request path's files.  Nothing here is part of the library's
  * interface: the functions are hidden from the dynamic symbol table, as
  * they were when they were static in one file.
  *
@@ -153,7 +156,7 @@ typedef struct QuotaRow
 	int32		written_mask;	/* ... with this events_mask */
 } QuotaRow;
 
-/* args.c: Decision.denied_by points at one of these (compared by address) */
+/* decision.c: Decision.denied_by points at one of these (compared by address) */
 extern QUOTA_PRIVATE const char *const denied_tenant;
 extern QUOTA_PRIVATE const char *const denied_policy;
 extern QUOTA_PRIVATE const char *const denied_rate;
@@ -191,6 +194,8 @@ extern QUOTA_PRIVATE void check_writable(const char *fn);
 extern QUOTA_PRIVATE const char * check_idem_key(FunctionCallInfo fcinfo, int argno);
 extern QUOTA_PRIVATE void check_metering_args(FunctionCallInfo fcinfo, int argno, UsageTokens *tokens, Datum *metadata);
 extern QUOTA_PRIVATE void raise_unknown_model(const char *model);
+
+/* decision.c */
 extern QUOTA_PRIVATE Datum decision_datum(FunctionCallInfo fcinfo, const Decision *d);
 extern QUOTA_PRIVATE void charge_args(FunctionCallInfo fcinfo, ConsumeRequest *req,
 									   const char *const *names, int nnames, bool by_tenant);
