@@ -457,9 +457,10 @@ QuotaAuthenticate(text *keytext)
 	 * locking it would then fail with 40001, refusing a valid key because
 	 * another session used it (test/specs/key_revoke.spec).  Such callers
 	 * leave last_used_at to the next READ COMMITTED use.  The cache keeps
-	 * the last value seen or written; the UPDATE (which the cache's trigger
-	 * ignores: it changes no configuration) skips a row another session is
-	 * touching right now.
+	 * the last value seen or written; the UPDATE (which does not call
+	 * config_changed(), so it leaves every backend's cache alone: there is
+	 * no trigger, only _audit() marks a change) skips a row another session
+	 * is touching right now.
 	 */
 	if (ok && !XactReadOnly && !IsolationUsesXactSnapshot() &&
 		!RecoveryInProgress() &&

@@ -4,11 +4,12 @@
  *		Exact enforcement: quota_consume, quota_consume_or_raise, invoke,
  *		quota_reserve.
  *
- * One request is one pass through this file, inside the caller's
+ * One request is one pass through QuotaConsume here, which calls the
+ * other phases' files (consume_internal.h), inside the caller's
  * transaction (privileged SPI, see spi.c):
  *
  *	 1. policy.c: tenant active?  which model?  policy allows?
- *	 2. idempotency claim: INSERT ... ON CONFLICT DO NOTHING on
+ *	 2. idempotency claim (idempotency.c): INSERT ... ON CONFLICT DO NOTHING on
  *		(tenant_id, idempotency_key).  A second session with the same key
  *		waits here on the first one's uncommitted row, holding no quota
  *		lock; once the first commits it finds the row and returns the stored
@@ -21,6 +22,9 @@
  *		SELECT ... ORDER BY quota_id FOR NO KEY UPDATE.  The sort happens
  *		below the lock step, so every transaction takes its locks in
  *		ascending quota_id order and concurrent consumes never deadlock.
+ *		When the definitions come from the configuration cache (cache.c),
+ *		direct.c locks the counters by primary key instead, in the same
+ *		order (lock_cached_counters).
  *		Escrow quotas (slots > 1, for hot tenants) come after those, in
  *		quota_id order: one free slot that can hold the amount is taken with
  *		SKIP LOCKED (never waits); if all that could are busy, the call waits
@@ -38,9 +42,11 @@
  *		taken after the locks (so under a counter's lock time never goes
  *		backwards), a counter whose period_start is older is read as 0, and
  *		if any blocking quota would exceed its limit nothing is charged.
- *	 6. one statement writes the usage row and every counter (a data-
- *		modifying CTE), then threshold events (INSERT ... ON CONFLICT DO
- *		NOTHING on their unique key, and a NOTIFY) and the idempotency row.
+ *	 6. write_usage writes the usage row and every touched counter without
+ *		SQL (direct.c: table access method and executor, no statement is
+ *		planned), then threshold events (events.c: INSERT ... ON CONFLICT
+ *		DO NOTHING on their unique key, and a NOTIFY) and the idempotency
+ *		row (idempotency.c).
  *
  * Everything is in the caller's transaction: ROLLBACK (or ROLLBACK TO
  * SAVEPOINT) takes back counters, usage, events and the idempotency claim
