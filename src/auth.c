@@ -457,9 +457,10 @@ QuotaAuthenticate(text *keytext)
 	 * locking it would then fail with 40001, refusing a valid key because
 	 * another session used it (test/specs/key_revoke.spec).  Such callers
 	 * leave last_used_at to the next READ COMMITTED use.  The cache keeps
-	 * the last value seen or written; the UPDATE (which the cache's trigger
-	 * ignores: it changes no configuration) skips a row another session is
-	 * touching right now.
+	 * the last value seen or written; the UPDATE (which does not call
+	 * config_changed(), so it leaves every backend's cache alone: there is
+	 * no trigger, only _audit() marks a change) skips a row another session
+	 * is touching right now.
 	 */
 	if (ok && !XactReadOnly && !IsolationUsesXactSnapshot() &&
 		!RecoveryInProgress() &&
@@ -494,7 +495,7 @@ QuotaAuthenticate(text *keytext)
  * QuotaKeyRecheck
  *		Is the key that authenticated this transaction still good: not
  *		revoked or expired, its user and tenant active?  Raises the error of
- *		authenticate() (28000) when not.  For quota.c, which calls it inside
+ *		authenticate() (28000) when not.  For consume.c, which calls it inside
  *		its SPI session after a request waited for a lock, so that a key
  *		revoked meanwhile admits nothing more (checklist L6).
  */

@@ -100,7 +100,7 @@
  * perminfoindex 0 fails with "invalid perminfoindex 0 in RTE"): one entry
  * per RTE is added here, as the logical replication apply worker does.  18
  * added the set of unpruned range table indexes: all of them.  The
- * permissions themselves are checked elsewhere (quota.c), not here.
+ * permissions themselves are checked elsewhere (consume.c, adjust.c), not here.
  */
 #if PG_VERSION_NUM >= 160000
 #define QuotaExecInitRangeTable(estate, rtable) quota_exec_init_range_table(estate, rtable)

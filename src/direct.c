@@ -29,11 +29,11 @@
  *	  triggers (the foreign key's) and the statistics counters are all the
  *	  executor's own code;
  *	- the rows are touched as the extension's owner, as SPI does here
- *	  (spi.c): the caller's rights were checked before (quota.c).
+ *	  (spi.c): the caller's rights were checked before (consume.c, adjust.c).
  * Every usage row and its counter writes go through here (charges,
  * reservations, settlements, releases, refunds; escrow slots too).  The
  * locks without SQL are for single-slot counters of a new charge; escrow
- * slots are taken with SKIP LOCKED statements (quota.c, acquire_slots).
+ * slots are taken with SKIP LOCKED statements (escrow.c, acquire_slots).
  *
  *-------------------------------------------------------------------------
  */

@@ -69,7 +69,7 @@ quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
 		"       p.allowed, p.roles_allowed, "
 		"       pr.price_id, pr.currency, pr.unit_price, pr.input_per_1k, pr.output_per_1k, "
 		"       pv.valid_until, "
-	/* does the tenant have escrow (multi-slot) quotas?  (quota.c) */
+	/* does the tenant have escrow (multi-slot) quotas?  (consume.c) */
 		"       EXISTS (SELECT 1 FROM quota_ext.quotas q "
 		"               WHERE q.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
 		"                 AND q.slots OPERATOR(pg_catalog.>) 1) "
@@ -305,7 +305,7 @@ quota_policy_answer(QuotaPolicyCacheEntry *e, const char *role, QuotaPolicyResul
  *		Tenant, model and policy for one request, read from the tables.  Call
  *		between QuotaSpiBegin and QuotaSpiEnd; out->timezone and the prices
  *		live until QuotaSpiEnd.  For a request that waited for a lock and
- *		must decide on what is true now (quota.c).
+ *		must decide on what is true now (consume.c).
  */
 void
 QuotaPolicyEvaluateFresh(int64 tenant_id, const char *model, const char *role,

@@ -24,9 +24,6 @@
 #define QUOTA_APP_ROLE		"quota_ext_app"
 #define QUOTA_MAX_ROLE_LEN	63
 
-/* quota_ext.c */
-extern bool QuotaPreloaded;
-
 /* spi.c: privileged SPI with plans prepared once */
 typedef struct QuotaPlan
 {
@@ -87,7 +84,7 @@ typedef enum QuotaCacheKind
 	QUOTA_CACHE_KEYS,			/* auth.c */
 	QUOTA_CACHE_POLICIES,		/* policy.c */
 	QUOTA_CACHE_RATE_RULES,		/* ratelimit.c */
-	QUOTA_CACHE_QUOTAS,			/* quota.c: quota definitions */
+	QUOTA_CACHE_QUOTAS,			/* consume.c: quota definitions */
 	QUOTA_CACHE_NKINDS
 } QuotaCacheKind;
 
@@ -304,9 +301,13 @@ extern int	QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n,
 									ItemPointerData *tids);
 extern int64 QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n);
 
-/* quota.c: quotas, consumption, reservations */
+/*
+ * consume.c, escrow.c, idempotency.c, events.c, adjust.c, args.c: the
+ * request path (quotas, consumption, reservations); their private
+ * declarations are in consume_internal.h.
+ */
 
-/* argument helpers (quota_ext.c) */
+/* argument helpers for every module (args.c) */
 extern void QuotaArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name);
 extern const char *QuotaQuoteInput(const char *s);
 

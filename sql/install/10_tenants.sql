@@ -122,7 +122,7 @@ COMMENT ON FUNCTION quota_ext._null_arg(text) IS 'Internal: raise 22004 for a NU
 
 -- A caller's text as an error message may quote it: at most 64 characters,
 -- marked with "..." when cut, so that an error never echoes a megabyte of
--- input into the log and back (src/quota_ext.c QuotaQuoteInput() is the
+-- input into the log and back (src/args.c QuotaQuoteInput() is the
 -- same rule in C).
 CREATE FUNCTION quota_ext._quote_input(value text) RETURNS text
 	LANGUAGE sql IMMUTABLE PARALLEL SAFE

@@ -1,7 +1,7 @@
 
 -- ---------------------------------------------------------------------------
 -- 30 quotas, counters, the usage ledger, idempotency, reservations, events
--- (src/period.c computes periods; src/quota.c is the hot path)
+-- (src/period.c computes periods; src/consume.c is the hot path)
 -- ---------------------------------------------------------------------------
 
 CREATE SEQUENCE quota_ext.quota_id_seq;
@@ -525,7 +525,7 @@ $$;
 COMMENT ON FUNCTION quota_ext.quota_delete(bigint, bigint) IS 'Remove a quota (its counter goes with it)';
 
 -- ---------------------------------------------------------------------------
--- the hot path (src/quota.c)
+-- the hot path (src/consume.c)
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION quota_ext.quota_consume(tenant_id bigint, model text, units bigint DEFAULT 1,

@@ -1,0 +1,1030 @@
+/*-------------------------------------------------------------------------
+ *
+ * consume.c
+ *		Exact enforcement: quota_consume, quota_consume_or_raise, invoke,
+ *		quota_reserve.
+ *
+ * One request is one pass through QuotaConsume here, which calls the
+ * other phases' files (consume_internal.h), inside the caller's
+ * transaction (privileged SPI, see spi.c):
+ *
+ *	 1. policy.c: tenant active?  which model?  policy allows?
+ *	 2. idempotency claim (idempotency.c): INSERT ... ON CONFLICT DO NOTHING on
+ *		(tenant_id, idempotency_key).  A second session with the same key
+ *		waits here on the first one's uncommitted row, holding no quota
+ *		lock; once the first commits it finds the row and returns the stored
+ *		decision (a replay charges nothing); if the first rolls back, it
+ *		goes on as if alone.
+ *	 3. rate limits (ratelimit.c), before any quota: a limited request
+ *		charges no quota.  Buckets live in shared memory and are not given
+ *		back if the transaction rolls back (anti-abuse).
+ *	 4. lock the counters of every applicable quota with one
+ *		SELECT ... ORDER BY quota_id FOR NO KEY UPDATE.  The sort happens
+ *		below the lock step, so every transaction takes its locks in
+ *		ascending quota_id order and concurrent consumes never deadlock.
+ *		When the definitions come from the configuration cache (cache.c),
+ *		direct.c locks the counters by primary key instead, in the same
+ *		order (lock_cached_counters).
+ *		Escrow quotas (slots > 1, for hot tenants) come after those, in
+ *		quota_id order: one free slot that can hold the amount is taken with
+ *		SKIP LOCKED (never waits); if all that could are busy, the call waits
+ *		for one of them; only if no single slot can hold it is every slot
+ *		locked in slot order and the limit re-split (acquire_slots).  A
+ *		transaction waits on a slot only while holding no slot of that quota,
+ *		or lower slots in the all-slots path, and holders of its slots wait
+ *		only on later quotas, so the order stays acyclic.
+ *	 4a. a request that waited for a lock in 2 or 4 reads the policy, the
+ *		tenant's status and its quotas again before deciding (invoke() also
+ *		its key) if a configuration change committed while it waited: that
+ *		change applies to it (recheck_after_wait).  One that did not wait,
+ *		or whose configuration generation did not move, reads nothing more.
+ *	 5. decide in C: the period of each quota is computed from one instant
+ *		taken after the locks (so under a counter's lock time never goes
+ *		backwards), a counter whose period_start is older is read as 0, and
+ *		if any blocking quota would exceed its limit nothing is charged.
+ *	 6. write_usage writes the usage row and every touched counter without
+ *		SQL (direct.c: table access method and executor, no statement is
+ *		planned), then threshold events (events.c: INSERT ... ON CONFLICT
+ *		DO NOTHING on their unique key, and a NOTIFY) and the idempotency
+ *		row (idempotency.c).
+ *
+ * Everything is in the caller's transaction: ROLLBACK (or ROLLBACK TO
+ * SAVEPOINT) takes back counters, usage, events and the idempotency claim
+ * together, and a NOTIFY is only delivered on commit.
+ *
+ * Refunds, settlements and releases adjust the counters of the period the
+ * original row counted in (its occurred_at): a counter that has moved on to
+ * a later period is left alone, and the adjusting row carries the original
+ * occurred_at, so every period's sum(usage) keeps equal to its counter.
+ *
+ * See consume_internal.h for how the request path is split.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "consume_internal.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "common/int.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "storage/proc.h"
+#include "utils/array.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/builtins.h"
+#include "utils/numeric.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(quota_consume);
+PG_FUNCTION_INFO_V1(quota_consume_or_raise);
+PG_FUNCTION_INFO_V1(invoke);
+PG_FUNCTION_INFO_V1(quota_reserve);
+
+/* ----------------------------------------------------------------------
+ * plans
+ * ---------------------------------------------------------------------- */
+
+/*
+ * Counters of the quotas that apply to (tenant, model, user, key), locked in
+ * quota_id order.  $5 bounds the quota's creation time: adjustments of old
+ * usage skip quotas created after it (their counters never included it).
+ */
+static QuotaPlan lock_plan = {
+	"SELECT c.quota_id, q.period, q.period_label, "
+	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
+	"       q.on_exceed, q.thresholds, c.period_start, c.used, "
+	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency "
+	"FROM quota_ext.quota_counters c "
+	"JOIN quota_ext.quotas q ON q.tenant_id OPERATOR(pg_catalog.=) c.tenant_id "
+	"                       AND q.quota_id OPERATOR(pg_catalog.=) c.quota_id "
+	"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.slot OPERATOR(pg_catalog.=) 0 "
+	"  AND q.slots OPERATOR(pg_catalog.=) 1 "
+	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
+	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
+	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
+	"  AND q.created_at OPERATOR(pg_catalog.<=) $5 "
+	"ORDER BY c.quota_id "
+	"FOR NO KEY UPDATE OF c",
+	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
+};
+
+/* the escrow quotas that apply (definitions only; slots are taken one by one) */
+static QuotaPlan multi_plan = {
+	"SELECT q.quota_id, q.period, q.period_label, "
+	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
+	"       q.on_exceed, q.thresholds, '-infinity'::pg_catalog.timestamptz, 0::pg_catalog.int8, "
+	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency, q.slots "
+	"FROM quota_ext.quotas q "
+	"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.slots OPERATOR(pg_catalog.>) 1 "
+	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
+	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
+	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
+	"  AND q.created_at OPERATOR(pg_catalog.<=) $5 "
+	"ORDER BY q.quota_id",
+	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
+};
+
+/* ----------------------------------------------------------------------
+ * helpers
+ * ---------------------------------------------------------------------- */
+
+int64
+seconds_until(TimestampTz when, TimestampTz now)
+{
+	int64		us;
+
+	if (when <= now)
+		return 0;
+	us = when - now;
+	return (us + USECS_PER_SEC - 1) / USECS_PER_SEC;
+}
+
+/*
+ * parse_quota_rows
+ *		Load SPI's rows (lock_plan or multi_plan columns) into rows[first..].
+ */
+static int
+parse_quota_rows(QuotaRow *rows, int first)
+{
+	uint64		i;
+
+	if (first + SPI_processed > QUOTA_MAX_QUOTAS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("more than %d quotas apply to one request", QUOTA_MAX_QUOTAS)));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		QuotaRow   *r = &rows[first + i];
+		bool		isnull;
+		Datum		d;
+		char	   *s;
+
+		memset(r, 0, sizeof(*r));
+		r->quota_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		s = SPI_getvalue(tup, desc, 2);
+		r->period = (QuotaPeriod) QuotaPeriodParse(s);
+		s = SPI_getvalue(tup, desc, 3);
+		strlcpy(r->label, s, sizeof(r->label));
+		r->metric_calls = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+		r->max_units = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		r->has_soft = !isnull;
+		r->soft_limit = isnull ? 0 : DatumGetInt64(d);
+		s = SPI_getvalue(tup, desc, 7);
+		r->on_exceed = s[0];
+		d = SPI_getbinval(tup, desc, 8, &isnull);
+		if (!isnull)
+		{
+			ArrayType  *a = DatumGetArrayTypeP(d);
+			Datum	   *elems;
+			bool	   *enulls;
+			int			ne;
+			int			j;
+
+			deconstruct_array(a, INT4OID, 4, true, TYPALIGN_INT, &elems, &enulls, &ne);
+			for (j = 0; j < ne && r->nthresholds < QUOTA_MAX_THRESHOLDS; j++)
+				if (!enulls[j])
+					r->thresholds[r->nthresholds++] = DatumGetInt32(elems[j]);
+		}
+		r->counter_start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
+		r->used = DatumGetInt64(SPI_getbinval(tup, desc, 10, &isnull));
+		r->metric_cost = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
+		s = SPI_getvalue(tup, desc, 12);
+		if (s)
+			strlcpy(r->currency, s, sizeof(r->currency));
+		r->slots = desc->natts >= 13 ?
+			DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull)) : 1;
+		r->charged = -1;
+	}
+	return first + (int) SPI_processed;
+}
+
+/* the single-slot quotas that apply to (tenant, model, user, key), cached */
+typedef struct QuotaDefsKey
+{
+	int64		tenant_id;
+	int64		model_id;
+	int64		user_id;
+	int64		key_id;
+} QuotaDefsKey;
+
+typedef struct QuotaDefsEntry
+{
+	QuotaDefsKey key;
+	bool		valid;
+	int			n;
+	QuotaRow   *rows;			/* definitions only, in quota_id order */
+} QuotaDefsEntry;
+
+/* the definitions of the single-slot quotas that apply (no lock) */
+static QuotaPlan defs_plan = {
+	"SELECT q.quota_id, q.period, q.period_label, "
+	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
+	"       q.on_exceed, q.thresholds, '-infinity'::pg_catalog.timestamptz, 0::pg_catalog.int8, "
+	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency "
+	"FROM quota_ext.quotas q "
+	"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.slots OPERATOR(pg_catalog.=) 1 "
+	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
+	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
+	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
+	"ORDER BY q.quota_id",
+	4, {INT8OID, INT8OID, INT8OID, INT8OID}
+};
+
+/*
+ * lock_cached_counters
+ *		lock_counters for a new charge when the configuration cache may be
+ *		used (cache.c): the quota definitions come from the cache, and only
+ *		the counters are read, by primary key, and locked.  A quota deleted
+ *		since (its counter went with it) no longer applies.  Returns -1
+ *		when the cache may not be used.
+ */
+static int
+lock_cached_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
+					 QuotaRow *rows)
+{
+	QuotaDefsKey key;
+	QuotaDefsEntry *e;
+	bool		found;
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	int64	   *ids;
+	bool	   *found_ids;
+	TimestampTz *starts;
+	int64	   *used;
+	ItemPointerData *tids;
+	int			n = 0;
+	int			i;
+
+	if (!QuotaCacheBegin())
+		return -1;
+	memset(&key, 0, sizeof(key));
+	key.tenant_id = tenant_id;
+	key.model_id = model_id;
+	key.user_id = user_id;
+	key.key_id = key_id;
+	e = QuotaCacheLookup(QUOTA_CACHE_QUOTAS, &key, sizeof(key),
+						 sizeof(QuotaDefsEntry), &found);
+	if (!found)
+		e->valid = false;
+	if (!e->valid)
+	{
+		char		shared[QUOTA_SHARED_DATA];
+		Size		len;
+
+		/* the level shared by all backends (cache.c): the count, then the rows */
+		len = QuotaSharedCacheGet(QUOTA_CACHE_QUOTAS, &key, sizeof(key), shared);
+		if (len >= sizeof(int) && len == sizeof(int) + sizeof(QuotaRow) * *(int *) shared)
+		{
+			e->n = *(int *) shared;
+			e->rows = e->n > 0 ?
+				MemoryContextAlloc(QuotaCacheContext(), sizeof(QuotaRow) * e->n) : NULL;
+			if (e->n > 0)
+				memcpy(e->rows, shared + sizeof(int), sizeof(QuotaRow) * e->n);
+			e->valid = true;
+		}
+	}
+	if (!e->valid)
+	{
+		int			nd;
+		char		shared[QUOTA_SHARED_DATA];
+
+		e->valid = false;
+		values[0] = Int64GetDatum(tenant_id);
+		values[1] = Int64GetDatum(model_id);
+		values[2] = Int64GetDatum(user_id);
+		values[3] = Int64GetDatum(key_id);
+		if (user_id == 0)
+			nulls[2] = 'n';
+		if (key_id == 0)
+			nulls[3] = 'n';
+		/* not read-only: a fresh snapshot, taken after the cache's generation */
+		QuotaSpiExec(&defs_plan, values, nulls, false, 0);
+		nd = parse_quota_rows(rows, 0);
+		e->rows = nd > 0 ?
+			MemoryContextAlloc(QuotaCacheContext(), sizeof(QuotaRow) * nd) : NULL;
+		if (nd > 0)
+			memcpy(e->rows, rows, sizeof(QuotaRow) * nd);
+		e->n = nd;
+		e->valid = true;
+		if (sizeof(int) + sizeof(QuotaRow) * nd <= QUOTA_SHARED_DATA)
+		{
+			memcpy(shared, &nd, sizeof(int));
+			if (nd > 0)
+				memcpy(shared + sizeof(int), rows, sizeof(QuotaRow) * nd);
+			QuotaSharedCachePut(QUOTA_CACHE_QUOTAS, &key, sizeof(key), shared,
+								sizeof(int) + sizeof(QuotaRow) * nd);
+		}
+	}
+	if (e->n == 0)
+		return 0;
+
+	ids = palloc(sizeof(int64) * e->n);
+	found_ids = palloc(sizeof(bool) * e->n);
+	starts = palloc(sizeof(TimestampTz) * e->n);
+	used = palloc(sizeof(int64) * e->n);
+	tids = palloc(sizeof(ItemPointerData) * e->n);
+	for (i = 0; i < e->n; i++)
+		ids[i] = e->rows[i].quota_id;
+	/* by primary key, in quota_id order (direct.c); a deleted quota's is gone */
+	QuotaDirectLockCounters(tenant_id, ids, e->n, found_ids, starts, used, tids);
+	for (i = 0; i < e->n; i++)
+	{
+		if (!found_ids[i])
+			continue;
+		rows[n] = e->rows[i];
+		rows[n].counter_start = starts[i];
+		rows[n].used = used[i];
+		rows[n].counter_tid = tids[i];
+		n++;
+	}
+	return n;
+}
+
+/*
+ * lock_counters
+ *		Lock the counters of the single-row quotas that apply, in quota_id
+ *		order, and load them; with escrow quotas (has_slots), append their
+ *		definitions (their slots are taken later, see acquire_slots).
+ *		created_before is +infinity for a new charge, which may take the
+ *		definitions from the configuration cache unless fresh is set (a
+ *		request that waited decides on what the tables say now).
+ */
+int
+lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
+			  TimestampTz created_before, bool has_slots, bool fresh, QuotaRow *rows)
+{
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	int			n = -1;
+
+	if (!fresh && TIMESTAMP_IS_NOEND(created_before))
+		n = lock_cached_counters(tenant_id, model_id, user_id, key_id, rows);
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(model_id);
+	values[2] = Int64GetDatum(user_id);
+	values[3] = Int64GetDatum(key_id);
+	values[4] = TimestampTzGetDatum(created_before);
+	if (user_id == 0)
+		nulls[2] = 'n';
+	if (key_id == 0)
+		nulls[3] = 'n';
+	if (n < 0)
+	{
+		QuotaSpiExec(&lock_plan, values, nulls, false, 0);
+		n = parse_quota_rows(rows, 0);
+	}
+	if (has_slots)
+	{
+		QuotaSpiExec(&multi_plan, values, nulls, false, 0);
+		n = parse_quota_rows(rows, n);
+	}
+	return n;
+}
+
+/*
+ * write_usage
+ *		The usage row plus the touched counters (direct.c).  Returns the
+ *		usage id.
+ */
+int64
+write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char *kind,
+			int64 model_id, int64 user_id, int64 key_id, int32 calls, int64 units,
+			int64 overage, int64 ref_usage_id, int64 reservation_id, const char *idem_key,
+			QuotaRow *rows, int nrows, const UsageExtra *extra)
+{
+	QuotaUsageRow u;
+	QuotaCounterWrite *w;
+	int			cap = nrows + 1;
+	int			n = 0;
+	int			i;
+	int			j;
+
+	for (i = 0; i < nrows; i++)
+		if (rows[i].touched && rows[i].slots > 1)
+			cap += rows[i].nupd;
+	w = palloc0(sizeof(QuotaCounterWrite) * cap);
+	for (i = 0; i < nrows; i++)
+	{
+		QuotaRow   *r = &rows[i];
+
+		if (!r->touched)
+			continue;
+		if (r->slots == 1)
+		{
+			w[n].quota_id = r->quota_id;
+			w[n].used = r->new_used;
+			w[n].start = r->start;
+			w[n].tid = r->counter_tid;
+			n++;
+			continue;
+		}
+		for (j = 0; j < r->nupd; j++)
+		{
+			CounterUpdate *cu = &r->upd[j];
+
+			/* charged by acquire_slots already: again only for new events */
+			if (r->slot_written && cu->mask == r->written_mask)
+				continue;
+			w[n].quota_id = cu->quota_id;
+			w[n].slot = cu->slot;
+			w[n].used = cu->used;
+			w[n].start = cu->start;
+			w[n].has_allowance = cu->has_allowance;
+			w[n].allowance = cu->allowance;
+			w[n].mask = cu->mask;
+			n++;
+		}
+	}
+
+	memset(&u, 0, sizeof(u));
+	u.tenant_id = tenant_id;
+	u.usage_id = usage_id;
+	u.occurred_at = occurred_at;
+	u.kind = kind;
+	u.model_id = model_id;
+	u.user_id = user_id;
+	u.key_id = key_id;
+	u.calls = calls;
+	u.units = units;
+	u.overage = overage;
+	u.ref_usage_id = ref_usage_id;
+	u.reservation_id = reservation_id;
+	u.idem_key = idem_key;
+	u.cost = QuotaMicroToNumeric(extra ? extra->cost_micro : 0);
+	if (extra)
+	{
+		u.has_input = extra->tokens.has_input;
+		u.input_tokens = extra->tokens.input;
+		u.has_output = extra->tokens.has_output;
+		u.output_tokens = extra->tokens.output;
+		u.price_id = extra->price_id;
+		u.metadata = extra->metadata;
+	}
+	return QuotaDirectWrite(&u, w, n);
+}
+
+/* ----------------------------------------------------------------------
+ * the charge
+ * ---------------------------------------------------------------------- */
+
+/*
+ * decide_quotas
+ *		Compute periods and new counts for a charge of `calls` calls,
+ *		`units` units and `cost` micro-units of money at `at`; fill *d.
+ *		Returns false (nothing to write) when a blocking quota denies.
+ *		*overage gets the units beyond the limit of overage quotas (a cost
+ *		quota with on_exceed overage lets the call through like alert: its
+ *		money is on the usage row already).
+ */
+static bool
+decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock,
+			  int64 calls, int64 units, int64 cost, Decision *d, int64 *overage)
+{
+	int			i;
+	int			deny = -1;
+	int			tight = -1;
+	int			tight_cost = -1;
+
+	*overage = 0;
+	for (i = 0; i < n; i++)
+	{
+		QuotaRow   *r = &rows[i];
+		int64		amount = r->metric_cost ? cost : r->metric_calls ? calls : units;
+		bool		over;
+
+		if (r->slots > 1)
+			over = r->multi_deny;	/* acquire_slots decided */
+		else
+		{
+			QuotaPeriodBounds(r->period, tz, at, &r->start, &r->end);
+			r->old_used = (r->counter_start == r->start) ? r->used : 0;
+			if (pg_add_s64_overflow(r->old_used, amount, &r->new_used))
+				ereport(ERROR,
+						(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+						 errmsg("quota %lld would overflow", (long long) r->quota_id),
+						 errdetail("%lld used, %lld requested.", (long long) r->old_used,
+								   (long long) amount)));
+			r->touched = true;
+			over = r->new_used > r->max_units;
+		}
+		if (over)
+		{
+			if (r->on_exceed == 'b')
+			{
+				/* deny by the blocking quota that frees up last */
+				if (deny < 0 || (rows[deny].period != QUOTA_PERIOD_LIFETIME &&
+								 (r->period == QUOTA_PERIOD_LIFETIME ||
+								  r->end > rows[deny].end)))
+					deny = i;
+			}
+			else if (r->on_exceed == 'o' && !r->metric_cost)
+			{
+				int64		over = r->new_used - Max(r->old_used, r->max_units);
+
+				*overage = Max(*overage, Min(over, amount));
+			}
+		}
+		if (r->metric_cost)
+		{
+			if (tight_cost < 0 || r->max_units - r->new_used <
+				rows[tight_cost].max_units - rows[tight_cost].new_used)
+				tight_cost = i;
+		}
+		else if (tight < 0 ||
+				 r->max_units - r->new_used < rows[tight].max_units - rows[tight].new_used)
+			tight = i;
+	}
+	if (tight_cost >= 0)
+	{
+		d->has_remaining_cost = true;
+		d->remaining_cost_micro = Max(rows[tight_cost].max_units -
+									  (deny >= 0 ? rows[tight_cost].old_used :
+									   rows[tight_cost].new_used), 0);
+		if (!d->currency[0])
+			strlcpy(d->currency, rows[tight_cost].currency, sizeof(d->currency));
+	}
+
+	if (deny >= 0)
+	{
+		QuotaRow   *r = &rows[deny];
+
+		d->allowed = false;
+		d->denied_by = denied_quota;
+		d->quota_id = r->quota_id;
+		strlcpy(d->period, r->label, sizeof(d->period));
+		if (r->metric_cost)
+		{
+			/* money: in remaining_cost, not in the integer columns */
+			d->has_remaining_cost = true;
+			d->remaining_cost_micro = Max(r->max_units - r->old_used, 0);
+		}
+		else
+		{
+			d->has_limit = true;
+			d->limit = r->max_units;
+			d->remaining = Max(r->max_units - r->old_used, 0);
+		}
+		if (r->period != QUOTA_PERIOD_LIFETIME)
+		{
+			d->has_resets = true;
+			d->resets_at = r->end;
+			d->has_retry = true;
+			d->retry_after = seconds_until(r->end, clock);
+		}
+		return false;
+	}
+	d->allowed = true;
+	if (tight >= 0)
+	{
+		QuotaRow   *r = &rows[tight];
+
+		d->quota_id = r->quota_id;
+		strlcpy(d->period, r->label, sizeof(d->period));
+		d->has_limit = true;
+		d->limit = r->max_units;
+		d->remaining = Max(r->max_units - r->new_used, 0);
+		if (r->period != QUOTA_PERIOD_LIFETIME)
+		{
+			d->has_resets = true;
+			d->resets_at = r->end;
+		}
+	}
+	return true;
+}
+
+/*
+ * charge_instant
+ *		Now, after the locks; never before a locked counter's period.
+ */
+static TimestampTz
+charge_instant(QuotaRow *rows, int n)
+{
+	TimestampTz at = GetCurrentTimestamp();
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (!TIMESTAMP_NOT_FINITE(rows[i].counter_start) && rows[i].counter_start > at)
+			at = rows[i].counter_start;
+	return at;
+}
+
+static int64
+next_reservation_id(void)
+{
+	static QuotaPlan plan = {
+		"SELECT pg_catalog.nextval('quota_ext.reservation_id_seq')", 0, {InvalidOid}
+	};
+	bool		isnull;
+
+	QuotaSpiExec(&plan, NULL, NULL, false, 1);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+static void
+insert_reservation(int64 tenant_id, int64 reservation_id, int64 usage_id, TimestampTz at,
+				   int64 model_id, int64 user_id, int64 key_id, int64 estimate, Interval *ttl,
+				   const UsageExtra *extra)
+{
+	static QuotaPlan plan = {
+		"INSERT INTO quota_ext.reservations (tenant_id, reservation_id, usage_id, occurred_at, "
+		"    model_id, user_id, key_id, estimate, expires_at, price_id, cost, input_tokens, "
+		"    output_tokens) "
+		"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $4 OPERATOR(pg_catalog.+) $9, $10, $11, $12, $13)",
+		13, {INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, INT8OID,
+		INTERVALOID, INT8OID, NUMERICOID, INT8OID, INT8OID}
+	};
+	Datum		values[13];
+	char		nulls[13];
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(reservation_id);
+	values[2] = Int64GetDatum(usage_id);
+	values[3] = TimestampTzGetDatum(at);
+	values[4] = Int64GetDatum(model_id);
+	values[5] = Int64GetDatum(user_id);
+	if (user_id == 0)
+		nulls[5] = 'n';
+	values[6] = Int64GetDatum(key_id);
+	if (key_id == 0)
+		nulls[6] = 'n';
+	values[7] = Int64GetDatum(estimate);
+	values[8] = IntervalPGetDatum(ttl);
+	values[9] = Int64GetDatum(extra->price_id);
+	if (extra->price_id == 0)
+		nulls[9] = 'n';
+	values[10] = QuotaMicroToNumeric(extra->cost_micro);
+	values[11] = Int64GetDatum(extra->tokens.input);
+	if (!extra->tokens.has_input)
+		nulls[11] = 'n';
+	values[12] = Int64GetDatum(extra->tokens.output);
+	if (!extra->tokens.has_output)
+		nulls[12] = 'n';
+	QuotaSpiExec(&plan, values, nulls, false, 0);
+}
+
+/*
+ * charge_cost
+ *		The price and cost of a charge at `at` (metering.c): the price in
+ *		force came with the policy plan; look again only when a new version
+ *		started between the lookup and `at`.  A cost quota counting another
+ *		currency than the price is a configuration error (55000), raised
+ *		before anything is written.
+ */
+static void
+charge_cost(const ConsumeRequest *req, QuotaPolicyResult *pol, TimestampTz at,
+			QuotaRow *rows, int n, UsageExtra *extra, Decision *d)
+{
+	QuotaPrice *price = &pol->price;
+	QuotaPrice	later;
+	int			i;
+
+	if (at >= price->valid_until)
+	{
+		QuotaPriceAt(req->tenant_id, pol->model_id, at, &later);
+		price = &later;
+	}
+	if (!price->found)
+		return;
+	extra->price_id = price->price_id;
+	extra->cost_micro = QuotaCostMicro(price, req->units, req->tokens.input,
+									   req->tokens.output);
+	check_cost_bounded(extra->cost_micro);
+	d->has_cost = true;
+	d->cost_micro = extra->cost_micro;
+	strlcpy(d->currency, price->currency, sizeof(d->currency));
+	for (i = 0; i < n; i++)
+		if (rows[i].metric_cost && strcmp(rows[i].currency, price->currency) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cost quota %lld counts %s but model \"%s\" is priced in %s",
+							(long long) rows[i].quota_id, rows[i].currency,
+							QuotaQuoteInput(req->model),
+							price->currency),
+					 errhint("Give the tenant a price in %s with quota_ext.price_set(), or a cost quota in %s.",
+							 rows[i].currency, price->currency)));
+}
+
+/* count the decision in shared memory (stats.c) */
+static void
+count_decision(int64 tenant_id, const Decision *d)
+{
+	QuotaOutcome o;
+
+	if (d->replayed)
+		o = QUOTA_OUTCOME_REPLAYED;
+	else if (d->allowed)
+		o = QUOTA_OUTCOME_ALLOWED;
+	else if (d->denied_by == denied_rate)
+		o = QUOTA_OUTCOME_DENIED_RATE;
+	else if (d->denied_by == denied_policy)
+		o = QUOTA_OUTCOME_DENIED_POLICY;
+	else if (d->denied_by == denied_tenant)
+		o = QUOTA_OUTCOME_DENIED_TENANT;
+	else
+		o = QUOTA_OUTCOME_DENIED_QUOTA;
+	QuotaStatsCount(tenant_id, o);
+}
+
+/*
+ * lock_wait_mark
+ *		Changes whenever this backend starts to sleep on a heavyweight lock
+ *		(a row lock, or another transaction's uncommitted idempotency key):
+ *		ProcSleep arms the deadlock timeout each time it goes to sleep, and
+ *		the timeout keeps its start time.  Two reads that differ mean "this
+ *		request waited in between".
+ */
+static TimestampTz
+lock_wait_mark(void)
+{
+	return get_timeout_start_time(DEADLOCK_TIMEOUT);
+}
+
+/*
+ * recheck_after_wait
+ *		A request that waited for a counter or an idempotency key decides on
+ *		what is true once it holds them, not on what it read before it
+ *		waited: a limit cut, policy revoke, key revoke or tenant suspension
+ *		that committed in the meantime applies to it.  (Checklist L6; found
+ *		by test/specs/admin_race.spec, where a waiting consume used to pass
+ *		after each of these had committed.)  READ COMMITTED gives each
+ *		statement a new snapshot, and the counters are already locked, so
+ *		re-reading the policy and the quota rows sees the change without
+ *		waiting again, unless a quota was added meanwhile; then loop.
+ *		Uncontended requests never wait and pay nothing.  With rows NULL
+ *		(after the escrow slots were taken) only the policy, the tenant and
+ *		the key are read again.
+ *
+ *		The configuration cache's generation moves at every committed admin
+ *		change (before that transaction releases its locks): when it has not
+ *		moved since *stamp was taken, before the request read its
+ *		configuration, nothing it read can have changed and nothing is read
+ *		again.  So waiting on a hot tenant's counters costs nothing extra.
+ *		Requests that do not use the cache (stamp 0) always read again.
+ *
+ *		Returns false when the request is now denied by its tenant or
+ *		policy (pol says which).  invoke(), which checked its key in this
+ *		same statement, also checks it again and raises authenticate()'s
+ *		error if it was revoked meanwhile; a context set by an earlier
+ *		authenticate() stays valid until its transaction ends, as
+ *		documented (test/specs/key_revoke.spec).  Otherwise rows and *n are
+ *		fresh.
+ */
+static bool
+recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
+				   QuotaPolicyResult *pol, QuotaRow *rows, int *n)
+{
+	int64		model_id = pol->model_id;
+	TimestampTz infinity;
+
+	TIMESTAMP_NOEND(infinity);
+	while (lock_wait_mark() != *mark)
+	{
+		*mark = lock_wait_mark();
+		if (QuotaConfigUnchanged(*stamp))
+			continue;
+		*stamp = QuotaConfigStamp();
+		if (req->key_authenticated)
+			QuotaKeyRecheck(req->tenant_id, req->key_id);
+		QuotaPolicyEvaluateFresh(req->tenant_id, req->model, req->role, pol);
+		if (!pol->tenant_found || !pol->tenant_active || !pol->allowed)
+			return false;
+		/* the counters locked are the model's that was resolved first */
+		pol->model_id = model_id;
+		if (rows)
+			*n = lock_counters(req->tenant_id, model_id, req->user_id, req->key_id,
+							   infinity, pol->has_slots, true, rows);
+	}
+	return true;
+}
+
+/*
+ * QuotaConsume
+ *		The whole request: see the file header.  Runs its own SPI session.
+ */
+static void
+QuotaConsume(const ConsumeRequest *req, Decision *d)
+{
+	QuotaSpiState spi;
+	QuotaPolicyResult pol;
+	QuotaRow	rows[QUOTA_MAX_QUOTAS];
+	int			n;
+	TimestampTz at;
+	TimestampTz clock;
+	int64		overage;
+	int64		reservation_id = 0;
+	text	   *tz;
+	TimestampTz infinity;
+	UsageExtra	extra;
+	int			i;
+	TimestampTz wait_mark = lock_wait_mark();
+	/* invoke() took it before it read the key */
+	uint64		config_stamp = req->key_authenticated ? req->config_stamp : QuotaConfigStamp();
+	bool		escrow_denied = false;
+
+	memset(d, 0, sizeof(*d));
+	memset(&extra, 0, sizeof(extra));
+	extra.tokens = req->tokens;
+	extra.metadata = req->metadata;
+	QuotaSpiBegin(&spi);
+
+	QuotaPolicyEvaluate(req->tenant_id, req->model, req->role, &pol);
+	if (!pol.tenant_found)
+		QuotaRaiseUnknownTenant(req->tenant_id);
+	if (pol.model_id == 0)
+		raise_unknown_model(req->model);
+
+	if (req->idem_key && !idem_claim(req, d))
+	{
+		QuotaSpiEnd(&spi);
+		QuotaStatsCount(req->tenant_id, QUOTA_OUTCOME_REPLAYED);
+		return;
+	}
+
+	if (!pol.tenant_active || !pol.allowed)
+	{
+		d->allowed = false;
+		d->denied_by = pol.tenant_active ? denied_policy : denied_tenant;
+	}
+	else
+	{
+		QuotaRateDecision rd;
+
+		/* rate limits first: a limited request charges no quota */
+		if (!QuotaRateLimitApply(req->tenant_id, pol.model_id, req->key_id, 1, &rd))
+		{
+			d->allowed = false;
+			d->denied_by = denied_rate;
+			d->has_limit = true;
+			d->limit = rd.limit;
+			d->remaining = rd.remaining;
+			d->has_retry = rd.retry_after >= 0;
+			d->retry_after = rd.retry_after;
+			d->has_resets = true;
+			d->resets_at = GetCurrentTimestamp() + rd.reset_after * USECS_PER_SEC;
+			goto done;
+		}
+
+		tz = cstring_to_text(pol.timezone);
+		TIMESTAMP_NOEND(infinity);
+		n = lock_counters(req->tenant_id, pol.model_id, req->user_id, req->key_id,
+						  infinity, pol.has_slots, false, rows);
+		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, rows, &n))
+		{
+			d->allowed = false;
+			d->denied_by = pol.tenant_active ? denied_policy : denied_tenant;
+			goto done;
+		}
+		at = charge_instant(rows, n);
+		clock = at;
+		charge_cost(req, &pol, at, rows, n, &extra, d);
+		/* escrow quotas come after the single-row ones, in quota_id order */
+		for (i = 0; i < n; i++)
+		{
+			QuotaRow   *r = &rows[i];
+
+			if (r->slots == 1)
+				continue;
+			QuotaPeriodBounds(r->period, tz, at, &r->start, &r->end);
+			acquire_slots(req->tenant_id, r,
+						  r->metric_cost ? extra.cost_micro : r->metric_calls ? 1 : req->units,
+						  escrow_denied);
+			escrow_denied |= r->multi_deny;
+		}
+		/* taking every slot of an escrow quota may have waited too */
+		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, NULL, NULL))
+		{
+			release_slots(req->tenant_id, rows, n);
+			d->allowed = false;
+			d->denied_by = pol.tenant_active ? denied_policy : denied_tenant;
+			goto done;
+		}
+		if (decide_quotas(rows, n, tz, at, clock, 1,
+						  req->units, extra.cost_micro, d, &overage))
+		{
+			/* events first: escrow slots record theirs in the row written below */
+			for (i = 0; i < n; i++)
+				emit_events(req->tenant_id, &rows[i]);
+			if (req->reserve)
+				reservation_id = next_reservation_id();
+			d->usage_id = write_usage(req->tenant_id, 0, at,
+									  req->reserve ? "reserve" : "consume",
+									  pol.model_id, req->user_id, req->key_id, 1,
+									  req->units, overage, 0, reservation_id,
+									  req->idem_key, rows, n, &extra);
+			if (req->reserve)
+			{
+				insert_reservation(req->tenant_id, reservation_id, d->usage_id, at,
+								   pol.model_id, req->user_id, req->key_id, req->units,
+								   req->ttl, &extra);
+				d->reservation_id = reservation_id;
+			}
+		}
+		else
+			release_slots(req->tenant_id, rows, n);
+	}
+done:
+	if (req->idem_key)
+		idem_store(req, d);
+	QuotaSpiEnd(&spi);
+	count_decision(req->tenant_id, d);
+}
+
+/* the arguments that must not be NULL (charge_args) */
+static const char *const consume_names[] = {"tenant_id", "model", "units"};
+static const char *const invoke_names[] = {"api_key", "model", "units"};
+static const char *const reserve_names[] = {"tenant_id", "model", "estimate", "ttl"};
+
+/*
+ * quota_ext.quota_consume(tenant_id bigint, model text, units bigint DEFAULT 1,
+ *		idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL,
+ *		key_id bigint DEFAULT NULL, role text DEFAULT NULL)
+ *		RETURNS quota_ext.decision
+ */
+Datum
+quota_consume(PG_FUNCTION_ARGS)
+{
+	ConsumeRequest req;
+	Decision	d;
+
+	check_writable("quota_consume()");
+	charge_args(fcinfo, &req, consume_names, 3, true);
+	QuotaConsume(&req, &d);
+	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+}
+
+/*
+ * quota_ext.quota_consume_or_raise(...) RETURNS quota_ext.decision
+ *		As quota_consume, but a denial is an error: 53400 for quotas and
+ *		rate limits, 42501 for policy and inactive tenants.
+ */
+Datum
+quota_consume_or_raise(PG_FUNCTION_ARGS)
+{
+	ConsumeRequest req;
+	Decision	d;
+
+	check_writable("quota_consume_or_raise()");
+	charge_args(fcinfo, &req, consume_names, 3, true);
+	QuotaConsume(&req, &d);
+	if (!d.allowed)
+		raise_denial(&req, &d);
+	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+}
+
+/*
+ * quota_ext.invoke(api_key text, model text, units bigint DEFAULT 1,
+ *		idempotency_key text DEFAULT NULL) RETURNS quota_ext.decision
+ *
+ * authenticate() then quota_consume() for the key's tenant, user and key,
+ * with the key's user's role.
+ */
+Datum
+invoke(PG_FUNCTION_ARGS)
+{
+	ConsumeRequest req;
+	Decision	d;
+	const QuotaContext *ctx;
+
+	QuotaKeyArgBegin();
+	check_writable("invoke()");
+	charge_args(fcinfo, &req, invoke_names, 3, false);
+
+	req.config_stamp = QuotaConfigStamp();
+	QuotaAuthenticate(PG_GETARG_TEXT_PP(0));
+	ctx = QuotaContextGet();
+	req.tenant_id = ctx->tenant_id;
+	req.user_id = ctx->user_id;
+	req.key_id = ctx->key_id;
+	req.key_authenticated = true;
+	req.role = ctx->role[0] ? pstrdup(ctx->role) : NULL;
+	QuotaConsume(&req, &d);
+	QuotaKeyArgDone();
+	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+}
+
+/*
+ * quota_ext.quota_reserve(tenant_id bigint, model text, estimate bigint,
+ *		ttl interval DEFAULT '15 minutes', idempotency_key text DEFAULT NULL,
+ *		user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
+ *		role text DEFAULT NULL) RETURNS quota_ext.decision
+ */
+Datum
+quota_reserve(PG_FUNCTION_ARGS)
+{
+	ConsumeRequest req;
+	Decision	d;
+
+	check_writable("quota_reserve()");
+	charge_args(fcinfo, &req, reserve_names, 4, true);
+	QuotaConsume(&req, &d);
+	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+}

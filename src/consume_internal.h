@@ -1,0 +1,204 @@
+/*-------------------------------------------------------------------------
+ *
+ * consume_internal.h
+ *		Private declarations of the request path: consume, escrow,
+ *		idempotency, events, adjustments and argument handling.
+ *
+ * The request path is split by phase, one file each:
+ *
+ *	 consume.c		orchestration: QuotaConsume and the SQL functions
+ *					quota_consume, quota_consume_or_raise, invoke, quota_reserve;
+ *					locking the counters, deciding, writing the usage row
+ *	 escrow.c		escrow quotas (slots > 1): taking, laying out and
+ *					releasing slots, and their SQL
+ *	 idempotency.c	claiming and storing an idempotency key's decision
+ *	 events.c		threshold and soft-limit events and their NOTIFY
+ *	 adjust.c		quota_settle, quota_cancel, quota_refund,
+ *					quota_expire_reservations and the counter adjustments
+ *	 decision.c		the one argument parser of the charging functions, the
+ *					decision composite and the denial errors
+ *	 args.c			argument checks (and QuotaArgNotNull, QuotaQuoteInput
+ *					for every module)
+ *
+ * Calls go one way: consume.c and adjust.c call the others; escrow.c calls
+ * events.c; decision.c calls args.c and context.c; every file may call
+ * args.c, which calls no other file of the extension; events.c and
+ * idempotency.c call none of the request path's files.  Nothing here is part of the library's
+ * interface: the functions are hidden from the dynamic symbol table, as
+ * they were when they were static in one file.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef CONSUME_INTERNAL_H
+#define CONSUME_INTERNAL_H
+
+#include "quota_ext.h"
+
+#include "executor/tuptable.h"
+#include "utils/timestamp.h"
+
+#if defined(__GNUC__)
+#define QUOTA_PRIVATE __attribute__((visibility("hidden")))
+#else
+#define QUOTA_PRIVATE
+#endif
+
+#define QUOTA_MAX_QUOTAS		64	/* applicable quotas per request */
+#define QUOTA_MAX_THRESHOLDS	16
+#define QUOTA_IDEM_MAX_LEN		255
+#define QUOTA_METADATA_MAX_BYTES 1024	/* jsonb on a usage row */
+#define QUOTA_EVENT_CHANNEL		"quota_ext_events"
+
+/* optional token counts of a call (metering) */
+typedef struct UsageTokens
+{
+	bool		has_input;
+	bool		has_output;
+	int64		input;
+	int64		output;
+} UsageTokens;
+
+/* what a usage row carries beyond units: tokens, price version, cost */
+typedef struct UsageExtra
+{
+	UsageTokens tokens;
+	int64		price_id;		/* 0: unpriced */
+	int64		cost_micro;
+	Datum		metadata;		/* jsonb, or 0 */
+} UsageExtra;
+
+/* one request to charge */
+typedef struct ConsumeRequest
+{
+	int64		tenant_id;
+	const char *model;
+	int64		units;
+	const char *idem_key;		/* NULL: none */
+	int64		user_id;		/* 0: unknown */
+	int64		key_id;			/* 0: unknown */
+	const char *role;			/* NULL: none */
+	bool		key_authenticated;	/* invoke(): key_id was checked by this call */
+	uint64		config_stamp;	/* invoke(): QuotaConfigStamp() before the key */
+	bool		reserve;
+	Interval   *ttl;			/* reserve only */
+	UsageTokens tokens;			/* optional input/output tokens */
+	Datum		metadata;		/* jsonb, or 0 */
+} ConsumeRequest;
+
+/* the answer, as the composite quota_ext.decision */
+typedef struct Decision
+{
+	bool		allowed;
+	const char *denied_by;		/* static string or NULL */
+	int64		quota_id;		/* 0: none */
+	char		period[32];
+	bool		has_limit;
+	int64		limit;
+	int64		remaining;
+	bool		has_resets;
+	TimestampTz resets_at;
+	bool		has_retry;
+	int64		retry_after;
+	int64		usage_id;		/* 0: none */
+	int64		reservation_id; /* 0: none */
+	bool		replayed;
+	bool		has_cost;		/* the call is priced */
+	int64		cost_micro;
+	bool		has_remaining_cost; /* a cost quota applies */
+	int64		remaining_cost_micro;
+	char		currency[4];	/* of the cost, else of the cost quota */
+} Decision;
+
+/* one counter row to write: (quota, slot) <- used, period, allowance, mask */
+typedef struct CounterUpdate
+{
+	int64		quota_id;
+	int32		slot;
+	int64		used;
+	TimestampTz start;
+	bool		has_allowance;
+	int64		allowance;
+	int32		mask;
+} CounterUpdate;
+
+/* a locked counter and its quota */
+typedef struct QuotaRow
+{
+	int64		quota_id;
+	QuotaPeriod period;
+	char		label[32];
+	bool		metric_calls;
+	bool		metric_cost;	/* max_units, used: micro-units of currency */
+	char		currency[4];
+	int64		max_units;
+	bool		has_soft;
+	int64		soft_limit;
+	char		on_exceed;		/* 'b'lock, 'a'lert, 'o'verage */
+	int			nthresholds;
+	int			thresholds[QUOTA_MAX_THRESHOLDS];
+	TimestampTz counter_start;
+	int64		used;
+	ItemPointerData counter_tid;	/* where it was locked (direct.c), or invalid */
+	/* computed */
+	TimestampTz start;
+	TimestampTz end;
+	int64		old_used;		/* in the current period */
+	int64		new_used;
+	bool		touched;		/* counter is written */
+	/* escrow quotas (slots > 1): see acquire_slots */
+	int			slots;
+	bool		multi_deny;		/* even all slots together cannot take it */
+	int			nupd;
+	CounterUpdate *upd;			/* the slot rows to write */
+	int			charged;		/* index in upd of the charged slot */
+	bool		slot_written;	/* upd[0] charged and written by acquire_slots */
+	int64		slot_amount;	/* ... by this much */
+	int32		written_mask;	/* ... with this events_mask */
+} QuotaRow;
+
+/* decision.c: Decision.denied_by points at one of these (compared by address) */
+extern QUOTA_PRIVATE const char *const denied_tenant;
+extern QUOTA_PRIVATE const char *const denied_policy;
+extern QUOTA_PRIVATE const char *const denied_rate;
+extern QUOTA_PRIVATE const char *const denied_quota;
+
+/* consume.c */
+extern QUOTA_PRIVATE int64 seconds_until(TimestampTz when, TimestampTz now);
+extern QUOTA_PRIVATE int lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
+			  TimestampTz created_before, bool has_slots, bool fresh, QuotaRow *rows);
+extern QUOTA_PRIVATE int64 write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char *kind,
+			int64 model_id, int64 user_id, int64 key_id, int32 calls, int64 units,
+			int64 overage, int64 ref_usage_id, int64 reservation_id, const char *idem_key,
+			QuotaRow *rows, int nrows, const UsageExtra *extra);
+
+/* escrow.c */
+extern QUOTA_PRIVATE bool lay_out_slots(QuotaRow *r, int k, int64 delta, bool check);
+extern QUOTA_PRIVATE void lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on);
+extern QUOTA_PRIVATE void acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied);
+extern QUOTA_PRIVATE void release_slots(int64 tenant_id, QuotaRow *rows, int n);
+
+/* events.c */
+extern QUOTA_PRIVATE void emit_event(int64 tenant_id, QuotaRow *r, const char *kind, int threshold, int64 limit);
+extern QUOTA_PRIVATE void emit_events(int64 tenant_id, QuotaRow *r);
+
+/* idempotency.c */
+extern QUOTA_PRIVATE bool idem_claim(const ConsumeRequest *req, Decision *d);
+extern QUOTA_PRIVATE void idem_store(const ConsumeRequest *req, const Decision *d);
+
+/* args.c */
+extern QUOTA_PRIVATE void check_positive(int64 v, const char *name);
+extern QUOTA_PRIVATE void check_bounded(int64 v, const char *name);
+extern QUOTA_PRIVATE Interval * check_ttl(const Interval *ttl);
+extern QUOTA_PRIVATE void check_cost_bounded(int64 micro);
+extern QUOTA_PRIVATE void check_writable(const char *fn);
+extern QUOTA_PRIVATE const char * check_idem_key(FunctionCallInfo fcinfo, int argno);
+extern QUOTA_PRIVATE void check_metering_args(FunctionCallInfo fcinfo, int argno, UsageTokens *tokens, Datum *metadata);
+extern QUOTA_PRIVATE void raise_unknown_model(const char *model);
+
+/* decision.c */
+extern QUOTA_PRIVATE Datum decision_datum(FunctionCallInfo fcinfo, const Decision *d);
+extern QUOTA_PRIVATE void charge_args(FunctionCallInfo fcinfo, ConsumeRequest *req,
+									   const char *const *names, int nnames, bool by_tenant);
+extern QUOTA_PRIVATE void raise_denial(const ConsumeRequest *req, const Decision *d);
+
+#endif							/* CONSUME_INTERNAL_H */

@@ -1,0 +1,206 @@
+/*-------------------------------------------------------------------------
+ *
+ * decision.c
+ *		The charging functions' arguments and answer: the one argument
+ *		parser of quota_consume, quota_consume_or_raise, invoke and
+ *		quota_reserve (charge_args), the decision composite
+ *		(decision_datum) and the denial errors of the raising variant.
+ *
+ * See consume_internal.h for how the request path is split.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "consume_internal.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "common/int.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "storage/proc.h"
+#include "utils/array.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/builtins.h"
+#include "utils/numeric.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+
+const char *const denied_tenant = "tenant";
+const char *const denied_policy = "policy";
+const char *const denied_rate = "rate_limit";
+const char *const denied_quota = "quota";
+
+/* ----------------------------------------------------------------------
+ * result and SQL-callable functions
+ * ---------------------------------------------------------------------- */
+
+Datum
+decision_datum(FunctionCallInfo fcinfo, const Decision *d)
+{
+	TupleDesc	tupdesc;
+	Datum		values[14];
+	bool		nulls[14];
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = BoolGetDatum(d->allowed);
+	if (d->denied_by)
+		values[1] = CStringGetTextDatum(d->denied_by);
+	else
+		nulls[1] = true;
+	values[2] = Int64GetDatum(d->quota_id);
+	nulls[2] = d->quota_id == 0;
+	if (d->period[0])
+		values[3] = CStringGetTextDatum(d->period);
+	else
+		nulls[3] = true;
+	values[4] = Int64GetDatum(d->limit);
+	values[5] = Int64GetDatum(d->remaining);
+	nulls[4] = nulls[5] = !d->has_limit;
+	values[6] = TimestampTzGetDatum(d->resets_at);
+	nulls[6] = !d->has_resets;
+	values[7] = Int64GetDatum(d->retry_after);
+	nulls[7] = !d->has_retry;
+	values[8] = Int64GetDatum(d->usage_id);
+	nulls[8] = d->usage_id == 0;
+	values[9] = Int64GetDatum(d->reservation_id);
+	nulls[9] = d->reservation_id == 0;
+	values[10] = BoolGetDatum(d->replayed);
+	values[11] = QuotaMicroToNumeric(d->cost_micro);
+	nulls[11] = !d->has_cost;
+	values[12] = QuotaMicroToNumeric(d->remaining_cost_micro);
+	nulls[12] = !d->has_remaining_cost;
+	if (d->currency[0])
+		values[13] = CStringGetTextDatum(d->currency);
+	else
+		nulls[13] = true;
+	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
+}
+
+/*
+ * request_identity
+ *		User, key and role of a request (QuotaIdentityResolve): arguments
+ *		user_arg, user_arg+1 (key) and user_arg+2 (role).
+ */
+static void
+request_identity(FunctionCallInfo fcinfo, int user_arg, ConsumeRequest *req)
+{
+	QuotaIdentity id;
+
+	QuotaIdentityResolve(fcinfo, req->tenant_id, user_arg, user_arg + 1,
+						 user_arg + 2, &id);
+	req->user_id = id.user_id;
+	req->key_id = id.key_id;
+	req->role = id.role;
+}
+
+/*
+ * charge_args
+ *		The arguments of a charging function, one parser for all three:
+ *
+ *		quota_consume[_or_raise](tenant_id, model, units, idempotency_key,
+ *			user_id, key_id, role, input_tokens, output_tokens, metadata)
+ *		quota_reserve(tenant_id, model, estimate, ttl, idempotency_key,
+ *			user_id, key_id, role, input_tokens, output_tokens, metadata)
+ *		invoke(api_key, model, units, idempotency_key,
+ *			input_tokens, output_tokens, metadata)
+ *
+ *		names[] are the first nnames arguments, which must not be NULL
+ *		(names[2] also names the amount in errors); nnames 4 is a
+ *		reservation (argument 3 its ttl).  by_tenant: argument 0 is the
+ *		tenant, whose access is checked before the identity arguments that
+ *		follow the key; otherwise (invoke) the metering arguments follow
+ *		the key directly and the caller authenticates afterwards.
+ */
+void
+charge_args(FunctionCallInfo fcinfo, ConsumeRequest *req, const char *const *names,
+			int nnames, bool by_tenant)
+{
+	int			argno;
+
+	memset(req, 0, sizeof(*req));
+	for (argno = 0; argno < nnames; argno++)
+		QuotaArgNotNull(fcinfo, argno, names[argno]);
+	if (by_tenant)
+		req->tenant_id = PG_GETARG_INT64(0);
+	req->model = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	req->units = PG_GETARG_INT64(2);
+	check_positive(req->units, names[2]);
+	check_bounded(req->units, names[2]);
+	argno = 3;
+	if (nnames == 4)
+	{
+		req->ttl = check_ttl(PG_GETARG_INTERVAL_P(3));
+		req->reserve = true;
+		argno = 4;
+	}
+	req->idem_key = check_idem_key(fcinfo, argno++);
+	if (by_tenant)
+	{
+		QuotaCheckTenantAccess(req->tenant_id);
+		request_identity(fcinfo, argno, req);
+		argno += 3;
+	}
+	check_metering_args(fcinfo, argno, &req->tokens, &req->metadata);
+}
+
+/*
+ * raise_denial
+ *		The raising variant's errors.
+ */
+void
+raise_denial(const ConsumeRequest *req, const Decision *d)
+{
+	if (d->denied_by == denied_tenant)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("tenant %lld is not active", (long long) req->tenant_id)));
+	if (d->denied_by == denied_policy)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("model \"%s\" is not allowed for tenant %lld",
+						QuotaQuoteInput(req->model), (long long) req->tenant_id),
+				 errhint("Allow it with quota_ext.policy_set().")));
+	if (d->denied_by == denied_rate)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("rate limit exceeded for tenant %lld", (long long) req->tenant_id),
+				 errdetail("Limit %lld; retry after %lld seconds.",
+						   (long long) d->limit, (long long) d->retry_after)));
+	if (!d->has_limit && d->has_remaining_cost)
+	{
+		char	   *cost = d->has_cost ?
+			numeric_normalize(DatumGetNumeric(QuotaMicroToNumeric(d->cost_micro))) : "0";
+		char	   *left = numeric_normalize(DatumGetNumeric(QuotaMicroToNumeric(d->remaining_cost_micro)));
+
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("%s cost quota exceeded for tenant %lld", d->period,
+						(long long) req->tenant_id),
+				 d->has_resets ?
+				 errdetail("Quota %lld: the call costs %s %s; %s %s remain until %s.",
+						   (long long) d->quota_id, cost, d->currency, left, d->currency,
+						   timestamptz_to_str(d->resets_at)) :
+				 errdetail("Quota %lld: the call costs %s %s; %s %s remain.",
+						   (long long) d->quota_id, cost, d->currency, left, d->currency),
+				 errhint("Wait for the period to reset, or raise the budget with quota_ext.quota_set().")));
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("%s quota exceeded for tenant %lld", d->period, (long long) req->tenant_id),
+			 d->has_resets ?
+			 errdetail("Quota %lld: requested %lld units; %lld of %lld remain until %s.",
+					   (long long) d->quota_id, (long long) req->units,
+					   (long long) d->remaining, (long long) d->limit,
+					   timestamptz_to_str(d->resets_at)) :
+			 errdetail("Quota %lld: requested %lld units; %lld of %lld remain.",
+					   (long long) d->quota_id, (long long) req->units,
+					   (long long) d->remaining, (long long) d->limit),
+			 errhint("Wait for the period to reset, or raise the limit with quota_ext.quota_set().")));
+}

@@ -1,0 +1,519 @@
+/*-------------------------------------------------------------------------
+ *
+ * escrow.c
+ *		Escrow quotas (slots > 1): one counter row per slot, so that a hot
+ *		tenant's concurrent charges do not queue on one row.
+ *
+ * See consume_internal.h for how the request path is split.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "consume_internal.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "common/int.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "storage/proc.h"
+#include "utils/array.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/builtins.h"
+#include "utils/numeric.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+
+/*
+ * Escrow single-slot charge (acquire_slots): take one slot of the quota that
+ * can hold $4 and charge it, in one statement.  Two ways to choose the slot:
+ *
+ *	 SKIP LOCKED: the first slot in this backend's rotation ($6) that fits
+ *	 and that nobody holds; never waits.
+ *	 WAIT: the first slot in the rotation that fits as of the statement's
+ *	 snapshot, locked by key (waiting for its holder); after the wait the
+ *	 lock step's recheck (EvalPlanQual) tests the fit again on the newest
+ *	 version.
+ *
+ * Either way the subquery's lock step has already checked the fit on the
+ * version it locked, so the UPDATE charges only a slot that fits.  A row
+ * whose recheck failed stays locked (heap_lock_tuple locks before the
+ * recheck): acquire_slots runs these in a subtransaction and rolls it back
+ * when nothing was charged, which releases such a row.  A slot of an older
+ * period counts as empty with its default share ($8, plus 1 for slots below
+ * $9; the choice tests against the smallest share, $5); a slot of a newer
+ * period is never taken.
+ *
+ * One row comes back either way: the slot as written (all NULL when nothing
+ * was charged), the quota's committed total in the period as of the
+ * statement (for reporting and events; the statement does not see its own
+ * change), and whether any slot could hold $4 as of the statement (if none,
+ * waiting for one is pointless).
+ */
+#define SLOT_FITS(x) \
+	"CASE WHEN " x ".period_start OPERATOR(pg_catalog.=) $3 " \
+	"     THEN " x ".allowance OPERATOR(pg_catalog.-) " x ".used OPERATOR(pg_catalog.>=) $4 " \
+	"     WHEN " x ".period_start OPERATOR(pg_catalog.<) $3 " \
+	"     THEN $5 OPERATOR(pg_catalog.>=) $4 " \
+	"     ELSE false END "
+#define SLOT_KEY(x) \
+	x ".tenant_id OPERATOR(pg_catalog.=) $1 AND " x ".quota_id OPERATOR(pg_catalog.=) $2 "
+#define SLOT_ROTATION(x) \
+	"ORDER BY (" x ".slot OPERATOR(pg_catalog.+) $6) OPERATOR(pg_catalog.%) $7 LIMIT 1 "
+#define SLOT_CHARGE(choose) \
+	"WITH charged AS (" \
+	"  UPDATE quota_ext.quota_counters c SET " \
+	"    used = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 THEN $4 " \
+	"           ELSE c.used OPERATOR(pg_catalog.+) $4 END, " \
+	"    allowance = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 " \
+	"                THEN $8 OPERATOR(pg_catalog.+) " \
+	"                     CASE WHEN c.slot OPERATOR(pg_catalog.<) $9 THEN 1 ELSE 0 END " \
+	"                ELSE c.allowance END, " \
+	"    events_mask = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 THEN 0 " \
+	"                  ELSE c.events_mask END, " \
+	"    period_start = CASE WHEN c.period_start OPERATOR(pg_catalog.<) $3 THEN $3 " \
+	"                   ELSE c.period_start END " \
+	"  WHERE " SLOT_KEY("c") "AND c.slot OPERATOR(pg_catalog.=) (" choose ") " \
+	"  RETURNING c.slot, c.period_start, c.used, c.allowance, c.events_mask) " \
+	"SELECT charged.slot, charged.period_start, charged.used, charged.allowance, " \
+	"       charged.events_mask, " \
+	"       (SELECT pg_catalog.sum(x.used) FROM quota_ext.quota_counters x " \
+	"         WHERE " SLOT_KEY("x") "AND x.period_start OPERATOR(pg_catalog.=) $3), " \
+	"       EXISTS (SELECT FROM quota_ext.quota_counters f " \
+	"                WHERE " SLOT_KEY("f") "AND " SLOT_FITS("f") ") " \
+	"FROM (VALUES (1)) one LEFT JOIN charged ON true"
+#define SLOT_CHARGE_TYPES \
+	9, {INT8OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID, INT4OID, INT4OID, INT8OID, INT4OID}
+
+static QuotaPlan slot_skip_plan = {
+	SLOT_CHARGE("SELECT s.slot FROM quota_ext.quota_counters s "
+				"WHERE " SLOT_KEY("s") "AND " SLOT_FITS("s")
+				SLOT_ROTATION("s")
+				"FOR NO KEY UPDATE OF s SKIP LOCKED"),
+	SLOT_CHARGE_TYPES
+};
+
+static QuotaPlan slot_wait_plan = {
+	SLOT_CHARGE("SELECT s.slot FROM quota_ext.quota_counters s "
+				"WHERE " SLOT_KEY("s") "AND " SLOT_FITS("s")
+				"  AND s.slot OPERATOR(pg_catalog.=) ("
+				"    SELECT w.slot FROM quota_ext.quota_counters w "
+				"    WHERE " SLOT_KEY("w") "AND " SLOT_FITS("w")
+				SLOT_ROTATION("w") ") "
+				"FOR NO KEY UPDATE OF s"),
+	SLOT_CHARGE_TYPES
+};
+
+/*
+ * Probe (the call is denied already by an earlier escrow quota): could any
+ * slot hold $4 as of the statement, and the committed total.  Locks nothing.
+ */
+static QuotaPlan slot_probe_plan = {
+	"SELECT EXISTS (SELECT FROM quota_ext.quota_counters f "
+	"                WHERE " SLOT_KEY("f") "AND " SLOT_FITS("f") "), "
+	"       (SELECT pg_catalog.sum(x.used) FROM quota_ext.quota_counters x "
+	"         WHERE " SLOT_KEY("x") "AND x.period_start OPERATOR(pg_catalog.=) $3)",
+	5, {INT8OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT8OID}
+};
+
+/* One slot row as the exact path laid it out (a denial that emitted events). */
+static QuotaPlan slot_write_plan = {
+	"UPDATE quota_ext.quota_counters c SET used = $4, period_start = $5, allowance = $6, "
+	"       events_mask = $7 "
+	"WHERE " SLOT_KEY("c") "AND c.slot OPERATOR(pg_catalog.=) $3",
+	7, {INT8OID, INT8OID, INT4OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID}
+};
+
+/* Give back a single-slot charge of $4 when the call ends up not writing. */
+static QuotaPlan slot_undo_plan = {
+	"UPDATE quota_ext.quota_counters c SET used = c.used OPERATOR(pg_catalog.-) $4 "
+	"WHERE " SLOT_KEY("c") "AND c.slot OPERATOR(pg_catalog.=) $3",
+	4, {INT8OID, INT8OID, INT4OID, INT8OID}
+};
+
+/* Escrow exact path: every slot of the quota, locked in slot order. */
+static QuotaPlan slot_all_plan = {
+	"SELECT c.slot, c.period_start, c.used, c.allowance, c.events_mask "
+	"FROM quota_ext.quota_counters c "
+	"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.quota_id OPERATOR(pg_catalog.=) $2 "
+	"ORDER BY c.slot "
+	"FOR NO KEY UPDATE",
+	2, {INT8OID, INT8OID}
+};
+
+/* the default share of the limit of slot i of n */
+static int64
+slot_share(int64 limit, int slots, int i)
+{
+	return limit / slots + (i < limit % slots ? 1 : 0);
+}
+
+/* load one slot row from SPI (columns slot, period_start, used, allowance, mask) */
+static void
+parse_slot(HeapTuple tup, TupleDesc desc, QuotaRow *r, TimestampTz start,
+		   CounterUpdate *u)
+{
+	bool		isnull;
+	Datum		d;
+
+	u->quota_id = r->quota_id;
+	u->slot = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	u->start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+	u->used = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	d = SPI_getbinval(tup, desc, 4, &isnull);
+	u->has_allowance = true;
+	u->allowance = isnull ? 0 : DatumGetInt64(d);
+	u->mask = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+	if (u->start < start)
+	{
+		/* a slot of an older period: empty, with its default share */
+		u->start = start;
+		u->used = 0;
+		u->allowance = slot_share(r->max_units, r->slots, u->slot);
+		u->mask = 0;
+	}
+}
+
+/*
+ * lay_out_slots
+ *		All slots of r are in r->upd (locked, in r->start's period): give
+ *		`delta` to slot k and share the limit's remaining slack among all
+ *		slots as allowances.  Returns false, changing nothing, when a
+ *		positive delta does not fit (check) in the whole quota.
+ */
+bool
+lay_out_slots(QuotaRow *r, int k, int64 delta, bool check)
+{
+	int64		total = 0;
+	int64		slack;
+	int			i;
+
+	for (i = 0; i < r->nupd; i++)
+		total += r->upd[i].used;
+	r->old_used = total;
+	if (pg_add_s64_overflow(total, delta, &r->new_used))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("quota %lld would overflow", (long long) r->quota_id)));
+	if (check && delta > 0 && r->new_used > r->max_units)
+		return false;
+	/* a negative delta comes out of the slots that hold usage */
+	if (delta < 0)
+	{
+		int64		left = -delta;
+
+		for (i = 0; i < r->nupd && left > 0; i++)
+		{
+			int64		take = Min(left, r->upd[i].used);
+
+			r->upd[i].used -= take;
+			left -= take;
+		}
+		if (r->new_used < 0)
+			r->new_used = 0;
+	}
+	else
+		r->upd[k].used += delta;
+	slack = Max(r->max_units - r->new_used, 0);
+	for (i = 0; i < r->nupd; i++)
+		r->upd[i].allowance = r->upd[i].used + slot_share(slack, r->nupd, i);
+	r->charged = k;
+	r->touched = true;
+	return true;
+}
+
+/*
+ * lock_all_slots
+ *		Lock every slot of r in slot order into r->upd.  A slot already in a
+ *		newer period than start means the quota has moved on: for an
+ *		adjustment of older usage (moved_on given) that is reported; for a
+ *		new charge it means the period turned over during this call and
+ *		another transaction counted in the new one: 40001, retry.
+ */
+void
+lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on)
+{
+	Datum		values[2];
+	uint64		i;
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(r->quota_id);
+	QuotaSpiExec(&slot_all_plan, values, NULL, false, 0);
+	r->nupd = (int) SPI_processed;
+	r->upd = palloc0(sizeof(CounterUpdate) * Max(r->nupd, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		parse_slot(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, r, r->start, &r->upd[i]);
+		if (r->upd[i].start > r->start && moved_on)
+			*moved_on = true;
+		else if (r->upd[i].start > r->start)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("quota %lld entered a new period during this call",
+							(long long) r->quota_id),
+					 errhint("Retry the transaction.")));
+	}
+}
+
+/*
+ * charge_one_slot
+ *		Run one single-slot charge statement (slot_skip_plan or
+ *		slot_wait_plan) for `amount` in escrow quota r, in a subtransaction.
+ *		When it charged a slot, keep it (release the subtransaction into
+ *		ours), load the slot into r and return SLOT_CHARGED.  Otherwise roll
+ *		the subtransaction back, which also releases any slot row the
+ *		statement locked and then rejected on recheck, so that this
+ *		transaction holds no slot of r that it did not hold before (see
+ *		acquire_slots for why that matters); return SLOT_NONE_FITS if no
+ *		slot could hold `amount` as of the statement, else SLOT_BUSY.
+ *		r->old_used and r->new_used get the committed total as of the
+ *		statement in every case.
+ *
+ *		The charge is written here, in the subtransaction that locked the
+ *		row: an update of it by the parent transaction would have to keep
+ *		the subtransaction's lock too and make a MultiXact of every hot slot
+ *		row, which costs more than all the rest (measured: 6.5x slower).
+ */
+typedef enum SlotCharge
+{
+	SLOT_CHARGED,
+	SLOT_BUSY,
+	SLOT_NONE_FITS
+} SlotCharge;
+
+static SlotCharge
+charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	Datum		values[9];
+	volatile SlotCharge result = SLOT_BUSY;
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(r->quota_id);
+	values[2] = TimestampTzGetDatum(r->start);
+	values[3] = Int64GetDatum(amount);
+	values[4] = Int64GetDatum(r->max_units / r->slots);
+
+	/*
+	 * The rotation starts at the backend's PGPROC number: concurrent
+	 * backends have distinct, mostly consecutive ones, where pids modulo the
+	 * slots collide by chance (and two backends starting at one slot wait).
+	 */
+	values[5] = Int32GetDatum(QuotaMyProcNumber() % r->slots);
+	values[6] = Int32GetDatum(r->slots);
+	values[7] = Int64GetDatum(r->max_units / r->slots);
+	values[8] = Int32GetDatum((int32) (r->max_units % r->slots));
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		HeapTuple	tup;
+		TupleDesc	desc;
+		bool		isnull;
+		bool		none;
+		Datum		d;
+		int64		before;
+
+		QuotaSpiExec(plan, values, NULL, false, 0);
+		if (SPI_processed != 1)
+			elog(ERROR, "escrow slot statement returned %llu rows",
+				 (unsigned long long) SPI_processed);
+		tup = SPI_tuptable->vals[0];
+		desc = SPI_tuptable->tupdesc;
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		before = isnull ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
+		/* committed total as of the statement: for reporting and events */
+		r->old_used = Min(before, r->max_units);
+		/* old_used <= max_units: the difference cannot overflow, a sum could */
+		r->new_used = (amount > r->max_units - r->old_used) ? r->max_units : r->old_used + amount;
+		(void) SPI_getbinval(tup, desc, 1, &none);
+		if (none && !DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull)))
+			result = SLOT_NONE_FITS;
+		else if (!none)
+		{
+			CounterUpdate *u;
+
+			r->nupd = 1;
+			r->upd = u = palloc0(sizeof(CounterUpdate));
+			parse_slot(tup, desc, r, r->start, u);
+			r->charged = 0;
+			r->touched = true;
+			r->slot_written = true;
+			r->slot_amount = amount;
+			r->written_mask = u->mask;
+			result = SLOT_CHARGED;
+		}
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	if (result == SLOT_CHARGED)
+		ReleaseCurrentSubTransaction();
+	else
+		RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return result;
+}
+
+/*
+ * acquire_slots
+ *		Take room for `amount` in escrow quota r (r->start set), in three
+ *		steps (doc/design.md, "hot tenants"):
+ *
+ *		 1. one free slot that can hold it (SKIP LOCKED: never waits);
+ *		 2. else, if some slot could hold it, wait for that one slot (the
+ *			first in this backend's rotation, so waiters spread over the
+ *			slots) and charge it if it still can;
+ *		 3. else every slot in slot order, exactly, moving allowance between
+ *			them; sets r->multi_deny when even all slots together cannot
+ *			take it.
+ *
+ *		Steps 1 and 2 charge the slot row at once (charge_one_slot, which
+ *		says why); step 3 leaves the rows to write_usage.  When an earlier
+ *		escrow quota already denies the call (`denied`), only whether this
+ *		one could take the amount matters (for the quota the decision
+ *		names): a slot that could, as of a plain read, is enough; else
+ *		step 3 as usual.
+ *
+ *		Deadlocks: a transaction waits on a slot of r only in step 2, holding
+ *		no slot of r, or in step 3, holding only lower slots of r (the
+ *		subtransactions of steps 1 and 2 were rolled back).  Once it leaves
+ *		here it waits only on later quotas.  So every wait is on a lock
+ *		ranked above all it holds, in the order (single-row quotas by id,
+ *		then escrow quotas by id, then slot): no cycle.
+ *
+ *		A transaction near the 64 subtransactions a backend advertises
+ *		(a long batch of calls) goes straight to step 3: past that, every
+ *		snapshot in the cluster would have to read pg_subtrans.
+ */
+void
+acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied)
+{
+	if (denied)
+	{
+		/* denied anyway: a slot that could hold it is enough to know */
+		Datum		values[5];
+		bool		isnull;
+		Datum		d;
+		int64		before;
+
+		values[0] = Int64GetDatum(tenant_id);
+		values[1] = Int64GetDatum(r->quota_id);
+		values[2] = TimestampTzGetDatum(r->start);
+		values[3] = Int64GetDatum(amount);
+		values[4] = Int64GetDatum(r->max_units / r->slots);
+		QuotaSpiExec(&slot_probe_plan, values, NULL, false, 0);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		before = isnull ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
+		r->old_used = Min(before, r->max_units);
+		r->new_used = (amount > r->max_units - r->old_used) ? r->max_units : r->old_used + amount;
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+									   &isnull)))
+			return;
+	}
+	else if (MyProc->subxidStatus.count < PGPROC_MAX_CACHED_SUBXIDS - 8)
+	{
+		SlotCharge	c = charge_one_slot(&slot_skip_plan, tenant_id, r, amount);
+
+		if (c == SLOT_CHARGED)
+			return;
+		if (c == SLOT_BUSY &&
+			charge_one_slot(&slot_wait_plan, tenant_id, r, amount) == SLOT_CHARGED)
+			return;
+	}
+	lock_all_slots(tenant_id, r, NULL);
+	if (!lay_out_slots(r, 0, amount, true))
+	{
+		int			i;
+		int32		seen = 0;
+		int32		due = 0;
+
+		r->multi_deny = true;
+		r->touched = false;
+
+		/*
+		 * The exact total is known here: a threshold it has reached is
+		 * emitted now if no earlier call did (the single-slot steps see only
+		 * committed totals and may have filled the last slot unseen).  A bit
+		 * in any slot's events_mask means it was; what is emitted here is
+		 * recorded in the first slot, so that the denials that follow (an
+		 * over-subscribed tenant is denied over and over, every slot locked)
+		 * do not try again.
+		 */
+		r->new_used = r->old_used;
+		for (i = 0; i < r->nupd; i++)
+			seen |= r->upd[i].mask;
+		for (i = 0; i < r->nthresholds; i++)
+			if (!(seen & (1 << i)) &&
+				(int128) r->old_used * 100 >= (int128) r->max_units * r->thresholds[i])
+			{
+				emit_event(tenant_id, r, "threshold", r->thresholds[i], r->max_units);
+				due |= 1 << i;
+			}
+		if (r->has_soft && !(seen & (1 << 30)) && r->old_used >= r->soft_limit)
+		{
+			emit_event(tenant_id, r, "soft_limit", 0, r->soft_limit);
+			due |= 1 << 30;
+		}
+		if (due && r->nupd > 0)
+		{
+			CounterUpdate *u = &r->upd[0];
+			Datum		values[7];
+
+			u->mask |= due;
+			values[0] = Int64GetDatum(tenant_id);
+			values[1] = Int64GetDatum(r->quota_id);
+			values[2] = Int32GetDatum(u->slot);
+			values[3] = Int64GetDatum(u->used);
+			values[4] = TimestampTzGetDatum(u->start);
+			values[5] = Int64GetDatum(u->allowance);
+			values[6] = Int32GetDatum(u->mask);
+			QuotaSpiExec(&slot_write_plan, values, NULL, false, 0);
+		}
+	}
+}
+
+/*
+ * release_slots
+ *		The call charges nothing after all (another quota denies, or the
+ *		recheck after a wait does): give back what acquire_slots' single-slot
+ *		steps already wrote.  The slot stays locked until the transaction
+ *		ends, as every counter a denied call locked does.
+ */
+void
+release_slots(int64 tenant_id, QuotaRow *rows, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		QuotaRow   *r = &rows[i];
+		Datum		values[4];
+
+		if (!r->slot_written)
+			continue;
+		values[0] = Int64GetDatum(tenant_id);
+		values[1] = Int64GetDatum(r->quota_id);
+		values[2] = Int32GetDatum(r->upd[0].slot);
+		values[3] = Int64GetDatum(r->slot_amount);
+		QuotaSpiExec(&slot_undo_plan, values, NULL, false, 0);
+		r->slot_written = false;
+		r->touched = false;
+	}
+}
