@@ -581,8 +581,9 @@ CREATE TABLE quota_ext.usage_daily (
 COMMENT ON TABLE quota_ext.usage_daily IS
 	'Usage per tenant, local day, model, user (0 = none) and currency (XXX = unpriced), up to quota_ext.rollup_state''s watermark';
 
--- usage_billing_daily: the priced rows per tenant, UTC day of occurrence,
--- UTC day of writing, model and price version, for billing_close()
+-- usage_billing_daily: the rows per tenant, UTC day of occurrence, UTC day
+-- of writing, model and price version (0 = charged without a price: those
+-- are invoiced too, as unpriced lines), for billing_close()
 -- (doc/billing.md §5): with both days, a close decides from the rollup
 -- alone, for every row written before the day of the previous close's
 -- watermark or after it, whether the row is in the period, an adjustment,
@@ -605,7 +606,7 @@ CREATE TABLE quota_ext.usage_billing_daily (
 -- a close reads the days written since the previous close's watermark
 CREATE INDEX usage_billing_daily_created ON quota_ext.usage_billing_daily (created_day);
 COMMENT ON TABLE quota_ext.usage_billing_daily IS
-	'Priced usage per UTC day written, tenant, UTC day of occurrence, model and price version, up to quota_ext.rollup_state''s watermark (for billing_close)';
+	'Usage per UTC day written, tenant, UTC day of occurrence, model and price version (0 = unpriced), up to quota_ext.rollup_state''s watermark (for billing_close)';
 
 -- Global maintenance state (no row until the first rollup).
 CREATE TABLE quota_ext.rollup_state (
@@ -658,11 +659,11 @@ BEGIN
 	                                                 price_id, calls, units, input_tokens,
 	                                                 output_tokens, overage_units, cost)
 	SELECT u.tenant_id, (u.created_at AT TIME ZONE 'UTC')::date,
-	       (u.occurred_at AT TIME ZONE 'UTC')::date, u.model_id, u.price_id,
+	       (u.occurred_at AT TIME ZONE 'UTC')::date, u.model_id, coalesce(u.price_id, 0),
 	       sum(u.calls), sum(u.units), coalesce(sum(u.input_tokens), 0),
 	       coalesce(sum(u.output_tokens), 0), sum(u.overage_units), sum(u.cost)
 	  FROM quota_ext.usage u
-	 WHERE u.created_at >= w_old AND u.created_at < w_new AND u.price_id IS NOT NULL
+	 WHERE u.created_at >= w_old AND u.created_at < w_new
 	 GROUP BY 1, 2, 3, 4, 5
 	ON CONFLICT (tenant_id, created_day, occurred_day, model_id, price_id) DO UPDATE
 	   SET calls = b.calls + EXCLUDED.calls, units = b.units + EXCLUDED.units,

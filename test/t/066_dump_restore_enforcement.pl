@@ -191,7 +191,7 @@ is($new->safe_psql('app', qq{SELECT allowed, denied_by FROM quota_ext.quota_cons
 # billing goes on: the next period closes, its invoices get new numbers
 $new->safe_psql('app', qq{SELECT quota_ext.quota_consume($a, 'other', 2, role => 'admin'), quota_ext.quota_consume($i, 'm', 2)});
 is( $new->safe_psql('app', qq{
-		SELECT count(*) FROM quota_ext.billing_close('$e1', clock_timestamp()) b,
+		SELECT count(*) FROM quota_ext.billing_close('$e1', now()) b,
 		       quota_ext.invoice_issue(b.tenant_id, b.invoice_id) x
 		 WHERE b.period_start = '$e1'}),
 	'2', 'the next period closes after the restore, into two invoices, issued');
