@@ -1,10 +1,12 @@
 -- Billing (issue 18): a period that has not ended is not closed; usage
 -- charged while a model had no price is invoiced as 'unpriced' lines with
 -- its calls, units and tokens and a zero amount (on the tenant's invoice in
--- XXX), never silently dropped; invoices stay exact to the micro-unit.
+-- XXX), never silently dropped; a default price (price_set('*', ...), list
+-- or per tenant) prices models without their own; invoices stay exact to
+-- the micro-unit.
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(16);
+SELECT plan(28);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('up-a') AS ta \gset
@@ -101,5 +103,60 @@ SELECT results_eq($$SELECT i.currency::text, i.total, l.kind, l.price_id IS NULL
 SELECT is((SELECT sum(units) FROM quota_ext.invoice_lines WHERE tenant_id = :ta), (SELECT sum(units) FROM quota_ext.usage WHERE tenant_id = :ta AND occurred_at < '2025-03-01'),
 	'every unit up to the last close is on exactly one invoice');
 
+-- ---------------------------------------------------------------------------
+-- default prices: price_set('*', ...) for every model without its own price;
+-- precedence tenant+model, model list, tenant default, list default
+-- ---------------------------------------------------------------------------
+SELECT quota_ext.tenant_create('up-c') AS tc \gset
+SELECT quota_ext.tenant_create('up-d') AS td \gset
+SELECT quota_ext.model_register('up-plain') AS m3 \gset
+SELECT quota_ext.model_register('up-own') AS m4 \gset
+\o /dev/null
+SELECT quota_ext.policy_set(t, 'up-*', true) FROM unnest(ARRAY[:tc, :td]::bigint[]) t;
+\o
+SELECT isnt(quota_ext.price_set('*', 'USD', unit_price => 0.000002), NULL, 'price_set(''*'', ...) sets a list default price');
+SELECT is((SELECT count(*) FROM quota_ext.prices WHERE model_id IS NULL AND tenant_id IS NULL)::int, 1,
+	'a default price is a price version without a model');
+SELECT isnt(quota_ext.price_set('*', 'USD', unit_price => 0.000005, tenant_id => :td), NULL, 'and per tenant');
+\o /dev/null
+SELECT quota_ext.price_set('up-own', 'USD', unit_price => 0.001);
+\o
+SELECT is((SELECT unit_price FROM quota_ext.price_lookup(:tc, 'up-plain')), 0.000002, 'a model without a price: the list default');
+SELECT is((SELECT unit_price FROM quota_ext.price_lookup(:td, 'up-plain')), 0.000005, 'the tenant''s default beats the list default');
+SELECT is((SELECT unit_price FROM quota_ext.price_lookup(:td, 'up-own')), 0.001, 'the model''s list price beats the tenant''s default');
+\o /dev/null
+SELECT quota_ext.price_set('up-own', 'USD', unit_price => 0.0003, tenant_id => :td);
+\o
+SELECT is((SELECT unit_price FROM quota_ext.price_lookup(:td, 'up-own')), 0.0003, 'the tenant''s own price of the model beats all');
+-- the hot path prices by the same rule (src/policy.c calls _price_in_force)
+SELECT results_eq(format($$SELECT (quota_ext.quota_consume(%s, 'up-plain', 10)).cost
+                           UNION ALL SELECT (quota_ext.quota_consume(%s, 'up-plain', 10)).cost
+                           UNION ALL SELECT (quota_ext.quota_consume(%s, 'up-own', 2)).cost$$, :tc, :td, :td),
+	$$VALUES (0.000020::numeric), (0.000050), (0.000600)$$,
+	'consume charges the list default, the tenant default, the tenant''s own price');
+SELECT is((SELECT count(*) FROM quota_ext.usage u JOIN quota_ext.prices p USING (price_id)
+            WHERE u.tenant_id IN (:tc, :td) AND p.model_id IS NULL)::int, 2,
+	'the usage rows name the default price versions they were charged at');
+\o /dev/null
+UPDATE quota_ext.tenants SET created_at = now() - interval '1 day' WHERE tenant_id IN (:tc, :td);
+UPDATE quota_ext.usage SET occurred_at = now() - interval '1 microsecond' WHERE tenant_id IN (:tc, :td);
+\o
+CREATE TEMP TABLE dflt AS SELECT b.* FROM unnest(ARRAY[:tc, :td]::bigint[]) t,
+	LATERAL quota_ext.billing_close(t, now() - interval '1 day', now()) b;
+SELECT results_eq(format($$SELECT i.tenant_id, i.currency::text, i.total, l.kind, l.model, l.units, l.unit_price, l.amount
+                           FROM dflt i JOIN quota_ext.invoice_lines l USING (tenant_id, invoice_id)
+                          ORDER BY i.tenant_id, l.line_no$$),
+	format($$VALUES (%s::bigint, 'USD'::text, 0.000020::numeric, 'usage'::text, 'up-plain'::text, 10::numeric, 0.000002::numeric, 0.000020::numeric),
+	                (%s, 'USD', 0.000650, 'usage', 'up-own', 2, 0.0003, 0.000600),
+	                (%s, 'USD', 0.000650, 'usage', 'up-plain', 10, 0.000005, 0.000050)$$, :tc, :td, :td),
+	'default-priced usage is invoiced at its default price, exact to the micro-unit');
+-- price_clear('*') ends a default price: the model is unpriced again
+\o /dev/null
+SELECT quota_ext.price_clear('*', now() + interval '1 day');
+\o
+SELECT is((SELECT count(*) FROM quota_ext.price_lookup(:tc, 'up-plain', now() + interval '2 days'))::int, 0,
+	'after price_clear(''*''), a model without a price is unpriced');
+SELECT is((SELECT unit_price FROM quota_ext.price_lookup(:td, 'up-plain', now() + interval '2 days')), 0.000005,
+	'and a tenant default still applies');
 SELECT * FROM finish();
 ROLLBACK;
