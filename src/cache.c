@@ -744,6 +744,8 @@ shared_cache_status(PG_FUNCTION_ARGS)
 	uint64		sum[4] = {0};
 	int			i;
 
+	QuotaCheckAdmin("shared_cache_status");
+
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	if (cache_shared != NULL)
@@ -777,6 +779,8 @@ shared_cache_tenants(PG_FUNCTION_ARGS)
 	HASH_SEQ_STATUS seq;
 	QuotaSharedTenant *t;
 	LWLock	   *lock;
+
+	QuotaCheckAdmin("shared_cache_tenants");
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (shared_tenants == NULL)

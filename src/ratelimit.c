@@ -1730,6 +1730,7 @@ rate_limit_namespaces(PG_FUNCTION_ARGS)
 	LWLock	   *lock;
 	int32		b;
 
+	QuotaCheckAdmin("rate_limit_namespaces");
 	quota_rl_require();
 	InitMaterializedSRF(fcinfo, 0);
 	lock = quota_rl_lock(QUOTA_RL_NS_LOCK);
