@@ -94,35 +94,17 @@ quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
 		"               pg_catalog.rtrim(p.model_pattern, '*')))) "
 		"  ORDER BY p.is_prefix, pg_catalog.length(p.model_pattern) DESC "
 		"  LIMIT 1) p ON m.model_id IS NOT NULL "
-	/* the price in force at $3 (metering.c; same rule as _price_in_force) */
+	/*
+	 * the price in force at $3 and when it may change: the rule lives in
+	 * SQL only (50_metering.sql: tenant+model, model list, tenant default,
+	 * list default), called here as the owner in the kept plan
+	 */
 		"LEFT JOIN LATERAL ("
-		"  SELECT c.price_id, c.currency, c.unit_price, c.input_per_1k, c.output_per_1k "
-		"  FROM ((SELECT o.price_id, o.currency, o.unit_price, o.input_per_1k, o.output_per_1k, "
-		"                0 AS rank FROM quota_ext.prices o "
-		"          WHERE o.model_id OPERATOR(pg_catalog.=) m.model_id "
-		"            AND o.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
-		"            AND o.effective_from OPERATOR(pg_catalog.<=) $3 "
-		"          ORDER BY o.effective_from DESC LIMIT 1) "
-		"        UNION ALL "
-		"        (SELECT g.price_id, g.currency, g.unit_price, g.input_per_1k, g.output_per_1k, "
-		"                1 FROM quota_ext.prices g "
-		"          WHERE g.model_id OPERATOR(pg_catalog.=) m.model_id AND g.tenant_id IS NULL "
-		"            AND g.effective_from OPERATOR(pg_catalog.<=) $3 "
-		"          ORDER BY g.effective_from DESC LIMIT 1)) c "
-		"  WHERE c.unit_price IS NOT NULL OR c.input_per_1k IS NOT NULL "
-		"     OR c.output_per_1k IS NOT NULL "
-		"  ORDER BY c.rank LIMIT 1) pr ON m.model_id IS NOT NULL "
+		"  SELECT f.price_id, f.currency, f.unit_price, f.input_per_1k, f.output_per_1k "
+		"  FROM quota_ext._price_in_force(t.tenant_id, m.model_id, $3) f) pr "
+		"  ON m.model_id IS NOT NULL "
 		"LEFT JOIN LATERAL ("
-		"  SELECT LEAST((SELECT n.effective_from FROM quota_ext.prices n "
-		"                 WHERE n.model_id OPERATOR(pg_catalog.=) m.model_id "
-		"                   AND n.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
-		"                   AND n.effective_from OPERATOR(pg_catalog.>) $3 "
-		"                 ORDER BY n.effective_from LIMIT 1), "
-		"               (SELECT n.effective_from FROM quota_ext.prices n "
-		"                 WHERE n.model_id OPERATOR(pg_catalog.=) m.model_id "
-		"                   AND n.tenant_id IS NULL "
-		"                   AND n.effective_from OPERATOR(pg_catalog.>) $3 "
-		"                 ORDER BY n.effective_from LIMIT 1)) AS valid_until) pv "
+		"  SELECT quota_ext._price_next_change(t.tenant_id, m.model_id, $3) AS valid_until) pv "
 		"  ON m.model_id IS NOT NULL "
 		"WHERE t.tenant_id OPERATOR(pg_catalog.=) $1",
 		3, {INT8OID, TEXTOID, TIMESTAMPTZOID}

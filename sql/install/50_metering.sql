@@ -90,7 +90,8 @@ CREATE SEQUENCE quota_ext.price_id_seq;
 -- Citus would make it a reference table.
 CREATE TABLE quota_ext.prices (
 	price_id            bigint PRIMARY KEY DEFAULT pg_catalog.nextval('quota_ext.price_id_seq'),
-	model_id            bigint NOT NULL REFERENCES quota_ext.models (model_id),
+	-- NULL: a default price, for every model without a price of its own
+	model_id            bigint REFERENCES quota_ext.models (model_id),
 	tenant_id           bigint REFERENCES quota_ext.tenants (tenant_id),
 	currency            char(3) NOT NULL CHECK (currency OPERATOR(pg_catalog.~) '^[A-Z]{3}$'),
 	unit_price          numeric CHECK (unit_price OPERATOR(pg_catalog.>=) 0),
@@ -102,11 +103,16 @@ CREATE TABLE quota_ext.prices (
 	UNIQUE NULLS NOT DISTINCT (model_id, tenant_id, effective_from)
 );
 COMMENT ON TABLE quota_ext.prices IS
-	'Versioned prices per model (tenant_id NULL = list price) per unit and per 1000 input/output tokens, in an ISO 4217 currency, from effective_from; never updated';
+	'Versioned prices per model (model_id NULL = default price of every model without one; tenant_id NULL = list price) per unit and per 1000 input/output tokens, in an ISO 4217 currency, from effective_from; never updated';
 
 -- The price in force for a tenant's use of a model at an instant (NULL
--- fields when unpriced).  src/policy.c runs the same query as part of its
--- one kept plan.
+-- fields when unpriced): at each of four levels the latest version from
+-- before the instant, the first level whose version has an amount wins:
+--   0 the tenant's own price of the model, 1 the model's list price,
+--   2 the tenant's default price (model_id NULL), 3 the list default price.
+-- A version without amounts (price_clear) ends its level: the next applies.
+-- The one place of this rule: src/policy.c calls this function (and
+-- _price_next_change) in its kept plan.
 CREATE FUNCTION quota_ext._price_in_force(tenant_id bigint, model_id bigint, at timestamptz)
 	RETURNS quota_ext.prices
 	LANGUAGE sql STABLE SECURITY DEFINER
@@ -120,13 +126,45 @@ CREATE FUNCTION quota_ext._price_in_force(tenant_id bigint, model_id bigint, at 
 	        UNION ALL
 	        (SELECT g.*, 1 FROM quota_ext.prices g
 	          WHERE g.model_id = $2 AND g.tenant_id IS NULL AND g.effective_from <= $3
-	          ORDER BY g.effective_from DESC LIMIT 1)) c
+	          ORDER BY g.effective_from DESC LIMIT 1)
+	        UNION ALL
+	        (SELECT d.*, 2 FROM quota_ext.prices d
+	          WHERE d.model_id IS NULL AND d.tenant_id = $1 AND d.effective_from <= $3
+	          ORDER BY d.effective_from DESC LIMIT 1)
+	        UNION ALL
+	        (SELECT e.*, 3 FROM quota_ext.prices e
+	          WHERE e.model_id IS NULL AND e.tenant_id IS NULL AND e.effective_from <= $3
+	          ORDER BY e.effective_from DESC LIMIT 1)) c
 	 WHERE c.unit_price IS NOT NULL OR c.input_per_1k IS NOT NULL OR c.output_per_1k IS NOT NULL
 	 ORDER BY c.rank
 	 LIMIT 1
 	$$;
 COMMENT ON FUNCTION quota_ext._price_in_force(bigint, bigint, timestamptz) IS
-	'Internal: the price version a tenant pays for a model at an instant (its own, else the list price)';
+	'Internal: the price version a tenant pays for a model at an instant (its own, the list price, its default, the list default)';
+
+-- The next instant after at when _price_in_force(tenant_id, model_id, .)
+-- may change: the first later version at any of its four levels (NULL:
+-- none).  src/policy.c keeps a price until then.
+CREATE FUNCTION quota_ext._price_next_change(tenant_id bigint, model_id bigint, at timestamptz)
+	RETURNS timestamptz
+	LANGUAGE sql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+	SELECT least((SELECT n.effective_from FROM quota_ext.prices n
+	               WHERE n.model_id = $2 AND n.tenant_id = $1 AND n.effective_from > $3
+	               ORDER BY n.effective_from LIMIT 1),
+	             (SELECT n.effective_from FROM quota_ext.prices n
+	               WHERE n.model_id = $2 AND n.tenant_id IS NULL AND n.effective_from > $3
+	               ORDER BY n.effective_from LIMIT 1),
+	             (SELECT n.effective_from FROM quota_ext.prices n
+	               WHERE n.model_id IS NULL AND n.tenant_id = $1 AND n.effective_from > $3
+	               ORDER BY n.effective_from LIMIT 1),
+	             (SELECT n.effective_from FROM quota_ext.prices n
+	               WHERE n.model_id IS NULL AND n.tenant_id IS NULL AND n.effective_from > $3
+	               ORDER BY n.effective_from LIMIT 1))
+	$$;
+COMMENT ON FUNCTION quota_ext._price_next_change(bigint, bigint, timestamptz) IS
+	'Internal: when the price in force of a tenant''s model next may change (the first later version at any level)';
 
 CREATE FUNCTION quota_ext._price_insert(model text, currency text, unit_price numeric,
 	input_per_1k numeric, output_per_1k numeric, effective_from timestamptz, tenant_id bigint,
@@ -143,7 +181,9 @@ BEGIN
 	IF _price_insert.effective_from IS NULL THEN PERFORM quota_ext._null_arg('effective_from'); END IF;
 	IF _price_insert.tenant_id IS NOT NULL THEN
 		PERFORM quota_ext._tenant_for_update(_price_insert.tenant_id);
-		mid := quota_ext._model_resolve(_price_insert.tenant_id, _price_insert.model);
+		IF _price_insert.model <> '*' THEN
+			mid := quota_ext._model_resolve(_price_insert.tenant_id, _price_insert.model);
+		END IF;
 	ELSE
 		IF quota_ext.current_tenant_id() IS NOT NULL THEN
 			RAISE EXCEPTION 'cannot set a list price inside a tenant context'
@@ -152,7 +192,8 @@ BEGIN
 		SELECT m.model_id INTO mid FROM quota_ext.models m
 		 WHERE m.name = _price_insert.model AND m.owner_tenant_id IS NULL;
 	END IF;
-	IF mid IS NULL THEN
+	-- '*': the default price, of every model without a price of its own
+	IF mid IS NULL AND _price_insert.model <> '*' THEN
 		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(_price_insert.model) USING ERRCODE = 'undefined_object';
 	END IF;
 	PERFORM quota_ext._check_money(_price_insert.unit_price, 'unit_price', 1000000000),
@@ -208,7 +249,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION quota_ext.price_set(text, text, numeric, numeric, numeric, timestamptz, bigint, numeric) IS
-	'Add a price version of a model (list price, or a tenant''s own with tenant_id) from effective_from; returns its price_id';
+	'Add a price version of a model, or with model ''*'' the default price of every model without one (list price, or a tenant''s own with tenant_id) from effective_from; returns its price_id';
 
 CREATE FUNCTION quota_ext.price_clear(model text, effective_from timestamptz DEFAULT now(),
 	tenant_id bigint DEFAULT NULL) RETURNS bigint
@@ -216,7 +257,7 @@ CREATE FUNCTION quota_ext.price_clear(model text, effective_from timestamptz DEF
 	SET search_path = pg_catalog, pg_temp
 	AS $$ SELECT quota_ext._price_insert($1, 'XXX', NULL, NULL, NULL, $2, $3, NULL) $$;
 COMMENT ON FUNCTION quota_ext.price_clear(text, timestamptz, bigint) IS
-	'From effective_from: end a tenant''s own price (the list price applies again), or with tenant_id NULL make the model unpriced';
+	'From effective_from: end a tenant''s own price (the list price applies again), or with tenant_id NULL the list price (a default price applies, else the model is unpriced); model ''*'': end a default price';
 
 CREATE FUNCTION quota_ext.price_lookup(tenant_id bigint, model text, at timestamptz DEFAULT now())
 	RETURNS SETOF quota_ext.prices
@@ -581,8 +622,9 @@ CREATE TABLE quota_ext.usage_daily (
 COMMENT ON TABLE quota_ext.usage_daily IS
 	'Usage per tenant, local day, model, user (0 = none) and currency (XXX = unpriced), up to quota_ext.rollup_state''s watermark';
 
--- usage_billing_daily: the priced rows per tenant, UTC day of occurrence,
--- UTC day of writing, model and price version, for billing_close()
+-- usage_billing_daily: the rows per tenant, UTC day of occurrence, UTC day
+-- of writing, model and price version (0 = charged without a price: those
+-- are invoiced too, as unpriced lines), for billing_close()
 -- (doc/billing.md §5): with both days, a close decides from the rollup
 -- alone, for every row written before the day of the previous close's
 -- watermark or after it, whether the row is in the period, an adjustment,
@@ -605,7 +647,7 @@ CREATE TABLE quota_ext.usage_billing_daily (
 -- a close reads the days written since the previous close's watermark
 CREATE INDEX usage_billing_daily_created ON quota_ext.usage_billing_daily (created_day);
 COMMENT ON TABLE quota_ext.usage_billing_daily IS
-	'Priced usage per UTC day written, tenant, UTC day of occurrence, model and price version, up to quota_ext.rollup_state''s watermark (for billing_close)';
+	'Usage per UTC day written, tenant, UTC day of occurrence, model and price version (0 = unpriced), up to quota_ext.rollup_state''s watermark (for billing_close)';
 
 -- Global maintenance state (no row until the first rollup).
 CREATE TABLE quota_ext.rollup_state (
@@ -658,11 +700,11 @@ BEGIN
 	                                                 price_id, calls, units, input_tokens,
 	                                                 output_tokens, overage_units, cost)
 	SELECT u.tenant_id, (u.created_at AT TIME ZONE 'UTC')::date,
-	       (u.occurred_at AT TIME ZONE 'UTC')::date, u.model_id, u.price_id,
+	       (u.occurred_at AT TIME ZONE 'UTC')::date, u.model_id, coalesce(u.price_id, 0),
 	       sum(u.calls), sum(u.units), coalesce(sum(u.input_tokens), 0),
 	       coalesce(sum(u.output_tokens), 0), sum(u.overage_units), sum(u.cost)
 	  FROM quota_ext.usage u
-	 WHERE u.created_at >= w_old AND u.created_at < w_new AND u.price_id IS NOT NULL
+	 WHERE u.created_at >= w_old AND u.created_at < w_new
 	 GROUP BY 1, 2, 3, 4, 5
 	ON CONFLICT (tenant_id, created_day, occurred_day, model_id, price_id) DO UPDATE
 	   SET calls = b.calls + EXCLUDED.calls, units = b.units + EXCLUDED.units,

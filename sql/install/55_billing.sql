@@ -58,10 +58,10 @@ CREATE TABLE quota_ext.invoice_lines (
 	invoice_id      bigint NOT NULL,
 	line_no         integer NOT NULL,
 	kind            text NOT NULL
-	                CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['usage', 'overage', 'adjustment'])),
+	                CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['usage', 'overage', 'unpriced', 'adjustment'])),
 	model_id        bigint NOT NULL,
 	model           text NOT NULL,
-	price_id        bigint NOT NULL,
+	price_id        bigint,
 	currency        char(3) NOT NULL,
 	calls           bigint NOT NULL,
 	units           numeric NOT NULL,
@@ -74,7 +74,7 @@ CREATE TABLE quota_ext.invoice_lines (
 	PRIMARY KEY (tenant_id, invoice_id, line_no)
 );
 COMMENT ON TABLE quota_ext.invoice_lines IS
-	'Invoice lines per model and price version: usage of the period, overage units at the overage price, adjustments for earlier periods written after their close';
+	'Invoice lines per model and price version: usage of the period, overage units at the overage price, unpriced usage (no price in force when charged: price_id NULL, amount 0, on the invoice in currency XXX), adjustments for earlier periods written after their close';
 
 CREATE FUNCTION quota_ext._billing_close(period_start timestamptz, period_end timestamptz,
 	only_tenant bigint) RETURNS SETOF quota_ext.invoices
@@ -116,6 +116,14 @@ BEGIN
 		IF NOT FOUND THEN
 			RAISE EXCEPTION 'tenant % does not exist', only_tenant USING ERRCODE = 'undefined_object';
 		END IF;
+	END IF;
+	-- a period still open is not billed early: usage consumed later in it
+	-- would become an adjustment on the next invoice
+	IF pe > now() THEN
+		RAISE EXCEPTION 'the billing period [%, %) has not ended', ps, pe
+			USING ERRCODE = 'invalid_parameter_value',
+			      DETAIL = format('It ends after the start of this transaction, %s.', now()),
+			      HINT = 'Close a period once it has ended (period_end <= now()).';
 	END IF;
 	-- one close at a time; consumption goes on
 	LOCK TABLE quota_ext.billing_closes IN SHARE ROW EXCLUSIVE MODE;
@@ -227,25 +235,24 @@ BEGIN
 			       coalesce(sum(a.output_tokens), 0) AS output_tokens,
 			       sum(a.overage_units) AS overage_units, sum(a.cost) AS cost
 			  FROM (-- the ledger from xl on
-			        SELECT u.tenant_id, u.model_id, u.price_id, u.occurred_at >= ps AS in_period,
+			        SELECT u.tenant_id, u.model_id, coalesce(u.price_id, 0) AS price_id,
+			               u.occurred_at >= ps AS in_period,
 			               (u.occurred_at < p_end AND u.created_at < p_cov) AS covered_before,
 			               sum(u.calls) AS calls, sum(u.units) AS units,
 			               sum(u.input_tokens) AS input_tokens, sum(u.output_tokens) AS output_tokens,
 			               sum(u.overage_units) AS overage_units, sum(u.cost) AS cost
 			          FROM quota_ext.usage u
-			         WHERE u.price_id IS NOT NULL
-			           AND u.created_at >= greatest(lb, xl) AND u.created_at < w AND u.occurred_at < pe
+			         WHERE u.created_at >= greatest(lb, xl) AND u.created_at < w AND u.occurred_at < pe
 			           AND (only_tenant IS NULL OR u.tenant_id = only_tenant)
 			         GROUP BY 1, 2, 3, 4, 5
 			        UNION ALL
 			        -- the ledger on the day of p_cov, before xl
-			        SELECT u.tenant_id, u.model_id, u.price_id, u.occurred_at >= ps,
+			        SELECT u.tenant_id, u.model_id, coalesce(u.price_id, 0), u.occurred_at >= ps,
 			               (u.occurred_at < p_end AND u.created_at < p_cov),
 			               sum(u.calls), sum(u.units), sum(u.input_tokens), sum(u.output_tokens),
 			               sum(u.overage_units), sum(u.cost)
 			          FROM quota_ext.usage u
-			         WHERE u.price_id IS NOT NULL
-			           AND u.created_at >= greatest(lb, ya) AND u.created_at < least(yb, xl)
+			         WHERE u.created_at >= greatest(lb, ya) AND u.created_at < least(yb, xl)
 			           AND u.occurred_at < pe
 			           AND (only_tenant IS NULL OR u.tenant_id = only_tenant)
 			         GROUP BY 1, 2, 3, 4, 5
@@ -274,7 +281,7 @@ BEGIN
 			-- tenant's previous close
 			ANALYZE quota_ext.billing_closes;
 			CREATE TEMP TABLE quota_ext_bill ON COMMIT DROP AS
-			SELECT u.tenant_id, u.model_id, u.price_id,
+			SELECT u.tenant_id, u.model_id, coalesce(u.price_id, 0) AS price_id,
 			       CASE WHEN u.occurred_at >= ps THEN 'usage' ELSE 'adjustment' END AS kind,
 			       sum(u.calls) AS calls, sum(u.units) AS units,
 			       coalesce(sum(u.input_tokens), 0) AS input_tokens,
@@ -282,23 +289,31 @@ BEGIN
 			       sum(u.overage_units) AS overage_units, sum(u.cost) AS cost
 			  FROM quota_ext.usage u
 			  JOIN quota_ext.billing_closes c ON c.tenant_id = u.tenant_id AND c.period_start = ps
-			 WHERE c.tenant_id = ANY (tids) AND u.price_id IS NOT NULL
+			 WHERE c.tenant_id = ANY (tids)
 			   AND u.created_at >= lb AND u.created_at < w AND u.occurred_at < pe
 			   AND u.created_at >= least(c.prev_end, c.prev_covered)
 			   AND NOT (u.occurred_at < c.prev_end AND u.created_at < c.prev_covered)
 			 GROUP BY 1, 2, 3, 4;
 		END IF;
-		WITH agg AS (SELECT b.*, p.currency FROM pg_temp.quota_ext_bill b
-		               JOIN quota_ext.prices p ON p.price_id = b.price_id),
+		-- price_id 0: charged while no price was in force (cost 0).  Such
+		-- rows are invoiced all the same, as 'unpriced' lines (adjustment
+		-- lines without a price for earlier periods) with their calls, units
+		-- and tokens and a zero amount, on the tenant's invoice in XXX (ISO
+		-- 4217: no currency), so that nothing is billed silently as free
+		WITH agg AS (SELECT b.*, coalesce(p.currency, 'XXX') AS currency
+		               FROM pg_temp.quota_ext_bill b
+		               LEFT JOIN quota_ext.prices p ON p.price_id = b.price_id),
 		l AS (
-			SELECT a.tenant_id, a.currency, a.model_id, m.name AS model, a.price_id,
+			SELECT a.tenant_id, a.currency, a.model_id, m.name AS model, p.price_id,
 			       k.kind, k.ord, p.effective_from, k.calls, k.units, k.input_tokens,
 			       k.output_tokens, k.unit_price, p.input_per_1k, p.output_per_1k, k.amount
 			  FROM agg a
-			  JOIN quota_ext.prices p ON p.price_id = a.price_id
+			  LEFT JOIN quota_ext.prices p ON p.price_id = a.price_id
 			  JOIN quota_ext.models m ON m.model_id = a.model_id
 			  CROSS JOIN LATERAL (
-			        SELECT a.kind, CASE WHEN a.kind = 'usage' THEN 1 ELSE 3 END, a.calls, a.units,
+			        SELECT CASE WHEN a.kind = 'usage' AND p.price_id IS NULL THEN 'unpriced'
+			                    ELSE a.kind END,
+			               CASE WHEN a.kind = 'usage' THEN 1 ELSE 3 END, a.calls, a.units,
 			               a.input_tokens, a.output_tokens, p.unit_price,
 			               a.cost + CASE WHEN a.kind = 'adjustment'
 			                             THEN coalesce(a.overage_units * p.overage_unit_price, 0)

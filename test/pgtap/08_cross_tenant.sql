@@ -54,7 +54,11 @@ SELECT quota_ext.price_set('x-g', 'EUR', 0.01);
 SELECT quota_ext.price_set('xb-marker-model', 'EUR', 0.02, tenant_id => :tb);
 SELECT quota_ext.quota_consume(:tb, 'xb-marker-model', 1, role => 'admin');
 SELECT quota_ext.quota_consume(:ta, 'x-g', 1);
-SELECT clock_timestamp() AS close_end \gset
+-- billing_close closes only periods that have ended (by this transaction's
+-- start): the tenants and their usage are moved just before it
+UPDATE quota_ext.tenants SET created_at = now() - interval '1 day' WHERE tenant_id IN (:ta, :tb);
+UPDATE quota_ext.usage SET occurred_at = now() - interval '2 microseconds' WHERE tenant_id IN (:ta, :tb);
+SELECT now() - interval '1 microsecond' AS close_end \gset
 SELECT count(*) FROM quota_ext.billing_close(:tb, now() - interval '1 day', :'close_end');
 SELECT count(*) FROM quota_ext.billing_close(:ta, now() - interval '1 day', :'close_end');
 SELECT quota_ext.usage_rollup();

@@ -59,7 +59,11 @@ SELECT quota_ext.price_set('aa-g', 'EUR', 0.01);
 SELECT quota_ext.price_set('xb-marker-model', 'EUR', 0.02, tenant_id => :tb);
 SELECT quota_ext.quota_consume(:ta, 'aa-g', 1);
 SELECT quota_ext.quota_consume(:tb, 'xb-marker-model', 1);
-SELECT clock_timestamp() AS close_end \gset
+-- billing_close closes only periods that have ended (by this transaction's
+-- start): the tenants and their usage are moved just before it
+UPDATE quota_ext.tenants SET created_at = now() - interval '1 day' WHERE tenant_id IN (:ta, :tb);
+UPDATE quota_ext.usage SET occurred_at = now() - interval '2 microseconds' WHERE tenant_id IN (:ta, :tb);
+SELECT now() - interval '1 microsecond' AS close_end \gset
 SELECT min(invoice_id) AS inva FROM quota_ext.billing_close(:ta, now() - interval '1 day', :'close_end') \gset
 SELECT min(invoice_id) AS invb FROM quota_ext.billing_close(:tb, now() - interval '1 day', :'close_end') \gset
 SELECT quota_ext.usage_rollup();
@@ -91,7 +95,7 @@ INSERT INTO a_vals (arg, val) VALUES ('grantee_tenant_id', :tc), ('period', '''d
 	('ttl', '''1 hour'''), ('grace', '''1 hour'''), ('key', '''aa-key'''), ('currency', '''EUR'''),
 	('timezone', '''UTC'''),
 	('period_start', quote_literal(:'close_end')),
-	('period_end', quote_literal((:'close_end'::timestamptz + interval '1 hour')::text)),
+	('period_end', quote_literal((:'close_end'::timestamptz + interval '1 microsecond')::text)),
 	('from', '''2000-01-01'''), ('to', '''2100-01-01'''), ('before', '''2000-01-01''');
 -- (a price needs one of its amounts; B's price at now() exists already)
 INSERT INTO a_vals VALUES ('unit_price', '0.01', true), ('effective_from', '''2100-01-01''', true);

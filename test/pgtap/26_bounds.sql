@@ -64,8 +64,13 @@ SELECT is((quota_ext.quota_consume(:ta, 'bd-m', 1000000000000000)).allowed, true
 SELECT is((SELECT sum(units) FROM quota_ext.usage_report(:ta, now() - interval '1 day', now() + interval '1 day')),
           10001000000000000000::numeric, 'usage_report: rollup plus ledger tail, exact');
 -- every tenant's period closes, with exact invoices
-SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS ps,
-       (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC' AS pe \gset
+-- (a period closes once it has ended, by the transaction's start: the
+-- tenants and their rows are moved just before it)
+\o /dev/null
+UPDATE quota_ext.tenants SET created_at = now() - interval '1 day' WHERE tenant_id IN (:ta, :tb);
+UPDATE quota_ext.usage SET occurred_at = now() - interval '1 microsecond' WHERE tenant_id IN (:ta, :tb);
+\o
+SELECT now() - interval '1 day' AS ps, now() AS pe \gset
 SELECT lives_ok(format('CREATE TEMP TABLE bd_inv AS SELECT * FROM quota_ext.billing_close(%L, %L)', :'ps', :'pe'),
                 'billing_close() of all tenants works');
 SELECT results_eq(format('SELECT tenant_id, currency::text, total FROM bd_inv WHERE tenant_id IN (%s, %s) ORDER BY 1', :ta, :tb),

@@ -73,11 +73,16 @@ BEGIN
 	PERFORM quota_ext.quota_consume(a, p || 'g', 2);
 	-- a reservation at a price: its settlement reads the price by id
 	r3 := (quota_ext.quota_reserve(a, p || 'g', 3)).reservation_id;
-	e1 := clock_timestamp();
-	inv := (SELECT i.invoice_id FROM quota_ext.billing_close(a, now() - interval '1 day', e1) i);
+	-- periods close once they have ended (by the transaction's start): the
+	-- tenant and its usage are moved just before it
+	UPDATE quota_ext.tenants t SET created_at = now() - interval '1 day' WHERE t.tenant_id = a;
+	UPDATE quota_ext.usage x SET occurred_at = now() - interval '3 microseconds' WHERE x.tenant_id = a;
+	e1 := now() - interval '2 microseconds';
+	inv := (SELECT i.invoice_id FROM quota_ext.billing_close(a, now() - interval '1 day', e1) i WHERE i.currency = 'EUR');
 	PERFORM quota_ext.quota_consume(a, p || 'g', 4);
-	e2 := clock_timestamp();
-	inv2 := (SELECT i.invoice_id FROM quota_ext.billing_close(a, e1, e2) i);
+	UPDATE quota_ext.usage x SET occurred_at = e1 WHERE x.tenant_id = a AND x.occurred_at >= now();
+	e2 := now() - interval '1 microsecond';
+	inv2 := (SELECT i.invoice_id FROM quota_ext.billing_close(a, e1, e2) i WHERE i.currency = 'EUR');
 	INSERT INTO public.spa_fix VALUES (s, 'a', a), (s, 'b', b), (s, 'c', c), (s, 'u', u), (s, 'kid', kid),
 		(s, 'kid2', kid2), (s, 'kid3', kid3), (s, 'key', key), (s, 'q', q), (s, 'qd', qd), (s, 'rule', rule),
 		(s, 'ruled', ruled), (s, 'r1', r1), (s, 'r2', r2), (s, 'r3', r3), (s, 'u1', u1), (s, 'g', p || 'g'),
@@ -156,7 +161,7 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(76, 'price_set', 'admin', $q$SELECT quota_ext.price_set('{g}', 'EUR', 0.02, effective_from => pg_catalog.now() OPERATOR(pg_catalog.+) interval '1 day') IS NOT NULL$q$),
 	(77, 'price_clear', 'admin', $q$SELECT quota_ext.price_clear('{g}', pg_catalog.now() OPERATOR(pg_catalog.+) interval '2 days') IS NOT NULL$q$),
 	(78, 'billing_close', 'admin', $q$SELECT * FROM quota_ext.billing_close('2001-01-01', '2001-01-02')$q$),
-	(79, 'billing_close', 'admin', $q$SELECT status, currency, total FROM quota_ext.billing_close({a}, '{e2}', '{e2}'::pg_catalog.timestamptz OPERATOR(pg_catalog.+) interval '1 hour')$q$),
+	(79, 'billing_close', 'admin', $q$SELECT status, currency, total FROM quota_ext.billing_close({a}, '{e2}', '{e2}'::pg_catalog.timestamptz OPERATOR(pg_catalog.+) interval '1 microsecond')$q$),
 	(80, 'invoice_issue', 'admin', $q$SELECT status, invoice_number IS NOT NULL, total FROM quota_ext.invoice_issue({a}, {inv})$q$),
 	(81, 'invoice_void', 'admin', $q$SELECT status, void_reason FROM quota_ext.invoice_void({a}, {inv2}, 'spa test')$q$),
 	(82, 'usage_partitions_maintain', 'admin', $q$SELECT * FROM quota_ext.usage_partitions_maintain(3)$q$),

@@ -33,7 +33,7 @@ $node->safe_psql('postgres', q{
 	SELECT quota_ext.usage_partitions_maintain(1);
 	SELECT quota_ext.quota_consume(1, 'dump-m', 4);
 	SELECT quota_ext.usage_rollup();
-	SELECT count(*) FROM quota_ext.billing_close(date_trunc('month', now()), date_trunc('month', now()) + interval '1 month');
+	SELECT count(*) FROM quota_ext.billing_close(date_trunc('month', now()) - interval '1 month', now());
 });
 
 my $census = q{
