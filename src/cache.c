@@ -107,9 +107,9 @@
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 
-PG_FUNCTION_INFO_V1(config_changed);
-PG_FUNCTION_INFO_V1(shared_cache_status);
-PG_FUNCTION_INFO_V1(shared_cache_tenants);
+PG_FUNCTION_INFO_V1(quota_ext_config_changed);
+PG_FUNCTION_INFO_V1(quota_ext_shared_cache_status);
+PG_FUNCTION_INFO_V1(quota_ext_shared_cache_tenants);
 
 #define QUOTA_SHARED_PARTITIONS 16
 
@@ -717,7 +717,7 @@ QuotaSharedCachePut(QuotaCacheKind kind, const void *key, Size keysize,
  *		administrative function; for direct changes to the tables.
  */
 Datum
-config_changed(PG_FUNCTION_ARGS)
+quota_ext_config_changed(PG_FUNCTION_ARGS)
 {
 	cache_dirty = true;
 	PG_RETURN_VOID();
@@ -736,7 +736,7 @@ config_changed(PG_FUNCTION_ARGS)
  *		tenant's share).  Zeros when the library is not preloaded.
  */
 Datum
-shared_cache_status(PG_FUNCTION_ARGS)
+quota_ext_shared_cache_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	Datum		values[7];
@@ -773,7 +773,7 @@ shared_cache_status(PG_FUNCTION_ARGS)
  *		how many each has (at most shared_cache_status().tenant_entries).
  */
 Datum
-shared_cache_tenants(PG_FUNCTION_ARGS)
+quota_ext_shared_cache_tenants(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	HASH_SEQ_STATUS seq;

@@ -31,12 +31,12 @@
 
 #include "ratelimit_internal.h"
 
-PG_FUNCTION_INFO_V1(rate_limit_check);
-PG_FUNCTION_INFO_V1(tenant_rate_limit_check);
-PG_FUNCTION_INFO_V1(rate_limit_apply);
-PG_FUNCTION_INFO_V1(rate_limit_status);
-PG_FUNCTION_INFO_V1(rate_limit_namespaces);
-PG_FUNCTION_INFO_V1(rate_limit_reset_buckets);
+PG_FUNCTION_INFO_V1(quota_ext_rate_limit_check);
+PG_FUNCTION_INFO_V1(quota_ext_tenant_rate_limit_check);
+PG_FUNCTION_INFO_V1(quota_ext_rate_limit_apply);
+PG_FUNCTION_INFO_V1(quota_ext_rate_limit_status);
+PG_FUNCTION_INFO_V1(quota_ext_rate_limit_namespaces);
+PG_FUNCTION_INFO_V1(quota_ext_rate_limit_reset_buckets);
 
 /* ----------------------------------------------------------------------
  * SQL: ad-hoc keys
@@ -134,7 +134,7 @@ quota_rl_keyed(FunctionCallInfo fcinfo, char kind, int64 ns)
  *		one namespace shared by every caller.
  */
 Datum
-rate_limit_check(PG_FUNCTION_ARGS)
+quota_ext_rate_limit_check(PG_FUNCTION_ARGS)
 {
 	return quota_rl_keyed(fcinfo, 'g', 0);
 }
@@ -148,7 +148,7 @@ rate_limit_check(PG_FUNCTION_ARGS)
  *		each other's buckets.  42501 without a tenant context.
  */
 Datum
-tenant_rate_limit_check(PG_FUNCTION_ARGS)
+quota_ext_tenant_rate_limit_check(PG_FUNCTION_ARGS)
 {
 	const QuotaContext *ctx = QuotaContextGet();
 
@@ -173,7 +173,7 @@ tenant_rate_limit_check(PG_FUNCTION_ARGS)
  *		rule_id, limit and remaining are NULL when no rule applies.
  */
 Datum
-rate_limit_apply(PG_FUNCTION_ARGS)
+quota_ext_rate_limit_apply(PG_FUNCTION_ARGS)
 {
 	static QuotaPlan model_plan = {
 		"SELECT quota_ext._model_resolve($1, $2)",
@@ -250,7 +250,7 @@ rate_limit_apply(PG_FUNCTION_ARGS)
  *		namespace (quota_ext.rate_limit_tenant_entries in effect).
  */
 Datum
-rate_limit_status(PG_FUNCTION_ARGS)
+quota_ext_rate_limit_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	Datum		values[4];
@@ -285,7 +285,7 @@ rate_limit_status(PG_FUNCTION_ARGS)
  *		until they are reclaimed (and calls linking one right now).
  */
 Datum
-rate_limit_namespaces(PG_FUNCTION_ARGS)
+quota_ext_rate_limit_namespaces(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	LWLock	   *lock;
@@ -331,7 +331,7 @@ rate_limit_namespaces(PG_FUNCTION_ARGS)
  *		every key of the namespace.  A removed bucket is full again.
  */
 Datum
-rate_limit_reset_buckets(PG_FUNCTION_ARGS)
+quota_ext_rate_limit_reset_buckets(PG_FUNCTION_ARGS)
 {
 	int64		tenant_id = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
 	int64		n = 0;

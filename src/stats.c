@@ -36,8 +36,8 @@
 #include "utils/hsearch.h"
 #include "utils/tuplestore.h"
 
-PG_FUNCTION_INFO_V1(request_stats);
-PG_FUNCTION_INFO_V1(request_stats_reset);
+PG_FUNCTION_INFO_V1(quota_ext_request_stats);
+PG_FUNCTION_INFO_V1(quota_ext_request_stats_reset);
 
 #define QUOTA_STATS_TRANCHE	"quota_ext_stats"
 
@@ -177,7 +177,7 @@ QuotaStatsCount(int64 tenant_id, QuotaOutcome outcome)
  * quota_ext_admin, none for anyone else (like the RLS policies).
  */
 Datum
-request_stats(PG_FUNCTION_ARGS)
+quota_ext_request_stats(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	const QuotaContext *ctx = QuotaContextGet();
@@ -216,7 +216,7 @@ request_stats(PG_FUNCTION_ARGS)
  *		Forget the counters of every tenant of this database (quota_ext_admin).
  */
 Datum
-request_stats_reset(PG_FUNCTION_ARGS)
+quota_ext_request_stats_reset(PG_FUNCTION_ARGS)
 {
 	HASH_SEQ_STATUS seq;
 	StatsEntry *e;
