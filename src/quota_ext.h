@@ -89,6 +89,8 @@ typedef enum QuotaCacheKind
 } QuotaCacheKind;
 
 extern void QuotaCacheInit(void);
+extern void QuotaCacheShmemRequest(void);
+extern void QuotaCacheShmemStartup(void);
 extern bool QuotaCacheBegin(void);
 extern uint64 QuotaConfigStamp(void);
 extern bool QuotaConfigUnchanged(uint64 stamp);
@@ -165,6 +167,8 @@ typedef struct QuotaRateDecision
 } QuotaRateDecision;
 
 extern void QuotaRateLimitInit(void);
+extern void QuotaRateLimitShmemRequest(void);
+extern void QuotaRateLimitShmemStartup(void);
 
 /*
  * Check every rate-limit rule that applies to (tenant, model, key) for
@@ -237,6 +241,11 @@ typedef enum QuotaOutcome
 } QuotaOutcome;
 
 extern void QuotaStatsInit(void);
+extern void QuotaStatsShmemRequest(void);
+extern void QuotaStatsShmemStartup(void);
+
+/* shmem.c: the one shared-memory request and start-up of the modules */
+extern void QuotaShmemInit(void);
 extern void QuotaStatsCount(int64 tenant_id, QuotaOutcome outcome);
 
 /* policy.c: model resolution and access policies */

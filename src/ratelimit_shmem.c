@@ -8,8 +8,8 @@
  * invoke() applies in ratelimit_rules.c; ratelimit_internal.h joins them.
  *
  * Each bucket is one theoretical arrival time (TAT, see gcra.c) in a
- * fixed-size table in shared memory, requested in shmem_request_hook and
- * set up in shmem_startup_hook, so the library must be in
+ * fixed-size table in shared memory, requested and set up at server start
+ * (shmem.c), so the library must be in
  * shared_preload_libraries (otherwise the functions that need the table
  * raise 55000).  Nothing is written to WAL and no row is locked: a check
  * is not undone when the caller's transaction rolls back (a client cannot
@@ -141,9 +141,6 @@
 static int	quota_rl_slots = 100000;
 static int	quota_rl_tenant_entries = 0;	/* 0: a quarter of the slots */
 
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
 QuotaRlShared *quota_rl_shared = NULL;
 static LWLockPadded *rl_locks = NULL;
 static int32 *rl_heads = NULL;
@@ -224,25 +221,28 @@ quota_rl_shmem_size(void)
 					PG_CACHE_LINE_SIZE);
 }
 
-static void
-quota_rl_shmem_request(void)
+/*
+ * QuotaRateLimitShmemRequest
+ *		The table's memory and locks (shmem.c, when preloaded).
+ */
+void
+QuotaRateLimitShmemRequest(void)
 {
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
 	RequestAddinShmemSpace(quota_rl_shmem_size());
 	RequestNamedLWLockTranche(QUOTA_RL_TRANCHE, QUOTA_RL_PARTITIONS + 1);
 }
 
-static void
-quota_rl_shmem_startup(void)
+/*
+ * QuotaRateLimitShmemStartup
+ *		Attach the table, and set it up in the postmaster (shmem.c, under
+ *		AddinShmemInitLock).
+ */
+void
+QuotaRateLimitShmemStartup(void)
 {
 	bool		found;
 	char	   *base;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	base = ShmemInitStruct("quota_ext rate limits", quota_rl_shmem_size(), &found);
 	base = (char *) TYPEALIGN(PG_CACHE_LINE_SIZE, base);
 	quota_rl_shared = (QuotaRlShared *) base;
@@ -299,13 +299,12 @@ quota_rl_shmem_startup(void)
 			quota_rl_shared->ns_free = i;
 		}
 	}
-	LWLockRelease(AddinShmemInitLock);
 }
 
 /*
  * QuotaRateLimitInit
  *		Called by _PG_init.  Only a preloading postmaster defines the
- *		PGC_POSTMASTER setting and asks for shared memory.
+ *		PGC_POSTMASTER setting (and shmem.c asks for shared memory).
  */
 void
 QuotaRateLimitInit(void)
@@ -327,11 +326,6 @@ QuotaRateLimitInit(void)
 							0, 0, 100000000,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
-
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = quota_rl_shmem_request;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = quota_rl_shmem_startup;
 }
 
 /* raise 55000 unless the table exists */
