@@ -19,6 +19,17 @@
 #include "access/htup.h"
 #include "access/tupdesc.h"
 
+/*
+ * A function or variable that several files of one module share and that
+ * is not part of the library's interface: hidden from the dynamic symbol
+ * table (consume_internal.h, ratelimit_internal.h).
+ */
+#if defined(__GNUC__)
+#define QUOTA_PRIVATE __attribute__((visibility("hidden")))
+#else
+#define QUOTA_PRIVATE
+#endif
+
 #define QUOTA_SCHEMA		"quota_ext"
 #define QUOTA_ADMIN_ROLE	"quota_ext_admin"
 #define QUOTA_APP_ROLE		"quota_ext_app"

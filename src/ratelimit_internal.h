@@ -5,7 +5,8 @@
  *		shared memory (ratelimit_shmem.c) and the calls that check and
  *		remove buckets, used by the SQL functions (ratelimit.c) and the
  *		configured rules (ratelimit_rules.c).  Not for other modules: they
- *		use QuotaRateLimitApply and QuotaRateLimitInit from quota_ext.h.
+ *		use QuotaRateLimitApply and QuotaRateLimitInit from quota_ext.h, and
+ *		everything here is hidden from the dynamic symbol table.
  *
  *-------------------------------------------------------------------------
  */
@@ -88,27 +89,27 @@ typedef struct QuotaRlBucket
 } QuotaRlBucket;
 
 /* ratelimit_shmem.c: the table, NULL unless the library was preloaded */
-extern QuotaRlShared *quota_rl_shared;
-extern int32 *quota_rl_ns_heads;
-extern QuotaRlNs *quota_rl_ns_records;
+extern QUOTA_PRIVATE QuotaRlShared *quota_rl_shared;
+extern QUOTA_PRIVATE int32 *quota_rl_ns_heads;
+extern QUOTA_PRIVATE QuotaRlNs *quota_rl_ns_records;
 
 /* ratelimit_hash.c */
-extern void quota_rl_digest(char kind, int64 a, int64 b, const char *key,
+extern QUOTA_PRIVATE void quota_rl_digest(char kind, int64 a, int64 b, const char *key,
 							 size_t keylen, uint64 *out);
 #ifdef USE_ASSERT_CHECKING
-extern void quota_rl_siphash_selftest(void);
+extern QUOTA_PRIVATE void quota_rl_siphash_selftest(void);
 #endif
 
 /* ratelimit_shmem.c */
-extern void quota_rl_require(void);
-extern int	quota_rl_partition(const uint64 *key);
-extern LWLock *quota_rl_lock(int part);
-extern uint32 quota_rl_cap(void);
-extern void quota_rl_check_one(QuotaRlBucket *b, int64 quantity);
-extern bool quota_rl_check_all(QuotaRlBucket *buckets, int n, int64 quantity);
-extern int32 quota_rl_ns_hold(int64 tenant_id);
-extern void quota_rl_ns_release(int32 ns);
-extern int64 quota_rl_remove_key(const uint64 *key);
-extern int64 quota_rl_remove_ns(int32 ns);
+extern QUOTA_PRIVATE void quota_rl_require(void);
+extern QUOTA_PRIVATE int	quota_rl_partition(const uint64 *key);
+extern QUOTA_PRIVATE LWLock *quota_rl_lock(int part);
+extern QUOTA_PRIVATE uint32 quota_rl_cap(void);
+extern QUOTA_PRIVATE void quota_rl_check_one(QuotaRlBucket *b, int64 quantity);
+extern QUOTA_PRIVATE bool quota_rl_check_all(QuotaRlBucket *buckets, int n, int64 quantity);
+extern QUOTA_PRIVATE int32 quota_rl_ns_hold(int64 tenant_id);
+extern QUOTA_PRIVATE void quota_rl_ns_release(int32 ns);
+extern QUOTA_PRIVATE int64 quota_rl_remove_key(const uint64 *key);
+extern QUOTA_PRIVATE int64 quota_rl_remove_ns(int32 ns);
 
 #endif							/* QUOTA_RATELIMIT_INTERNAL_H */
