@@ -1,7 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * ratelimit_hash.c
- *		Rate limits: the digest that names a bucket (keyed SipHash-2-4).
+ *		Rate limits: keyed SipHash-2-4, with which quota_rl_digest
+ *		(ratelimit_shmem.c) names a bucket.  Pure functions: nothing here
+ *		reads shared memory or calls another file.
  *
  * Keys.  A bucket is named by a 128-bit SipHash-2-4 tag over a namespace
  * and the key: 'g' for quota_ext.rate_limit_check() (one namespace for
@@ -72,7 +74,7 @@ quota_rl_le64(const uint8 *p)
 	return x;
 }
 
-static void
+void
 quota_rl_siphash(const uint8 *in, size_t len, const uint64 *k, uint64 *out)
 {
 	uint64		v0 = UINT64CONST(0x736f6d6570736575) ^ k[0];
@@ -168,27 +170,3 @@ quota_rl_siphash_selftest(void)
 	}
 }
 #endif
-
-/*
- * quota_rl_digest
- *		128 bits of keyed SipHash over kind, the database, a, b (fixed
- *		width) and the key.  The secret is drawn at server start and never
- *		leaves shared memory, so nobody outside the server can compute
- *		digests, let alone choose keys that collide; and every start has a
- *		new one, which is harmless because the table starts empty.
- */
-void
-quota_rl_digest(char kind, int64 a, int64 b, const char *key, size_t keylen,
-				uint64 *out)
-{
-	uint8		buf[QUOTA_RL_HEAD + QUOTA_RL_MAX_KEY];
-
-	Assert(keylen <= QUOTA_RL_MAX_KEY);
-	buf[0] = (uint8) kind;
-	memcpy(buf + 1, &MyDatabaseId, sizeof(Oid));
-	memcpy(buf + 1 + sizeof(Oid), &a, sizeof(int64));
-	memcpy(buf + 1 + sizeof(Oid) + sizeof(int64), &b, sizeof(int64));
-	if (keylen > 0)
-		memcpy(buf + QUOTA_RL_HEAD, key, keylen);
-	quota_rl_siphash(buf, QUOTA_RL_HEAD + keylen, quota_rl_shared->secret, out);
-}

@@ -94,13 +94,16 @@ extern QUOTA_PRIVATE int32 *quota_rl_ns_heads;
 extern QUOTA_PRIVATE QuotaRlNs *quota_rl_ns_records;
 
 /* ratelimit_hash.c */
-extern QUOTA_PRIVATE void quota_rl_digest(char kind, int64 a, int64 b, const char *key,
-							 size_t keylen, uint64 *out);
+extern QUOTA_PRIVATE void quota_rl_siphash(const uint8 *in, size_t len,
+										   const uint64 *k, uint64 *out);
 #ifdef USE_ASSERT_CHECKING
 extern QUOTA_PRIVATE void quota_rl_siphash_selftest(void);
 #endif
 
 /* ratelimit_shmem.c */
+extern QUOTA_PRIVATE void quota_rl_digest(char kind, int64 a, int64 b,
+										  const char *key, size_t keylen,
+										  uint64 *out);
 extern QUOTA_PRIVATE void quota_rl_require(void);
 extern QUOTA_PRIVATE int	quota_rl_partition(const uint64 *key);
 extern QUOTA_PRIVATE LWLock *quota_rl_lock(int part);

@@ -17,7 +17,8 @@
  * server start, like Redis without persistence.
  *
  * Keys.  A bucket is named by a 128-bit keyed digest of its namespace and
- * key (ratelimit_hash.c); the key text itself is not stored.
+ * key (quota_rl_digest, SipHash-2-4 of ratelimit_hash.c, whose header
+ * describes the keys); the key text itself is not stored.
  *
  * Layout.  quota_ext.rate_limit_slots entries of 32 bytes (the TAT as a
  * pg_atomic_uint64, the digest, a chain link), a header per partition, and
@@ -365,6 +366,30 @@ quota_rl_now(void)
 	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
 		elog(PANIC, "clock_gettime(CLOCK_MONOTONIC) failed: %m");
 	return (int64) ts.tv_sec * NS_PER_SEC + ts.tv_nsec;
+}
+
+/*
+ * quota_rl_digest
+ *		128 bits of keyed SipHash over kind, the database, a, b (fixed
+ *		width) and the key.  The secret is drawn at server start and never
+ *		leaves shared memory, so nobody outside the server can compute
+ *		digests, let alone choose keys that collide; and every start has a
+ *		new one, which is harmless because the table starts empty.
+ */
+void
+quota_rl_digest(char kind, int64 a, int64 b, const char *key, size_t keylen,
+				uint64 *out)
+{
+	uint8		buf[QUOTA_RL_HEAD + QUOTA_RL_MAX_KEY];
+
+	Assert(keylen <= QUOTA_RL_MAX_KEY);
+	buf[0] = (uint8) kind;
+	memcpy(buf + 1, &MyDatabaseId, sizeof(Oid));
+	memcpy(buf + 1 + sizeof(Oid), &a, sizeof(int64));
+	memcpy(buf + 1 + sizeof(Oid) + sizeof(int64), &b, sizeof(int64));
+	if (keylen > 0)
+		memcpy(buf + QUOTA_RL_HEAD, key, keylen);
+	quota_rl_siphash(buf, QUOTA_RL_HEAD + keylen, quota_rl_shared->secret, out);
 }
 
 int
