@@ -77,4 +77,4 @@ deb-check:
 	test/deb
 
 # Every object depends on the shared headers.
-$(OBJS): src/quota_ext.h src/compat.h src/consume_internal.h
+$(OBJS): src/quota_ext.h src/compat.h src/consume_internal.h src/ratelimit_internal.h

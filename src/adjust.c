@@ -32,10 +32,10 @@
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 
-PG_FUNCTION_INFO_V1(quota_settle);
-PG_FUNCTION_INFO_V1(quota_cancel);
-PG_FUNCTION_INFO_V1(quota_refund);
-PG_FUNCTION_INFO_V1(quota_expire_reservations);
+PG_FUNCTION_INFO_V1(quota_ext_quota_settle);
+PG_FUNCTION_INFO_V1(quota_ext_quota_cancel);
+PG_FUNCTION_INFO_V1(quota_ext_quota_refund);
+PG_FUNCTION_INFO_V1(quota_ext_quota_expire_reservations);
 
 /* ----------------------------------------------------------------------
  * adjustments: refund, settle, release
@@ -338,7 +338,7 @@ release_reservation(int64 tenant_id, int64 reservation_id, Reservation *res,
  * (replayed); with another actual, or after cancel/expiry, is an error.
  */
 Datum
-quota_settle(PG_FUNCTION_ARGS)
+quota_ext_quota_settle(PG_FUNCTION_ARGS)
 {
 	int64		tenant_id;
 	int64		reservation_id;
@@ -453,7 +453,7 @@ quota_settle(PG_FUNCTION_ARGS)
  * (replayed); a settled or expired reservation cannot be cancelled.
  */
 Datum
-quota_cancel(PG_FUNCTION_ARGS)
+quota_ext_quota_cancel(PG_FUNCTION_ARGS)
 {
 	int64		tenant_id;
 	int64		reservation_id;
@@ -497,7 +497,7 @@ quota_cancel(PG_FUNCTION_ARGS)
  * row answers the first refund's usage row, replayed.
  */
 Datum
-quota_refund(PG_FUNCTION_ARGS)
+quota_ext_quota_refund(PG_FUNCTION_ARGS)
 {
 	static QuotaPlan find = {
 		"SELECT occurred_at, model_id, user_id, key_id, units, kind, "
@@ -615,7 +615,7 @@ quota_refund(PG_FUNCTION_ARGS)
  * cannot deadlock with consumes or with another sweep.
  */
 Datum
-quota_expire_reservations(PG_FUNCTION_ARGS)
+quota_ext_quota_expire_reservations(PG_FUNCTION_ARGS)
 {
 	static QuotaPlan pick = {
 		"SELECT tenant_id, reservation_id FROM ("

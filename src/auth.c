@@ -49,8 +49,8 @@
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
-PG_FUNCTION_INFO_V1(authenticate);
-PG_FUNCTION_INFO_V1(api_key_mint);
+PG_FUNCTION_INFO_V1(quota_ext_authenticate);
+PG_FUNCTION_INFO_V1(quota_ext_api_key_mint);
 
 #define QUOTA_KEY_PREFIX		"qxk_"
 #define QUOTA_KEY_SECRET_LEN	32
@@ -220,7 +220,7 @@ quota_parse_key(const char *key, size_t len, int64 *tenant_id, int64 *key_id)
  * given ids.  The caller stores prefix and hash and shows api_key once.
  */
 Datum
-api_key_mint(PG_FUNCTION_ARGS)
+quota_ext_api_key_mint(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	Datum		values[3];
@@ -515,7 +515,7 @@ QuotaKeyRecheck(int64 tenant_id, int64 key_id)
  * Check the key and make its tenant the context of this transaction.
  */
 Datum
-authenticate(PG_FUNCTION_ARGS)
+quota_ext_authenticate(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	Datum		values[3];

@@ -107,9 +107,9 @@
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 
-PG_FUNCTION_INFO_V1(config_changed);
-PG_FUNCTION_INFO_V1(shared_cache_status);
-PG_FUNCTION_INFO_V1(shared_cache_tenants);
+PG_FUNCTION_INFO_V1(quota_ext_config_changed);
+PG_FUNCTION_INFO_V1(quota_ext_shared_cache_status);
+PG_FUNCTION_INFO_V1(quota_ext_shared_cache_tenants);
 
 #define QUOTA_SHARED_PARTITIONS 16
 
@@ -174,8 +174,6 @@ static HTAB *shared_tenants = NULL;
 static LWLockPadded *shared_locks = NULL;
 static int	quota_shared_cache_entries = 8192;
 static int	quota_shared_tenant_entries = 0;	/* 0: a quarter of the table */
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static bool quota_config_cache = true;
 static int	quota_config_cache_entries = 20000;
@@ -207,11 +205,13 @@ static const char *const cache_names[QUOTA_CACHE_NKINDS] = {
 	"quota_ext quota definition cache"
 };
 
-static void
-quota_cache_shmem_request(void)
+/*
+ * QuotaCacheShmemRequest
+ *		The shared level's memory and locks (shmem.c, when preloaded).
+ */
+void
+QuotaCacheShmemRequest(void)
 {
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(QuotaCacheShared)));
 	if (quota_shared_cache_entries > 0)
 	{
@@ -223,14 +223,15 @@ quota_cache_shmem_request(void)
 	}
 }
 
-static void
-quota_cache_shmem_startup(void)
+/*
+ * QuotaCacheShmemStartup
+ *		Attach the shared level (shmem.c, under AddinShmemInitLock).
+ */
+void
+QuotaCacheShmemStartup(void)
 {
 	bool		found;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	cache_shared = ShmemInitStruct("quota_ext config generation",
 								   sizeof(QuotaCacheShared), &found);
 	if (!found)
@@ -267,7 +268,6 @@ quota_cache_shmem_startup(void)
 									   HASH_ELEM | HASH_BLOBS);
 		shared_locks = GetNamedLWLockTranche(QUOTA_SHARED_TRANCHE);
 	}
-	LWLockRelease(AddinShmemInitLock);
 }
 
 static void
@@ -345,10 +345,6 @@ QuotaCacheInit(void)
 								0, 0, 1000000,
 								PGC_SIGHUP, 0,
 								NULL, NULL, NULL);
-		prev_shmem_request_hook = shmem_request_hook;
-		shmem_request_hook = quota_cache_shmem_request;
-		prev_shmem_startup_hook = shmem_startup_hook;
-		shmem_startup_hook = quota_cache_shmem_startup;
 	}
 }
 
@@ -717,7 +713,7 @@ QuotaSharedCachePut(QuotaCacheKind kind, const void *key, Size keysize,
  *		administrative function; for direct changes to the tables.
  */
 Datum
-config_changed(PG_FUNCTION_ARGS)
+quota_ext_config_changed(PG_FUNCTION_ARGS)
 {
 	cache_dirty = true;
 	PG_RETURN_VOID();
@@ -736,7 +732,7 @@ config_changed(PG_FUNCTION_ARGS)
  *		tenant's share).  Zeros when the library is not preloaded.
  */
 Datum
-shared_cache_status(PG_FUNCTION_ARGS)
+quota_ext_shared_cache_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	Datum		values[7];
@@ -773,7 +769,7 @@ shared_cache_status(PG_FUNCTION_ARGS)
  *		how many each has (at most shared_cache_status().tenant_entries).
  */
 Datum
-shared_cache_tenants(PG_FUNCTION_ARGS)
+quota_ext_shared_cache_tenants(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	HASH_SEQ_STATUS seq;

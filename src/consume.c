@@ -80,10 +80,10 @@
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 
-PG_FUNCTION_INFO_V1(quota_consume);
-PG_FUNCTION_INFO_V1(quota_consume_or_raise);
-PG_FUNCTION_INFO_V1(invoke);
-PG_FUNCTION_INFO_V1(quota_reserve);
+PG_FUNCTION_INFO_V1(quota_ext_quota_consume);
+PG_FUNCTION_INFO_V1(quota_ext_quota_consume_or_raise);
+PG_FUNCTION_INFO_V1(quota_ext_invoke);
+PG_FUNCTION_INFO_V1(quota_ext_quota_reserve);
 
 /* ----------------------------------------------------------------------
  * plans
@@ -950,7 +950,7 @@ static const char *const reserve_names[] = {"tenant_id", "model", "estimate", "t
  *		RETURNS quota_ext.decision
  */
 Datum
-quota_consume(PG_FUNCTION_ARGS)
+quota_ext_quota_consume(PG_FUNCTION_ARGS)
 {
 	ConsumeRequest req;
 	Decision	d;
@@ -967,7 +967,7 @@ quota_consume(PG_FUNCTION_ARGS)
  *		rate limits, 42501 for policy and inactive tenants.
  */
 Datum
-quota_consume_or_raise(PG_FUNCTION_ARGS)
+quota_ext_quota_consume_or_raise(PG_FUNCTION_ARGS)
 {
 	ConsumeRequest req;
 	Decision	d;
@@ -988,7 +988,7 @@ quota_consume_or_raise(PG_FUNCTION_ARGS)
  * with the key's user's role.
  */
 Datum
-invoke(PG_FUNCTION_ARGS)
+quota_ext_invoke(PG_FUNCTION_ARGS)
 {
 	ConsumeRequest req;
 	Decision	d;
@@ -1018,7 +1018,7 @@ invoke(PG_FUNCTION_ARGS)
  *		role text DEFAULT NULL) RETURNS quota_ext.decision
  */
 Datum
-quota_reserve(PG_FUNCTION_ARGS)
+quota_ext_quota_reserve(PG_FUNCTION_ARGS)
 {
 	ConsumeRequest req;
 	Decision	d;

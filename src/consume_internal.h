@@ -37,12 +37,6 @@
 #include "executor/tuptable.h"
 #include "utils/timestamp.h"
 
-#if defined(__GNUC__)
-#define QUOTA_PRIVATE __attribute__((visibility("hidden")))
-#else
-#define QUOTA_PRIVATE
-#endif
-
 #define QUOTA_MAX_QUOTAS		64	/* applicable quotas per request */
 #define QUOTA_MAX_THRESHOLDS	16
 #define QUOTA_IDEM_MAX_LEN		255

@@ -33,12 +33,12 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 
-PG_FUNCTION_INFO_V1(current_tenant_id);
-PG_FUNCTION_INFO_V1(current_context);
-PG_FUNCTION_INFO_V1(set_tenant);
-PG_FUNCTION_INFO_V1(clear_tenant);
-PG_FUNCTION_INFO_V1(check_tenant_access);
-PG_FUNCTION_INFO_V1(admin_only);
+PG_FUNCTION_INFO_V1(quota_ext_current_tenant_id);
+PG_FUNCTION_INFO_V1(quota_ext_current_context);
+PG_FUNCTION_INFO_V1(quota_ext_set_tenant);
+PG_FUNCTION_INFO_V1(quota_ext_clear_tenant);
+PG_FUNCTION_INFO_V1(quota_ext_check_tenant_access);
+PG_FUNCTION_INFO_V1(quota_ext_admin_only);
 
 static QuotaContext quota_ctx;
 
@@ -314,7 +314,7 @@ impersonation:
  *		policy; STABLE so it is evaluated at execution time, never planned in.
  */
 Datum
-current_tenant_id(PG_FUNCTION_ARGS)
+quota_ext_current_tenant_id(PG_FUNCTION_ARGS)
 {
 	if (!quota_ctx.valid)
 		PG_RETURN_NULL();
@@ -327,7 +327,7 @@ current_tenant_id(PG_FUNCTION_ARGS)
  *		The whole context; all NULL without one.
  */
 Datum
-current_context(PG_FUNCTION_ARGS)
+quota_ext_current_context(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	Datum		values[4];
@@ -365,7 +365,7 @@ current_context(PG_FUNCTION_ARGS)
  *		quota_ext_admin only; the tenant must exist (any status).
  */
 Datum
-set_tenant(PG_FUNCTION_ARGS)
+quota_ext_set_tenant(PG_FUNCTION_ARGS)
 {
 	static QuotaPlan plan = {
 		"SELECT 1 FROM quota_ext.tenants "
@@ -397,7 +397,7 @@ set_tenant(PG_FUNCTION_ARGS)
  *		Drop the context before the transaction ends.
  */
 Datum
-clear_tenant(PG_FUNCTION_ARGS)
+quota_ext_clear_tenant(PG_FUNCTION_ARGS)
 {
 	quota_context_clear();
 	PG_RETURN_VOID();
@@ -408,7 +408,7 @@ clear_tenant(PG_FUNCTION_ARGS)
  *		QuotaCheckTenantAccess for the PL/pgSQL admin functions.
  */
 Datum
-check_tenant_access(PG_FUNCTION_ARGS)
+quota_ext_check_tenant_access(PG_FUNCTION_ARGS)
 {
 	QuotaArgNotNull(fcinfo, 0, "tenant_id");
 	QuotaCheckTenantAccess(PG_GETARG_INT64(0));
@@ -420,7 +420,7 @@ check_tenant_access(PG_FUNCTION_ARGS)
  *		QuotaCheckAdmin for the PL/pgSQL functions that work across tenants.
  */
 Datum
-admin_only(PG_FUNCTION_ARGS)
+quota_ext_admin_only(PG_FUNCTION_ARGS)
 {
 	QuotaArgNotNull(fcinfo, 0, "what");
 	QuotaCheckAdmin(text_to_cstring(PG_GETARG_TEXT_PP(0)));

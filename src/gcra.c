@@ -77,7 +77,7 @@
 #include "common/int.h"
 #include "funcapi.h"
 
-PG_FUNCTION_INFO_V1(gcra_eval);
+PG_FUNCTION_INFO_V1(quota_ext_gcra_eval);
 
 #define NS_PER_SEC	INT64CONST(1000000000)
 #define NS_PER_MS	INT64CONST(1000000)
@@ -260,7 +260,7 @@ QuotaGcraRaise(QuotaGcraStatus status, int64 max_burst, int64 count,
  *		nanoseconds; new_tat_ns is what to store for the next call.
  */
 Datum
-gcra_eval(PG_FUNCTION_ARGS)
+quota_ext_gcra_eval(PG_FUNCTION_ARGS)
 {
 	static const char *const names[] = {
 		"tat_ns", "now_ns", "max_burst", "count", "period_seconds", "quantity"

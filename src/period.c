@@ -24,7 +24,7 @@
 #include "utils/fmgrprotos.h"
 #include "utils/timestamp.h"
 
-PG_FUNCTION_INFO_V1(period_bounds);
+PG_FUNCTION_INFO_V1(quota_ext_period_bounds);
 
 static const char *const period_names[] = {
 	[QUOTA_PERIOD_MINUTE] = "minute",
@@ -157,7 +157,7 @@ QuotaPeriodName(QuotaPeriod p)
  * Lifetime gives (-infinity, infinity).
  */
 Datum
-period_bounds(PG_FUNCTION_ARGS)
+quota_ext_period_bounds(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	Datum		values[2];

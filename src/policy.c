@@ -31,7 +31,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-PG_FUNCTION_INFO_V1(policy_check);
+PG_FUNCTION_INFO_V1(quota_ext_policy_check);
 
 static bool
 quota_role_listed(ArrayType *roles, const char *role)
@@ -397,7 +397,7 @@ QuotaPolicyFromCache(int64 tenant_id, const char *model, const char *role,
  * exists outside the caller's context or not).  Unknown model: false.
  */
 Datum
-policy_check(PG_FUNCTION_ARGS)
+quota_ext_policy_check(PG_FUNCTION_ARGS)
 {
 	int64		tenant_id;
 	char	   *model;

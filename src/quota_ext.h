@@ -19,6 +19,17 @@
 #include "access/htup.h"
 #include "access/tupdesc.h"
 
+/*
+ * A function or variable that several files of one module share and that
+ * is not part of the library's interface: hidden from the dynamic symbol
+ * table (consume_internal.h, ratelimit_internal.h).
+ */
+#if defined(__GNUC__)
+#define QUOTA_PRIVATE __attribute__((visibility("hidden")))
+#else
+#define QUOTA_PRIVATE
+#endif
+
 #define QUOTA_SCHEMA		"quota_ext"
 #define QUOTA_ADMIN_ROLE	"quota_ext_admin"
 #define QUOTA_APP_ROLE		"quota_ext_app"
@@ -89,6 +100,8 @@ typedef enum QuotaCacheKind
 } QuotaCacheKind;
 
 extern void QuotaCacheInit(void);
+extern void QuotaCacheShmemRequest(void);
+extern void QuotaCacheShmemStartup(void);
 extern bool QuotaCacheBegin(void);
 extern uint64 QuotaConfigStamp(void);
 extern bool QuotaConfigUnchanged(uint64 stamp);
@@ -165,6 +178,8 @@ typedef struct QuotaRateDecision
 } QuotaRateDecision;
 
 extern void QuotaRateLimitInit(void);
+extern void QuotaRateLimitShmemRequest(void);
+extern void QuotaRateLimitShmemStartup(void);
 
 /*
  * Check every rate-limit rule that applies to (tenant, model, key) for
@@ -237,6 +252,11 @@ typedef enum QuotaOutcome
 } QuotaOutcome;
 
 extern void QuotaStatsInit(void);
+extern void QuotaStatsShmemRequest(void);
+extern void QuotaStatsShmemStartup(void);
+
+/* shmem.c: the one shared-memory request and start-up of the modules */
+extern void QuotaShmemInit(void);
 extern void QuotaStatsCount(int64 tenant_id, QuotaOutcome outcome);
 
 /* policy.c: model resolution and access policies */

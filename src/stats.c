@@ -17,10 +17,9 @@
  * adds to its counter with an atomic fetch-add, so concurrent requests of
  * one or many tenants never wait for each other; only the first request of
  * a tenant since startup takes the lock exclusively to insert the entry.
- * Reset takes it exclusively.  Shared memory is requested the PostgreSQL 15
- * way (shmem_request_hook, then shmem_startup_hook under AddinShmemInitLock),
- * chaining the previous hooks; without shared_preload_libraries nothing is
- * counted and request_stats() is empty.
+ * Reset takes it exclusively.  Shared memory is requested and attached by
+ * shmem.c (QuotaStatsShmemRequest, QuotaStatsShmemStartup); without
+ * shared_preload_libraries nothing is counted and request_stats() is empty.
  *
  *-------------------------------------------------------------------------
  */
@@ -36,8 +35,8 @@
 #include "utils/hsearch.h"
 #include "utils/tuplestore.h"
 
-PG_FUNCTION_INFO_V1(request_stats);
-PG_FUNCTION_INFO_V1(request_stats_reset);
+PG_FUNCTION_INFO_V1(quota_ext_request_stats);
+PG_FUNCTION_INFO_V1(quota_ext_request_stats_reset);
 
 #define QUOTA_STATS_TRANCHE	"quota_ext_stats"
 
@@ -61,29 +60,30 @@ typedef struct StatsShared
 static int	stats_max_tenants = 10000;
 static StatsShared *stats_shared = NULL;
 static HTAB *stats_hash = NULL;
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-static void
-stats_shmem_request(void)
+/*
+ * QuotaStatsShmemRequest
+ *		The counters' memory and lock (shmem.c, when preloaded).
+ */
+void
+QuotaStatsShmemRequest(void)
 {
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
 	RequestAddinShmemSpace(add_size(MAXALIGN(sizeof(StatsShared)),
 									hash_estimate_size(stats_max_tenants + 1,
 													   sizeof(StatsEntry))));
 	RequestNamedLWLockTranche(QUOTA_STATS_TRANCHE, 1);
 }
 
-static void
-stats_shmem_startup(void)
+/*
+ * QuotaStatsShmemStartup
+ *		Attach the counters (shmem.c, under AddinShmemInitLock).
+ */
+void
+QuotaStatsShmemStartup(void)
 {
 	bool		found;
 	HASHCTL		info;
 
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
-	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	stats_shared = ShmemInitStruct("quota_ext stats", sizeof(StatsShared), &found);
 	if (!found)
 		stats_shared->lock = &(GetNamedLWLockTranche(QUOTA_STATS_TRANCHE))->lock;
@@ -92,12 +92,12 @@ stats_shmem_startup(void)
 	info.entrysize = sizeof(StatsEntry);
 	stats_hash = ShmemInitHash("quota_ext stats hash", stats_max_tenants + 1,
 							   stats_max_tenants + 1, &info, HASH_ELEM | HASH_BLOBS);
-	LWLockRelease(AddinShmemInitLock);
 }
 
 /*
  * QuotaStatsInit
- *		From _PG_init: the GUC, and the shared memory when preloaded.
+ *		From _PG_init: the GUC when preloaded (the shared memory is
+ *		requested and attached by shmem.c).
  */
 void
 QuotaStatsInit(void)
@@ -113,10 +113,6 @@ QuotaStatsInit(void)
 							PGC_POSTMASTER,
 							0,
 							NULL, NULL, NULL);
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = stats_shmem_request;
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = stats_shmem_startup;
 }
 
 /*
@@ -177,7 +173,7 @@ QuotaStatsCount(int64 tenant_id, QuotaOutcome outcome)
  * quota_ext_admin, none for anyone else (like the RLS policies).
  */
 Datum
-request_stats(PG_FUNCTION_ARGS)
+quota_ext_request_stats(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	const QuotaContext *ctx = QuotaContextGet();
@@ -216,7 +212,7 @@ request_stats(PG_FUNCTION_ARGS)
  *		Forget the counters of every tenant of this database (quota_ext_admin).
  */
 Datum
-request_stats_reset(PG_FUNCTION_ARGS)
+quota_ext_request_stats_reset(PG_FUNCTION_ARGS)
 {
 	HASH_SEQ_STATUS seq;
 	StatsEntry *e;

@@ -72,32 +72,32 @@ GRANT USAGE ON SCHEMA quota_ext TO quota_ext_app, quota_ext_admin;
 -- Tenant context (src/context.c).  PARALLEL RESTRICTED: workers do not see
 -- backend memory.
 CREATE FUNCTION quota_ext.current_tenant_id() RETURNS bigint
-	AS 'MODULE_PATHNAME', 'current_tenant_id'
+	AS 'MODULE_PATHNAME', 'quota_ext_current_tenant_id'
 	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext.current_tenant_id() IS
 	'The tenant of the current transaction (set by authenticate or set_tenant), or NULL';
 
 CREATE FUNCTION quota_ext.current_context(
 	OUT tenant_id bigint, OUT user_id bigint, OUT key_id bigint, OUT role text)
-	AS 'MODULE_PATHNAME', 'current_context'
+	AS 'MODULE_PATHNAME', 'quota_ext_current_context'
 	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext.current_context() IS
 	'The whole tenant context of the current transaction; all NULL without one';
 
 CREATE FUNCTION quota_ext.set_tenant(tenant_id bigint) RETURNS void
-	AS 'MODULE_PATHNAME', 'set_tenant'
+	AS 'MODULE_PATHNAME', 'quota_ext_set_tenant'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext.set_tenant(bigint) IS
 	'Privileged (quota_ext_admin): make a tenant the context of this transaction';
 
 CREATE FUNCTION quota_ext.clear_tenant() RETURNS void
-	AS 'MODULE_PATHNAME', 'clear_tenant'
+	AS 'MODULE_PATHNAME', 'quota_ext_clear_tenant'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext.clear_tenant() IS
 	'Drop the tenant context before the transaction ends';
 
 CREATE FUNCTION quota_ext._check_tenant_access(tenant_id bigint) RETURNS void
-	AS 'MODULE_PATHNAME', 'check_tenant_access'
+	AS 'MODULE_PATHNAME', 'quota_ext_check_tenant_access'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext._check_tenant_access(bigint) IS
 	'Internal: raise unless the caller may act on this tenant';
@@ -107,7 +107,7 @@ COMMENT ON FUNCTION quota_ext._check_tenant_access(bigint) IS
 -- _check_tenant_access it judges the session's role as well as the current
 -- one, so it means the same inside SECURITY DEFINER functions.
 CREATE FUNCTION quota_ext._admin_only(what text) RETURNS void
-	AS 'MODULE_PATHNAME', 'admin_only'
+	AS 'MODULE_PATHNAME', 'quota_ext_admin_only'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext._admin_only(text) IS
 	'Internal: raise unless the caller is quota_ext_admin without a tenant context';

@@ -30,7 +30,7 @@ CREATE INDEX audit_log_at ON quota_ext.audit_log (tenant_id, at);
 -- tables once it commits.  _audit() calls it, so every admin function does.
 CREATE FUNCTION quota_ext.config_changed() RETURNS void
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED
-	AS 'MODULE_PATHNAME', 'config_changed';
+	AS 'MODULE_PATHNAME', 'quota_ext_config_changed';
 COMMENT ON FUNCTION quota_ext.config_changed() IS
 	'Mark the configuration changed by this transaction: every backend''s cache is emptied when it commits (for direct changes to the tables; the admin functions do it themselves)';
 

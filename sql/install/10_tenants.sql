@@ -221,7 +221,7 @@ COMMENT ON FUNCTION quota_ext._tenant_for_update(bigint) IS 'Internal: lock a te
 
 CREATE FUNCTION quota_ext._api_key_mint(tenant_id bigint, key_id bigint,
 	OUT api_key text, OUT key_prefix text, OUT key_hash bytea)
-	AS 'MODULE_PATHNAME', 'api_key_mint'
+	AS 'MODULE_PATHNAME', 'quota_ext_api_key_mint'
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION quota_ext._api_key_mint(bigint, bigint) IS
 	'Internal: make a new random API key for the given ids and return it with its hash';
@@ -640,7 +640,7 @@ COMMENT ON TYPE quota_ext.auth_result IS
 
 CREATE FUNCTION quota_ext.authenticate(api_key text)
 	RETURNS quota_ext.auth_result
-	AS 'MODULE_PATHNAME', 'authenticate'
+	AS 'MODULE_PATHNAME', 'quota_ext_authenticate'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext.authenticate(text) IS
 	'Check an API key and make its tenant the context of this transaction; one error (28000) for every failure';

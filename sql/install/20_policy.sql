@@ -182,7 +182,7 @@ COMMENT ON FUNCTION quota_ext.policy_delete(bigint, text) IS
 
 CREATE FUNCTION quota_ext.policy_check(tenant_id bigint, model text, role text DEFAULT NULL)
 	RETURNS boolean
-	AS 'MODULE_PATHNAME', 'policy_check'
+	AS 'MODULE_PATHNAME', 'quota_ext_policy_check'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext.policy_check(bigint, text, text) IS
 	'May this tenant (and role; NULL = the authenticated user''s role) use this model?  Default deny';

@@ -285,7 +285,7 @@ COMMENT ON TYPE quota_ext.decision IS
 
 CREATE FUNCTION quota_ext.period_bounds(period text, timezone text, at timestamptz,
 	OUT period_start timestamptz, OUT period_end timestamptz)
-	AS 'MODULE_PATHNAME', 'period_bounds'
+	AS 'MODULE_PATHNAME', 'quota_ext_period_bounds'
 	LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION quota_ext.period_bounds(text, text, timestamptz) IS
 	'The calendar period (minute .. year, lifetime; or daily, monthly, ...) containing at, in a time zone';
@@ -533,7 +533,7 @@ CREATE FUNCTION quota_ext.quota_consume(tenant_id bigint, model text, units bigi
 	role text DEFAULT NULL, input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL,
 	metadata jsonb DEFAULT NULL)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_consume'
+	AS 'MODULE_PATHNAME', 'quota_ext_quota_consume'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION quota_ext.quota_consume(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb) IS
 	'Check policy, rate limits and every applicable quota as one unit; charge all or none; record usage';
@@ -543,7 +543,7 @@ CREATE FUNCTION quota_ext.quota_consume_or_raise(tenant_id bigint, model text, u
 	role text DEFAULT NULL, input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL,
 	metadata jsonb DEFAULT NULL)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_consume_or_raise'
+	AS 'MODULE_PATHNAME', 'quota_ext_quota_consume_or_raise'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION quota_ext.quota_consume_or_raise(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb) IS
 	'quota_consume that raises on denial: 53400 for quotas and rate limits, 42501 for policy';
@@ -552,7 +552,7 @@ CREATE FUNCTION quota_ext.invoke(api_key text, model text, units bigint DEFAULT 
 	idempotency_key text DEFAULT NULL, input_tokens bigint DEFAULT NULL,
 	output_tokens bigint DEFAULT NULL, metadata jsonb DEFAULT NULL)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'invoke'
+	AS 'MODULE_PATHNAME', 'quota_ext_invoke'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION quota_ext.invoke(text, text, bigint, text, bigint, bigint, jsonb) IS
 	'authenticate + policy + rate limits + quotas + usage record in one call';
@@ -562,7 +562,7 @@ CREATE FUNCTION quota_ext.quota_reserve(tenant_id bigint, model text, estimate b
 	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL, role text DEFAULT NULL,
 	input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL, metadata jsonb DEFAULT NULL)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_reserve'
+	AS 'MODULE_PATHNAME', 'quota_ext_quota_reserve'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION quota_ext.quota_reserve(bigint, text, bigint, interval, text, bigint, bigint, text, bigint, bigint, jsonb) IS
 	'Charge an estimate now (commit it quickly); settle or cancel it later; it expires after ttl';
@@ -570,27 +570,27 @@ COMMENT ON FUNCTION quota_ext.quota_reserve(bigint, text, bigint, interval, text
 CREATE FUNCTION quota_ext.quota_settle(tenant_id bigint, reservation_id bigint, actual bigint,
 	input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_settle'
+	AS 'MODULE_PATHNAME', 'quota_ext_quota_settle'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION quota_ext.quota_settle(bigint, bigint, bigint, bigint, bigint) IS
 	'Replace a reservation''s estimate by the actual amount (see doc/reference.md for the rule beyond the estimate)';
 
 CREATE FUNCTION quota_ext.quota_cancel(tenant_id bigint, reservation_id bigint)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_cancel'
+	AS 'MODULE_PATHNAME', 'quota_ext_quota_cancel'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION quota_ext.quota_cancel(bigint, bigint) IS
 	'Release a reservation''s whole estimate';
 
 CREATE FUNCTION quota_ext.quota_refund(tenant_id bigint, usage_id bigint)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_refund'
+	AS 'MODULE_PATHNAME', 'quota_ext_quota_refund'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION quota_ext.quota_refund(bigint, bigint) IS
 	'Give back a committed consumption, once';
 
 CREATE FUNCTION quota_ext.quota_expire_reservations(batch integer DEFAULT 1000) RETURNS integer
-	AS 'MODULE_PATHNAME', 'quota_expire_reservations'
+	AS 'MODULE_PATHNAME', 'quota_ext_quota_expire_reservations'
 	LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION quota_ext.quota_expire_reservations(integer) IS
 	'Release reservations past their expiry (for pg_cron); returns how many';

@@ -58,13 +58,13 @@ CREATE FUNCTION quota_ext.request_stats(
 	OUT denied_rate_limit bigint, OUT denied_policy bigint, OUT denied_tenant bigint,
 	OUT replayed bigint)
 	RETURNS SETOF record
-	AS 'MODULE_PATHNAME', 'request_stats'
+	AS 'MODULE_PATHNAME', 'quota_ext_request_stats'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext.request_stats() IS
 	'Decisions per tenant since server start (shared memory; empty when the library is not preloaded)';
 
 CREATE FUNCTION quota_ext.request_stats_reset() RETURNS void
-	AS 'MODULE_PATHNAME', 'request_stats_reset'
+	AS 'MODULE_PATHNAME', 'quota_ext_request_stats_reset'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext.request_stats_reset() IS
 	'Zero the request counters of every tenant';
@@ -76,14 +76,14 @@ COMMENT ON FUNCTION quota_ext.request_stats_reset() IS
 CREATE FUNCTION quota_ext.shared_cache_status(OUT capacity integer,
 	OUT tenant_entries integer, OUT entries bigint, OUT hits bigint, OUT misses bigint,
 	OUT filed bigint, OUT refused bigint)
-	AS 'MODULE_PATHNAME', 'shared_cache_status'
+	AS 'MODULE_PATHNAME', 'quota_ext_shared_cache_status'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext.shared_cache_status() IS
 	'The shared configuration cache: capacity, most entries per tenant, entries, and hits, misses, filed and refused answers since server start';
 
 CREATE FUNCTION quota_ext.shared_cache_tenants(OUT tenant_id bigint, OUT entries integer)
 	RETURNS SETOF record
-	AS 'MODULE_PATHNAME', 'shared_cache_tenants'
+	AS 'MODULE_PATHNAME', 'quota_ext_shared_cache_tenants'
 	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext.shared_cache_tenants() IS
 	'Entries of each tenant of this database in the shared configuration cache';
