@@ -317,9 +317,13 @@ BEGIN
 			USING ERRCODE = 'invalid_transaction_state',
 			      HINT = 'Their exactness relies on a new snapshot per statement.';
 	END IF;
+	-- a prepared transaction that may have written ledger rows (a write
+	-- lock on the ledger; a prepared read, which any login can leave behind,
+	-- holds none of these and does not stop billing)
 	IF EXISTS (SELECT 1 FROM pg_locks l
 	            WHERE l.pid IS NULL AND l.locktype = 'relation'
-	              AND l.relation = 'quota_ext.usage'::regclass) THEN
+	              AND l.relation = 'quota_ext.usage'::regclass
+	              AND l.mode NOT IN ('AccessShareLock', 'RowShareLock')) THEN
 		RETURN NULL;
 	END IF;
 	PERFORM pg_stat_clear_snapshot();
@@ -341,6 +345,14 @@ COMMENT ON FUNCTION quota_ext._usage_watermark() IS
 -- as ordinary tables attached to quota_ext.usage, with their data and
 -- policies, and restore recreates them after CREATE EXTENSION (see
 -- doc/operations.md and test/t/002_dump_restore.pl).
+
+-- What partition maintenance locks to run one at a time.  Not an advisory
+-- lock: those are open to every login, and one with no grants at all held
+-- the key for as long as its session lived (issue 12, review).  Nobody but
+-- the owner has a privilege on this table, so nobody else can lock it.
+CREATE TABLE quota_ext.maintenance_lock ();
+COMMENT ON TABLE quota_ext.maintenance_lock IS
+	'No rows: usage_partitions_maintain and usage_partition_detach lock it to run one at a time';
 
 -- The indexes of usage_default (see 30_quota.sql), FORCE RLS and the two
 -- policies on a new partition (reads through the parent use the parent's
@@ -448,7 +460,7 @@ BEGIN
 	END IF;
 	PERFORM quota_ext._admin_only('usage_partitions_maintain');
 	-- serialize maintenance runs
-	PERFORM pg_advisory_xact_lock('quota_ext.usage'::regclass::oid::bigint);
+	LOCK TABLE quota_ext.maintenance_lock IN EXCLUSIVE MODE;
 	-- the months ahead, and any month whose rows sit in the default partition
 	-- (written before maintenance ran, or restored), that have no partition
 	SELECT array_agg(x.m ORDER BY x.m) INTO months
@@ -550,7 +562,7 @@ DECLARE
 BEGIN
 	IF before IS NULL THEN PERFORM quota_ext._null_arg('before'); END IF;
 	PERFORM quota_ext._admin_only('usage_partition_detach');
-	PERFORM pg_advisory_xact_lock('quota_ext.usage'::regclass::oid::bigint);
+	LOCK TABLE quota_ext.maintenance_lock IN EXCLUSIVE MODE;
 	SELECT s.watermark INTO w FROM quota_ext.rollup_state s WHERE s.name = 'usage_daily';
 	FOR r IN
 		SELECT c.relname,
