@@ -346,14 +346,6 @@ COMMENT ON FUNCTION quota_ext._usage_watermark() IS
 -- policies, and restore recreates them after CREATE EXTENSION (see
 -- doc/operations.md and test/t/002_dump_restore.pl).
 
--- What partition maintenance locks to run one at a time.  Not an advisory
--- lock: those are open to every login, and one with no grants at all held
--- the key for as long as its session lived (issue 12, review).  Nobody but
--- the owner has a privilege on this table, so nobody else can lock it.
-CREATE TABLE quota_ext.maintenance_lock ();
-COMMENT ON TABLE quota_ext.maintenance_lock IS
-	'No rows: usage_partitions_maintain and usage_partition_detach lock it to run one at a time';
-
 -- The indexes of usage_default (see 30_quota.sql), FORCE RLS and the two
 -- policies on a new partition (reads through the parent use the parent's
 -- policies; these guard direct access).
@@ -460,7 +452,11 @@ BEGIN
 	END IF;
 	PERFORM quota_ext._admin_only('usage_partitions_maintain');
 	-- serialize maintenance runs
-	LOCK TABLE quota_ext.maintenance_lock IN EXCLUSIVE MODE;
+	-- one run at a time: SHARE UPDATE EXCLUSIVE conflicts with itself, not
+	-- with charges (ROW EXCLUSIVE) or readers, and needs a privilege no role
+	-- but the owner has (an advisory lock, used before, was open to every
+	-- login: one with no grants held it for as long as its session lived)
+	LOCK TABLE ONLY quota_ext.usage IN SHARE UPDATE EXCLUSIVE MODE;
 	-- the months ahead, and any month whose rows sit in the default partition
 	-- (written before maintenance ran, or restored), that have no partition
 	SELECT array_agg(x.m ORDER BY x.m) INTO months
@@ -562,7 +558,11 @@ DECLARE
 BEGIN
 	IF before IS NULL THEN PERFORM quota_ext._null_arg('before'); END IF;
 	PERFORM quota_ext._admin_only('usage_partition_detach');
-	LOCK TABLE quota_ext.maintenance_lock IN EXCLUSIVE MODE;
+	-- one run at a time: SHARE UPDATE EXCLUSIVE conflicts with itself, not
+	-- with charges (ROW EXCLUSIVE) or readers, and needs a privilege no role
+	-- but the owner has (an advisory lock, used before, was open to every
+	-- login: one with no grants held it for as long as its session lived)
+	LOCK TABLE ONLY quota_ext.usage IN SHARE UPDATE EXCLUSIVE MODE;
 	SELECT s.watermark INTO w FROM quota_ext.rollup_state s WHERE s.name = 'usage_daily';
 	FOR r IN
 		SELECT c.relname,
