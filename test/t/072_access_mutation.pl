@@ -33,6 +33,7 @@ use Test::More;
 use IPC::Run;
 use File::Copy;
 use File::Path qw(make_path);
+use Cwd qw(abs_path);
 use QuotaReliab;
 
 my $suite = 'test/pgtap/10_access_attack.sql';
@@ -173,7 +174,9 @@ my @cmut = (
 my $pg_config = $ENV{PG_CONFIG} // 'pg_config';
 my $bindir = `$pg_config --bindir`;
 chomp $bindir;
-my $mutdir = PostgreSQL::Test::Utils::tempdir('quota_mut');
+# absolute: the server resolves the library path from its data directory
+# (from 17 on, tempdir() is relative when TESTDATADIR is not set)
+my $mutdir = abs_path(PostgreSQL::Test::Utils::tempdir('quota_mut'));
 my @sources = (glob('src/*.c'), glob('src/*.h'));
 ok(-e 'src/context.c' && @sources > 5, 'sources found: ' . scalar(@sources));
 my $context_c = slurp_file('src/context.c');
