@@ -358,7 +358,7 @@ quota_ext_rate_limit_reset_buckets(PG_FUNCTION_ARGS)
 		if (ns != QUOTA_RL_NONE)
 		{
 			n = quota_rl_remove_ns(ns);
-			quota_rl_ns_release(ns);
+			quota_rl_ns_unhold(ns);
 		}
 	}
 	if (!PG_ARGISNULL(0) && !PG_ARGISNULL(2))

@@ -66,6 +66,9 @@ typedef struct QuotaRlShared
 	int32		nns;			/* namespace records */
 	int32		ns_nbuckets;	/* their chain heads, power of 2 */
 	int32		ns_free;		/* free list of records (namespace lock) */
+	pg_atomic_uint32 capped;	/* buckets (and reservations) of all capped
+								 * namespaces together: at most half the
+								 * slots, the rest is kept for rules */
 	QuotaRlPartition parts[QUOTA_RL_PARTITIONS];
 	/*
 	 * then int32 heads[QUOTA_RL_PARTITIONS * nbuckets], QuotaRlEntry[],
@@ -108,10 +111,12 @@ extern QUOTA_PRIVATE void quota_rl_require(void);
 extern QUOTA_PRIVATE int	quota_rl_partition(const uint64 *key);
 extern QUOTA_PRIVATE LWLock *quota_rl_lock(int part);
 extern QUOTA_PRIVATE uint32 quota_rl_cap(void);
+extern QUOTA_PRIVATE uint32 quota_rl_share(void);
 extern QUOTA_PRIVATE void quota_rl_check_one(QuotaRlBucket *b, int64 quantity);
 extern QUOTA_PRIVATE bool quota_rl_check_all(QuotaRlBucket *buckets, int n, int64 quantity);
 extern QUOTA_PRIVATE int32 quota_rl_ns_hold(int64 tenant_id);
 extern QUOTA_PRIVATE void quota_rl_ns_release(int32 ns);
+extern QUOTA_PRIVATE void quota_rl_ns_unhold(int32 ns);
 extern QUOTA_PRIVATE int64 quota_rl_remove_key(const uint64 *key);
 extern QUOTA_PRIVATE int64 quota_rl_remove_ns(int32 ns);
 

@@ -71,11 +71,14 @@
  * callers, so without a bound one statement could fill every slot with
  * live buckets and lock every tenant out (53200) until a restart.  So
  * each such namespace may hold at most quota_ext.rate_limit_tenant_entries
- * buckets (by default a quarter of the slots): rate_limit_check's keys plus
- * one tenant's keys can never take more than half the table, and what is
- * left serves every other tenant and the configured rules.  The buckets of
- * configured rules ('r') are not capped: there is one per rule (and one
- * per tenant for the tier default), so the configuration bounds them.
+ * buckets (by default a quarter of the slots), and all capped namespaces
+ * together at most half the slots, or one cap if that is set higher (the
+ * share, counted in quota_rl_shared->capped): whoever controls several namespaces (the keys
+ * of rate_limit_check in several databases, the keys of several tenants)
+ * can fill the share, and then every capped namespace gets 53200, but the
+ * other half stays for the buckets of configured rules ('r'), which are
+ * not capped: there is one per rule (and one per tenant for the tier
+ * default), so the configuration bounds them, and invoke() keeps working.
  *
  *	- A namespace is a record (database, tenant id; 0 = rate_limit_check's
  *	  keys) in a second chained table of the same shared memory, with as many
@@ -290,6 +293,7 @@ QuotaRateLimitShmemStartup(void)
 		for (i = 0; i < quota_rl_shared->ns_nbuckets; i++)
 			quota_rl_ns_heads[i] = QUOTA_RL_NONE;
 		quota_rl_shared->ns_free = QUOTA_RL_NONE;
+		pg_atomic_init_u32(&quota_rl_shared->capped, 0);
 		for (i = quota_rl_shared->nns - 1; i >= 0; i--)
 		{
 			quota_rl_ns_records[i].dbid = InvalidOid;
@@ -444,6 +448,7 @@ quota_rl_unlinked(QuotaRlEntry *e)
 		/* before the count drops: at 0 the record may be reused */
 		pg_atomic_write_u64(&n->full_until, 0);
 		pg_atomic_fetch_sub_u32(&n->count, 1);
+		pg_atomic_fetch_sub_u32(&quota_rl_shared->capped, 1);
 		e->ns = QUOTA_RL_NONE;
 	}
 }
@@ -582,6 +587,19 @@ quota_rl_refill(int part)
  * ----------------------------------------------------------------------
  */
 
+/*
+ * the most buckets all capped namespaces together may hold: half the
+ * slots, or one namespace's cap when that is set higher (then the DBA has
+ * chosen to let callers' keys fill the table)
+ */
+uint32
+quota_rl_share(void)
+{
+	uint32		half = (uint32) Max(1, quota_rl_shared->nentries / 2);
+
+	return Max(half, quota_rl_cap());
+}
+
 /* the most buckets one capped namespace may hold */
 uint32
 quota_rl_cap(void)
@@ -676,7 +694,8 @@ quota_rl_ns_create(int64 tenant_id)
  *		full_until mark.  Creates the record when missing.
  */
 static bool
-quota_rl_ns_reserve(int64 tenant_id, uint32 cap, int32 *ns, int64 *until)
+quota_rl_ns_reserve(int64 tenant_id, uint32 cap, int32 *ns, int64 *until,
+					bool *share_full)
 {
 	LWLock	   *lock = quota_rl_lock(QUOTA_RL_NS_LOCK);
 	int32		i;
@@ -711,6 +730,28 @@ quota_rl_ns_reserve(int64 tenant_id, uint32 cap, int32 *ns, int64 *until)
 		if (pg_atomic_compare_exchange_u32(&quota_rl_ns_records[i].count, &c, c + 1))
 			break;
 	}
+	*share_full = false;
+	if (ok)
+	{
+		/* and one more in the share of all capped namespaces */
+		uint32		share = quota_rl_share();
+		uint32		t = pg_atomic_read_u32(&quota_rl_shared->capped);
+
+		for (;;)
+		{
+			if (t >= share)
+			{
+				/* (the lock is held: the record cannot be freed meanwhile) */
+				pg_atomic_fetch_sub_u32(&quota_rl_ns_records[i].count, 1);
+				ok = false;
+				*share_full = true;
+				*until = 0;
+				break;
+			}
+			if (pg_atomic_compare_exchange_u32(&quota_rl_shared->capped, &t, t + 1))
+				break;
+		}
+	}
 	LWLockRelease(lock);
 	*ns = i;
 	return ok;
@@ -721,6 +762,17 @@ void
 quota_rl_ns_release(int32 ns)
 {
 	if (ns != QUOTA_RL_NONE)
+	{
+		pg_atomic_fetch_sub_u32(&quota_rl_ns_records[ns].count, 1);
+		pg_atomic_fetch_sub_u32(&quota_rl_shared->capped, 1);
+	}
+}
+
+/* give a hold (quota_rl_ns_hold) back (QUOTA_RL_NONE: none) */
+void
+quota_rl_ns_unhold(int32 ns)
+{
+	if (ns != QUOTA_RL_NONE)
 		pg_atomic_fetch_sub_u32(&quota_rl_ns_records[ns].count, 1);
 }
 
@@ -728,7 +780,7 @@ quota_rl_ns_release(int32 ns)
  * quota_rl_ns_hold
  *		Keep the existing record of tenant_id's namespace from being freed
  *		(a reservation beyond the cap): its index, or QUOTA_RL_NONE when the
- *		namespace has none.  Give it back with quota_rl_ns_release.
+ *		namespace has none.  Give it back with quota_rl_ns_unhold.
  */
 int32
 quota_rl_ns_hold(int64 tenant_id)
@@ -742,6 +794,19 @@ quota_rl_ns_hold(int64 tenant_id)
 		pg_atomic_fetch_add_u32(&quota_rl_ns_records[i].count, 1);
 	LWLockRelease(lock);
 	return i;
+}
+
+pg_noreturn static void quota_rl_raise_share_full(void);
+
+static void
+quota_rl_raise_share_full(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OUT_OF_MEMORY),
+			 errmsg("the rate-limit keys of callers fill their share of the table"),
+			 errdetail("The keys of rate_limit_check() and of tenants' tenant_rate_limit_check() hold %u live buckets, half the table; the other half is kept for configured rate limits.",
+					   quota_rl_share()),
+			 errhint("Wait until buckets become idle (at most one day), reset them with quota_ext.rate_limit_reset(), or raise quota_ext.rate_limit_slots.")));
 }
 
 pg_noreturn static void quota_rl_raise_ns_full(int64 tenant_id, uint32 cap);
@@ -784,10 +849,13 @@ quota_rl_ns_claim(const QuotaRlBucket *b)
 		int64		now;
 		int64		min_tat = PG_INT64_MAX;
 		int			v;
+		bool		share_full;
 
-		if (quota_rl_ns_reserve(b->ns_tenant, cap, &ns, &until))
+		if (quota_rl_ns_reserve(b->ns_tenant, cap, &ns, &until, &share_full))
 			return ns;
 		now = quota_rl_now();
+		if (attempt > 0 && share_full)
+			quota_rl_raise_share_full();
 		if (attempt > 0 || now < until)
 			quota_rl_raise_ns_full(b->ns_tenant, cap);
 

@@ -46,6 +46,7 @@ $node->safe_psql(
 	SELECT quota_ext.model_register('m');
 	SELECT quota_ext.tenant_create('victim', 'pro');
 	SELECT quota_ext.tenant_create('flooder', 'enterprise');
+	SELECT quota_ext.tenant_create('flooder2', 'enterprise');
 	SELECT quota_ext.policy_set(tenant_id, 'm', true) FROM quota_ext.tenants;
 	SELECT quota_ext.quota_set(tenant_id, 'day', 1000000, 'm') FROM quota_ext.tenants;
 	SELECT quota_ext.rate_limit_set(tenant_id, 1000, 60, 100) FROM quota_ext.tenants WHERE name = 'victim';
@@ -56,6 +57,8 @@ my $victim = $node->safe_psql('postgres', q{SELECT tenant_id FROM quota_ext.tena
 my $flooder = $node->safe_psql('postgres', q{SELECT tenant_id FROM quota_ext.tenants WHERE name = 'flooder'});
 my $vkey = $node->safe_psql('postgres', qq{SELECT api_key FROM quota_ext.user_create($victim, 'v\@victim.example')});
 my $fkey = $node->safe_psql('postgres', qq{SELECT api_key FROM quota_ext.user_create($flooder, 'f\@flooder.example')});
+my $flooder2 = $node->safe_psql('postgres', q{SELECT tenant_id FROM quota_ext.tenants WHERE name = 'flooder2'});
+my $f2key = $node->safe_psql('postgres', qq{SELECT api_key FROM quota_ext.user_create($flooder2, 'f\@flooder2.example')});
 
 # run SQL as the app login; returns (exit code, stdout, stderr)
 sub as_app
@@ -110,6 +113,19 @@ is( $node->safe_psql(
 		    FROM quota_ext.rate_limit_namespaces() ORDER BY tenant_id NULLS FIRST}),
 	"rate_limit_check=1024\n$flooder=1024",
 	'two capped namespaces, 1024 buckets each');
+
+# ---- several namespaces: together they stop at half the table ----
+# (an attacker with a second tenant's key, or the keys of rate_limit_check
+# in a second database, has a third namespace; the other half of the table
+# stays for configured rules, so the victim's invoke below still finds room)
+($ret, $out, $err) = as_app(qq{
+	BEGIN;
+	SELECT tenant_id FROM quota_ext.authenticate('$f2key');
+	SELECT count(*) FROM generate_series(1, 10) g,
+	       LATERAL quota_ext.tenant_rate_limit_check('more-' || g, 0, 1, 3600) r;
+	COMMIT;});
+like($err, qr/ERROR:\s+53200: the rate-limit keys of callers fill their share of the table/,
+	'a third namespace finds the share of capped namespaces (half the table) full: 53200');
 
 # ---- the shared configuration cache ----
 my $entries = sub {
