@@ -36,6 +36,7 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "cache.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"
@@ -82,6 +83,8 @@ quota_auth_xact_callback(XactEvent event, void *arg)
 	quota_key_in_flight = false;
 }
 
+static const QuotaCacheKind key_cache_kind;
+
 /*
  * QuotaKeyArgBegin, QuotaKeyArgDone
  *		A function that takes an API key argument calls Begin first thing
@@ -112,6 +115,7 @@ QuotaAuthInit(void)
 	prev_emit_log_hook = emit_log_hook;
 	emit_log_hook = quota_auth_emit_log;
 	RegisterXactCallback(quota_auth_xact_callback, NULL);
+	QuotaCacheRegister(&key_cache_kind);
 }
 
 static void
@@ -353,6 +357,75 @@ quota_key_read(int64 tenant_id, int64 key_id, QuotaKeyCacheEntry *e)
 	return true;
 }
 
+/* the key cache (cache.h): fill reads the key, opening SPI first */
+typedef struct QuotaKeyFill
+{
+	QuotaSpiState *spi;
+	bool	   *spi_open;
+	bool		queried;		/* the table was read */
+} QuotaKeyFill;
+
+static bool
+key_cache_fill(void *entry, void *arg)
+{
+	QuotaKeyCacheEntry *e = entry;
+	QuotaKeyFill *f = arg;
+
+	if (!*f->spi_open)
+	{
+		QuotaSpiBegin(f->spi);
+		*f->spi_open = true;
+	}
+	f->queried = true;
+	return quota_key_read(e->key.tenant_id, e->key.key_id, e);
+}
+
+static void
+key_cache_pack(const void *entry, QuotaFlat *out)
+{
+	const QuotaKeyCacheEntry *e = entry;
+
+	QUOTA_FLAT_PUT(out, e->hash);
+	QUOTA_FLAT_PUT(out, e->user_id);
+	QUOTA_FLAT_PUT(out, e->role);
+	QUOTA_FLAT_PUT(out, e->expires_at);
+	QUOTA_FLAT_PUT(out, e->last_used_at);
+}
+
+static void
+key_cache_unpack(void *entry, QuotaFlat *in)
+{
+	QuotaKeyCacheEntry *e = entry;
+
+	QUOTA_FLAT_GET(in, e->hash);
+	QUOTA_FLAT_GET(in, e->user_id);
+	QUOTA_FLAT_GET(in, e->role);
+	e->role[sizeof(e->role) - 1] = '\0';
+	QUOTA_FLAT_GET(in, e->expires_at);
+	QUOTA_FLAT_GET(in, e->last_used_at);
+}
+
+/* a key's expiry is checked against the transaction's start, as the query does */
+static bool
+key_cache_current(const void *entry)
+{
+	const QuotaKeyCacheEntry *e = entry;
+
+	return e->expires_at > GetCurrentTransactionStartTimestamp();
+}
+
+static const QuotaCacheKind key_cache_kind = {
+	.id = 1,
+	.name = "quota_ext key cache",
+	.keysize = sizeof(QuotaKeyCacheKey),
+	.entrysize = sizeof(QuotaKeyCacheEntry),
+	.valid_offset = offsetof(QuotaKeyCacheEntry, valid),
+	.fill = key_cache_fill,
+	.pack = key_cache_pack,
+	.unpack = key_cache_unpack,
+	.current = key_cache_current
+};
+
 /*
  * QuotaAuthenticate
  *		Check a key and make its tenant the context of this transaction
@@ -396,14 +469,13 @@ QuotaAuthenticate(text *keytext)
 
 	if (QuotaCacheBegin())
 	{
-		bool		found;
+		QuotaKeyFill fill = {&spi, &spi_open, false};
 
-		e = QuotaCacheLookup(QUOTA_CACHE_KEYS, &ck, sizeof(ck),
-							 sizeof(QuotaKeyCacheEntry), &found);
-		if (found && e->valid && e->expires_at > now &&
+		e = QuotaCacheGet(&key_cache_kind, &ck, &fill);
+		if (e != NULL &&
 			timingsafe_bcmp(digest, e->hash, PG_SHA256_DIGEST_LENGTH) == 0)
 			ok = true;
-		else if (found && e->valid && e->expires_at > now)
+		else if (e != NULL && !fill.queried)
 		{
 			/*
 			 * A wrong secret for a cached key does the work of an unknown
@@ -417,23 +489,7 @@ QuotaAuthenticate(text *keytext)
 			e = NULL;
 		}
 		else
-		{
-			e->valid = false;
-			QuotaSpiBegin(&spi);
-			spi_open = true;
-			if (quota_key_read(ck.tenant_id, ck.key_id, e))
-			{
-				e->valid = true;
-				ok = true;
-				QuotaSharedCachePut(QUOTA_CACHE_KEYS, &ck, sizeof(ck), e,
-									sizeof(QuotaKeyCacheEntry));
-			}
-			else
-			{
-				QuotaCacheForget(QUOTA_CACHE_KEYS, &ck);
-				e = NULL;
-			}
-		}
+			e = NULL;
 	}
 	else
 	{
@@ -479,8 +535,7 @@ QuotaAuthenticate(text *keytext)
 		e->last_used_at = now;
 		/* other backends that take the shared copy need not touch it again */
 		if (e != &local)
-			QuotaSharedCachePut(QUOTA_CACHE_KEYS, &ck, sizeof(ck), e,
-								sizeof(QuotaKeyCacheEntry));
+			QuotaCacheShare(&key_cache_kind, e);
 	}
 	if (spi_open)
 		QuotaSpiEnd(&spi);

@@ -1,9 +1,15 @@
 /*-------------------------------------------------------------------------
  *
  * cache.c
- *		Per-backend cache of the configuration the hot path reads: API keys
- *		(auth.c), tenant + model + policy + price (policy.c) and rate-limit
- *		rules (ratelimit.c).
+ *		Per-backend cache of the configuration the hot path reads, and the
+ *		one protocol every kind of cached answer goes through (cache.h).
+ *
+ * The kinds are registered by their owners (API keys: auth.c; tenant +
+ * model + policy + price: policy.c; rate-limit rules: ratelimit_rules.c;
+ * quota definitions: consume.c); this file knows none of them, only their
+ * QuotaCacheKind: QuotaCacheGet checks the generation's entry in the
+ * backend, then the shared level, then runs the kind's fill, forgets an
+ * answer fill declines, marks the entry valid and files its flat copy.
  *
  * Configuration changes rarely and is read on every request, so each
  * backend keeps what it read in hash tables in its own memory and asks
@@ -91,6 +97,7 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "cache.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"
@@ -179,31 +186,15 @@ static bool quota_config_cache = true;
 static int	quota_config_cache_entries = 20000;
 
 static MemoryContext cache_cxt = NULL;
-static HTAB *cache_tables[QUOTA_CACHE_NKINDS];
 static uint64 cache_generation = 0;
 static bool cache_reset_pending = true;
 
+/* the registered kinds, by id, and each one's table in this backend */
+static const QuotaCacheKind *cache_kinds[QUOTA_CACHE_MAX_KINDS];
+static HTAB *cache_tables[QUOTA_CACHE_MAX_KINDS];
+
 /* this transaction wrote to a table the cache is built from */
 static bool cache_dirty = false;
-
-/*
- * Kinds whose entries are flat (no pointers): QuotaCacheLookup itself fills
- * a new one from the shared level when it holds a copy; the others
- * serialize their entries (QuotaSharedCacheGet/Put).
- */
-static const bool cache_flat[QUOTA_CACHE_NKINDS] = {
-	true,						/* keys */
-	false,						/* policy answers: time zone, prices, roles */
-	true,						/* rate-limit rules */
-	false						/* quota definitions: a row array */
-};
-
-static const char *const cache_names[QUOTA_CACHE_NKINDS] = {
-	"quota_ext key cache",
-	"quota_ext policy cache",
-	"quota_ext rate-limit rule cache",
-	"quota_ext quota definition cache"
-};
 
 /*
  * QuotaCacheShmemRequest
@@ -420,31 +411,50 @@ QuotaConfigUnchanged(uint64 stamp)
 	return generation == stamp;
 }
 
-/*
- * QuotaCacheLookup
- *		The entry for key in one kind's table (after QuotaCacheBegin returned
- *		true), created when missing: *found false means the caller fills it
- *		(every entry starts with its key, then a bool "valid" the caller sets
- *		last, so an entry left half-filled by an error is filled again).  A
- *		new entry of a flat kind is first copied from the shared level when it
- *		holds one (*found true); the caller files what it fills there with
- *		QuotaSharedCachePut.
- */
-void *
-QuotaCacheLookup(QuotaCacheKind kind, const void *key, Size keysize,
-				 Size entrysize, bool *found)
+/* QuotaCacheContext: where entries keep what they point to */
+MemoryContext
+QuotaCacheContext(void)
 {
-	HTAB	   *htab = cache_tables[kind];
+	return cache_cxt;
+}
+
+/*
+ * QuotaCacheRegister
+ *		Make a kind known (its module's Init, from _PG_init).  Ids are the
+ *		kinds' own and must differ: they name the shared level's entries.
+ */
+void
+QuotaCacheRegister(const QuotaCacheKind *kind)
+{
+	if (kind->id <= 0 || kind->id >= QUOTA_CACHE_MAX_KINDS ||
+		(cache_kinds[kind->id] != NULL && cache_kinds[kind->id] != kind))
+		elog(ERROR, "cache kind \"%s\" has a bad or taken id %d",
+			 kind->name, kind->id);
+	Assert(kind->keysize >= sizeof(int64) && kind->keysize <= kind->valid_offset &&
+		   kind->valid_offset < kind->entrysize);
+	cache_kinds[kind->id] = kind;
+}
+
+#define entry_valid(kind, e)	((bool *) ((char *) (e) + (kind)->valid_offset))
+
+/*
+ * cache_enter
+ *		The backend's entry for key, created (not valid) when missing.  A
+ *		table at quota_ext.config_cache_entries empties the whole cache
+ *		first.
+ */
+static void *
+cache_enter(const QuotaCacheKind *kind, const void *key)
+{
+	HTAB	   *htab = cache_tables[kind->id];
 	void	   *e;
+	bool		found;
 
 	if (htab != NULL && hash_get_num_entries(htab) >= quota_config_cache_entries)
 	{
 		e = hash_search(htab, key, HASH_FIND, NULL);
 		if (e != NULL)
-		{
-			*found = true;
 			return e;
-		}
 		quota_cache_reset(cache_generation);
 		htab = NULL;
 	}
@@ -452,50 +462,185 @@ QuotaCacheLookup(QuotaCacheKind kind, const void *key, Size keysize,
 	{
 		HASHCTL		ctl;
 
-		ctl.keysize = keysize;
-		ctl.entrysize = entrysize;
+		ctl.keysize = kind->keysize;
+		ctl.entrysize = kind->entrysize;
 		ctl.hcxt = cache_cxt;
-		htab = hash_create(cache_names[kind], 256, &ctl,
+		htab = hash_create(kind->name, 256, &ctl,
 						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		cache_tables[kind] = htab;
+		cache_tables[kind->id] = htab;
 	}
-	e = hash_search(htab, key, HASH_ENTER, found);
-	/* a flat entry another backend filed in the shared level */
-	if (!*found && cache_flat[kind] && entrysize <= QUOTA_SHARED_DATA)
-	{
-		char		shared[QUOTA_SHARED_DATA];
-
-		if (QuotaSharedCacheGet(kind, key, keysize, shared) == entrysize)
-		{
-			memcpy(e, shared, entrysize);
-			*found = true;
-		}
-	}
+	e = hash_search(htab, key, HASH_ENTER, &found);
+	if (!found)
+		*entry_valid(kind, e) = false;
 	return e;
 }
 
-/* QuotaCacheFind: the entry for key, or NULL (nothing is created) */
-void *
-QuotaCacheFind(QuotaCacheKind kind, const void *key)
+static Size shared_get(int32 kind, const void *key, Size keysize, void *data);
+static void shared_put(int32 kind, const void *key, Size keysize,
+					   const void *data, Size len);
+
+/* a valid entry of the generation that is still in force */
+static bool
+cache_usable(const QuotaCacheKind *kind, void *e)
 {
-	if (cache_tables[kind] == NULL)
+	return e != NULL && *entry_valid(kind, e) &&
+		(kind->current == NULL || kind->current(e));
+}
+
+/*
+ * cache_get
+ *		The protocol (after QuotaCacheBegin returned true): the backend's
+ *		entry, else the shared level's copy (made the backend's), else, when
+ *		arg is not NULL... see QuotaCacheGet and QuotaCachePeek.
+ */
+static void *
+cache_get(const QuotaCacheKind *kind, const void *key, bool may_fill, void *arg)
+{
+	void	   *e = NULL;
+	char		shared[QUOTA_SHARED_DATA];
+	QuotaFlat	flat;
+
+	Assert(cache_kinds[kind->id] == kind);
+	if (cache_tables[kind->id] != NULL)
+		e = hash_search(cache_tables[kind->id], key, HASH_FIND, NULL);
+	if (cache_usable(kind, e))
+		return e;
+
+	/* an entry another backend filed in the shared level */
+	memset(&flat, 0, sizeof(flat));
+	flat.buf = shared;
+	flat.cap = QUOTA_SHARED_DATA;
+	flat.len = shared_get(kind->id, key, kind->keysize, shared);
+	if (flat.len > 0)
+	{
+		e = cache_enter(kind, key);
+		*entry_valid(kind, e) = false;
+		kind->unpack(e, &flat);
+		if (!flat.bad && flat.pos == flat.len)
+			*entry_valid(kind, e) = true;
+		if (cache_usable(kind, e))
+			return e;
+	}
+	if (!may_fill)
 		return NULL;
-	return hash_search(cache_tables[kind], key, HASH_FIND, NULL);
+
+	/* the query; an answer that must not be cached is forgotten */
+	e = cache_enter(kind, key);
+	*entry_valid(kind, e) = false;
+	if (!kind->fill(e, arg))
+	{
+		hash_search(cache_tables[kind->id], key, HASH_REMOVE, NULL);
+		return NULL;
+	}
+	*entry_valid(kind, e) = true;
+	QuotaCacheShare(kind, e);
+	return e;
 }
 
-/* QuotaCacheForget: drop an entry (an answer that must not be cached) */
+/*
+ * QuotaCacheGet
+ *		The answer for key (keysize bytes, zero-padded) of one kind, from the
+ *		cache or filled by the kind's query, which then files it in the
+ *		shared level; NULL when fill declined to cache it (its answer is then
+ *		in arg, which is passed to fill).  Only after QuotaCacheBegin
+ *		returned true in this request, before the filling query takes its
+ *		snapshot (the entry is filed under the generation Begin read).
+ */
+void *
+QuotaCacheGet(const QuotaCacheKind *kind, const void *key, void *arg)
+{
+	return cache_get(kind, key, true, arg);
+}
+
+/*
+ * QuotaCachePeek
+ *		The same without a query: NULL when neither the backend nor the
+ *		shared level holds an answer in force.
+ */
+void *
+QuotaCachePeek(const QuotaCacheKind *kind, const void *key)
+{
+	return cache_get(kind, key, false, NULL);
+}
+
+/*
+ * QuotaCacheShare
+ *		File a valid entry's flat copy in the shared level (again, after the
+ *		owner changed it); one too long for QUOTA_SHARED_DATA is not shared.
+ */
 void
-QuotaCacheForget(QuotaCacheKind kind, const void *key)
+QuotaCacheShare(const QuotaCacheKind *kind, const void *entry)
 {
-	if (cache_tables[kind] != NULL)
-		hash_search(cache_tables[kind], key, HASH_REMOVE, NULL);
+	char		shared[QUOTA_SHARED_DATA];
+	QuotaFlat	flat;
+
+	memset(&flat, 0, sizeof(flat));
+	flat.buf = shared;
+	flat.cap = QUOTA_SHARED_DATA;
+	kind->pack(entry, &flat);
+	if (!flat.bad)
+		shared_put(kind->id, entry, kind->keysize, shared, flat.len);
 }
 
-/* QuotaCacheContext: where entries keep what they point to */
-MemoryContext
-QuotaCacheContext(void)
+/* QuotaFlatPut: n bytes of one field */
+void
+QuotaFlatPut(QuotaFlat *f, const void *p, Size n)
 {
-	return cache_cxt;
+	if (f->bad || n > f->cap - f->len)
+	{
+		f->bad = true;
+		return;
+	}
+	memcpy(f->buf + f->len, p, n);
+	f->len += n;
+}
+
+/* QuotaFlatGet: the next n bytes, into one field (zeros when short) */
+void
+QuotaFlatGet(QuotaFlat *f, void *p, Size n)
+{
+	if (f->bad || n > f->len - f->pos)
+	{
+		f->bad = true;
+		memset(p, 0, n);
+		return;
+	}
+	memcpy(p, f->buf + f->pos, n);
+	f->pos += n;
+}
+
+/* QuotaFlatPutBytes: a length, then as many bytes (p NULL: length 0) */
+void
+QuotaFlatPutBytes(QuotaFlat *f, const void *p, Size n)
+{
+	uint32		len = p != NULL ? (uint32) n : 0;
+
+	QUOTA_FLAT_PUT(f, len);
+	if (len > 0)
+		QuotaFlatPut(f, p, len);
+}
+
+/*
+ * QuotaFlatGetBytes
+ *		The inverse: a copy in the cache's memory, or NULL for length 0.
+ */
+void *
+QuotaFlatGetBytes(QuotaFlat *f)
+{
+	uint32		len;
+	void	   *p;
+
+	QUOTA_FLAT_GET(f, len);
+	if (f->bad || len == 0)
+		return NULL;
+	if (len > f->len - f->pos)
+	{
+		f->bad = true;
+		return NULL;
+	}
+	p = MemoryContextAlloc(cache_cxt, len);
+	QuotaFlatGet(f, p, len);
+	return p;
 }
 
 #define shared_counters(hash) \
@@ -568,23 +713,23 @@ shared_key_tenant(const QuotaSharedKey *sk)
 }
 
 static void
-shared_key(QuotaSharedKey *sk, QuotaCacheKind kind, const void *key, Size keysize)
+shared_key(QuotaSharedKey *sk, int32 kind, const void *key, Size keysize)
 {
 	Assert(keysize <= QUOTA_SHARED_KEY);
 	memset(sk, 0, sizeof(*sk));
 	sk->dbid = MyDatabaseId;
-	sk->kind = (int32) kind;
+	sk->kind = kind;
 	memcpy(sk->key, key, keysize);
 }
 
 /*
- * QuotaSharedCacheGet
+ * shared_get
  *		Copy the shared entry for key into data (QUOTA_SHARED_DATA bytes) and
  *		return its length, or 0 when there is none of the current generation.
  *		Only after QuotaCacheBegin returned true.
  */
-Size
-QuotaSharedCacheGet(QuotaCacheKind kind, const void *key, Size keysize, void *data)
+static Size
+shared_get(int32 kind, const void *key, Size keysize, void *data)
 {
 	QuotaSharedKey sk;
 	QuotaSharedEntry *e;
@@ -637,16 +782,16 @@ shared_sweep(void)
 }
 
 /*
- * QuotaSharedCachePut
+ * shared_put
  *		File len bytes of data for key under the generation QuotaCacheBegin
  *		read (before the query that produced them took its snapshot).  Too
  *		long, or no room in the table or in the tenant's share (after the
  *		entries of past generations were swept, once per generation): not
  *		shared.  The key must start with the tenant id (int64).
  */
-void
-QuotaSharedCachePut(QuotaCacheKind kind, const void *key, Size keysize,
-					const void *data, Size len)
+static void
+shared_put(int32 kind, const void *key, Size keysize,
+		   const void *data, Size len)
 {
 	QuotaSharedKey sk;
 	QuotaSharedEntry *e;

@@ -61,6 +61,7 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "cache.h"
 #include "consume_internal.h"
 
 #include "access/htup_details.h"
@@ -239,6 +240,134 @@ static QuotaPlan defs_plan = {
 };
 
 /*
+ * The quota definition cache (cache.h): fill reads the definitions into the
+ * caller's rows (arg) and keeps a copy; the flat copy holds the fields
+ * parse_quota_rows sets for a definition.
+ */
+static bool
+defs_cache_fill(void *entry, void *arg)
+{
+	QuotaDefsEntry *e = entry;
+	QuotaRow   *rows = arg;
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	int			nd;
+
+	values[0] = Int64GetDatum(e->key.tenant_id);
+	values[1] = Int64GetDatum(e->key.model_id);
+	values[2] = Int64GetDatum(e->key.user_id);
+	values[3] = Int64GetDatum(e->key.key_id);
+	if (e->key.user_id == 0)
+		nulls[2] = 'n';
+	if (e->key.key_id == 0)
+		nulls[3] = 'n';
+	/* not read-only: a fresh snapshot, taken after the cache's generation */
+	QuotaSpiExec(&defs_plan, values, nulls, false, 0);
+	nd = parse_quota_rows(rows, 0);
+	e->rows = nd > 0 ?
+		MemoryContextAlloc(QuotaCacheContext(), sizeof(QuotaRow) * nd) : NULL;
+	if (nd > 0)
+		memcpy(e->rows, rows, sizeof(QuotaRow) * nd);
+	e->n = nd;
+	return true;
+}
+
+static void
+defs_cache_pack(const void *entry, QuotaFlat *out)
+{
+	const QuotaDefsEntry *e = entry;
+	int			i;
+
+	QUOTA_FLAT_PUT(out, e->n);
+	for (i = 0; i < e->n; i++)
+	{
+		const QuotaRow *r = &e->rows[i];
+
+		QUOTA_FLAT_PUT(out, r->quota_id);
+		QUOTA_FLAT_PUT(out, r->period);
+		QUOTA_FLAT_PUT(out, r->label);
+		QUOTA_FLAT_PUT(out, r->metric_calls);
+		QUOTA_FLAT_PUT(out, r->metric_cost);
+		QUOTA_FLAT_PUT(out, r->currency);
+		QUOTA_FLAT_PUT(out, r->max_units);
+		QUOTA_FLAT_PUT(out, r->has_soft);
+		QUOTA_FLAT_PUT(out, r->soft_limit);
+		QUOTA_FLAT_PUT(out, r->on_exceed);
+		QUOTA_FLAT_PUT(out, r->nthresholds);
+		QuotaFlatPut(out, r->thresholds, sizeof(int) * r->nthresholds);
+		QUOTA_FLAT_PUT(out, r->counter_start);
+		QUOTA_FLAT_PUT(out, r->used);
+		QUOTA_FLAT_PUT(out, r->slots);
+		QUOTA_FLAT_PUT(out, r->charged);
+	}
+}
+
+static void
+defs_cache_unpack(void *entry, QuotaFlat *in)
+{
+	QuotaDefsEntry *e = entry;
+	int			i;
+
+	QUOTA_FLAT_GET(in, e->n);
+	if (e->n < 0 || e->n > QUOTA_MAX_QUOTAS)
+	{
+		in->bad = true;
+		e->n = 0;
+	}
+	e->rows = e->n > 0 ?
+		MemoryContextAllocZero(QuotaCacheContext(), sizeof(QuotaRow) * e->n) : NULL;
+	for (i = 0; i < e->n && !in->bad; i++)
+	{
+		QuotaRow   *r = &e->rows[i];
+
+		QUOTA_FLAT_GET(in, r->quota_id);
+		QUOTA_FLAT_GET(in, r->period);
+		QUOTA_FLAT_GET(in, r->label);
+		r->label[sizeof(r->label) - 1] = '\0';
+		QUOTA_FLAT_GET(in, r->metric_calls);
+		QUOTA_FLAT_GET(in, r->metric_cost);
+		QUOTA_FLAT_GET(in, r->currency);
+		r->currency[sizeof(r->currency) - 1] = '\0';
+		QUOTA_FLAT_GET(in, r->max_units);
+		QUOTA_FLAT_GET(in, r->has_soft);
+		QUOTA_FLAT_GET(in, r->soft_limit);
+		QUOTA_FLAT_GET(in, r->on_exceed);
+		QUOTA_FLAT_GET(in, r->nthresholds);
+		if (r->nthresholds < 0 || r->nthresholds > QUOTA_MAX_THRESHOLDS)
+		{
+			in->bad = true;
+			r->nthresholds = 0;
+		}
+		QuotaFlatGet(in, r->thresholds, sizeof(int) * r->nthresholds);
+		QUOTA_FLAT_GET(in, r->counter_start);
+		QUOTA_FLAT_GET(in, r->used);
+		QUOTA_FLAT_GET(in, r->slots);
+		QUOTA_FLAT_GET(in, r->charged);
+	}
+}
+
+static const QuotaCacheKind defs_cache_kind = {
+	.id = 4,
+	.name = "quota_ext quota definition cache",
+	.keysize = sizeof(QuotaDefsKey),
+	.entrysize = sizeof(QuotaDefsEntry),
+	.valid_offset = offsetof(QuotaDefsEntry, valid),
+	.fill = defs_cache_fill,
+	.pack = defs_cache_pack,
+	.unpack = defs_cache_unpack
+};
+
+/*
+ * QuotaConsumeInit
+ *		Called by _PG_init: the quota definition cache's kind.
+ */
+void
+QuotaConsumeInit(void)
+{
+	QuotaCacheRegister(&defs_cache_kind);
+}
+
+/*
  * lock_cached_counters
  *		lock_counters for a new charge when the configuration cache may be
  *		used (cache.c): the quota definitions come from the cache, and only
@@ -252,9 +381,6 @@ lock_cached_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_i
 {
 	QuotaDefsKey key;
 	QuotaDefsEntry *e;
-	bool		found;
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
 	int64	   *ids;
 	bool	   *found_ids;
 	TimestampTz *starts;
@@ -270,59 +396,7 @@ lock_cached_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_i
 	key.model_id = model_id;
 	key.user_id = user_id;
 	key.key_id = key_id;
-	e = QuotaCacheLookup(QUOTA_CACHE_QUOTAS, &key, sizeof(key),
-						 sizeof(QuotaDefsEntry), &found);
-	if (!found)
-		e->valid = false;
-	if (!e->valid)
-	{
-		char		shared[QUOTA_SHARED_DATA];
-		Size		len;
-
-		/* the level shared by all backends (cache.c): the count, then the rows */
-		len = QuotaSharedCacheGet(QUOTA_CACHE_QUOTAS, &key, sizeof(key), shared);
-		if (len >= sizeof(int) && len == sizeof(int) + sizeof(QuotaRow) * *(int *) shared)
-		{
-			e->n = *(int *) shared;
-			e->rows = e->n > 0 ?
-				MemoryContextAlloc(QuotaCacheContext(), sizeof(QuotaRow) * e->n) : NULL;
-			if (e->n > 0)
-				memcpy(e->rows, shared + sizeof(int), sizeof(QuotaRow) * e->n);
-			e->valid = true;
-		}
-	}
-	if (!e->valid)
-	{
-		int			nd;
-		char		shared[QUOTA_SHARED_DATA];
-
-		e->valid = false;
-		values[0] = Int64GetDatum(tenant_id);
-		values[1] = Int64GetDatum(model_id);
-		values[2] = Int64GetDatum(user_id);
-		values[3] = Int64GetDatum(key_id);
-		if (user_id == 0)
-			nulls[2] = 'n';
-		if (key_id == 0)
-			nulls[3] = 'n';
-		/* not read-only: a fresh snapshot, taken after the cache's generation */
-		QuotaSpiExec(&defs_plan, values, nulls, false, 0);
-		nd = parse_quota_rows(rows, 0);
-		e->rows = nd > 0 ?
-			MemoryContextAlloc(QuotaCacheContext(), sizeof(QuotaRow) * nd) : NULL;
-		if (nd > 0)
-			memcpy(e->rows, rows, sizeof(QuotaRow) * nd);
-		e->n = nd;
-		e->valid = true;
-		if (sizeof(int) + sizeof(QuotaRow) * nd <= QUOTA_SHARED_DATA)
-		{
-			memcpy(shared, &nd, sizeof(int));
-			if (nd > 0)
-				memcpy(shared + sizeof(int), rows, sizeof(QuotaRow) * nd);
-			QuotaSharedCachePut(QUOTA_CACHE_QUOTAS, &key, sizeof(key), shared,
-								sizeof(int) + sizeof(QuotaRow) * nd);
-		}
-	}
+	e = QuotaCacheGet(&defs_cache_kind, &key, rows);
 	if (e->n == 0)
 		return 0;
 

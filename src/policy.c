@@ -22,6 +22,7 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "cache.h"
 
 #include "catalog/pg_type.h"
 #include "utils/array.h"
@@ -177,100 +178,131 @@ quota_policy_copy(QuotaPolicyResult *res)
 	res->price.output_per_1k = quota_copy_numeric(res->price.has_output, res->price.output_per_1k);
 }
 
-/*
- * The entry as a flat copy for the shared level (cache.c): the fixed part,
- * then the time zone, the three prices and the role list, each as long as
- * the header says (0: absent).
- */
-typedef struct QuotaPolicyBlob
+/* the policy cache (cache.h): fill reads the tables, arg is the caller's answer */
+static bool
+policy_cache_fill(void *entry, void *arg)
 {
-	QuotaPolicyResult res;		/* its pointers are not used */
+	QuotaPolicyCacheEntry *e = entry;
+	QuotaPolicyResult *out = arg;
+	QuotaPolicyResult res;
 	bool		policy_allows;
-	int32		len[5];			/* time zone (with its NUL), 3 prices, roles */
-} QuotaPolicyBlob;
+	ArrayType  *roles;
+	MemoryContext old;
 
-static Size
-quota_policy_pack(const QuotaPolicyCacheEntry *e, char *buf)
-{
-	QuotaPolicyBlob *b = (QuotaPolicyBlob *) buf;
-	const void *part[5];
-	Size		off = MAXALIGN(sizeof(QuotaPolicyBlob));
-	int			i;
-
-	memset(b, 0, sizeof(*b));
-	b->res = e->res;
-	b->policy_allows = e->policy_allows;
-	part[0] = e->res.timezone;
-	b->len[0] = e->res.timezone ? strlen(e->res.timezone) + 1 : 0;
-	part[1] = DatumGetPointer(e->res.price.unit_price);
-	b->len[1] = e->res.price.has_unit ? VARSIZE_ANY(part[1]) : 0;
-	part[2] = DatumGetPointer(e->res.price.input_per_1k);
-	b->len[2] = e->res.price.has_input ? VARSIZE_ANY(part[2]) : 0;
-	part[3] = DatumGetPointer(e->res.price.output_per_1k);
-	b->len[3] = e->res.price.has_output ? VARSIZE_ANY(part[3]) : 0;
-	part[4] = e->roles;
-	b->len[4] = e->roles ? VARSIZE(e->roles) : 0;
-	for (i = 0; i < 5; i++)
+	quota_policy_read(e->key.tenant_id, e->key.model, &res, &policy_allows, &roles);
+	if (!res.tenant_found || res.model_id == 0)
 	{
-		if (off + MAXALIGN(b->len[i]) > QUOTA_SHARED_DATA)
-			return 0;
-		if (b->len[i] > 0)
-			memcpy(buf + off, part[i], b->len[i]);
-		off += MAXALIGN(b->len[i]);
+		/*
+		 * Unknown tenants are not cached, nor names that match no model (the
+		 * caller makes those up: caching them would let a flood of junk
+		 * names fill the cache).  No model: no policy allows.
+		 */
+		*out = res;
+		out->allowed = false;
+		return false;
 	}
-	return off;
+	old = MemoryContextSwitchTo(QuotaCacheContext());
+	quota_policy_copy(&res);
+	e->roles = roles ? DatumGetArrayTypePCopy(PointerGetDatum(roles)) : NULL;
+	MemoryContextSwitchTo(old);
+	e->res = res;
+	e->policy_allows = policy_allows;
+	return true;
 }
 
-/* the inverse, into the cache's memory */
+/* a numeric price as its varlena bytes, or nothing */
 static void
-quota_policy_unpack(QuotaPolicyCacheEntry *e, const char *buf)
+policy_put_numeric(QuotaFlat *out, bool has, Datum d)
 {
-	const QuotaPolicyBlob *b = (const QuotaPolicyBlob *) buf;
-	Size		off = MAXALIGN(sizeof(QuotaPolicyBlob));
-	void	   *part[5];
-	int			i;
-
-	for (i = 0; i < 5; i++)
-	{
-		part[i] = NULL;
-		if (b->len[i] > 0)
-		{
-			part[i] = MemoryContextAlloc(QuotaCacheContext(), b->len[i]);
-			memcpy(part[i], buf + off, b->len[i]);
-		}
-		off += MAXALIGN(b->len[i]);
-	}
-	e->res = b->res;
-	e->res.timezone = part[0];
-	e->res.price.unit_price = PointerGetDatum(part[1]);
-	e->res.price.input_per_1k = PointerGetDatum(part[2]);
-	e->res.price.output_per_1k = PointerGetDatum(part[3]);
-	e->roles = part[4];
-	e->policy_allows = b->policy_allows;
-	e->valid = true;
+	QuotaFlatPutBytes(out, has ? DatumGetPointer(d) : NULL,
+					  has ? VARSIZE_ANY(DatumGetPointer(d)) : 0);
 }
+
+static void
+policy_cache_pack(const void *entry, QuotaFlat *out)
+{
+	const QuotaPolicyCacheEntry *e = entry;
+	const QuotaPolicyResult *r = &e->res;
+
+	QUOTA_FLAT_PUT(out, r->tenant_found);
+	QUOTA_FLAT_PUT(out, r->tenant_active);
+	QuotaFlatPutBytes(out, r->timezone, r->timezone ? strlen(r->timezone) + 1 : 0);
+	QUOTA_FLAT_PUT(out, r->model_id);
+	QUOTA_FLAT_PUT(out, r->has_slots);
+	QUOTA_FLAT_PUT(out, r->price.found);
+	QUOTA_FLAT_PUT(out, r->price.price_id);
+	QUOTA_FLAT_PUT(out, r->price.currency);
+	QUOTA_FLAT_PUT(out, r->price.has_unit);
+	QUOTA_FLAT_PUT(out, r->price.has_input);
+	QUOTA_FLAT_PUT(out, r->price.has_output);
+	policy_put_numeric(out, r->price.has_unit, r->price.unit_price);
+	policy_put_numeric(out, r->price.has_input, r->price.input_per_1k);
+	policy_put_numeric(out, r->price.has_output, r->price.output_per_1k);
+	QUOTA_FLAT_PUT(out, r->price.valid_until);
+	QUOTA_FLAT_PUT(out, e->policy_allows);
+	QuotaFlatPutBytes(out, e->roles, e->roles ? VARSIZE(e->roles) : 0);
+}
+
+static void
+policy_cache_unpack(void *entry, QuotaFlat *in)
+{
+	QuotaPolicyCacheEntry *e = entry;
+	QuotaPolicyResult *r = &e->res;
+
+	memset(r, 0, sizeof(*r));
+	QUOTA_FLAT_GET(in, r->tenant_found);
+	QUOTA_FLAT_GET(in, r->tenant_active);
+	r->timezone = QuotaFlatGetBytes(in);
+	QUOTA_FLAT_GET(in, r->model_id);
+	QUOTA_FLAT_GET(in, r->has_slots);
+	QUOTA_FLAT_GET(in, r->price.found);
+	QUOTA_FLAT_GET(in, r->price.price_id);
+	QUOTA_FLAT_GET(in, r->price.currency);
+	QUOTA_FLAT_GET(in, r->price.has_unit);
+	QUOTA_FLAT_GET(in, r->price.has_input);
+	QUOTA_FLAT_GET(in, r->price.has_output);
+	r->price.unit_price = PointerGetDatum(QuotaFlatGetBytes(in));
+	r->price.input_per_1k = PointerGetDatum(QuotaFlatGetBytes(in));
+	r->price.output_per_1k = PointerGetDatum(QuotaFlatGetBytes(in));
+	QUOTA_FLAT_GET(in, r->price.valid_until);
+	QUOTA_FLAT_GET(in, e->policy_allows);
+	e->roles = QuotaFlatGetBytes(in);
+	/* a price or time zone that went missing would be read as present */
+	if ((r->price.has_unit && r->price.unit_price == (Datum) 0) ||
+		(r->price.has_input && r->price.input_per_1k == (Datum) 0) ||
+		(r->price.has_output && r->price.output_per_1k == (Datum) 0))
+		in->bad = true;
+}
+
+/* the price in force when the answer was read changes at valid_until */
+static bool
+policy_cache_current(const void *entry)
+{
+	const QuotaPolicyCacheEntry *e = entry;
+
+	return GetCurrentTimestamp() < e->res.price.valid_until;
+}
+
+static const QuotaCacheKind policy_cache_kind = {
+	.id = 2,
+	.name = "quota_ext policy cache",
+	.keysize = sizeof(QuotaPolicyCacheKey),
+	.entrysize = sizeof(QuotaPolicyCacheEntry),
+	.valid_offset = offsetof(QuotaPolicyCacheEntry, valid),
+	.fill = policy_cache_fill,
+	.pack = policy_cache_pack,
+	.unpack = policy_cache_unpack,
+	.current = policy_cache_current
+};
 
 /*
- * quota_policy_cached
- *		The valid answer for key from the backend's cache or, failing that,
- *		from the level shared by all backends (copied into the backend's);
- *		NULL when neither holds one that is still in force.
+ * QuotaPolicyInit
+ *		Called by _PG_init: the policy cache's kind.
  */
-static QuotaPolicyCacheEntry *
-quota_policy_cached(const QuotaPolicyCacheKey *key)
+void
+QuotaPolicyInit(void)
 {
-	QuotaPolicyCacheEntry *e = QuotaCacheFind(QUOTA_CACHE_POLICIES, key);
-	char		shared[QUOTA_SHARED_DATA];
-	bool		found;
-
-	if (e != NULL && e->valid && GetCurrentTimestamp() < e->res.price.valid_until)
-		return e;
-	if (QuotaSharedCacheGet(QUOTA_CACHE_POLICIES, key, sizeof(*key), shared) == 0)
-		return NULL;
-	e = QuotaCacheLookup(QUOTA_CACHE_POLICIES, key, sizeof(*key),
-						 sizeof(QuotaPolicyCacheEntry), &found);
-	quota_policy_unpack(e, shared);
-	return GetCurrentTimestamp() < e->res.price.valid_until ? e : NULL;
+	QuotaCacheRegister(&policy_cache_kind);
 }
 
 static void
@@ -313,7 +345,6 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 {
 	QuotaPolicyCacheKey key;
 	QuotaPolicyCacheEntry *e;
-	bool		found;
 
 	if (strlen(model) >= QUOTA_POLICY_CACHE_NAME || !QuotaCacheBegin())
 	{
@@ -323,43 +354,9 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 	memset(&key, 0, sizeof(key));
 	key.tenant_id = tenant_id;
 	strlcpy(key.model, model, sizeof(key.model));
-	e = quota_policy_cached(&key);
+	e = QuotaCacheGet(&policy_cache_kind, &key, out);
 	if (e == NULL)
-	{
-		QuotaPolicyResult res;
-		bool		policy_allows;
-		ArrayType  *roles;
-		MemoryContext old;
-		char		shared[QUOTA_SHARED_DATA];
-		Size		len;
-
-		e = QuotaCacheLookup(QUOTA_CACHE_POLICIES, &key, sizeof(key),
-							 sizeof(QuotaPolicyCacheEntry), &found);
-		e->valid = false;
-		quota_policy_read(tenant_id, model, &res, &policy_allows, &roles);
-		if (!res.tenant_found || res.model_id == 0)
-		{
-			/*
-			 * Unknown tenants are not cached, nor names that match no model
-			 * (the caller makes those up: caching them would let a flood of
-			 * junk names fill the cache).  No model: no policy allows.
-			 */
-			QuotaCacheForget(QUOTA_CACHE_POLICIES, &key);
-			*out = res;
-			out->allowed = false;
-			return;
-		}
-		old = MemoryContextSwitchTo(QuotaCacheContext());
-		quota_policy_copy(&res);
-		e->roles = roles ? DatumGetArrayTypePCopy(PointerGetDatum(roles)) : NULL;
-		MemoryContextSwitchTo(old);
-		e->res = res;
-		e->policy_allows = policy_allows;
-		e->valid = true;
-		len = quota_policy_pack(e, shared);
-		if (len > 0)
-			QuotaSharedCachePut(QUOTA_CACHE_POLICIES, &key, sizeof(key), shared, len);
-	}
+		return;					/* not cached: fill left the answer in out */
 	quota_policy_answer(e, role, out);
 }
 
@@ -380,7 +377,7 @@ QuotaPolicyFromCache(int64 tenant_id, const char *model, const char *role,
 	memset(&key, 0, sizeof(key));
 	key.tenant_id = tenant_id;
 	strlcpy(key.model, model, sizeof(key.model));
-	e = quota_policy_cached(&key);
+	e = QuotaCachePeek(&policy_cache_kind, &key);
 	if (e == NULL)
 		return false;
 	quota_policy_answer(e, role, out);

@@ -25,6 +25,9 @@ _PG_init(void)
 	QuotaCacheInit();
 	QuotaAuthInit();
 	QuotaRateLimitInit();
+	QuotaRateRulesInit();
+	QuotaPolicyInit();
+	QuotaConsumeInit();
 	QuotaMeteringInit();
 	QuotaStatsInit();
 	QuotaShmemInit();

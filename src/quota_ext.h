@@ -89,34 +89,15 @@ extern void QuotaIdentityResolve(FunctionCallInfo fcinfo, int64 tenant_id,
 								 QuotaIdentity *id);
 pg_noreturn extern void QuotaRaiseUnknownTenant(int64 tenant_id);
 
-/* cache.c: per-backend cache of the configuration */
-typedef enum QuotaCacheKind
-{
-	QUOTA_CACHE_KEYS,			/* auth.c */
-	QUOTA_CACHE_POLICIES,		/* policy.c */
-	QUOTA_CACHE_RATE_RULES,		/* ratelimit.c */
-	QUOTA_CACHE_QUOTAS,			/* consume.c: quota definitions */
-	QUOTA_CACHE_NKINDS
-} QuotaCacheKind;
-
+/* cache.c: the configuration cache (cache.h) */
+extern uint64 QuotaConfigStamp(void);
+extern bool QuotaConfigUnchanged(uint64 stamp);
 extern void QuotaCacheInit(void);
 extern void QuotaCacheShmemRequest(void);
 extern void QuotaCacheShmemStartup(void);
-extern bool QuotaCacheBegin(void);
-extern uint64 QuotaConfigStamp(void);
-extern bool QuotaConfigUnchanged(uint64 stamp);
-extern void *QuotaCacheLookup(QuotaCacheKind kind, const void *key, Size keysize,
-							  Size entrysize, bool *found);
-extern void *QuotaCacheFind(QuotaCacheKind kind, const void *key);
-extern void QuotaCacheForget(QuotaCacheKind kind, const void *key);
-extern MemoryContext QuotaCacheContext(void);
-
-/* the level shared by all backends: flat copies of entries (cache.c) */
-#define QUOTA_SHARED_DATA	1024
-extern Size QuotaSharedCacheGet(QuotaCacheKind kind, const void *key, Size keysize,
-								void *data);
-extern void QuotaSharedCachePut(QuotaCacheKind kind, const void *key, Size keysize,
-								const void *data, Size len);
+extern void QuotaPolicyInit(void);
+extern void QuotaConsumeInit(void);
+extern void QuotaRateRulesInit(void);
 
 /* auth.c: API keys */
 extern void QuotaAuthInit(void);

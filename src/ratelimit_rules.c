@@ -28,6 +28,7 @@
 #include "utils/tuplestore.h"
 #include "utils/typcache.h"
 
+#include "cache.h"
 #include "ratelimit_internal.h"
 
 /* ----------------------------------------------------------------------
@@ -144,9 +145,77 @@ quota_rl_rules_read(int64 tenant_id, int64 model_id, int64 key_id,
 	return true;
 }
 
+/* the rule cache (cache.h) */
+static bool
+rules_cache_fill(void *entry, void *arg)
+{
+	QuotaRlRulesEntry *e = entry;
+
+	return quota_rl_rules_read(e->key.tenant_id, e->key.model_id, e->key.key_id,
+							   e->rules, &e->n);
+}
+
+static void
+rules_cache_pack(const void *entry, QuotaFlat *out)
+{
+	const QuotaRlRulesEntry *e = entry;
+	int			i;
+
+	QUOTA_FLAT_PUT(out, e->n);
+	for (i = 0; i < e->n; i++)
+	{
+		QUOTA_FLAT_PUT(out, e->rules[i].rule_id);
+		QUOTA_FLAT_PUT(out, e->rules[i].max_burst);
+		QUOTA_FLAT_PUT(out, e->rules[i].count);
+		QUOTA_FLAT_PUT(out, e->rules[i].period);
+	}
+}
+
+static void
+rules_cache_unpack(void *entry, QuotaFlat *in)
+{
+	QuotaRlRulesEntry *e = entry;
+	int			i;
+
+	QUOTA_FLAT_GET(in, e->n);
+	if (e->n < 0 || e->n > QUOTA_RL_MAX_RULES)
+	{
+		in->bad = true;
+		e->n = 0;
+	}
+	for (i = 0; i < e->n; i++)
+	{
+		QUOTA_FLAT_GET(in, e->rules[i].rule_id);
+		QUOTA_FLAT_GET(in, e->rules[i].max_burst);
+		QUOTA_FLAT_GET(in, e->rules[i].count);
+		QUOTA_FLAT_GET(in, e->rules[i].period);
+	}
+}
+
+static const QuotaCacheKind rules_cache_kind = {
+	.id = 3,
+	.name = "quota_ext rate-limit rule cache",
+	.keysize = sizeof(QuotaRlRulesKey),
+	.entrysize = sizeof(QuotaRlRulesEntry),
+	.valid_offset = offsetof(QuotaRlRulesEntry, valid),
+	.fill = rules_cache_fill,
+	.pack = rules_cache_pack,
+	.unpack = rules_cache_unpack
+};
+
+/*
+ * QuotaRateRulesInit
+ *		Called by _PG_init: the rule cache's kind.
+ */
+void
+QuotaRateRulesInit(void)
+{
+	QuotaCacheRegister(&rules_cache_kind);
+}
+
 /*
  * quota_rl_rules
- *		quota_rl_rules_read through the backend's configuration cache.
+ *		quota_rl_rules_read through the configuration cache.
  */
 static void
 quota_rl_rules(int64 tenant_id, int64 model_id, int64 key_id,
@@ -154,7 +223,6 @@ quota_rl_rules(int64 tenant_id, int64 model_id, int64 key_id,
 {
 	QuotaRlRulesKey key;
 	QuotaRlRulesEntry *e;
-	bool		found;
 
 	if (!QuotaCacheBegin())
 	{
@@ -166,20 +234,9 @@ quota_rl_rules(int64 tenant_id, int64 model_id, int64 key_id,
 	key.tenant_id = tenant_id;
 	key.model_id = model_id;
 	key.key_id = key_id;
-	e = QuotaCacheLookup(QUOTA_CACHE_RATE_RULES, &key, sizeof(key),
-						 sizeof(QuotaRlRulesEntry), &found);
-	if (!found || !e->valid)
-	{
-		e->valid = false;
-		if (!quota_rl_rules_read(tenant_id, model_id, key_id, e->rules, &e->n))
-		{
-			QuotaCacheForget(QUOTA_CACHE_RATE_RULES, &key);
-			QuotaRaiseUnknownTenant(tenant_id);
-		}
-		e->valid = true;
-		QuotaSharedCachePut(QUOTA_CACHE_RATE_RULES, &key, sizeof(key), e,
-							sizeof(QuotaRlRulesEntry));
-	}
+	e = QuotaCacheGet(&rules_cache_kind, &key, NULL);
+	if (e == NULL)
+		QuotaRaiseUnknownTenant(tenant_id);
 	memcpy(rules, e->rules, sizeof(QuotaRlRule) * e->n);
 	*nrules = e->n;
 }
