@@ -13,6 +13,11 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "spi.h"
+#include "context.h"
+#include "args.h"
+#include "period.h"
+#include "metering.h"
 #include "consume_internal.h"
 
 #include "access/htup_details.h"

@@ -10,6 +10,8 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "args.h"
+#include "metering.h"
 #include "consume_internal.h"
 
 #include "access/htup_details.h"

@@ -36,7 +36,11 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "spi.h"
+#include "context.h"
 #include "cache.h"
+#include "args.h"
+#include "auth.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"

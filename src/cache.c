@@ -97,6 +97,7 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "context.h"
 #include "cache.h"
 
 #include "access/htup_details.h"

@@ -21,7 +21,7 @@
 #ifndef QUOTA_CACHE_H
 #define QUOTA_CACHE_H
 
-#include "postgres.h"
+#include "quota_ext.h"
 
 /* most kinds; a kind's id is 1 .. QUOTA_CACHE_MAX_KINDS - 1 */
 #define QUOTA_CACHE_MAX_KINDS	8

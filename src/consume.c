@@ -61,7 +61,18 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "spi.h"
+#include "context.h"
 #include "cache.h"
+#include "args.h"
+#include "auth.h"
+#include "period.h"
+#include "metering.h"
+#include "policy.h"
+#include "ratelimit.h"
+#include "stats.h"
+#include "direct.h"
+#include "consume.h"
 #include "consume_internal.h"
 
 #include "access/htup_details.h"

@@ -33,6 +33,7 @@
 #define CONSUME_INTERNAL_H
 
 #include "quota_ext.h"
+#include "period.h"
 
 #include "executor/tuptable.h"
 #include "utils/timestamp.h"

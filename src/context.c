@@ -24,6 +24,9 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "spi.h"
+#include "context.h"
+#include "args.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"

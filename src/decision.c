@@ -10,6 +10,9 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "context.h"
+#include "args.h"
+#include "metering.h"
 #include "consume_internal.h"
 
 #include "access/htup_details.h"

@@ -38,6 +38,7 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "direct.h"
 
 #include "access/genam.h"
 #include "access/relscan.h"

@@ -7,6 +7,7 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "spi.h"
 #include "consume_internal.h"
 
 #include "access/htup_details.h"

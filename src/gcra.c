@@ -72,6 +72,8 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "args.h"
+#include "gcra.h"
 
 #include "access/htup_details.h"
 #include "common/int.h"

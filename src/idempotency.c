@@ -7,6 +7,9 @@
  *
  *-------------------------------------------------------------------------
  */
+#include "spi.h"
+#include "args.h"
+#include "metering.h"
 #include "consume_internal.h"
 
 #include "access/htup_details.h"

@@ -22,31 +22,16 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "spi.h"
+#include "metering.h"
 
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgrprotos.h"
-#include "utils/guc.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
-
-/* quota_ext.audit_retention_global: read by quota_ext.audit_purge() */
-static char *audit_retention_global = NULL;
-
-void
-QuotaMeteringInit(void)
-{
-	DefineCustomStringVariable("quota_ext.audit_retention_global",
-							   "How long audit rows of global changes (tenant 0) are kept.",
-							   "An interval; empty means the longest audit_retention of any tier.",
-							   &audit_retention_global,
-							   "",
-							   PGC_SUSET,
-							   0,
-							   NULL, NULL, NULL);
-}
 
 /*
  * The columns a price query returns, in this order, from first_col on:

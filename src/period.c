@@ -16,6 +16,8 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "args.h"
+#include "period.h"
 
 #include "access/htup_details.h"
 #include "funcapi.h"

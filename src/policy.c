@@ -22,7 +22,12 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "spi.h"
+#include "context.h"
 #include "cache.h"
+#include "args.h"
+#include "metering.h"
+#include "policy.h"
 
 #include "catalog/pg_type.h"
 #include "utils/array.h"

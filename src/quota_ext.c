@@ -11,6 +11,15 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "context.h"
+#include "cache.h"
+#include "auth.h"
+#include "policy.h"
+#include "ratelimit.h"
+#include "stats.h"
+#include "consume.h"
+#include "audit.h"
+#include "shmem.h"
 
 #include "utils/guc.h"
 
@@ -24,11 +33,11 @@ _PG_init(void)
 	QuotaContextInit();
 	QuotaCacheInit();
 	QuotaAuthInit();
-	QuotaRateLimitInit();
-	QuotaRateRulesInit();
 	QuotaPolicyInit();
 	QuotaConsumeInit();
-	QuotaMeteringInit();
+	QuotaRateLimitInit();
+	QuotaRateRulesInit();
+	QuotaAuditInit();
 	QuotaStatsInit();
 	QuotaShmemInit();
 

@@ -10,6 +10,11 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "spi.h"
+#include "context.h"
+#include "args.h"
+#include "gcra.h"
+#include "ratelimit.h"
 
 #include <time.h>
 

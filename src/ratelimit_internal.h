@@ -14,6 +14,7 @@
 #define QUOTA_RATELIMIT_INTERNAL_H
 
 #include "quota_ext.h"
+#include "gcra.h"
 
 #include "port/atomics.h"
 #include "storage/lwlock.h"

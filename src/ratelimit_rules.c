@@ -9,6 +9,11 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "spi.h"
+#include "context.h"
+#include "cache.h"
+#include "gcra.h"
+#include "ratelimit.h"
 
 #include <time.h>
 
@@ -28,7 +33,6 @@
 #include "utils/tuplestore.h"
 #include "utils/typcache.h"
 
-#include "cache.h"
 #include "ratelimit_internal.h"
 
 /* ----------------------------------------------------------------------

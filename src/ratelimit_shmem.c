@@ -121,6 +121,8 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "gcra.h"
+#include "ratelimit.h"
 
 #include <time.h>
 

@@ -16,6 +16,10 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "cache.h"
+#include "ratelimit.h"
+#include "stats.h"
+#include "shmem.h"
 
 #include "miscadmin.h"
 #include "storage/ipc.h"

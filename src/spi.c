@@ -42,6 +42,7 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "spi.h"
 
 #include "access/htup_details.h"
 #include "catalog/namespace.h"

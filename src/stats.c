@@ -24,6 +24,8 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "context.h"
+#include "stats.h"
 
 #include "funcapi.h"
 #include "miscadmin.h"
