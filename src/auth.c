@@ -87,8 +87,6 @@ quota_auth_xact_callback(XactEvent event, void *arg)
 	quota_key_in_flight = false;
 }
 
-static const QuotaCacheKind key_cache_kind;
-
 /*
  * QuotaKeyArgBegin, QuotaKeyArgDone
  *		A function that takes an API key argument calls Begin first thing
@@ -119,7 +117,6 @@ QuotaAuthInit(void)
 	prev_emit_log_hook = emit_log_hook;
 	emit_log_hook = quota_auth_emit_log;
 	RegisterXactCallback(quota_auth_xact_callback, NULL);
-	QuotaCacheRegister(&key_cache_kind);
 }
 
 static void
@@ -385,28 +382,16 @@ key_cache_fill(void *entry, void *arg)
 }
 
 static void
-key_cache_pack(const void *entry, QuotaFlat *out)
-{
-	const QuotaKeyCacheEntry *e = entry;
-
-	QUOTA_FLAT_PUT(out, e->hash);
-	QUOTA_FLAT_PUT(out, e->user_id);
-	QUOTA_FLAT_PUT(out, e->role);
-	QUOTA_FLAT_PUT(out, e->expires_at);
-	QUOTA_FLAT_PUT(out, e->last_used_at);
-}
-
-static void
-key_cache_unpack(void *entry, QuotaFlat *in)
+key_cache_flat(void *entry, QuotaFlat *f)
 {
 	QuotaKeyCacheEntry *e = entry;
 
-	QUOTA_FLAT_GET(in, e->hash);
-	QUOTA_FLAT_GET(in, e->user_id);
-	QUOTA_FLAT_GET(in, e->role);
+	QUOTA_FLAT(f, e->hash);
+	QUOTA_FLAT(f, e->user_id);
+	QUOTA_FLAT(f, e->role);
 	e->role[sizeof(e->role) - 1] = '\0';
-	QUOTA_FLAT_GET(in, e->expires_at);
-	QUOTA_FLAT_GET(in, e->last_used_at);
+	QUOTA_FLAT(f, e->expires_at);
+	QUOTA_FLAT(f, e->last_used_at);
 }
 
 /* a key's expiry is checked against the transaction's start, as the query does */
@@ -418,17 +403,9 @@ key_cache_current(const void *entry)
 	return e->expires_at > GetCurrentTransactionStartTimestamp();
 }
 
-static const QuotaCacheKind key_cache_kind = {
-	.id = 1,
-	.name = "quota_ext key cache",
-	.keysize = sizeof(QuotaKeyCacheKey),
-	.entrysize = sizeof(QuotaKeyCacheEntry),
-	.valid_offset = offsetof(QuotaKeyCacheEntry, valid),
-	.fill = key_cache_fill,
-	.pack = key_cache_pack,
-	.unpack = key_cache_unpack,
-	.current = key_cache_current
-};
+static const QuotaCacheKind key_cache_kind =
+	QUOTA_CACHE_KIND(QuotaKeyCacheEntry, 1, "quota_ext key cache",
+					 key_cache_fill, key_cache_flat, key_cache_current);
 
 /*
  * QuotaAuthenticate

@@ -420,15 +420,15 @@ QuotaCacheContext(void)
 }
 
 /*
- * QuotaCacheRegister
- *		Make a kind known (its module's Init, from _PG_init).  Ids are the
- *		kinds' own and must differ: they name the shared level's entries.
+ * cache_register
+ *		Make a kind known at its first use.  Ids are the kinds' own and must
+ *		differ: they name the shared level's entries.
  */
-void
-QuotaCacheRegister(const QuotaCacheKind *kind)
+static void
+cache_register(const QuotaCacheKind *kind)
 {
 	if (kind->id <= 0 || kind->id >= QUOTA_CACHE_MAX_KINDS ||
-		(cache_kinds[kind->id] != NULL && cache_kinds[kind->id] != kind))
+		cache_kinds[kind->id] != NULL)
 		elog(ERROR, "cache kind \"%s\" has a bad or taken id %d",
 			 kind->name, kind->id);
 	Assert(kind->keysize >= sizeof(int64) && kind->keysize <= kind->valid_offset &&
@@ -501,7 +501,8 @@ cache_get(const QuotaCacheKind *kind, const void *key, bool may_fill, void *arg)
 	char		shared[QUOTA_SHARED_DATA];
 	QuotaFlat	flat;
 
-	Assert(cache_kinds[kind->id] == kind);
+	if (cache_kinds[kind->id] != kind)
+		cache_register(kind);
 	if (cache_tables[kind->id] != NULL)
 		e = hash_search(cache_tables[kind->id], key, HASH_FIND, NULL);
 	if (cache_usable(kind, e))
@@ -516,7 +517,8 @@ cache_get(const QuotaCacheKind *kind, const void *key, bool may_fill, void *arg)
 	{
 		e = cache_enter(kind, key);
 		*entry_valid(kind, e) = false;
-		kind->unpack(e, &flat);
+		flat.reading = true;
+		kind->flat(e, &flat);
 		if (!flat.bad && flat.pos == flat.len)
 			*entry_valid(kind, e) = true;
 		if (cache_usable(kind, e))
@@ -578,70 +580,76 @@ QuotaCacheShare(const QuotaCacheKind *kind, const void *entry)
 	memset(&flat, 0, sizeof(flat));
 	flat.buf = shared;
 	flat.cap = QUOTA_SHARED_DATA;
-	kind->pack(entry, &flat);
+	kind->flat((void *) entry, &flat);
 	if (!flat.bad)
 		shared_put(kind->id, entry, kind->keysize, shared, flat.len);
 }
 
-/* QuotaFlatPut: n bytes of one field */
+/* QuotaFlatField: one field of n bytes, written or read back */
 void
-QuotaFlatPut(QuotaFlat *f, const void *p, Size n)
+QuotaFlatField(QuotaFlat *f, void *p, Size n)
 {
-	if (f->bad || n > f->cap - f->len)
+	Size		room = f->reading ? f->len - f->pos : f->cap - f->len;
+
+	if (f->bad || n > room)
 	{
 		f->bad = true;
+		if (f->reading)
+			memset(p, 0, n);
 		return;
 	}
-	memcpy(f->buf + f->len, p, n);
-	f->len += n;
-}
-
-/* QuotaFlatGet: the next n bytes, into one field (zeros when short) */
-void
-QuotaFlatGet(QuotaFlat *f, void *p, Size n)
-{
-	if (f->bad || n > f->len - f->pos)
+	if (f->reading)
 	{
-		f->bad = true;
-		memset(p, 0, n);
-		return;
+		memcpy(p, f->buf + f->pos, n);
+		f->pos += n;
 	}
-	memcpy(p, f->buf + f->pos, n);
-	f->pos += n;
-}
-
-/* QuotaFlatPutBytes: a length, then as many bytes (p NULL: length 0) */
-void
-QuotaFlatPutBytes(QuotaFlat *f, const void *p, Size n)
-{
-	uint32		len = p != NULL ? (uint32) n : 0;
-
-	QUOTA_FLAT_PUT(f, len);
-	if (len > 0)
-		QuotaFlatPut(f, p, len);
+	else
+	{
+		memcpy(f->buf + f->len, p, n);
+		f->len += n;
+	}
 }
 
 /*
- * QuotaFlatGetBytes
- *		The inverse: a copy in the cache's memory, or NULL for length 0.
+ * QuotaFlatBytes
+ *		What *p points to: n bytes (p NULL: none) written as a length and
+ *		the bytes; read back, *p is a copy in the cache's memory, or NULL.
  */
-void *
-QuotaFlatGetBytes(QuotaFlat *f)
+void
+QuotaFlatBytes(QuotaFlat *f, void **p, Size n)
 {
-	uint32		len;
-	void	   *p;
+	uint32		len = (!f->reading && *p != NULL) ? (uint32) n : 0;
 
-	QUOTA_FLAT_GET(f, len);
+	QUOTA_FLAT(f, len);
+	if (!f->reading)
+	{
+		if (len > 0)
+			QuotaFlatField(f, *p, len);
+		return;
+	}
+	*p = NULL;
 	if (f->bad || len == 0)
-		return NULL;
+		return;
 	if (len > f->len - f->pos)
 	{
 		f->bad = true;
-		return NULL;
+		return;
 	}
-	p = MemoryContextAlloc(cache_cxt, len);
-	QuotaFlatGet(f, p, len);
-	return p;
+	*p = MemoryContextAlloc(cache_cxt, len);
+	QuotaFlatField(f, *p, len);
+}
+
+/*
+ * QuotaFlatAlloc
+ *		An array of n bytes the entry points to: p when writing; a zeroed
+ *		copy in the cache's memory when reading (NULL for n 0).
+ */
+void *
+QuotaFlatAlloc(QuotaFlat *f, void *p, Size n)
+{
+	if (!f->reading)
+		return p;
+	return n > 0 ? MemoryContextAllocZero(cache_cxt, n) : NULL;
 }
 
 #define shared_counters(hash) \

@@ -8,8 +8,9 @@
  * in ratelimit_rules.c, quota definitions in consume.c) describes itself
  * with a QuotaCacheKind: its id, the size of its key and entry, and how to
  * fill an entry from the tables, write it as flat data for the level shared
- * by all backends and read it back.  It registers once (its module's Init),
- * and asks for an answer with QuotaCacheGet, which runs the protocol:
+ * by all backends and read it back.  It asks for an answer with
+ * QuotaCacheGet (which registers the kind at its first call), and that
+ * runs the protocol:
  * the backend's entry when valid and in force, else the shared copy, else
  * the kind's query (an answer it declines to cache is forgotten), then the
  * entry is marked valid and filed in the shared level.  Callers first ask
@@ -30,12 +31,15 @@
 #define QUOTA_SHARED_DATA	1024
 
 /*
- * Flat data for the shared level: a kind's fields written one after the
- * other, each as its own bytes (no pointers, no struct padding), and read
- * back in the same order.  Writing past cap or reading past len sets bad.
+ * Flat data for the shared level: a kind's fields one after the other, each
+ * as its own bytes (no pointers, no struct padding).  One function of the
+ * kind lists its fields for both directions: writing (reading false) copies
+ * each field into buf, reading copies it back, so the two cannot disagree.
+ * Going past cap (writing) or len (reading) sets bad.
  */
 typedef struct QuotaFlat
 {
+	bool		reading;
 	char	   *buf;
 	Size		len;			/* written, or readable */
 	Size		pos;			/* read so far */
@@ -43,28 +47,25 @@ typedef struct QuotaFlat
 	bool		bad;
 } QuotaFlat;
 
-extern void QuotaFlatPut(QuotaFlat *f, const void *p, Size n);
-extern void QuotaFlatGet(QuotaFlat *f, void *p, Size n);
-extern void QuotaFlatPutBytes(QuotaFlat *f, const void *p, Size n);
-extern void *QuotaFlatGetBytes(QuotaFlat *f);
+extern void QuotaFlatField(QuotaFlat *f, void *p, Size n);
+extern void QuotaFlatBytes(QuotaFlat *f, void **p, Size n);
+extern void *QuotaFlatAlloc(QuotaFlat *f, void *p, Size n);
 
 /* one scalar or fixed-size array field */
-#define QUOTA_FLAT_PUT(f, field)	QuotaFlatPut((f), &(field), sizeof(field))
-#define QUOTA_FLAT_GET(f, field)	QuotaFlatGet((f), &(field), sizeof(field))
+#define QUOTA_FLAT(f, field)	QuotaFlatField((f), &(field), sizeof(field))
 
 /*
  * One kind of cached answer.  An entry is entrysize bytes that start with
  * the key (keysize bytes, zero-padded, starting with the tenant id: the
  * shared level counts each tenant's entries by it) and hold a bool at
- * valid_offset that cache.c sets.
+ * valid_offset that cache.c sets (QUOTA_CACHE_KIND fills in the three).
  *
  * fill: read the answer for entry's key from the tables into entry (what
  *	it points to in QuotaCacheContext()); false when it must not be cached
  *	(unknown tenant, made-up name): the entry is forgotten and the caller's
  *	answer is whatever fill left in arg.
- * pack: write the entry as flat data (too long: nothing is shared).
- * unpack: the inverse, into a new entry (pointed-to parts in
- *	QuotaCacheContext()).
+ * flat: write the entry as flat data, or read it back into a new entry
+ *	(what it points to in QuotaCacheContext()); too long: not shared.
  * current: is a valid entry still in force (deadlines kept with it)?  NULL:
  *	always, until the configuration changes.
  */
@@ -76,15 +77,21 @@ typedef struct QuotaCacheKind
 	Size		entrysize;
 	Size		valid_offset;
 	bool		(*fill) (void *entry, void *arg);
-	void		(*pack) (const void *entry, QuotaFlat *out);
-	void		(*unpack) (void *entry, QuotaFlat *in);
+	void		(*flat) (void *entry, QuotaFlat *f);
 	bool		(*current) (const void *entry);
 } QuotaCacheKind;
+
+#define QUOTA_CACHE_KIND(type, kind_id, kind_name, fill_fn, flat_fn, current_fn) \
+	{ \
+		.id = (kind_id), .name = (kind_name), \
+		.keysize = sizeof(((type *) 0)->key), .entrysize = sizeof(type), \
+		.valid_offset = offsetof(type, valid), \
+		.fill = (fill_fn), .flat = (flat_fn), .current = (current_fn) \
+	}
 
 extern void QuotaCacheInit(void);
 extern void QuotaCacheShmemRequest(void);
 extern void QuotaCacheShmemStartup(void);
-extern void QuotaCacheRegister(const QuotaCacheKind *kind);
 extern bool QuotaCacheBegin(void);
 extern void *QuotaCacheGet(const QuotaCacheKind *kind, const void *key, void *arg);
 extern void *QuotaCachePeek(const QuotaCacheKind *kind, const void *key);

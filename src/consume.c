@@ -72,7 +72,6 @@
 #include "ratelimit.h"
 #include "stats.h"
 #include "direct.h"
-#include "consume.h"
 #include "consume_internal.h"
 
 #include "access/htup_details.h"
@@ -284,99 +283,51 @@ defs_cache_fill(void *entry, void *arg)
 }
 
 static void
-defs_cache_pack(const void *entry, QuotaFlat *out)
-{
-	const QuotaDefsEntry *e = entry;
-	int			i;
-
-	QUOTA_FLAT_PUT(out, e->n);
-	for (i = 0; i < e->n; i++)
-	{
-		const QuotaRow *r = &e->rows[i];
-
-		QUOTA_FLAT_PUT(out, r->quota_id);
-		QUOTA_FLAT_PUT(out, r->period);
-		QUOTA_FLAT_PUT(out, r->label);
-		QUOTA_FLAT_PUT(out, r->metric_calls);
-		QUOTA_FLAT_PUT(out, r->metric_cost);
-		QUOTA_FLAT_PUT(out, r->currency);
-		QUOTA_FLAT_PUT(out, r->max_units);
-		QUOTA_FLAT_PUT(out, r->has_soft);
-		QUOTA_FLAT_PUT(out, r->soft_limit);
-		QUOTA_FLAT_PUT(out, r->on_exceed);
-		QUOTA_FLAT_PUT(out, r->nthresholds);
-		QuotaFlatPut(out, r->thresholds, sizeof(int) * r->nthresholds);
-		QUOTA_FLAT_PUT(out, r->counter_start);
-		QUOTA_FLAT_PUT(out, r->used);
-		QUOTA_FLAT_PUT(out, r->slots);
-		QUOTA_FLAT_PUT(out, r->charged);
-	}
-}
-
-static void
-defs_cache_unpack(void *entry, QuotaFlat *in)
+defs_cache_flat(void *entry, QuotaFlat *f)
 {
 	QuotaDefsEntry *e = entry;
 	int			i;
 
-	QUOTA_FLAT_GET(in, e->n);
+	QUOTA_FLAT(f, e->n);
 	if (e->n < 0 || e->n > QUOTA_MAX_QUOTAS)
 	{
-		in->bad = true;
+		f->bad = true;
 		e->n = 0;
 	}
-	e->rows = e->n > 0 ?
-		MemoryContextAllocZero(QuotaCacheContext(), sizeof(QuotaRow) * e->n) : NULL;
-	for (i = 0; i < e->n && !in->bad; i++)
+	e->rows = QuotaFlatAlloc(f, e->rows, sizeof(QuotaRow) * e->n);
+	for (i = 0; i < e->n && !f->bad; i++)
 	{
 		QuotaRow   *r = &e->rows[i];
 
-		QUOTA_FLAT_GET(in, r->quota_id);
-		QUOTA_FLAT_GET(in, r->period);
-		QUOTA_FLAT_GET(in, r->label);
+		QUOTA_FLAT(f, r->quota_id);
+		QUOTA_FLAT(f, r->period);
+		QUOTA_FLAT(f, r->label);
 		r->label[sizeof(r->label) - 1] = '\0';
-		QUOTA_FLAT_GET(in, r->metric_calls);
-		QUOTA_FLAT_GET(in, r->metric_cost);
-		QUOTA_FLAT_GET(in, r->currency);
+		QUOTA_FLAT(f, r->metric_calls);
+		QUOTA_FLAT(f, r->metric_cost);
+		QUOTA_FLAT(f, r->currency);
 		r->currency[sizeof(r->currency) - 1] = '\0';
-		QUOTA_FLAT_GET(in, r->max_units);
-		QUOTA_FLAT_GET(in, r->has_soft);
-		QUOTA_FLAT_GET(in, r->soft_limit);
-		QUOTA_FLAT_GET(in, r->on_exceed);
-		QUOTA_FLAT_GET(in, r->nthresholds);
+		QUOTA_FLAT(f, r->max_units);
+		QUOTA_FLAT(f, r->has_soft);
+		QUOTA_FLAT(f, r->soft_limit);
+		QUOTA_FLAT(f, r->on_exceed);
+		QUOTA_FLAT(f, r->nthresholds);
 		if (r->nthresholds < 0 || r->nthresholds > QUOTA_MAX_THRESHOLDS)
 		{
-			in->bad = true;
+			f->bad = true;
 			r->nthresholds = 0;
 		}
-		QuotaFlatGet(in, r->thresholds, sizeof(int) * r->nthresholds);
-		QUOTA_FLAT_GET(in, r->counter_start);
-		QUOTA_FLAT_GET(in, r->used);
-		QUOTA_FLAT_GET(in, r->slots);
-		QUOTA_FLAT_GET(in, r->charged);
+		QuotaFlatField(f, r->thresholds, sizeof(int) * r->nthresholds);
+		QUOTA_FLAT(f, r->counter_start);
+		QUOTA_FLAT(f, r->used);
+		QUOTA_FLAT(f, r->slots);
+		QUOTA_FLAT(f, r->charged);
 	}
 }
 
-static const QuotaCacheKind defs_cache_kind = {
-	.id = 4,
-	.name = "quota_ext quota definition cache",
-	.keysize = sizeof(QuotaDefsKey),
-	.entrysize = sizeof(QuotaDefsEntry),
-	.valid_offset = offsetof(QuotaDefsEntry, valid),
-	.fill = defs_cache_fill,
-	.pack = defs_cache_pack,
-	.unpack = defs_cache_unpack
-};
-
-/*
- * QuotaConsumeInit
- *		Called by _PG_init: the quota definition cache's kind.
- */
-void
-QuotaConsumeInit(void)
-{
-	QuotaCacheRegister(&defs_cache_kind);
-}
+static const QuotaCacheKind defs_cache_kind =
+	QUOTA_CACHE_KIND(QuotaDefsEntry, 4, "quota_ext quota definition cache",
+					 defs_cache_fill, defs_cache_flat, NULL);
 
 /*
  * lock_cached_counters
@@ -1029,6 +980,26 @@ static const char *const invoke_names[] = {"api_key", "model", "units"};
 static const char *const reserve_names[] = {"tenant_id", "model", "estimate", "ttl"};
 
 /*
+ * charge_call
+ *		The body of quota_consume, quota_consume_or_raise and quota_reserve
+ *		(fn names the caller in errors): a denial is an error when raise.
+ */
+static Datum
+charge_call(FunctionCallInfo fcinfo, const char *fn, const char *const *names,
+			int nnames, bool raise)
+{
+	ConsumeRequest req;
+	Decision	d;
+
+	check_writable(fn);
+	charge_args(fcinfo, &req, names, nnames, true);
+	QuotaConsume(&req, &d);
+	if (raise && !d.allowed)
+		raise_denial(&req, &d);
+	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+}
+
+/*
  * quota_ext.quota_consume(tenant_id bigint, model text, units bigint DEFAULT 1,
  *		idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL,
  *		key_id bigint DEFAULT NULL, role text DEFAULT NULL)
@@ -1037,13 +1008,7 @@ static const char *const reserve_names[] = {"tenant_id", "model", "estimate", "t
 Datum
 quota_ext_quota_consume(PG_FUNCTION_ARGS)
 {
-	ConsumeRequest req;
-	Decision	d;
-
-	check_writable("quota_consume()");
-	charge_args(fcinfo, &req, consume_names, 3, true);
-	QuotaConsume(&req, &d);
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	return charge_call(fcinfo, "quota_consume()", consume_names, 3, false);
 }
 
 /*
@@ -1054,15 +1019,7 @@ quota_ext_quota_consume(PG_FUNCTION_ARGS)
 Datum
 quota_ext_quota_consume_or_raise(PG_FUNCTION_ARGS)
 {
-	ConsumeRequest req;
-	Decision	d;
-
-	check_writable("quota_consume_or_raise()");
-	charge_args(fcinfo, &req, consume_names, 3, true);
-	QuotaConsume(&req, &d);
-	if (!d.allowed)
-		raise_denial(&req, &d);
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	return charge_call(fcinfo, "quota_consume_or_raise()", consume_names, 3, true);
 }
 
 /*
@@ -1105,11 +1062,5 @@ quota_ext_invoke(PG_FUNCTION_ARGS)
 Datum
 quota_ext_quota_reserve(PG_FUNCTION_ARGS)
 {
-	ConsumeRequest req;
-	Decision	d;
-
-	check_writable("quota_reserve()");
-	charge_args(fcinfo, &req, reserve_names, 4, true);
-	QuotaConsume(&req, &d);
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	return charge_call(fcinfo, "quota_reserve()", reserve_names, 4, false);
 }

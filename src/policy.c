@@ -215,68 +215,49 @@ policy_cache_fill(void *entry, void *arg)
 	return true;
 }
 
-/* a numeric price as its varlena bytes, or nothing */
+/* a numeric price: its varlena bytes, or nothing */
 static void
-policy_put_numeric(QuotaFlat *out, bool has, Datum d)
+policy_flat_numeric(QuotaFlat *f, bool has, Datum *d)
 {
-	QuotaFlatPutBytes(out, has ? DatumGetPointer(d) : NULL,
-					  has ? VARSIZE_ANY(DatumGetPointer(d)) : 0);
+	void	   *p = has ? DatumGetPointer(*d) : NULL;
+
+	QuotaFlatBytes(f, &p, p ? VARSIZE_ANY(p) : 0);
+	*d = PointerGetDatum(p);
+	/* a price that went missing would be read as present */
+	if (has && p == NULL)
+		f->bad = true;
 }
 
 static void
-policy_cache_pack(const void *entry, QuotaFlat *out)
-{
-	const QuotaPolicyCacheEntry *e = entry;
-	const QuotaPolicyResult *r = &e->res;
-
-	QUOTA_FLAT_PUT(out, r->tenant_found);
-	QUOTA_FLAT_PUT(out, r->tenant_active);
-	QuotaFlatPutBytes(out, r->timezone, r->timezone ? strlen(r->timezone) + 1 : 0);
-	QUOTA_FLAT_PUT(out, r->model_id);
-	QUOTA_FLAT_PUT(out, r->has_slots);
-	QUOTA_FLAT_PUT(out, r->price.found);
-	QUOTA_FLAT_PUT(out, r->price.price_id);
-	QUOTA_FLAT_PUT(out, r->price.currency);
-	QUOTA_FLAT_PUT(out, r->price.has_unit);
-	QUOTA_FLAT_PUT(out, r->price.has_input);
-	QUOTA_FLAT_PUT(out, r->price.has_output);
-	policy_put_numeric(out, r->price.has_unit, r->price.unit_price);
-	policy_put_numeric(out, r->price.has_input, r->price.input_per_1k);
-	policy_put_numeric(out, r->price.has_output, r->price.output_per_1k);
-	QUOTA_FLAT_PUT(out, r->price.valid_until);
-	QUOTA_FLAT_PUT(out, e->policy_allows);
-	QuotaFlatPutBytes(out, e->roles, e->roles ? VARSIZE(e->roles) : 0);
-}
-
-static void
-policy_cache_unpack(void *entry, QuotaFlat *in)
+policy_cache_flat(void *entry, QuotaFlat *f)
 {
 	QuotaPolicyCacheEntry *e = entry;
 	QuotaPolicyResult *r = &e->res;
+	void	   *p;
 
-	memset(r, 0, sizeof(*r));
-	QUOTA_FLAT_GET(in, r->tenant_found);
-	QUOTA_FLAT_GET(in, r->tenant_active);
-	r->timezone = QuotaFlatGetBytes(in);
-	QUOTA_FLAT_GET(in, r->model_id);
-	QUOTA_FLAT_GET(in, r->has_slots);
-	QUOTA_FLAT_GET(in, r->price.found);
-	QUOTA_FLAT_GET(in, r->price.price_id);
-	QUOTA_FLAT_GET(in, r->price.currency);
-	QUOTA_FLAT_GET(in, r->price.has_unit);
-	QUOTA_FLAT_GET(in, r->price.has_input);
-	QUOTA_FLAT_GET(in, r->price.has_output);
-	r->price.unit_price = PointerGetDatum(QuotaFlatGetBytes(in));
-	r->price.input_per_1k = PointerGetDatum(QuotaFlatGetBytes(in));
-	r->price.output_per_1k = PointerGetDatum(QuotaFlatGetBytes(in));
-	QUOTA_FLAT_GET(in, r->price.valid_until);
-	QUOTA_FLAT_GET(in, e->policy_allows);
-	e->roles = QuotaFlatGetBytes(in);
-	/* a price or time zone that went missing would be read as present */
-	if ((r->price.has_unit && r->price.unit_price == (Datum) 0) ||
-		(r->price.has_input && r->price.input_per_1k == (Datum) 0) ||
-		(r->price.has_output && r->price.output_per_1k == (Datum) 0))
-		in->bad = true;
+	if (f->reading)
+		memset(r, 0, sizeof(*r));
+	QUOTA_FLAT(f, r->tenant_found);
+	QUOTA_FLAT(f, r->tenant_active);
+	p = r->timezone;
+	QuotaFlatBytes(f, &p, p ? strlen(p) + 1 : 0);
+	r->timezone = p;
+	QUOTA_FLAT(f, r->model_id);
+	QUOTA_FLAT(f, r->has_slots);
+	QUOTA_FLAT(f, r->price.found);
+	QUOTA_FLAT(f, r->price.price_id);
+	QUOTA_FLAT(f, r->price.currency);
+	QUOTA_FLAT(f, r->price.has_unit);
+	QUOTA_FLAT(f, r->price.has_input);
+	QUOTA_FLAT(f, r->price.has_output);
+	policy_flat_numeric(f, r->price.has_unit, &r->price.unit_price);
+	policy_flat_numeric(f, r->price.has_input, &r->price.input_per_1k);
+	policy_flat_numeric(f, r->price.has_output, &r->price.output_per_1k);
+	QUOTA_FLAT(f, r->price.valid_until);
+	QUOTA_FLAT(f, e->policy_allows);
+	p = e->roles;
+	QuotaFlatBytes(f, &p, p ? VARSIZE(p) : 0);
+	e->roles = p;
 }
 
 /* the price in force when the answer was read changes at valid_until */
@@ -288,26 +269,24 @@ policy_cache_current(const void *entry)
 	return GetCurrentTimestamp() < e->res.price.valid_until;
 }
 
-static const QuotaCacheKind policy_cache_kind = {
-	.id = 2,
-	.name = "quota_ext policy cache",
-	.keysize = sizeof(QuotaPolicyCacheKey),
-	.entrysize = sizeof(QuotaPolicyCacheEntry),
-	.valid_offset = offsetof(QuotaPolicyCacheEntry, valid),
-	.fill = policy_cache_fill,
-	.pack = policy_cache_pack,
-	.unpack = policy_cache_unpack,
-	.current = policy_cache_current
-};
+static const QuotaCacheKind policy_cache_kind =
+	QUOTA_CACHE_KIND(QuotaPolicyCacheEntry, 2, "quota_ext policy cache",
+					 policy_cache_fill, policy_cache_flat, policy_cache_current);
 
 /*
- * QuotaPolicyInit
- *		Called by _PG_init: the policy cache's kind.
+ * policy_cache_key
+ *		The cache key of (tenant, model), when this request may use the
+ *		cache and the name fits in a key.
  */
-void
-QuotaPolicyInit(void)
+static bool
+policy_cache_key(int64 tenant_id, const char *model, QuotaPolicyCacheKey *key)
 {
-	QuotaCacheRegister(&policy_cache_kind);
+	if (strlen(model) >= QUOTA_POLICY_CACHE_NAME || !QuotaCacheBegin())
+		return false;
+	memset(key, 0, sizeof(*key));
+	key->tenant_id = tenant_id;
+	strlcpy(key->model, model, sizeof(key->model));
+	return true;
 }
 
 static void
@@ -351,14 +330,11 @@ QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 	QuotaPolicyCacheKey key;
 	QuotaPolicyCacheEntry *e;
 
-	if (strlen(model) >= QUOTA_POLICY_CACHE_NAME || !QuotaCacheBegin())
+	if (!policy_cache_key(tenant_id, model, &key))
 	{
 		QuotaPolicyEvaluateFresh(tenant_id, model, role, out);
 		return;
 	}
-	memset(&key, 0, sizeof(key));
-	key.tenant_id = tenant_id;
-	strlcpy(key.model, model, sizeof(key.model));
 	e = QuotaCacheGet(&policy_cache_kind, &key, out);
 	if (e == NULL)
 		return;					/* not cached: fill left the answer in out */
@@ -377,11 +353,8 @@ QuotaPolicyFromCache(int64 tenant_id, const char *model, const char *role,
 	QuotaPolicyCacheKey key;
 	QuotaPolicyCacheEntry *e;
 
-	if (strlen(model) >= QUOTA_POLICY_CACHE_NAME || !QuotaCacheBegin())
+	if (!policy_cache_key(tenant_id, model, &key))
 		return false;
-	memset(&key, 0, sizeof(key));
-	key.tenant_id = tenant_id;
-	strlcpy(key.model, model, sizeof(key.model));
 	e = QuotaCachePeek(&policy_cache_kind, &key);
 	if (e == NULL)
 		return false;

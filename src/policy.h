@@ -31,6 +31,4 @@ extern bool QuotaPolicyFromCache(int64 tenant_id, const char *model,
 								 const char *role, QuotaPolicyResult *out);
 
 
-extern void QuotaPolicyInit(void);
-
 #endif							/* QUOTA_POLICY_H */

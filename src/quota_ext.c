@@ -17,7 +17,6 @@
 #include "policy.h"
 #include "ratelimit.h"
 #include "stats.h"
-#include "consume.h"
 #include "audit.h"
 #include "shmem.h"
 
@@ -33,10 +32,7 @@ _PG_init(void)
 	QuotaContextInit();
 	QuotaCacheInit();
 	QuotaAuthInit();
-	QuotaPolicyInit();
-	QuotaConsumeInit();
 	QuotaRateLimitInit();
-	QuotaRateRulesInit();
 	QuotaAuditInit();
 	QuotaStatsInit();
 	QuotaShmemInit();

@@ -45,7 +45,4 @@ extern bool QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
 								int64 quantity, QuotaRateDecision *out);
 
 
-/* ratelimit_rules.c: the rule cache */
-extern void QuotaRateRulesInit(void);
-
 #endif							/* QUOTA_RATELIMIT_H */

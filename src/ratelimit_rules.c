@@ -160,62 +160,29 @@ rules_cache_fill(void *entry, void *arg)
 }
 
 static void
-rules_cache_pack(const void *entry, QuotaFlat *out)
-{
-	const QuotaRlRulesEntry *e = entry;
-	int			i;
-
-	QUOTA_FLAT_PUT(out, e->n);
-	for (i = 0; i < e->n; i++)
-	{
-		QUOTA_FLAT_PUT(out, e->rules[i].rule_id);
-		QUOTA_FLAT_PUT(out, e->rules[i].max_burst);
-		QUOTA_FLAT_PUT(out, e->rules[i].count);
-		QUOTA_FLAT_PUT(out, e->rules[i].period);
-	}
-}
-
-static void
-rules_cache_unpack(void *entry, QuotaFlat *in)
+rules_cache_flat(void *entry, QuotaFlat *f)
 {
 	QuotaRlRulesEntry *e = entry;
 	int			i;
 
-	QUOTA_FLAT_GET(in, e->n);
+	QUOTA_FLAT(f, e->n);
 	if (e->n < 0 || e->n > QUOTA_RL_MAX_RULES)
 	{
-		in->bad = true;
+		f->bad = true;
 		e->n = 0;
 	}
 	for (i = 0; i < e->n; i++)
 	{
-		QUOTA_FLAT_GET(in, e->rules[i].rule_id);
-		QUOTA_FLAT_GET(in, e->rules[i].max_burst);
-		QUOTA_FLAT_GET(in, e->rules[i].count);
-		QUOTA_FLAT_GET(in, e->rules[i].period);
+		QUOTA_FLAT(f, e->rules[i].rule_id);
+		QUOTA_FLAT(f, e->rules[i].max_burst);
+		QUOTA_FLAT(f, e->rules[i].count);
+		QUOTA_FLAT(f, e->rules[i].period);
 	}
 }
 
-static const QuotaCacheKind rules_cache_kind = {
-	.id = 3,
-	.name = "quota_ext rate-limit rule cache",
-	.keysize = sizeof(QuotaRlRulesKey),
-	.entrysize = sizeof(QuotaRlRulesEntry),
-	.valid_offset = offsetof(QuotaRlRulesEntry, valid),
-	.fill = rules_cache_fill,
-	.pack = rules_cache_pack,
-	.unpack = rules_cache_unpack
-};
-
-/*
- * QuotaRateRulesInit
- *		Called by _PG_init: the rule cache's kind.
- */
-void
-QuotaRateRulesInit(void)
-{
-	QuotaCacheRegister(&rules_cache_kind);
-}
+static const QuotaCacheKind rules_cache_kind =
+	QUOTA_CACHE_KIND(QuotaRlRulesEntry, 3, "quota_ext rate-limit rule cache",
+					 rules_cache_fill, rules_cache_flat, NULL);
 
 /*
  * quota_rl_rules
