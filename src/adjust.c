@@ -122,26 +122,9 @@ adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 
 		{
 			d->allowed = false;
 			d->denied_by = denied_quota;
-			d->quota_id = r->quota_id;
-			strlcpy(d->period, r->label, sizeof(d->period));
+			decision_quota(d, r, r->used, true, clock);
 			if (r->metric_cost)
-			{
-				d->has_remaining_cost = true;
-				d->remaining_cost_micro = Max(r->max_units - r->used, 0);
 				strlcpy(d->currency, r->currency, sizeof(d->currency));
-			}
-			else
-			{
-				d->has_limit = true;
-				d->limit = r->max_units;
-				d->remaining = Max(r->max_units - r->used, 0);
-			}
-			if (r->period != QUOTA_PERIOD_LIFETIME)
-			{
-				d->has_resets = d->has_retry = true;
-				d->resets_at = r->end;
-				d->retry_after = seconds_until(r->end, clock);
-			}
 			return false;
 		}
 	}
@@ -451,6 +434,26 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 }
 
 /*
+ * give_back_args
+ *		The arguments of quota_cancel and quota_refund (fn): tenant_id and
+ *		the id (idname) of what is given back, neither NULL, the tenant one
+ *		the caller may act for; returns the id, and d starts allowed.
+ */
+static int64
+give_back_args(FunctionCallInfo fcinfo, const char *fn, const char *idname,
+			   int64 *tenant_id, Decision *d)
+{
+	check_writable(fn);
+	QuotaArgNotNull(fcinfo, 0, "tenant_id");
+	QuotaArgNotNull(fcinfo, 1, idname);
+	*tenant_id = PG_GETARG_INT64(0);
+	QuotaCheckTenantAccess(*tenant_id);
+	memset(d, 0, sizeof(*d));
+	d->allowed = true;
+	return PG_GETARG_INT64(1);
+}
+
+/*
  * quota_ext.quota_cancel(tenant_id bigint, reservation_id bigint)
  *		RETURNS quota_ext.decision
  *
@@ -466,14 +469,8 @@ quota_ext_quota_cancel(PG_FUNCTION_ARGS)
 	QuotaSpiState spi;
 	Decision	d;
 
-	check_writable("quota_cancel()");
-	QuotaArgNotNull(fcinfo, 0, "tenant_id");
-	QuotaArgNotNull(fcinfo, 1, "reservation_id");
-	tenant_id = PG_GETARG_INT64(0);
-	reservation_id = PG_GETARG_INT64(1);
-	QuotaCheckTenantAccess(tenant_id);
-	memset(&d, 0, sizeof(d));
-	d.allowed = true;
+	reservation_id = give_back_args(fcinfo, "quota_cancel()", "reservation_id",
+									&tenant_id, &d);
 	d.reservation_id = reservation_id;
 
 	QuotaSpiBegin(&spi);
@@ -541,14 +538,7 @@ quota_ext_quota_refund(PG_FUNCTION_ARGS)
 	Decision	d;
 	UsageExtra	extra;
 
-	check_writable("quota_refund()");
-	QuotaArgNotNull(fcinfo, 0, "tenant_id");
-	QuotaArgNotNull(fcinfo, 1, "usage_id");
-	tenant_id = PG_GETARG_INT64(0);
-	usage_id = PG_GETARG_INT64(1);
-	QuotaCheckTenantAccess(tenant_id);
-	memset(&d, 0, sizeof(d));
-	d.allowed = true;
+	usage_id = give_back_args(fcinfo, "quota_refund()", "usage_id", &tenant_id, &d);
 
 	QuotaSpiBegin(&spi);
 	values[0] = Int64GetDatum(tenant_id);

@@ -594,46 +594,50 @@ decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock
 
 		d->allowed = false;
 		d->denied_by = denied_quota;
-		d->quota_id = r->quota_id;
-		strlcpy(d->period, r->label, sizeof(d->period));
-		if (r->metric_cost)
-		{
-			/* money: in remaining_cost, not in the integer columns */
-			d->has_remaining_cost = true;
-			d->remaining_cost_micro = Max(r->max_units - r->old_used, 0);
-		}
-		else
-		{
-			d->has_limit = true;
-			d->limit = r->max_units;
-			d->remaining = Max(r->max_units - r->old_used, 0);
-		}
-		if (r->period != QUOTA_PERIOD_LIFETIME)
-		{
-			d->has_resets = true;
-			d->resets_at = r->end;
-			d->has_retry = true;
-			d->retry_after = seconds_until(r->end, clock);
-		}
+		decision_quota(d, r, r->old_used, true, clock);
 		return false;
 	}
 	d->allowed = true;
+	/* the tightest quota that counts units (never a cost quota) */
 	if (tight >= 0)
-	{
-		QuotaRow   *r = &rows[tight];
+		decision_quota(d, &rows[tight], rows[tight].new_used, false, clock);
+	return true;
+}
 
-		d->quota_id = r->quota_id;
-		strlcpy(d->period, r->label, sizeof(d->period));
+/*
+ * decision_quota
+ *		Say in d which quota answers (r) and what is left of it after used:
+ *		remaining_cost for a cost quota (money is not in the integer
+ *		columns), limit and remaining otherwise; when it resets, and with
+ *		retry, the seconds until then.
+ */
+void
+decision_quota(Decision *d, const QuotaRow *r, int64 used, bool retry,
+			   TimestampTz clock)
+{
+	d->quota_id = r->quota_id;
+	strlcpy(d->period, r->label, sizeof(d->period));
+	if (r->metric_cost)
+	{
+		d->has_remaining_cost = true;
+		d->remaining_cost_micro = Max(r->max_units - used, 0);
+	}
+	else
+	{
 		d->has_limit = true;
 		d->limit = r->max_units;
-		d->remaining = Max(r->max_units - r->new_used, 0);
-		if (r->period != QUOTA_PERIOD_LIFETIME)
+		d->remaining = Max(r->max_units - used, 0);
+	}
+	if (r->period != QUOTA_PERIOD_LIFETIME)
+	{
+		d->has_resets = true;
+		d->resets_at = r->end;
+		if (retry)
 		{
-			d->has_resets = true;
-			d->resets_at = r->end;
+			d->has_retry = true;
+			d->retry_after = seconds_until(r->end, clock);
 		}
 	}
-	return true;
 }
 
 /*

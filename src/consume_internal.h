@@ -159,6 +159,8 @@ extern QUOTA_PRIVATE const char *const denied_quota;
 
 /* consume.c */
 extern QUOTA_PRIVATE int64 seconds_until(TimestampTz when, TimestampTz now);
+extern QUOTA_PRIVATE void decision_quota(Decision *d, const QuotaRow *r, int64 used,
+										bool retry, TimestampTz clock);
 extern QUOTA_PRIVATE int lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
 			  TimestampTz created_before, bool has_slots, bool fresh, QuotaRow *rows);
 extern QUOTA_PRIVATE int64 write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char *kind,

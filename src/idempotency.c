@@ -34,6 +34,25 @@
  * ---------------------------------------------------------------------- */
 
 /*
+ * idem_column
+ *		Column col of a stored decision: a bigint or timestamptz, or with
+ *		money a numeric amount in micro-units; 0 when NULL (*has, when given,
+ *		says whether it was not).
+ */
+static int64
+idem_column(HeapTuple tup, TupleDesc desc, int col, bool money, bool *has)
+{
+	bool		isnull;
+	Datum		v = SPI_getbinval(tup, desc, col, &isnull);
+
+	if (has != NULL)
+		*has = !isnull;
+	if (isnull)
+		return 0;
+	return money ? QuotaNumericToMicro(v) : DatumGetInt64(v);
+}
+
+/*
  * idem_claim
  *		Claim (tenant, key) for this request.  Returns true when claimed;
  *		false when the key was used before, with *d set to the stored
@@ -60,7 +79,6 @@ idem_claim(const ConsumeRequest *req, Decision *d)
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
-	Datum		v;
 	const char *op = req->reserve ? "reserve" : "consume";
 	char	   *s;
 
@@ -101,32 +119,18 @@ idem_claim(const ConsumeRequest *req, Decision *d)
 		d->denied_by = denied_rate;
 	else
 		d->denied_by = denied_quota;
-	v = SPI_getbinval(tup, desc, 6, &isnull);
-	d->quota_id = isnull ? 0 : DatumGetInt64(v);
+	d->quota_id = idem_column(tup, desc, 6, false, NULL);
 	s = SPI_getvalue(tup, desc, 7);
 	if (s)
 		strlcpy(d->period, s, sizeof(d->period));
-	v = SPI_getbinval(tup, desc, 8, &isnull);
-	d->has_limit = !isnull;
-	d->limit = isnull ? 0 : DatumGetInt64(v);
-	v = SPI_getbinval(tup, desc, 9, &isnull);
-	d->remaining = isnull ? 0 : DatumGetInt64(v);
-	v = SPI_getbinval(tup, desc, 10, &isnull);
-	d->has_resets = !isnull;
-	d->resets_at = isnull ? 0 : DatumGetTimestampTz(v);
-	v = SPI_getbinval(tup, desc, 11, &isnull);
-	d->has_retry = !isnull;
-	d->retry_after = isnull ? 0 : DatumGetInt64(v);
-	v = SPI_getbinval(tup, desc, 12, &isnull);
-	d->usage_id = isnull ? 0 : DatumGetInt64(v);
-	v = SPI_getbinval(tup, desc, 13, &isnull);
-	d->reservation_id = isnull ? 0 : DatumGetInt64(v);
-	v = SPI_getbinval(tup, desc, 14, &isnull);
-	d->has_cost = !isnull;
-	d->cost_micro = isnull ? 0 : QuotaNumericToMicro(v);
-	v = SPI_getbinval(tup, desc, 15, &isnull);
-	d->has_remaining_cost = !isnull;
-	d->remaining_cost_micro = isnull ? 0 : QuotaNumericToMicro(v);
+	d->limit = idem_column(tup, desc, 8, false, &d->has_limit);
+	d->remaining = idem_column(tup, desc, 9, false, NULL);
+	d->resets_at = idem_column(tup, desc, 10, false, &d->has_resets);
+	d->retry_after = idem_column(tup, desc, 11, false, &d->has_retry);
+	d->usage_id = idem_column(tup, desc, 12, false, NULL);
+	d->reservation_id = idem_column(tup, desc, 13, false, NULL);
+	d->cost_micro = idem_column(tup, desc, 14, true, &d->has_cost);
+	d->remaining_cost_micro = idem_column(tup, desc, 15, true, &d->has_remaining_cost);
 	s = SPI_getvalue(tup, desc, 16);
 	if (s)
 		strlcpy(d->currency, s, sizeof(d->currency));

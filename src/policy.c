@@ -273,22 +273,6 @@ static const QuotaCacheKind policy_cache_kind =
 	QUOTA_CACHE_KIND(QuotaPolicyCacheEntry, 2, "quota_ext policy cache",
 					 policy_cache_fill, policy_cache_flat, policy_cache_current);
 
-/*
- * policy_cache_key
- *		The cache key of (tenant, model), when this request may use the
- *		cache and the name fits in a key.
- */
-static bool
-policy_cache_key(int64 tenant_id, const char *model, QuotaPolicyCacheKey *key)
-{
-	if (strlen(model) >= QUOTA_POLICY_CACHE_NAME || !QuotaCacheBegin())
-		return false;
-	memset(key, 0, sizeof(*key));
-	key->tenant_id = tenant_id;
-	strlcpy(key->model, model, sizeof(key->model));
-	return true;
-}
-
 static void
 quota_policy_answer(QuotaPolicyCacheEntry *e, const char *role, QuotaPolicyResult *out)
 {
@@ -318,6 +302,38 @@ QuotaPolicyEvaluateFresh(int64 tenant_id, const char *model, const char *role,
 }
 
 /*
+ * policy_lookup
+ *		The answer from the backend's configuration cache or the shared level
+ *		(true); when neither holds it, with may_query, read it (filing it
+ *		there when the cache may be used) and return true, else false.
+ */
+static bool
+policy_lookup(int64 tenant_id, const char *model, const char *role,
+			  QuotaPolicyResult *out, bool may_query)
+{
+	QuotaPolicyCacheKey key;
+	QuotaPolicyCacheEntry *e;
+
+	if (strlen(model) >= QUOTA_POLICY_CACHE_NAME || !QuotaCacheBegin())
+	{
+		if (may_query)
+			QuotaPolicyEvaluateFresh(tenant_id, model, role, out);
+		return may_query;
+	}
+	memset(&key, 0, sizeof(key));
+	key.tenant_id = tenant_id;
+	strlcpy(key.model, model, sizeof(key.model));
+	if (may_query)
+		e = QuotaCacheGet(&policy_cache_kind, &key, out);
+	else
+		e = QuotaCachePeek(&policy_cache_kind, &key);
+	/* NULL after a query: not cached, fill left the answer in out */
+	if (e != NULL)
+		quota_policy_answer(e, role, out);
+	return e != NULL || may_query;
+}
+
+/*
  * QuotaPolicyEvaluate
  *		The same, from the backend's configuration cache when it may be used
  *		(cache.c); the answer's pointers are copies in the current memory
@@ -327,18 +343,7 @@ void
 QuotaPolicyEvaluate(int64 tenant_id, const char *model, const char *role,
 					QuotaPolicyResult *out)
 {
-	QuotaPolicyCacheKey key;
-	QuotaPolicyCacheEntry *e;
-
-	if (!policy_cache_key(tenant_id, model, &key))
-	{
-		QuotaPolicyEvaluateFresh(tenant_id, model, role, out);
-		return;
-	}
-	e = QuotaCacheGet(&policy_cache_kind, &key, out);
-	if (e == NULL)
-		return;					/* not cached: fill left the answer in out */
-	quota_policy_answer(e, role, out);
+	(void) policy_lookup(tenant_id, model, role, out, true);
 }
 
 /*
@@ -350,16 +355,7 @@ bool
 QuotaPolicyFromCache(int64 tenant_id, const char *model, const char *role,
 					 QuotaPolicyResult *out)
 {
-	QuotaPolicyCacheKey key;
-	QuotaPolicyCacheEntry *e;
-
-	if (!policy_cache_key(tenant_id, model, &key))
-		return false;
-	e = QuotaCachePeek(&policy_cache_kind, &key);
-	if (e == NULL)
-		return false;
-	quota_policy_answer(e, role, out);
-	return true;
+	return policy_lookup(tenant_id, model, role, out, false);
 }
 
 /*
