@@ -236,3 +236,18 @@ raise_unknown_model(const char *model)
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
 			 errmsg("model \"%s\" does not exist", QuotaQuoteInput(model))));
 }
+
+/*
+ * QuotaResultRow
+ *		The composite a SQL function returns, from its values and nulls, in
+ *		the row type the function is declared with.
+ */
+Datum
+QuotaResultRow(FunctionCallInfo fcinfo, Datum *values, bool *nulls)
+{
+	TupleDesc	tupdesc;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
+}

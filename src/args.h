@@ -14,5 +14,6 @@
 /* argument helpers for every module (args.c) */
 extern void QuotaArgNotNull(FunctionCallInfo fcinfo, int argno, const char *name);
 extern const char *QuotaQuoteInput(const char *s);
+extern Datum QuotaResultRow(FunctionCallInfo fcinfo, Datum *values, bool *nulls);
 
 #endif							/* QUOTA_ARGS_H */

@@ -97,6 +97,7 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
+#include "args.h"
 #include "context.h"
 #include "cache.h"
 
@@ -640,6 +641,22 @@ QuotaFlatBytes(QuotaFlat *f, void **p, Size n)
 }
 
 /*
+ * QuotaFlatCount
+ *		A count of the items that follow, at most max: one read back out of
+ *		range sets bad and reads as 0.
+ */
+void
+QuotaFlatCount(QuotaFlat *f, int *n, int max)
+{
+	QuotaFlatField(f, n, sizeof(int));
+	if (*n < 0 || *n > max)
+	{
+		f->bad = true;
+		*n = 0;
+	}
+}
+
+/*
  * QuotaFlatAlloc
  *		An array of n bytes the entry points to: p when writing; a zeroed
  *		copy in the cache's memory when reading (NULL for n 0).
@@ -888,7 +905,6 @@ quota_ext_config_changed(PG_FUNCTION_ARGS)
 Datum
 quota_ext_shared_cache_status(PG_FUNCTION_ARGS)
 {
-	TupleDesc	tupdesc;
 	Datum		values[7];
 	bool		nulls[7] = {0};
 	uint64		sum[4] = {0};
@@ -896,8 +912,6 @@ quota_ext_shared_cache_status(PG_FUNCTION_ARGS)
 
 	QuotaCheckAdmin("shared_cache_status");
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
 	if (cache_shared != NULL)
 		for (i = 0; i < QUOTA_SHARED_PARTITIONS; i++)
 		{
@@ -911,8 +925,7 @@ quota_ext_shared_cache_status(PG_FUNCTION_ARGS)
 	values[2] = Int64GetDatum(shared_hash != NULL ? (int64) hash_get_num_entries(shared_hash) : 0);
 	for (i = 0; i < 4; i++)
 		values[3 + i] = Int64GetDatum((int64) sum[i]);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
-													  values, nulls)));
+	PG_RETURN_DATUM(QuotaResultRow(fcinfo, values, nulls));
 }
 
 /*

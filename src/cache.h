@@ -50,6 +50,7 @@ typedef struct QuotaFlat
 extern void QuotaFlatField(QuotaFlat *f, void *p, Size n);
 extern void QuotaFlatBytes(QuotaFlat *f, void **p, Size n);
 extern void *QuotaFlatAlloc(QuotaFlat *f, void *p, Size n);
+extern void QuotaFlatCount(QuotaFlat *f, int *n, int max);
 
 /* one scalar or fixed-size array field */
 #define QUOTA_FLAT(f, field)	QuotaFlatField((f), &(field), sizeof(field))

@@ -288,12 +288,7 @@ defs_cache_flat(void *entry, QuotaFlat *f)
 	QuotaDefsEntry *e = entry;
 	int			i;
 
-	QUOTA_FLAT(f, e->n);
-	if (e->n < 0 || e->n > QUOTA_MAX_QUOTAS)
-	{
-		f->bad = true;
-		e->n = 0;
-	}
+	QuotaFlatCount(f, &e->n, QUOTA_MAX_QUOTAS);
 	e->rows = QuotaFlatAlloc(f, e->rows, sizeof(QuotaRow) * e->n);
 	for (i = 0; i < e->n && !f->bad; i++)
 	{
@@ -311,12 +306,7 @@ defs_cache_flat(void *entry, QuotaFlat *f)
 		QUOTA_FLAT(f, r->has_soft);
 		QUOTA_FLAT(f, r->soft_limit);
 		QUOTA_FLAT(f, r->on_exceed);
-		QUOTA_FLAT(f, r->nthresholds);
-		if (r->nthresholds < 0 || r->nthresholds > QUOTA_MAX_THRESHOLDS)
-		{
-			f->bad = true;
-			r->nthresholds = 0;
-		}
+		QuotaFlatCount(f, &r->nthresholds, QUOTA_MAX_THRESHOLDS);
 		QuotaFlatField(f, r->thresholds, sizeof(int) * r->nthresholds);
 		QUOTA_FLAT(f, r->counter_start);
 		QUOTA_FLAT(f, r->used);

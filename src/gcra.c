@@ -267,7 +267,6 @@ quota_ext_gcra_eval(PG_FUNCTION_ARGS)
 	static const char *const names[] = {
 		"tat_ns", "now_ns", "max_burst", "count", "period_seconds", "quantity"
 	};
-	TupleDesc	tupdesc;
 	QuotaGcraResult r;
 	QuotaGcraStatus st;
 	Datum		values[8];
@@ -294,8 +293,6 @@ quota_ext_gcra_eval(PG_FUNCTION_ARGS)
 	if (st != QUOTA_GCRA_OK)
 		QuotaGcraRaise(st, max_burst, count, period, quantity);
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
 	values[0] = BoolGetDatum(r.limited);
 	values[1] = Int64GetDatum(r.limit);
 	values[2] = Int64GetDatum(r.remaining);
@@ -304,6 +301,5 @@ quota_ext_gcra_eval(PG_FUNCTION_ARGS)
 	values[5] = Int64GetDatum(r.new_tat);
 	values[6] = Int64GetDatum(r.retry_after_ns);
 	values[7] = Int64GetDatum(r.reset_after_ns);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
-													  values, nulls)));
+	PG_RETURN_DATUM(QuotaResultRow(fcinfo, values, nulls));
 }

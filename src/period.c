@@ -161,7 +161,6 @@ QuotaPeriodName(QuotaPeriod p)
 Datum
 quota_ext_period_bounds(PG_FUNCTION_ARGS)
 {
-	TupleDesc	tupdesc;
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
 	char	   *word;
@@ -183,12 +182,9 @@ quota_ext_period_bounds(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("at must be a finite timestamp")));
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
 	QuotaPeriodBounds((QuotaPeriod) p, PG_GETARG_TEXT_PP(1), PG_GETARG_TIMESTAMPTZ(2),
 					  &start, &end);
 	values[0] = TimestampTzGetDatum(start);
 	values[1] = TimestampTzGetDatum(end);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
-													  values, nulls)));
+	PG_RETURN_DATUM(QuotaResultRow(fcinfo, values, nulls));
 }

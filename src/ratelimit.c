@@ -191,7 +191,6 @@ quota_ext_rate_limit_apply(PG_FUNCTION_ARGS)
 	int64		model_id = 0;
 	int64		key_id = 0;
 	int64		quantity;
-	TupleDesc	tupdesc;
 	Datum		values[6];
 	bool		nulls[6] = {0};
 
@@ -231,8 +230,6 @@ quota_ext_rate_limit_apply(PG_FUNCTION_ARGS)
 	QuotaRateLimitApply(tenant_id, model_id, key_id, quantity, &d);
 	QuotaSpiEnd(&spi);
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
 	values[0] = BoolGetDatum(d.limited);
 	values[1] = Int64GetDatum(d.rule_id);
 	values[2] = Int64GetDatum(d.limit);
@@ -241,8 +238,7 @@ quota_ext_rate_limit_apply(PG_FUNCTION_ARGS)
 	values[5] = Int64GetDatum(d.reset_after);
 	if (d.rule_id < 0)
 		nulls[1] = nulls[2] = nulls[3] = true;
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
-													  values, nulls)));
+	PG_RETURN_DATUM(QuotaResultRow(fcinfo, values, nulls));
 }
 
 /*
@@ -257,7 +253,6 @@ quota_ext_rate_limit_apply(PG_FUNCTION_ARGS)
 Datum
 quota_ext_rate_limit_status(PG_FUNCTION_ARGS)
 {
-	TupleDesc	tupdesc;
 	Datum		values[4];
 	bool		nulls[4] = {0};
 	int64		nfree = 0;
@@ -270,14 +265,11 @@ quota_ext_rate_limit_status(PG_FUNCTION_ARGS)
 		nfree += quota_rl_shared->parts[i].nfree;
 		LWLockRelease(quota_rl_lock(i));
 	}
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
 	values[0] = Int32GetDatum(quota_rl_shared->nentries);
 	values[1] = Int64GetDatum((int64) quota_rl_shared->nentries - nfree);
 	values[2] = Int32GetDatum(QUOTA_RL_PARTITIONS);
 	values[3] = Int32GetDatum((int32) quota_rl_cap());
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
-													  values, nulls)));
+	PG_RETURN_DATUM(QuotaResultRow(fcinfo, values, nulls));
 }
 
 /*

@@ -165,12 +165,7 @@ rules_cache_flat(void *entry, QuotaFlat *f)
 	QuotaRlRulesEntry *e = entry;
 	int			i;
 
-	QUOTA_FLAT(f, e->n);
-	if (e->n < 0 || e->n > QUOTA_RL_MAX_RULES)
-	{
-		f->bad = true;
-		e->n = 0;
-	}
+	QuotaFlatCount(f, &e->n, QUOTA_RL_MAX_RULES);
 	for (i = 0; i < e->n; i++)
 	{
 		QUOTA_FLAT(f, e->rules[i].rule_id);

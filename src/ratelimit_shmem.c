@@ -456,6 +456,22 @@ quota_rl_unlinked(QuotaRlEntry *e)
 }
 
 /*
+ * quota_rl_free
+ *		Put entry i, just unlinked from its chain, on its partition's free
+ *		list (lock held EXCLUSIVE).
+ */
+static inline void
+quota_rl_free(QuotaRlPartition *p, int32 i)
+{
+	QuotaRlEntry *e = &rl_entries[i];
+
+	quota_rl_unlinked(e);
+	e->next = p->free_head;
+	p->free_head = i;
+	p->nfree++;
+}
+
+/*
  * quota_rl_reclaim
  *		Unlink every idle entry of a partition (lock held EXCLUSIVE) and put
  *		it on the partition's free list.  Returns how many.  With watch a
@@ -483,10 +499,7 @@ quota_rl_reclaim(int part, int64 now, int32 watch, int64 *watch_min)
 			if (tat <= now)
 			{
 				*link = e->next;
-				quota_rl_unlinked(e);
-				e->next = p->free_head;
-				p->free_head = i;
-				p->nfree++;
+				quota_rl_free(p, i);
 				n++;
 			}
 			else
@@ -1104,10 +1117,7 @@ quota_rl_remove_key(const uint64 *key)
 		if (e->key[0] == key[0] && e->key[1] == key[1])
 		{
 			*link = e->next;
-			quota_rl_unlinked(e);
-			e->next = p->free_head;
-			p->free_head = i;
-			p->nfree++;
+			quota_rl_free(p, i);
 			n = 1;
 			break;
 		}
@@ -1146,10 +1156,7 @@ quota_rl_remove_ns(int32 ns)
 				if (e->ns == ns)
 				{
 					*link = e->next;
-					quota_rl_unlinked(e);
-					e->next = p->free_head;
-					p->free_head = i;
-					p->nfree++;
+					quota_rl_free(p, i);
 					n++;
 				}
 				else
