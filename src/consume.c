@@ -217,6 +217,23 @@ parse_quota_rows(QuotaRow *rows, int first)
 	return first + (int) SPI_processed;
 }
 
+/*
+ * bind_scope
+ *		The first four parameters of a query about the quotas that apply:
+ *		$1 tenant, $2 model, $3 user and $4 key (NULL for 0).
+ */
+static void
+bind_scope(Datum *values, char *nulls, int64 tenant_id, int64 model_id,
+		   int64 user_id, int64 key_id)
+{
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(model_id);
+	values[2] = Int64GetDatum(user_id);
+	values[3] = Int64GetDatum(key_id);
+	nulls[2] = user_id == 0 ? 'n' : ' ';
+	nulls[3] = key_id == 0 ? 'n' : ' ';
+}
+
 /* the single-slot quotas that apply to (tenant, model, user, key), cached */
 typedef struct QuotaDefsKey
 {
@@ -263,14 +280,8 @@ defs_cache_fill(void *entry, void *arg)
 	char		nulls[4] = {' ', ' ', ' ', ' '};
 	int			nd;
 
-	values[0] = Int64GetDatum(e->key.tenant_id);
-	values[1] = Int64GetDatum(e->key.model_id);
-	values[2] = Int64GetDatum(e->key.user_id);
-	values[3] = Int64GetDatum(e->key.key_id);
-	if (e->key.user_id == 0)
-		nulls[2] = 'n';
-	if (e->key.key_id == 0)
-		nulls[3] = 'n';
+	bind_scope(values, nulls, e->key.tenant_id, e->key.model_id, e->key.user_id,
+			   e->key.key_id);
 	/* not read-only: a fresh snapshot, taken after the cache's generation */
 	QuotaSpiExec(&defs_plan, values, nulls, false, 0);
 	nd = parse_quota_rows(rows, 0);
@@ -393,15 +404,8 @@ lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
 
 	if (!fresh && TIMESTAMP_IS_NOEND(created_before))
 		n = lock_cached_counters(tenant_id, model_id, user_id, key_id, rows);
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(model_id);
-	values[2] = Int64GetDatum(user_id);
-	values[3] = Int64GetDatum(key_id);
+	bind_scope(values, nulls, tenant_id, model_id, user_id, key_id);
 	values[4] = TimestampTzGetDatum(created_before);
-	if (user_id == 0)
-		nulls[2] = 'n';
-	if (key_id == 0)
-		nulls[3] = 'n';
 	if (n < 0)
 	{
 		QuotaSpiExec(&lock_plan, values, nulls, false, 0);
