@@ -5,7 +5,7 @@
  *		shared memory (ratelimit_shmem.c) and the calls that check and
  *		remove buckets, used by the SQL functions (ratelimit.c) and the
  *		configured rules (ratelimit_rules.c).  Not for other modules: they
- *		use QuotaRateLimitApply and QuotaRateLimitInit from quota_ext.h, and
+ *		use QuotaRateLimitApply and QuotaRateLimitInit from ratelimit.h, and
  *		everything here is hidden from the dynamic symbol table.
  *
  *-------------------------------------------------------------------------

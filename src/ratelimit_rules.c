@@ -209,7 +209,7 @@ quota_rl_rules(int64 tenant_id, int64 model_id, int64 key_id,
 
 /*
  * QuotaRateLimitApply
- *		See quota_ext.h.  The rules come from the backend's configuration
+ *		See ratelimit.h.  The rules come from the backend's configuration
  *		cache (cache.c), else from a kept plan, so a change committed before
  *		a request starts is seen by it, as with every other table of
  *		quota_ext.  The tier row is always read for an existing tenant and
