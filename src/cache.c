@@ -472,8 +472,9 @@ cache_enter(const QuotaCacheKind *kind, const void *key)
 		cache_tables[kind->id] = htab;
 	}
 	e = hash_search(htab, key, HASH_ENTER, &found);
+	/* a new entry: its key, then zeros (not valid, no pointers yet) */
 	if (!found)
-		*entry_valid(kind, e) = false;
+		memset((char *) e + kind->keysize, 0, kind->entrysize - kind->keysize);
 	return e;
 }
 

@@ -235,8 +235,12 @@ policy_cache_flat(void *entry, QuotaFlat *f)
 	QuotaPolicyResult *r = &e->res;
 	void	   *p;
 
+	/* reading, only what was written counts (and nothing to measure) */
 	if (f->reading)
+	{
 		memset(r, 0, sizeof(*r));
+		e->roles = NULL;
+	}
 	QUOTA_FLAT(f, r->tenant_found);
 	QUOTA_FLAT(f, r->tenant_active);
 	p = r->timezone;
