@@ -76,5 +76,5 @@ dist:
 deb-check:
 	test/deb
 
-# Every object depends on the shared headers.
-$(OBJS): src/quota_ext.h src/compat.h src/consume_internal.h src/ratelimit_internal.h
+# Every object depends on the headers (one per module, the shared and private ones).
+$(OBJS): $(wildcard src/*.h)
