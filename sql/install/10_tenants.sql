@@ -649,46 +649,18 @@ COMMENT ON FUNCTION quota_ext.authenticate(text) IS
 -- security of this section (see 99_finish.sql for the PUBLIC revoke)
 -- ---------------------------------------------------------------------------
 
--- Per-tenant tables: FORCE RLS (even the owner is filtered unless superuser);
--- quota_ext_app sees and could touch only the current tenant's rows (no
--- context = no rows); quota_ext_admin reads every tenant without a context
--- and one tenant after set_tenant().  Writes go through functions only: no
--- role has INSERT/UPDATE/DELETE/TRUNCATE on any table.
-DO $rls$
-DECLARE
-	t text;
-BEGIN
-	FOREACH t IN ARRAY ARRAY['tenants', 'users', 'api_keys'] LOOP
-		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I ENABLE ROW LEVEL SECURITY', t);
-		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I FORCE ROW LEVEL SECURITY', t);
-		EXECUTE pg_catalog.format(
-			'CREATE POLICY tenant_isolation ON quota_ext.%I TO quota_ext_app '
-			'USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()) '
-			'WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
-		EXECUTE pg_catalog.format(
-			'CREATE POLICY admin_read ON quota_ext.%I FOR SELECT TO quota_ext_admin '
-			'USING (quota_ext.current_tenant_id() IS NULL '
-			'       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
-	END LOOP;
-END
-$rls$;
-
+-- Per-tenant tables: row-level security and read access
+-- (_secure_tenant_table, 00_core.sql).
+SELECT quota_ext._secure_tenant_table('quota_ext.tenants');
+SELECT quota_ext._secure_tenant_table('quota_ext.users');
+-- api_keys.key_hash is readable by nobody but the owner: a column grant.
+SELECT quota_ext._secure_tenant_table('quota_ext.api_keys', app_select => false);
 -- models: a global catalog with tenant-owned rows.  A tenant sees global
 -- models and its own.
-ALTER TABLE quota_ext.models ENABLE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.models FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON quota_ext.models TO quota_ext_app
-	USING (owner_tenant_id IS NULL
-	       OR owner_tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY admin_read ON quota_ext.models FOR SELECT TO quota_ext_admin
-	USING (quota_ext.current_tenant_id() IS NULL
-	       OR owner_tenant_id IS NULL
-	       OR owner_tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+SELECT quota_ext._secure_tenant_table('quota_ext.models', 'owner_tenant_id', shared_rows => true);
 
 -- tiers: global, readable by both roles, no RLS needed (no tenant data).
-
--- Read access.  api_keys.key_hash is readable by nobody but the owner.
-GRANT SELECT ON quota_ext.tiers, quota_ext.tenants, quota_ext.users, quota_ext.models TO quota_ext_app;
+GRANT SELECT ON quota_ext.tiers TO quota_ext_app;
 GRANT SELECT (tenant_id, key_id, user_id, name, key_prefix, created_at, expires_at,
               revoked_at, last_used_at, rotated_to) ON quota_ext.api_keys TO quota_ext_app;
 

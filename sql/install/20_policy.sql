@@ -188,29 +188,14 @@ COMMENT ON FUNCTION quota_ext.policy_check(bigint, text, text) IS
 	'May this tenant (and role; NULL = the authenticated user''s role) use this model?  Default deny';
 
 -- security of this section
-ALTER TABLE quota_ext.policies ENABLE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.policies FORCE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.model_shares ENABLE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.model_shares FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON quota_ext.policies TO quota_ext_app
-	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
-	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY admin_read ON quota_ext.policies FOR SELECT TO quota_ext_admin
-	USING (quota_ext.current_tenant_id() IS NULL
-	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY tenant_isolation ON quota_ext.model_shares TO quota_ext_app
-	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
-	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY admin_read ON quota_ext.model_shares FOR SELECT TO quota_ext_admin
-	USING (quota_ext.current_tenant_id() IS NULL
-	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+SELECT quota_ext._secure_tenant_table('quota_ext.policies');
+SELECT quota_ext._secure_tenant_table('quota_ext.model_shares');
 -- a tenant also sees the models shared with it
 CREATE POLICY shared_models ON quota_ext.models FOR SELECT TO quota_ext_app
 	USING (EXISTS (SELECT 1 FROM quota_ext.model_shares s
 	                WHERE s.tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()
 	                  AND s.model_id OPERATOR(pg_catalog.=) models.model_id));
 
-GRANT SELECT ON quota_ext.policies, quota_ext.model_shares TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION quota_ext.policy_check(bigint, text, text) TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION
 	quota_ext.policy_set(bigint, text, boolean, text[]),

@@ -718,29 +718,15 @@ COMMENT ON FUNCTION quota_ext.tenant_summary(bigint) IS
 -- security of this section
 -- ---------------------------------------------------------------------------
 
-DO $rls$
-DECLARE
-	t text;
-BEGIN
-	FOREACH t IN ARRAY ARRAY['quotas', 'quota_counters', 'usage', 'usage_default',
-	                         'idempotency_keys', 'reservations', 'refunds', 'quota_events'] LOOP
-		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I ENABLE ROW LEVEL SECURITY', t);
-		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I FORCE ROW LEVEL SECURITY', t);
-		EXECUTE pg_catalog.format(
-			'CREATE POLICY tenant_isolation ON quota_ext.%I TO quota_ext_app '
-			'USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()) '
-			'WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
-		EXECUTE pg_catalog.format(
-			'CREATE POLICY admin_read ON quota_ext.%I FOR SELECT TO quota_ext_admin '
-			'USING (quota_ext.current_tenant_id() IS NULL '
-			'       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
-	END LOOP;
-END
-$rls$;
-
-GRANT SELECT ON quota_ext.quotas, quota_ext.quota_counters, quota_ext.usage,
-                quota_ext.idempotency_keys, quota_ext.reservations, quota_ext.refunds,
-                quota_ext.quota_events TO quota_ext_app;
+SELECT quota_ext._secure_tenant_table('quota_ext.quotas');
+SELECT quota_ext._secure_tenant_table('quota_ext.quota_counters');
+SELECT quota_ext._secure_tenant_table('quota_ext.usage');
+-- the default partition (like the monthly ones) is read through the parent
+SELECT quota_ext._secure_tenant_table('quota_ext.usage_default', app_select => false);
+SELECT quota_ext._secure_tenant_table('quota_ext.idempotency_keys');
+SELECT quota_ext._secure_tenant_table('quota_ext.reservations');
+SELECT quota_ext._secure_tenant_table('quota_ext.refunds');
+SELECT quota_ext._secure_tenant_table('quota_ext.quota_events');
 
 GRANT EXECUTE ON FUNCTION
 	quota_ext.period_bounds(text, text, timestamptz),
