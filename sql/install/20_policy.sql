@@ -54,6 +54,22 @@ CREATE FUNCTION quota_ext._model_resolve(tenant_id bigint, model text) RETURNS b
 COMMENT ON FUNCTION quota_ext._model_resolve(bigint, text) IS
 	'Internal: the model a name means for a tenant (own, then global, then shared)';
 
+CREATE FUNCTION quota_ext._model_for(tenant_id bigint, model text) RETURNS bigint
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	mid bigint := quota_ext._model_resolve($1, $2);
+BEGIN
+	IF mid IS NULL THEN
+		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input($2) USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN mid;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._model_for(bigint, text) IS
+	'Internal: _model_resolve, or 42704 when the name means no model for the tenant';
+
 CREATE FUNCTION quota_ext.model_share(owner_tenant_id bigint, model text, grantee_tenant_id bigint)
 	RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -130,8 +146,8 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'A pattern is a model name prefix followed by one "*", as in gpt-4*.';
 	END IF;
-	IF NOT prefix AND quota_ext._model_resolve(t.tenant_id, policy_set.model) IS NULL THEN
-		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(policy_set.model) USING ERRCODE = 'undefined_object';
+	IF NOT prefix THEN
+		PERFORM quota_ext._model_for(t.tenant_id, policy_set.model);
 	END IF;
 	IF policy_set.roles_allowed IS NOT NULL THEN
 		IF array_ndims(policy_set.roles_allowed) > 1 THEN

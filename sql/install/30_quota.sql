@@ -431,11 +431,7 @@ BEGIN
 		END IF;
 	END LOOP;
 	IF quota_set.model IS NOT NULL THEN
-		mid := quota_ext._model_resolve(t.tenant_id, quota_set.model);
-		IF mid IS NULL THEN
-			RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(quota_set.model)
-				USING ERRCODE = 'undefined_object';
-		END IF;
+		mid := quota_ext._model_for(t.tenant_id, quota_set.model);
 		-- a model's cost quota must count in the currency of its price now
 		IF m = 'cost' THEN
 			SELECT pr.currency INTO pc FROM quota_ext._price_in_force(t.tenant_id, mid, now()) pr;
@@ -612,18 +608,9 @@ CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL
 DECLARE
 	mid bigint;
 BEGIN
-	IF quota_status.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
-	PERFORM quota_ext._check_tenant_access(quota_status.tenant_id);
-	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = quota_status.tenant_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', quota_status.tenant_id USING ERRCODE = 'undefined_object';
-	END IF;
+	PERFORM quota_ext._tenant_read(quota_status.tenant_id);
 	IF quota_status.model IS NOT NULL THEN
-		mid := quota_ext._model_resolve(quota_status.tenant_id, quota_status.model);
-		IF mid IS NULL THEN
-			RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(quota_status.model)
-				USING ERRCODE = 'undefined_object';
-		END IF;
+		mid := quota_ext._model_for(quota_status.tenant_id, quota_status.model);
 	END IF;
 	RETURN QUERY
 	SELECT q.quota_id, q.period_label, q.metric, m.name, q.user_id, q.key_id, q.max_units,
@@ -666,12 +653,7 @@ DECLARE
 	month_first date;
 	usage jsonb;
 BEGIN
-	IF tenant_summary.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
-	PERFORM quota_ext._check_tenant_access(tenant_summary.tenant_id);
-	SELECT * INTO t FROM quota_ext.tenants WHERE tenant_id = tenant_summary.tenant_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', tenant_summary.tenant_id USING ERRCODE = 'undefined_object';
-	END IF;
+	t := quota_ext._tenant_read(tenant_summary.tenant_id);
 	today := (clock_timestamp() AT TIME ZONE t.timezone)::date;
 	month_first := date_trunc('month', today)::date;
 	WITH d AS MATERIALIZED (

@@ -118,11 +118,7 @@ BEGIN
 	PERFORM quota_ext.gcra_eval(0, 0, rate_limit_set.max_burst, rate_limit_set.count,
 	                            rate_limit_set.period_seconds, 1);
 	IF rate_limit_set.model IS NOT NULL THEN
-		mid := quota_ext._model_resolve(t.tenant_id, rate_limit_set.model);
-		IF mid IS NULL THEN
-			RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(rate_limit_set.model)
-				USING ERRCODE = 'undefined_object';
-		END IF;
+		mid := quota_ext._model_for(t.tenant_id, rate_limit_set.model);
 	END IF;
 	IF rate_limit_set.key_id IS NOT NULL THEN
 		PERFORM 1 FROM quota_ext.api_keys
