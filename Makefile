@@ -25,7 +25,6 @@ REGRESS_OPTS = --inputdir=test --load-extension=$(EXTENSION)
 ISOLATION   = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
 ISOLATION_OPTS = --inputdir=test --load-extension=$(EXTENSION)
 PROVE_TESTS ?= $(sort $(wildcard test/t/*.pl))
-PROVE_FLAGS += -I test/t
 
 PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 EXTRA_CLEAN = sql/$(EXTENSION)--$(EXTVERSION).sql results/ output_iso/ regression.* tmp_check/ log/ \
@@ -35,6 +34,8 @@ PG_CONFIG  ?= pg_config
 PGXS       := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(wildcard $(PGXS)),)
 include $(PGXS)
+# the TAP files' helpers (QuotaReliab.pm, PgxnMeta.pm); PROVE_FLAGS stays the user's
+PG_PROVE_FLAGS += -I test/t
 else
 # A fresh machine has no server headers yet: `make test` and `make demo`
 # install them (as root) before building.
