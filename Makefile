@@ -13,21 +13,29 @@ INSTALL_PARTS = $(sort $(wildcard sql/install/*.sql))
 DATA_built  = sql/$(EXTENSION)--$(EXTVERSION).sql
 DATA        = $(filter-out $(DATA_built),$(wildcard sql/$(EXTENSION)--*.sql))
 
-# pg_regress inputs live in test/sql, isolation specs in test/specs; expected
-# outputs of both in expected/ (test/expected is a symlink to it, because the
-# PostgreSQL 15 pg_regress reads inputs and outputs from one --inputdir).
+# Tests, the PGXS way (doc/testing.md): pg_regress inputs in test/sql,
+# isolation specs in test/specs, the expected outputs of both in
+# test/expected (one --inputdir, as pgvector lays them out); pgTAP files in
+# test/pgtap (pg_prove), Perl TAP files in test/t.  `make installcheck` runs
+# pg_regress and isolation against a running server with the library
+# preloaded; `make prove_installcheck` the Perl TAP files (their own
+# clusters).  `make test` (test/run) runs all four on throwaway clusters.
 REGRESS     = $(patsubst test/sql/%.sql,%,$(sort $(wildcard test/sql/*.sql)))
 REGRESS_OPTS = --inputdir=test --load-extension=$(EXTENSION)
 ISOLATION   = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
 ISOLATION_OPTS = --inputdir=test --load-extension=$(EXTENSION)
+PROVE_TESTS ?= $(sort $(wildcard test/t/*.pl))
 
 PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
-EXTRA_CLEAN = sql/$(EXTENSION)--$(EXTVERSION).sql results/ output_iso/ regression.* tmp_check/ log/
+EXTRA_CLEAN = sql/$(EXTENSION)--$(EXTVERSION).sql results/ output_iso/ regression.* tmp_check/ log/ \
+              tmp_check_iso/
 
 PG_CONFIG  ?= pg_config
 PGXS       := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(wildcard $(PGXS)),)
 include $(PGXS)
+# the TAP files' helpers (QuotaReliab.pm, PgxnMeta.pm); PROVE_FLAGS stays the user's
+PG_PROVE_FLAGS += -I test/t
 else
 # A fresh machine has no server headers yet: `make test` and `make demo`
 # install them (as root) before building.
@@ -38,6 +46,20 @@ endif
 
 sql/$(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_PARTS) $(EXTENSION).control
 	cat $(INSTALL_PARTS) > $@
+
+# The isolation specs' helpers: test/specs/00_setup.spec carries a copy of
+# test/invariant.sql between its "-- BEGIN test/invariant.sql" and "-- END"
+# lines (a spec cannot include a file); test/sync-invariant rewrites it when
+# the file changes.
+test/specs/00_setup.spec: test/invariant.sql test/sync-invariant
+	test/sync-invariant $@ test/invariant.sql
+all installcheck: test/specs/00_setup.spec
+
+# The Perl TAP files (test/t/*.pl), as any PGXS extension runs them
+# (PostgreSQL::Test::Cluster, their own clusters; doc/testing.md).
+.PHONY: prove_installcheck
+prove_installcheck:
+	$(prove_installcheck)
 
 .PHONY: test demo bench dist deb-check
 # The whole suite on throwaway clusters (run as root on a fresh machine: installs what it needs).

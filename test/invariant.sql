@@ -1,10 +1,13 @@
 -- test/invariant.sql — the enforcement invariant, written once for every suite.
 --
 -- Loaded by: pg_regress and pgTAP files (\i test/invariant.sql), the
--- isolation specs (specs/00_setup.spec reads this file into the isolation
--- database), and the Perl TAP tests (read and run on their own nodes).
--- Plain SQL only (no psql meta-commands), idempotent, run as a superuser
--- (superusers bypass row-level security, so every tenant is seen).
+-- isolation specs (test/specs/00_setup.spec carries a copy in its setup,
+-- which the Makefile rewrites from this file whenever it changes: a spec
+-- cannot include a file), and the Perl TAP tests (read and run on their
+-- own nodes).  Plain SQL only (no psql meta-commands), idempotent, run as
+-- a superuser (superusers bypass row-level security, so every tenant is
+-- seen).  No closing curly brace anywhere, comments included: in a spec it
+-- would end the setup block.
 --
 -- quota_test.violations() returns one row per broken rule, nothing when all
 -- hold.  For every quota q, with its counter rows c (one; or one per escrow
@@ -193,11 +196,11 @@ CREATE OR REPLACE FUNCTION quota_test.key(name text) RETURNS text
 	LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT k.api_key FROM quota_test.keys k WHERE k.name = $1 $$;
 
--- used of a tenant's quotas now, in quota_id order, e.g. {3,10}: a compact
+-- used of a tenant's quotas now, in quota_id order (an array): a compact
 -- line for isolation output.
 CREATE OR REPLACE FUNCTION quota_test.used(tenant text) RETURNS bigint[]
 	LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT coalesce(array_agg(s.used ORDER BY s.quota_id), '{}')
+	SELECT coalesce(array_agg(s.used ORDER BY s.quota_id), ARRAY[]::bigint[])
 	  FROM quota_ext.quota_status(quota_test.tid($1)) s
 $$;

@@ -37,7 +37,9 @@ build_and_install() {
 	local top=$1
 	log "building and installing quota_ext"
 	# COPT: PGXS appends it to CFLAGS (every warning fails the build)
-	make -C "$top" -s PG_CONFIG="$PG_BIN/pg_config" COPT=-Werror >/dev/null || return 1
+	# -B: every file is compiled here, so objects left by a plain `make` cannot
+	# hide a warning
+	make -C "$top" -s -B PG_CONFIG="$PG_BIN/pg_config" COPT=-Werror >/dev/null || return 1
 	if [ "$(id -u)" -eq 0 ]; then
 		make -C "$top" -s install PG_CONFIG="$PG_BIN/pg_config" >/dev/null || return 1
 	else

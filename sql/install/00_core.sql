@@ -112,3 +112,46 @@ CREATE FUNCTION quota_ext._admin_only(what text) RETURNS void
 COMMENT ON FUNCTION quota_ext._admin_only(text) IS
 	'Internal: raise unless the caller is quota_ext_admin without a tenant context';
 
+
+-- Internal: secure a per-tenant table, the one place the pattern is written
+-- (every section calls it for its tables, _usage_partition_secure for each
+-- new ledger partition).  ENABLE and FORCE row-level security (even the
+-- owner is filtered unless superuser); tenant_isolation: quota_ext_app
+-- sees and could touch only the current tenant's rows (no context = no
+-- rows); admin_read: quota_ext_admin reads every tenant without a context
+-- and one tenant after set_tenant(); SELECT for quota_ext_app.  Writes go
+-- through functions only: no role gets INSERT/UPDATE/DELETE/TRUNCATE.
+--   tenant_column  the column naming the owning tenant;
+--   shared_rows    rows whose tenant_column is NULL are global and every
+--                  tenant sees them (models, prices); then tenant_isolation
+--                  has no WITH CHECK of its own (its USING checks writes);
+--   app_select     false: the caller grants (a column list: api_keys) or
+--                  nobody reads the table directly (partitions, read
+--                  through their parent).
+-- Not SECURITY DEFINER: it runs as the owner, at install or inside a
+-- SECURITY DEFINER function; EXECUTE is the owner's only (99_finish.sql).
+CREATE FUNCTION quota_ext._secure_tenant_table(tbl regclass, tenant_column name DEFAULT 'tenant_id',
+                                               shared_rows boolean DEFAULT false,
+                                               app_select boolean DEFAULT true) RETURNS void
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	own text := format('%I OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()', tenant_column);
+	global_or text := CASE WHEN shared_rows THEN format('%I IS NULL OR ', tenant_column) ELSE '' END;
+BEGIN
+	EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+	EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
+	EXECUTE format('CREATE POLICY tenant_isolation ON %s TO quota_ext_app USING (%s%s)%s',
+	               tbl, global_or, own,
+	               CASE WHEN shared_rows THEN '' ELSE format(' WITH CHECK (%s)', own) END);
+	EXECUTE format('CREATE POLICY admin_read ON %s FOR SELECT TO quota_ext_admin '
+	               'USING (quota_ext.current_tenant_id() IS NULL OR %s%s)', tbl, global_or, own);
+	IF app_select THEN
+		EXECUTE format('GRANT SELECT ON %s TO quota_ext_app', tbl);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._secure_tenant_table(regclass, name, boolean, boolean) IS
+	'Internal: row-level security (ENABLE, FORCE, tenant_isolation, admin_read) and SELECT for quota_ext_app on a per-tenant table';
+REVOKE ALL ON FUNCTION quota_ext._secure_tenant_table(regclass, name, boolean, boolean) FROM PUBLIC;

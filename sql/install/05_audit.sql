@@ -47,14 +47,6 @@ COMMENT ON FUNCTION quota_ext._audit(bigint, text, text, text, jsonb, jsonb) IS
 	'Internal: record one administrative change';
 REVOKE ALL ON FUNCTION quota_ext._audit(bigint, text, text, text, jsonb, jsonb) FROM PUBLIC;
 
-ALTER TABLE quota_ext.audit_log ENABLE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.audit_log FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON quota_ext.audit_log TO quota_ext_app
-	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
-	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY admin_read ON quota_ext.audit_log FOR SELECT TO quota_ext_admin
-	USING (quota_ext.current_tenant_id() IS NULL
-	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-GRANT SELECT ON quota_ext.audit_log TO quota_ext_app;
+SELECT quota_ext._secure_tenant_table('quota_ext.audit_log');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.audit_id_seq', '');

@@ -194,29 +194,38 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._check_role(text) IS 'Internal: validate a user role name';
 
--- The tenant row for an admin change: checks access, existence, and that
--- the tenant is not closed; locks the row against concurrent status changes.
-CREATE FUNCTION quota_ext._tenant_for_update(tenant_id bigint) RETURNS quota_ext.tenants
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+-- The tenant row a function acts on: raises unless tenant_id is given, the
+-- caller may act on it (_check_tenant_access) and it exists (42704, the same
+-- text as a tenant of someone else).  for_update: locks the row against
+-- concurrent changes (an admin change of the tenant's configuration).
+CREATE FUNCTION quota_ext._tenant_read(tenant_id bigint, for_update boolean DEFAULT false)
+	RETURNS quota_ext.tenants
+	LANGUAGE plpgsql VOLATILE
 	SET search_path = pg_catalog, pg_temp
 	AS $$
-#variable_conflict use_column
 DECLARE
 	t quota_ext.tenants;
 BEGIN
-	IF _tenant_for_update.tenant_id IS NULL THEN
-		PERFORM quota_ext._null_arg('tenant_id');
+	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
+	PERFORM quota_ext._check_tenant_access($1);
+	IF for_update THEN
+		SELECT * INTO t FROM quota_ext.tenants x WHERE x.tenant_id OPERATOR(pg_catalog.=) $1 FOR UPDATE;
+	ELSE
+		SELECT * INTO t FROM quota_ext.tenants x WHERE x.tenant_id OPERATOR(pg_catalog.=) $1;
 	END IF;
-	PERFORM quota_ext._check_tenant_access(_tenant_for_update.tenant_id);
-	SELECT * INTO t FROM quota_ext.tenants
-	 WHERE tenant_id = _tenant_for_update.tenant_id FOR UPDATE;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', _tenant_for_update.tenant_id
-			USING ERRCODE = 'undefined_object';
+		RAISE EXCEPTION 'tenant % does not exist', $1 USING ERRCODE = 'undefined_object';
 	END IF;
 	RETURN t;
 END
 $$;
+COMMENT ON FUNCTION quota_ext._tenant_read(bigint, boolean) IS
+	'Internal: the tenant row the caller may act on (22004 without an id, 42704 otherwise), locked if asked';
+
+CREATE FUNCTION quota_ext._tenant_for_update(tenant_id bigint) RETURNS quota_ext.tenants
+	LANGUAGE sql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT quota_ext._tenant_read($1, true) $$;
 COMMENT ON FUNCTION quota_ext._tenant_for_update(bigint) IS 'Internal: lock a tenant row for an admin change';
 
 CREATE FUNCTION quota_ext._api_key_mint(tenant_id bigint, key_id bigint,
@@ -649,46 +658,18 @@ COMMENT ON FUNCTION quota_ext.authenticate(text) IS
 -- security of this section (see 99_finish.sql for the PUBLIC revoke)
 -- ---------------------------------------------------------------------------
 
--- Per-tenant tables: FORCE RLS (even the owner is filtered unless superuser);
--- quota_ext_app sees and could touch only the current tenant's rows (no
--- context = no rows); quota_ext_admin reads every tenant without a context
--- and one tenant after set_tenant().  Writes go through functions only: no
--- role has INSERT/UPDATE/DELETE/TRUNCATE on any table.
-DO $rls$
-DECLARE
-	t text;
-BEGIN
-	FOREACH t IN ARRAY ARRAY['tenants', 'users', 'api_keys'] LOOP
-		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I ENABLE ROW LEVEL SECURITY', t);
-		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I FORCE ROW LEVEL SECURITY', t);
-		EXECUTE pg_catalog.format(
-			'CREATE POLICY tenant_isolation ON quota_ext.%I TO quota_ext_app '
-			'USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()) '
-			'WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
-		EXECUTE pg_catalog.format(
-			'CREATE POLICY admin_read ON quota_ext.%I FOR SELECT TO quota_ext_admin '
-			'USING (quota_ext.current_tenant_id() IS NULL '
-			'       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
-	END LOOP;
-END
-$rls$;
-
+-- Per-tenant tables: row-level security and read access
+-- (_secure_tenant_table, 00_core.sql).
+SELECT quota_ext._secure_tenant_table('quota_ext.tenants');
+SELECT quota_ext._secure_tenant_table('quota_ext.users');
+-- api_keys.key_hash is readable by nobody but the owner: a column grant.
+SELECT quota_ext._secure_tenant_table('quota_ext.api_keys', app_select => false);
 -- models: a global catalog with tenant-owned rows.  A tenant sees global
 -- models and its own.
-ALTER TABLE quota_ext.models ENABLE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.models FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON quota_ext.models TO quota_ext_app
-	USING (owner_tenant_id IS NULL
-	       OR owner_tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY admin_read ON quota_ext.models FOR SELECT TO quota_ext_admin
-	USING (quota_ext.current_tenant_id() IS NULL
-	       OR owner_tenant_id IS NULL
-	       OR owner_tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+SELECT quota_ext._secure_tenant_table('quota_ext.models', 'owner_tenant_id', shared_rows => true);
 
 -- tiers: global, readable by both roles, no RLS needed (no tenant data).
-
--- Read access.  api_keys.key_hash is readable by nobody but the owner.
-GRANT SELECT ON quota_ext.tiers, quota_ext.tenants, quota_ext.users, quota_ext.models TO quota_ext_app;
+GRANT SELECT ON quota_ext.tiers TO quota_ext_app;
 GRANT SELECT (tenant_id, key_id, user_id, name, key_prefix, created_at, expires_at,
               revoked_at, last_used_at, rotated_to) ON quota_ext.api_keys TO quota_ext_app;
 

@@ -54,6 +54,22 @@ CREATE FUNCTION quota_ext._model_resolve(tenant_id bigint, model text) RETURNS b
 COMMENT ON FUNCTION quota_ext._model_resolve(bigint, text) IS
 	'Internal: the model a name means for a tenant (own, then global, then shared)';
 
+CREATE FUNCTION quota_ext._model_for(tenant_id bigint, model text) RETURNS bigint
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	mid bigint := quota_ext._model_resolve($1, $2);
+BEGIN
+	IF mid IS NULL THEN
+		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input($2) USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN mid;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._model_for(bigint, text) IS
+	'Internal: _model_resolve, or 42704 when the name means no model for the tenant';
+
 CREATE FUNCTION quota_ext.model_share(owner_tenant_id bigint, model text, grantee_tenant_id bigint)
 	RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -130,8 +146,8 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'A pattern is a model name prefix followed by one "*", as in gpt-4*.';
 	END IF;
-	IF NOT prefix AND quota_ext._model_resolve(t.tenant_id, policy_set.model) IS NULL THEN
-		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(policy_set.model) USING ERRCODE = 'undefined_object';
+	IF NOT prefix THEN
+		PERFORM quota_ext._model_for(t.tenant_id, policy_set.model);
 	END IF;
 	IF policy_set.roles_allowed IS NOT NULL THEN
 		IF array_ndims(policy_set.roles_allowed) > 1 THEN
@@ -188,29 +204,14 @@ COMMENT ON FUNCTION quota_ext.policy_check(bigint, text, text) IS
 	'May this tenant (and role; NULL = the authenticated user''s role) use this model?  Default deny';
 
 -- security of this section
-ALTER TABLE quota_ext.policies ENABLE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.policies FORCE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.model_shares ENABLE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.model_shares FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON quota_ext.policies TO quota_ext_app
-	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
-	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY admin_read ON quota_ext.policies FOR SELECT TO quota_ext_admin
-	USING (quota_ext.current_tenant_id() IS NULL
-	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY tenant_isolation ON quota_ext.model_shares TO quota_ext_app
-	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
-	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY admin_read ON quota_ext.model_shares FOR SELECT TO quota_ext_admin
-	USING (quota_ext.current_tenant_id() IS NULL
-	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+SELECT quota_ext._secure_tenant_table('quota_ext.policies');
+SELECT quota_ext._secure_tenant_table('quota_ext.model_shares');
 -- a tenant also sees the models shared with it
 CREATE POLICY shared_models ON quota_ext.models FOR SELECT TO quota_ext_app
 	USING (EXISTS (SELECT 1 FROM quota_ext.model_shares s
 	                WHERE s.tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()
 	                  AND s.model_id OPERATOR(pg_catalog.=) models.model_id));
 
-GRANT SELECT ON quota_ext.policies, quota_ext.model_shares TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION quota_ext.policy_check(bigint, text, text) TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION
 	quota_ext.policy_set(bigint, text, boolean, text[]),

@@ -431,11 +431,7 @@ BEGIN
 		END IF;
 	END LOOP;
 	IF quota_set.model IS NOT NULL THEN
-		mid := quota_ext._model_resolve(t.tenant_id, quota_set.model);
-		IF mid IS NULL THEN
-			RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(quota_set.model)
-				USING ERRCODE = 'undefined_object';
-		END IF;
+		mid := quota_ext._model_for(t.tenant_id, quota_set.model);
 		-- a model's cost quota must count in the currency of its price now
 		IF m = 'cost' THEN
 			SELECT pr.currency INTO pc FROM quota_ext._price_in_force(t.tenant_id, mid, now()) pr;
@@ -612,18 +608,9 @@ CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL
 DECLARE
 	mid bigint;
 BEGIN
-	IF quota_status.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
-	PERFORM quota_ext._check_tenant_access(quota_status.tenant_id);
-	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = quota_status.tenant_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', quota_status.tenant_id USING ERRCODE = 'undefined_object';
-	END IF;
+	PERFORM quota_ext._tenant_read(quota_status.tenant_id);
 	IF quota_status.model IS NOT NULL THEN
-		mid := quota_ext._model_resolve(quota_status.tenant_id, quota_status.model);
-		IF mid IS NULL THEN
-			RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(quota_status.model)
-				USING ERRCODE = 'undefined_object';
-		END IF;
+		mid := quota_ext._model_for(quota_status.tenant_id, quota_status.model);
 	END IF;
 	RETURN QUERY
 	SELECT q.quota_id, q.period_label, q.metric, m.name, q.user_id, q.key_id, q.max_units,
@@ -666,12 +653,7 @@ DECLARE
 	month_first date;
 	usage jsonb;
 BEGIN
-	IF tenant_summary.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
-	PERFORM quota_ext._check_tenant_access(tenant_summary.tenant_id);
-	SELECT * INTO t FROM quota_ext.tenants WHERE tenant_id = tenant_summary.tenant_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', tenant_summary.tenant_id USING ERRCODE = 'undefined_object';
-	END IF;
+	t := quota_ext._tenant_read(tenant_summary.tenant_id);
 	today := (clock_timestamp() AT TIME ZONE t.timezone)::date;
 	month_first := date_trunc('month', today)::date;
 	WITH d AS MATERIALIZED (
@@ -718,29 +700,15 @@ COMMENT ON FUNCTION quota_ext.tenant_summary(bigint) IS
 -- security of this section
 -- ---------------------------------------------------------------------------
 
-DO $rls$
-DECLARE
-	t text;
-BEGIN
-	FOREACH t IN ARRAY ARRAY['quotas', 'quota_counters', 'usage', 'usage_default',
-	                         'idempotency_keys', 'reservations', 'refunds', 'quota_events'] LOOP
-		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I ENABLE ROW LEVEL SECURITY', t);
-		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I FORCE ROW LEVEL SECURITY', t);
-		EXECUTE pg_catalog.format(
-			'CREATE POLICY tenant_isolation ON quota_ext.%I TO quota_ext_app '
-			'USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()) '
-			'WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
-		EXECUTE pg_catalog.format(
-			'CREATE POLICY admin_read ON quota_ext.%I FOR SELECT TO quota_ext_admin '
-			'USING (quota_ext.current_tenant_id() IS NULL '
-			'       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
-	END LOOP;
-END
-$rls$;
-
-GRANT SELECT ON quota_ext.quotas, quota_ext.quota_counters, quota_ext.usage,
-                quota_ext.idempotency_keys, quota_ext.reservations, quota_ext.refunds,
-                quota_ext.quota_events TO quota_ext_app;
+SELECT quota_ext._secure_tenant_table('quota_ext.quotas');
+SELECT quota_ext._secure_tenant_table('quota_ext.quota_counters');
+SELECT quota_ext._secure_tenant_table('quota_ext.usage');
+-- the default partition (like the monthly ones) is read through the parent
+SELECT quota_ext._secure_tenant_table('quota_ext.usage_default', app_select => false);
+SELECT quota_ext._secure_tenant_table('quota_ext.idempotency_keys');
+SELECT quota_ext._secure_tenant_table('quota_ext.reservations');
+SELECT quota_ext._secure_tenant_table('quota_ext.refunds');
+SELECT quota_ext._secure_tenant_table('quota_ext.quota_events');
 
 GRANT EXECUTE ON FUNCTION
 	quota_ext.period_bounds(text, text, timestamptz),

@@ -94,15 +94,7 @@ CREATE TABLE quota_ext.rate_limits (
 COMMENT ON TABLE quota_ext.rate_limits IS
 	'Per-tenant rate limits (GCRA: count per period_seconds, max_burst), tenant-wide or per model and/or API key';
 
-ALTER TABLE quota_ext.rate_limits ENABLE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.rate_limits FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON quota_ext.rate_limits TO quota_ext_app
-	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
-	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY admin_read ON quota_ext.rate_limits FOR SELECT TO quota_ext_admin
-	USING (quota_ext.current_tenant_id() IS NULL
-	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-GRANT SELECT ON quota_ext.rate_limits TO quota_ext_app;
+SELECT quota_ext._secure_tenant_table('quota_ext.rate_limits');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.rate_limits', '');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.rate_limit_id_seq', '');
 
@@ -126,11 +118,7 @@ BEGIN
 	PERFORM quota_ext.gcra_eval(0, 0, rate_limit_set.max_burst, rate_limit_set.count,
 	                            rate_limit_set.period_seconds, 1);
 	IF rate_limit_set.model IS NOT NULL THEN
-		mid := quota_ext._model_resolve(t.tenant_id, rate_limit_set.model);
-		IF mid IS NULL THEN
-			RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(rate_limit_set.model)
-				USING ERRCODE = 'undefined_object';
-		END IF;
+		mid := quota_ext._model_for(t.tenant_id, rate_limit_set.model);
 	END IF;
 	IF rate_limit_set.key_id IS NOT NULL THEN
 		PERFORM 1 FROM quota_ext.api_keys

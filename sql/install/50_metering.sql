@@ -271,16 +271,8 @@ BEGIN
 	IF price_lookup.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
 	IF price_lookup.model IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
 	IF price_lookup.at IS NULL THEN PERFORM quota_ext._null_arg('at'); END IF;
-	PERFORM quota_ext._check_tenant_access(price_lookup.tenant_id);
-	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = price_lookup.tenant_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', price_lookup.tenant_id USING ERRCODE = 'undefined_object';
-	END IF;
-	mid := quota_ext._model_resolve(price_lookup.tenant_id, price_lookup.model);
-	IF mid IS NULL THEN
-		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(price_lookup.model)
-			USING ERRCODE = 'undefined_object';
-	END IF;
+	PERFORM quota_ext._tenant_read(price_lookup.tenant_id);
+	mid := quota_ext._model_for(price_lookup.tenant_id, price_lookup.model);
 	RETURN QUERY SELECT p.* FROM quota_ext._price_in_force(price_lookup.tenant_id, mid, price_lookup.at) p
 	              WHERE p.price_id IS NOT NULL;
 END
@@ -360,14 +352,7 @@ BEGIN
 	               part, n || '_pkey');
 	EXECUTE format('CREATE INDEX %I ON %s (tenant_id, created_at)', n || '_tenant_created', part);
 	EXECUTE format('CREATE INDEX %I ON %s USING brin (created_at)', n || '_created_brin', part);
-	EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', part);
-	EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', part);
-	EXECUTE format('CREATE POLICY tenant_isolation ON %s TO quota_ext_app '
-	               'USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()) '
-	               'WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', part);
-	EXECUTE format('CREATE POLICY admin_read ON %s FOR SELECT TO quota_ext_admin '
-	               'USING (quota_ext.current_tenant_id() IS NULL '
-	               '       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', part);
+	PERFORM quota_ext._secure_tenant_table(part, app_select => false);
 END
 $$;
 COMMENT ON FUNCTION quota_ext._usage_partition_secure(regclass) IS
@@ -804,11 +789,7 @@ BEGIN
 	IF NOT (usage_report."from" < usage_report."to") THEN
 		RAISE EXCEPTION '"from" must be before "to"' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	PERFORM quota_ext._check_tenant_access(usage_report.tenant_id);
-	SELECT t.timezone INTO tz FROM quota_ext.tenants t WHERE t.tenant_id = usage_report.tenant_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', usage_report.tenant_id USING ERRCODE = 'undefined_object';
-	END IF;
+	tz := (quota_ext._tenant_read(usage_report.tenant_id)).timezone;
 	-- day resolution: every local day that [from, to) touches
 	d0 := (usage_report."from" AT TIME ZONE tz)::date;
 	d1 := ((usage_report."to" - interval '1 microsecond') AT TIME ZONE tz)::date;
@@ -832,40 +813,16 @@ COMMENT ON FUNCTION quota_ext.usage_report(bigint, timestamptz, timestamptz, tex
 -- security of this section
 -- ---------------------------------------------------------------------------
 
-ALTER TABLE quota_ext.usage_daily ENABLE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.usage_daily FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON quota_ext.usage_daily TO quota_ext_app
-	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
-	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY admin_read ON quota_ext.usage_daily FOR SELECT TO quota_ext_admin
-	USING (quota_ext.current_tenant_id() IS NULL
-	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-
-ALTER TABLE quota_ext.usage_billing_daily ENABLE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.usage_billing_daily FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON quota_ext.usage_billing_daily TO quota_ext_app
-	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
-	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY admin_read ON quota_ext.usage_billing_daily FOR SELECT TO quota_ext_admin
-	USING (quota_ext.current_tenant_id() IS NULL
-	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-
+SELECT quota_ext._secure_tenant_table('quota_ext.usage_daily');
+SELECT quota_ext._secure_tenant_table('quota_ext.usage_billing_daily');
 -- prices: like models, a tenant sees the list prices and its own
-ALTER TABLE quota_ext.prices ENABLE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.prices FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON quota_ext.prices TO quota_ext_app
-	USING (tenant_id IS NULL OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY admin_read ON quota_ext.prices FOR SELECT TO quota_ext_admin
-	USING (quota_ext.current_tenant_id() IS NULL
-	       OR tenant_id IS NULL
-	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+SELECT quota_ext._secure_tenant_table('quota_ext.prices', shared_rows => true);
 
 -- rollup_state: global maintenance state, read by quota_ext_admin only
 ALTER TABLE quota_ext.rollup_state ENABLE ROW LEVEL SECURITY;
 ALTER TABLE quota_ext.rollup_state FORCE ROW LEVEL SECURITY;
 CREATE POLICY admin_read ON quota_ext.rollup_state FOR SELECT TO quota_ext_admin USING (true);
 
-GRANT SELECT ON quota_ext.prices, quota_ext.usage_daily, quota_ext.usage_billing_daily TO quota_ext_app;
 GRANT SELECT ON quota_ext.rollup_state TO quota_ext_admin;
 
 GRANT EXECUTE ON FUNCTION

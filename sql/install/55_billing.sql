@@ -491,26 +491,9 @@ COMMENT ON FUNCTION quota_ext.invoice_void(bigint, bigint, text) IS
 -- security of this section
 -- ---------------------------------------------------------------------------
 
-DO $rls$
-DECLARE
-	t text;
-BEGIN
-	FOREACH t IN ARRAY ARRAY['billing_closes', 'invoices', 'invoice_lines'] LOOP
-		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I ENABLE ROW LEVEL SECURITY', t);
-		EXECUTE pg_catalog.format('ALTER TABLE quota_ext.%I FORCE ROW LEVEL SECURITY', t);
-		EXECUTE pg_catalog.format(
-			'CREATE POLICY tenant_isolation ON quota_ext.%I TO quota_ext_app '
-			'USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()) '
-			'WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
-		EXECUTE pg_catalog.format(
-			'CREATE POLICY admin_read ON quota_ext.%I FOR SELECT TO quota_ext_admin '
-			'USING (quota_ext.current_tenant_id() IS NULL '
-			'       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())', t);
-	END LOOP;
-END
-$rls$;
-
-GRANT SELECT ON quota_ext.billing_closes, quota_ext.invoices, quota_ext.invoice_lines TO quota_ext_app;
+SELECT quota_ext._secure_tenant_table('quota_ext.billing_closes');
+SELECT quota_ext._secure_tenant_table('quota_ext.invoices');
+SELECT quota_ext._secure_tenant_table('quota_ext.invoice_lines');
 GRANT EXECUTE ON FUNCTION
 	quota_ext.billing_close(timestamptz, timestamptz),
 	quota_ext.billing_close(bigint, timestamptz, timestamptz),
