@@ -89,46 +89,6 @@ PG_FUNCTION_INFO_V1(quota_ext_quota_reserve);
  * plans
  * ---------------------------------------------------------------------- */
 
-/*
- * Counters of the quotas that apply to (tenant, model, user, key), locked in
- * quota_id order.  $5 bounds the quota's creation time: adjustments of old
- * usage skip quotas created after it (their counters never included it).
- */
-static QuotaPlan lock_plan = {
-	"SELECT c.quota_id, q.period, q.period_label, "
-	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
-	"       q.on_exceed, q.thresholds, c.period_start, c.used, "
-	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency "
-	"FROM quota_ext.quota_counters c "
-	"JOIN quota_ext.quotas q ON q.tenant_id OPERATOR(pg_catalog.=) c.tenant_id "
-	"                       AND q.quota_id OPERATOR(pg_catalog.=) c.quota_id "
-	"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.slot OPERATOR(pg_catalog.=) 0 "
-	"  AND q.slots OPERATOR(pg_catalog.=) 1 "
-	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
-	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
-	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
-	"  AND q.created_at OPERATOR(pg_catalog.<=) $5 "
-	"ORDER BY c.quota_id "
-	"FOR NO KEY UPDATE OF c",
-	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
-};
-
-/* the escrow quotas that apply (definitions only; slots are taken one by one) */
-static QuotaPlan multi_plan = {
-	"SELECT q.quota_id, q.period, q.period_label, "
-	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
-	"       q.on_exceed, q.thresholds, '-infinity'::pg_catalog.timestamptz, 0::pg_catalog.int8, "
-	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency, q.slots "
-	"FROM quota_ext.quotas q "
-	"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.slots OPERATOR(pg_catalog.>) 1 "
-	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
-	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
-	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
-	"  AND q.created_at OPERATOR(pg_catalog.<=) $5 "
-	"ORDER BY q.quota_id",
-	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
-};
-
 /* ----------------------------------------------------------------------
  * helpers
  * ---------------------------------------------------------------------- */
@@ -146,7 +106,7 @@ seconds_until(TimestampTz when, TimestampTz now)
 
 /*
  * parse_quota_rows
- *		Load SPI's rows (lock_plan or multi_plan columns) into rows[first..].
+ *		Load SPI's rows (defs_plan columns) into rows[first..].
  */
 static int
 parse_quota_rows(QuotaRow *rows, int first)
@@ -199,14 +159,14 @@ parse_quota_rows(QuotaRow *rows, int first)
 		s = SPI_getvalue(tup, desc, 12);
 		if (s)
 			strlcpy(r->currency, s, sizeof(r->currency));
-		r->slots = desc->natts >= 13 ?
-			DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull)) : 1;
+		r->slots = DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull));
+		r->auto_slots = DatumGetBool(SPI_getbinval(tup, desc, 14, &isnull));
 		r->charged = -1;
 	}
 	return first + (int) SPI_processed;
 }
 
-/* the single-slot quotas that apply to (tenant, model, user, key), cached */
+/* the quotas that apply to (tenant, model, user, key), cached */
 typedef struct QuotaDefsKey
 {
 	int64		tenant_id;
@@ -223,45 +183,62 @@ typedef struct QuotaDefsEntry
 	QuotaRow   *rows;			/* definitions only, in quota_id order */
 } QuotaDefsEntry;
 
-/* the definitions of the single-slot quotas that apply (no lock) */
+/*
+ * The definitions of the quotas that apply (no lock), single-row and escrow
+ * alike, in quota_id order: the order every call locks their counters in.
+ * $5 bounds the quota's creation time: adjustments of old usage skip quotas
+ * created after it (their counters never included it).
+ */
 static QuotaPlan defs_plan = {
 	"SELECT q.quota_id, q.period, q.period_label, "
 	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
 	"       q.on_exceed, q.thresholds, '-infinity'::pg_catalog.timestamptz, 0::pg_catalog.int8, "
-	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency "
+	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency, q.slots, "
+	"       q.slots_auto AND q.on_exceed OPERATOR(pg_catalog.=) 'block' "
 	"FROM quota_ext.quotas q "
-	"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.slots OPERATOR(pg_catalog.=) 1 "
+	"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 "
 	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
 	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
 	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
+	"  AND q.created_at OPERATOR(pg_catalog.<=) $5 "
 	"ORDER BY q.quota_id",
-	4, {INT8OID, INT8OID, INT8OID, INT8OID}
+	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
 };
 
+/* the definitions by query; not read-only: a fresh snapshot */
+static int
+read_defs(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
+		  TimestampTz created_before, QuotaRow *rows)
+{
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(model_id);
+	values[2] = Int64GetDatum(user_id);
+	values[3] = Int64GetDatum(key_id);
+	values[4] = TimestampTzGetDatum(created_before);
+	if (user_id == 0)
+		nulls[2] = 'n';
+	if (key_id == 0)
+		nulls[3] = 'n';
+	QuotaSpiExec(&defs_plan, values, nulls, false, 0);
+	return parse_quota_rows(rows, 0);
+}
+
 /*
- * lock_cached_counters
- *		lock_counters for a new charge when the configuration cache may be
- *		used (cache.c): the quota definitions come from the cache, and only
- *		the counters are read, by primary key, and locked.  A quota deleted
- *		since (its counter went with it) no longer applies.  Returns -1
- *		when the cache may not be used.
+ * cached_defs
+ *		The definitions for a new charge from the configuration cache
+ *		(cache.c), filled by read_defs on a miss.  Returns -1 when the cache
+ *		may not be used.
  */
 static int
-lock_cached_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
-					 QuotaRow *rows)
+cached_defs(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id, QuotaRow *rows)
 {
 	QuotaDefsKey key;
 	QuotaDefsEntry *e;
 	bool		found;
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
-	int64	   *ids;
-	bool	   *found_ids;
-	TimestampTz *starts;
-	int64	   *used;
-	ItemPointerData *tids;
-	int			n = 0;
-	int			i;
+	TimestampTz infinity;
 
 	if (!QuotaCacheBegin())
 		return -1;
@@ -296,18 +273,8 @@ lock_cached_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_i
 		int			nd;
 		char		shared[QUOTA_SHARED_DATA];
 
-		e->valid = false;
-		values[0] = Int64GetDatum(tenant_id);
-		values[1] = Int64GetDatum(model_id);
-		values[2] = Int64GetDatum(user_id);
-		values[3] = Int64GetDatum(key_id);
-		if (user_id == 0)
-			nulls[2] = 'n';
-		if (key_id == 0)
-			nulls[3] = 'n';
-		/* not read-only: a fresh snapshot, taken after the cache's generation */
-		QuotaSpiExec(&defs_plan, values, nulls, false, 0);
-		nd = parse_quota_rows(rows, 0);
+		TIMESTAMP_NOEND(infinity);
+		nd = read_defs(tenant_id, model_id, user_id, key_id, infinity, rows);
 		e->rows = nd > 0 ?
 			MemoryContextAlloc(QuotaCacheContext(), sizeof(QuotaRow) * nd) : NULL;
 		if (nd > 0)
@@ -322,70 +289,110 @@ lock_cached_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_i
 			QuotaSharedCachePut(QUOTA_CACHE_QUOTAS, &key, sizeof(key), shared,
 								sizeof(int) + sizeof(QuotaRow) * nd);
 		}
+		return nd;
 	}
-	if (e->n == 0)
-		return 0;
+	if (e->n > 0)
+		memcpy(rows, e->rows, sizeof(QuotaRow) * e->n);
+	return e->n;
+}
 
-	ids = palloc(sizeof(int64) * e->n);
-	found_ids = palloc(sizeof(bool) * e->n);
-	starts = palloc(sizeof(TimestampTz) * e->n);
-	used = palloc(sizeof(int64) * e->n);
-	tids = palloc(sizeof(ItemPointerData) * e->n);
-	for (i = 0; i < e->n; i++)
-		ids[i] = e->rows[i].quota_id;
-	/* by primary key, in quota_id order (direct.c); a deleted quota's is gone */
-	QuotaDirectLockCounters(tenant_id, ids, e->n, found_ids, starts, used, tids);
-	for (i = 0; i < e->n; i++)
+/*
+ * lock_run
+ *		Lock, by primary key and in quota_id order (direct.c), the counters
+ *		of the run of single-row quotas that starts at rows[from] and ends
+ *		before the next escrow quota.  A quota deleted since (its counter
+ *		went with it) no longer applies: it is removed from rows (*n
+ *		shrinks).  A counter found laid out over escrow slots since the
+ *		definitions were read (automatic escrow re-laid it) stops the run:
+ *		that quota becomes an escrow quota whose slot 0 this call holds, and
+ *		its other slots are taken before any later quota is locked.  A run
+ *		that had to wait is reported to automatic escrow (escrow_adapt.c).
+ *		Returns the index of the first row not left locked as a single-row
+ *		counter.
+ */
+int
+lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from)
+{
+	int			k = from;
+	int			m;
+	int			done;
+	int			kept = from;
+	int			i;
+	int64		ids[QUOTA_MAX_QUOTAS];
+	bool		found[QUOTA_MAX_QUOTAS];
+	bool		escrow[QUOTA_MAX_QUOTAS];
+	TimestampTz starts[QUOTA_MAX_QUOTAS];
+	int64		used[QUOTA_MAX_QUOTAS];
+	ItemPointerData tids[QUOTA_MAX_QUOTAS];
+	TimestampTz mark;
+
+	while (k < *n && rows[k].slots == 1 && !rows[k].locked)
+		k++;
+	m = k - from;
+	if (m == 0)
+		return from;
+	for (i = 0; i < m; i++)
+		ids[i] = rows[from + i].quota_id;
+	mark = get_timeout_start_time(DEADLOCK_TIMEOUT);
+	done = QuotaDirectLockCounters(tenant_id, ids, m, found, starts, used, tids, escrow);
+	if (get_timeout_start_time(DEADLOCK_TIMEOUT) != mark)
 	{
-		if (!found_ids[i])
-			continue;
-		rows[n] = e->rows[i];
-		rows[n].counter_start = starts[i];
-		rows[n].used = used[i];
-		rows[n].counter_tid = tids[i];
-		n++;
+		/* this call waited for a counter: contention, if it lasts */
+		for (i = 0; i < done; i++)
+			if (rows[from + i].auto_slots)
+				QuotaEscrowNote(tenant_id, rows[from + i].quota_id, true);
 	}
-	return n;
+	for (i = 0; i < done; i++)
+	{
+		QuotaRow   *r = &rows[from + i];
+
+		if (!found[i])
+			continue;
+		if (kept != from + i)
+			rows[kept] = *r;
+		r = &rows[kept++];
+		r->counter_start = starts[i];
+		r->used = used[i];
+		r->counter_tid = tids[i];
+		r->locked = true;
+		if (escrow[i])
+		{
+			/* re-laid since read: take it as the escrow quota it is now */
+			r->slots = escrow_slots_now(tenant_id, r->quota_id);
+			if (r->slots > 1)
+				r->locked = false;
+		}
+	}
+	/* close the gap of the quotas that are gone */
+	if (kept != from + done)
+	{
+		memmove(&rows[kept], &rows[from + done], sizeof(QuotaRow) * (*n - from - done));
+		*n -= from + done - kept;
+	}
+	return (kept > from && rows[kept - 1].slots > 1) ? kept - 1 : kept;
 }
 
 /*
  * lock_counters
- *		Lock the counters of the single-row quotas that apply, in quota_id
- *		order, and load them; with escrow quotas (has_slots), append their
- *		definitions (their slots are taken later, see acquire_slots).
+ *		The quotas that apply, in quota_id order, with the counters of the
+ *		leading run of single-row quotas locked (lock_run); *next is the
+ *		first row not locked yet (an escrow quota, or later single-row
+ *		quotas behind one), which the caller takes in order.
  *		created_before is +infinity for a new charge, which may take the
  *		definitions from the configuration cache unless fresh is set (a
  *		request that waited decides on what the tables say now).
  */
 int
 lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
-			  TimestampTz created_before, bool has_slots, bool fresh, QuotaRow *rows)
+			  TimestampTz created_before, bool fresh, QuotaRow *rows, int *next)
 {
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	int			n = -1;
 
 	if (!fresh && TIMESTAMP_IS_NOEND(created_before))
-		n = lock_cached_counters(tenant_id, model_id, user_id, key_id, rows);
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(model_id);
-	values[2] = Int64GetDatum(user_id);
-	values[3] = Int64GetDatum(key_id);
-	values[4] = TimestampTzGetDatum(created_before);
-	if (user_id == 0)
-		nulls[2] = 'n';
-	if (key_id == 0)
-		nulls[3] = 'n';
+		n = cached_defs(tenant_id, model_id, user_id, key_id, rows);
 	if (n < 0)
-	{
-		QuotaSpiExec(&lock_plan, values, nulls, false, 0);
-		n = parse_quota_rows(rows, 0);
-	}
-	if (has_slots)
-	{
-		QuotaSpiExec(&multi_plan, values, nulls, false, 0);
-		n = parse_quota_rows(rows, n);
-	}
+		n = read_defs(tenant_id, model_id, user_id, key_id, created_before, rows);
+	*next = lock_run(tenant_id, rows, &n, 0);
 	return n;
 }
 
@@ -780,7 +787,7 @@ lock_wait_mark(void)
  */
 static bool
 recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
-				   QuotaPolicyResult *pol, QuotaRow *rows, int *n)
+				   QuotaPolicyResult *pol, QuotaRow *rows, int *n, int *next)
 {
 	int64		model_id = pol->model_id;
 	TimestampTz infinity;
@@ -801,7 +808,7 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
 		pol->model_id = model_id;
 		if (rows)
 			*n = lock_counters(req->tenant_id, model_id, req->user_id, req->key_id,
-							   infinity, pol->has_slots, true, rows);
+							   infinity, true, rows, next);
 	}
 	return true;
 }
@@ -817,6 +824,7 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 	QuotaPolicyResult pol;
 	QuotaRow	rows[QUOTA_MAX_QUOTAS];
 	int			n;
+	int			next;
 	TimestampTz at;
 	TimestampTz clock;
 	int64		overage;
@@ -876,8 +884,8 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 		tz = cstring_to_text(pol.timezone);
 		TIMESTAMP_NOEND(infinity);
 		n = lock_counters(req->tenant_id, pol.model_id, req->user_id, req->key_id,
-						  infinity, pol.has_slots, false, rows);
-		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, rows, &n))
+						  infinity, false, rows, &next);
+		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, rows, &n, &next))
 		{
 			d->allowed = false;
 			d->denied_by = pol.tenant_active ? denied_policy : denied_tenant;
@@ -886,21 +894,46 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 		at = charge_instant(rows, n);
 		clock = at;
 		charge_cost(req, &pol, at, rows, n, &extra, d);
-		/* escrow quotas come after the single-row ones, in quota_id order */
-		for (i = 0; i < n; i++)
+
+		/*
+		 * The rest in quota_id order: escrow quotas take their slots, and
+		 * the single-row quotas after one are locked then (lock_run), so
+		 * that every call locks in (quota_id, slot) order.
+		 */
+		for (i = next; i < n;)
 		{
 			QuotaRow   *r = &rows[i];
 
 			if (r->slots == 1)
+			{
+				int			from = i;
+				int			j;
+
+				if (r->locked)
+				{
+					i++;
+					continue;
+				}
+				i = lock_run(req->tenant_id, rows, &n, from);
+				for (j = from; j < i; j++)
+					if (!TIMESTAMP_NOT_FINITE(rows[j].counter_start) &&
+						rows[j].counter_start > at)
+						ereport(ERROR,
+								(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+								 errmsg("quota %lld entered a new period during this call",
+										(long long) rows[j].quota_id),
+								 errhint("Retry the transaction.")));
 				continue;
+			}
 			QuotaPeriodBounds(r->period, tz, at, &r->start, &r->end);
 			acquire_slots(req->tenant_id, r,
 						  r->metric_cost ? extra.cost_micro : r->metric_calls ? 1 : req->units,
 						  escrow_denied);
 			escrow_denied |= r->multi_deny;
+			i++;
 		}
 		/* taking every slot of an escrow quota may have waited too */
-		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, NULL, NULL))
+		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, NULL, NULL, NULL))
 		{
 			release_slots(req->tenant_id, rows, n);
 			d->allowed = false;

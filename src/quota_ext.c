@@ -27,6 +27,7 @@ _PG_init(void)
 	QuotaRateLimitInit();
 	QuotaMeteringInit();
 	QuotaStatsInit();
+	QuotaEscrowInit();
 	QuotaShmemInit();
 
 	MarkGUCPrefixReserved("quota_ext");

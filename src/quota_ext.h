@@ -255,6 +255,12 @@ extern void QuotaStatsInit(void);
 extern void QuotaStatsShmemRequest(void);
 extern void QuotaStatsShmemStartup(void);
 
+/* escrow_adapt.c: automatic escrow (doc/design.md section 5) */
+extern void QuotaEscrowInit(void);
+extern void QuotaEscrowShmemRequest(void);
+extern void QuotaEscrowShmemStartup(void);
+extern void QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited);
+
 /* shmem.c: the one shared-memory request and start-up of the modules */
 extern void QuotaShmemInit(void);
 extern void QuotaStatsCount(int64 tenant_id, QuotaOutcome outcome);
@@ -318,7 +324,7 @@ typedef struct QuotaCounterWrite
 
 extern int	QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n,
 									bool *found, TimestampTz *starts, int64 *used,
-									ItemPointerData *tids);
+									ItemPointerData *tids, bool *escrow);
 extern int64 QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n);
 
 /*

@@ -7,7 +7,7 @@
  *
  * The modules: the shared level of the configuration cache (cache.c), the
  * rate-limit table (ratelimit_shmem.c) and the decision counters
- * (stats.c), in this order (the order in which their three hook chains ran
+ * (stats.c) and automatic escrow's table (escrow_adapt.c), in this order (the order in which their three hook chains ran
  * before).  Each keeps its own sizes and settings; a module with nothing
  * to share adds nothing here.  Only a preloading postmaster installs the
  * hooks; without shared_preload_libraries the modules find their pointers
@@ -33,6 +33,7 @@ quota_shmem_request(void)
 	QuotaCacheShmemRequest();
 	QuotaRateLimitShmemRequest();
 	QuotaStatsShmemRequest();
+	QuotaEscrowShmemRequest();
 }
 
 static void
@@ -44,6 +45,7 @@ quota_shmem_startup(void)
 	QuotaCacheShmemStartup();
 	QuotaRateLimitShmemStartup();
 	QuotaStatsShmemStartup();
+	QuotaEscrowShmemStartup();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -191,5 +191,6 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.audit_purge(),
 	quota_ext.request_stats_reset(),
 	quota_ext.shared_cache_status(),
-	quota_ext.shared_cache_tenants()
+	quota_ext.shared_cache_tenants(),
+	quota_ext.escrow_adapt()
 	TO quota_ext_admin;
