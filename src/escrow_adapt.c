@@ -167,7 +167,8 @@ entry_find(Oid dbid, int64 tenant_id, int64 quota_id, bool create)
  * QuotaEscrowNote
  *		A call met quota_id of tenant_id under contention (waited: it waited
  *		for the counter, or found no free escrow slot), or took an escrow
- *		slot (waited false).  Only a call that waited creates an entry.
+ *		slot (waited false): only quotas under contention or laid out over
+ *		slots get here, so only they take entries.
  */
 void
 QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited)
@@ -177,7 +178,7 @@ QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited)
 	if (!escrow_shared)
 		return;
 	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
-	e = entry_find(MyDatabaseId, tenant_id, quota_id, waited);
+	e = entry_find(MyDatabaseId, tenant_id, quota_id, true);
 	if (e)
 	{
 		if (waited)
