@@ -18,21 +18,17 @@
  *	 3. rate limits (ratelimit.c), before any quota: a limited request
  *		charges no quota.  Buckets live in shared memory and are not given
  *		back if the transaction rolls back (anti-abuse).
- *	 4. lock the counters of every applicable quota with one
- *		SELECT ... ORDER BY quota_id FOR NO KEY UPDATE.  The sort happens
- *		below the lock step, so every transaction takes its locks in
- *		ascending quota_id order and concurrent consumes never deadlock.
- *		When the definitions come from the configuration cache (cache.c),
- *		direct.c locks the counters by primary key instead, in the same
- *		order (lock_cached_counters).
- *		Escrow quotas (slots > 1, for hot tenants) come after those, in
- *		quota_id order: one free slot that can hold the amount is taken with
- *		SKIP LOCKED (never waits); if all that could are busy, the call waits
- *		for one of them; only if no single slot can hold it is every slot
- *		locked in slot order and the limit re-split (acquire_slots).  A
- *		transaction waits on a slot only while holding no slot of that quota,
- *		or lower slots in the all-slots path, and holders of its slots wait
- *		only on later quotas, so the order stays acyclic.
+ *	 4. lock the counters of every applicable quota in quota_id order, so
+ *		concurrent consumes never deadlock: the definitions come from the
+ *		configuration cache (cache.c) or one query, and direct.c locks each
+ *		run of single-row counters by primary key (lock_run).  Escrow quotas
+ *		(slots > 1, for hot tenants; set by hand or by automatic escrow,
+ *		escrow_adapt.c) take their slots in the same order: one free slot
+ *		that can hold the amount is taken with SKIP LOCKED (never waits); if
+ *		all that could are busy, the call waits for one of them; only if no
+ *		single slot can hold it is every slot locked in slot order and the
+ *		limit re-split (acquire_slots).  Every wait is for a lock ranked
+ *		(quota_id, slot) above all the call holds (doc/design.md section 5).
  *	 4a. a request that waited for a lock in 2 or 4 reads the policy, the
  *		tenant's status and its quotas again before deciding (invoke() also
  *		its key) if a configuration change committed while it waited: that
