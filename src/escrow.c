@@ -163,10 +163,18 @@ slot_share(int64 limit, int slots, int i)
 Datum
 quota_ext_slot_share(PG_FUNCTION_ARGS)
 {
-	int64		limit = PG_GETARG_INT64(0);
-	int32		n = PG_GETARG_INT32(1);
-	int32		i = PG_GETARG_INT32(2);
+	int64		limit;
+	int32		n;
+	int32		i;
 
+	/* not STRICT: a constant NULL call would be folded away before the ACL check */
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("_slot_share() takes no NULL argument")));
+	limit = PG_GETARG_INT64(0);
+	n = PG_GETARG_INT32(1);
+	i = PG_GETARG_INT32(2);
 	if (n < 1 || i < 0 || i >= n || limit < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

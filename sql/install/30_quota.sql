@@ -81,7 +81,7 @@ COMMENT ON TABLE quota_ext.quota_counters IS
 -- limit / n, plus 1 for the first limit % n slots.
 CREATE FUNCTION quota_ext._slot_share(lim bigint, n integer, i integer) RETURNS bigint
 	AS 'MODULE_PATHNAME', 'quota_ext_slot_share'
-	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+	LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION quota_ext._slot_share(bigint, integer, integer) IS
 	'Internal: the default share of a limit of escrow slot i of n';
 
