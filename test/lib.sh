@@ -70,9 +70,6 @@ unix_socket_directories = '$dir'
 shared_preload_libraries = 'quota_ext'
 max_prepared_transactions = 10
 fsync = off
-# automatic escrow runs only when a test asks (quota_ext.escrow_adapt()), so
-# that no background pass re-lays a quota in the middle of a permutation
-quota_ext.escrow_adapt_interval = 0
 CONF
 	local line
 	for line in "$@"; do echo "$line" >>"$dir/data/postgresql.conf"; done
