@@ -18,11 +18,14 @@
  *	   quota stays as it is (exact, only slower).  A call that neither
  *	   waited nor uses escrow touches nothing here.
  *	 - a pass (QuotaEscrowAdaptPass) reads and resets the entries of its
- *	   database and decides: a quota whose callers waited grows (to the
- *	   next power of two at least the number of backends seen, at least
- *	   twice what it had, at most quota_ext.escrow_max_slots); an escrow
- *	   quota that saw at most one backend and no wait in
- *	   QUOTA_ESCROW_QUIET_PASSES passes in a row folds back to one row.
+ *	   database and decides: a quota whose callers waited grows to the
+ *	   next power of two at least the number of backends seen (at least 2,
+ *	   at most quota_ext.escrow_max_slots), or to twice its slots when a
+ *	   quarter of its escrow calls still found no free slot; the pass after
+ *	   a re-layout does not count waits (the re-layout held every slot, so
+ *	   they say nothing about the slot count); an escrow quota that saw at
+ *	   most one backend and no wait in QUOTA_ESCROW_QUIET_PASSES passes in a
+ *	   row folds back to one row.
  *	   Each change is quota_ext._escrow_relayout(), which locks the quota
  *	   row and then every counter row in slot order (the callers' order),
  *	   moves the period's total to slot 0 and splits the slack into
@@ -56,9 +59,12 @@
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "funcapi.h"
 #include "utils/snapmgr.h"
+#include "utils/tuplestore.h"
 
 PG_FUNCTION_INFO_V1(quota_ext_escrow_adapt);
+PG_FUNCTION_INFO_V1(quota_ext_escrow_status);
 
 #define QUOTA_ESCROW_ENTRIES		256
 #define QUOTA_ESCROW_TENANT_ENTRIES	8
@@ -76,6 +82,7 @@ typedef struct EscrowEntry
 	uint32		calls;			/* escrow acquisitions */
 	uint64		procs;			/* bit (PGPROC number % 64) of each caller */
 	int			quiet;			/* passes in a row without concurrency */
+	bool		cooldown;		/* re-laid by the last pass: its waits are ours */
 } EscrowEntry;
 
 typedef struct EscrowShared
@@ -237,8 +244,18 @@ collect(EscrowSeen *seen)
 		seen[n].waits = e->waits;
 		seen[n].calls = e->calls;
 		seen[n].backends = pg_popcount64(e->procs);
+
+		/*
+		 * A re-layout holds every slot while it lays them out, so the calls
+		 * of that moment found no free slot: not a sign of too few slots.
+		 */
+		if (e->cooldown)
+		{
+			seen[n].waits = 0;
+			e->cooldown = false;
+		}
 		/* concurrency: a wait, or two backends in one pass */
-		if (e->waits == 0 && seen[n].backends <= 1)
+		if (seen[n].waits == 0 && seen[n].backends <= 1)
 			e->quiet++;
 		else
 			e->quiet = 0;
@@ -251,6 +268,19 @@ collect(EscrowSeen *seen)
 	LWLockRelease(escrow_shared->lock);
 	qsort(seen, n, sizeof(EscrowSeen), seen_cmp);
 	return n;
+}
+
+/* the quota was re-laid: the next pass does not count the waits it caused */
+static void
+cool_down(int64 tenant_id, int64 quota_id)
+{
+	EscrowEntry *e;
+
+	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
+	e = entry_find(MyDatabaseId, tenant_id, quota_id, false);
+	if (e)
+		e->cooldown = true;
+	LWLockRelease(escrow_shared->lock);
 }
 
 static void
@@ -287,9 +317,15 @@ decide_one(const EscrowSeen *s, int slots)
 
 	if (s->waits > 0)
 	{
-		target = pow2_at_least(Max(s->backends, 2));
-		if (slots > 1)
-			target = Max(target, slots * 2);
+		/* as many slots as backends were seen (a power of two) */
+		target = Max(slots, pow2_at_least(Max(s->backends, 2)));
+
+		/*
+		 * With that many slots already, a quarter of the calls still found
+		 * none free: more callers than the mask of 64 backends shows.
+		 */
+		if (target == slots && slots > 1 && (uint64) s->waits * 4 >= s->calls)
+			target = slots * 2;
 	}
 	else if (s->quiet >= QUOTA_ESCROW_QUIET_PASSES)
 	{
@@ -345,6 +381,8 @@ adapt_one(const EscrowSeen *s)
 	QuotaSpiExec(&relayout_plan, values, NULL, false, 1);
 	if (target == 1)
 		forget(s->tenant_id, s->quota_id);
+	else
+		cool_down(s->tenant_id, s->quota_id);
 	return SPI_processed == 1 &&
 		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
@@ -373,6 +411,42 @@ quota_ext_escrow_adapt(PG_FUNCTION_ARGS)
 		changed += adapt_one(&seen[i]) ? 1 : 0;
 	QuotaSpiEnd(&spi);
 	PG_RETURN_INT32(changed);
+}
+
+/*
+ * quota_ext.escrow_status() RETURNS SETOF (tenant_id, quota_id, waits,
+ *		calls, backends, quiet_passes)
+ *		This database's entries as the next pass will read them.  Admin.
+ */
+Datum
+quota_ext_escrow_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	QuotaCheckAdmin("escrow_status");
+	InitMaterializedSRF(fcinfo, 0);
+	if (!escrow_shared)
+		return (Datum) 0;
+	LWLockAcquire(escrow_shared->lock, LW_SHARED);
+	for (i = 0; i < QUOTA_ESCROW_ENTRIES; i++)
+	{
+		EscrowEntry *e = &escrow_shared->entries[i];
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
+
+		if (!e->used || e->dbid != MyDatabaseId)
+			continue;
+		values[0] = Int64GetDatum(e->tenant_id);
+		values[1] = Int64GetDatum(e->quota_id);
+		values[2] = Int64GetDatum((int64) e->waits);
+		values[3] = Int64GetDatum((int64) e->calls);
+		values[4] = Int32GetDatum(pg_popcount64(e->procs));
+		values[5] = Int32GetDatum(e->quiet);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(escrow_shared->lock);
+	return (Datum) 0;
 }
 
 /* ----------------------------------------------------------------------

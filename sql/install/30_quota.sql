@@ -212,6 +212,14 @@ CREATE FUNCTION quota_ext.escrow_adapt() RETURNS integer
 COMMENT ON FUNCTION quota_ext.escrow_adapt() IS
 	'One automatic escrow pass over this database in the current transaction (the background worker runs them on its own): the number of quotas laid out again';
 
+CREATE FUNCTION quota_ext.escrow_status(OUT tenant_id bigint, OUT quota_id bigint,
+	OUT waits bigint, OUT calls bigint, OUT backends integer, OUT quiet_passes integer)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'quota_ext_escrow_status'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION quota_ext.escrow_status() IS
+	'Automatic escrow''s entries of this database as the next pass will read them: waits (or calls that found no free slot), escrow calls, distinct backends, quiet passes in a row';
+
 -- The usage ledger: append-only.  occurred_at is the instant the row counts
 -- in (its periods); created_at when it was written.  A refund or settlement
 -- carries the occurred_at of the row it adjusts, so every period's sum stays

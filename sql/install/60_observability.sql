@@ -192,5 +192,6 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.request_stats_reset(),
 	quota_ext.shared_cache_status(),
 	quota_ext.shared_cache_tenants(),
-	quota_ext.escrow_adapt()
+	quota_ext.escrow_adapt(),
+	quota_ext.escrow_status()
 	TO quota_ext_admin;
