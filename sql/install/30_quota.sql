@@ -132,8 +132,9 @@ COMMENT ON FUNCTION quota_ext._counters_rebuild(bigint, bigint) IS
 	'Internal: lay out a quota''s counter rows for its number of escrow slots';
 
 -- Automatic escrow (src/escrow_adapt.c, doc/design.md §5): lay a blocking
--- quota with slots_auto out over n counter rows, in one transaction: the
--- quota row first (as quota_set), then every counter row in slot order (the
+-- quota with slots_auto out over n counter rows, in one transaction.  More
+-- slots for a quota that has slots: see below (only free slots are locked).
+-- Otherwise the quota row first (as quota_set), then every counter row in slot order (the
 -- order of the hot path, which never waits for a quota row), the current
 -- period's total to slot 0 with the thresholds already emitted, the slack
 -- split into allowances (none with n = 1: a plain counter), slot 0 updated
@@ -155,6 +156,8 @@ DECLARE
 	total bigint;
 	mask integer;
 	slack bigint;
+	free integer[];
+	k integer;
 	i integer;
 BEGIN
 	SELECT * INTO q FROM quota_ext.quotas
@@ -167,10 +170,50 @@ BEGIN
 	IF n = q.slots THEN
 		RETURN false;
 	END IF;
+	SELECT t.timezone INTO tz FROM quota_ext.tenants t WHERE t.tenant_id = q.tenant_id;
+	IF q.slots > 1 AND n > q.slots THEN
+		-- More slots for a quota that has slots: waiting for every slot in
+		-- turn would hold the ones already locked while callers keep taking
+		-- the others (seconds under load).  Instead the new slots get
+		-- allowance from the slots free right now (SKIP LOCKED: never waits),
+		-- when every row is in the current period (a row's period only moves
+		-- forward, so the rows not locked stay in it, and no row rolls over
+		-- with a default share computed for another count).
+		cur := (quota_ext.period_bounds(q.period, tz, clock_timestamp())).period_start;
+		IF EXISTS (SELECT FROM quota_ext.quota_counters c
+		            WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
+		              AND c.period_start <> cur) THEN
+			RETURN false;
+		END IF;
+		SELECT array_agg(f.slot ORDER BY f.slot), coalesce(sum(f.allowance - f.used), 0)
+		  INTO free, slack
+		  FROM (SELECT c.slot, c.used, c.allowance FROM quota_ext.quota_counters c
+		         WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
+		           AND c.period_start = cur
+		         ORDER BY c.slot FOR NO KEY UPDATE SKIP LOCKED) f;
+		IF free IS NULL THEN
+			RETURN false;
+		END IF;
+		k := cardinality(free) + n - q.slots;
+		FOR i IN 1 .. cardinality(free) LOOP
+			UPDATE quota_ext.quota_counters c
+			   SET allowance = c.used + quota_ext._slot_share(slack, k, i - 1)
+			 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id AND c.slot = free[i];
+		END LOOP;
+		FOR i IN q.slots .. n - 1 LOOP
+			INSERT INTO quota_ext.quota_counters
+			       (tenant_id, quota_id, slot, period_start, used, allowance, events_mask)
+			VALUES (q.tenant_id, q.quota_id, i, cur, 0,
+			        quota_ext._slot_share(slack, k, cardinality(free) + i - q.slots), 0);
+		END LOOP;
+		UPDATE quota_ext.quotas SET slots = n
+		 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+		PERFORM quota_ext.config_changed();
+		RETURN true;
+	END IF;
 	PERFORM 1 FROM quota_ext.quota_counters c
 	 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
 	 ORDER BY c.slot FOR NO KEY UPDATE;
-	SELECT t.timezone INTO tz FROM quota_ext.tenants t WHERE t.tenant_id = q.tenant_id;
 	cur := (quota_ext.period_bounds(q.period, tz, clock_timestamp())).period_start;
 	IF EXISTS (SELECT FROM quota_ext.quota_counters c
 	            WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
