@@ -356,7 +356,10 @@ lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from)
 			/* re-laid since read: take it as the escrow quota it is now */
 			r->slots = escrow_slots_now(tenant_id, r->quota_id);
 			if (r->slots > 1)
+			{
 				r->locked = false;
+				r->held_slot0 = true;
+			}
 		}
 	}
 	/* close the gap of the quotas that are gone */
@@ -803,8 +806,23 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
 		/* the counters locked are the model's that was resolved first */
 		pol->model_id = model_id;
 		if (rows)
+		{
+			int64		held[QUOTA_MAX_QUOTAS];
+			int			nheld = 0;
+			int			i;
+			int			j;
+
+			/* the slot-0 rows this call holds stay held: say so to escrow */
+			for (i = 0; i < *n; i++)
+				if (rows[i].locked || rows[i].held_slot0)
+					held[nheld++] = rows[i].quota_id;
 			*n = lock_counters(req->tenant_id, model_id, req->user_id, req->key_id,
 							   infinity, true, rows, next);
+			for (i = 0; i < *n; i++)
+				for (j = 0; j < nheld; j++)
+					if (rows[i].slots > 1 && rows[i].quota_id == held[j])
+						rows[i].held_slot0 = true;
+		}
 	}
 	return true;
 }

@@ -143,6 +143,7 @@ typedef struct QuotaRow
 	int			slots;
 	bool		auto_slots;		/* automatic escrow (escrow_adapt.c) may re-lay it */
 	bool		locked;			/* slot 0 locked as a single-row counter */
+	bool		held_slot0;		/* slot 0 locked, then found laid out over slots */
 	bool		multi_deny;		/* even all slots together cannot take it */
 	int			nupd;
 	CounterUpdate *upd;			/* the slot rows to write */

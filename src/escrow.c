@@ -339,6 +339,9 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 	 * slots collide by chance (and two backends starting at one slot wait).
 	 */
 	values[5] = Int32GetDatum(QuotaMyProcNumber() % r->slots);
+	/* slot 0 is ours already (lock_run found it re-laid): try it first */
+	if (r->held_slot0)
+		values[5] = Int32GetDatum(0);
 	values[6] = Int32GetDatum(r->slots);
 	values[7] = Int64GetDatum(r->max_units / r->slots);
 	values[8] = Int32GetDatum((int32) (r->max_units % r->slots));
