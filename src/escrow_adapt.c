@@ -95,7 +95,7 @@ static EscrowShared *escrow_shared = NULL;
 
 /* settings */
 static int	escrow_adapt_interval = 200;	/* ms; 0: no worker */
-static int	escrow_max_slots = 64;
+static int	escrow_max_slots = 32;
 
 PGDLLEXPORT void QuotaEscrowLauncherMain(Datum arg);
 PGDLLEXPORT void QuotaEscrowWorkerMain(Datum arg);
@@ -617,7 +617,7 @@ QuotaEscrowInit(void)
 	DefineCustomIntVariable("quota_ext.escrow_max_slots",
 							"Most escrow slots automatic escrow gives a quota.",
 							NULL,
-							&escrow_max_slots, 64, 1, 64,
+							&escrow_max_slots, 32, 1, 64,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	if (!process_shared_preload_libraries_in_progress)
 		return;
