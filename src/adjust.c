@@ -80,13 +80,26 @@ adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 
 	int			i;
 	TimestampTz clock = GetCurrentTimestamp();
 
-	n = lock_counters(tenant_id, model_id, user_id, key_id, occurred_at, true, true, rows);
+	int			next;
+
+	n = lock_counters(tenant_id, model_id, user_id, key_id, occurred_at, true, rows, &next);
 	*nrows = n;
 	for (i = 0; i < n; i++)
 	{
 		QuotaRow   *r = &rows[i];
-		int64		delta = r->metric_cost ? cost : r->metric_calls ? calls : units;
+		int64		delta;
 		bool		fits = true;
+
+		/* single-row quotas after an escrow one are locked in order here */
+		if (r->slots == 1 && !r->locked)
+		{
+			(void) lock_run(tenant_id, rows, &n, i);
+			*nrows = n;
+			if (i >= n)
+				break;			/* the rest were deleted meanwhile */
+			r = &rows[i];
+		}
+		delta = r->metric_cost ? cost : r->metric_calls ? calls : units;
 
 		QuotaPeriodBounds(r->period, tz, occurred_at, &r->start, &r->end);
 		if (r->slots > 1)

@@ -142,6 +142,9 @@ typedef struct QuotaRow
 	bool		touched;		/* counter is written */
 	/* escrow quotas (slots > 1): see acquire_slots */
 	int			slots;
+	bool		auto_slots;		/* automatic escrow (escrow_adapt.c) may re-lay it */
+	bool		locked;			/* slot 0 locked as a single-row counter */
+	bool		held_slot0;		/* slot 0 locked, then found laid out over slots */
 	bool		multi_deny;		/* even all slots together cannot take it */
 	int			nupd;
 	CounterUpdate *upd;			/* the slot rows to write */
@@ -162,7 +165,8 @@ extern QUOTA_PRIVATE int64 seconds_until(TimestampTz when, TimestampTz now);
 extern QUOTA_PRIVATE void decision_quota(Decision *d, const QuotaRow *r, int64 used,
 										bool retry, TimestampTz clock);
 extern QUOTA_PRIVATE int lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
-			  TimestampTz created_before, bool has_slots, bool fresh, QuotaRow *rows);
+			  TimestampTz created_before, bool fresh, QuotaRow *rows, int *next);
+extern QUOTA_PRIVATE int lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from);
 extern QUOTA_PRIVATE int64 write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char *kind,
 			int64 model_id, int64 user_id, int64 key_id, int32 calls, int64 units,
 			int64 overage, int64 ref_usage_id, int64 reservation_id, const char *idem_key,
@@ -173,6 +177,7 @@ extern QUOTA_PRIVATE bool lay_out_slots(QuotaRow *r, int k, int64 delta, bool ch
 extern QUOTA_PRIVATE void lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on);
 extern QUOTA_PRIVATE void acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied);
 extern QUOTA_PRIVATE void release_slots(int64 tenant_id, QuotaRow *rows, int n);
+extern QUOTA_PRIVATE int escrow_slots_now(int64 tenant_id, int64 quota_id);
 
 /* events.c */
 extern QUOTA_PRIVATE void emit_event(int64 tenant_id, QuotaRow *r, const char *kind, int threshold, int64 limit);

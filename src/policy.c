@@ -74,11 +74,7 @@ quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
 		"SELECT t.status OPERATOR(pg_catalog.=) 'active', t.timezone, m.model_id, "
 		"       p.allowed, p.roles_allowed, "
 		"       pr.price_id, pr.currency, pr.unit_price, pr.input_per_1k, pr.output_per_1k, "
-		"       pv.valid_until, "
-	/* does the tenant have escrow (multi-slot) quotas?  (consume.c) */
-		"       EXISTS (SELECT 1 FROM quota_ext.quotas q "
-		"               WHERE q.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
-		"                 AND q.slots OPERATOR(pg_catalog.>) 1) "
+		"       pv.valid_until "
 		"FROM quota_ext.tenants t "
 		"LEFT JOIN LATERAL ("
 		"  SELECT m.model_id FROM quota_ext.models m "
@@ -138,7 +134,6 @@ quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
 	d = SPI_getbinval(tup, desc, 3, &isnull);
 	out->model_id = isnull ? 0 : DatumGetInt64(d);
 	QuotaPriceFromTuple(tup, desc, 6, &out->price);
-	out->has_slots = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
 	d = SPI_getbinval(tup, desc, 4, &isnull);
 	if (isnull || !DatumGetBool(d))
 		return;
@@ -247,7 +242,6 @@ policy_cache_flat(void *entry, QuotaFlat *f)
 	QuotaFlatBytes(f, &p, p ? strlen(p) + 1 : 0);
 	r->timezone = p;
 	QUOTA_FLAT(f, r->model_id);
-	QUOTA_FLAT(f, r->has_slots);
 	QUOTA_FLAT(f, r->price.found);
 	QUOTA_FLAT(f, r->price.price_id);
 	QUOTA_FLAT(f, r->price.currency);

@@ -43,6 +43,10 @@ CREATE TABLE quota_ext.quotas (
 	-- escrow slots for hot tenants (doc/design.md §5): 1 = one counter row
 	slots         integer NOT NULL DEFAULT 1
 	              CHECK (slots OPERATOR(pg_catalog.>=) 1 AND slots OPERATOR(pg_catalog.<=) 64),
+	-- automatic escrow (blocking quotas only): the extension sets slots
+	-- itself from the contention it sees; false once quota_set(slots => N)
+	-- fixed the number
+	slots_auto    boolean NOT NULL DEFAULT true,
 	CHECK (slots OPERATOR(pg_catalog.=) 1 OR on_exceed OPERATOR(pg_catalog.=) 'block'),
 	PRIMARY KEY (tenant_id, quota_id),
 	UNIQUE NULLS NOT DISTINCT (tenant_id, period, metric, model_id, user_id, key_id),
@@ -72,6 +76,14 @@ CREATE TABLE quota_ext.quota_counters (
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE quota_ext.quota_counters IS
 	'Units used in the current period of each quota (period_start says which period); one row per escrow slot';
+
+-- The slot-share rule, in one place (escrow.c): slot i of n gets
+-- limit / n, plus 1 for the first limit % n slots.
+CREATE FUNCTION quota_ext._slot_share(lim bigint, n integer, i integer) RETURNS bigint
+	AS 'MODULE_PATHNAME', 'quota_ext_slot_share'
+	LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION quota_ext._slot_share(bigint, integer, integer) IS
+	'Internal: the default share of a limit of escrow slot i of n';
 
 -- Rebuild the counters of a quota with its current number of slots: the
 -- current period's total goes to slot 0, and the limit is split into
@@ -112,12 +124,144 @@ BEGIN
 		VALUES (q.tenant_id, q.quota_id, i, cur,
 		        CASE WHEN i = 0 THEN total ELSE 0 END,
 		        (CASE WHEN i = 0 THEN total ELSE 0 END)
-		        + slack / q.slots + CASE WHEN i < slack % q.slots THEN 1 ELSE 0 END);
+		        + quota_ext._slot_share(slack, q.slots, i));
 	END LOOP;
 END
 $$;
 COMMENT ON FUNCTION quota_ext._counters_rebuild(bigint, bigint) IS
 	'Internal: lay out a quota''s counter rows for its number of escrow slots';
+
+-- Automatic escrow (src/escrow_adapt.c, doc/design.md §5): lay a blocking
+-- quota with slots_auto out over n counter rows, in one transaction.  More
+-- slots for a quota that has slots: see below (only free slots are locked).
+-- Otherwise the quota row first (as quota_set), then every counter row in slot order (the
+-- order of the hot path, which never waits for a quota row), the current
+-- period's total to slot 0 with the thresholds already emitted, the slack
+-- split into allowances (none with n = 1: a plain counter), slot 0 updated
+-- in place so that a call waiting for it follows the update, and the
+-- configuration generation moved so that every backend reads the new
+-- slot count.  Returns false, changing nothing, when the quota is gone, is
+-- no longer automatic, already has n slots, or one of its slots is in a
+-- later period than now.
+CREATE FUNCTION quota_ext._escrow_relayout(tenant_id bigint, quota_id bigint, n integer)
+	RETURNS boolean
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	q quota_ext.quotas;
+	tz text;
+	cur timestamptz;
+	total bigint;
+	mask integer;
+	slack bigint;
+	free integer[];
+	k integer;
+	i integer;
+BEGIN
+	SELECT * INTO q FROM quota_ext.quotas
+	 WHERE tenant_id = _escrow_relayout.tenant_id AND quota_id = _escrow_relayout.quota_id
+	   FOR NO KEY UPDATE;
+	IF NOT FOUND OR NOT q.slots_auto OR q.on_exceed <> 'block' THEN
+		RETURN false;
+	END IF;
+	n := least(greatest(n, 1), 64, greatest(q.max_units, 1));
+	IF n = q.slots THEN
+		RETURN false;
+	END IF;
+	SELECT t.timezone INTO tz FROM quota_ext.tenants t WHERE t.tenant_id = q.tenant_id;
+	IF q.slots > 1 AND n > q.slots THEN
+		-- More slots for a quota that has slots: waiting for every slot in
+		-- turn would hold the ones already locked while callers keep taking
+		-- the others (seconds under load).  Instead the new slots get
+		-- allowance from the slots free right now (SKIP LOCKED: never waits),
+		-- when every row is in the current period (a row's period only moves
+		-- forward, so the rows not locked stay in it, and no row rolls over
+		-- with a default share computed for another count).
+		cur := (quota_ext.period_bounds(q.period, tz, clock_timestamp())).period_start;
+		IF EXISTS (SELECT FROM quota_ext.quota_counters c
+		            WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
+		              AND c.period_start <> cur) THEN
+			RETURN false;
+		END IF;
+		SELECT array_agg(f.slot ORDER BY f.slot), coalesce(sum(f.allowance - f.used), 0)
+		  INTO free, slack
+		  FROM (SELECT c.slot, c.used, c.allowance FROM quota_ext.quota_counters c
+		         WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
+		           AND c.period_start = cur
+		         ORDER BY c.slot FOR NO KEY UPDATE SKIP LOCKED) f;
+		IF free IS NULL THEN
+			RETURN false;
+		END IF;
+		k := cardinality(free) + n - q.slots;
+		FOR i IN 1 .. cardinality(free) LOOP
+			UPDATE quota_ext.quota_counters c
+			   SET allowance = c.used + quota_ext._slot_share(slack, k, i - 1)
+			 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id AND c.slot = free[i];
+		END LOOP;
+		FOR i IN q.slots .. n - 1 LOOP
+			INSERT INTO quota_ext.quota_counters
+			       (tenant_id, quota_id, slot, period_start, used, allowance, events_mask)
+			VALUES (q.tenant_id, q.quota_id, i, cur, 0,
+			        quota_ext._slot_share(slack, k, cardinality(free) + i - q.slots), 0);
+		END LOOP;
+		UPDATE quota_ext.quotas SET slots = n
+		 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+		PERFORM quota_ext.config_changed();
+		RETURN true;
+	END IF;
+	PERFORM 1 FROM quota_ext.quota_counters c
+	 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
+	 ORDER BY c.slot FOR NO KEY UPDATE;
+	cur := (quota_ext.period_bounds(q.period, tz, clock_timestamp())).period_start;
+	IF EXISTS (SELECT FROM quota_ext.quota_counters c
+	            WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
+	              AND c.period_start > cur) THEN
+		RETURN false;
+	END IF;
+	SELECT coalesce(sum(c.used) FILTER (WHERE c.period_start = cur), 0),
+	       coalesce(bit_or(c.events_mask) FILTER (WHERE c.period_start = cur), 0)
+	  INTO total, mask
+	  FROM quota_ext.quota_counters c WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id;
+	slack := greatest(q.max_units - total, 0);
+	DELETE FROM quota_ext.quota_counters c
+	 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id AND c.slot >= n;
+	UPDATE quota_ext.quota_counters c
+	   SET period_start = cur, used = total, events_mask = mask,
+	       allowance = CASE WHEN n = 1 THEN NULL
+	                        ELSE total + quota_ext._slot_share(slack, n, 0) END
+	 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id AND c.slot = 0;
+	FOR i IN 1 .. n - 1 LOOP
+		INSERT INTO quota_ext.quota_counters AS c
+		       (tenant_id, quota_id, slot, period_start, used, allowance, events_mask)
+		VALUES (q.tenant_id, q.quota_id, i, cur, 0, quota_ext._slot_share(slack, n, i), 0)
+		ON CONFLICT (tenant_id, quota_id, slot) DO UPDATE
+		   SET period_start = excluded.period_start, used = 0,
+		       allowance = excluded.allowance, events_mask = 0;
+	END LOOP;
+	UPDATE quota_ext.quotas SET slots = n
+	 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+	PERFORM quota_ext.config_changed();
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._escrow_relayout(bigint, bigint, integer) IS
+	'Internal: automatic escrow lays a quota out over n counter rows';
+
+CREATE FUNCTION quota_ext.escrow_adapt() RETURNS integer
+	AS 'MODULE_PATHNAME', 'quota_ext_escrow_adapt'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION quota_ext.escrow_adapt() IS
+	'One automatic escrow pass over this database in the current transaction (the background worker runs them on its own): the number of quotas laid out again';
+
+CREATE FUNCTION quota_ext.escrow_status(OUT tenant_id bigint, OUT quota_id bigint,
+	OUT waits bigint, OUT calls bigint, OUT backends integer, OUT quiet_passes integer)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'quota_ext_escrow_status'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION quota_ext.escrow_status() IS
+	'Automatic escrow''s entries of this database as the next pass will read them: waits (or calls that found no free slot), escrow calls, distinct backends, quiet passes in a row';
 
 -- The usage ledger: append-only.  occurred_at is the instant the row counts
 -- in (its periods); created_at when it was written.  A refund or settlement
@@ -472,6 +616,11 @@ BEGIN
 		        quota_set.key_id, lim, quota_set.soft_limit, quota_set.on_exceed,
 		        quota_set.thresholds, cur, coalesce(quota_set.slots, 1))
 		RETURNING * INTO new;
+		IF quota_set.slots IS NOT NULL THEN
+			UPDATE quota_ext.quotas SET slots_auto = false
+			 WHERE tenant_id = t.tenant_id AND quota_id = new.quota_id
+			RETURNING * INTO new;
+		END IF;
 		IF new.slots = 1 THEN
 			INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) VALUES (t.tenant_id, new.quota_id);
 		ELSE
@@ -481,7 +630,9 @@ BEGIN
 		UPDATE quota_ext.quotas SET period_label = lower(quota_set.period),
 		       max_units = lim, soft_limit = quota_set.soft_limit,
 		       on_exceed = quota_set.on_exceed, thresholds = quota_set.thresholds,
-		       slots = coalesce(quota_set.slots, slots),
+		       slots = CASE WHEN quota_set.slots IS NOT NULL THEN quota_set.slots
+		                    WHEN quota_set.on_exceed <> 'block' THEN 1 ELSE slots END,
+		       slots_auto = slots_auto AND quota_set.slots IS NULL,
 		       origin = 'tenant', updated_at = now()
 		 WHERE tenant_id = t.tenant_id AND quota_id = old.quota_id
 		RETURNING * INTO new;

@@ -191,5 +191,7 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.audit_purge(),
 	quota_ext.request_stats_reset(),
 	quota_ext.shared_cache_status(),
-	quota_ext.shared_cache_tenants()
+	quota_ext.shared_cache_tenants(),
+	quota_ext.escrow_adapt(),
+	quota_ext.escrow_status()
 	TO quota_ext_admin;

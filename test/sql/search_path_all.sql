@@ -172,7 +172,9 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(87, 'rate_limit_namespaces', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.rate_limit_namespaces()$q$),
 	(88, 'rate_limit_reset', 'admin', $q$SELECT quota_ext.rate_limit_reset({a}) OPERATOR(pg_catalog.>=) 0, quota_ext.rate_limit_reset(key => '{p}no-key') OPERATOR(pg_catalog.=) 0$q$),
 	(89, 'shared_cache_status', 'admin', $q$SELECT capacity OPERATOR(pg_catalog.>) 0, tenant_entries OPERATOR(pg_catalog.>) 0 FROM quota_ext.shared_cache_status()$q$),
-	(90, 'shared_cache_tenants', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.shared_cache_tenants()$q$);
+	(90, 'shared_cache_tenants', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.shared_cache_tenants()$q$),
+	(91, 'escrow_adapt', 'admin', $q$SELECT quota_ext.escrow_adapt() OPERATOR(pg_catalog.>=) 0$q$),
+	(92, 'escrow_status', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.escrow_status()$q$);
 -- every function a role may execute whose name no call above has gets a
 -- generated call: arguments without a default, by name, else by type
 INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
