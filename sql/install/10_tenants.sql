@@ -194,38 +194,29 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._check_role(text) IS 'Internal: validate a user role name';
 
--- The tenant row a function acts on: raises unless tenant_id is given, the
--- caller may act on it (_check_tenant_access) and it exists (42704, the same
--- text as a tenant of someone else).  for_update: locks the row against
--- concurrent changes (an admin change of the tenant's configuration).
-CREATE FUNCTION quota_ext._tenant_read(tenant_id bigint, for_update boolean DEFAULT false)
-	RETURNS quota_ext.tenants
-	LANGUAGE plpgsql VOLATILE
+-- The tenant row for an admin change: checks access, existence, and that
+-- the tenant is not closed; locks the row against concurrent status changes.
+CREATE FUNCTION quota_ext._tenant_for_update(tenant_id bigint) RETURNS quota_ext.tenants
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
+#variable_conflict use_column
 DECLARE
 	t quota_ext.tenants;
 BEGIN
-	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
-	PERFORM quota_ext._check_tenant_access($1);
-	IF for_update THEN
-		SELECT * INTO t FROM quota_ext.tenants x WHERE x.tenant_id OPERATOR(pg_catalog.=) $1 FOR UPDATE;
-	ELSE
-		SELECT * INTO t FROM quota_ext.tenants x WHERE x.tenant_id OPERATOR(pg_catalog.=) $1;
+	IF _tenant_for_update.tenant_id IS NULL THEN
+		PERFORM quota_ext._null_arg('tenant_id');
 	END IF;
+	PERFORM quota_ext._check_tenant_access(_tenant_for_update.tenant_id);
+	SELECT * INTO t FROM quota_ext.tenants
+	 WHERE tenant_id = _tenant_for_update.tenant_id FOR UPDATE;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', $1 USING ERRCODE = 'undefined_object';
+		RAISE EXCEPTION 'tenant % does not exist', _tenant_for_update.tenant_id
+			USING ERRCODE = 'undefined_object';
 	END IF;
 	RETURN t;
 END
 $$;
-COMMENT ON FUNCTION quota_ext._tenant_read(bigint, boolean) IS
-	'Internal: the tenant row the caller may act on (22004 without an id, 42704 otherwise), locked if asked';
-
-CREATE FUNCTION quota_ext._tenant_for_update(tenant_id bigint) RETURNS quota_ext.tenants
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$ SELECT quota_ext._tenant_read($1, true) $$;
 COMMENT ON FUNCTION quota_ext._tenant_for_update(bigint) IS 'Internal: lock a tenant row for an admin change';
 
 CREATE FUNCTION quota_ext._api_key_mint(tenant_id bigint, key_id bigint,

@@ -759,7 +759,12 @@ CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL
 DECLARE
 	mid bigint;
 BEGIN
-	PERFORM quota_ext._tenant_read(quota_status.tenant_id);
+	IF quota_status.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
+	PERFORM quota_ext._check_tenant_access(quota_status.tenant_id);
+	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = quota_status.tenant_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', quota_status.tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
 	IF quota_status.model IS NOT NULL THEN
 		mid := quota_ext._model_for(quota_status.tenant_id, quota_status.model);
 	END IF;
@@ -804,7 +809,12 @@ DECLARE
 	month_first date;
 	usage jsonb;
 BEGIN
-	t := quota_ext._tenant_read(tenant_summary.tenant_id);
+	IF tenant_summary.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
+	PERFORM quota_ext._check_tenant_access(tenant_summary.tenant_id);
+	SELECT * INTO t FROM quota_ext.tenants WHERE tenant_id = tenant_summary.tenant_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', tenant_summary.tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
 	today := (clock_timestamp() AT TIME ZONE t.timezone)::date;
 	month_first := date_trunc('month', today)::date;
 	WITH d AS MATERIALIZED (

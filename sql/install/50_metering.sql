@@ -271,7 +271,11 @@ BEGIN
 	IF price_lookup.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
 	IF price_lookup.model IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
 	IF price_lookup.at IS NULL THEN PERFORM quota_ext._null_arg('at'); END IF;
-	PERFORM quota_ext._tenant_read(price_lookup.tenant_id);
+	PERFORM quota_ext._check_tenant_access(price_lookup.tenant_id);
+	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = price_lookup.tenant_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', price_lookup.tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
 	mid := quota_ext._model_for(price_lookup.tenant_id, price_lookup.model);
 	RETURN QUERY SELECT p.* FROM quota_ext._price_in_force(price_lookup.tenant_id, mid, price_lookup.at) p
 	              WHERE p.price_id IS NOT NULL;
@@ -789,7 +793,11 @@ BEGIN
 	IF NOT (usage_report."from" < usage_report."to") THEN
 		RAISE EXCEPTION '"from" must be before "to"' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	tz := (quota_ext._tenant_read(usage_report.tenant_id)).timezone;
+	PERFORM quota_ext._check_tenant_access(usage_report.tenant_id);
+	SELECT t.timezone INTO tz FROM quota_ext.tenants t WHERE t.tenant_id = usage_report.tenant_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', usage_report.tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
 	-- day resolution: every local day that [from, to) touches
 	d0 := (usage_report."from" AT TIME ZONE tz)::date;
 	d1 := ((usage_report."to" - interval '1 microsecond') AT TIME ZONE tz)::date;
