@@ -350,7 +350,7 @@ $$;
 COMMENT ON FUNCTION quota_ext._tier_quotas_sync(bigint) IS
 	'Internal: keep a tenant''s tier default quota in line with its tier';
 
-CREATE FUNCTION quota_ext.quota_set(tenant_id bigint, period text, max_units bigint,
+CREATE FUNCTION quota_ext.quota_set(tenant_id bigint, period text, max_units bigint DEFAULT NULL,
 	model text DEFAULT NULL, metric text DEFAULT 'calls', soft_limit bigint DEFAULT NULL,
 	on_exceed text DEFAULT 'block', user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
 	thresholds integer[] DEFAULT '{80,100}', max_cost numeric DEFAULT NULL,
@@ -374,7 +374,7 @@ BEGIN
 	IF p IS NULL THEN
 		RAISE EXCEPTION 'invalid period "%"', quota_ext._quote_input(quota_set.period)
 			USING ERRCODE = 'invalid_parameter_value',
-			      HINT = 'Use minute, hour, day, week, month, year or lifetime (or hourly, daily, weekly, monthly, yearly, never).';
+			      HINT = 'Use minute, hour, day, week, month, year or lifetime (or minutely, hourly, daily, weekly, monthly, yearly, annual, annually, never, total).';
 	END IF;
 	IF m IS NULL THEN PERFORM quota_ext._null_arg('metric'); END IF;
 	-- a money budget: max_cost (and currency) instead of max_units
