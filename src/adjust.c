@@ -117,6 +117,7 @@ adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 
 		{
 			d->allowed = false;
 			d->denied_by = denied_quota;
+			d->denied_metric = quota_row_metric(r);
 			d->quota_id = r->quota_id;
 			strlcpy(d->period, r->label, sizeof(d->period));
 			if (r->metric_cost)
@@ -474,6 +475,9 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 	if (!reservation_lock(tenant_id, reservation_id, &res))
 		raise_unknown_reservation(reservation_id);
 	d.reservation_id = reservation_id;
+	d.tenant_id = tenant_id;
+	d.user_id = res.user_id;
+	d.key_id = res.key_id;
 	if (strcmp(res.status, "settled") == 0 && res.has_actual && res.actual == actual)
 	{
 		/*
@@ -588,6 +592,9 @@ quota_ext_quota_cancel(PG_FUNCTION_ARGS)
 	QuotaSpiBegin(&spi);
 	if (!reservation_lock(tenant_id, reservation_id, &res))
 		raise_unknown_reservation(reservation_id);
+	d.tenant_id = tenant_id;
+	d.user_id = res.user_id;
+	d.key_id = res.key_id;
 	if (strcmp(res.status, "cancelled") == 0)
 	{
 		d.replayed = true;
@@ -681,6 +688,9 @@ quota_ext_quota_refund(PG_FUNCTION_ARGS)
 	v = SPI_getbinval(tup, desc, 4, &isnull);
 	key_id = isnull ? 0 : DatumGetInt64(v);
 	units = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+	d.tenant_id = tenant_id;
+	d.user_id = user_id;
+	d.key_id = key_id;
 	memset(&extra, 0, sizeof(extra));
 	v = SPI_getbinval(tup, desc, 7, &isnull);
 	extra.price_id = isnull ? 0 : DatumGetInt64(v);

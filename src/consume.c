@@ -558,6 +558,7 @@ decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock
 
 		d->allowed = false;
 		d->denied_by = denied_quota;
+		d->denied_metric = quota_row_metric(r);
 		d->quota_id = r->quota_id;
 		strlcpy(d->period, r->label, sizeof(d->period));
 		if (r->metric_cost)
@@ -958,7 +959,7 @@ quota_ext_quota_consume(PG_FUNCTION_ARGS)
 	check_writable("quota_consume()");
 	charge_args(fcinfo, &req, consume_names, 3, true);
 	QuotaConsume(&req, &d);
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	PG_RETURN_DATUM(request_decision_datum(fcinfo, &req, &d));
 }
 
 /*
@@ -977,7 +978,7 @@ quota_ext_quota_consume_or_raise(PG_FUNCTION_ARGS)
 	QuotaConsume(&req, &d);
 	if (!d.allowed)
 		raise_denial(&req, &d);
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	PG_RETURN_DATUM(request_decision_datum(fcinfo, &req, &d));
 }
 
 /*
@@ -1008,7 +1009,7 @@ quota_ext_invoke(PG_FUNCTION_ARGS)
 	req.role = ctx->role[0] ? pstrdup(ctx->role) : NULL;
 	QuotaConsume(&req, &d);
 	QuotaKeyArgDone();
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	PG_RETURN_DATUM(request_decision_datum(fcinfo, &req, &d));
 }
 
 /*
@@ -1026,5 +1027,5 @@ quota_ext_quota_reserve(PG_FUNCTION_ARGS)
 	check_writable("quota_reserve()");
 	charge_args(fcinfo, &req, reserve_names, 4, true);
 	QuotaConsume(&req, &d);
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	PG_RETURN_DATUM(request_decision_datum(fcinfo, &req, &d));
 }

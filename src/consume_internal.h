@@ -101,6 +101,10 @@ typedef struct Decision
 	bool		has_remaining_cost; /* a cost quota applies */
 	int64		remaining_cost_micro;
 	char		currency[4];	/* of the cost, else of the cost quota */
+	const char *denied_metric;	/* the denying quota's metric (static), or NULL */
+	int64		tenant_id;		/* the call's tenant, user and key; 0: none */
+	int64		user_id;
+	int64		key_id;
 } Decision;
 
 /* one counter row to write: (quota, slot) <- used, period, allowance, mask */
@@ -155,6 +159,10 @@ extern QUOTA_PRIVATE const char *const denied_tenant;
 extern QUOTA_PRIVATE const char *const denied_policy;
 extern QUOTA_PRIVATE const char *const denied_rate;
 extern QUOTA_PRIVATE const char *const denied_quota;
+/* ... and Decision.denied_metric at one of these */
+extern QUOTA_PRIVATE const char *const metric_calls;
+extern QUOTA_PRIVATE const char *const metric_units;
+extern QUOTA_PRIVATE const char *const metric_cost;
 
 /* consume.c */
 extern QUOTA_PRIVATE int64 seconds_until(TimestampTz when, TimestampTz now);
@@ -191,6 +199,9 @@ extern QUOTA_PRIVATE void raise_unknown_model(const char *model);
 
 /* decision.c */
 extern QUOTA_PRIVATE Datum decision_datum(FunctionCallInfo fcinfo, const Decision *d);
+extern QUOTA_PRIVATE Datum request_decision_datum(FunctionCallInfo fcinfo, const ConsumeRequest *req,
+												  Decision *d);
+extern QUOTA_PRIVATE const char *quota_row_metric(const QuotaRow *r);
 extern QUOTA_PRIVATE void charge_args(FunctionCallInfo fcinfo, ConsumeRequest *req,
 									   const char *const *names, int nnames, bool by_tenant);
 extern QUOTA_PRIVATE void raise_denial(const ConsumeRequest *req, const Decision *d);

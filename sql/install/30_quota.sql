@@ -198,6 +198,7 @@ CREATE TABLE quota_ext.idempotency_keys (
 	cost            numeric,
 	remaining_cost  numeric,
 	currency        char(3),
+	denied_metric   text,
 	PRIMARY KEY (tenant_id, idempotency_key)
 );
 COMMENT ON TABLE quota_ext.idempotency_keys IS
@@ -274,10 +275,14 @@ CREATE TYPE quota_ext.decision AS (
 	replayed       boolean,
 	cost           numeric,
 	remaining_cost numeric,
-	currency       text
+	currency       text,
+	denied_metric  text,
+	tenant_id      bigint,
+	user_id        bigint,
+	key_id         bigint
 );
 COMMENT ON TYPE quota_ext.decision IS
-	'allowed; denied_by (tenant, policy, rate_limit, quota or NULL); the tightest or denying limit with remaining, resets_at and retry_after (seconds); the usage row; replayed = answered from an idempotency key; cost of the call, money left in the tightest (or denying) cost quota and its currency';
+	'allowed; denied_by (tenant, policy, rate_limit, quota or NULL); the tightest or denying limit with remaining, resets_at and retry_after (seconds); the usage row; replayed = answered from an idempotency key; cost of the call, money left in the tightest (or denying) cost quota and its currency; denied_metric = the denying quota''s metric (calls, units, cost; NULL unless denied_by = quota); the tenant, user and key of the call';
 
 -- ---------------------------------------------------------------------------
 -- periods (src/period.c)
@@ -599,12 +604,15 @@ COMMENT ON FUNCTION quota_ext.quota_expire_reservations(integer) IS
 -- reading quotas
 -- ---------------------------------------------------------------------------
 
-CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL,
-	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL)
+-- quota_status's work; with_requests = false leaves requests NULL and reads
+-- no ledger (tenant_summary, which promises not to scan it).
+CREATE FUNCTION quota_ext._quota_status(tenant_id bigint, model text, user_id bigint, key_id bigint,
+	with_requests boolean)
 	RETURNS TABLE (quota_id bigint, period text, metric text, model_name text,
 	               scope_user_id bigint, scope_key_id bigint, "limit" bigint, used bigint, remaining bigint,
 	               resets_at timestamptz, on_exceed text, origin text, currency text,
-	               limit_cost numeric, used_cost numeric, remaining_cost numeric)
+	               limit_cost numeric, used_cost numeric, remaining_cost numeric,
+	               period_start timestamptz, requests bigint)
 	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
@@ -612,16 +620,16 @@ CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL
 DECLARE
 	mid bigint;
 BEGIN
-	IF quota_status.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
-	PERFORM quota_ext._check_tenant_access(quota_status.tenant_id);
-	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = quota_status.tenant_id;
+	IF _quota_status.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
+	PERFORM quota_ext._check_tenant_access(_quota_status.tenant_id);
+	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = _quota_status.tenant_id;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', quota_status.tenant_id USING ERRCODE = 'undefined_object';
+		RAISE EXCEPTION 'tenant % does not exist', _quota_status.tenant_id USING ERRCODE = 'undefined_object';
 	END IF;
-	IF quota_status.model IS NOT NULL THEN
-		mid := quota_ext._model_resolve(quota_status.tenant_id, quota_status.model);
+	IF _quota_status.model IS NOT NULL THEN
+		mid := quota_ext._model_resolve(_quota_status.tenant_id, _quota_status.model);
 		IF mid IS NULL THEN
-			RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(quota_status.model)
+			RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(_quota_status.model)
 				USING ERRCODE = 'undefined_object';
 		END IF;
 	END IF;
@@ -632,7 +640,18 @@ BEGIN
 	       q.on_exceed, q.origin, q.currency::text,
 	       CASE WHEN q.metric = 'cost' THEN round(q.max_units / 1000000.0, 6) END,
 	       CASE WHEN q.metric = 'cost' THEN round(s.used / 1000000.0, 6) END,
-	       CASE WHEN q.metric = 'cost' THEN round(greatest(q.max_units - s.used, 0) / 1000000.0, 6) END
+	       CASE WHEN q.metric = 'cost' THEN round(greatest(q.max_units - s.used, 0) / 1000000.0, 6) END,
+	       CASE WHEN q.period = 'lifetime' THEN NULL ELSE b.period_start END,
+	       -- calls admitted in the period and scope, net of refunds, from the
+	       -- ledger since the period start (its (tenant_id, created_at)
+	       -- index: created_at >= occurred_at)
+	       CASE WHEN _quota_status.with_requests THEN (SELECT coalesce(sum(u.calls), 0)::bigint FROM quota_ext.usage u
+	                   WHERE u.tenant_id = q.tenant_id
+	                     AND u.created_at >= b.period_start
+	                     AND u.occurred_at >= b.period_start AND u.occurred_at < b.period_end
+	                     AND (q.model_id IS NULL OR u.model_id = q.model_id)
+	                     AND (q.user_id IS NULL OR u.user_id = q.user_id)
+	                     AND (q.key_id IS NULL OR u.key_id = q.key_id)) END
 	  FROM quota_ext.quotas q
 	  JOIN quota_ext.tenants t ON t.tenant_id = q.tenant_id
 	  LEFT JOIN quota_ext.models m ON m.model_id = q.model_id
@@ -640,15 +659,28 @@ BEGIN
 	  CROSS JOIN LATERAL (SELECT coalesce(sum(c.used) FILTER (WHERE c.period_start = b.period_start), 0)::bigint AS used
 	                        FROM quota_ext.quota_counters c
 	                       WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id) s
-	 WHERE q.tenant_id = quota_status.tenant_id
-	   AND (quota_status.model IS NULL OR q.model_id IS NULL OR q.model_id = mid)
-	   AND (quota_status.user_id IS NULL OR q.user_id IS NULL OR q.user_id = quota_status.user_id)
-	   AND (quota_status.key_id IS NULL OR q.key_id IS NULL OR q.key_id = quota_status.key_id)
+	 WHERE q.tenant_id = _quota_status.tenant_id
+	   AND (_quota_status.model IS NULL OR q.model_id IS NULL OR q.model_id = mid)
+	   AND (_quota_status.user_id IS NULL OR q.user_id IS NULL OR q.user_id = _quota_status.user_id)
+	   AND (_quota_status.key_id IS NULL OR q.key_id IS NULL OR q.key_id = _quota_status.key_id)
 	 ORDER BY q.quota_id;
 END
 $$;
+COMMENT ON FUNCTION quota_ext._quota_status(bigint, text, bigint, bigint, boolean) IS
+	'Internal: quota_status, with or without the request counts';
+
+CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL,
+	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL)
+	RETURNS TABLE (quota_id bigint, period text, metric text, model_name text,
+	               scope_user_id bigint, scope_key_id bigint, "limit" bigint, used bigint, remaining bigint,
+	               resets_at timestamptz, on_exceed text, origin text, currency text,
+	               limit_cost numeric, used_cost numeric, remaining_cost numeric,
+	               period_start timestamptz, requests bigint)
+	LANGUAGE sql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT * FROM quota_ext._quota_status($1, $2, $3, $4, true) $$;
 COMMENT ON FUNCTION quota_ext.quota_status(bigint, text, bigint, bigint) IS
-	'Every quota of a tenant (or those that apply to a model, user, key) with used, remaining and resets_at now (cost quotas: in micro-units, and as money in limit_cost, used_cost, remaining_cost)';
+	'Every quota of a tenant (or those that apply to a model, user, key) with used, remaining, period_start and resets_at now (cost quotas: in micro-units, and as money in limit_cost, used_cost, remaining_cost) and the requests admitted in the period';
 
 -- tenant_summary never scans the ledger beyond the rollup watermark: whole
 -- days come from quota_ext.usage_daily (usage_rollup(), 50_metering.sql)
@@ -707,7 +739,7 @@ BEGIN
 		                             'currency', s.currency, 'limit_cost', s.limit_cost,
 		                             'used_cost', s.used_cost, 'remaining_cost', s.remaining_cost))
 		                             ORDER BY s.quota_id)
-		                      FROM quota_ext.quota_status(t.tenant_id) s), '[]'),
+		                      FROM quota_ext._quota_status(t.tenant_id, NULL, NULL, NULL, false) s), '[]'),
 		'usage', usage);
 END
 $$;
