@@ -150,7 +150,9 @@ adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 
  *		allowed call's: the tightest calls/units quota (quota_id, period,
  *		limit, remaining, resets_at) and the money left in the tightest cost
  *		quota (remaining_cost, and its currency when the call has none), as
- *		the counters of the adjusted period stand after the adjustment.
+ *		the counters of the adjusted period stand after the adjustment
+ *		(rows from adjust_counters, or from read_counters, whose escrow
+ *		quotas come as one row with their total).
  *		(Settle and refund left them NULL before: issue 17.)  Counters that
  *		moved on to a later period, and escrow quotas the adjustment did not
  *		touch (only their slot 0 is loaded), are not described.
@@ -533,15 +535,11 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 		strlcpy(d.currency, price.currency, sizeof(d.currency));
 	}
 
-	/*
-	 * The counters are locked even when nothing changes, so the decision
-	 * describes the quotas like a consume's (describe_after).
-	 */
-	if (adjust_counters(tenant_id, res.occurred_at, res.model_id, res.user_id, res.key_id,
-						0, delta, extra.cost_micro, true, rows, &n, &d))
+	if (delta != 0 || extra.cost_micro != 0 || extra.tokens.input != 0 ||
+		extra.tokens.output != 0)
 	{
-		if (delta != 0 || extra.cost_micro != 0 || extra.tokens.input != 0 ||
-			extra.tokens.output != 0)
+		if (adjust_counters(tenant_id, res.occurred_at, res.model_id, res.user_id, res.key_id,
+							0, delta, extra.cost_micro, true, rows, &n, &d))
 		{
 			int			i;
 
@@ -553,11 +551,29 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 									 overage_change(rows, n), res.usage_id,
 									 reservation_id, NULL, rows, n, &extra);
 			d.cost_micro = actual_cost;
+			describe_after(rows, n, &d);
 		}
-		describe_after(rows, n, &d);
+		else
+			unbilled = delta;
 	}
 	else
-		unbilled = delta;
+	{
+		/*
+		 * Nothing changes: no counter is locked (the expiry sweep skips a
+		 * reservation held by such a settle at once,
+		 * test/specs/reservation_race.spec); the quotas are described from
+		 * an unlocked read, as quota_check reads them.
+		 */
+		text	   *tz = tenant_timezone(tenant_id);
+		int			i;
+
+		n = read_counters(tenant_id, res.model_id, res.user_id, res.key_id, res.occurred_at,
+						  rows);
+		for (i = 0; i < n; i++)
+			QuotaPeriodBounds(rows[i].period, tz, res.occurred_at, &rows[i].start,
+							  &rows[i].end);
+		describe_after(rows, n, &d);
+	}
 	reservation_close(tenant_id, reservation_id, "settled", true, actual, unbilled);
 	QuotaSpiEnd(&spi);
 	PG_RETURN_DATUM(decision_datum(fcinfo, &d));

@@ -148,7 +148,7 @@ seconds_until(TimestampTz when, TimestampTz now)
  * parse_quota_rows
  *		Load SPI's rows (lock_plan or multi_plan columns) into rows[first..].
  */
-static int
+int
 parse_quota_rows(QuotaRow *rows, int first)
 {
 	uint64		i;
@@ -484,7 +484,7 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
  *		quota with on_exceed overage lets the call through like alert: its
  *		money is on the usage row already).
  */
-static bool
+bool
 decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock,
 			  int64 calls, int64 units, int64 cost, Decision *d, int64 *overage)
 {
@@ -605,7 +605,7 @@ decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock
  * charge_instant
  *		Now, after the locks; never before a locked counter's period.
  */
-static TimestampTz
+TimestampTz
 charge_instant(QuotaRow *rows, int n)
 {
 	TimestampTz at = GetCurrentTimestamp();
@@ -680,7 +680,7 @@ insert_reservation(int64 tenant_id, int64 reservation_id, int64 usage_id, Timest
  *		currency than the price is a configuration error (55000), raised
  *		before anything is written.
  */
-static void
+void
 charge_cost(const ConsumeRequest *req, QuotaPolicyResult *pol, TimestampTz at,
 			QuotaRow *rows, int n, UsageExtra *extra, Decision *d)
 {

@@ -19,8 +19,11 @@
  *					decision composite and the denial errors
  *	 args.c			argument checks (and QuotaArgNotNull, QuotaQuoteInput
  *					for every module)
+ *	 check.c		quota_check (consume's decision, nothing charged or
+ *					locked) and read_counters, the unlocked read of counters
  *
- * Calls go one way: consume.c and adjust.c call the others; escrow.c calls
+ * Calls go one way: consume.c and adjust.c call the others; check.c calls
+ * consume.c's decision helpers and is called by adjust.c; escrow.c calls
  * events.c; decision.c calls args.c and context.c; every file may call
  * args.c, which calls no other file of the extension; events.c and
  * idempotency.c call none of the request path's files.  Nothing here is part of the library's
@@ -168,6 +171,17 @@ extern QUOTA_PRIVATE const char *const metric_cost;
 extern QUOTA_PRIVATE int64 seconds_until(TimestampTz when, TimestampTz now);
 extern QUOTA_PRIVATE int lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
 			  TimestampTz created_before, bool has_slots, bool fresh, QuotaRow *rows);
+/* ... also read by check.c (quota_check) and adjust.c */
+extern QUOTA_PRIVATE int parse_quota_rows(QuotaRow *rows, int first);
+extern QUOTA_PRIVATE bool decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock,
+			  int64 calls, int64 units, int64 cost, Decision *d, int64 *overage);
+extern QUOTA_PRIVATE void charge_cost(const ConsumeRequest *req, QuotaPolicyResult *pol, TimestampTz at,
+			QuotaRow *rows, int n, UsageExtra *extra, Decision *d);
+extern QUOTA_PRIVATE TimestampTz charge_instant(QuotaRow *rows, int n);
+
+/* check.c */
+extern QUOTA_PRIVATE int read_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
+			  TimestampTz created_before, QuotaRow *rows);
 extern QUOTA_PRIVATE int64 write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char *kind,
 			int64 model_id, int64 user_id, int64 key_id, int32 calls, int64 units,
 			int64 overage, int64 ref_usage_id, int64 reservation_id, const char *idem_key,

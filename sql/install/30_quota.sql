@@ -553,6 +553,17 @@ CREATE FUNCTION quota_ext.quota_consume_or_raise(tenant_id bigint, model text, u
 COMMENT ON FUNCTION quota_ext.quota_consume_or_raise(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb) IS
 	'quota_consume that raises on denial: 53400 for quotas and rate limits, 42501 for policy';
 
+-- What quota_consume would answer, charging nothing and locking nothing
+-- (src/check.c).
+CREATE FUNCTION quota_ext.quota_check(tenant_id bigint, model text, units bigint DEFAULT 1,
+	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL, role text DEFAULT NULL,
+	input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL)
+	RETURNS quota_ext.decision
+	AS 'MODULE_PATHNAME', 'quota_ext_quota_check'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION quota_ext.quota_check(bigint, text, bigint, bigint, bigint, text, bigint, bigint) IS
+	'The decision quota_consume would return now (policy, rate limits, every quota, money), without charging, writing or locking anything';
+
 CREATE FUNCTION quota_ext.invoke(api_key text, model text, units bigint DEFAULT 1,
 	idempotency_key text DEFAULT NULL, input_tokens bigint DEFAULT NULL,
 	output_tokens bigint DEFAULT NULL, metadata jsonb DEFAULT NULL)
@@ -778,6 +789,7 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.period_bounds(text, text, timestamptz),
 	quota_ext.quota_consume(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb),
 	quota_ext.quota_consume_or_raise(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb),
+	quota_ext.quota_check(bigint, text, bigint, bigint, bigint, text, bigint, bigint),
 	quota_ext.invoke(text, text, bigint, text, bigint, bigint, jsonb),
 	quota_ext.quota_reserve(bigint, text, bigint, interval, text, bigint, bigint, text, bigint, bigint, jsonb),
 	quota_ext.quota_settle(bigint, bigint, bigint, bigint, bigint),

@@ -131,6 +131,7 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(38, 'metrics', 'app', $q$SELECT quota_ext.metrics()$q$),
 	(40, 'quota_settle', 'app', $q$SELECT allowed, cost, currency FROM quota_ext.quota_settle({a}, {r3}, 2)$q$),
 	(39, 'quota_consume', 'app', $q$SELECT allowed, cost, currency FROM quota_ext.quota_consume({a}, '{g}', 1, input_tokens => 10, output_tokens => 5, metadata => '{"req": "x"}')$q$),
+	(41, 'quota_check', 'app', $q$SELECT allowed, usage_id IS NULL, cost, currency FROM quota_ext.quota_check({a}, '{g}', 1, input_tokens => 10, output_tokens => 5)$q$),
 	-- admin
 	(50, 'set_tenant', 'admin', $q$SELECT quota_ext.set_tenant({a}), quota_ext.current_tenant_id() OPERATOR(pg_catalog.=) {a}$q$),
 	(51, 'tenant_create', 'admin', $q$SELECT quota_ext.tenant_create('{p}new', 'pro', 'Asia/Tokyo', '{"plan": "x"}') OPERATOR(pg_catalog.>) {a}$q$),
