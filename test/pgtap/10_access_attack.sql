@@ -90,15 +90,17 @@ INSERT INTO a_ids VALUES
 CREATE TEMP TABLE a_vals (arg text PRIMARY KEY, val text, opt boolean NOT NULL DEFAULT false);
 INSERT INTO a_vals (arg, val) VALUES ('grantee_tenant_id', :tc), ('period', '''day'''),
 	('name', '''aa-new'''), ('email', '''new@aa.example'''), ('role', '''admin'''), ('allowed', 'true'),
-	('max_units', '100'), ('units', '1'), ('estimate', '2'), ('actual', '1'), ('quantity', '1'),
+	('units', '1'), ('estimate', '2'), ('actual', '1'), ('quantity', '1'),
 	('count', '100'), ('period_seconds', '60'), ('max_burst', '10'), ('batch', '1'),
 	('ttl', '''1 hour'''), ('grace', '''1 hour'''), ('key', '''aa-key'''), ('currency', '''EUR'''),
 	('timezone', '''UTC'''),
 	('period_start', quote_literal(:'close_end')),
 	('period_end', quote_literal((:'close_end'::timestamptz + interval '1 microsecond')::text)),
 	('from', '''2000-01-01'''), ('to', '''2100-01-01'''), ('before', '''2000-01-01''');
--- (a price needs one of its amounts; B's price at now() exists already)
-INSERT INTO a_vals VALUES ('unit_price', '0.01', true), ('effective_from', '''2100-01-01''', true);
+-- (a price needs one of its amounts; B's price at now() exists already;
+-- quota_set's max_units has a default, NULL, for money budgets: issue 17)
+INSERT INTO a_vals VALUES ('unit_price', '0.01', true), ('effective_from', '''2100-01-01''', true),
+	('max_units', '100', true);
 GRANT SELECT ON a_ids, a_vals TO PUBLIC;
 
 -- A1: callable by quota_ext_app without a context, and why
