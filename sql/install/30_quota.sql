@@ -203,6 +203,8 @@ CREATE TABLE quota_ext.idempotency_keys (
 );
 COMMENT ON TABLE quota_ext.idempotency_keys IS
 	'Idempotency keys per tenant with the original request and decision';
+-- idempotency_purge() (12_tiers.sql) deletes a tenant's old keys by this
+CREATE INDEX idempotency_keys_created ON quota_ext.idempotency_keys (tenant_id, created_at);
 
 CREATE TABLE quota_ext.reservations (
 	tenant_id       bigint NOT NULL,

@@ -131,6 +131,7 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(38, 'metrics', 'app', $q$SELECT quota_ext.metrics()$q$),
 	(40, 'quota_settle', 'app', $q$SELECT allowed, cost, currency FROM quota_ext.quota_settle({a}, {r3}, 2)$q$),
 	(39, 'quota_consume', 'app', $q$SELECT allowed, cost, currency FROM quota_ext.quota_consume({a}, '{g}', 1, input_tokens => 10, output_tokens => 5, metadata => '{"req": "x"}')$q$),
+	(42, 'feature_enabled', 'app', $q$SELECT quota_ext.feature_enabled({a}, 'beta') IS NOT NULL$q$),
 	(41, 'quota_check', 'app', $q$SELECT allowed, usage_id IS NULL, cost, currency FROM quota_ext.quota_check({a}, '{g}', 1, input_tokens => 10, output_tokens => 5)$q$),
 	-- admin
 	(50, 'set_tenant', 'admin', $q$SELECT quota_ext.set_tenant({a}), quota_ext.current_tenant_id() OPERATOR(pg_catalog.=) {a}$q$),
@@ -173,7 +174,10 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(87, 'rate_limit_namespaces', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.rate_limit_namespaces()$q$),
 	(88, 'rate_limit_reset', 'admin', $q$SELECT quota_ext.rate_limit_reset({a}) OPERATOR(pg_catalog.>=) 0, quota_ext.rate_limit_reset(key => '{p}no-key') OPERATOR(pg_catalog.=) 0$q$),
 	(89, 'shared_cache_status', 'admin', $q$SELECT capacity OPERATOR(pg_catalog.>) 0, tenant_entries OPERATOR(pg_catalog.>) 0 FROM quota_ext.shared_cache_status()$q$),
-	(90, 'shared_cache_tenants', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.shared_cache_tenants()$q$);
+	(90, 'shared_cache_tenants', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.shared_cache_tenants()$q$),
+	(91, 'tier_set', 'admin', $q$SELECT quota_ext.tier_set('{p}tier', monthly_calls => 10, features => '{"beta": true}')$q$),
+	(92, 'idempotency_purge', 'admin', $q$SELECT quota_ext.idempotency_purge('1 day') OPERATOR(pg_catalog.>=) 0$q$),
+	(93, 'user_remove', 'admin', $q$SELECT quota_ext.user_remove({a}, {u})$q$);
 -- every function a role may execute whose name no call above has gets a
 -- generated call: arguments without a default, by name, else by type
 INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
