@@ -265,3 +265,85 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.user_remove(bigint, bigint),
 	quota_ext.idempotency_purge(interval)
 	TO quota_ext_admin;
+
+-- ---------------------------------------------------------------------------
+-- existing API keys brought over (issue 17)
+-- ---------------------------------------------------------------------------
+
+-- An imported key carries no tenant or key id, so authenticate() finds it
+-- by its SHA-256 (src/auth.c, quota_imported_key): the one lookup of the
+-- extension not keyed by tenant_id.
+CREATE INDEX api_keys_hash ON quota_ext.api_keys (key_hash);
+
+-- Store an existing key of any format (hashed only, like a minted one) for
+-- a user: key_prefix imp_<tenant>_<key> names it without any of its secret.
+-- The rule: 20 to 255 bytes of printable ASCII without spaces, at least 8
+-- different characters, not beginning with qx in any case (reserved for
+-- the minted keys qxk_..., so a malformed minted key reads no table).
+CREATE FUNCTION quota_ext.api_key_import(tenant_id bigint, user_id bigint, api_key text,
+	name text DEFAULT NULL, expires_at timestamptz DEFAULT NULL) RETURNS bigint
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	t quota_ext.tenants := quota_ext._tenant_for_update(api_key_import.tenant_id);
+	k bigint;
+	h bytea;
+	pfx text;
+BEGIN
+	IF api_key_import.user_id IS NULL THEN PERFORM quota_ext._null_arg('user_id'); END IF;
+	IF api_key_import.api_key IS NULL THEN PERFORM quota_ext._null_arg('api_key'); END IF;
+	IF api_key_import.name IS NOT NULL THEN
+		PERFORM quota_ext._check_label('name', api_key_import.name, 200);
+	END IF;
+	-- the key is never echoed in a message
+	IF octet_length(api_key_import.api_key) NOT BETWEEN 20 AND 255
+	   OR api_key_import.api_key !~ '^[!-~]+$' THEN
+		RAISE EXCEPTION 'an imported API key must be 20 to 255 printable ASCII characters without spaces'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF (SELECT count(DISTINCT c) FROM regexp_split_to_table(api_key_import.api_key, '') c) < 8 THEN
+		RAISE EXCEPTION 'an imported API key must have at least 8 different characters'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF api_key_import.api_key ILIKE 'qx%' THEN
+		RAISE EXCEPTION 'keys beginning with qx are reserved for the keys quota_ext mints'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF api_key_import.expires_at IS NOT NULL AND NOT (api_key_import.expires_at > now()) THEN
+		RAISE EXCEPTION 'expires_at must be in the future' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF t.status = 'closed' THEN
+		RAISE EXCEPTION 'tenant % is closed', t.tenant_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	PERFORM 1 FROM quota_ext.users
+	 WHERE tenant_id = t.tenant_id AND user_id = api_key_import.user_id FOR SHARE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'user % does not exist', api_key_import.user_id USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM 1 FROM quota_ext.users
+	 WHERE tenant_id = t.tenant_id AND user_id = api_key_import.user_id AND status = 'removed';
+	IF FOUND THEN
+		RAISE EXCEPTION 'user % was removed', api_key_import.user_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+	h := sha256(convert_to(api_key_import.api_key, getdatabaseencoding()));
+	-- the same key twice (in any tenant) could not tell its tenant
+	IF EXISTS (SELECT 1 FROM quota_ext.api_keys WHERE key_hash = h) THEN
+		RAISE EXCEPTION 'this API key is already stored' USING ERRCODE = 'unique_violation';
+	END IF;
+	k := nextval('quota_ext.key_id_seq');
+	pfx := 'imp_' || t.tenant_id || '_' || k;
+	INSERT INTO quota_ext.api_keys (tenant_id, key_id, user_id, name, key_prefix, key_hash, expires_at)
+	VALUES (t.tenant_id, k, api_key_import.user_id, api_key_import.name, pfx, h, api_key_import.expires_at);
+	PERFORM quota_ext._audit(t.tenant_id, 'api_key_import', 'api_key', k::text, NULL,
+		jsonb_build_object('key_id', k, 'user_id', api_key_import.user_id, 'key_prefix', pfx,
+		                   'name', api_key_import.name, 'expires_at', api_key_import.expires_at));
+	RETURN k;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.api_key_import(bigint, bigint, text, text, timestamptz) IS
+	'Bring over an existing API key of any format for a user: stored as its SHA-256 only, authenticated like a minted key';
+GRANT EXECUTE ON FUNCTION quota_ext.api_key_import(bigint, bigint, text, text, timestamptz) TO quota_ext_admin;

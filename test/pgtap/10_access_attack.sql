@@ -101,7 +101,11 @@ INSERT INTO a_vals (arg, val) VALUES ('grantee_tenant_id', :tc), ('period', '''d
 -- quota_set's max_units has a default, NULL, for money budgets: issue 17)
 INSERT INTO a_vals VALUES ('unit_price', '0.01', true), ('effective_from', '''2100-01-01''', true),
 	('max_units', '100', true);
-GRANT SELECT ON a_ids, a_vals TO PUBLIC;
+-- values for one function's argument, before a_ids and a_vals: api_key_import
+-- takes a key of another system, not one of quota_ext's (issue 17)
+CREATE TEMP TABLE a_fn_vals (fn name, arg text, val text, PRIMARY KEY (fn, arg));
+INSERT INTO a_fn_vals VALUES ('api_key_import', 'api_key', '''sk-live-Imported0123456789abcdef''');
+GRANT SELECT ON a_ids, a_vals, a_fn_vals TO PUBLIC;
 
 -- A1: callable by quota_ext_app without a context, and why
 CREATE TEMP TABLE a_open (fn name PRIMARY KEY, reason text NOT NULL);
@@ -155,7 +159,8 @@ CREATE FUNCTION pg_temp.a_call(f regprocedure, who text, swap text[] DEFAULT '{}
 	RETURNS text LANGUAGE sql STABLE AS $$
 	SELECT format('SELECT * FROM quota_ext.%I(%s)', p.proname,
 	              coalesce(string_agg(format('%I => %s::%s', a.n,
-	                  coalesce((SELECT CASE CASE WHEN a.n = ANY (swap) THEN swap_who ELSE who END
+	                  coalesce((SELECT v.val FROM a_fn_vals v WHERE v.fn = p.proname AND v.arg = a.n),
+	                           (SELECT CASE CASE WHEN a.n = ANY (swap) THEN swap_who ELSE who END
 	                                    WHEN 'a' THEN i.a_val WHEN 'b' THEN i.b_val ELSE i.unknown_val END
 	                              FROM a_ids i WHERE i.arg = a.n),
 	                           (SELECT x.val FROM a_vals x WHERE x.arg = a.n),
