@@ -177,8 +177,8 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(90, 'shared_cache_tenants', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.shared_cache_tenants()$q$),
 	(91, 'tier_set', 'admin', $q$SELECT quota_ext.tier_set('{p}tier', monthly_calls => 10, features => '{"beta": true}')$q$),
 	(92, 'idempotency_purge', 'admin', $q$SELECT quota_ext.idempotency_purge('1 day') OPERATOR(pg_catalog.>=) 0$q$),
-	(93, 'user_remove', 'admin', $q$SELECT quota_ext.user_remove({a}, {u})$q$),
-	(94, 'api_key_import', 'admin', $q$SELECT quota_ext.api_key_import({a}, {u}, 'sk-spa-0123456789abcdefgh') OPERATOR(pg_catalog.>) 0$q$);
+	(93, 'api_key_import', 'admin', $q$SELECT quota_ext.api_key_import({a}, {u}, 'sk-{p}0123456789abcdefgh') OPERATOR(pg_catalog.>) 0$q$),
+	(94, 'user_remove', 'admin', $q$SELECT quota_ext.user_remove({a}, {u})$q$);
 -- every function a role may execute whose name no call above has gets a
 -- generated call: arguments without a default, by name, else by type
 INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
