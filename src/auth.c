@@ -359,13 +359,14 @@ quota_key_read(int64 tenant_id, int64 key_id, QuotaKeyCacheEntry *e)
  *		17) has no ids in it: it is found by its SHA-256 (index api_keys_hash;
  *		one probe, but not routed by tenant), then checked like a minted key
  *		by (tenant_id, key_id).  Only keys of the import's shape are looked
- *		for: 20 to 255 bytes of printable ASCII, not beginning with qx in
- *		any case (reserved for minted keys, so a malformed minted key still
- *		reads no table: test/pgtap/02_authenticate.sql).  False when there
+ *		for (and hashed into *digest): 20 to 255 bytes of printable ASCII,
+ *		not beginning with qx in any case (reserved for minted keys, so a
+ *		malformed minted key still reads no table and is not hashed:
+ *		test/pgtap/02_authenticate.sql).  False when there
  *		is none.
  */
 static bool
-quota_imported_key(const char *key, size_t len, const uint8 *digest,
+quota_imported_key(const char *key, size_t len, uint8 *digest,
 				   int64 *tenant_id, int64 *key_id)
 {
 	static QuotaPlan find = {
@@ -389,6 +390,7 @@ quota_imported_key(const char *key, size_t len, const uint8 *digest,
 	for (i = 0; i < len; i++)
 		if (key[i] < '!' || key[i] > '~')
 			return false;
+	quota_sha256(key, len, digest);
 	hash = (bytea *) palloc(VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
 	SET_VARSIZE(hash, VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
 	memcpy(VARDATA(hash), digest, PG_SHA256_DIGEST_LENGTH);
@@ -444,9 +446,9 @@ QuotaAuthenticate(text *keytext)
 	QuotaSpiState spi;
 
 	memset(&ck, 0, sizeof(ck));
-	quota_sha256(key, len, digest);
-	if (!quota_parse_key(key, len, &ck.tenant_id, &ck.key_id) &&
-		!quota_imported_key(key, len, digest, &ck.tenant_id, &ck.key_id))
+	if (quota_parse_key(key, len, &ck.tenant_id, &ck.key_id))
+		quota_sha256(key, len, digest);
+	else if (!quota_imported_key(key, len, digest, &ck.tenant_id, &ck.key_id))
 		quota_invalid_key();
 
 	if (QuotaCacheBegin())
