@@ -132,6 +132,7 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(40, 'quota_settle', 'app', $q$SELECT allowed, cost, currency FROM quota_ext.quota_settle({a}, {r3}, 2)$q$),
 	(39, 'quota_consume', 'app', $q$SELECT allowed, cost, currency FROM quota_ext.quota_consume({a}, '{g}', 1, input_tokens => 10, output_tokens => 5, metadata => '{"req": "x"}')$q$),
 	(42, 'feature_enabled', 'app', $q$SELECT quota_ext.feature_enabled({a}, 'beta') IS NOT NULL$q$),
+	(43, 'request_log_write', 'app', $q$SELECT quota_ext.request_log_write({a}, 'POST /v1/x', 200, 12, request_excerpt => 'x') OPERATOR(pg_catalog.>) 0$q$),
 	(41, 'quota_check', 'app', $q$SELECT allowed, usage_id IS NULL, cost, currency FROM quota_ext.quota_check({a}, '{g}', 1, input_tokens => 10, output_tokens => 5)$q$),
 	-- admin
 	(50, 'set_tenant', 'admin', $q$SELECT quota_ext.set_tenant({a}), quota_ext.current_tenant_id() OPERATOR(pg_catalog.=) {a}$q$),
@@ -178,7 +179,8 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(91, 'tier_set', 'admin', $q$SELECT quota_ext.tier_set('{p}tier', monthly_calls => 10, features => '{"beta": true}')$q$),
 	(92, 'idempotency_purge', 'admin', $q$SELECT quota_ext.idempotency_purge('1 day') OPERATOR(pg_catalog.>=) 0$q$),
 	(93, 'api_key_import', 'admin', $q$SELECT quota_ext.api_key_import({a}, {u}, 'sk-{p}0123456789abcdefgh') OPERATOR(pg_catalog.>) 0$q$),
-	(94, 'user_remove', 'admin', $q$SELECT quota_ext.user_remove({a}, {u})$q$);
+	(94, 'user_remove', 'admin', $q$SELECT quota_ext.user_remove({a}, {u})$q$),
+	(95, 'request_log_purge', 'admin', $q$SELECT quota_ext.request_log_purge() OPERATOR(pg_catalog.>=) 0$q$);
 -- every function a role may execute whose name no call above has gets a
 -- generated call: arguments without a default, by name, else by type
 INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
