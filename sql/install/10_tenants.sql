@@ -35,6 +35,11 @@ CREATE TABLE quota_ext.tiers (
 	features               jsonb NOT NULL DEFAULT '{}'
 	                       CHECK (pg_catalog.jsonb_typeof(features) OPERATOR(pg_catalog.=) 'object'),
 	max_users              integer CHECK (max_users OPERATOR(pg_catalog.>=) 0),
+	-- a default money budget per month (enzu's DEFAULT_BUDGET_USD): a
+	-- tenant-wide monthly cost quota of origin 'tier', like monthly_calls
+	monthly_budget         numeric CHECK (monthly_budget OPERATOR(pg_catalog.>=) 0),
+	budget_currency        char(3),
+	CHECK ((monthly_budget IS NULL) OPERATOR(pg_catalog.=) (budget_currency IS NULL)),
 	modified               boolean NOT NULL DEFAULT false,
 	updated_at             timestamptz NOT NULL DEFAULT pg_catalog.now()
 );

@@ -27,7 +27,8 @@ BEGIN
 		   SET description = NEW.description, monthly_calls = NEW.monthly_calls,
 		       rate_limit_per_minute = NEW.rate_limit_per_minute,
 		       rate_limit_burst = NEW.rate_limit_burst, audit_retention = NEW.audit_retention,
-		       features = NEW.features, max_users = NEW.max_users, modified = NEW.modified,
+		       features = NEW.features, max_users = NEW.max_users, monthly_budget = NEW.monthly_budget,
+		       budget_currency = NEW.budget_currency, modified = NEW.modified,
 		       updated_at = NEW.updated_at
 		 WHERE tier = NEW.tier AND builtin;
 		IF FOUND THEN
@@ -46,7 +47,8 @@ CREATE FUNCTION quota_ext.tier_set(tier text, description text DEFAULT NULL,
 	monthly_calls bigint DEFAULT NULL, rate_limit_per_minute integer DEFAULT NULL,
 	rate_limit_burst integer DEFAULT NULL, audit_retention interval DEFAULT NULL,
 	features jsonb DEFAULT NULL, max_users integer DEFAULT NULL,
-	unlimited text[] DEFAULT '{}') RETURNS text
+	unlimited text[] DEFAULT '{}', monthly_budget numeric DEFAULT NULL,
+	budget_currency text DEFAULT NULL) RETURNS text
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
@@ -58,6 +60,7 @@ DECLARE
 	u text;
 	f record;
 	t bigint;
+	cur text;
 BEGIN
 	PERFORM quota_ext._admin_only('tier_set');
 	IF tier_set.tier IS NULL THEN PERFORM quota_ext._null_arg('tier'); END IF;
@@ -71,10 +74,10 @@ BEGIN
 		PERFORM quota_ext._check_label('description', tier_set.description, 200);
 	END IF;
 	FOREACH u IN ARRAY tier_set.unlimited LOOP
-		IF u IS NULL OR u NOT IN ('monthly_calls', 'rate_limit', 'max_users') THEN
+		IF u IS NULL OR u NOT IN ('monthly_calls', 'rate_limit', 'max_users', 'monthly_budget') THEN
 			RAISE EXCEPTION 'invalid entry "%" in unlimited', quota_ext._quote_input(u)
 				USING ERRCODE = 'invalid_parameter_value',
-				      HINT = 'Use monthly_calls, rate_limit or max_users.';
+				      HINT = 'Use monthly_calls, rate_limit, max_users or monthly_budget.';
 		END IF;
 	END LOOP;
 	IF tier_set.monthly_calls < 0 OR tier_set.rate_limit_per_minute <= 0
@@ -87,6 +90,16 @@ BEGIN
 	       AND 'rate_limit' = ANY (tier_set.unlimited))
 	   OR (tier_set.max_users IS NOT NULL AND 'max_users' = ANY (tier_set.unlimited)) THEN
 		RAISE EXCEPTION 'a limit cannot be set and unlimited at once' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF (tier_set.monthly_budget IS NULL) <> (tier_set.budget_currency IS NULL) THEN
+		RAISE EXCEPTION 'monthly_budget and budget_currency go together' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF tier_set.monthly_budget IS NOT NULL THEN
+		IF 'monthly_budget' = ANY (tier_set.unlimited) THEN
+			RAISE EXCEPTION 'a limit cannot be set and unlimited at once' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		cur := quota_ext._check_currency(upper(tier_set.budget_currency));
+		PERFORM quota_ext._money_to_micro(tier_set.monthly_budget, 'monthly_budget');
 	END IF;
 	IF tier_set.audit_retention IS NOT NULL AND NOT (tier_set.audit_retention > interval '0') THEN
 		RAISE EXCEPTION 'audit_retention must be positive' USING ERRCODE = 'invalid_parameter_value';
@@ -108,13 +121,14 @@ BEGIN
 	BEGIN
 	IF old.tier IS NULL THEN
 		INSERT INTO quota_ext.tiers (tier, description, monthly_calls, rate_limit_per_minute,
-		                             rate_limit_burst, audit_retention, features, max_users)
+		                             rate_limit_burst, audit_retention, features, max_users,
+		                             monthly_budget, budget_currency)
 		VALUES (name, coalesce(tier_set.description, ''), tier_set.monthly_calls,
 		        tier_set.rate_limit_per_minute,
 		        CASE WHEN tier_set.rate_limit_per_minute IS NOT NULL
 		             THEN coalesce(tier_set.rate_limit_burst, 0) END,
 		        coalesce(tier_set.audit_retention, interval '30 days'),
-		        coalesce(tier_set.features, '{}'), tier_set.max_users)
+		        coalesce(tier_set.features, '{}'), tier_set.max_users, tier_set.monthly_budget, cur)
 		RETURNING * INTO new;
 	ELSE
 		UPDATE quota_ext.tiers SET
@@ -130,6 +144,10 @@ BEGIN
 			features = coalesce(tier_set.features, features),
 			max_users = CASE WHEN 'max_users' = ANY (tier_set.unlimited) THEN NULL
 			                 ELSE coalesce(tier_set.max_users, max_users) END,
+			monthly_budget = CASE WHEN 'monthly_budget' = ANY (tier_set.unlimited) THEN NULL
+			                      ELSE coalesce(tier_set.monthly_budget, monthly_budget) END,
+			budget_currency = CASE WHEN 'monthly_budget' = ANY (tier_set.unlimited) THEN NULL
+			                       ELSE coalesce(cur, budget_currency) END,
 			modified = modified OR builtin,
 			updated_at = now()
 		 WHERE tier = old.tier
@@ -146,8 +164,10 @@ BEGIN
 			      HINT = 'Set rate_limit_per_minute (and rate_limit_burst), or pass unlimited => ''{rate_limit}''.';
 	END IF;
 	PERFORM quota_ext._audit(0, 'tier_set', 'tier', new.tier, to_jsonb(old), to_jsonb(new));
-	-- the tenants of the tier follow its monthly calls at once
-	IF old.monthly_calls IS DISTINCT FROM new.monthly_calls THEN
+	-- the tenants of the tier follow its monthly calls and budget at once
+	IF old.monthly_calls IS DISTINCT FROM new.monthly_calls
+	   OR old.monthly_budget IS DISTINCT FROM new.monthly_budget
+	   OR old.budget_currency IS DISTINCT FROM new.budget_currency THEN
 		FOR t IN SELECT tn.tenant_id FROM quota_ext.tenants tn WHERE tn.tier = new.tier
 		          ORDER BY tn.tenant_id LOOP
 			PERFORM quota_ext._tier_quotas_sync(t);
@@ -156,7 +176,7 @@ BEGIN
 	RETURN new.tier;
 END
 $$;
-COMMENT ON FUNCTION quota_ext.tier_set(text, text, bigint, integer, integer, interval, jsonb, integer, text[]) IS
+COMMENT ON FUNCTION quota_ext.tier_set(text, text, bigint, integer, integer, interval, jsonb, integer, text[], numeric, text) IS
 	'Create or change a tier (NULL keeps a value; unlimited lists the limits to lift); its tenants follow at once';
 
 -- tenant override, else the tier's, else false
@@ -261,7 +281,7 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.feature_enabled(bigint, text)
 	TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION
-	quota_ext.tier_set(text, text, bigint, integer, integer, interval, jsonb, integer, text[]),
+	quota_ext.tier_set(text, text, bigint, integer, integer, interval, jsonb, integer, text[], numeric, text),
 	quota_ext.user_remove(bigint, bigint),
 	quota_ext.idempotency_purge(interval)
 	TO quota_ext_admin;

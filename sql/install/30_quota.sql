@@ -338,6 +338,7 @@ BEGIN
 	 WHERE tenant_id = _tier_quotas_sync.tenant_id AND period = 'month' AND metric = 'calls'
 	   AND model_id IS NULL AND user_id IS NULL AND key_id IS NULL
 	 FOR UPDATE;
+	PERFORM quota_ext._tier_budget_sync(_tier_quotas_sync.tenant_id);
 	IF q.quota_id IS NOT NULL AND q.origin = 'tenant' THEN
 		RETURN;
 	ELSIF lim IS NULL THEN
@@ -356,6 +357,55 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._tier_quotas_sync(bigint) IS
 	'Internal: keep a tenant''s tier default quota in line with its tier';
+
+-- The same for the tier's monthly money budget (issue 17): a tenant-wide
+-- monthly cost quota of origin 'tier', unless the tenant set its own.  A
+-- change of the tier's currency replaces the tier quota (a cost quota counts
+-- one currency).
+CREATE FUNCTION quota_ext._tier_budget_sync(tenant_id bigint) RETURNS void
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	b numeric;
+	cur text;
+	lim bigint;
+	q quota_ext.quotas;
+BEGIN
+	SELECT tr.monthly_budget, tr.budget_currency INTO b, cur FROM quota_ext.tenants t
+	  JOIN quota_ext.tiers tr ON tr.tier = t.tier
+	 WHERE t.tenant_id = _tier_budget_sync.tenant_id;
+	SELECT * INTO q FROM quota_ext.quotas
+	 WHERE tenant_id = _tier_budget_sync.tenant_id AND period = 'month' AND metric = 'cost'
+	   AND model_id IS NULL AND user_id IS NULL AND key_id IS NULL
+	 FOR UPDATE;
+	IF q.quota_id IS NOT NULL AND q.origin = 'tenant' THEN
+		RETURN;
+	END IF;
+	IF q.quota_id IS NOT NULL AND (b IS NULL OR q.currency IS DISTINCT FROM cur) THEN
+		DELETE FROM quota_ext.quota_counters WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+		DELETE FROM quota_ext.quotas WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+		q.quota_id := NULL;
+	END IF;
+	IF b IS NULL THEN
+		RETURN;
+	END IF;
+	lim := quota_ext._money_to_micro(b, 'monthly_budget');
+	IF q.quota_id IS NULL THEN
+		WITH n AS (
+			INSERT INTO quota_ext.quotas (tenant_id, period, period_label, metric, max_units, currency, origin)
+			VALUES (_tier_budget_sync.tenant_id, 'month', 'monthly', 'cost', lim, cur, 'tier')
+			RETURNING tenant_id, quota_id)
+		INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) SELECT tenant_id, quota_id FROM n;
+	ELSIF q.max_units <> lim THEN
+		UPDATE quota_ext.quotas SET max_units = lim, updated_at = now()
+		 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._tier_budget_sync(bigint) IS
+	'Internal: keep a tenant''s tier default money budget in line with its tier';
 
 CREATE FUNCTION quota_ext.quota_set(tenant_id bigint, period text, max_units bigint DEFAULT NULL,
 	model text DEFAULT NULL, metric text DEFAULT 'calls', soft_limit bigint DEFAULT NULL,

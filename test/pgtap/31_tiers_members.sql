@@ -6,7 +6,7 @@
 -- test/t/019_tier_dump_restore.pl.  Every test here failed on main.
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(51);
+SELECT plan(59);
 
 -- ---------------------------------------------------------------------------
 -- built-in tiers
@@ -71,6 +71,38 @@ SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.tier_set('gold', features => 
 SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.tier_set('gold', unlimited => '{calls}')$$, '22023',
 	'invalid entry "calls" in unlimited', 'tier_set: unknown unlimited entry');
 SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.tier_set(NULL)$$, '22004', 'argument "tier" must not be null', 'tier_set: NULL tier');
+
+-- ---------------------------------------------------------------------------
+-- a tier's default money budget (enzu: DEFAULT_BUDGET_USD)
+-- ---------------------------------------------------------------------------
+\o /dev/null
+SELECT quota_ext.tier_set('gold', monthly_budget => 0.05, budget_currency => 'usd');
+SELECT quota_ext.tenant_create('tm-gold', 'gold') AS tg \gset
+SELECT quota_ext.model_register('tm-priced');
+SELECT quota_ext.price_set('tm-priced', 'USD', unit_price => 0.02);
+SELECT quota_ext.policy_set(:tg, 'tm-priced', true);
+\o
+SELECT results_eq(format($$SELECT metric, period, max_units, currency::text, origin FROM quota_ext.quotas WHERE tenant_id = %s$$, :tg),
+	$$VALUES ('cost'::text, 'month'::text, 50000::bigint, 'USD'::text, 'tier'::text)$$,
+	'a tenant of a tier with a monthly budget gets it as a monthly USD cost quota');
+SELECT results_eq(format($$SELECT allowed, denied_by, denied_metric FROM quota_ext.quota_consume(%s, 'tm-priced', 3)$$, :tg),
+	$$VALUES (false, 'quota'::text, 'cost'::text)$$, '... which denies past the budget, as money');
+\o /dev/null
+SELECT quota_ext.tier_set('gold', monthly_budget => 0.10, budget_currency => 'USD');
+\o
+SELECT is((SELECT max_units FROM quota_ext.quotas WHERE tenant_id = :tg AND metric = 'cost'), 100000::bigint,
+	'the tier''s tenants follow a change of the budget');
+\o /dev/null
+SELECT quota_ext.quota_set(:tg, 'monthly', max_cost => 1, currency => 'USD');
+SELECT quota_ext.tier_set('gold', monthly_budget => 0.20, budget_currency => 'USD');
+\o
+SELECT results_eq(format($$SELECT max_units, origin FROM quota_ext.quotas WHERE tenant_id = %s AND metric = 'cost'$$, :tg),
+	$$VALUES (1000000::bigint, 'tenant'::text)$$, 'a tenant''s own budget is not replaced by the tier''s');
+SELECT pg_temp.mx_snap();
+SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.tier_set('gold', monthly_budget => 5)$$, '22023',
+	'monthly_budget and budget_currency go together', 'tier_set: a budget without a currency');
+SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.tier_set('gold', monthly_budget => 5, budget_currency => 'DOLLAR')$$, '22023',
+	'invalid currency "DOLLAR"', 'tier_set: a bad currency');
 
 -- ---------------------------------------------------------------------------
 -- feature_enabled: the tenant's flag, else the tier's, else false

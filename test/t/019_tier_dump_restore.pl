@@ -28,7 +28,8 @@ $old->safe_psql('app', 'CREATE ROLE tier_admin LOGIN IN ROLE quota_ext_admin');
 $old->safe_psql(
 	'app', q{
 	SELECT quota_ext.tier_set('free', monthly_calls => 2500, rate_limit_per_minute => 120,
-	                          rate_limit_burst => 30, features => '{"export": true}', max_users => 3);
+	                          rate_limit_burst => 30, features => '{"export": true}', max_users => 3,
+	                          monthly_budget => 5, budget_currency => 'USD');
 	SELECT quota_ext.tier_set('enterprise', description => 'Enterprise (contract)');
 	SELECT quota_ext.tier_set('gold', description => 'Gold', monthly_calls => 20000,
 	                          rate_limit_per_minute => 600, rate_limit_burst => 60,
@@ -40,18 +41,18 @@ $old->safe_psql(
 
 my $tiers_sql = q{
 	SELECT tier, description, monthly_calls, rate_limit_per_minute, rate_limit_burst,
-	       audit_retention, features, max_users, builtin, modified,
+	       audit_retention, features, max_users, monthly_budget, budget_currency, builtin, modified,
 	       -- an unchanged built-in row is made anew by CREATE EXTENSION
 	       CASE WHEN modified OR NOT builtin THEN updated_at END
 	  FROM quota_ext.tiers ORDER BY tier};
 my $state_sql = q{
 	SELECT t.name, t.tier, q.max_units, q.origin FROM quota_ext.tenants t
-	  JOIN quota_ext.quotas q USING (tenant_id) ORDER BY t.name};
+	  JOIN quota_ext.quotas q USING (tenant_id) ORDER BY t.name, q.max_units};
 my $tiers_before = $old->safe_psql('app', $tiers_sql);
 my $state_before = $old->safe_psql('app', $state_sql);
-like($tiers_before, qr/^free\|Free tier\|2500\|120\|30\|7 days\|\{"export": true\}\|3\|t\|t\|\d/m,
+like($tiers_before, qr/^free\|Free tier\|2500\|120\|30\|7 days\|\{"export": true\}\|3\|5\|USD\|t\|t\|\d/m,
 	'the edit of the built-in free tier is stored, marked modified');
-is($state_before, "acme|free|2500|tier\nglobex|gold|20000|tier", 'tenants follow their tiers');
+is($state_before, "acme|free|2500|tier\nacme|free|5000000|tier\nglobex|gold|20000|tier", 'tenants follow their tiers (calls and budget)');
 
 $old->command_ok([ 'pg_dump', '--no-password', '-f', "$tempdir/app.sql", '-d', $old->connstr('app') ],
 	'pg_dump (plain)');
