@@ -116,7 +116,7 @@ seconds_until(TimestampTz when, TimestampTz now)
  * parse_quota_rows
  *		Load SPI's rows (defs_plan columns) into rows[first..].
  */
-static int
+int
 parse_quota_rows(QuotaRow *rows, int first)
 {
 	uint64		i;
@@ -530,7 +530,7 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
  *		quota with on_exceed overage lets the call through like alert: its
  *		money is on the usage row already).
  */
-static bool
+bool
 decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock,
 			  int64 calls, int64 units, int64 cost, Decision *d, int64 *overage)
 {
@@ -605,6 +605,7 @@ decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock
 		d->allowed = false;
 		d->denied_by = denied_quota;
 		decision_quota(d, r, r->old_used, true, clock);
+		d->denied_metric = quota_row_metric(r);
 		return false;
 	}
 	d->allowed = true;
@@ -654,7 +655,7 @@ decision_quota(Decision *d, const QuotaRow *r, int64 used, bool retry,
  * charge_instant
  *		Now, after the locks; never before a locked counter's period.
  */
-static TimestampTz
+TimestampTz
 charge_instant(QuotaRow *rows, int n)
 {
 	TimestampTz at = GetCurrentTimestamp();
@@ -729,7 +730,7 @@ insert_reservation(int64 tenant_id, int64 reservation_id, int64 usage_id, Timest
  *		currency than the price is a configuration error (55000), raised
  *		before anything is written.
  */
-static void
+void
 charge_cost(const ConsumeRequest *req, QuotaPolicyResult *pol, TimestampTz at,
 			QuotaRow *rows, int n, UsageExtra *extra, Decision *d)
 {
@@ -1051,7 +1052,7 @@ charge_call(FunctionCallInfo fcinfo, const char *fn, const char *const *names,
 	QuotaConsume(&req, &d);
 	if (raise && !d.allowed)
 		raise_denial(&req, &d);
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	PG_RETURN_DATUM(request_decision_datum(fcinfo, &req, &d));
 }
 
 /*
@@ -1105,7 +1106,7 @@ quota_ext_invoke(PG_FUNCTION_ARGS)
 	req.role = ctx->role[0] ? pstrdup(ctx->role) : NULL;
 	QuotaConsume(&req, &d);
 	QuotaKeyArgDone();
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	PG_RETURN_DATUM(request_decision_datum(fcinfo, &req, &d));
 }
 
 /*

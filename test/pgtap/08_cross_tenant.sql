@@ -48,6 +48,9 @@ SELECT usage_id AS usb FROM quota_ext.quota_consume(:tb, 'xb-marker-model', 3, '
 SELECT quota_ext.quota_consume(:tb, 'xb-marker-model', 1, role => 'admin') FROM generate_series(1, 7);	-- 8 of 10: an event
 SELECT usage_id AS usb2 FROM quota_ext.quota_consume(:tb, 'x-g', 2) \gset
 SELECT quota_ext.quota_refund(:tb, :usb2);
+-- per-request records (issue 17)
+SELECT quota_ext.request_log_write(:ta, 'POST /v1/a', 200);
+SELECT quota_ext.request_log_write(:tb, 'POST /v1/xb-marker', 200, request_excerpt => 'xb-marker');
 -- money: B's own price, priced usage, a closed period with its invoice,
 -- rollups (cross-tenant tables the app reads its own rows of)
 SELECT quota_ext.price_set('x-g', 'EUR', 0.01);

@@ -90,16 +90,22 @@ INSERT INTO a_ids VALUES
 CREATE TEMP TABLE a_vals (arg text PRIMARY KEY, val text, opt boolean NOT NULL DEFAULT false);
 INSERT INTO a_vals (arg, val) VALUES ('grantee_tenant_id', :tc), ('period', '''day'''),
 	('name', '''aa-new'''), ('email', '''new@aa.example'''), ('role', '''admin'''), ('allowed', 'true'),
-	('max_units', '100'), ('units', '1'), ('estimate', '2'), ('actual', '1'), ('quantity', '1'),
+	('units', '1'), ('estimate', '2'), ('actual', '1'), ('quantity', '1'),
 	('count', '100'), ('period_seconds', '60'), ('max_burst', '10'), ('batch', '1'),
 	('ttl', '''1 hour'''), ('grace', '''1 hour'''), ('key', '''aa-key'''), ('currency', '''EUR'''),
 	('timezone', '''UTC'''),
 	('period_start', quote_literal(:'close_end')),
 	('period_end', quote_literal((:'close_end'::timestamptz + interval '1 microsecond')::text)),
 	('from', '''2000-01-01'''), ('to', '''2100-01-01'''), ('before', '''2000-01-01''');
--- (a price needs one of its amounts; B's price at now() exists already)
-INSERT INTO a_vals VALUES ('unit_price', '0.01', true), ('effective_from', '''2100-01-01''', true);
-GRANT SELECT ON a_ids, a_vals TO PUBLIC;
+-- (a price needs one of its amounts; B's price at now() exists already;
+-- quota_set's max_units has a default, NULL, for money budgets: issue 17)
+INSERT INTO a_vals VALUES ('unit_price', '0.01', true), ('effective_from', '''2100-01-01''', true),
+	('max_units', '100', true);
+-- values for one function's argument, before a_ids and a_vals: api_key_import
+-- takes a key of another system, not one of quota_ext's (issue 17)
+CREATE TEMP TABLE a_fn_vals (fn name, arg text, val text, PRIMARY KEY (fn, arg));
+INSERT INTO a_fn_vals VALUES ('api_key_import', 'api_key', '''sk-live-Imported0123456789abcdef''');
+GRANT SELECT ON a_ids, a_vals, a_fn_vals TO PUBLIC;
 
 -- A1: callable by quota_ext_app without a context, and why
 CREATE TEMP TABLE a_open (fn name PRIMARY KEY, reason text NOT NULL);
@@ -153,7 +159,8 @@ CREATE FUNCTION pg_temp.a_call(f regprocedure, who text, swap text[] DEFAULT '{}
 	RETURNS text LANGUAGE sql STABLE AS $$
 	SELECT format('SELECT * FROM quota_ext.%I(%s)', p.proname,
 	              coalesce(string_agg(format('%I => %s::%s', a.n,
-	                  coalesce((SELECT CASE CASE WHEN a.n = ANY (swap) THEN swap_who ELSE who END
+	                  coalesce((SELECT v.val FROM a_fn_vals v WHERE v.fn = p.proname AND v.arg = a.n),
+	                           (SELECT CASE CASE WHEN a.n = ANY (swap) THEN swap_who ELSE who END
 	                                    WHEN 'a' THEN i.a_val WHEN 'b' THEN i.b_val ELSE i.unknown_val END
 	                              FROM a_ids i WHERE i.arg = a.n),
 	                           (SELECT x.val FROM a_vals x WHERE x.arg = a.n),

@@ -131,6 +131,9 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(38, 'metrics', 'app', $q$SELECT quota_ext.metrics()$q$),
 	(40, 'quota_settle', 'app', $q$SELECT allowed, cost, currency FROM quota_ext.quota_settle({a}, {r3}, 2)$q$),
 	(39, 'quota_consume', 'app', $q$SELECT allowed, cost, currency FROM quota_ext.quota_consume({a}, '{g}', 1, input_tokens => 10, output_tokens => 5, metadata => '{"req": "x"}')$q$),
+	(42, 'feature_enabled', 'app', $q$SELECT quota_ext.feature_enabled({a}, 'beta') IS NOT NULL$q$),
+	(43, 'request_log_write', 'app', $q$SELECT quota_ext.request_log_write({a}, 'POST /v1/x', 200, 12, request_excerpt => 'x') OPERATOR(pg_catalog.>) 0$q$),
+	(41, 'quota_check', 'app', $q$SELECT allowed, usage_id IS NULL, cost, currency FROM quota_ext.quota_check({a}, '{g}', 1, input_tokens => 10, output_tokens => 5)$q$),
 	-- admin
 	(50, 'set_tenant', 'admin', $q$SELECT quota_ext.set_tenant({a}), quota_ext.current_tenant_id() OPERATOR(pg_catalog.=) {a}$q$),
 	(51, 'tenant_create', 'admin', $q$SELECT quota_ext.tenant_create('{p}new', 'pro', 'Asia/Tokyo', '{"plan": "x"}') OPERATOR(pg_catalog.>) {a}$q$),
@@ -174,7 +177,12 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(89, 'shared_cache_status', 'admin', $q$SELECT capacity OPERATOR(pg_catalog.>) 0, tenant_entries OPERATOR(pg_catalog.>) 0 FROM quota_ext.shared_cache_status()$q$),
 	(90, 'shared_cache_tenants', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.shared_cache_tenants()$q$),
 	(91, 'escrow_adapt', 'admin', $q$SELECT quota_ext.escrow_adapt() OPERATOR(pg_catalog.>=) 0$q$),
-	(92, 'escrow_status', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.escrow_status()$q$);
+	(92, 'escrow_status', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.escrow_status()$q$),
+	(93, 'tier_set', 'admin', $q$SELECT quota_ext.tier_set('{p}tier', monthly_calls => 10, features => '{"beta": true}')$q$),
+	(94, 'idempotency_purge', 'admin', $q$SELECT quota_ext.idempotency_purge('1 day') OPERATOR(pg_catalog.>=) 0$q$),
+	(95, 'api_key_import', 'admin', $q$SELECT quota_ext.api_key_import({a}, {u}, 'sk-{p}0123456789abcdefgh') OPERATOR(pg_catalog.>) 0$q$),
+	(96, 'user_remove', 'admin', $q$SELECT quota_ext.user_remove({a}, {u})$q$),
+	(97, 'request_log_purge', 'admin', $q$SELECT quota_ext.request_log_purge() OPERATOR(pg_catalog.>=) 0$q$);
 -- every function a role may execute whose name no call above has gets a
 -- generated call: arguments without a default, by name, else by type
 INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
