@@ -172,7 +172,12 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(87, 'rate_limit_namespaces', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.rate_limit_namespaces()$q$),
 	(88, 'rate_limit_reset', 'admin', $q$SELECT quota_ext.rate_limit_reset({a}) OPERATOR(pg_catalog.>=) 0, quota_ext.rate_limit_reset(key => '{p}no-key') OPERATOR(pg_catalog.=) 0$q$),
 	(89, 'shared_cache_status', 'admin', $q$SELECT capacity OPERATOR(pg_catalog.>) 0, tenant_entries OPERATOR(pg_catalog.>) 0 FROM quota_ext.shared_cache_status()$q$),
-	(90, 'shared_cache_tenants', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.shared_cache_tenants()$q$);
+	(90, 'shared_cache_tenants', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.shared_cache_tenants()$q$),
+	(91, 'invoice_mark_paid', 'admin', $q$SELECT status, payment_reference FROM quota_ext.invoice_mark_paid({a}, {inv}, '2026-01-02', 'spa ref')$q$),
+	(92, 'event_poll', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.event_poll('{p}relay', 10)$q$),
+	(93, 'event_ack', 'admin', $q$SELECT quota_ext.event_ack('{p}relay', 0)$q$),
+	(94, 'event_purge', 'admin', $q$SELECT quota_ext.event_purge('2000-01-01') OPERATOR(pg_catalog.>=) 0$q$),
+	(95, 'event_consumer_drop', 'admin', $q$SELECT quota_ext.event_consumer_drop(0, '{p}relay')$q$);
 -- every function a role may execute whose name no call above has gets a
 -- generated call: arguments without a default, by name, else by type
 INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
