@@ -93,6 +93,9 @@ SELECT pg_temp.fixture(s) FROM generate_series(1, 3) s;
 -- the ledger's monthly partitions exist before the calls (so that
 -- usage_partitions_maintain() has nothing to do in every set)
 SELECT count(*) >= 0 AS partitions FROM quota_ext.usage_partitions_maintain(3);
+-- the fixtures' usage is in the daily rollup before the calls (so that
+-- metrics() shows the same token and cost series in every set)
+SELECT quota_ext.usage_rollup() > 0 AS rolled_up;
 --
 -- the calls: {name} is replaced by the set's value of name
 --
