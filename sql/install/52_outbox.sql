@@ -255,10 +255,11 @@ CREATE FUNCTION quota_ext.event_consumer_drop(tenant_id bigint, consumer text) R
 BEGIN
 	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
 	IF $2 IS NULL THEN PERFORM quota_ext._null_arg('consumer'); END IF;
-	IF $1 = 0 THEN
-		PERFORM quota_ext._admin_only('event_consumer_drop');
-	ELSE
-		PERFORM quota_ext._check_tenant_access($1);
+	-- tenant 0 (namespace of an admin without a context): the check lets
+	-- only an admin without a context through, as for any tenant it does not
+	-- know (in a context: 42704, an app without one: 42501)
+	PERFORM quota_ext._check_tenant_access($1);
+	IF $1 <> 0 THEN
 		PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = $1;
 		IF NOT FOUND THEN
 			RAISE EXCEPTION 'tenant % does not exist', $1 USING ERRCODE = 'undefined_object';

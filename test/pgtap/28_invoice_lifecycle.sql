@@ -8,7 +8,7 @@
 -- transactions: test/specs/outbox.spec and test/t/080_webhook_relay.pl.)
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(53);
+SELECT plan(54);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('il-a') AS ta \gset
@@ -144,6 +144,8 @@ RESET ROLE;
 SET ROLE qx_tap_il_admin;
 SELECT quota_ext.set_tenant(:ta);
 SELECT is_empty($$SELECT * FROM quota_ext.event_poll('il-relay')$$, 'events of this very transaction are not delivered before it commits');
+SELECT throws_ok($$SELECT quota_ext.event_consumer_drop(0, 'il-relay')$$, '42704', 'tenant 0 does not exist',
+	'in a tenant context the admin namespace (0) is unknown');
 SELECT quota_ext.clear_tenant();
 SELECT is_empty($$SELECT * FROM quota_ext.event_poll('il-relay', 5)$$, 'nor to an admin consumer');
 SELECT throws_ok($$SELECT * FROM quota_ext.event_poll('il-relay', 0)$$, '22023', NULL, 'limit 0 is refused');
