@@ -536,7 +536,7 @@ BEGIN
 	PERFORM quota_ext._check_label('reference', $4, 200);
 	old := quota_ext._invoice_for_update($1, $2);
 	IF NOT isfinite($3) OR $3 > now() THEN
-		RAISE EXCEPTION 'paid_at % is in the future', $3
+		RAISE EXCEPTION 'paid_at % must be finite and not in the future', $3
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'Record a payment once it has been received (paid_at <= now()).';
 	END IF;
