@@ -180,7 +180,8 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(92, 'event_poll', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.event_poll('{p}relay', 10)$q$),
 	(93, 'event_ack', 'admin', $q$SELECT quota_ext.event_ack('{p}relay', 0)$q$),
 	(94, 'event_purge', 'admin', $q$SELECT quota_ext.event_purge('2000-01-01') OPERATOR(pg_catalog.>=) 0$q$),
-	(95, 'event_consumer_drop', 'admin', $q$SELECT quota_ext.event_consumer_drop(0, '{p}relay')$q$);
+	(95, 'event_consumer_drop', 'admin', $q$SELECT quota_ext.event_consumer_drop(0, '{p}relay')$q$),
+	(96, 'model_usage_by_consumer', 'admin', $q$SELECT model, calls FROM quota_ext.model_usage_by_consumer({a}, '2000-01-01', '2100-01-01')$q$);
 -- every function a role may execute whose name no call above has gets a
 -- generated call: arguments without a default, by name, else by type
 INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
