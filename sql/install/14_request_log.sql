@@ -119,15 +119,7 @@ COMMENT ON FUNCTION quota_ext.request_log_purge() IS
 	'Delete request records older than their tenant''s tier audit_retention; returns how many';
 
 -- security: the per-tenant pair of policies, as every per-tenant table
-ALTER TABLE quota_ext.request_log ENABLE ROW LEVEL SECURITY;
-ALTER TABLE quota_ext.request_log FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON quota_ext.request_log TO quota_ext_app
-	USING (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id())
-	WITH CHECK (tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-CREATE POLICY admin_read ON quota_ext.request_log FOR SELECT TO quota_ext_admin
-	USING (quota_ext.current_tenant_id() IS NULL
-	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
-GRANT SELECT ON quota_ext.request_log TO quota_ext_app;
+SELECT quota_ext._secure_tenant_table('quota_ext.request_log');
 GRANT EXECUTE ON FUNCTION
 	quota_ext.request_log_write(bigint, text, integer, integer, text, text, text, bigint, bigint, bigint)
 	TO quota_ext_app;

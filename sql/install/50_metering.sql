@@ -817,6 +817,45 @@ $$;
 COMMENT ON FUNCTION quota_ext.usage_report(bigint, timestamptz, timestamptz, text) IS
 	'A tenant''s usage and cost per model, local day or user (and currency) over the local days [from, to) touches; reads rollups, not the ledger';
 
+-- The marketplace owner's view (issue 18): how the tenants that use an
+-- owner's models use them, aggregated per model and consumer tenant, and
+-- nothing else of the consumer (no users, keys, prices paid, other models).
+-- Reads the ledger (exact to the row, [from, to) by occurred_at).
+CREATE FUNCTION quota_ext.model_usage_by_consumer(owner_tenant_id bigint, "from" timestamptz,
+	"to" timestamptz)
+	RETURNS TABLE (model text, consumer_tenant_id bigint, calls bigint, units numeric,
+	               input_tokens numeric, output_tokens numeric)
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+BEGIN
+	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('owner_tenant_id'); END IF;
+	IF $2 IS NULL THEN PERFORM quota_ext._null_arg('from'); END IF;
+	IF $3 IS NULL THEN PERFORM quota_ext._null_arg('to'); END IF;
+	IF NOT ($2 < $3) THEN
+		RAISE EXCEPTION '"from" must be before "to"' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM quota_ext._check_tenant_access($1);
+	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = $1;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', $1 USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN QUERY
+	SELECT m.name, u.tenant_id, sum(u.calls)::bigint, sum(u.units),
+	       coalesce(sum(u.input_tokens), 0), coalesce(sum(u.output_tokens), 0)
+	  FROM quota_ext.models m
+	  JOIN quota_ext.usage u ON u.model_id = m.model_id
+	 WHERE m.owner_tenant_id = $1
+	   AND u.tenant_id IS NOT NULL
+	   AND u.occurred_at >= $2 AND u.occurred_at < $3
+	 GROUP BY m.name, u.tenant_id
+	 ORDER BY m.name, u.tenant_id;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.model_usage_by_consumer(bigint, timestamptz, timestamptz) IS
+	'A model owner''s view: calls, units and tokens on its models per model and consumer tenant over [from, to) (occurred_at), from the ledger; nothing else of the consumers';
+
 -- ---------------------------------------------------------------------------
 -- security of this section
 -- ---------------------------------------------------------------------------
@@ -831,6 +870,7 @@ ALTER TABLE quota_ext.rollup_state ENABLE ROW LEVEL SECURITY;
 ALTER TABLE quota_ext.rollup_state FORCE ROW LEVEL SECURITY;
 CREATE POLICY admin_read ON quota_ext.rollup_state FOR SELECT TO quota_ext_admin USING (true);
 
+GRANT EXECUTE ON FUNCTION quota_ext.model_usage_by_consumer(bigint, timestamptz, timestamptz) TO quota_ext_app;
 GRANT SELECT ON quota_ext.rollup_state TO quota_ext_admin;
 
 GRANT EXECUTE ON FUNCTION

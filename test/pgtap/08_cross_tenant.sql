@@ -64,6 +64,10 @@ UPDATE quota_ext.usage SET occurred_at = now() - interval '2 microseconds' WHERE
 SELECT now() - interval '1 microsecond' AS close_end \gset
 SELECT count(*) FROM quota_ext.billing_close(:tb, now() - interval '1 day', :'close_end');
 SELECT count(*) FROM quota_ext.billing_close(:ta, now() - interval '1 day', :'close_end');
+-- an outbox consumer of B's (the close wrote B's outbox events)
+SELECT quota_ext.set_tenant(:tb);
+SELECT count(*) FROM quota_ext.event_poll('xb-marker-relay');
+SELECT quota_ext.clear_tenant();
 SELECT quota_ext.usage_rollup();
 \o
 CREATE ROLE qx_tap_x_app LOGIN IN ROLE quota_ext_app;

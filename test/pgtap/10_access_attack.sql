@@ -66,6 +66,8 @@ UPDATE quota_ext.usage SET occurred_at = now() - interval '2 microseconds' WHERE
 SELECT now() - interval '1 microsecond' AS close_end \gset
 SELECT min(invoice_id) AS inva FROM quota_ext.billing_close(:ta, now() - interval '1 day', :'close_end') \gset
 SELECT min(invoice_id) AS invb FROM quota_ext.billing_close(:tb, now() - interval '1 day', :'close_end') \gset
+-- issued, so that invoice_mark_paid (issued -> paid) works for an admin
+SELECT quota_ext.invoice_issue(:ta, :inva), quota_ext.invoice_issue(:tb, :invb);
 SELECT quota_ext.usage_rollup();
 \o
 CREATE ROLE qx_tap_aa_app LOGIN IN ROLE quota_ext_app;
@@ -96,7 +98,8 @@ INSERT INTO a_vals (arg, val) VALUES ('grantee_tenant_id', :tc), ('period', '''d
 	('timezone', '''UTC'''),
 	('period_start', quote_literal(:'close_end')),
 	('period_end', quote_literal((:'close_end'::timestamptz + interval '1 microsecond')::text)),
-	('from', '''2000-01-01'''), ('to', '''2100-01-01'''), ('before', '''2000-01-01''');
+	('from', '''2000-01-01'''), ('to', '''2100-01-01'''), ('before', '''2000-01-01'''),
+	('consumer', '''aa-relay'''), ('upto', '0');
 -- (a price needs one of its amounts; B's price at now() exists already;
 -- quota_set's max_units has a default, NULL, for money budgets: issue 17)
 INSERT INTO a_vals VALUES ('unit_price', '0.01', true), ('effective_from', '''2100-01-01''', true),
@@ -139,7 +142,9 @@ INSERT INTO a_ctx_ok VALUES
 	('tenant_rate_limit_check', 'buckets private to the context''s tenant'),
 	('request_stats', 'the context''s tenant''s rows only'),
 	('metrics', 'the context''s tenant''s series only'),
-	('rate_limit_status', 'quota_ext_admin only: the size of the shared bucket table, no tenant''s data');
+	('rate_limit_status', 'quota_ext_admin only: the size of the shared bucket table, no tenant''s data'),
+	('event_poll', 'the context''s tenant''s events and consumers only'),
+	('event_ack', 'the context''s tenant''s consumers and events only');
 GRANT SELECT ON a_ctx_ok TO PUBLIC;
 
 -- the functions under attack

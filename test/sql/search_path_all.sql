@@ -93,6 +93,9 @@ SELECT pg_temp.fixture(s) FROM generate_series(1, 3) s;
 -- the ledger's monthly partitions exist before the calls (so that
 -- usage_partitions_maintain() has nothing to do in every set)
 SELECT count(*) >= 0 AS partitions FROM quota_ext.usage_partitions_maintain(3);
+-- the fixtures' usage is in the daily rollup before the calls (so that
+-- metrics() shows the same token and cost series in every set)
+SELECT quota_ext.usage_rollup() > 0 AS rolled_up;
 --
 -- the calls: {name} is replaced by the set's value of name
 --
@@ -182,7 +185,13 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(94, 'idempotency_purge', 'admin', $q$SELECT quota_ext.idempotency_purge('1 day') OPERATOR(pg_catalog.>=) 0$q$),
 	(95, 'api_key_import', 'admin', $q$SELECT quota_ext.api_key_import({a}, {u}, 'sk-{p}0123456789abcdefgh') OPERATOR(pg_catalog.>) 0$q$),
 	(96, 'user_remove', 'admin', $q$SELECT quota_ext.user_remove({a}, {u})$q$),
-	(97, 'request_log_purge', 'admin', $q$SELECT quota_ext.request_log_purge() OPERATOR(pg_catalog.>=) 0$q$);
+	(97, 'request_log_purge', 'admin', $q$SELECT quota_ext.request_log_purge() OPERATOR(pg_catalog.>=) 0$q$),
+	(98, 'invoice_mark_paid', 'admin', $q$SELECT status, payment_reference FROM quota_ext.invoice_mark_paid({a}, {inv}, '2026-01-02', 'spa ref')$q$),
+	(99, 'event_poll', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>=) 0 FROM quota_ext.event_poll('{p}relay', 10)$q$),
+	(100, 'event_ack', 'admin', $q$SELECT quota_ext.event_ack('{p}relay', 0)$q$),
+	(101, 'event_purge', 'admin', $q$SELECT quota_ext.event_purge('2000-01-01') OPERATOR(pg_catalog.>=) 0$q$),
+	(102, 'event_consumer_drop', 'admin', $q$SELECT quota_ext.event_consumer_drop(0, '{p}relay')$q$),
+	(103, 'model_usage_by_consumer', 'admin', $q$SELECT model, calls FROM quota_ext.model_usage_by_consumer({a}, '2000-01-01', '2100-01-01')$q$);
 -- every function a role may execute whose name no call above has gets a
 -- generated call: arguments without a default, by name, else by type
 INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
