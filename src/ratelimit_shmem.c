@@ -8,10 +8,9 @@
  * invoke() applies in ratelimit_rules.c; ratelimit_internal.h joins them.
  *
  * Each bucket is one theoretical arrival time (TAT, see gcra.c) in a
- * fixed-size table in shared memory, requested and set up at server start
- * (shmem.c), so the library must be in
- * shared_preload_libraries (otherwise the functions that need the table
- * raise 55000).  Nothing is written to WAL and no row is locked: a check
+ * fixed-size table in shared memory, set up at server start (shmem.c), so
+ * the library must be in shared_preload_libraries (otherwise the functions
+ * that need the table raise 55000).  Nothing is written to WAL and no row is locked: a check
  * is not undone when the caller's transaction rolls back (a client cannot
  * get its budget back by aborting), and the table starts empty at every
  * server start, like Redis without persistence.
