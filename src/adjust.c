@@ -210,6 +210,28 @@ describe_after(const QuotaRow *rows, int n, Decision *d)
 	}
 }
 
+/*
+ * describe_unlocked
+ *		describe_after from an unlocked read of the counters (as quota_check
+ *		reads them), for an adjustment that locks none: a settle that changes
+ *		nothing, and the replay of a settle or refund, which answers as the
+ *		first call did (test/t/062_commit_crash_replay.pl).
+ */
+static void
+describe_unlocked(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
+				  TimestampTz occurred_at, Decision *d)
+{
+	QuotaRow	rows[QUOTA_MAX_QUOTAS];
+	text	   *tz = tenant_timezone(tenant_id);
+	int			n;
+	int			i;
+
+	n = read_counters(tenant_id, model_id, user_id, key_id, occurred_at, rows);
+	for (i = 0; i < n; i++)
+		QuotaPeriodBounds(rows[i].period, tz, occurred_at, &rows[i].start, &rows[i].end);
+	describe_after(rows, n, d);
+}
+
 /* the money of one usage row (inside SPI): micro-units, 0 when unpriced */
 static int64
 usage_cost(int64 tenant_id, int64 usage_id)
@@ -502,6 +524,9 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 					   res.cost_micro + (res.closing_usage_id ?
 										 usage_cost(tenant_id, res.closing_usage_id) : 0),
 					   &d);
+		if (d.allowed)
+			describe_unlocked(tenant_id, res.model_id, res.user_id, res.key_id,
+							  res.occurred_at, &d);
 		QuotaSpiEnd(&spi);
 		PG_RETURN_DATUM(decision_datum(fcinfo, &d));
 	}
@@ -565,15 +590,8 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 		 * test/specs/reservation_race.spec); the quotas are described from
 		 * an unlocked read, as quota_check reads them.
 		 */
-		text	   *tz = tenant_timezone(tenant_id);
-		int			i;
-
-		n = read_counters(tenant_id, res.model_id, res.user_id, res.key_id, res.occurred_at,
-						  rows);
-		for (i = 0; i < n; i++)
-			QuotaPeriodBounds(rows[i].period, tz, res.occurred_at, &rows[i].start,
-							  &rows[i].end);
-		describe_after(rows, n, &d);
+		describe_unlocked(tenant_id, res.model_id, res.user_id, res.key_id,
+						  res.occurred_at, &d);
 	}
 	reservation_close(tenant_id, reservation_id, "settled", true, actual, unbilled);
 	QuotaSpiEnd(&spi);
@@ -735,6 +753,7 @@ quota_ext_quota_refund(PG_FUNCTION_ARGS)
 												 SPI_tuptable->tupdesc, 1, &isnull));
 		/* the stored money of the refund row (NULL before: issue 17) */
 		decision_money(extra.price_id, usage_cost(tenant_id, d.usage_id), &d);
+		describe_unlocked(tenant_id, model_id, user_id, key_id, occurred_at, &d);
 		QuotaSpiEnd(&spi);
 		PG_RETURN_DATUM(decision_datum(fcinfo, &d));
 	}
