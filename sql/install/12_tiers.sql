@@ -262,6 +262,10 @@ BEGIN
 	IF NOT (idempotency_purge.older_than >= interval '0') THEN
 		RAISE EXCEPTION 'older_than must not be negative' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	IF idempotency_purge.older_than > interval '100 years' THEN
+		RAISE EXCEPTION 'older_than must be at most 100 years'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
 	FOR t IN SELECT tn.tenant_id FROM quota_ext.tenants tn ORDER BY tn.tenant_id LOOP
 		DELETE FROM quota_ext.idempotency_keys k
 		 WHERE k.tenant_id = t AND k.created_at < now() - idempotency_purge.older_than;
