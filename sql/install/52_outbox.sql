@@ -122,6 +122,16 @@ DECLARE
 	c quota_ext.event_consumers;
 BEGIN
 	PERFORM quota_ext._check_label('consumer', $2, 63);
+	-- at most 16 consumers per namespace: each keeps event_purge from
+	-- deleting the events it has not acknowledged
+	PERFORM 1 FROM quota_ext.event_consumers e WHERE e.tenant_id = $1 AND e.consumer = $2;
+	IF NOT FOUND
+	   AND (SELECT count(*) FROM quota_ext.event_consumers e WHERE e.tenant_id = $1) >= 16 THEN
+		RAISE EXCEPTION 'too many outbox consumers'
+			USING ERRCODE = 'program_limit_exceeded',
+			      DETAIL = 'A tenant (or the admin namespace) has at most 16 consumers.',
+			      HINT = 'Drop one with event_consumer_drop().';
+	END IF;
 	INSERT INTO quota_ext.event_consumers AS e (tenant_id, consumer) VALUES ($1, $2)
 	ON CONFLICT ON CONSTRAINT event_consumers_pkey DO NOTHING;
 	SELECT * INTO STRICT c FROM quota_ext.event_consumers e

@@ -8,7 +8,7 @@
 -- transactions: test/specs/outbox.spec and test/t/081_webhook_relay.pl.)
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(54);
+SELECT plan(57);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('il-a') AS ta \gset
@@ -162,6 +162,17 @@ SELECT is(quota_ext.event_purge('infinity'), 0::bigint, 'event_purge keeps event
 SELECT ok(quota_ext.event_consumer_drop(0, 'il-relay') AND quota_ext.event_consumer_drop(:ta, 'il-relay'), 'consumers are dropped');
 SELECT count(*) AS nout FROM quota_ext.outbox \gset
 SELECT is(quota_ext.event_purge('infinity'), :nout::bigint, 'without consumers event_purge removes every event before the time given');
+
+-- at most 16 consumers per namespace (each holds back event_purge)
+SET ROLE qx_tap_il_admin;
+SELECT quota_ext.set_tenant(:ta);
+SELECT is((SELECT count(*) FROM generate_series(1, 16) g, quota_ext.event_poll('il-c' || g, 1)), 0::bigint,
+	'sixteen consumers of one tenant');
+SELECT throws_ok($$SELECT * FROM quota_ext.event_poll('il-c17', 1)$$, '54000', 'too many outbox consumers',
+	'a seventeenth is refused');
+SELECT is((SELECT count(*) FROM quota_ext.event_poll('il-c16', 1)), 0::bigint, 'an existing one still polls');
+SELECT quota_ext.clear_tenant();
+RESET ROLE;
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -256,7 +256,8 @@ my %extra = (
 	api_key_import           => '23505 28000 55000',
 	user_remove              => '55000',
 	invoice_mark_paid        => '55000',
-	event_ack                => '55000',
+	event_ack                => '55000 54000',
+	event_poll               => '54000',
 	quota_check              => '55000',);
 my $common = '22004 22023 22003 42501 42704';
 my @unexpected;
