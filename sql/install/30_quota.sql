@@ -832,10 +832,7 @@ DECLARE
 BEGIN
 	IF _quota_status.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
 	PERFORM quota_ext._check_tenant_access(_quota_status.tenant_id);
-	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = _quota_status.tenant_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', _quota_status.tenant_id USING ERRCODE = 'undefined_object';
-	END IF;
+	PERFORM quota_ext._tenant_exists(_quota_status.tenant_id);
 	IF _quota_status.model IS NOT NULL THEN
 		mid := quota_ext._model_for(_quota_status.tenant_id, _quota_status.model);
 	END IF;
