@@ -261,7 +261,10 @@ CREATE FUNCTION quota_ext._tenant_open(t quota_ext.tenants) RETURNS void
 	SET search_path = pg_catalog, pg_temp
 	AS $$
 BEGIN
-	PERFORM quota_ext._tenant_open(t);
+	IF t.status = 'closed' THEN
+		RAISE EXCEPTION 'tenant % is closed', t.tenant_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
 END
 $$;
 COMMENT ON FUNCTION quota_ext._tenant_open(quota_ext.tenants) IS
