@@ -236,22 +236,12 @@ describe_unlocked(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
 static int64
 usage_cost(int64 tenant_id, int64 usage_id)
 {
-	static QuotaPlan plan = {
+	static QuotaPlan plan = QUOTA_ROW_PLAN(
 		"SELECT cost FROM quota_ext.usage "
-		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND usage_id OPERATOR(pg_catalog.=) $2",
-		2, {INT8OID, INT8OID}
-	};
-	Datum		values[2];
-	bool		isnull;
+		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND usage_id OPERATOR(pg_catalog.=) $2");
 	Datum		v;
 
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(usage_id);
-	QuotaSpiExec(&plan, values, NULL, false, 1);
-	if (SPI_processed != 1)
-		return 0;
-	v = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? 0 : QuotaNumericToMicro(v);
+	return QuotaSpiRowValue(&plan, tenant_id, usage_id, &v) ? QuotaNumericToMicro(v) : 0;
 }
 
 /* the call's money columns from a price version (inside SPI) */
