@@ -238,6 +238,22 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._tenant_for_update(bigint) IS 'Internal: lock a tenant row for an admin change';
 
+-- A change of global rows (a tenant, a global model, a list price) is refused
+-- inside a tenant context; what names it ("create a tenant").
+CREATE FUNCTION quota_ext._no_tenant_context(what text) RETURNS void
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF quota_ext.current_tenant_id() IS NOT NULL THEN
+		RAISE EXCEPTION 'cannot % inside a tenant context', what
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._no_tenant_context(text) IS
+	'Internal: raise 42501 inside a tenant context';
+
 -- The tenant must exist (its row visible to the owner: callers check access
 -- first with _check_tenant_access).
 CREATE FUNCTION quota_ext._tenant_exists(tenant_id bigint) RETURNS void
@@ -297,10 +313,7 @@ BEGIN
 	IF jsonb_typeof(tenant_create.settings) <> 'object' THEN
 		RAISE EXCEPTION 'settings must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF quota_ext.current_tenant_id() IS NOT NULL THEN
-		RAISE EXCEPTION 'cannot create a tenant inside a tenant context'
-			USING ERRCODE = 'insufficient_privilege';
-	END IF;
+	PERFORM quota_ext._no_tenant_context('create a tenant');
 	PERFORM 1 FROM quota_ext.tiers WHERE tier = quota_ext._tier_name(tenant_create.tier);
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'tier "%" does not exist', quota_ext._quote_input(tenant_create.tier)
@@ -679,9 +692,8 @@ BEGIN
 	END IF;
 	IF model_register.owner_tenant_id IS NOT NULL THEN
 		PERFORM quota_ext._tenant_for_update(model_register.owner_tenant_id);
-	ELSIF quota_ext.current_tenant_id() IS NOT NULL THEN
-		RAISE EXCEPTION 'cannot register a global model inside a tenant context'
-			USING ERRCODE = 'insufficient_privilege';
+	ELSE
+		PERFORM quota_ext._no_tenant_context('register a global model');
 	END IF;
 	BEGIN
 		INSERT INTO quota_ext.models (name, owner_tenant_id, provider, description, metadata)

@@ -185,10 +185,7 @@ BEGIN
 			mid := quota_ext._model_resolve(_price_insert.tenant_id, _price_insert.model);
 		END IF;
 	ELSE
-		IF quota_ext.current_tenant_id() IS NOT NULL THEN
-			RAISE EXCEPTION 'cannot set a list price inside a tenant context'
-				USING ERRCODE = 'insufficient_privilege';
-		END IF;
+		PERFORM quota_ext._no_tenant_context('set a list price');
 		SELECT m.model_id INTO mid FROM quota_ext.models m
 		 WHERE m.name = _price_insert.model AND m.owner_tenant_id IS NULL;
 	END IF;
