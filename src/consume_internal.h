@@ -236,6 +236,8 @@ extern QUOTA_PRIVATE void check_metering_args(FunctionCallInfo fcinfo, int argno
 extern QUOTA_PRIVATE void raise_unknown_model(const char *model);
 
 /* decision.c */
+#define DECISION_NATTS 18		/* columns of quota_ext.decision */
+extern QUOTA_PRIVATE void decision_values(const Decision *d, Datum *values, bool *nulls);
 extern QUOTA_PRIVATE Datum decision_datum(FunctionCallInfo fcinfo, const Decision *d);
 extern QUOTA_PRIVATE Datum request_decision_datum(FunctionCallInfo fcinfo, const ConsumeRequest *req,
 												  Decision *d);

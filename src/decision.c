@@ -69,16 +69,15 @@ put_id(Datum *values, bool *nulls, int i, int64 id)
 	nulls[i] = id == 0;
 }
 
-Datum
-decision_datum(FunctionCallInfo fcinfo, const Decision *d)
+/*
+ * decision_values
+ *		The DECISION_NATTS columns of a decision (quota_ext.decision), with
+ *		their NULLs; idem_store stores most of them.
+ */
+void
+decision_values(const Decision *d, Datum *values, bool *nulls)
 {
-	TupleDesc	tupdesc;
-	Datum		values[18];
-	bool		nulls[18];
-
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	memset(nulls, 0, sizeof(nulls));
+	memset(nulls, 0, sizeof(bool) * DECISION_NATTS);
 	values[0] = BoolGetDatum(d->allowed);
 	put_text(values, nulls, 1, d->denied_by);
 	put_id(values, nulls, 2, d->quota_id);
@@ -103,6 +102,18 @@ decision_datum(FunctionCallInfo fcinfo, const Decision *d)
 	put_id(values, nulls, 15, d->tenant_id);
 	put_id(values, nulls, 16, d->user_id);
 	put_id(values, nulls, 17, d->key_id);
+}
+
+Datum
+decision_datum(FunctionCallInfo fcinfo, const Decision *d)
+{
+	TupleDesc	tupdesc;
+	Datum		values[DECISION_NATTS];
+	bool		nulls[DECISION_NATTS];
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	decision_values(d, values, nulls);
 	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
 }
 
