@@ -236,22 +236,12 @@ describe_unlocked(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
 static int64
 usage_cost(int64 tenant_id, int64 usage_id)
 {
-	static QuotaPlan plan = {
+	static QuotaPlan plan = QUOTA_ROW_PLAN(
 		"SELECT cost FROM quota_ext.usage "
-		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND usage_id OPERATOR(pg_catalog.=) $2",
-		2, {INT8OID, INT8OID}
-	};
-	Datum		values[2];
-	bool		isnull;
+		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND usage_id OPERATOR(pg_catalog.=) $2");
 	Datum		v;
 
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(usage_id);
-	QuotaSpiExec(&plan, values, NULL, false, 1);
-	if (SPI_processed != 1)
-		return 0;
-	v = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? 0 : QuotaNumericToMicro(v);
+	return QuotaSpiRowValue(&plan, tenant_id, usage_id, &v) ? QuotaNumericToMicro(v) : 0;
 }
 
 /* the call's money columns from a price version (inside SPI) */
@@ -682,11 +672,9 @@ quota_ext_quota_refund(PG_FUNCTION_ARGS)
 		"ON CONFLICT (tenant_id, usage_id) DO NOTHING RETURNING refund_usage_id",
 		2, {INT8OID, INT8OID}
 	};
-	static QuotaPlan prior = {
+	static QuotaPlan prior = QUOTA_ROW_PLAN(
 		"SELECT refund_usage_id FROM quota_ext.refunds "
-		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND usage_id OPERATOR(pg_catalog.=) $2",
-		2, {INT8OID, INT8OID}
-	};
+		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND usage_id OPERATOR(pg_catalog.=) $2");
 	int64		tenant_id;
 	int64		usage_id;
 	QuotaSpiState spi;
@@ -747,10 +735,11 @@ quota_ext_quota_refund(PG_FUNCTION_ARGS)
 	QuotaSpiExec(&claim, values, NULL, false, 0);
 	if (SPI_processed == 0)
 	{
-		QuotaSpiExec(&prior, values, NULL, false, 1);
+		/* refunded before: answer with the first refund's usage row */
+		if (!QuotaSpiRowValue(&prior, tenant_id, usage_id, &v))
+			elog(ERROR, "refund of usage %lld not found", (long long) usage_id);
 		d.replayed = true;
-		d.usage_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-												 SPI_tuptable->tupdesc, 1, &isnull));
+		d.usage_id = DatumGetInt64(v);
 		/* the stored money of the refund row (NULL before: issue 17) */
 		decision_money(extra.price_id, usage_cost(tenant_id, d.usage_id), &d);
 		describe_unlocked(tenant_id, model_id, user_id, key_id, occurred_at, &d);

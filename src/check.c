@@ -57,12 +57,7 @@ static QuotaPlan read_plan = {
 	"                     WHERE c.tenant_id OPERATOR(pg_catalog.=) q.tenant_id "
 	"                       AND c.quota_id OPERATOR(pg_catalog.=) q.quota_id "
 	"                       AND c.period_start OPERATOR(pg_catalog.=) m.start) s "
-	"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 "
-	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
-	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
-	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
-	"  AND q.created_at OPERATOR(pg_catalog.<=) $5 "
-	"ORDER BY q.quota_id",
+	QUOTA_SCOPE_WHERE,
 	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
 };
 
@@ -82,15 +77,8 @@ read_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
 	int			n;
 	int			i;
 
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(model_id);
-	values[2] = Int64GetDatum(user_id);
-	values[3] = Int64GetDatum(key_id);
+	bind_scope(values, nulls, tenant_id, model_id, user_id, key_id);
 	values[4] = TimestampTzGetDatum(created_before);
-	if (user_id == 0)
-		nulls[2] = 'n';
-	if (key_id == 0)
-		nulls[3] = 'n';
 	QuotaSpiExec(&read_plan, values, nulls, true, 0);
 	n = parse_quota_rows(rows, 0);
 	for (i = 0; i < n; i++)

@@ -179,7 +179,7 @@ parse_quota_rows(QuotaRow *rows, int first)
  *		The first four parameters of a query about the quotas that apply:
  *		$1 tenant, $2 model, $3 user and $4 key (NULL for 0).
  */
-static void
+void
 bind_scope(Datum *values, char *nulls, int64 tenant_id, int64 model_id,
 		   int64 user_id, int64 key_id)
 {
@@ -221,12 +221,7 @@ static QuotaPlan defs_plan = {
 	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency, q.slots, "
 	"       q.slots_auto AND q.on_exceed OPERATOR(pg_catalog.=) 'block' "
 	"FROM quota_ext.quotas q "
-	"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 "
-	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
-	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
-	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
-	"  AND q.created_at OPERATOR(pg_catalog.<=) $5 "
-	"ORDER BY q.quota_id",
+	QUOTA_SCOPE_WHERE,
 	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
 };
 

@@ -181,6 +181,21 @@ extern QUOTA_PRIVATE int lock_counters(int64 tenant_id, int64 model_id, int64 us
 extern QUOTA_PRIVATE int lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from);
 /* ... also read by check.c (quota_check) and adjust.c */
 extern QUOTA_PRIVATE int parse_quota_rows(QuotaRow *rows, int first);
+extern QUOTA_PRIVATE void bind_scope(Datum *values, char *nulls, int64 tenant_id, int64 model_id,
+									 int64 user_id, int64 key_id);
+
+/*
+ * The scope of a query about the quotas that apply (alias q): $1 tenant,
+ * $2 model, $3 user and $4 key (bind_scope), $5 the latest creation time.
+ */
+#define QUOTA_SCOPE_WHERE \
+	"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 " \
+	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) " \
+	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) " \
+	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) " \
+	"  AND q.created_at OPERATOR(pg_catalog.<=) $5 " \
+	"ORDER BY q.quota_id"
+
 extern QUOTA_PRIVATE bool decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock,
 			  int64 calls, int64 units, int64 cost, Decision *d, int64 *overage);
 extern QUOTA_PRIVATE void charge_cost(const ConsumeRequest *req, QuotaPolicyResult *pol, TimestampTz at,
@@ -221,6 +236,8 @@ extern QUOTA_PRIVATE void check_metering_args(FunctionCallInfo fcinfo, int argno
 extern QUOTA_PRIVATE void raise_unknown_model(const char *model);
 
 /* decision.c */
+#define DECISION_NATTS 18		/* columns of quota_ext.decision */
+extern QUOTA_PRIVATE void decision_values(const Decision *d, Datum *values, bool *nulls);
 extern QUOTA_PRIVATE Datum decision_datum(FunctionCallInfo fcinfo, const Decision *d);
 extern QUOTA_PRIVATE Datum request_decision_datum(FunctionCallInfo fcinfo, const ConsumeRequest *req,
 												  Decision *d);

@@ -52,27 +52,36 @@ quota_row_metric(const QuotaRow *r)
  * result and SQL-callable functions
  * ---------------------------------------------------------------------- */
 
-Datum
-decision_datum(FunctionCallInfo fcinfo, const Decision *d)
+/* column i: the text s, NULL when s is NULL or empty */
+static void
+put_text(Datum *values, bool *nulls, int i, const char *s)
 {
-	TupleDesc	tupdesc;
-	Datum		values[18];
-	bool		nulls[18];
+	nulls[i] = s == NULL || s[0] == '\0';
+	if (!nulls[i])
+		values[i] = CStringGetTextDatum(s);
+}
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	memset(nulls, 0, sizeof(nulls));
+/* column i: an id, NULL when 0 (none) */
+static void
+put_id(Datum *values, bool *nulls, int i, int64 id)
+{
+	values[i] = Int64GetDatum(id);
+	nulls[i] = id == 0;
+}
+
+/*
+ * decision_values
+ *		The DECISION_NATTS columns of a decision (quota_ext.decision), with
+ *		their NULLs; idem_store stores most of them.
+ */
+void
+decision_values(const Decision *d, Datum *values, bool *nulls)
+{
+	memset(nulls, 0, sizeof(bool) * DECISION_NATTS);
 	values[0] = BoolGetDatum(d->allowed);
-	if (d->denied_by)
-		values[1] = CStringGetTextDatum(d->denied_by);
-	else
-		nulls[1] = true;
-	values[2] = Int64GetDatum(d->quota_id);
-	nulls[2] = d->quota_id == 0;
-	if (d->period[0])
-		values[3] = CStringGetTextDatum(d->period);
-	else
-		nulls[3] = true;
+	put_text(values, nulls, 1, d->denied_by);
+	put_id(values, nulls, 2, d->quota_id);
+	put_text(values, nulls, 3, d->period);
 	values[4] = Int64GetDatum(d->limit);
 	values[5] = Int64GetDatum(d->remaining);
 	nulls[4] = nulls[5] = !d->has_limit;
@@ -80,30 +89,31 @@ decision_datum(FunctionCallInfo fcinfo, const Decision *d)
 	nulls[6] = !d->has_resets;
 	values[7] = Int64GetDatum(d->retry_after);
 	nulls[7] = !d->has_retry;
-	values[8] = Int64GetDatum(d->usage_id);
-	nulls[8] = d->usage_id == 0;
-	values[9] = Int64GetDatum(d->reservation_id);
-	nulls[9] = d->reservation_id == 0;
+	put_id(values, nulls, 8, d->usage_id);
+	put_id(values, nulls, 9, d->reservation_id);
 	values[10] = BoolGetDatum(d->replayed);
 	values[11] = QuotaMicroToNumeric(d->cost_micro);
 	nulls[11] = !d->has_cost;
 	values[12] = QuotaMicroToNumeric(d->remaining_cost_micro);
 	nulls[12] = !d->has_remaining_cost;
-	if (d->currency[0])
-		values[13] = CStringGetTextDatum(d->currency);
-	else
-		nulls[13] = true;
+	put_text(values, nulls, 13, d->currency);
 	/* issue 17: which metric denied, and whose call it was */
-	if (d->denied_metric)
-		values[14] = CStringGetTextDatum(d->denied_metric);
-	else
-		nulls[14] = true;
-	values[15] = Int64GetDatum(d->tenant_id);
-	nulls[15] = d->tenant_id == 0;
-	values[16] = Int64GetDatum(d->user_id);
-	nulls[16] = d->user_id == 0;
-	values[17] = Int64GetDatum(d->key_id);
-	nulls[17] = d->key_id == 0;
+	put_text(values, nulls, 14, d->denied_metric);
+	put_id(values, nulls, 15, d->tenant_id);
+	put_id(values, nulls, 16, d->user_id);
+	put_id(values, nulls, 17, d->key_id);
+}
+
+Datum
+decision_datum(FunctionCallInfo fcinfo, const Decision *d)
+{
+	TupleDesc	tupdesc;
+	Datum		values[DECISION_NATTS];
+	bool		nulls[DECISION_NATTS];
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	decision_values(d, values, nulls);
 	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
 }
 

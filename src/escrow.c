@@ -540,20 +540,13 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied)
 int
 escrow_slots_now(int64 tenant_id, int64 quota_id)
 {
-	static QuotaPlan plan = {
+	static QuotaPlan plan = QUOTA_ROW_PLAN(
 		"SELECT q.slots FROM quota_ext.quotas q "
-		"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.quota_id OPERATOR(pg_catalog.=) $2",
-		2, {INT8OID, INT8OID}
-	};
-	Datum		values[2];
-	bool		isnull;
+		"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.quota_id OPERATOR(pg_catalog.=) $2");
+	Datum		v;
 
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(quota_id);
-	QuotaSpiExec(&plan, values, NULL, false, 1);
-	if (SPI_processed != 1)
-		return 1;
-	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	/* slots is NOT NULL; no row (the quota is gone): one slot */
+	return QuotaSpiRowValue(&plan, tenant_id, quota_id, &v) ? DatumGetInt32(v) : 1;
 }
 
 /*

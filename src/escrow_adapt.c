@@ -273,30 +273,27 @@ collect(EscrowSeen *seen)
 	return n;
 }
 
-/* the quota was re-laid: the next pass does not count the waits it caused */
+/*
+ * mark_entry
+ *		After a pass over the quota: re-laid (cooldown: the next pass does not
+ *		count the waits it caused), or forgotten (no longer used).
+ */
 static void
-cool_down(int64 tenant_id, int64 quota_id)
+mark_entry(int64 tenant_id, int64 quota_id, bool cooldown)
 {
 	EscrowEntry *e;
 
 	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
 	e = entry_find(MyDatabaseId, tenant_id, quota_id, false);
-	if (e)
+	if (e && cooldown)
 		e->cooldown = true;
-	LWLockRelease(escrow_shared->lock);
-}
-
-static void
-forget(int64 tenant_id, int64 quota_id)
-{
-	EscrowEntry *e;
-
-	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
-	e = entry_find(MyDatabaseId, tenant_id, quota_id, false);
-	if (e)
+	else if (e)
 		e->used = false;
 	LWLockRelease(escrow_shared->lock);
 }
+
+#define cool_down(tenant_id, quota_id)	mark_entry(tenant_id, quota_id, true)
+#define forget(tenant_id, quota_id)		mark_entry(tenant_id, quota_id, false)
 
 static int
 pow2_at_least(int x)

@@ -183,6 +183,45 @@ QuotaGcraEval(int64 tat, int64 now, int64 max_burst, int64 count,
 }
 
 /*
+ * QuotaGcraGetArgs
+ *		The arguments max_burst, count, period_seconds and quantity of a SQL
+ *		function, at positions first to first + 3: none may be NULL, and
+ *		QuotaGcraCheckArgs must take them.
+ */
+void
+QuotaGcraGetArgs(FunctionCallInfo fcinfo, int first, int64 *max_burst,
+				 int64 *count, int64 *period_s, int64 *quantity)
+{
+	static const char *const names[] = {
+		"max_burst", "count", "period_seconds", "quantity"
+	};
+	int			i;
+
+	for (i = 0; i < 4; i++)
+		QuotaArgNotNull(fcinfo, first + i, names[i]);
+	*max_burst = PG_GETARG_INT32(first);
+	*count = PG_GETARG_INT32(first + 1);
+	*period_s = PG_GETARG_INT32(first + 2);
+	*quantity = PG_GETARG_INT32(first + 3);
+	QuotaGcraCheckArgs(*max_burst, *count, *period_s, *quantity);
+}
+
+/*
+ * QuotaGcraValues
+ *		The first five columns of a rate-limit answer: limited, limit,
+ *		remaining, retry_after, reset_after (rate_limit_check, gcra_eval).
+ */
+void
+QuotaGcraValues(const QuotaGcraResult *r, Datum *values)
+{
+	values[0] = BoolGetDatum(r->limited);
+	values[1] = Int64GetDatum(r->limit);
+	values[2] = Int64GetDatum(r->remaining);
+	values[3] = Int64GetDatum(r->retry_after);
+	values[4] = Int64GetDatum(r->reset_after);
+}
+
+/*
  * QuotaGcraCheckArgs
  *		Raise 22023 for parameters CL.THROTTLE cannot take.
  */
@@ -264,40 +303,28 @@ QuotaGcraRaise(QuotaGcraStatus status, int64 max_burst, int64 count,
 Datum
 quota_ext_gcra_eval(PG_FUNCTION_ARGS)
 {
-	static const char *const names[] = {
-		"tat_ns", "now_ns", "max_burst", "count", "period_seconds", "quantity"
-	};
 	QuotaGcraResult r;
 	QuotaGcraStatus st;
 	Datum		values[8];
 	bool		nulls[8] = {0};
 	int64		tat;
 	int64		now;
-	int32		max_burst;
-	int32		count;
-	int32		period;
-	int32		quantity;
-	int			i;
+	int64		max_burst;
+	int64		count;
+	int64		period;
+	int64		quantity;
 
-	for (i = 0; i < 6; i++)
-		QuotaArgNotNull(fcinfo, i, names[i]);
+	QuotaArgNotNull(fcinfo, 0, "tat_ns");
+	QuotaArgNotNull(fcinfo, 1, "now_ns");
 	tat = PG_GETARG_INT64(0);
 	now = PG_GETARG_INT64(1);
-	max_burst = PG_GETARG_INT32(2);
-	count = PG_GETARG_INT32(3);
-	period = PG_GETARG_INT32(4);
-	quantity = PG_GETARG_INT32(5);
-	QuotaGcraCheckArgs(max_burst, count, period, quantity);
+	QuotaGcraGetArgs(fcinfo, 2, &max_burst, &count, &period, &quantity);
 
 	st = QuotaGcraEval(tat, now, max_burst, count, period, quantity, &r);
 	if (st != QUOTA_GCRA_OK)
 		QuotaGcraRaise(st, max_burst, count, period, quantity);
 
-	values[0] = BoolGetDatum(r.limited);
-	values[1] = Int64GetDatum(r.limit);
-	values[2] = Int64GetDatum(r.remaining);
-	values[3] = Int64GetDatum(r.retry_after);
-	values[4] = Int64GetDatum(r.reset_after);
+	QuotaGcraValues(&r, values);
 	values[5] = Int64GetDatum(r.new_tat);
 	values[6] = Int64GetDatum(r.retry_after_ns);
 	values[7] = Int64GetDatum(r.reset_after_ns);

@@ -10,6 +10,8 @@
 
 #include "quota_ext.h"
 
+#include "fmgr.h"
+
 /* gcra.c: the generic cell rate algorithm, pure arithmetic */
 typedef enum QuotaGcraStatus
 {
@@ -44,6 +46,9 @@ extern QuotaGcraStatus QuotaGcraEval(int64 tat, int64 now, int64 max_burst,
 									 int64 quantity, QuotaGcraResult *out);
 extern void QuotaGcraCheckArgs(int64 max_burst, int64 count, int64 period_s,
 							   int64 quantity);
+extern void QuotaGcraGetArgs(FunctionCallInfo fcinfo, int first, int64 *max_burst,
+							 int64 *count, int64 *period_s, int64 *quantity);
+extern void QuotaGcraValues(const QuotaGcraResult *r, Datum *values);
 pg_noreturn extern void QuotaGcraRaise(QuotaGcraStatus status, int64 max_burst,
 									   int64 count, int64 period_s, int64 quantity);
 

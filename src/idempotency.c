@@ -53,6 +53,25 @@ idem_column(HeapTuple tup, TupleDesc desc, int col, bool money, bool *has)
 }
 
 /*
+ * idem_static
+ *		The static string of a stored column (Decision points at static
+ *		strings): NULL for NULL, else the one of known (NULL-terminated)
+ *		that equals s, else the last of known.
+ */
+static const char *
+idem_static(const char *s, const char *const *known)
+{
+	int			i;
+
+	if (s == NULL)
+		return NULL;
+	for (i = 0; known[i + 1] != NULL; i++)
+		if (strcmp(s, known[i]) == 0)
+			break;
+	return known[i];
+}
+
+/*
  * idem_claim
  *		Claim (tenant, key) for this request.  Returns true when claimed;
  *		false when the key was used before, with *d set to the stored
@@ -80,6 +99,8 @@ idem_claim(const ConsumeRequest *req, Decision *d)
 	TupleDesc	desc;
 	bool		isnull;
 	const char *op = req->reserve ? "reserve" : "consume";
+	const char *const denied[] = {denied_tenant, denied_policy, denied_rate, denied_quota, NULL};
+	const char *const metrics[] = {metric_calls, metric_units, metric_cost, NULL};
 	char	   *s;
 
 	values[0] = Int64GetDatum(req->tenant_id);
@@ -108,17 +129,7 @@ idem_claim(const ConsumeRequest *req, Decision *d)
 	memset(d, 0, sizeof(*d));
 	d->replayed = true;
 	d->allowed = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
-	s = SPI_getvalue(tup, desc, 5);
-	if (s == NULL)
-		d->denied_by = NULL;
-	else if (strcmp(s, denied_tenant) == 0)
-		d->denied_by = denied_tenant;
-	else if (strcmp(s, denied_policy) == 0)
-		d->denied_by = denied_policy;
-	else if (strcmp(s, denied_rate) == 0)
-		d->denied_by = denied_rate;
-	else
-		d->denied_by = denied_quota;
+	d->denied_by = idem_static(SPI_getvalue(tup, desc, 5), denied);
 	d->quota_id = idem_column(tup, desc, 6, false, NULL);
 	s = SPI_getvalue(tup, desc, 7);
 	if (s)
@@ -134,15 +145,7 @@ idem_claim(const ConsumeRequest *req, Decision *d)
 	s = SPI_getvalue(tup, desc, 16);
 	if (s)
 		strlcpy(d->currency, s, sizeof(d->currency));
-	s = SPI_getvalue(tup, desc, 17);
-	if (s == NULL)
-		d->denied_metric = NULL;
-	else if (strcmp(s, metric_calls) == 0)
-		d->denied_metric = metric_calls;
-	else if (strcmp(s, metric_units) == 0)
-		d->denied_metric = metric_units;
-	else
-		d->denied_metric = metric_cost;
+	d->denied_metric = idem_static(SPI_getvalue(tup, desc, 17), metrics);
 	return false;
 }
 
@@ -161,51 +164,22 @@ idem_store(const ConsumeRequest *req, const Decision *d)
 	};
 	Datum		values[16];
 	char		nulls[16];
+	Datum		dv[DECISION_NATTS];
+	bool		dn[DECISION_NATTS];
+	int			i;
+	int			j = 2;
 
-	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int64GetDatum(req->tenant_id);
 	values[1] = CStringGetTextDatum(req->idem_key);
-	values[2] = BoolGetDatum(d->allowed);
-	if (d->denied_by)
-		values[3] = CStringGetTextDatum(d->denied_by);
-	else
-		nulls[3] = 'n';
-	values[4] = Int64GetDatum(d->quota_id);
-	if (d->quota_id == 0)
-		nulls[4] = 'n';
-	if (d->period[0])
-		values[5] = CStringGetTextDatum(d->period);
-	else
-		nulls[5] = 'n';
-	values[6] = Int64GetDatum(d->limit);
-	values[7] = Int64GetDatum(d->remaining);
-	if (!d->has_limit)
-		nulls[6] = nulls[7] = 'n';
-	values[8] = TimestampTzGetDatum(d->resets_at);
-	if (!d->has_resets)
-		nulls[8] = 'n';
-	values[9] = Int64GetDatum(d->retry_after);
-	if (!d->has_retry)
-		nulls[9] = 'n';
-	values[10] = Int64GetDatum(d->usage_id);
-	if (d->usage_id == 0)
-		nulls[10] = 'n';
-	values[11] = Int64GetDatum(d->reservation_id);
-	if (d->reservation_id == 0)
-		nulls[11] = 'n';
-	values[12] = QuotaMicroToNumeric(d->cost_micro);
-	if (!d->has_cost)
-		nulls[12] = 'n';
-	values[13] = QuotaMicroToNumeric(d->remaining_cost_micro);
-	if (!d->has_remaining_cost)
-		nulls[13] = 'n';
-	if (d->currency[0])
-		values[14] = CStringGetTextDatum(d->currency);
-	else
-		nulls[14] = 'n';
-	if (d->denied_metric)
-		values[15] = CStringGetTextDatum(d->denied_metric);
-	else
-		nulls[15] = 'n';
+	nulls[0] = nulls[1] = ' ';
+	/* the decision's columns up to denied_metric, but replayed ($3 to $16) */
+	decision_values(d, dv, dn);
+	for (i = 0; i <= 14; i++)
+	{
+		if (i == 10)
+			continue;
+		values[j] = dv[i];
+		nulls[j++] = dn[i] ? 'n' : ' ';
+	}
 	QuotaSpiExec(&plan, values, nulls, false, 0);
 }

@@ -66,11 +66,7 @@ quota_rl_result(FunctionCallInfo fcinfo, const QuotaGcraResult *r)
 	Datum		values[5];
 	bool		nulls[5] = {0};
 
-	values[0] = BoolGetDatum(r->limited);
-	values[1] = Int64GetDatum(r->limit);
-	values[2] = Int64GetDatum(r->remaining);
-	values[3] = Int64GetDatum(r->retry_after);
-	values[4] = Int64GetDatum(r->reset_after);
+	QuotaGcraValues(r, values);
 	if (OidIsValid(rettype) && rettype != RECORDOID)
 	{
 		tupdesc = lookup_rowtype_tupdesc(rettype, -1);
@@ -95,22 +91,13 @@ quota_rl_result(FunctionCallInfo fcinfo, const QuotaGcraResult *r)
 static Datum
 quota_rl_keyed(FunctionCallInfo fcinfo, char kind, int64 ns)
 {
-	static const char *const names[] = {
-		"key", "max_burst", "count", "period_seconds", "quantity"
-	};
 	QuotaRlBucket b;
 	text	   *key;
 	int64		quantity;
-	int			i;
 
-	for (i = 0; i < 5; i++)
-		QuotaArgNotNull(fcinfo, i, names[i]);
+	QuotaArgNotNull(fcinfo, 0, "key");
 	key = PG_GETARG_TEXT_PP(0);
-	b.max_burst = PG_GETARG_INT32(1);
-	b.count = PG_GETARG_INT32(2);
-	b.period = PG_GETARG_INT32(3);
-	quantity = PG_GETARG_INT32(4);
-	QuotaGcraCheckArgs(b.max_burst, b.count, b.period, quantity);
+	QuotaGcraGetArgs(fcinfo, 1, &b.max_burst, &b.count, &b.period, &quantity);
 	if (VARSIZE_ANY_EXHDR(key) == 0 || VARSIZE_ANY_EXHDR(key) > QUOTA_RL_MAX_KEY)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -177,3 +177,24 @@ QuotaSpiExec(QuotaPlan *plan, Datum *values, const char *nulls,
 			 plan->sql, SPI_result_code_string(rc));
 	return rc;
 }
+
+/*
+ * QuotaSpiRowValue
+ *		Execute a kept plan whose parameters are ($1 tenant_id, $2 id), both
+ *		int8, that returns at most one row; true with the row's first column
+ *		in *value when there is a row and that column is not NULL.
+ */
+bool
+QuotaSpiRowValue(QuotaPlan *plan, int64 tenant_id, int64 id, Datum *value)
+{
+	Datum		values[2];
+	bool		isnull;
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(id);
+	QuotaSpiExec(plan, values, NULL, false, 1);
+	if (SPI_processed != 1)
+		return false;
+	*value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return !isnull;
+}

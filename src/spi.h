@@ -32,6 +32,10 @@ extern void QuotaSpiBegin(QuotaSpiState *state);
 extern void QuotaSpiEnd(QuotaSpiState *state);
 extern int	QuotaSpiExec(QuotaPlan *plan, Datum *values, const char *nulls,
 						 bool read_only, long tcount);
+/* a plan of QuotaSpiRowValue: $1 tenant_id, $2 the row's id, both int8 */
+#define QUOTA_ROW_PLAN(query)	{query, 2, {INT8OID, INT8OID}, NULL}
+
+extern bool QuotaSpiRowValue(QuotaPlan *plan, int64 tenant_id, int64 id, Datum *value);
 extern Oid	QuotaOwnerId(void);
 
 #endif							/* QUOTA_SPI_H */

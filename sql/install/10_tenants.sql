@@ -238,6 +238,54 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._tenant_for_update(bigint) IS 'Internal: lock a tenant row for an admin change';
 
+-- A change of global rows (a tenant, a global model, a list price) is refused
+-- inside a tenant context; what names it ("create a tenant").
+CREATE FUNCTION quota_ext._no_tenant_context(what text) RETURNS void
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF quota_ext.current_tenant_id() IS NOT NULL THEN
+		RAISE EXCEPTION 'cannot % inside a tenant context', what
+			USING ERRCODE = 'insufficient_privilege';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._no_tenant_context(text) IS
+	'Internal: raise 42501 inside a tenant context';
+
+-- The tenant must exist (its row visible to the owner: callers check access
+-- first with _check_tenant_access).
+CREATE FUNCTION quota_ext._tenant_exists(tenant_id bigint) RETURNS void
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+BEGIN
+	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = _tenant_exists.tenant_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', _tenant_exists.tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._tenant_exists(bigint) IS
+	'Internal: raise 42704 for a tenant that does not exist';
+
+-- The tenant (a row from _tenant_for_update) must not be closed.
+CREATE FUNCTION quota_ext._tenant_open(t quota_ext.tenants) RETURNS void
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF t.status = 'closed' THEN
+		RAISE EXCEPTION 'tenant % is closed', t.tenant_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._tenant_open(quota_ext.tenants) IS
+	'Internal: raise 55000 for a closed tenant';
+
 CREATE FUNCTION quota_ext._api_key_mint(tenant_id bigint, key_id bigint,
 	OUT api_key text, OUT key_prefix text, OUT key_hash bytea)
 	AS 'MODULE_PATHNAME', 'quota_ext_api_key_mint'
@@ -265,10 +313,7 @@ BEGIN
 	IF jsonb_typeof(tenant_create.settings) <> 'object' THEN
 		RAISE EXCEPTION 'settings must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF quota_ext.current_tenant_id() IS NOT NULL THEN
-		RAISE EXCEPTION 'cannot create a tenant inside a tenant context'
-			USING ERRCODE = 'insufficient_privilege';
-	END IF;
+	PERFORM quota_ext._no_tenant_context('create a tenant');
 	PERFORM 1 FROM quota_ext.tiers WHERE tier = quota_ext._tier_name(tenant_create.tier);
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'tier "%" does not exist', quota_ext._quote_input(tenant_create.tier)
@@ -303,10 +348,7 @@ DECLARE
 	old quota_ext.tenants := quota_ext._tenant_for_update(tenant_update.tenant_id);
 	new quota_ext.tenants;
 BEGIN
-	IF old.status = 'closed' THEN
-		RAISE EXCEPTION 'tenant % is closed', old.tenant_id
-			USING ERRCODE = 'object_not_in_prerequisite_state';
-	END IF;
+	PERFORM quota_ext._tenant_open(old);
 	IF tenant_update.name IS NOT NULL THEN
 		PERFORM quota_ext._check_label('name', tenant_update.name, 200);
 	END IF;
@@ -437,10 +479,7 @@ DECLARE
 	members bigint;
 BEGIN
 	PERFORM quota_ext._check_role(user_create.role);
-	IF t.status = 'closed' THEN
-		RAISE EXCEPTION 'tenant % is closed', t.tenant_id
-			USING ERRCODE = 'object_not_in_prerequisite_state';
-	END IF;
+	PERFORM quota_ext._tenant_open(t);
 	IF e !~ '^[^@[:space:]]+@[^@[:space:]]+$' THEN
 		RAISE EXCEPTION 'invalid email address' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -507,6 +546,35 @@ $$;
 COMMENT ON FUNCTION quota_ext.user_update(bigint, bigint, text, text) IS
 	'Change a user''s role or status (active/disabled); a disabled user''s keys stop authenticating';
 
+-- What a new key (api_key_create, api_key_import) asks of its holder: an
+-- expiry in the future, an open tenant (t, locked by _tenant_for_update),
+-- a user of the tenant that was not removed (locked FOR SHARE).
+CREATE FUNCTION quota_ext._key_holder_check(t quota_ext.tenants, user_id bigint,
+	expires_at timestamptz) RETURNS void
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	st text;
+BEGIN
+	IF _key_holder_check.expires_at IS NOT NULL AND NOT (_key_holder_check.expires_at > now()) THEN
+		RAISE EXCEPTION 'expires_at must be in the future' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM quota_ext._tenant_open(t);
+	SELECT u.status INTO st FROM quota_ext.users u
+	 WHERE u.tenant_id = t.tenant_id AND u.user_id = _key_holder_check.user_id FOR SHARE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'user % does not exist', _key_holder_check.user_id USING ERRCODE = 'undefined_object';
+	ELSIF st = 'removed' THEN
+		RAISE EXCEPTION 'user % was removed', _key_holder_check.user_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._key_holder_check(quota_ext.tenants, bigint, timestamptz) IS
+	'Internal: raise unless a new key''s expiry, tenant and user allow it';
+
 CREATE FUNCTION quota_ext.api_key_create(tenant_id bigint, user_id bigint,
 	name text DEFAULT NULL, expires_at timestamptz DEFAULT NULL,
 	OUT key_id bigint, OUT api_key text)
@@ -522,24 +590,7 @@ BEGIN
 	IF api_key_create.name IS NOT NULL THEN
 		PERFORM quota_ext._check_label('name', api_key_create.name, 200);
 	END IF;
-	IF api_key_create.expires_at IS NOT NULL AND NOT (api_key_create.expires_at > now()) THEN
-		RAISE EXCEPTION 'expires_at must be in the future' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF t.status = 'closed' THEN
-		RAISE EXCEPTION 'tenant % is closed', t.tenant_id
-			USING ERRCODE = 'object_not_in_prerequisite_state';
-	END IF;
-	PERFORM 1 FROM quota_ext.users
-	 WHERE tenant_id = t.tenant_id AND user_id = api_key_create.user_id FOR SHARE;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'user % does not exist', api_key_create.user_id USING ERRCODE = 'undefined_object';
-	END IF;
-	PERFORM 1 FROM quota_ext.users
-	 WHERE tenant_id = t.tenant_id AND user_id = api_key_create.user_id AND status = 'removed';
-	IF FOUND THEN
-		RAISE EXCEPTION 'user % was removed', api_key_create.user_id
-			USING ERRCODE = 'object_not_in_prerequisite_state';
-	END IF;
+	PERFORM quota_ext._key_holder_check(t, api_key_create.user_id, api_key_create.expires_at);
 	k := quota_ext._key_insert(t.tenant_id, api_key_create.user_id, api_key_create.name,
 	                           api_key_create.expires_at);
 	key_id := k.key_id;
@@ -595,10 +646,7 @@ BEGIN
 	END IF;
 	-- Like api_key_create: a closed tenant gets no new credential (rotating
 	-- used to mint one; test/pgtap/03_api_keys.sql).
-	IF t.status = 'closed' THEN
-		RAISE EXCEPTION 'tenant % is closed', t.tenant_id
-			USING ERRCODE = 'object_not_in_prerequisite_state';
-	END IF;
+	PERFORM quota_ext._tenant_open(t);
 	SELECT * INTO old FROM quota_ext.api_keys
 	 WHERE tenant_id = t.tenant_id AND key_id = api_key_rotate.key_id FOR UPDATE;
 	IF NOT FOUND THEN
@@ -644,9 +692,8 @@ BEGIN
 	END IF;
 	IF model_register.owner_tenant_id IS NOT NULL THEN
 		PERFORM quota_ext._tenant_for_update(model_register.owner_tenant_id);
-	ELSIF quota_ext.current_tenant_id() IS NOT NULL THEN
-		RAISE EXCEPTION 'cannot register a global model inside a tenant context'
-			USING ERRCODE = 'insufficient_privilege';
+	ELSE
+		PERFORM quota_ext._no_tenant_context('register a global model');
 	END IF;
 	BEGIN
 		INSERT INTO quota_ext.models (name, owner_tenant_id, provider, description, metadata)

@@ -347,24 +347,7 @@ BEGIN
 		RAISE EXCEPTION 'keys beginning with qx are reserved for the keys quota_ext mints'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF api_key_import.expires_at IS NOT NULL AND NOT (api_key_import.expires_at > now()) THEN
-		RAISE EXCEPTION 'expires_at must be in the future' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-	IF t.status = 'closed' THEN
-		RAISE EXCEPTION 'tenant % is closed', t.tenant_id
-			USING ERRCODE = 'object_not_in_prerequisite_state';
-	END IF;
-	PERFORM 1 FROM quota_ext.users
-	 WHERE tenant_id = t.tenant_id AND user_id = api_key_import.user_id FOR SHARE;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'user % does not exist', api_key_import.user_id USING ERRCODE = 'undefined_object';
-	END IF;
-	PERFORM 1 FROM quota_ext.users
-	 WHERE tenant_id = t.tenant_id AND user_id = api_key_import.user_id AND status = 'removed';
-	IF FOUND THEN
-		RAISE EXCEPTION 'user % was removed', api_key_import.user_id
-			USING ERRCODE = 'object_not_in_prerequisite_state';
-	END IF;
+	PERFORM quota_ext._key_holder_check(t, api_key_import.user_id, api_key_import.expires_at);
 	h := sha256(convert_to(api_key_import.api_key, getdatabaseencoding()));
 	-- the same key twice (in any tenant) could not tell its tenant; imports
 	-- of one hash wait for each other (an index on key_hash alone could not

@@ -52,10 +52,7 @@ BEGIN
 	IF request_log_write.duration_ms < 0 THEN
 		RAISE EXCEPTION 'duration_ms must not be negative' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = request_log_write.tenant_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', request_log_write.tenant_id USING ERRCODE = 'undefined_object';
-	END IF;
+	PERFORM quota_ext._tenant_exists(request_log_write.tenant_id);
 	-- who: the key's user and key in a key's transaction (naming others: 42501)
 	SELECT * INTO ctx FROM quota_ext.current_context();
 	IF ctx.key_id IS NOT NULL THEN

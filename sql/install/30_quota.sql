@@ -463,6 +463,50 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._normalize_period(text) IS 'Internal: period word to period';
 
+-- The tier quota of a metric (tenant-wide, monthly; origin tier or tenant)
+-- of a tenant, locked; all NULL when there is none.
+CREATE FUNCTION quota_ext._tier_quota_row(tenant_id bigint, metric text) RETURNS quota_ext.quotas
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	q quota_ext.quotas;
+BEGIN
+	SELECT * INTO q FROM quota_ext.quotas
+	 WHERE tenant_id = _tier_quota_row.tenant_id AND period = 'month' AND metric = _tier_quota_row.metric
+	   AND model_id IS NULL AND user_id IS NULL AND key_id IS NULL
+	 FOR UPDATE;
+	RETURN q;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._tier_quota_row(bigint, text) IS
+	'Internal: a tenant''s tenant-wide monthly quota of a metric, locked (the tier syncs'' row)';
+
+-- Create the tier quota (q has no quota_id) or bring its limit to lim.
+CREATE FUNCTION quota_ext._tier_quota_put(tenant_id bigint, q quota_ext.quotas, metric text,
+	lim bigint, currency text) RETURNS void
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+BEGIN
+	IF q.quota_id IS NULL THEN
+		WITH n AS (
+			INSERT INTO quota_ext.quotas (tenant_id, period, period_label, metric, max_units, currency, origin)
+			VALUES (_tier_quota_put.tenant_id, 'month', 'monthly', _tier_quota_put.metric, lim,
+			        _tier_quota_put.currency, 'tier')
+			RETURNING tenant_id, quota_id)
+		INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) SELECT tenant_id, quota_id FROM n;
+	ELSIF q.max_units <> lim THEN
+		UPDATE quota_ext.quotas SET max_units = lim, updated_at = now()
+		 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._tier_quota_put(bigint, quota_ext.quotas, text, bigint, text) IS
+	'Internal: create a tenant''s tier quota of a metric, or set its limit (the tier syncs'' write)';
+
 -- Make the tenant's tier defaults (origin 'tier') match its tier: a
 -- tenant-wide monthly calls quota of tiers.monthly_calls, unless the tenant
 -- set its own quota of that scope.
@@ -478,24 +522,14 @@ BEGIN
 	SELECT tr.monthly_calls INTO lim FROM quota_ext.tenants t
 	  JOIN quota_ext.tiers tr ON tr.tier = t.tier
 	 WHERE t.tenant_id = _tier_quotas_sync.tenant_id;
-	SELECT * INTO q FROM quota_ext.quotas
-	 WHERE tenant_id = _tier_quotas_sync.tenant_id AND period = 'month' AND metric = 'calls'
-	   AND model_id IS NULL AND user_id IS NULL AND key_id IS NULL
-	 FOR UPDATE;
+	q := quota_ext._tier_quota_row(_tier_quotas_sync.tenant_id, 'calls');
 	PERFORM quota_ext._tier_budget_sync(_tier_quotas_sync.tenant_id);
 	IF q.quota_id IS NOT NULL AND q.origin = 'tenant' THEN
 		RETURN;
 	ELSIF lim IS NULL THEN
 		DELETE FROM quota_ext.quotas WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
-	ELSIF q.quota_id IS NULL THEN
-		WITH n AS (
-			INSERT INTO quota_ext.quotas (tenant_id, period, period_label, metric, max_units, origin)
-			VALUES (_tier_quotas_sync.tenant_id, 'month', 'monthly', 'calls', lim, 'tier')
-			RETURNING tenant_id, quota_id)
-		INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) SELECT tenant_id, quota_id FROM n;
-	ELSIF q.max_units <> lim THEN
-		UPDATE quota_ext.quotas SET max_units = lim, updated_at = now()
-		 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+	ELSE
+		PERFORM quota_ext._tier_quota_put(_tier_quotas_sync.tenant_id, q, 'calls', lim, NULL);
 	END IF;
 END
 $$;
@@ -520,10 +554,7 @@ BEGIN
 	SELECT tr.monthly_budget, tr.budget_currency INTO b, cur FROM quota_ext.tenants t
 	  JOIN quota_ext.tiers tr ON tr.tier = t.tier
 	 WHERE t.tenant_id = _tier_budget_sync.tenant_id;
-	SELECT * INTO q FROM quota_ext.quotas
-	 WHERE tenant_id = _tier_budget_sync.tenant_id AND period = 'month' AND metric = 'cost'
-	   AND model_id IS NULL AND user_id IS NULL AND key_id IS NULL
-	 FOR UPDATE;
+	q := quota_ext._tier_quota_row(_tier_budget_sync.tenant_id, 'cost');
 	IF q.quota_id IS NOT NULL AND q.origin = 'tenant' THEN
 		RETURN;
 	END IF;
@@ -536,16 +567,7 @@ BEGIN
 		RETURN;
 	END IF;
 	lim := quota_ext._money_to_micro(b, 'monthly_budget');
-	IF q.quota_id IS NULL THEN
-		WITH n AS (
-			INSERT INTO quota_ext.quotas (tenant_id, period, period_label, metric, max_units, currency, origin)
-			VALUES (_tier_budget_sync.tenant_id, 'month', 'monthly', 'cost', lim, cur, 'tier')
-			RETURNING tenant_id, quota_id)
-		INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) SELECT tenant_id, quota_id FROM n;
-	ELSIF q.max_units <> lim THEN
-		UPDATE quota_ext.quotas SET max_units = lim, updated_at = now()
-		 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
-	END IF;
+	PERFORM quota_ext._tier_quota_put(_tier_budget_sync.tenant_id, q, 'cost', lim, cur);
 END
 $$;
 COMMENT ON FUNCTION quota_ext._tier_budget_sync(bigint) IS
@@ -832,10 +854,7 @@ DECLARE
 BEGIN
 	IF _quota_status.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
 	PERFORM quota_ext._check_tenant_access(_quota_status.tenant_id);
-	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = _quota_status.tenant_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', _quota_status.tenant_id USING ERRCODE = 'undefined_object';
-	END IF;
+	PERFORM quota_ext._tenant_exists(_quota_status.tenant_id);
 	IF _quota_status.model IS NOT NULL THEN
 		mid := quota_ext._model_for(_quota_status.tenant_id, _quota_status.model);
 	END IF;

@@ -185,10 +185,7 @@ BEGIN
 			mid := quota_ext._model_resolve(_price_insert.tenant_id, _price_insert.model);
 		END IF;
 	ELSE
-		IF quota_ext.current_tenant_id() IS NOT NULL THEN
-			RAISE EXCEPTION 'cannot set a list price inside a tenant context'
-				USING ERRCODE = 'insufficient_privilege';
-		END IF;
+		PERFORM quota_ext._no_tenant_context('set a list price');
 		SELECT m.model_id INTO mid FROM quota_ext.models m
 		 WHERE m.name = _price_insert.model AND m.owner_tenant_id IS NULL;
 	END IF;
@@ -272,10 +269,7 @@ BEGIN
 	IF price_lookup.model IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
 	IF price_lookup.at IS NULL THEN PERFORM quota_ext._null_arg('at'); END IF;
 	PERFORM quota_ext._check_tenant_access(price_lookup.tenant_id);
-	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = price_lookup.tenant_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', price_lookup.tenant_id USING ERRCODE = 'undefined_object';
-	END IF;
+	PERFORM quota_ext._tenant_exists(price_lookup.tenant_id);
 	mid := quota_ext._model_for(price_lookup.tenant_id, price_lookup.model);
 	RETURN QUERY SELECT p.* FROM quota_ext._price_in_force(price_lookup.tenant_id, mid, price_lookup.at) p
 	              WHERE p.price_id IS NOT NULL;
@@ -844,10 +838,7 @@ BEGIN
 			      HINT = 'Ask month by month.';
 	END IF;
 	PERFORM quota_ext._check_tenant_access($1);
-	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = $1;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', $1 USING ERRCODE = 'undefined_object';
-	END IF;
+	PERFORM quota_ext._tenant_exists($1);
 	RETURN QUERY
 	SELECT m.name, u.tenant_id, sum(u.calls)::bigint, sum(u.units),
 	       coalesce(sum(u.input_tokens), 0), coalesce(sum(u.output_tokens), 0)

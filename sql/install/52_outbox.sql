@@ -280,10 +280,7 @@ BEGIN
 	-- know (in a context: 42704, an app without one: 42501)
 	PERFORM quota_ext._check_tenant_access($1);
 	IF $1 <> 0 THEN
-		PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = $1;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'tenant % does not exist', $1 USING ERRCODE = 'undefined_object';
-		END IF;
+		PERFORM quota_ext._tenant_exists($1);
 	END IF;
 	DELETE FROM quota_ext.event_consumers c WHERE c.tenant_id = $1 AND c.consumer = $2;
 	IF NOT FOUND THEN

@@ -115,10 +115,7 @@ BEGIN
 	END IF;
 	PERFORM quota_ext._admin_only('billing_close');
 	IF only_tenant IS NOT NULL THEN
-		PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = only_tenant;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'tenant % does not exist', only_tenant USING ERRCODE = 'undefined_object';
-		END IF;
+		PERFORM quota_ext._tenant_exists(only_tenant);
 	END IF;
 	-- a period still open is not billed early: usage consumed later in it
 	-- would become an adjustment on the next invoice
