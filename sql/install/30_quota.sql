@@ -598,12 +598,6 @@ BEGIN
 			RAISE EXCEPTION 'invalid on_exceed "%"', quota_ext._quote_input(quota_set.on_exceed)
 				USING ERRCODE = 'invalid_parameter_value', HINT = 'Use block, alert, overage or throttle.';
 		END IF;
-		IF quota_set.user_id IS NOT NULL THEN
-			PERFORM 1 FROM quota_ext.users WHERE tenant_id = t.tenant_id AND user_id = quota_set.user_id;
-			IF NOT FOUND THEN
-				RAISE EXCEPTION 'user % does not exist', quota_set.user_id USING ERRCODE = 'undefined_object';
-			END IF;
-		END IF;
 		RETURN quota_ext._meter_quota_set(t.tenant_id, quota_set.meter, p, lower(quota_set.period), lim,
 		                                  quota_set.on_exceed, quota_set.user_id,
 		                                  quota_set.throttle_per_minute, quota_set.throttle_burst);

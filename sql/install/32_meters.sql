@@ -168,6 +168,22 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._meter_for(text) IS 'Internal: the meter of a name (42704 when none)';
 
+-- A user of the tenant, or 42704 (the same text whether the id is another
+-- tenant's or nobody's); NULL passes.
+CREATE FUNCTION quota_ext._check_user(tenant_id bigint, user_id bigint) RETURNS void
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF _check_user.user_id IS NOT NULL
+	   AND NOT EXISTS (SELECT FROM quota_ext.users u
+	                    WHERE u.tenant_id = _check_user.tenant_id AND u.user_id = _check_user.user_id) THEN
+		RAISE EXCEPTION 'user % does not exist', _check_user.user_id USING ERRCODE = 'undefined_object';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._check_user(bigint, bigint) IS 'Internal: raise 42704 unless the user is the tenant''s';
+
 -- quota_set(meter => ...)'s work: the caller (quota_set) has locked the
 -- tenant and checked period, limit, on_exceed and the user.
 CREATE FUNCTION quota_ext._meter_quota_set(tenant_id bigint, meter text, period text, period_label text,
@@ -182,6 +198,7 @@ DECLARE
 	old quota_ext.meter_quotas;
 	new quota_ext.meter_quotas;
 BEGIN
+	PERFORM quota_ext._check_user(_meter_quota_set.tenant_id, _meter_quota_set.user_id);
 	IF m.kind = 'gauge' THEN
 		IF _meter_quota_set.period <> 'lifetime' THEN
 			RAISE EXCEPTION 'a gauge never resets: its quota has period lifetime'
@@ -348,6 +365,8 @@ DECLARE
 	uses bigint[] := '{}';
 	tats bigint[] := '{}';
 	uid bigint;
+	pass boolean;
+	retry bigint;
 	i integer;
 BEGIN
 	IF meter_consume.amount IS NULL THEN PERFORM quota_ext._null_arg('amount'); END IF;
@@ -359,12 +378,7 @@ BEGIN
 		RAISE EXCEPTION 'amount must not be negative' USING ERRCODE = 'invalid_parameter_value',
 			HINT = 'A counter meter only counts up; use a gauge for levels that go down.';
 	END IF;
-	IF meter_consume.user_id IS NOT NULL THEN
-		PERFORM 1 FROM quota_ext.users u WHERE u.tenant_id = t.tenant_id AND u.user_id = meter_consume.user_id;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'user % does not exist', meter_consume.user_id USING ERRCODE = 'undefined_object';
-		END IF;
-	END IF;
+	PERFORM quota_ext._check_user(t.tenant_id, meter_consume.user_id);
 	IF meter_consume.key_id IS NOT NULL THEN
 		SELECT k.user_id INTO uid FROM quota_ext.api_keys k
 		 WHERE k.tenant_id = t.tenant_id AND k.key_id = meter_consume.key_id;
@@ -407,7 +421,19 @@ BEGIN
 			uses := uses || (used_now + meter_consume.amount);
 			tats := tats || r.tat_ns;
 			IF used_now + meter_consume.amount > r.max_units THEN
-				IF r.on_exceed = 'block' THEN
+				-- past the limit: a blocking quota denies; a throttled one
+				-- passes at its GCRA rate (the new TAT stored only if the
+				-- whole call is charged); alert and overage pass
+				pass := r.on_exceed <> 'block';
+				retry := CASE WHEN r.period <> 'lifetime' THEN ceil(extract(epoch FROM b.period_end - now_ts))::bigint END;
+				IF r.on_exceed = 'throttle' THEN
+					SELECT * INTO g FROM quota_ext.gcra_eval(r.tat_ns, now_ns, r.throttle_burst,
+					                                         r.throttle_per_minute, 60, 1);
+					pass := NOT g.limited;
+					retry := g.retry_after;
+					tats[cardinality(tats)] := g.new_tat_ns;
+				END IF;
+				IF NOT pass THEN
 					IF d.allowed THEN
 						d.allowed := false;
 						d.denied_by := 'quota';
@@ -417,28 +443,9 @@ BEGIN
 						d."limit" := r.max_units;
 						d.remaining := greatest(r.max_units - used_now, 0);
 						d.resets_at := CASE WHEN r.period <> 'lifetime' THEN b.period_end END;
-						d.retry_after := CASE WHEN r.period <> 'lifetime'
-						                      THEN ceil(extract(epoch FROM b.period_end - now_ts))::bigint END;
+						d.retry_after := retry;
 					END IF;
 					CONTINUE;
-				ELSIF r.on_exceed = 'throttle' THEN
-					SELECT * INTO g FROM quota_ext.gcra_eval(r.tat_ns, now_ns, r.throttle_burst,
-					                                         r.throttle_per_minute, 60, 1);
-					IF g.limited THEN
-						IF d.allowed THEN
-							d.allowed := false;
-							d.denied_by := 'quota';
-							d.denied_metric := 'units';
-							d.quota_id := r.quota_id;
-							d.period := r.period_label;
-							d."limit" := r.max_units;
-							d.remaining := 0;
-							d.resets_at := CASE WHEN r.period <> 'lifetime' THEN b.period_end END;
-							d.retry_after := g.retry_after;
-						END IF;
-						CONTINUE;
-					END IF;
-					tats[cardinality(tats)] := g.new_tat_ns;
 				END IF;
 				over := greatest(over, least(meter_consume.amount, used_now + meter_consume.amount - r.max_units));
 			END IF;
