@@ -31,7 +31,9 @@ CREATE TABLE quota_ext.meters (
 );
 COMMENT ON TABLE quota_ext.meters IS
 	'Named meters (global, created by quota_ext_admin): counters charged by meter_consume, gauges moved by gauge_adjust';
-INSERT INTO quota_ext.meters (name, unit, kind, builtin) VALUES ('users', 'users', 'gauge', true);
+-- built-in meters take ids below 1, outside the sequence (a sequence reset
+-- or a restore cannot collide with them)
+INSERT INTO quota_ext.meters (meter_id, name, unit, kind, builtin) VALUES (0, 'users', 'users', 'gauge', true);
 
 -- A quota on a meter: tenant-wide or one user's; a gauge's quota is
 -- tenant-wide and has period 'lifetime'.  Quota ids come from the same
@@ -632,7 +634,7 @@ BEGIN
 	UNION ALL
 	-- gauges: the level, and the limit of its quota ('users': and the tier's max_users)
 	SELECT mt.name, mt.kind, mt.unit, q.quota_id, coalesce(q.period_label, 'lifetime'), NULL::bigint,
-	       lim.l, coalesce(l.level, 0), greatest(lim.l - coalesce(l.level, 0), 0),
+	       lim.l, coalesce(l.level, 0), CASE WHEN lim.l IS NOT NULL THEN greatest(lim.l - coalesce(l.level, 0), 0) END,
 	       NULL::timestamptz, NULL::timestamptz, q.on_exceed
 	  FROM quota_ext.meters mt
 	  LEFT JOIN quota_ext.meter_levels l ON l.tenant_id = t.tenant_id AND l.meter_id = mt.meter_id

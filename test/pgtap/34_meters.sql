@@ -6,7 +6,7 @@
 BEGIN;
 \ir metering_helpers.psql
 \i test/invariant.sql
-SELECT plan(85);
+SELECT plan(83);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('mt-a', 'enterprise') AS ta \gset
@@ -183,9 +183,9 @@ SELECT results_eq(format($$SELECT "limit", used, remaining FROM quota_ext.meter_
 -- ---------------------------------------------------------------------------
 SELECT quota_ext.quota_set(:tb, 'monthly', 2, meter => 'api_requests', on_exceed => 'throttle',
                            throttle_per_minute => 1, throttle_burst => 1) AS qthr \gset
-SELECT results_eq(format($$SELECT d.allowed FROM generate_series(1, 2) g, LATERAL quota_ext.meter_consume(%s, 'api_requests', 1) d$$, :tb),
+SELECT results_eq(format($$SELECT d.allowed FROM generate_series(1, 2) g, LATERAL quota_ext.meter_consume(%s, 'api_requests', 1 + 0 * g) d$$, :tb),
 	$$VALUES (true), (true)$$, 'throttle: up to the limit at full speed');
-SELECT results_eq(format($$SELECT d.allowed, d.denied_by, d.remaining FROM generate_series(1, 2) g, LATERAL quota_ext.meter_consume(%s, 'api_requests', 1) d$$, :tb),
+SELECT results_eq(format($$SELECT d.allowed, d.denied_by, d.remaining FROM generate_series(1, 2) g, LATERAL quota_ext.meter_consume(%s, 'api_requests', 1 + 0 * g) d$$, :tb),
 	$$VALUES (true, NULL::text, 0::bigint), (true, NULL, 0)$$, 'past it: admitted at the throttled rate (burst 1: two at once)');
 SELECT results_eq(format($$SELECT allowed, denied_by, denied_metric, quota_id, retry_after > 0 FROM quota_ext.meter_consume(%s, 'api_requests', 1)$$, :tb),
 	format($$VALUES (false, 'quota'::text, 'units'::text, %s::bigint, true)$$, :qthr),
