@@ -151,24 +151,34 @@ $$;
 COMMENT ON FUNCTION quota_ext.meter_create(text, text, text) IS
 	'Create a global meter (admin): counter (charged per period by meter_consume) or gauge (a level moved by gauge_adjust); returns its id';
 
--- The meter of a name, or 42704.
-CREATE FUNCTION quota_ext._meter_for(meter text) RETURNS quota_ext.meters
+-- The tenant and meter of a call: the caller's access to the tenant checked
+-- (42501/42704 as everywhere), 42704 when the tenant or the meter (unless
+-- NULL and not needed) does not exist.  The tenant row is not locked: a
+-- call's exactness comes from its counter or level rows.
+CREATE FUNCTION quota_ext._meter_lookup(tenant_id bigint, meter text, need_meter boolean DEFAULT true,
+	OUT t quota_ext.tenants, OUT m quota_ext.meters)
 	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
-DECLARE
-	m quota_ext.meters;
 BEGIN
-	IF _meter_for.meter IS NULL THEN PERFORM quota_ext._null_arg('meter'); END IF;
-	SELECT * INTO m FROM quota_ext.meters mt WHERE mt.name OPERATOR(pg_catalog.=) _meter_for.meter;
+	IF _meter_lookup.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
+	IF _meter_lookup.need_meter AND _meter_lookup.meter IS NULL THEN PERFORM quota_ext._null_arg('meter'); END IF;
+	PERFORM quota_ext._check_tenant_access(_meter_lookup.tenant_id);
+	SELECT * INTO t FROM quota_ext.tenants tt WHERE tt.tenant_id OPERATOR(pg_catalog.=) _meter_lookup.tenant_id;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'meter "%" does not exist', quota_ext._quote_input(_meter_for.meter)
-			USING ERRCODE = 'undefined_object', HINT = 'Create it with quota_ext.meter_create().';
+		RAISE EXCEPTION 'tenant % does not exist', _meter_lookup.tenant_id USING ERRCODE = 'undefined_object';
 	END IF;
-	RETURN m;
+	IF _meter_lookup.need_meter THEN
+		SELECT * INTO m FROM quota_ext.meters mt WHERE mt.name OPERATOR(pg_catalog.=) _meter_lookup.meter;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'meter "%" does not exist', quota_ext._quote_input(_meter_lookup.meter)
+				USING ERRCODE = 'undefined_object', HINT = 'Create it with quota_ext.meter_create().';
+		END IF;
+	END IF;
 END
 $$;
-COMMENT ON FUNCTION quota_ext._meter_for(text) IS 'Internal: the meter of a name (42704 when none)';
+COMMENT ON FUNCTION quota_ext._meter_lookup(bigint, text, boolean) IS
+	'Internal: the tenant (access checked) and the meter of a meter call; 42704 when either does not exist';
 
 -- A user of the tenant, or 42704 (the same text whether the id is another
 -- tenant's or nobody's); NULL passes.
@@ -196,7 +206,7 @@ CREATE FUNCTION quota_ext._meter_quota_set(tenant_id bigint, meter text, period 
 	AS $$
 #variable_conflict use_column
 DECLARE
-	m quota_ext.meters := quota_ext._meter_for(_meter_quota_set.meter);
+	m quota_ext.meters := (quota_ext._meter_lookup(_meter_quota_set.tenant_id, _meter_quota_set.meter)).m;
 	old quota_ext.meter_quotas;
 	new quota_ext.meter_quotas;
 BEGIN
@@ -264,28 +274,10 @@ COMMENT ON FUNCTION quota_ext._meter_quota_set(bigint, text, text, text, bigint,
 -- charging
 -- ---------------------------------------------------------------------------
 
--- The tenant of a meter call: its access checked, 42704 when it does not
--- exist; its status (a tenant not active is denied, denied_by 'tenant').
-CREATE FUNCTION quota_ext._meter_tenant(tenant_id bigint) RETURNS quota_ext.tenants
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-DECLARE
-	t quota_ext.tenants;
-BEGIN
-	IF _meter_tenant.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
-	PERFORM quota_ext._check_tenant_access(_meter_tenant.tenant_id);
-	SELECT * INTO t FROM quota_ext.tenants tt WHERE tt.tenant_id OPERATOR(pg_catalog.=) _meter_tenant.tenant_id;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', _meter_tenant.tenant_id USING ERRCODE = 'undefined_object';
-	END IF;
-	RETURN t;
-END
-$$;
-COMMENT ON FUNCTION quota_ext._meter_tenant(bigint) IS 'Internal: the tenant of a meter call, access checked';
 
 -- Claim an idempotency key for a meter call (one row per tenant and key in
--- idempotency_keys, shared with quota_consume).  NULL when the key is new
+-- idempotency_keys, shared with quota_consume).  NULL when there is no key
+-- or the key is new
 -- (the caller then stores its decision with _meter_idem_store); the stored
 -- decision, replayed, when the key was used by the same request; 22023
 -- when it was used by another.
@@ -299,6 +291,9 @@ DECLARE
 	k quota_ext.idempotency_keys;
 	d quota_ext.decision;
 BEGIN
+	IF _meter_idem_claim.idempotency_key IS NULL THEN
+		RETURN NULL;
+	END IF;
 	IF pg_catalog.length(_meter_idem_claim.idempotency_key) > 255 THEN
 		RAISE EXCEPTION 'idempotency_key must be at most 255 characters' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
@@ -325,6 +320,7 @@ $$;
 COMMENT ON FUNCTION quota_ext._meter_idem_claim(bigint, text, text, text, bigint) IS
 	'Internal: claim an idempotency key for meter_consume/gauge_adjust, or the decision it got';
 
+-- ... and store the decision under it (no key: nothing to store); returns d.
 CREATE FUNCTION quota_ext._meter_idem_store(tenant_id bigint, idempotency_key text, d quota_ext.decision)
 	RETURNS quota_ext.decision
 	LANGUAGE sql VOLATILE SECURITY DEFINER
@@ -341,6 +337,19 @@ $$;
 COMMENT ON FUNCTION quota_ext._meter_idem_store(bigint, text, quota_ext.decision) IS
 	'Internal: store the decision of a meter call under its idempotency key';
 
+-- An allowed decision of a meter call, not replayed, with its tenant, user
+-- and key; the caller fills in the rest.
+CREATE FUNCTION quota_ext._meter_decision(tenant_id bigint, user_id bigint, key_id bigint)
+	RETURNS quota_ext.decision
+	LANGUAGE sql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+	SELECT ROW(true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, NULL, NULL, NULL,
+	           $1, $2, $3)::quota_ext.decision
+$$;
+COMMENT ON FUNCTION quota_ext._meter_decision(bigint, bigint, bigint) IS
+	'Internal: an allowed decision of a meter call for a tenant, user and key';
+
 CREATE FUNCTION quota_ext.meter_consume(tenant_id bigint, meter text, amount bigint,
 	idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
 	metadata jsonb DEFAULT NULL)
@@ -350,8 +359,9 @@ CREATE FUNCTION quota_ext.meter_consume(tenant_id bigint, meter text, amount big
 	AS $$
 #variable_conflict use_column
 DECLARE
-	t quota_ext.tenants := quota_ext._meter_tenant(meter_consume.tenant_id);
-	m quota_ext.meters := quota_ext._meter_for(meter_consume.meter);
+	lk record := quota_ext._meter_lookup(meter_consume.tenant_id, meter_consume.meter);
+	t quota_ext.tenants := lk.t;
+	m quota_ext.meters := lk.m;
 	d quota_ext.decision;
 	r record;
 	b record;
@@ -389,17 +399,14 @@ BEGIN
 		END IF;
 	END IF;
 	uid := coalesce(meter_consume.user_id, uid);
-	IF meter_consume.idempotency_key IS NOT NULL THEN
-		d := quota_ext._meter_idem_claim(t.tenant_id, meter_consume.idempotency_key, 'meter_consume',
-		                                 m.name, meter_consume.amount);
-		IF d.replayed THEN
-			d.user_id := uid;
-			d.key_id := meter_consume.key_id;
-			RETURN d;
-		END IF;
+	d := quota_ext._meter_idem_claim(t.tenant_id, meter_consume.idempotency_key, 'meter_consume',
+	                                 m.name, meter_consume.amount);
+	IF d.replayed THEN
+		d.user_id := uid;
+		d.key_id := meter_consume.key_id;
+		RETURN d;
 	END IF;
-	d := ROW(true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, NULL, NULL, NULL,
-	         t.tenant_id, uid, meter_consume.key_id);
+	d := quota_ext._meter_decision(t.tenant_id, uid, meter_consume.key_id);
 	IF t.status <> 'active' THEN
 		d.allowed := false;
 		d.denied_by := 'tenant';
@@ -474,10 +481,7 @@ BEGIN
 			RETURNING usage_id INTO d.usage_id;
 		END IF;
 	END IF;
-	IF meter_consume.idempotency_key IS NOT NULL THEN
-		PERFORM quota_ext._meter_idem_store(t.tenant_id, meter_consume.idempotency_key, d);
-	END IF;
-	RETURN d;
+	RETURN quota_ext._meter_idem_store(t.tenant_id, meter_consume.idempotency_key, d);
 END
 $$;
 COMMENT ON FUNCTION quota_ext.meter_consume(bigint, text, bigint, text, bigint, bigint, jsonb) IS
@@ -507,8 +511,10 @@ BEGIN
 	SELECT * INTO q FROM quota_ext.meter_quotas mq
 	 WHERE mq.tenant_id = _gauge_move.tenant_id AND mq.meter_id = _gauge_move.meter_id;
 	cap := q.max_units;
-	d := ROW(true, NULL, q.quota_id, q.period_label, cap, NULL, NULL, NULL, NULL, NULL, false, NULL, NULL, NULL, NULL,
-	         _gauge_move.tenant_id, _gauge_move.user_id, NULL);
+	d := quota_ext._meter_decision(_gauge_move.tenant_id, _gauge_move.user_id, NULL);
+	d.quota_id := q.quota_id;
+	d.period := q.period_label;
+	d."limit" := cap;
 	IF lvl + _gauge_move.delta < 0 THEN
 		SELECT mt.name INTO nm FROM quota_ext.meters mt WHERE mt.meter_id = _gauge_move.meter_id;
 		RAISE EXCEPTION 'gauge "%" of tenant % cannot go below 0', nm, _gauge_move.tenant_id
@@ -546,8 +552,9 @@ CREATE FUNCTION quota_ext.gauge_adjust(tenant_id bigint, meter text, delta bigin
 	AS $$
 #variable_conflict use_column
 DECLARE
-	t quota_ext.tenants := quota_ext._meter_tenant(gauge_adjust.tenant_id);
-	m quota_ext.meters := quota_ext._meter_for(gauge_adjust.meter);
+	lk record := quota_ext._meter_lookup(gauge_adjust.tenant_id, gauge_adjust.meter);
+	t quota_ext.tenants := lk.t;
+	m quota_ext.meters := lk.m;
 	d quota_ext.decision;
 BEGIN
 	IF gauge_adjust.delta IS NULL THEN PERFORM quota_ext._null_arg('delta'); END IF;
@@ -560,23 +567,19 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'Create or remove users; limit them with quota_set(meter => ''users'') or the tier''s max_users.';
 	END IF;
-	IF gauge_adjust.idempotency_key IS NOT NULL THEN
-		d := quota_ext._meter_idem_claim(t.tenant_id, gauge_adjust.idempotency_key, 'gauge_adjust',
-		                                 m.name, gauge_adjust.delta);
-		IF d.replayed THEN
-			RETURN d;
-		END IF;
+	d := quota_ext._meter_idem_claim(t.tenant_id, gauge_adjust.idempotency_key, 'gauge_adjust',
+	                                 m.name, gauge_adjust.delta);
+	IF d.replayed THEN
+		RETURN d;
 	END IF;
 	IF t.status <> 'active' AND gauge_adjust.delta > 0 THEN
-		d := ROW(false, 'tenant', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, NULL, NULL, NULL,
-		         t.tenant_id, NULL, NULL);
+		d := quota_ext._meter_decision(t.tenant_id, NULL, NULL);
+		d.allowed := false;
+		d.denied_by := 'tenant';
 	ELSE
 		d := quota_ext._gauge_move(t.tenant_id, m.meter_id, gauge_adjust.delta, gauge_adjust.idempotency_key);
 	END IF;
-	IF gauge_adjust.idempotency_key IS NOT NULL THEN
-		PERFORM quota_ext._meter_idem_store(t.tenant_id, gauge_adjust.idempotency_key, d);
-	END IF;
-	RETURN d;
+	RETURN quota_ext._meter_idem_store(t.tenant_id, gauge_adjust.idempotency_key, d);
 END
 $$;
 COMMENT ON FUNCTION quota_ext.gauge_adjust(bigint, text, bigint, text) IS
@@ -617,7 +620,7 @@ CREATE FUNCTION quota_ext.meter_status(tenant_id bigint)
 	AS $$
 #variable_conflict use_column
 DECLARE
-	t quota_ext.tenants := quota_ext._meter_tenant(meter_status.tenant_id);
+	t quota_ext.tenants := (quota_ext._meter_lookup(meter_status.tenant_id, NULL, false)).t;
 BEGIN
 	RETURN QUERY
 	-- counter meters: one row per quota
