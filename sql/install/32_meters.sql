@@ -550,12 +550,11 @@ CREATE FUNCTION quota_ext.gauge_adjust(tenant_id bigint, meter text, delta bigin
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
-#variable_conflict use_column
 DECLARE
+	d quota_ext.decision;
 	lk record := quota_ext._meter_lookup(gauge_adjust.tenant_id, gauge_adjust.meter);
 	t quota_ext.tenants := lk.t;
 	m quota_ext.meters := lk.m;
-	d quota_ext.decision;
 BEGIN
 	IF gauge_adjust.delta IS NULL THEN PERFORM quota_ext._null_arg('delta'); END IF;
 	IF m.kind <> 'gauge' THEN
