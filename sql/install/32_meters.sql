@@ -32,8 +32,10 @@ CREATE TABLE quota_ext.meters (
 COMMENT ON TABLE quota_ext.meters IS
 	'Named meters (global, created by quota_ext_admin): counters charged by meter_consume, gauges moved by gauge_adjust';
 -- built-in meters take ids below 1, outside the sequence (a sequence reset
--- or a restore cannot collide with them)
-INSERT INTO quota_ext.meters (meter_id, name, unit, kind, builtin) VALUES (0, 'users', 'users', 'gauge', true);
+-- or a restore cannot collide with them), and no install time (CREATE
+-- EXTENSION makes them again on restore: the same row)
+INSERT INTO quota_ext.meters (meter_id, name, unit, kind, builtin, created_at)
+VALUES (0, 'users', 'users', 'gauge', true, '-infinity');
 
 -- A quota on a meter: tenant-wide or one user's; a gauge's quota is
 -- tenant-wide and has period 'lifetime'.  Quota ids come from the same
