@@ -252,6 +252,27 @@ SELECT used = 0 AS nothing_charged FROM quota_ext.quota_status(:mkt) WHERE "limi
 \endif
 \echo 'GET /tenants/:id/quotas: limit, usage, percentage, remaining, resetAt:'
 SELECT period, metric, "limit", used, used_pct, resets_at FROM quota_ext.quota_usage WHERE tenant_id = :mkt;
+\echo 'Quotas on gpu_hours and storage next to api_requests (PUT /quotas/:metric): one quota'
+\echo 'per meter on the same tenant; storage is a gauge (up and down, never resets):'
+SELECT quota_ext.meter_create('gpu_hours', 'hours') \g /dev/null
+SELECT quota_ext.meter_create('storage_gb', 'GB', 'gauge') \g /dev/null
+SELECT quota_ext.quota_set(:mkt, 'monthly', 100, meter => 'gpu_hours') \g /dev/null
+SELECT quota_ext.quota_set(:mkt, 'lifetime', 50, meter => 'storage_gb') \g /dev/null
+\echo 'recordUsage(gpu_hours, 60) twice, storage +40 then +20: the second of each is refused:'
+SELECT allowed FROM quota_ext.meter_consume(:mkt, 'gpu_hours', 60) \gset gpu1_
+SELECT allowed, denied_metric FROM quota_ext.meter_consume(:mkt, 'gpu_hours', 60) \gset gpu2_
+SELECT allowed FROM quota_ext.gauge_adjust(:mkt, 'storage_gb', 40) \gset st1_
+SELECT allowed, denied_metric FROM quota_ext.gauge_adjust(:mkt, 'storage_gb', 20) \gset st2_
+SELECT :'gpu1_allowed'::boolean AND NOT :'gpu2_allowed'::boolean AND :'gpu2_denied_metric' = 'units'
+       AND :'st1_allowed'::boolean AND NOT :'st2_allowed'::boolean AND :'st2_denied_metric' = 'gauge'
+       AND (SELECT used FROM quota_ext.meter_status(:mkt) WHERE meter = 'users') = 3 AS meters_ok \gset
+\if :meters_ok
+\echo 'ok: each meter has its own quota; the users gauge counts the 3 members'
+\else
+\echo 'FAILED: meters'
+\quit 3
+\endif
+SELECT meter, kind, period, "limit", used, remaining FROM quota_ext.meter_status(:mkt);
 RESET ROLE;
 
 \echo

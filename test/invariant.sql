@@ -116,15 +116,45 @@ UNION ALL
 SELECT l.tenant_id, 'quota ' || l.quota_id, 'over_limit', l.max_units, l.used_now
   FROM l WHERE l.on_exceed = 'block' AND (l.used_now > l.max_units OR l.used_now < 0)
 UNION ALL
--- one usage row per idempotency key, and only for allowed decisions
+-- one usage row per idempotency key, and only for allowed decisions (the
+-- model-call ledger or the meters' ledger)
 SELECT k.tenant_id, 'key ' || k.idempotency_key, 'idempotency',
-       CASE WHEN k.allowed THEN 1 ELSE 0 END,
-       (SELECT count(*) FROM quota_ext.usage u
-         WHERE u.tenant_id = k.tenant_id AND u.idempotency_key = k.idempotency_key)
+       CASE WHEN k.allowed THEN 1 ELSE 0 END, n.rows
   FROM quota_ext.idempotency_keys k
- WHERE (SELECT count(*) FROM quota_ext.usage u
-         WHERE u.tenant_id = k.tenant_id AND u.idempotency_key = k.idempotency_key)
-       <> CASE WHEN k.allowed THEN 1 ELSE 0 END
+  CROSS JOIN LATERAL (
+        SELECT (SELECT count(*) FROM quota_ext.usage u
+                 WHERE u.tenant_id = k.tenant_id AND u.idempotency_key = k.idempotency_key)
+             + (SELECT count(*) FROM quota_ext.meter_usage u
+                 WHERE u.tenant_id = k.tenant_id AND u.idempotency_key = k.idempotency_key) AS rows) n
+ WHERE n.rows <> CASE WHEN k.allowed THEN 1 ELSE 0 END
+UNION ALL
+-- meters (issue 17): a counter meter quota's used now = its meter's ledger
+-- in scope and current period (since the quota was made); 0 <= used <=
+-- limit when it blocks; a gauge's level = the sum of its ledger rows
+SELECT mq.tenant_id, 'meter quota ' || mq.quota_id, 'meter counter',
+       (SELECT coalesce(sum(u.amount), 0) FROM quota_ext.meter_usage u
+         WHERE u.tenant_id = mq.tenant_id AND u.meter_id = mq.meter_id
+           AND (mq.user_id IS NULL OR u.user_id = mq.user_id)
+           AND u.occurred_at >= greatest(b.period_start, mq.created_at) AND u.occurred_at < b.period_end),
+       CASE WHEN c.period_start = b.period_start THEN c.used ELSE 0 END
+  FROM quota_ext.meter_quotas mq
+  JOIN quota_ext.tenants t ON t.tenant_id = mq.tenant_id
+  JOIN quota_ext.meter_counters c ON c.tenant_id = mq.tenant_id AND c.quota_id = mq.quota_id
+  CROSS JOIN LATERAL quota_ext.period_bounds(mq.period, t.timezone, clock_timestamp()) b
+ WHERE (SELECT coalesce(sum(u.amount), 0) FROM quota_ext.meter_usage u
+         WHERE u.tenant_id = mq.tenant_id AND u.meter_id = mq.meter_id
+           AND (mq.user_id IS NULL OR u.user_id = mq.user_id)
+           AND u.occurred_at >= greatest(b.period_start, mq.created_at) AND u.occurred_at < b.period_end)
+       <> CASE WHEN c.period_start = b.period_start THEN c.used ELSE 0 END
+    OR (mq.on_exceed = 'block' AND c.period_start = b.period_start AND c.used > mq.max_units)
+UNION ALL
+SELECT l.tenant_id, 'gauge ' || l.meter_id, 'gauge level',
+       (SELECT coalesce(sum(u.amount), 0) FROM quota_ext.meter_usage u
+         WHERE u.tenant_id = l.tenant_id AND u.meter_id = l.meter_id), l.level
+  FROM quota_ext.meter_levels l
+ WHERE l.level <> (SELECT coalesce(sum(u.amount), 0) FROM quota_ext.meter_usage u
+                    WHERE u.tenant_id = l.tenant_id AND u.meter_id = l.meter_id)
+    OR l.level < 0
 UNION ALL
 SELECT u.tenant_id, 'key ' || u.idempotency_key, 'idempotency (no key row)', 0, count(*)
   FROM quota_ext.usage u
@@ -182,6 +212,7 @@ AS $$
 	         quota_ext.rollup_state,
 	         quota_ext.invoices, quota_ext.invoice_lines, quota_ext.billing_closes,
 	         quota_ext.outbox, quota_ext.event_consumers CASCADE;
+	DELETE FROM quota_ext.meters WHERE NOT builtin;
 	TRUNCATE quota_test.keys;
 	SELECT pg_catalog.setval(c.oid::regclass, 1, false)
 	  FROM pg_catalog.pg_class c

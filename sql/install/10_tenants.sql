@@ -502,6 +502,8 @@ BEGIN
 		RAISE EXCEPTION 'user "%" already exists in tenant %', quota_ext._quote_input(e), t.tenant_id
 			USING ERRCODE = 'unique_violation';
 	END;
+	-- the built-in gauge users (32_meters.sql): 53400 past a quota on it
+	PERFORM quota_ext._users_gauge(t.tenant_id, 1, u.user_id);
 	PERFORM quota_ext._audit(t.tenant_id, 'user_create', 'user', u.user_id::text, NULL, to_jsonb(u));
 	user_id := u.user_id;
 	SELECT k.api_key INTO api_key FROM quota_ext._key_insert(t.tenant_id, u.user_id, NULL, NULL) k;

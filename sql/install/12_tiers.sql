@@ -238,6 +238,7 @@ BEGIN
 	SELECT coalesce(array_agg(key_id ORDER BY key_id), '{}') INTO keys FROM r;
 	UPDATE quota_ext.users SET status = 'removed'
 	 WHERE tenant_id = t.tenant_id AND user_id = old.user_id RETURNING * INTO new;
+	PERFORM quota_ext._users_gauge(t.tenant_id, -1, old.user_id);
 	PERFORM quota_ext._audit(t.tenant_id, 'user_remove', 'user', old.user_id::text,
 	                         to_jsonb(old), to_jsonb(new) || jsonb_build_object('revoked_keys', keys));
 END

@@ -577,7 +577,8 @@ CREATE FUNCTION quota_ext.quota_set(tenant_id bigint, period text, max_units big
 	model text DEFAULT NULL, metric text DEFAULT 'calls', soft_limit bigint DEFAULT NULL,
 	on_exceed text DEFAULT 'block', user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
 	thresholds integer[] DEFAULT '{80,100}', max_cost numeric DEFAULT NULL,
-	currency text DEFAULT NULL, slots integer DEFAULT NULL) RETURNS bigint
+	currency text DEFAULT NULL, slots integer DEFAULT NULL, meter text DEFAULT NULL,
+	throttle_per_minute integer DEFAULT NULL, throttle_burst integer DEFAULT NULL) RETURNS bigint
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
@@ -600,6 +601,35 @@ BEGIN
 			      HINT = 'Use minute, hour, day, week, month, year or lifetime (or minutely, hourly, daily, weekly, monthly, yearly, annual, annually, never, total).';
 	END IF;
 	IF m IS NULL THEN PERFORM quota_ext._null_arg('metric'); END IF;
+	-- a quota on a named meter (32_meters.sql): units of the meter, per
+	-- tenant or user, many meters per scope
+	IF quota_set.meter IS NOT NULL THEN
+		IF quota_set.model IS NOT NULL OR quota_set.key_id IS NOT NULL OR m NOT IN ('calls', 'units')
+		   OR quota_set.max_cost IS NOT NULL OR cur IS NOT NULL OR quota_set.soft_limit IS NOT NULL
+		   OR quota_set.slots IS NOT NULL THEN
+			RAISE EXCEPTION 'a meter quota counts units of its meter, tenant-wide or for one user'
+				USING ERRCODE = 'invalid_parameter_value',
+				      HINT = 'Leave model, key_id, metric, max_cost, currency, soft_limit and slots out.';
+		END IF;
+		IF lim IS NULL THEN PERFORM quota_ext._null_arg('max_units'); END IF;
+		IF quota_set.on_exceed IS NULL THEN PERFORM quota_ext._null_arg('on_exceed'); END IF;
+		IF lim < 0 THEN
+			RAISE EXCEPTION 'max_units must not be negative' USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		IF quota_set.on_exceed <> ALL (ARRAY['block', 'alert', 'overage', 'throttle']) THEN
+			RAISE EXCEPTION 'invalid on_exceed "%"', quota_ext._quote_input(quota_set.on_exceed)
+				USING ERRCODE = 'invalid_parameter_value', HINT = 'Use block, alert, overage or throttle.';
+		END IF;
+		RETURN quota_ext._meter_quota_set(t.tenant_id, quota_set.meter, p, lower(quota_set.period), lim,
+		                                  quota_set.on_exceed, quota_set.user_id,
+		                                  quota_set.throttle_per_minute, quota_set.throttle_burst);
+	END IF;
+	IF quota_set.on_exceed = 'throttle' OR quota_set.throttle_per_minute IS NOT NULL
+	   OR quota_set.throttle_burst IS NOT NULL THEN
+		RAISE EXCEPTION 'on_exceed throttle applies to meter quotas only'
+			USING ERRCODE = 'invalid_parameter_value',
+			      HINT = 'Pass meter => the meter, or use block, alert or overage for a model-call quota.';
+	END IF;
 	-- a money budget: max_cost (and currency) instead of max_units
 	IF quota_set.max_cost IS NOT NULL AND m = 'calls' THEN
 		m := 'cost';
@@ -725,8 +755,8 @@ BEGIN
 	RETURN new.quota_id;
 END
 $$;
-COMMENT ON FUNCTION quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text, integer) IS
-	'Create or change the quota of a scope (tenant, or one model, user or key); a money budget with max_cost and currency; slots > 1 spreads a hot quota over escrow rows; the count of the current period is kept';
+COMMENT ON FUNCTION quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text, integer, text, integer, integer) IS
+	'Create or change the quota of a scope (tenant, or one model, user or key); a money budget with max_cost and currency; slots > 1 spreads a hot quota over escrow rows; meter => a quota on a named meter (throttle: past the limit at throttle_per_minute); the count of the current period is kept';
 
 CREATE FUNCTION quota_ext.quota_delete(tenant_id bigint, quota_id bigint) RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -741,6 +771,14 @@ BEGIN
 	DELETE FROM quota_ext.quotas WHERE tenant_id = t.tenant_id AND quota_id = quota_delete.quota_id
 	RETURNING * INTO old;
 	IF NOT FOUND THEN
+		-- a meter quota (its counter goes with it)
+		DELETE FROM quota_ext.meter_quotas mq
+		 WHERE mq.tenant_id = t.tenant_id AND mq.quota_id = quota_delete.quota_id;
+		IF FOUND THEN
+			PERFORM quota_ext._audit(t.tenant_id, 'quota_delete', 'meter_quota', quota_delete.quota_id::text,
+			                         NULL, NULL);
+			RETURN;
+		END IF;
 		RAISE EXCEPTION 'quota % does not exist', quota_delete.quota_id USING ERRCODE = 'undefined_object';
 	END IF;
 	PERFORM quota_ext._audit(t.tenant_id, 'quota_delete', 'quota', old.quota_id::text, to_jsonb(old), NULL);
@@ -999,7 +1037,7 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.tenant_summary(bigint)
 	TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION
-	quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text, integer),
+	quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text, integer, text, integer, integer),
 	quota_ext.quota_delete(bigint, bigint),
 	quota_ext.quota_expire_reservations(integer)
 	TO quota_ext_admin;

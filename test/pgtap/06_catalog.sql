@@ -108,8 +108,8 @@ SELECT is_empty($$SELECT relname FROM qx_tables t WHERE relrowsecurity AND EXIST
 SELECT is_empty($$SELECT p.polrelid::regclass, p.polname FROM pg_policy p JOIN qx_tables t ON t.oid = p.polrelid
                    WHERE 0 = ANY (p.polroles)$$,
                 'no policy applies to PUBLIC');
-SELECT is_empty($$SELECT relname FROM qx_tables WHERE NOT relrowsecurity AND relname NOT IN ('tiers')$$,
-                'only the global tiers catalog is without RLS');
+SELECT is_empty($$SELECT relname FROM qx_tables WHERE NOT relrowsecurity AND relname NOT IN ('tiers', 'meters')$$,
+                'only the global catalogs tiers and meters are without RLS');
 SELECT is((SELECT relrowsecurity AND relforcerowsecurity FROM qx_tables WHERE relname = 'models'), true,
           'models (global and tenant-owned rows) has FORCE RLS');
 

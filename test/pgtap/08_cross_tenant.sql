@@ -51,6 +51,10 @@ SELECT quota_ext.quota_refund(:tb, :usb2);
 -- per-request records (issue 17)
 SELECT quota_ext.request_log_write(:ta, 'POST /v1/a', 200);
 SELECT quota_ext.request_log_write(:tb, 'POST /v1/xb-marker', 200, request_excerpt => 'xb-marker');
+-- meters (issue 17): B's quota, counter and ledger row on a global meter
+SELECT quota_ext.meter_create('x-meter');
+SELECT quota_ext.quota_set(:tb, 'day', 10, meter => 'x-meter');
+SELECT quota_ext.meter_consume(:tb, 'x-meter', 1, 'xb-marker-meter-idem');
 -- money: B's own price, priced usage, a closed period with its invoice,
 -- rollups (cross-tenant tables the app reads its own rows of)
 SELECT quota_ext.price_set('x-g', 'EUR', 0.01);
@@ -92,7 +96,7 @@ INSERT INTO x_vals VALUES ('grantee_tenant_id', :tc), ('api_key', quote_literal(
 	('name', '''x-new'''), ('email', '''new@x-a.example'''), ('role', '''admin'''), ('allowed', 'true'),
 	('max_units', '100'), ('units', '1'), ('estimate', '2'), ('actual', '1'), ('quantity', '1'),
 	('count', '100'), ('period_seconds', '60'), ('max_burst', '10'), ('batch', '1'),
-	('ttl', '''1 hour'''), ('grace', '''1 hour'''), ('key', '''x-key''');
+	('ttl', '''1 hour'''), ('grace', '''1 hour'''), ('key', '''x-key'''), ('meter', '''x-meter''');
 GRANT SELECT ON x_ids, x_vals TO PUBLIC;
 
 -- the functions a role may execute, with a call for tenant A in which

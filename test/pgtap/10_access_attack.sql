@@ -69,6 +69,7 @@ SELECT min(invoice_id) AS invb FROM quota_ext.billing_close(:tb, now() - interva
 -- issued, so that invoice_mark_paid (issued -> paid) works for an admin
 SELECT quota_ext.invoice_issue(:ta, :inva), quota_ext.invoice_issue(:tb, :invb);
 SELECT quota_ext.usage_rollup();
+SELECT quota_ext.meter_create('aa-counter'), quota_ext.meter_create('aa-gauge', kind => 'gauge');
 \o
 CREATE ROLE qx_tap_aa_app LOGIN IN ROLE quota_ext_app;
 CREATE ROLE qx_tap_aa_admin LOGIN IN ROLE quota_ext_admin;
@@ -107,7 +108,9 @@ INSERT INTO a_vals VALUES ('unit_price', '0.01', true), ('effective_from', '''21
 -- values for one function's argument, before a_ids and a_vals: api_key_import
 -- takes a key of another system, not one of quota_ext's (issue 17)
 CREATE TEMP TABLE a_fn_vals (fn name, arg text, val text, PRIMARY KEY (fn, arg));
-INSERT INTO a_fn_vals VALUES ('api_key_import', 'api_key', '''sk-live-Imported0123456789abcdef''');
+INSERT INTO a_fn_vals VALUES ('api_key_import', 'api_key', '''sk-live-Imported0123456789abcdef'''),
+	-- meters (issue 17): a counter for meter_consume, a gauge for gauge_adjust
+	('meter_consume', 'meter', '''aa-counter'''), ('gauge_adjust', 'meter', '''aa-gauge''');
 GRANT SELECT ON a_ids, a_vals, a_fn_vals TO PUBLIC;
 
 -- A1: callable by quota_ext_app without a context, and why

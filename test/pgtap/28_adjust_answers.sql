@@ -122,7 +122,7 @@ SELECT is((SELECT slots FROM quota_ext.quotas WHERE tenant_id = :ta AND quota_id
 SELECT quota_ext.quota_set(:ta, 'weekly', 100) AS qw \gset
 SELECT is((SELECT slots FROM quota_ext.quotas WHERE tenant_id = :ta AND quota_id = :qw), 1,
 	'... and gives a new quota one');
-SELECT is((SELECT pg_get_function_arguments('quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text, integer)'::regprocedure)
+SELECT is((SELECT pg_get_function_arguments('quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text, integer, text, integer, integer)'::regprocedure)
              ~ 'max_units bigint DEFAULT NULL::bigint.*slots integer DEFAULT NULL::integer'), true,
 	'quota_set: max_units and slots default to NULL');
 

@@ -83,6 +83,11 @@ BEGIN
 	UPDATE quota_ext.usage x SET occurred_at = e1 WHERE x.tenant_id = a AND x.occurred_at >= now();
 	e2 := now() - interval '1 microsecond';
 	inv2 := (SELECT i.invoice_id FROM quota_ext.billing_close(a, e1, e2) i WHERE i.currency = 'EUR');
+	-- meters (issue 17): a counter and a gauge with a quota each
+	PERFORM quota_ext.meter_create(p || 'gpu', 'hours');
+	PERFORM quota_ext.meter_create(p || 'disk', 'GB', 'gauge');
+	PERFORM quota_ext.quota_set(a, 'day', 100, meter => p || 'gpu');
+	PERFORM quota_ext.quota_set(a, 'lifetime', 10, meter => p || 'disk');
 	INSERT INTO public.spa_fix VALUES (s, 'a', a), (s, 'b', b), (s, 'c', c), (s, 'u', u), (s, 'kid', kid),
 		(s, 'kid2', kid2), (s, 'kid3', kid3), (s, 'key', key), (s, 'q', q), (s, 'qd', qd), (s, 'rule', rule),
 		(s, 'ruled', ruled), (s, 'r1', r1), (s, 'r2', r2), (s, 'r3', r3), (s, 'u1', u1), (s, 'g', p || 'g'),
@@ -136,6 +141,9 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(39, 'quota_consume', 'app', $q$SELECT allowed, cost, currency FROM quota_ext.quota_consume({a}, '{g}', 1, input_tokens => 10, output_tokens => 5, metadata => '{"req": "x"}')$q$),
 	(42, 'feature_enabled', 'app', $q$SELECT quota_ext.feature_enabled({a}, 'beta') IS NOT NULL$q$),
 	(43, 'request_log_write', 'app', $q$SELECT quota_ext.request_log_write({a}, 'POST /v1/x', 200, 12, request_excerpt => 'x') OPERATOR(pg_catalog.>) 0$q$),
+	(44, 'meter_consume', 'app', $q$SELECT allowed, remaining, replayed FROM quota_ext.meter_consume({a}, '{p}gpu', 3, 'mk-1', metadata => '{"job": "x"}')$q$),
+	(45, 'gauge_adjust', 'app', $q$SELECT allowed, remaining FROM quota_ext.gauge_adjust({a}, '{p}disk', 4)$q$),
+	(46, 'meter_status', 'app', $q$SELECT meter, kind, "limit", used, remaining FROM quota_ext.meter_status({a})$q$),
 	(41, 'quota_check', 'app', $q$SELECT allowed, usage_id IS NULL, cost, currency FROM quota_ext.quota_check({a}, '{g}', 1, input_tokens => 10, output_tokens => 5)$q$),
 	-- admin
 	(50, 'set_tenant', 'admin', $q$SELECT quota_ext.set_tenant({a}), quota_ext.current_tenant_id() OPERATOR(pg_catalog.=) {a}$q$),
@@ -191,7 +199,8 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(100, 'event_ack', 'admin', $q$SELECT quota_ext.event_ack('{p}relay', 0)$q$),
 	(101, 'event_purge', 'admin', $q$SELECT quota_ext.event_purge('2000-01-01') OPERATOR(pg_catalog.>=) 0$q$),
 	(102, 'event_consumer_drop', 'admin', $q$SELECT quota_ext.event_consumer_drop(0, '{p}relay')$q$),
-	(103, 'model_usage_by_consumer', 'admin', $q$SELECT model, calls FROM quota_ext.model_usage_by_consumer({a}, '2000-01-01', '2100-01-01')$q$);
+	(103, 'model_usage_by_consumer', 'admin', $q$SELECT model, calls FROM quota_ext.model_usage_by_consumer({a}, '2000-01-01', '2100-01-01')$q$),
+	(104, 'meter_create', 'admin', $q$SELECT quota_ext.meter_create('{p}new-meter', 'units', 'counter') OPERATOR(pg_catalog.>) 0$q$);
 -- every function a role may execute whose name no call above has gets a
 -- generated call: arguments without a default, by name, else by type
 INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
