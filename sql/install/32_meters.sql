@@ -198,6 +198,57 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._check_user(bigint, bigint) IS 'Internal: raise 42704 unless the user is the tenant''s';
 
+-- The user and key a meter call acts as (src/context.c's
+-- QuotaIdentityResolve, for the SQL callers): the authenticated caller's by
+-- default; under a context set from an API key, explicit arguments must name
+-- that same user and key (42501) — a key cannot charge another user's
+-- quota or escape its own; admin callers (no context, or set_tenant) may
+-- name any.
+CREATE FUNCTION quota_ext._identity_resolve(tenant_id bigint, user_id bigint, key_id bigint,
+	OUT res_user_id bigint, OUT res_key_id bigint)
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	c record;
+	from_key boolean;
+BEGIN
+	SELECT x.tenant_id, x.user_id, x.key_id INTO c FROM quota_ext.current_context() x;
+	IF c.tenant_id IS NOT NULL AND c.tenant_id = $1 THEN
+		res_user_id := c.user_id;
+		res_key_id := c.key_id;
+	END IF;
+	from_key := c.tenant_id IS NOT NULL AND c.tenant_id = $1 AND c.key_id IS NOT NULL;
+	IF from_key AND (($2 IS NOT NULL AND $2 IS DISTINCT FROM c.user_id)
+	                 OR ($3 IS NOT NULL AND $3 IS DISTINCT FROM c.key_id)) THEN
+		RAISE EXCEPTION 'an API key''s transaction cannot act as another user, key or role'
+			USING ERRCODE = 'insufficient_privilege',
+			      HINT = 'Leave user_id, key_id and role NULL: they come from the authenticated key.';
+	END IF;
+	res_user_id := coalesce($2, res_user_id);
+	res_key_id := coalesce($3, res_key_id);
+	IF res_user_id < 0 OR res_key_id < 0 THEN
+		RAISE EXCEPTION 'user_id and key_id must be positive' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._identity_resolve(bigint, bigint, bigint) IS
+	'Internal: the user and key a call acts as: the context''s by default; a key-authenticated context cannot name others (42501)';
+
+-- At most 10^15 per call, like units and tokens (src/args.c, check_bounded)
+CREATE FUNCTION quota_ext._check_bounded(v bigint, what text) RETURNS void
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF abs($1) > 1000000000000000 THEN
+		RAISE EXCEPTION '% must be at most 1000000000000000', $2
+			USING ERRCODE = 'numeric_value_out_of_range', DETAIL = format('Got %s.', $1);
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._check_bounded(bigint, text) IS 'Internal: 22003 when |v| > 10^15 (the bound of one call)';
+
 -- quota_set(meter => ...)'s work: the caller (quota_set) has locked the
 -- tenant and checked period, limit, on_exceed and the user.
 CREATE FUNCTION quota_ext._meter_quota_set(tenant_id bigint, meter text, period text, period_label text,
@@ -379,6 +430,8 @@ DECLARE
 	uses bigint[] := '{}';
 	tats bigint[] := '{}';
 	uid bigint;
+	kid bigint;
+	kuid bigint;
 	pass boolean;
 	retry bigint;
 	i integer;
@@ -392,23 +445,29 @@ BEGIN
 		RAISE EXCEPTION 'amount must not be negative' USING ERRCODE = 'invalid_parameter_value',
 			HINT = 'A counter meter only counts up; use a gauge for levels that go down.';
 	END IF;
-	PERFORM quota_ext._check_user(t.tenant_id, meter_consume.user_id);
-	IF meter_consume.key_id IS NOT NULL THEN
-		SELECT k.user_id INTO uid FROM quota_ext.api_keys k
-		 WHERE k.tenant_id = t.tenant_id AND k.key_id = meter_consume.key_id;
+	PERFORM quota_ext._check_bounded(meter_consume.amount, 'amount');
+	SELECT x.res_user_id, x.res_key_id INTO uid, kid
+	  FROM quota_ext._identity_resolve(t.tenant_id, meter_consume.user_id, meter_consume.key_id) x;
+	PERFORM quota_ext._check_user(t.tenant_id, uid);
+	IF kid IS NOT NULL THEN
+		SELECT k.user_id INTO kuid FROM quota_ext.api_keys k
+		 WHERE k.tenant_id = t.tenant_id AND k.key_id = kid;
 		IF NOT FOUND THEN
-			RAISE EXCEPTION 'API key % does not exist', meter_consume.key_id USING ERRCODE = 'undefined_object';
+			RAISE EXCEPTION 'API key % does not exist', kid USING ERRCODE = 'undefined_object';
 		END IF;
+		IF uid IS NOT NULL AND kuid IS DISTINCT FROM uid THEN
+			RAISE EXCEPTION 'API key % is not user %''s', kid, uid USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		uid := coalesce(uid, kuid);
 	END IF;
-	uid := coalesce(meter_consume.user_id, uid);
 	d := quota_ext._meter_idem_claim(t.tenant_id, meter_consume.idempotency_key, 'meter_consume',
 	                                 m.name, meter_consume.amount);
 	IF d.replayed THEN
 		d.user_id := uid;
-		d.key_id := meter_consume.key_id;
+		d.key_id := kid;
 		RETURN d;
 	END IF;
-	d := quota_ext._meter_decision(t.tenant_id, uid, meter_consume.key_id);
+	d := quota_ext._meter_decision(t.tenant_id, uid, kid);
 	IF t.status <> 'active' THEN
 		d.allowed := false;
 		d.denied_by := 'tenant';
@@ -478,7 +537,7 @@ BEGIN
 			END LOOP;
 			INSERT INTO quota_ext.meter_usage (tenant_id, meter_id, occurred_at, user_id, key_id, amount,
 			                                   overage, idempotency_key, metadata)
-			VALUES (t.tenant_id, m.meter_id, now_ts, uid, meter_consume.key_id, meter_consume.amount,
+			VALUES (t.tenant_id, m.meter_id, now_ts, uid, kid, meter_consume.amount,
 			        over, meter_consume.idempotency_key, meter_consume.metadata)
 			RETURNING usage_id INTO d.usage_id;
 		END IF;
@@ -557,8 +616,12 @@ DECLARE
 	lk record := quota_ext._meter_lookup(gauge_adjust.tenant_id, gauge_adjust.meter);
 	t quota_ext.tenants := lk.t;
 	m quota_ext.meters := lk.m;
+	uid bigint;
 BEGIN
 	IF gauge_adjust.delta IS NULL THEN PERFORM quota_ext._null_arg('delta'); END IF;
+	PERFORM quota_ext._check_bounded(gauge_adjust.delta, 'delta');
+	-- the ledger row names who moved the level (the key's user)
+	uid := (quota_ext._identity_resolve(t.tenant_id, NULL, NULL)).res_user_id;
 	IF m.kind <> 'gauge' THEN
 		RAISE EXCEPTION 'meter "%" is a counter', m.name
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Charge a counter with quota_ext.meter_consume().';
@@ -578,7 +641,7 @@ BEGIN
 		d.allowed := false;
 		d.denied_by := 'tenant';
 	ELSE
-		d := quota_ext._gauge_move(t.tenant_id, m.meter_id, gauge_adjust.delta, gauge_adjust.idempotency_key);
+		d := quota_ext._gauge_move(t.tenant_id, m.meter_id, gauge_adjust.delta, gauge_adjust.idempotency_key, uid);
 	END IF;
 	RETURN quota_ext._meter_idem_store(t.tenant_id, gauge_adjust.idempotency_key, d);
 END
