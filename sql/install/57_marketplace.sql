@@ -74,7 +74,7 @@ CREATE TABLE quota_ext.payouts (
 	updated_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	PRIMARY KEY (tenant_id, payout_id),
 	UNIQUE (tenant_id, period_start, period_end, currency),
-	CHECK (gross OPERATOR(pg_catalog.=) payout OPERATOR(pg_catalog.+) platform_share)
+	CHECK (gross OPERATOR(pg_catalog.=) (payout OPERATOR(pg_catalog.+) platform_share))
 );
 COMMENT ON TABLE quota_ext.payouts IS
 	'A model owner''s payout statement per billing period and currency: its consumers'' charges on its models (gross) = payout + platform_share';
@@ -92,7 +92,7 @@ CREATE TABLE quota_ext.payout_lines (
 	platform_share      numeric NOT NULL,
 	payout              numeric NOT NULL,
 	PRIMARY KEY (tenant_id, payout_id, line_no),
-	CHECK (gross OPERATOR(pg_catalog.=) payout OPERATOR(pg_catalog.+) platform_share)
+	CHECK (gross OPERATOR(pg_catalog.=) (payout OPERATOR(pg_catalog.+) platform_share))
 );
 COMMENT ON TABLE quota_ext.payout_lines IS
 	'Payout statement lines: per consumer tenant and model, the sum of one close''s invoice lines (gross), the platform''s share (rounded to micro-units) and the owner''s payout (gross - share)';

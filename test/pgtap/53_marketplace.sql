@@ -46,6 +46,7 @@ SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.model_share(%s, 'mk-pr
 SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.price_set('mk-m', 'EUR', 0.002)$$,
 	'42704', NULL, 'price_set''s list price is for global models only (unchanged)');
 SELECT ok(quota_ext.model_price_set(:tw, 'mk-m', 'EUR', 0.002) > 0, 'the owner sets its model''s list price');
+SELECT pg_temp.mx_snap();
 SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.model_price_set(%s, 'mk-m', 'EUR')$$, :tw),
 	'22004', NULL, 'a list price needs an amount');
 SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.model_price_set(%s, 'mk-m', 'EUR', -1)$$, :tw),
