@@ -7,7 +7,7 @@
 -- to the micro-unit), and the cross-tenant reads all this adds.
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(77);
+SELECT plan(98);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('mk-owner') AS tw \gset
@@ -191,7 +191,7 @@ SELECT pg_temp.mx_usage(:td, :mm, '2025-02-04 10:00+00', 1, 0.000005, 9902);
 SELECT quota_ext.billing_close(:tc, '2025-02-01 00:00+00', '2025-03-01 00:00+00');
 SELECT quota_ext.billing_close(:td, '2025-02-01 00:00+00', '2025-03-01 00:00+00');
 \o
-SELECT results_eq(format($$SELECT gross, platform_share, payout FROM quota_ext.payout_lines l JOIN quota_ext.payouts p USING (tenant_id, payout_id)
+SELECT results_eq(format($$SELECT l.gross, l.platform_share, l.payout FROM quota_ext.payout_lines l JOIN quota_ext.payouts p USING (tenant_id, payout_id)
                             WHERE p.tenant_id = %s AND p.period_start = '2025-02-01 00:00+00' ORDER BY line_no$$, :tw),
 	$$VALUES (0.000007::numeric, 0.000002::numeric, 0.000005::numeric), (0.000005, 0.000002, 0.000003)$$,
 	'the platform''s share is rounded to micro-units and the payout is the rest');

@@ -194,13 +194,15 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(103, 'model_usage_by_consumer', 'admin', $q$SELECT model, calls FROM quota_ext.model_usage_by_consumer({a}, '2000-01-01', '2100-01-01')$q$),
 	-- the marketplace (57_marketplace.sql)
 	(104, 'model_visibility_set', 'admin', $q$SELECT quota_ext.model_visibility_set({a}, '{own}', 'marketplace')$q$),
-	(105, 'model_listing', 'app', $q$SELECT model, visibility, currency FROM quota_ext.model_listing() WHERE model OPERATOR(pg_catalog.=) '{own}'$q$),
+	(105, 'model_price_set', 'admin', $q$SELECT quota_ext.model_price_set({a}, '{own}', 'EUR', 0.03, effective_from => '2099-01-01') OPERATOR(pg_catalog.>) 0$q$),
 	(106, 'model_price_set', 'admin', $q$SELECT quota_ext.model_price_set({a}, '{own}', 'EUR', 0.02) OPERATOR(pg_catalog.>) 0$q$),
 	(107, 'model_price_clear', 'admin', $q$SELECT quota_ext.model_price_clear({a}, '{own}', '2100-01-01') OPERATOR(pg_catalog.>) 0$q$),
 	(108, 'model_revenue_share_set', 'admin', $q$SELECT quota_ext.model_revenue_share_set({a}, '{own}', 20)$q$),
 	(109, 'model_access_request', 'admin', $q$SELECT quota_ext.model_access_request({b}, (SELECT m.model_id FROM quota_ext.models m WHERE m.name OPERATOR(pg_catalog.=) '{own}')) OPERATOR(pg_catalog.>) 0$q$),
 	(110, 'model_access_requests_received', 'admin', $q$SELECT consumer_tenant_id OPERATOR(pg_catalog.=) {b}, model, status FROM quota_ext.model_access_requests_received({a})$q$),
-	(111, 'model_access_decide', 'admin', $q$SELECT status FROM quota_ext.model_access_decide({a}, {b}, (SELECT r.request_id FROM quota_ext.model_access_requests r WHERE r.tenant_id OPERATOR(pg_catalog.=) {b}), true)$q$);
+	(111, 'model_access_decide', 'admin', $q$SELECT status FROM quota_ext.model_access_decide({a}, {b}, (SELECT r.request_id FROM quota_ext.model_access_requests r WHERE r.tenant_id OPERATOR(pg_catalog.=) {b}), true)$q$),
+	-- (after 104 and 106: listed, with a price)
+	(112, 'model_listing', 'admin', $q$SELECT model, visibility, currency, unit_price FROM quota_ext.model_listing() WHERE model OPERATOR(pg_catalog.=) '{own}'$q$);
 -- every function a role may execute whose name no call above has gets a
 -- generated call: arguments without a default, by name, else by type
 INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
