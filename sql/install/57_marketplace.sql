@@ -208,16 +208,13 @@ COMMENT ON FUNCTION quota_ext.model_price_set(bigint, text, text, numeric, numer
 
 CREATE FUNCTION quota_ext.model_price_clear(owner_tenant_id bigint, model text,
 	effective_from timestamptz DEFAULT now()) RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	LANGUAGE sql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
-DECLARE
-	m quota_ext.models := quota_ext._owned_model($1, $2);
-BEGIN
-	RETURN quota_ext._price_version_add(m.model_id, NULL, m.name, 'XXX', NULL, NULL, NULL, $3, NULL,
-	                                    m.owner_tenant_id);
-END
-$$;
+	SELECT quota_ext._price_version_add(m.model_id, NULL, m.name, 'XXX', NULL, NULL, NULL, $3, NULL,
+	                                    m.owner_tenant_id)
+	  FROM quota_ext._owned_model($1, $2) m
+	$$;
 COMMENT ON FUNCTION quota_ext.model_price_clear(bigint, text, timestamptz) IS
 	'End the owner''s list price of its model from effective_from (default prices apply, else it is unpriced)';
 
@@ -384,8 +381,7 @@ CREATE FUNCTION quota_ext.model_access_requests_received(owner_tenant_id bigint,
 BEGIN
 	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('owner_tenant_id'); END IF;
 	PERFORM quota_ext._check_tenant_access($1);
-	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = $1;
-	IF NOT FOUND THEN
+	IF NOT EXISTS (SELECT 1 FROM quota_ext.tenants t WHERE t.tenant_id = $1) THEN
 		RAISE EXCEPTION 'tenant % does not exist', $1 USING ERRCODE = 'undefined_object';
 	END IF;
 	RETURN QUERY
@@ -405,10 +401,7 @@ CREATE FUNCTION quota_ext._payout_event(p quota_ext.payouts, event text) RETURNS
 	SET search_path = pg_catalog, pg_temp
 	AS $$
 	SELECT quota_ext._event_emit($1.tenant_id, $2, 'payout', $1.payout_id::pg_catalog.text,
-		pg_catalog.jsonb_build_object('payout_id', $1.payout_id, 'tenant_id', $1.tenant_id,
-			'period_start', $1.period_start, 'period_end', $1.period_end,
-			'currency', $1.currency, 'gross', $1.gross, 'platform_share', $1.platform_share,
-			'payout', $1.payout))
+	                             pg_catalog.to_jsonb($1))
 	$$;
 COMMENT ON FUNCTION quota_ext._payout_event(quota_ext.payouts, text) IS
 	'Internal: append a payout event (payout.created, payout.updated) to the owner''s outbox';
@@ -505,9 +498,8 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.model_access_decide(bigint, bigint, bigint, boolean, text)
 	TO quota_ext_admin;
 
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.model_access_requests', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.model_revenue_shares', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.payouts', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.payout_lines', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.model_access_request_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.payout_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump(c, '')
+  FROM pg_catalog.unnest(ARRAY['quota_ext.model_access_requests', 'quota_ext.model_revenue_shares',
+                               'quota_ext.payouts', 'quota_ext.payout_lines',
+                               'quota_ext.model_access_request_id_seq',
+                               'quota_ext.payout_id_seq']::pg_catalog.regclass[]) c;
