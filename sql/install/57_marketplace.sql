@@ -129,7 +129,7 @@ CREATE FUNCTION quota_ext.model_visibility_set(owner_tenant_id bigint, model tex
 	SET search_path = pg_catalog, pg_temp
 	AS $$
 DECLARE
-	m quota_ext.models := quota_ext._owned_model($1, $2);
+	m quota_ext.models;
 BEGIN
 	IF $3 IS NULL THEN PERFORM quota_ext._null_arg('visibility'); END IF;
 	IF NOT ($3 = ANY (ARRAY['private', 'tenant', 'marketplace', 'public'])) THEN
@@ -137,6 +137,7 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'One of private, tenant, marketplace, public.';
 	END IF;
+	m := quota_ext._owned_model($1, $2);
 	IF m.visibility = $3 THEN
 		RETURN m.visibility;
 	END IF;
