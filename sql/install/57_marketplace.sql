@@ -141,7 +141,8 @@ BEGIN
 	IF m.visibility = $3 THEN
 		RETURN m.visibility;
 	END IF;
-	UPDATE quota_ext.models x SET visibility = $3 WHERE x.model_id = m.model_id;
+	UPDATE quota_ext.models x SET visibility = $3
+	 WHERE x.owner_tenant_id = m.owner_tenant_id AND x.model_id = m.model_id;
 	PERFORM quota_ext._audit(m.owner_tenant_id, 'model_visibility_set', 'model', m.model_id::text,
 	                         jsonb_build_object('visibility', m.visibility),
 	                         jsonb_build_object('visibility', $3));
@@ -259,7 +260,8 @@ CREATE FUNCTION quota_ext._model_access_event(tenant_id bigint, event text,
 	SELECT quota_ext._event_emit($1, $2, 'model_access_request', $3.request_id::pg_catalog.text,
 		pg_catalog.jsonb_build_object('request_id', $3.request_id, 'model_id', $3.model_id,
 			'model', (SELECT m.name FROM quota_ext.models m
-			           WHERE m.model_id OPERATOR(pg_catalog.=) $3.model_id),
+			           WHERE m.owner_tenant_id OPERATOR(pg_catalog.=) $3.owner_tenant_id
+			             AND m.model_id OPERATOR(pg_catalog.=) $3.model_id),
 			'consumer_tenant_id', $3.tenant_id, 'status', $3.status,
 			'requested_at', $3.requested_at, 'decided_at', $3.decided_at))
 	$$;
@@ -354,7 +356,7 @@ BEGIN
 	IF $4 THEN
 		-- a share like model_share's (55000 for a private model; audited)
 		PERFORM quota_ext.model_share(t.tenant_id, m.name, r.tenant_id)
-		   FROM quota_ext.models m WHERE m.model_id = r.model_id;
+		   FROM quota_ext.models m WHERE m.owner_tenant_id = t.tenant_id AND m.model_id = r.model_id;
 	END IF;
 	UPDATE quota_ext.model_access_requests x SET status = st, decided_at = now(), reason = $5
 	 WHERE x.tenant_id = r.tenant_id AND x.request_id = r.request_id
