@@ -384,7 +384,8 @@ CREATE FUNCTION quota_ext.model_access_requests_received(owner_tenant_id bigint,
 BEGIN
 	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('owner_tenant_id'); END IF;
 	PERFORM quota_ext._check_tenant_access($1);
-	IF NOT EXISTS (SELECT 1 FROM quota_ext.tenants t WHERE t.tenant_id = $1) THEN
+	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = $1;
+	IF NOT FOUND THEN
 		RAISE EXCEPTION 'tenant % does not exist', $1 USING ERRCODE = 'undefined_object';
 	END IF;
 	RETURN QUERY
