@@ -68,12 +68,13 @@ SELECT min(invoice_id) AS inva FROM quota_ext.billing_close(:ta, now() - interva
 SELECT min(invoice_id) AS invb FROM quota_ext.billing_close(:tb, now() - interval '1 day', :'close_end') \gset
 -- the marketplace (issue 18): A's and B's listed models, each with a
 -- pending request of C's (request_id), and C's listed model for A and B to
--- ask for (model_id)
+-- ask for (model_id).  B's listed model has no marker name: the listing
+-- publishes it to every tenant by design
 SELECT quota_ext.model_register('aa-a-mkt', owner_tenant_id => :ta) AS mkta \gset
-SELECT quota_ext.model_register('xb-marker-mkt', owner_tenant_id => :tb) AS mktb \gset
+SELECT quota_ext.model_register('aa-b-mkt', owner_tenant_id => :tb) AS mktb \gset
 SELECT quota_ext.model_register('aa-c-mkt', owner_tenant_id => :tc) AS mktc \gset
 SELECT quota_ext.model_visibility_set(o, m, 'marketplace')
-  FROM (VALUES (:ta, 'aa-a-mkt'), (:tb, 'xb-marker-mkt'), (:tc, 'aa-c-mkt')) v (o, m);
+  FROM (VALUES (:ta, 'aa-a-mkt'), (:tb, 'aa-b-mkt'), (:tc, 'aa-c-mkt')) v (o, m);
 SELECT quota_ext.model_access_request(:tc, :mkta) AS reqa \gset
 SELECT quota_ext.model_access_request(:tc, :mktb) AS reqb \gset
 -- issued, so that invoice_mark_paid (issued -> paid) works for an admin
