@@ -233,8 +233,8 @@ SELECT tenant_id = :appco AS is_appco FROM quota_ext.authenticate(:'ana_key');
 SELECT model_id, model, description, visibility, currency, input_per_1k, output_per_1k
   FROM quota_ext.model_marketplace;
 SELECT count(*) AS modelhouse_rows_visible FROM quota_ext.models WHERE model_id = :mhm;
-\echo 'Not usable before the owner approves:'
-SELECT allowed, denied_by FROM quota_ext.invoke(:'ana_key', 'mh-legal-7b');
+\echo 'Not usable before the owner approves (for appco the name means no model yet):'
+SELECT quota_ext.policy_check(:appco, 'mh-legal-7b') AS usable;
 COMMIT;
 RESET ROLE;
 \echo 'appco asks; modelhouse (in its own context) sees the request and approves it:'
