@@ -331,6 +331,18 @@ BEGIN
 		RAISE EXCEPTION 'an imported API key must have at least 8 different characters'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	-- imported keys are found by hash alone, so one guess is tried against
+	-- every tenant's: at least 100 bits by the key's own character
+	-- frequencies (length x empirical entropy; a random 24-character
+	-- base62 or 32-character hex key passes, a 20-character one does not)
+	IF (SELECT sum(-f.n * log(2::numeric, f.n::numeric / octet_length(api_key_import.api_key)))
+	      FROM (SELECT count(*) AS n FROM regexp_split_to_table(api_key_import.api_key, '') c GROUP BY c) f)
+	   < 100 THEN
+		RAISE EXCEPTION 'an imported API key is too easy to guess'
+			USING ERRCODE = 'invalid_parameter_value',
+			      DETAIL = 'It has less than 100 bits by its character frequencies.',
+			      HINT = 'Import keys of at least 24 random characters (or 32 hex digits).';
+	END IF;
 	IF api_key_import.api_key ILIKE 'qx%' THEN
 		RAISE EXCEPTION 'keys beginning with qx are reserved for the keys quota_ext mints'
 			USING ERRCODE = 'invalid_parameter_value';
@@ -354,7 +366,10 @@ BEGIN
 			USING ERRCODE = 'object_not_in_prerequisite_state';
 	END IF;
 	h := sha256(convert_to(api_key_import.api_key, getdatabaseencoding()));
-	-- the same key twice (in any tenant) could not tell its tenant
+	-- the same key twice (in any tenant) could not tell its tenant; imports
+	-- of one hash wait for each other (an index on key_hash alone could not
+	-- be distributed by tenant_id), and READ COMMITTED reads the winner's row
+	PERFORM pg_advisory_xact_lock(1903520609, ('x' || encode(substr(h, 1, 4), 'hex'))::bit(32)::integer);
 	IF EXISTS (SELECT 1 FROM quota_ext.api_keys WHERE key_hash = h) THEN
 		RAISE EXCEPTION 'this API key is already stored' USING ERRCODE = 'unique_violation';
 	END IF;

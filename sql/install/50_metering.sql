@@ -861,6 +861,13 @@ BEGIN
 	IF NOT ($2 < $3) THEN
 		RAISE EXCEPTION '"from" must be before "to"' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	-- the ledger of every consumer tenant is read: a bounded window
+	-- (SECURITY.md finding 1)
+	IF NOT (isfinite($2) AND isfinite($3)) OR $3 - $2 > interval '93 days' THEN
+		RAISE EXCEPTION 'the window of model_usage_by_consumer may span at most 93 days'
+			USING ERRCODE = 'invalid_parameter_value',
+			      HINT = 'Ask month by month.';
+	END IF;
 	PERFORM quota_ext._check_tenant_access($1);
 	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = $1;
 	IF NOT FOUND THEN

@@ -96,8 +96,9 @@ REVOKE ALL ON FUNCTION quota_ext._event_emit(bigint, text, text, text, jsonb) FR
 -- quota_events it writes (a threshold crossing, at most one per quota,
 -- period and threshold: not the hot path of an ordinary call).
 
--- Internal: the caller's consumer namespace: the tenant context's tenant,
--- or 0 for quota_ext_admin without a context (anyone else: 42501)
+-- Internal: the caller's consumer namespace: the tenant context's tenant
+-- (a key-authenticated context: only a tenant admin's key), or 0 for
+-- quota_ext_admin without a context (anyone else: 42501)
 CREATE FUNCTION quota_ext._event_scope(what text) RETURNS bigint
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
@@ -108,6 +109,15 @@ BEGIN
 	IF t IS NULL THEN
 		PERFORM quota_ext._admin_only(what);
 		RETURN 0;
+	END IF;
+	-- consumers are per tenant: a key may move or hold the tenant's relay
+	-- cursor only if its user is a tenant admin (SECURITY.md finding 2)
+	IF EXISTS (SELECT 1 FROM quota_ext.current_context() c
+	            WHERE c.key_id IS NOT NULL AND c.role IS DISTINCT FROM 'admin') THEN
+		RAISE EXCEPTION 'permission denied for %()', what
+			USING ERRCODE = 'insufficient_privilege',
+			      DETAIL = 'Outbox consumers belong to the tenant: only a key of a user with role admin may use them.',
+			      HINT = 'Relay events from an admin login, or with a tenant admin''s key.';
 	END IF;
 	RETURN t;
 END

@@ -5,7 +5,7 @@
 -- main (no such function; a key without the qxk_ shape never authenticated).
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(28);
+SELECT plan(33);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('ki-a', 'pro') AS ta \gset
@@ -50,6 +50,16 @@ SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.api_key_import(%s, %s, 
 	'an imported API key must be 20 to 255 printable ASCII characters without spaces', 'spaces');
 SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.api_key_import(%s, %s, %L)', :ta, :ua, repeat('ab', 15)), '22023',
 	'an imported API key must have at least 8 different characters', 'too few different characters');
+-- SECURITY.md finding 5: imported keys are found by hash alone, so each
+-- must resist guessing on its own: at least 100 bits by its character
+-- frequencies (failed before: these were accepted)
+SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.api_key_import(%s, %s, %L)', :ta, :ua, repeat('abcdefgh', 3)), '22023',
+	'an imported API key is too easy to guess', '8 characters repeated (72 bits)');
+SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.api_key_import(%s, %s, %L)', :ta, :ua, 'Xk9mP2qL7vN4wR8tY3zB'), '22023',
+	'an imported API key is too easy to guess', '20 distinct characters (86 bits)');
+SELECT lives_ok(format('SELECT quota_ext.api_key_import(%s, %s, %L)', :tb, :ub, md5('a 32-digit hex key')),
+	'32 hex digits are enough');
+SELECT pg_temp.mx_snap();
 SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.api_key_import(%s, %s, %L)', :ta, :ua, 'QXK_1_2_abcdefghijklmnopqrstuvwxyz'), '22023',
 	'keys beginning with qx are reserved for the keys quota_ext mints', 'the minted keys'' prefix');
 SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.api_key_import(%s, %s, %L)', :tb, :ub, :'legacy'), '23505',

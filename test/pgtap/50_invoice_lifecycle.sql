@@ -8,7 +8,7 @@
 -- transactions: test/specs/outbox.spec and test/t/081_webhook_relay.pl.)
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(57);
+SELECT plan(61);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('il-a') AS ta \gset
@@ -172,6 +172,29 @@ SELECT throws_ok($$SELECT * FROM quota_ext.event_poll('il-c17', 1)$$, '54000', '
 	'a seventeenth is refused');
 SELECT is((SELECT count(*) FROM quota_ext.event_poll('il-c16', 1)), 0::bigint, 'an existing one still polls');
 SELECT quota_ext.clear_tenant();
+RESET ROLE;
+
+-- SECURITY.md finding 2: consumers are per tenant, so a key of any member
+-- of the tenant could move its relay's cursor past undelivered events or
+-- hold the consumer row locked.  A key-authenticated context may poll or
+-- acknowledge only with the key of a user whose role is admin (failed
+-- before: a member's key polled and acknowledged).
+\o /dev/null
+SELECT api_key AS il_member_key FROM quota_ext.user_create(:tb, 'member@il.example', 'member') \gset
+SELECT api_key AS il_owner_key FROM quota_ext.user_create(:tb, 'owner@il.example', 'admin') \gset
+\o
+SET ROLE qx_tap_il_app;
+SELECT is((SELECT tenant_id FROM quota_ext.authenticate(:'il_member_key')), :tb::bigint, 'a member authenticates');
+SELECT throws_ok($$SELECT * FROM quota_ext.event_poll('il-b-relay')$$, '42501', NULL, 'a member''s key cannot poll its tenant''s events');
+SELECT throws_ok($$SELECT quota_ext.event_ack('il-b-relay', 0)$$, '42501', NULL, 'nor acknowledge them');
+\o /dev/null
+SELECT quota_ext.clear_tenant();
+SELECT quota_ext.authenticate(:'il_owner_key');
+\o
+SELECT is(quota_ext.event_ack('il-b-relay', 0), 0::bigint, 'a tenant admin''s key can');
+\o /dev/null
+SELECT quota_ext.clear_tenant();
+\o
 RESET ROLE;
 
 SELECT * FROM finish();
