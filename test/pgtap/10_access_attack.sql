@@ -120,7 +120,9 @@ INSERT INTO a_vals VALUES ('unit_price', '0.01', true), ('effective_from', '''21
 -- values for one function's argument, before a_ids and a_vals: api_key_import
 -- takes a key of another system, not one of quota_ext's (issue 17)
 CREATE TEMP TABLE a_fn_vals (fn name, arg text, val text, PRIMARY KEY (fn, arg));
-INSERT INTO a_fn_vals VALUES ('api_key_import', 'api_key', '''sk-live-Imported0123456789abcdef''');
+INSERT INTO a_fn_vals VALUES ('api_key_import', 'api_key', '''sk-live-Imported0123456789abcdef'''),
+	-- a window of at most 93 days (security finding 1)
+	('model_usage_by_consumer', 'from', '''2026-01-01'''), ('model_usage_by_consumer', 'to', '''2026-03-01''');
 GRANT SELECT ON a_ids, a_vals, a_fn_vals TO PUBLIC;
 
 -- A1: callable by quota_ext_app without a context, and why

@@ -191,7 +191,7 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(100, 'event_ack', 'admin', $q$SELECT quota_ext.event_ack('{p}relay', 0)$q$),
 	(101, 'event_purge', 'admin', $q$SELECT quota_ext.event_purge('2000-01-01') OPERATOR(pg_catalog.>=) 0$q$),
 	(102, 'event_consumer_drop', 'admin', $q$SELECT quota_ext.event_consumer_drop(0, '{p}relay')$q$),
-	(103, 'model_usage_by_consumer', 'admin', $q$SELECT model, calls FROM quota_ext.model_usage_by_consumer({a}, '2000-01-01', '2100-01-01')$q$),
+	(103, 'model_usage_by_consumer', 'admin', $q$SELECT model, calls FROM quota_ext.model_usage_by_consumer({a}, '2026-01-01', '2026-03-01')$q$),
 	-- the marketplace (57_marketplace.sql)
 	(104, 'model_visibility_set', 'admin', $q$SELECT quota_ext.model_visibility_set({a}, '{own}', 'marketplace')$q$),
 	(105, 'model_price_set', 'admin', $q$SELECT quota_ext.model_price_set({a}, '{own}', 'EUR', 0.03, effective_from => '2099-01-01') OPERATOR(pg_catalog.>) 0$q$),
