@@ -212,4 +212,85 @@ RESET ROLE;
 -- next: usage reports, prices, budgets and billing (issue 5)
 
 \echo
+\echo '=== 11. The model marketplace (issue 18) =================================='
+\echo 'modelhouse owns a fine-tuned model and lists it with a list price; the'
+\echo 'platform keeps 20 % of its revenue.'
+SET ROLE demo_admin;
+SELECT quota_ext.tenant_create('modelhouse') AS mh \gset
+SELECT quota_ext.tenant_create('appco') AS appco \gset
+SELECT user_id AS ana, api_key AS ana_key FROM quota_ext.user_create(:appco, 'ana@appco.com', 'admin') \gset
+SELECT quota_ext.model_register('mh-legal-7b', 'modelhouse', owner_tenant_id => :mh,
+                                description => 'contracts, fine-tuned') AS mhm \gset
+SELECT quota_ext.model_visibility_set(:mh, 'mh-legal-7b', 'marketplace') AS was;
+SELECT quota_ext.model_price_set(:mh, 'mh-legal-7b', 'EUR', input_per_1k => 0.0004,
+                                 output_per_1k => 0.0016) > 0 AS list_price_set;
+SELECT quota_ext.model_revenue_share_set(:mh, 'mh-legal-7b', 20);
+RESET ROLE;
+\echo 'appco (its app, its own context) sees the listing, and nothing else of modelhouse:'
+SET ROLE demo_app;
+BEGIN;
+SELECT tenant_id = :appco AS is_appco FROM quota_ext.authenticate(:'ana_key');
+SELECT model_id, model, description, visibility, currency, input_per_1k, output_per_1k
+  FROM quota_ext.model_marketplace;
+SELECT count(*) AS modelhouse_rows_visible FROM quota_ext.models WHERE model_id = :mhm;
+\echo 'Not usable before the owner approves (for appco the name means no model yet):'
+SELECT quota_ext.policy_check(:appco, 'mh-legal-7b') AS usable;
+COMMIT;
+RESET ROLE;
+\echo 'appco asks; modelhouse (in its own context) sees the request and approves it:'
+SET ROLE demo_admin;
+SELECT quota_ext.model_access_request(:appco, :mhm, 'for contract review') AS req \gset
+BEGIN;
+SELECT quota_ext.set_tenant(:mh);
+SELECT consumer_tenant_id = :appco AS from_appco, model, status, note
+  FROM quota_ext.model_access_requests_received(:mh);
+SELECT status FROM quota_ext.model_access_decide(:mh, :appco, :req, true, 'welcome');
+COMMIT;
+\echo 'Both sides got an outbox event:'
+SELECT t.name AS tenant, o.event_type, o.payload ->> 'model' AS model
+  FROM quota_ext.outbox o JOIN quota_ext.tenants t USING (tenant_id)
+ WHERE o.event_type LIKE 'model_access.%' ORDER BY o.event_id;
+\echo 'appco allows the model like any other, and uses it at the owner''s list price:'
+SELECT quota_ext.policy_set(:appco, 'mh-legal-7b', true) > 0 AS allowed;
+RESET ROLE;
+SET ROLE demo_app;
+BEGIN;
+SELECT allowed, cost, currency FROM quota_ext.invoke(:'ana_key', 'mh-legal-7b', 1, 'mk-1', 1200, 300);
+SELECT allowed, cost, currency FROM quota_ext.invoke(:'ana_key', 'mh-legal-7b', 1, 'mk-2', 2500, 800);
+COMMIT;
+RESET ROLE;
+\echo 'The month so far is closed (a period ends before the close starts): appco gets'
+\echo 'its invoice, modelhouse its payout statement (its consumers'' charges minus the'
+\echo 'platform''s share).'
+SET ROLE demo_admin;
+SELECT count(*) > 0 AS closed FROM quota_ext.billing_close(date_trunc('month', now()), now());
+\echo 'appco''s invoice line for the model:'
+SELECT l.model, l.calls, l.input_tokens, l.output_tokens, l.amount, l.currency
+  FROM quota_ext.invoice_lines l WHERE l.tenant_id = :appco AND l.model_id = :mhm;
+\echo 'modelhouse''s payout statement, read in its own context (aggregated per consumer):'
+BEGIN;
+SELECT quota_ext.set_tenant(:mh);
+SELECT currency, gross, platform_share, payout FROM quota_ext.payouts;
+SELECT consumer_tenant_id = :appco AS appco, model, calls, gross, platform_pct, platform_share, payout
+  FROM quota_ext.payout_lines;
+SELECT count(*) AS consumer_invoices_visible FROM quota_ext.invoices WHERE tenant_id <> :mh;
+COMMIT;
+\echo 'The books balance to the micro-unit: what appco was invoiced for the model ='
+\echo 'modelhouse''s payout + the platform''s share (asserted: the demo stops otherwise).'
+CREATE TEMP TABLE demo_balance AS
+SELECT (SELECT sum(l.amount) FROM quota_ext.invoice_lines l
+         WHERE l.tenant_id = :appco AND l.model_id = :mhm) AS invoiced,
+       p.payout, p.platform_share
+  FROM quota_ext.payouts p WHERE p.tenant_id = :mh;
+SELECT invoiced, payout, platform_share, invoiced = payout + platform_share AS balanced FROM demo_balance;
+DO $$
+BEGIN
+	IF (SELECT count(*) FROM demo_balance WHERE invoiced = payout + platform_share AND invoiced > 0) <> 1 THEN
+		RAISE EXCEPTION 'marketplace books do not balance';
+	END IF;
+END
+$$;
+RESET ROLE;
+
+\echo
 \echo '=== done ================================================================='

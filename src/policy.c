@@ -77,14 +77,25 @@ quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
 		"       pv.valid_until "
 		"FROM quota_ext.tenants t "
 		"LEFT JOIN LATERAL ("
-		"  SELECT m.model_id FROM quota_ext.models m "
+	/*
+	 * the model as 20_policy.sql's _model_resolve() resolves it; via_public:
+	 * another tenant's public model not shared with this one, which only an
+	 * exact policy allows (a "prefix*" pattern written for other models must
+	 * not let anyone's newly published model in)
+	 */
+		"  SELECT m.model_id, "
+		"         (m.owner_tenant_id OPERATOR(pg_catalog.<>) t.tenant_id "
+		"          AND NOT (m.visibility OPERATOR(pg_catalog.<>) 'private' AND s.shared)) AS via_public "
+		"  FROM quota_ext.models m "
+		"  CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM quota_ext.model_shares s "
+		"                    WHERE s.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
+		"                      AND s.model_id OPERATOR(pg_catalog.=) m.model_id) AS shared) s "
 		"  WHERE m.name OPERATOR(pg_catalog.=) $2 "
 		"    AND m.status OPERATOR(pg_catalog.=) 'active' "
 		"    AND (m.owner_tenant_id IS NULL "
 		"         OR m.owner_tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
-		"         OR EXISTS (SELECT 1 FROM quota_ext.model_shares s "
-		"                    WHERE s.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
-		"                      AND s.model_id OPERATOR(pg_catalog.=) m.model_id)) "
+		"         OR m.visibility OPERATOR(pg_catalog.=) 'public' "
+		"         OR (m.visibility OPERATOR(pg_catalog.<>) 'private' AND s.shared)) "
 		"  ORDER BY (m.owner_tenant_id OPERATOR(pg_catalog.=) t.tenant_id) DESC NULLS LAST, "
 		"           m.owner_tenant_id NULLS FIRST, m.model_id "
 		"  LIMIT 1) m ON true "
@@ -94,6 +105,7 @@ quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
 		"    AND (p.model_pattern OPERATOR(pg_catalog.=) $2 "
 		"         OR (p.is_prefix AND pg_catalog.starts_with($2, "
 		"               pg_catalog.rtrim(p.model_pattern, '*')))) "
+		"    AND NOT (p.is_prefix AND m.via_public IS TRUE) "
 		"  ORDER BY p.is_prefix, pg_catalog.length(p.model_pattern) DESC "
 		"  LIMIT 1) p ON m.model_id IS NOT NULL "
 	/*

@@ -120,6 +120,13 @@ CREATE TABLE quota_ext.models (
 	                CHECK (status OPERATOR(pg_catalog.=) 'active'
 	                       OR status OPERATOR(pg_catalog.=) 'retired'),
 	created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	-- who may use a tenant-owned model besides its owner (20_policy.sql,
+	-- doc/billing.md §8): private (nobody), tenant (the tenants it is
+	-- shared with), marketplace (listed; shared by an approved access
+	-- request), public (listed; every tenant with an allowing policy).
+	-- Global models (owner_tenant_id NULL) are every tenant's: 'tenant'.
+	visibility      text NOT NULL DEFAULT 'tenant'
+	                CHECK (visibility OPERATOR(pg_catalog.=) ANY (ARRAY['private', 'tenant', 'marketplace', 'public'])),
 	UNIQUE NULLS NOT DISTINCT (owner_tenant_id, name)
 );
 COMMENT ON TABLE quota_ext.models IS

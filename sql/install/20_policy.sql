@@ -37,8 +37,11 @@ COMMENT ON TABLE quota_ext.policies IS
 	'Per-tenant model access policies; no matching policy means deny';
 
 -- Resolve a model name for a tenant: its own model of that name, else a
--- global one, else one shared with it.  Used by policy_set and the views;
--- src/policy.c runs the same query as a kept plan.
+-- global one, else another tenant's that it may use: shared with it (by
+-- model_share or an approved access request) unless the owner made it
+-- private, or public.  Among other tenants' models of one name the lowest
+-- owner id wins.  Used by policy_set and the views; src/policy.c runs the
+-- same query as a kept plan.
 CREATE FUNCTION quota_ext._model_resolve(tenant_id bigint, model text) RETURNS bigint
 	LANGUAGE sql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
@@ -46,8 +49,10 @@ CREATE FUNCTION quota_ext._model_resolve(tenant_id bigint, model text) RETURNS b
 	SELECT m.model_id FROM quota_ext.models m
 	 WHERE m.name = $2 AND m.status = 'active'
 	   AND (m.owner_tenant_id IS NULL OR m.owner_tenant_id = $1
-	        OR EXISTS (SELECT 1 FROM quota_ext.model_shares s
-	                    WHERE s.tenant_id = $1 AND s.model_id = m.model_id))
+	        OR m.visibility = 'public'
+	        OR (m.visibility <> 'private'
+	            AND EXISTS (SELECT 1 FROM quota_ext.model_shares s
+	                         WHERE s.tenant_id = $1 AND s.model_id = m.model_id)))
 	 ORDER BY (m.owner_tenant_id = $1) DESC NULLS LAST, m.owner_tenant_id NULLS FIRST, m.model_id
 	 LIMIT 1
 	$$;
@@ -77,14 +82,20 @@ CREATE FUNCTION quota_ext.model_share(owner_tenant_id bigint, model text, grante
 	AS $$
 DECLARE
 	mid bigint;
+	vis text;
 BEGIN
 	IF model IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
 	PERFORM quota_ext._tenant_for_update(owner_tenant_id);
 	IF grantee_tenant_id IS NULL THEN PERFORM quota_ext._null_arg('grantee_tenant_id'); END IF;
-	SELECT m.model_id INTO mid FROM quota_ext.models m
+	SELECT m.model_id, m.visibility INTO mid, vis FROM quota_ext.models m
 	 WHERE m.owner_tenant_id = model_share.owner_tenant_id AND m.name = model_share.model;
 	IF mid IS NULL THEN
 		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(model) USING ERRCODE = 'undefined_object';
+	END IF;
+	IF vis = 'private' THEN
+		RAISE EXCEPTION 'model "%" is private', quota_ext._quote_input(model)
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+			      HINT = 'A private model is its owner''s only: model_visibility_set(owner, model, ''tenant'') first.';
 	END IF;
 	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = grantee_tenant_id;
 	IF NOT FOUND OR grantee_tenant_id = owner_tenant_id THEN

@@ -166,6 +166,57 @@ CREATE FUNCTION quota_ext._price_next_change(tenant_id bigint, model_id bigint, 
 COMMENT ON FUNCTION quota_ext._price_next_change(bigint, bigint, timestamptz) IS
 	'Internal: when the price in force of a tenant''s model next may change (the first later version at any level)';
 
+-- Internal: check, insert and audit one price version of model mid (NULL:
+-- the default price) for tenant_id (NULL: list); label names the model in
+-- errors; the audit row goes to audit_tenant.  _price_insert resolves a
+-- model name for it, model_price_set (57_marketplace.sql) an owner's model.
+CREATE FUNCTION quota_ext._price_version_add(mid bigint, tenant_id bigint, label text,
+	currency text, unit_price numeric, input_per_1k numeric, output_per_1k numeric,
+	effective_from timestamptz, overage_unit_price numeric, audit_tenant bigint) RETURNS bigint
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	p quota_ext.prices;
+BEGIN
+	IF _price_version_add.effective_from IS NULL THEN PERFORM quota_ext._null_arg('effective_from'); END IF;
+	PERFORM quota_ext._check_money(_price_version_add.unit_price, 'unit_price', 1000000000),
+	        quota_ext._check_money(_price_version_add.input_per_1k, 'input_per_1k', 1000000000),
+	        quota_ext._check_money(_price_version_add.output_per_1k, 'output_per_1k', 1000000000),
+	        quota_ext._check_money(_price_version_add.overage_unit_price, 'overage_unit_price', 1000000000);
+	-- history is never repriced: a version starts now or later
+	IF _price_version_add.effective_from < now() THEN
+		RAISE EXCEPTION 'effective_from must not be in the past'
+			USING ERRCODE = 'invalid_parameter_value',
+			      DETAIL = format('Got %s; the transaction started at %s.', _price_version_add.effective_from, now()),
+			      HINT = 'Prices are versioned: usage already recorded keeps the price it was charged.';
+	END IF;
+	BEGIN
+		INSERT INTO quota_ext.prices (model_id, tenant_id, currency, unit_price, input_per_1k,
+		                              output_per_1k, overage_unit_price, effective_from)
+		VALUES (_price_version_add.mid, _price_version_add.tenant_id,
+		        quota_ext._check_currency(_price_version_add.currency),
+		        _price_version_add.unit_price, _price_version_add.input_per_1k,
+		        _price_version_add.output_per_1k, _price_version_add.overage_unit_price,
+		        _price_version_add.effective_from)
+		RETURNING * INTO p;
+	EXCEPTION WHEN unique_violation THEN
+		RAISE EXCEPTION 'a price of model "%" already starts at %', quota_ext._quote_input(_price_version_add.label),
+		                _price_version_add.effective_from
+			USING ERRCODE = 'unique_violation';
+	END;
+	PERFORM quota_ext._audit(_price_version_add.audit_tenant,
+	                         CASE WHEN p.currency = 'XXX' AND p.unit_price IS NULL
+	                                   AND p.input_per_1k IS NULL AND p.output_per_1k IS NULL
+	                              THEN 'price_clear' ELSE 'price_set' END,
+	                         'price', p.price_id::text, NULL, to_jsonb(p));
+	RETURN p.price_id;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._price_version_add(bigint, bigint, text, text, numeric, numeric, numeric, timestamptz, numeric, bigint) IS
+	'Internal: check, insert and audit a price version of a model id';
+
 CREATE FUNCTION quota_ext._price_insert(model text, currency text, unit_price numeric,
 	input_per_1k numeric, output_per_1k numeric, effective_from timestamptz, tenant_id bigint,
 	overage_unit_price numeric) RETURNS bigint
@@ -175,7 +226,6 @@ CREATE FUNCTION quota_ext._price_insert(model text, currency text, unit_price nu
 #variable_conflict use_column
 DECLARE
 	mid bigint;
-	p quota_ext.prices;
 BEGIN
 	PERFORM quota_ext._check_label('model', _price_insert.model, 200);
 	IF _price_insert.effective_from IS NULL THEN PERFORM quota_ext._null_arg('effective_from'); END IF;
@@ -193,35 +243,10 @@ BEGIN
 	IF mid IS NULL AND _price_insert.model <> '*' THEN
 		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(_price_insert.model) USING ERRCODE = 'undefined_object';
 	END IF;
-	PERFORM quota_ext._check_money(_price_insert.unit_price, 'unit_price', 1000000000),
-	        quota_ext._check_money(_price_insert.input_per_1k, 'input_per_1k', 1000000000),
-	        quota_ext._check_money(_price_insert.output_per_1k, 'output_per_1k', 1000000000),
-	        quota_ext._check_money(_price_insert.overage_unit_price, 'overage_unit_price', 1000000000);
-	-- history is never repriced: a version starts now or later
-	IF _price_insert.effective_from < now() THEN
-		RAISE EXCEPTION 'effective_from must not be in the past'
-			USING ERRCODE = 'invalid_parameter_value',
-			      DETAIL = format('Got %s; the transaction started at %s.', _price_insert.effective_from, now()),
-			      HINT = 'Prices are versioned: usage already recorded keeps the price it was charged.';
-	END IF;
-	BEGIN
-		INSERT INTO quota_ext.prices (model_id, tenant_id, currency, unit_price, input_per_1k,
-		                              output_per_1k, overage_unit_price, effective_from)
-		VALUES (mid, _price_insert.tenant_id, quota_ext._check_currency(_price_insert.currency),
-		        _price_insert.unit_price, _price_insert.input_per_1k, _price_insert.output_per_1k,
-		        _price_insert.overage_unit_price, _price_insert.effective_from)
-		RETURNING * INTO p;
-	EXCEPTION WHEN unique_violation THEN
-		RAISE EXCEPTION 'a price of model "%" already starts at %', quota_ext._quote_input(_price_insert.model),
-		                _price_insert.effective_from
-			USING ERRCODE = 'unique_violation';
-	END;
-	PERFORM quota_ext._audit(coalesce(p.tenant_id, 0),
-	                         CASE WHEN p.currency = 'XXX' AND p.unit_price IS NULL
-	                                   AND p.input_per_1k IS NULL AND p.output_per_1k IS NULL
-	                              THEN 'price_clear' ELSE 'price_set' END,
-	                         'price', p.price_id::text, NULL, to_jsonb(p));
-	RETURN p.price_id;
+	RETURN quota_ext._price_version_add(mid, _price_insert.tenant_id, _price_insert.model,
+		_price_insert.currency, _price_insert.unit_price, _price_insert.input_per_1k,
+		_price_insert.output_per_1k, _price_insert.effective_from, _price_insert.overage_unit_price,
+		coalesce(_price_insert.tenant_id, 0));
 END
 $$;
 COMMENT ON FUNCTION quota_ext._price_insert(text, text, numeric, numeric, numeric, timestamptz, bigint, numeric) IS

@@ -32,7 +32,10 @@ CREATE TABLE quota_ext.outbox (
 	event_type    text NOT NULL
 	              CHECK (event_type OPERATOR(pg_catalog.=) ANY (ARRAY[
 	                     'quota.threshold', 'quota.soft_limit', 'invoice.created',
-	                     'invoice.issued', 'invoice.paid', 'invoice.void'])),
+	                     'invoice.issued', 'invoice.paid', 'invoice.void',
+	                     -- the marketplace (57_marketplace.sql)
+	                     'model_access.requested', 'model_access.approved',
+	                     'model_access.denied', 'payout.created', 'payout.updated'])),
 	object_type   text NOT NULL,
 	object_id     text NOT NULL,
 	payload       jsonb NOT NULL,

@@ -358,6 +358,10 @@ BEGIN
 		           ORDER BY i.tenant_id, i.invoice_id LOOP
 			PERFORM quota_ext._invoice_event(ni, 'invoice.created');
 		END LOOP;
+		-- the model owners' payout statements of these invoices (57_marketplace.sql)
+		IF new_ids IS NOT NULL THEN
+			PERFORM quota_ext._payouts_add(ps, pe, tids, new_ids);
+		END IF;
 
 		PERFORM quota_ext._audit(0, 'billing_close', 'billing_period', ps || ' .. ' || pe, NULL,
 		                         jsonb_build_object('tenants', cardinality(tids),

@@ -61,13 +61,24 @@ SELECT quota_ext.price_set('x-g', 'EUR', 0.01);
 SELECT quota_ext.price_set('xb-marker-model', 'EUR', 0.02, tenant_id => :tb);
 SELECT quota_ext.quota_consume(:tb, 'xb-marker-model', 1, role => 'admin');
 SELECT quota_ext.quota_consume(:ta, 'x-g', 1);
+-- the marketplace (issue 18): B asks for A's listed model; C uses B's model
+-- at B's list price, so that B's payout statement has a line; the platform
+-- keeps a share of B's model
+SELECT quota_ext.model_register('x-a-mkt', owner_tenant_id => :ta) AS mkta \gset
+SELECT quota_ext.model_visibility_set(:ta, 'x-a-mkt', 'marketplace');
+SELECT quota_ext.model_access_request(:tb, :mkta, 'xb-marker-note');
+SELECT quota_ext.model_price_set(:tb, 'xb-marker-model', 'EUR', 0.03);
+SELECT quota_ext.model_revenue_share_set(:tb, 'xb-marker-model', 10);
+SELECT quota_ext.policy_set(:tc, 'xb-marker-model', true);
+SELECT quota_ext.quota_consume(:tc, 'xb-marker-model', 1);
 -- billing_close closes only periods that have ended (by this transaction's
 -- start): the tenants and their usage are moved just before it
-UPDATE quota_ext.tenants SET created_at = now() - interval '1 day' WHERE tenant_id IN (:ta, :tb);
-UPDATE quota_ext.usage SET occurred_at = now() - interval '2 microseconds' WHERE tenant_id IN (:ta, :tb);
+UPDATE quota_ext.tenants SET created_at = now() - interval '1 day' WHERE tenant_id IN (:ta, :tb, :tc);
+UPDATE quota_ext.usage SET occurred_at = now() - interval '2 microseconds' WHERE tenant_id IN (:ta, :tb, :tc);
 SELECT now() - interval '1 microsecond' AS close_end \gset
 SELECT count(*) FROM quota_ext.billing_close(:tb, now() - interval '1 day', :'close_end');
 SELECT count(*) FROM quota_ext.billing_close(:ta, now() - interval '1 day', :'close_end');
+SELECT count(*) FROM quota_ext.billing_close(:tc, now() - interval '1 day', :'close_end');
 -- an outbox consumer of B's (the close wrote B's outbox events)
 SELECT quota_ext.set_tenant(:tb);
 SELECT count(*) FROM quota_ext.event_poll('xb-marker-relay');

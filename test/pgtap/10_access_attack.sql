@@ -66,6 +66,17 @@ UPDATE quota_ext.usage SET occurred_at = now() - interval '2 microseconds' WHERE
 SELECT now() - interval '1 microsecond' AS close_end \gset
 SELECT min(invoice_id) AS inva FROM quota_ext.billing_close(:ta, now() - interval '1 day', :'close_end') \gset
 SELECT min(invoice_id) AS invb FROM quota_ext.billing_close(:tb, now() - interval '1 day', :'close_end') \gset
+-- the marketplace (issue 18): A's and B's listed models, each with a
+-- pending request of C's (request_id), and C's listed model for A and B to
+-- ask for (model_id).  B's listed model has no marker name: the listing
+-- publishes it to every tenant by design
+SELECT quota_ext.model_register('aa-a-mkt', owner_tenant_id => :ta) AS mkta \gset
+SELECT quota_ext.model_register('aa-b-mkt', owner_tenant_id => :tb) AS mktb \gset
+SELECT quota_ext.model_register('aa-c-mkt', owner_tenant_id => :tc) AS mktc \gset
+SELECT quota_ext.model_visibility_set(o, m, 'marketplace')
+  FROM (VALUES (:ta, 'aa-a-mkt'), (:tb, 'aa-b-mkt'), (:tc, 'aa-c-mkt')) v (o, m);
+SELECT quota_ext.model_access_request(:tc, :mkta) AS reqa \gset
+SELECT quota_ext.model_access_request(:tc, :mktb) AS reqb \gset
 -- issued, so that invoice_mark_paid (issued -> paid) works for an admin
 SELECT quota_ext.invoice_issue(:ta, :inva), quota_ext.invoice_issue(:tb, :invb);
 SELECT quota_ext.usage_rollup();
@@ -86,6 +97,7 @@ INSERT INTO a_ids VALUES
 	('usage_id', :usa, :usb, 987654321),
 	('rule_id', :rla, :rlb, 987654321),
 	('invoice_id', :inva, :invb, 987654321),
+	('request_id', :reqa, :reqb, 987654321),
 	('model', quote_literal('aa-g'), quote_literal('xb-marker-model'), quote_literal('aa-no-such-model')),
 	('api_key', quote_literal(:'ka'), quote_literal(:'kb'), NULL);
 -- values of the other arguments (the same for everyone), by name; opt:
@@ -100,7 +112,8 @@ INSERT INTO a_vals (arg, val) VALUES ('grantee_tenant_id', :tc), ('period', '''d
 	('period_start', quote_literal(:'close_end')),
 	('period_end', quote_literal((:'close_end'::timestamptz + interval '1 microsecond')::text)),
 	('from', '''2000-01-01'''), ('to', '''2100-01-01'''), ('before', '''2000-01-01'''),
-	('consumer', '''aa-relay'''), ('upto', '0');
+	('consumer', '''aa-relay'''), ('upto', '0'),
+	('visibility', '''tenant'''), ('model_id', :mktc), ('consumer_tenant_id', :tc);
 -- (a price needs one of its amounts; B's price at now() exists already;
 -- quota_set's max_units has a default, NULL, for money budgets: issue 17)
 INSERT INTO a_vals VALUES ('unit_price', '0.01', true), ('effective_from', '''2100-01-01''', true),
@@ -110,7 +123,9 @@ INSERT INTO a_vals VALUES ('unit_price', '0.01', true), ('effective_from', '''21
 CREATE TEMP TABLE a_fn_vals (fn name, arg text, val text, PRIMARY KEY (fn, arg));
 INSERT INTO a_fn_vals VALUES ('api_key_import', 'api_key', '''sk-live-Imported0123456789abcdef'''),
 	-- meters (issue 17): a counter for meter_consume, a gauge for gauge_adjust
-	('meter_consume', 'meter', '''aa-counter'''), ('gauge_adjust', 'meter', '''aa-gauge''');
+	('meter_consume', 'meter', '''aa-counter'''), ('gauge_adjust', 'meter', '''aa-gauge'''),
+	-- a window of at most 93 days (security finding 1)
+	('model_usage_by_consumer', 'from', '''2026-01-01'''), ('model_usage_by_consumer', 'to', '''2026-03-01''');
 GRANT SELECT ON a_ids, a_vals, a_fn_vals TO PUBLIC;
 
 -- A1: callable by quota_ext_app without a context, and why
@@ -125,7 +140,8 @@ INSERT INTO a_open VALUES
 	('gcra_eval', 'pure GCRA arithmetic on its arguments'),
 	('period_bounds', 'pure calendar arithmetic on its arguments'),
 	('request_stats', 'rows of the context''s tenant only: none without a context'),
-	('metrics', 'per-tenant series of the context''s tenant only: none without a context');
+	('metrics', 'per-tenant series of the context''s tenant only: none without a context'),
+	('model_listing', 'the marketplace: listed models and their list prices, published by their owners for every tenant; nothing else of them');
 -- A3: need a tenant context by design, also for an admin
 CREATE TEMP TABLE a_needs_context (fn name PRIMARY KEY, reason text NOT NULL);
 INSERT INTO a_needs_context VALUES
@@ -147,7 +163,8 @@ INSERT INTO a_ctx_ok VALUES
 	('metrics', 'the context''s tenant''s series only'),
 	('rate_limit_status', 'quota_ext_admin only: the size of the shared bucket table, no tenant''s data'),
 	('event_poll', 'the context''s tenant''s events and consumers only'),
-	('event_ack', 'the context''s tenant''s consumers and events only');
+	('event_ack', 'the context''s tenant''s consumers and events only'),
+	('model_listing', 'the marketplace listing, the same for every tenant');
 GRANT SELECT ON a_ctx_ok TO PUBLIC;
 
 -- the functions under attack

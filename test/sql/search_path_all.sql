@@ -199,8 +199,19 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(100, 'event_ack', 'admin', $q$SELECT quota_ext.event_ack('{p}relay', 0)$q$),
 	(101, 'event_purge', 'admin', $q$SELECT quota_ext.event_purge('2000-01-01') OPERATOR(pg_catalog.>=) 0$q$),
 	(102, 'event_consumer_drop', 'admin', $q$SELECT quota_ext.event_consumer_drop(0, '{p}relay')$q$),
-	(103, 'model_usage_by_consumer', 'admin', $q$SELECT model, calls FROM quota_ext.model_usage_by_consumer({a}, '2000-01-01', '2100-01-01')$q$),
-	(104, 'meter_create', 'admin', $q$SELECT quota_ext.meter_create('{p}new-meter', 'units', 'counter') OPERATOR(pg_catalog.>) 0$q$);
+	(103, 'model_usage_by_consumer', 'admin', $q$SELECT model, calls FROM quota_ext.model_usage_by_consumer({a}, '2026-01-01', '2026-03-01')$q$),
+	-- the marketplace (57_marketplace.sql)
+	(104, 'model_visibility_set', 'admin', $q$SELECT quota_ext.model_visibility_set({a}, '{own}', 'marketplace')$q$),
+	(105, 'model_price_set', 'admin', $q$SELECT quota_ext.model_price_set({a}, '{own}', 'EUR', 0.03, effective_from => '2099-01-01') OPERATOR(pg_catalog.>) 0$q$),
+	(106, 'model_price_set', 'admin', $q$SELECT quota_ext.model_price_set({a}, '{own}', 'EUR', 0.02) OPERATOR(pg_catalog.>) 0$q$),
+	(107, 'model_price_clear', 'admin', $q$SELECT quota_ext.model_price_clear({a}, '{own}', '2100-01-01') OPERATOR(pg_catalog.>) 0$q$),
+	(108, 'model_revenue_share_set', 'admin', $q$SELECT quota_ext.model_revenue_share_set({a}, '{own}', 20)$q$),
+	(109, 'model_access_request', 'admin', $q$SELECT quota_ext.model_access_request({b}, (SELECT m.model_id FROM quota_ext.models m WHERE m.name OPERATOR(pg_catalog.=) '{own}')) OPERATOR(pg_catalog.>) 0$q$),
+	(110, 'model_access_requests_received', 'admin', $q$SELECT consumer_tenant_id OPERATOR(pg_catalog.=) {b}, model, status FROM quota_ext.model_access_requests_received({a})$q$),
+	(111, 'model_access_decide', 'admin', $q$SELECT status FROM quota_ext.model_access_decide({a}, {b}, (SELECT r.request_id FROM quota_ext.model_access_requests r WHERE r.tenant_id OPERATOR(pg_catalog.=) {b}), true)$q$),
+	-- (after 104 and 106: listed, with a price)
+	(112, 'model_listing', 'admin', $q$SELECT model, visibility, currency, unit_price FROM quota_ext.model_listing() WHERE model OPERATOR(pg_catalog.=) '{own}'$q$),
+	(113, 'meter_create', 'admin', $q$SELECT quota_ext.meter_create('{p}new-meter', 'units', 'counter') OPERATOR(pg_catalog.>) 0$q$);
 -- every function a role may execute whose name no call above has gets a
 -- generated call: arguments without a default, by name, else by type
 INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
