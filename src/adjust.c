@@ -104,16 +104,15 @@ adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 
 		QuotaPeriodBounds(r->period, tz, occurred_at, &r->start, &r->end);
 		if (r->slots > 1)
 		{
-			/* escrow: all slots, in slot order, unless it moved on */
+			/* escrow: adjust_slots says which slots, unless it moved on */
 			bool		moved_on = false;
 
 			r->touched = false;
 			if (delta == 0)
 				continue;
-			lock_all_slots(tenant_id, r, &moved_on);
+			fits = adjust_slots(tenant_id, r, delta, check && r->on_exceed == 'b', &moved_on);
 			if (moved_on)
 				continue;
-			fits = lay_out_slots(r, 0, delta, check && r->on_exceed == 'b');
 			r->used = r->old_used;
 			r->touched = fits;
 		}
