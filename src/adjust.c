@@ -793,12 +793,15 @@ quota_ext_quota_expire_reservations(PG_FUNCTION_ARGS)
 		1, {INT4OID}
 	};
 	static QuotaPlan lock_tenant = {
-		/* the hot path's order: single-row quotas, then escrow slots */
+		/*
+		 * the hot path's order: (quota id, slot), single-row and escrow
+		 * quotas interleaved (doc/design.md section 5); the old "single-row
+		 * first" order deadlocked with calls once automatic escrow moved a
+		 * quota from one class to the other
+		 */
 		"SELECT 1 FROM quota_ext.quota_counters c "
-		"JOIN quota_ext.quotas q ON q.tenant_id OPERATOR(pg_catalog.=) c.tenant_id "
-		"                       AND q.quota_id OPERATOR(pg_catalog.=) c.quota_id "
 		"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 "
-		"ORDER BY q.slots OPERATOR(pg_catalog.>) 1, c.quota_id, c.slot "
+		"ORDER BY c.quota_id, c.slot "
 		"FOR NO KEY UPDATE OF c",
 		1, {INT8OID}
 	};
