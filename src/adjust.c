@@ -805,6 +805,11 @@ quota_ext_quota_expire_reservations(PG_FUNCTION_ARGS)
 		"FOR NO KEY UPDATE OF c",
 		1, {INT8OID}
 	};
+	static QuotaPlan count_tenant = {
+		"SELECT pg_catalog.count(*) FROM quota_ext.quota_counters c "
+		"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1",
+		1, {INT8OID}
+	};
 	static QuotaPlan relock = {
 		"SELECT status FROM quota_ext.reservations "
 		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
@@ -856,7 +861,8 @@ quota_ext_quota_expire_reservations(PG_FUNCTION_ARGS)
 		if (tenants[i] != locked_tenant)
 		{
 			values[0] = Int64GetDatum(tenants[i]);
-			QuotaSpiExec(&lock_tenant, values, NULL, false, 0);
+			/* every row, also those a re-layout added while this waited */
+			(void) lock_complete(&lock_tenant, &count_tenant, values);
 			locked_tenant = tenants[i];
 		}
 		values[0] = Int64GetDatum(tenants[i]);

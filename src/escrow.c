@@ -311,6 +311,36 @@ lay_out_slots(QuotaRow *r, int k, int64 delta, bool check)
 }
 
 /*
+ * lock_complete
+ *		Run `lock` (a SELECT ... ORDER BY ... FOR NO KEY UPDATE over counter
+ *		rows) until it has locked as many rows as `count` (a plain count of
+ *		the same rows, a new snapshot) says there are now, and return its
+ *		rows.  A re-layout (_escrow_relayout, _counters_rebuild) that
+ *		committed while the lock waited may have added rows that the lock's
+ *		snapshot cannot see; they are locked by the next round.  Rows
+ *		already locked are not waited for again, and a re-layout cannot add
+ *		rows while every row is held (it grows only from free slots).
+ */
+SPITupleTable *
+lock_complete(QuotaPlan *lock, QuotaPlan *count, Datum *values)
+{
+	for (;;)
+	{
+		SPITupleTable *rows;
+		uint64		nrows;
+		bool		isnull;
+
+		QuotaSpiExec(lock, values, NULL, false, 0);
+		rows = SPI_tuptable;
+		nrows = SPI_processed;
+		QuotaSpiExec(count, values, NULL, false, 1);
+		if ((int64) nrows == DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc, 1, &isnull)))
+			return rows;		/* rows->numvals == nrows */
+	}
+}
+
+/*
  * lock_all_slots
  *		Lock every slot of r in slot order into r->upd.  A slot already in a
  *		newer period than start means the quota has moved on: for an
@@ -337,20 +367,8 @@ lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on)
 	 * out more allowance than the limit, and charging none of them (all
 	 * deleted and inserted again) would lose the charge.
 	 */
-	for (;;)
-	{
-		bool		isnull;
-		int64		now;
-
-		QuotaSpiExec(&slot_all_plan, values, NULL, false, 0);
-		rows = SPI_tuptable;
-		nrows = SPI_processed;
-		QuotaSpiExec(&slot_count_plan, values, NULL, false, 1);
-		now = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
-										  &isnull));
-		if ((int64) nrows == now)
-			break;
-	}
+	rows = lock_complete(&slot_all_plan, &slot_count_plan, values);
+	nrows = rows->numvals;
 	r->nupd = (int) nrows;
 	r->upd = palloc0(sizeof(CounterUpdate) * Max(r->nupd, 1));
 	for (i = 0; i < nrows; i++)

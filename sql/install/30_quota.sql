@@ -662,11 +662,15 @@ BEGIN
 		END IF;
 	END IF;
 
+	-- FOR NO KEY UPDATE, not FOR UPDATE: a call that writes a counter row
+	-- its own transaction wrote before (a refund after its consume) checks
+	-- the counter's foreign key, FOR KEY SHARE on this row, while it holds
+	-- the counter that _counters_rebuild below waits for (doc/design.md 5)
 	SELECT * INTO old FROM quota_ext.quotas
 	 WHERE tenant_id = t.tenant_id AND period = p AND metric = m
 	   AND model_id IS NOT DISTINCT FROM mid AND user_id IS NOT DISTINCT FROM quota_set.user_id
 	   AND key_id IS NOT DISTINCT FROM quota_set.key_id
-	 FOR UPDATE;
+	 FOR NO KEY UPDATE;
 	IF old.quota_id IS NOT NULL AND old.currency IS DISTINCT FROM cur THEN
 		RAISE EXCEPTION 'quota % counts %, not %', old.quota_id, old.currency, cur
 			USING ERRCODE = 'invalid_parameter_value',
