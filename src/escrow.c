@@ -467,9 +467,10 @@ adjust_slots(int64 tenant_id, QuotaRow *r, int64 delta, bool check, bool *moved_
 		return lay_out_slots(r, 0, delta, check);
 	}
 
+	/* room for slots a re-layout adds meanwhile too (at most 64 in all) */
 	r->nupd = 0;
-	r->upd = palloc0(sizeof(CounterUpdate) * nrows);
-	taken = palloc(sizeof(int32) * nrows);
+	r->upd = palloc0(sizeof(CounterUpdate) * (nrows + 64));
+	taken = palloc(sizeof(int32) * (nrows + 64));
 	r->charged = -1;
 	left = delta < 0 ? -delta : delta;
 
@@ -508,7 +509,7 @@ adjust_slots(int64 tenant_id, QuotaRow *r, int64 delta, bool check, bool *moved_
 		while (left > 0)
 		{
 			CounterUpdate *u;
-			Datum	   *elems = palloc(sizeof(Datum) * nrows);
+			Datum	   *elems = palloc(sizeof(Datum) * (nrows + 64));
 			int			j;
 
 			values[2] = TimestampTzGetDatum(r->start);
