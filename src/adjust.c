@@ -805,6 +805,20 @@ quota_ext_quota_expire_reservations(PG_FUNCTION_ARGS)
 		"FOR NO KEY UPDATE OF c",
 		1, {INT8OID}
 	};
+	/*
+	 * The tenant's quota rows FOR SHARE first: a re-layout locks its quota
+	 * row FOR NO KEY UPDATE before any counter, so none can add slots while
+	 * this holds them, and the counters locked next are all the rows there
+	 * are (a later round of lock_complete would lock rows ranked below some
+	 * it holds).  Calls take only FOR KEY SHARE on quota rows, which this
+	 * does not block.
+	 */
+	static QuotaPlan share_quotas = {
+		"SELECT 1 FROM quota_ext.quotas q "
+		"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 "
+		"ORDER BY q.quota_id FOR SHARE",
+		1, {INT8OID}
+	};
 	static QuotaPlan count_tenant = {
 		"SELECT pg_catalog.count(*) FROM quota_ext.quota_counters c "
 		"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1",
@@ -862,6 +876,7 @@ quota_ext_quota_expire_reservations(PG_FUNCTION_ARGS)
 		{
 			values[0] = Int64GetDatum(tenants[i]);
 			/* every row, also those a re-layout added while this waited */
+			QuotaSpiExec(&share_quotas, values, NULL, false, 0);
 			(void) lock_complete(&lock_tenant, &count_tenant, values);
 			locked_tenant = tenants[i];
 		}
