@@ -104,16 +104,15 @@ adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 
 		QuotaPeriodBounds(r->period, tz, occurred_at, &r->start, &r->end);
 		if (r->slots > 1)
 		{
-			/* escrow: all slots, in slot order, unless it moved on */
+			/* escrow: adjust_slots says which slots, unless it moved on */
 			bool		moved_on = false;
 
 			r->touched = false;
 			if (delta == 0)
 				continue;
-			lock_all_slots(tenant_id, r, &moved_on);
+			fits = adjust_slots(tenant_id, r, delta, check && r->on_exceed == 'b', &moved_on);
 			if (moved_on)
 				continue;
-			fits = lay_out_slots(r, 0, delta, check && r->on_exceed == 'b');
 			r->used = r->old_used;
 			r->touched = fits;
 		}
@@ -783,13 +782,35 @@ quota_ext_quota_expire_reservations(PG_FUNCTION_ARGS)
 		1, {INT4OID}
 	};
 	static QuotaPlan lock_tenant = {
-		/* the hot path's order: single-row quotas, then escrow slots */
+		/*
+		 * the hot path's order: (quota id, slot), single-row and escrow
+		 * quotas interleaved (doc/design.md section 5); the old "single-row
+		 * first" order deadlocked with calls once automatic escrow moved a
+		 * quota from one class to the other
+		 */
 		"SELECT 1 FROM quota_ext.quota_counters c "
-		"JOIN quota_ext.quotas q ON q.tenant_id OPERATOR(pg_catalog.=) c.tenant_id "
-		"                       AND q.quota_id OPERATOR(pg_catalog.=) c.quota_id "
 		"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 "
-		"ORDER BY q.slots OPERATOR(pg_catalog.>) 1, c.quota_id, c.slot "
+		"ORDER BY c.quota_id, c.slot "
 		"FOR NO KEY UPDATE OF c",
+		1, {INT8OID}
+	};
+	/*
+	 * The tenant's quota rows FOR SHARE first: a re-layout locks its quota
+	 * row FOR NO KEY UPDATE before any counter, so none can add slots while
+	 * this holds them, and the counters locked next are all the rows there
+	 * are (a later round of lock_complete would lock rows ranked below some
+	 * it holds).  Calls take only FOR KEY SHARE on quota rows, which this
+	 * does not block.
+	 */
+	static QuotaPlan share_quotas = {
+		"SELECT 1 FROM quota_ext.quotas q "
+		"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 "
+		"ORDER BY q.quota_id FOR SHARE",
+		1, {INT8OID}
+	};
+	static QuotaPlan count_tenant = {
+		"SELECT pg_catalog.count(*) FROM quota_ext.quota_counters c "
+		"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1",
 		1, {INT8OID}
 	};
 	static QuotaPlan relock = {
@@ -843,7 +864,9 @@ quota_ext_quota_expire_reservations(PG_FUNCTION_ARGS)
 		if (tenants[i] != locked_tenant)
 		{
 			values[0] = Int64GetDatum(tenants[i]);
-			QuotaSpiExec(&lock_tenant, values, NULL, false, 0);
+			/* every row, also those a re-layout added while this waited */
+			QuotaSpiExec(&share_quotas, values, NULL, false, 0);
+			(void) lock_complete(&lock_tenant, &count_tenant, values);
 			locked_tenant = tenants[i];
 		}
 		values[0] = Int64GetDatum(tenants[i]);

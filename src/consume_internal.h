@@ -38,6 +38,7 @@
 #include "quota_ext.h"
 #include "period.h"
 #include "policy.h"
+#include "spi.h"
 
 #include "executor/tuptable.h"
 #include "utils/timestamp.h"
@@ -212,7 +213,10 @@ extern QUOTA_PRIVATE int64 write_usage(int64 tenant_id, int64 usage_id, Timestam
 
 /* escrow.c */
 extern QUOTA_PRIVATE bool lay_out_slots(QuotaRow *r, int k, int64 delta, bool check);
+extern QUOTA_PRIVATE SPITupleTable *lock_complete(QuotaPlan *lock, QuotaPlan *count, Datum *values);
 extern QUOTA_PRIVATE void lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on);
+extern QUOTA_PRIVATE bool adjust_slots(int64 tenant_id, QuotaRow *r, int64 delta, bool check,
+									   bool *moved_on);
 extern QUOTA_PRIVATE void acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied);
 extern QUOTA_PRIVATE void release_slots(int64 tenant_id, QuotaRow *rows, int n);
 extern QUOTA_PRIVATE int escrow_slots_now(int64 tenant_id, int64 quota_id);

@@ -146,6 +146,54 @@ static QuotaPlan slot_all_plan = {
 	2, {INT8OID, INT8OID}
 };
 
+/*
+ * Adjustments by a transaction that holds slots of the quota already
+ * (adjust_slots): the slots as they stand (which of them this transaction
+ * wrote), one slot it holds, and one more slot that can take the change
+ * ($4 < 0: one that holds usage; $4 > 0: one with room for $4), not among
+ * $6 and above slot $5, without waiting (SKIP LOCKED) or waiting for it.
+ */
+static QuotaPlan slot_seen_plan = {
+	"SELECT c.slot, c.xmin, c.period_start "
+	"FROM quota_ext.quota_counters c "
+	"WHERE " SLOT_KEY("c") "ORDER BY c.slot",
+	2, {INT8OID, INT8OID}
+};
+
+static QuotaPlan slot_held_plan = {
+	"SELECT c.slot, c.period_start, c.used, c.allowance, c.events_mask "
+	"FROM quota_ext.quota_counters c "
+	"WHERE " SLOT_KEY("c") "AND c.slot OPERATOR(pg_catalog.=) $3 "
+	"FOR NO KEY UPDATE",
+	3, {INT8OID, INT8OID, INT4OID}
+};
+
+#define SLOT_ADJUST(lock) \
+	"SELECT c.slot, c.period_start, c.used, c.allowance, c.events_mask " \
+	"FROM quota_ext.quota_counters c " \
+	"WHERE " SLOT_KEY("c") "AND c.period_start OPERATOR(pg_catalog.=) $3 " \
+	"  AND c.slot OPERATOR(pg_catalog.>) $5 " \
+	"  AND NOT (c.slot OPERATOR(pg_catalog.=) ANY ($6)) " \
+	"  AND CASE WHEN $4 OPERATOR(pg_catalog.<) 0 THEN c.used OPERATOR(pg_catalog.>) 0 " \
+	"           ELSE c.allowance OPERATOR(pg_catalog.-) c.used OPERATOR(pg_catalog.>=) $4 END " \
+	"ORDER BY c.slot LIMIT 1 FOR NO KEY UPDATE OF c" lock
+
+static QuotaPlan slot_adjust_skip_plan = {
+	SLOT_ADJUST(" SKIP LOCKED"),
+	6, {INT8OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID, INT4ARRAYOID}
+};
+
+static QuotaPlan slot_adjust_wait_plan = {
+	SLOT_ADJUST(""),
+	6, {INT8OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID, INT4ARRAYOID}
+};
+
+/* the number of counter rows of a quota now (a new snapshot) */
+static QuotaPlan slot_count_plan = {
+	"SELECT pg_catalog.count(*) FROM quota_ext.quota_counters c WHERE " SLOT_KEY("c"),
+	2, {INT8OID, INT8OID}
+};
+
 PG_FUNCTION_INFO_V1(quota_ext_slot_share);
 
 /*
@@ -263,6 +311,36 @@ lay_out_slots(QuotaRow *r, int k, int64 delta, bool check)
 }
 
 /*
+ * lock_complete
+ *		Run `lock` (a SELECT ... ORDER BY ... FOR NO KEY UPDATE over counter
+ *		rows) until it has locked as many rows as `count` (a plain count of
+ *		the same rows, a new snapshot) says there are now, and return its
+ *		rows.  A re-layout (_escrow_relayout, _counters_rebuild) that
+ *		committed while the lock waited may have added rows that the lock's
+ *		snapshot cannot see; they are locked by the next round.  Rows
+ *		already locked are not waited for again, and a re-layout cannot add
+ *		rows while every row is held (it grows only from free slots).
+ */
+SPITupleTable *
+lock_complete(QuotaPlan *lock, QuotaPlan *count, Datum *values)
+{
+	for (;;)
+	{
+		SPITupleTable *rows;
+		uint64		nrows;
+		bool		isnull;
+
+		QuotaSpiExec(lock, values, NULL, false, 0);
+		rows = SPI_tuptable;
+		nrows = SPI_processed;
+		QuotaSpiExec(count, values, NULL, false, 1);
+		if ((int64) nrows == DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc, 1, &isnull)))
+			return rows;		/* rows->numvals == nrows */
+	}
+}
+
+/*
  * lock_all_slots
  *		Lock every slot of r in slot order into r->upd.  A slot already in a
  *		newer period than start means the quota has moved on: for an
@@ -275,15 +353,27 @@ lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on)
 {
 	Datum		values[2];
 	uint64		i;
+	SPITupleTable *rows;
+	uint64		nrows;
 
 	values[0] = Int64GetDatum(tenant_id);
 	values[1] = Int64GetDatum(r->quota_id);
-	QuotaSpiExec(&slot_all_plan, values, NULL, false, 0);
-	r->nupd = (int) SPI_processed;
+
+	/*
+	 * A relayout (_escrow_relayout, _counters_rebuild) that committed while
+	 * this statement waited may have added rows its snapshot cannot see:
+	 * lock again, with a new snapshot, until every row of the quota is
+	 * locked.  Laying the limit out over only some of the rows would give
+	 * out more allowance than the limit, and charging none of them (all
+	 * deleted and inserted again) would lose the charge.
+	 */
+	rows = lock_complete(&slot_all_plan, &slot_count_plan, values);
+	nrows = rows->numvals;
+	r->nupd = (int) nrows;
 	r->upd = palloc0(sizeof(CounterUpdate) * Max(r->nupd, 1));
-	for (i = 0; i < SPI_processed; i++)
+	for (i = 0; i < nrows; i++)
 	{
-		parse_slot(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, r, r->start, &r->upd[i]);
+		parse_slot(rows->vals[i], rows->tupdesc, r, r->start, &r->upd[i]);
 		if (r->upd[i].start > r->start && moved_on)
 			*moved_on = true;
 		else if (r->upd[i].start > r->start)
@@ -293,6 +383,205 @@ lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on)
 							(long long) r->quota_id),
 					 errhint("Retry the transaction.")));
 	}
+}
+
+/* load one locked slot row (from an adjustment statement) into r->upd */
+static CounterUpdate *
+take_slot_row(QuotaRow *r, int32 *taken, int *ntaken)
+{
+	CounterUpdate *u = &r->upd[r->nupd++];
+
+	parse_slot(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, r, r->start, u);
+	taken[(*ntaken)++] = u->slot;
+	return u;
+}
+
+/*
+ * adjust_slots
+ *		Add delta to escrow quota r for an adjustment (refund, release,
+ *		settle) of usage counted in r->start's period.  Sets *moved_on, and
+ *		changes nothing, when a slot is in a later period already.  Returns
+ *		false, changing nothing, when a positive delta does not fit (check).
+ *
+ *		A transaction that holds no slot of r locks them all in slot order
+ *		(lock_all_slots) and lays the change out as a charge's exact path
+ *		does.  One that holds slots of r already (it charged one earlier,
+ *		typically the consume whose row it now refunds) must not: waiting
+ *		for a lower slot while holding a higher one is the deadlock of two
+ *		such transactions (doc/design.md section 5).  It puts the change in
+ *		the slots it holds, else in other slots that can take it, first
+ *		those free now (SKIP LOCKED: no wait), then, in slot order, those
+ *		above every slot it holds (a wait ranked above all it holds).  A
+ *		refund comes out of slots that hold usage (a slot never goes below
+ *		0); a settle above the estimate goes into one slot with room for it
+ *		(or into a held slot whatever its room, when not checked).  Either
+ *		way each slot stays within its allowance and the slots' total
+ *		changes by exactly delta.  What none of those slots can take is
+ *		held by transactions this one may not wait for: 40001, retry the
+ *		transaction (it then holds nothing of r).
+ *
+ *		The slots a transaction holds are the rows of r it wrote (xmin is
+ *		one of its transaction ids): every slot it locks it also writes,
+ *		except that the exact path (lock_all_slots) of a denied call leaves
+ *		all of them locked, which only ever makes this path wait less.
+ */
+bool
+adjust_slots(int64 tenant_id, QuotaRow *r, int64 delta, bool check, bool *moved_on)
+{
+	Datum		values[6];
+	int32	   *held;
+	int32	   *taken;
+	int			nheld = 0;
+	int			ntaken = 0;
+	int			nrows;
+	int32		top = -1;
+	int64		left;
+	int64		total;
+	int			i;
+	bool		isnull;
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(r->quota_id);
+	QuotaSpiExec(&slot_seen_plan, values, NULL, false, 0);
+	nrows = (int) SPI_processed;
+	held = palloc(sizeof(int32) * Max(nrows, 1));
+	for (i = 0; i < nrows; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		TransactionId xmin = DatumGetTransactionId(SPI_getbinval(tup, desc, 2, &isnull));
+
+		if (DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull)) > r->start)
+		{
+			*moved_on = true;
+			return true;
+		}
+		if (TransactionIdIsCurrentTransactionId(xmin))
+			held[nheld++] = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	}
+	if (nheld == 0 || nrows <= 1)
+	{
+		lock_all_slots(tenant_id, r, moved_on);
+		if (*moved_on)
+			return true;
+		return lay_out_slots(r, 0, delta, check);
+	}
+
+	/* room for slots a re-layout adds meanwhile too (at most 64 in all) */
+	r->nupd = 0;
+	r->upd = palloc0(sizeof(CounterUpdate) * (nrows + 64));
+	taken = palloc(sizeof(int32) * (nrows + 64));
+	r->charged = -1;
+	left = delta < 0 ? -delta : delta;
+
+	/* 1. the slots it holds (no wait), in slot order */
+	for (i = 0; i < nheld && left > 0; i++)
+	{
+		CounterUpdate *u;
+
+		values[2] = Int32GetDatum(held[i]);
+		QuotaSpiExec(&slot_held_plan, values, NULL, false, 0);
+		if (SPI_processed != 1)
+			continue;
+		top = Max(top, held[i]);
+		if (DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											  2, &isnull)) != r->start)
+			continue;			/* an older period's slot holds none of it */
+		u = take_slot_row(r, taken, &ntaken);
+		if (delta < 0)
+		{
+			int64		take = Min(left, u->used);
+
+			u->used -= take;
+			left -= take;
+		}
+		else if (!check || u->allowance - u->used >= delta)
+		{
+			u->used += delta;
+			r->charged = r->nupd - 1;
+			left = 0;
+		}
+	}
+
+	/* 2. free slots that can take it (SKIP LOCKED), 3. higher ones (wait) */
+	for (i = 0; i < 2 && left > 0; i++)
+	{
+		while (left > 0)
+		{
+			CounterUpdate *u;
+			Datum	   *elems = palloc(sizeof(Datum) * (nrows + 64));
+			int			j;
+
+			values[2] = TimestampTzGetDatum(r->start);
+			values[3] = Int64GetDatum(delta < 0 ? delta : left);
+			values[4] = Int32GetDatum(i == 0 ? -1 : top);
+			for (j = 0; j < ntaken; j++)
+				elems[j] = Int32GetDatum(taken[j]);
+			values[5] = PointerGetDatum(construct_array(elems, ntaken, INT4OID, 4, true,
+														TYPALIGN_INT));
+			QuotaSpiExec(i == 0 ? &slot_adjust_skip_plan : &slot_adjust_wait_plan,
+						 values, NULL, false, 0);
+			if (SPI_processed != 1)
+				break;
+			u = take_slot_row(r, taken, &ntaken);
+			/* held now, whether it had to wait for it or not */
+			top = Max(top, u->slot);
+			if (delta < 0)
+			{
+				int64		take = Min(left, u->used);
+
+				u->used -= take;
+				left -= take;
+			}
+			else
+			{
+				u->used += delta;
+				r->charged = r->nupd - 1;
+				left = 0;
+			}
+		}
+	}
+
+	/* the quota's total in the period as this transaction sees it */
+	total = 0;
+	values[2] = TimestampTzGetDatum(r->start);
+	{
+		static QuotaPlan sum_plan = {
+			"SELECT pg_catalog.sum(c.used) FROM quota_ext.quota_counters c "
+			"WHERE " SLOT_KEY("c") "AND c.period_start OPERATOR(pg_catalog.=) $3",
+			3, {INT8OID, INT8OID, TIMESTAMPTZOID}
+		};
+		Datum		d;
+
+		QuotaSpiExec(&sum_plan, values, NULL, false, 1);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		total = isnull ? 0 : DatumGetInt64(DirectFunctionCall1(numeric_int8, d));
+	}
+	if (left > 0 && delta > 0 && check && total + delta > r->max_units)
+	{
+		/* it does not fit in the whole quota either: an exact denial */
+		r->nupd = 0;
+		r->old_used = total;
+		r->new_used = total;
+		r->touched = false;
+		return false;
+	}
+	if (left > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not adjust quota %lld without waiting out of lock order",
+						(long long) r->quota_id),
+				 errdetail("This transaction holds escrow slots of the quota; %lld units of the change are in slots other transactions hold.",
+						   (long long) left),
+				 errhint("Retry the transaction.")));
+	r->old_used = total;
+	r->new_used = Max(total + delta, 0);
+	if (r->charged < 0)
+		r->charged = 0;
+	for (i = 0; i < r->nupd; i++)
+		r->upd[i].has_allowance = true;
+	r->touched = r->nupd > 0;
+	return true;
 }
 
 /*

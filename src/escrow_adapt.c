@@ -97,7 +97,7 @@ typedef struct EscrowShared
 static EscrowShared *escrow_shared = NULL;
 
 /* settings */
-static int	escrow_adapt_interval = 0;	/* ms; 0: no passes (the default) */
+static int	escrow_adapt_interval = 200;	/* ms; 0: no passes */
 static int	escrow_max_slots = 32;
 
 PGDLLEXPORT void QuotaEscrowLauncherMain(Datum arg);
@@ -612,7 +612,7 @@ QuotaEscrowInit(void)
 	DefineCustomIntVariable("quota_ext.escrow_adapt_interval",
 							"Milliseconds between automatic escrow passes (0: none).",
 							"Blocking quotas whose callers wait for their counter are spread over escrow slots, and folded back when the contention ends.",
-							&escrow_adapt_interval, 0, 0, 3600000,
+							&escrow_adapt_interval, 200, 0, 3600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomIntVariable("quota_ext.escrow_max_slots",
 							"Most escrow slots automatic escrow gives a quota.",

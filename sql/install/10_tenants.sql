@@ -234,8 +234,14 @@ BEGIN
 		PERFORM quota_ext._null_arg('tenant_id');
 	END IF;
 	PERFORM quota_ext._check_tenant_access(_tenant_for_update.tenant_id);
+	-- FOR NO KEY UPDATE: admin changes of a tenant still queue on each
+	-- other, but not on the calls in flight, whose ledger and key inserts
+	-- take FOR KEY SHARE on this row (the foreign keys) while they hold
+	-- counters: FOR UPDATE here, then a counter (quota_set of an escrow
+	-- quota re-lays its slots), closed a cycle with them
+	-- (test/t/070_load_mix.pl, doc/design.md section 5).
 	SELECT * INTO t FROM quota_ext.tenants
-	 WHERE tenant_id = _tenant_for_update.tenant_id FOR UPDATE;
+	 WHERE tenant_id = _tenant_for_update.tenant_id FOR NO KEY UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'tenant % does not exist', _tenant_for_update.tenant_id
 			USING ERRCODE = 'undefined_object';
