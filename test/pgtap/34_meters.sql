@@ -6,7 +6,7 @@
 BEGIN;
 \ir metering_helpers.psql
 \i test/invariant.sql
-SELECT plan(91);
+SELECT plan(92);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('mt-a', 'enterprise') AS ta \gset
@@ -225,25 +225,27 @@ RESET ROLE;
 -- charged another user's quota, or escaped its own by leaving user_id NULL)
 \o /dev/null
 SELECT quota_ext.clear_tenant();
+SELECT quota_ext.quota_set(:ta, 'lifetime', 100, meter => 'users');
+SELECT quota_ext.meter_create('mt_seat_hours', 'hours');
 SELECT api_key AS k_alice, user_id AS alice FROM quota_ext.user_create(:ta, 'alice@mt.example') \gset
 SELECT user_id AS bob FROM quota_ext.user_create(:ta, 'bob@mt.example') \gset
-SELECT quota_ext.quota_set(:ta, 'monthly', 10, meter => 'gpu_hours', user_id => :alice);
-SELECT quota_ext.quota_set(:ta, 'monthly', 10, meter => 'gpu_hours', user_id => :bob);
+SELECT quota_ext.quota_set(:ta, 'monthly', 10, meter => 'mt_seat_hours', user_id => :alice);
+SELECT quota_ext.quota_set(:ta, 'monthly', 10, meter => 'mt_seat_hours', user_id => :bob);
 \o
 SET LOCAL ROLE quota_ext_app;
 SELECT is((SELECT tenant_id FROM quota_ext.authenticate(:'k_alice')), :ta::bigint, 'alice authenticates');
-SELECT results_eq(format($$SELECT allowed, user_id, "limit" FROM quota_ext.meter_consume(%s, 'gpu_hours', 1000)$$, :ta),
+SELECT results_eq(format($$SELECT allowed, user_id, "limit" FROM quota_ext.meter_consume(%s, 'mt_seat_hours', 1000)$$, :ta),
 	format($$VALUES (false, %s::bigint, 10::bigint)$$, :alice),
 	'without user_id the key''s user is charged: its own quota applies (failed before: allowed, no user)');
-SELECT throws_ok(format($$SELECT quota_ext.meter_consume(%s, 'gpu_hours', 10, user_id => %s)$$, :ta, :bob), '42501',
+SELECT throws_ok(format($$SELECT quota_ext.meter_consume(%s, 'mt_seat_hours', 10, user_id => %s)$$, :ta, :bob), '42501',
 	'an API key''s transaction cannot act as another user, key or role', 'a key cannot charge another user''s quota (failed before)');
-SELECT throws_ok(format($$SELECT quota_ext.meter_consume(%s, 'gpu_hours', 1, key_id => 987654321)$$, :ta), '42501',
+SELECT throws_ok(format($$SELECT quota_ext.meter_consume(%s, 'mt_seat_hours', 1, key_id => 987654321)$$, :ta), '42501',
 	'an API key''s transaction cannot act as another user, key or role', 'nor name another key');
-SELECT results_eq(format($$SELECT allowed, user_id FROM quota_ext.meter_consume(%s, 'gpu_hours', 1, user_id => %s)$$, :ta, :alice),
+SELECT results_eq(format($$SELECT allowed, user_id FROM quota_ext.meter_consume(%s, 'mt_seat_hours', 1, user_id => %s)$$, :ta, :alice),
 	format($$VALUES (true, %s::bigint)$$, :alice), 'naming its own user is fine');
 SELECT is((SELECT user_id FROM quota_ext.meter_usage WHERE tenant_id = :ta ORDER BY usage_id DESC LIMIT 1), :alice::bigint,
 	'the ledger row names the key''s user');
-SELECT throws_ok(format($$SELECT quota_ext.meter_consume(%s, 'gpu_hours', 1000000000000001)$$, :ta), '22003', NULL,
+SELECT throws_ok(format($$SELECT quota_ext.meter_consume(%s, 'mt_seat_hours', 1000000000000001)$$, :ta), '22003', NULL,
 	'an amount over 10^15 is refused (22003)');
 SELECT results_eq(format($$SELECT allowed FROM quota_ext.gauge_adjust(%s, 'storage_gb', 0)$$, :ta), $$VALUES (true)$$, 'gauge_adjust by a key');
 \o /dev/null
