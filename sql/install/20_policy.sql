@@ -40,19 +40,46 @@ COMMENT ON TABLE quota_ext.policies IS
 -- global one, else one shared with it.  Used by policy_set and the views;
 -- src/policy.c runs the same query as a kept plan.
 CREATE FUNCTION quota_ext._model_resolve(tenant_id bigint, model text) RETURNS bigint
-	LANGUAGE sql STABLE SECURITY DEFINER
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
-	SELECT m.model_id FROM quota_ext.models m
-	 WHERE m.name = $2 AND m.status = 'active'
-	   AND (m.owner_tenant_id IS NULL OR m.owner_tenant_id = $1
-	        OR EXISTS (SELECT 1 FROM quota_ext.model_shares s
-	                    WHERE s.tenant_id = $1 AND s.model_id = m.model_id))
-	 ORDER BY (m.owner_tenant_id = $1) DESC NULLS LAST, m.owner_tenant_id NULLS FIRST, m.model_id
-	 LIMIT 1
-	$$;
+DECLARE
+	mid bigint;
+	shared bigint[];
+BEGIN
+	-- (one statement per table kind, each per-tenant one naming tenant_id,
+	-- PL/pgSQL not a parameterised SQL function: routable on Citus, issue 16)
+	-- the tenant's own model
+	SELECT m.model_id INTO mid FROM quota_ext.models m
+	 WHERE m.name OPERATOR(pg_catalog.=) $2 AND m.status OPERATOR(pg_catalog.=) 'active'
+	   AND m.owner_tenant_id OPERATOR(pg_catalog.=) $1
+	 ORDER BY m.model_id LIMIT 1;
+	IF FOUND THEN
+		RETURN mid;
+	END IF;
+	-- then one another tenant shared with it
+	SELECT pg_catalog.array_agg(s.model_id) INTO shared FROM quota_ext.model_shares s
+	 WHERE s.tenant_id OPERATOR(pg_catalog.=) $1;
+	IF shared IS NOT NULL THEN
+		SELECT m.model_id INTO mid FROM quota_ext.models m
+		 WHERE m.name OPERATOR(pg_catalog.=) $2 AND m.status OPERATOR(pg_catalog.=) 'active'
+		   AND m.owner_tenant_id IS NOT NULL
+		   AND m.model_id OPERATOR(pg_catalog.=) ANY (shared)
+		 ORDER BY m.owner_tenant_id, m.model_id LIMIT 1;
+		IF FOUND THEN
+			RETURN mid;
+		END IF;
+	END IF;
+	-- then the global one
+	SELECT m.model_id INTO mid FROM quota_ext.models m
+	 WHERE m.name OPERATOR(pg_catalog.=) $2 AND m.status OPERATOR(pg_catalog.=) 'active'
+	   AND m.owner_tenant_id IS NULL
+	 ORDER BY m.model_id LIMIT 1;
+	RETURN mid;
+END
+$$;
 COMMENT ON FUNCTION quota_ext._model_resolve(bigint, text) IS
-	'Internal: the model a name means for a tenant (own, then global, then shared)';
+	'Internal: the model a name means for a tenant (own, then shared with it, then global)';
 
 CREATE FUNCTION quota_ext._model_for(tenant_id bigint, model text) RETURNS bigint
 	LANGUAGE plpgsql STABLE

@@ -100,7 +100,9 @@ BEGIN
 	            AND a.attname OPERATOR(pg_catalog.=) 'tenant_id' AND a.attnotnull AND NOT a.attisdropped
 	          ORDER BY c.oid LOOP
 		IF EXISTS (SELECT 1 FROM pg_dist_partition d WHERE d.logicalrelid OPERATOR(pg_catalog.=) r.rel) THEN
-			colocated := pg_catalog.coalesce(colocated, r.rel);
+			IF colocated IS NULL THEN
+				colocated := r.rel;
+			END IF;
 			CONTINUE;
 		END IF;
 		IF colocated IS NULL THEN
