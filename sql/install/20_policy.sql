@@ -164,6 +164,8 @@ DECLARE
 	new quota_ext.policies;
 	prefix boolean;
 	r text;
+	-- (a value, not now() in DO UPDATE SET: Citus refuses volatile functions there)
+	changed_at timestamptz := pg_catalog.now();
 BEGIN
 	PERFORM quota_ext._check_label('model', policy_set.model, 200);
 	IF policy_set.allowed IS NULL THEN PERFORM quota_ext._null_arg('allowed'); END IF;
@@ -189,7 +191,7 @@ BEGIN
 	INSERT INTO quota_ext.policies (tenant_id, model_pattern, is_prefix, allowed, roles_allowed)
 	VALUES (t.tenant_id, policy_set.model, prefix, policy_set.allowed, policy_set.roles_allowed)
 	ON CONFLICT (tenant_id, model_pattern) DO UPDATE
-	   SET allowed = EXCLUDED.allowed, roles_allowed = EXCLUDED.roles_allowed, updated_at = now()
+	   SET allowed = EXCLUDED.allowed, roles_allowed = EXCLUDED.roles_allowed, updated_at = changed_at
 	RETURNING * INTO new;
 	PERFORM quota_ext._audit(t.tenant_id, 'policy_set', 'policy', new.policy_id::text,
 	                         to_jsonb(old), to_jsonb(new));
