@@ -47,6 +47,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
@@ -66,6 +67,8 @@ static Oid	counters_relid = InvalidOid;
 static Oid	usage_relid = InvalidOid;
 static Oid	usage_seqid = InvalidOid;
 static bool callback_registered = false;
+/* Citus manages quota_counters (set with the OIDs; see citus_managed()) */
+static bool counters_on_citus = false;
 
 /* attribute numbers, by name (the ledger's columns may be in any order) */
 enum
@@ -129,6 +132,49 @@ typedef struct DirectRels
 	Oid			usage_seq;
 } DirectRels;
 
+/*
+ * Is relid in Citus's pg_dist_partition (a reference or distributed table, on
+ * the coordinator its shell)?  Read when the OIDs are found again, that is
+ * once per relcache invalidation of the relations, not per call: without
+ * Citus it is one failed name lookup.
+ */
+static bool
+citus_managed(Oid relid)
+{
+	Oid			dist = get_relname_relid("pg_dist_partition", PG_CATALOG_NAMESPACE);
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	bool		found;
+
+	if (!OidIsValid(dist))
+		return false;
+	rel = table_open(dist, AccessShareLock);
+	/* logicalrelid is its first column */
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
+	found = HeapTupleIsValid(systable_getnext(scan));
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+/*
+ * direct.c never touches a Citus shell table: on the coordinator it is empty
+ * (a write there is invisible through Citus), on a worker it is not the
+ * tenant's shard, and a counter not found would read as a deleted quota.
+ */
+static void
+refuse_on_citus(void)
+{
+	if (counters_on_citus)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("quota_ext cannot charge quotas on Citus-distributed tables yet"),
+				 errdetail("quota_ext.quota_counters is managed by Citus; the hot path writes counters and usage rows without the executor, which would not reach the tenant's shard."),
+				 errhint("See doc/scaling.md for what runs on Citus today.")));
+}
+
 static void
 find_relations(DirectRels *rels)
 {
@@ -137,6 +183,7 @@ find_relations(DirectRels *rels)
 
 	if (OidIsValid(counters_relid) && OidIsValid(usage_relid) && OidIsValid(usage_seqid))
 	{
+		refuse_on_citus();
 		rels->counters = counters_relid;
 		rels->usage = usage_relid;
 		rels->usage_seq = usage_seqid;
@@ -153,6 +200,8 @@ find_relations(DirectRels *rels)
 	usage_seqid = get_relname_relid("usage_id_seq", nsp);
 	if (!OidIsValid(counters_relid) || !OidIsValid(usage_relid) || !OidIsValid(usage_seqid))
 		elog(ERROR, "quota_ext's counters or ledger not found");
+	counters_on_citus = citus_managed(counters_relid);
+	refuse_on_citus();
 	rels->counters = counters_relid;
 	rels->usage = usage_relid;
 	rels->usage_seq = usage_seqid;
