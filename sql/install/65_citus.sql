@@ -15,8 +15,8 @@ CREATE FUNCTION quota_ext._citus_required(what text) RETURNS void
 	SET search_path = pg_catalog, pg_temp
 	AS $$
 BEGIN
-	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e
-	                WHERE e.extname OPERATOR(pg_catalog.=) 'citus') THEN
+	PERFORM FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'citus';
+	IF NOT FOUND THEN
 		RAISE EXCEPTION '%: Citus is not installed in this database', what
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 			      HINT = 'Add citus first in shared_preload_libraries, CREATE EXTENSION citus and add the workers; see doc/scaling.md.';
