@@ -80,13 +80,26 @@ adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 
 	int			i;
 	TimestampTz clock = GetCurrentTimestamp();
 
-	n = lock_counters(tenant_id, model_id, user_id, key_id, occurred_at, true, true, rows);
+	int			next;
+
+	n = lock_counters(tenant_id, model_id, user_id, key_id, occurred_at, true, rows, &next);
 	*nrows = n;
 	for (i = 0; i < n; i++)
 	{
 		QuotaRow   *r = &rows[i];
-		int64		delta = r->metric_cost ? cost : r->metric_calls ? calls : units;
+		int64		delta;
 		bool		fits = true;
+
+		/* single-row quotas after an escrow one are locked in order here */
+		if (r->slots == 1 && !r->locked)
+		{
+			(void) lock_run(tenant_id, rows, &n, i);
+			*nrows = n;
+			if (i >= n)
+				break;			/* the rest were deleted meanwhile */
+			r = &rows[i];
+		}
+		delta = r->metric_cost ? cost : r->metric_calls ? calls : units;
 
 		QuotaPeriodBounds(r->period, tz, occurred_at, &r->start, &r->end);
 		if (r->slots > 1)
@@ -123,12 +136,136 @@ adjust_counters(int64 tenant_id, TimestampTz occurred_at, int64 model_id, int64 
 			d->allowed = false;
 			d->denied_by = denied_quota;
 			decision_quota(d, r, r->used, true, clock);
+			d->denied_metric = quota_row_metric(r);
 			if (r->metric_cost)
 				strlcpy(d->currency, r->currency, sizeof(d->currency));
 			return false;
 		}
 	}
 	return true;
+}
+
+/*
+ * describe_after
+ *		Fill an allowed adjustment's decision like quota_consume fills an
+ *		allowed call's: the tightest calls/units quota (quota_id, period,
+ *		limit, remaining, resets_at) and the money left in the tightest cost
+ *		quota (remaining_cost, and its currency when the call has none), as
+ *		the counters of the adjusted period stand after the adjustment
+ *		(rows from adjust_counters, or from read_counters, whose escrow
+ *		quotas come as one row with their total).
+ *		(Settle and refund left them NULL before: issue 17.)  Counters that
+ *		moved on to a later period, and escrow quotas the adjustment did not
+ *		touch (only their slot 0 is loaded), are not described.
+ */
+static void
+describe_after(const QuotaRow *rows, int n, Decision *d)
+{
+	int			tight = -1;
+	int			tight_cost = -1;
+	int64		left[QUOTA_MAX_QUOTAS];
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		const QuotaRow *r = &rows[i];
+		int64		after;
+
+		if (r->touched)
+			after = r->new_used;
+		else if (r->slots <= 1 && r->counter_start == r->start)
+			after = r->used;
+		else
+			continue;
+		left[i] = Max(r->max_units - after, 0);
+		if (r->metric_cost)
+		{
+			if (tight_cost < 0 || left[i] < left[tight_cost])
+				tight_cost = i;
+		}
+		else if (tight < 0 || left[i] < left[tight])
+			tight = i;
+	}
+	if (tight_cost >= 0)
+	{
+		d->has_remaining_cost = true;
+		d->remaining_cost_micro = left[tight_cost];
+		if (!d->currency[0])
+			strlcpy(d->currency, rows[tight_cost].currency, sizeof(d->currency));
+	}
+	if (tight >= 0)
+	{
+		const QuotaRow *r = &rows[tight];
+
+		d->quota_id = r->quota_id;
+		strlcpy(d->period, r->label, sizeof(d->period));
+		d->has_limit = true;
+		d->limit = r->max_units;
+		d->remaining = left[tight];
+		if (r->period != QUOTA_PERIOD_LIFETIME)
+		{
+			d->has_resets = true;
+			d->resets_at = r->end;
+		}
+	}
+}
+
+/*
+ * describe_unlocked
+ *		describe_after from an unlocked read of the counters (as quota_check
+ *		reads them), for an adjustment that locks none: a settle that changes
+ *		nothing, and the replay of a settle or refund, which answers as the
+ *		first call did (test/t/062_commit_crash_replay.pl).
+ */
+static void
+describe_unlocked(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
+				  TimestampTz occurred_at, Decision *d)
+{
+	QuotaRow	rows[QUOTA_MAX_QUOTAS];
+	text	   *tz = tenant_timezone(tenant_id);
+	int			n;
+	int			i;
+
+	n = read_counters(tenant_id, model_id, user_id, key_id, occurred_at, rows);
+	for (i = 0; i < n; i++)
+		QuotaPeriodBounds(rows[i].period, tz, occurred_at, &rows[i].start, &rows[i].end);
+	describe_after(rows, n, d);
+}
+
+/* the money of one usage row (inside SPI): micro-units, 0 when unpriced */
+static int64
+usage_cost(int64 tenant_id, int64 usage_id)
+{
+	static QuotaPlan plan = {
+		"SELECT cost FROM quota_ext.usage "
+		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND usage_id OPERATOR(pg_catalog.=) $2",
+		2, {INT8OID, INT8OID}
+	};
+	Datum		values[2];
+	bool		isnull;
+	Datum		v;
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(usage_id);
+	QuotaSpiExec(&plan, values, NULL, false, 1);
+	if (SPI_processed != 1)
+		return 0;
+	v = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : QuotaNumericToMicro(v);
+}
+
+/* the call's money columns from a price version (inside SPI) */
+static void
+decision_money(int64 price_id, int64 cost_micro, Decision *d)
+{
+	QuotaPrice	price;
+
+	QuotaPriceById(price_id, &price);
+	if (!price.found)
+		return;
+	d->has_cost = true;
+	d->cost_micro = cost_micro;
+	strlcpy(d->currency, price.currency, sizeof(d->currency));
 }
 
 /*
@@ -363,6 +500,9 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 	if (!reservation_lock(tenant_id, reservation_id, &res))
 		raise_unknown_reservation(reservation_id);
 	d.reservation_id = reservation_id;
+	d.tenant_id = tenant_id;
+	d.user_id = res.user_id;
+	d.key_id = res.key_id;
 	if (strcmp(res.status, "settled") == 0 && res.has_actual && res.actual == actual)
 	{
 		/*
@@ -374,6 +514,19 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 		d.denied_by = d.allowed ? NULL : denied_quota;
 		d.replayed = true;
 		d.usage_id = res.closing_usage_id ? res.closing_usage_id : res.usage_id;
+
+		/*
+		 * The stored money, as the first settle answered it: the estimate's
+		 * cost plus what the settle row added (none when nothing changed or
+		 * the excess was not charged).  NULL before (issue 17).
+		 */
+		decision_money(res.price_id,
+					   res.cost_micro + (res.closing_usage_id ?
+										 usage_cost(tenant_id, res.closing_usage_id) : 0),
+					   &d);
+		if (d.allowed)
+			describe_unlocked(tenant_id, res.model_id, res.user_id, res.key_id,
+							  res.occurred_at, &d);
 		QuotaSpiEnd(&spi);
 		PG_RETURN_DATUM(decision_datum(fcinfo, &d));
 	}
@@ -424,9 +577,21 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 									 overage_change(rows, n), res.usage_id,
 									 reservation_id, NULL, rows, n, &extra);
 			d.cost_micro = actual_cost;
+			describe_after(rows, n, &d);
 		}
 		else
 			unbilled = delta;
+	}
+	else
+	{
+		/*
+		 * Nothing changes: no counter is locked (the expiry sweep skips a
+		 * reservation held by such a settle at once,
+		 * test/specs/reservation_race.spec); the quotas are described from
+		 * an unlocked read, as quota_check reads them.
+		 */
+		describe_unlocked(tenant_id, res.model_id, res.user_id, res.key_id,
+						  res.occurred_at, &d);
 	}
 	reservation_close(tenant_id, reservation_id, "settled", true, actual, unbilled);
 	QuotaSpiEnd(&spi);
@@ -476,6 +641,9 @@ quota_ext_quota_cancel(PG_FUNCTION_ARGS)
 	QuotaSpiBegin(&spi);
 	if (!reservation_lock(tenant_id, reservation_id, &res))
 		raise_unknown_reservation(reservation_id);
+	d.tenant_id = tenant_id;
+	d.user_id = res.user_id;
+	d.key_id = res.key_id;
 	if (strcmp(res.status, "cancelled") == 0)
 	{
 		d.replayed = true;
@@ -562,6 +730,9 @@ quota_ext_quota_refund(PG_FUNCTION_ARGS)
 	v = SPI_getbinval(tup, desc, 4, &isnull);
 	key_id = isnull ? 0 : DatumGetInt64(v);
 	units = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+	d.tenant_id = tenant_id;
+	d.user_id = user_id;
+	d.key_id = key_id;
 	memset(&extra, 0, sizeof(extra));
 	v = SPI_getbinval(tup, desc, 7, &isnull);
 	extra.price_id = isnull ? 0 : DatumGetInt64(v);
@@ -580,6 +751,9 @@ quota_ext_quota_refund(PG_FUNCTION_ARGS)
 		d.replayed = true;
 		d.usage_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 												 SPI_tuptable->tupdesc, 1, &isnull));
+		/* the stored money of the refund row (NULL before: issue 17) */
+		decision_money(extra.price_id, usage_cost(tenant_id, d.usage_id), &d);
+		describe_unlocked(tenant_id, model_id, user_id, key_id, occurred_at, &d);
 		QuotaSpiEnd(&spi);
 		PG_RETURN_DATUM(decision_datum(fcinfo, &d));
 	}
@@ -590,11 +764,9 @@ quota_ext_quota_refund(PG_FUNCTION_ARGS)
 	d.usage_id = write_usage(tenant_id, refund_id, occurred_at, "refund", model_id, user_id,
 							 key_id, -1, -units, overage_change(rows, n), usage_id, 0, NULL,
 							 rows, n, &extra);
-	if (extra.price_id != 0)
-	{
-		d.has_cost = true;
-		d.cost_micro = extra.cost_micro;
-	}
+	/* with the currency (NULL before: issue 17) and the quotas left */
+	decision_money(extra.price_id, extra.cost_micro, &d);
+	describe_after(rows, n, &d);
 	QuotaSpiEnd(&spi);
 	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
 }

@@ -408,6 +408,62 @@ static const QuotaCacheKind key_cache_kind =
 					 key_cache_fill, key_cache_flat, key_cache_current);
 
 /*
+ * quota_imported_key
+ *		A key brought over from another system (api_key_import(), issue
+ *		17) has no ids in it: it is found by its SHA-256 (index api_keys_hash;
+ *		one probe, but not routed by tenant), then checked like a minted key
+ *		by (tenant_id, key_id).  Only keys of the import's shape are looked
+ *		for (and hashed into *digest): 20 to 255 bytes of printable ASCII,
+ *		not beginning with qx in any case (reserved for minted keys, so a
+ *		malformed minted key still reads no table and is not hashed:
+ *		test/pgtap/02_authenticate.sql).  False when there
+ *		is none.
+ */
+static bool
+quota_imported_key(const char *key, size_t len, uint8 *digest,
+				   int64 *tenant_id, int64 *key_id)
+{
+	static QuotaPlan find = {
+		"SELECT tenant_id, key_id FROM quota_ext.api_keys "
+		"WHERE key_hash OPERATOR(pg_catalog.=) $1 "
+		"  AND key_prefix OPERATOR(pg_catalog.~~) 'imp\\_%' "
+		"ORDER BY tenant_id, key_id LIMIT 1",
+		1, {BYTEAOID}
+	};
+	QuotaSpiState spi;
+	bytea	   *hash;
+	Datum		values[1];
+	bool		found = false;
+	bool		isnull;
+	size_t		i;
+
+	/* the import's rule (api_key_import), so malformed keys read no table */
+	if (len < 20 || len > QUOTA_KEY_MAX_LEN ||
+		pg_strncasecmp(key, "qx", 2) == 0)
+		return false;
+	for (i = 0; i < len; i++)
+		if (key[i] < '!' || key[i] > '~')
+			return false;
+	quota_sha256(key, len, digest);
+	hash = (bytea *) palloc(VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
+	SET_VARSIZE(hash, VARHDRSZ + PG_SHA256_DIGEST_LENGTH);
+	memcpy(VARDATA(hash), digest, PG_SHA256_DIGEST_LENGTH);
+	values[0] = PointerGetDatum(hash);
+	QuotaSpiBegin(&spi);
+	QuotaSpiExec(&find, values, NULL, false, 1);
+	if (SPI_processed == 1)
+	{
+		*tenant_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+												 &isnull));
+		*key_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
+											  &isnull));
+		found = true;
+	}
+	QuotaSpiEnd(&spi);
+	return found;
+}
+
+/*
  * QuotaAuthenticate
  *		Check a key and make its tenant the context of this transaction
  *		(see QuotaContextGet for the result).  Raises 28000 on any failure.
@@ -444,9 +500,10 @@ QuotaAuthenticate(text *keytext)
 	QuotaSpiState spi;
 
 	memset(&ck, 0, sizeof(ck));
-	if (!quota_parse_key(key, len, &ck.tenant_id, &ck.key_id))
+	if (quota_parse_key(key, len, &ck.tenant_id, &ck.key_id))
+		quota_sha256(key, len, digest);
+	else if (!quota_imported_key(key, len, digest, &ck.tenant_id, &ck.key_id))
 		quota_invalid_key();
-	quota_sha256(key, len, digest);
 
 	if (QuotaCacheBegin())
 	{

@@ -18,21 +18,17 @@
  *	 3. rate limits (ratelimit.c), before any quota: a limited request
  *		charges no quota.  Buckets live in shared memory and are not given
  *		back if the transaction rolls back (anti-abuse).
- *	 4. lock the counters of every applicable quota with one
- *		SELECT ... ORDER BY quota_id FOR NO KEY UPDATE.  The sort happens
- *		below the lock step, so every transaction takes its locks in
- *		ascending quota_id order and concurrent consumes never deadlock.
- *		When the definitions come from the configuration cache (cache.c),
- *		direct.c locks the counters by primary key instead, in the same
- *		order (lock_cached_counters).
- *		Escrow quotas (slots > 1, for hot tenants) come after those, in
- *		quota_id order: one free slot that can hold the amount is taken with
- *		SKIP LOCKED (never waits); if all that could are busy, the call waits
- *		for one of them; only if no single slot can hold it is every slot
- *		locked in slot order and the limit re-split (acquire_slots).  A
- *		transaction waits on a slot only while holding no slot of that quota,
- *		or lower slots in the all-slots path, and holders of its slots wait
- *		only on later quotas, so the order stays acyclic.
+ *	 4. lock the counters of every applicable quota in quota_id order, so
+ *		concurrent consumes never deadlock: the definitions come from the
+ *		configuration cache (cache.c) or one query, and direct.c locks each
+ *		run of single-row counters by primary key (lock_run).  Escrow quotas
+ *		(slots > 1, for hot tenants; set by hand or by automatic escrow,
+ *		escrow_adapt.c) take their slots in the same order: one free slot
+ *		that can hold the amount is taken with SKIP LOCKED (never waits); if
+ *		all that could are busy, the call waits for one of them; only if no
+ *		single slot can hold it is every slot locked in slot order and the
+ *		limit re-split (acquire_slots).  Every wait is for a lock ranked
+ *		(quota_id, slot) above all the call holds (doc/design.md section 5).
  *	 4a. a request that waited for a lock in 2 or 4 reads the policy, the
  *		tenant's status and its quotas again before deciding (invoke() also
  *		its key) if a configuration change committed while it waited: that
@@ -73,6 +69,7 @@
 #include "stats.h"
 #include "direct.h"
 #include "consume_internal.h"
+#include "escrow_adapt.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"
@@ -100,46 +97,6 @@ PG_FUNCTION_INFO_V1(quota_ext_quota_reserve);
  * plans
  * ---------------------------------------------------------------------- */
 
-/*
- * Counters of the quotas that apply to (tenant, model, user, key), locked in
- * quota_id order.  $5 bounds the quota's creation time: adjustments of old
- * usage skip quotas created after it (their counters never included it).
- */
-static QuotaPlan lock_plan = {
-	"SELECT c.quota_id, q.period, q.period_label, "
-	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
-	"       q.on_exceed, q.thresholds, c.period_start, c.used, "
-	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency "
-	"FROM quota_ext.quota_counters c "
-	"JOIN quota_ext.quotas q ON q.tenant_id OPERATOR(pg_catalog.=) c.tenant_id "
-	"                       AND q.quota_id OPERATOR(pg_catalog.=) c.quota_id "
-	"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.slot OPERATOR(pg_catalog.=) 0 "
-	"  AND q.slots OPERATOR(pg_catalog.=) 1 "
-	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
-	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
-	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
-	"  AND q.created_at OPERATOR(pg_catalog.<=) $5 "
-	"ORDER BY c.quota_id "
-	"FOR NO KEY UPDATE OF c",
-	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
-};
-
-/* the escrow quotas that apply (definitions only; slots are taken one by one) */
-static QuotaPlan multi_plan = {
-	"SELECT q.quota_id, q.period, q.period_label, "
-	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
-	"       q.on_exceed, q.thresholds, '-infinity'::pg_catalog.timestamptz, 0::pg_catalog.int8, "
-	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency, q.slots "
-	"FROM quota_ext.quotas q "
-	"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.slots OPERATOR(pg_catalog.>) 1 "
-	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
-	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
-	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
-	"  AND q.created_at OPERATOR(pg_catalog.<=) $5 "
-	"ORDER BY q.quota_id",
-	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
-};
-
 /* ----------------------------------------------------------------------
  * helpers
  * ---------------------------------------------------------------------- */
@@ -157,9 +114,9 @@ seconds_until(TimestampTz when, TimestampTz now)
 
 /*
  * parse_quota_rows
- *		Load SPI's rows (lock_plan or multi_plan columns) into rows[first..].
+ *		Load SPI's rows (defs_plan columns) into rows[first..].
  */
-static int
+int
 parse_quota_rows(QuotaRow *rows, int first)
 {
 	uint64		i;
@@ -210,8 +167,8 @@ parse_quota_rows(QuotaRow *rows, int first)
 		s = SPI_getvalue(tup, desc, 12);
 		if (s)
 			strlcpy(r->currency, s, sizeof(r->currency));
-		r->slots = desc->natts >= 13 ?
-			DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull)) : 1;
+		r->slots = DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull));
+		r->auto_slots = DatumGetBool(SPI_getbinval(tup, desc, 14, &isnull));
 		r->charged = -1;
 	}
 	return first + (int) SPI_processed;
@@ -234,7 +191,7 @@ bind_scope(Datum *values, char *nulls, int64 tenant_id, int64 model_id,
 	nulls[3] = key_id == 0 ? 'n' : ' ';
 }
 
-/* the single-slot quotas that apply to (tenant, model, user, key), cached */
+/* the quotas that apply to (tenant, model, user, key), cached */
 typedef struct QuotaDefsKey
 {
 	int64		tenant_id;
@@ -251,20 +208,41 @@ typedef struct QuotaDefsEntry
 	QuotaRow   *rows;			/* definitions only, in quota_id order */
 } QuotaDefsEntry;
 
-/* the definitions of the single-slot quotas that apply (no lock) */
+/*
+ * The definitions of the quotas that apply (no lock), single-row and escrow
+ * alike, in quota_id order: the order every call locks their counters in.
+ * $5 bounds the quota's creation time: adjustments of old usage skip quotas
+ * created after it (their counters never included it).
+ */
 static QuotaPlan defs_plan = {
 	"SELECT q.quota_id, q.period, q.period_label, "
 	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
 	"       q.on_exceed, q.thresholds, '-infinity'::pg_catalog.timestamptz, 0::pg_catalog.int8, "
-	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency "
+	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency, q.slots, "
+	"       q.slots_auto AND q.on_exceed OPERATOR(pg_catalog.=) 'block' "
 	"FROM quota_ext.quotas q "
-	"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.slots OPERATOR(pg_catalog.=) 1 "
+	"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 "
 	"  AND (q.model_id IS NULL OR q.model_id OPERATOR(pg_catalog.=) $2) "
 	"  AND (q.user_id IS NULL OR q.user_id OPERATOR(pg_catalog.=) $3) "
 	"  AND (q.key_id IS NULL OR q.key_id OPERATOR(pg_catalog.=) $4) "
+	"  AND q.created_at OPERATOR(pg_catalog.<=) $5 "
 	"ORDER BY q.quota_id",
-	4, {INT8OID, INT8OID, INT8OID, INT8OID}
+	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
 };
+
+/* the definitions by query; not read-only: a fresh snapshot */
+static int
+read_defs(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
+		  TimestampTz created_before, QuotaRow *rows)
+{
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+	bind_scope(values, nulls, tenant_id, model_id, user_id, key_id);
+	values[4] = TimestampTzGetDatum(created_before);
+	QuotaSpiExec(&defs_plan, values, nulls, false, 0);
+	return parse_quota_rows(rows, 0);
+}
 
 /*
  * The quota definition cache (cache.h): fill reads the definitions into the
@@ -276,15 +254,13 @@ defs_cache_fill(void *entry, void *arg)
 {
 	QuotaDefsEntry *e = entry;
 	QuotaRow   *rows = arg;
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
+	TimestampTz infinity;
 	int			nd;
 
-	bind_scope(values, nulls, e->key.tenant_id, e->key.model_id, e->key.user_id,
-			   e->key.key_id);
 	/* not read-only: a fresh snapshot, taken after the cache's generation */
-	QuotaSpiExec(&defs_plan, values, nulls, false, 0);
-	nd = parse_quota_rows(rows, 0);
+	TIMESTAMP_NOEND(infinity);
+	nd = read_defs(e->key.tenant_id, e->key.model_id, e->key.user_id,
+				   e->key.key_id, infinity, rows);
 	e->rows = nd > 0 ?
 		MemoryContextAlloc(QuotaCacheContext(), sizeof(QuotaRow) * nd) : NULL;
 	if (nd > 0)
@@ -322,6 +298,7 @@ defs_cache_flat(void *entry, QuotaFlat *f)
 		QUOTA_FLAT(f, r->counter_start);
 		QUOTA_FLAT(f, r->used);
 		QUOTA_FLAT(f, r->slots);
+		QUOTA_FLAT(f, r->auto_slots);
 		QUOTA_FLAT(f, r->charged);
 	}
 }
@@ -331,26 +308,16 @@ static const QuotaCacheKind defs_cache_kind =
 					 defs_cache_fill, defs_cache_flat, NULL);
 
 /*
- * lock_cached_counters
- *		lock_counters for a new charge when the configuration cache may be
- *		used (cache.c): the quota definitions come from the cache, and only
- *		the counters are read, by primary key, and locked.  A quota deleted
- *		since (its counter went with it) no longer applies.  Returns -1
- *		when the cache may not be used.
+ * cached_defs
+ *		The definitions for a new charge from the configuration cache
+ *		(cache.c), filled by read_defs on a miss.  Returns -1 when the cache
+ *		may not be used.
  */
 static int
-lock_cached_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
-					 QuotaRow *rows)
+cached_defs(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id, QuotaRow *rows)
 {
 	QuotaDefsKey key;
 	QuotaDefsEntry *e;
-	int64	   *ids;
-	bool	   *found_ids;
-	TimestampTz *starts;
-	int64	   *used;
-	ItemPointerData *tids;
-	int			n = 0;
-	int			i;
 
 	if (!QuotaCacheBegin())
 		return -1;
@@ -360,62 +327,111 @@ lock_cached_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_i
 	key.user_id = user_id;
 	key.key_id = key_id;
 	e = QuotaCacheGet(&defs_cache_kind, &key, rows);
-	if (e->n == 0)
-		return 0;
+	if (e->n > 0)
+		memcpy(rows, e->rows, sizeof(QuotaRow) * e->n);
+	return e->n;
+}
 
-	ids = palloc(sizeof(int64) * e->n);
-	found_ids = palloc(sizeof(bool) * e->n);
-	starts = palloc(sizeof(TimestampTz) * e->n);
-	used = palloc(sizeof(int64) * e->n);
-	tids = palloc(sizeof(ItemPointerData) * e->n);
-	for (i = 0; i < e->n; i++)
-		ids[i] = e->rows[i].quota_id;
-	/* by primary key, in quota_id order (direct.c); a deleted quota's is gone */
-	QuotaDirectLockCounters(tenant_id, ids, e->n, found_ids, starts, used, tids);
-	for (i = 0; i < e->n; i++)
+/*
+ * lock_run
+ *		Lock, by primary key and in quota_id order (direct.c), the counters
+ *		of the run of single-row quotas that starts at rows[from] and ends
+ *		before the next escrow quota.  A quota deleted since (its counter
+ *		went with it) no longer applies: it is removed from rows (*n
+ *		shrinks).  A counter found laid out over escrow slots since the
+ *		definitions were read (automatic escrow re-laid it) stops the run:
+ *		that quota becomes an escrow quota whose slot 0 this call holds, and
+ *		its other slots are taken before any later quota is locked.  A run
+ *		that had to wait is reported to automatic escrow (escrow_adapt.c).
+ *		Returns the index of the first row not left locked as a single-row
+ *		counter.
+ */
+int
+lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from)
+{
+	int			k = from;
+	int			m;
+	int			done;
+	int			kept = from;
+	int			i;
+	int64		ids[QUOTA_MAX_QUOTAS];
+	bool		found[QUOTA_MAX_QUOTAS];
+	bool		escrow[QUOTA_MAX_QUOTAS];
+	TimestampTz starts[QUOTA_MAX_QUOTAS];
+	int64		used[QUOTA_MAX_QUOTAS];
+	ItemPointerData tids[QUOTA_MAX_QUOTAS];
+	TimestampTz mark;
+
+	while (k < *n && rows[k].slots == 1 && !rows[k].locked)
+		k++;
+	m = k - from;
+	if (m == 0)
+		return from;
+	for (i = 0; i < m; i++)
+		ids[i] = rows[from + i].quota_id;
+	mark = get_timeout_start_time(DEADLOCK_TIMEOUT);
+	done = QuotaDirectLockCounters(tenant_id, ids, m, found, starts, used, tids, escrow);
+	if (get_timeout_start_time(DEADLOCK_TIMEOUT) != mark)
 	{
-		if (!found_ids[i])
-			continue;
-		rows[n] = e->rows[i];
-		rows[n].counter_start = starts[i];
-		rows[n].used = used[i];
-		rows[n].counter_tid = tids[i];
-		n++;
+		/* this call waited for a counter: contention, if it lasts */
+		for (i = 0; i < done; i++)
+			if (rows[from + i].auto_slots)
+				QuotaEscrowNote(tenant_id, rows[from + i].quota_id, true);
 	}
-	return n;
+	for (i = 0; i < done; i++)
+	{
+		QuotaRow   *r = &rows[from + i];
+
+		if (!found[i])
+			continue;
+		if (kept != from + i)
+			rows[kept] = *r;
+		r = &rows[kept++];
+		r->counter_start = starts[i];
+		r->used = used[i];
+		r->counter_tid = tids[i];
+		r->locked = true;
+		if (escrow[i])
+		{
+			/* re-laid since read: take it as the escrow quota it is now */
+			r->slots = escrow_slots_now(tenant_id, r->quota_id);
+			if (r->slots > 1)
+			{
+				r->locked = false;
+				r->held_slot0 = true;
+			}
+		}
+	}
+	/* close the gap of the quotas that are gone */
+	if (kept != from + done)
+	{
+		memmove(&rows[kept], &rows[from + done], sizeof(QuotaRow) * (*n - from - done));
+		*n -= from + done - kept;
+	}
+	return (kept > from && rows[kept - 1].slots > 1) ? kept - 1 : kept;
 }
 
 /*
  * lock_counters
- *		Lock the counters of the single-row quotas that apply, in quota_id
- *		order, and load them; with escrow quotas (has_slots), append their
- *		definitions (their slots are taken later, see acquire_slots).
+ *		The quotas that apply, in quota_id order, with the counters of the
+ *		leading run of single-row quotas locked (lock_run); *next is the
+ *		first row not locked yet (an escrow quota, or later single-row
+ *		quotas behind one), which the caller takes in order.
  *		created_before is +infinity for a new charge, which may take the
  *		definitions from the configuration cache unless fresh is set (a
  *		request that waited decides on what the tables say now).
  */
 int
 lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
-			  TimestampTz created_before, bool has_slots, bool fresh, QuotaRow *rows)
+			  TimestampTz created_before, bool fresh, QuotaRow *rows, int *next)
 {
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	int			n = -1;
 
 	if (!fresh && TIMESTAMP_IS_NOEND(created_before))
-		n = lock_cached_counters(tenant_id, model_id, user_id, key_id, rows);
-	bind_scope(values, nulls, tenant_id, model_id, user_id, key_id);
-	values[4] = TimestampTzGetDatum(created_before);
+		n = cached_defs(tenant_id, model_id, user_id, key_id, rows);
 	if (n < 0)
-	{
-		QuotaSpiExec(&lock_plan, values, nulls, false, 0);
-		n = parse_quota_rows(rows, 0);
-	}
-	if (has_slots)
-	{
-		QuotaSpiExec(&multi_plan, values, nulls, false, 0);
-		n = parse_quota_rows(rows, n);
-	}
+		n = read_defs(tenant_id, model_id, user_id, key_id, created_before, rows);
+	*next = lock_run(tenant_id, rows, &n, 0);
 	return n;
 }
 
@@ -514,7 +530,7 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
  *		quota with on_exceed overage lets the call through like alert: its
  *		money is on the usage row already).
  */
-static bool
+bool
 decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock,
 			  int64 calls, int64 units, int64 cost, Decision *d, int64 *overage)
 {
@@ -589,6 +605,7 @@ decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock
 		d->allowed = false;
 		d->denied_by = denied_quota;
 		decision_quota(d, r, r->old_used, true, clock);
+		d->denied_metric = quota_row_metric(r);
 		return false;
 	}
 	d->allowed = true;
@@ -638,7 +655,7 @@ decision_quota(Decision *d, const QuotaRow *r, int64 used, bool retry,
  * charge_instant
  *		Now, after the locks; never before a locked counter's period.
  */
-static TimestampTz
+TimestampTz
 charge_instant(QuotaRow *rows, int n)
 {
 	TimestampTz at = GetCurrentTimestamp();
@@ -713,7 +730,7 @@ insert_reservation(int64 tenant_id, int64 reservation_id, int64 usage_id, Timest
  *		currency than the price is a configuration error (55000), raised
  *		before anything is written.
  */
-static void
+void
 charge_cost(const ConsumeRequest *req, QuotaPolicyResult *pol, TimestampTz at,
 			QuotaRow *rows, int n, UsageExtra *extra, Decision *d)
 {
@@ -814,7 +831,7 @@ lock_wait_mark(void)
  */
 static bool
 recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
-				   QuotaPolicyResult *pol, QuotaRow *rows, int *n)
+				   QuotaPolicyResult *pol, QuotaRow *rows, int *n, int *next)
 {
 	int64		model_id = pol->model_id;
 	TimestampTz infinity;
@@ -834,8 +851,23 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
 		/* the counters locked are the model's that was resolved first */
 		pol->model_id = model_id;
 		if (rows)
+		{
+			int64		held[QUOTA_MAX_QUOTAS];
+			int			nheld = 0;
+			int			i;
+			int			j;
+
+			/* the slot-0 rows this call holds stay held: say so to escrow */
+			for (i = 0; i < *n; i++)
+				if (rows[i].locked || rows[i].held_slot0)
+					held[nheld++] = rows[i].quota_id;
 			*n = lock_counters(req->tenant_id, model_id, req->user_id, req->key_id,
-							   infinity, pol->has_slots, true, rows);
+							   infinity, true, rows, next);
+			for (i = 0; i < *n; i++)
+				for (j = 0; j < nheld; j++)
+					if (rows[i].slots > 1 && rows[i].quota_id == held[j])
+						rows[i].held_slot0 = true;
+		}
 	}
 	return true;
 }
@@ -851,6 +883,7 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 	QuotaPolicyResult pol;
 	QuotaRow	rows[QUOTA_MAX_QUOTAS];
 	int			n;
+	int			next;
 	TimestampTz at;
 	TimestampTz clock;
 	int64		overage;
@@ -910,8 +943,8 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 		tz = cstring_to_text(pol.timezone);
 		TIMESTAMP_NOEND(infinity);
 		n = lock_counters(req->tenant_id, pol.model_id, req->user_id, req->key_id,
-						  infinity, pol.has_slots, false, rows);
-		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, rows, &n))
+						  infinity, false, rows, &next);
+		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, rows, &n, &next))
 		{
 			d->allowed = false;
 			d->denied_by = pol.tenant_active ? denied_policy : denied_tenant;
@@ -920,21 +953,46 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 		at = charge_instant(rows, n);
 		clock = at;
 		charge_cost(req, &pol, at, rows, n, &extra, d);
-		/* escrow quotas come after the single-row ones, in quota_id order */
-		for (i = 0; i < n; i++)
+
+		/*
+		 * The rest in quota_id order: escrow quotas take their slots, and
+		 * the single-row quotas after one are locked then (lock_run), so
+		 * that every call locks in (quota_id, slot) order.
+		 */
+		for (i = next; i < n;)
 		{
 			QuotaRow   *r = &rows[i];
 
 			if (r->slots == 1)
+			{
+				int			from = i;
+				int			j;
+
+				if (r->locked)
+				{
+					i++;
+					continue;
+				}
+				i = lock_run(req->tenant_id, rows, &n, from);
+				for (j = from; j < i; j++)
+					if (!TIMESTAMP_NOT_FINITE(rows[j].counter_start) &&
+						rows[j].counter_start > at)
+						ereport(ERROR,
+								(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+								 errmsg("quota %lld entered a new period during this call",
+										(long long) rows[j].quota_id),
+								 errhint("Retry the transaction.")));
 				continue;
+			}
 			QuotaPeriodBounds(r->period, tz, at, &r->start, &r->end);
 			acquire_slots(req->tenant_id, r,
 						  r->metric_cost ? extra.cost_micro : r->metric_calls ? 1 : req->units,
 						  escrow_denied);
 			escrow_denied |= r->multi_deny;
+			i++;
 		}
 		/* taking every slot of an escrow quota may have waited too */
-		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, NULL, NULL))
+		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, NULL, NULL, NULL))
 		{
 			release_slots(req->tenant_id, rows, n);
 			d->allowed = false;
@@ -994,7 +1052,7 @@ charge_call(FunctionCallInfo fcinfo, const char *fn, const char *const *names,
 	QuotaConsume(&req, &d);
 	if (raise && !d.allowed)
 		raise_denial(&req, &d);
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	PG_RETURN_DATUM(request_decision_datum(fcinfo, &req, &d));
 }
 
 /*
@@ -1048,7 +1106,7 @@ quota_ext_invoke(PG_FUNCTION_ARGS)
 	req.role = ctx->role[0] ? pstrdup(ctx->role) : NULL;
 	QuotaConsume(&req, &d);
 	QuotaKeyArgDone();
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	PG_RETURN_DATUM(request_decision_datum(fcinfo, &req, &d));
 }
 
 /*

@@ -19,8 +19,11 @@
  *					decision composite and the denial errors
  *	 args.c			argument checks (and QuotaArgNotNull, QuotaQuoteInput
  *					for every module)
+ *	 check.c		quota_check (consume's decision, nothing charged or
+ *					locked) and read_counters, the unlocked read of counters
  *
- * Calls go one way: consume.c and adjust.c call the others; escrow.c calls
+ * Calls go one way: consume.c and adjust.c call the others; check.c calls
+ * consume.c's decision helpers and is called by adjust.c; escrow.c calls
  * events.c; decision.c calls args.c and context.c; every file may call
  * args.c, which calls no other file of the extension; events.c and
  * idempotency.c call none of the request path's files.  Nothing here is part of the library's
@@ -34,6 +37,7 @@
 
 #include "quota_ext.h"
 #include "period.h"
+#include "policy.h"
 
 #include "executor/tuptable.h"
 #include "utils/timestamp.h"
@@ -102,6 +106,10 @@ typedef struct Decision
 	bool		has_remaining_cost; /* a cost quota applies */
 	int64		remaining_cost_micro;
 	char		currency[4];	/* of the cost, else of the cost quota */
+	const char *denied_metric;	/* the denying quota's metric (static), or NULL */
+	int64		tenant_id;		/* the call's tenant, user and key; 0: none */
+	int64		user_id;
+	int64		key_id;
 } Decision;
 
 /* one counter row to write: (quota, slot) <- used, period, allowance, mask */
@@ -142,6 +150,9 @@ typedef struct QuotaRow
 	bool		touched;		/* counter is written */
 	/* escrow quotas (slots > 1): see acquire_slots */
 	int			slots;
+	bool		auto_slots;		/* automatic escrow (escrow_adapt.c) may re-lay it */
+	bool		locked;			/* slot 0 locked as a single-row counter */
+	bool		held_slot0;		/* slot 0 locked, then found laid out over slots */
 	bool		multi_deny;		/* even all slots together cannot take it */
 	int			nupd;
 	CounterUpdate *upd;			/* the slot rows to write */
@@ -156,13 +167,29 @@ extern QUOTA_PRIVATE const char *const denied_tenant;
 extern QUOTA_PRIVATE const char *const denied_policy;
 extern QUOTA_PRIVATE const char *const denied_rate;
 extern QUOTA_PRIVATE const char *const denied_quota;
+/* ... and Decision.denied_metric at one of these */
+extern QUOTA_PRIVATE const char *const metric_calls;
+extern QUOTA_PRIVATE const char *const metric_units;
+extern QUOTA_PRIVATE const char *const metric_cost;
 
 /* consume.c */
 extern QUOTA_PRIVATE int64 seconds_until(TimestampTz when, TimestampTz now);
 extern QUOTA_PRIVATE void decision_quota(Decision *d, const QuotaRow *r, int64 used,
 										bool retry, TimestampTz clock);
 extern QUOTA_PRIVATE int lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
-			  TimestampTz created_before, bool has_slots, bool fresh, QuotaRow *rows);
+			  TimestampTz created_before, bool fresh, QuotaRow *rows, int *next);
+extern QUOTA_PRIVATE int lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from);
+/* ... also read by check.c (quota_check) and adjust.c */
+extern QUOTA_PRIVATE int parse_quota_rows(QuotaRow *rows, int first);
+extern QUOTA_PRIVATE bool decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock,
+			  int64 calls, int64 units, int64 cost, Decision *d, int64 *overage);
+extern QUOTA_PRIVATE void charge_cost(const ConsumeRequest *req, QuotaPolicyResult *pol, TimestampTz at,
+			QuotaRow *rows, int n, UsageExtra *extra, Decision *d);
+extern QUOTA_PRIVATE TimestampTz charge_instant(QuotaRow *rows, int n);
+
+/* check.c */
+extern QUOTA_PRIVATE int read_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
+			  TimestampTz created_before, QuotaRow *rows);
 extern QUOTA_PRIVATE int64 write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char *kind,
 			int64 model_id, int64 user_id, int64 key_id, int32 calls, int64 units,
 			int64 overage, int64 ref_usage_id, int64 reservation_id, const char *idem_key,
@@ -173,6 +200,7 @@ extern QUOTA_PRIVATE bool lay_out_slots(QuotaRow *r, int k, int64 delta, bool ch
 extern QUOTA_PRIVATE void lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on);
 extern QUOTA_PRIVATE void acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied);
 extern QUOTA_PRIVATE void release_slots(int64 tenant_id, QuotaRow *rows, int n);
+extern QUOTA_PRIVATE int escrow_slots_now(int64 tenant_id, int64 quota_id);
 
 /* events.c */
 extern QUOTA_PRIVATE void emit_event(int64 tenant_id, QuotaRow *r, const char *kind, int threshold, int64 limit);
@@ -194,6 +222,9 @@ extern QUOTA_PRIVATE void raise_unknown_model(const char *model);
 
 /* decision.c */
 extern QUOTA_PRIVATE Datum decision_datum(FunctionCallInfo fcinfo, const Decision *d);
+extern QUOTA_PRIVATE Datum request_decision_datum(FunctionCallInfo fcinfo, const ConsumeRequest *req,
+												  Decision *d);
+extern QUOTA_PRIVATE const char *quota_row_metric(const QuotaRow *r);
 extern QUOTA_PRIVATE void charge_args(FunctionCallInfo fcinfo, ConsumeRequest *req,
 									   const char *const *names, int nnames, bool by_tenant);
 extern QUOTA_PRIVATE void raise_denial(const ConsumeRequest *req, const Decision *d);

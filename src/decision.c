@@ -37,6 +37,16 @@ const char *const denied_tenant = "tenant";
 const char *const denied_policy = "policy";
 const char *const denied_rate = "rate_limit";
 const char *const denied_quota = "quota";
+const char *const metric_calls = "calls";
+const char *const metric_units = "units";
+const char *const metric_cost = "cost";
+
+/* the metric of a quota row, as Decision.denied_metric */
+const char *
+quota_row_metric(const QuotaRow *r)
+{
+	return r->metric_cost ? metric_cost : r->metric_calls ? metric_calls : metric_units;
+}
 
 /* ----------------------------------------------------------------------
  * result and SQL-callable functions
@@ -46,8 +56,8 @@ Datum
 decision_datum(FunctionCallInfo fcinfo, const Decision *d)
 {
 	TupleDesc	tupdesc;
-	Datum		values[14];
-	bool		nulls[14];
+	Datum		values[18];
+	bool		nulls[18];
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -83,7 +93,33 @@ decision_datum(FunctionCallInfo fcinfo, const Decision *d)
 		values[13] = CStringGetTextDatum(d->currency);
 	else
 		nulls[13] = true;
+	/* issue 17: which metric denied, and whose call it was */
+	if (d->denied_metric)
+		values[14] = CStringGetTextDatum(d->denied_metric);
+	else
+		nulls[14] = true;
+	values[15] = Int64GetDatum(d->tenant_id);
+	nulls[15] = d->tenant_id == 0;
+	values[16] = Int64GetDatum(d->user_id);
+	nulls[16] = d->user_id == 0;
+	values[17] = Int64GetDatum(d->key_id);
+	nulls[17] = d->key_id == 0;
 	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls));
+}
+
+/*
+ * request_decision_datum
+ *		The decision of a charging call, with the call's tenant, user and
+ *		key (invoke: the key's), so the application needs no second round
+ *		trip to current_context().
+ */
+Datum
+request_decision_datum(FunctionCallInfo fcinfo, const ConsumeRequest *req, Decision *d)
+{
+	d->tenant_id = req->tenant_id;
+	d->user_id = req->user_id;
+	d->key_id = req->key_id;
+	return decision_datum(fcinfo, d);
 }
 
 /*
@@ -176,7 +212,7 @@ raise_denial(const ConsumeRequest *req, const Decision *d)
 				 errmsg("rate limit exceeded for tenant %lld", (long long) req->tenant_id),
 				 errdetail("Limit %lld; retry after %lld seconds.",
 						   (long long) d->limit, (long long) d->retry_after)));
-	if (!d->has_limit && d->has_remaining_cost)
+	if (d->denied_metric == metric_cost || (!d->has_limit && d->has_remaining_cost))
 	{
 		char	   *cost = d->has_cost ?
 			numeric_normalize(DatumGetNumeric(QuotaMicroToNumeric(d->cost_micro))) : "0";

@@ -290,18 +290,23 @@ find_counter(Relation rel, Relation idx, Snapshot snapshot, int64 tenant_id,
  *		tenant, in that order, as SELECT ... FOR NO KEY UPDATE does; found[i]
  *		says whether quota i still has its counter, starts[i] and used[i] are
  *		its values once locked and tids[i] where the locked version is.
- *		Returns how many were found.
+ *		escrow[i] says that the row locked carries an allowance: the quota
+ *		was laid out over escrow slots since its definition was read
+ *		(automatic escrow, escrow_adapt.c).  Locking stops after such a row,
+ *		so that the caller can take that quota's other slots before it locks
+ *		any later quota (the lock order of doc/design.md section 5).
+ *		Returns how many quotas were handled (n unless it stopped early).
  */
 int
 QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
-						TimestampTz *starts, int64 *used, ItemPointerData *tids)
+						TimestampTz *starts, int64 *used, ItemPointerData *tids,
+						bool *escrow)
 {
 	DirectRels	rels;
 	Relation	rel;
 	Relation	idx;
 	TupleTableSlot *slot;
 	Snapshot	snapshot;
-	int			nfound = 0;
 	int			i;
 
 	find_relations(&rels);
@@ -313,19 +318,26 @@ QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
 	{
 		bool		isnull;
 
+		escrow[i] = false;
 		found[i] = find_counter(rel, idx, snapshot, tenant_id, qids[i], 0, true, slot);
 		if (!found[i])
 			continue;
 		tids[i] = slot->tts_tid;
 		starts[i] = DatumGetTimestampTz(slot_getattr(slot, counter_att[C_PERIOD_START], &isnull));
 		used[i] = DatumGetInt64(slot_getattr(slot, counter_att[C_USED], &isnull));
-		nfound++;
+		(void) slot_getattr(slot, counter_att[C_ALLOWANCE], &isnull);
+		if (!isnull)
+		{
+			escrow[i] = true;
+			i++;
+			break;
+		}
 	}
 	PopActiveSnapshot();
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(idx, AccessShareLock);
 	table_close(rel, NoLock);
-	return nfound;
+	return i;
 }
 
 /*

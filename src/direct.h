@@ -52,7 +52,7 @@ typedef struct QuotaCounterWrite
 
 extern int	QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n,
 									bool *found, TimestampTz *starts, int64 *used,
-									ItemPointerData *tids);
+									ItemPointerData *tids, bool *escrow);
 extern int64 QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n);
 
 #endif							/* QUOTA_DIRECT_H */

@@ -10,6 +10,7 @@
  */
 #include "spi.h"
 #include "consume_internal.h"
+#include "escrow_adapt.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"
@@ -145,11 +146,42 @@ static QuotaPlan slot_all_plan = {
 	2, {INT8OID, INT8OID}
 };
 
-/* the default share of the limit of slot i of n */
+PG_FUNCTION_INFO_V1(quota_ext_slot_share);
+
+/*
+ * slot_share
+ *		The slot-share rule: the default share of the limit of slot i of n.
+ *		The one definition; PL/pgSQL (_counters_rebuild, _escrow_relayout)
+ *		calls it as quota_ext._slot_share(), and the single-slot statements
+ *		below pass its two parts ($8, $9) to SQL.
+ */
 static int64
 slot_share(int64 limit, int slots, int i)
 {
 	return limit / slots + (i < limit % slots ? 1 : 0);
+}
+
+/* quota_ext._slot_share(lim bigint, n integer, i integer) RETURNS bigint */
+Datum
+quota_ext_slot_share(PG_FUNCTION_ARGS)
+{
+	int64		limit;
+	int32		n;
+	int32		i;
+
+	/* not STRICT: a constant NULL call would be folded away before the ACL check */
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("_slot_share() takes no NULL argument")));
+	limit = PG_GETARG_INT64(0);
+	n = PG_GETARG_INT32(1);
+	i = PG_GETARG_INT32(2);
+	if (n < 1 || i < 0 || i >= n || limit < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("slot %d of %d of limit %lld does not exist", i, n, (long long) limit)));
+	PG_RETURN_INT64(slot_share(limit, n, i));
 }
 
 /* load one slot row from SPI (columns slot, period_start, used, allowance, mask) */
@@ -220,7 +252,11 @@ lay_out_slots(QuotaRow *r, int k, int64 delta, bool check)
 		r->upd[k].used += delta;
 	slack = Max(r->max_units - r->new_used, 0);
 	for (i = 0; i < r->nupd; i++)
+	{
 		r->upd[i].allowance = r->upd[i].used + slot_share(slack, r->nupd, i);
+		/* one row left (automatic escrow folded it back): a plain counter */
+		r->upd[i].has_allowance = r->nupd > 1;
+	}
 	r->charged = k;
 	r->touched = true;
 	return true;
@@ -305,6 +341,9 @@ charge_one_slot(QuotaPlan *plan, int64 tenant_id, QuotaRow *r, int64 amount)
 	 * slots collide by chance (and two backends starting at one slot wait).
 	 */
 	values[5] = Int32GetDatum(QuotaMyProcNumber() % r->slots);
+	/* slot 0 is ours already (lock_run found it re-laid): try it first */
+	if (r->held_slot0)
+		values[5] = Int32GetDatum(0);
 	values[6] = Int32GetDatum(r->slots);
 	values[7] = Int64GetDatum(r->max_units / r->slots);
 	values[8] = Int32GetDatum((int32) (r->max_units % r->slots));
@@ -432,6 +471,9 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied)
 	{
 		SlotCharge	c = charge_one_slot(&slot_skip_plan, tenant_id, r, amount);
 
+		/* automatic escrow counts its callers, and those that found no free slot */
+		if (r->auto_slots)
+			QuotaEscrowNote(tenant_id, r->quota_id, c == SLOT_BUSY);
 		if (c == SLOT_CHARGED)
 			return;
 		if (c == SLOT_BUSY &&
@@ -488,6 +530,30 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied)
 			QuotaSpiExec(&slot_write_plan, values, NULL, false, 0);
 		}
 	}
+}
+
+/*
+ * escrow_slots_now
+ *		The number of slots quota_id is laid out over now (automatic escrow
+ *		re-laid it since its definition was read; escrow_adapt.c).
+ */
+int
+escrow_slots_now(int64 tenant_id, int64 quota_id)
+{
+	static QuotaPlan plan = {
+		"SELECT q.slots FROM quota_ext.quotas q "
+		"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.quota_id OPERATOR(pg_catalog.=) $2",
+		2, {INT8OID, INT8OID}
+	};
+	Datum		values[2];
+	bool		isnull;
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(quota_id);
+	QuotaSpiExec(&plan, values, NULL, false, 1);
+	if (SPI_processed != 1)
+		return 1;
+	return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 /*

@@ -39,6 +39,38 @@ crossing(int64 old_used, int64 new_used, int64 limit, int pct)
 	return (int128) old_used * 100 < mark && (int128) new_used * 100 >= mark;
 }
 
+/*
+ * emit_outbox
+ *		The crossing as an outbox event (sql/install/52_outbox.sql), in this
+ *		transaction: the durable record that consumers read with
+ *		event_poll/event_ack; _event_emit also wakes them (NOTIFY
+ *		quota_ext_outbox, ids only).
+ */
+static void
+emit_outbox(int64 tenant_id, QuotaRow *r, const char *kind, int threshold, int64 limit,
+			int64 event_id)
+{
+	static QuotaPlan plan = {
+		"SELECT quota_ext._event_emit($1, $2, 'quota', $3::pg_catalog.text, "
+		"    pg_catalog.jsonb_build_object('quota_event_id', $4, 'quota_id', $3, "
+		"        'period_start', $5, 'kind', $6, 'threshold', $7, 'used', $8, 'limit', $9))",
+		9, {INT8OID, TEXTOID, INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, INT4OID, INT8OID, INT8OID}
+	};
+	Datum		values[9];
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = CStringGetTextDatum(strcmp(kind, "threshold") == 0 ? "quota.threshold"
+									: "quota.soft_limit");
+	values[2] = Int64GetDatum(r->quota_id);
+	values[3] = Int64GetDatum(event_id);
+	values[4] = TimestampTzGetDatum(r->start);
+	values[5] = CStringGetTextDatum(kind);
+	values[6] = Int32GetDatum(threshold);
+	values[7] = Int64GetDatum(r->new_used);
+	values[8] = Int64GetDatum(limit);
+	QuotaSpiExec(&plan, values, NULL, false, 0);
+}
+
 void
 emit_event(int64 tenant_id, QuotaRow *r, const char *kind, int threshold, int64 limit)
 {
@@ -77,6 +109,7 @@ emit_event(int64 tenant_id, QuotaRow *r, const char *kind, int threshold, int64 
 	appendStringInfo(&payload, "{\"event_id\": %lld, \"tenant_id\": %lld}",
 					 (long long) event_id, (long long) tenant_id);
 	Async_Notify(QUOTA_EVENT_CHANNEL, payload.data);
+	emit_outbox(tenant_id, r, kind, threshold, limit, event_id);
 }
 
 /* threshold and soft-limit events of one counter change */

@@ -69,7 +69,7 @@ idem_claim(const ConsumeRequest *req, Decision *d)
 	static QuotaPlan fetch = {
 		"SELECT op, model, units, allowed, denied_by, quota_id, period, \"limit\", "
 		"       remaining, resets_at, retry_after, usage_id, reservation_id, "
-		"       cost, remaining_cost, currency "
+		"       cost, remaining_cost, currency, denied_metric "
 		"FROM quota_ext.idempotency_keys "
 		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
 		"  AND idempotency_key OPERATOR(pg_catalog.=) $2",
@@ -134,6 +134,15 @@ idem_claim(const ConsumeRequest *req, Decision *d)
 	s = SPI_getvalue(tup, desc, 16);
 	if (s)
 		strlcpy(d->currency, s, sizeof(d->currency));
+	s = SPI_getvalue(tup, desc, 17);
+	if (s == NULL)
+		d->denied_metric = NULL;
+	else if (strcmp(s, metric_calls) == 0)
+		d->denied_metric = metric_calls;
+	else if (strcmp(s, metric_units) == 0)
+		d->denied_metric = metric_units;
+	else
+		d->denied_metric = metric_cost;
 	return false;
 }
 
@@ -144,14 +153,14 @@ idem_store(const ConsumeRequest *req, const Decision *d)
 		"UPDATE quota_ext.idempotency_keys SET allowed = $3, denied_by = $4, quota_id = $5, "
 		"       period = $6, \"limit\" = $7, remaining = $8, resets_at = $9, "
 		"       retry_after = $10, usage_id = $11, reservation_id = $12, "
-		"       cost = $13, remaining_cost = $14, currency = $15 "
+		"       cost = $13, remaining_cost = $14, currency = $15, denied_metric = $16 "
 		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
 		"  AND idempotency_key OPERATOR(pg_catalog.=) $2",
-		15, {INT8OID, TEXTOID, BOOLOID, TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID,
-		TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, NUMERICOID, NUMERICOID, TEXTOID}
+		16, {INT8OID, TEXTOID, BOOLOID, TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID,
+		TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, NUMERICOID, NUMERICOID, TEXTOID, TEXTOID}
 	};
-	Datum		values[15];
-	char		nulls[15];
+	Datum		values[16];
+	char		nulls[16];
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int64GetDatum(req->tenant_id);
@@ -194,5 +203,9 @@ idem_store(const ConsumeRequest *req, const Decision *d)
 		values[14] = CStringGetTextDatum(d->currency);
 	else
 		nulls[14] = 'n';
+	if (d->denied_metric)
+		values[15] = CStringGetTextDatum(d->denied_metric);
+	else
+		nulls[15] = 'n';
 	QuotaSpiExec(&plan, values, nulls, false, 0);
 }

@@ -83,13 +83,6 @@ quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
 		"WHERE t.tenant_id OPERATOR(pg_catalog.=) $1",
 		2, {INT8OID, TEXTOID}
 	};
-	/* does the tenant have escrow (multi-slot) quotas?  (consume.c) */
-	static QuotaPlan slots_plan = {
-		"SELECT EXISTS (SELECT 1 FROM quota_ext.quotas q "
-		"               WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 "
-		"                 AND q.slots OPERATOR(pg_catalog.>) 1)",
-		1, {INT8OID}
-	};
 	/*
 	 * the price in force at $3 and when it may change: the rule lives in
 	 * SQL only (50_metering.sql: tenant+model, model list, tenant default,
@@ -132,9 +125,6 @@ quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
 	out->timezone = SPI_getvalue(tup, desc, 2);
 	d = SPI_getbinval(tup, desc, 3, &isnull);
 	out->model_id = isnull ? 0 : DatumGetInt64(d);
-
-	QuotaSpiExec(&slots_plan, values, NULL, false, 1);
-	out->has_slots = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
 	if (out->model_id == 0)
 	{
@@ -260,7 +250,6 @@ policy_cache_flat(void *entry, QuotaFlat *f)
 	QuotaFlatBytes(f, &p, p ? strlen(p) + 1 : 0);
 	r->timezone = p;
 	QUOTA_FLAT(f, r->model_id);
-	QUOTA_FLAT(f, r->has_slots);
 	QUOTA_FLAT(f, r->price.found);
 	QUOTA_FLAT(f, r->price.price_id);
 	QUOTA_FLAT(f, r->price.currency);

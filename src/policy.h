@@ -20,7 +20,6 @@ typedef struct QuotaPolicyResult
 	int64		model_id;		/* 0 when the name means no model */
 	bool		allowed;
 	QuotaPrice	price;			/* in force when the request started */
-	bool		has_slots;		/* the tenant has multi-slot (escrow) quotas */
 } QuotaPolicyResult;
 
 extern void QuotaPolicyEvaluate(int64 tenant_id, const char *model,

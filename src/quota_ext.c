@@ -17,6 +17,7 @@
 #include "policy.h"
 #include "ratelimit.h"
 #include "stats.h"
+#include "escrow_adapt.h"
 #include "audit.h"
 #include "shmem.h"
 
@@ -35,6 +36,7 @@ _PG_init(void)
 	QuotaRateLimitInit();
 	QuotaAuditInit();
 	QuotaStatsInit();
+	QuotaEscrowInit();
 	QuotaShmemInit();
 
 	MarkGUCPrefixReserved("quota_ext");

@@ -43,6 +43,14 @@ extern void QuotaRateLimitShmemStartup(void);
  */
 extern bool QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
 								int64 quantity, QuotaRateDecision *out);
+/*
+ * The same answer without charging any bucket (quota_check): each bucket
+ * is read under its partition's shared lock, and nothing is written to
+ * shared memory (a bucket without an entry is judged fresh, as
+ * QuotaRateLimitApply would).
+ */
+extern bool QuotaRateLimitPeek(int64 tenant_id, int64 model_id, int64 key_id,
+							   int64 quantity, QuotaRateDecision *out);
 
 
 #endif							/* QUOTA_RATELIMIT_H */

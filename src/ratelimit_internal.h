@@ -115,6 +115,7 @@ extern QUOTA_PRIVATE uint32 quota_rl_cap(void);
 extern QUOTA_PRIVATE uint32 quota_rl_share(void);
 extern QUOTA_PRIVATE void quota_rl_check_one(QuotaRlBucket *b, int64 quantity);
 extern QUOTA_PRIVATE bool quota_rl_check_all(QuotaRlBucket *buckets, int n, int64 quantity);
+extern QUOTA_PRIVATE bool quota_rl_peek_all(QuotaRlBucket *buckets, int n, int64 quantity);
 extern QUOTA_PRIVATE int32 quota_rl_ns_hold(int64 tenant_id);
 extern QUOTA_PRIVATE void quota_rl_ns_release(int32 ns);
 extern QUOTA_PRIVATE void quota_rl_ns_unhold(int32 ns);

@@ -215,9 +215,9 @@ quota_rl_rules(int64 tenant_id, int64 model_id, int64 key_id,
  *		quota_ext.  The tier row is always read for an existing tenant and
  *		used only when the tenant has no tenant-wide rule.
  */
-bool
-QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
-					int64 quantity, QuotaRateDecision *out)
+static bool
+rate_limit_eval(int64 tenant_id, int64 model_id, int64 key_id,
+				int64 quantity, QuotaRateDecision *out, bool peek)
 {
 	QuotaRlBucket buckets[QUOTA_RL_MAX_RULES];
 	QuotaRlRule rules[QUOTA_RL_MAX_RULES];
@@ -262,7 +262,8 @@ QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
 		buckets[i].ns_tenant = tenant_id;
 		buckets[i].entry = NULL;
 	}
-	allowed = quota_rl_check_all(buckets, n, quantity);
+	allowed = peek ? quota_rl_peek_all(buckets, n, quantity) :
+		quota_rl_check_all(buckets, n, quantity);
 
 	/*
 	 * Report the limiting rule that waits longest (one that can never admit
@@ -297,4 +298,22 @@ QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
 	out->retry_after = buckets[best].r.retry_after;
 	out->reset_after = buckets[best].r.reset_after;
 	return allowed;
+}
+
+bool
+QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
+					int64 quantity, QuotaRateDecision *out)
+{
+	return rate_limit_eval(tenant_id, model_id, key_id, quantity, out, false);
+}
+
+/*
+ * QuotaRateLimitPeek
+ *		See quota_ext.h.
+ */
+bool
+QuotaRateLimitPeek(int64 tenant_id, int64 model_id, int64 key_id,
+				   int64 quantity, QuotaRateDecision *out)
+{
+	return rate_limit_eval(tenant_id, model_id, key_id, quantity, out, true);
 }

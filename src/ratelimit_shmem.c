@@ -8,10 +8,9 @@
  * invoke() applies in ratelimit_rules.c; ratelimit_internal.h joins them.
  *
  * Each bucket is one theoretical arrival time (TAT, see gcra.c) in a
- * fixed-size table in shared memory, requested and set up at server start
- * (shmem.c), so the library must be in
- * shared_preload_libraries (otherwise the functions that need the table
- * raise 55000).  Nothing is written to WAL and no row is locked: a check
+ * fixed-size table in shared memory, set up at server start (shmem.c), so
+ * the library must be in shared_preload_libraries (otherwise the functions
+ * that need the table raise 55000).  Nothing is written to WAL and no row is locked: a check
  * is not undone when the caller's transaction rolls back (a client cannot
  * get its budget back by aborting), and the table starts empty at every
  * server start, like Redis without persistence.
@@ -976,6 +975,38 @@ quota_rl_check_one(QuotaRlBucket *b, int64 quantity)
 		return;
 	}
 	quota_rl_raise_full();
+}
+
+/*
+ * quota_rl_peek_all
+ *		What quota_rl_check_all would answer for `quantity`, charging
+ *		nothing: each bucket is evaluated under its partition's shared
+ *		lock and never written; a bucket without an entry is fresh.
+ *		Returns true when every one allows.
+ */
+bool
+quota_rl_peek_all(QuotaRlBucket *buckets, int n, int64 quantity)
+{
+	bool		allowed = true;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		QuotaRlBucket *b = &buckets[i];
+		LWLock	   *lock = quota_rl_lock(b->part);
+		QuotaRlEntry *e;
+		QuotaGcraStatus st;
+
+		LWLockAcquire(lock, LW_SHARED);
+		e = quota_rl_lookup(b->part, b->key);
+		st = QuotaGcraEval(e ? (int64) pg_atomic_read_u64(&e->tat) : 0, quota_rl_now(),
+						   b->max_burst, b->count, b->period, quantity, &b->r);
+		LWLockRelease(lock);
+		if (st != QUOTA_GCRA_OK)
+			QuotaGcraRaise(st, b->max_burst, b->count, b->period, quantity);
+		allowed &= !b->r.limited;
+	}
+	return allowed;
 }
 
 static int

@@ -7,7 +7,7 @@
  *
  * The modules: the shared level of the configuration cache (cache.c), the
  * rate-limit table (ratelimit_shmem.c) and the decision counters
- * (stats.c), in this order (the order in which their three hook chains ran
+ * (stats.c) and automatic escrow's table (escrow_adapt.c), in this order (the order in which their three hook chains ran
  * before).  Each keeps its own sizes and settings; a module with nothing
  * to share adds nothing here.  Only a preloading postmaster installs the
  * hooks; without shared_preload_libraries the modules find their pointers
@@ -19,6 +19,7 @@
 #include "cache.h"
 #include "ratelimit.h"
 #include "stats.h"
+#include "escrow_adapt.h"
 #include "shmem.h"
 
 #include "miscadmin.h"
@@ -37,6 +38,7 @@ quota_shmem_request(void)
 	QuotaCacheShmemRequest();
 	QuotaRateLimitShmemRequest();
 	QuotaStatsShmemRequest();
+	QuotaEscrowShmemRequest();
 }
 
 static void
@@ -48,6 +50,7 @@ quota_shmem_startup(void)
 	QuotaCacheShmemStartup();
 	QuotaRateLimitShmemStartup();
 	QuotaStatsShmemStartup();
+	QuotaEscrowShmemStartup();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -180,7 +180,8 @@ AS $$
 	         quota_ext.reservations, quota_ext.refunds, quota_ext.quota_events,
 	         quota_ext.audit_log, quota_ext.usage_daily, quota_ext.usage_billing_daily,
 	         quota_ext.rollup_state,
-	         quota_ext.invoices, quota_ext.invoice_lines, quota_ext.billing_closes CASCADE;
+	         quota_ext.invoices, quota_ext.invoice_lines, quota_ext.billing_closes,
+	         quota_ext.outbox, quota_ext.event_consumers CASCADE;
 	TRUNCATE quota_test.keys;
 	SELECT pg_catalog.setval(c.oid::regclass, 1, false)
 	  FROM pg_catalog.pg_class c

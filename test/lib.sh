@@ -7,7 +7,7 @@ export PATH="$PG_BIN:$PATH"
 
 # Debian packages each entry point needs (installed when running as root).
 QUOTA_BUILD_PKGS="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR make gcc"
-QUOTA_TEST_PKGS="postgresql-$PG_MAJOR-pgtap postgresql-$PG_MAJOR-cron libtap-parser-sourcehandler-pgtap-perl libipc-run-perl git"
+QUOTA_TEST_PKGS="postgresql-$PG_MAJOR-pgtap postgresql-$PG_MAJOR-cron libtap-parser-sourcehandler-pgtap-perl libipc-run-perl git python3-psycopg"
 # test/deb: what dpkg-buildpackage needs for debian/ (pg_buildext, dh_pgxs)
 QUOTA_DEB_PKGS="debhelper postgresql-server-dev-all dpkg-dev fakeroot"
 

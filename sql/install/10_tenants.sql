@@ -8,9 +8,14 @@ CREATE SEQUENCE quota_ext.user_id_seq;
 CREATE SEQUENCE quota_ext.key_id_seq;
 CREATE SEQUENCE quota_ext.model_id_seq;
 
--- Global catalog: tiers.  The four built-in tiers ship with the release
--- (builtin = true, not dumped, changed only by upgrade scripts); custom tiers
--- are data and are dumped.
+-- Global catalog: tiers.  The five built-in tiers ship with the release
+-- (builtin = true); quota_ext_admin changes them and makes new ones with
+-- tier_set() (12_tiers.sql).  pg_dump dumps the custom tiers and the
+-- built-in ones an admin changed (modified = true); on restore, CREATE
+-- EXTENSION has made the built-in rows again, and the trigger below turns
+-- the dumped row of a changed built-in tier into an update of it instead of
+-- a duplicate key (issue 17: an edit of a built-in tier vanished in
+-- pg_dump).
 CREATE TABLE quota_ext.tiers (
 	tier                   text PRIMARY KEY
 	                       CHECK (tier OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_-]{0,62}$'),
@@ -24,13 +29,26 @@ CREATE TABLE quota_ext.tiers (
 	CHECK ((rate_limit_burst::pg_catalog.int8 OPERATOR(pg_catalog.+) 1)
 	       OPERATOR(pg_catalog.<=) (1440 OPERATOR(pg_catalog.*) rate_limit_per_minute::pg_catalog.int8)),
 	builtin                boolean NOT NULL DEFAULT false,
-	created_at             timestamptz NOT NULL DEFAULT pg_catalog.now()
+	created_at             timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	-- issue 17: feature flags (name -> boolean), a cap on members, and
+	-- whether an admin changed a built-in tier (then it is dumped)
+	features               jsonb NOT NULL DEFAULT '{}'
+	                       CHECK (pg_catalog.jsonb_typeof(features) OPERATOR(pg_catalog.=) 'object'),
+	max_users              integer CHECK (max_users OPERATOR(pg_catalog.>=) 0),
+	-- a default money budget per month (enzu's DEFAULT_BUDGET_USD): a
+	-- tenant-wide monthly cost quota of origin 'tier', like monthly_calls
+	monthly_budget         numeric CHECK (monthly_budget OPERATOR(pg_catalog.>=) 0),
+	budget_currency        char(3),
+	CHECK ((monthly_budget IS NULL) OPERATOR(pg_catalog.=) (budget_currency IS NULL)),
+	modified               boolean NOT NULL DEFAULT false,
+	updated_at             timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 COMMENT ON TABLE quota_ext.tiers IS
 	'Service tiers and the defaults they give tenants (monthly_calls NULL = unlimited)';
 INSERT INTO quota_ext.tiers (tier, description, monthly_calls, rate_limit_per_minute,
                              rate_limit_burst, audit_retention, builtin) VALUES
 	('free',       'Free tier',        1000,  60,    10,   '7 days',   true),
+	('starter',    'Starter',          5000,  120,   20,   '30 days',  true),
 	('pro',        'Professional',     10000, 600,   100,  '30 days',  true),
 	('premium',    'Premium',          50000, 3000,  500,  '90 days',  true),
 	('enterprise', 'Enterprise',       NULL,  NULL,  NULL, '365 days', true);
@@ -61,13 +79,14 @@ CREATE TABLE quota_ext.users (
 	role        text NOT NULL CHECK (role OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_-]{0,62}$'),
 	status      text NOT NULL DEFAULT 'active'
 	            CHECK (status OPERATOR(pg_catalog.=) 'active'
-	                   OR status OPERATOR(pg_catalog.=) 'disabled'),
+	                   OR status OPERATOR(pg_catalog.=) 'disabled'
+	                   OR status OPERATOR(pg_catalog.=) 'removed'),
 	created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	PRIMARY KEY (tenant_id, user_id),
 	UNIQUE (tenant_id, email)
 );
 COMMENT ON TABLE quota_ext.users IS
-	'Members of a tenant with a role (admin, member, viewer or a custom name)';
+	'Members of a tenant with a role (admin, member, viewer or a custom name); status active, disabled or removed (user_remove: kept for history)';
 
 CREATE TABLE quota_ext.api_keys (
 	tenant_id    bigint NOT NULL,
@@ -194,38 +213,29 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._check_role(text) IS 'Internal: validate a user role name';
 
--- The tenant row a function acts on: raises unless tenant_id is given, the
--- caller may act on it (_check_tenant_access) and it exists (42704, the same
--- text as a tenant of someone else).  for_update: locks the row against
--- concurrent changes (an admin change of the tenant's configuration).
-CREATE FUNCTION quota_ext._tenant_read(tenant_id bigint, for_update boolean DEFAULT false)
-	RETURNS quota_ext.tenants
-	LANGUAGE plpgsql VOLATILE
+-- The tenant row for an admin change: checks access, existence, and that
+-- the tenant is not closed; locks the row against concurrent status changes.
+CREATE FUNCTION quota_ext._tenant_for_update(tenant_id bigint) RETURNS quota_ext.tenants
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
+#variable_conflict use_column
 DECLARE
 	t quota_ext.tenants;
 BEGIN
-	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
-	PERFORM quota_ext._check_tenant_access($1);
-	IF for_update THEN
-		SELECT * INTO t FROM quota_ext.tenants x WHERE x.tenant_id OPERATOR(pg_catalog.=) $1 FOR UPDATE;
-	ELSE
-		SELECT * INTO t FROM quota_ext.tenants x WHERE x.tenant_id OPERATOR(pg_catalog.=) $1;
+	IF _tenant_for_update.tenant_id IS NULL THEN
+		PERFORM quota_ext._null_arg('tenant_id');
 	END IF;
+	PERFORM quota_ext._check_tenant_access(_tenant_for_update.tenant_id);
+	SELECT * INTO t FROM quota_ext.tenants
+	 WHERE tenant_id = _tenant_for_update.tenant_id FOR UPDATE;
 	IF NOT FOUND THEN
-		RAISE EXCEPTION 'tenant % does not exist', $1 USING ERRCODE = 'undefined_object';
+		RAISE EXCEPTION 'tenant % does not exist', _tenant_for_update.tenant_id
+			USING ERRCODE = 'undefined_object';
 	END IF;
 	RETURN t;
 END
 $$;
-COMMENT ON FUNCTION quota_ext._tenant_read(bigint, boolean) IS
-	'Internal: the tenant row the caller may act on (22004 without an id, 42704 otherwise), locked if asked';
-
-CREATE FUNCTION quota_ext._tenant_for_update(tenant_id bigint) RETURNS quota_ext.tenants
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$ SELECT quota_ext._tenant_read($1, true) $$;
 COMMENT ON FUNCTION quota_ext._tenant_for_update(bigint) IS 'Internal: lock a tenant row for an admin change';
 
 CREATE FUNCTION quota_ext._api_key_mint(tenant_id bigint, key_id bigint,
@@ -259,14 +269,15 @@ BEGIN
 		RAISE EXCEPTION 'cannot create a tenant inside a tenant context'
 			USING ERRCODE = 'insufficient_privilege';
 	END IF;
-	PERFORM 1 FROM quota_ext.tiers WHERE tier = tenant_create.tier;
+	PERFORM 1 FROM quota_ext.tiers WHERE tier = quota_ext._tier_name(tenant_create.tier);
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'tier "%" does not exist', quota_ext._quote_input(tenant_create.tier)
 			USING ERRCODE = 'undefined_object';
 	END IF;
 	BEGIN
 		INSERT INTO quota_ext.tenants (name, tier, timezone, settings)
-		VALUES (tenant_create.name, tenant_create.tier, tenant_create.timezone, tenant_create.settings)
+		VALUES (tenant_create.name, quota_ext._tier_name(tenant_create.tier), tenant_create.timezone,
+		        tenant_create.settings)
 		RETURNING * INTO t;
 	EXCEPTION WHEN unique_violation THEN
 		RAISE EXCEPTION 'tenant "%" already exists', quota_ext._quote_input(tenant_create.name)
@@ -303,7 +314,7 @@ BEGIN
 		PERFORM quota_ext._check_timezone(tenant_update.timezone);
 	END IF;
 	IF tenant_update.tier IS NOT NULL THEN
-		PERFORM 1 FROM quota_ext.tiers WHERE tier = tenant_update.tier;
+		PERFORM 1 FROM quota_ext.tiers WHERE tier = quota_ext._tier_name(tenant_update.tier);
 		IF NOT FOUND THEN
 			RAISE EXCEPTION 'tier "%" does not exist', quota_ext._quote_input(tenant_update.tier)
 				USING ERRCODE = 'undefined_object';
@@ -317,7 +328,7 @@ BEGIN
 	BEGIN
 		UPDATE quota_ext.tenants SET
 			name = coalesce(tenant_update.name, name),
-			tier = coalesce(tenant_update.tier, tier),
+			tier = coalesce(quota_ext._tier_name(tenant_update.tier), tier),
 			timezone = coalesce(tenant_update.timezone, timezone),
 			settings = coalesce(tenant_update.settings, settings),
 			features = coalesce(tenant_update.features, features),
@@ -422,6 +433,8 @@ DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(user_create.tenant_id);
 	u quota_ext.users;
 	e text := lower(quota_ext._check_label('email', user_create.email, 320));
+	cap integer;
+	members bigint;
 BEGIN
 	PERFORM quota_ext._check_role(user_create.role);
 	IF t.status = 'closed' THEN
@@ -430,6 +443,18 @@ BEGIN
 	END IF;
 	IF e !~ '^[^@[:space:]]+@[^@[:space:]]+$' THEN
 		RAISE EXCEPTION 'invalid email address' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- the tier's cap on members (issue 17); the tenant row is locked, so
+	-- concurrent user_create calls of one tenant count one after the other
+	SELECT tr.max_users INTO cap FROM quota_ext.tiers tr WHERE tr.tier = t.tier;
+	IF cap IS NOT NULL THEN
+		SELECT count(*) INTO members FROM quota_ext.users
+		 WHERE tenant_id = t.tenant_id AND status <> 'removed';
+		IF members >= cap THEN
+			RAISE EXCEPTION 'tenant % has % users, the most its tier "%" allows', t.tenant_id, members, t.tier
+				USING ERRCODE = 'configuration_limit_exceeded',
+				      HINT = 'Remove a user with quota_ext.user_remove(), or raise the tier''s max_users with quota_ext.tier_set().';
+		END IF;
 	END IF;
 	BEGIN
 		INSERT INTO quota_ext.users (tenant_id, email, role)
@@ -468,6 +493,10 @@ BEGIN
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'user % does not exist', user_update.user_id USING ERRCODE = 'undefined_object';
 	END IF;
+	IF old.status = 'removed' THEN
+		RAISE EXCEPTION 'user % was removed', old.user_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
+	END IF;
 	UPDATE quota_ext.users SET role = coalesce(user_update.role, role),
 	                           status = coalesce(user_update.status, status)
 	 WHERE tenant_id = t.tenant_id AND user_id = old.user_id RETURNING * INTO new;
@@ -504,6 +533,12 @@ BEGIN
 	 WHERE tenant_id = t.tenant_id AND user_id = api_key_create.user_id FOR SHARE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'user % does not exist', api_key_create.user_id USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM 1 FROM quota_ext.users
+	 WHERE tenant_id = t.tenant_id AND user_id = api_key_create.user_id AND status = 'removed';
+	IF FOUND THEN
+		RAISE EXCEPTION 'user % was removed', api_key_create.user_id
+			USING ERRCODE = 'object_not_in_prerequisite_state';
 	END IF;
 	k := quota_ext._key_insert(t.tenant_id, api_key_create.user_id, api_key_create.name,
 	                           api_key_create.expires_at);
@@ -696,7 +731,7 @@ GRANT EXECUTE ON FUNCTION
 	TO quota_ext_admin;
 
 -- pg_dump: every table and sequence is configuration/data of the extension.
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.tiers', 'WHERE NOT builtin');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.tiers', 'WHERE NOT builtin OR modified');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.tenants', '');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.users', '');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.api_keys', '');

@@ -43,6 +43,10 @@ CREATE TABLE quota_ext.quotas (
 	-- escrow slots for hot tenants (doc/design.md §5): 1 = one counter row
 	slots         integer NOT NULL DEFAULT 1
 	              CHECK (slots OPERATOR(pg_catalog.>=) 1 AND slots OPERATOR(pg_catalog.<=) 64),
+	-- automatic escrow (blocking quotas only): the extension sets slots
+	-- itself from the contention it sees; false once quota_set(slots => N)
+	-- fixed the number
+	slots_auto    boolean NOT NULL DEFAULT true,
 	CHECK (slots OPERATOR(pg_catalog.=) 1 OR on_exceed OPERATOR(pg_catalog.=) 'block'),
 	PRIMARY KEY (tenant_id, quota_id),
 	UNIQUE NULLS NOT DISTINCT (tenant_id, period, metric, model_id, user_id, key_id),
@@ -72,6 +76,14 @@ CREATE TABLE quota_ext.quota_counters (
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE quota_ext.quota_counters IS
 	'Units used in the current period of each quota (period_start says which period); one row per escrow slot';
+
+-- The slot-share rule, in one place (escrow.c): slot i of n gets
+-- limit / n, plus 1 for the first limit % n slots.
+CREATE FUNCTION quota_ext._slot_share(lim bigint, n integer, i integer) RETURNS bigint
+	AS 'MODULE_PATHNAME', 'quota_ext_slot_share'
+	LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION quota_ext._slot_share(bigint, integer, integer) IS
+	'Internal: the default share of a limit of escrow slot i of n';
 
 -- Rebuild the counters of a quota with its current number of slots: the
 -- current period's total goes to slot 0, and the limit is split into
@@ -112,12 +124,144 @@ BEGIN
 		VALUES (q.tenant_id, q.quota_id, i, cur,
 		        CASE WHEN i = 0 THEN total ELSE 0 END,
 		        (CASE WHEN i = 0 THEN total ELSE 0 END)
-		        + slack / q.slots + CASE WHEN i < slack % q.slots THEN 1 ELSE 0 END);
+		        + quota_ext._slot_share(slack, q.slots, i));
 	END LOOP;
 END
 $$;
 COMMENT ON FUNCTION quota_ext._counters_rebuild(bigint, bigint) IS
 	'Internal: lay out a quota''s counter rows for its number of escrow slots';
+
+-- Automatic escrow (src/escrow_adapt.c, doc/design.md §5): lay a blocking
+-- quota with slots_auto out over n counter rows, in one transaction.  More
+-- slots for a quota that has slots: see below (only free slots are locked).
+-- Otherwise the quota row first (as quota_set), then every counter row in slot order (the
+-- order of the hot path, which never waits for a quota row), the current
+-- period's total to slot 0 with the thresholds already emitted, the slack
+-- split into allowances (none with n = 1: a plain counter), slot 0 updated
+-- in place so that a call waiting for it follows the update, and the
+-- configuration generation moved so that every backend reads the new
+-- slot count.  Returns false, changing nothing, when the quota is gone, is
+-- no longer automatic, already has n slots, or one of its slots is in a
+-- later period than now.
+CREATE FUNCTION quota_ext._escrow_relayout(tenant_id bigint, quota_id bigint, n integer)
+	RETURNS boolean
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	q quota_ext.quotas;
+	tz text;
+	cur timestamptz;
+	total bigint;
+	mask integer;
+	slack bigint;
+	free integer[];
+	k integer;
+	i integer;
+BEGIN
+	SELECT * INTO q FROM quota_ext.quotas
+	 WHERE tenant_id = _escrow_relayout.tenant_id AND quota_id = _escrow_relayout.quota_id
+	   FOR NO KEY UPDATE;
+	IF NOT FOUND OR NOT q.slots_auto OR q.on_exceed <> 'block' THEN
+		RETURN false;
+	END IF;
+	n := least(greatest(n, 1), 64, greatest(q.max_units, 1));
+	IF n = q.slots THEN
+		RETURN false;
+	END IF;
+	SELECT t.timezone INTO tz FROM quota_ext.tenants t WHERE t.tenant_id = q.tenant_id;
+	IF q.slots > 1 AND n > q.slots THEN
+		-- More slots for a quota that has slots: waiting for every slot in
+		-- turn would hold the ones already locked while callers keep taking
+		-- the others (seconds under load).  Instead the new slots get
+		-- allowance from the slots free right now (SKIP LOCKED: never waits),
+		-- when every row is in the current period (a row's period only moves
+		-- forward, so the rows not locked stay in it, and no row rolls over
+		-- with a default share computed for another count).
+		cur := (quota_ext.period_bounds(q.period, tz, clock_timestamp())).period_start;
+		IF EXISTS (SELECT FROM quota_ext.quota_counters c
+		            WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
+		              AND c.period_start <> cur) THEN
+			RETURN false;
+		END IF;
+		SELECT array_agg(f.slot ORDER BY f.slot), coalesce(sum(f.allowance - f.used), 0)
+		  INTO free, slack
+		  FROM (SELECT c.slot, c.used, c.allowance FROM quota_ext.quota_counters c
+		         WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
+		           AND c.period_start = cur
+		         ORDER BY c.slot FOR NO KEY UPDATE SKIP LOCKED) f;
+		IF free IS NULL THEN
+			RETURN false;
+		END IF;
+		k := cardinality(free) + n - q.slots;
+		FOR i IN 1 .. cardinality(free) LOOP
+			UPDATE quota_ext.quota_counters c
+			   SET allowance = c.used + quota_ext._slot_share(slack, k, i - 1)
+			 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id AND c.slot = free[i];
+		END LOOP;
+		FOR i IN q.slots .. n - 1 LOOP
+			INSERT INTO quota_ext.quota_counters
+			       (tenant_id, quota_id, slot, period_start, used, allowance, events_mask)
+			VALUES (q.tenant_id, q.quota_id, i, cur, 0,
+			        quota_ext._slot_share(slack, k, cardinality(free) + i - q.slots), 0);
+		END LOOP;
+		UPDATE quota_ext.quotas SET slots = n
+		 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+		PERFORM quota_ext.config_changed();
+		RETURN true;
+	END IF;
+	PERFORM 1 FROM quota_ext.quota_counters c
+	 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
+	 ORDER BY c.slot FOR NO KEY UPDATE;
+	cur := (quota_ext.period_bounds(q.period, tz, clock_timestamp())).period_start;
+	IF EXISTS (SELECT FROM quota_ext.quota_counters c
+	            WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
+	              AND c.period_start > cur) THEN
+		RETURN false;
+	END IF;
+	SELECT coalesce(sum(c.used) FILTER (WHERE c.period_start = cur), 0),
+	       coalesce(bit_or(c.events_mask) FILTER (WHERE c.period_start = cur), 0)
+	  INTO total, mask
+	  FROM quota_ext.quota_counters c WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id;
+	slack := greatest(q.max_units - total, 0);
+	DELETE FROM quota_ext.quota_counters c
+	 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id AND c.slot >= n;
+	UPDATE quota_ext.quota_counters c
+	   SET period_start = cur, used = total, events_mask = mask,
+	       allowance = CASE WHEN n = 1 THEN NULL
+	                        ELSE total + quota_ext._slot_share(slack, n, 0) END
+	 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id AND c.slot = 0;
+	FOR i IN 1 .. n - 1 LOOP
+		INSERT INTO quota_ext.quota_counters AS c
+		       (tenant_id, quota_id, slot, period_start, used, allowance, events_mask)
+		VALUES (q.tenant_id, q.quota_id, i, cur, 0, quota_ext._slot_share(slack, n, i), 0)
+		ON CONFLICT (tenant_id, quota_id, slot) DO UPDATE
+		   SET period_start = excluded.period_start, used = 0,
+		       allowance = excluded.allowance, events_mask = 0;
+	END LOOP;
+	UPDATE quota_ext.quotas SET slots = n
+	 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+	PERFORM quota_ext.config_changed();
+	RETURN true;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._escrow_relayout(bigint, bigint, integer) IS
+	'Internal: automatic escrow lays a quota out over n counter rows';
+
+CREATE FUNCTION quota_ext.escrow_adapt() RETURNS integer
+	AS 'MODULE_PATHNAME', 'quota_ext_escrow_adapt'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION quota_ext.escrow_adapt() IS
+	'One automatic escrow pass over this database in the current transaction (the background worker runs them on its own): the number of quotas laid out again';
+
+CREATE FUNCTION quota_ext.escrow_status(OUT tenant_id bigint, OUT quota_id bigint,
+	OUT waits bigint, OUT calls bigint, OUT backends integer, OUT quiet_passes integer)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'quota_ext_escrow_status'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION quota_ext.escrow_status() IS
+	'Automatic escrow''s entries of this database as the next pass will read them: waits (or calls that found no free slot), escrow calls, distinct backends, quiet passes in a row';
 
 -- The usage ledger: append-only.  occurred_at is the instant the row counts
 -- in (its periods); created_at when it was written.  A refund or settlement
@@ -198,10 +342,13 @@ CREATE TABLE quota_ext.idempotency_keys (
 	cost            numeric,
 	remaining_cost  numeric,
 	currency        char(3),
+	denied_metric   text,
 	PRIMARY KEY (tenant_id, idempotency_key)
 );
 COMMENT ON TABLE quota_ext.idempotency_keys IS
 	'Idempotency keys per tenant with the original request and decision';
+-- idempotency_purge() (12_tiers.sql) deletes a tenant's old keys by this
+CREATE INDEX idempotency_keys_created ON quota_ext.idempotency_keys (tenant_id, created_at);
 
 CREATE TABLE quota_ext.reservations (
 	tenant_id       bigint NOT NULL,
@@ -274,10 +421,14 @@ CREATE TYPE quota_ext.decision AS (
 	replayed       boolean,
 	cost           numeric,
 	remaining_cost numeric,
-	currency       text
+	currency       text,
+	denied_metric  text,
+	tenant_id      bigint,
+	user_id        bigint,
+	key_id         bigint
 );
 COMMENT ON TYPE quota_ext.decision IS
-	'allowed; denied_by (tenant, policy, rate_limit, quota or NULL); the tightest or denying limit with remaining, resets_at and retry_after (seconds); the usage row; replayed = answered from an idempotency key; cost of the call, money left in the tightest (or denying) cost quota and its currency';
+	'allowed; denied_by (tenant, policy, rate_limit, quota or NULL); the tightest or denying limit with remaining, resets_at and retry_after (seconds); the usage row; replayed = answered from an idempotency key; cost of the call, money left in the tightest (or denying) cost quota and its currency; denied_metric = the denying quota''s metric (calls, units, cost; NULL unless denied_by = quota); the tenant, user and key of the call';
 
 -- ---------------------------------------------------------------------------
 -- periods (src/period.c)
@@ -331,6 +482,7 @@ BEGIN
 	 WHERE tenant_id = _tier_quotas_sync.tenant_id AND period = 'month' AND metric = 'calls'
 	   AND model_id IS NULL AND user_id IS NULL AND key_id IS NULL
 	 FOR UPDATE;
+	PERFORM quota_ext._tier_budget_sync(_tier_quotas_sync.tenant_id);
 	IF q.quota_id IS NOT NULL AND q.origin = 'tenant' THEN
 		RETURN;
 	ELSIF lim IS NULL THEN
@@ -350,7 +502,56 @@ $$;
 COMMENT ON FUNCTION quota_ext._tier_quotas_sync(bigint) IS
 	'Internal: keep a tenant''s tier default quota in line with its tier';
 
-CREATE FUNCTION quota_ext.quota_set(tenant_id bigint, period text, max_units bigint,
+-- The same for the tier's monthly money budget (issue 17): a tenant-wide
+-- monthly cost quota of origin 'tier', unless the tenant set its own.  A
+-- change of the tier's currency replaces the tier quota (a cost quota counts
+-- one currency).
+CREATE FUNCTION quota_ext._tier_budget_sync(tenant_id bigint) RETURNS void
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	b numeric;
+	cur text;
+	lim bigint;
+	q quota_ext.quotas;
+BEGIN
+	SELECT tr.monthly_budget, tr.budget_currency INTO b, cur FROM quota_ext.tenants t
+	  JOIN quota_ext.tiers tr ON tr.tier = t.tier
+	 WHERE t.tenant_id = _tier_budget_sync.tenant_id;
+	SELECT * INTO q FROM quota_ext.quotas
+	 WHERE tenant_id = _tier_budget_sync.tenant_id AND period = 'month' AND metric = 'cost'
+	   AND model_id IS NULL AND user_id IS NULL AND key_id IS NULL
+	 FOR UPDATE;
+	IF q.quota_id IS NOT NULL AND q.origin = 'tenant' THEN
+		RETURN;
+	END IF;
+	IF q.quota_id IS NOT NULL AND (b IS NULL OR q.currency IS DISTINCT FROM cur) THEN
+		DELETE FROM quota_ext.quota_counters WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+		DELETE FROM quota_ext.quotas WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+		q.quota_id := NULL;
+	END IF;
+	IF b IS NULL THEN
+		RETURN;
+	END IF;
+	lim := quota_ext._money_to_micro(b, 'monthly_budget');
+	IF q.quota_id IS NULL THEN
+		WITH n AS (
+			INSERT INTO quota_ext.quotas (tenant_id, period, period_label, metric, max_units, currency, origin)
+			VALUES (_tier_budget_sync.tenant_id, 'month', 'monthly', 'cost', lim, cur, 'tier')
+			RETURNING tenant_id, quota_id)
+		INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) SELECT tenant_id, quota_id FROM n;
+	ELSIF q.max_units <> lim THEN
+		UPDATE quota_ext.quotas SET max_units = lim, updated_at = now()
+		 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._tier_budget_sync(bigint) IS
+	'Internal: keep a tenant''s tier default money budget in line with its tier';
+
+CREATE FUNCTION quota_ext.quota_set(tenant_id bigint, period text, max_units bigint DEFAULT NULL,
 	model text DEFAULT NULL, metric text DEFAULT 'calls', soft_limit bigint DEFAULT NULL,
 	on_exceed text DEFAULT 'block', user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
 	thresholds integer[] DEFAULT '{80,100}', max_cost numeric DEFAULT NULL,
@@ -374,7 +575,7 @@ BEGIN
 	IF p IS NULL THEN
 		RAISE EXCEPTION 'invalid period "%"', quota_ext._quote_input(quota_set.period)
 			USING ERRCODE = 'invalid_parameter_value',
-			      HINT = 'Use minute, hour, day, week, month, year or lifetime (or hourly, daily, weekly, monthly, yearly, never).';
+			      HINT = 'Use minute, hour, day, week, month, year or lifetime (or minutely, hourly, daily, weekly, monthly, yearly, annual, annually, never, total).';
 	END IF;
 	IF m IS NULL THEN PERFORM quota_ext._null_arg('metric'); END IF;
 	-- a money budget: max_cost (and currency) instead of max_units
@@ -472,6 +673,11 @@ BEGIN
 		        quota_set.key_id, lim, quota_set.soft_limit, quota_set.on_exceed,
 		        quota_set.thresholds, cur, coalesce(quota_set.slots, 1))
 		RETURNING * INTO new;
+		IF quota_set.slots IS NOT NULL THEN
+			UPDATE quota_ext.quotas SET slots_auto = false
+			 WHERE tenant_id = t.tenant_id AND quota_id = new.quota_id
+			RETURNING * INTO new;
+		END IF;
 		IF new.slots = 1 THEN
 			INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) VALUES (t.tenant_id, new.quota_id);
 		ELSE
@@ -481,7 +687,9 @@ BEGIN
 		UPDATE quota_ext.quotas SET period_label = lower(quota_set.period),
 		       max_units = lim, soft_limit = quota_set.soft_limit,
 		       on_exceed = quota_set.on_exceed, thresholds = quota_set.thresholds,
-		       slots = coalesce(quota_set.slots, slots),
+		       slots = CASE WHEN quota_set.slots IS NOT NULL THEN quota_set.slots
+		                    WHEN quota_set.on_exceed <> 'block' THEN 1 ELSE slots END,
+		       slots_auto = slots_auto AND quota_set.slots IS NULL,
 		       origin = 'tenant', updated_at = now()
 		 WHERE tenant_id = t.tenant_id AND quota_id = old.quota_id
 		RETURNING * INTO new;
@@ -544,6 +752,17 @@ CREATE FUNCTION quota_ext.quota_consume_or_raise(tenant_id bigint, model text, u
 COMMENT ON FUNCTION quota_ext.quota_consume_or_raise(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb) IS
 	'quota_consume that raises on denial: 53400 for quotas and rate limits, 42501 for policy';
 
+-- What quota_consume would answer, charging nothing and locking nothing
+-- (src/check.c).
+CREATE FUNCTION quota_ext.quota_check(tenant_id bigint, model text, units bigint DEFAULT 1,
+	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL, role text DEFAULT NULL,
+	input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL)
+	RETURNS quota_ext.decision
+	AS 'MODULE_PATHNAME', 'quota_ext_quota_check'
+	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION quota_ext.quota_check(bigint, text, bigint, bigint, bigint, text, bigint, bigint) IS
+	'The decision quota_consume would return now (policy, rate limits, every quota, money), without charging, writing or locking anything';
+
 CREATE FUNCTION quota_ext.invoke(api_key text, model text, units bigint DEFAULT 1,
 	idempotency_key text DEFAULT NULL, input_tokens bigint DEFAULT NULL,
 	output_tokens bigint DEFAULT NULL, metadata jsonb DEFAULT NULL)
@@ -595,12 +814,15 @@ COMMENT ON FUNCTION quota_ext.quota_expire_reservations(integer) IS
 -- reading quotas
 -- ---------------------------------------------------------------------------
 
-CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL,
-	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL)
+-- quota_status's work; with_requests = false leaves requests NULL and reads
+-- no ledger (tenant_summary, which promises not to scan it).
+CREATE FUNCTION quota_ext._quota_status(tenant_id bigint, model text, user_id bigint, key_id bigint,
+	with_requests boolean)
 	RETURNS TABLE (quota_id bigint, period text, metric text, model_name text,
 	               scope_user_id bigint, scope_key_id bigint, "limit" bigint, used bigint, remaining bigint,
 	               resets_at timestamptz, on_exceed text, origin text, currency text,
-	               limit_cost numeric, used_cost numeric, remaining_cost numeric)
+	               limit_cost numeric, used_cost numeric, remaining_cost numeric,
+	               period_start timestamptz, requests bigint)
 	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
@@ -608,9 +830,14 @@ CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL
 DECLARE
 	mid bigint;
 BEGIN
-	PERFORM quota_ext._tenant_read(quota_status.tenant_id);
-	IF quota_status.model IS NOT NULL THEN
-		mid := quota_ext._model_for(quota_status.tenant_id, quota_status.model);
+	IF _quota_status.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
+	PERFORM quota_ext._check_tenant_access(_quota_status.tenant_id);
+	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = _quota_status.tenant_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', _quota_status.tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF _quota_status.model IS NOT NULL THEN
+		mid := quota_ext._model_for(_quota_status.tenant_id, _quota_status.model);
 	END IF;
 	RETURN QUERY
 	SELECT q.quota_id, q.period_label, q.metric, m.name, q.user_id, q.key_id, q.max_units,
@@ -619,7 +846,18 @@ BEGIN
 	       q.on_exceed, q.origin, q.currency::text,
 	       CASE WHEN q.metric = 'cost' THEN round(q.max_units / 1000000.0, 6) END,
 	       CASE WHEN q.metric = 'cost' THEN round(s.used / 1000000.0, 6) END,
-	       CASE WHEN q.metric = 'cost' THEN round(greatest(q.max_units - s.used, 0) / 1000000.0, 6) END
+	       CASE WHEN q.metric = 'cost' THEN round(greatest(q.max_units - s.used, 0) / 1000000.0, 6) END,
+	       CASE WHEN q.period = 'lifetime' THEN NULL ELSE b.period_start END,
+	       -- calls admitted in the period and scope, net of refunds, from the
+	       -- ledger since the period start (its (tenant_id, created_at)
+	       -- index: created_at >= occurred_at)
+	       CASE WHEN _quota_status.with_requests THEN (SELECT coalesce(sum(u.calls), 0)::bigint FROM quota_ext.usage u
+	                   WHERE u.tenant_id = q.tenant_id
+	                     AND u.created_at >= b.period_start
+	                     AND u.occurred_at >= b.period_start AND u.occurred_at < b.period_end
+	                     AND (q.model_id IS NULL OR u.model_id = q.model_id)
+	                     AND (q.user_id IS NULL OR u.user_id = q.user_id)
+	                     AND (q.key_id IS NULL OR u.key_id = q.key_id)) END
 	  FROM quota_ext.quotas q
 	  JOIN quota_ext.tenants t ON t.tenant_id = q.tenant_id
 	  LEFT JOIN quota_ext.models m ON m.model_id = q.model_id
@@ -627,15 +865,28 @@ BEGIN
 	  CROSS JOIN LATERAL (SELECT coalesce(sum(c.used) FILTER (WHERE c.period_start = b.period_start), 0)::bigint AS used
 	                        FROM quota_ext.quota_counters c
 	                       WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id) s
-	 WHERE q.tenant_id = quota_status.tenant_id
-	   AND (quota_status.model IS NULL OR q.model_id IS NULL OR q.model_id = mid)
-	   AND (quota_status.user_id IS NULL OR q.user_id IS NULL OR q.user_id = quota_status.user_id)
-	   AND (quota_status.key_id IS NULL OR q.key_id IS NULL OR q.key_id = quota_status.key_id)
+	 WHERE q.tenant_id = _quota_status.tenant_id
+	   AND (_quota_status.model IS NULL OR q.model_id IS NULL OR q.model_id = mid)
+	   AND (_quota_status.user_id IS NULL OR q.user_id IS NULL OR q.user_id = _quota_status.user_id)
+	   AND (_quota_status.key_id IS NULL OR q.key_id IS NULL OR q.key_id = _quota_status.key_id)
 	 ORDER BY q.quota_id;
 END
 $$;
+COMMENT ON FUNCTION quota_ext._quota_status(bigint, text, bigint, bigint, boolean) IS
+	'Internal: quota_status, with or without the request counts';
+
+CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL,
+	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL)
+	RETURNS TABLE (quota_id bigint, period text, metric text, model_name text,
+	               scope_user_id bigint, scope_key_id bigint, "limit" bigint, used bigint, remaining bigint,
+	               resets_at timestamptz, on_exceed text, origin text, currency text,
+	               limit_cost numeric, used_cost numeric, remaining_cost numeric,
+	               period_start timestamptz, requests bigint)
+	LANGUAGE sql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT * FROM quota_ext._quota_status($1, $2, $3, $4, true) $$;
 COMMENT ON FUNCTION quota_ext.quota_status(bigint, text, bigint, bigint) IS
-	'Every quota of a tenant (or those that apply to a model, user, key) with used, remaining and resets_at now (cost quotas: in micro-units, and as money in limit_cost, used_cost, remaining_cost)';
+	'Every quota of a tenant (or those that apply to a model, user, key) with used, remaining, period_start and resets_at now (cost quotas: in micro-units, and as money in limit_cost, used_cost, remaining_cost) and the requests admitted in the period';
 
 -- tenant_summary never scans the ledger beyond the rollup watermark: whole
 -- days come from quota_ext.usage_daily (usage_rollup(), 50_metering.sql)
@@ -653,7 +904,12 @@ DECLARE
 	month_first date;
 	usage jsonb;
 BEGIN
-	t := quota_ext._tenant_read(tenant_summary.tenant_id);
+	IF tenant_summary.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
+	PERFORM quota_ext._check_tenant_access(tenant_summary.tenant_id);
+	SELECT * INTO t FROM quota_ext.tenants WHERE tenant_id = tenant_summary.tenant_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', tenant_summary.tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
 	today := (clock_timestamp() AT TIME ZONE t.timezone)::date;
 	month_first := date_trunc('month', today)::date;
 	WITH d AS MATERIALIZED (
@@ -689,7 +945,7 @@ BEGIN
 		                             'currency', s.currency, 'limit_cost', s.limit_cost,
 		                             'used_cost', s.used_cost, 'remaining_cost', s.remaining_cost))
 		                             ORDER BY s.quota_id)
-		                      FROM quota_ext.quota_status(t.tenant_id) s), '[]'),
+		                      FROM quota_ext._quota_status(t.tenant_id, NULL, NULL, NULL, false) s), '[]'),
 		'usage', usage);
 END
 $$;
@@ -714,6 +970,7 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.period_bounds(text, text, timestamptz),
 	quota_ext.quota_consume(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb),
 	quota_ext.quota_consume_or_raise(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb),
+	quota_ext.quota_check(bigint, text, bigint, bigint, bigint, text, bigint, bigint),
 	quota_ext.invoke(text, text, bigint, text, bigint, bigint, jsonb),
 	quota_ext.quota_reserve(bigint, text, bigint, interval, text, bigint, bigint, text, bigint, bigint, jsonb),
 	quota_ext.quota_settle(bigint, bigint, bigint, bigint, bigint),

@@ -271,7 +271,11 @@ BEGIN
 	IF price_lookup.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
 	IF price_lookup.model IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
 	IF price_lookup.at IS NULL THEN PERFORM quota_ext._null_arg('at'); END IF;
-	PERFORM quota_ext._tenant_read(price_lookup.tenant_id);
+	PERFORM quota_ext._check_tenant_access(price_lookup.tenant_id);
+	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = price_lookup.tenant_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', price_lookup.tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
 	mid := quota_ext._model_for(price_lookup.tenant_id, price_lookup.model);
 	RETURN QUERY SELECT p.* FROM quota_ext._price_in_force(price_lookup.tenant_id, mid, price_lookup.at) p
 	              WHERE p.price_id IS NOT NULL;
@@ -789,7 +793,11 @@ BEGIN
 	IF NOT (usage_report."from" < usage_report."to") THEN
 		RAISE EXCEPTION '"from" must be before "to"' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	tz := (quota_ext._tenant_read(usage_report.tenant_id)).timezone;
+	PERFORM quota_ext._check_tenant_access(usage_report.tenant_id);
+	SELECT t.timezone INTO tz FROM quota_ext.tenants t WHERE t.tenant_id = usage_report.tenant_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', usage_report.tenant_id USING ERRCODE = 'undefined_object';
+	END IF;
 	-- day resolution: every local day that [from, to) touches
 	d0 := (usage_report."from" AT TIME ZONE tz)::date;
 	d1 := ((usage_report."to" - interval '1 microsecond') AT TIME ZONE tz)::date;
@@ -809,6 +817,48 @@ $$;
 COMMENT ON FUNCTION quota_ext.usage_report(bigint, timestamptz, timestamptz, text) IS
 	'A tenant''s usage and cost per model, local day or user (and currency) over the local days [from, to) touches; reads rollups, not the ledger';
 
+-- The marketplace owner's view (issue 18): how the tenants that use an
+-- owner's models use them, aggregated per model and consumer tenant, and
+-- nothing else of the consumer (no users, keys, prices paid, other models).
+-- Reads the ledger (exact to the row, [from, to) by occurred_at).
+CREATE FUNCTION quota_ext.model_usage_by_consumer(owner_tenant_id bigint, "from" timestamptz,
+	"to" timestamptz)
+	RETURNS TABLE (model text, consumer_tenant_id bigint, calls bigint, units numeric,
+	               input_tokens numeric, output_tokens numeric)
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+BEGIN
+	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('owner_tenant_id'); END IF;
+	IF $2 IS NULL THEN PERFORM quota_ext._null_arg('from'); END IF;
+	IF $3 IS NULL THEN PERFORM quota_ext._null_arg('to'); END IF;
+	IF NOT ($2 < $3) THEN
+		RAISE EXCEPTION '"from" must be before "to"' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	PERFORM quota_ext._check_tenant_access($1);
+	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = $1;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'tenant % does not exist', $1 USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN QUERY
+	SELECT m.name, u.tenant_id, sum(u.calls)::bigint, sum(u.units),
+	       coalesce(sum(u.input_tokens), 0), coalesce(sum(u.output_tokens), 0)
+	  FROM quota_ext.models m
+	  JOIN quota_ext.usage u ON u.model_id = m.model_id
+	 WHERE m.owner_tenant_id = $1
+	   AND u.tenant_id IS NOT NULL
+	   AND u.occurred_at >= $2 AND u.occurred_at < $3
+	   -- created_at >= occurred_at always: prunes the ledger's partitions
+	   -- and uses its indexes (without it every call read every tenant's ledger)
+	   AND u.created_at >= $2
+	 GROUP BY m.name, u.tenant_id
+	 ORDER BY m.name, u.tenant_id;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.model_usage_by_consumer(bigint, timestamptz, timestamptz) IS
+	'A model owner''s view: calls, units and tokens on its models per model and consumer tenant over [from, to) (occurred_at), from the ledger; nothing else of the consumers';
+
 -- ---------------------------------------------------------------------------
 -- security of this section
 -- ---------------------------------------------------------------------------
@@ -823,6 +873,7 @@ ALTER TABLE quota_ext.rollup_state ENABLE ROW LEVEL SECURITY;
 ALTER TABLE quota_ext.rollup_state FORCE ROW LEVEL SECURITY;
 CREATE POLICY admin_read ON quota_ext.rollup_state FOR SELECT TO quota_ext_admin USING (true);
 
+GRANT EXECUTE ON FUNCTION quota_ext.model_usage_by_consumer(bigint, timestamptz, timestamptz) TO quota_ext_app;
 GRANT SELECT ON quota_ext.rollup_state TO quota_ext_admin;
 
 GRANT EXECUTE ON FUNCTION

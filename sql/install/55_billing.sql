@@ -38,7 +38,7 @@ CREATE TABLE quota_ext.invoices (
 	period_end      timestamptz NOT NULL,
 	currency        char(3) NOT NULL,
 	status          text NOT NULL DEFAULT 'draft'
-	                CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['draft', 'issued', 'void'])),
+	                CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['draft', 'issued', 'paid', 'void'])),
 	invoice_number  bigint,
 	total           numeric NOT NULL DEFAULT 0,
 	covered_until   timestamptz NOT NULL,
@@ -46,12 +46,14 @@ CREATE TABLE quota_ext.invoices (
 	issued_at       timestamptz,
 	voided_at       timestamptz,
 	void_reason     text,
+	paid_at         timestamptz,
+	payment_reference text,
 	PRIMARY KEY (tenant_id, invoice_id),
 	UNIQUE (tenant_id, period_start, currency),
 	UNIQUE (tenant_id, invoice_number)
 );
 COMMENT ON TABLE quota_ext.invoices IS
-	'Invoices per tenant, billing period and currency: draft, then issued (numbered from invoice_number_seq, NOTIFY quota_ext_invoices), or void';
+	'Invoices per tenant, billing period and currency: draft, then issued (numbered from invoice_number_seq, NOTIFY quota_ext_invoices), then paid; or void (from draft or issued)';
 
 CREATE TABLE quota_ext.invoice_lines (
 	tenant_id       bigint NOT NULL,
@@ -102,6 +104,7 @@ DECLARE
 	ya timestamptz;
 	yb timestamptz;
 	new_ids bigint[];
+	ni quota_ext.invoices;
 	bad record;
 BEGIN
 	IF ps IS NULL THEN PERFORM quota_ext._null_arg('period_start'); END IF;
@@ -352,6 +355,12 @@ BEGIN
 			  FROM l JOIN inv ON inv.tenant_id = l.tenant_id AND inv.currency = l.currency)
 		SELECT array_agg(inv.invoice_id) INTO new_ids FROM inv;
 		DROP TABLE pg_temp.quota_ext_bill;
+		-- an outbox event per new invoice, in this transaction
+		FOR ni IN SELECT * FROM quota_ext.invoices i
+		           WHERE i.tenant_id = ANY (tids) AND i.invoice_id = ANY (new_ids)
+		           ORDER BY i.tenant_id, i.invoice_id LOOP
+			PERFORM quota_ext._invoice_event(ni, 'invoice.created');
+		END LOOP;
 
 		PERFORM quota_ext._audit(0, 'billing_close', 'billing_period', ps || ' .. ' || pe, NULL,
 		                         jsonb_build_object('tenants', cardinality(tids),
@@ -428,6 +437,23 @@ CREATE FUNCTION quota_ext._invoice_notify(i quota_ext.invoices, event text) RETU
 COMMENT ON FUNCTION quota_ext._invoice_notify(quota_ext.invoices, text) IS
 	'Internal: send an invoice event on channel quota_ext_invoices';
 
+-- Internal: an invoice event as an outbox row (52_outbox.sql), in the
+-- transaction of the change
+CREATE FUNCTION quota_ext._invoice_event(i quota_ext.invoices, event text) RETURNS bigint
+	LANGUAGE sql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+	SELECT quota_ext._event_emit($1.tenant_id, $2, 'invoice', $1.invoice_id::pg_catalog.text,
+		pg_catalog.jsonb_build_object('invoice_id', $1.invoice_id, 'tenant_id', $1.tenant_id,
+			'status', $1.status, 'invoice_number', $1.invoice_number,
+			'period_start', $1.period_start, 'period_end', $1.period_end,
+			'currency', $1.currency, 'total', $1.total, 'issued_at', $1.issued_at,
+			'paid_at', $1.paid_at, 'payment_reference', $1.payment_reference,
+			'voided_at', $1.voided_at, 'void_reason', $1.void_reason))
+	$$;
+COMMENT ON FUNCTION quota_ext._invoice_event(quota_ext.invoices, text) IS
+	'Internal: append an invoice event (invoice.created, .issued, .paid, .void) to the outbox';
+
 CREATE FUNCTION quota_ext.invoice_issue(tenant_id bigint, invoice_id bigint)
 	RETURNS quota_ext.invoices
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -453,6 +479,7 @@ BEGIN
 	                         jsonb_build_object('status', old.status),
 	                         jsonb_build_object('status', new.status, 'invoice_number', new.invoice_number));
 	PERFORM quota_ext._invoice_notify(new, 'invoice.issued');
+	PERFORM quota_ext._invoice_event(new, 'invoice.issued');
 	RETURN new;
 END
 $$;
@@ -473,6 +500,10 @@ BEGIN
 	END IF;
 	IF old.status = 'void' THEN
 		RETURN old;
+	ELSIF old.status = 'paid' THEN
+		RAISE EXCEPTION 'invoice % is paid', old.invoice_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+			      HINT = 'A paid invoice is final: refund or credit it on a later invoice.';
 	END IF;
 	UPDATE quota_ext.invoices i SET status = 'void', voided_at = now(), void_reason = $3
 	 WHERE i.tenant_id = old.tenant_id AND i.invoice_id = old.invoice_id
@@ -481,11 +512,71 @@ BEGIN
 	                         jsonb_build_object('status', old.status),
 	                         jsonb_build_object('status', new.status, 'reason', $3));
 	PERFORM quota_ext._invoice_notify(new, 'invoice.void');
+	PERFORM quota_ext._invoice_event(new, 'invoice.void');
 	RETURN new;
 END
 $$;
 COMMENT ON FUNCTION quota_ext.invoice_void(bigint, bigint, text) IS
-	'Void a draft or issued invoice (final; its usage is not billed again); announced on quota_ext_invoices (idempotent)';
+	'Void a draft or issued invoice (final; its usage is not billed again; a paid one is refused, 55000); announced on quota_ext_invoices (idempotent)';
+
+-- issued -> paid: the payment as finance records it (when, and its
+-- reference, e.g. the bank transfer's).  Idempotent for the same reference;
+-- any other transition is refused (55000) and changes nothing.
+CREATE FUNCTION quota_ext.invoice_mark_paid(tenant_id bigint, invoice_id bigint,
+	paid_at timestamptz, reference text)
+	RETURNS quota_ext.invoices
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	old quota_ext.invoices;
+	new quota_ext.invoices;
+BEGIN
+	IF $3 IS NULL THEN PERFORM quota_ext._null_arg('paid_at'); END IF;
+	PERFORM quota_ext._check_label('reference', $4, 200);
+	old := quota_ext._invoice_for_update($1, $2);
+	IF NOT isfinite($3) OR $3 > now() THEN
+		RAISE EXCEPTION 'paid_at % must be finite and not in the future', $3
+			USING ERRCODE = 'invalid_parameter_value',
+			      HINT = 'Record a payment once it has been received (paid_at <= now()).';
+	END IF;
+	IF old.status = 'paid' THEN
+		IF old.payment_reference IS NOT DISTINCT FROM $4 AND old.paid_at = $3 THEN
+			RETURN old;
+		END IF;
+		RAISE EXCEPTION 'invoice % is already paid (reference %)', old.invoice_id,
+		                quota_ext._quote_input(old.payment_reference)
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+			      HINT = 'A payment is recorded once; the same call again is a no-op.';
+	ELSIF old.status <> 'issued' THEN
+		RAISE EXCEPTION 'invoice % is %', old.invoice_id, old.status
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+			      HINT = 'Only issued invoices can be paid.';
+	END IF;
+	UPDATE quota_ext.invoices i SET status = 'paid', paid_at = $3, payment_reference = $4
+	 WHERE i.tenant_id = old.tenant_id AND i.invoice_id = old.invoice_id
+	RETURNING * INTO new;
+	PERFORM quota_ext._audit(new.tenant_id, 'invoice_paid', 'invoice', new.invoice_id::text,
+	                         jsonb_build_object('status', old.status),
+	                         jsonb_build_object('status', new.status, 'paid_at', new.paid_at,
+	                                            'reference', new.payment_reference));
+	PERFORM quota_ext._invoice_notify(new, 'invoice.paid');
+	PERFORM quota_ext._invoice_event(new, 'invoice.paid');
+	RETURN new;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.invoice_mark_paid(bigint, bigint, timestamptz, text) IS
+	'Record the payment of an issued invoice (paid_at <= now(), reference): status paid; announced on quota_ext_invoices (idempotent for the same payment; any other transition 55000)';
+
+-- Unpaid invoices: issued, not paid, not void (row-level security of the
+-- caller applies: a tenant sees its own)
+CREATE VIEW quota_ext.invoices_unpaid WITH (security_invoker = true, security_barrier = true) AS
+SELECT i.tenant_id, i.invoice_id, i.invoice_number, i.period_start, i.period_end, i.currency,
+       i.total, i.issued_at, now() - i.issued_at AS outstanding_for
+  FROM quota_ext.invoices i
+ WHERE i.status = 'issued';
+COMMENT ON VIEW quota_ext.invoices_unpaid IS
+	'Issued invoices not paid yet, per tenant, with how long they have been outstanding';
 
 -- ---------------------------------------------------------------------------
 -- security of this section
@@ -494,11 +585,13 @@ COMMENT ON FUNCTION quota_ext.invoice_void(bigint, bigint, text) IS
 SELECT quota_ext._secure_tenant_table('quota_ext.billing_closes');
 SELECT quota_ext._secure_tenant_table('quota_ext.invoices');
 SELECT quota_ext._secure_tenant_table('quota_ext.invoice_lines');
+GRANT SELECT ON quota_ext.invoices_unpaid TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION
 	quota_ext.billing_close(timestamptz, timestamptz),
 	quota_ext.billing_close(bigint, timestamptz, timestamptz),
 	quota_ext.invoice_issue(bigint, bigint),
-	quota_ext.invoice_void(bigint, bigint, text)
+	quota_ext.invoice_void(bigint, bigint, text),
+	quota_ext.invoice_mark_paid(bigint, bigint, timestamptz, text)
 	TO quota_ext_admin;
 
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.billing_closes', '');

@@ -171,11 +171,34 @@ CREATE FUNCTION quota_ext.metrics() RETURNS text
 		                                     ('denied_rate_limit', s.denied_rate_limit),
 		                                     ('denied_policy', s.denied_policy),
 		                                     ('denied_tenant', s.denied_tenant),
-		                                     ('replayed', s.replayed)) o (outcome, n))
+		                                     ('replayed', s.replayed)) o (outcome, n)),
+		-- tokens and cost of the tenant's current month (its time zone),
+		-- from the daily rollup: nothing written on the hot path, as of the
+		-- last usage_rollup()
+		'# HELP quota_ext_tenant_tokens Tokens used in the tenant''s current month, as of the last usage_rollup.',
+		'# TYPE quota_ext_tenant_tokens gauge',
+		(SELECT string_agg(format('quota_ext_tenant_tokens{tenant_id="%s",direction="%s"} %s', m.tenant_id, k.direction, k.n),
+		                   E'\n' ORDER BY m.tenant_id, k.direction)
+		   FROM (SELECT d.tenant_id, sum(d.input_tokens) AS input_tokens, sum(d.output_tokens) AS output_tokens
+		           FROM quota_ext.usage_daily d
+		           JOIN quota_ext.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) d.tenant_id
+		          WHERE d.day OPERATOR(pg_catalog.>=) date_trunc('month', clock_timestamp() AT TIME ZONE t.timezone)::pg_catalog.date
+		          GROUP BY d.tenant_id) m
+		  CROSS JOIN LATERAL (VALUES ('input', m.input_tokens), ('output', m.output_tokens)) k (direction, n)),
+		'# HELP quota_ext_tenant_cost Cost charged in the tenant''s current month per currency, as of the last usage_rollup.',
+		'# TYPE quota_ext_tenant_cost gauge',
+		(SELECT string_agg(format('quota_ext_tenant_cost{tenant_id="%s",currency="%s"} %s', m.tenant_id, m.currency, m.cost),
+		                   E'\n' ORDER BY m.tenant_id, m.currency)
+		   FROM (SELECT d.tenant_id, d.currency::pg_catalog.text AS currency, sum(d.cost) AS cost
+		           FROM quota_ext.usage_daily d
+		           JOIN quota_ext.tenants t ON t.tenant_id OPERATOR(pg_catalog.=) d.tenant_id
+		          WHERE d.currency OPERATOR(pg_catalog.<>) 'XXX'
+		            AND d.day OPERATOR(pg_catalog.>=) date_trunc('month', clock_timestamp() AT TIME ZONE t.timezone)::pg_catalog.date
+		          GROUP BY d.tenant_id, d.currency) m)
 	) || E'\n'
 	$$;
 COMMENT ON FUNCTION quota_ext.metrics() IS
-	'Prometheus text exposition: quota usage, quota and rate-limit denials, decisions by outcome (what the caller may see)';
+	'Prometheus text exposition: quota usage, quota and rate-limit denials, decisions by outcome, tokens and cost of the current month (what the caller may see)';
 
 -- ---------------------------------------------------------------------------
 -- security of this section
@@ -191,5 +214,7 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.audit_purge(),
 	quota_ext.request_stats_reset(),
 	quota_ext.shared_cache_status(),
-	quota_ext.shared_cache_tenants()
+	quota_ext.shared_cache_tenants(),
+	quota_ext.escrow_adapt(),
+	quota_ext.escrow_status()
 	TO quota_ext_admin;

@@ -48,6 +48,9 @@ SELECT usage_id AS usb FROM quota_ext.quota_consume(:tb, 'xb-marker-model', 3, '
 SELECT quota_ext.quota_consume(:tb, 'xb-marker-model', 1, role => 'admin') FROM generate_series(1, 7);	-- 8 of 10: an event
 SELECT usage_id AS usb2 FROM quota_ext.quota_consume(:tb, 'x-g', 2) \gset
 SELECT quota_ext.quota_refund(:tb, :usb2);
+-- per-request records (issue 17)
+SELECT quota_ext.request_log_write(:ta, 'POST /v1/a', 200);
+SELECT quota_ext.request_log_write(:tb, 'POST /v1/xb-marker', 200, request_excerpt => 'xb-marker');
 -- money: B's own price, priced usage, a closed period with its invoice,
 -- rollups (cross-tenant tables the app reads its own rows of)
 SELECT quota_ext.price_set('x-g', 'EUR', 0.01);
@@ -61,6 +64,10 @@ UPDATE quota_ext.usage SET occurred_at = now() - interval '2 microseconds' WHERE
 SELECT now() - interval '1 microsecond' AS close_end \gset
 SELECT count(*) FROM quota_ext.billing_close(:tb, now() - interval '1 day', :'close_end');
 SELECT count(*) FROM quota_ext.billing_close(:ta, now() - interval '1 day', :'close_end');
+-- an outbox consumer of B's (the close wrote B's outbox events)
+SELECT quota_ext.set_tenant(:tb);
+SELECT count(*) FROM quota_ext.event_poll('xb-marker-relay');
+SELECT quota_ext.clear_tenant();
 SELECT quota_ext.usage_rollup();
 \o
 CREATE ROLE qx_tap_x_app LOGIN IN ROLE quota_ext_app;

@@ -19,7 +19,9 @@
 --   A3  a quota_ext_admin login with no context, naming B and B's objects:
 --       works (so the generated calls are meaningful and A1 refuses for the
 --       right reason, not for a bad argument).  Functions that need a
---       context by design are listed (a_needs_context).
+--       context by design are listed (a_needs_context), and those that need
+--       Citus (a_needs_citus: 55000 in a database without it).  Procedures
+--       (distribute) are attacked with CALL.
 --   A4  the pieces the checks rest on: the roles' grants (nothing of the
 --       internal checks executable by a role), and why the check judges the
 --       session's role: an app login through the extension's SECURITY
@@ -66,6 +68,8 @@ UPDATE quota_ext.usage SET occurred_at = now() - interval '2 microseconds' WHERE
 SELECT now() - interval '1 microsecond' AS close_end \gset
 SELECT min(invoice_id) AS inva FROM quota_ext.billing_close(:ta, now() - interval '1 day', :'close_end') \gset
 SELECT min(invoice_id) AS invb FROM quota_ext.billing_close(:tb, now() - interval '1 day', :'close_end') \gset
+-- issued, so that invoice_mark_paid (issued -> paid) works for an admin
+SELECT quota_ext.invoice_issue(:ta, :inva), quota_ext.invoice_issue(:tb, :invb);
 SELECT quota_ext.usage_rollup();
 \o
 CREATE ROLE qx_tap_aa_app LOGIN IN ROLE quota_ext_app;
@@ -90,16 +94,23 @@ INSERT INTO a_ids VALUES
 CREATE TEMP TABLE a_vals (arg text PRIMARY KEY, val text, opt boolean NOT NULL DEFAULT false);
 INSERT INTO a_vals (arg, val) VALUES ('grantee_tenant_id', :tc), ('period', '''day'''),
 	('name', '''aa-new'''), ('email', '''new@aa.example'''), ('role', '''admin'''), ('allowed', 'true'),
-	('max_units', '100'), ('units', '1'), ('estimate', '2'), ('actual', '1'), ('quantity', '1'),
+	('units', '1'), ('estimate', '2'), ('actual', '1'), ('quantity', '1'),
 	('count', '100'), ('period_seconds', '60'), ('max_burst', '10'), ('batch', '1'),
 	('ttl', '''1 hour'''), ('grace', '''1 hour'''), ('key', '''aa-key'''), ('currency', '''EUR'''),
 	('timezone', '''UTC'''),
 	('period_start', quote_literal(:'close_end')),
 	('period_end', quote_literal((:'close_end'::timestamptz + interval '1 microsecond')::text)),
-	('from', '''2000-01-01'''), ('to', '''2100-01-01'''), ('before', '''2000-01-01''');
--- (a price needs one of its amounts; B's price at now() exists already)
-INSERT INTO a_vals VALUES ('unit_price', '0.01', true), ('effective_from', '''2100-01-01''', true);
-GRANT SELECT ON a_ids, a_vals TO PUBLIC;
+	('from', '''2000-01-01'''), ('to', '''2100-01-01'''), ('before', '''2000-01-01'''),
+	('consumer', '''aa-relay'''), ('upto', '0');
+-- (a price needs one of its amounts; B's price at now() exists already;
+-- quota_set's max_units has a default, NULL, for money budgets: issue 17)
+INSERT INTO a_vals VALUES ('unit_price', '0.01', true), ('effective_from', '''2100-01-01''', true),
+	('max_units', '100', true);
+-- values for one function's argument, before a_ids and a_vals: api_key_import
+-- takes a key of another system, not one of quota_ext's (issue 17)
+CREATE TEMP TABLE a_fn_vals (fn name, arg text, val text, PRIMARY KEY (fn, arg));
+INSERT INTO a_fn_vals VALUES ('api_key_import', 'api_key', '''sk-live-Imported0123456789abcdef''');
+GRANT SELECT ON a_ids, a_vals, a_fn_vals TO PUBLIC;
 
 -- A1: callable by quota_ext_app without a context, and why
 CREATE TEMP TABLE a_open (fn name PRIMARY KEY, reason text NOT NULL);
@@ -118,7 +129,12 @@ INSERT INTO a_open VALUES
 CREATE TEMP TABLE a_needs_context (fn name PRIMARY KEY, reason text NOT NULL);
 INSERT INTO a_needs_context VALUES
 	('tenant_rate_limit_check', 'buckets private to the context''s tenant: there is no tenant without one');
-GRANT SELECT ON a_open, a_needs_context TO PUBLIC;
+-- A3: need Citus (55000 in a database without the citus extension, as here
+-- unless Citus is installed)
+CREATE TEMP TABLE a_needs_citus (fn name PRIMARY KEY, reason text NOT NULL);
+INSERT INTO a_needs_citus VALUES
+	('distribute', 'makes Citus reference and distributed tables: refuses without Citus');
+GRANT SELECT ON a_open, a_needs_context, a_needs_citus TO PUBLIC;
 -- A2: callable in a tenant context although they name no tenant, and why
 CREATE TEMP TABLE a_ctx_ok (fn name PRIMARY KEY, reason text NOT NULL);
 INSERT INTO a_ctx_ok VALUES
@@ -133,7 +149,9 @@ INSERT INTO a_ctx_ok VALUES
 	('tenant_rate_limit_check', 'buckets private to the context''s tenant'),
 	('request_stats', 'the context''s tenant''s rows only'),
 	('metrics', 'the context''s tenant''s series only'),
-	('rate_limit_status', 'quota_ext_admin only: the size of the shared bucket table, no tenant''s data');
+	('rate_limit_status', 'quota_ext_admin only: the size of the shared bucket table, no tenant''s data'),
+	('event_poll', 'the context''s tenant''s events and consumers only'),
+	('event_ack', 'the context''s tenant''s consumers and events only');
 GRANT SELECT ON a_ctx_ok TO PUBLIC;
 
 -- the functions under attack
@@ -151,9 +169,10 @@ GRANT SELECT ON a_funcs TO PUBLIC;
 -- 'unknown'); arguments listed in "swap" take column "swap_who" instead
 CREATE FUNCTION pg_temp.a_call(f regprocedure, who text, swap text[] DEFAULT '{}', swap_who text DEFAULT NULL)
 	RETURNS text LANGUAGE sql STABLE AS $$
-	SELECT format('SELECT * FROM quota_ext.%I(%s)', p.proname,
+	SELECT format(CASE p.prokind WHEN 'p' THEN 'CALL quota_ext.%I(%s)' ELSE 'SELECT * FROM quota_ext.%I(%s)' END, p.proname,
 	              coalesce(string_agg(format('%I => %s::%s', a.n,
-	                  coalesce((SELECT CASE CASE WHEN a.n = ANY (swap) THEN swap_who ELSE who END
+	                  coalesce((SELECT v.val FROM a_fn_vals v WHERE v.fn = p.proname AND v.arg = a.n),
+	                           (SELECT CASE CASE WHEN a.n = ANY (swap) THEN swap_who ELSE who END
 	                                    WHEN 'a' THEN i.a_val WHEN 'b' THEN i.b_val ELSE i.unknown_val END
 	                              FROM a_ids i WHERE i.arg = a.n),
 	                           (SELECT x.val FROM a_vals x WHERE x.arg = a.n),
@@ -172,10 +191,10 @@ CREATE FUNCTION pg_temp.a_call(f regprocedure, who text, swap text[] DEFAULT '{}
 	         ON a.i <= p.pronargs - p.pronargdefaults OR EXISTS (SELECT 1 FROM a_ids x WHERE x.arg = a.n)
 	            OR EXISTS (SELECT 1 FROM a_vals x WHERE x.arg = a.n AND x.opt)
 	 WHERE p.oid = f
-	 GROUP BY p.proname
+	 GROUP BY p.proname, p.prokind
 $$;
 
--- run sql as the current role, after "ctx" ('' none, 'auth' A's key,
+-- run sql (a SELECT, or a CALL of a procedure) as the current role, after "ctx" ('' none, 'auth' A's key,
 -- 'set' set_tenant(A)), and roll it back; the outcome: 'ok <rows>' or
 -- '<SQLSTATE> <message>', raw (a_outcome_raw) or with digits masked
 CREATE FUNCTION pg_temp.a_outcome_raw(sql text, ctx text) RETURNS text LANGUAGE plpgsql AS $$
@@ -189,7 +208,11 @@ BEGIN
 		ELSIF ctx = 'set' THEN
 			EXECUTE format('SELECT quota_ext.set_tenant(%s)', (SELECT a_val FROM a_ids WHERE arg = 'tenant_id'));
 		END IF;
-		EXECUTE format('SELECT string_agg(x::text, '' '') FROM (%s) x', sql) INTO res;
+		IF sql LIKE 'CALL %' THEN
+			EXECUTE sql;	-- a procedure (distribute): no rows to show
+		ELSE
+			EXECUTE format('SELECT string_agg(x::text, '' '') FROM (%s) x', sql) INTO res;
+		END IF;
 		res := 'ok ' || coalesce(res, '');
 		RAISE EXCEPTION USING ERRCODE = 'QX999', MESSAGE = res;
 	EXCEPTION
@@ -231,7 +254,9 @@ SELECT count(*) AS n_global FROM a_funcs f JOIN pg_proc p ON p.oid = f.oid
 SELECT count(*) AS n_ctx_ok FROM a_ctx_ok \gset
 SELECT count(*) AS n_open FROM a_open \gset
 SELECT count(*) AS n_needs FROM a_needs_context \gset
-SELECT plan(3 * :n_funcs + 2 * :n_tenant + :n_swaps + :n_global + :n_open + :n_needs + :n_ctx_ok + 20);
+SELECT count(*) AS n_citus FROM a_needs_citus \gset
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS has_citus \gset
+SELECT plan(3 * :n_funcs + 2 * :n_tenant + :n_swaps + :n_global + :n_open + :n_needs + :n_citus + :n_ctx_ok + 20);
 
 SELECT cmp_ok(:n_funcs, '>=', 50, 'functions under attack, from the catalog: ' || :n_funcs);
 
@@ -352,12 +377,18 @@ INSERT INTO a3 SELECT f, proname, pg_temp.a_outcome_raw(pg_temp.a_call(f, 'b'), 
 RESET ROLE;
 SELECT CASE WHEN proname IN (SELECT fn FROM a_needs_context)
             THEN is(left(outcome, 5), '42501', format('A3 %s needs a context, also for an admin: 42501', f))
+            WHEN proname IN (SELECT fn FROM a_needs_citus) AND NOT :'has_citus'::boolean
+            THEN is(left(outcome, 5), '55000', format('A3 %s needs Citus: 55000 without it (got %s)',
+                                                      f, pg_temp.a_short(outcome)))
             ELSE is(left(outcome, 3), 'ok ', format('A3 %s for B by quota_ext_admin without a context works (got %s)',
                                                     f, pg_temp.a_short(outcome))) END
   FROM a3 ORDER BY f::text;
 SELECT ok(EXISTS (SELECT 1 FROM a_funcs f WHERE f.proname = n.fn),
           format('A3 needs-context list: %s exists (%s)', n.fn, n.reason))
   FROM a_needs_context n ORDER BY n.fn;
+SELECT ok(EXISTS (SELECT 1 FROM a_funcs f WHERE f.proname = n.fn),
+          format('A3 needs-Citus list: %s exists (%s)', n.fn, n.reason))
+  FROM a_needs_citus n ORDER BY n.fn;
 
 -- ---------------------------------------------------------------------------
 -- A4: what the checks rest on

@@ -115,7 +115,7 @@ for my $db ('app', 'app_plain')
 	is($new->safe_psql($db, $catalog_sql), $catalog_before, "$db: RLS, FORCE, policies and grants are as before");
 }
 is($new->safe_psql('app', q{SELECT tier, builtin FROM quota_ext.tiers ORDER BY tier}),
-	"enterprise|t\nfree|t\ngold|f\npremium|t\npro|t",
+	"enterprise|t\nfree|t\ngold|f\npremium|t\npro|t\nstarter|t",
 	'built-in tiers once each, the custom tier once');
 
 # keys authenticate exactly as before

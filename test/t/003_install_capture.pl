@@ -79,7 +79,7 @@ is($installed->(), '1', 'CREATE EXTENSION works under a hostile search_path');
 is( $node->safe_psql('app', q{SELECT last_value, is_called FROM public.calls}),
 	'1|f', '... and calls none of the hostile objects');
 is( $node->safe_psql('app', q{SELECT count(*) FROM quota_ext.tiers WHERE builtin}),
-	'4', '... the built-in tiers went into quota_ext.tiers');
+	'5', '... the built-in tiers went into quota_ext.tiers');
 is( $node->safe_psql('app', q{SELECT count(*) FROM public.tiers}),
 	'0', '... not into the look-alike table');
 is( $node->safe_psql(

@@ -63,5 +63,61 @@ fails_with(
 	'55000', qr/shared_preload_libraries/,
 	'rate_limit_apply with a tier default');
 
+# Issue 17: the README said only the rate-limit functions refuse without
+# preloading, but quota_consume, invoke and quota_reserve refuse (55000) for
+# every tenant a rate limit applies to.  What they do, and that the README
+# says so.
+$node->safe_psql('postgres', q{
+	SELECT quota_ext.model_register('np-model');
+	SELECT quota_ext.policy_set(tenant_id, 'np-model', true) FROM quota_ext.tenants
+	 WHERE name IN ('t-free', 't-ent');
+});
+fails_with(
+	q{SELECT * FROM quota_ext.quota_consume(
+	    (SELECT tenant_id FROM quota_ext.tenants WHERE name = 't-free'), 'np-model')},
+	'55000', qr/shared_preload_libraries/,
+	'quota_consume for a tenant of a tier with a rate limit');
+is( $node->safe_psql(
+		'postgres',
+		q{SELECT allowed FROM quota_ext.quota_consume(
+		    (SELECT tenant_id FROM quota_ext.tenants WHERE name = 't-ent'), 'np-model')}),
+	't',
+	'quota_consume for a tenant without a rate limit works without preloading');
+
+sub slurp
+{
+	my ($f) = @_;
+	open my $fh, '<', $f or die "$f: $!";
+	local $/;
+	my $s = <$fh>;
+	close $fh;
+	return $s;
+}
+my $readme = slurp('README.md');
+my ($install) = $readme =~ /^## Install\n(.*?)^## /ms;
+like($install, qr/without preloading.*`quota_consume`, `invoke` and\s+`quota_reserve`/s,
+	'README (Install): charging refuses without preloading where a rate limit applies');
+
+# The README's tier table is the catalog's built-in tiers, value for value.
+my ($tiers) = $readme =~ /^## Tiers\n(.*?)^## /ms;
+ok(defined $tiers, 'README has a section Tiers');
+my @documented;
+for my $line (split /\n/, $tiers // '')
+{
+	next unless $line =~ /^\| `(\w+)`/;
+	my @cells = map { s/^\s+|\s+$//gr } (split /\|/, $line)[ 1 .. 5 ];
+	$cells[0] =~ s/^`(\w+)`.*/$1/;
+	s/,//g for @cells;
+	push @documented, join('|', map { /^(unlimited|none)$/ ? '' : $_ } @cells);
+}
+is( join("\n", @documented),
+	$node->safe_psql(
+		'postgres',
+		q{SELECT tier || '|' || coalesce(monthly_calls::text, '') || '|'
+		      || coalesce(rate_limit_per_minute::text, '') || '|'
+		      || coalesce(rate_limit_burst::text, '') || '|' || audit_retention::text
+		    FROM quota_ext.tiers WHERE builtin ORDER BY monthly_calls NULLS LAST}),
+	'README (Tiers) shows every built-in tier with its catalog defaults');
+
 $node->stop;
 done_testing();

@@ -227,7 +227,7 @@ my %extra = (
 	tenant_suspend           => '55000',
 	tenant_activate          => '55000',
 	tenant_close             => '55000',
-	user_create              => '23505 55000',
+	user_create              => '23505 55000 53400',
 	user_update              => '55000',
 	api_key_create           => '55000',
 	api_key_revoke           => '55000',
@@ -252,7 +252,13 @@ my %extra = (
 	rate_limit_apply         => '53200 55000',
 	rate_limit_status        => '55000',
 	rate_limit_namespaces    => '55000',
-	rate_limit_reset         => '55000',);
+	rate_limit_reset         => '55000',
+	api_key_import           => '23505 28000 55000',
+	user_remove              => '55000',
+	invoice_mark_paid        => '55000',
+	event_ack                => '55000 54000',
+	event_poll               => '54000',
+	quota_check              => '55000',);
 my $common = '22004 22023 22003 42501 42704';
 my @unexpected;
 for my $row (split /\n/, $node->safe_psql('postgres',

@@ -35,6 +35,7 @@
 #   idem_allowed     a key whose stored decision is allowed has exactly its
 #                    usage row; a denied one has none
 #   idem_orphan      every consume/reserve row with a key has its key row
+#                    (unless idempotency_purge deleted it: older than its horizon)
 #   reservation      a reservation's rows add up to what its status says
 #                    (open: estimate; settled: actual - unbilled;
 #                    cancelled, expired: 0)
@@ -142,7 +143,8 @@ WITH q AS (
 	  FROM b
 ), idem AS (
 	-- consume/reserve rows per idempotency key (min: the one a key names)
-	SELECT u.tenant_id, u.idempotency_key, count(*) AS n, min(u.usage_id) AS usage_id
+	SELECT u.tenant_id, u.idempotency_key, count(*) AS n, min(u.usage_id) AS usage_id,
+	       max(u.occurred_at) AS last_at
 	  FROM quota_ext.usage u
 	 WHERE u.idempotency_key IS NOT NULL AND u.kind IN ('consume', 'reserve')
 	 GROUP BY 1, 2
@@ -181,6 +183,10 @@ SELECT * FROM (
 	  FROM idem i
 	 WHERE NOT EXISTS (SELECT 1 FROM quota_ext.idempotency_keys k
 	                    WHERE k.tenant_id = i.tenant_id AND k.idempotency_key = i.idempotency_key)
+	   -- idempotency_purge (audited with its older_than) deletes old key rows
+	   AND NOT EXISTS (SELECT 1 FROM quota_ext.audit_log a
+	                    WHERE a.action = 'idempotency_purge'
+	                      AND i.last_at < a.at - (a.after ->> 'older_than')::interval)
 	UNION ALL
 	SELECT 'reservation_' || r.status, r.tenant_id, 'reservation ' || r.reservation_id,
 	       CASE r.status WHEN 'open' THEN r.estimate WHEN 'settled' THEN r.actual - r.unbilled ELSE 0 END,

@@ -1,0 +1,636 @@
+/*-------------------------------------------------------------------------
+ *
+ * escrow_adapt.c
+ *		Automatic escrow: a blocking quota whose callers wait for its
+ *		counter spreads itself over escrow slots without anyone setting
+ *		`slots`, grows the number of slots with the callers it sees, and
+ *		folds back to one row when they are gone (doc/design.md section 5).
+ *
+ * Three parts:
+ *
+ *	 - the calls note what they see (QuotaEscrowNote): a call that waited
+ *	   for a single-row counter (lock_run), and every escrow acquisition
+ *	   (acquire_slots, with whether it found no free slot), into a small
+ *	   table in shared memory, one entry per (database, tenant, quota).  The
+ *	   table has QUOTA_ESCROW_ENTRIES entries and one tenant may hold at
+ *	   most QUOTA_ESCROW_TENANT_ENTRIES of them, so no tenant can fill it
+ *	   for the others; when there is no room, nothing is recorded and the
+ *	   quota stays as it is (exact, only slower).  A call that neither
+ *	   waited nor uses escrow touches nothing here.
+ *	 - a pass (QuotaEscrowAdaptPass) reads and resets the entries of its
+ *	   database and decides: a quota whose callers waited grows to the
+ *	   next power of two at least the number of backends seen (at least 2,
+ *	   at most quota_ext.escrow_max_slots), or to twice its slots when a
+ *	   quarter of its escrow calls still found no free slot; the pass after
+ *	   a re-layout does not count waits (the re-layout held every slot, so
+ *	   they say nothing about the slot count); an escrow quota that saw at
+ *	   most one backend and no wait in QUOTA_ESCROW_QUIET_PASSES passes in a
+ *	   row folds back to one row.
+ *	   Each change is quota_ext._escrow_relayout(), which locks the quota
+ *	   row and then every counter row in slot order (the callers' order),
+ *	   moves the period's total to slot 0 and splits the slack into
+ *	   allowances, changes quotas.slots and moves the configuration
+ *	   generation (config_changed), all in one transaction.
+ *	 - a launcher background worker (registered in _PG_init when the
+ *	   library is preloaded) wakes every quota_ext.escrow_adapt_interval
+ *	   milliseconds and, for each database with entries, starts a worker
+ *	   that connects to it and runs one pass, each re-layout in its own
+ *	   short transaction.  quota_ext.escrow_adapt() runs one pass in the
+ *	   caller's transaction (admin; tests and pg_cron).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "quota_ext.h"
+#include "escrow_adapt.h"
+#include "spi.h"
+#include "context.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "port/pg_bitutils.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "funcapi.h"
+#include "utils/snapmgr.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(quota_ext_escrow_adapt);
+PG_FUNCTION_INFO_V1(quota_ext_escrow_status);
+
+#define QUOTA_ESCROW_ENTRIES		256
+#define QUOTA_ESCROW_TENANT_ENTRIES	8
+#define QUOTA_ESCROW_QUIET_PASSES	3
+#define QUOTA_ESCROW_TRANCHE		"quota_ext_escrow"
+#define QUOTA_ESCROW_MAX_DBS		16
+
+typedef struct EscrowEntry
+{
+	bool		used;
+	Oid			dbid;
+	int64		tenant_id;
+	int64		quota_id;
+	uint32		waits;			/* calls that waited, or found no free slot */
+	uint32		calls;			/* escrow acquisitions */
+	uint64		procs;			/* bit (PGPROC number % 64) of each caller */
+	int			quiet;			/* passes in a row without concurrency */
+	bool		cooldown;		/* re-laid by the last pass: its waits are ours */
+} EscrowEntry;
+
+typedef struct EscrowShared
+{
+	LWLock	   *lock;
+	EscrowEntry entries[QUOTA_ESCROW_ENTRIES];
+} EscrowShared;
+
+static EscrowShared *escrow_shared = NULL;
+
+/* settings */
+static int	escrow_adapt_interval = 0;	/* ms; 0: no passes (the default) */
+static int	escrow_max_slots = 32;
+
+PGDLLEXPORT void QuotaEscrowLauncherMain(Datum arg);
+PGDLLEXPORT void QuotaEscrowWorkerMain(Datum arg);
+
+/* ----------------------------------------------------------------------
+ * shared memory
+ * ---------------------------------------------------------------------- */
+
+void
+QuotaEscrowShmemRequest(void)
+{
+	RequestAddinShmemSpace(MAXALIGN(sizeof(EscrowShared)));
+	RequestNamedLWLockTranche(QUOTA_ESCROW_TRANCHE, 1);
+}
+
+void
+QuotaEscrowShmemStartup(void)
+{
+	bool		found;
+
+	escrow_shared = ShmemInitStruct("quota_ext escrow", sizeof(EscrowShared), &found);
+	if (!found)
+	{
+		memset(escrow_shared, 0, sizeof(EscrowShared));
+		escrow_shared->lock = &(GetNamedLWLockTranche(QUOTA_ESCROW_TRANCHE))->lock;
+	}
+}
+
+static uint32
+entry_hash(Oid dbid, int64 tenant_id, int64 quota_id)
+{
+	uint64		h = (uint64) quota_id * UINT64CONST(0x9E3779B97F4A7C15);
+
+	h ^= (uint64) tenant_id * UINT64CONST(0xC2B2AE3D27D4EB4F);
+	h ^= (uint64) dbid * UINT64CONST(0x165667B19E3779F9);
+	return (uint32) (h >> 32) % QUOTA_ESCROW_ENTRIES;
+}
+
+/* the entry of (db, tenant, quota), or with create a new one if there is room */
+static EscrowEntry *
+entry_find(Oid dbid, int64 tenant_id, int64 quota_id, bool create)
+{
+	uint32		start = entry_hash(dbid, tenant_id, quota_id);
+	EscrowEntry *free_entry = NULL;
+	int			tenant_count = 0;
+	int			i;
+
+	for (i = 0; i < QUOTA_ESCROW_ENTRIES; i++)
+	{
+		EscrowEntry *e = &escrow_shared->entries[(start + i) % QUOTA_ESCROW_ENTRIES];
+
+		if (!e->used)
+		{
+			if (!free_entry)
+				free_entry = e;
+			continue;
+		}
+		if (e->dbid == dbid && e->tenant_id == tenant_id)
+		{
+			if (e->quota_id == quota_id)
+				return e;
+			tenant_count++;
+		}
+	}
+	if (!create || !free_entry || tenant_count >= QUOTA_ESCROW_TENANT_ENTRIES)
+		return NULL;
+	memset(free_entry, 0, sizeof(EscrowEntry));
+	free_entry->used = true;
+	free_entry->dbid = dbid;
+	free_entry->tenant_id = tenant_id;
+	free_entry->quota_id = quota_id;
+	return free_entry;
+}
+
+/*
+ * QuotaEscrowNote
+ *		A call met quota_id of tenant_id under contention (waited: it waited
+ *		for the counter, or found no free escrow slot), or took an escrow
+ *		slot (waited false): only quotas under contention or laid out over
+ *		slots get here, so only they take entries.
+ */
+void
+QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited)
+{
+	EscrowEntry *e;
+
+	if (!escrow_shared)
+		return;
+	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
+	e = entry_find(MyDatabaseId, tenant_id, quota_id, true);
+	if (e)
+	{
+		if (waited)
+			e->waits++;
+		else
+			e->calls++;
+		e->procs |= UINT64CONST(1) << (QuotaMyProcNumber() % 64);
+	}
+	LWLockRelease(escrow_shared->lock);
+}
+
+/* ----------------------------------------------------------------------
+ * the pass
+ * ---------------------------------------------------------------------- */
+
+/* what a pass read of one entry */
+typedef struct EscrowSeen
+{
+	int64		tenant_id;
+	int64		quota_id;
+	uint32		waits;
+	uint32		calls;
+	int			backends;
+	int			quiet;
+} EscrowSeen;
+
+static int
+seen_cmp(const void *a, const void *b)
+{
+	const EscrowSeen *x = a;
+	const EscrowSeen *y = b;
+
+	if (x->tenant_id != y->tenant_id)
+		return x->tenant_id < y->tenant_id ? -1 : 1;
+	if (x->quota_id != y->quota_id)
+		return x->quota_id < y->quota_id ? -1 : 1;
+	return 0;
+}
+
+/* read and reset the entries of this database; returns how many */
+static int
+collect(EscrowSeen *seen)
+{
+	int			n = 0;
+	int			i;
+
+	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < QUOTA_ESCROW_ENTRIES; i++)
+	{
+		EscrowEntry *e = &escrow_shared->entries[i];
+
+		if (!e->used || e->dbid != MyDatabaseId)
+			continue;
+		seen[n].tenant_id = e->tenant_id;
+		seen[n].quota_id = e->quota_id;
+		seen[n].waits = e->waits;
+		seen[n].calls = e->calls;
+		seen[n].backends = pg_popcount64(e->procs);
+
+		/*
+		 * A re-layout holds every slot while it lays them out, so the calls
+		 * of that moment found no free slot: not a sign of too few slots.
+		 */
+		if (e->cooldown)
+		{
+			seen[n].waits = 0;
+			e->cooldown = false;
+		}
+		/* concurrency: a wait, or two backends in one pass */
+		if (seen[n].waits == 0 && seen[n].backends <= 1)
+			e->quiet++;
+		else
+			e->quiet = 0;
+		seen[n].quiet = e->quiet;
+		e->waits = 0;
+		e->calls = 0;
+		e->procs = 0;
+		n++;
+	}
+	LWLockRelease(escrow_shared->lock);
+	qsort(seen, n, sizeof(EscrowSeen), seen_cmp);
+	return n;
+}
+
+/* the quota was re-laid: the next pass does not count the waits it caused */
+static void
+cool_down(int64 tenant_id, int64 quota_id)
+{
+	EscrowEntry *e;
+
+	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
+	e = entry_find(MyDatabaseId, tenant_id, quota_id, false);
+	if (e)
+		e->cooldown = true;
+	LWLockRelease(escrow_shared->lock);
+}
+
+static void
+forget(int64 tenant_id, int64 quota_id)
+{
+	EscrowEntry *e;
+
+	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
+	e = entry_find(MyDatabaseId, tenant_id, quota_id, false);
+	if (e)
+		e->used = false;
+	LWLockRelease(escrow_shared->lock);
+}
+
+static int
+pow2_at_least(int x)
+{
+	int			p = 1;
+
+	while (p < x && p < 64)
+		p <<= 1;
+	return p;
+}
+
+/*
+ * decide_one
+ *		The slot count one entry asks for, given the quota's current one;
+ *		0: forget the entry (quiet single-row quota, or no longer automatic).
+ */
+static int
+decide_one(const EscrowSeen *s, int slots)
+{
+	int			target = slots;
+
+	if (s->waits > 0)
+	{
+		/* as many slots as backends were seen (a power of two) */
+		target = Max(slots, pow2_at_least(Max(s->backends, 2)));
+
+		/*
+		 * With that many slots already, a quarter of the calls still found
+		 * none free: more callers than the mask of 64 backends shows.
+		 */
+		if (target == slots && slots > 1 && (uint64) s->waits * 4 >= s->calls)
+			target = slots * 2;
+	}
+	else if (s->quiet >= QUOTA_ESCROW_QUIET_PASSES)
+	{
+		if (slots == 1)
+			return 0;
+		target = 1;
+	}
+	return Min(target, escrow_max_slots);
+}
+
+/*
+ * adapt_one
+ *		Decide for one entry and re-lay its quota if needed (SPI connected,
+ *		in a transaction).  Returns whether the quota was re-laid.
+ */
+static bool
+adapt_one(const EscrowSeen *s)
+{
+	static QuotaPlan quota_plan = {
+		"SELECT q.slots, q.slots_auto AND q.on_exceed OPERATOR(pg_catalog.=) 'block' "
+		"FROM quota_ext.quotas q "
+		"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.quota_id OPERATOR(pg_catalog.=) $2",
+		2, {INT8OID, INT8OID}
+	};
+	static QuotaPlan relayout_plan = {
+		"SELECT quota_ext._escrow_relayout($1, $2, $3)",
+		3, {INT8OID, INT8OID, INT4OID}
+	};
+	Datum		values[3];
+	bool		isnull;
+	int			slots;
+	int			target;
+
+	values[0] = Int64GetDatum(s->tenant_id);
+	values[1] = Int64GetDatum(s->quota_id);
+	QuotaSpiExec(&quota_plan, values, NULL, false, 1);
+	if (SPI_processed != 1 ||
+		!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+	{
+		forget(s->tenant_id, s->quota_id);
+		return false;
+	}
+	slots = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	target = decide_one(s, slots);
+	if (target == 0)
+	{
+		forget(s->tenant_id, s->quota_id);
+		return false;
+	}
+	if (target == slots)
+		return false;
+	values[2] = Int32GetDatum(target);
+	QuotaSpiExec(&relayout_plan, values, NULL, false, 1);
+	if (target == 1)
+		forget(s->tenant_id, s->quota_id);
+	else
+		cool_down(s->tenant_id, s->quota_id);
+	return SPI_processed == 1 &&
+		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * quota_ext.escrow_adapt() RETURNS integer
+ *		One pass over this database's entries, in the caller's transaction:
+ *		the number of quotas re-laid.  Admin.  Without shared memory (not
+ *		preloaded) there is nothing to read: 0.
+ */
+Datum
+quota_ext_escrow_adapt(PG_FUNCTION_ARGS)
+{
+	QuotaSpiState spi;
+	EscrowSeen	seen[QUOTA_ESCROW_ENTRIES];
+	int			n;
+	int			i;
+	int			changed = 0;
+
+	QuotaCheckAdmin("escrow_adapt");
+	if (!escrow_shared)
+		PG_RETURN_INT32(0);
+	n = collect(seen);
+	QuotaSpiBegin(&spi);
+	for (i = 0; i < n; i++)
+		changed += adapt_one(&seen[i]) ? 1 : 0;
+	QuotaSpiEnd(&spi);
+	PG_RETURN_INT32(changed);
+}
+
+/*
+ * quota_ext.escrow_status() RETURNS SETOF (tenant_id, quota_id, waits,
+ *		calls, backends, quiet_passes)
+ *		This database's entries as the next pass will read them.  Admin.
+ */
+Datum
+quota_ext_escrow_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	QuotaCheckAdmin("escrow_status");
+	InitMaterializedSRF(fcinfo, 0);
+	if (!escrow_shared)
+		return (Datum) 0;
+	LWLockAcquire(escrow_shared->lock, LW_SHARED);
+	for (i = 0; i < QUOTA_ESCROW_ENTRIES; i++)
+	{
+		EscrowEntry *e = &escrow_shared->entries[i];
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
+
+		if (!e->used || e->dbid != MyDatabaseId)
+			continue;
+		values[0] = Int64GetDatum(e->tenant_id);
+		values[1] = Int64GetDatum(e->quota_id);
+		values[2] = Int64GetDatum((int64) e->waits);
+		values[3] = Int64GetDatum((int64) e->calls);
+		values[4] = Int32GetDatum(pg_popcount64(e->procs));
+		values[5] = Int32GetDatum(e->quiet);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(escrow_shared->lock);
+	return (Datum) 0;
+}
+
+/* ----------------------------------------------------------------------
+ * background workers
+ * ---------------------------------------------------------------------- */
+
+/*
+ * QuotaEscrowWorkerMain
+ *		One pass in the database given, each re-layout in its own short
+ *		transaction (locks held only while one quota is laid out again).
+ */
+void
+QuotaEscrowWorkerMain(Datum arg)
+{
+	Oid			dbid = DatumGetObjectId(arg);
+	EscrowSeen	seen[QUOTA_ESCROW_ENTRIES];
+	int			n;
+	int			i;
+	bool		present;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+	pgstat_report_appname("quota_ext escrow");
+	SetConfigOption("lock_timeout", "2000", PGC_SUSET, PGC_S_OVERRIDE);
+
+	StartTransactionCommand();
+	present = OidIsValid(get_extension_oid("quota_ext", true));
+	CommitTransactionCommand();
+	n = collect(seen);
+	if (!present)
+	{
+		for (i = 0; i < n; i++)
+			forget(seen[i].tenant_id, seen[i].quota_id);
+		proc_exit(0);
+	}
+	for (i = 0; i < n; i++)
+	{
+		QuotaSpiState spi;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		QuotaSpiBegin(&spi);
+		(void) adapt_one(&seen[i]);
+		QuotaSpiEnd(&spi);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	proc_exit(0);
+}
+
+/* the databases with entries */
+static int
+databases_with_entries(Oid *dbs)
+{
+	int			n = 0;
+	int			i;
+	int			j;
+
+	LWLockAcquire(escrow_shared->lock, LW_SHARED);
+	for (i = 0; i < QUOTA_ESCROW_ENTRIES && n < QUOTA_ESCROW_MAX_DBS; i++)
+	{
+		EscrowEntry *e = &escrow_shared->entries[i];
+
+		if (!e->used)
+			continue;
+		for (j = 0; j < n; j++)
+			if (dbs[j] == e->dbid)
+				break;
+		if (j == n)
+			dbs[n++] = e->dbid;
+	}
+	LWLockRelease(escrow_shared->lock);
+	return n;
+}
+
+/*
+ * QuotaEscrowLauncherMain
+ *		Every quota_ext.escrow_adapt_interval ms, start a pass in each
+ *		database that has entries and whose previous pass has ended.
+ */
+void
+QuotaEscrowLauncherMain(Datum arg)
+{
+	Oid			running_db[QUOTA_ESCROW_MAX_DBS];
+	BackgroundWorkerHandle *running[QUOTA_ESCROW_MAX_DBS];
+	int			nrunning = 0;
+
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+
+	while (!ShutdownRequestPending)
+	{
+		Oid			dbs[QUOTA_ESCROW_MAX_DBS];
+		int			n;
+		int			i;
+		int			j;
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 escrow_adapt_interval > 0 ? escrow_adapt_interval : 1000,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		/* forget the passes that ended */
+		for (i = 0; i < nrunning;)
+		{
+			pid_t		pid;
+
+			if (GetBackgroundWorkerPid(running[i], &pid) == BGWH_STOPPED)
+			{
+				pfree(running[i]);
+				running[i] = running[nrunning - 1];
+				running_db[i] = running_db[nrunning - 1];
+				nrunning--;
+			}
+			else
+				i++;
+		}
+		if (escrow_adapt_interval <= 0 || !escrow_shared)
+			continue;
+		n = databases_with_entries(dbs);
+		for (i = 0; i < n; i++)
+		{
+			BackgroundWorker w;
+
+			for (j = 0; j < nrunning; j++)
+				if (running_db[j] == dbs[i])
+					break;
+			if (j < nrunning || nrunning >= QUOTA_ESCROW_MAX_DBS)
+				continue;
+			memset(&w, 0, sizeof(w));
+			w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+			w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+			w.bgw_restart_time = BGW_NEVER_RESTART;
+			strlcpy(w.bgw_library_name, "quota_ext", BGW_MAXLEN);
+			strlcpy(w.bgw_function_name, "QuotaEscrowWorkerMain", BGW_MAXLEN);
+			snprintf(w.bgw_name, BGW_MAXLEN, "quota_ext escrow pass");
+			snprintf(w.bgw_type, BGW_MAXLEN, "quota_ext escrow pass");
+			w.bgw_main_arg = ObjectIdGetDatum(dbs[i]);
+			w.bgw_notify_pid = MyProcPid;
+			if (RegisterDynamicBackgroundWorker(&w, &running[nrunning]))
+				running_db[nrunning++] = dbs[i];
+		}
+	}
+	proc_exit(0);
+}
+
+/*
+ * QuotaEscrowInit
+ *		Settings, and the launcher when the library is preloaded.
+ */
+void
+QuotaEscrowInit(void)
+{
+	BackgroundWorker w;
+
+	DefineCustomIntVariable("quota_ext.escrow_adapt_interval",
+							"Milliseconds between automatic escrow passes (0: none).",
+							"Blocking quotas whose callers wait for their counter are spread over escrow slots, and folded back when the contention ends.",
+							&escrow_adapt_interval, 0, 0, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("quota_ext.escrow_max_slots",
+							"Most escrow slots automatic escrow gives a quota.",
+							NULL,
+							&escrow_max_slots, 32, 1, 64,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = 10;
+	strlcpy(w.bgw_library_name, "quota_ext", BGW_MAXLEN);
+	strlcpy(w.bgw_function_name, "QuotaEscrowLauncherMain", BGW_MAXLEN);
+	snprintf(w.bgw_name, BGW_MAXLEN, "quota_ext escrow launcher");
+	snprintf(w.bgw_type, BGW_MAXLEN, "quota_ext escrow launcher");
+	RegisterBackgroundWorker(&w);
+}
