@@ -61,7 +61,7 @@ all installcheck: test/specs/00_setup.spec
 prove_installcheck:
 	$(prove_installcheck)
 
-.PHONY: test demo bench dist deb-check
+.PHONY: test demo demo-seeds bench dist deb-check
 # The whole suite on throwaway clusters (run as root on a fresh machine: installs what it needs).
 # PG_MAJOR=N: on PostgreSQL N (default 15, the host's).  A version that is not
 # installed here (17, 18) runs in a Debian chroot built by test/chroot.
@@ -75,7 +75,11 @@ else
 endif
 # The walkthrough (doc/demo.sql) on a throwaway cluster.
 demo:
-	test/demo
+	test/demo doc/demo.sql
+
+# The migration walkthrough of each seed (doc/demo-seeds.sql), likewise.
+demo-seeds:
+	test/demo doc/demo-seeds.sql
 # The benchmark suite (doc/performance.md); e.g. make bench BENCH_ARGS=--quick
 BENCH_ARGS ?=
 bench:
