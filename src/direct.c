@@ -67,7 +67,7 @@ static Oid	counters_relid = InvalidOid;
 static Oid	usage_relid = InvalidOid;
 static Oid	usage_seqid = InvalidOid;
 static bool callback_registered = false;
-/* Citus manages quota_counters (set with the OIDs; see citus_managed()) */
+/* Citus manages quota_counters: go through SQL (direct_spi.c); set with the OIDs */
 static bool counters_on_citus = false;
 
 /* attribute numbers, by name (the ledger's columns may be in any order) */
@@ -159,22 +159,6 @@ citus_managed(Oid relid)
 	return found;
 }
 
-/*
- * direct.c never touches a Citus shell table: on the coordinator it is empty
- * (a write there is invisible through Citus), on a worker it is not the
- * tenant's shard, and a counter not found would read as a deleted quota.
- */
-static void
-refuse_on_citus(void)
-{
-	if (counters_on_citus)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("quota_ext cannot charge quotas on Citus-distributed tables yet"),
-				 errdetail("quota_ext.quota_counters is managed by Citus; the hot path writes counters and usage rows without the executor, which would not reach the tenant's shard."),
-				 errhint("See doc/scaling.md for what runs on Citus today.")));
-}
-
 static void
 find_relations(DirectRels *rels)
 {
@@ -183,7 +167,6 @@ find_relations(DirectRels *rels)
 
 	if (OidIsValid(counters_relid) && OidIsValid(usage_relid) && OidIsValid(usage_seqid))
 	{
-		refuse_on_citus();
 		rels->counters = counters_relid;
 		rels->usage = usage_relid;
 		rels->usage_seq = usage_seqid;
@@ -201,7 +184,6 @@ find_relations(DirectRels *rels)
 	if (!OidIsValid(counters_relid) || !OidIsValid(usage_relid) || !OidIsValid(usage_seqid))
 		elog(ERROR, "quota_ext's counters or ledger not found");
 	counters_on_citus = citus_managed(counters_relid);
-	refuse_on_citus();
 	rels->counters = counters_relid;
 	rels->usage = usage_relid;
 	rels->usage_seq = usage_seqid;
@@ -310,6 +292,8 @@ QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
 	int			i;
 
 	find_relations(&rels);
+	if (counters_on_citus)
+		return QuotaSpiLockCounters(tenant_id, qids, n, found, starts, used, tids, escrow);
 	rel = table_open(rels.counters, RowShareLock);
 	idx = index_open(QuotaPrimaryKeyIndex(rel), AccessShareLock);
 	slot = table_slot_create(rel, NULL);
@@ -422,6 +406,8 @@ QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 	int			i;
 
 	find_relations(&rels);
+	if (counters_on_citus)
+		return QuotaSpiWrite(u, w, n, rels.usage_seq);
 	counters = table_open(rels.counters, RowExclusiveLock);
 	usage = table_open(rels.usage, RowExclusiveLock);
 	idx = index_open(QuotaPrimaryKeyIndex(counters), AccessShareLock);
