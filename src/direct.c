@@ -195,6 +195,21 @@ find_relations(DirectRels *rels)
 	table_close(rel, AccessShareLock);
 }
 
+/*
+ * QuotaOnCitus
+ *		Does Citus manage quota_ext's counters in this database (after
+ *		quota_ext.distribute())?  Known once per relcache invalidation of
+ *		the relations, so a cheap test on every call.
+ */
+bool
+QuotaOnCitus(void)
+{
+	DirectRels	rels;
+
+	find_relations(&rels);
+	return counters_on_citus;
+}
+
 /* as a non-read-only SPI statement: see earlier changes, a new snapshot */
 static Snapshot
 direct_snapshot(void)

@@ -60,6 +60,17 @@ quota_role_listed(ArrayType *roles, const char *role)
 	return false;
 }
 
+/* run plan; its first row and *desc, or NULL when it returned none */
+static HeapTuple
+policy_first_row(QuotaPlan *plan, Datum *values, TupleDesc *desc)
+{
+	QuotaSpiExec(plan, values, NULL, false, 1);
+	if (SPI_processed == 0)
+		return NULL;
+	*desc = SPI_tuptable->tupdesc;
+	return SPI_tuptable->vals[0];
+}
+
 /*
  * quota_policy_read
  *		Run the queries: everything but the role check, which is left in
@@ -115,11 +126,8 @@ quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
 	*roles = NULL;
 	values[0] = Int64GetDatum(tenant_id);
 	values[1] = CStringGetTextDatum(model);
-	QuotaSpiExec(&tenant_plan, values, NULL, false, 1);
-	if (SPI_processed == 0)
+	if ((tup = policy_first_row(&tenant_plan, values, &desc)) == NULL)
 		return;
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
 	out->tenant_found = true;
 	out->tenant_active = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
 	out->timezone = SPI_getvalue(tup, desc, 2);
@@ -137,11 +145,8 @@ quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
 	QuotaPriceFromTuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &out->price);
 
 	values[1] = CStringGetTextDatum(model);
-	QuotaSpiExec(&policy_plan, values, NULL, false, 1);
-	if (SPI_processed == 0)
+	if ((tup = policy_first_row(&policy_plan, values, &desc)) == NULL)
 		return;
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
 	d = SPI_getbinval(tup, desc, 1, &isnull);
 	if (isnull || !DatumGetBool(d))
 		return;

@@ -158,6 +158,70 @@ is($coord->safe_psql('postgres', qq{
 is($coord->safe_psql('postgres', 'SELECT count(*) - count(DISTINCT usage_id) FROM quota_ext.usage'), '0',
 	'usage ids are unique across the nodes');
 
+# invoke through the coordinator: the key is read there, the charge goes to
+# the tenant's shard
+my $bob_key = $coord->safe_psql('postgres', q{SELECT api_key FROM quota_ext.user_create(1, 'bob@acme.test')});
+my $bob_kid = $coord->safe_psql('postgres', q{SELECT max(key_id) FROM quota_ext.api_keys WHERE tenant_id = 1});
+is($coord->safe_psql('postgres', qq{SELECT allowed FROM quota_ext.invoke('$bob_key', 'gpt-x')}), 't',
+	'invoke through the coordinator charges');
+is($coord->safe_psql('postgres', q{
+	SELECT count(DISTINCT c.used::text || '=' || (SELECT sum(u.calls) FROM quota_ext.usage u WHERE u.tenant_id = 1))
+	  FROM quota_ext.quota_counters c WHERE c.tenant_id = 1}) . ' '
+   . $coord->safe_psql('postgres', q{SELECT min(used) FROM quota_ext.quota_counters WHERE tenant_id = 1}), '1 4',
+	'tenant 1 after invoke: 4 calls on each counter and in the ledger');
+
+# a key revoked on the coordinator is refused at once on every worker:
+# sessions on both workers authenticate with it twice (a second lookup would
+# be a cache hit on a single node), then it is revoked through the coordinator
+my @sess = map { $_->background_psql('postgres', on_error_stop => 0) } ($w1, $w2);
+for my $i (0, 1)
+{
+	for my $round (1, 2)
+	{
+		is($sess[$i]->query_safe(qq{SELECT (quota_ext.authenticate('$bob_key')).tenant_id}), '1',
+			"worker" . ($i + 1) . ": the key authenticates (call $round)");
+	}
+}
+$coord->safe_psql('postgres', "SELECT quota_ext.api_key_revoke(1, $bob_kid)");
+for my $i (0, 1)
+{
+	my $res = $sess[$i]->query(qq{\\set VERBOSITY verbose\nSELECT (quota_ext.authenticate('$bob_key')).tenant_id});
+	is($res, '', 'worker' . ($i + 1) . ': right after the revoke the key gives no tenant');
+	like($sess[$i]->{stderr}, qr/28000/, 'worker' . ($i + 1) . ': the revoked key is refused (28000)');
+	$sess[$i]->quit;
+}
+
+# Figures for doc/scaling.md (not checks; only with QUOTA_CITUS_BENCH=1):
+# delegated consume through the coordinator, the same call run on the
+# coordinator, and in a database of the coordinator without Citus the cost
+# of the configuration cache being off (as it is under Citus)
+if ($ENV{QUOTA_CITUS_BENCH})
+{
+	my $secs = $ENV{QUOTA_CITUS_BENCH_SECONDS} // 15;
+	my @p = map { $coord->safe_psql('postgres', "SELECT quota_ext.tenant_create('perf$_', 'enterprise')") } 1 .. 8;
+	$coord->safe_psql('postgres', "SELECT quota_ext.policy_set(t, 'gpt-x', true), quota_ext.quota_set(t, 'month', 1000000000, model => 'gpt-x') FROM unnest(ARRAY[@{[ join(',', @p) ]}]::bigint[]) t");
+	$coord->safe_psql('plain', q{SELECT quota_ext.model_register('gpt-x')});
+	my @pp = map { $coord->safe_psql('plain', "SELECT quota_ext.tenant_create('perf$_', 'enterprise')") } 1 .. 8;
+	$coord->safe_psql('plain', "SELECT quota_ext.policy_set(t, 'gpt-x', true), quota_ext.quota_set(t, 'month', 1000000000, model => 'gpt-x') FROM unnest(ARRAY[@{[ join(',', @pp) ]}]::bigint[]) t");
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	my %scripts = (
+		delegated => "\\set t random($p[0], $p[7])\nSELECT quota_ext.quota_consume(:t, 'gpt-x', 1);\n",
+		on_coordinator => "\\set t random($p[0], $p[7])\nSELECT allowed FROM quota_ext.quota_consume(:t, 'gpt-x', 1);\n",
+		single_node => "\\set t random($pp[0], $pp[7])\nSELECT quota_ext.quota_consume(:t, 'gpt-x', 1);\n");
+	for my $run ([ 'delegated', 'postgres', '' ], [ 'on_coordinator', 'postgres', '' ],
+		[ 'single_node', 'plain', 'quota_ext.config_cache=on' ], [ 'single_node', 'plain', 'quota_ext.config_cache=off' ])
+	{
+		my ($name, $db, $opt) = @$run;
+		my $f = "$dir/$name.sql";
+		PostgreSQL::Test::Utils::append_to_file($f, $scripts{$name}) unless -e $f;
+		local $ENV{PGOPTIONS} = $opt ? "-c $opt" : '';
+		my ($out, $err) = run_command([ 'pgbench', '-n', '-T', $secs, '-c', 8, '-j', 2, '-f', $f,
+			'-h', $coord->host, '-p', $coord->port, $db ]);
+		my ($tps) = $out =~ /tps = ([0-9.]+)/;
+		diag(sprintf('bench %-15s %-28s 8 clients %ss: %s tps', $name, $opt || '(Citus)', $secs, $tps // "failed: $err"));
+	}
+}
+
 # known not to work yet (doc/scaling.md): noted with their error, not counted
 for my $step (
 	[ 'quota_status', q{SELECT * FROM quota_ext.quota_status(1)} ])
