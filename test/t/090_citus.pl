@@ -9,6 +9,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 
 my $pkglibdir = `pg_config --pkglibdir`;
 chomp $pkglibdir;
@@ -189,6 +190,39 @@ for my $i (0, 1)
 	is($res, '', 'worker' . ($i + 1) . ': right after the revoke the key gives no tenant');
 	like($sess[$i]->{stderr}, qr/28000/, 'worker' . ($i + 1) . ': the revoked key is refused (28000)');
 	$sess[$i]->quit;
+}
+
+# a tenant's shards moved to the other worker (citus_move_shard_placement,
+# block_writes: no logical replication needed) while pgbench charges it:
+# nothing lost, nothing counted twice
+{
+	my $mt = $coord->safe_psql('postgres', "SELECT quota_ext.tenant_create('mover', 'enterprise')");
+	$coord->safe_psql('postgres', "SELECT quota_ext.policy_set($mt, 'gpt-x', true)");
+	$coord->safe_psql('postgres', "SELECT quota_ext.quota_set($mt, 'month', 1000000, model => 'gpt-x')");
+	my ($shard, $from) = split /\|/, $coord->safe_psql('postgres', qq{
+		SELECT s, p.nodeport FROM get_shard_id_for_distribution_column('quota_ext.quota_counters', $mt) s
+		  JOIN pg_dist_shard_placement p ON p.shardid = s});
+	my $to = $from == $w1->port ? $w2->port : $w1->port;
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	PostgreSQL::Test::Utils::append_to_file("$dir/move.sql", "SELECT quota_ext.quota_consume($mt, 'gpt-x', 1);\n");
+	my ($bout, $berr) = ('', '');
+	my $bench = IPC::Run::start([ 'pgbench', '-n', '-c', 4, '-j', 2, '-t', 150, '-f', "$dir/move.sql",
+		'-h', $coord->host, '-p', $coord->port, 'postgres' ], '>', \$bout, '2>', \$berr);
+	($rc, $out, $err) = $coord->psql('postgres', qq{
+		SELECT citus_move_shard_placement($shard, '127.0.0.1', $from, '127.0.0.1', $to,
+		                                  shard_transfer_mode => 'block_writes')});
+	is($rc, 0, "tenant ${mt}'s shards moved from port $from to $to while charged") or diag($err);
+	$bench->finish;
+	like($bout, qr{number of transactions actually processed: 600/600}, 'pgbench: 600 charges during the move, none failed')
+		or diag($berr);
+	is($coord->safe_psql('postgres', qq{
+		SELECT p.nodeport FROM pg_dist_shard_placement p
+		 WHERE p.shardid = get_shard_id_for_distribution_column('quota_ext.quota_counters', $mt)}), $to,
+		'the tenant now lives on the other worker');
+	is($coord->safe_psql('postgres', qq{
+		SELECT c.used || ' ' || (SELECT count(*) || ' ' || sum(u.calls) FROM quota_ext.usage u WHERE u.tenant_id = $mt)
+		  FROM quota_ext.quota_counters c WHERE c.tenant_id = $mt}), '600 600 600',
+		'after the move: 600 charged, 600 usage rows, the counter equals the ledger');
 }
 
 # Figures for doc/scaling.md (not checks; only with QUOTA_CITUS_BENCH=1):
