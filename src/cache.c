@@ -44,7 +44,11 @@
  *	- on a hot standby: replayed commits run no callback, so nothing would
  *	  move the counter;
  *	- when the library is not preloaded (no shared memory for the counter),
- *	  or quota_ext.config_cache is off.
+ *	  or quota_ext.config_cache is off;
+ *	- on Citus, once quota_ext.distribute() made the tables distributed
+ *	  (QuotaOnCitus): a change committed through another node moves no
+ *	  counter of this one, so every node reads the tables (doc/scaling.md
+ *	  measures the cost).
  * Likewise a database that receives quota_ext's tables through logical
  * replication must turn quota_ext.config_cache off: the apply worker's
  * plain DML does not call config_changed().
@@ -100,6 +104,7 @@
 #include "args.h"
 #include "context.h"
 #include "cache.h"
+#include "direct.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"
@@ -367,7 +372,7 @@ QuotaCacheBegin(void)
 	uint64		generation;
 
 	if (!quota_config_cache || cache_shared == NULL || cache_dirty ||
-		IsolationUsesXactSnapshot() || RecoveryInProgress())
+		IsolationUsesXactSnapshot() || RecoveryInProgress() || QuotaOnCitus())
 		return false;
 	generation = pg_atomic_read_u64(&cache_shared->generation);
 	/* the generation is read before any snapshot a filling query takes */

@@ -47,6 +47,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
@@ -66,6 +67,8 @@ static Oid	counters_relid = InvalidOid;
 static Oid	usage_relid = InvalidOid;
 static Oid	usage_seqid = InvalidOid;
 static bool callback_registered = false;
+/* Citus manages quota_counters: go through SQL (direct_spi.c); set with the OIDs */
+static bool counters_on_citus = false;
 
 /* attribute numbers, by name (the ledger's columns may be in any order) */
 enum
@@ -129,6 +132,33 @@ typedef struct DirectRels
 	Oid			usage_seq;
 } DirectRels;
 
+/*
+ * Is relid in Citus's pg_dist_partition (a reference or distributed table, on
+ * the coordinator its shell)?  Read when the OIDs are found again, that is
+ * once per relcache invalidation of the relations, not per call: without
+ * Citus it is one failed name lookup.
+ */
+static bool
+citus_managed(Oid relid)
+{
+	Oid			dist = get_relname_relid("pg_dist_partition", PG_CATALOG_NAMESPACE);
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	bool		found;
+
+	if (!OidIsValid(dist))
+		return false;
+	rel = table_open(dist, AccessShareLock);
+	/* logicalrelid is its first column */
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
+	found = HeapTupleIsValid(systable_getnext(scan));
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
 static void
 find_relations(DirectRels *rels)
 {
@@ -153,6 +183,7 @@ find_relations(DirectRels *rels)
 	usage_seqid = get_relname_relid("usage_id_seq", nsp);
 	if (!OidIsValid(counters_relid) || !OidIsValid(usage_relid) || !OidIsValid(usage_seqid))
 		elog(ERROR, "quota_ext's counters or ledger not found");
+	counters_on_citus = citus_managed(counters_relid);
 	rels->counters = counters_relid;
 	rels->usage = usage_relid;
 	rels->usage_seq = usage_seqid;
@@ -162,6 +193,21 @@ find_relations(DirectRels *rels)
 	rel = table_open(rels->usage, AccessShareLock);
 	find_columns(rel, usage_cols, usage_att, U_NCOLS);
 	table_close(rel, AccessShareLock);
+}
+
+/*
+ * QuotaOnCitus
+ *		Does Citus manage quota_ext's counters in this database (after
+ *		quota_ext.distribute())?  Known once per relcache invalidation of
+ *		the relations, so a cheap test on every call.
+ */
+bool
+QuotaOnCitus(void)
+{
+	DirectRels	rels;
+
+	find_relations(&rels);
+	return counters_on_citus;
 }
 
 /* as a non-read-only SPI statement: see earlier changes, a new snapshot */
@@ -261,6 +307,8 @@ QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
 	int			i;
 
 	find_relations(&rels);
+	if (counters_on_citus)
+		return QuotaSpiLockCounters(tenant_id, qids, n, found, starts, used, tids, escrow);
 	rel = table_open(rels.counters, RowShareLock);
 	idx = index_open(QuotaPrimaryKeyIndex(rel), AccessShareLock);
 	slot = table_slot_create(rel, NULL);
@@ -373,6 +421,8 @@ QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 	int			i;
 
 	find_relations(&rels);
+	if (counters_on_citus)
+		return QuotaSpiWrite(u, w, n, rels.usage_seq);
 	counters = table_open(rels.counters, RowExclusiveLock);
 	usage = table_open(rels.usage, RowExclusiveLock);
 	idx = index_open(QuotaPrimaryKeyIndex(counters), AccessShareLock);

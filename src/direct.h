@@ -55,4 +55,13 @@ extern int	QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n,
 									ItemPointerData *tids, bool *escrow);
 extern int64 QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n);
 
+extern bool QuotaOnCitus(void);
+
+/* direct_spi.c: the same as SQL statements naming tenant_id, on Citus (issue 16) */
+extern int	QuotaSpiLockCounters(int64 tenant_id, const int64 *qids, int n,
+								 bool *found, TimestampTz *starts, int64 *used,
+								 ItemPointerData *tids, bool *escrow);
+extern int64 QuotaSpiWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n,
+						   Oid usage_seq);
+
 #endif							/* QUOTA_DIRECT_H */

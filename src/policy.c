@@ -60,73 +60,71 @@ quota_role_listed(ArrayType *roles, const char *role)
 	return false;
 }
 
+/* run plan; its first row and *desc, or NULL when it returned none */
+static HeapTuple
+policy_first_row(QuotaPlan *plan, Datum *values, TupleDesc *desc)
+{
+	QuotaSpiExec(plan, values, NULL, false, 1);
+	if (SPI_processed == 0)
+		return NULL;
+	*desc = SPI_tuptable->tupdesc;
+	return SPI_tuptable->vals[0];
+}
+
 /*
  * quota_policy_read
- *		Run the query: everything but the role check, which is left in
+ *		Run the queries: everything but the role check, which is left in
  *		*policy_allows (a policy allows the model) and *roles (NULL = any
  *		role; else the roles it names, in SPI memory).
+ *
+ *		One statement per table kind, each statement on a per-tenant table
+ *		naming tenant_id = $1 (doc/design.md): on Citus each is routed to the
+ *		one shard that holds the tenant, or reads a reference table (issue
+ *		16).  Runs on a cache miss only.
  */
 static void
 quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
 				  bool *policy_allows, ArrayType **roles)
 {
-	static QuotaPlan plan = {
-		"SELECT t.status OPERATOR(pg_catalog.=) 'active', t.timezone, m.model_id, "
-		"       p.allowed, p.roles_allowed, "
-		"       pr.price_id, pr.currency, pr.unit_price, pr.input_per_1k, pr.output_per_1k, "
-		"       pv.valid_until "
-		"FROM quota_ext.tenants t "
-		"LEFT JOIN LATERAL ("
-	/*
-	 * the model as 20_policy.sql's _model_resolve() resolves it; via_public:
-	 * another tenant's public model not shared with this one, which only an
-	 * exact policy allows (a "prefix*" pattern written for other models must
-	 * not let anyone's newly published model in)
-	 */
-		"  SELECT m.model_id, "
-		"         (m.owner_tenant_id OPERATOR(pg_catalog.<>) t.tenant_id "
-		"          AND NOT (m.visibility OPERATOR(pg_catalog.<>) 'private' AND s.shared)) AS via_public "
-		"  FROM quota_ext.models m "
-		"  CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM quota_ext.model_shares s "
-		"                    WHERE s.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
-		"                      AND s.model_id OPERATOR(pg_catalog.=) m.model_id) AS shared) s "
-		"  WHERE m.name OPERATOR(pg_catalog.=) $2 "
-		"    AND m.status OPERATOR(pg_catalog.=) 'active' "
-		"    AND (m.owner_tenant_id IS NULL "
-		"         OR m.owner_tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
-		"         OR m.visibility OPERATOR(pg_catalog.=) 'public' "
-		"         OR (m.visibility OPERATOR(pg_catalog.<>) 'private' AND s.shared)) "
-		"  ORDER BY (m.owner_tenant_id OPERATOR(pg_catalog.=) t.tenant_id) DESC NULLS LAST, "
-		"           m.owner_tenant_id NULLS FIRST, m.model_id "
-		"  LIMIT 1) m ON true "
-		"LEFT JOIN LATERAL ("
-		"  SELECT p.allowed, p.roles_allowed FROM quota_ext.policies p "
-		"  WHERE p.tenant_id OPERATOR(pg_catalog.=) t.tenant_id "
-		"    AND (p.model_pattern OPERATOR(pg_catalog.=) $2 "
-		"         OR (p.is_prefix AND pg_catalog.starts_with($2, "
-		"               pg_catalog.rtrim(p.model_pattern, '*')))) "
-		"    AND NOT (p.is_prefix AND m.via_public IS TRUE) "
-		"  ORDER BY p.is_prefix, pg_catalog.length(p.model_pattern) DESC "
-		"  LIMIT 1) p ON m.model_id IS NOT NULL "
+	/* the tenant and the model its name means (reference tables; model_shares by tenant_id) */
+	static QuotaPlan tenant_plan = {
+		"SELECT t.status OPERATOR(pg_catalog.=) 'active', t.timezone, "
+		"       r.model_id, r.via_public "
+		"FROM quota_ext.tenants t, quota_ext._model_resolution(t.tenant_id, $2) r "
+		"WHERE t.tenant_id OPERATOR(pg_catalog.=) $1",
+		2, {INT8OID, TEXTOID}
+	};
 	/*
 	 * the price in force at $3 and when it may change: the rule lives in
 	 * SQL only (50_metering.sql: tenant+model, model list, tenant default,
 	 * list default), called here as the owner in the kept plan
 	 */
-		"LEFT JOIN LATERAL ("
-		"  SELECT f.price_id, f.currency, f.unit_price, f.input_per_1k, f.output_per_1k "
-		"  FROM quota_ext._price_in_force(t.tenant_id, m.model_id, $3) f) pr "
-		"  ON m.model_id IS NOT NULL "
-		"LEFT JOIN LATERAL ("
-		"  SELECT quota_ext._price_next_change(t.tenant_id, m.model_id, $3) AS valid_until) pv "
-		"  ON m.model_id IS NOT NULL "
-		"WHERE t.tenant_id OPERATOR(pg_catalog.=) $1",
-		3, {INT8OID, TEXTOID, TIMESTAMPTZOID}
+	static QuotaPlan price_plan = {
+		"SELECT f.price_id, f.currency, f.unit_price, f.input_per_1k, f.output_per_1k, "
+		"       quota_ext._price_next_change($1, $2, $3) "
+		"FROM (SELECT) one LEFT JOIN LATERAL quota_ext._price_in_force($1, $2, $3) f ON true",
+		3, {INT8OID, INT8OID, TIMESTAMPTZOID}
+	};
+	/*
+	 * $3 (via_public): another tenant's public model not shared with this
+	 * one, which only an exact policy allows (a "prefix*" pattern written
+	 * for other models must not let anyone's newly published model in)
+	 */
+	static QuotaPlan policy_plan = {
+		"SELECT p.allowed, p.roles_allowed FROM quota_ext.policies p "
+		"WHERE p.tenant_id OPERATOR(pg_catalog.=) $1 "
+		"  AND (p.model_pattern OPERATOR(pg_catalog.=) $2 "
+		"       OR (p.is_prefix AND NOT $3 AND pg_catalog.starts_with($2, "
+		"             pg_catalog.rtrim(p.model_pattern, '*')))) "
+		"ORDER BY p.is_prefix, pg_catalog.length(p.model_pattern) DESC "
+		"LIMIT 1",
+		3, {INT8OID, TEXTOID, BOOLOID}
 	};
 	Datum		values[3];
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
+	bool		via_public;
 	Datum		d;
 
 	memset(out, 0, sizeof(*out));
@@ -134,23 +132,35 @@ quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
 	*roles = NULL;
 	values[0] = Int64GetDatum(tenant_id);
 	values[1] = CStringGetTextDatum(model);
-	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
-	QuotaSpiExec(&plan, values, NULL, false, 1);
-	if (SPI_processed == 0)
+	if ((tup = policy_first_row(&tenant_plan, values, &desc)) == NULL)
 		return;
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
 	out->tenant_found = true;
 	out->tenant_active = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
 	out->timezone = SPI_getvalue(tup, desc, 2);
 	d = SPI_getbinval(tup, desc, 3, &isnull);
 	out->model_id = isnull ? 0 : DatumGetInt64(d);
-	QuotaPriceFromTuple(tup, desc, 6, &out->price);
 	d = SPI_getbinval(tup, desc, 4, &isnull);
+	via_public = !isnull && DatumGetBool(d);
+
+	if (out->model_id == 0)
+	{
+		TIMESTAMP_NOEND(out->price.valid_until);
+		return;
+	}
+	values[1] = Int64GetDatum(out->model_id);
+	values[2] = TimestampTzGetDatum(GetCurrentTimestamp());
+	QuotaSpiExec(&price_plan, values, NULL, false, 1);
+	QuotaPriceFromTuple(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &out->price);
+
+	values[1] = CStringGetTextDatum(model);
+	values[2] = BoolGetDatum(via_public);
+	if ((tup = policy_first_row(&policy_plan, values, &desc)) == NULL)
+		return;
+	d = SPI_getbinval(tup, desc, 1, &isnull);
 	if (isnull || !DatumGetBool(d))
 		return;
 	*policy_allows = true;
-	d = SPI_getbinval(tup, desc, 5, &isnull);
+	d = SPI_getbinval(tup, desc, 2, &isnull);
 	if (!isnull)
 		*roles = DatumGetArrayTypeP(d);
 }

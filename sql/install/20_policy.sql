@@ -36,28 +36,76 @@ CREATE TABLE quota_ext.policies (
 COMMENT ON TABLE quota_ext.policies IS
 	'Per-tenant model access policies; no matching policy means deny';
 
--- Resolve a model name for a tenant: its own model of that name, else a
--- global one, else another tenant's that it may use: shared with it (by
+-- Resolve a model name for a tenant: its own model of that name, else the
+-- global one, else another tenant's that it may use: one shared with it (by
 -- model_share or an approved access request) unless the owner made it
--- private, or public.  Among other tenants' models of one name the lowest
--- owner id wins.  Used by policy_set and the views; src/policy.c runs the
--- same query as a kept plan.
-CREATE FUNCTION quota_ext._model_resolve(tenant_id bigint, model text) RETURNS bigint
-	LANGUAGE sql STABLE SECURITY DEFINER
+-- private, else a public one.  A global name is never taken by another
+-- tenant's model (an attacker's review: a squatter's shared or public model
+-- of a global model's name took the tenant's calls and their billing).
+-- Among other tenants' models of one name the first registered wins.
+-- via_public: the answer is another tenant's public model not shared with
+-- this one, which only an exact policy allows (src/policy.c).  One statement
+-- per table kind, each per-tenant one naming tenant_id, PL/pgSQL rather than
+-- a parameterised SQL function: routable on Citus (issue 16).
+CREATE FUNCTION quota_ext._model_resolution(tenant_id bigint, model text,
+	OUT model_id bigint, OUT via_public boolean)
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
-	SELECT m.model_id FROM quota_ext.models m
-	 WHERE m.name = $2 AND m.status = 'active'
-	   AND (m.owner_tenant_id IS NULL OR m.owner_tenant_id = $1
-	        OR m.visibility = 'public'
-	        OR (m.visibility <> 'private'
-	            AND EXISTS (SELECT 1 FROM quota_ext.model_shares s
-	                         WHERE s.tenant_id = $1 AND s.model_id = m.model_id)))
-	 ORDER BY (m.owner_tenant_id = $1) DESC NULLS LAST, m.owner_tenant_id NULLS FIRST, m.model_id
-	 LIMIT 1
-	$$;
+DECLARE
+	shared bigint[];
+BEGIN
+	via_public := false;
+	-- the tenant's own model
+	SELECT m.model_id INTO model_id FROM quota_ext.models m
+	 WHERE m.name OPERATOR(pg_catalog.=) $2 AND m.status OPERATOR(pg_catalog.=) 'active'
+	   AND m.owner_tenant_id OPERATOR(pg_catalog.=) $1
+	 ORDER BY m.model_id LIMIT 1;
+	IF FOUND THEN
+		RETURN;
+	END IF;
+	-- then the global one
+	SELECT m.model_id INTO model_id FROM quota_ext.models m
+	 WHERE m.name OPERATOR(pg_catalog.=) $2 AND m.status OPERATOR(pg_catalog.=) 'active'
+	   AND m.owner_tenant_id IS NULL
+	 ORDER BY m.model_id LIMIT 1;
+	IF FOUND THEN
+		RETURN;
+	END IF;
+	-- then one another tenant shared with it, unless made private
+	SELECT pg_catalog.array_agg(s.model_id) INTO shared FROM quota_ext.model_shares s
+	 WHERE s.tenant_id OPERATOR(pg_catalog.=) $1;
+	IF shared IS NOT NULL THEN
+		SELECT m.model_id INTO model_id FROM quota_ext.models m
+		 WHERE m.name OPERATOR(pg_catalog.=) $2 AND m.status OPERATOR(pg_catalog.=) 'active'
+		   AND m.owner_tenant_id IS NOT NULL AND m.visibility OPERATOR(pg_catalog.<>) 'private'
+		   AND m.model_id OPERATOR(pg_catalog.=) ANY (shared)
+		 ORDER BY m.model_id LIMIT 1;
+		IF FOUND THEN
+			RETURN;
+		END IF;
+	END IF;
+	-- then another tenant's public model
+	SELECT m.model_id INTO model_id FROM quota_ext.models m
+	 WHERE m.name OPERATOR(pg_catalog.=) $2 AND m.status OPERATOR(pg_catalog.=) 'active'
+	   AND m.owner_tenant_id IS NOT NULL AND m.visibility OPERATOR(pg_catalog.=) 'public'
+	 ORDER BY m.model_id LIMIT 1;
+	via_public := FOUND;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._model_resolution(bigint, text) IS
+	'Internal: the model a name means for a tenant (own, then global, then shared, then public) and whether only its being public makes it usable';
+
+CREATE FUNCTION quota_ext._model_resolve(tenant_id bigint, model text) RETURNS bigint
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	RETURN (quota_ext._model_resolution($1, $2)).model_id;
+END
+$$;
 COMMENT ON FUNCTION quota_ext._model_resolve(bigint, text) IS
-	'Internal: the model a name means for a tenant (own, then global, then shared)';
+	'Internal: the model a name means for a tenant (_model_resolution''s model_id)';
 
 CREATE FUNCTION quota_ext._model_for(tenant_id bigint, model text) RETURNS bigint
 	LANGUAGE plpgsql STABLE
@@ -148,6 +196,8 @@ DECLARE
 	new quota_ext.policies;
 	prefix boolean;
 	r text;
+	-- (a value, not now() in DO UPDATE SET: Citus refuses volatile functions there)
+	changed_at timestamptz := pg_catalog.now();
 BEGIN
 	PERFORM quota_ext._check_label('model', policy_set.model, 200);
 	IF policy_set.allowed IS NULL THEN PERFORM quota_ext._null_arg('allowed'); END IF;
@@ -173,7 +223,7 @@ BEGIN
 	INSERT INTO quota_ext.policies (tenant_id, model_pattern, is_prefix, allowed, roles_allowed)
 	VALUES (t.tenant_id, policy_set.model, prefix, policy_set.allowed, policy_set.roles_allowed)
 	ON CONFLICT (tenant_id, model_pattern) DO UPDATE
-	   SET allowed = EXCLUDED.allowed, roles_allowed = EXCLUDED.roles_allowed, updated_at = now()
+	   SET allowed = EXCLUDED.allowed, roles_allowed = EXCLUDED.roles_allowed, updated_at = changed_at
 	RETURNING * INTO new;
 	PERFORM quota_ext._audit(t.tenant_id, 'policy_set', 'policy', new.policy_id::text,
 	                         to_jsonb(old), to_jsonb(new));
@@ -217,11 +267,12 @@ COMMENT ON FUNCTION quota_ext.policy_check(bigint, text, text) IS
 -- security of this section
 SELECT quota_ext._secure_tenant_table('quota_ext.policies');
 SELECT quota_ext._secure_tenant_table('quota_ext.model_shares');
--- a tenant also sees the models shared with it
+-- a tenant also sees the models shared with it (unless their owner made them private)
 CREATE POLICY shared_models ON quota_ext.models FOR SELECT TO quota_ext_app
-	USING (EXISTS (SELECT 1 FROM quota_ext.model_shares s
-	                WHERE s.tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()
-	                  AND s.model_id OPERATOR(pg_catalog.=) models.model_id));
+	USING (models.visibility OPERATOR(pg_catalog.<>) 'private'
+	       AND EXISTS (SELECT 1 FROM quota_ext.model_shares s
+	                    WHERE s.tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()
+	                      AND s.model_id OPERATOR(pg_catalog.=) models.model_id));
 
 GRANT EXECUTE ON FUNCTION quota_ext.policy_check(bigint, text, text) TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION

@@ -11,7 +11,7 @@ DECLARE
 BEGIN
 	FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
 	          WHERE p.pronamespace OPERATOR(pg_catalog.=) 'quota_ext'::regnamespace LOOP
-		EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+		EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
 	END LOOP;
 END
 $grants$;

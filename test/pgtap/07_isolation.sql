@@ -42,7 +42,9 @@ CREATE TEMP VIEW qx_all_tables AS
 GRANT SELECT ON qx_all_tables TO PUBLIC;
 -- functions quota_ext_app may not execute, with a call of the right arity
 CREATE TEMP VIEW qx_denied AS
-	SELECT p.proname, format('SELECT quota_ext.%I(%s)', p.proname,
+	-- (a procedure, distribute, is called with CALL and named "procedure")
+	SELECT p.proname, CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END AS kind,
+	       format(CASE p.prokind WHEN 'p' THEN 'CALL quota_ext.%I(%s)' ELSE 'SELECT quota_ext.%I(%s)' END, p.proname,
 	              (SELECT string_agg('NULL::' || format_type(t, NULL), ', ' ORDER BY i)
 	                 FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY AS a(t, i))) AS call
 	  FROM pg_proc p
@@ -138,7 +140,7 @@ SELECT throws_ok('LOCK TABLE quota_ext.api_keys IN ACCESS EXCLUSIVE MODE', '4250
 -- ---------------------------------------------------------------------------
 -- escalation attempts by quota_ext_app (I6): all 42501
 -- ---------------------------------------------------------------------------
-SELECT throws_ok(call, '42501', format('permission denied for function %s', proname),
+SELECT throws_ok(call, '42501', format('permission denied for %s %s', kind, proname),
                  'app cannot call ' || proname)
   FROM qx_denied ORDER BY proname;
 SELECT throws_ok(format('SELECT quota_ext.set_tenant(%s)', :tb), '42501', 'permission denied for function set_tenant',

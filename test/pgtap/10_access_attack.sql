@@ -19,7 +19,9 @@
 --   A3  a quota_ext_admin login with no context, naming B and B's objects:
 --       works (so the generated calls are meaningful and A1 refuses for the
 --       right reason, not for a bad argument).  Functions that need a
---       context by design are listed (a_needs_context).
+--       context by design are listed (a_needs_context), and those that need
+--       Citus (a_needs_citus: 55000 in a database without it).  Procedures
+--       (distribute) are attacked with CALL.
 --   A4  the pieces the checks rest on: the roles' grants (nothing of the
 --       internal checks executable by a role), and why the check judges the
 --       session's role: an app login through the extension's SECURITY
@@ -146,7 +148,12 @@ INSERT INTO a_open VALUES
 CREATE TEMP TABLE a_needs_context (fn name PRIMARY KEY, reason text NOT NULL);
 INSERT INTO a_needs_context VALUES
 	('tenant_rate_limit_check', 'buckets private to the context''s tenant: there is no tenant without one');
-GRANT SELECT ON a_open, a_needs_context TO PUBLIC;
+-- A3: need Citus (55000 in a database without the citus extension, as here
+-- unless Citus is installed)
+CREATE TEMP TABLE a_needs_citus (fn name PRIMARY KEY, reason text NOT NULL);
+INSERT INTO a_needs_citus VALUES
+	('distribute', 'makes Citus reference and distributed tables: refuses without Citus');
+GRANT SELECT ON a_open, a_needs_context, a_needs_citus TO PUBLIC;
 -- A2: callable in a tenant context although they name no tenant, and why
 CREATE TEMP TABLE a_ctx_ok (fn name PRIMARY KEY, reason text NOT NULL);
 INSERT INTO a_ctx_ok VALUES
@@ -182,7 +189,7 @@ GRANT SELECT ON a_funcs TO PUBLIC;
 -- 'unknown'); arguments listed in "swap" take column "swap_who" instead
 CREATE FUNCTION pg_temp.a_call(f regprocedure, who text, swap text[] DEFAULT '{}', swap_who text DEFAULT NULL)
 	RETURNS text LANGUAGE sql STABLE AS $$
-	SELECT format('SELECT * FROM quota_ext.%I(%s)', p.proname,
+	SELECT format(CASE p.prokind WHEN 'p' THEN 'CALL quota_ext.%I(%s)' ELSE 'SELECT * FROM quota_ext.%I(%s)' END, p.proname,
 	              coalesce(string_agg(format('%I => %s::%s', a.n,
 	                  coalesce((SELECT v.val FROM a_fn_vals v WHERE v.fn = p.proname AND v.arg = a.n),
 	                           (SELECT CASE CASE WHEN a.n = ANY (swap) THEN swap_who ELSE who END
@@ -204,10 +211,10 @@ CREATE FUNCTION pg_temp.a_call(f regprocedure, who text, swap text[] DEFAULT '{}
 	         ON a.i <= p.pronargs - p.pronargdefaults OR EXISTS (SELECT 1 FROM a_ids x WHERE x.arg = a.n)
 	            OR EXISTS (SELECT 1 FROM a_vals x WHERE x.arg = a.n AND x.opt)
 	 WHERE p.oid = f
-	 GROUP BY p.proname
+	 GROUP BY p.proname, p.prokind
 $$;
 
--- run sql as the current role, after "ctx" ('' none, 'auth' A's key,
+-- run sql (a SELECT, or a CALL of a procedure) as the current role, after "ctx" ('' none, 'auth' A's key,
 -- 'set' set_tenant(A)), and roll it back; the outcome: 'ok <rows>' or
 -- '<SQLSTATE> <message>', raw (a_outcome_raw) or with digits masked
 CREATE FUNCTION pg_temp.a_outcome_raw(sql text, ctx text) RETURNS text LANGUAGE plpgsql AS $$
@@ -221,7 +228,11 @@ BEGIN
 		ELSIF ctx = 'set' THEN
 			EXECUTE format('SELECT quota_ext.set_tenant(%s)', (SELECT a_val FROM a_ids WHERE arg = 'tenant_id'));
 		END IF;
-		EXECUTE format('SELECT string_agg(x::text, '' '') FROM (%s) x', sql) INTO res;
+		IF sql LIKE 'CALL %' THEN
+			EXECUTE sql;	-- a procedure (distribute): no rows to show
+		ELSE
+			EXECUTE format('SELECT string_agg(x::text, '' '') FROM (%s) x', sql) INTO res;
+		END IF;
 		res := 'ok ' || coalesce(res, '');
 		RAISE EXCEPTION USING ERRCODE = 'QX999', MESSAGE = res;
 	EXCEPTION
@@ -263,7 +274,9 @@ SELECT count(*) AS n_global FROM a_funcs f JOIN pg_proc p ON p.oid = f.oid
 SELECT count(*) AS n_ctx_ok FROM a_ctx_ok \gset
 SELECT count(*) AS n_open FROM a_open \gset
 SELECT count(*) AS n_needs FROM a_needs_context \gset
-SELECT plan(3 * :n_funcs + 2 * :n_tenant + :n_swaps + :n_global + :n_open + :n_needs + :n_ctx_ok + 20);
+SELECT count(*) AS n_citus FROM a_needs_citus \gset
+SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS has_citus \gset
+SELECT plan(3 * :n_funcs + 2 * :n_tenant + :n_swaps + :n_global + :n_open + :n_needs + :n_citus + :n_ctx_ok + 20);
 
 SELECT cmp_ok(:n_funcs, '>=', 50, 'functions under attack, from the catalog: ' || :n_funcs);
 
@@ -384,12 +397,18 @@ INSERT INTO a3 SELECT f, proname, pg_temp.a_outcome_raw(pg_temp.a_call(f, 'b'), 
 RESET ROLE;
 SELECT CASE WHEN proname IN (SELECT fn FROM a_needs_context)
             THEN is(left(outcome, 5), '42501', format('A3 %s needs a context, also for an admin: 42501', f))
+            WHEN proname IN (SELECT fn FROM a_needs_citus) AND NOT :'has_citus'::boolean
+            THEN is(left(outcome, 5), '55000', format('A3 %s needs Citus: 55000 without it (got %s)',
+                                                      f, pg_temp.a_short(outcome)))
             ELSE is(left(outcome, 3), 'ok ', format('A3 %s for B by quota_ext_admin without a context works (got %s)',
                                                     f, pg_temp.a_short(outcome))) END
   FROM a3 ORDER BY f::text;
 SELECT ok(EXISTS (SELECT 1 FROM a_funcs f WHERE f.proname = n.fn),
           format('A3 needs-context list: %s exists (%s)', n.fn, n.reason))
   FROM a_needs_context n ORDER BY n.fn;
+SELECT ok(EXISTS (SELECT 1 FROM a_funcs f WHERE f.proname = n.fn),
+          format('A3 needs-Citus list: %s exists (%s)', n.fn, n.reason))
+  FROM a_needs_citus n ORDER BY n.fn;
 
 -- ---------------------------------------------------------------------------
 -- A4: what the checks rest on

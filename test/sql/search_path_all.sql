@@ -211,7 +211,10 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(111, 'model_access_decide', 'admin', $q$SELECT status FROM quota_ext.model_access_decide({a}, {b}, (SELECT r.request_id FROM quota_ext.model_access_requests r WHERE r.tenant_id OPERATOR(pg_catalog.=) {b}), true)$q$),
 	-- (after 104 and 106: listed, with a price)
 	(112, 'model_listing', 'admin', $q$SELECT model, visibility, currency, unit_price FROM quota_ext.model_listing() WHERE model OPERATOR(pg_catalog.=) '{own}'$q$),
-	(113, 'meter_create', 'admin', $q$SELECT quota_ext.meter_create('{p}new-meter', 'units', 'counter') OPERATOR(pg_catalog.>) 0$q$);
+	(113, 'meter_create', 'admin', $q$SELECT quota_ext.meter_create('{p}new-meter', 'units', 'counter') OPERATOR(pg_catalog.>) 0$q$),
+	-- (a procedure: run with CALL, not wrapped; 55000 here, without Citus)
+	(114, 'distribute', 'admin', $q$CALL quota_ext.distribute()$q$),
+	(115, 'distribution_status', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.=) 0 FROM quota_ext.distribution_status()$q$);
 -- every function a role may execute whose name no call above has gets a
 -- generated call: arguments without a default, by name, else by type
 INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
@@ -274,6 +277,7 @@ DECLARE
 	res text;
 	st text;
 	auth boolean;
+	is_call boolean;
 	pinned text := current_setting('search_path');
 	key text := (SELECT v FROM public.spa_fix WHERE s = p_set AND k = 'key');
 	n bigint := 0;
@@ -283,7 +287,10 @@ BEGIN
 		FOR f IN SELECT k, v FROM public.spa_fix WHERE s = p_set LOOP
 			q := replace(q, '{' || f.k || '}', f.v);
 		END LOOP;
-		q := format('SELECT pg_catalog.string_agg(x::pg_catalog.text, '' '' ORDER BY x::pg_catalog.text) FROM (%s) x', q);
+		is_call := q LIKE 'CALL %';	-- (a procedure; decided before the path changes)
+		IF NOT is_call THEN
+			q := format('SELECT pg_catalog.string_agg(x::pg_catalog.text, '' '' ORDER BY x::pg_catalog.text) FROM (%s) x', q);
+		END IF;
 		auth := p_role = 'app' AND c.fn <> 'clear_tenant';
 		BEGIN
 			-- from here to the reset, no expression may use an operator or
@@ -294,7 +301,11 @@ BEGIN
 			ELSE
 				EXECUTE 'SELECT quota_ext.clear_tenant()';
 			END IF;
-			EXECUTE q INTO res;
+			IF is_call THEN
+				EXECUTE q;
+			ELSE
+				EXECUTE q INTO res;
+			END IF;
 			PERFORM pg_catalog.set_config('search_path', pinned, true);
 			st := 'ok';
 			res := coalesce(res, '(none)');

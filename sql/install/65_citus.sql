@@ -1,0 +1,183 @@
+
+-- ---------------------------------------------------------------------------
+-- 65 Citus: distribute the extension's tables (issue 16, first steps)
+-- ---------------------------------------------------------------------------
+-- quota_ext.distribute() turns an installed quota_ext on a Citus coordinator
+-- into reference tables (what is global: tiers, tenants, models, prices,
+-- rollup_state) and tables distributed by tenant_id, all in one co-location
+-- group, and delegates the functions that take a tenant to the node that
+-- holds it.  quota_ext.distribution_status() shows the result.  What works
+-- on Citus and what does not yet: doc/scaling.md (test/t/091_citus.pl).
+
+-- Raise unless Citus is installed in this database: 55000, with a hint.
+CREATE FUNCTION quota_ext._citus_required(what text) RETURNS void
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	PERFORM FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'citus';
+	IF NOT FOUND THEN
+		RAISE EXCEPTION '%: Citus is not installed in this database', what
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+			      HINT = 'Add citus first in shared_preload_libraries, CREATE EXTENSION citus and add the workers; see doc/scaling.md.';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._citus_required(text) IS
+	'Internal: raise 55000 unless the citus extension is installed';
+
+-- The functions distribute() delegates (every overload with an argument
+-- named tenant_id): the call goes to the worker holding the tenant's shards.
+CREATE FUNCTION quota_ext._citus_delegated() RETURNS TABLE (f regprocedure, arg_name text)
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+	SELECT p.oid::pg_catalog.regprocedure, 'tenant_id'::pg_catalog.text
+	  FROM pg_catalog.pg_proc p
+	 WHERE p.pronamespace OPERATOR(pg_catalog.=) 'quota_ext'::pg_catalog.regnamespace
+	   AND p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['quota_consume', 'quota_reserve', 'policy_check']::pg_catalog.name[])
+	   AND 'tenant_id' OPERATOR(pg_catalog.=) ANY (p.proargnames)
+	 ORDER BY p.oid
+$$;
+COMMENT ON FUNCTION quota_ext._citus_delegated() IS
+	'Internal: the functions distribute() delegates by their tenant_id argument';
+
+CREATE PROCEDURE quota_ext.distribute()
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	r record;
+	colocated regclass;
+	done integer := 0;
+BEGIN
+	PERFORM quota_ext._admin_only('distribute');
+	PERFORM quota_ext._citus_required('distribute');
+	-- Citus would otherwise turn the whole foreign-key graph around a new
+	-- reference table into Citus local tables, which the extension's views
+	-- and membership forbid
+	PERFORM pg_catalog.set_config('citus.enable_local_reference_table_foreign_keys', 'off', true);
+	-- tiers has a trigger (tier_restore, which acts in a restore only: 12_tiers)
+	PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+
+	-- Citus refuses subqueries in the policies of distributed tables: the
+	-- app role no longer sees models shared with its tenant by reading
+	-- quota_ext.models directly (the functions, which run as the owner, do)
+	IF EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
+	            WHERE p.polrelid OPERATOR(pg_catalog.=) 'quota_ext.models'::pg_catalog.regclass
+	              AND p.polname OPERATOR(pg_catalog.=) 'shared_models') THEN
+		DROP POLICY shared_models ON quota_ext.models;
+		RAISE NOTICE 'distribute: dropped policy shared_models on quota_ext.models (Citus refuses subqueries in policies)';
+	END IF;
+
+	-- reference tables: the extension's tables without a NOT NULL tenant_id,
+	-- in creation order (referenced tables first)
+	FOR r IN SELECT c.oid::pg_catalog.regclass AS rel
+	           FROM pg_catalog.pg_class c
+	          WHERE c.relnamespace OPERATOR(pg_catalog.=) 'quota_ext'::pg_catalog.regnamespace
+	            AND c.relkind OPERATOR(pg_catalog.=) ANY (ARRAY['r', 'p']::"char"[])
+	            AND NOT c.relispartition
+	            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+	                             WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid
+	                               AND a.attname OPERATOR(pg_catalog.=) 'tenant_id'
+	                               AND a.attnotnull AND NOT a.attisdropped
+	                               AND c.relname OPERATOR(pg_catalog.<>) 'tenants')
+	          ORDER BY c.oid LOOP
+		IF EXISTS (SELECT 1 FROM pg_dist_partition d WHERE d.logicalrelid OPERATOR(pg_catalog.=) r.rel) THEN
+			CONTINUE;
+		END IF;
+		-- (its rows are copied into the shards: a BEFORE INSERT trigger such as
+		-- tier_restore would fire on the copy and write back through Citus
+		-- mid-COPY; it is enabled again, on every placement, afterwards)
+		EXECUTE format('ALTER TABLE %s DISABLE TRIGGER USER', r.rel);
+		PERFORM create_reference_table(r.rel);
+		EXECUTE format('ALTER TABLE %s ENABLE TRIGGER USER', r.rel);
+		RAISE NOTICE 'distribute: % is a reference table', r.rel;
+		done := done OPERATOR(pg_catalog.+) 1;
+	END LOOP;
+
+	-- per-tenant tables: distributed by tenant_id, co-located with the first
+	FOR r IN SELECT c.oid::pg_catalog.regclass AS rel
+	           FROM pg_catalog.pg_class c
+	           JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid
+	          WHERE c.relnamespace OPERATOR(pg_catalog.=) 'quota_ext'::pg_catalog.regnamespace
+	            AND c.relkind OPERATOR(pg_catalog.=) ANY (ARRAY['r', 'p']::"char"[])
+	            AND NOT c.relispartition
+	            AND c.relname OPERATOR(pg_catalog.<>) 'tenants'
+	            AND a.attname OPERATOR(pg_catalog.=) 'tenant_id' AND a.attnotnull AND NOT a.attisdropped
+	          ORDER BY c.oid LOOP
+		IF EXISTS (SELECT 1 FROM pg_dist_partition d WHERE d.logicalrelid OPERATOR(pg_catalog.=) r.rel) THEN
+			IF colocated IS NULL THEN
+				colocated := r.rel;
+			END IF;
+			CONTINUE;
+		END IF;
+		IF colocated IS NULL THEN
+			PERFORM create_distributed_table(r.rel, 'tenant_id');
+			colocated := r.rel;
+		ELSE
+			PERFORM create_distributed_table(r.rel, 'tenant_id', colocate_with => colocated::pg_catalog.text);
+		END IF;
+		RAISE NOTICE 'distribute: % is distributed by tenant_id (co-located with %)', r.rel, colocated;
+		done := done OPERATOR(pg_catalog.+) 1;
+	END LOOP;
+
+	-- the functions that take a tenant run on the node that holds it
+	FOR r IN SELECT d.f, d.arg_name FROM quota_ext._citus_delegated() d LOOP
+		IF EXISTS (SELECT 1 FROM pg_dist_object o
+		            WHERE o.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+		              AND o.objid OPERATOR(pg_catalog.=) r.f::pg_catalog.oid
+		              AND o.distribution_argument_index IS NOT NULL) THEN
+			CONTINUE;
+		END IF;
+		PERFORM create_distributed_function(r.f, distribution_arg_name => r.arg_name,
+		                                    colocate_with => colocated::pg_catalog.text);
+		RAISE NOTICE 'distribute: % is delegated by %', r.f, r.arg_name;
+		done := done OPERATOR(pg_catalog.+) 1;
+	END LOOP;
+	RAISE NOTICE 'distribute: % change(s)', done;
+END
+$$;
+COMMENT ON PROCEDURE quota_ext.distribute() IS
+	'On a Citus coordinator: reference tables for what is global, per-tenant tables distributed by tenant_id (co-located), tenant functions delegated; safe to run again';
+
+CREATE FUNCTION quota_ext.distribution_status()
+	RETURNS TABLE (object text, kind text, detail text)
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	PERFORM quota_ext._admin_only('distribution_status');
+	-- without Citus nothing is distributed: no rows (distribute() is the one
+	-- that refuses with 55000)
+	PERFORM FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'citus';
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	-- (dynamic: pg_dist_* exist only with Citus)
+	RETURN QUERY EXECUTE $q$
+		SELECT d.logicalrelid::pg_catalog.regclass::pg_catalog.text,
+		       CASE d.partmethod WHEN 'n' THEN 'reference' WHEN 'h' THEN 'distributed' ELSE 'citus local' END,
+		       CASE d.partmethod WHEN 'h' THEN 'by tenant_id, colocation ' OPERATOR(pg_catalog.||) d.colocationid::pg_catalog.text
+		                          ELSE NULL END
+		  FROM pg_dist_partition d
+		  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.logicalrelid
+		 WHERE c.relnamespace OPERATOR(pg_catalog.=) 'quota_ext'::pg_catalog.regnamespace AND NOT c.relispartition
+		UNION ALL
+		SELECT o.objid::pg_catalog.regprocedure::pg_catalog.text, 'delegated function',
+		       'by argument ' OPERATOR(pg_catalog.||) (o.distribution_argument_index OPERATOR(pg_catalog.+) 1)::pg_catalog.text
+		         OPERATOR(pg_catalog.||) ', colocation ' OPERATOR(pg_catalog.||) o.colocationid::pg_catalog.text
+		  FROM pg_dist_object o
+		  JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) o.objid
+		 WHERE o.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+		   AND p.pronamespace OPERATOR(pg_catalog.=) 'quota_ext'::pg_catalog.regnamespace
+		   AND o.distribution_argument_index IS NOT NULL
+		 ORDER BY 2, 1
+	$q$;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.distribution_status() IS
+	'On Citus: which quota_ext tables are reference or distributed tables and which functions are delegated (no rows without Citus)';
+
+GRANT EXECUTE ON PROCEDURE quota_ext.distribute() TO quota_ext_admin;
+GRANT EXECUTE ON FUNCTION quota_ext.distribution_status() TO quota_ext_admin;

@@ -1,0 +1,268 @@
+# quota_ext on Citus (issue 16): a coordinator and two workers on loopback.
+#
+# Skips unless Citus is installed (citus.so in pg_config --pkglibdir): CI
+# machines have none, and the repository builds none.  What this checks is
+# what works on Citus today; what does not yet is listed in doc/scaling.md
+# and noted (not counted) below with the error it raises.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+
+my $pkglibdir = `pg_config --pkglibdir`;
+chomp $pkglibdir;
+plan skip_all => "Citus is not installed (no citus.so in $pkglibdir): the Citus tests need it"
+	unless -e "$pkglibdir/citus.so";
+
+my @nodes;
+for my $name (qw(coord worker1 worker2))
+{
+	my $n = PostgreSQL::Test::Cluster->new($name);
+	$n->init(allows_streaming => 0);
+	$n->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'citus,quota_ext'
+max_connections = 60
+listen_addresses = '127.0.0.1'
+max_worker_processes = 20
+citus.log_remote_commands = off
+});
+	$n->start;
+	$n->safe_psql('postgres', 'CREATE EXTENSION citus');
+	push @nodes, $n;
+}
+my ($coord, $w1, $w2) = @nodes;
+$coord->safe_psql('postgres', q{SELECT citus_set_coordinator_host('127.0.0.1', } . $coord->port . ')');
+for my $w ($w1, $w2)
+{
+	$coord->safe_psql('postgres', q{SELECT citus_add_node('127.0.0.1', } . $w->port . ')');
+}
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM citus_get_active_worker_nodes()'), '2', 'two active workers');
+
+# quota_ext: created on the coordinator, Citus propagates it to the workers
+$coord->safe_psql('postgres', 'CREATE EXTENSION quota_ext');
+for my $w ($w1, $w2)
+{
+	is($w->safe_psql('postgres', q{SELECT count(*) FROM pg_extension WHERE extname = 'quota_ext'}), '1',
+		'CREATE EXTENSION quota_ext reached ' . $w->name);
+}
+
+# a superuser-less admin cannot, a server without Citus refuses (55000)
+my ($rc, $out, $err) = $coord->psql('postgres', 'SET ROLE quota_ext_app; CALL quota_ext.distribute()');
+like($err, qr/permission denied/, 'the app role cannot call distribute()');
+{
+	# a database without Citus
+	$coord->safe_psql('postgres', 'CREATE DATABASE plain');
+	$coord->safe_psql('plain', 'CREATE EXTENSION quota_ext');
+	($rc, $out, $err) = $coord->psql('plain', "\\set VERBOSITY verbose\nCALL quota_ext.distribute()");
+	like($err, qr/55000: distribute: Citus is not installed in this database/, 'without Citus distribute() refuses with 55000');
+}
+
+# distribute(), twice
+($rc, $out, $err) = $coord->psql('postgres', 'CALL quota_ext.distribute()');
+is($rc, 0, 'distribute() succeeds') or diag($err);
+note($err);
+($rc, $out, $err) = $coord->psql('postgres', 'CALL quota_ext.distribute()');
+is($rc, 0, 'distribute() again succeeds') or diag($err);
+like($err, qr/distribute: 0 change\(s\)/, 'the second run changes nothing');
+
+my $status = $coord->safe_psql('postgres', 'SELECT kind, object, detail FROM quota_ext.distribution_status()');
+note($status);
+like($status, qr/^reference\|quota_ext\.tenants\|$/m, 'tenants is a reference table');
+like($status, qr/^reference\|quota_ext\.models\|$/m, 'models is a reference table');
+like($status, qr/^distributed\|quota_ext\.usage\|by tenant_id/m, 'usage is distributed by tenant_id');
+is($coord->safe_psql('postgres', q{
+	SELECT count(DISTINCT colocationid) FROM pg_dist_partition d JOIN pg_class c ON c.oid = d.logicalrelid
+	 WHERE c.relnamespace = 'quota_ext'::regnamespace AND d.partmethod = 'h'}), '1',
+	'every per-tenant table is in one co-location group');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_class c
+	 WHERE c.relnamespace = 'quota_ext'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+	   AND NOT EXISTS (SELECT 1 FROM pg_dist_partition d WHERE d.logicalrelid = c.oid)}), '0',
+	'no table of the extension is left local to the coordinator');
+like($status, qr/^delegated function\|quota_ext\.quota_consume\(/m, 'quota_consume is delegated');
+
+# the demo flow through the coordinator: what works today
+my @works = (
+	[ 'tenant_create', q{SELECT quota_ext.tenant_create('acme') > 0} ],
+	[ 'tenant_create (second)', q{SELECT quota_ext.tenant_create('globex') > 0} ],
+	[ 'user_create', q{SELECT user_id > 0 FROM quota_ext.user_create(1, 'alice@acme.test')} ],
+	[ 'model_register', q{SELECT quota_ext.model_register('gpt-x') > 0} ],
+	[ 'policy_set', q{SELECT quota_ext.policy_set(1, 'gpt-x', true) > 0} ],
+	[ 'policy_check (delegated to the worker holding tenant 1)', q{SELECT quota_ext.policy_check(1, 'gpt-x')} ],
+	[ 'quota_set', q{SELECT quota_ext.quota_set(1, 'month', 1000, model => 'gpt-x') > 0} ],
+);
+for my $step (@works)
+{
+	($rc, $out, $err) = $coord->psql('postgres', $step->[1]);
+	is($rc, 0, "through the coordinator: $step->[0]") or diag($err);
+}
+
+# charges (issue 16): on Citus direct.c goes through SQL naming tenant_id
+# (direct_spi.c); through the coordinator (a call in FROM runs there) and
+# delegated (SELECT f(...) runs on the worker that holds the tenant)
+is($coord->safe_psql('postgres', q{SELECT allowed FROM quota_ext.quota_consume(1, 'gpt-x', 1)}), 't',
+	'quota_consume run on the coordinator charges');
+is($coord->safe_psql('postgres', q{SELECT (quota_ext.quota_consume(1, 'gpt-x', 2)).allowed}), 't',
+	'quota_consume delegated to the worker charges');
+is($coord->safe_psql('postgres', q{SELECT (quota_ext.quota_reserve(1, 'gpt-x', 1)).allowed}), 't',
+	'quota_reserve delegated charges');
+# (tenant 1 has two quotas: its tier's monthly calls and the one set above)
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(c.used || ' ' || (SELECT sum(u.calls) FROM quota_ext.usage u WHERE u.tenant_id = 1), ',')
+	  FROM quota_ext.quota_counters c WHERE c.tenant_id = 1}), '3 3,3 3',
+	'tenant 1: each counter equals the ledger, seen through the coordinator');
+for my $n (@nodes)
+{
+	# (a query would go through Citus to the shards: the local heap's size)
+	is($n->safe_psql('postgres', q{SELECT pg_relation_size('quota_ext.usage_default')}), '0',
+		'nothing written to the extension\'s local (shell) ledger on ' . $n->name);
+}
+my $groups = $coord->safe_psql('postgres', q{SELECT string_agg(DISTINCT (usage_id >> 48)::text, ',' ORDER BY (usage_id >> 48)::text) FROM quota_ext.usage});
+like($groups, qr/^0,[12]$/, "usage ids carry the Citus group of the node that wrote them in their high bits ($groups)");
+
+# delegated consume under pgbench: 4 tenants (on both workers), 16 clients,
+# every call through the coordinator, 50 calls allowed per tenant and month
+# (enterprise: no tier quota and no rate limit, whose buckets are per node)
+my @t = map { $coord->safe_psql('postgres', "SELECT quota_ext.tenant_create('bench$_', 'enterprise')") } 1 .. 4;
+my @q;
+for my $tid (@t)
+{
+	$coord->safe_psql('postgres', "SELECT quota_ext.policy_set($tid, 'gpt-x', true)");
+	push @q, $coord->safe_psql('postgres', "SELECT quota_ext.quota_set($tid, 'month', 50, model => 'gpt-x')");
+}
+is($coord->safe_psql('postgres', qq{
+	SELECT count(DISTINCT p.nodeport) FROM pg_dist_shard_placement p
+	 WHERE p.shardid IN (SELECT get_shard_id_for_distribution_column('quota_ext.quota_counters', t)
+	                       FROM unnest(ARRAY[@{[ join(',', @t) ]}]::bigint[]) t)}), '2',
+	'the pgbench tenants live on both workers');
+$coord->pgbench(
+	"--no-vacuum --client=16 --jobs=4 --transactions=25 --define=tmin=$t[0] --define=tmax=$t[3]",
+	0,
+	[qr{number of transactions actually processed: 400/400}],
+	[qr{^$}],
+	'pgbench: 400 delegated quota_consume calls through the coordinator without error',
+	{ '090_citus_consume' => q{
+\set t random(:tmin, :tmax)
+SELECT quota_ext.quota_consume(:t, 'gpt-x', 1);
+} });
+is($coord->safe_psql('postgres', qq{
+	SELECT string_agg(format('%s: used %s ledger %s', c.tenant_id, c.used, coalesce(l.calls, 0)), '; ')
+	  FROM quota_ext.quota_counters c
+	  LEFT JOIN (SELECT tenant_id, sum(calls) AS calls FROM quota_ext.usage GROUP BY tenant_id) l USING (tenant_id)
+	 WHERE c.tenant_id BETWEEN $t[0] AND $t[3] AND (c.used <> coalesce(l.calls, 0) OR c.used > 50)}), '',
+	'after pgbench every tenant\'s counter equals its ledger and none is over its limit');
+is($coord->safe_psql('postgres', qq{
+	SELECT count(*) || ' ' || sum(used) FROM quota_ext.quota_counters WHERE tenant_id BETWEEN $t[0] AND $t[3]}), '4 200',
+	'400 calls for 4 x 50 allowed: exactly 200 charged');
+is($coord->safe_psql('postgres', 'SELECT count(*) - count(DISTINCT usage_id) FROM quota_ext.usage'), '0',
+	'usage ids are unique across the nodes');
+
+# invoke through the coordinator: the key is read there, the charge goes to
+# the tenant's shard
+my $bob_key = $coord->safe_psql('postgres', q{SELECT api_key FROM quota_ext.user_create(1, 'bob@acme.test')});
+my $bob_kid = $coord->safe_psql('postgres', q{SELECT max(key_id) FROM quota_ext.api_keys WHERE tenant_id = 1});
+is($coord->safe_psql('postgres', qq{SELECT allowed FROM quota_ext.invoke('$bob_key', 'gpt-x')}), 't',
+	'invoke through the coordinator charges');
+is($coord->safe_psql('postgres', q{
+	SELECT count(DISTINCT c.used::text || '=' || (SELECT sum(u.calls) FROM quota_ext.usage u WHERE u.tenant_id = 1))
+	  FROM quota_ext.quota_counters c WHERE c.tenant_id = 1}) . ' '
+   . $coord->safe_psql('postgres', q{SELECT min(used) FROM quota_ext.quota_counters WHERE tenant_id = 1}), '1 4',
+	'tenant 1 after invoke: 4 calls on each counter and in the ledger');
+
+# a key revoked on the coordinator is refused at once on every worker:
+# sessions on both workers authenticate with it twice (a second lookup would
+# be a cache hit on a single node), then it is revoked through the coordinator
+my @sess = map { $_->background_psql('postgres', on_error_stop => 0) } ($w1, $w2);
+for my $i (0, 1)
+{
+	for my $round (1, 2)
+	{
+		is($sess[$i]->query_safe(qq{SELECT (quota_ext.authenticate('$bob_key')).tenant_id}), '1',
+			"worker" . ($i + 1) . ": the key authenticates (call $round)");
+	}
+}
+$coord->safe_psql('postgres', "SELECT quota_ext.api_key_revoke(1, $bob_kid)");
+for my $i (0, 1)
+{
+	my $res = $sess[$i]->query(qq{\\set VERBOSITY verbose\nSELECT (quota_ext.authenticate('$bob_key')).tenant_id});
+	is($res, '', 'worker' . ($i + 1) . ': right after the revoke the key gives no tenant');
+	like($sess[$i]->{stderr}, qr/28000/, 'worker' . ($i + 1) . ': the revoked key is refused (28000)');
+	$sess[$i]->quit;
+}
+
+# a tenant's shards moved to the other worker (citus_move_shard_placement,
+# block_writes: no logical replication needed) while pgbench charges it:
+# nothing lost, nothing counted twice
+{
+	my $mt = $coord->safe_psql('postgres', "SELECT quota_ext.tenant_create('mover', 'enterprise')");
+	$coord->safe_psql('postgres', "SELECT quota_ext.policy_set($mt, 'gpt-x', true)");
+	$coord->safe_psql('postgres', "SELECT quota_ext.quota_set($mt, 'month', 1000000, model => 'gpt-x')");
+	my ($shard, $from) = split /\|/, $coord->safe_psql('postgres', qq{
+		SELECT s, p.nodeport FROM get_shard_id_for_distribution_column('quota_ext.quota_counters', $mt) s
+		  JOIN pg_dist_shard_placement p ON p.shardid = s});
+	my $to = $from == $w1->port ? $w2->port : $w1->port;
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	PostgreSQL::Test::Utils::append_to_file("$dir/move.sql", "SELECT quota_ext.quota_consume($mt, 'gpt-x', 1);\n");
+	my ($bout, $berr) = ('', '');
+	my $bench = IPC::Run::start([ 'pgbench', '-n', '-c', 4, '-j', 2, '-t', 150, '-f', "$dir/move.sql",
+		'-h', $coord->host, '-p', $coord->port, 'postgres' ], '>', \$bout, '2>', \$berr);
+	($rc, $out, $err) = $coord->psql('postgres', qq{
+		SELECT citus_move_shard_placement($shard, '127.0.0.1', $from, '127.0.0.1', $to,
+		                                  shard_transfer_mode => 'block_writes')});
+	is($rc, 0, "tenant ${mt}'s shards moved from port $from to $to while charged") or diag($err);
+	$bench->finish;
+	like($bout, qr{number of transactions actually processed: 600/600}, 'pgbench: 600 charges during the move, none failed')
+		or diag($berr);
+	is($coord->safe_psql('postgres', qq{
+		SELECT p.nodeport FROM pg_dist_shard_placement p
+		 WHERE p.shardid = get_shard_id_for_distribution_column('quota_ext.quota_counters', $mt)}), $to,
+		'the tenant now lives on the other worker');
+	is($coord->safe_psql('postgres', qq{
+		SELECT c.used || ' ' || (SELECT count(*) || ' ' || sum(u.calls) FROM quota_ext.usage u WHERE u.tenant_id = $mt)
+		  FROM quota_ext.quota_counters c WHERE c.tenant_id = $mt}), '600 600 600',
+		'after the move: 600 charged, 600 usage rows, the counter equals the ledger');
+}
+
+# Figures for doc/scaling.md (not checks; only with QUOTA_CITUS_BENCH=1):
+# delegated consume through the coordinator, the same call run on the
+# coordinator, and in a database of the coordinator without Citus the cost
+# of the configuration cache being off (as it is under Citus)
+if ($ENV{QUOTA_CITUS_BENCH})
+{
+	my $secs = $ENV{QUOTA_CITUS_BENCH_SECONDS} // 15;
+	my @p = map { $coord->safe_psql('postgres', "SELECT quota_ext.tenant_create('perf$_', 'enterprise')") } 1 .. 8;
+	$coord->safe_psql('postgres', "SELECT quota_ext.policy_set(t, 'gpt-x', true), quota_ext.quota_set(t, 'month', 1000000000, model => 'gpt-x') FROM unnest(ARRAY[@{[ join(',', @p) ]}]::bigint[]) t");
+	$coord->safe_psql('plain', q{SELECT quota_ext.model_register('gpt-x')});
+	my @pp = map { $coord->safe_psql('plain', "SELECT quota_ext.tenant_create('perf$_', 'enterprise')") } 1 .. 8;
+	$coord->safe_psql('plain', "SELECT quota_ext.policy_set(t, 'gpt-x', true), quota_ext.quota_set(t, 'month', 1000000000, model => 'gpt-x') FROM unnest(ARRAY[@{[ join(',', @pp) ]}]::bigint[]) t");
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	my %scripts = (
+		delegated => "\\set t random($p[0], $p[7])\nSELECT quota_ext.quota_consume(:t, 'gpt-x', 1);\n",
+		on_coordinator => "\\set t random($p[0], $p[7])\nSELECT allowed FROM quota_ext.quota_consume(:t, 'gpt-x', 1);\n",
+		single_node => "\\set t random($pp[0], $pp[7])\nSELECT quota_ext.quota_consume(:t, 'gpt-x', 1);\n");
+	for my $run ([ 'delegated', 'postgres', '' ], [ 'on_coordinator', 'postgres', '' ],
+		[ 'single_node', 'plain', 'quota_ext.config_cache=on' ], [ 'single_node', 'plain', 'quota_ext.config_cache=off' ])
+	{
+		my ($name, $db, $opt) = @$run;
+		my $f = "$dir/$name.sql";
+		PostgreSQL::Test::Utils::append_to_file($f, $scripts{$name}) unless -e $f;
+		local $ENV{PGOPTIONS} = $opt ? "-c $opt" : '';
+		my ($out, $err) = run_command([ 'pgbench', '-n', '-T', $secs, '-c', 8, '-j', 2, '-f', $f,
+			'-h', $coord->host, '-p', $coord->port, $db ]);
+		my ($tps) = $out =~ /tps = ([0-9.]+)/;
+		diag(sprintf('bench %-15s %-28s 8 clients %ss: %s tps', $name, $opt || '(Citus)', $secs, $tps // "failed: $err"));
+	}
+}
+
+# known not to work yet (doc/scaling.md): noted with their error, not counted
+for my $step (
+	[ 'quota_status', q{SELECT * FROM quota_ext.quota_status(1)} ])
+{
+	($rc, $out, $err) = $coord->psql('postgres', $step->[1]);
+	note("not yet on Citus: $step->[0]: " . ($rc == 0 ? "now succeeds: $out" : $err));
+}
+
+$_->stop for @nodes;
+done_testing();
