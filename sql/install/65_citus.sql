@@ -83,14 +83,14 @@ BEGIN
 	                               AND a.attnotnull AND NOT a.attisdropped
 	                               AND c.relname OPERATOR(pg_catalog.<>) 'tenants')
 	          ORDER BY c.oid LOOP
-		IF EXISTS (SELECT 1 FROM pg_dist_partition d WHERE d.logicalrelid OPERATOR(pg_catalog.=) r.rel) THEN
+		IF EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid OPERATOR(pg_catalog.=) r.rel) THEN
 			CONTINUE;
 		END IF;
 		-- (its rows are copied into the shards: a BEFORE INSERT trigger such as
 		-- tier_restore would fire on the copy and write back through Citus
 		-- mid-COPY; it is enabled again, on every placement, afterwards)
 		EXECUTE format('ALTER TABLE %s DISABLE TRIGGER USER', r.rel);
-		PERFORM create_reference_table(r.rel);
+		PERFORM pg_catalog.create_reference_table(r.rel);
 		EXECUTE format('ALTER TABLE %s ENABLE TRIGGER USER', r.rel);
 		RAISE NOTICE 'distribute: % is a reference table', r.rel;
 		done := done OPERATOR(pg_catalog.+) 1;
@@ -106,17 +106,17 @@ BEGIN
 	            AND c.relname OPERATOR(pg_catalog.<>) 'tenants'
 	            AND a.attname OPERATOR(pg_catalog.=) 'tenant_id' AND a.attnotnull AND NOT a.attisdropped
 	          ORDER BY c.oid LOOP
-		IF EXISTS (SELECT 1 FROM pg_dist_partition d WHERE d.logicalrelid OPERATOR(pg_catalog.=) r.rel) THEN
+		IF EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid OPERATOR(pg_catalog.=) r.rel) THEN
 			IF colocated IS NULL THEN
 				colocated := r.rel;
 			END IF;
 			CONTINUE;
 		END IF;
 		IF colocated IS NULL THEN
-			PERFORM create_distributed_table(r.rel, 'tenant_id');
+			PERFORM pg_catalog.create_distributed_table(r.rel, 'tenant_id');
 			colocated := r.rel;
 		ELSE
-			PERFORM create_distributed_table(r.rel, 'tenant_id', colocate_with => colocated::pg_catalog.text);
+			PERFORM pg_catalog.create_distributed_table(r.rel, 'tenant_id', colocate_with => colocated::pg_catalog.text);
 		END IF;
 		RAISE NOTICE 'distribute: % is distributed by tenant_id (co-located with %)', r.rel, colocated;
 		done := done OPERATOR(pg_catalog.+) 1;
@@ -124,13 +124,13 @@ BEGIN
 
 	-- the functions that take a tenant run on the node that holds it
 	FOR r IN SELECT d.f, d.arg_name FROM quota_ext._citus_delegated() d LOOP
-		IF EXISTS (SELECT 1 FROM pg_dist_object o
+		IF EXISTS (SELECT 1 FROM pg_catalog.pg_dist_object o
 		            WHERE o.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
 		              AND o.objid OPERATOR(pg_catalog.=) r.f::pg_catalog.oid
 		              AND o.distribution_argument_index IS NOT NULL) THEN
 			CONTINUE;
 		END IF;
-		PERFORM create_distributed_function(r.f, distribution_arg_name => r.arg_name,
+		PERFORM pg_catalog.create_distributed_function(r.f, distribution_arg_name => r.arg_name,
 		                                    colocate_with => colocated::pg_catalog.text);
 		RAISE NOTICE 'distribute: % is delegated by %', r.f, r.arg_name;
 		done := done OPERATOR(pg_catalog.+) 1;
@@ -160,14 +160,14 @@ BEGIN
 		       CASE d.partmethod WHEN 'n' THEN 'reference' WHEN 'h' THEN 'distributed' ELSE 'citus local' END,
 		       CASE d.partmethod WHEN 'h' THEN 'by tenant_id, colocation ' OPERATOR(pg_catalog.||) d.colocationid::pg_catalog.text
 		                          ELSE NULL END
-		  FROM pg_dist_partition d
+		  FROM pg_catalog.pg_dist_partition d
 		  JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.logicalrelid
 		 WHERE c.relnamespace OPERATOR(pg_catalog.=) 'quota_ext'::pg_catalog.regnamespace AND NOT c.relispartition
 		UNION ALL
 		SELECT o.objid::pg_catalog.regprocedure::pg_catalog.text, 'delegated function',
 		       'by argument ' OPERATOR(pg_catalog.||) (o.distribution_argument_index OPERATOR(pg_catalog.+) 1)::pg_catalog.text
 		         OPERATOR(pg_catalog.||) ', colocation ' OPERATOR(pg_catalog.||) o.colocationid::pg_catalog.text
-		  FROM pg_dist_object o
+		  FROM pg_catalog.pg_dist_object o
 		  JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) o.objid
 		 WHERE o.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
 		   AND p.pronamespace OPERATOR(pg_catalog.=) 'quota_ext'::pg_catalog.regnamespace
