@@ -23,8 +23,8 @@ SELECT quota_ext.price_set('cq-euro', 'EUR', unit_price => 1);
 -- quota_set for money
 -- ---------------------------------------------------------------------------
 SELECT has_function('quota_ext', 'quota_set',
-	ARRAY['bigint', 'text', 'bigint', 'text', 'text', 'bigint', 'text', 'bigint', 'bigint', 'integer[]', 'numeric', 'text', 'integer'],
-	'quota_set gains max_cost and currency (then slots) at the end');
+	ARRAY['bigint', 'text', 'bigint', 'text', 'text', 'bigint', 'text', 'bigint', 'bigint', 'integer[]', 'numeric', 'text', 'integer', 'text', 'integer', 'integer'],
+	'quota_set gains max_cost and currency (then slots, then meter and throttle) at the end');
 SELECT quota_ext.quota_set(:ta, 'monthly', NULL, max_cost => 2.00, currency => 'usd') AS qc \gset
 SELECT results_eq(format('SELECT metric, currency::text, max_units FROM quota_ext.quotas WHERE quota_id = %s', :qc),
 	$$VALUES ('cost'::text, 'USD'::text, 2000000::bigint)$$, 'max_cost makes a cost quota counted in micro-units');
