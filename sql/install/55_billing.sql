@@ -514,6 +514,8 @@ BEGIN
 	                         jsonb_build_object('status', new.status, 'reason', $3));
 	PERFORM quota_ext._invoice_notify(new, 'invoice.void');
 	PERFORM quota_ext._invoice_event(new, 'invoice.void');
+	-- its lines leave the model owners' payout statements (57_marketplace.sql)
+	PERFORM quota_ext._payouts_reverse(new);
 	RETURN new;
 END
 $$;

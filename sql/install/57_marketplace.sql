@@ -463,21 +463,80 @@ BEGIN
 		           AND l.currency = g.currency
 		         GROUP BY l.tenant_id, l.model_id, l.model) a
 		 CROSS JOIN LATERAL (SELECT round(a.gross * a.pct / 100, 6) AS share) s;
-		UPDATE quota_ext.payouts x
-		   SET gross = t.gross, platform_share = t.share, payout = t.payout, updated_at = now()
-		  FROM (SELECT sum(y.gross) AS gross, sum(y.platform_share) AS share, sum(y.payout) AS payout
-		          FROM quota_ext.payout_lines y
-		         WHERE y.tenant_id = g.owner AND y.payout_id = p.payout_id) t
-		 WHERE x.tenant_id = g.owner AND x.payout_id = p.payout_id
-		RETURNING x.* INTO p;
-		PERFORM quota_ext._audit(p.tenant_id, CASE WHEN made THEN 'payout_create' ELSE 'payout_update' END,
-		                         'payout', p.payout_id::text, NULL, to_jsonb(p));
-		PERFORM quota_ext._payout_event(p, CASE WHEN made THEN 'payout.created' ELSE 'payout.updated' END);
+		PERFORM quota_ext._payout_total(g.owner, p.payout_id, made);
 	END LOOP;
 END
 $$;
 COMMENT ON FUNCTION quota_ext._payouts_add(timestamptz, timestamptz, bigint[], bigint[]) IS
 	'Internal: the model owners'' payout statements of the invoices a close wrote';
+
+-- A voided consumer invoice takes its lines back out of the owners' payout
+-- statements of its period: a line per consumer and model that negates what
+-- the statement holds of that consumer (its gross, share and payout at the
+-- percentage applied then), so each statement still adds up to what its
+-- consumers were invoiced and not voided (an attacker's review: the owner
+-- kept the payout of a voided invoice).  invoice_void runs it once.
+CREATE FUNCTION quota_ext._payouts_reverse(inv quota_ext.invoices) RETURNS void
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	p quota_ext.payouts;
+BEGIN
+	FOR p IN SELECT x.* FROM quota_ext.payouts x
+	          WHERE x.tenant_id IN (SELECT DISTINCT m.owner_tenant_id
+	                                  FROM quota_ext.invoice_lines l
+	                                  JOIN quota_ext.models m ON m.model_id = l.model_id
+	                                 WHERE l.tenant_id = inv.tenant_id AND l.invoice_id = inv.invoice_id
+	                                   AND m.owner_tenant_id <> l.tenant_id)
+	            AND x.period_start = inv.period_start AND x.period_end = inv.period_end
+	            AND x.currency = inv.currency
+	          ORDER BY x.tenant_id, x.payout_id
+	            FOR UPDATE LOOP
+		INSERT INTO quota_ext.payout_lines (tenant_id, payout_id, line_no, consumer_tenant_id, model_id,
+		                                    model, calls, gross, platform_pct, platform_share, payout)
+		SELECT p.tenant_id, p.payout_id,
+		       (SELECT max(z.line_no) FROM quota_ext.payout_lines z
+		         WHERE z.tenant_id = p.tenant_id AND z.payout_id = p.payout_id)
+		       + row_number() OVER (ORDER BY y.model_id)::integer,
+		       y.consumer_tenant_id, y.model_id, y.model, -sum(y.calls)::bigint, -sum(y.gross),
+		       max(y.platform_pct), -sum(y.platform_share), -sum(y.payout)
+		  FROM quota_ext.payout_lines y
+		 WHERE y.tenant_id = p.tenant_id AND y.payout_id = p.payout_id
+		   AND y.consumer_tenant_id = inv.tenant_id
+		 GROUP BY y.consumer_tenant_id, y.model_id, y.model
+		HAVING sum(y.gross) <> 0 OR sum(y.calls) <> 0;
+		IF FOUND THEN
+			PERFORM quota_ext._payout_total(p.tenant_id, p.payout_id, false);
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._payouts_reverse(quota_ext.invoices) IS
+	'Internal: take a voided invoice''s lines back out of the owners'' payout statements of its period';
+
+-- A statement's totals from its lines, audited and announced
+CREATE FUNCTION quota_ext._payout_total(owner bigint, payout_id bigint, made boolean) RETURNS void
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	p quota_ext.payouts;
+BEGIN
+	UPDATE quota_ext.payouts x
+	   SET gross = t.gross, platform_share = t.share, payout = t.payout, updated_at = now()
+	  FROM (SELECT sum(y.gross) AS gross, sum(y.platform_share) AS share, sum(y.payout) AS payout
+	          FROM quota_ext.payout_lines y
+	         WHERE y.tenant_id = $1 AND y.payout_id = $2) t
+	 WHERE x.tenant_id = $1 AND x.payout_id = $2
+	RETURNING x.* INTO p;
+	PERFORM quota_ext._audit(p.tenant_id, CASE WHEN $3 THEN 'payout_create' ELSE 'payout_update' END,
+	                         'payout', p.payout_id::text, NULL, to_jsonb(p));
+	PERFORM quota_ext._payout_event(p, CASE WHEN $3 THEN 'payout.created' ELSE 'payout.updated' END);
+END
+$$;
+COMMENT ON FUNCTION quota_ext._payout_total(bigint, bigint, boolean) IS
+	'Internal: a payout statement''s totals from its lines, audited, and its outbox event';
 
 -- ---------------------------------------------------------------------------
 -- security of this section

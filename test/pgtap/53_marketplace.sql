@@ -7,7 +7,7 @@
 -- to the micro-unit), and the cross-tenant reads all this adds.
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(98);
+SELECT plan(102);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('mk-owner') AS tw \gset
@@ -202,6 +202,28 @@ SELECT is((SELECT sum(l.amount) FROM quota_ext.invoice_lines l JOIN quota_ext.in
 SELECT is((SELECT array_agg(event_type ORDER BY event_id)::text FROM quota_ext.outbox
             WHERE tenant_id = :tw AND event_type LIKE 'payout.%' AND payload->>'period_start' LIKE '2025-02-01%'),
 	'{payout.created,payout.updated}', 'created at the first close, updated at the second');
+
+-- a voided consumer invoice leaves the owner's statement (an attacker's
+-- review: the owner kept the payout of a voided invoice; failed before)
+\o /dev/null
+SELECT quota_ext.invoice_void(:td, (SELECT invoice_id FROM quota_ext.invoices
+                                     WHERE tenant_id = :td AND period_start = '2025-02-01 00:00+00'), 'credited');
+\o
+SELECT results_eq(format($$SELECT gross, platform_share, payout FROM quota_ext.payouts
+                            WHERE tenant_id = %s AND period_start = '2025-02-01 00:00+00'$$, :tw),
+	$$VALUES (0.000007::numeric, 0.000002::numeric, 0.000005::numeric)$$,
+	'after the void the statement holds only the invoices not voided');
+SELECT results_eq(format($$SELECT l.consumer_tenant_id, l.calls, l.gross, l.platform_share, l.payout FROM quota_ext.payout_lines l
+                            JOIN quota_ext.payouts p USING (tenant_id, payout_id)
+                            WHERE p.tenant_id = %s AND p.period_start = '2025-02-01 00:00+00' ORDER BY l.line_no DESC LIMIT 1$$, :tw),
+	format($$VALUES (%s::bigint, -1::bigint, -0.000005::numeric, -0.000002::numeric, -0.000003::numeric)$$, :td),
+	'a line negates the voided consumer''s line, at the share applied then');
+SELECT is((SELECT coalesce(sum(l.amount), 0) FROM quota_ext.invoice_lines l JOIN quota_ext.invoices i USING (tenant_id, invoice_id)
+            WHERE i.period_start = '2025-02-01 00:00+00' AND i.status <> 'void' AND l.model_id = :mm AND l.tenant_id <> :tw),
+	(SELECT payout + platform_share FROM quota_ext.payouts WHERE tenant_id = :tw AND period_start = '2025-02-01 00:00+00'),
+	'invoice lines not voided = payout + platform share');
+SELECT is((SELECT count(*) FROM quota_ext.outbox WHERE tenant_id = :tw AND event_type = 'payout.updated'
+             AND payload->>'period_start' LIKE '2025-02-01%')::int, 2, 'the statement''s change is announced');
 
 -- ---------------------------------------------------------------------------
 -- cross-tenant reads
