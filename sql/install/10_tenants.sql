@@ -659,6 +659,11 @@ BEGIN
 	IF api_key_rotate.grace < interval '0' THEN
 		RAISE EXCEPTION 'grace must not be negative' USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	-- the old key's new expiry must be a timestamp (the fuzz found 22008
+	-- for a grace of 2147483647 days)
+	IF api_key_rotate.grace > interval '100 years' THEN
+		RAISE EXCEPTION 'grace must be at most 100 years' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
 	-- Like api_key_create: a closed tenant gets no new credential (rotating
 	-- used to mint one; test/pgtap/03_api_keys.sql).
 	PERFORM quota_ext._tenant_open(t);

@@ -5,7 +5,7 @@
 -- B1 (NULLs), B3 (unknown ids and other tenants' ids: one error text).
 BEGIN;
 \ir helpers.psql
-SELECT plan(82);
+SELECT plan(84);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('tap-keys-a') AS ta \gset
@@ -154,6 +154,8 @@ SELECT pg_temp.throws_clean(format('SELECT quota_ext.api_key_rotate(%s, %s)', :t
 	'55000', format('API key %s is revoked, expired or already rotated', :r_id), 'api_key_rotate: expired key');
 SELECT pg_temp.throws_clean(format('SELECT quota_ext.api_key_rotate(%s, %s, interval ''-1 second'')', :ta, :k2_id),
 	'22023', 'grace must not be negative', 'api_key_rotate: negative grace');
+SELECT pg_temp.throws_clean(format('SELECT quota_ext.api_key_rotate(%s, %s, interval ''2147483647 days'')', :ta, :k2_id),
+	'22023', 'grace must be at most 100 years', 'api_key_rotate: a grace past any timestamp (failed before: 22008)');
 SELECT pg_temp.throws_clean(format('SELECT quota_ext.api_key_rotate(%s, %s, NULL)', :ta, :k2_id),
 	'22004', 'argument "grace" must not be null', 'api_key_rotate: NULL grace');
 SELECT pg_temp.throws_clean(format('SELECT quota_ext.api_key_rotate(%s, NULL)', :ta),

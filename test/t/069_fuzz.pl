@@ -100,6 +100,8 @@ DECLARE
 	fns oid[] := ARRAY(SELECT p.oid FROM pg_proc p
 	                    WHERE p.pronamespace = 'quota_ext'::regnamespace AND p.proname !~ '^_'
 	                      AND has_function_privilege(current_user, p.oid, 'EXECUTE')
+	                      -- procedures (distribute) are called with CALL, not here
+	                      AND p.prokind = 'f'
 	                      -- detaching takes months of rows out of the ledger by
 	                      -- design (retention): the invariants would not hold
 	                      AND p.proname <> 'usage_partition_detach'
