@@ -857,7 +857,8 @@ BEGIN
 	END IF;
 	-- the ledger of every consumer tenant is read: a bounded window
 	-- (SECURITY.md finding 1)
-	IF NOT (isfinite($2) AND isfinite($3)) OR $3 - $2 > interval '93 days' THEN
+	IF NOT (isfinite($2) AND isfinite($3))
+	   OR extract(epoch FROM $3) - extract(epoch FROM $2) > 93 * 86400 THEN
 		RAISE EXCEPTION 'the window of model_usage_by_consumer may span at most 93 days'
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'Ask month by month.';
