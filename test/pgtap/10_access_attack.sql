@@ -276,7 +276,7 @@ SELECT count(*) AS n_open FROM a_open \gset
 SELECT count(*) AS n_needs FROM a_needs_context \gset
 SELECT count(*) AS n_citus FROM a_needs_citus \gset
 SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') AS has_citus \gset
-SELECT plan(3 * :n_funcs + 2 * :n_tenant + :n_swaps + :n_global + :n_open + :n_needs + :n_citus + :n_ctx_ok + 20);
+SELECT plan(3 * :n_funcs + 2 * :n_tenant + :n_swaps + :n_global + :n_open + :n_needs + :n_citus + :n_ctx_ok + 21);
 
 SELECT cmp_ok(:n_funcs, '>=', 50, 'functions under attack, from the catalog: ' || :n_funcs);
 
@@ -499,6 +499,15 @@ SELECT lives_ok(format('SELECT * FROM quota_ext.rate_limit_apply(%s, key_id => %
                 'rate_limit_apply naming its own key works');
 RESET ROLE;
 SELECT quota_ext.clear_tenant() IS NULL AS ok \gset
+-- the platform's share of a model's revenue is the platform's decision: an
+-- admin login in the owner's own context cannot set it (A2 names another
+-- tenant, which any tenant check refuses; 072 removes _admin_only here)
+SET ROLE qx_tap_aa_admin;
+SELECT quota_ext.set_tenant(:ta) IS NULL AS ok \gset
+SELECT throws_ok(format($$SELECT quota_ext.model_revenue_share_set(%s, 'aa-a-own', 5)$$, :ta), '42501', NULL,
+                 'model_revenue_share_set in the owner''s own context: 42501 (admin without a context only)');
+SELECT quota_ext.clear_tenant() IS NULL AS ok \gset
+RESET ROLE;
 
 SELECT * FROM finish();
 ROLLBACK;
