@@ -29,7 +29,7 @@ CREATE TABLE quota_ext.quotas (
 	max_units     bigint NOT NULL CHECK (max_units OPERATOR(pg_catalog.>=) 0),
 	soft_limit    bigint CHECK (soft_limit OPERATOR(pg_catalog.>=) 0),
 	on_exceed     text NOT NULL DEFAULT 'block'
-	              CHECK (on_exceed OPERATOR(pg_catalog.=) ANY (ARRAY['block', 'alert', 'overage'])),
+	              CHECK (on_exceed OPERATOR(pg_catalog.=) ANY (ARRAY['block', 'alert', 'overage', 'throttle'])),
 	thresholds    integer[] NOT NULL DEFAULT '{80,100}',
 	origin        text NOT NULL DEFAULT 'tenant'
 	              CHECK (origin OPERATOR(pg_catalog.=) ANY (ARRAY['tenant', 'tier'])),
@@ -48,6 +48,11 @@ CREATE TABLE quota_ext.quotas (
 	-- fixed the number
 	slots_auto    boolean NOT NULL DEFAULT true,
 	CHECK (slots OPERATOR(pg_catalog.=) 1 OR on_exceed OPERATOR(pg_catalog.=) 'block'),
+	-- on_exceed 'throttle': past the limit, calls pass at this rate (GCRA in
+	-- the rate limiter's shared memory, keyed by the quota: src/ratelimit_rules.c)
+	throttle_per_minute integer CHECK (throttle_per_minute OPERATOR(pg_catalog.>) 0),
+	throttle_burst integer CHECK (throttle_burst OPERATOR(pg_catalog.>=) 0),
+	CHECK ((on_exceed OPERATOR(pg_catalog.=) 'throttle') OPERATOR(pg_catalog.=) (throttle_per_minute IS NOT NULL)),
 	PRIMARY KEY (tenant_id, quota_id),
 	UNIQUE NULLS NOT DISTINCT (tenant_id, period, metric, model_id, user_id, key_id),
 	FOREIGN KEY (tenant_id, user_id) REFERENCES quota_ext.users (tenant_id, user_id),
@@ -349,6 +354,7 @@ CREATE TABLE quota_ext.idempotency_keys (
 	remaining_cost  numeric,
 	currency        char(3),
 	denied_metric   text,
+	overage         bigint,
 	PRIMARY KEY (tenant_id, idempotency_key)
 );
 COMMENT ON TABLE quota_ext.idempotency_keys IS
@@ -431,10 +437,11 @@ CREATE TYPE quota_ext.decision AS (
 	denied_metric  text,
 	tenant_id      bigint,
 	user_id        bigint,
-	key_id         bigint
+	key_id         bigint,
+	overage        bigint
 );
 COMMENT ON TYPE quota_ext.decision IS
-	'allowed; denied_by (tenant, policy, rate_limit, quota or NULL); the tightest or denying limit with remaining, resets_at and retry_after (seconds); the usage row; replayed = answered from an idempotency key; cost of the call, money left in the tightest (or denying) cost quota and its currency; denied_metric = the denying quota''s metric (calls, units, cost; NULL unless denied_by = quota); the tenant, user and key of the call';
+	'allowed; denied_by (tenant, policy, rate_limit, quota or NULL); the tightest or denying limit with remaining, resets_at and retry_after (seconds); the usage row; replayed = answered from an idempotency key; cost of the call, money left in the tightest (or denying) cost quota and its currency; denied_metric = the denying quota''s metric (calls, units, cost; NULL unless denied_by = quota); the tenant, user and key of the call; overage = units of an allowed call past the limit of overage or throttled quotas (0 within every limit, NULL when denied); denied_by throttle = a throttled quota past its limit admits no more calls yet (retry_after)';
 
 -- ---------------------------------------------------------------------------
 -- periods (src/period.c)
@@ -579,6 +586,34 @@ $$;
 COMMENT ON FUNCTION quota_ext._tier_budget_sync(bigint) IS
 	'Internal: keep a tenant''s tier default money budget in line with its tier';
 
+-- The throttle arguments of quota_set (model-call and meter quotas alike):
+-- throttle_per_minute is required with on_exceed 'throttle' and refused
+-- otherwise; the same bound as a tier's rate limit (refilled within a day).
+-- Returns the burst to store (0 by default; NULL unless throttled).
+CREATE FUNCTION quota_ext._check_throttle(on_exceed text, per_minute integer, burst integer)
+	RETURNS integer
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF $1 = 'throttle' THEN
+		IF $2 IS NULL THEN PERFORM quota_ext._null_arg('throttle_per_minute'); END IF;
+		IF $2 <= 0 OR coalesce($3, 0) < 0 OR (coalesce($3, 0)::bigint + 1) > 1440::bigint * $2 THEN
+			RAISE EXCEPTION 'throttle_per_minute must be positive, throttle_burst not negative and refilled within a day'
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		RETURN coalesce($3, 0);
+	END IF;
+	IF $2 IS NOT NULL OR $3 IS NOT NULL THEN
+		RAISE EXCEPTION 'throttle_per_minute and throttle_burst apply only to on_exceed => ''throttle'''
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._check_throttle(text, integer, integer) IS
+	'Internal: check quota_set''s throttle arguments; the burst to store';
+
 CREATE FUNCTION quota_ext.quota_set(tenant_id bigint, period text, max_units bigint DEFAULT NULL,
 	model text DEFAULT NULL, metric text DEFAULT 'calls', soft_limit bigint DEFAULT NULL,
 	on_exceed text DEFAULT 'block', user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
@@ -600,6 +635,7 @@ DECLARE
 	new quota_ext.quotas;
 	th integer;
 	pc text;
+	burst integer;
 BEGIN
 	IF p IS NULL THEN
 		RAISE EXCEPTION 'invalid period "%"', quota_ext._quote_input(quota_set.period)
@@ -629,12 +665,6 @@ BEGIN
 		RETURN quota_ext._meter_quota_set(t.tenant_id, quota_set.meter, p, lower(quota_set.period), lim,
 		                                  quota_set.on_exceed, quota_set.user_id,
 		                                  quota_set.throttle_per_minute, quota_set.throttle_burst);
-	END IF;
-	IF quota_set.on_exceed = 'throttle' OR quota_set.throttle_per_minute IS NOT NULL
-	   OR quota_set.throttle_burst IS NOT NULL THEN
-		RAISE EXCEPTION 'on_exceed throttle applies to meter quotas only'
-			USING ERRCODE = 'invalid_parameter_value',
-			      HINT = 'Pass meter => the meter, or use block, alert or overage for a model-call quota.';
 	END IF;
 	-- a money budget: max_cost (and currency) instead of max_units
 	IF quota_set.max_cost IS NOT NULL AND m = 'calls' THEN
@@ -675,10 +705,15 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'Alert and overage quotas never deny, so one counter row does not serialize them more than the usage insert.';
 	END IF;
-	IF quota_set.on_exceed <> ALL (ARRAY['block', 'alert', 'overage']) THEN
+	IF quota_set.on_exceed <> ALL (ARRAY['block', 'alert', 'overage', 'throttle']) THEN
 		RAISE EXCEPTION 'invalid on_exceed "%"', quota_ext._quote_input(quota_set.on_exceed)
-			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use block, alert or overage.';
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use block, alert, overage or throttle.';
 	END IF;
+	IF m = 'cost' AND quota_set.on_exceed = 'throttle' THEN
+		RAISE EXCEPTION 'a cost quota cannot be throttled' USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'Throttle a calls or units quota; a money budget blocks, alerts or takes overage.';
+	END IF;
+	burst := quota_ext._check_throttle(quota_set.on_exceed, quota_set.throttle_per_minute, quota_set.throttle_burst);
 	IF array_ndims(quota_set.thresholds) > 1 OR cardinality(quota_set.thresholds) > 16 THEN
 		RAISE EXCEPTION 'thresholds must be a list of at most 16 percentages'
 			USING ERRCODE = 'invalid_parameter_value';
@@ -730,10 +765,12 @@ BEGIN
 	END IF;
 	IF old.quota_id IS NULL THEN
 		INSERT INTO quota_ext.quotas (tenant_id, period, period_label, metric, model_id, user_id, key_id,
-		                              max_units, soft_limit, on_exceed, thresholds, currency, slots)
+		                              max_units, soft_limit, on_exceed, thresholds, currency, slots,
+		                              throttle_per_minute, throttle_burst)
 		VALUES (t.tenant_id, p, lower(quota_set.period), m, mid, quota_set.user_id,
 		        quota_set.key_id, lim, quota_set.soft_limit, quota_set.on_exceed,
-		        quota_set.thresholds, cur, coalesce(quota_set.slots, 1))
+		        quota_set.thresholds, cur, coalesce(quota_set.slots, 1),
+		        quota_set.throttle_per_minute, burst)
 		RETURNING * INTO new;
 		IF quota_set.slots IS NOT NULL THEN
 			UPDATE quota_ext.quotas SET slots_auto = false
@@ -749,6 +786,7 @@ BEGIN
 		UPDATE quota_ext.quotas SET period_label = lower(quota_set.period),
 		       max_units = lim, soft_limit = quota_set.soft_limit,
 		       on_exceed = quota_set.on_exceed, thresholds = quota_set.thresholds,
+		       throttle_per_minute = quota_set.throttle_per_minute, throttle_burst = burst,
 		       slots = CASE WHEN quota_set.slots IS NOT NULL THEN quota_set.slots
 		                    WHEN quota_set.on_exceed <> 'block' THEN 1 ELSE slots END,
 		       slots_auto = slots_auto AND quota_set.slots IS NULL,
@@ -766,7 +804,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text, integer, text, integer, integer) IS
-	'Create or change the quota of a scope (tenant, or one model, user or key); a money budget with max_cost and currency; slots > 1 spreads a hot quota over escrow rows; meter => a quota on a named meter (throttle: past the limit at throttle_per_minute); the count of the current period is kept';
+	'Create or change the quota of a scope (tenant, or one model, user or key); a money budget with max_cost and currency; slots > 1 spreads a hot quota over escrow rows; on_exceed throttle: past the limit calls pass at throttle_per_minute (burst throttle_burst) as overage; meter => a quota on a named meter; the count of the current period is kept';
 
 CREATE FUNCTION quota_ext.quota_delete(tenant_id bigint, quota_id bigint) RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER

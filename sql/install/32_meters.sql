@@ -262,6 +262,7 @@ DECLARE
 	m quota_ext.meters := (quota_ext._meter_lookup(_meter_quota_set.tenant_id, _meter_quota_set.meter)).m;
 	old quota_ext.meter_quotas;
 	new quota_ext.meter_quotas;
+	burst integer;
 BEGIN
 	PERFORM quota_ext._check_user(_meter_quota_set.tenant_id, _meter_quota_set.user_id);
 	IF m.kind = 'gauge' THEN
@@ -277,18 +278,8 @@ BEGIN
 				HINT = 'Use on_exceed => ''block'' or ''alert''.';
 		END IF;
 	END IF;
-	IF _meter_quota_set.on_exceed = 'throttle' THEN
-		IF _meter_quota_set.throttle_per_minute IS NULL THEN PERFORM quota_ext._null_arg('throttle_per_minute'); END IF;
-		-- the same bound as a tier's rate limit: a refill within one day
-		IF _meter_quota_set.throttle_per_minute <= 0 OR coalesce(_meter_quota_set.throttle_burst, 0) < 0
-		   OR (coalesce(_meter_quota_set.throttle_burst, 0)::bigint + 1) > 1440::bigint * _meter_quota_set.throttle_per_minute THEN
-			RAISE EXCEPTION 'throttle_per_minute must be positive, throttle_burst not negative and refilled within a day'
-				USING ERRCODE = 'invalid_parameter_value';
-		END IF;
-	ELSIF _meter_quota_set.throttle_per_minute IS NOT NULL OR _meter_quota_set.throttle_burst IS NOT NULL THEN
-		RAISE EXCEPTION 'throttle_per_minute and throttle_burst apply only to on_exceed => ''throttle'''
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	burst := quota_ext._check_throttle(_meter_quota_set.on_exceed, _meter_quota_set.throttle_per_minute,
+	                                   _meter_quota_set.throttle_burst);
 	SELECT * INTO old FROM quota_ext.meter_quotas q
 	 WHERE q.tenant_id = _meter_quota_set.tenant_id AND q.meter_id = m.meter_id
 	   AND q.period = _meter_quota_set.period AND q.user_id IS NOT DISTINCT FROM _meter_quota_set.user_id
@@ -298,8 +289,7 @@ BEGIN
 		                                    on_exceed, throttle_per_minute, throttle_burst)
 		VALUES (_meter_quota_set.tenant_id, m.meter_id, _meter_quota_set.period, _meter_quota_set.period_label,
 		        _meter_quota_set.user_id, _meter_quota_set.max_units, _meter_quota_set.on_exceed,
-		        _meter_quota_set.throttle_per_minute,
-		        CASE WHEN _meter_quota_set.on_exceed = 'throttle' THEN coalesce(_meter_quota_set.throttle_burst, 0) END)
+		        _meter_quota_set.throttle_per_minute, burst)
 		RETURNING * INTO new;
 		IF m.kind = 'counter' THEN
 			INSERT INTO quota_ext.meter_counters (tenant_id, quota_id) VALUES (new.tenant_id, new.quota_id);
@@ -309,8 +299,7 @@ BEGIN
 		   SET period_label = _meter_quota_set.period_label, max_units = _meter_quota_set.max_units,
 		       on_exceed = _meter_quota_set.on_exceed,
 		       throttle_per_minute = _meter_quota_set.throttle_per_minute,
-		       throttle_burst = CASE WHEN _meter_quota_set.on_exceed = 'throttle'
-		                             THEN coalesce(_meter_quota_set.throttle_burst, 0) END,
+		       throttle_burst = burst,
 		       updated_at = now()
 		 WHERE q.tenant_id = old.tenant_id AND q.quota_id = old.quota_id
 		RETURNING * INTO new;
@@ -366,7 +355,7 @@ BEGIN
 	END IF;
 	d := ROW(k.allowed, k.denied_by, k.quota_id, k.period, k."limit", k.remaining, k.resets_at,
 	         k.retry_after, k.usage_id, NULL, true, NULL, NULL, NULL, k.denied_metric,
-	         k.tenant_id, NULL, NULL);
+	         k.tenant_id, NULL, NULL, k.overage);
 	RETURN d;
 END
 $$;
@@ -383,7 +372,7 @@ CREATE FUNCTION quota_ext._meter_idem_store(tenant_id bigint, idempotency_key te
 	   SET allowed = ($3).allowed, denied_by = ($3).denied_by, quota_id = ($3).quota_id,
 	       period = ($3).period, "limit" = ($3)."limit", remaining = ($3).remaining,
 	       resets_at = ($3).resets_at, retry_after = ($3).retry_after, usage_id = ($3).usage_id,
-	       denied_metric = ($3).denied_metric
+	       denied_metric = ($3).denied_metric, overage = ($3).overage
 	 WHERE k.tenant_id OPERATOR(pg_catalog.=) $1 AND k.idempotency_key OPERATOR(pg_catalog.=) $2;
 	SELECT $3;
 $$;
@@ -398,10 +387,10 @@ CREATE FUNCTION quota_ext._meter_decision(tenant_id bigint, user_id bigint, key_
 	SET search_path = pg_catalog, pg_temp
 	AS $$
 	SELECT ROW(true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, NULL, NULL, NULL,
-	           $1, $2, $3)::quota_ext.decision
+	           $1, $2, $3, 0)::quota_ext.decision
 $$;
 COMMENT ON FUNCTION quota_ext._meter_decision(bigint, bigint, bigint) IS
-	'Internal: an allowed decision of a meter call for a tenant, user and key';
+	'Internal: an allowed decision of a meter call for a tenant, user and key (overage 0)';
 
 CREATE FUNCTION quota_ext.meter_consume(tenant_id bigint, meter text, amount bigint,
 	idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
@@ -470,6 +459,7 @@ BEGIN
 	d := quota_ext._meter_decision(t.tenant_id, uid, kid);
 	IF t.status <> 'active' THEN
 		d.allowed := false;
+		d.overage := NULL;
 		d.denied_by := 'tenant';
 	ELSE
 		now_ns := ((extract(epoch FROM now_ts) * 1000000)::bigint) * 1000;
@@ -506,7 +496,8 @@ BEGIN
 				IF NOT pass THEN
 					IF d.allowed THEN
 						d.allowed := false;
-						d.denied_by := 'quota';
+						d.overage := NULL;
+						d.denied_by := CASE WHEN r.on_exceed = 'throttle' THEN 'throttle' ELSE 'quota' END;
 						d.denied_metric := 'units';
 						d.quota_id := r.quota_id;
 						d.period := r.period_label;
@@ -529,6 +520,7 @@ BEGIN
 			END IF;
 		END LOOP;
 		IF d.allowed THEN
+			d.overage := over;
 			-- all or nothing: every counter charged, one ledger row
 			FOR i IN 1 .. cardinality(qids) LOOP
 				UPDATE quota_ext.meter_counters c
@@ -585,6 +577,7 @@ BEGIN
 	END IF;
 	IF _gauge_move.delta > 0 AND q.on_exceed = 'block' AND lvl + _gauge_move.delta > cap THEN
 		d.allowed := false;
+		d.overage := NULL;
 		d.denied_by := 'quota';
 		d.denied_metric := 'gauge';
 		d.remaining := greatest(cap - lvl, 0);
@@ -592,11 +585,11 @@ BEGIN
 	END IF;
 	UPDATE quota_ext.meter_levels l SET level = lvl + _gauge_move.delta
 	 WHERE l.tenant_id = _gauge_move.tenant_id AND l.meter_id = _gauge_move.meter_id;
+	d.overage := CASE WHEN cap IS NOT NULL AND _gauge_move.delta > 0
+	                  THEN greatest(0, least(_gauge_move.delta, lvl + _gauge_move.delta - cap)) ELSE 0 END;
 	INSERT INTO quota_ext.meter_usage (tenant_id, meter_id, occurred_at, user_id, amount, overage, idempotency_key)
 	VALUES (_gauge_move.tenant_id, _gauge_move.meter_id, clock_timestamp(), _gauge_move.user_id, _gauge_move.delta,
-	        CASE WHEN cap IS NOT NULL AND _gauge_move.delta > 0
-	             THEN greatest(0, least(_gauge_move.delta, lvl + _gauge_move.delta - cap)) ELSE 0 END,
-	        _gauge_move.idempotency_key)
+	        d.overage, _gauge_move.idempotency_key)
 	RETURNING usage_id INTO d.usage_id;
 	d.remaining := CASE WHEN cap IS NOT NULL THEN greatest(cap - lvl - _gauge_move.delta, 0) END;
 	RETURN d;
@@ -639,6 +632,7 @@ BEGIN
 	IF t.status <> 'active' AND gauge_adjust.delta > 0 THEN
 		d := quota_ext._meter_decision(t.tenant_id, NULL, NULL);
 		d.allowed := false;
+		d.overage := NULL;
 		d.denied_by := 'tenant';
 	ELSE
 		d := quota_ext._gauge_move(t.tenant_id, m.meter_id, gauge_adjust.delta, gauge_adjust.idempotency_key, uid);

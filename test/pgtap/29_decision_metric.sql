@@ -19,7 +19,7 @@ SELECT key_id AS kida FROM quota_ext.api_keys WHERE tenant_id = :ta AND user_id 
 SELECT has_column('quota_ext', 'decision', 'denied_metric', 'decision.denied_metric');
 SELECT is((SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum) FROM pg_attribute
             WHERE attrelid = 'quota_ext.decision'::regclass AND attnum > 14),
-	'denied_metric text, tenant_id bigint, user_id bigint, key_id bigint',
+	'denied_metric text, tenant_id bigint, user_id bigint, key_id bigint, overage bigint',
 	'the new columns come after the old ones (existing columns keep their places)');
 
 -- ---------------------------------------------------------------------------

@@ -1,0 +1,143 @@
+-- Issue 17: on_exceed => 'throttle' on ordinary quotas (calls and units of
+-- a tenant, model, user or key): past the limit, calls pass at
+-- throttle_per_minute (burst throttle_burst) by GCRA, charged as overage,
+-- and above that rate are denied with denied_by 'throttle'.  And the
+-- decision's overage column: how many units of an allowed call went past a
+-- non-blocking limit (quota_consume, quota_check, meter_consume,
+-- gauge_adjust, replays).  Every assertion here failed on main (quota_set
+-- refused throttle with 22023; the decision had no overage).
+BEGIN;
+\ir metering_helpers.psql
+\i test/invariant.sql
+SELECT plan(43);
+
+\o /dev/null
+SELECT quota_ext.tenant_create('th-a', 'enterprise') AS ta \gset
+SELECT quota_ext.tenant_create('th-b', 'enterprise') AS tb \gset
+SELECT quota_ext.model_register('th-chat');
+SELECT quota_ext.policy_set(:ta, 'th-chat', true);
+SELECT quota_ext.policy_set(:tb, 'th-chat', true);
+\o
+
+-- ---------------------------------------------------------------------------
+-- quota_set
+-- ---------------------------------------------------------------------------
+SELECT quota_ext.quota_set(:ta, 'monthly', 2, 'th-chat', on_exceed => 'throttle',
+                           throttle_per_minute => 1, throttle_burst => 1) AS qt \gset
+SELECT results_eq(format($$SELECT on_exceed, throttle_per_minute, throttle_burst, slots FROM quota_ext.quotas WHERE tenant_id = %s AND quota_id = %s$$, :ta, :qt),
+	$$VALUES ('throttle'::text, 1, 1, 1)$$, 'quota_set: a model-call quota throttled past its limit (main: 22023)');
+SELECT pg_temp.mx_snap();
+SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.quota_set(%s, 'daily', 5, on_exceed => 'throttle')$$, :ta), '22004',
+	'argument "throttle_per_minute" must not be null', 'quota_set: throttle without a rate');
+SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.quota_set(%s, 'daily', 5, throttle_per_minute => 10)$$, :ta), '22023',
+	'throttle_per_minute and throttle_burst apply only to on_exceed => ''throttle''', 'quota_set: a rate without throttle');
+SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.quota_set(%s, 'daily', 5, on_exceed => 'throttle', throttle_per_minute => 0)$$, :ta), '22023',
+	'throttle_per_minute must be positive, throttle_burst not negative and refilled within a day', 'quota_set: a zero rate');
+SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.quota_set(%s, 'daily', 5, on_exceed => 'throttle', throttle_per_minute => 1, throttle_burst => 1440)$$, :ta), '22023',
+	'throttle_per_minute must be positive, throttle_burst not negative and refilled within a day', 'quota_set: a burst that takes over a day to refill');
+SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.quota_set(%s, 'daily', max_cost => 5, currency => 'USD', on_exceed => 'throttle', throttle_per_minute => 1)$$, :ta), '22023',
+	'a cost quota cannot be throttled', 'quota_set: a throttled money budget');
+SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.quota_set(%s, 'daily', 5, on_exceed => 'throttle', throttle_per_minute => 1, slots => 4)$$, :ta), '22023',
+	'only blocking quotas can have escrow slots', 'quota_set: a throttled quota takes no escrow slots');
+
+-- ---------------------------------------------------------------------------
+-- consuming past the limit
+-- ---------------------------------------------------------------------------
+SELECT results_eq(format($$SELECT d.allowed, d.overage FROM generate_series(1, 2) g, LATERAL quota_ext.quota_consume(%s, 'th-chat', 1 + 0 * g) d$$, :ta),
+	$$VALUES (true, 0::bigint), (true, 0::bigint)$$, 'up to the limit at full speed, overage 0');
+SELECT results_eq(format($$SELECT d.allowed, d.denied_by, d.overage, d.remaining FROM generate_series(1, 2) g, LATERAL quota_ext.quota_consume(%s, 'th-chat', 1 + 0 * g) d$$, :ta),
+	$$VALUES (true, NULL::text, 1::bigint, 0::bigint), (true, NULL, 1, 0)$$,
+	'past it: admitted at the throttled rate (burst 1: two at once), each marked as 1 unit of overage');
+SELECT results_eq(format($$SELECT allowed, denied_by, denied_metric, quota_id, period, "limit", remaining, retry_after > 0, usage_id, overage FROM quota_ext.quota_consume(%s, 'th-chat')$$, :ta),
+	format($$VALUES (false, 'throttle'::text, 'calls'::text, %s::bigint, 'monthly'::text, 2::bigint, 0::bigint, true, NULL::bigint, NULL::bigint)$$, :qt),
+	'then denied by the throttle, with a retry_after until it lets the next call through');
+SELECT results_eq(format($$SELECT allowed, denied_by FROM quota_ext.quota_check(%s, 'th-chat')$$, :ta),
+	$$VALUES (false, 'throttle'::text)$$, 'quota_check answers the same');
+SELECT results_eq(format($$SELECT units, overage_units FROM quota_ext.usage WHERE tenant_id = %s ORDER BY usage_id$$, :ta),
+	$$VALUES (1::bigint, 0::bigint), (1, 0), (1, 1), (1, 1)$$, 'the ledger: the calls past the limit carry their overage');
+SELECT results_eq(format($$SELECT used FROM quota_ext.quota_counters WHERE tenant_id = %s AND quota_id = %s$$, :ta, :qt),
+	$$VALUES (4::bigint)$$, 'the counter counts every admitted call, past the limit too');
+SELECT results_eq(format($$SELECT on_exceed, "limit", used, remaining FROM quota_ext.quota_status(%s) WHERE quota_id = %s$$, :ta, :qt),
+	$$VALUES ('throttle'::text, 2::bigint, 4::bigint, 0::bigint)$$, 'quota_status shows the throttled quota past its limit');
+SELECT is((SELECT count(*) FROM quota_test.violations()), 0::bigint, 'used = sum(usage): the invariant holds');
+SELECT throws_ok(format($$SELECT quota_ext.quota_consume_or_raise(%s, 'th-chat')$$, :ta), '53400',
+	'monthly quota of tenant ' || :ta || ' is past its limit and throttled', 'the raising variant: 53400, its own message');
+SELECT is((SELECT count(*) FROM quota_ext.usage WHERE tenant_id = :ta), 4::bigint, 'a throttled call charges nothing');
+
+-- a denial by a blocking quota of the same call takes no throttle token
+\o /dev/null
+SELECT quota_ext.quota_set(:tb, 'monthly', 1, on_exceed => 'throttle', throttle_per_minute => 1, throttle_burst => 0) AS qtb \gset
+SELECT quota_ext.quota_set(:tb, 'daily', 3, 'th-chat', 'units') AS qbl \gset
+\o
+SELECT results_eq(format($$SELECT allowed, overage FROM quota_ext.quota_consume(%s, 'th-chat')$$, :tb),
+	$$VALUES (true, 0::bigint)$$, 'B: the first call within both limits');
+SELECT results_eq(format($$SELECT allowed, denied_by, quota_id FROM quota_ext.quota_consume(%s, 'th-chat', 5)$$, :tb),
+	format($$VALUES (false, 'quota'::text, %s::bigint)$$, :qbl), 'B: past the throttled quota but denied by a blocking one');
+SELECT results_eq(format($$SELECT allowed, overage FROM quota_ext.quota_consume(%s, 'th-chat')$$, :tb),
+	$$VALUES (true, 1::bigint)$$, '... which took no throttle token: the next call past the limit still passes (burst 0: one)');
+SELECT results_eq(format($$SELECT allowed, denied_by, quota_id FROM quota_ext.quota_consume(%s, 'th-chat')$$, :tb),
+	format($$VALUES (false, 'throttle'::text, %s::bigint)$$, :qtb), '... and the one after it is throttled');
+
+-- changing a throttled quota back to blocking denies past the limit again
+\o /dev/null
+SELECT quota_ext.quota_set(:tb, 'monthly', 1);
+\o
+SELECT results_eq(format($$SELECT allowed, denied_by, throttle_per_minute FROM quota_ext.quota_consume(%s, 'th-chat'), quota_ext.quotas q WHERE q.tenant_id = %s AND q.quota_id = %s$$, :tb, :tb, :qtb),
+	$$VALUES (false, 'quota'::text, NULL::integer)$$, 'quota_set back to block: the throttle is gone');
+
+-- ---------------------------------------------------------------------------
+-- the decision's overage
+-- ---------------------------------------------------------------------------
+SELECT is((SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum) FROM pg_attribute
+            WHERE attrelid = 'quota_ext.decision'::regclass AND attnum > 18),
+	'overage bigint', 'decision.overage comes last (the other columns keep their places)');
+\o /dev/null
+SELECT quota_ext.tenant_create('th-c', 'enterprise') AS tc \gset
+SELECT quota_ext.policy_set(:tc, 'th-chat', true);
+SELECT quota_ext.quota_set(:tc, 'monthly', 10, 'th-chat', 'units', on_exceed => 'overage') AS qov \gset
+SELECT quota_ext.quota_set(:tc, 'monthly', 100, on_exceed => 'alert');
+\o
+SELECT results_eq(format($$SELECT allowed, overage FROM quota_ext.quota_consume(%s, 'th-chat', 8)$$, :tc),
+	$$VALUES (true, 0::bigint)$$, 'within the limit: overage 0');
+SELECT results_eq(format($$SELECT allowed, overage FROM quota_ext.quota_check(%s, 'th-chat', 5)$$, :tc),
+	$$VALUES (true, 3::bigint)$$, 'quota_check: 3 of 5 units would go over');
+SELECT results_eq(format($$SELECT allowed, overage FROM quota_ext.quota_consume(%s, 'th-chat', 5, idempotency_key => 'ov-1')$$, :tc),
+	$$VALUES (true, 3::bigint)$$, 'quota_consume past an overage limit: 3 of 5 units over');
+SELECT results_eq(format($$SELECT allowed, overage, replayed FROM quota_ext.quota_consume(%s, 'th-chat', 5, idempotency_key => 'ov-1')$$, :tc),
+	$$VALUES (true, 3::bigint, true)$$, 'a replay answers the same overage');
+SELECT results_eq(format($$SELECT allowed, overage FROM quota_ext.quota_consume(%s, 'th-chat', 4)$$, :tc),
+	$$VALUES (true, 4::bigint)$$, 'all 4 over once past the limit');
+SELECT results_eq(format($$SELECT overage_units FROM quota_ext.usage WHERE tenant_id = %s ORDER BY usage_id$$, :tc),
+	$$VALUES (0::bigint), (3), (4)$$, 'the ledger agrees with the decisions');
+SELECT results_eq(format($$SELECT allowed, overage FROM quota_ext.quota_consume(%s, 'th-chat', 1000)$$, :ta),
+	$$VALUES (false, NULL::bigint)$$, 'a denied call: overage NULL');
+
+-- meters
+\o /dev/null
+SELECT quota_ext.meter_create('th_gpu', 'hours');
+SELECT quota_ext.meter_create('th_disk', 'GB', 'gauge');
+SELECT quota_ext.quota_set(:tc, 'monthly', 10, meter => 'th_gpu', on_exceed => 'overage');
+SELECT quota_ext.quota_set(:tc, 'lifetime', 10, meter => 'th_disk', on_exceed => 'alert');
+\o
+SELECT results_eq(format($$SELECT allowed, overage FROM quota_ext.meter_consume(%s, 'th_gpu', 6)$$, :tc),
+	$$VALUES (true, 0::bigint)$$, 'meter_consume within the limit: overage 0');
+SELECT results_eq(format($$SELECT allowed, overage FROM quota_ext.meter_consume(%s, 'th_gpu', 6, idempotency_key => 'mg-1')$$, :tc),
+	$$VALUES (true, 2::bigint)$$, 'meter_consume past an overage limit: 2 of 6 over');
+SELECT results_eq(format($$SELECT overage, replayed FROM quota_ext.meter_consume(%s, 'th_gpu', 6, idempotency_key => 'mg-1')$$, :tc),
+	$$VALUES (2::bigint, true)$$, '... and its replay');
+SELECT results_eq(format($$SELECT allowed, overage FROM quota_ext.gauge_adjust(%s, 'th_disk', 12)$$, :tc),
+	$$VALUES (true, 2::bigint)$$, 'gauge_adjust past an alerting limit: 2 over');
+SELECT results_eq(format($$SELECT allowed, overage FROM quota_ext.gauge_adjust(%s, 'th_disk', -12)$$, :tc),
+	$$VALUES (true, 0::bigint)$$, 'going down: overage 0');
+
+-- a throttled meter quota's denial names the throttle too
+\o /dev/null
+SELECT quota_ext.meter_create('th_req');
+SELECT quota_ext.quota_set(:tc, 'monthly', 0, meter => 'th_req', on_exceed => 'throttle', throttle_per_minute => 1) AS qmt \gset
+\o
+SELECT results_eq(format($$SELECT d.allowed, d.denied_by, d.overage FROM generate_series(1, 2) g, LATERAL quota_ext.meter_consume(%s, 'th_req', 1 + 0 * g) d$$, :tc),
+	$$VALUES (true, NULL::text, 1::bigint), (false, 'throttle', NULL)$$, 'meter_consume: throttled past the limit, then denied_by throttle');
+SELECT is((SELECT count(*) FROM quota_test.violations()), 0::bigint, 'the invariant still holds');
+
+SELECT * FROM finish();
+ROLLBACK;
