@@ -923,14 +923,18 @@ COMMENT ON FUNCTION quota_ext.quota_expire_reservations(integer) IS
 -- ---------------------------------------------------------------------------
 
 -- quota_status's work; with_requests = false leaves requests NULL and reads
--- no ledger (tenant_summary, which promises not to scan it).
+-- no ledger (tenant_summary, which promises not to scan it).  The quotas of
+-- model calls first, then the meter quotas (meter_status, 32_meters.sql)
+-- unless a model is asked for: metric units (a counter: used in the period)
+-- or gauge (the level), with the meter's name and kind; requests = the
+-- meter's ledger rows in the period and scope.
 CREATE FUNCTION quota_ext._quota_status(tenant_id bigint, model text, user_id bigint, key_id bigint,
 	with_requests boolean)
 	RETURNS TABLE (quota_id bigint, period text, metric text, model_name text,
 	               scope_user_id bigint, scope_key_id bigint, "limit" bigint, used bigint, remaining bigint,
 	               resets_at timestamptz, on_exceed text, origin text, currency text,
 	               limit_cost numeric, used_cost numeric, remaining_cost numeric,
-	               period_start timestamptz, requests bigint)
+	               period_start timestamptz, requests bigint, meter text, meter_kind text)
 	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
@@ -962,7 +966,8 @@ BEGIN
 	                     AND u.occurred_at >= b.period_start AND u.occurred_at < b.period_end
 	                     AND (q.model_id IS NULL OR u.model_id = q.model_id)
 	                     AND (q.user_id IS NULL OR u.user_id = q.user_id)
-	                     AND (q.key_id IS NULL OR u.key_id = q.key_id)) END
+	                     AND (q.key_id IS NULL OR u.key_id = q.key_id)) END,
+	       NULL::text, NULL::text
 	  FROM quota_ext.quotas q
 	  JOIN quota_ext.tenants t ON t.tenant_id = q.tenant_id
 	  LEFT JOIN quota_ext.models m ON m.model_id = q.model_id
@@ -975,6 +980,24 @@ BEGIN
 	   AND (_quota_status.user_id IS NULL OR q.user_id IS NULL OR q.user_id = _quota_status.user_id)
 	   AND (_quota_status.key_id IS NULL OR q.key_id IS NULL OR q.key_id = _quota_status.key_id)
 	 ORDER BY q.quota_id;
+	IF _quota_status.model IS NOT NULL THEN
+		RETURN;
+	END IF;
+	RETURN QUERY
+	SELECT s.quota_id, s.period, CASE WHEN s.kind = 'gauge' THEN 'gauge' ELSE 'units' END, NULL::text,
+	       s.scope_user_id, NULL::bigint, s."limit", s.used, s.remaining, s.resets_at, s.on_exceed,
+	       'tenant'::text, NULL::text, NULL::numeric, NULL::numeric, NULL::numeric, s.period_start,
+	       CASE WHEN _quota_status.with_requests AND s.kind = 'counter' THEN
+	            (SELECT count(*) FROM quota_ext.meter_usage u JOIN quota_ext.meters mt ON mt.meter_id = u.meter_id
+	              WHERE u.tenant_id = _quota_status.tenant_id AND mt.name = s.meter
+	                AND (s.period_start IS NULL OR u.occurred_at >= s.period_start)
+	                AND (s.resets_at IS NULL OR u.occurred_at < s.resets_at)
+	                AND (s.scope_user_id IS NULL OR u.user_id = s.scope_user_id)) END,
+	       s.meter, s.kind
+	  FROM quota_ext.meter_status(_quota_status.tenant_id) s
+	 WHERE s.quota_id IS NOT NULL
+	   AND (_quota_status.user_id IS NULL OR s.scope_user_id IS NULL OR s.scope_user_id = _quota_status.user_id)
+	 ORDER BY s.quota_id;
 END
 $$;
 COMMENT ON FUNCTION quota_ext._quota_status(bigint, text, bigint, bigint, boolean) IS
@@ -986,12 +1009,12 @@ CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL
 	               scope_user_id bigint, scope_key_id bigint, "limit" bigint, used bigint, remaining bigint,
 	               resets_at timestamptz, on_exceed text, origin text, currency text,
 	               limit_cost numeric, used_cost numeric, remaining_cost numeric,
-	               period_start timestamptz, requests bigint)
+	               period_start timestamptz, requests bigint, meter text, meter_kind text)
 	LANGUAGE sql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$ SELECT * FROM quota_ext._quota_status($1, $2, $3, $4, true) $$;
 COMMENT ON FUNCTION quota_ext.quota_status(bigint, text, bigint, bigint) IS
-	'Every quota of a tenant (or those that apply to a model, user, key) with used, remaining, period_start and resets_at now (cost quotas: in micro-units, and as money in limit_cost, used_cost, remaining_cost) and the requests admitted in the period';
+	'Every quota of a tenant (or those that apply to a model, user, key) with used, remaining, period_start and resets_at now (cost quotas: in micro-units, and as money in limit_cost, used_cost, remaining_cost) and the requests admitted in the period; then its meter quotas (meter, meter_kind; a gauge''s used is its level) unless a model is asked for';
 
 -- tenant_summary never scans the ledger beyond the rollup watermark: whole
 -- days come from quota_ext.usage_daily (usage_rollup(), 50_metering.sql)
@@ -1048,8 +1071,10 @@ BEGIN
 		                             'limit', s."limit", 'used', s.used, 'remaining', s.remaining,
 		                             'resets_at', s.resets_at, 'on_exceed', s.on_exceed,
 		                             'currency', s.currency, 'limit_cost', s.limit_cost,
-		                             'used_cost', s.used_cost, 'remaining_cost', s.remaining_cost))
-		                             ORDER BY s.quota_id)
+		                             'used_cost', s.used_cost, 'remaining_cost', s.remaining_cost,
+		                             'meter', s.meter, 'meter_kind', s.meter_kind,
+		                             'period_start', CASE WHEN s.meter IS NOT NULL THEN s.period_start END))
+		                             ORDER BY s.meter IS NOT NULL, s.quota_id)
 		                      FROM quota_ext._quota_status(t.tenant_id, NULL, NULL, NULL, false) s), '[]'),
 		'usage', usage);
 END

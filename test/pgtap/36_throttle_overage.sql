@@ -9,7 +9,7 @@
 BEGIN;
 \ir metering_helpers.psql
 \i test/invariant.sql
-SELECT plan(43);
+SELECT plan(47);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('th-a', 'enterprise') AS ta \gset
@@ -78,13 +78,6 @@ SELECT results_eq(format($$SELECT allowed, overage FROM quota_ext.quota_consume(
 SELECT results_eq(format($$SELECT allowed, denied_by, quota_id FROM quota_ext.quota_consume(%s, 'th-chat')$$, :tb),
 	format($$VALUES (false, 'throttle'::text, %s::bigint)$$, :qtb), '... and the one after it is throttled');
 
--- changing a throttled quota back to blocking denies past the limit again
-\o /dev/null
-SELECT quota_ext.quota_set(:tb, 'monthly', 1);
-\o
-SELECT results_eq(format($$SELECT allowed, denied_by, throttle_per_minute FROM quota_ext.quota_consume(%s, 'th-chat'), quota_ext.quotas q WHERE q.tenant_id = %s AND q.quota_id = %s$$, :tb, :tb, :qtb),
-	$$VALUES (false, 'quota'::text, NULL::integer)$$, 'quota_set back to block: the throttle is gone');
-
 -- ---------------------------------------------------------------------------
 -- the decision's overage
 -- ---------------------------------------------------------------------------
@@ -137,7 +130,29 @@ SELECT quota_ext.quota_set(:tc, 'monthly', 0, meter => 'th_req', on_exceed => 't
 \o
 SELECT results_eq(format($$SELECT d.allowed, d.denied_by, d.overage FROM generate_series(1, 2) g, LATERAL quota_ext.meter_consume(%s, 'th_req', 1 + 0 * g) d$$, :tc),
 	$$VALUES (true, NULL::text, 1::bigint), (false, 'throttle', NULL)$$, 'meter_consume: throttled past the limit, then denied_by throttle');
+-- ---------------------------------------------------------------------------
+-- meter quotas in quota_status and tenant_summary
+-- ---------------------------------------------------------------------------
+SELECT results_eq(format($$SELECT meter, meter_kind, metric, period, "limit", used, period_start IS NOT NULL, requests FROM quota_ext.quota_status(%s) WHERE meter IS NOT NULL$$, :tc),
+	$$VALUES ('th_gpu'::text, 'counter'::text, 'units'::text, 'monthly'::text, 10::bigint, 12::bigint, true, 2::bigint),
+	         ('th_disk', 'gauge', 'gauge', 'lifetime', 10, 0, false, NULL),
+	         ('th_req', 'counter', 'units', 'monthly', 0, 1, true, 1)$$,
+	'quota_status lists the meter quotas: meter, kind, used or level, limit, period start, requests (main: none)');
+SELECT is((SELECT count(*) FROM quota_ext.quota_status(:tc) WHERE meter IS NULL), 2::bigint, '... after the model-call quotas');
+SELECT is((SELECT count(*) FROM quota_ext.quota_status(:tc, 'th-chat') WHERE meter IS NOT NULL), 0::bigint,
+	'quota_status for a model: no meter quotas (they do not apply to model calls)');
+SELECT results_eq(format($$SELECT e->>'meter', e->>'meter_kind', (e->>'used')::bigint, (e->>'limit')::bigint, e ? 'period_start' FROM jsonb_array_elements(quota_ext.tenant_summary(%s)->'quotas') e WHERE e ? 'meter'$$, :tc),
+	$$VALUES ('th_gpu'::text, 'counter'::text, 12::bigint, 10::bigint, true), ('th_disk', 'gauge', 0, 10, false), ('th_req', 'counter', 1, 0, true)$$,
+	'tenant_summary lists them too');
 SELECT is((SELECT count(*) FROM quota_test.violations()), 0::bigint, 'the invariant still holds');
+
+-- changing a throttled quota back to blocking denies past the limit again
+-- (after the invariant: B's quota is then a blocking one past its limit)
+\o /dev/null
+SELECT quota_ext.quota_set(:tb, 'monthly', 1);
+\o
+SELECT results_eq(format($$SELECT allowed, denied_by, throttle_per_minute FROM quota_ext.quota_consume(%s, 'th-chat'), quota_ext.quotas q WHERE q.tenant_id = %s AND q.quota_id = %s$$, :tb, :tb, :qtb),
+	$$VALUES (false, 'quota'::text, NULL::integer)$$, 'quota_set back to block: the throttle is gone');
 
 SELECT * FROM finish();
 ROLLBACK;
