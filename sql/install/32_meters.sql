@@ -624,6 +624,17 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'Create or remove users; limit them with quota_set(meter => ''users'') or the tier''s max_users.';
 	END IF;
+	-- lowering a gauge frees room under its quota: from a key-authenticated
+	-- context only a tenant admin's key may (SECURITY.md finding 9; the
+	-- rule of _event_scope, 52_outbox.sql)
+	IF gauge_adjust.delta < 0
+	   AND EXISTS (SELECT 1 FROM quota_ext.current_context() c
+	                WHERE c.key_id IS NOT NULL AND c.role IS DISTINCT FROM 'admin') THEN
+		RAISE EXCEPTION 'permission denied for gauge_adjust() with a negative delta'
+			USING ERRCODE = 'insufficient_privilege',
+			      DETAIL = 'Only a key of a user with role admin may lower a gauge.',
+			      HINT = 'Lower it from the application''s admin login, or with a tenant admin''s key.';
+	END IF;
 	d := quota_ext._meter_idem_claim(t.tenant_id, gauge_adjust.idempotency_key, 'gauge_adjust',
 	                                 m.name, gauge_adjust.delta);
 	IF d.replayed THEN
@@ -641,7 +652,52 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION quota_ext.gauge_adjust(bigint, text, bigint, text) IS
-	'Move a tenant''s gauge up or down by delta: never below 0 (22003), not above a blocking quota (allowed = false, denied_metric gauge); a suspended or closed tenant may only go down';
+	'Move a tenant''s gauge up or down by delta: never below 0 (22003), not above a blocking quota (allowed = false, denied_metric gauge); a suspended or closed tenant may only go down; down from a key-authenticated context only with a tenant admin''s key (42501)';
+
+-- Retention of the meters' ledger (SECURITY.md finding 10): tenant by
+-- tenant, the counter meters' rows older than the tier's audit_retention
+-- (as request_log_purge), except those a quota still counts (in the current
+-- period of a quota of the meter, or any row of a meter with a lifetime
+-- quota), with their idempotency keys (one ledger row per key).  Gauge rows
+-- stay: a gauge's level is the sum of its rows, and they move rarely.
+CREATE FUNCTION quota_ext.meter_usage_purge() RETURNS bigint
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	r record;
+	n bigint;
+	total bigint := 0;
+BEGIN
+	PERFORM quota_ext._admin_only('meter_usage_purge');
+	FOR r IN SELECT t.tenant_id, t.timezone, tr.audit_retention FROM quota_ext.tenants t
+	           JOIN quota_ext.tiers tr ON tr.tier = t.tier ORDER BY t.tenant_id LOOP
+		WITH gone AS (
+			DELETE FROM quota_ext.meter_usage u
+			 USING quota_ext.meters mt
+			 WHERE u.tenant_id = r.tenant_id AND mt.meter_id = u.meter_id AND mt.kind = 'counter'
+			   AND u.occurred_at < now() - r.audit_retention
+			   AND NOT EXISTS (SELECT 1 FROM quota_ext.meter_quotas q
+			                    WHERE q.tenant_id = r.tenant_id AND q.meter_id = u.meter_id
+			                      AND (q.period = 'lifetime'
+			                           OR u.occurred_at >= (quota_ext.period_bounds(q.period, r.timezone,
+			                                                                       clock_timestamp())).period_start))
+			RETURNING u.idempotency_key),
+		keys AS (
+			DELETE FROM quota_ext.idempotency_keys k
+			 USING gone g
+			 WHERE k.tenant_id = r.tenant_id AND k.idempotency_key = g.idempotency_key)
+		SELECT count(*) INTO n FROM gone;
+		total := total + n;
+	END LOOP;
+	PERFORM quota_ext._audit(0, 'meter_usage_purge', 'meter_usage', NULL, NULL,
+	                         jsonb_build_object('deleted', total));
+	RETURN total;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.meter_usage_purge() IS
+	'Delete counter meters'' ledger rows older than their tenant''s tier audit_retention that no quota counts any more (with their idempotency keys); returns how many';
 
 -- The built-in gauge 'users' for user_create (+1) and user_remove (-1):
 -- 53400 past the tenant's quota on 'users'.
@@ -729,7 +785,8 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.meter_status(bigint)
 	TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION
-	quota_ext.meter_create(text, text, text)
+	quota_ext.meter_create(text, text, text),
+	quota_ext.meter_usage_purge()
 	TO quota_ext_admin;
 
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.meters', 'WHERE NOT builtin');

@@ -9,7 +9,7 @@
 BEGIN;
 \ir metering_helpers.psql
 \i test/invariant.sql
-SELECT plan(47);
+SELECT plan(56);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('th-a', 'enterprise') AS ta \gset
@@ -144,6 +144,60 @@ SELECT is((SELECT count(*) FROM quota_ext.quota_status(:tc, 'th-chat') WHERE met
 SELECT results_eq(format($$SELECT e->>'meter', e->>'meter_kind', (e->>'used')::bigint, (e->>'limit')::bigint, e ? 'period_start' FROM jsonb_array_elements(quota_ext.tenant_summary(%s)->'quotas') e WHERE e ? 'meter'$$, :tc),
 	$$VALUES ('th_gpu'::text, 'counter'::text, 12::bigint, 10::bigint, true), ('th_disk', 'gauge', 0, 10, false), ('th_req', 'counter', 1, 0, true)$$,
 	'tenant_summary lists them too');
+-- ---------------------------------------------------------------------------
+-- SECURITY.md finding 9: lowering a gauge from a key-authenticated context
+-- takes a tenant admin's key
+-- ---------------------------------------------------------------------------
+\o /dev/null
+SELECT quota_ext.gauge_adjust(:tc, 'th_disk', 5);
+SELECT api_key AS k_mem FROM quota_ext.user_create(:tc, 'mem@th.example') \gset
+SELECT api_key AS k_adm FROM quota_ext.user_create(:tc, 'adm@th.example', 'admin') \gset
+\o
+SET LOCAL ROLE quota_ext_app;
+SELECT is((SELECT tenant_id FROM quota_ext.authenticate(:'k_mem')), :tc::bigint, 'a member authenticates');
+SELECT throws_ok(format($$SELECT quota_ext.gauge_adjust(%s, 'th_disk', -1)$$, :tc), '42501',
+	'permission denied for gauge_adjust() with a negative delta', 'a member''s key cannot lower a gauge (failed before: allowed)');
+SELECT results_eq(format($$SELECT allowed FROM quota_ext.gauge_adjust(%s, 'th_disk', 1)$$, :tc),
+	$$VALUES (true)$$, '... but may raise it');
+\o /dev/null
+SELECT quota_ext.clear_tenant();
+SELECT quota_ext.authenticate(:'k_adm');
+\o
+SELECT results_eq(format($$SELECT allowed FROM quota_ext.gauge_adjust(%s, 'th_disk', -2)$$, :tc),
+	$$VALUES (true)$$, 'a tenant admin''s key may lower it');
+\o /dev/null
+SELECT quota_ext.clear_tenant();
+\o
+RESET ROLE;
+SELECT results_eq(format($$SELECT level FROM quota_ext.meter_levels l JOIN quota_ext.meters m USING (meter_id) WHERE l.tenant_id = %s AND m.name = 'th_disk'$$, :tc),
+	$$VALUES (4::bigint)$$, 'the level: 5 + 1 - 2');
+
+-- ---------------------------------------------------------------------------
+-- SECURITY.md finding 10: meter_usage_purge, the meters' ledger retention
+-- ---------------------------------------------------------------------------
+\o /dev/null
+SELECT quota_ext.meter_create('th_old');
+SELECT quota_ext.meter_create('th_life');
+SELECT quota_ext.quota_set(:tc, 'lifetime', 1000, meter => 'th_life');
+INSERT INTO quota_ext.meter_usage (tenant_id, meter_id, occurred_at, created_at, amount, idempotency_key)
+SELECT :tc, meter_id, now() - interval '400 days', now() - interval '400 days', 3, 'old-' || name
+  FROM quota_ext.meters WHERE name IN ('th_old', 'th_life');
+INSERT INTO quota_ext.meter_usage (tenant_id, meter_id, occurred_at, created_at, amount)
+SELECT :tc, meter_id, now() - interval '10 days', now() - interval '10 days', 4 FROM quota_ext.meters WHERE name = 'th_old';
+INSERT INTO quota_ext.idempotency_keys (tenant_id, idempotency_key, op, model, units, allowed, created_at)
+VALUES (:tc, 'old-th_old', 'meter_consume', 'th_old', 3, true, now() - interval '400 days'),
+       (:tc, 'old-th_life', 'meter_consume', 'th_life', 3, true, now() - interval '400 days');
+\o
+SELECT is(quota_ext.meter_usage_purge(), 1::bigint,
+	'meter_usage_purge: the rows past the tier''s retention (enterprise: 365 days) that no quota counts');
+SELECT results_eq(format($$SELECT m.name, u.amount FROM quota_ext.meter_usage u JOIN quota_ext.meters m USING (meter_id) WHERE u.tenant_id = %s AND m.name IN ('th_old', 'th_life') ORDER BY u.usage_id$$, :tc),
+	$$VALUES ('th_life'::text, 3::bigint), ('th_old', 4)$$,
+	'... kept: a row within the retention, and a row of a meter with a lifetime quota');
+SELECT results_eq(format($$SELECT idempotency_key FROM quota_ext.idempotency_keys WHERE tenant_id = %s AND idempotency_key LIKE 'old-%%'$$, :tc),
+	$$VALUES ('old-th_life'::text)$$, '... and the purged row''s idempotency key went with it');
+SET LOCAL ROLE quota_ext_app;
+SELECT throws_ok($$SELECT quota_ext.meter_usage_purge()$$, '42501', NULL, 'the app cannot purge the meters'' ledger');
+RESET ROLE;
 SELECT is((SELECT count(*) FROM quota_test.violations()), 0::bigint, 'the invariant still holds');
 
 -- changing a throttled quota back to blocking denies past the limit again
