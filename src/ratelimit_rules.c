@@ -207,6 +207,9 @@ quota_rl_rules(int64 tenant_id, int64 model_id, int64 key_id,
 	*nrules = e->n;
 }
 
+static bool rl_run(int64 tenant_id, char kind, QuotaRlBucket *buckets, int n,
+				   int64 quantity, QuotaRateDecision *out, bool peek);
+
 /*
  * QuotaRateLimitApply
  *		See ratelimit.h.  The rules come from the backend's configuration
@@ -215,9 +218,6 @@ quota_rl_rules(int64 tenant_id, int64 model_id, int64 key_id,
  *		quota_ext.  The tier row is always read for an existing tenant and
  *		used only when the tenant has no tenant-wide rule.
  */
-static bool rl_run(int64 tenant_id, char kind, QuotaRlBucket *buckets, int n,
-				   int64 quantity, QuotaRateDecision *out, bool peek);
-
 static bool
 rate_limit_eval(int64 tenant_id, int64 model_id, int64 key_id,
 				int64 quantity, QuotaRateDecision *out, bool peek)
