@@ -654,43 +654,48 @@ $$;
 COMMENT ON FUNCTION quota_ext.gauge_adjust(bigint, text, bigint, text) IS
 	'Move a tenant''s gauge up or down by delta: never below 0 (22003), not above a blocking quota (allowed = false, denied_metric gauge); a suspended or closed tenant may only go down; down from a key-authenticated context only with a tenant admin''s key (42501)';
 
--- Retention of the meters' ledger (SECURITY.md finding 10): tenant by
--- tenant, the counter meters' rows older than the tier's audit_retention
--- (as request_log_purge), except those a quota still counts (in the current
--- period of a quota of the meter, or any row of a meter with a lifetime
--- quota), with their idempotency keys (one ledger row per key).  Gauge rows
--- stay: a gauge's level is the sum of its rows, and they move rarely.
+-- Retention of the meters' ledger (SECURITY.md finding 10): one tenant's
+-- counter meter rows that occurred before cutoff, except those a quota
+-- still counts (in the current period of a quota of the meter, or any row
+-- of a meter with a lifetime quota), with their idempotency keys (one ledger
+-- row per key).  Gauge rows stay: a gauge's level is the sum of its rows,
+-- and they move rarely.  Returns how many rows went.
+CREATE FUNCTION quota_ext._meter_usage_purge_tenant(tenant_id bigint, timezone text, cutoff timestamptz)
+	RETURNS bigint
+	LANGUAGE sql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+	WITH gone AS (
+		DELETE FROM quota_ext.meter_usage u
+		 USING quota_ext.meters mt
+		 WHERE u.tenant_id = $1 AND mt.meter_id = u.meter_id AND mt.kind = 'counter'
+		   AND u.occurred_at < $3
+		   AND NOT EXISTS (SELECT 1 FROM quota_ext.meter_quotas q
+		                    WHERE q.tenant_id = $1 AND q.meter_id = u.meter_id
+		                      AND (q.period = 'lifetime'
+		                           OR u.occurred_at >= (quota_ext.period_bounds(q.period, $2, clock_timestamp())).period_start))
+		RETURNING u.idempotency_key),
+	keys AS (
+		DELETE FROM quota_ext.idempotency_keys k USING gone g
+		 WHERE k.tenant_id = $1 AND k.idempotency_key = g.idempotency_key)
+	SELECT count(*) FROM gone
+$$;
+COMMENT ON FUNCTION quota_ext._meter_usage_purge_tenant(bigint, text, timestamptz) IS
+	'Internal: one tenant''s counter meter rows before cutoff that no quota counts any more, and their idempotency keys';
+
+-- ... tenant by tenant (each statement routable by tenant_id), with the
+-- tier's audit_retention, as request_log_purge (14_request_log.sql).
 CREATE FUNCTION quota_ext.meter_usage_purge() RETURNS bigint
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
-#variable_conflict use_column
 DECLARE
-	r record;
-	n bigint;
-	total bigint := 0;
+	total bigint;
 BEGIN
 	PERFORM quota_ext._admin_only('meter_usage_purge');
-	FOR r IN SELECT t.tenant_id, t.timezone, tr.audit_retention FROM quota_ext.tenants t
-	           JOIN quota_ext.tiers tr ON tr.tier = t.tier ORDER BY t.tenant_id LOOP
-		WITH gone AS (
-			DELETE FROM quota_ext.meter_usage u
-			 USING quota_ext.meters mt
-			 WHERE u.tenant_id = r.tenant_id AND mt.meter_id = u.meter_id AND mt.kind = 'counter'
-			   AND u.occurred_at < now() - r.audit_retention
-			   AND NOT EXISTS (SELECT 1 FROM quota_ext.meter_quotas q
-			                    WHERE q.tenant_id = r.tenant_id AND q.meter_id = u.meter_id
-			                      AND (q.period = 'lifetime'
-			                           OR u.occurred_at >= (quota_ext.period_bounds(q.period, r.timezone,
-			                                                                       clock_timestamp())).period_start))
-			RETURNING u.idempotency_key),
-		keys AS (
-			DELETE FROM quota_ext.idempotency_keys k
-			 USING gone g
-			 WHERE k.tenant_id = r.tenant_id AND k.idempotency_key = g.idempotency_key)
-		SELECT count(*) INTO n FROM gone;
-		total := total + n;
-	END LOOP;
+	SELECT coalesce(sum(quota_ext._meter_usage_purge_tenant(t.tenant_id, t.timezone, now() - tr.audit_retention)), 0)
+	  INTO total
+	  FROM quota_ext.tenants t JOIN quota_ext.tiers tr ON tr.tier = t.tier;
 	PERFORM quota_ext._audit(0, 'meter_usage_purge', 'meter_usage', NULL, NULL,
 	                         jsonb_build_object('deleted', total));
 	RETURN total;
