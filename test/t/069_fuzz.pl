@@ -260,7 +260,8 @@ my %extra = (
 	invoice_mark_paid        => '55000',
 	event_ack                => '55000 54000',
 	event_poll               => '54000',
-	quota_check              => '55000',);
+	quota_check              => '55000',
+	meter_create             => '23505',);
 my $common = '22004 22023 22003 42501 42704';
 my @unexpected;
 for my $row (split /\n/, $node->safe_psql('postgres',
