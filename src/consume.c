@@ -657,7 +657,8 @@ throttle_quotas(int64 tenant_id, QuotaRow *rows, int n, bool peek,
 	for (i = 0; i < n; i++)
 		if (rows[i].quota_id == rd.rule_id)
 			break;
-	Assert(i < n);
+	if (i == n)
+		elog(ERROR, "throttled quota %lld not among the call's quotas", (long long) rd.rule_id);
 	d->allowed = false;
 	d->denied_by = denied_throttle;
 	d->denied_metric = quota_row_metric(&rows[i]);
