@@ -686,20 +686,17 @@ COMMENT ON FUNCTION quota_ext._meter_usage_purge_tenant(bigint, text, timestampt
 -- ... tenant by tenant (each statement routable by tenant_id), with the
 -- tier's audit_retention, as request_log_purge (14_request_log.sql).
 CREATE FUNCTION quota_ext.meter_usage_purge() RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+	LANGUAGE sql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
-DECLARE
-	total bigint;
-BEGIN
-	PERFORM quota_ext._admin_only('meter_usage_purge');
-	SELECT coalesce(sum(quota_ext._meter_usage_purge_tenant(t.tenant_id, t.timezone, now() - tr.audit_retention)), 0)
-	  INTO total
-	  FROM quota_ext.tenants t JOIN quota_ext.tiers tr ON tr.tier = t.tier;
-	PERFORM quota_ext._audit(0, 'meter_usage_purge', 'meter_usage', NULL, NULL,
-	                         jsonb_build_object('deleted', total));
-	RETURN total;
-END
+	SELECT quota_ext._admin_only('meter_usage_purge');
+	WITH n AS (
+		SELECT coalesce(sum(quota_ext._meter_usage_purge_tenant(t.tenant_id, t.timezone,
+		                                                         now() - tr.audit_retention)), 0)::bigint AS total
+		  FROM quota_ext.tenants t JOIN quota_ext.tiers tr ON tr.tier = t.tier)
+	SELECT n.total
+	  FROM n, LATERAL quota_ext._audit(0, 'meter_usage_purge', 'meter_usage', NULL, NULL,
+	                                   jsonb_build_object('deleted', n.total)) a
 $$;
 COMMENT ON FUNCTION quota_ext.meter_usage_purge() IS
 	'Delete counter meters'' ledger rows older than their tenant''s tier audit_retention that no quota counts any more (with their idempotency keys); returns how many';
