@@ -820,13 +820,6 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.model_register(text, text, bigint, text, jsonb)
 	TO quota_ext_admin;
 
--- pg_dump: every table and sequence is configuration/data of the extension.
+-- pg_dump: the built-in tiers are dumped only once changed (every other
+-- table and sequence: 99_finish.sql).
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.tiers', 'WHERE NOT builtin OR modified');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.tenants', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.users', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.api_keys', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.models', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.tenant_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.user_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.key_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.model_id_seq', '');

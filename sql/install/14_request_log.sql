@@ -110,5 +110,3 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.request_log_write(bigint, text, integer, integer, text, text, text, bigint, bigint, bigint)
 	TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION quota_ext.request_log_purge() TO quota_ext_admin;
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.request_log', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.request_id_seq', '');

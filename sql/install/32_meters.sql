@@ -691,9 +691,6 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.meter_create(text, text, text)
 	TO quota_ext_admin;
 
+-- pg_dump: the built-in meters are not dumped (every other table and
+-- sequence: 99_finish.sql)
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.meters', 'WHERE NOT builtin');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.meter_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.meter_quotas', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.meter_counters', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.meter_levels', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.meter_usage', '');

@@ -95,8 +95,6 @@ COMMENT ON TABLE quota_ext.rate_limits IS
 	'Per-tenant rate limits (GCRA: count per period_seconds, max_burst), tenant-wide or per model and/or API key';
 
 SELECT quota_ext._secure_tenant_table('quota_ext.rate_limits');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.rate_limits', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.rate_limit_id_seq', '');
 
 CREATE FUNCTION quota_ext.rate_limit_set(tenant_id bigint, count integer,
 	period_seconds integer, max_burst integer DEFAULT 0, model text DEFAULT NULL,
