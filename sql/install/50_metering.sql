@@ -112,14 +112,22 @@ COMMENT ON TABLE quota_ext.prices IS
 --   2 the tenant's default price (model_id NULL), 3 the list default price.
 -- A version without amounts (price_clear) ends its level: the next applies.
 -- The one place of this rule: src/policy.c calls this function (and
--- _price_next_change) in its kept plan.
+-- _price_next_change) in its kept plan.  PL/pgSQL, not SQL: a SQL function
+-- that is SECURITY DEFINER with a SET clause cannot be inlined, so it was
+-- parsed and planned again at every call (about 1.1 million instructions,
+-- most of a configuration-cache fill); PL/pgSQL keeps its plans for the
+-- session (doc/performance.md).
 CREATE FUNCTION quota_ext._price_in_force(tenant_id bigint, model_id bigint, at timestamptz)
 	RETURNS quota_ext.prices
-	LANGUAGE sql STABLE SECURITY DEFINER
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
+DECLARE
+	r quota_ext.prices;
+BEGIN
 	SELECT c.price_id, c.model_id, c.tenant_id, c.currency, c.unit_price, c.input_per_1k,
 	       c.output_per_1k, c.overage_unit_price, c.effective_from, c.created_at
+	  INTO r
 	  FROM ((SELECT o.*, 0 AS rank FROM quota_ext.prices o
 	          WHERE o.model_id = $2 AND o.tenant_id = $1 AND o.effective_from <= $3
 	          ORDER BY o.effective_from DESC LIMIT 1)
@@ -137,8 +145,10 @@ CREATE FUNCTION quota_ext._price_in_force(tenant_id bigint, model_id bigint, at 
 	          ORDER BY e.effective_from DESC LIMIT 1)) c
 	 WHERE c.unit_price IS NOT NULL OR c.input_per_1k IS NOT NULL OR c.output_per_1k IS NOT NULL
 	 ORDER BY c.rank
-	 LIMIT 1
-	$$;
+	 LIMIT 1;
+	RETURN r;	-- unpriced: a row of NULLs, as the SQL function's NULL was
+END
+$$;
 COMMENT ON FUNCTION quota_ext._price_in_force(bigint, bigint, timestamptz) IS
 	'Internal: the price version a tenant pays for a model at an instant (its own, the list price, its default, the list default)';
 
@@ -147,10 +157,11 @@ COMMENT ON FUNCTION quota_ext._price_in_force(bigint, bigint, timestamptz) IS
 -- none).  src/policy.c keeps a price until then.
 CREATE FUNCTION quota_ext._price_next_change(tenant_id bigint, model_id bigint, at timestamptz)
 	RETURNS timestamptz
-	LANGUAGE sql STABLE SECURITY DEFINER
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
-	SELECT least((SELECT n.effective_from FROM quota_ext.prices n
+BEGIN
+	RETURN least((SELECT n.effective_from FROM quota_ext.prices n
 	               WHERE n.model_id = $2 AND n.tenant_id = $1 AND n.effective_from > $3
 	               ORDER BY n.effective_from LIMIT 1),
 	             (SELECT n.effective_from FROM quota_ext.prices n
@@ -161,8 +172,9 @@ CREATE FUNCTION quota_ext._price_next_change(tenant_id bigint, model_id bigint, 
 	               ORDER BY n.effective_from LIMIT 1),
 	             (SELECT n.effective_from FROM quota_ext.prices n
 	               WHERE n.model_id IS NULL AND n.tenant_id IS NULL AND n.effective_from > $3
-	               ORDER BY n.effective_from LIMIT 1))
-	$$;
+	               ORDER BY n.effective_from LIMIT 1));
+END
+$$;
 COMMENT ON FUNCTION quota_ext._price_next_change(bigint, bigint, timestamptz) IS
 	'Internal: when the price in force of a tenant''s model next may change (the first later version at any level)';
 
