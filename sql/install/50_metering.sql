@@ -927,9 +927,3 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.usage_partition_detach(timestamptz),
 	quota_ext.usage_rollup()
 	TO quota_ext_admin;
-
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.prices', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.price_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.usage_daily', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.usage_billing_daily', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.rollup_state', '');
