@@ -348,9 +348,12 @@ QuotaThrottleApply(int64 tenant_id, const QuotaThrottle *throttles, int n,
 	QuotaRlBucket buckets[QUOTA_RL_MAX_RULES];
 	int			i;
 
+	/* quota_set allows a tenant no more (30_quota.sql) */
 	if (n > QUOTA_RL_MAX_RULES)
-		elog(ERROR, "more than %d throttled quotas apply to one request",
-			 QUOTA_RL_MAX_RULES);
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("more than %d throttled quotas apply to one request",
+						QUOTA_RL_MAX_RULES)));
 	for (i = 0; i < n; i++)
 	{
 		buckets[i].rule_id = throttles[i].quota_id;

@@ -758,6 +758,16 @@ BEGIN
 	   AND model_id IS NOT DISTINCT FROM mid AND user_id IS NOT DISTINCT FROM quota_set.user_id
 	   AND key_id IS NOT DISTINCT FROM quota_set.key_id
 	 FOR NO KEY UPDATE;
+	-- a call checks the throttles of all its quotas past their limits at
+	-- once, at most QUOTA_RL_MAX_RULES (src/ratelimit_internal.h) of them;
+	-- the tenant's row lock (_tenant_for_update) makes the count exact
+	IF quota_set.on_exceed = 'throttle' AND old.on_exceed IS DISTINCT FROM 'throttle'
+	   AND (SELECT count(*) FROM quota_ext.quotas q
+	         WHERE q.tenant_id = t.tenant_id AND q.on_exceed = 'throttle') >= 8 THEN
+		RAISE EXCEPTION 'tenant % has 8 throttled quotas already', t.tenant_id
+			USING ERRCODE = 'program_limit_exceeded',
+			      HINT = 'Make another throttled quota block, alert or take overage first.';
+	END IF;
 	IF old.quota_id IS NOT NULL AND old.currency IS DISTINCT FROM cur THEN
 		RAISE EXCEPTION 'quota % counts %, not %', old.quota_id, old.currency, cur
 			USING ERRCODE = 'invalid_parameter_value',

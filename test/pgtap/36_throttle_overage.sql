@@ -9,7 +9,7 @@
 BEGIN;
 \ir metering_helpers.psql
 \i test/invariant.sql
-SELECT plan(56);
+SELECT plan(60);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('th-a', 'enterprise') AS ta \gset
@@ -207,6 +207,22 @@ SELECT quota_ext.quota_set(:tb, 'monthly', 1);
 \o
 SELECT results_eq(format($$SELECT allowed, denied_by, throttle_per_minute FROM quota_ext.quota_consume(%s, 'th-chat'), quota_ext.quotas q WHERE q.tenant_id = %s AND q.quota_id = %s$$, :tb, :tb, :qtb),
 	$$VALUES (false, 'quota'::text, NULL::integer)$$, 'quota_set back to block: the throttle is gone');
+
+-- at most 8 throttled quotas per tenant: a call checks all its throttles at
+-- once in a fixed array (main: the ninth made every call past the limits fail
+-- with an internal error, XX000)
+\o /dev/null
+SELECT quota_ext.tenant_create('th-many', 'enterprise') AS tm \gset
+SELECT quota_ext.quota_set(:tm, p, 1, on_exceed => 'throttle', throttle_per_minute => 1)
+  FROM unnest(ARRAY['minute', 'hourly', 'daily', 'weekly', 'monthly', 'annual', 'total']) p;
+SELECT quota_ext.quota_set(:tm, 'daily', 1, metric => 'units', on_exceed => 'throttle', throttle_per_minute => 1);
+\o
+SELECT pg_temp.mx_snap();
+SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.quota_set(%s, 'monthly', 1, metric => 'units', on_exceed => 'throttle', throttle_per_minute => 1)$$, :tm), '54000',
+	format('tenant %s has 8 throttled quotas already', :tm), 'quota_set: a ninth throttled quota of a tenant');
+SELECT lives_ok(format($$SELECT quota_ext.quota_set(%s, 'daily', 2, metric => 'units', on_exceed => 'throttle', throttle_per_minute => 2)$$, :tm),
+	'... changing one of the eight is allowed');
+SELECT is((SELECT count(*) FROM quota_ext.quotas WHERE tenant_id = :tm AND on_exceed = 'throttle'), 8::bigint, '... and the tenant keeps 8');
 
 SELECT * FROM finish();
 ROLLBACK;
