@@ -44,8 +44,26 @@ COMMENT ON TABLE quota_ext.model_access_requests IS
 -- one pending request per consumer and model
 CREATE UNIQUE INDEX model_access_requests_pending ON quota_ext.model_access_requests (tenant_id, model_id)
 	WHERE status OPERATOR(pg_catalog.=) 'pending';
--- the owner's list (model_access_requests_received())
-CREATE INDEX model_access_requests_owner ON quota_ext.model_access_requests (owner_tenant_id, status);
+
+-- The owner's copy of the requests for its models (tenant_id = the owner),
+-- written with the request and updated with the decision, so that the
+-- owner's list (model_access_requests_received()) reads its own tenant's
+-- rows: every statement on a per-tenant table names tenant_id (on Citus one
+-- shard, not every one; an attacker's review).
+CREATE TABLE quota_ext.model_access_inbox (
+	tenant_id           bigint NOT NULL REFERENCES quota_ext.tenants (tenant_id),
+	request_id          bigint NOT NULL,
+	consumer_tenant_id  bigint NOT NULL REFERENCES quota_ext.tenants (tenant_id),
+	model_id            bigint NOT NULL REFERENCES quota_ext.models (model_id),
+	status              text NOT NULL DEFAULT 'pending'
+	                    CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'approved', 'denied'])),
+	note                text,
+	requested_at        timestamptz NOT NULL,
+	decided_at          timestamptz,
+	PRIMARY KEY (tenant_id, request_id)
+);
+COMMENT ON TABLE quota_ext.model_access_inbox IS
+	'The access requests for a tenant''s models (tenant_id = the owner): the owner''s copy of model_access_requests, for its list';
 
 -- The platform's share of a model's revenue, in percent (tenant_id = the
 -- owner).  No row: 0.
@@ -140,6 +158,23 @@ BEGIN
 	m := quota_ext._owned_model($1, $2);
 	IF m.visibility = $3 THEN
 		RETURN m.visibility;
+	END IF;
+	-- one public model per name (an attacker's review: of two tenants'
+	-- public models of one name the first registered won silently).  Two
+	-- owners making one name public at once wait for each other here (an
+	-- advisory lock per name; no unique index can say "one public row per
+	-- name" and stay distributable), and the later one reads the winner's
+	-- row (READ COMMITTED).
+	IF $3 = 'public' THEN
+		PERFORM pg_advisory_xact_lock(1903520610, hashtext(m.name));
+		PERFORM 1 FROM quota_ext.models x
+		 WHERE x.name = m.name AND x.visibility = 'public' AND x.owner_tenant_id IS NOT NULL
+		   AND x.owner_tenant_id <> m.owner_tenant_id;
+		IF FOUND THEN
+			RAISE EXCEPTION 'another tenant''s model named "%" is public', quota_ext._quote_input(m.name)
+				USING ERRCODE = 'unique_violation',
+				      HINT = 'A public model''s name must be unique among public models: rename it (register it under another name) or list it as marketplace.';
+		END IF;
 	END IF;
 	UPDATE quota_ext.models x SET visibility = $3
 	 WHERE x.owner_tenant_id = m.owner_tenant_id AND x.model_id = m.model_id;
@@ -279,6 +314,8 @@ DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update($1);
 	m quota_ext.models;
 	r quota_ext.model_access_requests;
+	denials integer;
+	last_denied timestamptz;
 BEGIN
 	IF $2 IS NULL THEN PERFORM quota_ext._null_arg('model_id'); END IF;
 	IF $3 IS NOT NULL THEN PERFORM quota_ext._check_label('note', $3, 500); END IF;
@@ -308,9 +345,29 @@ BEGIN
 	IF FOUND THEN
 		RETURN r.request_id;
 	END IF;
+	-- after a denial, a day's pause; after three, no more requests for the
+	-- model (an attacker's review: each request is a row and an event in
+	-- the owner's outbox, and a denied tenant could ask again at once,
+	-- without end).  The owner may still share the model.
+	SELECT count(*), max(x.decided_at) INTO denials, last_denied
+	  FROM quota_ext.model_access_requests x
+	 WHERE x.tenant_id = t.tenant_id AND x.model_id = m.model_id AND x.status = 'denied';
+	IF denials >= 3 THEN
+		RAISE EXCEPTION 'model % denied tenant % access % times', m.model_id, t.tenant_id, denials
+			USING ERRCODE = 'program_limit_exceeded',
+			      HINT = 'After three denials a tenant may not ask for a model again; its owner may still share it (model_share).';
+	ELSIF last_denied > now() - interval '1 day' THEN
+		RAISE EXCEPTION 'tenant %''s request for model % was denied less than a day ago', t.tenant_id, m.model_id
+			USING ERRCODE = 'program_limit_exceeded',
+			      DETAIL = format('Denied at %s.', last_denied),
+			      HINT = 'Ask again a day after the denial.';
+	END IF;
 	INSERT INTO quota_ext.model_access_requests (tenant_id, model_id, owner_tenant_id, note)
 	VALUES (t.tenant_id, m.model_id, m.owner_tenant_id, $3)
 	RETURNING * INTO r;
+	INSERT INTO quota_ext.model_access_inbox (tenant_id, request_id, consumer_tenant_id, model_id,
+	                                          note, requested_at)
+	VALUES (r.owner_tenant_id, r.request_id, r.tenant_id, r.model_id, r.note, r.requested_at);
 	PERFORM quota_ext._audit(t.tenant_id, 'model_access_request', 'model_access_request',
 	                         r.request_id::text, NULL,
 	                         jsonb_build_object('model_id', r.model_id, 'owner_tenant_id', r.owner_tenant_id));
@@ -320,7 +377,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION quota_ext.model_access_request(bigint, bigint, text) IS
-	'A tenant asks the owner of a marketplace model for access; returns the request id (the pending one again while it is pending); event model_access.requested in the owner''s outbox';
+	'A tenant asks the owner of a marketplace model for access; returns the request id (the pending one again while it is pending; 54000 within a day of a denial or after three); event model_access.requested in the owner''s outbox';
 
 -- The owner approves (the request becomes a model share) or denies.  The
 -- same decision again returns the request unchanged; the other one is 55000.
@@ -361,6 +418,8 @@ BEGIN
 	UPDATE quota_ext.model_access_requests x SET status = st, decided_at = now(), reason = $5
 	 WHERE x.tenant_id = r.tenant_id AND x.request_id = r.request_id
 	RETURNING * INTO r;
+	UPDATE quota_ext.model_access_inbox x SET status = r.status, decided_at = r.decided_at
+	 WHERE x.tenant_id = t.tenant_id AND x.request_id = r.request_id;
 	PERFORM quota_ext._audit(t.tenant_id, 'model_access_decide', 'model_access_request',
 	                         r.request_id::text, jsonb_build_object('status', 'pending'),
 	                         jsonb_build_object('status', r.status, 'consumer_tenant_id', r.tenant_id,
@@ -389,10 +448,10 @@ BEGIN
 		RAISE EXCEPTION 'tenant % does not exist', $1 USING ERRCODE = 'undefined_object';
 	END IF;
 	RETURN QUERY
-	SELECT r.request_id, r.tenant_id, m.name, r.status, r.note, r.requested_at, r.decided_at
-	  FROM quota_ext.model_access_requests r
+	SELECT r.request_id, r.consumer_tenant_id, m.name, r.status, r.note, r.requested_at, r.decided_at
+	  FROM quota_ext.model_access_inbox r
 	  JOIN quota_ext.models m ON m.model_id = r.model_id
-	 WHERE r.owner_tenant_id = $1 AND ($2 IS NULL OR r.status = $2)
+	 WHERE r.tenant_id = $1 AND ($2 IS NULL OR r.status = $2)
 	 ORDER BY r.requested_at, r.request_id;
 END
 $$;
@@ -543,6 +602,7 @@ COMMENT ON FUNCTION quota_ext._payout_total(bigint, bigint, boolean) IS
 -- ---------------------------------------------------------------------------
 
 SELECT quota_ext._secure_tenant_table('quota_ext.model_access_requests');
+SELECT quota_ext._secure_tenant_table('quota_ext.model_access_inbox');
 SELECT quota_ext._secure_tenant_table('quota_ext.model_revenue_shares');
 SELECT quota_ext._secure_tenant_table('quota_ext.payouts');
 SELECT quota_ext._secure_tenant_table('quota_ext.payout_lines');
@@ -562,6 +622,7 @@ GRANT EXECUTE ON FUNCTION
 	TO quota_ext_admin;
 
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.model_access_requests', '');
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.model_access_inbox', '');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.model_revenue_shares', '');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.payouts', '');
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.payout_lines', '');

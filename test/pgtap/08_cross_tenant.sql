@@ -67,6 +67,11 @@ SELECT quota_ext.quota_consume(:ta, 'x-g', 1);
 SELECT quota_ext.model_register('x-a-mkt', owner_tenant_id => :ta) AS mkta \gset
 SELECT quota_ext.model_visibility_set(:ta, 'x-a-mkt', 'marketplace');
 SELECT quota_ext.model_access_request(:tb, :mkta, 'xb-marker-note');
+-- and C asks for B's listed model (B's row in model_access_inbox; the
+-- listing publishes its name to every tenant: no marker)
+SELECT quota_ext.model_register('x-b-mkt', owner_tenant_id => :tb) AS mktb \gset
+SELECT quota_ext.model_visibility_set(:tb, 'x-b-mkt', 'marketplace');
+SELECT quota_ext.model_access_request(:tc, :mktb, 'xb-marker-inbox-note');
 SELECT quota_ext.model_price_set(:tb, 'xb-marker-model', 'EUR', 0.03);
 SELECT quota_ext.model_revenue_share_set(:tb, 'xb-marker-model', 10);
 SELECT quota_ext.policy_set(:tc, 'xb-marker-model', true);

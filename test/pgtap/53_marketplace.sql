@@ -7,7 +7,7 @@
 -- to the micro-unit), and the cross-tenant reads all this adds.
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(102);
+SELECT plan(110);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('mk-owner') AS tw \gset
@@ -115,7 +115,32 @@ SELECT results_eq(format($$SELECT tenant_id, event_type FROM quota_ext.outbox WH
 	'each decision is an event in the consumer''s outbox (once)');
 SELECT is((SELECT count(*) FROM quota_ext.audit_log WHERE tenant_id = :tw AND action = 'model_access_decide')::int, 3,
 	'each decision is audited under the owner');
-SELECT ok(quota_ext.model_access_request(:tx, :mm) NOT IN (:r3), 'a denied tenant may ask again (a new request)');
+-- asking again after a denial (an attacker's review: without a limit,
+-- each one a row and an event in the owner's outbox; failed before)
+SELECT pg_temp.mx_snap();
+SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.model_access_request(%s, %s)$$, :tx, :mm),
+	'54000', format('tenant %s''s request for model %s was denied less than a day ago', :tx, :mm),
+	'asking again right after a denial: 54000 (failed before)');
+UPDATE quota_ext.model_access_requests SET decided_at = decided_at - interval '25 hours' WHERE tenant_id = :tx;
+SELECT quota_ext.model_access_request(:tx, :mm) AS r4 \gset
+SELECT ok(:r4 NOT IN (:r3), 'a day after the denial a denied tenant may ask again (a new request)');
+\o /dev/null
+SELECT quota_ext.model_access_decide(:tw, :tx, :r4, false);
+UPDATE quota_ext.model_access_requests SET decided_at = decided_at - interval '25 hours' WHERE tenant_id = :tx;
+SELECT quota_ext.model_access_request(:tx, :mm) AS r5 \gset
+SELECT quota_ext.model_access_decide(:tw, :tx, :r5, false);
+UPDATE quota_ext.model_access_requests SET decided_at = decided_at - interval '25 hours' WHERE tenant_id = :tx;
+\o
+SELECT pg_temp.mx_snap();
+SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.model_access_request(%s, %s)$$, :tx, :mm),
+	'54000', format('model %s denied tenant %s access 3 times', :mm, :tx),
+	'after three denials no more requests for the model, however long ago (failed before)');
+SELECT is((SELECT count(*) FROM quota_ext.outbox WHERE tenant_id = :tw AND event_type = 'model_access.requested'
+             AND (payload->>'consumer_tenant_id')::bigint = :tx)::int, 3,
+	'the owner''s outbox has the three requests, not the refused ones');
+SELECT results_eq(format('SELECT request_id, status FROM quota_ext.model_access_requests_received(%s) WHERE consumer_tenant_id = %s', :tw, :tx),
+	format($$VALUES (%s::bigint, 'denied'::text), (%s, 'denied'), (%s, 'denied')$$, :r3, :r4, :r5),
+	'the owner''s list has each decision');
 
 -- use: the policy decides as for any model
 SELECT ok(quota_ext.policy_set(:tc, 'mk-m', true) > 0, 'the consumer allows mk-m');
@@ -243,6 +268,7 @@ SELECT throws_ok(format($$SELECT quota_ext.model_access_request(%s, %s)$$, :tx, 
 	'a consumer cannot ask on behalf of another tenant');
 SELECT results_eq('SELECT DISTINCT tenant_id FROM quota_ext.model_access_requests', format('VALUES (%s::bigint)', :tc),
 	'the consumer reads its own requests only');
+SELECT is((SELECT count(*) FROM quota_ext.model_access_inbox)::int, 0, 'and not the owner''s list');
 SELECT quota_ext.clear_tenant();
 SELECT quota_ext.set_tenant(:tw);
 SELECT is((SELECT count(*) FROM quota_ext.invoices WHERE tenant_id <> :tw)::int
@@ -250,7 +276,10 @@ SELECT is((SELECT count(*) FROM quota_ext.invoices WHERE tenant_id <> :tw)::int
           + (SELECT count(*) FROM quota_ext.model_access_requests)::int, 0,
 	'the owner sees no consumer invoice, invoice line or request row');
 SELECT is((SELECT count(*) FROM quota_ext.payouts)::int, 2, 'the owner reads its statements');
-SELECT is((SELECT count(*) FROM quota_ext.model_access_requests_received(:tw))::int, 4, 'and the requests for its models');
+SELECT is((SELECT count(*) FROM quota_ext.model_access_requests_received(:tw))::int, 5, 'and the requests for its models');
+SELECT results_eq('SELECT tenant_id, count(*)::int FROM quota_ext.model_access_inbox GROUP BY 1',
+	format('VALUES (%s::bigint, 5)', :tw),
+	'which are its own tenant''s rows (model_access_inbox, tenant_id = the owner), read by tenant_id (failed before)');
 SELECT throws_ok(format($$SELECT quota_ext.model_revenue_share_set(%s, 'mk-m', 0)$$, :tw), '42501', NULL,
 	'the owner cannot set the platform''s share');
 SELECT throws_ok(format($$SELECT quota_ext.model_access_decide(%s, %s, %s, true)$$, :tx, :tx, :r3), '42704', NULL,
