@@ -597,6 +597,47 @@ $$;
 COMMENT ON FUNCTION quota_ext._payout_total(bigint, bigint, boolean) IS
 	'Internal: a payout statement''s totals from its lines, audited, and its outbox event';
 
+-- May the context's tenant see the list prices (prices rows with tenant_id
+-- NULL) of this model?  Those of the models it may use or ask for: the
+-- default prices (model_id NULL), global models, its own, listed ones
+-- (marketplace, public: model_listing() publishes their list price) and
+-- those shared with it unless made private.  An attacker's review: every
+-- tenant read every owner's list prices through prices, private models'
+-- too.  The policies of prices call it (Citus refuses subqueries in
+-- policies); it runs as the owner and reads the tenant's share by
+-- tenant_id.  Without a context: global and default prices only.
+CREATE FUNCTION quota_ext.price_list_visible(model_id bigint) RETURNS boolean
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	m quota_ext.models;
+	ct bigint := quota_ext.current_tenant_id();
+BEGIN
+	IF $1 IS NULL THEN
+		RETURN true;
+	END IF;
+	SELECT * INTO m FROM quota_ext.models x WHERE x.model_id = $1;
+	IF NOT FOUND THEN
+		RETURN false;
+	ELSIF m.owner_tenant_id IS NULL THEN
+		RETURN true;
+	ELSIF ct IS NULL THEN
+		RETURN false;
+	ELSIF m.owner_tenant_id = ct THEN
+		RETURN true;
+	ELSIF m.status = 'active' AND m.visibility = ANY (ARRAY['marketplace', 'public']) THEN
+		RETURN true;
+	ELSIF m.visibility = 'private' THEN
+		RETURN false;
+	END IF;
+	PERFORM 1 FROM quota_ext.model_shares s WHERE s.tenant_id = ct AND s.model_id = m.model_id;
+	RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.price_list_visible(bigint) IS
+	'May the context''s tenant see this model''s list prices (global, its own, listed, or shared with it and not private)?  The prices policies use it';
+
 -- ---------------------------------------------------------------------------
 -- security of this section
 -- ---------------------------------------------------------------------------
@@ -606,12 +647,24 @@ SELECT quota_ext._secure_tenant_table('quota_ext.model_access_inbox');
 SELECT quota_ext._secure_tenant_table('quota_ext.model_revenue_shares');
 SELECT quota_ext._secure_tenant_table('quota_ext.payouts');
 SELECT quota_ext._secure_tenant_table('quota_ext.payout_lines');
+-- prices (50_metering.sql): a list price row (tenant_id NULL) only of a
+-- model the tenant may see (price_list_visible), not of every model
+ALTER POLICY tenant_isolation ON quota_ext.prices
+	USING ((tenant_id IS NULL AND quota_ext.price_list_visible(model_id))
+	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+ALTER POLICY admin_read ON quota_ext.prices
+	USING (quota_ext.current_tenant_id() IS NULL
+	       OR (tenant_id IS NULL AND quota_ext.price_list_visible(model_id))
+	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
 
 GRANT SELECT ON quota_ext.model_marketplace TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION
 	quota_ext.model_listing(),
+	quota_ext.price_list_visible(bigint),
 	quota_ext.model_access_requests_received(bigint, text)
 	TO quota_ext_app;
+-- (the prices policies call it as the reading role)
+GRANT EXECUTE ON FUNCTION quota_ext.price_list_visible(bigint) TO quota_ext_admin;
 GRANT EXECUTE ON FUNCTION
 	quota_ext.model_visibility_set(bigint, text, text),
 	quota_ext.model_price_set(bigint, text, text, numeric, numeric, numeric, timestamptz, numeric),

@@ -358,12 +358,13 @@ SELECT results_eq(
 	                 pg_get_expr(p.polqual, p.polrelid) COLLATE "default", pg_get_expr(p.polwithcheck, p.polrelid) COLLATE "default"
 	            FROM pg_policy p WHERE p.polrelid = %s ORDER BY 1$q$, rel::oid),
 	-- prices is a global catalog with tenant rows: its list prices
-	-- (tenant_id NULL) are everyone's
+	-- (tenant_id NULL) are the list prices of the models a tenant may see
+	-- (price_list_visible)
 	CASE WHEN relname = 'prices' THEN
 	$$VALUES ('admin_read', 'r', true, ARRAY['quota_ext_admin'],
-	          '((quota_ext.current_tenant_id() IS NULL) OR (tenant_id IS NULL) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text),
+	          '((quota_ext.current_tenant_id() IS NULL) OR ((tenant_id IS NULL) AND quota_ext.price_list_visible(model_id)) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text),
 	         ('tenant_isolation', '*', true, ARRAY['quota_ext_app'],
-	          '((tenant_id IS NULL) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text)$$
+	          '(((tenant_id IS NULL) AND quota_ext.price_list_visible(model_id)) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text)$$
 	ELSE
 	$$VALUES ('admin_read', 'r', true, ARRAY['quota_ext_admin'],
 	          '((quota_ext.current_tenant_id() IS NULL) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text),

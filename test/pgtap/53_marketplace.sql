@@ -7,7 +7,7 @@
 -- to the micro-unit), and the cross-tenant reads all this adds.
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(110);
+SELECT plan(116);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('mk-owner') AS tw \gset
@@ -253,6 +253,12 @@ SELECT is((SELECT count(*) FROM quota_ext.outbox WHERE tenant_id = :tw AND event
 -- ---------------------------------------------------------------------------
 -- cross-tenant reads
 -- ---------------------------------------------------------------------------
+-- list prices of the owner's private model and of a "tenant" model shared
+-- with nobody; a key of the consumer c1
+\o /dev/null
+SELECT quota_ext.model_price_set(:tw, 'mk-priv', 'EUR', 0.5), quota_ext.model_price_set(:tw, 'mk-shared', 'EUR', 0.25);
+\o
+SELECT api_key AS kc FROM quota_ext.user_create(:tc, 'c1@mk.example', 'member') \gset
 CREATE ROLE qx_tap_mk_admin LOGIN IN ROLE quota_ext_admin;
 CREATE ROLE qx_tap_mk_app LOGIN IN ROLE quota_ext_app;
 SET ROLE qx_tap_mk_admin;
@@ -262,6 +268,9 @@ SELECT is((SELECT count(*) FROM quota_ext.payouts)::int + (SELECT count(*) FROM 
 SELECT is((SELECT count(*) FROM quota_ext.models WHERE model_id IN (:mp, :mv))::int, 0,
 	'nor the owner''s models it was not granted (public or private), beyond the listing');
 SELECT is((SELECT count(*) FROM quota_ext.model_listing() WHERE model = 'mk-p')::int, 1, 'the listing it reads');
+SELECT is((SELECT array_agg(DISTINCT model_id ORDER BY model_id) FROM quota_ext.prices WHERE tenant_id IS NULL AND model_id IN (:mm, :mp, :mv, :ms)),
+	ARRAY[:mm, :mp]::bigint[],
+	'list prices: of the listed models it uses or may ask for, not of the owner''s private model or an unshared one (failed before)');
 SELECT throws_ok(format($$SELECT * FROM quota_ext.model_access_requests_received(%s)$$, :tw), '42704', NULL,
 	'the owner''s requests are a tenant that does not exist in the consumer''s context');
 SELECT throws_ok(format($$SELECT quota_ext.model_access_request(%s, %s)$$, :tx, :mm), '42704', NULL,
@@ -276,6 +285,8 @@ SELECT is((SELECT count(*) FROM quota_ext.invoices WHERE tenant_id <> :tw)::int
           + (SELECT count(*) FROM quota_ext.model_access_requests)::int, 0,
 	'the owner sees no consumer invoice, invoice line or request row');
 SELECT is((SELECT count(*) FROM quota_ext.payouts)::int, 2, 'the owner reads its statements');
+SELECT is((SELECT array_agg(DISTINCT model_id ORDER BY model_id) FROM quota_ext.prices WHERE tenant_id IS NULL AND model_id IN (:mm, :mp, :mv, :ms)),
+	ARRAY[:mm, :mp, :mv, :ms]::bigint[], 'the owner reads the list prices of all its models');
 SELECT is((SELECT count(*) FROM quota_ext.model_access_requests_received(:tw))::int, 5, 'and the requests for its models');
 SELECT results_eq('SELECT tenant_id, count(*)::int FROM quota_ext.model_access_inbox GROUP BY 1',
 	format('VALUES (%s::bigint, 5)', :tw),
@@ -291,6 +302,15 @@ SELECT throws_ok(format($$SELECT * FROM quota_ext.model_access_requests_received
 	'an app login without a context: 42501');
 SELECT throws_ok(format($$SELECT quota_ext.model_access_decide(%s, %s, %s, true)$$, :tw, :tx, :r3), '42501', NULL,
 	'the app role cannot decide');
+SELECT is((SELECT count(*) FROM quota_ext.prices WHERE model_id IN (:mm, :mp, :mv, :ms))::int, 0,
+	'without a context an app login reads no owner''s list price');
+SELECT ok(quota_ext.authenticate(:'kc') IS NOT NULL, 'the consumer''s key');
+SELECT is((SELECT array_agg(DISTINCT model_id ORDER BY model_id) FROM quota_ext.prices WHERE tenant_id IS NULL AND model_id IN (:mm, :mp, :mv, :ms)),
+	ARRAY[:mm, :mp]::bigint[], 'with it: the listed models'' list prices only (failed before)');
+SELECT ok(quota_ext.price_list_visible(NULL) AND NOT quota_ext.price_list_visible(:mv)
+          AND quota_ext.price_list_visible(:mm),
+	'price_list_visible: the default prices and the shared model yes, the private one no');
+SELECT quota_ext.clear_tenant();
 RESET ROLE;
 
 SELECT * FROM finish();
