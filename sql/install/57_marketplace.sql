@@ -15,7 +15,10 @@
 -- consumers' invoice lines on an owner's models into the owner's payout
 -- statement (payouts, payout_lines): per line, gross = payout + platform
 -- share, to the micro-unit, and the gross of a period's statements is what
--- the consumers were invoiced for those models.
+-- the consumers were invoiced for those models, except that per consumer
+-- and model the owner's gross over all statements never goes below zero: a
+-- refund after a close takes back at most what was paid, the rest is
+-- carried against later charges (_payout_floor).
 --
 -- Isolation: the consumer sees of the owner only the listing; the owner sees
 -- of the consumer its tenant id, its requests, and per model the aggregated
@@ -105,6 +108,11 @@ CREATE TABLE quota_ext.payout_lines (
 	model_id            bigint NOT NULL,
 	model               text NOT NULL,
 	calls               bigint NOT NULL,
+	-- what the consumer's invoice lines on the model came to (negated
+	-- at a void); gross is what the statement takes of it: the owner's
+	-- gross per consumer and model, over all its statements, is never
+	-- below zero (_payout_floor)
+	invoiced            numeric NOT NULL,
 	gross               numeric NOT NULL,
 	platform_pct        numeric NOT NULL,
 	platform_share      numeric NOT NULL,
@@ -113,7 +121,7 @@ CREATE TABLE quota_ext.payout_lines (
 	CHECK (gross OPERATOR(pg_catalog.=) (payout OPERATOR(pg_catalog.+) platform_share))
 );
 COMMENT ON TABLE quota_ext.payout_lines IS
-	'Payout statement lines: per consumer tenant and model, the sum of one close''s invoice lines (gross), the platform''s share (rounded to micro-units) and the owner''s payout (gross - share)';
+	'Payout statement lines: per consumer tenant and model, the sum of one close''s invoice lines (invoiced), what the statement takes of it (gross: never more back than was paid, _payout_floor), the platform''s share (rounded to micro-units) and the owner''s payout (gross - share)';
 
 -- Internal: an owner's model by name, for a change by its owner (the owner
 -- is checked and locked like every admin change); 42704 when the owner has
@@ -505,12 +513,13 @@ BEGIN
 			 FOR UPDATE;
 		END IF;
 		INSERT INTO quota_ext.payout_lines (tenant_id, payout_id, line_no, consumer_tenant_id, model_id,
-		                                    model, calls, gross, platform_pct, platform_share, payout)
+		                                    model, calls, invoiced, gross, platform_pct, platform_share,
+		                                    payout)
 		SELECT g.owner, p.payout_id,
 		       coalesce((SELECT max(y.line_no) FROM quota_ext.payout_lines y
 		                  WHERE y.tenant_id = g.owner AND y.payout_id = p.payout_id), 0)
 		       + row_number() OVER (ORDER BY a.consumer, a.model, a.model_id)::integer,
-		       a.consumer, a.model_id, a.model, a.calls, a.gross, a.pct, s.share, a.gross - s.share
+		       a.consumer, a.model_id, a.model, a.calls, a.gross, f.gross, a.pct, s.share, f.gross - s.share
 		  FROM (SELECT l.tenant_id AS consumer, l.model_id, l.model, sum(l.calls)::bigint AS calls,
 		               sum(l.amount) AS gross, coalesce(min(rs.platform_pct), 0) AS pct
 		          FROM quota_ext.invoice_lines l
@@ -521,13 +530,43 @@ BEGIN
 		           AND m.owner_tenant_id = g.owner AND l.tenant_id <> g.owner
 		           AND l.currency = g.currency
 		         GROUP BY l.tenant_id, l.model_id, l.model) a
-		 CROSS JOIN LATERAL (SELECT round(a.gross * a.pct / 100, 6) AS share) s;
+		 CROSS JOIN LATERAL (SELECT quota_ext._payout_floor(g.owner, g.currency, a.consumer, a.model_id,
+		                                                    a.gross) AS gross) f
+		 CROSS JOIN LATERAL (SELECT round(f.gross * a.pct / 100, 6) AS share) s;
 		PERFORM quota_ext._payout_total(g.owner, p.payout_id, made);
 	END LOOP;
 END
 $$;
 COMMENT ON FUNCTION quota_ext._payouts_add(timestamptz, timestamptz, bigint[], bigint[]) IS
 	'Internal: the model owners'' payout statements of the invoices a close wrote';
+
+-- Internal: the gross a statement takes of a consumer's invoiced amount on
+-- an owner's model (invoiced: this close's invoice lines, or their negation
+-- at a void).  The owner's gross per consumer, model and currency over all
+-- its statements is max(0, all invoiced): a negative adjustment (a refund
+-- after a close) takes back at most what was paid for that consumer and
+-- model, and the rest is carried against its later charges (an attacker's
+-- review: negative lines had no floor, so one consumer's refunds could
+-- take an owner's payout for other consumers).  Reads the owner's rows.
+CREATE FUNCTION quota_ext._payout_floor(owner bigint, currency text, consumer bigint, model_id bigint,
+	invoiced numeric) RETURNS numeric
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	so_far numeric;
+	paid numeric;
+BEGIN
+	SELECT coalesce(sum(y.invoiced), 0), coalesce(sum(y.gross), 0) INTO so_far, paid
+	  FROM quota_ext.payout_lines y
+	  JOIN quota_ext.payouts x ON x.tenant_id = y.tenant_id AND x.payout_id = y.payout_id
+	 WHERE y.tenant_id = $1 AND x.tenant_id = $1 AND x.currency = $2
+	   AND y.consumer_tenant_id = $3 AND y.model_id = $4;
+	RETURN greatest(so_far + $5, 0) - paid;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._payout_floor(bigint, text, bigint, bigint, numeric) IS
+	'Internal: the gross a payout statement takes of an invoiced amount: the owner''s gross per consumer and model stays max(0, all invoiced)';
 
 -- A voided consumer invoice takes its lines back out of the owners' payout
 -- statements of its period: a line per consumer and model that negates what
@@ -553,18 +592,27 @@ BEGIN
 	          ORDER BY x.tenant_id, x.payout_id
 	            FOR UPDATE LOOP
 		INSERT INTO quota_ext.payout_lines (tenant_id, payout_id, line_no, consumer_tenant_id, model_id,
-		                                    model, calls, gross, platform_pct, platform_share, payout)
+		                                    model, calls, invoiced, gross, platform_pct, platform_share,
+		                                    payout)
 		SELECT p.tenant_id, p.payout_id,
 		       (SELECT max(z.line_no) FROM quota_ext.payout_lines z
 		         WHERE z.tenant_id = p.tenant_id AND z.payout_id = p.payout_id)
-		       + row_number() OVER (ORDER BY y.model_id)::integer,
-		       y.consumer_tenant_id, y.model_id, y.model, -sum(y.calls)::bigint, -sum(y.gross),
-		       max(y.platform_pct), -sum(y.platform_share), -sum(y.payout)
-		  FROM quota_ext.payout_lines y
-		 WHERE y.tenant_id = p.tenant_id AND y.payout_id = p.payout_id
-		   AND y.consumer_tenant_id = inv.tenant_id
-		 GROUP BY y.consumer_tenant_id, y.model_id, y.model
-		HAVING sum(y.gross) <> 0 OR sum(y.calls) <> 0;
+		       + row_number() OVER (ORDER BY v.model_id)::integer,
+		       inv.tenant_id, v.model_id, v.model, -v.calls, -v.invoiced, f.gross, v.pct, sh.share,
+		       f.gross - sh.share
+		  FROM (SELECT y.model_id, y.model, sum(y.calls)::bigint AS calls, sum(y.invoiced) AS invoiced,
+		               sum(y.gross) AS gross, sum(y.platform_share) AS share, max(y.platform_pct) AS pct
+		          FROM quota_ext.payout_lines y
+		         WHERE y.tenant_id = p.tenant_id AND y.payout_id = p.payout_id
+		           AND y.consumer_tenant_id = inv.tenant_id
+		         GROUP BY y.model_id, y.model
+		        HAVING sum(y.invoiced) <> 0 OR sum(y.calls) <> 0) v
+		 CROSS JOIN LATERAL (SELECT quota_ext._payout_floor(p.tenant_id, p.currency, inv.tenant_id, v.model_id,
+		                                                    -v.invoiced) AS gross) f
+		 -- what the statement took back exactly: its share too; else at the
+		 -- percentage applied then
+		 CROSS JOIN LATERAL (SELECT CASE WHEN f.gross = -v.gross THEN -v.share
+		                                 ELSE round(f.gross * v.pct / 100, 6) END AS share) sh;
 		IF FOUND THEN
 			PERFORM quota_ext._payout_total(p.tenant_id, p.payout_id, false);
 		END IF;

@@ -7,7 +7,7 @@
 -- to the micro-unit), and the cross-tenant reads all this adds.
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(116);
+SELECT plan(122);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('mk-owner') AS tw \gset
@@ -250,6 +250,48 @@ SELECT is((SELECT coalesce(sum(l.amount), 0) FROM quota_ext.invoice_lines l JOIN
 SELECT is((SELECT count(*) FROM quota_ext.outbox WHERE tenant_id = :tw AND event_type = 'payout.updated'
              AND payload->>'period_start' LIKE '2025-02-01%')::int, 2, 'the statement''s change is announced');
 
+-- A refund after a close larger than what the owner was paid for that
+-- consumer and model (an attacker's review: negative adjustment lines gave
+-- negative payout lines with no floor; failed before): x was invoiced
+-- 0.001665 on mk-p in January (paid out), and is refunded 0.002 of January
+-- after its close.  The statement takes back what was paid, and carries the
+-- rest against x's later charges on mk-p.
+\o /dev/null
+SELECT pg_temp.mx_usage(:tx, :mp, '2025-01-20 10:00+00', -6, -0.002, 9903, kind => 'refund', created => clock_timestamp(), calls => -1);
+SELECT quota_ext.billing_close(:tx, '2025-02-01 00:00+00', '2025-03-01 00:00+00');
+\o
+SELECT results_eq(format($$SELECT l.invoiced, l.gross, l.platform_share, l.payout FROM quota_ext.payout_lines l
+                            JOIN quota_ext.payouts p USING (tenant_id, payout_id)
+                            WHERE p.tenant_id = %s AND p.period_start = '2025-02-01 00:00+00' AND l.consumer_tenant_id = %s$$, :tw, :tx),
+	$$VALUES (-0.002::numeric, -0.001665::numeric, 0::numeric, -0.001665::numeric)$$,
+	'a refund beyond what was paid: the line takes back what was paid, no more (failed before)');
+\o /dev/null
+SELECT pg_temp.mx_usage(:tx, :mp, '2025-03-05 10:00+00', 3, 0.000999, 9903);
+SELECT quota_ext.billing_close(:tx, '2025-03-01 00:00+00', '2025-04-01 00:00+00');
+\o
+SELECT results_eq(format($$SELECT l.invoiced, l.gross, l.payout FROM quota_ext.payout_lines l
+                            JOIN quota_ext.payouts p USING (tenant_id, payout_id)
+                            WHERE p.tenant_id = %s AND p.period_start = '2025-03-01 00:00+00'$$, :tw),
+	$$VALUES (0.000999::numeric, 0.000664::numeric, 0.000664::numeric)$$,
+	'the carried rest is set against the next charges (0.001665 - 0.002 + 0.000999)');
+SELECT is((SELECT sum(l.gross) FROM quota_ext.payout_lines l WHERE l.tenant_id = :tw AND l.consumer_tenant_id = :tx),
+	(SELECT greatest(sum(l.amount), 0) FROM quota_ext.invoice_lines l WHERE l.tenant_id = :tx AND l.model_id = :mp),
+	'per consumer and model: the owner''s gross over its statements = max(0, what the consumer was invoiced)');
+\o /dev/null
+SELECT quota_ext.invoice_void(:tx, (SELECT invoice_id FROM quota_ext.invoices
+                                     WHERE tenant_id = :tx AND period_start = '2025-02-01 00:00+00'), 'refund voided');
+\o
+SELECT results_eq(format($$SELECT l.invoiced, l.gross FROM quota_ext.payout_lines l JOIN quota_ext.payouts p USING (tenant_id, payout_id)
+                            WHERE p.tenant_id = %s AND p.period_start = '2025-02-01 00:00+00' AND l.consumer_tenant_id = %s
+                            ORDER BY l.line_no$$, :tw, :tx),
+	$$VALUES (-0.002::numeric, -0.001665::numeric), (0.002, 0.002)$$,
+	'voiding the refund''s invoice gives back what it took and what it carried');
+SELECT is((SELECT sum(l.gross) FROM quota_ext.payout_lines l WHERE l.tenant_id = :tw AND l.consumer_tenant_id = :tx),
+	(SELECT sum(l.amount) FROM quota_ext.invoice_lines l JOIN quota_ext.invoices i USING (tenant_id, invoice_id)
+	  WHERE l.tenant_id = :tx AND l.model_id = :mp AND i.status <> 'void'),
+	'and the owner''s gross is again what the invoices not voided hold');
+SELECT ok(NOT EXISTS (SELECT 1 FROM quota_ext.payouts WHERE tenant_id = :tw AND payout < 0), 'no statement is negative');
+
 -- ---------------------------------------------------------------------------
 -- cross-tenant reads
 -- ---------------------------------------------------------------------------
@@ -284,7 +326,7 @@ SELECT is((SELECT count(*) FROM quota_ext.invoices WHERE tenant_id <> :tw)::int
           + (SELECT count(*) FROM quota_ext.invoice_lines WHERE tenant_id <> :tw)::int
           + (SELECT count(*) FROM quota_ext.model_access_requests)::int, 0,
 	'the owner sees no consumer invoice, invoice line or request row');
-SELECT is((SELECT count(*) FROM quota_ext.payouts)::int, 2, 'the owner reads its statements');
+SELECT is((SELECT count(*) FROM quota_ext.payouts)::int, 3, 'the owner reads its statements');
 SELECT is((SELECT array_agg(DISTINCT model_id ORDER BY model_id) FROM quota_ext.prices WHERE tenant_id IS NULL AND model_id IN (:mm, :mp, :mv, :ms)),
 	ARRAY[:mm, :mp, :mv, :ms]::bigint[], 'the owner reads the list prices of all its models');
 SELECT is((SELECT count(*) FROM quota_ext.model_access_requests_received(:tw))::int, 5, 'and the requests for its models');
