@@ -75,6 +75,18 @@ BEGIN
 			RAISE EXCEPTION 'API key % does not exist', k USING ERRCODE = 'undefined_object';
 		END IF;
 	END IF;
+	-- the usage row, if named, is the tenant's own (an attacker's review: a
+	-- key of tenant A could record another tenant's usage_id in A's log,
+	-- which anything joining the log to the ledger by usage_id would then
+	-- show A); another tenant's row is answered like a missing one
+	IF request_log_write.usage_id IS NOT NULL THEN
+		PERFORM 1 FROM quota_ext.usage x
+		 WHERE x.tenant_id = request_log_write.tenant_id AND x.usage_id = request_log_write.usage_id;
+		IF NOT FOUND THEN
+			RAISE EXCEPTION 'usage row % does not exist', request_log_write.usage_id
+				USING ERRCODE = 'undefined_object';
+		END IF;
+	END IF;
 	-- bounded: error and excerpts are cut at 1,000 characters
 	INSERT INTO quota_ext.request_log (tenant_id, user_id, key_id, endpoint, status, error, duration_ms,
 	                                   usage_id, request_excerpt, response_excerpt)
