@@ -40,6 +40,7 @@ DECLARE
 	ctx record;
 	u bigint := request_log_write.user_id;
 	k bigint := request_log_write.key_id;
+	missing text;
 	id bigint;
 BEGIN
 	IF request_log_write.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
@@ -63,29 +64,27 @@ BEGIN
 		u := ctx.user_id;
 		k := ctx.key_id;
 	END IF;
-	IF u IS NOT NULL THEN
-		PERFORM 1 FROM quota_ext.users WHERE tenant_id = request_log_write.tenant_id AND user_id = u;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'user % does not exist', u USING ERRCODE = 'undefined_object';
-		END IF;
-	END IF;
-	IF k IS NOT NULL THEN
-		PERFORM 1 FROM quota_ext.api_keys WHERE tenant_id = request_log_write.tenant_id AND key_id = k;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'API key % does not exist', k USING ERRCODE = 'undefined_object';
-		END IF;
-	END IF;
-	-- the usage row, if named, is the tenant's own (an attacker's review: a
-	-- key of tenant A could record another tenant's usage_id in A's log,
-	-- which anything joining the log to the ledger by usage_id would then
-	-- show A); another tenant's row is answered like a missing one
-	IF request_log_write.usage_id IS NOT NULL THEN
-		PERFORM 1 FROM quota_ext.usage x
-		 WHERE x.tenant_id = request_log_write.tenant_id AND x.usage_id = request_log_write.usage_id;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'usage row % does not exist', request_log_write.usage_id
-				USING ERRCODE = 'undefined_object';
-		END IF;
+	-- the user, key and usage row it names are the tenant's own; another
+	-- tenant's is answered like a missing one (42704).  The usage row: an
+	-- attacker's review found a key of tenant A could record another
+	-- tenant's usage_id in A's log, which anything joining the log to the
+	-- ledger by usage_id would then show A.
+	SELECT CASE
+	         WHEN u IS NOT NULL AND NOT EXISTS (
+	              SELECT 1 FROM quota_ext.users x
+	               WHERE x.tenant_id = request_log_write.tenant_id AND x.user_id = u)
+	         THEN format('user %s', u)
+	         WHEN k IS NOT NULL AND NOT EXISTS (
+	              SELECT 1 FROM quota_ext.api_keys x
+	               WHERE x.tenant_id = request_log_write.tenant_id AND x.key_id = k)
+	         THEN format('API key %s', k)
+	         WHEN request_log_write.usage_id IS NOT NULL AND NOT EXISTS (
+	              SELECT 1 FROM quota_ext.usage x
+	               WHERE x.tenant_id = request_log_write.tenant_id AND x.usage_id = request_log_write.usage_id)
+	         THEN format('usage row %s', request_log_write.usage_id)
+	       END INTO missing;
+	IF missing IS NOT NULL THEN
+		RAISE EXCEPTION '% does not exist', missing USING ERRCODE = 'undefined_object';
 	END IF;
 	-- bounded: error and excerpts are cut at 1,000 characters
 	INSERT INTO quota_ext.request_log (tenant_id, user_id, key_id, endpoint, status, error, duration_ms,
