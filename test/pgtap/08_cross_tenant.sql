@@ -67,6 +67,11 @@ SELECT quota_ext.quota_consume(:ta, 'x-g', 1);
 SELECT quota_ext.model_register('x-a-mkt', owner_tenant_id => :ta) AS mkta \gset
 SELECT quota_ext.model_visibility_set(:ta, 'x-a-mkt', 'marketplace');
 SELECT quota_ext.model_access_request(:tb, :mkta, 'xb-marker-note');
+-- and C asks for B's listed model (B's row in model_access_inbox; the
+-- listing publishes its name to every tenant: no marker)
+SELECT quota_ext.model_register('x-b-mkt', owner_tenant_id => :tb) AS mktb \gset
+SELECT quota_ext.model_visibility_set(:tb, 'x-b-mkt', 'marketplace');
+SELECT quota_ext.model_access_request(:tc, :mktb, 'xb-marker-inbox-note');
 SELECT quota_ext.model_price_set(:tb, 'xb-marker-model', 'EUR', 0.03);
 SELECT quota_ext.model_revenue_share_set(:tb, 'xb-marker-model', 10);
 SELECT quota_ext.policy_set(:tc, 'xb-marker-model', true);
@@ -353,12 +358,13 @@ SELECT results_eq(
 	                 pg_get_expr(p.polqual, p.polrelid) COLLATE "default", pg_get_expr(p.polwithcheck, p.polrelid) COLLATE "default"
 	            FROM pg_policy p WHERE p.polrelid = %s ORDER BY 1$q$, rel::oid),
 	-- prices is a global catalog with tenant rows: its list prices
-	-- (tenant_id NULL) are everyone's
+	-- (tenant_id NULL) are the list prices of the models a tenant may see
+	-- (price_list_visible)
 	CASE WHEN relname = 'prices' THEN
 	$$VALUES ('admin_read', 'r', true, ARRAY['quota_ext_admin'],
-	          '((quota_ext.current_tenant_id() IS NULL) OR (tenant_id IS NULL) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text),
+	          '((quota_ext.current_tenant_id() IS NULL) OR ((tenant_id IS NULL) AND quota_ext.price_list_visible(model_id)) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text),
 	         ('tenant_isolation', '*', true, ARRAY['quota_ext_app'],
-	          '((tenant_id IS NULL) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text)$$
+	          '(((tenant_id IS NULL) AND quota_ext.price_list_visible(model_id)) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text)$$
 	ELSE
 	$$VALUES ('admin_read', 'r', true, ARRAY['quota_ext_admin'],
 	          '((quota_ext.current_tenant_id() IS NULL) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text),
