@@ -31,6 +31,12 @@ extern bool QuotaCallerIsAdmin(void);
 extern void QuotaCheckAdmin(const char *what);
 extern void QuotaCheckTenantAccess(int64 tenant_id);
 
+/* context_citus.c: the context carried to Citus workers in a signed token */
+extern char *quota_context_token;
+extern void QuotaContextCitusInit(void);
+extern void QuotaContextPublish(const QuotaContext *ctx);
+extern bool QuotaContextAdopt(QuotaContext *out);
+
 /* who a request acts as (QuotaIdentityResolve) */
 typedef struct QuotaIdentity
 {

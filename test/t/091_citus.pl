@@ -226,6 +226,122 @@ for my $i (0, 1)
 		'after the move: 600 charged, 600 usage rows, the counter equals the ledger');
 }
 
+# Isolation through the coordinator and on the workers (issue 16): the
+# context set on the coordinator reaches the workers' RLS as a signed token
+# bound to the distributed transaction and the login (src/context_citus.c)
+{
+	$coord->safe_psql('postgres', q{
+		CREATE ROLE app_login LOGIN IN ROLE quota_ext_app;
+		CREATE ROLE admin_login LOGIN IN ROLE quota_ext_admin;});
+	my $k1 = $coord->safe_psql('postgres', q{SELECT api_key FROM quota_ext.user_create(1, 'carol@acme.test')});
+	my $k2 = $coord->safe_psql('postgres', q{SELECT api_key FROM quota_ext.user_create(2, 'dave@globex.test')});
+	my $as = sub {
+		my ($node, $login, $sql) = @_;
+		my ($rc, $out, $err) = $node->psql('postgres', $sql, extra_params => [ '-U', $login ]);
+		return $rc == 0 ? $out : "error: $err";
+	};
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		COMMIT;}), '1',
+		'app through the coordinator, tenant 1\'s key: it sees its own users and only those');
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k2');
+		SELECT count(*) FILTER (WHERE tenant_id = 2) > 0, count(*) FILTER (WHERE tenant_id <> 2) FROM quota_ext.users;
+		COMMIT;}), 't|0',
+		'app through the coordinator, tenant 2\'s key: own rows visible, none of tenant 1');
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SELECT string_agg(DISTINCT quota_ext.current_tenant_id()::text, ',') FROM quota_ext.users;
+		COMMIT;}), '1',
+		'current_tenant_id() evaluated on the workers\' shards is the coordinator\'s tenant');
+	is($as->($coord, 'app_login', q{SELECT count(*) FROM quota_ext.users}), '0',
+		'app through the coordinator without a context: no rows');
+	is($as->($coord, 'admin_login', q{
+		BEGIN;
+		SELECT FROM quota_ext.set_tenant(1);
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		COMMIT;}), '1',
+		'admin after set_tenant(1) through the coordinator sees only tenant 1');
+	is($as->($coord, 'admin_login', q{
+		BEGIN;
+		SELECT FROM quota_ext.set_tenant(1);
+		SELECT FROM quota_ext.clear_tenant();
+		SELECT string_agg(DISTINCT tenant_id::text, ',' ORDER BY tenant_id::text) FROM quota_ext.users WHERE tenant_id IN (1, 2);
+		COMMIT;}), '1,2',
+		'admin after clear_tenant(): the workers drop the context too');
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SAVEPOINT s;
+		SELECT FROM quota_ext.authenticate('$k2');
+		ROLLBACK TO SAVEPOINT s;
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		COMMIT;}), '1',
+		'ROLLBACK TO SAVEPOINT undoes a later authenticate on the workers too');
+
+	# a genuine token, seen in its own transaction
+	my $tok = $as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k2');
+		SELECT count(*) FROM quota_ext.users;
+		SHOW quota_ext.context_token;
+		COMMIT;});
+	$tok = (split /\n/, $tok)[-1];
+	like($tok, qr/^v1\.2\.\d+\.\d+\.[0-9a-f]*\.[0-9a-f]{64}$/, 'the coordinator published a signed token for tenant 2');
+	for my $w ($w1, $w2)
+	{
+		is($as->($w, 'app_login', qq{
+			BEGIN;
+			SET LOCAL quota_ext.context_token = '$tok';
+			SELECT coalesce(quota_ext.current_tenant_id()::text, 'none'), count(*) FROM quota_ext.users;
+			COMMIT;}), 'none|0',
+			'on ' . $w->name . ' directly: a replayed genuine token gives no context and no rows');
+		my $forged = $tok =~ s/^v1\.2\./v1.1./r;
+		is($as->($w, 'app_login', qq{
+			BEGIN;
+			SET LOCAL quota_ext.context_token = '$forged';
+			SELECT coalesce(quota_ext.current_tenant_id()::text, 'none'), count(*) FROM quota_ext.users;
+			COMMIT;}), 'none|0',
+			'on ' . $w->name . ' directly: a forged SET of the token is ignored');
+		like($as->($w, 'app_login', qq{
+			BEGIN;
+			SET LOCAL quota_ext.context_token = '$forged';
+			SELECT quota_ext.quota_consume(1, 'gpt-x', 1);
+			COMMIT;}), qr/no tenant context/,
+			'on ' . $w->name . ' directly: a forged token does not let the app charge tenant 1');
+		like($as->($w, 'app_login', q{SELECT secret FROM quota_ext.citus_secret}), qr/permission denied/,
+			'on ' . $w->name . ': the app cannot read the cluster secret');
+	}
+	# the same forged value SET on the coordinator and sent on by Citus
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SET LOCAL citus.propagate_set_commands = 'local';
+		SET LOCAL quota_ext.context_token = '$tok';
+		SELECT coalesce(string_agg(DISTINCT tenant_id::text, ','), 'none') FROM quota_ext.users;
+		COMMIT;}), 'none',
+		'a replayed token SET on the coordinator and propagated by Citus shows no rows');
+	# delegated calls (Citus delegates a call alone in its statement, outside
+	# a transaction block): the app cannot charge another tenant on any node
+	like($as->($coord, 'app_login', q{SELECT quota_ext.quota_consume(2, 'gpt-x', 1)}), qr/no tenant context/,
+		'delegated quota_consume by the app without a context is refused on the worker');
+	like($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SELECT quota_ext.quota_consume(2, 'gpt-x', 1);
+		COMMIT;}), qr/tenant 2 does not exist/,
+		'in tenant 1\'s transaction the app cannot charge tenant 2');
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SELECT (quota_ext.quota_consume(1, 'gpt-x', 1)).allowed;
+		COMMIT;}), 't',
+		'in tenant 1\'s transaction the app charges tenant 1');
+}
+
 # Figures for doc/scaling.md (not checks; only with QUOTA_CITUS_BENCH=1):
 # delegated consume through the coordinator, the same call run on the
 # coordinator, and in a database of the coordinator without Citus the cost
