@@ -20,6 +20,12 @@ CREATE TABLE quota_ext.citus_secret (
 COMMENT ON TABLE quota_ext.citus_secret IS
 	'Internal, owner only: the HMAC key of the tenant context carried to Citus workers (filled by distribute())';
 REVOKE ALL ON quota_ext.citus_secret FROM PUBLIC;
+-- row-level security, forced, without a policy: no row for anyone but a
+-- superuser (the owner: quota_ext.control says superuser = true) even if a
+-- grant slips in; pg_dump keeps it (a restored cluster signs with the same key)
+ALTER TABLE quota_ext.citus_secret ENABLE ROW LEVEL SECURITY;
+ALTER TABLE quota_ext.citus_secret FORCE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.citus_secret', '');
 
 -- Raise unless Citus is installed in this database: 55000, with a hint.
 CREATE FUNCTION quota_ext._citus_required(what text) RETURNS void
@@ -138,7 +144,8 @@ BEGIN
 	-- 256 random bits (gen_random_uuid draws from pg_strong_random; two v4
 	-- uuids carry 244 random bits, hashed to 32 bytes), written once through
 	-- the reference table so every node has it
-	IF NOT EXISTS (SELECT 1 FROM quota_ext.citus_secret) THEN
+	PERFORM FROM quota_ext.citus_secret;
+	IF NOT FOUND THEN
 		INSERT INTO quota_ext.citus_secret (id, secret)
 		VALUES (1, pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.gen_random_uuid()::pg_catalog.text
 		                              OPERATOR(pg_catalog.||) pg_catalog.gen_random_uuid()::pg_catalog.text, 'UTF8')));
