@@ -226,6 +226,7 @@ for my $i (0, 1)
 		'after the move: 600 charged, 600 usage rows, the counter equals the ledger');
 }
 
+my ($as_app, $isolation_key);
 # Isolation through the coordinator and on the workers (issue 16): the
 # context set on the coordinator reaches the workers' RLS as a signed token
 # bound to the distributed transaction and the login (src/context_citus.c)
@@ -240,6 +241,8 @@ for my $i (0, 1)
 		my ($rc, $out, $err) = $node->psql('postgres', $sql, extra_params => [ '-U', $login ]);
 		return $rc == 0 ? $out : "error: $err";
 	};
+	$as_app = sub { $as->($coord, 'app_login', $_[0]) };
+	$isolation_key = $k1;
 	is($as->($coord, 'app_login', qq{
 		BEGIN;
 		SELECT FROM quota_ext.authenticate('$k1');
@@ -373,13 +376,29 @@ if ($ENV{QUOTA_CITUS_BENCH})
 	}
 }
 
-# known not to work yet (doc/scaling.md): noted with their error, not counted
-for my $step (
-	[ 'quota_status', q{SELECT * FROM quota_ext.quota_status(1)} ])
-{
-	($rc, $out, $err) = $coord->psql('postgres', $step->[1]);
-	note("not yet on Citus: $step->[0]: " . ($rc == 0 ? "now succeeds: $out" : $err));
-}
+# quota_status: one statement naming the tenant on every per-tenant table,
+# routed to the tenant's shards; its figures are the counters and the ledger
+($rc, $out, $err) = $coord->psql('postgres', q{
+	SELECT string_agg(format('%s %s %s', q.metric, q.used, q.requests), ',' ORDER BY q.quota_id)
+	  FROM quota_ext.quota_status(1) q});
+is($rc, 0, 'quota_status runs through the coordinator') or diag($err);
+is($out, $coord->safe_psql('postgres', q{
+	SELECT string_agg(format('%s %s %s', q.metric, c.used, (SELECT sum(u.calls) FROM quota_ext.usage u WHERE u.tenant_id = 1)), ',' ORDER BY q.quota_id)
+	  FROM quota_ext.quotas q
+	  JOIN (SELECT quota_id, sum(used) AS used FROM quota_ext.quota_counters WHERE tenant_id = 1 GROUP BY quota_id) c USING (quota_id)
+	 WHERE q.tenant_id = 1}),
+	'quota_status(1) through the coordinator: used = the counters, requests = the ledger, per quota');
+like($out, qr/^calls \d+ \d+/, "quota_status(1) reports tenant 1's calls quota ($out)");
+is($as_app->(qq{
+	BEGIN;
+	SELECT FROM quota_ext.authenticate('$isolation_key');
+	SELECT count(*) > 0 FROM quota_ext.quota_status(1);
+	COMMIT;}), 't', 'quota_status as the app in tenant 1\'s context');
+like($as_app->(qq{
+	BEGIN;
+	SELECT FROM quota_ext.authenticate('$isolation_key');
+	SELECT count(*) FROM quota_ext.quota_status(2);
+	COMMIT;}), qr/tenant 2 does not exist/, 'quota_status of another tenant: "does not exist"');
 
 $_->stop for @nodes;
 done_testing();
