@@ -297,19 +297,16 @@ my ($as_app, $isolation_key);
 	like($tok, qr/^v1\.2\.\d+\.\d+\.[0-9a-f]*\.[0-9a-f]{64}$/, 'the coordinator published a signed token for tenant 2');
 	for my $w ($w1, $w2)
 	{
-		is($as->($w, 'app_login', qq{
-			BEGIN;
-			SET LOCAL quota_ext.context_token = '$tok';
-			SELECT coalesce(quota_ext.current_tenant_id()::text, 'none'), count(*) FROM quota_ext.users;
-			COMMIT;}), 'none|0',
-			'on ' . $w->name . ' directly: a replayed genuine token gives no context and no rows');
 		my $forged = $tok =~ s/^v1\.2\./v1.1./r;
-		is($as->($w, 'app_login', qq{
-			BEGIN;
-			SET LOCAL quota_ext.context_token = '$forged';
-			SELECT coalesce(quota_ext.current_tenant_id()::text, 'none'), count(*) FROM quota_ext.users;
-			COMMIT;}), 'none|0',
-			'on ' . $w->name . ' directly: a forged SET of the token is ignored');
+		for my $case ([ $tok, 'a replayed genuine token gives no context and no rows' ],
+			[ $forged, 'a forged SET of the token (tenant changed) is ignored' ])
+		{
+			is($as->($w, 'app_login', qq{
+				BEGIN;
+				SET LOCAL quota_ext.context_token = '$case->[0]';
+				SELECT coalesce(quota_ext.current_tenant_id()::text, 'none'), count(*) FROM quota_ext.users;
+				COMMIT;}), 'none|0', 'on ' . $w->name . " directly: $case->[1]");
+		}
 		like($as->($w, 'app_login', qq{
 			BEGIN;
 			SET LOCAL quota_ext.context_token = '$forged';
