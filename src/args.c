@@ -32,6 +32,8 @@
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 
+PG_FUNCTION_INFO_V1(quota_ext_check_bounded);
+
 /*
  * QuotaArgNotNull
  *		Raise 22004 when argument argno is NULL.  The functions are not
@@ -88,18 +90,35 @@ check_positive(int64 v, const char *name)
 
 /*
  * check_bounded
- *		Units, tokens: at most QUOTA_MAX_UNITS per call (quota_ext.h).  Sums
- *		over the ledger are numeric, but one call's numbers must stay far
- *		from the int64 range of a counter and of the ledger's columns.
+ *		Units, tokens, a meter's amount, a gauge's delta: at most
+ *		QUOTA_MAX_UNITS per call either way (quota_ext.h).  Sums over the
+ *		ledger are numeric, but one call's numbers must stay far from the
+ *		int64 range of a counter and of the ledger's columns.  (The C
+ *		callers have refused negative numbers already; a gauge's delta may
+ *		be negative.)
  */
 void
 check_bounded(int64 v, const char *name)
 {
-	if (v > QUOTA_MAX_UNITS)
+	if (v > QUOTA_MAX_UNITS || v < -QUOTA_MAX_UNITS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("%s must be at most %lld", name, (long long) QUOTA_MAX_UNITS),
 				 errdetail("Got %lld.", (long long) v)));
+}
+
+/*
+ * quota_ext._check_bounded(v bigint, what text) RETURNS void
+ *		check_bounded for the PL/pgSQL callers (meter_consume, gauge_adjust),
+ *		so that the bound and its error are written once.  NULL passes.
+ */
+Datum
+quota_ext_check_bounded(PG_FUNCTION_ARGS)
+{
+	QuotaArgNotNull(fcinfo, 1, "what");
+	if (!PG_ARGISNULL(0))
+		check_bounded(PG_GETARG_INT64(0), text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	PG_RETURN_VOID();
 }
 
 /*

@@ -42,6 +42,7 @@ PG_FUNCTION_INFO_V1(quota_ext_current_context);
 PG_FUNCTION_INFO_V1(quota_ext_set_tenant);
 PG_FUNCTION_INFO_V1(quota_ext_clear_tenant);
 PG_FUNCTION_INFO_V1(quota_ext_check_tenant_access);
+PG_FUNCTION_INFO_V1(quota_ext_identity_resolve);
 PG_FUNCTION_INFO_V1(quota_ext_admin_only);
 
 static QuotaContext quota_ctx;
@@ -341,6 +342,29 @@ impersonation:
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("an API key's transaction cannot act as another user, key or role"),
 			 errhint("Leave user_id, key_id and role NULL: they come from the authenticated key.")));
+}
+
+/*
+ * quota_ext._identity_resolve(tenant_id bigint, user_id bigint, key_id bigint,
+ *		OUT res_user_id bigint, OUT res_key_id bigint)
+ *		QuotaIdentityResolve for the PL/pgSQL callers (meter_consume,
+ *		gauge_adjust), so that the rule is written once: NULL where neither
+ *		the arguments nor the context name a user or key.
+ */
+Datum
+quota_ext_identity_resolve(PG_FUNCTION_ARGS)
+{
+	QuotaIdentity id;
+	Datum		values[2];
+	bool		nulls[2];
+
+	QuotaArgNotNull(fcinfo, 0, "tenant_id");
+	QuotaIdentityResolve(fcinfo, PG_GETARG_INT64(0), 1, 2, -1, &id);
+	values[0] = Int64GetDatum(id.user_id);
+	nulls[0] = id.user_id == 0 && PG_ARGISNULL(1);
+	values[1] = Int64GetDatum(id.key_id);
+	nulls[1] = id.key_id == 0 && PG_ARGISNULL(2);
+	PG_RETURN_DATUM(QuotaResultRow(fcinfo, values, nulls));
 }
 
 /*

@@ -96,13 +96,14 @@ quota_policy_read(int64 tenant_id, const char *model, QuotaPolicyResult *out,
 	};
 	/*
 	 * the price in force at $3 and when it may change: the rule lives in
-	 * SQL only (50_metering.sql: tenant+model, model list, tenant default,
-	 * list default), called here as the owner in the kept plan
+	 * SQL only (50_metering.sql's _price_at: tenant+model, model list,
+	 * tenant default, list default), called here as the owner in the kept
+	 * plan
 	 */
 	static QuotaPlan price_plan = {
-		"SELECT f.price_id, f.currency, f.unit_price, f.input_per_1k, f.output_per_1k, "
-		"       quota_ext._price_next_change($1, $2, $3) "
-		"FROM (SELECT) one LEFT JOIN LATERAL quota_ext._price_in_force($1, $2, $3) f ON true",
+		"SELECT (a.price).price_id, (a.price).currency, (a.price).unit_price, "
+		"       (a.price).input_per_1k, (a.price).output_per_1k, a.next_change "
+		"FROM quota_ext._price_at($1, $2, $3) a",
 		3, {INT8OID, INT8OID, TIMESTAMPTZOID}
 	};
 	/*

@@ -7,7 +7,8 @@
 --     SECURITY and no triggers; global catalogs are tiers and models;
 --   * every function is revoked from PUBLIC and granted to quota_ext_app
 --     (hot path) or quota_ext_admin (management);
---   * every table and sequence is registered with pg_extension_config_dump.
+--   * every table and sequence is registered with pg_extension_config_dump
+--     (99_finish.sql, one statement for all of them).
 
 \echo Use "CREATE EXTENSION quota_ext" to load this file. \quit
 

@@ -48,5 +48,3 @@ COMMENT ON FUNCTION quota_ext._audit(bigint, text, text, text, jsonb, jsonb) IS
 REVOKE ALL ON FUNCTION quota_ext._audit(bigint, text, text, text, jsonb, jsonb) FROM PUBLIC;
 
 SELECT quota_ext._secure_tenant_table('quota_ext.audit_log');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.audit_log', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.audit_id_seq', '');

@@ -284,6 +284,29 @@ $$;
 COMMENT ON FUNCTION quota_ext._tenant_exists(bigint) IS
 	'Internal: raise 42704 for a tenant that does not exist';
 
+-- A user and an API key of the tenant, or 42704 (the same text whether the
+-- id is another tenant's or nobody's); NULL passes.  SECURITY INVOKER: the
+-- definer functions that call it read as the owner; a caller that is not
+-- sees only its own tenant's rows, so learns nothing of another's.
+CREATE FUNCTION quota_ext._check_user(tenant_id bigint, user_id bigint, key_id bigint DEFAULT NULL)
+	RETURNS void
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF $2 IS NOT NULL AND NOT EXISTS (SELECT FROM quota_ext.users u
+	                                   WHERE u.tenant_id = $1 AND u.user_id = $2) THEN
+		RAISE EXCEPTION 'user % does not exist', $2 USING ERRCODE = 'undefined_object';
+	END IF;
+	IF $3 IS NOT NULL AND NOT EXISTS (SELECT FROM quota_ext.api_keys k
+	                                   WHERE k.tenant_id = $1 AND k.key_id = $3) THEN
+		RAISE EXCEPTION 'API key % does not exist', $3 USING ERRCODE = 'undefined_object';
+	END IF;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._check_user(bigint, bigint, bigint) IS
+	'Internal: raise 42704 unless the user and the API key (each if not NULL) are the tenant''s';
+
 -- The tenant (a row from _tenant_for_update) must not be closed.
 CREATE FUNCTION quota_ext._tenant_open(t quota_ext.tenants) RETURNS void
 	LANGUAGE plpgsql IMMUTABLE
@@ -797,13 +820,6 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.model_register(text, text, bigint, text, jsonb)
 	TO quota_ext_admin;
 
--- pg_dump: every table and sequence is configuration/data of the extension.
+-- pg_dump: the built-in tiers are dumped only once changed (every other
+-- table and sequence: 99_finish.sql).
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.tiers', 'WHERE NOT builtin OR modified');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.tenants', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.users', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.api_keys', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.models', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.tenant_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.user_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.key_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.model_id_seq', '');

@@ -133,21 +133,16 @@ BEGIN
 	ELSE
 		UPDATE quota_ext.tiers SET
 			description = coalesce(tier_set.description, description),
-			monthly_calls = CASE WHEN 'monthly_calls' = ANY (tier_set.unlimited) THEN NULL
-			                     ELSE coalesce(tier_set.monthly_calls, monthly_calls) END,
-			rate_limit_per_minute = CASE WHEN 'rate_limit' = ANY (tier_set.unlimited) THEN NULL
-			                             ELSE coalesce(tier_set.rate_limit_per_minute, rate_limit_per_minute) END,
-			rate_limit_burst = CASE WHEN 'rate_limit' = ANY (tier_set.unlimited) THEN NULL
-			                        ELSE coalesce(tier_set.rate_limit_burst, rate_limit_burst,
+			-- NULL keeps a value; a limit named in unlimited is lifted (NULL)
+			monthly_calls = CASE WHEN 'monthly_calls' <> ALL (tier_set.unlimited) THEN coalesce(tier_set.monthly_calls, monthly_calls) END,
+			rate_limit_per_minute = CASE WHEN 'rate_limit' <> ALL (tier_set.unlimited) THEN coalesce(tier_set.rate_limit_per_minute, rate_limit_per_minute) END,
+			rate_limit_burst = CASE WHEN 'rate_limit' <> ALL (tier_set.unlimited) THEN coalesce(tier_set.rate_limit_burst, rate_limit_burst,
 			                                      CASE WHEN tier_set.rate_limit_per_minute IS NOT NULL THEN 0 END) END,
 			audit_retention = coalesce(tier_set.audit_retention, audit_retention),
 			features = coalesce(tier_set.features, features),
-			max_users = CASE WHEN 'max_users' = ANY (tier_set.unlimited) THEN NULL
-			                 ELSE coalesce(tier_set.max_users, max_users) END,
-			monthly_budget = CASE WHEN 'monthly_budget' = ANY (tier_set.unlimited) THEN NULL
-			                      ELSE coalesce(tier_set.monthly_budget, monthly_budget) END,
-			budget_currency = CASE WHEN 'monthly_budget' = ANY (tier_set.unlimited) THEN NULL
-			                       ELSE coalesce(cur, budget_currency) END,
+			max_users = CASE WHEN 'max_users' <> ALL (tier_set.unlimited) THEN coalesce(tier_set.max_users, max_users) END,
+			monthly_budget = CASE WHEN 'monthly_budget' <> ALL (tier_set.unlimited) THEN coalesce(tier_set.monthly_budget, monthly_budget) END,
+			budget_currency = CASE WHEN 'monthly_budget' <> ALL (tier_set.unlimited) THEN coalesce(cur, budget_currency) END,
 			modified = modified OR builtin,
 			updated_at = now()
 		 WHERE tier = old.tier

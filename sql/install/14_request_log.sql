@@ -63,18 +63,7 @@ BEGIN
 		u := ctx.user_id;
 		k := ctx.key_id;
 	END IF;
-	IF u IS NOT NULL THEN
-		PERFORM 1 FROM quota_ext.users WHERE tenant_id = request_log_write.tenant_id AND user_id = u;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'user % does not exist', u USING ERRCODE = 'undefined_object';
-		END IF;
-	END IF;
-	IF k IS NOT NULL THEN
-		PERFORM 1 FROM quota_ext.api_keys WHERE tenant_id = request_log_write.tenant_id AND key_id = k;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'API key % does not exist', k USING ERRCODE = 'undefined_object';
-		END IF;
-	END IF;
+	PERFORM quota_ext._check_user(request_log_write.tenant_id, u, k);
 	-- bounded: error and excerpts are cut at 1,000 characters
 	INSERT INTO quota_ext.request_log (tenant_id, user_id, key_id, endpoint, status, error, duration_ms,
 	                                   usage_id, request_excerpt, response_excerpt)
@@ -121,5 +110,3 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.request_log_write(bigint, text, integer, integer, text, text, text, bigint, bigint, bigint)
 	TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION quota_ext.request_log_purge() TO quota_ext_admin;
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.request_log', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.request_id_seq', '');

@@ -281,7 +281,3 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.model_share(bigint, text, bigint),
 	quota_ext.model_unshare(bigint, text, bigint)
 	TO quota_ext_admin;
-
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.policies', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.model_shares', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.policy_id_seq', '');

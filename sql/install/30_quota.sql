@@ -1053,15 +1053,3 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.quota_delete(bigint, bigint),
 	quota_ext.quota_expire_reservations(integer)
 	TO quota_ext_admin;
-
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.quotas', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.quota_counters', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.usage_default', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.idempotency_keys', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.reservations', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.refunds', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.quota_events', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.quota_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.usage_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.reservation_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.event_id_seq', '');

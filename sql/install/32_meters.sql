@@ -182,71 +182,24 @@ $$;
 COMMENT ON FUNCTION quota_ext._meter_lookup(bigint, text, boolean) IS
 	'Internal: the tenant (access checked) and the meter of a meter call; 42704 when either does not exist';
 
--- A user of the tenant, or 42704 (the same text whether the id is another
--- tenant's or nobody's); NULL passes.
-CREATE FUNCTION quota_ext._check_user(tenant_id bigint, user_id bigint) RETURNS void
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-BEGIN
-	IF _check_user.user_id IS NOT NULL
-	   AND NOT EXISTS (SELECT FROM quota_ext.users u
-	                    WHERE u.tenant_id = _check_user.tenant_id AND u.user_id = _check_user.user_id) THEN
-		RAISE EXCEPTION 'user % does not exist', _check_user.user_id USING ERRCODE = 'undefined_object';
-	END IF;
-END
-$$;
-COMMENT ON FUNCTION quota_ext._check_user(bigint, bigint) IS 'Internal: raise 42704 unless the user is the tenant''s';
-
--- The user and key a meter call acts as (src/context.c's
--- QuotaIdentityResolve, for the SQL callers): the authenticated caller's by
--- default; under a context set from an API key, explicit arguments must name
--- that same user and key (42501) — a key cannot charge another user's
--- quota or escape its own; admin callers (no context, or set_tenant) may
--- name any.
+-- The user and key a meter call acts as: src/context.c's
+-- QuotaIdentityResolve, the rule of quota_consume, for the SQL callers.  The
+-- authenticated caller's by default; under a context set from an API key,
+-- explicit arguments must name that same user and key (42501) — a key
+-- cannot charge another user's quota or escape its own; admin callers (no
+-- context, or set_tenant) may name any.
 CREATE FUNCTION quota_ext._identity_resolve(tenant_id bigint, user_id bigint, key_id bigint,
 	OUT res_user_id bigint, OUT res_key_id bigint)
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-DECLARE
-	c record;
-	from_key boolean;
-BEGIN
-	SELECT x.tenant_id, x.user_id, x.key_id INTO c FROM quota_ext.current_context() x;
-	IF c.tenant_id IS NOT NULL AND c.tenant_id = $1 THEN
-		res_user_id := c.user_id;
-		res_key_id := c.key_id;
-	END IF;
-	from_key := c.tenant_id IS NOT NULL AND c.tenant_id = $1 AND c.key_id IS NOT NULL;
-	IF from_key AND (($2 IS NOT NULL AND $2 IS DISTINCT FROM c.user_id)
-	                 OR ($3 IS NOT NULL AND $3 IS DISTINCT FROM c.key_id)) THEN
-		RAISE EXCEPTION 'an API key''s transaction cannot act as another user, key or role'
-			USING ERRCODE = 'insufficient_privilege',
-			      HINT = 'Leave user_id, key_id and role NULL: they come from the authenticated key.';
-	END IF;
-	res_user_id := coalesce($2, res_user_id);
-	res_key_id := coalesce($3, res_key_id);
-	IF res_user_id < 0 OR res_key_id < 0 THEN
-		RAISE EXCEPTION 'user_id and key_id must be positive' USING ERRCODE = 'invalid_parameter_value';
-	END IF;
-END
-$$;
+	AS 'MODULE_PATHNAME', 'quota_ext_identity_resolve'
+	LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION quota_ext._identity_resolve(bigint, bigint, bigint) IS
 	'Internal: the user and key a call acts as: the context''s by default; a key-authenticated context cannot name others (42501)';
 
--- At most 10^15 per call, like units and tokens (src/args.c, check_bounded)
+-- At most 10^15 per call either way, like units and tokens (src/args.c,
+-- check_bounded); NULL passes.
 CREATE FUNCTION quota_ext._check_bounded(v bigint, what text) RETURNS void
-	LANGUAGE plpgsql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-BEGIN
-	IF abs($1) > 1000000000000000 THEN
-		RAISE EXCEPTION '% must be at most 1000000000000000', $2
-			USING ERRCODE = 'numeric_value_out_of_range', DETAIL = format('Got %s.', $1);
-	END IF;
-END
-$$;
+	AS 'MODULE_PATHNAME', 'quota_ext_check_bounded'
+	LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION quota_ext._check_bounded(bigint, text) IS 'Internal: 22003 when |v| > 10^15 (the bound of one call)';
 
 -- quota_set(meter => ...)'s work: the caller (quota_set) has locked the
@@ -738,9 +691,6 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.meter_create(text, text, text)
 	TO quota_ext_admin;
 
+-- pg_dump: the built-in meters are not dumped (every other table and
+-- sequence: 99_finish.sql)
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.meters', 'WHERE NOT builtin');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.meter_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.meter_quotas', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.meter_counters', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.meter_levels', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.meter_usage', '');

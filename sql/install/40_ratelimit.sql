@@ -95,8 +95,6 @@ COMMENT ON TABLE quota_ext.rate_limits IS
 	'Per-tenant rate limits (GCRA: count per period_seconds, max_burst), tenant-wide or per model and/or API key';
 
 SELECT quota_ext._secure_tenant_table('quota_ext.rate_limits');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.rate_limits', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.rate_limit_id_seq', '');
 
 CREATE FUNCTION quota_ext.rate_limit_set(tenant_id bigint, count integer,
 	period_seconds integer, max_burst integer DEFAULT 0, model text DEFAULT NULL,
@@ -120,14 +118,7 @@ BEGIN
 	IF rate_limit_set.model IS NOT NULL THEN
 		mid := quota_ext._model_for(t.tenant_id, rate_limit_set.model);
 	END IF;
-	IF rate_limit_set.key_id IS NOT NULL THEN
-		PERFORM 1 FROM quota_ext.api_keys
-		 WHERE tenant_id = t.tenant_id AND key_id = rate_limit_set.key_id;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'API key % does not exist', rate_limit_set.key_id
-				USING ERRCODE = 'undefined_object';
-		END IF;
-	END IF;
+	PERFORM quota_ext._check_user(t.tenant_id, NULL, rate_limit_set.key_id);
 	SELECT * INTO old FROM quota_ext.rate_limits
 	 WHERE tenant_id = t.tenant_id
 	   AND model_id IS NOT DISTINCT FROM mid

@@ -106,65 +106,81 @@ COMMENT ON TABLE quota_ext.prices IS
 	'Versioned prices per model (model_id NULL = default price of every model without one; tenant_id NULL = list price) per unit and per 1000 input/output tokens, in an ISO 4217 currency, from effective_from; never updated';
 
 -- The price in force for a tenant's use of a model at an instant (NULL
--- fields when unpriced): at each of four levels the latest version from
--- before the instant, the first level whose version has an amount wins:
+-- fields when unpriced) and the next instant after it when that may change:
+-- at each of four levels the latest version from before the instant, the
+-- first level whose version has an amount wins:
 --   0 the tenant's own price of the model, 1 the model's list price,
 --   2 the tenant's default price (model_id NULL), 3 the list default price.
 -- A version without amounts (price_clear) ends its level: the next applies.
--- The one place of this rule: src/policy.c calls this function (and
--- _price_next_change) in its kept plan.
+-- next_change is the first later version at any level (NULL: none).
+-- The one place of this rule: src/policy.c calls it in its kept plan,
+-- _price_in_force and _price_next_change are its two halves.  One statement
+-- reads the versions of the four levels, newest first (a level's first row
+-- not after the instant is its latest); PL/pgSQL, not SQL: a SQL function
+-- that is SECURITY DEFINER with a SET clause cannot be inlined, so it was
+-- parsed and planned again at every call, and the four-branch statements
+-- it had cost most of a configuration-cache fill to start (doc/performance.md).
+CREATE FUNCTION quota_ext._price_at(tenant_id bigint, model_id bigint, at timestamptz,
+	OUT price quota_ext.prices, OUT next_change timestamptz)
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	v quota_ext.prices;
+	lvl integer;
+	best integer := 5;					-- levels 1 to 4; 5: none yet
+	seen boolean[] := ARRAY[false, false, false, false];
+BEGIN
+	FOR v IN SELECT p.* FROM quota_ext.prices p
+	          WHERE (p.model_id OPERATOR(pg_catalog.=) $2 OR p.model_id IS NULL)
+	            AND (p.tenant_id OPERATOR(pg_catalog.=) $1 OR p.tenant_id IS NULL)
+	          ORDER BY p.effective_from DESC
+	LOOP
+		IF v.effective_from OPERATOR(pg_catalog.>) $3 THEN
+			next_change := v.effective_from;	-- newest first: the last one is the first after
+			CONTINUE;
+		END IF;
+		lvl := CASE WHEN v.model_id IS NOT NULL AND v.tenant_id IS NOT NULL THEN 1
+		            WHEN v.model_id IS NOT NULL THEN 2
+		            WHEN v.tenant_id IS NOT NULL THEN 3 ELSE 4 END;
+		IF seen[lvl] THEN
+			CONTINUE;						-- an older version of a level already met
+		END IF;
+		seen[lvl] := true;
+		IF lvl OPERATOR(pg_catalog.<) best AND (v.unit_price IS NOT NULL
+		   OR v.input_per_1k IS NOT NULL OR v.output_per_1k IS NOT NULL) THEN
+			best := lvl;
+			price := v;
+		END IF;
+	END LOOP;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._price_at(bigint, bigint, timestamptz) IS
+	'Internal: the price version a tenant pays for a model at an instant (its own, the list price, its default, the list default) and when that may next change';
+
 CREATE FUNCTION quota_ext._price_in_force(tenant_id bigint, model_id bigint, at timestamptz)
 	RETURNS quota_ext.prices
-	LANGUAGE sql STABLE SECURITY DEFINER
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
-	SELECT c.price_id, c.model_id, c.tenant_id, c.currency, c.unit_price, c.input_per_1k,
-	       c.output_per_1k, c.overage_unit_price, c.effective_from, c.created_at
-	  FROM ((SELECT o.*, 0 AS rank FROM quota_ext.prices o
-	          WHERE o.model_id = $2 AND o.tenant_id = $1 AND o.effective_from <= $3
-	          ORDER BY o.effective_from DESC LIMIT 1)
-	        UNION ALL
-	        (SELECT g.*, 1 FROM quota_ext.prices g
-	          WHERE g.model_id = $2 AND g.tenant_id IS NULL AND g.effective_from <= $3
-	          ORDER BY g.effective_from DESC LIMIT 1)
-	        UNION ALL
-	        (SELECT d.*, 2 FROM quota_ext.prices d
-	          WHERE d.model_id IS NULL AND d.tenant_id = $1 AND d.effective_from <= $3
-	          ORDER BY d.effective_from DESC LIMIT 1)
-	        UNION ALL
-	        (SELECT e.*, 3 FROM quota_ext.prices e
-	          WHERE e.model_id IS NULL AND e.tenant_id IS NULL AND e.effective_from <= $3
-	          ORDER BY e.effective_from DESC LIMIT 1)) c
-	 WHERE c.unit_price IS NOT NULL OR c.input_per_1k IS NOT NULL OR c.output_per_1k IS NOT NULL
-	 ORDER BY c.rank
-	 LIMIT 1
-	$$;
+BEGIN
+	RETURN (quota_ext._price_at($1, $2, $3)).price;	-- unpriced: a row of NULLs
+END
+$$;
 COMMENT ON FUNCTION quota_ext._price_in_force(bigint, bigint, timestamptz) IS
-	'Internal: the price version a tenant pays for a model at an instant (its own, the list price, its default, the list default)';
+	'Internal: the price version a tenant pays for a model at an instant (_price_at)';
 
--- The next instant after at when _price_in_force(tenant_id, model_id, .)
--- may change: the first later version at any of its four levels (NULL:
--- none).  src/policy.c keeps a price until then.
 CREATE FUNCTION quota_ext._price_next_change(tenant_id bigint, model_id bigint, at timestamptz)
 	RETURNS timestamptz
-	LANGUAGE sql STABLE SECURITY DEFINER
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
-	SELECT least((SELECT n.effective_from FROM quota_ext.prices n
-	               WHERE n.model_id = $2 AND n.tenant_id = $1 AND n.effective_from > $3
-	               ORDER BY n.effective_from LIMIT 1),
-	             (SELECT n.effective_from FROM quota_ext.prices n
-	               WHERE n.model_id = $2 AND n.tenant_id IS NULL AND n.effective_from > $3
-	               ORDER BY n.effective_from LIMIT 1),
-	             (SELECT n.effective_from FROM quota_ext.prices n
-	               WHERE n.model_id IS NULL AND n.tenant_id = $1 AND n.effective_from > $3
-	               ORDER BY n.effective_from LIMIT 1),
-	             (SELECT n.effective_from FROM quota_ext.prices n
-	               WHERE n.model_id IS NULL AND n.tenant_id IS NULL AND n.effective_from > $3
-	               ORDER BY n.effective_from LIMIT 1))
-	$$;
+BEGIN
+	RETURN (quota_ext._price_at($1, $2, $3)).next_change;
+END
+$$;
 COMMENT ON FUNCTION quota_ext._price_next_change(bigint, bigint, timestamptz) IS
-	'Internal: when the price in force of a tenant''s model next may change (the first later version at any level)';
+	'Internal: when the price in force of a tenant''s model next may change (_price_at)';
 
 -- Internal: check, insert and audit one price version of model mid (NULL:
 -- the default price) for tenant_id (NULL: list); label names the model in
@@ -911,9 +927,3 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.usage_partition_detach(timestamptz),
 	quota_ext.usage_rollup()
 	TO quota_ext_admin;
-
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.prices', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.price_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.usage_daily', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.usage_billing_daily', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.rollup_state', '');

@@ -310,7 +310,3 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.event_purge(timestamptz),
 	quota_ext.event_consumer_drop(bigint, text)
 	TO quota_ext_admin;
-
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.outbox', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.event_consumers', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.outbox_id_seq', '');

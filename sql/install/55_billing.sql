@@ -596,9 +596,3 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.invoice_void(bigint, bigint, text),
 	quota_ext.invoice_mark_paid(bigint, bigint, timestamptz, text)
 	TO quota_ext_admin;
-
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.billing_closes', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.invoices', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.invoice_lines', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.invoice_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.invoice_number_seq', '');

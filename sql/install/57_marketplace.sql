@@ -560,10 +560,3 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.model_access_request(bigint, bigint, text),
 	quota_ext.model_access_decide(bigint, bigint, bigint, boolean, text)
 	TO quota_ext_admin;
-
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.model_access_requests', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.model_revenue_shares', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.payouts', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.payout_lines', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.model_access_request_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('quota_ext.payout_id_seq', '');

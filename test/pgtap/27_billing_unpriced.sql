@@ -128,7 +128,7 @@ SELECT is((SELECT unit_price FROM quota_ext.price_lookup(:td, 'up-own')), 0.001,
 SELECT quota_ext.price_set('up-own', 'USD', unit_price => 0.0003, tenant_id => :td);
 \o
 SELECT is((SELECT unit_price FROM quota_ext.price_lookup(:td, 'up-own')), 0.0003, 'the tenant''s own price of the model beats all');
--- the hot path prices by the same rule (src/policy.c calls _price_in_force)
+-- the hot path prices by the same rule (src/policy.c calls _price_at, as _price_in_force does)
 SELECT results_eq(format($$SELECT (quota_ext.quota_consume(%s, 'up-plain', 10)).cost
                            UNION ALL SELECT (quota_ext.quota_consume(%s, 'up-plain', 10)).cost
                            UNION ALL SELECT (quota_ext.quota_consume(%s, 'up-own', 2)).cost$$, :tc, :td, :td),
