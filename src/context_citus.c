@@ -89,6 +89,13 @@ static citus_void_fn citus_use_coordinated = NULL;
 static uint8 cluster_secret[SECRET_LEN];
 static bool cluster_secret_known = false;
 
+/* this backend's local transaction id (PostgreSQL 17 moved it into vxid) */
+#if PG_VERSION_NUM >= 170000
+#define MY_LXID		(MyProc->vxid.lxid)
+#else
+#define MY_LXID		(MyProc->lxid)
+#endif
+
 /* a token refused in this transaction is not checked again */
 static LocalTransactionId refused_lxid = InvalidLocalTransactionId;
 static char *refused_token = NULL;
@@ -271,7 +278,7 @@ refuse(const char *token)
 	if (refused_token)
 		pfree(refused_token);
 	refused_token = MemoryContextStrdup(TopMemoryContext, token);
-	refused_lxid = MyProc->lxid;
+	refused_lxid = MY_LXID;
 	return false;
 }
 
@@ -293,7 +300,7 @@ QuotaContextAdopt(QuotaContext *out)
 	uint8		mac[MAC_LEN], want[MAC_LEN];
 	uint8		diff = 0;
 
-	if (refused_token && refused_lxid == MyProc->lxid && strcmp(refused_token, tok) == 0)
+	if (refused_token && refused_lxid == MY_LXID && strcmp(refused_token, tok) == 0)
 		return false;
 	if (!IsTransactionState() || !QuotaOnCitus())
 		return refuse(tok);
