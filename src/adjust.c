@@ -279,7 +279,7 @@ overage_change(const QuotaRow *rows, int n)
 		const QuotaRow *r = &rows[i];
 		int64		c;
 
-		if (!r->touched || r->on_exceed != 'o' || r->metric_cost)
+		if (!r->touched || (r->on_exceed != 'o' && r->on_exceed != 't') || r->metric_cost)
 			continue;
 		c = Max(r->new_used - r->max_units, 0) - Max(r->old_used - r->max_units, 0);
 		if ((c < 0 ? -c : c) > (change < 0 ? -change : change))

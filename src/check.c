@@ -45,7 +45,8 @@ static QuotaPlan read_plan = {
 	"SELECT q.quota_id, q.period, q.period_label, "
 	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
 	"       q.on_exceed, q.thresholds, s.start, s.used, "
-	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency, q.slots, false "
+	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency, q.slots, false, "
+	"       q.throttle_per_minute, q.throttle_burst "
 	"FROM quota_ext.quotas q "
 	"CROSS JOIN LATERAL (SELECT pg_catalog.max(c.period_start) AS start "
 	"                      FROM quota_ext.quota_counters c "
@@ -164,8 +165,9 @@ quota_ext_quota_check(PG_FUNCTION_ARGS)
 							  infinity, rows);
 			at = charge_instant(rows, n);
 			charge_cost(&req, &pol, at, rows, n, &extra, &d);
-			decide_quotas(rows, n, cstring_to_text(pol.timezone), at, at, 1, req.units,
-						  extra.cost_micro, &d, &overage);
+			if (decide_quotas(rows, n, cstring_to_text(pol.timezone), at, at, 1, req.units,
+							  extra.cost_micro, &d, &overage))
+				throttle_quotas(req.tenant_id, rows, n, true, at, &d);
 		}
 	}
 	QuotaSpiEnd(&spi);

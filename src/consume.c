@@ -169,6 +169,12 @@ parse_quota_rows(QuotaRow *rows, int first)
 			strlcpy(r->currency, s, sizeof(r->currency));
 		r->slots = DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull));
 		r->auto_slots = DatumGetBool(SPI_getbinval(tup, desc, 14, &isnull));
+		/* throttled quotas' rate (defs_plan and quota_check's plan only) */
+		if (desc->natts >= 16 && r->on_exceed == 't')
+		{
+			r->throttle_per_minute = DatumGetInt32(SPI_getbinval(tup, desc, 15, &isnull));
+			r->throttle_burst = DatumGetInt32(SPI_getbinval(tup, desc, 16, &isnull));
+		}
 		r->charged = -1;
 	}
 	return first + (int) SPI_processed;
@@ -219,7 +225,8 @@ static QuotaPlan defs_plan = {
 	"       q.metric OPERATOR(pg_catalog.=) 'calls', q.max_units, q.soft_limit, "
 	"       q.on_exceed, q.thresholds, '-infinity'::pg_catalog.timestamptz, 0::pg_catalog.int8, "
 	"       q.metric OPERATOR(pg_catalog.=) 'cost', q.currency, q.slots, "
-	"       q.slots_auto AND q.on_exceed OPERATOR(pg_catalog.=) 'block' "
+	"       q.slots_auto AND q.on_exceed OPERATOR(pg_catalog.=) 'block', "
+	"       q.throttle_per_minute, q.throttle_burst "
 	"FROM quota_ext.quotas q "
 	QUOTA_SCOPE_WHERE,
 	5, {INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID}
@@ -288,6 +295,8 @@ defs_cache_flat(void *entry, QuotaFlat *f)
 		QUOTA_FLAT(f, r->has_soft);
 		QUOTA_FLAT(f, r->soft_limit);
 		QUOTA_FLAT(f, r->on_exceed);
+		QUOTA_FLAT(f, r->throttle_per_minute);
+		QUOTA_FLAT(f, r->throttle_burst);
 		QuotaFlatCount(f, &r->nthresholds, QUOTA_MAX_THRESHOLDS);
 		QuotaFlatField(f, r->thresholds, sizeof(int) * r->nthresholds);
 		QUOTA_FLAT(f, r->counter_start);
@@ -521,9 +530,11 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
  *		Compute periods and new counts for a charge of `calls` calls,
  *		`units` units and `cost` micro-units of money at `at`; fill *d.
  *		Returns false (nothing to write) when a blocking quota denies.
- *		*overage gets the units beyond the limit of overage quotas (a cost
- *		quota with on_exceed overage lets the call through like alert: its
- *		money is on the usage row already).
+ *		*overage gets the units beyond the limit of overage and throttled
+ *		quotas (a cost quota with on_exceed overage lets the call through
+ *		like alert: its money is on the usage row already); d->overage too
+ *		when allowed.  A throttled quota past its limit is marked for
+ *		throttle_quotas, which the caller runs next when this allows.
  */
 bool
 decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock,
@@ -541,6 +552,7 @@ decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock
 		int64		amount = r->metric_cost ? cost : r->metric_calls ? calls : units;
 		bool		over;
 
+		r->throttled = false;
 		if (r->slots > 1)
 			over = r->multi_deny;	/* acquire_slots decided */
 		else
@@ -566,11 +578,12 @@ decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock
 								  r->end > rows[deny].end)))
 					deny = i;
 			}
-			else if (r->on_exceed == 'o' && !r->metric_cost)
+			else if ((r->on_exceed == 'o' || r->on_exceed == 't') && !r->metric_cost)
 			{
 				int64		over = r->new_used - Max(r->old_used, r->max_units);
 
 				*overage = Max(*overage, Min(over, amount));
+				r->throttled = r->on_exceed == 't';
 			}
 		}
 		if (r->metric_cost)
@@ -604,10 +617,57 @@ decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock
 		return false;
 	}
 	d->allowed = true;
+	d->has_overage = true;
+	d->overage = *overage;
 	/* the tightest quota that counts units (never a cost quota) */
 	if (tight >= 0)
 		decision_quota(d, &rows[tight], rows[tight].new_used, false, clock);
 	return true;
+}
+
+/*
+ * throttle_quotas
+ *		The throttled quotas that decide_quotas found past their limits
+ *		pass the call at their throttle rate, all of them or none (their
+ *		GCRA buckets in the rate limiter's shared memory, ratelimit.h):
+ *		nothing to do, and nothing read, for a call that passes none.
+ *		Otherwise denied_by 'throttle' names the quota that frees up last,
+ *		with retry_after until its throttle admits the next call.  peek
+ *		charges no bucket (quota_check).  Returns false when denied.
+ */
+bool
+throttle_quotas(int64 tenant_id, QuotaRow *rows, int n, bool peek,
+				TimestampTz clock, Decision *d)
+{
+	QuotaThrottle t[QUOTA_MAX_QUOTAS];
+	QuotaRateDecision rd;
+	int			nt = 0;
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (rows[i].throttled)
+		{
+			t[nt].quota_id = rows[i].quota_id;
+			t[nt].per_minute = rows[i].throttle_per_minute;
+			t[nt].burst = rows[i].throttle_burst;
+			nt++;
+		}
+	if (nt == 0 || QuotaThrottleApply(tenant_id, t, nt, peek, &rd))
+		return true;
+	for (i = 0; i < n; i++)
+		if (rows[i].quota_id == rd.rule_id)
+			break;
+	if (i == n)
+		elog(ERROR, "throttled quota %lld not among the call's quotas", (long long) rd.rule_id);
+	d->allowed = false;
+	d->denied_by = denied_throttle;
+	d->denied_metric = quota_row_metric(&rows[i]);
+	d->has_overage = false;
+	d->overage = 0;
+	decision_quota(d, &rows[i], rows[i].old_used, false, clock);
+	d->has_retry = rd.retry_after >= 0;
+	d->retry_after = rd.retry_after;
+	return false;
 }
 
 /*
@@ -995,7 +1055,8 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 			goto done;
 		}
 		if (decide_quotas(rows, n, tz, at, clock, 1,
-						  req->units, extra.cost_micro, d, &overage))
+						  req->units, extra.cost_micro, d, &overage) &&
+			throttle_quotas(req->tenant_id, rows, n, false, clock, d))
 		{
 			/* events first: escrow slots record theirs in the row written below */
 			for (i = 0; i < n; i++)

@@ -111,6 +111,8 @@ typedef struct Decision
 	int64		tenant_id;		/* the call's tenant, user and key; 0: none */
 	int64		user_id;
 	int64		key_id;
+	bool		has_overage;	/* allowed: units past non-blocking limits */
+	int64		overage;
 } Decision;
 
 /* one counter row to write: (quota, slot) <- used, period, allowance, mask */
@@ -137,7 +139,9 @@ typedef struct QuotaRow
 	int64		max_units;
 	bool		has_soft;
 	int64		soft_limit;
-	char		on_exceed;		/* 'b'lock, 'a'lert, 'o'verage */
+	char		on_exceed;		/* 'b'lock, 'a'lert, 'o'verage, 't'hrottle */
+	int64		throttle_per_minute;	/* 't': the rate past the limit */
+	int64		throttle_burst;
 	int			nthresholds;
 	int			thresholds[QUOTA_MAX_THRESHOLDS];
 	TimestampTz counter_start;
@@ -149,6 +153,7 @@ typedef struct QuotaRow
 	int64		old_used;		/* in the current period */
 	int64		new_used;
 	bool		touched;		/* counter is written */
+	bool		throttled;		/* 't' past its limit: its GCRA decides */
 	/* escrow quotas (slots > 1): see acquire_slots */
 	int			slots;
 	bool		auto_slots;		/* automatic escrow (escrow_adapt.c) may re-lay it */
@@ -168,6 +173,7 @@ extern QUOTA_PRIVATE const char *const denied_tenant;
 extern QUOTA_PRIVATE const char *const denied_policy;
 extern QUOTA_PRIVATE const char *const denied_rate;
 extern QUOTA_PRIVATE const char *const denied_quota;
+extern QUOTA_PRIVATE const char *const denied_throttle;
 /* ... and Decision.denied_metric at one of these */
 extern QUOTA_PRIVATE const char *const metric_calls;
 extern QUOTA_PRIVATE const char *const metric_units;
@@ -199,6 +205,8 @@ extern QUOTA_PRIVATE void bind_scope(Datum *values, char *nulls, int64 tenant_id
 
 extern QUOTA_PRIVATE bool decide_quotas(QuotaRow *rows, int n, text *tz, TimestampTz at, TimestampTz clock,
 			  int64 calls, int64 units, int64 cost, Decision *d, int64 *overage);
+extern QUOTA_PRIVATE bool throttle_quotas(int64 tenant_id, QuotaRow *rows, int n, bool peek,
+									   TimestampTz clock, Decision *d);
 extern QUOTA_PRIVATE void charge_cost(const ConsumeRequest *req, QuotaPolicyResult *pol, TimestampTz at,
 			QuotaRow *rows, int n, UsageExtra *extra, Decision *d);
 extern QUOTA_PRIVATE TimestampTz charge_instant(QuotaRow *rows, int n);
@@ -240,7 +248,7 @@ extern QUOTA_PRIVATE void check_metering_args(FunctionCallInfo fcinfo, int argno
 extern QUOTA_PRIVATE void raise_unknown_model(const char *model);
 
 /* decision.c */
-#define DECISION_NATTS 18		/* columns of quota_ext.decision */
+#define DECISION_NATTS 19		/* columns of quota_ext.decision */
 extern QUOTA_PRIVATE void decision_values(const Decision *d, Datum *values, bool *nulls);
 extern QUOTA_PRIVATE Datum decision_datum(FunctionCallInfo fcinfo, const Decision *d);
 extern QUOTA_PRIVATE Datum request_decision_datum(FunctionCallInfo fcinfo, const ConsumeRequest *req,

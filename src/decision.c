@@ -37,6 +37,7 @@ const char *const denied_tenant = "tenant";
 const char *const denied_policy = "policy";
 const char *const denied_rate = "rate_limit";
 const char *const denied_quota = "quota";
+const char *const denied_throttle = "throttle";
 const char *const metric_calls = "calls";
 const char *const metric_units = "units";
 const char *const metric_cost = "cost";
@@ -102,6 +103,9 @@ decision_values(const Decision *d, Datum *values, bool *nulls)
 	put_id(values, nulls, 15, d->tenant_id);
 	put_id(values, nulls, 16, d->user_id);
 	put_id(values, nulls, 17, d->key_id);
+	/* units past non-blocking limits (overage, throttle): NULL when denied */
+	values[18] = Int64GetDatum(d->overage);
+	nulls[18] = !d->has_overage;
 }
 
 Datum
@@ -222,6 +226,19 @@ raise_denial(const ConsumeRequest *req, const Decision *d)
 				 errmsg("rate limit exceeded for tenant %lld", (long long) req->tenant_id),
 				 errdetail("Limit %lld; retry after %lld seconds.",
 						   (long long) d->limit, (long long) d->retry_after)));
+	if (d->denied_by == denied_throttle)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("%s quota of tenant %lld is past its limit and throttled", d->period,
+						(long long) req->tenant_id),
+				 d->has_retry ?
+				 errdetail("Quota %lld: %lld of %lld used; past the limit calls pass at the throttle rate; retry after %lld seconds.",
+						   (long long) d->quota_id, (long long) (d->limit - d->remaining),
+						   (long long) d->limit, (long long) d->retry_after) :
+				 errdetail("Quota %lld: %lld of %lld used; past the limit calls pass at the throttle rate.",
+						   (long long) d->quota_id, (long long) (d->limit - d->remaining),
+						   (long long) d->limit),
+				 errhint("Slow down, wait for the period to reset, or raise the limit or the throttle with quota_ext.quota_set().")));
 	if (d->denied_metric == metric_cost || (!d->has_limit && d->has_remaining_cost))
 	{
 		char	   *cost = d->has_cost ?

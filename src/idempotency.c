@@ -88,7 +88,7 @@ idem_claim(const ConsumeRequest *req, Decision *d)
 	static QuotaPlan fetch = {
 		"SELECT op, model, units, allowed, denied_by, quota_id, period, \"limit\", "
 		"       remaining, resets_at, retry_after, usage_id, reservation_id, "
-		"       cost, remaining_cost, currency, denied_metric "
+		"       cost, remaining_cost, currency, denied_metric, overage "
 		"FROM quota_ext.idempotency_keys "
 		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
 		"  AND idempotency_key OPERATOR(pg_catalog.=) $2",
@@ -99,7 +99,8 @@ idem_claim(const ConsumeRequest *req, Decision *d)
 	TupleDesc	desc;
 	bool		isnull;
 	const char *op = req->reserve ? "reserve" : "consume";
-	const char *const denied[] = {denied_tenant, denied_policy, denied_rate, denied_quota, NULL};
+	const char *const denied[] = {denied_tenant, denied_policy, denied_rate, denied_throttle,
+	denied_quota, NULL};
 	const char *const metrics[] = {metric_calls, metric_units, metric_cost, NULL};
 	char	   *s;
 
@@ -146,6 +147,7 @@ idem_claim(const ConsumeRequest *req, Decision *d)
 	if (s)
 		strlcpy(d->currency, s, sizeof(d->currency));
 	d->denied_metric = idem_static(SPI_getvalue(tup, desc, 17), metrics);
+	d->overage = idem_column(tup, desc, 18, false, &d->has_overage);
 	return false;
 }
 
@@ -156,14 +158,16 @@ idem_store(const ConsumeRequest *req, const Decision *d)
 		"UPDATE quota_ext.idempotency_keys SET allowed = $3, denied_by = $4, quota_id = $5, "
 		"       period = $6, \"limit\" = $7, remaining = $8, resets_at = $9, "
 		"       retry_after = $10, usage_id = $11, reservation_id = $12, "
-		"       cost = $13, remaining_cost = $14, currency = $15, denied_metric = $16 "
+		"       cost = $13, remaining_cost = $14, currency = $15, denied_metric = $16, "
+		"       overage = $17 "
 		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
 		"  AND idempotency_key OPERATOR(pg_catalog.=) $2",
-		16, {INT8OID, TEXTOID, BOOLOID, TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID,
-		TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, NUMERICOID, NUMERICOID, TEXTOID, TEXTOID}
+		17, {INT8OID, TEXTOID, BOOLOID, TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID,
+		TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, NUMERICOID, NUMERICOID, TEXTOID, TEXTOID,
+		INT8OID}
 	};
-	Datum		values[16];
-	char		nulls[16];
+	Datum		values[17];
+	char		nulls[17];
 	Datum		dv[DECISION_NATTS];
 	bool		dn[DECISION_NATTS];
 	int			i;
@@ -181,5 +185,7 @@ idem_store(const ConsumeRequest *req, const Decision *d)
 		values[j] = dv[i];
 		nulls[j++] = dn[i] ? 'n' : ' ';
 	}
+	values[16] = dv[18];
+	nulls[16] = dn[18] ? 'n' : ' ';
 	QuotaSpiExec(&plan, values, nulls, false, 0);
 }

@@ -52,5 +52,22 @@ extern bool QuotaRateLimitApply(int64 tenant_id, int64 model_id, int64 key_id,
 extern bool QuotaRateLimitPeek(int64 tenant_id, int64 model_id, int64 key_id,
 							   int64 quantity, QuotaRateDecision *out);
 
+/*
+ * on_exceed 'throttle' (consume.c): a quota past its limit admits calls at
+ * per_minute (burst) by GCRA.  QuotaThrottleApply checks the buckets of the
+ * throttled quotas a call passes past their limits, one request each, all
+ * or nothing, like QuotaRateLimitApply (out->rule_id is the limiting or
+ * tightest quota's id); peek charges nothing (quota_check).  Per node, in
+ * shared memory, not undone by a rollback; 55000 when not preloaded.
+ */
+typedef struct QuotaThrottle
+{
+	int64		quota_id;
+	int64		per_minute;
+	int64		burst;
+} QuotaThrottle;
+
+extern bool QuotaThrottleApply(int64 tenant_id, const QuotaThrottle *throttles, int n,
+							   bool peek, QuotaRateDecision *out);
 
 #endif							/* QUOTA_RATELIMIT_H */

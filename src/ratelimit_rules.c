@@ -207,6 +207,9 @@ quota_rl_rules(int64 tenant_id, int64 model_id, int64 key_id,
 	*nrules = e->n;
 }
 
+static bool rl_run(int64 tenant_id, char kind, QuotaRlBucket *buckets, int n,
+				   int64 quantity, QuotaRateDecision *out, bool peek);
+
 /*
  * QuotaRateLimitApply
  *		See ratelimit.h.  The rules come from the backend's configuration
@@ -222,8 +225,6 @@ rate_limit_eval(int64 tenant_id, int64 model_id, int64 key_id,
 	QuotaRlBucket buckets[QUOTA_RL_MAX_RULES];
 	QuotaRlRule rules[QUOTA_RL_MAX_RULES];
 	int			n;
-	bool		allowed;
-	int			best;
 	int			i;
 
 	if (quantity < 0)
@@ -252,10 +253,27 @@ rate_limit_eval(int64 tenant_id, int64 model_id, int64 key_id,
 		return true;
 	}
 
+	return rl_run(tenant_id, 'r', buckets, n, quantity, out, peek);
+}
+
+/*
+ * rl_run
+ *		Check (or peek at) the buckets of one tenant: kind 'r' a rule's
+ *		(rule_id), 't' a throttled quota's (rule_id = its quota_id), all or
+ *		nothing; *out as QuotaRateLimitApply's.
+ */
+static bool
+rl_run(int64 tenant_id, char kind, QuotaRlBucket *buckets, int n,
+	   int64 quantity, QuotaRateDecision *out, bool peek)
+{
+	bool		allowed;
+	int			best;
+	int			i;
+
 	quota_rl_require();
 	for (i = 0; i < n; i++)
 	{
-		quota_rl_digest('r', tenant_id, buckets[i].rule_id, NULL, 0,
+		quota_rl_digest(kind, tenant_id, buckets[i].rule_id, NULL, 0,
 						buckets[i].key);
 		buckets[i].part = quota_rl_partition(buckets[i].key);
 		buckets[i].capped = false;
@@ -316,4 +334,32 @@ QuotaRateLimitPeek(int64 tenant_id, int64 model_id, int64 key_id,
 				   int64 quantity, QuotaRateDecision *out)
 {
 	return rate_limit_eval(tenant_id, model_id, key_id, quantity, out, true);
+}
+
+/*
+ * QuotaThrottleApply
+ *		See ratelimit.h: one GCRA bucket per throttled quota past its
+ *		limit, in the rate limiter's table, keyed by (tenant, quota).
+ */
+bool
+QuotaThrottleApply(int64 tenant_id, const QuotaThrottle *throttles, int n,
+				   bool peek, QuotaRateDecision *out)
+{
+	QuotaRlBucket buckets[QUOTA_RL_MAX_RULES];
+	int			i;
+
+	/* quota_set allows a tenant no more (30_quota.sql) */
+	if (n > QUOTA_RL_MAX_RULES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("more than %d throttled quotas apply to one request",
+						QUOTA_RL_MAX_RULES)));
+	for (i = 0; i < n; i++)
+	{
+		buckets[i].rule_id = throttles[i].quota_id;
+		buckets[i].max_burst = throttles[i].burst;
+		buckets[i].count = throttles[i].per_minute;
+		buckets[i].period = 60;
+	}
+	return rl_run(tenant_id, 't', buckets, n, 1, out, peek);
 }

@@ -64,6 +64,15 @@ BEGIN
 		k := ctx.key_id;
 	END IF;
 	PERFORM quota_ext._check_user(request_log_write.tenant_id, u, k);
+	-- the usage row it names is the tenant's own; another tenant's is
+	-- answered like a missing one (42704).  An attacker's review found a key
+	-- of tenant A could record another tenant's usage_id in A's log, which
+	-- anything joining the log to the ledger by usage_id would then show A.
+	IF request_log_write.usage_id IS NOT NULL AND NOT EXISTS (
+	     SELECT 1 FROM quota_ext.usage x
+	      WHERE x.tenant_id = request_log_write.tenant_id AND x.usage_id = request_log_write.usage_id) THEN
+		RAISE EXCEPTION 'usage row % does not exist', request_log_write.usage_id USING ERRCODE = 'undefined_object';
+	END IF;
 	-- bounded: error and excerpts are cut at 1,000 characters
 	INSERT INTO quota_ext.request_log (tenant_id, user_id, key_id, endpoint, status, error, duration_ms,
 	                                   usage_id, request_excerpt, response_excerpt)

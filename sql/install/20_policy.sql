@@ -42,7 +42,8 @@ COMMENT ON TABLE quota_ext.policies IS
 -- private, else a public one.  A global name is never taken by another
 -- tenant's model (an attacker's review: a squatter's shared or public model
 -- of a global model's name took the tenant's calls and their billing).
--- Among other tenants' models of one name the first registered wins.
+-- Among other tenants' models of one name shared with it the first
+-- registered wins; at most one is public (model_visibility_set: 23505).
 -- via_public: the answer is another tenant's public model not shared with
 -- this one, which only an exact policy allows (src/policy.c).  One statement
 -- per table kind, each per-tenant one naming tenant_id, PL/pgSQL rather than

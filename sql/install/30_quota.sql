@@ -29,7 +29,7 @@ CREATE TABLE quota_ext.quotas (
 	max_units     bigint NOT NULL CHECK (max_units OPERATOR(pg_catalog.>=) 0),
 	soft_limit    bigint CHECK (soft_limit OPERATOR(pg_catalog.>=) 0),
 	on_exceed     text NOT NULL DEFAULT 'block'
-	              CHECK (on_exceed OPERATOR(pg_catalog.=) ANY (ARRAY['block', 'alert', 'overage'])),
+	              CHECK (on_exceed OPERATOR(pg_catalog.=) ANY (ARRAY['block', 'alert', 'overage', 'throttle'])),
 	thresholds    integer[] NOT NULL DEFAULT '{80,100}',
 	origin        text NOT NULL DEFAULT 'tenant'
 	              CHECK (origin OPERATOR(pg_catalog.=) ANY (ARRAY['tenant', 'tier'])),
@@ -48,6 +48,11 @@ CREATE TABLE quota_ext.quotas (
 	-- fixed the number
 	slots_auto    boolean NOT NULL DEFAULT true,
 	CHECK (slots OPERATOR(pg_catalog.=) 1 OR on_exceed OPERATOR(pg_catalog.=) 'block'),
+	-- on_exceed 'throttle': past the limit, calls pass at this rate (GCRA in
+	-- the rate limiter's shared memory, keyed by the quota: src/ratelimit_rules.c)
+	throttle_per_minute integer CHECK (throttle_per_minute OPERATOR(pg_catalog.>) 0),
+	throttle_burst integer CHECK (throttle_burst OPERATOR(pg_catalog.>=) 0),
+	CHECK ((on_exceed OPERATOR(pg_catalog.=) 'throttle') OPERATOR(pg_catalog.=) (throttle_per_minute IS NOT NULL)),
 	PRIMARY KEY (tenant_id, quota_id),
 	UNIQUE NULLS NOT DISTINCT (tenant_id, period, metric, model_id, user_id, key_id),
 	FOREIGN KEY (tenant_id, user_id) REFERENCES quota_ext.users (tenant_id, user_id),
@@ -349,6 +354,7 @@ CREATE TABLE quota_ext.idempotency_keys (
 	remaining_cost  numeric,
 	currency        char(3),
 	denied_metric   text,
+	overage         bigint,
 	PRIMARY KEY (tenant_id, idempotency_key)
 );
 COMMENT ON TABLE quota_ext.idempotency_keys IS
@@ -431,10 +437,11 @@ CREATE TYPE quota_ext.decision AS (
 	denied_metric  text,
 	tenant_id      bigint,
 	user_id        bigint,
-	key_id         bigint
+	key_id         bigint,
+	overage        bigint
 );
 COMMENT ON TYPE quota_ext.decision IS
-	'allowed; denied_by (tenant, policy, rate_limit, quota or NULL); the tightest or denying limit with remaining, resets_at and retry_after (seconds); the usage row; replayed = answered from an idempotency key; cost of the call, money left in the tightest (or denying) cost quota and its currency; denied_metric = the denying quota''s metric (calls, units, cost; NULL unless denied_by = quota); the tenant, user and key of the call';
+	'allowed; denied_by (tenant, policy, rate_limit, quota or NULL); the tightest or denying limit with remaining, resets_at and retry_after (seconds); the usage row; replayed = answered from an idempotency key; cost of the call, money left in the tightest (or denying) cost quota and its currency; denied_metric = the denying quota''s metric (calls, units, cost; NULL unless denied_by = quota); the tenant, user and key of the call; overage = units of an allowed call past the limit of overage or throttled quotas (0 within every limit, NULL when denied); denied_by throttle = a throttled quota past its limit admits no more calls yet (retry_after)';
 
 -- ---------------------------------------------------------------------------
 -- periods (src/period.c)
@@ -579,6 +586,34 @@ $$;
 COMMENT ON FUNCTION quota_ext._tier_budget_sync(bigint) IS
 	'Internal: keep a tenant''s tier default money budget in line with its tier';
 
+-- The throttle arguments of quota_set (model-call and meter quotas alike):
+-- throttle_per_minute is required with on_exceed 'throttle' and refused
+-- otherwise; the same bound as a tier's rate limit (refilled within a day).
+-- Returns the burst to store (0 by default; NULL unless throttled).
+CREATE FUNCTION quota_ext._check_throttle(on_exceed text, per_minute integer, burst integer)
+	RETURNS integer
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF $1 = 'throttle' THEN
+		IF $2 IS NULL THEN PERFORM quota_ext._null_arg('throttle_per_minute'); END IF;
+		IF $2 <= 0 OR coalesce($3, 0) < 0 OR (coalesce($3, 0)::bigint + 1) > 1440::bigint * $2 THEN
+			RAISE EXCEPTION 'throttle_per_minute must be positive, throttle_burst not negative and refilled within a day'
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		RETURN coalesce($3, 0);
+	END IF;
+	IF $2 IS NOT NULL OR $3 IS NOT NULL THEN
+		RAISE EXCEPTION 'throttle_per_minute and throttle_burst apply only to on_exceed => ''throttle'''
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._check_throttle(text, integer, integer) IS
+	'Internal: check quota_set''s throttle arguments; the burst to store';
+
 CREATE FUNCTION quota_ext.quota_set(tenant_id bigint, period text, max_units bigint DEFAULT NULL,
 	model text DEFAULT NULL, metric text DEFAULT 'calls', soft_limit bigint DEFAULT NULL,
 	on_exceed text DEFAULT 'block', user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
@@ -600,6 +635,7 @@ DECLARE
 	new quota_ext.quotas;
 	th integer;
 	pc text;
+	burst integer;
 BEGIN
 	IF p IS NULL THEN
 		RAISE EXCEPTION 'invalid period "%"', quota_ext._quote_input(quota_set.period)
@@ -629,12 +665,6 @@ BEGIN
 		RETURN quota_ext._meter_quota_set(t.tenant_id, quota_set.meter, p, lower(quota_set.period), lim,
 		                                  quota_set.on_exceed, quota_set.user_id,
 		                                  quota_set.throttle_per_minute, quota_set.throttle_burst);
-	END IF;
-	IF quota_set.on_exceed = 'throttle' OR quota_set.throttle_per_minute IS NOT NULL
-	   OR quota_set.throttle_burst IS NOT NULL THEN
-		RAISE EXCEPTION 'on_exceed throttle applies to meter quotas only'
-			USING ERRCODE = 'invalid_parameter_value',
-			      HINT = 'Pass meter => the meter, or use block, alert or overage for a model-call quota.';
 	END IF;
 	-- a money budget: max_cost (and currency) instead of max_units
 	IF quota_set.max_cost IS NOT NULL AND m = 'calls' THEN
@@ -675,10 +705,15 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'Alert and overage quotas never deny, so one counter row does not serialize them more than the usage insert.';
 	END IF;
-	IF quota_set.on_exceed <> ALL (ARRAY['block', 'alert', 'overage']) THEN
+	IF quota_set.on_exceed <> ALL (ARRAY['block', 'alert', 'overage', 'throttle']) THEN
 		RAISE EXCEPTION 'invalid on_exceed "%"', quota_ext._quote_input(quota_set.on_exceed)
-			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use block, alert or overage.';
+			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use block, alert, overage or throttle.';
 	END IF;
+	IF m = 'cost' AND quota_set.on_exceed = 'throttle' THEN
+		RAISE EXCEPTION 'a cost quota cannot be throttled' USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'Throttle a calls or units quota; a money budget blocks, alerts or takes overage.';
+	END IF;
+	burst := quota_ext._check_throttle(quota_set.on_exceed, quota_set.throttle_per_minute, quota_set.throttle_burst);
 	IF array_ndims(quota_set.thresholds) > 1 OR cardinality(quota_set.thresholds) > 16 THEN
 		RAISE EXCEPTION 'thresholds must be a list of at most 16 percentages'
 			USING ERRCODE = 'invalid_parameter_value';
@@ -723,6 +758,16 @@ BEGIN
 	   AND model_id IS NOT DISTINCT FROM mid AND user_id IS NOT DISTINCT FROM quota_set.user_id
 	   AND key_id IS NOT DISTINCT FROM quota_set.key_id
 	 FOR NO KEY UPDATE;
+	-- a call checks the throttles of all its quotas past their limits at
+	-- once, at most QUOTA_RL_MAX_RULES (src/ratelimit_internal.h) of them;
+	-- the tenant's row lock (_tenant_for_update) makes the count exact
+	IF quota_set.on_exceed = 'throttle' AND old.on_exceed IS DISTINCT FROM 'throttle'
+	   AND (SELECT count(*) FROM quota_ext.quotas q
+	         WHERE q.tenant_id = t.tenant_id AND q.on_exceed = 'throttle') >= 8 THEN
+		RAISE EXCEPTION 'tenant % has 8 throttled quotas already', t.tenant_id
+			USING ERRCODE = 'program_limit_exceeded',
+			      HINT = 'Make another throttled quota block, alert or take overage first.';
+	END IF;
 	IF old.quota_id IS NOT NULL AND old.currency IS DISTINCT FROM cur THEN
 		RAISE EXCEPTION 'quota % counts %, not %', old.quota_id, old.currency, cur
 			USING ERRCODE = 'invalid_parameter_value',
@@ -730,10 +775,12 @@ BEGIN
 	END IF;
 	IF old.quota_id IS NULL THEN
 		INSERT INTO quota_ext.quotas (tenant_id, period, period_label, metric, model_id, user_id, key_id,
-		                              max_units, soft_limit, on_exceed, thresholds, currency, slots)
+		                              max_units, soft_limit, on_exceed, thresholds, currency, slots,
+		                              throttle_per_minute, throttle_burst)
 		VALUES (t.tenant_id, p, lower(quota_set.period), m, mid, quota_set.user_id,
 		        quota_set.key_id, lim, quota_set.soft_limit, quota_set.on_exceed,
-		        quota_set.thresholds, cur, coalesce(quota_set.slots, 1))
+		        quota_set.thresholds, cur, coalesce(quota_set.slots, 1),
+		        quota_set.throttle_per_minute, burst)
 		RETURNING * INTO new;
 		IF quota_set.slots IS NOT NULL THEN
 			UPDATE quota_ext.quotas SET slots_auto = false
@@ -749,6 +796,7 @@ BEGIN
 		UPDATE quota_ext.quotas SET period_label = lower(quota_set.period),
 		       max_units = lim, soft_limit = quota_set.soft_limit,
 		       on_exceed = quota_set.on_exceed, thresholds = quota_set.thresholds,
+		       throttle_per_minute = quota_set.throttle_per_minute, throttle_burst = burst,
 		       slots = CASE WHEN quota_set.slots IS NOT NULL THEN quota_set.slots
 		                    WHEN quota_set.on_exceed <> 'block' THEN 1 ELSE slots END,
 		       slots_auto = slots_auto AND quota_set.slots IS NULL,
@@ -766,7 +814,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION quota_ext.quota_set(bigint, text, bigint, text, text, bigint, text, bigint, bigint, integer[], numeric, text, integer, text, integer, integer) IS
-	'Create or change the quota of a scope (tenant, or one model, user or key); a money budget with max_cost and currency; slots > 1 spreads a hot quota over escrow rows; meter => a quota on a named meter (throttle: past the limit at throttle_per_minute); the count of the current period is kept';
+	'Create or change the quota of a scope (tenant, or one model, user or key); a money budget with max_cost and currency; slots > 1 spreads a hot quota over escrow rows; on_exceed throttle: past the limit calls pass at throttle_per_minute (burst throttle_burst) as overage; meter => a quota on a named meter; the count of the current period is kept';
 
 CREATE FUNCTION quota_ext.quota_delete(tenant_id bigint, quota_id bigint) RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -885,14 +933,18 @@ COMMENT ON FUNCTION quota_ext.quota_expire_reservations(integer) IS
 -- ---------------------------------------------------------------------------
 
 -- quota_status's work; with_requests = false leaves requests NULL and reads
--- no ledger (tenant_summary, which promises not to scan it).
+-- no ledger (tenant_summary, which promises not to scan it).  The quotas of
+-- model calls first, then the meter quotas (meter_status, 32_meters.sql)
+-- unless a model is asked for: metric units (a counter: used in the period)
+-- or gauge (the level), with the meter's name and kind; requests = the
+-- meter's ledger rows in the period and scope.
 CREATE FUNCTION quota_ext._quota_status(tenant_id bigint, model text, user_id bigint, key_id bigint,
 	with_requests boolean)
 	RETURNS TABLE (quota_id bigint, period text, metric text, model_name text,
 	               scope_user_id bigint, scope_key_id bigint, "limit" bigint, used bigint, remaining bigint,
 	               resets_at timestamptz, on_exceed text, origin text, currency text,
 	               limit_cost numeric, used_cost numeric, remaining_cost numeric,
-	               period_start timestamptz, requests bigint)
+	               period_start timestamptz, requests bigint, meter text, meter_kind text)
 	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
@@ -926,7 +978,8 @@ BEGIN
 	                     AND u.occurred_at >= b.period_start AND u.occurred_at < b.period_end
 	                     AND (q.model_id IS NULL OR u.model_id = q.model_id)
 	                     AND (q.user_id IS NULL OR u.user_id = q.user_id)
-	                     AND (q.key_id IS NULL OR u.key_id = q.key_id)) END
+	                     AND (q.key_id IS NULL OR u.key_id = q.key_id)) END,
+	       NULL::text, NULL::text
 	  FROM quota_ext.quotas q
 	  JOIN quota_ext.tenants t ON t.tenant_id = q.tenant_id
 	  LEFT JOIN quota_ext.models m ON m.model_id = q.model_id
@@ -939,6 +992,24 @@ BEGIN
 	   AND (_quota_status.user_id IS NULL OR q.user_id IS NULL OR q.user_id = _quota_status.user_id)
 	   AND (_quota_status.key_id IS NULL OR q.key_id IS NULL OR q.key_id = _quota_status.key_id)
 	 ORDER BY q.quota_id;
+	IF _quota_status.model IS NOT NULL THEN
+		RETURN;
+	END IF;
+	RETURN QUERY
+	SELECT s.quota_id, s.period, CASE WHEN s.kind = 'gauge' THEN 'gauge' ELSE 'units' END, NULL::text,
+	       s.scope_user_id, NULL::bigint, s."limit", s.used, s.remaining, s.resets_at, s.on_exceed,
+	       'tenant'::text, NULL::text, NULL::numeric, NULL::numeric, NULL::numeric, s.period_start,
+	       CASE WHEN _quota_status.with_requests AND s.kind = 'counter' THEN
+	            (SELECT count(*) FROM quota_ext.meter_usage u JOIN quota_ext.meters mt ON mt.meter_id = u.meter_id
+	              WHERE u.tenant_id = _quota_status.tenant_id AND mt.name = s.meter
+	                AND (s.period_start IS NULL OR u.occurred_at >= s.period_start)
+	                AND (s.resets_at IS NULL OR u.occurred_at < s.resets_at)
+	                AND (s.scope_user_id IS NULL OR u.user_id = s.scope_user_id)) END,
+	       s.meter, s.kind
+	  FROM quota_ext.meter_status(_quota_status.tenant_id) s
+	 WHERE s.quota_id IS NOT NULL
+	   AND (_quota_status.user_id IS NULL OR s.scope_user_id IS NULL OR s.scope_user_id = _quota_status.user_id)
+	 ORDER BY s.quota_id;
 END
 $$;
 COMMENT ON FUNCTION quota_ext._quota_status(bigint, text, bigint, bigint, boolean) IS
@@ -950,12 +1021,12 @@ CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL
 	               scope_user_id bigint, scope_key_id bigint, "limit" bigint, used bigint, remaining bigint,
 	               resets_at timestamptz, on_exceed text, origin text, currency text,
 	               limit_cost numeric, used_cost numeric, remaining_cost numeric,
-	               period_start timestamptz, requests bigint)
+	               period_start timestamptz, requests bigint, meter text, meter_kind text)
 	LANGUAGE sql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$ SELECT * FROM quota_ext._quota_status($1, $2, $3, $4, true) $$;
 COMMENT ON FUNCTION quota_ext.quota_status(bigint, text, bigint, bigint) IS
-	'Every quota of a tenant (or those that apply to a model, user, key) with used, remaining, period_start and resets_at now (cost quotas: in micro-units, and as money in limit_cost, used_cost, remaining_cost) and the requests admitted in the period';
+	'Every quota of a tenant (or those that apply to a model, user, key) with used, remaining, period_start and resets_at now (cost quotas: in micro-units, and as money in limit_cost, used_cost, remaining_cost) and the requests admitted in the period; then its meter quotas (meter, meter_kind; a gauge''s used is its level) unless a model is asked for';
 
 -- tenant_summary never scans the ledger beyond the rollup watermark: whole
 -- days come from quota_ext.usage_daily (usage_rollup(), 50_metering.sql)
@@ -1012,8 +1083,10 @@ BEGIN
 		                             'limit', s."limit", 'used', s.used, 'remaining', s.remaining,
 		                             'resets_at', s.resets_at, 'on_exceed', s.on_exceed,
 		                             'currency', s.currency, 'limit_cost', s.limit_cost,
-		                             'used_cost', s.used_cost, 'remaining_cost', s.remaining_cost))
-		                             ORDER BY s.quota_id)
+		                             'used_cost', s.used_cost, 'remaining_cost', s.remaining_cost,
+		                             'meter', s.meter, 'meter_kind', s.meter_kind,
+		                             'period_start', CASE WHEN s.meter IS NOT NULL THEN s.period_start END))
+		                             ORDER BY s.meter IS NOT NULL, s.quota_id)
 		                      FROM quota_ext._quota_status(t.tenant_id, NULL, NULL, NULL, false) s), '[]'),
 		'usage', usage);
 END

@@ -215,6 +215,7 @@ DECLARE
 	m quota_ext.meters := (quota_ext._meter_lookup(_meter_quota_set.tenant_id, _meter_quota_set.meter)).m;
 	old quota_ext.meter_quotas;
 	new quota_ext.meter_quotas;
+	burst integer;
 BEGIN
 	PERFORM quota_ext._check_user(_meter_quota_set.tenant_id, _meter_quota_set.user_id);
 	IF m.kind = 'gauge' THEN
@@ -230,18 +231,8 @@ BEGIN
 				HINT = 'Use on_exceed => ''block'' or ''alert''.';
 		END IF;
 	END IF;
-	IF _meter_quota_set.on_exceed = 'throttle' THEN
-		IF _meter_quota_set.throttle_per_minute IS NULL THEN PERFORM quota_ext._null_arg('throttle_per_minute'); END IF;
-		-- the same bound as a tier's rate limit: a refill within one day
-		IF _meter_quota_set.throttle_per_minute <= 0 OR coalesce(_meter_quota_set.throttle_burst, 0) < 0
-		   OR (coalesce(_meter_quota_set.throttle_burst, 0)::bigint + 1) > 1440::bigint * _meter_quota_set.throttle_per_minute THEN
-			RAISE EXCEPTION 'throttle_per_minute must be positive, throttle_burst not negative and refilled within a day'
-				USING ERRCODE = 'invalid_parameter_value';
-		END IF;
-	ELSIF _meter_quota_set.throttle_per_minute IS NOT NULL OR _meter_quota_set.throttle_burst IS NOT NULL THEN
-		RAISE EXCEPTION 'throttle_per_minute and throttle_burst apply only to on_exceed => ''throttle'''
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	burst := quota_ext._check_throttle(_meter_quota_set.on_exceed, _meter_quota_set.throttle_per_minute,
+	                                   _meter_quota_set.throttle_burst);
 	SELECT * INTO old FROM quota_ext.meter_quotas q
 	 WHERE q.tenant_id = _meter_quota_set.tenant_id AND q.meter_id = m.meter_id
 	   AND q.period = _meter_quota_set.period AND q.user_id IS NOT DISTINCT FROM _meter_quota_set.user_id
@@ -251,8 +242,7 @@ BEGIN
 		                                    on_exceed, throttle_per_minute, throttle_burst)
 		VALUES (_meter_quota_set.tenant_id, m.meter_id, _meter_quota_set.period, _meter_quota_set.period_label,
 		        _meter_quota_set.user_id, _meter_quota_set.max_units, _meter_quota_set.on_exceed,
-		        _meter_quota_set.throttle_per_minute,
-		        CASE WHEN _meter_quota_set.on_exceed = 'throttle' THEN coalesce(_meter_quota_set.throttle_burst, 0) END)
+		        _meter_quota_set.throttle_per_minute, burst)
 		RETURNING * INTO new;
 		IF m.kind = 'counter' THEN
 			INSERT INTO quota_ext.meter_counters (tenant_id, quota_id) VALUES (new.tenant_id, new.quota_id);
@@ -262,8 +252,7 @@ BEGIN
 		   SET period_label = _meter_quota_set.period_label, max_units = _meter_quota_set.max_units,
 		       on_exceed = _meter_quota_set.on_exceed,
 		       throttle_per_minute = _meter_quota_set.throttle_per_minute,
-		       throttle_burst = CASE WHEN _meter_quota_set.on_exceed = 'throttle'
-		                             THEN coalesce(_meter_quota_set.throttle_burst, 0) END,
+		       throttle_burst = burst,
 		       updated_at = now()
 		 WHERE q.tenant_id = old.tenant_id AND q.quota_id = old.quota_id
 		RETURNING * INTO new;
@@ -319,7 +308,7 @@ BEGIN
 	END IF;
 	d := ROW(k.allowed, k.denied_by, k.quota_id, k.period, k."limit", k.remaining, k.resets_at,
 	         k.retry_after, k.usage_id, NULL, true, NULL, NULL, NULL, k.denied_metric,
-	         k.tenant_id, NULL, NULL);
+	         k.tenant_id, NULL, NULL, k.overage);
 	RETURN d;
 END
 $$;
@@ -336,7 +325,7 @@ CREATE FUNCTION quota_ext._meter_idem_store(tenant_id bigint, idempotency_key te
 	   SET allowed = ($3).allowed, denied_by = ($3).denied_by, quota_id = ($3).quota_id,
 	       period = ($3).period, "limit" = ($3)."limit", remaining = ($3).remaining,
 	       resets_at = ($3).resets_at, retry_after = ($3).retry_after, usage_id = ($3).usage_id,
-	       denied_metric = ($3).denied_metric
+	       denied_metric = ($3).denied_metric, overage = ($3).overage
 	 WHERE k.tenant_id OPERATOR(pg_catalog.=) $1 AND k.idempotency_key OPERATOR(pg_catalog.=) $2;
 	SELECT $3;
 $$;
@@ -351,10 +340,10 @@ CREATE FUNCTION quota_ext._meter_decision(tenant_id bigint, user_id bigint, key_
 	SET search_path = pg_catalog, pg_temp
 	AS $$
 	SELECT ROW(true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, NULL, NULL, NULL,
-	           $1, $2, $3)::quota_ext.decision
+	           $1, $2, $3, 0)::quota_ext.decision
 $$;
 COMMENT ON FUNCTION quota_ext._meter_decision(bigint, bigint, bigint) IS
-	'Internal: an allowed decision of a meter call for a tenant, user and key';
+	'Internal: an allowed decision of a meter call for a tenant, user and key (overage 0)';
 
 CREATE FUNCTION quota_ext.meter_consume(tenant_id bigint, meter text, amount bigint,
 	idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
@@ -423,6 +412,7 @@ BEGIN
 	d := quota_ext._meter_decision(t.tenant_id, uid, kid);
 	IF t.status <> 'active' THEN
 		d.allowed := false;
+		d.overage := NULL;
 		d.denied_by := 'tenant';
 	ELSE
 		now_ns := ((extract(epoch FROM now_ts) * 1000000)::bigint) * 1000;
@@ -459,7 +449,8 @@ BEGIN
 				IF NOT pass THEN
 					IF d.allowed THEN
 						d.allowed := false;
-						d.denied_by := 'quota';
+						d.overage := NULL;
+						d.denied_by := CASE WHEN r.on_exceed = 'throttle' THEN 'throttle' ELSE 'quota' END;
 						d.denied_metric := 'units';
 						d.quota_id := r.quota_id;
 						d.period := r.period_label;
@@ -482,6 +473,7 @@ BEGIN
 			END IF;
 		END LOOP;
 		IF d.allowed THEN
+			d.overage := over;
 			-- all or nothing: every counter charged, one ledger row
 			FOR i IN 1 .. cardinality(qids) LOOP
 				UPDATE quota_ext.meter_counters c
@@ -538,6 +530,7 @@ BEGIN
 	END IF;
 	IF _gauge_move.delta > 0 AND q.on_exceed = 'block' AND lvl + _gauge_move.delta > cap THEN
 		d.allowed := false;
+		d.overage := NULL;
 		d.denied_by := 'quota';
 		d.denied_metric := 'gauge';
 		d.remaining := greatest(cap - lvl, 0);
@@ -545,11 +538,11 @@ BEGIN
 	END IF;
 	UPDATE quota_ext.meter_levels l SET level = lvl + _gauge_move.delta
 	 WHERE l.tenant_id = _gauge_move.tenant_id AND l.meter_id = _gauge_move.meter_id;
+	d.overage := CASE WHEN cap IS NOT NULL AND _gauge_move.delta > 0
+	                  THEN greatest(0, least(_gauge_move.delta, lvl + _gauge_move.delta - cap)) ELSE 0 END;
 	INSERT INTO quota_ext.meter_usage (tenant_id, meter_id, occurred_at, user_id, amount, overage, idempotency_key)
 	VALUES (_gauge_move.tenant_id, _gauge_move.meter_id, clock_timestamp(), _gauge_move.user_id, _gauge_move.delta,
-	        CASE WHEN cap IS NOT NULL AND _gauge_move.delta > 0
-	             THEN greatest(0, least(_gauge_move.delta, lvl + _gauge_move.delta - cap)) ELSE 0 END,
-	        _gauge_move.idempotency_key)
+	        d.overage, _gauge_move.idempotency_key)
 	RETURNING usage_id INTO d.usage_id;
 	d.remaining := CASE WHEN cap IS NOT NULL THEN greatest(cap - lvl - _gauge_move.delta, 0) END;
 	RETURN d;
@@ -584,6 +577,17 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'Create or remove users; limit them with quota_set(meter => ''users'') or the tier''s max_users.';
 	END IF;
+	-- lowering a gauge frees room under its quota: from a key-authenticated
+	-- context only a tenant admin's key may (SECURITY.md finding 9; the
+	-- rule of _event_scope, 52_outbox.sql)
+	IF gauge_adjust.delta < 0
+	   AND EXISTS (SELECT 1 FROM quota_ext.current_context() c
+	                WHERE c.key_id IS NOT NULL AND c.role IS DISTINCT FROM 'admin') THEN
+		RAISE EXCEPTION 'permission denied for gauge_adjust() with a negative delta'
+			USING ERRCODE = 'insufficient_privilege',
+			      DETAIL = 'Only a key of a user with role admin may lower a gauge.',
+			      HINT = 'Lower it from the application''s admin login, or with a tenant admin''s key.';
+	END IF;
 	d := quota_ext._meter_idem_claim(t.tenant_id, gauge_adjust.idempotency_key, 'gauge_adjust',
 	                                 m.name, gauge_adjust.delta);
 	IF d.replayed THEN
@@ -592,6 +596,7 @@ BEGIN
 	IF t.status <> 'active' AND gauge_adjust.delta > 0 THEN
 		d := quota_ext._meter_decision(t.tenant_id, NULL, NULL);
 		d.allowed := false;
+		d.overage := NULL;
 		d.denied_by := 'tenant';
 	ELSE
 		d := quota_ext._gauge_move(t.tenant_id, m.meter_id, gauge_adjust.delta, gauge_adjust.idempotency_key, uid);
@@ -600,7 +605,54 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION quota_ext.gauge_adjust(bigint, text, bigint, text) IS
-	'Move a tenant''s gauge up or down by delta: never below 0 (22003), not above a blocking quota (allowed = false, denied_metric gauge); a suspended or closed tenant may only go down';
+	'Move a tenant''s gauge up or down by delta: never below 0 (22003), not above a blocking quota (allowed = false, denied_metric gauge); a suspended or closed tenant may only go down; down from a key-authenticated context only with a tenant admin''s key (42501)';
+
+-- Retention of the meters' ledger (SECURITY.md finding 10): one tenant's
+-- counter meter rows that occurred before cutoff, except those a quota
+-- still counts (in the current period of a quota of the meter, or any row
+-- of a meter with a lifetime quota), with their idempotency keys (one ledger
+-- row per key).  Gauge rows stay: a gauge's level is the sum of its rows,
+-- and they move rarely.  Returns how many rows went.
+CREATE FUNCTION quota_ext._meter_usage_purge_tenant(tenant_id bigint, timezone text, cutoff timestamptz)
+	RETURNS bigint
+	LANGUAGE sql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+	WITH gone AS (
+		DELETE FROM quota_ext.meter_usage u
+		 USING quota_ext.meters mt
+		 WHERE u.tenant_id = $1 AND mt.meter_id = u.meter_id AND mt.kind = 'counter'
+		   AND u.occurred_at < $3
+		   AND NOT EXISTS (SELECT 1 FROM quota_ext.meter_quotas q
+		                    WHERE q.tenant_id = $1 AND q.meter_id = u.meter_id
+		                      AND (q.period = 'lifetime'
+		                           OR u.occurred_at >= (quota_ext.period_bounds(q.period, $2, clock_timestamp())).period_start))
+		RETURNING u.idempotency_key),
+	keys AS (
+		DELETE FROM quota_ext.idempotency_keys k USING gone g
+		 WHERE k.tenant_id = $1 AND k.idempotency_key = g.idempotency_key)
+	SELECT count(*) FROM gone
+$$;
+COMMENT ON FUNCTION quota_ext._meter_usage_purge_tenant(bigint, text, timestamptz) IS
+	'Internal: one tenant''s counter meter rows before cutoff that no quota counts any more, and their idempotency keys';
+
+-- ... tenant by tenant (each statement routable by tenant_id), with the
+-- tier's audit_retention, as request_log_purge (14_request_log.sql).
+CREATE FUNCTION quota_ext.meter_usage_purge() RETURNS bigint
+	LANGUAGE sql VOLATILE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+	SELECT quota_ext._admin_only('meter_usage_purge');
+	WITH n AS (
+		SELECT coalesce(sum(quota_ext._meter_usage_purge_tenant(t.tenant_id, t.timezone,
+		                                                         now() - tr.audit_retention)), 0)::bigint AS total
+		  FROM quota_ext.tenants t JOIN quota_ext.tiers tr ON tr.tier = t.tier)
+	SELECT n.total
+	  FROM n, LATERAL quota_ext._audit(0, 'meter_usage_purge', 'meter_usage', NULL, NULL,
+	                                   jsonb_build_object('deleted', n.total)) a
+$$;
+COMMENT ON FUNCTION quota_ext.meter_usage_purge() IS
+	'Delete counter meters'' ledger rows older than their tenant''s tier audit_retention that no quota counts any more (with their idempotency keys); returns how many';
 
 -- The built-in gauge 'users' for user_create (+1) and user_remove (-1):
 -- 53400 past the tenant's quota on 'users'.
@@ -688,7 +740,8 @@ GRANT EXECUTE ON FUNCTION
 	quota_ext.meter_status(bigint)
 	TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION
-	quota_ext.meter_create(text, text, text)
+	quota_ext.meter_create(text, text, text),
+	quota_ext.meter_usage_purge()
 	TO quota_ext_admin;
 
 -- pg_dump: the built-in meters are not dumped (every other table and

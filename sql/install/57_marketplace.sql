@@ -15,7 +15,10 @@
 -- consumers' invoice lines on an owner's models into the owner's payout
 -- statement (payouts, payout_lines): per line, gross = payout + platform
 -- share, to the micro-unit, and the gross of a period's statements is what
--- the consumers were invoiced for those models.
+-- the consumers were invoiced for those models, except that per consumer
+-- and model the owner's gross over all statements never goes below zero: a
+-- refund after a close takes back at most what was paid, the rest is
+-- carried against later charges (_payout_floor).
 --
 -- Isolation: the consumer sees of the owner only the listing; the owner sees
 -- of the consumer its tenant id, its requests, and per model the aggregated
@@ -44,8 +47,26 @@ COMMENT ON TABLE quota_ext.model_access_requests IS
 -- one pending request per consumer and model
 CREATE UNIQUE INDEX model_access_requests_pending ON quota_ext.model_access_requests (tenant_id, model_id)
 	WHERE status OPERATOR(pg_catalog.=) 'pending';
--- the owner's list (model_access_requests_received())
-CREATE INDEX model_access_requests_owner ON quota_ext.model_access_requests (owner_tenant_id, status);
+
+-- The owner's copy of the requests for its models (tenant_id = the owner),
+-- written with the request and updated with the decision, so that the
+-- owner's list (model_access_requests_received()) reads its own tenant's
+-- rows: every statement on a per-tenant table names tenant_id (on Citus one
+-- shard, not every one; an attacker's review).
+CREATE TABLE quota_ext.model_access_inbox (
+	tenant_id           bigint NOT NULL REFERENCES quota_ext.tenants (tenant_id),
+	request_id          bigint NOT NULL,
+	consumer_tenant_id  bigint NOT NULL REFERENCES quota_ext.tenants (tenant_id),
+	model_id            bigint NOT NULL REFERENCES quota_ext.models (model_id),
+	status              text NOT NULL DEFAULT 'pending'
+	                    CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'approved', 'denied'])),
+	note                text,
+	requested_at        timestamptz NOT NULL,
+	decided_at          timestamptz,
+	PRIMARY KEY (tenant_id, request_id)
+);
+COMMENT ON TABLE quota_ext.model_access_inbox IS
+	'The access requests for a tenant''s models (tenant_id = the owner): the owner''s copy of model_access_requests, for its list';
 
 -- The platform's share of a model's revenue, in percent (tenant_id = the
 -- owner).  No row: 0.
@@ -87,6 +108,11 @@ CREATE TABLE quota_ext.payout_lines (
 	model_id            bigint NOT NULL,
 	model               text NOT NULL,
 	calls               bigint NOT NULL,
+	-- what the consumer's invoice lines on the model came to (negated
+	-- at a void); gross is what the statement takes of it: the owner's
+	-- gross per consumer and model, over all its statements, is never
+	-- below zero (_payout_floor)
+	invoiced            numeric NOT NULL,
 	gross               numeric NOT NULL,
 	platform_pct        numeric NOT NULL,
 	platform_share      numeric NOT NULL,
@@ -95,7 +121,7 @@ CREATE TABLE quota_ext.payout_lines (
 	CHECK (gross OPERATOR(pg_catalog.=) (payout OPERATOR(pg_catalog.+) platform_share))
 );
 COMMENT ON TABLE quota_ext.payout_lines IS
-	'Payout statement lines: per consumer tenant and model, the sum of one close''s invoice lines (gross), the platform''s share (rounded to micro-units) and the owner''s payout (gross - share)';
+	'Payout statement lines: per consumer tenant and model, the sum of one close''s invoice lines (invoiced), what the statement takes of it (gross: never more back than was paid, _payout_floor), the platform''s share (rounded to micro-units) and the owner''s payout (gross - share)';
 
 -- Internal: an owner's model by name, for a change by its owner (the owner
 -- is checked and locked like every admin change); 42704 when the owner has
@@ -137,9 +163,32 @@ BEGIN
 			USING ERRCODE = 'invalid_parameter_value',
 			      HINT = 'One of private, tenant, marketplace, public.';
 	END IF;
+	-- one public model per name (an attacker's review: of two tenants'
+	-- public models of one name the first registered won silently).  Two
+	-- owners making a model public at once wait for each other here, and
+	-- the later one reads the winner's row (READ COMMITTED): no unique index
+	-- can say "one public row per name" and stay distributable.  SHARE ROW
+	-- EXCLUSIVE conflicts with itself and with model writes, not with the
+	-- readers of the hot path, and needs a privilege only the owner has (an
+	-- advisory lock per name, used first, could be taken by any login and
+	-- held while its session lived).  Taken before the model's row lock, so
+	-- that the order is always table, then row.
+	IF $3 = 'public' THEN
+		LOCK TABLE ONLY quota_ext.models IN SHARE ROW EXCLUSIVE MODE;
+	END IF;
 	m := quota_ext._owned_model($1, $2);
 	IF m.visibility = $3 THEN
 		RETURN m.visibility;
+	END IF;
+	IF $3 = 'public' THEN
+		PERFORM 1 FROM quota_ext.models x
+		 WHERE x.name = m.name AND x.visibility = 'public' AND x.owner_tenant_id IS NOT NULL
+		   AND x.owner_tenant_id <> m.owner_tenant_id;
+		IF FOUND THEN
+			RAISE EXCEPTION 'another tenant''s model named "%" is public', quota_ext._quote_input(m.name)
+				USING ERRCODE = 'unique_violation',
+				      HINT = 'A public model''s name must be unique among public models: rename it (register it under another name) or list it as marketplace.';
+		END IF;
 	END IF;
 	UPDATE quota_ext.models x SET visibility = $3
 	 WHERE x.owner_tenant_id = m.owner_tenant_id AND x.model_id = m.model_id;
@@ -279,6 +328,8 @@ DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update($1);
 	m quota_ext.models;
 	r quota_ext.model_access_requests;
+	denials integer;
+	last_denied timestamptz;
 BEGIN
 	IF $2 IS NULL THEN PERFORM quota_ext._null_arg('model_id'); END IF;
 	IF $3 IS NOT NULL THEN PERFORM quota_ext._check_label('note', $3, 500); END IF;
@@ -308,9 +359,29 @@ BEGIN
 	IF FOUND THEN
 		RETURN r.request_id;
 	END IF;
+	-- after a denial, a day's pause; after three, no more requests for the
+	-- model (an attacker's review: each request is a row and an event in
+	-- the owner's outbox, and a denied tenant could ask again at once,
+	-- without end).  The owner may still share the model.
+	SELECT count(*), max(x.decided_at) INTO denials, last_denied
+	  FROM quota_ext.model_access_requests x
+	 WHERE x.tenant_id = t.tenant_id AND x.model_id = m.model_id AND x.status = 'denied';
+	IF denials >= 3 THEN
+		RAISE EXCEPTION 'model % denied tenant % access % times', m.model_id, t.tenant_id, denials
+			USING ERRCODE = 'program_limit_exceeded',
+			      HINT = 'After three denials a tenant may not ask for a model again; its owner may still share it (model_share).';
+	ELSIF last_denied > now() - interval '1 day' THEN
+		RAISE EXCEPTION 'tenant %''s request for model % was denied less than a day ago', t.tenant_id, m.model_id
+			USING ERRCODE = 'program_limit_exceeded',
+			      DETAIL = format('Denied at %s.', last_denied),
+			      HINT = 'Ask again a day after the denial.';
+	END IF;
 	INSERT INTO quota_ext.model_access_requests (tenant_id, model_id, owner_tenant_id, note)
 	VALUES (t.tenant_id, m.model_id, m.owner_tenant_id, $3)
 	RETURNING * INTO r;
+	INSERT INTO quota_ext.model_access_inbox (tenant_id, request_id, consumer_tenant_id, model_id,
+	                                          note, requested_at)
+	VALUES (r.owner_tenant_id, r.request_id, r.tenant_id, r.model_id, r.note, r.requested_at);
 	PERFORM quota_ext._audit(t.tenant_id, 'model_access_request', 'model_access_request',
 	                         r.request_id::text, NULL,
 	                         jsonb_build_object('model_id', r.model_id, 'owner_tenant_id', r.owner_tenant_id));
@@ -320,7 +391,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION quota_ext.model_access_request(bigint, bigint, text) IS
-	'A tenant asks the owner of a marketplace model for access; returns the request id (the pending one again while it is pending); event model_access.requested in the owner''s outbox';
+	'A tenant asks the owner of a marketplace model for access; returns the request id (the pending one again while it is pending; 54000 within a day of a denial or after three); event model_access.requested in the owner''s outbox';
 
 -- The owner approves (the request becomes a model share) or denies.  The
 -- same decision again returns the request unchanged; the other one is 55000.
@@ -361,6 +432,8 @@ BEGIN
 	UPDATE quota_ext.model_access_requests x SET status = st, decided_at = now(), reason = $5
 	 WHERE x.tenant_id = r.tenant_id AND x.request_id = r.request_id
 	RETURNING * INTO r;
+	UPDATE quota_ext.model_access_inbox x SET status = r.status, decided_at = r.decided_at
+	 WHERE x.tenant_id = t.tenant_id AND x.request_id = r.request_id;
 	PERFORM quota_ext._audit(t.tenant_id, 'model_access_decide', 'model_access_request',
 	                         r.request_id::text, jsonb_build_object('status', 'pending'),
 	                         jsonb_build_object('status', r.status, 'consumer_tenant_id', r.tenant_id,
@@ -389,10 +462,10 @@ BEGIN
 		RAISE EXCEPTION 'tenant % does not exist', $1 USING ERRCODE = 'undefined_object';
 	END IF;
 	RETURN QUERY
-	SELECT r.request_id, r.tenant_id, m.name, r.status, r.note, r.requested_at, r.decided_at
-	  FROM quota_ext.model_access_requests r
+	SELECT r.request_id, r.consumer_tenant_id, m.name, r.status, r.note, r.requested_at, r.decided_at
+	  FROM quota_ext.model_access_inbox r
 	  JOIN quota_ext.models m ON m.model_id = r.model_id
-	 WHERE r.owner_tenant_id = $1 AND ($2 IS NULL OR r.status = $2)
+	 WHERE r.tenant_id = $1 AND ($2 IS NULL OR r.status = $2)
 	 ORDER BY r.requested_at, r.request_id;
 END
 $$;
@@ -446,12 +519,13 @@ BEGIN
 			 FOR UPDATE;
 		END IF;
 		INSERT INTO quota_ext.payout_lines (tenant_id, payout_id, line_no, consumer_tenant_id, model_id,
-		                                    model, calls, gross, platform_pct, platform_share, payout)
+		                                    model, calls, invoiced, gross, platform_pct, platform_share,
+		                                    payout)
 		SELECT g.owner, p.payout_id,
 		       coalesce((SELECT max(y.line_no) FROM quota_ext.payout_lines y
 		                  WHERE y.tenant_id = g.owner AND y.payout_id = p.payout_id), 0)
 		       + row_number() OVER (ORDER BY a.consumer, a.model, a.model_id)::integer,
-		       a.consumer, a.model_id, a.model, a.calls, a.gross, a.pct, s.share, a.gross - s.share
+		       a.consumer, a.model_id, a.model, a.calls, a.gross, f.gross, a.pct, s.share, f.gross - s.share
 		  FROM (SELECT l.tenant_id AS consumer, l.model_id, l.model, sum(l.calls)::bigint AS calls,
 		               sum(l.amount) AS gross, coalesce(min(rs.platform_pct), 0) AS pct
 		          FROM quota_ext.invoice_lines l
@@ -462,13 +536,43 @@ BEGIN
 		           AND m.owner_tenant_id = g.owner AND l.tenant_id <> g.owner
 		           AND l.currency = g.currency
 		         GROUP BY l.tenant_id, l.model_id, l.model) a
-		 CROSS JOIN LATERAL (SELECT round(a.gross * a.pct / 100, 6) AS share) s;
+		 CROSS JOIN LATERAL (SELECT quota_ext._payout_floor(g.owner, g.currency, a.consumer, a.model_id,
+		                                                    a.gross) AS gross) f
+		 CROSS JOIN LATERAL (SELECT round(f.gross * a.pct / 100, 6) AS share) s;
 		PERFORM quota_ext._payout_total(g.owner, p.payout_id, made);
 	END LOOP;
 END
 $$;
 COMMENT ON FUNCTION quota_ext._payouts_add(timestamptz, timestamptz, bigint[], bigint[]) IS
 	'Internal: the model owners'' payout statements of the invoices a close wrote';
+
+-- Internal: the gross a statement takes of a consumer's invoiced amount on
+-- an owner's model (invoiced: this close's invoice lines, or their negation
+-- at a void).  The owner's gross per consumer, model and currency over all
+-- its statements is max(0, all invoiced): a negative adjustment (a refund
+-- after a close) takes back at most what was paid for that consumer and
+-- model, and the rest is carried against its later charges (an attacker's
+-- review: negative lines had no floor, so one consumer's refunds could
+-- take an owner's payout for other consumers).  Reads the owner's rows.
+CREATE FUNCTION quota_ext._payout_floor(owner bigint, currency text, consumer bigint, model_id bigint,
+	invoiced numeric) RETURNS numeric
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	so_far numeric;
+	paid numeric;
+BEGIN
+	SELECT coalesce(sum(y.invoiced), 0), coalesce(sum(y.gross), 0) INTO so_far, paid
+	  FROM quota_ext.payout_lines y
+	  JOIN quota_ext.payouts x ON x.tenant_id = y.tenant_id AND x.payout_id = y.payout_id
+	 WHERE y.tenant_id = $1 AND x.tenant_id = $1 AND x.currency = $2
+	   AND y.consumer_tenant_id = $3 AND y.model_id = $4;
+	RETURN greatest(so_far + $5, 0) - paid;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._payout_floor(bigint, text, bigint, bigint, numeric) IS
+	'Internal: the gross a payout statement takes of an invoiced amount: the owner''s gross per consumer and model stays max(0, all invoiced)';
 
 -- A voided consumer invoice takes its lines back out of the owners' payout
 -- statements of its period: a line per consumer and model that negates what
@@ -494,18 +598,27 @@ BEGIN
 	          ORDER BY x.tenant_id, x.payout_id
 	            FOR UPDATE LOOP
 		INSERT INTO quota_ext.payout_lines (tenant_id, payout_id, line_no, consumer_tenant_id, model_id,
-		                                    model, calls, gross, platform_pct, platform_share, payout)
+		                                    model, calls, invoiced, gross, platform_pct, platform_share,
+		                                    payout)
 		SELECT p.tenant_id, p.payout_id,
 		       (SELECT max(z.line_no) FROM quota_ext.payout_lines z
 		         WHERE z.tenant_id = p.tenant_id AND z.payout_id = p.payout_id)
-		       + row_number() OVER (ORDER BY y.model_id)::integer,
-		       y.consumer_tenant_id, y.model_id, y.model, -sum(y.calls)::bigint, -sum(y.gross),
-		       max(y.platform_pct), -sum(y.platform_share), -sum(y.payout)
-		  FROM quota_ext.payout_lines y
-		 WHERE y.tenant_id = p.tenant_id AND y.payout_id = p.payout_id
-		   AND y.consumer_tenant_id = inv.tenant_id
-		 GROUP BY y.consumer_tenant_id, y.model_id, y.model
-		HAVING sum(y.gross) <> 0 OR sum(y.calls) <> 0;
+		       + row_number() OVER (ORDER BY v.model_id)::integer,
+		       inv.tenant_id, v.model_id, v.model, -v.calls, -v.invoiced, f.gross, v.pct, sh.share,
+		       f.gross - sh.share
+		  FROM (SELECT y.model_id, y.model, sum(y.calls)::bigint AS calls, sum(y.invoiced) AS invoiced,
+		               sum(y.gross) AS gross, sum(y.platform_share) AS share, max(y.platform_pct) AS pct
+		          FROM quota_ext.payout_lines y
+		         WHERE y.tenant_id = p.tenant_id AND y.payout_id = p.payout_id
+		           AND y.consumer_tenant_id = inv.tenant_id
+		         GROUP BY y.model_id, y.model
+		        HAVING sum(y.invoiced) <> 0 OR sum(y.calls) <> 0) v
+		 CROSS JOIN LATERAL (SELECT quota_ext._payout_floor(p.tenant_id, p.currency, inv.tenant_id, v.model_id,
+		                                                    -v.invoiced) AS gross) f
+		 -- what the statement took back exactly: its share too; else at the
+		 -- percentage applied then
+		 CROSS JOIN LATERAL (SELECT CASE WHEN f.gross = -v.gross THEN -v.share
+		                                 ELSE round(f.gross * v.pct / 100, 6) END AS share) sh;
 		IF FOUND THEN
 			PERFORM quota_ext._payout_total(p.tenant_id, p.payout_id, false);
 		END IF;
@@ -538,20 +651,74 @@ $$;
 COMMENT ON FUNCTION quota_ext._payout_total(bigint, bigint, boolean) IS
 	'Internal: a payout statement''s totals from its lines, audited, and its outbox event';
 
+-- May the context's tenant see the list prices (prices rows with tenant_id
+-- NULL) of this model?  Those of the models it may use or ask for: the
+-- default prices (model_id NULL), global models, its own, listed ones
+-- (marketplace, public: model_listing() publishes their list price) and
+-- those shared with it unless made private.  An attacker's review: every
+-- tenant read every owner's list prices through prices, private models'
+-- too.  The policies of prices call it (Citus refuses subqueries in
+-- policies); it runs as the owner and reads the tenant's share by
+-- tenant_id.  Without a context: global and default prices only.
+CREATE FUNCTION quota_ext.price_list_visible(model_id bigint) RETURNS boolean
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	m quota_ext.models;
+	ct bigint := quota_ext.current_tenant_id();
+BEGIN
+	IF $1 IS NULL THEN
+		RETURN true;
+	END IF;
+	SELECT * INTO m FROM quota_ext.models x WHERE x.model_id = $1;
+	IF NOT FOUND THEN
+		RETURN false;
+	ELSIF m.owner_tenant_id IS NULL THEN
+		RETURN true;
+	ELSIF ct IS NULL THEN
+		RETURN false;
+	ELSIF m.owner_tenant_id = ct THEN
+		RETURN true;
+	ELSIF m.status = 'active' AND m.visibility = ANY (ARRAY['marketplace', 'public']) THEN
+		RETURN true;
+	ELSIF m.visibility = 'private' THEN
+		RETURN false;
+	END IF;
+	PERFORM 1 FROM quota_ext.model_shares s WHERE s.tenant_id = ct AND s.model_id = m.model_id;
+	RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION quota_ext.price_list_visible(bigint) IS
+	'May the context''s tenant see this model''s list prices (global, its own, listed, or shared with it and not private)?  The prices policies use it';
+
 -- ---------------------------------------------------------------------------
 -- security of this section
 -- ---------------------------------------------------------------------------
 
 SELECT quota_ext._secure_tenant_table('quota_ext.model_access_requests');
+SELECT quota_ext._secure_tenant_table('quota_ext.model_access_inbox');
 SELECT quota_ext._secure_tenant_table('quota_ext.model_revenue_shares');
 SELECT quota_ext._secure_tenant_table('quota_ext.payouts');
 SELECT quota_ext._secure_tenant_table('quota_ext.payout_lines');
+-- prices (50_metering.sql): a list price row (tenant_id NULL) only of a
+-- model the tenant may see (price_list_visible), not of every model
+ALTER POLICY tenant_isolation ON quota_ext.prices
+	USING ((tenant_id IS NULL AND quota_ext.price_list_visible(model_id))
+	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
+ALTER POLICY admin_read ON quota_ext.prices
+	USING (quota_ext.current_tenant_id() IS NULL
+	       OR (tenant_id IS NULL AND quota_ext.price_list_visible(model_id))
+	       OR tenant_id OPERATOR(pg_catalog.=) quota_ext.current_tenant_id());
 
 GRANT SELECT ON quota_ext.model_marketplace TO quota_ext_app;
 GRANT EXECUTE ON FUNCTION
 	quota_ext.model_listing(),
+	quota_ext.price_list_visible(bigint),
 	quota_ext.model_access_requests_received(bigint, text)
 	TO quota_ext_app;
+-- (the prices policies call it as the reading role)
+GRANT EXECUTE ON FUNCTION quota_ext.price_list_visible(bigint) TO quota_ext_admin;
 GRANT EXECUTE ON FUNCTION
 	quota_ext.model_visibility_set(bigint, text, text),
 	quota_ext.model_price_set(bigint, text, text, numeric, numeric, numeric, timestamptz, numeric),

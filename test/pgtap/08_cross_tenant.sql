@@ -53,7 +53,7 @@ SELECT quota_ext.request_log_write(:ta, 'POST /v1/a', 200);
 SELECT quota_ext.request_log_write(:tb, 'POST /v1/xb-marker', 200, request_excerpt => 'xb-marker');
 -- meters (issue 17): B's quota, counter and ledger row on a global meter
 SELECT quota_ext.meter_create('x-meter');
-SELECT quota_ext.quota_set(:tb, 'day', 10, meter => 'x-meter');
+SELECT quota_ext.quota_set(:tb, 'day', 10, meter => 'x-meter') AS qbm \gset
 SELECT quota_ext.meter_consume(:tb, 'x-meter', 1, 'xb-marker-meter-idem');
 -- money: B's own price, priced usage, a closed period with its invoice,
 -- rollups (cross-tenant tables the app reads its own rows of)
@@ -67,6 +67,11 @@ SELECT quota_ext.quota_consume(:ta, 'x-g', 1);
 SELECT quota_ext.model_register('x-a-mkt', owner_tenant_id => :ta) AS mkta \gset
 SELECT quota_ext.model_visibility_set(:ta, 'x-a-mkt', 'marketplace');
 SELECT quota_ext.model_access_request(:tb, :mkta, 'xb-marker-note');
+-- and C asks for B's listed model (B's row in model_access_inbox; the
+-- listing publishes its name to every tenant: no marker)
+SELECT quota_ext.model_register('x-b-mkt', owner_tenant_id => :tb) AS mktb \gset
+SELECT quota_ext.model_visibility_set(:tb, 'x-b-mkt', 'marketplace');
+SELECT quota_ext.model_access_request(:tc, :mktb, 'xb-marker-inbox-note');
 SELECT quota_ext.model_price_set(:tb, 'xb-marker-model', 'EUR', 0.03);
 SELECT quota_ext.model_revenue_share_set(:tb, 'xb-marker-model', 10);
 SELECT quota_ext.policy_set(:tc, 'xb-marker-model', true);
@@ -353,12 +358,13 @@ SELECT results_eq(
 	                 pg_get_expr(p.polqual, p.polrelid) COLLATE "default", pg_get_expr(p.polwithcheck, p.polrelid) COLLATE "default"
 	            FROM pg_policy p WHERE p.polrelid = %s ORDER BY 1$q$, rel::oid),
 	-- prices is a global catalog with tenant rows: its list prices
-	-- (tenant_id NULL) are everyone's
+	-- (tenant_id NULL) are the list prices of the models a tenant may see
+	-- (price_list_visible)
 	CASE WHEN relname = 'prices' THEN
 	$$VALUES ('admin_read', 'r', true, ARRAY['quota_ext_admin'],
-	          '((quota_ext.current_tenant_id() IS NULL) OR (tenant_id IS NULL) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text),
+	          '((quota_ext.current_tenant_id() IS NULL) OR ((tenant_id IS NULL) AND quota_ext.price_list_visible(model_id)) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text),
 	         ('tenant_isolation', '*', true, ARRAY['quota_ext_app'],
-	          '((tenant_id IS NULL) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text)$$
+	          '(((tenant_id IS NULL) AND quota_ext.price_list_visible(model_id)) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text)$$
 	ELSE
 	$$VALUES ('admin_read', 'r', true, ARRAY['quota_ext_admin'],
 	          '((quota_ext.current_tenant_id() IS NULL) OR (tenant_id = quota_ext.current_tenant_id()))', NULL::text),
@@ -421,13 +427,13 @@ SELECT results_eq('SELECT array_agg(x ORDER BY x) FROM public.x_my_quotas() x', 
                   'SECURITY DEFINER caller as A: A''s quota');
 -- switch to B through the API, in the same transaction and session
 SELECT quota_ext.authenticate(:'kb') IS NOT NULL AS ok \gset
-SELECT results_eq('EXECUTE x_mine', format('VALUES (ARRAY[%s, %s]::bigint[])', :qb, :qb2), 'the same prepared x_mine as B: B''s quotas');
+SELECT results_eq('EXECUTE x_mine', format('VALUES (ARRAY[%s, %s, %s]::bigint[])', :qb, :qb2, :qbm), 'the same prepared x_mine as B: B''s quotas (and its meter quota)');
 SELECT results_eq('EXECUTE x_summary', $$VALUES ('xb-marker-tenant'::text)$$, 'the same prepared x_summary as B: B');
-SELECT results_eq(format('EXECUTE x_status(%s)', :tb), format('VALUES (ARRAY[%s, %s]::bigint[])', :qb, :qb2),
+SELECT results_eq(format('EXECUTE x_status(%s)', :tb), format('VALUES (ARRAY[%s, %s, %s]::bigint[])', :qb, :qb2, :qbm),
                   'prepared x_status(B) as B: B''s quotas');
 SELECT throws_ok(format('EXECUTE x_status(%s)', :ta), '42704', format('tenant %s does not exist', :ta),
                  'prepared x_status(A) as B: A does not exist');
-SELECT results_eq('SELECT array_agg(x ORDER BY x) FROM public.x_my_quotas() x', format('VALUES (ARRAY[%s, %s]::bigint[])', :qb, :qb2),
+SELECT results_eq('SELECT array_agg(x ORDER BY x) FROM public.x_my_quotas() x', format('VALUES (ARRAY[%s, %s, %s]::bigint[])', :qb, :qb2, :qbm),
                   'the SECURITY DEFINER caller as B: B''s quotas');
 RESET ROLE;
 SELECT count(*) FILTER (WHERE tenant_id = :ta) AS usage_a, count(*) FILTER (WHERE tenant_id = :tb) AS usage_b

@@ -143,7 +143,8 @@ INSERT INTO a_open VALUES
 	('period_bounds', 'pure calendar arithmetic on its arguments'),
 	('request_stats', 'rows of the context''s tenant only: none without a context'),
 	('metrics', 'per-tenant series of the context''s tenant only: none without a context'),
-	('model_listing', 'the marketplace: listed models and their list prices, published by their owners for every tenant; nothing else of them');
+	('model_listing', 'the marketplace: listed models and their list prices, published by their owners for every tenant; nothing else of them'),
+	('price_list_visible', 'the prices policies'' test, about the session''s own context: without one, true for global models and default prices only');
 -- A3: need a tenant context by design, also for an admin
 CREATE TEMP TABLE a_needs_context (fn name PRIMARY KEY, reason text NOT NULL);
 INSERT INTO a_needs_context VALUES
@@ -171,7 +172,8 @@ INSERT INTO a_ctx_ok VALUES
 	('rate_limit_status', 'quota_ext_admin only: the size of the shared bucket table, no tenant''s data'),
 	('event_poll', 'the context''s tenant''s events and consumers only'),
 	('event_ack', 'the context''s tenant''s consumers and events only'),
-	('model_listing', 'the marketplace listing, the same for every tenant');
+	('model_listing', 'the marketplace listing, the same for every tenant'),
+	('price_list_visible', 'whether the context''s tenant may see a model''s list prices: true only for what it may use or ask for');
 GRANT SELECT ON a_ctx_ok TO PUBLIC;
 
 -- the functions under attack

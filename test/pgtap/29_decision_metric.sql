@@ -19,7 +19,7 @@ SELECT key_id AS kida FROM quota_ext.api_keys WHERE tenant_id = :ta AND user_id 
 SELECT has_column('quota_ext', 'decision', 'denied_metric', 'decision.denied_metric');
 SELECT is((SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum) FROM pg_attribute
             WHERE attrelid = 'quota_ext.decision'::regclass AND attnum > 14),
-	'denied_metric text, tenant_id bigint, user_id bigint, key_id bigint',
+	'denied_metric text, tenant_id bigint, user_id bigint, key_id bigint, overage bigint',
 	'the new columns come after the old ones (existing columns keep their places)');
 
 -- ---------------------------------------------------------------------------
@@ -123,8 +123,8 @@ SELECT is((SELECT jsonb_path_query_array(quota_ext.tenant_summary(:ta), '$.quota
 	'tenant_summary does not read the ledger for requests (it has none)');
 SELECT has_function('quota_ext', 'quota_status', ARRAY['bigint', 'text', 'bigint', 'bigint'], 'quota_status keeps its arguments');
 SELECT is((SELECT array_agg(a ORDER BY n) FROM (SELECT n, a FROM unnest((SELECT proargnames FROM pg_proc WHERE oid = 'quota_ext.quota_status(bigint, text, bigint, bigint)'::regprocedure)) WITH ORDINALITY AS x(a, n)) s WHERE n > 4),
-	ARRAY['quota_id', 'period', 'metric', 'model_name', 'scope_user_id', 'scope_key_id', 'limit', 'used', 'remaining', 'resets_at', 'on_exceed', 'origin', 'currency', 'limit_cost', 'used_cost', 'remaining_cost', 'period_start', 'requests']::text[],
-	'quota_status: period_start and requests added at the end');
+	ARRAY['quota_id', 'period', 'metric', 'model_name', 'scope_user_id', 'scope_key_id', 'limit', 'used', 'remaining', 'resets_at', 'on_exceed', 'origin', 'currency', 'limit_cost', 'used_cost', 'remaining_cost', 'period_start', 'requests', 'meter', 'meter_kind']::text[],
+	'quota_status: period_start and requests added at the end (then the meter columns)');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -3,7 +3,7 @@
 -- the tenant's tier audit_retention (request_log_purge()).  Failed on main.
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(17);
+SELECT plan(21);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('rl-free', 'free') AS ta \gset
@@ -12,6 +12,9 @@ SELECT user_id AS ua, api_key AS ka FROM quota_ext.user_create(:ta, 'a@rl.exampl
 SELECT key_id AS kida FROM quota_ext.api_keys WHERE tenant_id = :ta AND user_id = :ua \gset
 SELECT user_id AS ub FROM quota_ext.user_create(:tb, 'b@rl.example', 'admin') \gset
 CREATE ROLE qx_tap_rl_app LOGIN IN ROLE quota_ext_app;
+SELECT quota_ext.model_register('rl-m') AS rlm \gset
+SELECT pg_temp.mx_usage(:ta, :rlm, now(), 1, 0, NULL) AS usa \gset
+SELECT pg_temp.mx_usage(:tb, :rlm, now(), 1, 0, NULL) AS usb \gset
 \o
 
 -- the application, in a key's transaction: its user and key are recorded
@@ -27,6 +30,14 @@ SELECT throws_ok(format($$SELECT quota_ext.request_log_write(%s, 'GET /x', user_
 SELECT throws_ok(format($$SELECT quota_ext.request_log_write(%s, 'GET /x')$$, :tb), '42704', format('tenant %s does not exist', :tb),
 	'nor for another tenant (which it is told does not exist)');
 SELECT is((SELECT count(*) FROM quota_ext.request_log WHERE tenant_id = :tb), 0::bigint, 'the app does not see B''s rows');
+-- the usage row it names is A's own (an attacker's review: A's key could
+-- record B's usage_id in A's log; failed before)
+SELECT ok(quota_ext.request_log_write(:ta, 'GET /own', usage_id => :usa) > 0, 'A''s own usage row may be named');
+SELECT throws_ok(format($$SELECT quota_ext.request_log_write(%s, 'GET /x', usage_id => %s)$$, :ta, :usb), '42704',
+	format('usage row %s does not exist', :usb), 'B''s usage row is a row that does not exist (failed before)');
+SELECT throws_ok(format($$SELECT quota_ext.request_log_write(%s, 'GET /x', usage_id => %s)$$, :ta, :usb + 1000000), '42704',
+	format('usage row %s does not exist', :usb + 1000000), 'like a missing one: the same answer');
+SELECT is((SELECT count(*) FROM quota_ext.request_log WHERE tenant_id = :ta AND usage_id = :usb), 0::bigint, 'nothing was written');
 RESET ROLE;
 SELECT quota_ext.clear_tenant();
 
@@ -46,7 +57,7 @@ SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.request_log_write(%s, 
 
 -- retention: the tier's audit_retention (free 7 days, enterprise 365)
 UPDATE quota_ext.request_log SET at = now() - interval '8 days' WHERE tenant_id IN (:ta, :tb);
-SELECT is(quota_ext.request_log_purge(), 1::bigint, 'request_log_purge deletes the free tenant''s 8-day-old row only');
+SELECT is(quota_ext.request_log_purge(), 2::bigint, 'request_log_purge deletes the free tenant''s 8-day-old rows only (two)');
 SELECT is((SELECT count(*) FROM quota_ext.request_log WHERE tenant_id = :ta), 0::bigint, '... the free tenant''s is gone');
 SELECT is((SELECT count(*) FROM quota_ext.request_log WHERE tenant_id = :tb), 1::bigint, '... the enterprise tenant''s kept');
 SELECT is((SELECT action FROM quota_ext.audit_log WHERE action = 'request_log_purge' ORDER BY audit_id DESC LIMIT 1),

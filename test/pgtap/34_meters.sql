@@ -116,8 +116,8 @@ SELECT * FROM pg_temp.mx_throws($$SELECT quota_ext.meter_consume(999999999, 'gpu
 	'tenant 999999999 does not exist', 'meter_consume: unknown tenant');
 SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.quota_set(%s, 'monthly', 5, 'mt-model', meter => 'gpu_hours')$$, :ta), '22023',
 	'a meter quota counts units of its meter, tenant-wide or for one user', 'quota_set: a meter quota with a model');
-SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.quota_set(%s, 'monthly', 5, on_exceed => 'throttle')$$, :ta), '22023',
-	'on_exceed throttle applies to meter quotas only', 'quota_set: throttle on a model-call quota');
+SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.quota_set(%s, 'monthly', 5, on_exceed => 'throttle')$$, :ta), '22004',
+	'argument "throttle_per_minute" must not be null', 'quota_set: a throttled model-call quota needs its rate too');
 SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.quota_set(%s, 'monthly', 5, meter => 'gpu_hours', on_exceed => 'throttle')$$, :ta), '22004',
 	'argument "throttle_per_minute" must not be null', 'quota_set: throttle without a rate');
 
@@ -188,7 +188,7 @@ SELECT results_eq(format($$SELECT d.allowed FROM generate_series(1, 2) g, LATERA
 SELECT results_eq(format($$SELECT d.allowed, d.denied_by, d.remaining FROM generate_series(1, 2) g, LATERAL quota_ext.meter_consume(%s, 'api_requests', 1 + 0 * g) d$$, :tb),
 	$$VALUES (true, NULL::text, 0::bigint), (true, NULL, 0)$$, 'past it: admitted at the throttled rate (burst 1: two at once)');
 SELECT results_eq(format($$SELECT allowed, denied_by, denied_metric, quota_id, retry_after > 0 FROM quota_ext.meter_consume(%s, 'api_requests', 1)$$, :tb),
-	format($$VALUES (false, 'quota'::text, 'units'::text, %s::bigint, true)$$, :qthr),
+	format($$VALUES (false, 'throttle'::text, 'units'::text, %s::bigint, true)$$, :qthr),
 	'... then denied with a retry_after until the throttle lets the next one through');
 SELECT results_eq(format($$SELECT amount, overage FROM quota_ext.meter_usage WHERE tenant_id = %s ORDER BY usage_id$$, :tb),
 	$$VALUES (1::bigint, 0::bigint), (1, 0), (1, 1), (1, 1)$$, 'the calls past the limit are marked as overage in the ledger');

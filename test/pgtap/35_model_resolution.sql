@@ -7,7 +7,7 @@
 -- marked "(failed before)" failed on main before the fix.
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(8);
+SELECT plan(14);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('mr-victim', 'enterprise') AS ta \gset
@@ -46,6 +46,32 @@ SELECT is((SELECT count(*) FROM quota_ext.model_usage_by_consumer(:tb, now() - i
 	0::bigint, 'the squatter sees none of A''s usage (failed before)');
 SELECT ok(quota_ext.policy_check(:ta, 'mr-gpt'), 'policy_check: A''s policy on the global name');
 SELECT is((SELECT d.cost FROM quota_ext.quota_check(:ta, 'mr-gpt') d), 0.5::numeric, 'quota_check prices the global model');
+
+-- Two tenants' public models of one name (an attacker's review: the first
+-- registered won silently): the second owner is refused when it makes its
+-- model public (23505), and the name keeps resolving to the first.
+\o /dev/null
+SELECT quota_ext.tenant_create('mr-pub-first') AS tp1 \gset
+SELECT quota_ext.tenant_create('mr-pub-second') AS tp2 \gset
+SELECT quota_ext.model_register('mr-pub', owner_tenant_id => :tp1) AS mp1 \gset
+SELECT quota_ext.model_register('mr-pub', owner_tenant_id => :tp2) AS mp2 \gset
+SELECT quota_ext.model_visibility_set(:tp1, 'mr-pub', 'public');
+\o
+SELECT pg_temp.mx_snap();
+SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.model_visibility_set(%s, 'mr-pub', 'public')$$, :tp2),
+	'23505', 'another tenant''s model named "mr-pub" is public',
+	'a second public model of a name another tenant''s public model has: 23505 (failed before)');
+SELECT is(quota_ext.model_visibility_set(:tp2, 'mr-pub', 'marketplace'), 'tenant',
+	'the second owner may still list it as marketplace');
+SELECT is((quota_ext._model_resolution(:ta, 'mr-pub')).model_id, :mp1::bigint,
+	'a third tenant''s name resolves to the one public model');
+SELECT is((quota_ext._model_resolution(:tp2, 'mr-pub')).model_id, :mp2::bigint,
+	'the second owner still means its own');
+\o /dev/null
+SELECT quota_ext.model_visibility_set(:tp1, 'mr-pub', 'private');
+\o
+SELECT is(quota_ext.model_visibility_set(:tp2, 'mr-pub', 'public'), 'marketplace',
+	'once the first is no longer public, the name is free');
 
 SELECT * FROM finish();
 ROLLBACK;

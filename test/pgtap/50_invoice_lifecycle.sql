@@ -8,7 +8,7 @@
 -- transactions: test/specs/outbox.spec and test/t/081_webhook_relay.pl.)
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(61);
+SELECT plan(65);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('il-a') AS ta \gset
@@ -182,7 +182,10 @@ RESET ROLE;
 \o /dev/null
 SELECT api_key AS il_member_key FROM quota_ext.user_create(:tb, 'member@il.example', 'member') \gset
 SELECT api_key AS il_owner_key FROM quota_ext.user_create(:tb, 'owner@il.example', 'admin') \gset
+-- an event of tenant A's (as a close of A's would write it)
+SELECT quota_ext._event_emit(:ta, 'invoice.created', 'invoice', '0', '{}') AS il_a_event \gset
 \o
+SELECT is((SELECT tenant_id FROM quota_ext.outbox WHERE event_id = :il_a_event), :ta::bigint, 'tenant A has an outbox event (for the attack below)');
 SET ROLE qx_tap_il_app;
 SELECT is((SELECT tenant_id FROM quota_ext.authenticate(:'il_member_key')), :tb::bigint, 'a member authenticates');
 SELECT throws_ok($$SELECT * FROM quota_ext.event_poll('il-b-relay')$$, '42501', NULL, 'a member''s key cannot poll its tenant''s events');
@@ -192,6 +195,12 @@ SELECT quota_ext.clear_tenant();
 SELECT quota_ext.authenticate(:'il_owner_key');
 \o
 SELECT is(quota_ext.event_ack('il-b-relay', 0), 0::bigint, 'a tenant admin''s key can');
+-- an attacker's pass over the outbox: B's admin key and A's events
+SELECT throws_ok(format($$SELECT quota_ext.event_ack('il-b-relay', %s)$$, :il_a_event), '42704',
+	format('event %s does not exist', :il_a_event), 'B''s key cannot acknowledge A''s event: it does not exist for B');
+SELECT is((SELECT count(*) FROM quota_ext.outbox WHERE tenant_id <> :tb), 0::bigint, 'nor read A''s events');
+SELECT throws_ok(format($$SELECT quota_ext.event_consumer_drop(%s, 'il-relay')$$, :ta), '42501', NULL,
+	'nor drop a consumer (admin only)');
 \o /dev/null
 SELECT quota_ext.clear_tenant();
 \o

@@ -7,7 +7,7 @@
 -- to the micro-unit), and the cross-tenant reads all this adds.
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(102);
+SELECT plan(122);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('mk-owner') AS tw \gset
@@ -115,7 +115,32 @@ SELECT results_eq(format($$SELECT tenant_id, event_type FROM quota_ext.outbox WH
 	'each decision is an event in the consumer''s outbox (once)');
 SELECT is((SELECT count(*) FROM quota_ext.audit_log WHERE tenant_id = :tw AND action = 'model_access_decide')::int, 3,
 	'each decision is audited under the owner');
-SELECT ok(quota_ext.model_access_request(:tx, :mm) NOT IN (:r3), 'a denied tenant may ask again (a new request)');
+-- asking again after a denial (an attacker's review: without a limit,
+-- each one a row and an event in the owner's outbox; failed before)
+SELECT pg_temp.mx_snap();
+SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.model_access_request(%s, %s)$$, :tx, :mm),
+	'54000', format('tenant %s''s request for model %s was denied less than a day ago', :tx, :mm),
+	'asking again right after a denial: 54000 (failed before)');
+UPDATE quota_ext.model_access_requests SET decided_at = decided_at - interval '25 hours' WHERE tenant_id = :tx;
+SELECT quota_ext.model_access_request(:tx, :mm) AS r4 \gset
+SELECT ok(:r4 NOT IN (:r3), 'a day after the denial a denied tenant may ask again (a new request)');
+\o /dev/null
+SELECT quota_ext.model_access_decide(:tw, :tx, :r4, false);
+UPDATE quota_ext.model_access_requests SET decided_at = decided_at - interval '25 hours' WHERE tenant_id = :tx;
+SELECT quota_ext.model_access_request(:tx, :mm) AS r5 \gset
+SELECT quota_ext.model_access_decide(:tw, :tx, :r5, false);
+UPDATE quota_ext.model_access_requests SET decided_at = decided_at - interval '25 hours' WHERE tenant_id = :tx;
+\o
+SELECT pg_temp.mx_snap();
+SELECT * FROM pg_temp.mx_throws(format($$SELECT quota_ext.model_access_request(%s, %s)$$, :tx, :mm),
+	'54000', format('model %s denied tenant %s access 3 times', :mm, :tx),
+	'after three denials no more requests for the model, however long ago (failed before)');
+SELECT is((SELECT count(*) FROM quota_ext.outbox WHERE tenant_id = :tw AND event_type = 'model_access.requested'
+             AND (payload->>'consumer_tenant_id')::bigint = :tx)::int, 3,
+	'the owner''s outbox has the three requests, not the refused ones');
+SELECT results_eq(format('SELECT request_id, status FROM quota_ext.model_access_requests_received(%s) WHERE consumer_tenant_id = %s', :tw, :tx),
+	format($$VALUES (%s::bigint, 'denied'::text), (%s, 'denied'), (%s, 'denied')$$, :r3, :r4, :r5),
+	'the owner''s list has each decision');
 
 -- use: the policy decides as for any model
 SELECT ok(quota_ext.policy_set(:tc, 'mk-m', true) > 0, 'the consumer allows mk-m');
@@ -225,9 +250,57 @@ SELECT is((SELECT coalesce(sum(l.amount), 0) FROM quota_ext.invoice_lines l JOIN
 SELECT is((SELECT count(*) FROM quota_ext.outbox WHERE tenant_id = :tw AND event_type = 'payout.updated'
              AND payload->>'period_start' LIKE '2025-02-01%')::int, 2, 'the statement''s change is announced');
 
+-- A refund after a close larger than what the owner was paid for that
+-- consumer and model (an attacker's review: negative adjustment lines gave
+-- negative payout lines with no floor; failed before): x was invoiced
+-- 0.001665 on mk-p in January (paid out), and is refunded 0.002 of January
+-- after its close.  The statement takes back what was paid, and carries the
+-- rest against x's later charges on mk-p.
+\o /dev/null
+SELECT pg_temp.mx_usage(:tx, :mp, '2025-01-20 10:00+00', -6, -0.002, 9903, kind => 'refund', created => clock_timestamp(), calls => -1);
+SELECT quota_ext.billing_close(:tx, '2025-02-01 00:00+00', '2025-03-01 00:00+00');
+\o
+SELECT results_eq(format($$SELECT l.invoiced, l.gross, l.platform_share, l.payout FROM quota_ext.payout_lines l
+                            JOIN quota_ext.payouts p USING (tenant_id, payout_id)
+                            WHERE p.tenant_id = %s AND p.period_start = '2025-02-01 00:00+00' AND l.consumer_tenant_id = %s$$, :tw, :tx),
+	$$VALUES (-0.002::numeric, -0.001665::numeric, 0::numeric, -0.001665::numeric)$$,
+	'a refund beyond what was paid: the line takes back what was paid, no more (failed before)');
+\o /dev/null
+SELECT pg_temp.mx_usage(:tx, :mp, '2025-03-05 10:00+00', 3, 0.000999, 9903);
+SELECT quota_ext.billing_close(:tx, '2025-03-01 00:00+00', '2025-04-01 00:00+00');
+\o
+SELECT results_eq(format($$SELECT l.invoiced, l.gross, l.payout FROM quota_ext.payout_lines l
+                            JOIN quota_ext.payouts p USING (tenant_id, payout_id)
+                            WHERE p.tenant_id = %s AND p.period_start = '2025-03-01 00:00+00'$$, :tw),
+	$$VALUES (0.000999::numeric, 0.000664::numeric, 0.000664::numeric)$$,
+	'the carried rest is set against the next charges (0.001665 - 0.002 + 0.000999)');
+SELECT is((SELECT sum(l.gross) FROM quota_ext.payout_lines l WHERE l.tenant_id = :tw AND l.consumer_tenant_id = :tx),
+	(SELECT greatest(sum(l.amount), 0) FROM quota_ext.invoice_lines l WHERE l.tenant_id = :tx AND l.model_id = :mp),
+	'per consumer and model: the owner''s gross over its statements = max(0, what the consumer was invoiced)');
+\o /dev/null
+SELECT quota_ext.invoice_void(:tx, (SELECT invoice_id FROM quota_ext.invoices
+                                     WHERE tenant_id = :tx AND period_start = '2025-02-01 00:00+00'), 'refund voided');
+\o
+SELECT results_eq(format($$SELECT l.invoiced, l.gross FROM quota_ext.payout_lines l JOIN quota_ext.payouts p USING (tenant_id, payout_id)
+                            WHERE p.tenant_id = %s AND p.period_start = '2025-02-01 00:00+00' AND l.consumer_tenant_id = %s
+                            ORDER BY l.line_no$$, :tw, :tx),
+	$$VALUES (-0.002::numeric, -0.001665::numeric), (0.002, 0.002)$$,
+	'voiding the refund''s invoice gives back what it took and what it carried');
+SELECT is((SELECT sum(l.gross) FROM quota_ext.payout_lines l WHERE l.tenant_id = :tw AND l.consumer_tenant_id = :tx),
+	(SELECT sum(l.amount) FROM quota_ext.invoice_lines l JOIN quota_ext.invoices i USING (tenant_id, invoice_id)
+	  WHERE l.tenant_id = :tx AND l.model_id = :mp AND i.status <> 'void'),
+	'and the owner''s gross is again what the invoices not voided hold');
+SELECT ok(NOT EXISTS (SELECT 1 FROM quota_ext.payouts WHERE tenant_id = :tw AND payout < 0), 'no statement is negative');
+
 -- ---------------------------------------------------------------------------
 -- cross-tenant reads
 -- ---------------------------------------------------------------------------
+-- list prices of the owner's private model and of a "tenant" model shared
+-- with nobody; a key of the consumer c1
+\o /dev/null
+SELECT quota_ext.model_price_set(:tw, 'mk-priv', 'EUR', 0.5), quota_ext.model_price_set(:tw, 'mk-shared', 'EUR', 0.25);
+\o
+SELECT api_key AS kc FROM quota_ext.user_create(:tc, 'c1@mk.example', 'member') \gset
 CREATE ROLE qx_tap_mk_admin LOGIN IN ROLE quota_ext_admin;
 CREATE ROLE qx_tap_mk_app LOGIN IN ROLE quota_ext_app;
 SET ROLE qx_tap_mk_admin;
@@ -237,20 +310,29 @@ SELECT is((SELECT count(*) FROM quota_ext.payouts)::int + (SELECT count(*) FROM 
 SELECT is((SELECT count(*) FROM quota_ext.models WHERE model_id IN (:mp, :mv))::int, 0,
 	'nor the owner''s models it was not granted (public or private), beyond the listing');
 SELECT is((SELECT count(*) FROM quota_ext.model_listing() WHERE model = 'mk-p')::int, 1, 'the listing it reads');
+SELECT is((SELECT array_agg(DISTINCT model_id ORDER BY model_id) FROM quota_ext.prices WHERE tenant_id IS NULL AND model_id IN (:mm, :mp, :mv, :ms)),
+	ARRAY[:mm, :mp]::bigint[],
+	'list prices: of the listed models it uses or may ask for, not of the owner''s private model or an unshared one (failed before)');
 SELECT throws_ok(format($$SELECT * FROM quota_ext.model_access_requests_received(%s)$$, :tw), '42704', NULL,
 	'the owner''s requests are a tenant that does not exist in the consumer''s context');
 SELECT throws_ok(format($$SELECT quota_ext.model_access_request(%s, %s)$$, :tx, :mm), '42704', NULL,
 	'a consumer cannot ask on behalf of another tenant');
 SELECT results_eq('SELECT DISTINCT tenant_id FROM quota_ext.model_access_requests', format('VALUES (%s::bigint)', :tc),
 	'the consumer reads its own requests only');
+SELECT is((SELECT count(*) FROM quota_ext.model_access_inbox)::int, 0, 'and not the owner''s list');
 SELECT quota_ext.clear_tenant();
 SELECT quota_ext.set_tenant(:tw);
 SELECT is((SELECT count(*) FROM quota_ext.invoices WHERE tenant_id <> :tw)::int
           + (SELECT count(*) FROM quota_ext.invoice_lines WHERE tenant_id <> :tw)::int
           + (SELECT count(*) FROM quota_ext.model_access_requests)::int, 0,
 	'the owner sees no consumer invoice, invoice line or request row');
-SELECT is((SELECT count(*) FROM quota_ext.payouts)::int, 2, 'the owner reads its statements');
-SELECT is((SELECT count(*) FROM quota_ext.model_access_requests_received(:tw))::int, 4, 'and the requests for its models');
+SELECT is((SELECT count(*) FROM quota_ext.payouts)::int, 3, 'the owner reads its statements');
+SELECT is((SELECT array_agg(DISTINCT model_id ORDER BY model_id) FROM quota_ext.prices WHERE tenant_id IS NULL AND model_id IN (:mm, :mp, :mv, :ms)),
+	ARRAY[:mm, :mp, :mv, :ms]::bigint[], 'the owner reads the list prices of all its models');
+SELECT is((SELECT count(*) FROM quota_ext.model_access_requests_received(:tw))::int, 5, 'and the requests for its models');
+SELECT results_eq('SELECT tenant_id, count(*)::int FROM quota_ext.model_access_inbox GROUP BY 1',
+	format('VALUES (%s::bigint, 5)', :tw),
+	'which are its own tenant''s rows (model_access_inbox, tenant_id = the owner), read by tenant_id (failed before)');
 SELECT throws_ok(format($$SELECT quota_ext.model_revenue_share_set(%s, 'mk-m', 0)$$, :tw), '42501', NULL,
 	'the owner cannot set the platform''s share');
 SELECT throws_ok(format($$SELECT quota_ext.model_access_decide(%s, %s, %s, true)$$, :tx, :tx, :r3), '42704', NULL,
@@ -262,6 +344,15 @@ SELECT throws_ok(format($$SELECT * FROM quota_ext.model_access_requests_received
 	'an app login without a context: 42501');
 SELECT throws_ok(format($$SELECT quota_ext.model_access_decide(%s, %s, %s, true)$$, :tw, :tx, :r3), '42501', NULL,
 	'the app role cannot decide');
+SELECT is((SELECT count(*) FROM quota_ext.prices WHERE model_id IN (:mm, :mp, :mv, :ms))::int, 0,
+	'without a context an app login reads no owner''s list price');
+SELECT ok(quota_ext.authenticate(:'kc') IS NOT NULL, 'the consumer''s key');
+SELECT is((SELECT array_agg(DISTINCT model_id ORDER BY model_id) FROM quota_ext.prices WHERE tenant_id IS NULL AND model_id IN (:mm, :mp, :mv, :ms)),
+	ARRAY[:mm, :mp]::bigint[], 'with it: the listed models'' list prices only (failed before)');
+SELECT ok(quota_ext.price_list_visible(NULL) AND NOT quota_ext.price_list_visible(:mv)
+          AND quota_ext.price_list_visible(:mm),
+	'price_list_visible: the default prices and the shared model yes, the private one no');
+SELECT quota_ext.clear_tenant();
 RESET ROLE;
 
 SELECT * FROM finish();

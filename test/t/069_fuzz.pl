@@ -235,6 +235,9 @@ my %extra = (
 	api_key_revoke           => '55000',
 	api_key_rotate           => '55000',
 	model_register           => '23505',
+	meter_create             => '23505',
+	model_visibility_set     => '23505',
+	model_access_request     => '54000 55000',
 	policy_set               => '55000',
 	quota_set                => '55000',
 	quota_settle             => '55000',
@@ -260,7 +263,8 @@ my %extra = (
 	invoice_mark_paid        => '55000',
 	event_ack                => '55000 54000',
 	event_poll               => '54000',
-	quota_check              => '55000',);
+	quota_check              => '55000',
+	meter_create             => '23505',);
 my $common = '22004 22023 22003 42501 42704';
 my @unexpected;
 for my $row (split /\n/, $node->safe_psql('postgres',
