@@ -36,6 +36,7 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 
 PG_FUNCTION_INFO_V1(quota_ext_current_tenant_id);
 PG_FUNCTION_INFO_V1(quota_ext_current_context);
@@ -47,23 +48,46 @@ PG_FUNCTION_INFO_V1(quota_ext_admin_only);
 
 static QuotaContext quota_ctx;
 
+/* the text of the token quota_ctx was adopted from (when from_token) */
+static char *adopted_token = NULL;
+
 /*
  * quota_ctx_adopt
  *		On a Citus worker, the context a coordinator's transaction sent in its
  *		signed token (context_citus.c); nothing without a token, so a single
  *		node pays one pointer test.  Every reader of quota_ctx calls it first.
+ *
+ *		A context adopted from a token follows the setting: when the
+ *		coordinator publishes another token in the same transaction
+ *		(set_tenant to another tenant, a second authenticate) or an empty one
+ *		(clear_tenant), the old context is dropped and the new token, if any,
+ *		checked.  A context set in this backend's memory always wins.
  */
 static inline void
 quota_ctx_adopt(void)
 {
+	const char *tok = quota_context_token;
+	bool		empty = (tok == NULL || tok[0] == '\0');
 	QuotaContext c;
 
-	if (quota_ctx.valid || quota_context_token == NULL || quota_context_token[0] == '\0')
+	if (quota_ctx.valid && !quota_ctx.from_token)
+		return;
+	if (quota_ctx.valid)
+	{
+		if (!empty && strcmp(adopted_token, tok) == 0)
+			return;
+		memset(&quota_ctx, 0, sizeof(quota_ctx));
+	}
+	if (empty)
 		return;
 	if (QuotaContextAdopt(&c))
 	{
+		if (adopted_token)
+			pfree(adopted_token);
+		adopted_token = MemoryContextStrdup(TopMemoryContext, tok);
 		quota_ctx = c;
 		quota_ctx.nest_level = GetCurrentTransactionNestLevel();
+		quota_ctx.from_token = true;
 		quota_ctx.valid = true;
 	}
 }

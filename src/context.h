@@ -21,6 +21,7 @@ typedef struct QuotaContext
 	int64		key_id;			/* 0 when set by set_tenant() */
 	char		role[QUOTA_MAX_ROLE_LEN + 1];
 	int			nest_level;		/* transaction nest level it was set at */
+	bool		from_token;		/* adopted from quota_ext.context_token */
 } QuotaContext;
 
 extern void QuotaContextInit(void);

@@ -56,7 +56,9 @@
 #include "common/cryptohash.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
+#include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
@@ -81,9 +83,16 @@ typedef struct CitusTxnId
 
 typedef CitusTxnId *(*citus_txn_fn) (void);
 typedef void (*citus_void_fn) (void);
+typedef uint64 (*citus_gpid_fn) (void);
+typedef int32 (*citus_group_fn) (void);
 
 static citus_txn_fn citus_get_txn = NULL;
 static citus_void_fn citus_use_coordinated = NULL;
+static citus_gpid_fn citus_gpid = NULL;
+static citus_group_fn citus_group = NULL;
+
+/* quota_ext.citus_context_max_age: seconds a token outlives its transaction's start */
+static int	context_max_age = 300;
 
 /* the cluster secret, read once per backend */
 static uint8 cluster_secret[SECRET_LEN];
@@ -111,6 +120,14 @@ QuotaContextCitusInit(void)
 							   PGC_USERSET,
 							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE,
 							   NULL, NULL, NULL);
+	DefineCustomIntVariable("quota_ext.citus_context_max_age",
+							"Seconds after the start of a Citus distributed transaction that a worker still believes its tenant context token.",
+							"An older token raises 55000 on the worker; set it alike on every node.",
+							&context_max_age,
+							300, 1, 86400,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
 }
 
 static void
@@ -122,6 +139,10 @@ citus_functions(void)
 			load_external_function("citus", "GetCurrentDistributedTransactionId", true, NULL);
 		citus_use_coordinated = (citus_void_fn)
 			load_external_function("citus", "UseCoordinatedTransaction", true, NULL);
+		citus_gpid = (citus_gpid_fn)
+			load_external_function("citus", "GetGlobalPID", true, NULL);
+		citus_group = (citus_group_fn)
+			load_external_function("citus", "GetLocalGroupId", true, NULL);
 	}
 }
 
@@ -172,15 +193,35 @@ secret_load(void)
 	return cluster_secret_known;
 }
 
-/* the signed fields, the login included (it is not in the token itself) */
-static char *
-token_payload(const QuotaContext *c, const CitusTxnId *txn)
+/* one field of the signed text: its length, a colon, the text */
+static void
+field(StringInfo buf, const char *v)
 {
-	return psprintf("v1|" INT64_FORMAT "|" INT64_FORMAT "|" INT64_FORMAT "|%s|%s|%d|" UINT64_FORMAT "|" INT64_FORMAT,
-					c->tenant_id, c->user_id, c->key_id, c->role,
-					GetUserNameFromId(GetOuterUserId(), false),
-					txn->initiatorNodeIdentifier, txn->transactionNumber,
-					(int64) txn->timestamp);
+	appendStringInfo(buf, "%zu:%s", strlen(v), v);
+}
+
+/*
+ * The signed fields, each length-prefixed (no separator a value could
+ * contain): the context, the login (it is not in the token itself), the
+ * originating backend's Citus global PID and the distributed transaction.
+ */
+static char *
+token_payload(const QuotaContext *c, uint64 gpid, const CitusTxnId *txn)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	field(&buf, "v2");
+	field(&buf, psprintf(INT64_FORMAT, c->tenant_id));
+	field(&buf, psprintf(INT64_FORMAT, c->user_id));
+	field(&buf, psprintf(INT64_FORMAT, c->key_id));
+	field(&buf, c->role);
+	field(&buf, GetUserNameFromId(GetOuterUserId(), false));
+	field(&buf, psprintf(UINT64_FORMAT, gpid));
+	field(&buf, psprintf("%d", txn->initiatorNodeIdentifier));
+	field(&buf, psprintf(UINT64_FORMAT, txn->transactionNumber));
+	field(&buf, psprintf(INT64_FORMAT, (int64) txn->timestamp));
+	return buf.data;
 }
 
 static void
@@ -252,7 +293,8 @@ QuotaContextPublish(const QuotaContext *ctx)
 		return;
 	}
 	citus_functions();
-	if (citus_get_txn == NULL || citus_use_coordinated == NULL)
+	if (citus_get_txn == NULL || citus_use_coordinated == NULL ||
+		citus_gpid == NULL || citus_group == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("this Citus does not export the distributed transaction functions quota_ext needs")));
@@ -264,9 +306,9 @@ QuotaContextPublish(const QuotaContext *ctx)
 	/* the transaction gets its distributed id now, before any worker sees it */
 	citus_use_coordinated();
 	txn = citus_get_txn();
-	payload = token_payload(ctx, txn);
+	payload = token_payload(ctx, citus_gpid(), txn);
 	token_mac(payload, mac);
-	publish(psprintf("v1." INT64_FORMAT "." INT64_FORMAT "." INT64_FORMAT ".%s.%s",
+	publish(psprintf("v2." INT64_FORMAT "." INT64_FORMAT "." INT64_FORMAT ".%s.%s",
 					 ctx->tenant_id, ctx->user_id, ctx->key_id,
 					 hex((const uint8 *) ctx->role, strlen(ctx->role)),
 					 hex(mac, MAC_LEN)));
@@ -299,21 +341,29 @@ QuotaContextAdopt(QuotaContext *out)
 	CitusTxnId *txn;
 	uint8		mac[MAC_LEN], want[MAC_LEN];
 	uint8		diff = 0;
+	int64		age;
 
 	if (refused_token && refused_lxid == MY_LXID && strcmp(refused_token, tok) == 0)
 		return false;
 	if (!IsTransactionState() || !QuotaOnCitus())
 		return refuse(tok);
 	citus_functions();
-	if (citus_get_txn == NULL)
+	if (citus_get_txn == NULL || citus_gpid == NULL || citus_group == NULL)
 		return refuse(tok);
 	txn = citus_get_txn();
-	if (txn->transactionNumber == 0 || txn->transactionOriginator)
+
+	/*
+	 * Never on the node that began the distributed transaction (its context
+	 * is the one in memory), whatever assign_distributed_transaction_id()
+	 * claimed for this backend.
+	 */
+	if (txn->transactionNumber == 0 || txn->transactionOriginator ||
+		txn->initiatorNodeIdentifier == citus_group())
 		return refuse(tok);
 
 	memset(out, 0, sizeof(*out));
 	rolehex[0] = '\0';
-	if (sscanf(tok, "v1." INT64_FORMAT "." INT64_FORMAT "." INT64_FORMAT ".%n",
+	if (sscanf(tok, "v2." INT64_FORMAT "." INT64_FORMAT "." INT64_FORMAT ".%n",
 			   &tenant, &user, &key, &n) != 3 || n == 0)
 		return refuse(tok);
 	{
@@ -341,10 +391,28 @@ QuotaContextAdopt(QuotaContext *out)
 
 	if (!secret_load())
 		return refuse(tok);
-	token_mac(token_payload(out, txn), want);
+	/*
+	 * Signed with this backend's own global PID: on a connection Citus
+	 * opened, the originator's (its application_name "citus_internal
+	 * gpid=N"); a token replayed through another coordinator session
+	 * arrives with that session's.
+	 */
+	token_mac(token_payload(out, citus_gpid(), txn), want);
 	for (int i = 0; i < MAC_LEN; i++)
 		diff |= mac[i] ^ want[i];
 	if (diff != 0)
 		return refuse(tok);
+
+	/*
+	 * A good token of an old transaction (or of a clock far ahead): loudly,
+	 * not as "no context", which an admin's RLS reads as every tenant.
+	 */
+	age = GetCurrentTimestamp() - txn->timestamp;
+	if (age > (int64) context_max_age * USECS_PER_SEC ||
+		age < -(int64) context_max_age * USECS_PER_SEC)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the tenant context token of this Citus transaction is older than quota_ext.citus_context_max_age"),
+				 errhint("Run the work in shorter transactions, or raise quota_ext.citus_context_max_age on every node.")));
 	return true;
 }
