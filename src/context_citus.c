@@ -21,24 +21,32 @@
  *     login can write a token for a tenant of its choosing;
  *   - it names the Citus distributed transaction this backend takes part
  *     in (initiator node, transaction number and timestamp, which Citus
- *     assigns on the coordinator and sends to each worker connection), and
- *     this backend is not that transaction's originator: a token is worth
- *     nothing in any other transaction, and on the node that made it (the
- *     context in memory counts there, never the setting);
+ *     assigns on the coordinator and sends to each worker connection), this
+ *     backend is not that transaction's originator and this node is not its
+ *     initiator: the node that began it never adopts a token (its context
+ *     in memory counts there), whatever assign_distributed_transaction_id()
+ *     claimed;
+ *   - it names the Citus global PID of the backend that made it, and this
+ *     backend's own global PID (on a connection Citus opened: the
+ *     originator's, from its application_name "citus_internal gpid=N") is
+ *     that one, so a token replayed through another coordinator session is
+ *     worthless there;
  *   - the role this backend acts as (GetOuterUserId: the login of the
  *     connection Citus opened, or a SET ROLE) is the one that held the
- *     context when the token was made: a copied token is worthless to
- *     another login.
+ *     context when the token was made;
+ *   - the transaction began at most quota_ext.citus_context_max_age ago; a
+ *     good but older token raises 55000 (no context would read, for an
+ *     admin, as every tenant).
  *
- * Anything else is ignored: no context, which fails closed (RLS shows no
- * rows, the functions raise "no tenant context").  A plain SET of the
- * setting is therefore harmless, as is a token replayed by hand.  What is
- * left (doc/scaling.md, SECURITY.md): Citus lets any role call
- * assign_distributed_transaction_id(), so the same login that saw a token
- * of its own transaction (SHOW in that transaction, or pg_stat_activity on
- * a worker while Citus sends it) could replay it on a direct worker
- * connection with that transaction's id.  It gains the context it was
- * given there, for rows of the tenant that transaction served.
+ * The signed fields are each length-prefixed.  Anything else is ignored: no
+ * context, which fails closed (RLS shows no rows, the functions raise "no
+ * tenant context").  What is left (doc/scaling.md, SECURITY.md): all tenants
+ * share the app login, which can read any token with its transaction id and
+ * global PID (citus_stat_activity); Citus lets any role call
+ * assign_distributed_transaction_id() and a client choose its
+ * application_name, so on a direct worker connection that login can claim
+ * the victim's transaction and global PID and gets its context until the
+ * age bound passes.  The workers' pg_hba.conf must keep the app login off.
  *
  * A single node never publishes (QuotaOnCitus is false) and never adopts:
  * without a token the cost is one pointer test.

@@ -294,10 +294,10 @@ my ($as_app, $isolation_key);
 		SHOW quota_ext.context_token;
 		COMMIT;});
 	$tok = (split /\n/, $tok)[-1];
-	like($tok, qr/^v1\.2\.\d+\.\d+\.[0-9a-f]*\.[0-9a-f]{64}$/, 'the coordinator published a signed token for tenant 2');
+	like($tok, qr/^v2\.2\.\d+\.\d+\.[0-9a-f]*\.[0-9a-f]{64}$/, 'the coordinator published a signed token for tenant 2');
 	for my $w ($w1, $w2)
 	{
-		my $forged = $tok =~ s/^v1\.2\./v1.1./r;
+		my $forged = $tok =~ s/^v2\.2\./v2.1./r;
 		for my $case ([ $tok, 'a replayed genuine token gives no context and no rows' ],
 			[ $forged, 'a forged SET of the token (tenant changed) is ignored' ])
 		{
@@ -324,6 +324,86 @@ my ($as_app, $isolation_key);
 		SELECT coalesce(string_agg(DISTINCT tenant_id::text, ','), 'none') FROM quota_ext.users;
 		COMMIT;}), 'none',
 		'a replayed token SET on the coordinator and propagated by Citus shows no rows');
+
+	# a context switched within one transaction reaches the workers: each
+	# query between the switches sees the tenant of the latest call
+	is($as->($coord, 'admin_login', q{
+		BEGIN;
+		SELECT FROM quota_ext.set_tenant(1);
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		SELECT FROM quota_ext.set_tenant(2);
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		SELECT FROM quota_ext.clear_tenant();
+		SELECT string_agg(DISTINCT tenant_id::text, ',' ORDER BY tenant_id::text) FROM quota_ext.users WHERE tenant_id IN (1, 2);
+		COMMIT;}), "1\n2\n1,2",
+		'admin: set_tenant(1), set_tenant(2), clear_tenant() in one transaction, the workers follow each');
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		SELECT FROM quota_ext.authenticate('$k2');
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		COMMIT;}), "1\n2",
+		'app: authenticate with A\'s key, then B\'s, in one transaction: B is answered with B\'s rows');
+
+	# the replay of another transaction's token (review finding): the token,
+	# the distributed transaction id and the originator's global PID are all
+	# readable by the same login (citus_stat_activity); read here in the
+	# victim's own transaction
+	my ($vtok, $vinit, $vnum, $vts, $vgpid) = split /\|/, (split /\n/, $as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k2');
+		SELECT count(*) FROM quota_ext.users;
+		SELECT current_setting('quota_ext.context_token'), t.initiator_node_identifier, t.transaction_number,
+		       t.transaction_stamp, citus_backend_gpid()
+		  FROM get_current_transaction_id() t;
+		COMMIT;}))[-1];
+	like($vtok, qr/^v2\.2\./, 'the victim\'s token and transaction id were read');
+	my $replay = qq{
+		SELECT assign_distributed_transaction_id($vinit, $vnum, '$vts');
+		SET LOCAL citus.propagate_set_commands = 'local';
+		SET LOCAL quota_ext.context_token = '$vtok';};
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		$replay
+		SELECT coalesce(quota_ext.current_tenant_id()::text, 'none');
+		COMMIT;}), "\nnone",
+		'replay on the coordinator under the victim\'s transaction id: the initiating node adopts no token');
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		$replay
+		SELECT count(*) FROM quota_ext.api_keys;
+		SELECT count(*) FROM quota_ext.users;
+		SELECT coalesce(string_agg(DISTINCT quota_ext.current_tenant_id()::text, ','), 'none') FROM quota_ext.tenants;
+		COMMIT;}), "\n0\n0\nnone",
+		'replay through the coordinator: the workers get the attacker\'s global PID, adopt nothing, show no rows');
+	for my $w ($w1, $w2)
+	{
+		is($as->($w, 'app_login', qq{
+			BEGIN;
+			$replay
+			SELECT coalesce(quota_ext.current_tenant_id()::text, 'none'), count(*) FROM quota_ext.users;
+			COMMIT;}), "\nnone|0",
+			'replay on ' . $w->name . ' directly under the victim\'s transaction id: no context, no rows');
+	}
+	# a worker refuses a good token once its transaction is older than
+	# quota_ext.citus_context_max_age (55000), even on a connection that
+	# claims the victim's global PID in its application_name; waits until
+	# the transaction is old enough (no timing assertion)
+	$w1->safe_psql('postgres', q{ALTER SYSTEM SET quota_ext.citus_context_max_age = 1; SELECT pg_reload_conf()});
+	$w1->poll_query_until('postgres', qq{SELECT clock_timestamp() > '$vts'::timestamptz + interval '1.5 s'});
+	{
+		local $ENV{PGAPPNAME} = "citus_internal gpid=$vgpid";
+		like($as->($w1, 'app_login', qq{
+			\\set VERBOSITY verbose
+			BEGIN;
+			$replay
+			SELECT count(*) FROM quota_ext.users;
+			COMMIT;}), qr/55000: the tenant context token of this Citus transaction is older than quota_ext.citus_context_max_age/,
+			'worker1: the victim\'s token past citus_context_max_age raises 55000, even under its global PID');
+	}
+	$w1->safe_psql('postgres', q{ALTER SYSTEM RESET quota_ext.citus_context_max_age; SELECT pg_reload_conf()});
+
 	# delegated calls (Citus delegates a call alone in its statement, outside
 	# a transaction block): the app cannot charge another tenant on any node
 	like($as->($coord, 'app_login', q{SELECT quota_ext.quota_consume(2, 'gpt-x', 1)}), qr/no tenant context/,
