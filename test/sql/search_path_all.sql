@@ -217,7 +217,7 @@ INSERT INTO public.spa_calls (ord, fn, role, sql) VALUES
 	(114, 'distribute', 'admin', $q$CALL quota_ext.distribute()$q$),
 	(115, 'distribution_status', 'admin', $q$SELECT pg_catalog.count(*) OPERATOR(pg_catalog.=) 0 FROM quota_ext.distribution_status()$q$),
 	-- (the prices policies call it: a read of prices, and the call itself)
-	(116, 'price_list_visible', 'admin', $q$SELECT quota_ext.price_list_visible(NULL), quota_ext.price_list_visible((SELECT m.model_id FROM quota_ext.models m WHERE m.name OPERATOR(pg_catalog.=) '{own}')), pg_catalog.count(*) OPERATOR(pg_catalog.>) 0 FROM quota_ext.prices p WHERE p.tenant_id IS NULL$q$);
+	(117, 'price_list_visible', 'admin', $q$SELECT quota_ext.price_list_visible(NULL), quota_ext.price_list_visible((SELECT m.model_id FROM quota_ext.models m WHERE m.name OPERATOR(pg_catalog.=) '{own}')), pg_catalog.count(*) OPERATOR(pg_catalog.>) 0 FROM quota_ext.prices p WHERE p.tenant_id IS NULL$q$);
 -- every function a role may execute whose name no call above has gets a
 -- generated call: arguments without a default, by name, else by type
 INSERT INTO public.spa_calls (ord, fn, role, sql, generated)
