@@ -38,6 +38,7 @@
 #include "quota_ext.h"
 #include "spi.h"
 #include "context.h"
+#include "direct.h"
 #include "cache.h"
 #include "args.h"
 #include "auth.h"
@@ -556,8 +557,14 @@ QuotaAuthenticate(text *keytext)
 	 * no trigger, only _audit() marks a change) skips a row another session
 	 * is touching right now.
 	 */
+	/*
+	 * Nor on Citus: the UPDATE, run as the owner, modifies the tenant's
+	 * placements, and Citus then refuses every later statement of the
+	 * transaction that reads them as the app ("placements that were
+	 * modified in this transaction by a different user"; doc/scaling.md).
+	 */
 	if (ok && !XactReadOnly && !IsolationUsesXactSnapshot() &&
-		!RecoveryInProgress() &&
+		!RecoveryInProgress() && !QuotaOnCitus() &&
 		e->last_used_at < now - (int64) quota_key_touch_interval * USECS_PER_SEC)
 	{
 		Datum		values[2];

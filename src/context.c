@@ -27,6 +27,7 @@
 #include "spi.h"
 #include "context.h"
 #include "args.h"
+#include "direct.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"
@@ -35,6 +36,7 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 
 PG_FUNCTION_INFO_V1(quota_ext_current_tenant_id);
 PG_FUNCTION_INFO_V1(quota_ext_current_context);
@@ -45,6 +47,50 @@ PG_FUNCTION_INFO_V1(quota_ext_identity_resolve);
 PG_FUNCTION_INFO_V1(quota_ext_admin_only);
 
 static QuotaContext quota_ctx;
+
+/* the text of the token quota_ctx was adopted from (when from_token) */
+static char *adopted_token = NULL;
+
+/*
+ * quota_ctx_adopt
+ *		On a Citus worker, the context a coordinator's transaction sent in its
+ *		signed token (context_citus.c); nothing without a token, so a single
+ *		node pays one pointer test.  Every reader of quota_ctx calls it first.
+ *
+ *		A context adopted from a token follows the setting: when the
+ *		coordinator publishes another token in the same transaction
+ *		(set_tenant to another tenant, a second authenticate) or an empty one
+ *		(clear_tenant), the old context is dropped and the new token, if any,
+ *		checked.  A context set in this backend's memory always wins.
+ */
+static inline void
+quota_ctx_adopt(void)
+{
+	const char *tok = quota_context_token;
+	bool		empty = (tok == NULL || tok[0] == '\0');
+	QuotaContext c;
+
+	if (quota_ctx.valid && !quota_ctx.from_token)
+		return;
+	if (quota_ctx.valid)
+	{
+		if (!empty && strcmp(adopted_token, tok) == 0)
+			return;
+		memset(&quota_ctx, 0, sizeof(quota_ctx));
+	}
+	if (empty)
+		return;
+	if (QuotaContextAdopt(&c))
+	{
+		if (adopted_token)
+			pfree(adopted_token);
+		adopted_token = MemoryContextStrdup(TopMemoryContext, tok);
+		quota_ctx = c;
+		quota_ctx.nest_level = GetCurrentTransactionNestLevel();
+		quota_ctx.from_token = true;
+		quota_ctx.valid = true;
+	}
+}
 
 static void
 quota_context_clear(void)
@@ -94,6 +140,7 @@ QuotaContextInit(void)
 	quota_context_clear();
 	RegisterXactCallback(quota_xact_callback, NULL);
 	RegisterSubXactCallback(quota_subxact_callback, NULL);
+	QuotaContextCitusInit();
 }
 
 /*
@@ -113,11 +160,14 @@ QuotaContextSet(int64 tenant_id, int64 user_id, int64 key_id, const char *role)
 		strlcpy(quota_ctx.role, role, sizeof(quota_ctx.role));
 	quota_ctx.nest_level = GetCurrentTransactionNestLevel();
 	quota_ctx.valid = true;
+	/* on Citus, the workers of this transaction get it too */
+	QuotaContextPublish(&quota_ctx);
 }
 
 const QuotaContext *
 QuotaContextGet(void)
 {
+	quota_ctx_adopt();
 	return quota_ctx.valid ? &quota_ctx : NULL;
 }
 
@@ -204,6 +254,7 @@ QuotaCallerIsAdmin(void)
 void
 QuotaCheckAdmin(const char *what)
 {
+	quota_ctx_adopt();
 	if (quota_ctx.valid || !QuotaCallerIsAdmin())
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -233,6 +284,7 @@ QuotaRaiseUnknownTenant(int64 tenant_id)
 void
 QuotaCheckTenantAccess(int64 tenant_id)
 {
+	quota_ctx_adopt();
 	if (quota_ctx.valid)
 	{
 		if (quota_ctx.tenant_id != tenant_id)
@@ -264,8 +316,12 @@ void
 QuotaIdentityResolve(FunctionCallInfo fcinfo, int64 tenant_id, int user_arg,
 					 int key_arg, int role_arg, QuotaIdentity *id)
 {
-	bool		own = quota_ctx.valid && quota_ctx.tenant_id == tenant_id;
-	bool		from_key = own && quota_ctx.key_id != 0;
+	bool		own;
+	bool		from_key;
+
+	quota_ctx_adopt();
+	own = quota_ctx.valid && quota_ctx.tenant_id == tenant_id;
+	from_key = own && quota_ctx.key_id != 0;
 
 	memset(id, 0, sizeof(*id));
 	if (own)
@@ -343,6 +399,7 @@ quota_ext_identity_resolve(PG_FUNCTION_ARGS)
 Datum
 quota_ext_current_tenant_id(PG_FUNCTION_ARGS)
 {
+	quota_ctx_adopt();
 	if (!quota_ctx.valid)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(quota_ctx.tenant_id);
@@ -362,6 +419,7 @@ quota_ext_current_context(PG_FUNCTION_ARGS)
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	quota_ctx_adopt();
 	if (quota_ctx.valid)
 	{
 		values[0] = Int64GetDatum(quota_ctx.tenant_id);
@@ -427,6 +485,8 @@ Datum
 quota_ext_clear_tenant(PG_FUNCTION_ARGS)
 {
 	quota_context_clear();
+	/* on Citus: the workers drop it too, and a worker does not adopt it again */
+	QuotaContextPublish(NULL);
 	PG_RETURN_VOID();
 }
 

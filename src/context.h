@@ -21,6 +21,7 @@ typedef struct QuotaContext
 	int64		key_id;			/* 0 when set by set_tenant() */
 	char		role[QUOTA_MAX_ROLE_LEN + 1];
 	int			nest_level;		/* transaction nest level it was set at */
+	bool		from_token;		/* adopted from quota_ext.context_token */
 } QuotaContext;
 
 extern void QuotaContextInit(void);
@@ -30,6 +31,12 @@ extern const QuotaContext *QuotaContextGet(void);
 extern bool QuotaCallerIsAdmin(void);
 extern void QuotaCheckAdmin(const char *what);
 extern void QuotaCheckTenantAccess(int64 tenant_id);
+
+/* context_citus.c: the context carried to Citus workers in a signed token */
+extern char *quota_context_token;
+extern void QuotaContextCitusInit(void);
+extern void QuotaContextPublish(const QuotaContext *ctx);
+extern bool QuotaContextAdopt(QuotaContext *out);
 
 /* who a request acts as (QuotaIdentityResolve) */
 typedef struct QuotaIdentity

@@ -969,9 +969,11 @@ BEGIN
 	       CASE WHEN q.period = 'lifetime' THEN NULL ELSE b.period_start END,
 	       -- calls admitted in the period and scope, net of refunds, from the
 	       -- ledger since the period start (its (tenant_id, created_at)
-	       -- index: created_at >= occurred_at)
+	       -- index: created_at >= occurred_at).  Every per-tenant table names
+	       -- the tenant argument itself, not q.tenant_id: then Citus routes
+	       -- the whole statement to the tenant's shards (doc/scaling.md)
 	       CASE WHEN _quota_status.with_requests THEN (SELECT coalesce(sum(u.calls), 0)::bigint FROM quota_ext.usage u
-	                   WHERE u.tenant_id = q.tenant_id
+	                   WHERE u.tenant_id = _quota_status.tenant_id
 	                     AND u.created_at >= b.period_start
 	                     AND u.occurred_at >= b.period_start AND u.occurred_at < b.period_end
 	                     AND (q.model_id IS NULL OR u.model_id = q.model_id)
@@ -984,7 +986,7 @@ BEGIN
 	  CROSS JOIN LATERAL quota_ext.period_bounds(q.period, t.timezone, clock_timestamp()) b
 	  CROSS JOIN LATERAL (SELECT coalesce(sum(c.used) FILTER (WHERE c.period_start = b.period_start), 0)::bigint AS used
 	                        FROM quota_ext.quota_counters c
-	                       WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id) s
+	                       WHERE c.tenant_id = _quota_status.tenant_id AND c.quota_id = q.quota_id) s
 	 WHERE q.tenant_id = _quota_status.tenant_id
 	   AND (_quota_status.model IS NULL OR q.model_id IS NULL OR q.model_id = mid)
 	   AND (_quota_status.user_id IS NULL OR q.user_id IS NULL OR q.user_id = _quota_status.user_id)

@@ -9,6 +9,24 @@
 -- holds it.  quota_ext.distribution_status() shows the result.  What works
 -- on Citus and what does not yet: doc/scaling.md (test/t/091_citus.pl).
 
+-- The cluster secret of the tenant context on Citus (src/context_citus.c):
+-- 32 random bytes that distribute() writes once, a reference table after it,
+-- so every node signs and checks the same tokens.  Only the extension owner
+-- reads it (nothing is granted; the C code reads it as the owner).
+CREATE TABLE quota_ext.citus_secret (
+	id     integer PRIMARY KEY CHECK (id OPERATOR(pg_catalog.=) 1),
+	secret bytea NOT NULL CHECK (pg_catalog.length(secret) OPERATOR(pg_catalog.=) 32)
+);
+COMMENT ON TABLE quota_ext.citus_secret IS
+	'Internal, owner only: the HMAC key of the tenant context carried to Citus workers (filled by distribute())';
+REVOKE ALL ON quota_ext.citus_secret FROM PUBLIC;
+-- row-level security, forced, without a policy: no row for anyone but a
+-- superuser (the owner: quota_ext.control says superuser = true) even if a
+-- grant slips in; pg_dump keeps it (a restored cluster signs with the same key)
+ALTER TABLE quota_ext.citus_secret ENABLE ROW LEVEL SECURITY;
+ALTER TABLE quota_ext.citus_secret FORCE ROW LEVEL SECURITY;
+SELECT pg_catalog.pg_extension_config_dump('quota_ext.citus_secret', '');
+
 -- Raise unless Citus is installed in this database: 55000, with a hint.
 CREATE FUNCTION quota_ext._citus_required(what text) RETURNS void
 	LANGUAGE plpgsql STABLE
@@ -121,6 +139,19 @@ BEGIN
 		RAISE NOTICE 'distribute: % is distributed by tenant_id (co-located with %)', r.rel, colocated;
 		done := done OPERATOR(pg_catalog.+) 1;
 	END LOOP;
+
+	-- the key the tenant context travels to the workers under (context_citus.c):
+	-- 256 random bits (gen_random_uuid draws from pg_strong_random; two v4
+	-- uuids carry 244 random bits, hashed to 32 bytes), written once through
+	-- the reference table so every node has it
+	PERFORM FROM quota_ext.citus_secret;
+	IF NOT FOUND THEN
+		INSERT INTO quota_ext.citus_secret (id, secret)
+		VALUES (1, pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.gen_random_uuid()::pg_catalog.text
+		                              OPERATOR(pg_catalog.||) pg_catalog.gen_random_uuid()::pg_catalog.text, 'UTF8')));
+		RAISE NOTICE 'distribute: made the cluster secret of the tenant context';
+		done := done OPERATOR(pg_catalog.+) 1;
+	END IF;
 
 	-- the functions that take a tenant run on the node that holds it
 	FOR r IN SELECT d.f, d.arg_name FROM quota_ext._citus_delegated() d LOOP

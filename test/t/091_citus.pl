@@ -226,6 +226,189 @@ for my $i (0, 1)
 		'after the move: 600 charged, 600 usage rows, the counter equals the ledger');
 }
 
+my ($as_app, $isolation_key);
+# Isolation through the coordinator and on the workers (issue 16): the
+# context set on the coordinator reaches the workers' RLS as a signed token
+# bound to the distributed transaction and the login (src/context_citus.c)
+{
+	$coord->safe_psql('postgres', q{
+		CREATE ROLE app_login LOGIN IN ROLE quota_ext_app;
+		CREATE ROLE admin_login LOGIN IN ROLE quota_ext_admin;});
+	my $k1 = $coord->safe_psql('postgres', q{SELECT api_key FROM quota_ext.user_create(1, 'carol@acme.test')});
+	my $k2 = $coord->safe_psql('postgres', q{SELECT api_key FROM quota_ext.user_create(2, 'dave@globex.test')});
+	my $as = sub {
+		my ($node, $login, $sql) = @_;
+		my ($rc, $out, $err) = $node->psql('postgres', $sql, extra_params => [ '-U', $login ]);
+		return $rc == 0 ? $out : "error: $err";
+	};
+	$as_app = sub { $as->($coord, 'app_login', $_[0]) };
+	$isolation_key = $k1;
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		COMMIT;}), '1',
+		'app through the coordinator, tenant 1\'s key: it sees its own users and only those');
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k2');
+		SELECT count(*) FILTER (WHERE tenant_id = 2) > 0, count(*) FILTER (WHERE tenant_id <> 2) FROM quota_ext.users;
+		COMMIT;}), 't|0',
+		'app through the coordinator, tenant 2\'s key: own rows visible, none of tenant 1');
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SELECT string_agg(DISTINCT quota_ext.current_tenant_id()::text, ',') FROM quota_ext.users;
+		COMMIT;}), '1',
+		'current_tenant_id() evaluated on the workers\' shards is the coordinator\'s tenant');
+	is($as->($coord, 'app_login', q{SELECT count(*) FROM quota_ext.users}), '0',
+		'app through the coordinator without a context: no rows');
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SAVEPOINT s;
+		SELECT FROM quota_ext.authenticate('$k2');
+		ROLLBACK TO SAVEPOINT s;
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		COMMIT;}), '1',
+		'ROLLBACK TO SAVEPOINT undoes a later authenticate on the workers too');
+
+	# a genuine token, seen in its own transaction
+	my $tok = $as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k2');
+		SELECT count(*) FROM quota_ext.users;
+		SHOW quota_ext.context_token;
+		COMMIT;});
+	$tok = (split /\n/, $tok)[-1];
+	like($tok, qr/^v2\.2\.\d+\.\d+\.[0-9a-f]*\.[0-9a-f]{64}$/, 'the coordinator published a signed token for tenant 2');
+	for my $w ($w1, $w2)
+	{
+		my $forged = $tok =~ s/^v2\.2\./v2.1./r;
+		for my $case ([ $tok, 'a replayed genuine token gives no context and no rows' ],
+			[ $forged, 'a forged SET of the token (tenant changed) is ignored' ])
+		{
+			is($as->($w, 'app_login', qq{
+				BEGIN;
+				SET LOCAL quota_ext.context_token = '$case->[0]';
+				SELECT coalesce(quota_ext.current_tenant_id()::text, 'none'), count(*) FROM quota_ext.users;
+				COMMIT;}), 'none|0', 'on ' . $w->name . " directly: $case->[1]");
+		}
+		like($as->($w, 'app_login', qq{
+			BEGIN;
+			SET LOCAL quota_ext.context_token = '$forged';
+			SELECT quota_ext.quota_consume(1, 'gpt-x', 1);
+			COMMIT;}), qr/no tenant context/,
+			'on ' . $w->name . ' directly: a forged token does not let the app charge tenant 1');
+		like($as->($w, 'app_login', q{SELECT secret FROM quota_ext.citus_secret}), qr/permission denied/,
+			'on ' . $w->name . ': the app cannot read the cluster secret');
+	}
+	# the same forged value SET on the coordinator and sent on by Citus
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SET LOCAL citus.propagate_set_commands = 'local';
+		SET LOCAL quota_ext.context_token = '$tok';
+		SELECT coalesce(string_agg(DISTINCT tenant_id::text, ','), 'none') FROM quota_ext.users;
+		COMMIT;}), 'none',
+		'a replayed token SET on the coordinator and propagated by Citus shows no rows');
+
+	# a context switched within one transaction reaches the workers: each
+	# query between the switches sees the tenant of the latest call
+	is($as->($coord, 'admin_login', q{
+		BEGIN;
+		SELECT FROM quota_ext.set_tenant(1);
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		SELECT FROM quota_ext.set_tenant(2);
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		SELECT FROM quota_ext.clear_tenant();
+		SELECT string_agg(DISTINCT tenant_id::text, ',' ORDER BY tenant_id::text) FROM quota_ext.users WHERE tenant_id IN (1, 2);
+		COMMIT;}), "1\n2\n1,2",
+		'admin through the coordinator: after set_tenant(1) only tenant 1, after set_tenant(2) in the same transaction only 2, after clear_tenant() every tenant again');
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		SELECT FROM quota_ext.authenticate('$k2');
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		COMMIT;}), "1\n2",
+		'app: authenticate with A\'s key, then B\'s, in one transaction: B is answered with B\'s rows');
+
+	# the replay of another transaction's token (review finding): the token,
+	# the distributed transaction id and the originator's global PID are all
+	# readable by the same login (citus_stat_activity); read here in the
+	# victim's own transaction
+	my ($vtok, $vinit, $vnum, $vts, $vgpid) = split /\|/, (split /\n/, $as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k2');
+		SELECT count(*) FROM quota_ext.users;
+		SELECT current_setting('quota_ext.context_token'), t.initiator_node_identifier, t.transaction_number,
+		       t.transaction_stamp, citus_backend_gpid()
+		  FROM get_current_transaction_id() t;
+		COMMIT;}))[-1];
+	like($vtok, qr/^v2\.2\./, 'the victim\'s token and transaction id were read');
+	my $replay = qq{
+		SELECT assign_distributed_transaction_id($vinit, $vnum, '$vts');
+		SET LOCAL citus.propagate_set_commands = 'local';
+		SET LOCAL quota_ext.context_token = '$vtok';};
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		$replay
+		SELECT coalesce(quota_ext.current_tenant_id()::text, 'none');
+		COMMIT;}), "\nnone",
+		'replay on the coordinator under the victim\'s transaction id: the initiating node adopts no token');
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		$replay
+		SELECT count(*) FROM quota_ext.api_keys;
+		SELECT count(*) FROM quota_ext.users;
+		SELECT coalesce(string_agg(DISTINCT quota_ext.current_tenant_id()::text, ','), 'none') FROM quota_ext.tenants;
+		COMMIT;}), "\n0\n0\nnone",
+		'replay through the coordinator: the workers get the attacker\'s global PID, adopt nothing, show no rows');
+	for my $w ($w1, $w2)
+	{
+		is($as->($w, 'app_login', qq{
+			BEGIN;
+			$replay
+			SELECT coalesce(quota_ext.current_tenant_id()::text, 'none'), count(*) FROM quota_ext.users;
+			COMMIT;}), "\nnone|0",
+			'replay on ' . $w->name . ' directly under the victim\'s transaction id: no context, no rows');
+	}
+	# a worker refuses a good token once its transaction is older than
+	# quota_ext.citus_context_max_age (55000), even on a connection that
+	# claims the victim's global PID in its application_name; waits until
+	# the transaction is old enough (no timing assertion)
+	$w1->safe_psql('postgres', q{ALTER SYSTEM SET quota_ext.citus_context_max_age = 1; SELECT pg_reload_conf()});
+	$w1->poll_query_until('postgres', qq{SELECT clock_timestamp() > '$vts'::timestamptz + interval '1.5 s'});
+	{
+		local $ENV{PGAPPNAME} = "citus_internal gpid=$vgpid";
+		like($as->($w1, 'app_login', qq{
+			\\set VERBOSITY verbose
+			BEGIN;
+			$replay
+			SELECT count(*) FROM quota_ext.users;
+			COMMIT;}), qr/55000: the tenant context token of this Citus transaction is older than quota_ext.citus_context_max_age/,
+			'worker1: the victim\'s token past citus_context_max_age raises 55000, even under its global PID');
+	}
+	$w1->safe_psql('postgres', q{ALTER SYSTEM RESET quota_ext.citus_context_max_age; SELECT pg_reload_conf()});
+
+	# delegated calls (Citus delegates a call alone in its statement, outside
+	# a transaction block): the app cannot charge another tenant on any node
+	like($as->($coord, 'app_login', q{SELECT quota_ext.quota_consume(2, 'gpt-x', 1)}), qr/no tenant context/,
+		'delegated quota_consume by the app without a context is refused on the worker');
+	like($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SELECT quota_ext.quota_consume(2, 'gpt-x', 1);
+		COMMIT;}), qr/tenant 2 does not exist/,
+		'in tenant 1\'s transaction the app cannot charge tenant 2');
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SELECT (quota_ext.quota_consume(1, 'gpt-x', 1)).allowed;
+		COMMIT;}), 't',
+		'in tenant 1\'s transaction the app charges tenant 1');
+}
+
 # Figures for doc/scaling.md (not checks; only with QUOTA_CITUS_BENCH=1):
 # delegated consume through the coordinator, the same call run on the
 # coordinator, and in a database of the coordinator without Citus the cost
@@ -257,13 +440,29 @@ if ($ENV{QUOTA_CITUS_BENCH})
 	}
 }
 
-# known not to work yet (doc/scaling.md): noted with their error, not counted
-for my $step (
-	[ 'quota_status', q{SELECT * FROM quota_ext.quota_status(1)} ])
-{
-	($rc, $out, $err) = $coord->psql('postgres', $step->[1]);
-	note("not yet on Citus: $step->[0]: " . ($rc == 0 ? "now succeeds: $out" : $err));
-}
+# quota_status: one statement naming the tenant on every per-tenant table,
+# routed to the tenant's shards; its figures are the counters and the ledger
+($rc, $out, $err) = $coord->psql('postgres', q{
+	SELECT string_agg(format('%s %s %s', q.metric, q.used, q.requests), ',' ORDER BY q.quota_id)
+	  FROM quota_ext.quota_status(1) q});
+is($rc, 0, 'quota_status runs through the coordinator') or diag($err);
+is($out, $coord->safe_psql('postgres', q{
+	SELECT string_agg(format('%s %s %s', q.metric, c.used, (SELECT sum(u.calls) FROM quota_ext.usage u WHERE u.tenant_id = 1)), ',' ORDER BY q.quota_id)
+	  FROM quota_ext.quotas q
+	  JOIN (SELECT quota_id, sum(used) AS used FROM quota_ext.quota_counters WHERE tenant_id = 1 GROUP BY quota_id) c USING (quota_id)
+	 WHERE q.tenant_id = 1}),
+	'quota_status(1) through the coordinator: used = the counters, requests = the ledger, per quota');
+like($out, qr/^calls \d+ \d+/, "quota_status(1) reports tenant 1's calls quota ($out)");
+is($as_app->(qq{
+	BEGIN;
+	SELECT FROM quota_ext.authenticate('$isolation_key');
+	SELECT count(*) > 0 FROM quota_ext.quota_status(1);
+	COMMIT;}), 't', 'quota_status as the app in tenant 1\'s context');
+like($as_app->(qq{
+	BEGIN;
+	SELECT FROM quota_ext.authenticate('$isolation_key');
+	SELECT count(*) FROM quota_ext.quota_status(2);
+	COMMIT;}), qr/tenant 2 does not exist/, 'quota_status of another tenant: "does not exist"');
 
 $_->stop for @nodes;
 done_testing();
