@@ -167,8 +167,8 @@ my @cmut = (
 		qr/if \(quota_ctx\.valid \|\| !QuotaCallerIsAdmin\(\)\)/,
 		'if (!QuotaCallerIsAdmin())' ],
 	[ 'QuotaIdentityResolve lets a key act as another key (finding 10)',
-		qr/bool\t\tfrom_key = own && quota_ctx\.key_id != 0;/,
-		"bool\t\tfrom_key = false;" ],
+		qr/\tfrom_key = own && quota_ctx\.key_id != 0;/,
+		"\tfrom_key = false;" ],
 );
 
 my $pg_config = $ENV{PG_CONFIG} // 'pg_config';
