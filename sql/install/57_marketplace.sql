@@ -167,14 +167,17 @@ BEGIN
 	-- public models of one name the first registered won silently).  Two
 	-- owners making a model public at once wait for each other here, and
 	-- the later one reads the winner's row (READ COMMITTED): no unique index
-	-- can say "one public row per name" and stay distributable.  SHARE ROW
-	-- EXCLUSIVE conflicts with itself and with model writes, not with the
-	-- readers of the hot path, and needs a privilege only the owner has (an
-	-- advisory lock per name, used first, could be taken by any login and
-	-- held while its session lived).  Taken before the model's row lock, so
-	-- that the order is always table, then row.
+	-- can say "one public row per name" and stay distributable.  They wait
+	-- on the rows of every model of that name, locked in model_id order
+	-- after the owner's tenant row, the order of every writer of models (a
+	-- public row only comes from here: model_register writes 'tenant').  An
+	-- advisory lock per name, used first, could be held by any login; a
+	-- table lock, used next, deadlocked with model_register and let one
+	-- tenant's admin hold up every tenant's model writes (reviews).  NO KEY:
+	-- charges that reference a model (FOR KEY SHARE) do not wait on it.
 	IF $3 = 'public' THEN
-		LOCK TABLE ONLY quota_ext.models IN SHARE ROW EXCLUSIVE MODE;
+		PERFORM quota_ext._tenant_for_update($1);
+		PERFORM 1 FROM quota_ext.models x WHERE x.name = $2 ORDER BY x.model_id FOR NO KEY UPDATE;
 	END IF;
 	m := quota_ext._owned_model($1, $2);
 	IF m.visibility = $3 THEN
