@@ -109,12 +109,12 @@ COMMENT ON TABLE quota_ext.prices IS
 -- fields when unpriced) and the next instant after it when that may change:
 -- at each of four levels the latest version from before the instant, the
 -- first level whose version has an amount wins:
---   0 the tenant's own price of the model, 1 the model's list price,
---   2 the tenant's default price (model_id NULL), 3 the list default price.
+--   1 the tenant's own price of the model, 2 the model's list price,
+--   3 the tenant's default price (model_id NULL), 4 the list default price.
 -- A version without amounts (price_clear) ends its level: the next applies.
 -- next_change is the first later version at any level (NULL: none).
 -- The one place of this rule: src/policy.c calls it in its kept plan,
--- _price_in_force and _price_next_change are its two halves.  One statement
+-- _price_in_force is its first half for the other callers.  One statement
 -- reads the versions of the four levels, newest first (a level's first row
 -- not after the instant is its latest); PL/pgSQL, not SQL: a SQL function
 -- that is SECURITY DEFINER with a SET clause cannot be inlined, so it was
@@ -131,9 +131,18 @@ DECLARE
 	best integer := 5;					-- levels 1 to 4; 5: none yet
 	seen boolean[] := ARRAY[false, false, false, false];
 BEGIN
+	IF $3 IS NULL THEN
+		RETURN;							-- no instant: unpriced, as the rule said
+	END IF;
+	-- the four levels spelled out, so that each is an index probe of
+	-- (model_id, tenant_id, effective_from): "tenant_id = $1 OR tenant_id IS
+	-- NULL" read every tenant's versions of the model (a review measured
+	-- 110 ms a fill over 210,000 price rows, against 1.6 ms)
 	FOR v IN SELECT p.* FROM quota_ext.prices p
-	          WHERE (p.model_id OPERATOR(pg_catalog.=) $2 OR p.model_id IS NULL)
-	            AND (p.tenant_id OPERATOR(pg_catalog.=) $1 OR p.tenant_id IS NULL)
+	          WHERE (p.model_id OPERATOR(pg_catalog.=) $2 AND p.tenant_id OPERATOR(pg_catalog.=) $1)
+	             OR (p.model_id OPERATOR(pg_catalog.=) $2 AND p.tenant_id IS NULL)
+	             OR (p.model_id IS NULL AND p.tenant_id OPERATOR(pg_catalog.=) $1)
+	             OR (p.model_id IS NULL AND p.tenant_id IS NULL)
 	          ORDER BY p.effective_from DESC
 	LOOP
 		IF v.effective_from OPERATOR(pg_catalog.>) $3 THEN
@@ -169,18 +178,6 @@ END
 $$;
 COMMENT ON FUNCTION quota_ext._price_in_force(bigint, bigint, timestamptz) IS
 	'Internal: the price version a tenant pays for a model at an instant (_price_at)';
-
-CREATE FUNCTION quota_ext._price_next_change(tenant_id bigint, model_id bigint, at timestamptz)
-	RETURNS timestamptz
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-BEGIN
-	RETURN (quota_ext._price_at($1, $2, $3)).next_change;
-END
-$$;
-COMMENT ON FUNCTION quota_ext._price_next_change(bigint, bigint, timestamptz) IS
-	'Internal: when the price in force of a tenant''s model next may change (_price_at)';
 
 -- Internal: check, insert and audit one price version of model mid (NULL:
 -- the default price) for tenant_id (NULL: list); label names the model in
