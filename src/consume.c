@@ -380,7 +380,8 @@ lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from)
 		/* this call waited for a counter: contention, if it lasts */
 		for (i = 0; i < done; i++)
 			if (rows[from + i].auto_slots)
-				QuotaEscrowNote(tenant_id, rows[from + i].quota_id, true);
+				QuotaEscrowNote(tenant_id, rows[from + i].quota_id, true,
+											 rows[from + i].slots);
 	}
 	for (i = 0; i < done; i++)
 	{

@@ -84,6 +84,7 @@ typedef struct EscrowEntry
 	uint32		waits;			/* calls that waited, or found no free slot */
 	uint32		calls;			/* escrow acquisitions */
 	uint64		procs;			/* bit (PGPROC number % 64) of each caller */
+	int			slots;			/* the quota's slots as the last call saw them */
 	int			quiet;			/* passes in a row without concurrency */
 	bool		cooldown;		/* re-laid by the last pass: its waits are ours */
 } EscrowEntry;
@@ -181,7 +182,7 @@ entry_find(Oid dbid, int64 tenant_id, int64 quota_id, bool create)
  *		slots get here, so only they take entries.
  */
 void
-QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited)
+QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited, int slots)
 {
 	EscrowEntry *e;
 
@@ -196,6 +197,7 @@ QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited)
 		else
 			e->calls++;
 		e->procs |= UINT64CONST(1) << (QuotaMyProcNumber() % 64);
+		e->slots = slots;
 	}
 	LWLockRelease(escrow_shared->lock);
 }
@@ -212,6 +214,7 @@ typedef struct EscrowSeen
 	uint32		waits;
 	uint32		calls;
 	int			backends;
+	int			slots;
 	int			quiet;
 } EscrowSeen;
 
@@ -247,6 +250,7 @@ collect(EscrowSeen *seen)
 		seen[n].waits = e->waits;
 		seen[n].calls = e->calls;
 		seen[n].backends = pg_popcount64(e->procs);
+		seen[n].slots = e->slots;
 
 		/*
 		 * A re-layout holds every slot while it lays them out, so the calls
@@ -275,25 +279,29 @@ collect(EscrowSeen *seen)
 
 /*
  * mark_entry
- *		After a pass over the quota: re-laid (cooldown: the next pass does not
- *		count the waits it caused), or forgotten (no longer used).
+ *		After a pass over the quota: re-laid over slots (cooldown: the next
+ *		pass does not count the waits it caused), or forgotten (no longer
+ *		used).
  */
 static void
-mark_entry(int64 tenant_id, int64 quota_id, bool cooldown)
+mark_entry(int64 tenant_id, int64 quota_id, bool cooldown, int slots)
 {
 	EscrowEntry *e;
 
 	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
 	e = entry_find(MyDatabaseId, tenant_id, quota_id, false);
 	if (e && cooldown)
+	{
 		e->cooldown = true;
+		e->slots = slots;
+	}
 	else if (e)
 		e->used = false;
 	LWLockRelease(escrow_shared->lock);
 }
 
-#define cool_down(tenant_id, quota_id)	mark_entry(tenant_id, quota_id, true)
-#define forget(tenant_id, quota_id)		mark_entry(tenant_id, quota_id, false)
+#define cool_down(tenant_id, quota_id, slots)	mark_entry(tenant_id, quota_id, true, slots)
+#define forget(tenant_id, quota_id)		mark_entry(tenant_id, quota_id, false, 0)
 
 static int
 pow2_at_least(int x)
@@ -334,6 +342,24 @@ decide_one(const EscrowSeen *s, int slots)
 		target = 1;
 	}
 	return Min(target, escrow_max_slots);
+}
+
+/*
+ * worth_a_look
+ *		Whether an entry may ask for a change, judged by the slots its
+ *		callers saw: most entries of a pass ask for none, and those need no
+ *		transaction (a pass over the entries of busy tenants ran one each,
+ *		five times a second, beside the calls).  A quiet single-row quota is
+ *		forgotten here.  adapt_one decides again from the quota's row.
+ */
+static bool
+worth_a_look(const EscrowSeen *s)
+{
+	int			target = decide_one(s, s->slots);
+
+	if (target == 0)
+		forget(s->tenant_id, s->quota_id);
+	return target != 0 && target != s->slots;
 }
 
 /*
@@ -382,7 +408,7 @@ adapt_one(const EscrowSeen *s)
 	if (target == 1)
 		forget(s->tenant_id, s->quota_id);
 	else
-		cool_down(s->tenant_id, s->quota_id);
+		cool_down(s->tenant_id, s->quota_id, target);
 	return SPI_processed == 1 &&
 		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
@@ -408,7 +434,8 @@ quota_ext_escrow_adapt(PG_FUNCTION_ARGS)
 	n = collect(seen);
 	QuotaSpiBegin(&spi);
 	for (i = 0; i < n; i++)
-		changed += adapt_one(&seen[i]) ? 1 : 0;
+		if (worth_a_look(&seen[i]))
+			changed += adapt_one(&seen[i]) ? 1 : 0;
 	QuotaSpiEnd(&spi);
 	PG_RETURN_INT32(changed);
 }
@@ -487,6 +514,8 @@ QuotaEscrowWorkerMain(Datum arg)
 	{
 		QuotaSpiState spi;
 
+		if (!worth_a_look(&seen[i]))
+			continue;
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
