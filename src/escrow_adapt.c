@@ -74,6 +74,7 @@ PG_FUNCTION_INFO_V1(quota_ext_escrow_status);
 #define QUOTA_ESCROW_QUIET_PASSES	3
 #define QUOTA_ESCROW_TRANCHE		"quota_ext_escrow"
 #define QUOTA_ESCROW_MAX_DBS		16
+#define QUOTA_ESCROW_CALL_BUCKETS	4096
 
 typedef struct EscrowEntry
 {
@@ -83,6 +84,7 @@ typedef struct EscrowEntry
 	int64		quota_id;
 	uint32		waits;			/* calls that waited, or found no free slot */
 	uint32		calls;			/* escrow acquisitions */
+	uint32		calls_mark;		/* its call bucket as the last pass read it */
 	uint64		procs;			/* bit (PGPROC number % 64) of each caller */
 	int			slots;			/* the quota's slots as the last call saw them */
 	int			quiet;			/* passes in a row without concurrency */
@@ -93,6 +95,8 @@ typedef struct EscrowShared
 {
 	LWLock	   *lock;
 	EscrowEntry entries[QUOTA_ESCROW_ENTRIES];
+	/* calls of single-row automatic quotas, by hash of (db, tenant, quota) */
+	pg_atomic_uint32 call_buckets[QUOTA_ESCROW_CALL_BUCKETS];
 } EscrowShared;
 
 static EscrowShared *escrow_shared = NULL;
@@ -123,19 +127,42 @@ QuotaEscrowShmemStartup(void)
 	escrow_shared = ShmemInitStruct("quota_ext escrow", sizeof(EscrowShared), &found);
 	if (!found)
 	{
+		int			i;
+
 		memset(escrow_shared, 0, sizeof(EscrowShared));
 		escrow_shared->lock = &(GetNamedLWLockTranche(QUOTA_ESCROW_TRANCHE))->lock;
+		for (i = 0; i < QUOTA_ESCROW_CALL_BUCKETS; i++)
+			pg_atomic_init_u32(&escrow_shared->call_buckets[i], 0);
 	}
 }
 
 static uint32
-entry_hash(Oid dbid, int64 tenant_id, int64 quota_id)
+key_hash(Oid dbid, int64 tenant_id, int64 quota_id)
 {
 	uint64		h = (uint64) quota_id * UINT64CONST(0x9E3779B97F4A7C15);
 
 	h ^= (uint64) tenant_id * UINT64CONST(0xC2B2AE3D27D4EB4F);
 	h ^= (uint64) dbid * UINT64CONST(0x165667B19E3779F9);
-	return (uint32) (h >> 32) % QUOTA_ESCROW_ENTRIES;
+	return (uint32) (h >> 32);
+}
+
+#define entry_hash(dbid, tenant_id, quota_id) \
+	(key_hash(dbid, tenant_id, quota_id) % QUOTA_ESCROW_ENTRIES)
+#define call_bucket(dbid, tenant_id, quota_id) \
+	(&escrow_shared->call_buckets[key_hash(dbid, tenant_id, quota_id) % QUOTA_ESCROW_CALL_BUCKETS])
+
+/*
+ * QuotaEscrowCount
+ *		A call is about to lock the counter of a single-row automatic quota:
+ *		one atomic increment, no lock.  A pass compares the waits of the
+ *		quota with these calls (quotas that share a bucket add up: they
+ *		only make a wait look rarer).
+ */
+void
+QuotaEscrowCount(int64 tenant_id, int64 quota_id)
+{
+	if (escrow_shared)
+		pg_atomic_fetch_add_u32(call_bucket(MyDatabaseId, tenant_id, quota_id), 1);
 }
 
 /* the entry of (db, tenant, quota), or with create a new one if there is room */
@@ -251,6 +278,18 @@ collect(EscrowSeen *seen)
 		seen[n].calls = e->calls;
 		seen[n].backends = pg_popcount64(e->procs);
 		seen[n].slots = e->slots;
+		if (e->slots <= 1)
+		{
+			/*
+			 * A single-row quota's calls since the last pass; for a new
+			 * entry, since the server started: a chance wait of a quota
+			 * that has been called many times is no contention.
+			 */
+			uint32		v = pg_atomic_read_u32(call_bucket(e->dbid, e->tenant_id, e->quota_id));
+
+			seen[n].calls = v - e->calls_mark;
+			e->calls_mark = v;
+		}
 
 		/*
 		 * A re-layout holds every slot while it lays them out, so the calls
@@ -323,7 +362,15 @@ decide_one(const EscrowSeen *s, int slots)
 {
 	int			target = slots;
 
-	if (s->waits > 0)
+	/*
+	 * A single-row quota grows when at least half its calls waited: under
+	 * a spread load (8 clients over 100 tenants) a call meets another on
+	 * the same counter now and then, and the escrow path costs more per call
+	 * than such a wait (doc/performance.md, session 5).
+	 */
+	if (s->waits > 0 && slots <= 1 && (uint64) s->waits * 2 < s->calls)
+		target = slots;
+	else if (s->waits > 0)
 	{
 		/* as many slots as backends were seen (a power of two) */
 		target = Max(slots, pow2_at_least(Max(s->backends, 2)));
