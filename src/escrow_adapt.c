@@ -48,6 +48,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -80,11 +81,12 @@ typedef struct EscrowEntry
 {
 	bool		used;
 	Oid			dbid;
+	Oid			schema;			/* quota_ext's schema: its ids restart with it */
 	int64		tenant_id;
 	int64		quota_id;
 	uint32		waits;			/* calls that waited, or found no free slot */
 	uint32		calls;			/* escrow acquisitions */
-	uint32		calls_mark;		/* its call bucket as the last pass read it */
+	uint32		calls_mark[2];	/* its call buckets as the last pass read them */
 	uint64		procs;			/* bit (PGPROC number % 64) of each caller */
 	int			slots;			/* the quota's slots as the last call saw them */
 	int			quiet;			/* passes in a row without concurrency */
@@ -95,8 +97,12 @@ typedef struct EscrowShared
 {
 	LWLock	   *lock;
 	EscrowEntry entries[QUOTA_ESCROW_ENTRIES];
-	/* calls of single-row automatic quotas, by hash of (db, tenant, quota) */
-	pg_atomic_uint32 call_buckets[QUOTA_ESCROW_CALL_BUCKETS];
+	/*
+	 * Calls of single-row automatic quotas: a count-min sketch, two rows of
+	 * buckets under two hashes of (db, tenant, quota); a quota's calls are
+	 * at most the smaller of its two buckets (others' calls only add).
+	 */
+	pg_atomic_uint32 call_buckets[2][QUOTA_ESCROW_CALL_BUCKETS];
 } EscrowShared;
 
 static EscrowShared *escrow_shared = NULL;
@@ -132,44 +138,64 @@ QuotaEscrowShmemStartup(void)
 		memset(escrow_shared, 0, sizeof(EscrowShared));
 		escrow_shared->lock = &(GetNamedLWLockTranche(QUOTA_ESCROW_TRANCHE))->lock;
 		for (i = 0; i < QUOTA_ESCROW_CALL_BUCKETS; i++)
-			pg_atomic_init_u32(&escrow_shared->call_buckets[i], 0);
+		{
+			pg_atomic_init_u32(&escrow_shared->call_buckets[0][i], 0);
+			pg_atomic_init_u32(&escrow_shared->call_buckets[1][i], 0);
+		}
 	}
 }
 
-static uint32
-key_hash(Oid dbid, int64 tenant_id, int64 quota_id)
+static uint64
+key_hash(Oid dbid, Oid schema, int64 tenant_id, int64 quota_id)
 {
 	uint64		h = (uint64) quota_id * UINT64CONST(0x9E3779B97F4A7C15);
 
 	h ^= (uint64) tenant_id * UINT64CONST(0xC2B2AE3D27D4EB4F);
 	h ^= (uint64) dbid * UINT64CONST(0x165667B19E3779F9);
-	return (uint32) (h >> 32);
+	h ^= (uint64) schema * UINT64CONST(0xD6E8FEB86659FD93);
+	return h;
 }
 
-#define entry_hash(dbid, tenant_id, quota_id) \
-	(key_hash(dbid, tenant_id, quota_id) % QUOTA_ESCROW_ENTRIES)
-#define call_bucket(dbid, tenant_id, quota_id) \
-	(&escrow_shared->call_buckets[key_hash(dbid, tenant_id, quota_id) % QUOTA_ESCROW_CALL_BUCKETS])
+#define entry_hash(dbid, schema, tenant_id, quota_id) \
+	((uint32) (key_hash(dbid, schema, tenant_id, quota_id) >> 32) % QUOTA_ESCROW_ENTRIES)
+
+/* the quota's bucket in row 0 or 1 of the sketch */
+static pg_atomic_uint32 *
+call_bucket(int row, Oid dbid, Oid schema, int64 tenant_id, int64 quota_id)
+{
+	uint64		h = key_hash(dbid, schema, tenant_id, quota_id);
+	uint32		i = row == 0 ? (uint32) (h >> 32) : murmurhash32((uint32) h ^ (uint32) (h >> 32));
+
+	return &escrow_shared->call_buckets[row][i % QUOTA_ESCROW_CALL_BUCKETS];
+}
 
 /*
  * QuotaEscrowCount
  *		A call is about to lock the counter of a single-row automatic quota:
- *		one atomic increment, no lock.  A pass compares the waits of the
- *		quota with these calls (quotas that share a bucket add up: they
- *		only make a wait look rarer).
+ *		two atomic increments, no lock.  A pass compares the waits of the
+ *		quota with these calls (a quota that shares both its buckets with
+ *		others only makes its waits look rarer).
  */
 void
 QuotaEscrowCount(int64 tenant_id, int64 quota_id)
 {
 	if (escrow_shared)
-		pg_atomic_fetch_add_u32(call_bucket(MyDatabaseId, tenant_id, quota_id), 1);
+	{
+		Oid			schema = QuotaSchemaOid();
+
+		pg_atomic_fetch_add_u32(call_bucket(0, MyDatabaseId, schema, tenant_id, quota_id), 1);
+		pg_atomic_fetch_add_u32(call_bucket(1, MyDatabaseId, schema, tenant_id, quota_id), 1);
+	}
 }
 
-/* the entry of (db, tenant, quota), or with create a new one if there is room */
+/*
+ * The entry of (db, tenant, quota), or with create a new one if there is
+ * room.  One of an earlier install of the extension (schema) starts again.
+ */
 static EscrowEntry *
-entry_find(Oid dbid, int64 tenant_id, int64 quota_id, bool create)
+entry_find(Oid dbid, Oid schema, int64 tenant_id, int64 quota_id, bool create)
 {
-	uint32		start = entry_hash(dbid, tenant_id, quota_id);
+	uint32		start = entry_hash(dbid, schema, tenant_id, quota_id);
 	EscrowEntry *free_entry = NULL;
 	int			tenant_count = 0;
 	int			i;
@@ -186,8 +212,15 @@ entry_find(Oid dbid, int64 tenant_id, int64 quota_id, bool create)
 		}
 		if (e->dbid == dbid && e->tenant_id == tenant_id)
 		{
-			if (e->quota_id == quota_id)
+			if (e->quota_id == quota_id && e->schema == schema)
 				return e;
+			if (e->quota_id == quota_id)
+			{
+				if (!create)
+					return NULL;
+				free_entry = e;
+				break;
+			}
 			tenant_count++;
 		}
 	}
@@ -196,6 +229,7 @@ entry_find(Oid dbid, int64 tenant_id, int64 quota_id, bool create)
 	memset(free_entry, 0, sizeof(EscrowEntry));
 	free_entry->used = true;
 	free_entry->dbid = dbid;
+	free_entry->schema = schema;
 	free_entry->tenant_id = tenant_id;
 	free_entry->quota_id = quota_id;
 	return free_entry;
@@ -212,11 +246,13 @@ void
 QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited, int slots)
 {
 	EscrowEntry *e;
+	Oid			schema;
 
 	if (!escrow_shared)
 		return;
+	schema = QuotaSchemaOid();
 	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
-	e = entry_find(MyDatabaseId, tenant_id, quota_id, true);
+	e = entry_find(MyDatabaseId, schema, tenant_id, quota_id, true);
 	if (e)
 	{
 		if (waited)
@@ -236,6 +272,7 @@ QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited, int slots)
 /* what a pass read of one entry */
 typedef struct EscrowSeen
 {
+	Oid			schema;
 	int64		tenant_id;
 	int64		quota_id;
 	uint32		waits;
@@ -260,7 +297,7 @@ seen_cmp(const void *a, const void *b)
 
 /* read and reset the entries of this database; returns how many */
 static int
-collect(EscrowSeen *seen)
+collect(EscrowSeen *seen, Oid schema)
 {
 	int			n = 0;
 	int			i;
@@ -272,6 +309,13 @@ collect(EscrowSeen *seen)
 
 		if (!e->used || e->dbid != MyDatabaseId)
 			continue;
+		/* of an earlier install of the extension (or none now): dropped */
+		if (e->schema != schema)
+		{
+			e->used = false;
+			continue;
+		}
+		seen[n].schema = e->schema;
 		seen[n].tenant_id = e->tenant_id;
 		seen[n].quota_id = e->quota_id;
 		seen[n].waits = e->waits;
@@ -282,13 +326,16 @@ collect(EscrowSeen *seen)
 		{
 			/*
 			 * A single-row quota's calls since the last pass; for a new
-			 * entry, since the server started: a chance wait of a quota
-			 * that has been called many times is no contention.
+			 * entry, since the server started (or the extension was
+			 * created): a chance wait of a quota that has been called many
+			 * times is no contention.
 			 */
-			uint32		v = pg_atomic_read_u32(call_bucket(e->dbid, e->tenant_id, e->quota_id));
+			uint32		v0 = pg_atomic_read_u32(call_bucket(0, e->dbid, e->schema, e->tenant_id, e->quota_id));
+			uint32		v1 = pg_atomic_read_u32(call_bucket(1, e->dbid, e->schema, e->tenant_id, e->quota_id));
 
-			seen[n].calls = v - e->calls_mark;
-			e->calls_mark = v;
+			seen[n].calls = Min(v0 - e->calls_mark[0], v1 - e->calls_mark[1]);
+			e->calls_mark[0] = v0;
+			e->calls_mark[1] = v1;
 		}
 
 		/*
@@ -323,12 +370,12 @@ collect(EscrowSeen *seen)
  *		used).
  */
 static void
-mark_entry(int64 tenant_id, int64 quota_id, bool cooldown, int slots)
+mark_entry(const EscrowSeen *s, bool cooldown, int slots)
 {
 	EscrowEntry *e;
 
 	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
-	e = entry_find(MyDatabaseId, tenant_id, quota_id, false);
+	e = entry_find(MyDatabaseId, s->schema, s->tenant_id, s->quota_id, false);
 	if (e && cooldown)
 	{
 		e->cooldown = true;
@@ -339,8 +386,8 @@ mark_entry(int64 tenant_id, int64 quota_id, bool cooldown, int slots)
 	LWLockRelease(escrow_shared->lock);
 }
 
-#define cool_down(tenant_id, quota_id, slots)	mark_entry(tenant_id, quota_id, true, slots)
-#define forget(tenant_id, quota_id)		mark_entry(tenant_id, quota_id, false, 0)
+#define cool_down(s, slots)	mark_entry(s, true, slots)
+#define forget(s)			mark_entry(s, false, 0)
 
 static int
 pow2_at_least(int x)
@@ -404,8 +451,9 @@ worth_a_look(const EscrowSeen *s)
 {
 	int			target = decide_one(s, s->slots);
 
+
 	if (target == 0)
-		forget(s->tenant_id, s->quota_id);
+		forget(s);
 	return target != 0 && target != s->slots;
 }
 
@@ -438,14 +486,14 @@ adapt_one(const EscrowSeen *s)
 	if (SPI_processed != 1 ||
 		!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
 	{
-		forget(s->tenant_id, s->quota_id);
+		forget(s);
 		return false;
 	}
 	slots = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	target = decide_one(s, slots);
 	if (target == 0)
 	{
-		forget(s->tenant_id, s->quota_id);
+		forget(s);
 		return false;
 	}
 	if (target == slots)
@@ -453,9 +501,9 @@ adapt_one(const EscrowSeen *s)
 	values[2] = Int32GetDatum(target);
 	QuotaSpiExec(&relayout_plan, values, NULL, false, 1);
 	if (target == 1)
-		forget(s->tenant_id, s->quota_id);
+		forget(s);
 	else
-		cool_down(s->tenant_id, s->quota_id, target);
+		cool_down(s, target);
 	return SPI_processed == 1 &&
 		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
@@ -478,7 +526,7 @@ quota_ext_escrow_adapt(PG_FUNCTION_ARGS)
 	QuotaCheckAdmin("escrow_adapt");
 	if (!escrow_shared)
 		PG_RETURN_INT32(0);
-	n = collect(seen);
+	n = collect(seen, QuotaSchemaOid());
 	QuotaSpiBegin(&spi);
 	for (i = 0; i < n; i++)
 		if (worth_a_look(&seen[i]))
@@ -540,6 +588,7 @@ QuotaEscrowWorkerMain(Datum arg)
 	int			n;
 	int			i;
 	bool		present;
+	Oid			schema;
 
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -549,14 +598,12 @@ QuotaEscrowWorkerMain(Datum arg)
 
 	StartTransactionCommand();
 	present = OidIsValid(get_extension_oid("quota_ext", true));
+	schema = present ? QuotaSchemaOid() : InvalidOid;
 	CommitTransactionCommand();
-	n = collect(seen);
+	/* without the extension, this drops the database's entries */
+	n = collect(seen, schema);
 	if (!present)
-	{
-		for (i = 0; i < n; i++)
-			forget(seen[i].tenant_id, seen[i].quota_id);
 		proc_exit(0);
-	}
 	for (i = 0; i < n; i++)
 	{
 		QuotaSpiState spi;

@@ -53,6 +53,7 @@
 #include "utils/syscache.h"
 
 static Oid	quota_owner = InvalidOid;
+static Oid	quota_schema = InvalidOid;
 static bool quota_owner_callback_registered = false;
 
 static void
@@ -89,9 +90,22 @@ QuotaOwnerId(void)
 		if (!HeapTupleIsValid(tup))
 			elog(ERROR, "cache lookup failed for namespace %u", nsp);
 		quota_owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
+		quota_schema = nsp;
 		ReleaseSysCache(tup);
 	}
 	return quota_owner;
+}
+
+/*
+ * QuotaSchemaOid
+ *		The quota_ext schema, cached with its owner: a new one at every
+ *		CREATE EXTENSION (automatic escrow keys its shared notes with it).
+ */
+Oid
+QuotaSchemaOid(void)
+{
+	(void) QuotaOwnerId();
+	return quota_schema;
 }
 
 /* the path everything the extension runs as its owner resolves names in */

@@ -37,5 +37,6 @@ extern int	QuotaSpiExec(QuotaPlan *plan, Datum *values, const char *nulls,
 
 extern bool QuotaSpiRowValue(QuotaPlan *plan, int64 tenant_id, int64 id, Datum *value);
 extern Oid	QuotaOwnerId(void);
+extern Oid	QuotaSchemaOid(void);
 
 #endif							/* QUOTA_SPI_H */
