@@ -16,21 +16,10 @@
 #include "escrow_adapt.h"
 #include "storage.h"
 
-#include "access/htup_details.h"
 #include "access/xact.h"
-#include "catalog/pg_type.h"
-#include "commands/async.h"
 #include "common/int.h"
-#include "funcapi.h"
-#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
-#include "utils/array.h"
-#include "utils/json.h"
-#include "utils/jsonb.h"
-#include "utils/builtins.h"
-#include "utils/numeric.h"
-#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 /*
