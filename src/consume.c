@@ -372,7 +372,11 @@ lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from)
 	if (m == 0)
 		return from;
 	for (i = 0; i < m; i++)
+	{
 		ids[i] = rows[from + i].quota_id;
+		if (rows[from + i].auto_slots)
+			QuotaEscrowCount(tenant_id, ids[i]);
+	}
 	mark = get_timeout_start_time(DEADLOCK_TIMEOUT);
 	done = QuotaStorageLockCounters(tenant_id, ids, m, found, starts, used, tids, escrow);
 	if (get_timeout_start_time(DEADLOCK_TIMEOUT) != mark)
@@ -380,7 +384,8 @@ lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from)
 		/* this call waited for a counter: contention, if it lasts */
 		for (i = 0; i < done; i++)
 			if (rows[from + i].auto_slots)
-				QuotaEscrowNote(tenant_id, rows[from + i].quota_id, true);
+				QuotaEscrowNote(tenant_id, rows[from + i].quota_id, true,
+											 rows[from + i].slots);
 	}
 	for (i = 0; i < done; i++)
 	{

@@ -74,6 +74,7 @@ PG_FUNCTION_INFO_V1(quota_ext_escrow_status);
 #define QUOTA_ESCROW_QUIET_PASSES	3
 #define QUOTA_ESCROW_TRANCHE		"quota_ext_escrow"
 #define QUOTA_ESCROW_MAX_DBS		16
+#define QUOTA_ESCROW_CALL_BUCKETS	4096
 
 typedef struct EscrowEntry
 {
@@ -83,7 +84,9 @@ typedef struct EscrowEntry
 	int64		quota_id;
 	uint32		waits;			/* calls that waited, or found no free slot */
 	uint32		calls;			/* escrow acquisitions */
+	uint32		calls_mark;		/* its call bucket as the last pass read it */
 	uint64		procs;			/* bit (PGPROC number % 64) of each caller */
+	int			slots;			/* the quota's slots as the last call saw them */
 	int			quiet;			/* passes in a row without concurrency */
 	bool		cooldown;		/* re-laid by the last pass: its waits are ours */
 } EscrowEntry;
@@ -92,6 +95,8 @@ typedef struct EscrowShared
 {
 	LWLock	   *lock;
 	EscrowEntry entries[QUOTA_ESCROW_ENTRIES];
+	/* calls of single-row automatic quotas, by hash of (db, tenant, quota) */
+	pg_atomic_uint32 call_buckets[QUOTA_ESCROW_CALL_BUCKETS];
 } EscrowShared;
 
 static EscrowShared *escrow_shared = NULL;
@@ -122,19 +127,42 @@ QuotaEscrowShmemStartup(void)
 	escrow_shared = ShmemInitStruct("quota_ext escrow", sizeof(EscrowShared), &found);
 	if (!found)
 	{
+		int			i;
+
 		memset(escrow_shared, 0, sizeof(EscrowShared));
 		escrow_shared->lock = &(GetNamedLWLockTranche(QUOTA_ESCROW_TRANCHE))->lock;
+		for (i = 0; i < QUOTA_ESCROW_CALL_BUCKETS; i++)
+			pg_atomic_init_u32(&escrow_shared->call_buckets[i], 0);
 	}
 }
 
 static uint32
-entry_hash(Oid dbid, int64 tenant_id, int64 quota_id)
+key_hash(Oid dbid, int64 tenant_id, int64 quota_id)
 {
 	uint64		h = (uint64) quota_id * UINT64CONST(0x9E3779B97F4A7C15);
 
 	h ^= (uint64) tenant_id * UINT64CONST(0xC2B2AE3D27D4EB4F);
 	h ^= (uint64) dbid * UINT64CONST(0x165667B19E3779F9);
-	return (uint32) (h >> 32) % QUOTA_ESCROW_ENTRIES;
+	return (uint32) (h >> 32);
+}
+
+#define entry_hash(dbid, tenant_id, quota_id) \
+	(key_hash(dbid, tenant_id, quota_id) % QUOTA_ESCROW_ENTRIES)
+#define call_bucket(dbid, tenant_id, quota_id) \
+	(&escrow_shared->call_buckets[key_hash(dbid, tenant_id, quota_id) % QUOTA_ESCROW_CALL_BUCKETS])
+
+/*
+ * QuotaEscrowCount
+ *		A call is about to lock the counter of a single-row automatic quota:
+ *		one atomic increment, no lock.  A pass compares the waits of the
+ *		quota with these calls (quotas that share a bucket add up: they
+ *		only make a wait look rarer).
+ */
+void
+QuotaEscrowCount(int64 tenant_id, int64 quota_id)
+{
+	if (escrow_shared)
+		pg_atomic_fetch_add_u32(call_bucket(MyDatabaseId, tenant_id, quota_id), 1);
 }
 
 /* the entry of (db, tenant, quota), or with create a new one if there is room */
@@ -181,7 +209,7 @@ entry_find(Oid dbid, int64 tenant_id, int64 quota_id, bool create)
  *		slots get here, so only they take entries.
  */
 void
-QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited)
+QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited, int slots)
 {
 	EscrowEntry *e;
 
@@ -196,6 +224,7 @@ QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited)
 		else
 			e->calls++;
 		e->procs |= UINT64CONST(1) << (QuotaMyProcNumber() % 64);
+		e->slots = slots;
 	}
 	LWLockRelease(escrow_shared->lock);
 }
@@ -212,6 +241,7 @@ typedef struct EscrowSeen
 	uint32		waits;
 	uint32		calls;
 	int			backends;
+	int			slots;
 	int			quiet;
 } EscrowSeen;
 
@@ -247,6 +277,19 @@ collect(EscrowSeen *seen)
 		seen[n].waits = e->waits;
 		seen[n].calls = e->calls;
 		seen[n].backends = pg_popcount64(e->procs);
+		seen[n].slots = e->slots;
+		if (e->slots <= 1)
+		{
+			/*
+			 * A single-row quota's calls since the last pass; for a new
+			 * entry, since the server started: a chance wait of a quota
+			 * that has been called many times is no contention.
+			 */
+			uint32		v = pg_atomic_read_u32(call_bucket(e->dbid, e->tenant_id, e->quota_id));
+
+			seen[n].calls = v - e->calls_mark;
+			e->calls_mark = v;
+		}
 
 		/*
 		 * A re-layout holds every slot while it lays them out, so the calls
@@ -275,25 +318,29 @@ collect(EscrowSeen *seen)
 
 /*
  * mark_entry
- *		After a pass over the quota: re-laid (cooldown: the next pass does not
- *		count the waits it caused), or forgotten (no longer used).
+ *		After a pass over the quota: re-laid over slots (cooldown: the next
+ *		pass does not count the waits it caused), or forgotten (no longer
+ *		used).
  */
 static void
-mark_entry(int64 tenant_id, int64 quota_id, bool cooldown)
+mark_entry(int64 tenant_id, int64 quota_id, bool cooldown, int slots)
 {
 	EscrowEntry *e;
 
 	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
 	e = entry_find(MyDatabaseId, tenant_id, quota_id, false);
 	if (e && cooldown)
+	{
 		e->cooldown = true;
+		e->slots = slots;
+	}
 	else if (e)
 		e->used = false;
 	LWLockRelease(escrow_shared->lock);
 }
 
-#define cool_down(tenant_id, quota_id)	mark_entry(tenant_id, quota_id, true)
-#define forget(tenant_id, quota_id)		mark_entry(tenant_id, quota_id, false)
+#define cool_down(tenant_id, quota_id, slots)	mark_entry(tenant_id, quota_id, true, slots)
+#define forget(tenant_id, quota_id)		mark_entry(tenant_id, quota_id, false, 0)
 
 static int
 pow2_at_least(int x)
@@ -315,7 +362,15 @@ decide_one(const EscrowSeen *s, int slots)
 {
 	int			target = slots;
 
-	if (s->waits > 0)
+	/*
+	 * A single-row quota grows when at least half its calls waited: under
+	 * a spread load (8 clients over 100 tenants) a call meets another on
+	 * the same counter now and then, and the escrow path costs more per call
+	 * than such a wait (doc/performance.md, session 5).
+	 */
+	if (s->waits > 0 && slots <= 1 && (uint64) s->waits * 2 < s->calls)
+		target = slots;
+	else if (s->waits > 0)
 	{
 		/* as many slots as backends were seen (a power of two) */
 		target = Max(slots, pow2_at_least(Max(s->backends, 2)));
@@ -334,6 +389,24 @@ decide_one(const EscrowSeen *s, int slots)
 		target = 1;
 	}
 	return Min(target, escrow_max_slots);
+}
+
+/*
+ * worth_a_look
+ *		Whether an entry may ask for a change, judged by the slots its
+ *		callers saw: most entries of a pass ask for none, and those need no
+ *		transaction (a pass over the entries of busy tenants ran one each,
+ *		five times a second, beside the calls).  A quiet single-row quota is
+ *		forgotten here.  adapt_one decides again from the quota's row.
+ */
+static bool
+worth_a_look(const EscrowSeen *s)
+{
+	int			target = decide_one(s, s->slots);
+
+	if (target == 0)
+		forget(s->tenant_id, s->quota_id);
+	return target != 0 && target != s->slots;
 }
 
 /*
@@ -382,7 +455,7 @@ adapt_one(const EscrowSeen *s)
 	if (target == 1)
 		forget(s->tenant_id, s->quota_id);
 	else
-		cool_down(s->tenant_id, s->quota_id);
+		cool_down(s->tenant_id, s->quota_id, target);
 	return SPI_processed == 1 &&
 		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
@@ -408,7 +481,8 @@ quota_ext_escrow_adapt(PG_FUNCTION_ARGS)
 	n = collect(seen);
 	QuotaSpiBegin(&spi);
 	for (i = 0; i < n; i++)
-		changed += adapt_one(&seen[i]) ? 1 : 0;
+		if (worth_a_look(&seen[i]))
+			changed += adapt_one(&seen[i]) ? 1 : 0;
 	QuotaSpiEnd(&spi);
 	PG_RETURN_INT32(changed);
 }
@@ -487,6 +561,8 @@ QuotaEscrowWorkerMain(Datum arg)
 	{
 		QuotaSpiState spi;
 
+		if (!worth_a_look(&seen[i]))
+			continue;
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
