@@ -19,6 +19,7 @@
 #include "period.h"
 #include "metering.h"
 #include "consume_internal.h"
+#include "storage.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"
@@ -781,19 +782,6 @@ quota_ext_quota_expire_reservations(PG_FUNCTION_ARGS)
 		"ORDER BY tenant_id, reservation_id",
 		1, {INT4OID}
 	};
-	static QuotaPlan lock_tenant = {
-		/*
-		 * the hot path's order: (quota id, slot), single-row and escrow
-		 * quotas interleaved (doc/design.md section 5); the old "single-row
-		 * first" order deadlocked with calls once automatic escrow moved a
-		 * quota from one class to the other
-		 */
-		"SELECT 1 FROM quota_ext.quota_counters c "
-		"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 "
-		"ORDER BY c.quota_id, c.slot "
-		"FOR NO KEY UPDATE OF c",
-		1, {INT8OID}
-	};
 	/*
 	 * The tenant's quota rows FOR SHARE first: a re-layout locks its quota
 	 * row FOR NO KEY UPDATE before any counter, so none can add slots while
@@ -806,11 +794,6 @@ quota_ext_quota_expire_reservations(PG_FUNCTION_ARGS)
 		"SELECT 1 FROM quota_ext.quotas q "
 		"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 "
 		"ORDER BY q.quota_id FOR SHARE",
-		1, {INT8OID}
-	};
-	static QuotaPlan count_tenant = {
-		"SELECT pg_catalog.count(*) FROM quota_ext.quota_counters c "
-		"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1",
 		1, {INT8OID}
 	};
 	static QuotaPlan relock = {
@@ -864,9 +847,9 @@ quota_ext_quota_expire_reservations(PG_FUNCTION_ARGS)
 		if (tenants[i] != locked_tenant)
 		{
 			values[0] = Int64GetDatum(tenants[i]);
-			/* every row, also those a re-layout added while this waited */
+			/* then every counter row in the hot path's order (storage_slots.c) */
 			QuotaSpiExec(&share_quotas, values, NULL, false, 0);
-			(void) lock_complete(&lock_tenant, &count_tenant, values);
+			QuotaStorageLockTenant(tenants[i]);
 			locked_tenant = tenants[i];
 		}
 		values[0] = Int64GetDatum(tenants[i]);

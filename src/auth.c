@@ -38,7 +38,7 @@
 #include "quota_ext.h"
 #include "spi.h"
 #include "context.h"
-#include "direct.h"
+#include "storage.h"
 #include "cache.h"
 #include "args.h"
 #include "auth.h"

@@ -104,7 +104,7 @@
 #include "args.h"
 #include "context.h"
 #include "cache.h"
-#include "direct.h"
+#include "storage.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"

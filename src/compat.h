@@ -95,7 +95,7 @@
 
 /*
  * QuotaExecInitRangeTable: the executor's range table for relation RTEs
- * built by hand (src/direct.c).  16 moved the permission details out of the
+ * built by hand (src/storage.c).  16 moved the permission details out of the
  * RTEs into RTEPermissionInfo entries that each RTE points to (an RTE with
  * perminfoindex 0 fails with "invalid perminfoindex 0 in RTE"): one entry
  * per RTE is added here, as the logical replication apply worker does.  18

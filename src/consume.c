@@ -20,7 +20,7 @@
  *		back if the transaction rolls back (anti-abuse).
  *	 4. lock the counters of every applicable quota in quota_id order, so
  *		concurrent consumes never deadlock: the definitions come from the
- *		configuration cache (cache.c) or one query, and direct.c locks each
+ *		configuration cache (cache.c) or one query, and storage.c locks each
  *		run of single-row counters by primary key (lock_run).  Escrow quotas
  *		(slots > 1, for hot tenants; set by hand or by automatic escrow,
  *		escrow_adapt.c) take their slots in the same order: one free slot
@@ -39,7 +39,7 @@
  *		backwards), a counter whose period_start is older is read as 0, and
  *		if any blocking quota would exceed its limit nothing is charged.
  *	 6. write_usage writes the usage row and every touched counter without
- *		SQL (direct.c: table access method and executor, no statement is
+ *		SQL (storage.c: table access method and executor, no statement is
  *		planned), then threshold events (events.c: INSERT ... ON CONFLICT
  *		DO NOTHING on their unique key, and a NOTIFY) and the idempotency
  *		row (idempotency.c).
@@ -67,7 +67,7 @@
 #include "policy.h"
 #include "ratelimit.h"
 #include "stats.h"
-#include "direct.h"
+#include "storage.h"
 #include "consume_internal.h"
 #include "escrow_adapt.h"
 
@@ -338,7 +338,7 @@ cached_defs(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id, QuotaR
 
 /*
  * lock_run
- *		Lock, by primary key and in quota_id order (direct.c), the counters
+ *		Lock, by primary key and in quota_id order (storage.c), the counters
  *		of the run of single-row quotas that starts at rows[from] and ends
  *		before the next escrow quota.  A quota deleted since (its counter
  *		went with it) no longer applies: it is removed from rows (*n
@@ -378,7 +378,7 @@ lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from)
 			QuotaEscrowCount(tenant_id, ids[i]);
 	}
 	mark = get_timeout_start_time(DEADLOCK_TIMEOUT);
-	done = QuotaDirectLockCounters(tenant_id, ids, m, found, starts, used, tids, escrow);
+	done = QuotaStorageLockCounters(tenant_id, ids, m, found, starts, used, tids, escrow);
 	if (get_timeout_start_time(DEADLOCK_TIMEOUT) != mark)
 	{
 		/* this call waited for a counter: contention, if it lasts */
@@ -446,7 +446,7 @@ lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
 
 /*
  * write_usage
- *		The usage row plus the touched counters (direct.c).  Returns the
+ *		The usage row plus the touched counters (storage.c).  Returns the
  *		usage id.
  */
 int64
@@ -483,18 +483,11 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 		}
 		for (j = 0; j < r->nupd; j++)
 		{
-			CounterUpdate *cu = &r->upd[j];
-
 			/* charged by acquire_slots already: again only for new events */
-			if (r->slot_written && cu->mask == r->written_mask)
+			if (r->slot_written && r->upd[j].mask == r->written_mask)
 				continue;
-			w[n].quota_id = cu->quota_id;
-			w[n].slot = cu->slot;
-			w[n].used = cu->used;
-			w[n].start = cu->start;
-			w[n].has_allowance = cu->has_allowance;
-			w[n].allowance = cu->allowance;
-			w[n].mask = cu->mask;
+			w[n] = r->upd[j];
+			ItemPointerSetInvalid(&w[n].tid);
 			n++;
 		}
 	}
@@ -523,7 +516,7 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 		u.price_id = extra->price_id;
 		u.metadata = extra->metadata;
 	}
-	return QuotaDirectWrite(&u, w, n);
+	return QuotaStorageWrite(&u, w, n);
 }
 
 /* ----------------------------------------------------------------------

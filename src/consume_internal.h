@@ -10,7 +10,7 @@
  *					quota_consume, quota_consume_or_raise, invoke, quota_reserve;
  *					locking the counters, deciding, writing the usage row
  *	 escrow.c		escrow quotas (slots > 1): taking, laying out and
- *					releasing slots, and their SQL
+ *					releasing slots (their statements: storage_slots.c)
  *	 idempotency.c	claiming and storing an idempotency key's decision
  *	 events.c		threshold and soft-limit events and their NOTIFY
  *	 adjust.c		quota_settle, quota_cancel, quota_refund,
@@ -39,6 +39,7 @@
 #include "period.h"
 #include "policy.h"
 #include "spi.h"
+#include "storage.h"
 
 #include "executor/tuptable.h"
 #include "utils/timestamp.h"
@@ -115,18 +116,6 @@ typedef struct Decision
 	int64		overage;
 } Decision;
 
-/* one counter row to write: (quota, slot) <- used, period, allowance, mask */
-typedef struct CounterUpdate
-{
-	int64		quota_id;
-	int32		slot;
-	int64		used;
-	TimestampTz start;
-	bool		has_allowance;
-	int64		allowance;
-	int32		mask;
-} CounterUpdate;
-
 /* a locked counter and its quota */
 typedef struct QuotaRow
 {
@@ -146,7 +135,7 @@ typedef struct QuotaRow
 	int			thresholds[QUOTA_MAX_THRESHOLDS];
 	TimestampTz counter_start;
 	int64		used;
-	ItemPointerData counter_tid;	/* where it was locked (direct.c), or invalid */
+	ItemPointerData counter_tid;	/* where it was locked (storage.c), or invalid */
 	/* computed */
 	TimestampTz start;
 	TimestampTz end;
@@ -161,7 +150,7 @@ typedef struct QuotaRow
 	bool		held_slot0;		/* slot 0 locked, then found laid out over slots */
 	bool		multi_deny;		/* even all slots together cannot take it */
 	int			nupd;
-	CounterUpdate *upd;			/* the slot rows to write */
+	QuotaCounterWrite *upd;			/* the slot rows to write */
 	int			charged;		/* index in upd of the charged slot */
 	bool		slot_written;	/* upd[0] charged and written by acquire_slots */
 	int64		slot_amount;	/* ... by this much */
@@ -221,7 +210,6 @@ extern QUOTA_PRIVATE int64 write_usage(int64 tenant_id, int64 usage_id, Timestam
 
 /* escrow.c */
 extern QUOTA_PRIVATE bool lay_out_slots(QuotaRow *r, int k, int64 delta, bool check);
-extern QUOTA_PRIVATE SPITupleTable *lock_complete(QuotaPlan *lock, QuotaPlan *count, Datum *values);
 extern QUOTA_PRIVATE void lock_all_slots(int64 tenant_id, QuotaRow *r, bool *moved_on);
 extern QUOTA_PRIVATE bool adjust_slots(int64 tenant_id, QuotaRow *r, int64 delta, bool check,
 									   bool *moved_on);

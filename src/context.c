@@ -27,7 +27,7 @@
 #include "spi.h"
 #include "context.h"
 #include "args.h"
-#include "direct.h"
+#include "storage.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"

@@ -56,7 +56,7 @@
 #include "quota_ext.h"
 #include "spi.h"
 #include "context.h"
-#include "direct.h"
+#include "storage.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"

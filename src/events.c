@@ -126,7 +126,7 @@ emit_events(int64 tenant_id, QuotaRow *r)
 		 * and the slot remembers it in its events_mask: exactly once per
 		 * period (the unique key), at the latest one call per slot late.
 		 */
-		CounterUpdate *u;
+		QuotaCounterWrite *u;
 
 		if (!r->touched || r->charged < 0)
 			return;

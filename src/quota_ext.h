@@ -6,7 +6,7 @@
  * Only what every module shares: names, bounds, QUOTA_PRIVATE.  Each
  * module declares its interface in its own header (spi.h, context.h,
  * cache.h, auth.h, policy.h, metering.h, period.h, gcra.h, ratelimit.h,
- * stats.h, shmem.h, direct.h, consume.h, args.h, audit.h); the request
+ * stats.h, shmem.h, storage.h, consume.h, args.h, audit.h); the request
  * path's and the rate limiter's private ones are consume_internal.h and
  * ratelimit_internal.h.  See doc/design.md for the map.
  *

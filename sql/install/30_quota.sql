@@ -82,13 +82,31 @@ CREATE TABLE quota_ext.quota_counters (
 COMMENT ON TABLE quota_ext.quota_counters IS
 	'Units used in the current period of each quota (period_start says which period); one row per escrow slot';
 
--- The slot-share rule, in one place (escrow.c): slot i of n gets
+-- The slot-share rule, in one place (src/storage_slots.c): slot i of n gets
 -- limit / n, plus 1 for the first limit % n slots.
 CREATE FUNCTION quota_ext._slot_share(lim bigint, n integer, i integer) RETURNS bigint
 	AS 'MODULE_PATHNAME', 'quota_ext_slot_share'
 	LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION quota_ext._slot_share(bigint, integer, integer) IS
 	'Internal: the default share of a limit of escrow slot i of n';
+
+-- The one writer of counter rows for PL/pgSQL (the storage module,
+-- src/storage_slots.c, which the C paths write through too): lay a quota's
+-- counters out over n rows in the period that starts at period_start.  The
+-- slack is shared by the slot-share rule over the slots of keep (existing
+-- rows below first, which keep their used) and then first .. n-1 (first
+-- gets total and mask, the later ones 0); allowances are NULL when only one
+-- slot shares (a plain counter); rows of slot n and above are deleted
+-- first; a row that exists is updated in place, so that a call waiting for
+-- it follows the update.  The rows must be locked by the caller (or new).
+CREATE FUNCTION quota_ext._counters_lay_out(tenant_id bigint, quota_id bigint,
+	period_start timestamptz, n integer, first integer, keep integer[], total bigint,
+	mask integer, slack bigint) RETURNS void
+	AS 'MODULE_PATHNAME', 'quota_ext_counters_lay_out'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION quota_ext._counters_lay_out(bigint, bigint, timestamptz, integer, integer,
+	integer[], bigint, integer, bigint) IS
+	'Internal: write a quota''s counter rows laid out over n slots (the only SQL way to write them)';
 
 -- Rebuild the counters of a quota with its current number of slots: the
 -- current period's total goes to slot 0, and the limit is split into
@@ -104,8 +122,6 @@ DECLARE
 	tz text;
 	cur timestamptz;
 	total bigint;
-	slack bigint;
-	i integer;
 BEGIN
 	SELECT * INTO q FROM quota_ext.quotas
 	 WHERE tenant_id = _counters_rebuild.tenant_id AND quota_id = _counters_rebuild.quota_id;
@@ -121,22 +137,8 @@ BEGIN
 	-- again: a call waiting for one follows the update to the new version,
 	-- where a deleted row would tell it that the quota is gone (its charge
 	-- would go uncounted: the ledger mismatch of test/t/070_load_mix.pl).
-	DELETE FROM quota_ext.quota_counters c
-	 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id AND c.slot >= q.slots;
-	slack := greatest(q.max_units - total, 0);
-	FOR i IN 0 .. q.slots - 1 LOOP
-		INSERT INTO quota_ext.quota_counters AS c
-		       (tenant_id, quota_id, slot, period_start, used, allowance, events_mask)
-		VALUES (q.tenant_id, q.quota_id, i, cur,
-		        CASE WHEN i = 0 THEN total ELSE 0 END,
-		        CASE WHEN q.slots > 1
-		             THEN (CASE WHEN i = 0 THEN total ELSE 0 END)
-		                  + quota_ext._slot_share(slack, q.slots, i) END,
-		        0)
-		ON CONFLICT (tenant_id, quota_id, slot) DO UPDATE
-		   SET period_start = excluded.period_start, used = excluded.used,
-		       allowance = excluded.allowance, events_mask = 0;
-	END LOOP;
+	PERFORM quota_ext._counters_lay_out(q.tenant_id, q.quota_id, cur, q.slots, 0, '{}', total, 0,
+	                                    greatest(q.max_units - total, 0));
 END
 $$;
 COMMENT ON FUNCTION quota_ext._counters_rebuild(bigint, bigint) IS
@@ -168,8 +170,6 @@ DECLARE
 	mask integer;
 	slack bigint;
 	free integer[];
-	k integer;
-	i integer;
 BEGIN
 	SELECT * INTO q FROM quota_ext.quotas
 	 WHERE tenant_id = _escrow_relayout.tenant_id AND quota_id = _escrow_relayout.quota_id
@@ -205,18 +205,9 @@ BEGIN
 		IF free IS NULL THEN
 			RETURN false;
 		END IF;
-		k := cardinality(free) + n - q.slots;
-		FOR i IN 1 .. cardinality(free) LOOP
-			UPDATE quota_ext.quota_counters c
-			   SET allowance = c.used + quota_ext._slot_share(slack, k, i - 1)
-			 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id AND c.slot = free[i];
-		END LOOP;
-		FOR i IN q.slots .. n - 1 LOOP
-			INSERT INTO quota_ext.quota_counters
-			       (tenant_id, quota_id, slot, period_start, used, allowance, events_mask)
-			VALUES (q.tenant_id, q.quota_id, i, cur, 0,
-			        quota_ext._slot_share(slack, k, cardinality(free) + i - q.slots), 0);
-		END LOOP;
+		-- the free slots keep their used; slots q.slots .. n-1 are new
+		PERFORM quota_ext._counters_lay_out(q.tenant_id, q.quota_id, cur, n, q.slots, free, 0, 0,
+		                                    slack);
 		UPDATE quota_ext.quotas SET slots = n
 		 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
 		PERFORM quota_ext.config_changed();
@@ -235,22 +226,9 @@ BEGIN
 	       coalesce(bit_or(c.events_mask) FILTER (WHERE c.period_start = cur), 0)
 	  INTO total, mask
 	  FROM quota_ext.quota_counters c WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id;
-	slack := greatest(q.max_units - total, 0);
-	DELETE FROM quota_ext.quota_counters c
-	 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id AND c.slot >= n;
-	UPDATE quota_ext.quota_counters c
-	   SET period_start = cur, used = total, events_mask = mask,
-	       allowance = CASE WHEN n = 1 THEN NULL
-	                        ELSE total + quota_ext._slot_share(slack, n, 0) END
-	 WHERE c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id AND c.slot = 0;
-	FOR i IN 1 .. n - 1 LOOP
-		INSERT INTO quota_ext.quota_counters AS c
-		       (tenant_id, quota_id, slot, period_start, used, allowance, events_mask)
-		VALUES (q.tenant_id, q.quota_id, i, cur, 0, quota_ext._slot_share(slack, n, i), 0)
-		ON CONFLICT (tenant_id, quota_id, slot) DO UPDATE
-		   SET period_start = excluded.period_start, used = 0,
-		       allowance = excluded.allowance, events_mask = 0;
-	END LOOP;
+	-- slot 0 (updated in place) gets the total and the thresholds emitted
+	PERFORM quota_ext._counters_lay_out(q.tenant_id, q.quota_id, cur, n, 0, '{}', total, mask,
+	                                    greatest(q.max_units - total, 0));
 	UPDATE quota_ext.quotas SET slots = n
 	 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
 	PERFORM quota_ext.config_changed();
@@ -505,12 +483,11 @@ CREATE FUNCTION quota_ext._tier_quota_put(tenant_id bigint, q quota_ext.quotas, 
 #variable_conflict use_column
 BEGIN
 	IF q.quota_id IS NULL THEN
-		WITH n AS (
-			INSERT INTO quota_ext.quotas (tenant_id, period, period_label, metric, max_units, currency, origin)
-			VALUES (_tier_quota_put.tenant_id, 'month', 'monthly', _tier_quota_put.metric, lim,
-			        _tier_quota_put.currency, 'tier')
-			RETURNING tenant_id, quota_id)
-		INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) SELECT tenant_id, quota_id FROM n;
+		INSERT INTO quota_ext.quotas (tenant_id, period, period_label, metric, max_units, currency, origin)
+		VALUES (_tier_quota_put.tenant_id, 'month', 'monthly', _tier_quota_put.metric, lim,
+		        _tier_quota_put.currency, 'tier')
+		RETURNING * INTO q;
+		PERFORM quota_ext._counters_lay_out(q.tenant_id, q.quota_id, '-infinity', 1, 0, '{}', 0, 0, 0);
 	ELSIF q.max_units <> lim THEN
 		UPDATE quota_ext.quotas SET max_units = lim, updated_at = now()
 		 WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
@@ -572,7 +549,7 @@ BEGIN
 		RETURN;
 	END IF;
 	IF q.quota_id IS NOT NULL AND (b IS NULL OR q.currency IS DISTINCT FROM cur) THEN
-		DELETE FROM quota_ext.quota_counters WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
+		PERFORM quota_ext._counters_lay_out(q.tenant_id, q.quota_id, '-infinity', 0, 0, '{}', 0, 0, 0);
 		DELETE FROM quota_ext.quotas WHERE tenant_id = q.tenant_id AND quota_id = q.quota_id;
 		q.quota_id := NULL;
 	END IF;
@@ -788,7 +765,8 @@ BEGIN
 			RETURNING * INTO new;
 		END IF;
 		IF new.slots = 1 THEN
-			INSERT INTO quota_ext.quota_counters (tenant_id, quota_id) VALUES (t.tenant_id, new.quota_id);
+			PERFORM quota_ext._counters_lay_out(t.tenant_id, new.quota_id, '-infinity', 1, 0, '{}',
+			                                    0, 0, 0);
 		ELSE
 			PERFORM quota_ext._counters_rebuild(t.tenant_id, new.quota_id);
 		END IF;

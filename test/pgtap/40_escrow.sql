@@ -5,7 +5,7 @@
 -- nears the 64 subtransactions a backend advertises, with the same totals.
 -- Concurrency: test/specs/escrow.spec and test/t/015_escrow_pgbench.pl.
 BEGIN;
-SELECT plan(14);
+SELECT plan(21);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('esc-a', 'enterprise') AS ta \gset
@@ -48,6 +48,28 @@ SELECT is((SELECT count(*) FILTER (WHERE (quota_ext.quota_consume(:ta, 'esc-m', 
 SELECT is((SELECT allowed FROM quota_ext.quota_consume(:ta, 'esc-m', 1)), false, 'the 81st does not fit');
 SELECT is(pg_temp.esc(:qu), 'used 100 allowance 100', 'the units quota is exactly at its limit');
 SELECT is(pg_temp.ledger(:ta), 'units 100 calls 83', 'the ledger agrees');
+
+-- _counters_lay_out, the one SQL writer of counter rows (src/storage_slots.c)
+\o /dev/null
+SELECT quota_ext.quota_set(:ta, 'weekly', 10, metric => 'units', slots => 3) AS qw \gset
+\o
+CREATE FUNCTION pg_temp.rows(q bigint) RETURNS text LANGUAGE sql AS $$
+	SELECT coalesce(string_agg(format('%s:%s/%s', slot, used, allowance), ' ' ORDER BY slot), 'none')
+	  FROM quota_ext.quota_counters WHERE quota_id = q $$;
+SELECT is(pg_temp.rows(:qw), '0:0/4 1:0/3 2:0/3',
+	'quota_set lays 10 out over 3 slots by the slot-share rule (4, 3, 3)');
+SELECT lives_ok(format($$SELECT quota_ext._counters_lay_out(%s, %s,
+	(SELECT period_start FROM quota_ext.quota_counters WHERE quota_id = %s AND slot = 0),
+	5, 3, '{1,2}', 0, 0, 6)$$, :ta, :qw, :qw), 'two more slots from the slack of slots 1 and 2');
+SELECT is(pg_temp.rows(:qw), '0:0/4 1:0/2 2:0/2 3:0/1 4:0/1',
+	'slot 0 untouched; 6 shared over the kept slots and the new ones (2, 2, 1, 1)');
+SELECT lives_ok(format($$SELECT quota_ext._counters_lay_out(%s, %s, now(), 1, 0, '{}', 7, 3, 3)$$,
+	:ta, :qw), 'laid out again over one row');
+SELECT is(pg_temp.rows(:qw), '0:7/', 'one plain counter: the total, no allowance, the rest deleted');
+SELECT throws_ok(format($$SELECT quota_ext._counters_lay_out(%s, %s, now(), 1, 0, NULL, 0, 0, 0)$$,
+	:ta, :qw), '22004', NULL, 'a NULL argument is refused');
+SELECT throws_ok(format($$SELECT quota_ext._counters_lay_out(%s, %s, now(), 3, 1, '{1}', 0, 0, 0)$$,
+	:ta, :qw), '22023', NULL, 'a kept slot must lie below the first new one');
 
 SELECT * FROM finish();
 ROLLBACK;

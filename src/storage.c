@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
- * direct.c
+ * storage.c
  *		The hot path's counter rows and usage row, read and written through
- *		the table and index access methods instead of SQL.
+ *		the table and index access methods instead of SQL (the storage
+ *		module, storage.h).
  *
  * A charge locks its counters by primary key, updates them and appends one
  * usage row.  As SQL statements (SPI), most of that time went into starting
@@ -33,12 +34,14 @@
  * Every usage row and its counter writes go through here (charges,
  * reservations, settlements, releases, refunds; escrow slots too).  The
  * locks without SQL are for single-slot counters of a new charge; escrow
- * slots are taken with SKIP LOCKED statements (escrow.c, acquire_slots).
+ * slots are taken with SKIP LOCKED statements (storage_slots.c, which
+ * escrow.c's acquire_slots runs).  Where Citus manages the counters, both
+ * entry points hand over to storage_spi.c.
  *
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
-#include "direct.h"
+#include "storage.h"
 
 #include "access/genam.h"
 #include "access/relscan.h"
@@ -67,7 +70,7 @@ static Oid	counters_relid = InvalidOid;
 static Oid	usage_relid = InvalidOid;
 static Oid	usage_seqid = InvalidOid;
 static bool callback_registered = false;
-/* Citus manages quota_counters: go through SQL (direct_spi.c); set with the OIDs */
+/* Citus manages quota_counters: go through SQL (storage_spi.c); set with the OIDs */
 static bool counters_on_citus = false;
 
 /* attribute numbers, by name (the ledger's columns may be in any order) */
@@ -95,7 +98,7 @@ static const char *const counter_cols[C_NCOLS] = {
 static AttrNumber counter_att[C_NCOLS];
 
 static void
-direct_invalidate(Datum arg, Oid relid)
+storage_invalidate(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == counters_relid || relid == usage_relid ||
 		relid == usage_seqid)
@@ -125,12 +128,12 @@ find_columns(Relation rel, const char *const *names, AttrNumber *atts, int n)
  * The relations' OIDs, into *rels: the caller uses its copy, because opening
  * a relation processes invalidations, which may reset the statics.
  */
-typedef struct DirectRels
+typedef struct StorageRels
 {
 	Oid			counters;
 	Oid			usage;
 	Oid			usage_seq;
-} DirectRels;
+} StorageRels;
 
 /*
  * Is relid in Citus's pg_dist_partition (a reference or distributed table, on
@@ -160,7 +163,7 @@ citus_managed(Oid relid)
 }
 
 static void
-find_relations(DirectRels *rels)
+find_relations(StorageRels *rels)
 {
 	Oid			nsp;
 	Relation	rel;
@@ -174,7 +177,7 @@ find_relations(DirectRels *rels)
 	}
 	if (!callback_registered)
 	{
-		CacheRegisterRelcacheCallback(direct_invalidate, (Datum) 0);
+		CacheRegisterRelcacheCallback(storage_invalidate, (Datum) 0);
 		callback_registered = true;
 	}
 	nsp = get_namespace_oid(QUOTA_SCHEMA, false);
@@ -204,7 +207,7 @@ find_relations(DirectRels *rels)
 bool
 QuotaOnCitus(void)
 {
-	DirectRels	rels;
+	StorageRels	rels;
 
 	find_relations(&rels);
 	return counters_on_citus;
@@ -212,7 +215,7 @@ QuotaOnCitus(void)
 
 /* as a non-read-only SPI statement: see earlier changes, a new snapshot */
 static Snapshot
-direct_snapshot(void)
+storage_snapshot(void)
 {
 	CommandCounterIncrement();
 	PushCopiedSnapshot(GetTransactionSnapshot());
@@ -282,7 +285,7 @@ find_counter(Relation rel, Relation idx, Snapshot snapshot, int64 tenant_id,
 }
 
 /*
- * QuotaDirectLockCounters
+ * QuotaStorageLockCounters
  *		Lock the slot-0 counters of quotas qids[0..n-1] (ascending) of a
  *		tenant, in that order, as SELECT ... FOR NO KEY UPDATE does; found[i]
  *		says whether quota i still has its counter, starts[i] and used[i] are
@@ -295,11 +298,11 @@ find_counter(Relation rel, Relation idx, Snapshot snapshot, int64 tenant_id,
  *		Returns how many quotas were handled (n unless it stopped early).
  */
 int
-QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
+QuotaStorageLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
 						TimestampTz *starts, int64 *used, ItemPointerData *tids,
 						bool *escrow)
 {
-	DirectRels	rels;
+	StorageRels	rels;
 	Relation	rel;
 	Relation	idx;
 	TupleTableSlot *slot;
@@ -312,7 +315,7 @@ QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
 	rel = table_open(rels.counters, RowShareLock);
 	idx = index_open(QuotaPrimaryKeyIndex(rel), AccessShareLock);
 	slot = table_slot_create(rel, NULL);
-	snapshot = direct_snapshot();
+	snapshot = storage_snapshot();
 	for (i = 0; i < n; i++)
 	{
 		bool		isnull;
@@ -347,7 +350,7 @@ QuotaDirectLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
  * whole of ExecSimpleRelationInsert.
  */
 static void
-direct_insert(ResultRelInfo *rri, EState *estate, TupleTableSlot *slot)
+storage_insert(ResultRelInfo *rri, EState *estate, TupleTableSlot *slot)
 {
 	Relation	rel = rri->ri_RelationDesc;
 	List	   *recheck = NIL;
@@ -368,7 +371,7 @@ direct_insert(ResultRelInfo *rri, EState *estate, TupleTableSlot *slot)
 
 /* an executor state with both relations in its range table */
 static EState *
-direct_estate(Relation counters, Relation usage, Snapshot snapshot)
+storage_estate(Relation counters, Relation usage, Snapshot snapshot)
 {
 	EState	   *estate = CreateExecutorState();
 	RangeTblEntry *c = makeNode(RangeTblEntry);
@@ -389,16 +392,16 @@ direct_estate(Relation counters, Relation usage, Snapshot snapshot)
 }
 
 /*
- * QuotaDirectWrite
+ * QuotaStorageWrite
  *		Write the counter rows w[0..n-1] (locked by this transaction) and
  *		append the usage row *u.  w[i].tid, when valid, is where
- *		QuotaDirectLockCounters found the locked version (else the row is
+ *		QuotaStorageLockCounters found the locked version (else the row is
  *		looked up again by primary key).  Returns the usage row's id.
  */
 int64
-QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
+QuotaStorageWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 {
-	DirectRels	rels;
+	StorageRels	rels;
 	Relation	counters;
 	Relation	idx;
 	Relation	usage;
@@ -426,8 +429,8 @@ QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 	counters = table_open(rels.counters, RowExclusiveLock);
 	usage = table_open(rels.usage, RowExclusiveLock);
 	idx = index_open(QuotaPrimaryKeyIndex(counters), AccessShareLock);
-	snapshot = direct_snapshot();
-	estate = direct_estate(counters, usage, snapshot);
+	snapshot = storage_snapshot();
+	estate = storage_estate(counters, usage, snapshot);
 	crel = makeNode(ResultRelInfo);
 	InitResultRelInfo(crel, counters, 1, NULL, 0);
 	urel = makeNode(ResultRelInfo);
@@ -528,7 +531,7 @@ QuotaDirectWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 		pslot = execute_attr_map_slot(map->attrMap, uslot,
 									  table_slot_create(part->ri_RelationDesc,
 														&estate->es_tupleTable));
-	direct_insert(part, estate, pslot);
+	storage_insert(part, estate, pslot);
 
 	AfterTriggerEndQuery(estate);
 	ExecCleanupTupleRouting(mtstate, proute);

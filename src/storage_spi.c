@@ -1,16 +1,16 @@
 /*-------------------------------------------------------------------------
  *
- * direct_spi.c
- *		direct.c's counter locks and writes as SQL statements, for a
+ * storage_spi.c
+ *		storage.c's counter locks and writes as SQL statements, for a
  *		database where Citus manages quota_counters (issue 16).
  *
- * direct.c touches the relations it finds by name: on a Citus coordinator
+ * storage.c touches the relations it finds by name: on a Citus coordinator
  * that is the empty shell of a distributed table, on a worker the
  * extension's local table, never the tenant's shard.  Here the same rows
  * are read and written by statements that name tenant_id, which Citus
  * routes to the one shard holding the tenant (locally in a call delegated
  * to the worker that holds it, doc/scaling.md).  The semantics are those of
- * direct.c: SELECT ... FOR NO KEY UPDATE in the caller's order (a deleted
+ * storage.c: SELECT ... FOR NO KEY UPDATE in the caller's order (a deleted
  * counter is not found), one UPDATE per counter row, one INSERT of the
  * usage row; all as the extension's owner in the caller's SPI connection.
  *
@@ -23,7 +23,7 @@
  *-------------------------------------------------------------------------
  */
 #include "quota_ext.h"
-#include "direct.h"
+#include "storage.h"
 #include "spi.h"
 
 #include "access/genam.h"
@@ -126,7 +126,7 @@ QuotaSpiLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
 		used[i] = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 		if (DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull)))
 		{
-			/* laid out over escrow slots since: stop here, as direct.c */
+			/* laid out over escrow slots since: stop here, as storage.c */
 			escrow[i] = true;
 			return i + 1;
 		}
@@ -134,8 +134,17 @@ QuotaSpiLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
 	return n;
 }
 
-int64
-QuotaSpiWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n, Oid usage_seq)
+/*
+ * QuotaSpiWriteCounter
+ *		Write one counter row (locked by this transaction) of tenant_id: the
+ *		Citus path of QuotaSpiWrite, a slot row escrow.c lays out, and a row
+ *		_counters_lay_out writes.  A row that exists is updated in place (a
+ *		call waiting for it follows the update to the new version, where a
+ *		deleted row would tell it that the quota is gone); one that does not
+ *		is inserted when insert is set, else false is returned.
+ */
+bool
+QuotaSpiWriteCounter(int64 tenant_id, const QuotaCounterWrite *w, bool insert)
 {
 	static QuotaPlan update = {
 		"UPDATE quota_ext.quota_counters "
@@ -144,6 +153,39 @@ QuotaSpiWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n, Oid usa
 		"  AND slot OPERATOR(pg_catalog.=) $3",
 		7, {INT8OID, INT8OID, INT4OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID}
 	};
+	static QuotaPlan upsert = {
+		"INSERT INTO quota_ext.quota_counters AS c "
+		"       (tenant_id, quota_id, slot, period_start, used, allowance, events_mask) "
+		"VALUES ($1, $2, $3, $5, $4, $6, $7) "
+		"ON CONFLICT (tenant_id, quota_id, slot) DO UPDATE "
+		"   SET period_start = excluded.period_start, used = excluded.used, "
+		"       allowance = excluded.allowance, events_mask = excluded.events_mask",
+		7, {INT8OID, INT8OID, INT4OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID}
+	};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(w->quota_id);
+	values[2] = Int32GetDatum(w->slot);
+	values[3] = Int64GetDatum(w->used);
+	values[4] = TimestampTzGetDatum(w->start);
+	values[5] = Int64GetDatum(w->allowance);
+	nulls[5] = w->has_allowance ? ' ' : 'n';
+	values[6] = Int32GetDatum(w->mask);
+	QuotaSpiExec(&update, values, nulls, false, 0);
+	if (SPI_processed > 0)
+		return true;
+	if (!insert)
+		return false;
+	/* ON CONFLICT: a row of that slot committed since this statement's snapshot */
+	QuotaSpiExec(&upsert, values, nulls, false, 0);
+	return true;
+}
+
+int64
+QuotaSpiWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n, Oid usage_seq)
+{
 	static QuotaPlan insert = {
 		"INSERT INTO quota_ext.usage (tenant_id, usage_id, created_at, occurred_at, model_id, "
 		"  user_id, key_id, units, overage_units, input_tokens, output_tokens, price_id, "
@@ -159,22 +201,10 @@ QuotaSpiWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n, Oid usa
 	int64		usage_id;
 	int			i;
 
-	memset(nulls, ' ', sizeof(nulls));
-	values[0] = Int64GetDatum(u->tenant_id);
 	for (i = 0; i < n; i++)
-	{
-		values[1] = Int64GetDatum(w[i].quota_id);
-		values[2] = Int32GetDatum(w[i].slot);
-		values[3] = Int64GetDatum(w[i].used);
-		values[4] = TimestampTzGetDatum(w[i].start);
-		values[5] = Int64GetDatum(w[i].allowance);
-		nulls[5] = w[i].has_allowance ? ' ' : 'n';
-		values[6] = Int32GetDatum(w[i].mask);
-		QuotaSpiExec(&update, values, nulls, false, 0);
-		if (SPI_processed != 1)
+		if (!QuotaSpiWriteCounter(u->tenant_id, &w[i], false))
 			elog(ERROR, "locked counter of quota " INT64_FORMAT " slot %d not found",
 				 w[i].quota_id, w[i].slot);
-	}
 
 	memset(nulls, ' ', sizeof(nulls));
 	usage_id = u->usage_id != 0 ? u->usage_id : spi_usage_id(usage_seq);
