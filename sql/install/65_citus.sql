@@ -44,6 +44,28 @@ $$;
 COMMENT ON FUNCTION quota_ext._citus_required(text) IS
 	'Internal: raise 55000 unless the citus extension is installed';
 
+-- Does Citus manage the extension's tables here (after distribute())?  For
+-- the few SQL paths that take another route on Citus (tenant by tenant,
+-- shells left empty); C code asks QuotaOnCitus().  Dynamic: pg_dist_*
+-- exist only with Citus.
+CREATE FUNCTION quota_ext._on_citus() RETURNS boolean
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	r boolean;
+BEGIN
+	IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+		RETURN false;
+	END IF;
+	EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition d '
+	        'WHERE d.logicalrelid OPERATOR(pg_catalog.=) ''quota_ext.quota_counters''::pg_catalog.regclass)' INTO r;
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._on_citus() IS
+	'Internal: true once distribute() made quota_ext''s tables Citus tables';
+
 -- The functions distribute() delegates (every overload with an argument
 -- named tenant_id): the call goes to the worker holding the tenant's shards.
 CREATE FUNCTION quota_ext._citus_delegated() RETURNS TABLE (f regprocedure, arg_name text)
