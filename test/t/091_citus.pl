@@ -101,7 +101,9 @@ is($coord->safe_psql('postgres', qq{
 	 GROUP BY d.colocationid}), '2', "$this_month is distributed, co-located with the ledger");
 for my $w ($w1, $w2)
 {
+	# (Citus hides shards from pg_class unless told not to)
 	is($w->safe_psql('postgres', qq{
+		SET citus.override_table_visibility = off;
 		SELECT count(*) > 0,
 		       count(*) FILTER (WHERE NOT (c.relrowsecurity AND c.relforcerowsecurity)),
 		       count(*) FILTER (WHERE (SELECT string_agg(p.polname, ',' ORDER BY p.polname) FROM pg_policy p
@@ -314,6 +316,7 @@ my ($as_app, $isolation_key);
 		COMMIT;}), qr/permission denied/, "app: $this_month itself is not readable (as on a single node)");
 	{
 		my $shard = $w1->safe_psql('postgres', qq{
+			SET citus.override_table_visibility = off;
 			SELECT c.relname FROM pg_class c
 			 WHERE c.relnamespace = 'quota_ext'::regnamespace AND c.relname ~ '^${this_month}_[0-9]+\$' LIMIT 1});
 		like($as->($w1, 'app_login', qq{SELECT count(*) FROM quota_ext.$shard}), qr/permission denied/,
@@ -571,6 +574,39 @@ like($as_app->(qq{
 	SELECT count(*) FROM quota_ext.quota_status(2);
 	COMMIT;}), qr/tenant 2 does not exist/, 'quota_status of another tenant: "does not exist"');
 
+# rows of a month without a partition (written before maintenance ran, or
+# restored) sit in the default partition: usage_partitions_maintain() moves
+# them into the month's new partition, distributed, and leaves no copy in
+# the coordinator's shell (Citus keeps the local data of a table it
+# distributes until told otherwise)
+{
+	my ($old_month, $old_at) = split /\|/, $coord->safe_psql('postgres', q{
+		SELECT 'usage_p' || to_char(m, 'YYYYMM'), (m + interval '14 days') AT TIME ZONE 'UTC'
+		  FROM (SELECT date_trunc('month', now() AT TIME ZONE 'UTC') - interval '2 months' AS m) x});
+	$coord->safe_psql('postgres', qq{
+		INSERT INTO quota_ext.usage (tenant_id, usage_id, created_at, occurred_at, model_id, units, calls, kind)
+		SELECT 2, 900000000 + g, '$old_at', '$old_at', m.model_id, 5, 1, 'consume'
+		  FROM generate_series(1, 3) g, quota_ext.models m WHERE m.name = 'gpt-x'});
+	is($coord->safe_psql('postgres', q{SELECT count(*) FROM quota_ext.usage_default}), '3',
+		'three rows of an earlier month in the default partition');
+	($rc, $out, $err) = $coord->psql('postgres', q{
+		SELECT string_agg(partition || ' ' || action, ',') FROM quota_ext.usage_partitions_maintain(1)});
+	is($out, "$old_month created", "usage_partitions_maintain makes $old_month for them") or diag($err);
+	is($coord->safe_psql('postgres', qq{
+		SELECT (SELECT count(*) FROM quota_ext.usage_default) || ' ' || (SELECT count(*) FROM quota_ext.$old_month WHERE tenant_id = 2)}),
+		'0 3', "the rows moved from the default partition into $old_month");
+	for my $n (@nodes)
+	{
+		is($n->safe_psql('postgres', qq{SELECT pg_relation_size('quota_ext.$old_month')}), '0',
+			"no copy of the moved rows left in the local (shell) $old_month on " . $n->name);
+	}
+	is($as_app->(qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$isolation_key');
+		SELECT count(*) FROM quota_ext.usage WHERE tenant_id = 2 OR created_at < '$old_at'::timestamptz + interval '1 day';
+		COMMIT;}), '0', "app in tenant 1's context: none of tenant 2's moved rows");
+}
+
 # tenant_summary through the coordinator: its usage is the ledger's (before
 # and after a rollup), its quotas those of quota_status
 {
@@ -613,7 +649,7 @@ like($as_app->(qq{
 		$coord->safe_psql('postgres', qq{
 			SELECT string_agg(x.tenant_id || ':' || x.calls, ' ' ORDER BY x.tenant_id)
 			  FROM (SELECT u.tenant_id, sum(u.calls) AS calls FROM quota_ext.usage u
-			         WHERE u.occurred_at >= '$ps' AND u.occurred_at < '$pe' $_[0]
+			         WHERE u.occurred_at < '$pe' $_[0]
 			         GROUP BY u.tenant_id) x});
 	};
 	($rc, $out, $err) = $coord->psql('postgres', qq{SELECT count(*) FROM quota_ext.billing_close(1, '$ps', '$pe')});
