@@ -176,7 +176,7 @@ BEGIN
 	                                                       g.groupid::pg_catalog.int8 OPERATOR(pg_catalog.<<) 48, false))
 	               FROM pg_catalog.pg_sequences q, pg_catalog.pg_dist_local_group g
 	              WHERE q.schemaname OPERATOR(pg_catalog.=) 'quota_ext'
-	                AND pg_catalog.coalesce(q.last_value, 0) OPERATOR(pg_catalog.<) (g.groupid::pg_catalog.int8 OPERATOR(pg_catalog.<<) 48)
+	                AND COALESCE(q.last_value, 0) OPERATOR(pg_catalog.<) (g.groupid::pg_catalog.int8 OPERATOR(pg_catalog.<<) 48)
 	           $c$) x ORDER BY x.nodename, x.nodeport LOOP
 		IF NOT w.success THEN
 			RAISE EXCEPTION 'distribute: could not move the sequences of worker %:% into its block of ids: %',
