@@ -173,7 +173,7 @@ BEGIN
 	FOR w IN SELECT x.nodename, x.nodeport, x.success, x.result
 	           FROM pg_catalog.run_command_on_workers($c$
 	             SELECT pg_catalog.count(pg_catalog.setval(pg_catalog.format('%I.%I', q.schemaname, q.sequencename)::pg_catalog.regclass,
-	                                                       g.groupid::pg_catalog.int8 OPERATOR(pg_catalog.<<) 48, false))
+	                                                       g.groupid::pg_catalog.int8 OPERATOR(pg_catalog.<<) 48))
 	               FROM pg_catalog.pg_sequences q, pg_catalog.pg_dist_local_group g
 	              WHERE q.schemaname OPERATOR(pg_catalog.=) 'quota_ext'
 	                AND COALESCE(q.last_value, 0) OPERATOR(pg_catalog.<) (g.groupid::pg_catalog.int8 OPERATOR(pg_catalog.<<) 48)
