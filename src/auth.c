@@ -53,6 +53,8 @@
 #include "port/pg_crc32c.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(quota_ext_authenticate);
@@ -86,6 +88,136 @@ quota_auth_xact_callback(XactEvent event, void *arg)
 {
 	/* after the error was reported, or a caught one's transaction ended */
 	quota_key_in_flight = false;
+}
+
+/* last_used_at of one key (see the file header): $1 tenant_id, $2 key_id */
+static QuotaPlan touch = {
+	"UPDATE quota_ext.api_keys k SET last_used_at = pg_catalog.now() "
+	"FROM (SELECT tenant_id, key_id FROM quota_ext.api_keys "
+	"      WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
+	"        AND key_id OPERATOR(pg_catalog.=) $2 "
+	"      FOR NO KEY UPDATE SKIP LOCKED) s "
+	"WHERE k.tenant_id OPERATOR(pg_catalog.=) s.tenant_id "
+	"  AND k.key_id OPERATOR(pg_catalog.=) s.key_id",
+	2, {INT8OID, INT8OID}
+};
+
+/*
+ * On Citus the touch waits for the transaction's commit (see
+ * quota_touch_defer): the keys to touch then, each with the subtransaction
+ * that asked, in TopTransactionContext.
+ */
+typedef struct PendingTouch
+{
+	int64		tenant_id;
+	int64		key_id;
+	SubTransactionId subxid;
+} PendingTouch;
+
+static List *pending_touches = NIL;
+static bool pending_callbacks_registered = false;
+
+static void
+quota_touch_run(int64 tenant_id, int64 key_id)
+{
+	Datum		values[2];
+
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(key_id);
+	QuotaSpiExec(&touch, values, NULL, false, 0);
+}
+
+/*
+ * quota_touch_xact_callback
+ *		Just before COMMIT (or PREPARE TRANSACTION), the touches deferred in
+ *		this transaction, as the owner; at any end, forget them.  Registered
+ *		at the first deferral, so after Citus's own callback, and called
+ *		before it (PostgreSQL calls the latest first): the UPDATEs go out
+ *		while the transaction's worker connections are still open, and
+ *		commit with it.
+ */
+static void
+quota_touch_xact_callback(XactEvent event, void *arg)
+{
+	List	   *todo = pending_touches;
+	ListCell   *lc;
+	QuotaSpiState spi;
+
+	pending_touches = NIL;
+	if (todo == NIL || (event != XACT_EVENT_PRE_COMMIT && event != XACT_EVENT_PRE_PREPARE))
+		return;
+	PushActiveSnapshot(GetTransactionSnapshot());
+	QuotaSpiBegin(&spi);
+	foreach(lc, todo)
+	{
+		PendingTouch *t = (PendingTouch *) lfirst(lc);
+
+		quota_touch_run(t->tenant_id, t->key_id);
+	}
+	QuotaSpiEnd(&spi);
+	PopActiveSnapshot();
+}
+
+/* ROLLBACK TO SAVEPOINT forgets the touches asked for since the savepoint */
+static void
+quota_touch_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+							 SubTransactionId parentSubid, void *arg)
+{
+	List	   *keep = NIL;
+	ListCell   *lc;
+
+	if (event != SUBXACT_EVENT_ABORT_SUB || pending_touches == NIL)
+		return;
+	foreach(lc, pending_touches)
+	{
+		PendingTouch *t = (PendingTouch *) lfirst(lc);
+
+		/* (ids grow: mySubid's children were started after it) */
+		if (t->subxid < mySubid)
+			keep = lappend(keep, t);
+	}
+	pending_touches = keep;
+}
+
+/*
+ * quota_touch_defer
+ *		On Citus, last_used_at is written just before COMMIT rather than at
+ *		once.  The UPDATE runs as the owner; run at once, it modified the
+ *		tenant's placements over the owner's worker connection, and Citus
+ *		then refused every later statement of the transaction that reads
+ *		them as the app ("cannot perform query on placements that were
+ *		modified in this transaction by a different user").  At COMMIT no
+ *		statement of the app follows.  The write is the same (same row,
+ *		value now(), same transaction: a rollback, or a ROLLBACK TO a
+ *		savepoint before the authenticate, undoes it), so
+ *		key_touch_interval means what it means on a single node.
+ */
+static void
+quota_touch_defer(int64 tenant_id, int64 key_id)
+{
+	MemoryContext old;
+	PendingTouch *t;
+	ListCell   *lc;
+
+	foreach(lc, pending_touches)
+	{
+		t = (PendingTouch *) lfirst(lc);
+		if (t->tenant_id == tenant_id && t->key_id == key_id)
+			return;
+	}
+	if (!pending_callbacks_registered)
+	{
+		RegisterXactCallback(quota_touch_xact_callback, NULL);
+		RegisterSubXactCallback(quota_touch_subxact_callback, NULL);
+		pending_callbacks_registered = true;
+	}
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	t = palloc(sizeof(PendingTouch));
+	t->tenant_id = tenant_id;
+	t->key_id = key_id;
+	t->subxid = GetCurrentSubTransactionId();
+	pending_touches = lappend(pending_touches, t);
+	MemoryContextSwitchTo(old);
 }
 
 /*
@@ -477,16 +609,6 @@ quota_imported_key(const char *key, size_t len, uint8 *digest,
 void
 QuotaAuthenticate(text *keytext)
 {
-	static QuotaPlan touch = {
-		"UPDATE quota_ext.api_keys k SET last_used_at = pg_catalog.now() "
-		"FROM (SELECT tenant_id, key_id FROM quota_ext.api_keys "
-		"      WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
-		"        AND key_id OPERATOR(pg_catalog.=) $2 "
-		"      FOR NO KEY UPDATE SKIP LOCKED) s "
-		"WHERE k.tenant_id OPERATOR(pg_catalog.=) s.tenant_id "
-		"  AND k.key_id OPERATOR(pg_catalog.=) s.key_id",
-		2, {INT8OID, INT8OID}
-	};
 	static const uint8 dummy[PG_SHA256_DIGEST_LENGTH];
 	const char *key = VARDATA_ANY(keytext);
 	size_t		len = VARSIZE_ANY_EXHDR(keytext);
@@ -557,26 +679,22 @@ QuotaAuthenticate(text *keytext)
 	 * no trigger, only _audit() marks a change) skips a row another session
 	 * is touching right now.
 	 */
-	/*
-	 * Nor on Citus: the UPDATE, run as the owner, modifies the tenant's
-	 * placements, and Citus then refuses every later statement of the
-	 * transaction that reads them as the app ("placements that were
-	 * modified in this transaction by a different user"; doc/scaling.md).
-	 */
+	/* (on Citus: at COMMIT, quota_touch_defer) */
 	if (ok && !XactReadOnly && !IsolationUsesXactSnapshot() &&
-		!RecoveryInProgress() && !QuotaOnCitus() &&
+		!RecoveryInProgress() &&
 		e->last_used_at < now - (int64) quota_key_touch_interval * USECS_PER_SEC)
 	{
-		Datum		values[2];
-
-		if (!spi_open)
+		if (QuotaOnCitus())
+			quota_touch_defer(ck.tenant_id, ck.key_id);
+		else
 		{
-			QuotaSpiBegin(&spi);
-			spi_open = true;
+			if (!spi_open)
+			{
+				QuotaSpiBegin(&spi);
+				spi_open = true;
+			}
+			quota_touch_run(ck.tenant_id, ck.key_id);
 		}
-		values[0] = Int64GetDatum(ck.tenant_id);
-		values[1] = Int64GetDatum(ck.key_id);
-		QuotaSpiExec(&touch, values, NULL, false, 0);
 		e->last_used_at = now;
 		/* other backends that take the shared copy need not touch it again */
 		if (e != &local)

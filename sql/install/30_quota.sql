@@ -1033,6 +1033,8 @@ DECLARE
 	today date;
 	month_first date;
 	usage jsonb;
+	policies_j jsonb;
+	quotas_j jsonb;
 BEGIN
 	IF tenant_summary.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
 	PERFORM quota_ext._check_tenant_access(tenant_summary.tenant_id);
@@ -1060,24 +1062,31 @@ BEGIN
 	                                                 WHERE d.currency <> 'XXX'
 	                                                 GROUP BY d.currency) c), '{}'))
 	  INTO usage;
+	-- policies and quotas in statements of their own: on Citus a statement
+	-- naming one tenant's policies is pushed whole to its worker, and
+	-- _quota_status, called there, could not route its own statements
+	SELECT jsonb_agg(jsonb_build_object('model', p.model_pattern,
+	                 'allowed', p.allowed, 'roles_allowed', p.roles_allowed)
+	                 ORDER BY p.model_pattern)
+	  INTO policies_j
+	  FROM quota_ext.policies p WHERE p.tenant_id = t.tenant_id;
+	SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object('quota_id', s.quota_id,
+	                 'period', s.period, 'model', s.model_name, 'metric', s.metric,
+	                 'limit', s."limit", 'used', s.used, 'remaining', s.remaining,
+	                 'resets_at', s.resets_at, 'on_exceed', s.on_exceed,
+	                 'currency', s.currency, 'limit_cost', s.limit_cost,
+	                 'used_cost', s.used_cost, 'remaining_cost', s.remaining_cost,
+	                 'meter', s.meter, 'meter_kind', s.meter_kind,
+	                 'period_start', CASE WHEN s.meter IS NOT NULL THEN s.period_start END))
+	                 ORDER BY s.meter IS NOT NULL, s.quota_id)
+	  INTO quotas_j
+	  FROM quota_ext._quota_status(t.tenant_id, NULL, NULL, NULL, false) s;
 	RETURN jsonb_build_object(
 		'tenant', jsonb_build_object('tenant_id', t.tenant_id, 'name', t.name, 'tier', t.tier,
 		                             'status', t.status, 'timezone', t.timezone,
 		                             'features', t.features, 'created_at', t.created_at),
-		'policies', coalesce((SELECT jsonb_agg(jsonb_build_object('model', p.model_pattern,
-		                             'allowed', p.allowed, 'roles_allowed', p.roles_allowed)
-		                             ORDER BY p.model_pattern)
-		                        FROM quota_ext.policies p WHERE p.tenant_id = t.tenant_id), '[]'),
-		'quotas', coalesce((SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object('quota_id', s.quota_id,
-		                             'period', s.period, 'model', s.model_name, 'metric', s.metric,
-		                             'limit', s."limit", 'used', s.used, 'remaining', s.remaining,
-		                             'resets_at', s.resets_at, 'on_exceed', s.on_exceed,
-		                             'currency', s.currency, 'limit_cost', s.limit_cost,
-		                             'used_cost', s.used_cost, 'remaining_cost', s.remaining_cost,
-		                             'meter', s.meter, 'meter_kind', s.meter_kind,
-		                             'period_start', CASE WHEN s.meter IS NOT NULL THEN s.period_start END))
-		                             ORDER BY s.meter IS NOT NULL, s.quota_id)
-		                      FROM quota_ext._quota_status(t.tenant_id, NULL, NULL, NULL, false) s), '[]'),
+		'policies', coalesce(policies_j, '[]'),
+		'quotas', coalesce(quotas_j, '[]'),
 		'usage', usage);
 END
 $$;

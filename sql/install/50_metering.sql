@@ -551,6 +551,14 @@ BEGIN
 		PERFORM quota_ext._usage_partition_secure(format('quota_ext.%I', part)::regclass);
 		EXECUTE format('ALTER TABLE quota_ext.usage ATTACH PARTITION quota_ext.%I FOR VALUES FROM (%L) TO (%L)',
 		               part, m, hi);
+		-- On Citus the ATTACH distributed the new table with the ledger
+		-- (co-located; its shards get the indexes, RLS, policies and grants
+		-- made above) and copied the moved rows into its shards: the local
+		-- copy left in the coordinator's shell goes (doc/scaling.md)
+		IF moved > 0 AND quota_ext._on_citus() THEN
+			EXECUTE format('SELECT pg_catalog.truncate_local_data_after_distributing_table(%L)',
+			               format('quota_ext.%I', part));
+		END IF;
 		PERFORM quota_ext._audit(0, 'usage_partition_create', 'table', 'quota_ext.' || part, NULL,
 		                         jsonb_build_object('from', m, 'to', hi, 'rows_moved', moved));
 		partition := part;
@@ -764,13 +772,18 @@ COMMENT ON FUNCTION quota_ext.usage_rollup() IS
 
 -- Usage of one tenant per local day, model, user and currency for the days
 -- [from_day, to_day]: usage_daily up to the watermark plus the ledger rows
--- written since (through the (tenant_id, created_at) index).  Both read in
--- one snapshot, in which a rollup is all or nothing.
+-- written since (through the (tenant_id, created_at) index).  All read in
+-- the caller's snapshot (a STABLE function's statements take no new one),
+-- in which a rollup is all or nothing.  PL/pgSQL, the tenant named on each
+-- per-tenant table and the reference tables (tenants, rollup_state) read by
+-- statements of their own: on Citus the ledger statement then routes to the
+-- tenant's shard (doc/design.md §8); as a parameterised SQL function Citus
+-- could not plan it.
 CREATE FUNCTION quota_ext._usage_days(tenant_id bigint, from_day date, to_day date)
 	RETURNS TABLE (day date, model_id bigint, user_id bigint, currency text, calls bigint,
 	               units numeric, input_tokens numeric, output_tokens numeric,
 	               overage_units numeric, cost numeric)
-	LANGUAGE sql STABLE SECURITY DEFINER
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	-- The ledger tail's bound is known only at run time, so its plan is
 	-- costed for a third of the ledger: past ~5M rows that crosses
@@ -778,26 +791,37 @@ CREATE FUNCTION quota_ext._usage_days(tenant_id bigint, from_day date, to_day da
 	-- a handful of rows.
 	SET jit = off
 	AS $$
+#variable_conflict use_column
+DECLARE
+	tid bigint := _usage_days.tenant_id;
+	tz text;
+	w timestamptz;
+BEGIN
+	SELECT t.timezone INTO tz FROM quota_ext.tenants t WHERE t.tenant_id = tid;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	SELECT s.watermark INTO w FROM quota_ext.rollup_state s WHERE s.name = 'usage_daily';
+	RETURN QUERY
 	SELECT x.day, x.model_id, x.user_id, x.currency, sum(x.calls)::bigint, sum(x.units),
 	       sum(x.input_tokens), sum(x.output_tokens), sum(x.overage_units), sum(x.cost)
 	  FROM (SELECT d.day, d.model_id, d.user_id, d.currency::text AS currency, d.calls, d.units,
 	               d.input_tokens, d.output_tokens, d.overage_units, d.cost
 	          FROM quota_ext.usage_daily d
-	         WHERE d.tenant_id = $1 AND d.day >= $2 AND d.day <= $3
+	         WHERE d.tenant_id = tid AND d.day >= from_day AND d.day <= to_day
 	        UNION ALL
-	        SELECT (u.occurred_at AT TIME ZONE t.timezone)::date, u.model_id, coalesce(u.user_id, 0),
+	        SELECT (u.occurred_at AT TIME ZONE tz)::date, u.model_id, coalesce(u.user_id, 0),
 	               coalesce(p.currency, 'XXX'), u.calls, u.units, coalesce(u.input_tokens, 0),
 	               coalesce(u.output_tokens, 0), u.overage_units, u.cost
-	          FROM quota_ext.tenants t
-	          JOIN quota_ext.usage u ON u.tenant_id = t.tenant_id
+	          FROM quota_ext.usage u
 	          LEFT JOIN quota_ext.prices p ON p.price_id = u.price_id
-	         WHERE t.tenant_id = $1
-	           AND u.created_at >= coalesce((SELECT s.watermark FROM quota_ext.rollup_state s
-	                                          WHERE s.name = 'usage_daily'), '-infinity')
-	           AND (u.occurred_at AT TIME ZONE t.timezone)::date >= $2
-	           AND (u.occurred_at AT TIME ZONE t.timezone)::date <= $3) x
-	 GROUP BY 1, 2, 3, 4
-	$$;
+	         WHERE u.tenant_id = tid
+	           AND u.created_at >= coalesce(w, '-infinity')
+	           AND (u.occurred_at AT TIME ZONE tz)::date >= from_day
+	           AND (u.occurred_at AT TIME ZONE tz)::date <= to_day) x
+	 GROUP BY 1, 2, 3, 4;
+END
+$$;
 COMMENT ON FUNCTION quota_ext._usage_days(bigint, date, date) IS
 	'Internal: a tenant''s usage per local day, model, user and currency from rollups plus the ledger tail';
 

@@ -106,6 +106,7 @@ DECLARE
 	new_ids bigint[];
 	ni quota_ext.invoices;
 	bad record;
+	tid bigint;
 BEGIN
 	IF ps IS NULL THEN PERFORM quota_ext._null_arg('period_start'); END IF;
 	IF pe IS NULL THEN PERFORM quota_ext._null_arg('period_end'); END IF;
@@ -127,6 +128,20 @@ BEGIN
 	END IF;
 	-- one close at a time; consumption goes on
 	LOCK TABLE quota_ext.billing_closes IN SHARE ROW EXCLUSIVE MODE;
+
+	-- On Citus every tenant is closed by itself, each close's statements
+	-- routed to that tenant's shards (doc/design.md §8); one transaction,
+	-- so an error closes no tenant, as on a single node
+	IF only_tenant IS NULL AND quota_ext._on_citus() THEN
+		FOR tid IN SELECT t.tenant_id FROM quota_ext.tenants t WHERE t.created_at < pe ORDER BY 1 LOOP
+			PERFORM FROM quota_ext._billing_close(ps, pe, tid);
+		END LOOP;
+		RETURN QUERY
+		SELECT i.* FROM quota_ext.invoices i
+		 WHERE i.period_start = ps AND i.period_end = pe
+		 ORDER BY i.tenant_id, i.currency;
+		RETURN;
+	END IF;
 
 	-- periods close in order and never overlap (the same period again is
 	-- the idempotent case)
@@ -156,18 +171,34 @@ BEGIN
 	-- INSERT ... SELECT reading billing_closes row by row (as the planner
 	-- likes to when the table was empty at its last analyze) would scan the
 	-- rows it has just written again for every tenant
-	SELECT array_agg(t.tenant_id ORDER BY t.tenant_id),
-	       array_agg(coalesce(p.period_end, '-infinity') ORDER BY t.tenant_id),
-	       array_agg(coalesce(p.covered_until, '-infinity') ORDER BY t.tenant_id)
-	  INTO tids, prev_ends, prev_covs
-	  FROM quota_ext.tenants t
-	  LEFT JOIN LATERAL (SELECT c.period_end, c.covered_until FROM quota_ext.billing_closes c
-	                      WHERE c.tenant_id = t.tenant_id
-	                      ORDER BY c.period_start DESC LIMIT 1) p ON true
-	 WHERE (only_tenant IS NULL OR t.tenant_id = only_tenant)
-	   AND t.created_at < pe
-	   AND NOT EXISTS (SELECT 1 FROM quota_ext.billing_closes c
-	                    WHERE c.tenant_id = t.tenant_id AND c.period_start = ps);
+	IF only_tenant IS NULL THEN
+		SELECT array_agg(t.tenant_id ORDER BY t.tenant_id),
+		       array_agg(coalesce(p.period_end, '-infinity') ORDER BY t.tenant_id),
+		       array_agg(coalesce(p.covered_until, '-infinity') ORDER BY t.tenant_id)
+		  INTO tids, prev_ends, prev_covs
+		  FROM quota_ext.tenants t
+		  LEFT JOIN LATERAL (SELECT c.period_end, c.covered_until FROM quota_ext.billing_closes c
+		                      WHERE c.tenant_id = t.tenant_id
+		                      ORDER BY c.period_start DESC LIMIT 1) p ON true
+		 WHERE t.created_at < pe
+		   AND NOT EXISTS (SELECT 1 FROM quota_ext.billing_closes c
+		                    WHERE c.tenant_id = t.tenant_id AND c.period_start = ps);
+	ELSE
+		-- one tenant: the reference table and the tenant's closes read by
+		-- statements of their own, each routable on Citus (a LATERAL join
+		-- from tenants is not)
+		PERFORM FROM quota_ext.tenants t WHERE t.tenant_id = only_tenant AND t.created_at < pe;
+		IF FOUND AND NOT EXISTS (SELECT 1 FROM quota_ext.billing_closes c
+		                          WHERE c.tenant_id = only_tenant AND c.period_start = ps) THEN
+			SELECT c.period_end, c.covered_until INTO p_end, p_cov
+			  FROM quota_ext.billing_closes c
+			 WHERE c.tenant_id = only_tenant
+			 ORDER BY c.period_start DESC LIMIT 1;
+			tids := ARRAY[only_tenant];
+			prev_ends := ARRAY[coalesce(p_end, '-infinity')];
+			prev_covs := ARRAY[coalesce(p_cov, '-infinity')];
+		END IF;
+	END IF;
 	INSERT INTO quota_ext.billing_closes (tenant_id, period_start, period_end, covered_until,
 	                                      prev_end, prev_covered)
 	SELECT n.tenant_id, ps, pe, w, n.prev_end, n.prev_covered

@@ -44,6 +44,28 @@ $$;
 COMMENT ON FUNCTION quota_ext._citus_required(text) IS
 	'Internal: raise 55000 unless the citus extension is installed';
 
+-- Does Citus manage the extension's tables here (after distribute())?  For
+-- the few SQL paths that take another route on Citus (tenant by tenant,
+-- shells left empty); C code asks QuotaOnCitus().  Dynamic: pg_dist_*
+-- exist only with Citus.
+CREATE FUNCTION quota_ext._on_citus() RETURNS boolean
+	LANGUAGE plpgsql STABLE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	r boolean;
+BEGIN
+	IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+		RETURN false;
+	END IF;
+	EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition d '
+	        'WHERE d.logicalrelid OPERATOR(pg_catalog.=) ''quota_ext.quota_counters''::pg_catalog.regclass)' INTO r;
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._on_citus() IS
+	'Internal: true once distribute() made quota_ext''s tables Citus tables';
+
 -- The functions distribute() delegates (every overload with an argument
 -- named tenant_id): the call goes to the worker holding the tenant's shards.
 CREATE FUNCTION quota_ext._citus_delegated() RETURNS TABLE (f regprocedure, arg_name text)
@@ -66,6 +88,7 @@ CREATE PROCEDURE quota_ext.distribute()
 	AS $$
 DECLARE
 	r record;
+	w record;
 	colocated regclass;
 	done integer := 0;
 BEGIN
@@ -138,6 +161,32 @@ BEGIN
 		END IF;
 		RAISE NOTICE 'distribute: % is distributed by tenant_id (co-located with %)', r.rel, colocated;
 		done := done OPERATOR(pg_catalog.+) 1;
+	END LOOP;
+
+	-- ids the extension's code draws from its sequences (outbox events,
+	-- reservations, usage rows written by delegated calls on a worker) must
+	-- not collide with the coordinator's: each worker's quota_ext sequences
+	-- start at its block, group * 2^48, as Citus does for the sequences of
+	-- column defaults and as direct_spi.c does for usage ids (a sequence
+	-- already in or past its block is left alone; a worker added later is
+	-- moved by the next run)
+	FOR w IN SELECT x.nodename, x.nodeport, x.success, x.result
+	           FROM pg_catalog.run_command_on_workers($c$
+	             SELECT pg_catalog.count(pg_catalog.setval(pg_catalog.format('%I.%I', q.schemaname, q.sequencename)::pg_catalog.regclass,
+	                                                       g.groupid::pg_catalog.int8 OPERATOR(pg_catalog.<<) 48))
+	               FROM pg_catalog.pg_sequences q, pg_catalog.pg_dist_local_group g
+	              WHERE q.schemaname OPERATOR(pg_catalog.=) 'quota_ext'
+	                AND COALESCE(q.last_value, 0) OPERATOR(pg_catalog.<) (g.groupid::pg_catalog.int8 OPERATOR(pg_catalog.<<) 48)
+	           $c$) x ORDER BY x.nodename, x.nodeport LOOP
+		IF NOT w.success THEN
+			RAISE EXCEPTION 'distribute: could not move the sequences of worker %:% into its block of ids: %',
+			                w.nodename, w.nodeport, w.result
+				USING ERRCODE = 'object_not_in_prerequisite_state';
+		END IF;
+		IF w.result::pg_catalog.int8 OPERATOR(pg_catalog.>) 0 THEN
+			RAISE NOTICE 'distribute: % sequence(s) of worker %:% start at its block of ids', w.result, w.nodename, w.nodeport;
+			done := done OPERATOR(pg_catalog.+) 1;
+		END IF;
 	END LOOP;
 
 	-- the key the tenant context travels to the workers under (context_citus.c):

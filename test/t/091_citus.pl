@@ -83,6 +83,38 @@ is($coord->safe_psql('postgres', q{
 	'no table of the extension is left local to the coordinator');
 like($status, qr/^delegated function\|quota_ext\.quota_consume\(/m, 'quota_consume is delegated');
 
+# usage_partitions_maintain() on Citus: the months' partitions are made on
+# the coordinator and distributed with the ledger (co-located), every shard
+# secured as a partition is on a single node: RLS enabled and forced, the
+# two policies, the three indexes, no grant to the app
+my $this_month = $coord->safe_psql('postgres', q{SELECT 'usage_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMM')});
+($rc, $out, $err) = $coord->psql('postgres', q{
+	SELECT string_agg(partition || ' ' || action, ',' ORDER BY partition) FROM quota_ext.usage_partitions_maintain(1)});
+is($rc, 0, 'usage_partitions_maintain(1) runs on the coordinator') or diag($err);
+like($out, qr/^\Q$this_month\E created,usage_p\d{6} created$/, "this month's and next month's partitions are made ($out)");
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM quota_ext.usage_partitions_maintain(1)}), '0',
+	'usage_partitions_maintain(1) again makes nothing');
+is($coord->safe_psql('postgres', qq{
+	SELECT count(*) FROM pg_dist_partition d
+	 WHERE d.logicalrelid IN ('quota_ext.$this_month'::regclass, 'quota_ext.usage'::regclass)
+	   AND d.partmethod = 'h'
+	 GROUP BY d.colocationid}), '2', "$this_month is distributed, co-located with the ledger");
+for my $w ($w1, $w2)
+{
+	# (Citus hides shards from pg_class unless told not to)
+	is($w->safe_psql('postgres', qq{
+		SET citus.override_table_visibility = off;
+		SELECT count(*) > 0,
+		       count(*) FILTER (WHERE NOT (c.relrowsecurity AND c.relforcerowsecurity)),
+		       count(*) FILTER (WHERE (SELECT string_agg(p.polname, ',' ORDER BY p.polname) FROM pg_policy p
+		                                WHERE p.polrelid = c.oid) IS DISTINCT FROM 'admin_read,tenant_isolation'),
+		       count(*) FILTER (WHERE (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid) <> 3),
+		       count(*) FILTER (WHERE has_table_privilege('quota_ext_app', c.oid, 'SELECT'))
+		  FROM pg_class c
+		 WHERE c.relnamespace = 'quota_ext'::regnamespace AND c.relname ~ '^${this_month}_[0-9]+\$'}), 't|0|0|0|0',
+		'on ' . $w->name . ": every shard of $this_month has RLS forced, both policies, its 3 indexes, no grant to the app");
+}
+
 # the demo flow through the coordinator: what works today
 my @works = (
 	[ 'tenant_create', q{SELECT quota_ext.tenant_create('acme') > 0} ],
@@ -118,6 +150,15 @@ for my $n (@nodes)
 	# (a query would go through Citus to the shards: the local heap's size)
 	is($n->safe_psql('postgres', q{SELECT pg_relation_size('quota_ext.usage_default')}), '0',
 		'nothing written to the extension\'s local (shell) ledger on ' . $n->name);
+}
+is($coord->safe_psql('postgres', qq{
+	SELECT (SELECT count(*) FROM quota_ext.$this_month) = (SELECT count(*) FROM quota_ext.usage)
+	       AND (SELECT count(*) FROM quota_ext.$this_month WHERE tenant_id = 1) > 0}), 't',
+	"the charges landed in $this_month, the partition usage_partitions_maintain() made");
+for my $n (@nodes)
+{
+	is($n->safe_psql('postgres', qq{SELECT pg_relation_size('quota_ext.$this_month')}), '0',
+		"nothing written to the local (shell) $this_month on " . $n->name);
 }
 my $groups = $coord->safe_psql('postgres', q{SELECT string_agg(DISTINCT (usage_id >> 48)::text, ',' ORDER BY (usage_id >> 48)::text) FROM quota_ext.usage});
 like($groups, qr/^0,[12]$/, "usage ids carry the Citus group of the node that wrote them in their high bits ($groups)");
@@ -261,6 +302,26 @@ my ($as_app, $isolation_key);
 		SELECT string_agg(DISTINCT quota_ext.current_tenant_id()::text, ',') FROM quota_ext.users;
 		COMMIT;}), '1',
 		'current_tenant_id() evaluated on the workers\' shards is the coordinator\'s tenant');
+	# the ledger's rows are all in the partition maintenance made on Citus
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SELECT string_agg(DISTINCT tenant_id::text, ',') || ' ' || count(*) FROM quota_ext.usage;
+		COMMIT;}), '1 ' . $coord->safe_psql('postgres', "SELECT count(*) FROM quota_ext.$this_month WHERE tenant_id = 1"),
+		"app, tenant 1's key: in $this_month it sees tenant 1's rows, all of them, and no other tenant's");
+	like($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$k1');
+		SELECT count(*) FROM quota_ext.$this_month;
+		COMMIT;}), qr/permission denied/, "app: $this_month itself is not readable (as on a single node)");
+	{
+		my $shard = $w1->safe_psql('postgres', qq{
+			SET citus.override_table_visibility = off;
+			SELECT c.relname FROM pg_class c
+			 WHERE c.relnamespace = 'quota_ext'::regnamespace AND c.relname ~ '^${this_month}_[0-9]+\$' LIMIT 1});
+		like($as->($w1, 'app_login', qq{SELECT count(*) FROM quota_ext.$shard}), qr/permission denied/,
+			"app on worker1 directly: a shard of $this_month is not readable");
+	}
 	is($as->($coord, 'app_login', q{SELECT count(*) FROM quota_ext.users}), '0',
 		'app through the coordinator without a context: no rows');
 	is($as->($coord, 'app_login', qq{
@@ -407,6 +468,55 @@ my ($as_app, $isolation_key);
 		SELECT (quota_ext.quota_consume(1, 'gpt-x', 1)).allowed;
 		COMMIT;}), 't',
 		'in tenant 1\'s transaction the app charges tenant 1');
+
+	# last_used_at on Citus: authenticate() touches the key as the owner at
+	# COMMIT, so the app's reads after it in the transaction still run, and
+	# the touch commits or rolls back with the transaction
+	my %fresh;
+	for my $who (qw(erin frank gina))
+	{
+		my $key = $coord->safe_psql('postgres', qq{SELECT api_key FROM quota_ext.user_create(1, '$who\@acme.test')});
+		my ($kid) = $key =~ /^qxk_1_(\d+)_/;
+		$fresh{$who} = [ $key, $kid ];
+	}
+	my $used_at = sub {
+		$coord->safe_psql('postgres', qq{
+			SELECT coalesce(last_used_at::text, 'never') FROM quota_ext.api_keys WHERE tenant_id = 1 AND key_id = $_[0]});
+	};
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$fresh{erin}[0]');
+		SELECT string_agg(DISTINCT tenant_id::text, ',') FROM quota_ext.users;
+		SELECT count(*) > 0 FROM quota_ext.api_keys;
+		COMMIT;}), "1\nt", 'app: authenticate, then reads of the tenant\'s shards in the same transaction');
+	my $touched = $used_at->($fresh{erin}[1]);
+	isnt($touched, 'never', "last_used_at is set by that transaction's commit ($touched)");
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$fresh{erin}[0]');
+		SELECT count(*) > 0 FROM quota_ext.users;
+		COMMIT;}), 't', 'app: the key again');
+	is($used_at->($fresh{erin}[1]), $touched,
+		'within quota_ext.key_touch_interval (60 s) a second use leaves last_used_at as it was');
+	$as->($coord, 'app_login', qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$fresh{frank}[0]');
+		SELECT count(*) FROM quota_ext.users;
+		ROLLBACK;});
+	is($used_at->($fresh{frank}[1]), 'never', 'a rolled back transaction touches nothing');
+	is($as->($coord, 'app_login', qq{
+		BEGIN;
+		SAVEPOINT s;
+		SELECT FROM quota_ext.authenticate('$fresh{frank}[0]');
+		ROLLBACK TO SAVEPOINT s;
+		SELECT FROM quota_ext.authenticate('$fresh{gina}[0]');
+		SELECT count(*) > 0 FROM quota_ext.users;
+		COMMIT;}), 't', 'app: authenticate in a savepoint rolled back, then with another key');
+	is($used_at->($fresh{frank}[1]) . ' ' . ($used_at->($fresh{gina}[1]) ne 'never' ? 'touched' : 'never'), 'never touched',
+		'ROLLBACK TO SAVEPOINT drops the touch of the key used inside it; the key used after it is touched');
+	is($as->($coord, 'app_login', qq{SELECT (quota_ext.authenticate('$fresh{frank}[0]')).tenant_id}), '1',
+		'authenticate alone in an autocommit statement');
+	isnt($used_at->($fresh{frank}[1]), 'never', 'and its key is touched');
 }
 
 # Figures for doc/scaling.md (not checks; only with QUOTA_CITUS_BENCH=1):
@@ -463,6 +573,102 @@ like($as_app->(qq{
 	SELECT FROM quota_ext.authenticate('$isolation_key');
 	SELECT count(*) FROM quota_ext.quota_status(2);
 	COMMIT;}), qr/tenant 2 does not exist/, 'quota_status of another tenant: "does not exist"');
+
+# rows of a month without a partition (written before maintenance ran, or
+# restored) sit in the default partition: usage_partitions_maintain() moves
+# them into the month's new partition, distributed, and leaves no copy in
+# the coordinator's shell (Citus keeps the local data of a table it
+# distributes until told otherwise)
+{
+	my ($old_month, $old_at) = split /\|/, $coord->safe_psql('postgres', q{
+		SELECT 'usage_p' || to_char(m, 'YYYYMM'), (m + interval '14 days') AT TIME ZONE 'UTC'
+		  FROM (SELECT date_trunc('month', now() AT TIME ZONE 'UTC') - interval '2 months' AS m) x});
+	$coord->safe_psql('postgres', qq{
+		INSERT INTO quota_ext.usage (tenant_id, usage_id, created_at, occurred_at, model_id, units, calls, kind)
+		SELECT 2, 900000000 + g, '$old_at', '$old_at', m.model_id, 5, 1, 'consume'
+		  FROM generate_series(1, 3) g, quota_ext.models m WHERE m.name = 'gpt-x'});
+	is($coord->safe_psql('postgres', q{SELECT count(*) FROM quota_ext.usage_default}), '3',
+		'three rows of an earlier month in the default partition');
+	($rc, $out, $err) = $coord->psql('postgres', q{
+		SELECT string_agg(partition || ' ' || action, ',') FROM quota_ext.usage_partitions_maintain(1)});
+	is($out, "$old_month created", "usage_partitions_maintain makes $old_month for them") or diag($err);
+	is($coord->safe_psql('postgres', qq{
+		SELECT (SELECT count(*) FROM quota_ext.usage_default) || ' ' || (SELECT count(*) FROM quota_ext.$old_month WHERE tenant_id = 2)}),
+		'0 3', "the rows moved from the default partition into $old_month");
+	for my $n (@nodes)
+	{
+		is($n->safe_psql('postgres', qq{SELECT pg_relation_size('quota_ext.$old_month')}), '0',
+			"no copy of the moved rows left in the local (shell) $old_month on " . $n->name);
+	}
+	is($as_app->(qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$isolation_key');
+		SELECT count(*) FROM quota_ext.usage WHERE tenant_id = 2 OR created_at < '$old_at'::timestamptz + interval '1 day';
+		COMMIT;}), '0', "app in tenant 1's context: none of tenant 2's moved rows");
+}
+
+# tenant_summary through the coordinator: its usage is the ledger's (before
+# and after a rollup), its quotas those of quota_status
+{
+	my $ledger = $coord->safe_psql('postgres', q{
+		SELECT sum(calls) || ' ' || sum(units) FROM quota_ext.usage
+		 WHERE tenant_id = 1 AND occurred_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'});
+	my $nquotas = $coord->safe_psql('postgres', q{SELECT count(*) FROM quota_ext.quota_status(1)});
+	my $summary = q{
+		SELECT (s->'usage'->>'calls_this_month') || ' ' || (s->'usage'->>'units_this_month') || '|'
+		       || jsonb_array_length(s->'quotas') || '|' || (s->'tenant'->>'name')
+		  FROM quota_ext.tenant_summary(1) s};
+	($rc, $out, $err) = $coord->psql('postgres', $summary);
+	is($rc, 0, 'tenant_summary runs through the coordinator') or diag($err);
+	is($out, "$ledger|$nquotas|acme", "tenant_summary(1): this month's calls and units are the ledger's ($ledger), its quotas quota_status's");
+	is($coord->safe_psql('postgres', q{SELECT quota_ext.usage_rollup() > 0}), 't', 'usage_rollup through the coordinator');
+	is($coord->safe_psql('postgres', $summary), "$ledger|$nquotas|acme", 'tenant_summary(1) after the rollup: the same figures');
+	is($as_app->(qq{
+		BEGIN;
+		SELECT FROM quota_ext.authenticate('$isolation_key');
+		SELECT (s->'usage'->>'calls_this_month') || ' ' || (s->'usage'->>'units_this_month') FROM quota_ext.tenant_summary(1) s;
+		COMMIT;}), $ledger, 'tenant_summary(1) as the app in tenant 1\'s context');
+}
+
+# billing_close through the coordinator: for one tenant, then for every
+# tenant (tenant by tenant on Citus); every tenant's invoiced calls are its
+# ledger's calls of the period
+{
+	my $ps = $coord->safe_psql('postgres', q{SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'});
+	my $pe = $coord->safe_psql('postgres', q{SELECT clock_timestamp()});
+	my $invoiced = sub {
+		$coord->safe_psql('postgres', qq{
+			SELECT string_agg(x.tenant_id || ':' || x.calls, ' ' ORDER BY x.tenant_id)
+			  FROM (SELECT i.tenant_id, sum(l.calls) AS calls
+			          FROM quota_ext.invoices i
+			          JOIN quota_ext.invoice_lines l ON l.tenant_id = i.tenant_id AND l.invoice_id = i.invoice_id
+			         WHERE i.period_start = '$ps' AND i.period_end = '$pe' $_[0]
+			         GROUP BY i.tenant_id) x});
+	};
+	my $ledger = sub {
+		$coord->safe_psql('postgres', qq{
+			SELECT string_agg(x.tenant_id || ':' || x.calls, ' ' ORDER BY x.tenant_id)
+			  FROM (SELECT u.tenant_id, sum(u.calls) AS calls FROM quota_ext.usage u
+			         WHERE u.occurred_at < '$pe' $_[0]
+			         GROUP BY u.tenant_id) x});
+	};
+	($rc, $out, $err) = $coord->psql('postgres', qq{SELECT count(*) FROM quota_ext.billing_close(1, '$ps', '$pe')});
+	is($rc, 0, 'billing_close for tenant 1 runs through the coordinator') or diag($err);
+	is($out, '1', 'tenant 1 gets one invoice (its usage is unpriced: currency XXX)');
+	my $l1 = $ledger->('AND u.tenant_id = 1');
+	like($l1, qr/^1:\d+$/, "tenant 1 has calls in the period ($l1)");
+	is($invoiced->('AND i.tenant_id = 1'), $l1, 'tenant 1: the invoiced calls are the ledger\'s');
+	($rc, $out, $err) = $coord->psql('postgres', qq{SELECT count(DISTINCT tenant_id) FROM quota_ext.billing_close('$ps', '$pe')});
+	is($rc, 0, 'billing_close for every tenant runs through the coordinator') or diag($err);
+	my $all = $ledger->('');
+	is($out, scalar(split / /, $all), 'every tenant with usage in the period has its invoice');
+	is($invoiced->(''), $all, "every tenant: the invoiced calls are the ledger's ($all)");
+	is($coord->safe_psql('postgres', qq{SELECT count(*) FROM quota_ext.billing_close('$ps', '$pe')}), $out,
+		'billing_close again: the same invoices, none added');
+	is($coord->safe_psql('postgres', qq{SELECT count(*) FROM quota_ext.billing_closes WHERE period_start = '$ps'}),
+		$coord->safe_psql('postgres', qq{SELECT count(*) FROM quota_ext.tenants WHERE created_at < '$pe'}),
+		'a close is recorded for every tenant');
+}
 
 $_->stop for @nodes;
 done_testing();
