@@ -167,7 +167,7 @@ BEGIN
 	-- reservations, usage rows written by delegated calls on a worker) must
 	-- not collide with the coordinator's: each worker's quota_ext sequences
 	-- start at its block, group * 2^48, as Citus does for the sequences of
-	-- column defaults and as direct_spi.c does for usage ids (a sequence
+	-- column defaults and as storage_spi.c does for usage ids (a sequence
 	-- already in or past its block is left alone; a worker added later is
 	-- moved by the next run)
 	FOR w IN SELECT x.nodename, x.nodeport, x.success, x.result

@@ -131,8 +131,8 @@ for my $step (@works)
 	is($rc, 0, "through the coordinator: $step->[0]") or diag($err);
 }
 
-# charges (issue 16): on Citus direct.c goes through SQL naming tenant_id
-# (direct_spi.c); through the coordinator (a call in FROM runs there) and
+# charges (issue 16): on Citus the storage module (storage.c) goes through SQL naming tenant_id
+# (storage_spi.c); through the coordinator (a call in FROM runs there) and
 # delegated (SELECT f(...) runs on the worker that holds the tenant)
 is($coord->safe_psql('postgres', q{SELECT allowed FROM quota_ext.quota_consume(1, 'gpt-x', 1)}), 't',
 	'quota_consume run on the coordinator charges');
