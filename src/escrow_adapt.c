@@ -295,6 +295,26 @@ seen_cmp(const void *a, const void *b)
 	return 0;
 }
 
+/*
+ * sketch_calls
+ *		A single-row entry's calls since the last pass (the smaller of its
+ *		two buckets' growth); advance moves the marks (the pass).
+ */
+static uint32
+sketch_calls(EscrowEntry *e, bool advance)
+{
+	uint32		v0 = pg_atomic_read_u32(call_bucket(0, e->dbid, e->schema, e->tenant_id, e->quota_id));
+	uint32		v1 = pg_atomic_read_u32(call_bucket(1, e->dbid, e->schema, e->tenant_id, e->quota_id));
+	uint32		calls = Min(v0 - e->calls_mark[0], v1 - e->calls_mark[1]);
+
+	if (advance)
+	{
+		e->calls_mark[0] = v0;
+		e->calls_mark[1] = v1;
+	}
+	return calls;
+}
+
 /* read and reset the entries of this database; returns how many */
 static int
 collect(EscrowSeen *seen, Oid schema)
@@ -330,12 +350,7 @@ collect(EscrowSeen *seen, Oid schema)
 			 * created): a chance wait of a quota that has been called many
 			 * times is no contention.
 			 */
-			uint32		v0 = pg_atomic_read_u32(call_bucket(0, e->dbid, e->schema, e->tenant_id, e->quota_id));
-			uint32		v1 = pg_atomic_read_u32(call_bucket(1, e->dbid, e->schema, e->tenant_id, e->quota_id));
-
-			seen[n].calls = Min(v0 - e->calls_mark[0], v1 - e->calls_mark[1]);
-			e->calls_mark[0] = v0;
-			e->calls_mark[1] = v1;
+			seen[n].calls = sketch_calls(e, true);
 		}
 
 		/*
@@ -479,6 +494,7 @@ adapt_one(const EscrowSeen *s)
 	bool		isnull;
 	int			slots;
 	int			target;
+	bool		relaid;
 
 	values[0] = Int64GetDatum(s->tenant_id);
 	values[1] = Int64GetDatum(s->quota_id);
@@ -500,12 +516,14 @@ adapt_one(const EscrowSeen *s)
 		return false;
 	values[2] = Int32GetDatum(target);
 	QuotaSpiExec(&relayout_plan, values, NULL, false, 1);
-	if (target == 1)
+	relaid = SPI_processed == 1 &&
+		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	/* not re-laid (its limit allows no more slots, say): nothing to cool down */
+	if (target == 1 || !relaid)
 		forget(s);
 	else
 		cool_down(s, target);
-	return SPI_processed == 1 &&
-		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return relaid;
 }
 
 /*
@@ -562,7 +580,7 @@ quota_ext_escrow_status(PG_FUNCTION_ARGS)
 		values[0] = Int64GetDatum(e->tenant_id);
 		values[1] = Int64GetDatum(e->quota_id);
 		values[2] = Int64GetDatum((int64) e->waits);
-		values[3] = Int64GetDatum((int64) e->calls);
+		values[3] = Int64GetDatum((int64) (e->slots <= 1 ? sketch_calls(e, false) : e->calls));
 		values[4] = Int32GetDatum(pg_popcount64(e->procs));
 		values[5] = Int32GetDatum(e->quiet);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
@@ -586,7 +604,7 @@ QuotaEscrowWorkerMain(Datum arg)
 	Oid			dbid = DatumGetObjectId(arg);
 	EscrowSeen	seen[QUOTA_ESCROW_ENTRIES];
 	int			n;
-	int			i;
+	volatile int i;				/* read in PG_CATCH */
 	bool		present;
 	Oid			schema;
 
@@ -594,7 +612,8 @@ QuotaEscrowWorkerMain(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
 	pgstat_report_appname("quota_ext escrow");
-	SetConfigOption("lock_timeout", "2000", PGC_SUSET, PGC_S_OVERRIDE);
+	/* a re-layout waits for in-flight calls only: one a tenant holds is skipped */
+	SetConfigOption("lock_timeout", "500", PGC_SUSET, PGC_S_OVERRIDE);
 
 	StartTransactionCommand();
 	present = OidIsValid(get_extension_oid("quota_ext", true));
@@ -612,12 +631,29 @@ QuotaEscrowWorkerMain(Datum arg)
 			continue;
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		QuotaSpiBegin(&spi);
-		(void) adapt_one(&seen[i]);
-		QuotaSpiEnd(&spi);
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+
+		/*
+		 * An error (a tenant holding its counter past the lock timeout)
+		 * ends this quota's turn, not the pass: the quotas after it, other
+		 * tenants', still get theirs.
+		 */
+		PG_TRY();
+		{
+			PushActiveSnapshot(GetTransactionSnapshot());
+			QuotaSpiBegin(&spi);
+			(void) adapt_one(&seen[i]);
+			QuotaSpiEnd(&spi);
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+		}
+		PG_CATCH();
+		{
+			EmitErrorReport();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			forget(&seen[i]);
+		}
+		PG_END_TRY();
 	}
 	proc_exit(0);
 }

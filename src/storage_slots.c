@@ -23,6 +23,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/numeric.h"
@@ -576,6 +577,15 @@ quota_ext_counters_lay_out(PG_FUNCTION_ARGS)
 	Datum		values[4];
 	QuotaSpiState spi;
 
+	/*
+	 * It writes as the owner, past row security: only the owner's SECURITY
+	 * DEFINER functions call it (no grant), and a grant by mistake still
+	 * lets nobody else in.
+	 */
+	if (GetUserId() != QuotaOwnerId() && !superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("_counters_lay_out() is for quota_ext's own functions")));
 	lay_out_args(fcinfo, &n, &first, &keep, &nkeep);
 	tenant_id = PG_GETARG_INT64(0);
 	quota_id = PG_GETARG_INT64(1);

@@ -5,7 +5,7 @@
 -- nears the 64 subtransactions a backend advertises, with the same totals.
 -- Concurrency: test/specs/escrow.spec and test/t/015_escrow_pgbench.pl.
 BEGIN;
-SELECT plan(21);
+SELECT plan(23);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('esc-a', 'enterprise') AS ta \gset
@@ -70,6 +70,15 @@ SELECT throws_ok(format($$SELECT quota_ext._counters_lay_out(%s, %s, now(), 1, 0
 	:ta, :qw), '22004', NULL, 'a NULL argument is refused');
 SELECT throws_ok(format($$SELECT quota_ext._counters_lay_out(%s, %s, now(), 3, 1, '{1}', 0, 0, 0)$$,
 	:ta, :qw), '22023', NULL, 'a kept slot must lie below the first new one');
+-- granted by mistake, it still writes for nobody but the owner's functions
+CREATE ROLE qx_tap_layout LOGIN IN ROLE quota_ext_app;
+GRANT EXECUTE ON FUNCTION quota_ext._counters_lay_out(bigint, bigint, timestamptz, integer, integer,
+	integer[], bigint, integer, bigint) TO qx_tap_layout;
+SET ROLE qx_tap_layout;
+SELECT throws_ok(format($$SELECT quota_ext._counters_lay_out(%s, %s, now(), 1, 0, '{}', 0, 0, 0)$$,
+	:ta, :qw), '42501', NULL, 'a role other than the owner is refused even with EXECUTE');
+RESET ROLE;
+SELECT is(pg_temp.rows(:qw), '0:7/', '... and the counter is as it was');
 
 SELECT * FROM finish();
 ROLLBACK;
