@@ -527,14 +527,17 @@ my ($as_app, $isolation_key);
 		my ($kid) = $key =~ /^qxk_1_(\d+)_/;
 		$fresh{$who} = [ $key, $kid ];
 	}
-	is($as->($coord, 'app_login', qq{
+	($rc, $out, $err) = $coord->psql('postgres', qq{
 		BEGIN;
 		SELECT FROM quota_ext.authenticate('$fresh{hank}[0]');
 		SAVEPOINT s;
 		SELECT 1/0;
 		ROLLBACK TO SAVEPOINT s;
 		SELECT count(*) > 0 FROM quota_ext.users;
-		COMMIT;}), 't', 'app: authenticate, then an error rolled back to a savepoint, then COMMIT');
+		COMMIT;}, on_error_stop => 0, extra_params => [ '-U', 'app_login' ]);
+	is($out . ' ' . scalar(() = $err =~ /ERROR:/g), 't 1',
+		'app: authenticate, then an error rolled back to a savepoint, then COMMIT (the one error is the division)');
+	like($err, qr/division by zero/, 'that error is the division by zero');
 	isnt($used_at->($fresh{hank}[1]), 'never', 'the key used before the savepoint is touched at COMMIT');
 	is($as->($coord, 'app_login', qq{
 		BEGIN;
