@@ -128,34 +128,77 @@ quota_touch_run(int64 tenant_id, int64 key_id)
 }
 
 /*
+ * quota_touch_one_best_effort
+ *		One deferred touch in an internal subtransaction: an error (Citus
+ *		refusing the owner's statement on a placement the app modified over
+ *		its own connection, a lock or serialization failure) rolls the
+ *		subtransaction back and skips the touch.  last_used_at is a hint; it
+ *		never fails the app's COMMIT.  Citus sends SAVEPOINT / ROLLBACK TO
+ *		SAVEPOINT / RELEASE SAVEPOINT for it to the workers the transaction
+ *		has open, so a skipped touch leaves them as they were.
+ */
+static void
+quota_touch_one_best_effort(PendingTouch *t)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	QuotaSpiState spi;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+	PG_TRY();
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		QuotaSpiBegin(&spi);
+		quota_touch_run(t->tenant_id, t->key_id);
+		QuotaSpiEnd(&spi);
+		PopActiveSnapshot();
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+		ereport(DEBUG1,
+				(errmsg_internal("quota_ext: last_used_at of key %lld of tenant %lld not written at commit: %s",
+								 (long long) t->key_id, (long long) t->tenant_id,
+								 edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
+/*
  * quota_touch_xact_callback
  *		Just before COMMIT (or PREPARE TRANSACTION), the touches deferred in
- *		this transaction, as the owner; at any end, forget them.  Registered
- *		at the first deferral, so after Citus's own callback, and called
- *		before it (PostgreSQL calls the latest first): the UPDATEs go out
- *		while the transaction's worker connections are still open, and
- *		commit with it.
+ *		this transaction, as the owner, each best effort; at any end, forget
+ *		them.  A transaction made read-only after the authenticate
+ *		(SET transaction_read_only) writes none.  Registered at the first
+ *		deferral, so after Citus's own callback, and called before it
+ *		(PostgreSQL calls the latest first): the UPDATEs go out while the
+ *		transaction's worker connections are still open, and commit with it.
  */
 static void
 quota_touch_xact_callback(XactEvent event, void *arg)
 {
 	List	   *todo = pending_touches;
 	ListCell   *lc;
-	QuotaSpiState spi;
 
 	pending_touches = NIL;
 	if (todo == NIL || (event != XACT_EVENT_PRE_COMMIT && event != XACT_EVENT_PRE_PREPARE))
 		return;
-	PushActiveSnapshot(GetTransactionSnapshot());
-	QuotaSpiBegin(&spi);
+	if (XactReadOnly)
+		return;
 	foreach(lc, todo)
-	{
-		PendingTouch *t = (PendingTouch *) lfirst(lc);
-
-		quota_touch_run(t->tenant_id, t->key_id);
-	}
-	QuotaSpiEnd(&spi);
-	PopActiveSnapshot();
+		quota_touch_one_best_effort((PendingTouch *) lfirst(lc));
 }
 
 /* ROLLBACK TO SAVEPOINT forgets the touches asked for since the savepoint */
@@ -163,20 +206,24 @@ static void
 quota_touch_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 							 SubTransactionId parentSubid, void *arg)
 {
-	List	   *keep = NIL;
 	ListCell   *lc;
 
 	if (event != SUBXACT_EVENT_ABORT_SUB || pending_touches == NIL)
 		return;
+
+	/*
+	 * Deleted in place: this runs in TransactionAbortContext, which is reset
+	 * right after, so nothing may be allocated here (a new list built with
+	 * lappend would be freed under pending_touches).
+	 */
 	foreach(lc, pending_touches)
 	{
 		PendingTouch *t = (PendingTouch *) lfirst(lc);
 
 		/* (ids grow: mySubid's children were started after it) */
-		if (t->subxid < mySubid)
-			keep = lappend(keep, t);
+		if (t->subxid >= mySubid)
+			pending_touches = foreach_delete_current(pending_touches, lc);
 	}
-	pending_touches = keep;
 }
 
 /*

@@ -211,7 +211,23 @@ BEGIN
 	  FROM unnest(prev_ends, prev_covs) n (prev_end, prev_covered);
 
 	IF tids IS NOT NULL THEN
-		IF to_regclass('pg_temp.quota_ext_bill') IS NOT NULL THEN
+		-- One tenant (billing_close(tenant, ...), and every close of the
+		-- Citus loop above): the table is made once per transaction and
+		-- emptied for each tenant.  A table made and dropped per tenant held
+		-- its AccessExclusiveLocks (table, TOAST table and index) until
+		-- COMMIT, three per tenant: past some thousand tenants the lock
+		-- table ran out (53200).  Every tenant: CREATE TABLE AS, below.
+		IF only_tenant IS NOT NULL THEN
+			IF to_regclass('pg_temp.quota_ext_bill') IS NULL THEN
+				CREATE TEMP TABLE quota_ext_bill (
+					tenant_id bigint, model_id bigint, price_id bigint, kind text,
+					calls numeric, units numeric, input_tokens numeric,
+					output_tokens numeric, overage_units numeric, cost numeric
+				) ON COMMIT DROP;
+			ELSE
+				TRUNCATE pg_temp.quota_ext_bill;
+			END IF;
+		ELSIF to_regclass('pg_temp.quota_ext_bill') IS NOT NULL THEN
 			DROP TABLE pg_temp.quota_ext_bill;
 		END IF;
 		-- The covered rows, summed per tenant, model, price version and kind
@@ -258,7 +274,16 @@ BEGIN
 			END IF;
 			ya := date_trunc('day', p_cov AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
 			yb := CASE WHEN ya = p_cov THEN ya ELSE ya + interval '1 day' END;
-			CREATE TEMP TABLE quota_ext_bill ON COMMIT DROP AS
+			-- One text for both (the per-tenant and the all-tenant close):
+			-- one tenant, into the table made once above; every tenant, a
+			-- read-only CREATE TABLE AS, so that the scan can run in parallel.
+			-- $1 ps, $2 pe, $3 p_end, $4 p_cov, $5 lb, $6 xl, $7 xd, $8 ya,
+			-- $9 yb, $10 w, $11 only_tenant, $12 tids
+			EXECUTE CASE WHEN only_tenant IS NULL
+			             THEN 'CREATE TEMP TABLE quota_ext_bill ON COMMIT DROP AS '
+			             ELSE 'INSERT INTO pg_temp.quota_ext_bill (tenant_id, model_id, price_id, kind, calls, '
+			                  'units, input_tokens, output_tokens, overage_units, cost) ' END
+			|| $bill$
 			SELECT a.tenant_id, a.model_id, a.price_id,
 			       CASE WHEN a.in_period THEN 'usage' ELSE 'adjustment' END AS kind,
 			       sum(a.calls) AS calls, sum(a.units) AS units,
@@ -267,46 +292,48 @@ BEGIN
 			       sum(a.overage_units) AS overage_units, sum(a.cost) AS cost
 			  FROM (-- the ledger from xl on
 			        SELECT u.tenant_id, u.model_id, coalesce(u.price_id, 0) AS price_id,
-			               u.occurred_at >= ps AS in_period,
-			               (u.occurred_at < p_end AND u.created_at < p_cov) AS covered_before,
+			               u.occurred_at >= $1 AS in_period,
+			               (u.occurred_at < $3 AND u.created_at < $4) AS covered_before,
 			               sum(u.calls) AS calls, sum(u.units) AS units,
 			               sum(u.input_tokens) AS input_tokens, sum(u.output_tokens) AS output_tokens,
 			               sum(u.overage_units) AS overage_units, sum(u.cost) AS cost
 			          FROM quota_ext.usage u
-			         WHERE u.created_at >= greatest(lb, xl) AND u.created_at < w AND u.occurred_at < pe
-			           AND (only_tenant IS NULL OR u.tenant_id = only_tenant)
+			         WHERE u.created_at >= greatest($5, $6) AND u.created_at < $10 AND u.occurred_at < $2
+			           AND ($11 IS NULL OR u.tenant_id = $11)
 			         GROUP BY 1, 2, 3, 4, 5
 			        UNION ALL
 			        -- the ledger on the day of p_cov, before xl
-			        SELECT u.tenant_id, u.model_id, coalesce(u.price_id, 0), u.occurred_at >= ps,
-			               (u.occurred_at < p_end AND u.created_at < p_cov),
+			        SELECT u.tenant_id, u.model_id, coalesce(u.price_id, 0), u.occurred_at >= $1,
+			               (u.occurred_at < $3 AND u.created_at < $4),
 			               sum(u.calls), sum(u.units), sum(u.input_tokens), sum(u.output_tokens),
 			               sum(u.overage_units), sum(u.cost)
 			          FROM quota_ext.usage u
-			         WHERE u.created_at >= greatest(lb, ya) AND u.created_at < least(yb, xl)
-			           AND u.occurred_at < pe
-			           AND (only_tenant IS NULL OR u.tenant_id = only_tenant)
+			         WHERE u.created_at >= greatest($5, $8) AND u.created_at < least($9, $6)
+			           AND u.occurred_at < $2
+			           AND ($11 IS NULL OR u.tenant_id = $11)
 			         GROUP BY 1, 2, 3, 4, 5
 			        UNION ALL
 			        -- the rollup before xd, but the day of p_cov
 			        SELECT b.tenant_id, b.model_id, b.price_id,
-			               b.occurred_day >= (ps AT TIME ZONE 'UTC')::date,
-			               (b.occurred_day < (p_end AT TIME ZONE 'UTC')::date
-			                AND b.created_day < (ya AT TIME ZONE 'UTC')::date),
+			               b.occurred_day >= ($1 AT TIME ZONE 'UTC')::date,
+			               (b.occurred_day < ($3 AT TIME ZONE 'UTC')::date
+			                AND b.created_day < ($8 AT TIME ZONE 'UTC')::date),
 			               sum(b.calls), sum(b.units), sum(b.input_tokens), sum(b.output_tokens),
 			               sum(b.overage_units), sum(b.cost)
 			          FROM quota_ext.usage_billing_daily b
-			         WHERE b.created_day >= (date_trunc('day', lb AT TIME ZONE 'UTC'))::date
-			           AND b.created_day < xd
-			           AND NOT (b.created_day >= (ya AT TIME ZONE 'UTC')::date
-			                    AND b.created_day < (yb AT TIME ZONE 'UTC')::date)
-			           AND b.occurred_day < (pe AT TIME ZONE 'UTC')::date
-			           AND (only_tenant IS NULL OR b.tenant_id = only_tenant)
+			         WHERE b.created_day >= (date_trunc('day', $5 AT TIME ZONE 'UTC'))::date
+			           AND b.created_day < $7
+			           AND NOT (b.created_day >= ($8 AT TIME ZONE 'UTC')::date
+			                    AND b.created_day < ($9 AT TIME ZONE 'UTC')::date)
+			           AND b.occurred_day < ($2 AT TIME ZONE 'UTC')::date
+			           AND ($11 IS NULL OR b.tenant_id = $11)
 			         GROUP BY 1, 2, 3, 4, 5) a
-			  JOIN quota_ext.billing_closes c ON c.tenant_id = a.tenant_id AND c.period_start = ps
-			 WHERE c.tenant_id = ANY (tids)
+			  JOIN quota_ext.billing_closes c ON c.tenant_id = a.tenant_id AND c.period_start = $1
+			 WHERE c.tenant_id = ANY ($12)
 			   AND NOT (a.covered_before AND c.prev_end > '-infinity')
-			 GROUP BY 1, 2, 3, 4;
+			 GROUP BY 1, 2, 3, 4
+			$bill$
+			USING ps, pe, p_end, p_cov, lb, xl, xd, ya, yb, w, only_tenant, tids;
 		ELSE
 			-- tenants last closed at different times: each row against its
 			-- tenant's previous close
@@ -382,7 +409,9 @@ BEGIN
 			       l.amount
 			  FROM l JOIN inv ON inv.tenant_id = l.tenant_id AND inv.currency = l.currency)
 		SELECT array_agg(inv.invoice_id) INTO new_ids FROM inv;
-		DROP TABLE pg_temp.quota_ext_bill;
+		IF only_tenant IS NULL THEN
+			DROP TABLE pg_temp.quota_ext_bill;
+		END IF;
 		-- an outbox event per new invoice, in this transaction
 		FOR ni IN SELECT * FROM quota_ext.invoices i
 		           WHERE i.tenant_id = ANY (tids) AND i.invoice_id = ANY (new_ids)
