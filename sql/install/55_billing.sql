@@ -218,6 +218,16 @@ BEGIN
 		-- COMMIT, three per tenant: past some thousand tenants the lock
 		-- table ran out (53200).  Every tenant: CREATE TABLE AS, below.
 		IF only_tenant IS NOT NULL THEN
+			-- a table of that name the caller made (with triggers or rules
+			-- that would run as the owner) is not ours: dropped, as the
+			-- every-tenant path drops it
+			IF to_regclass('pg_temp.quota_ext_bill') IS NOT NULL AND NOT EXISTS (
+			     SELECT 1 FROM pg_catalog.pg_class c
+			      WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass('pg_temp.quota_ext_bill')
+			        AND c.relowner OPERATOR(pg_catalog.=)
+			            (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user)) THEN
+				DROP TABLE pg_temp.quota_ext_bill;
+			END IF;
 			IF to_regclass('pg_temp.quota_ext_bill') IS NULL THEN
 				CREATE TEMP TABLE quota_ext_bill (
 					tenant_id bigint, model_id bigint, price_id bigint, kind text,

@@ -6,7 +6,7 @@
 -- with past instants) so that periods can be in the past.
 BEGIN;
 \ir metering_helpers.psql
-SELECT plan(45);
+SELECT plan(46);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('bl-a') AS ta \gset
@@ -139,5 +139,19 @@ SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.invoice_issue(%s, %s)',
 SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.invoice_issue(%s, %s)', :tb, :inv_a), '42704', format('invoice %s does not exist', :inv_a), 'another tenant''s invoice does not exist');
 SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.invoice_void(%s, NULL)', :ta), '22004', 'argument "invoice_id" must not be null', 'void: NULL invoice');
 
+-- a temp table of the work table's name, made by the caller with a trigger,
+-- is not used (its trigger would run as the extension's owner)
+CREATE ROLE qx_tap_bill_admin LOGIN IN ROLE quota_ext_admin;
+SET ROLE qx_tap_bill_admin;
+CREATE TEMP TABLE quota_ext_bill (tenant_id bigint, model_id bigint, price_id bigint, kind text,
+	calls numeric, units numeric, input_tokens numeric, output_tokens numeric,
+	overage_units numeric, cost numeric);
+CREATE FUNCTION pg_temp.bill_trap() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'trap fired as %', current_user; END $$;
+CREATE TRIGGER trap BEFORE INSERT OR TRUNCATE ON pg_temp.quota_ext_bill
+	FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.bill_trap();
+SELECT lives_ok(format($$SELECT quota_ext.billing_close(%s, '2025-03-01 00:00+00', '2025-04-01 00:00+00')$$, :ta),
+	'billing_close(tenant) drops a work table it did not make instead of filling it');
+RESET ROLE;
 SELECT * FROM finish();
 ROLLBACK;
