@@ -142,6 +142,7 @@ SELECT * FROM pg_temp.mx_throws(format('SELECT quota_ext.invoice_void(%s, NULL)'
 -- a temp table of the work table's name, made by the caller with a trigger,
 -- is not used (its trigger would run as the extension's owner)
 CREATE ROLE qx_tap_bill_admin LOGIN IN ROLE quota_ext_admin;
+DROP TABLE IF EXISTS pg_temp.quota_ext_bill;  -- the earlier closes' (this test is one transaction)
 SET ROLE qx_tap_bill_admin;
 CREATE TEMP TABLE quota_ext_bill (tenant_id bigint, model_id bigint, price_id bigint, kind text,
 	calls numeric, units numeric, input_tokens numeric, output_tokens numeric,
