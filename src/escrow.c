@@ -440,7 +440,7 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied)
 
 		/* automatic escrow counts its callers, and those that found no free slot */
 		if (r->auto_slots)
-			QuotaEscrowNote(tenant_id, r->quota_id, c == SLOT_BUSY, r->slots);
+			QuotaEscrowNote(tenant_id, r->quota_id, c == SLOT_BUSY, r->slots, 0);
 		if (c == SLOT_CHARGED)
 			return;
 		if (c == SLOT_BUSY &&
