@@ -368,15 +368,7 @@ charge_one_slot(bool wait, int64 tenant_id, QuotaRow *r, int64 amount)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		ReThrowError(edata);
+		ReThrowError(QuotaSubxactAbort(cxt, owner));
 	}
 	PG_END_TRY();
 	if (result == SLOT_CHARGED)
