@@ -76,6 +76,8 @@ PG_FUNCTION_INFO_V1(quota_ext_escrow_status);
 #define QUOTA_ESCROW_TENANT_ENTRIES	8
 #define QUOTA_ESCROW_QUIET_PASSES	3
 #define QUOTA_ESCROW_CAP_PASSES		50
+#define QUOTA_ESCROW_QUEUE			0.5		/* callers waiting on average */
+#define QUOTA_ESCROW_MIN_WINDOW		(100 * 1000)	/* us: a shorter one tells nothing */
 #define QUOTA_ESCROW_TRANCHE		"quota_ext_escrow"
 #define QUOTA_ESCROW_MAX_DBS		16
 #define QUOTA_ESCROW_CALL_BUCKETS	4096
@@ -270,7 +272,12 @@ QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited, int slots, int64 w
 		else
 			e->calls++;
 		if (wait_us > 0)
-			e->wait_us += (uint64) wait_us;
+		{
+			/* a wait longer than the window counts as the whole window */
+			TimestampTz now = GetCurrentTimestamp();
+
+			e->wait_us += (uint64) Min(wait_us, Max(now - e->since, 0));
+		}
 		e->procs |= UINT64CONST(1) << (QuotaMyProcNumber() % 64);
 		e->slots = slots;
 	}
@@ -345,6 +352,7 @@ collect(EscrowSeen *seen, Oid schema)
 
 		if (!e->used || e->dbid != MyDatabaseId)
 			continue;
+		memset(&seen[n], 0, sizeof(EscrowSeen));
 		/* of an earlier install of the extension (or none now): dropped */
 		if (e->schema != schema)
 		{
@@ -373,14 +381,17 @@ collect(EscrowSeen *seen, Oid schema)
 			 * waited over the time that passed).
 			 */
 			seen[n].calls = sketch_calls(e, true);
-			seen[n].waiters = (now > e->since) ?
-				(double) e->wait_us / (double) (now - e->since) : 0.0;
+			if (now - e->since >= QUOTA_ESCROW_MIN_WINDOW)
+			{
+				seen[n].waiters = (double) e->wait_us / (double) (now - e->since);
+				e->wait_us = 0;
+				e->since = now;
+			}
+			/* else too short a time to tell (a pass just ran): keep adding */
 		}
 		else
-			seen[n].calls = e->calls + e->waits;	/* every acquisition */
+			seen[n].calls = (uint32) Min((uint64) e->calls + e->waits, PG_UINT32_MAX);
 		e->fresh = false;
-		e->wait_us = 0;
-		e->since = now;
 
 		/*
 		 * A re-layout holds every slot while it lays them out, so the calls
@@ -391,8 +402,15 @@ collect(EscrowSeen *seen, Oid schema)
 			seen[n].waits = 0;
 			e->cooldown = false;
 		}
-		/* concurrency: a wait, or two backends in one pass */
-		if (seen[n].waits == 0 && seen[n].backends <= 1)
+		/*
+		 * concurrency: a wait, or two backends in one pass; for a single-row
+		 * quota after its first pass, a queue (decide_one's rule), so that
+		 * the entries of quotas that only meet a caller now and then are
+		 * forgotten and leave their room in the table to hot ones
+		 */
+		if ((e->slots <= 1 && !seen[n].fresh) ?
+			seen[n].waiters < QUOTA_ESCROW_QUEUE :
+			(seen[n].waits == 0 && seen[n].backends <= 1))
 			e->quiet++;
 		else
 			e->quiet = 0;
@@ -479,7 +497,7 @@ decide_one(const EscrowSeen *s, int slots)
 
 	if (slots <= 1)
 		contended = s->waits > 0 &&
-			(s->fresh ? (uint64) s->waits * 2 >= s->calls : s->waiters >= 0.5);
+			(s->fresh ? (uint64) s->waits * 2 >= s->calls : s->waiters >= QUOTA_ESCROW_QUEUE);
 	else
 		contended = s->waits > 0 && (uint64) s->waits * 4 >= s->calls;
 
@@ -534,7 +552,9 @@ static bool
 adapt_one(const EscrowSeen *s)
 {
 	static QuotaPlan quota_plan = {
-		"SELECT q.slots, q.slots_auto AND q.on_exceed OPERATOR(pg_catalog.=) 'block' "
+		"SELECT q.slots, q.slots_auto AND q.on_exceed OPERATOR(pg_catalog.=) 'block', "
+		"       LEAST(64::pg_catalog.int8, "
+		"             GREATEST(q.max_units, 1::pg_catalog.int8))::pg_catalog.int4 "
 		"FROM quota_ext.quotas q "
 		"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.quota_id OPERATOR(pg_catalog.=) $2",
 		2, {INT8OID, INT8OID}
@@ -546,6 +566,7 @@ adapt_one(const EscrowSeen *s)
 	Datum		values[3];
 	bool		isnull;
 	int			slots;
+	int			most;
 	int			target;
 	bool		relaid;
 
@@ -559,11 +580,22 @@ adapt_one(const EscrowSeen *s)
 		return false;
 	}
 	slots = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	most = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 	target = decide_one(s, slots);
 	if (target == 0)
 	{
 		forget(s);
 		return false;
+	}
+	/* its limit allows no more slots (_escrow_relayout's rule): not asked again for a while */
+	if (target > most)
+	{
+		target = Max(most, 1);
+		if (target <= slots)
+		{
+			cap_at(s, slots);
+			return false;
+		}
 	}
 	if (target == slots)
 		return false;
@@ -571,13 +603,8 @@ adapt_one(const EscrowSeen *s)
 	QuotaSpiExec(&relayout_plan, values, NULL, false, 1);
 	relaid = SPI_processed == 1 &&
 		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	/*
-	 * Not re-laid: its limit allows no more slots (the entry remembers it, so
-	 * that the next passes do not ask again), or it folded back.
-	 */
-	if (!relaid && target > slots)
-		cap_at(s, slots);
-	else if (target == 1 || !relaid)
+	/* not re-laid (a slot busy at that moment, say: asked again), or folded back */
+	if (target == 1 || !relaid)
 		forget(s);
 	else
 		cool_down(s, target);
@@ -709,7 +736,13 @@ QuotaEscrowWorkerMain(Datum arg)
 			EmitErrorReport();
 			FlushErrorState();
 			AbortCurrentTransaction();
-			forget(&seen[i]);
+
+			/*
+			 * Its re-layout failed (a tenant held a counter past the lock
+			 * timeout, say): not asked again for a while, so that one
+			 * tenant cannot make every pass wait for it.
+			 */
+			cap_at(&seen[i], seen[i].slots);
 		}
 		PG_END_TRY();
 	}
