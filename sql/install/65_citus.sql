@@ -91,9 +91,9 @@ CREATE FUNCTION quota_ext._usage_watermark_citus() RETURNS timestamptz
 	SET search_path = pg_catalog, pg_temp
 	AS $$
 DECLARE
+	w timestamptz := 'infinity';
 	me record;
 	cmd text;
-	w timestamptz := 'infinity';
 	here timestamptz;
 	r record;
 BEGIN

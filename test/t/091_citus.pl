@@ -815,6 +815,31 @@ like($as_app->(qq{
 	$coord->safe_psql('postgres', 'SELECT quota_ext.usage_rollup()');
 	is($totals->(), 'equal',
 		'after both committed and another rollup: the rolled-up totals of every tenant equal the ledger (none missed)');
+
+	# a ledger row prepared (two-phase) on the worker: invisible until
+	# COMMIT PREPARED, and no backend holds it; the lock it keeps on the
+	# ledger's shard stops the watermark (the rollup adds nothing).  (Written
+	# into tenant 1's shard directly: Citus refuses to PREPARE a call of
+	# quota_consume, which involved other nodes; its own two-phase commits
+	# leave the same lock between PREPARE and COMMIT PREPARED.)
+	my $shard = $coord->safe_psql('postgres', q{
+		SELECT shard_name('quota_ext.usage'::regclass, get_shard_id_for_distribution_column('quota_ext.usage', 1))});
+	my $model = $coord->safe_psql('postgres', q{SELECT model_id FROM quota_ext.models WHERE name = 'gpt-x'});
+	my $prep = $holder->background_psql('postgres');
+	$prep->query_safe('BEGIN');
+	# (no Citus table in this transaction, or Citus refuses the PREPARE)
+	$prep->query_safe(qq{
+		INSERT INTO $shard (tenant_id, usage_id, created_at, occurred_at, model_id, units, calls, kind)
+		VALUES (1, 950000001, clock_timestamp(), clock_timestamp(), $model, 2, 1, 'consume')});
+	$prep->query_safe(q{PREPARE TRANSACTION 'qx_watermark'});
+	my $wm_before = $coord->safe_psql('postgres', q{SELECT watermark FROM quota_ext.rollup_state WHERE name = 'usage_daily'});
+	is($coord->safe_psql('postgres', q{SELECT quota_ext.usage_rollup()}) . ' '
+	   . $coord->safe_psql('postgres', q{SELECT watermark FROM quota_ext.rollup_state WHERE name = 'usage_daily'}),
+		"0 $wm_before", 'a charge prepared on ' . $holder->name . ': usage_rollup() does not move the watermark');
+	$holder->safe_psql('postgres', q{COMMIT PREPARED 'qx_watermark'});
+	$prep->quit;
+	$coord->safe_psql('postgres', 'SELECT quota_ext.usage_rollup()');
+	is($totals->(), 'equal', 'after COMMIT PREPARED and another rollup: the rolled-up totals equal the ledger');
 }
 
 $_->stop for @nodes;
