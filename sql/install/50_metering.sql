@@ -403,7 +403,6 @@ $$;
 COMMENT ON FUNCTION quota_ext._usage_watermark_local(integer, bigint) IS
 	'Internal: this node''s bound of the usage watermark (NULL while a prepared transaction holds ledger rows); see _usage_watermark()';
 
-
 -- ---------------------------------------------------------------------------
 -- ledger partitions
 -- ---------------------------------------------------------------------------
