@@ -316,7 +316,7 @@ reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
 	 * the caller's search_path, so an unqualified max() let a hostile
 	 * max(bigint) run as the owner (test/sql/search_path_all.sql).
 	 */
-	static QuotaPlan plan = {
+	static QuotaPlan plan = QUOTA_ROW_PLAN(
 		"SELECT r.usage_id, r.occurred_at, r.model_id, r.user_id, r.key_id, r.estimate, "
 		"       r.actual, r.status, "
 		"       (SELECT pg_catalog.max(u.usage_id) FROM quota_ext.usage u "
@@ -327,21 +327,14 @@ reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
 		"FROM quota_ext.reservations r "
 		"WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 "
 		"  AND r.reservation_id OPERATOR(pg_catalog.=) $2 "
-		"FOR NO KEY UPDATE",
-		2, {INT8OID, INT8OID}
-	};
-	Datum		values[2];
-	HeapTuple	tup;
+		"FOR NO KEY UPDATE");
+	HeapTuple	tup = QuotaSpiRow(&plan, tenant_id, reservation_id);
 	TupleDesc	desc;
 	bool		isnull;
 	Datum		v;
 
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(reservation_id);
-	QuotaSpiExec(&plan, values, NULL, false, 1);
-	if (SPI_processed != 1)
+	if (tup == NULL)
 		return false;
-	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	res->usage_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 	res->occurred_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
@@ -435,6 +428,14 @@ release_reservation(int64 tenant_id, int64 reservation_id, Reservation *res,
 	return usage_id;
 }
 
+/* the answer of an adjustment: leave SPI, then build the decision */
+static Datum
+adjust_answer(FunctionCallInfo fcinfo, QuotaSpiState *spi, const Decision *d)
+{
+	QuotaSpiEnd(spi);
+	return decision_datum(fcinfo, d);
+}
+
 /*
  * quota_ext.quota_settle(tenant_id bigint, reservation_id bigint, actual bigint,
  *		input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL)
@@ -517,8 +518,7 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 		if (d.allowed)
 			describe_unlocked(tenant_id, res.model_id, res.user_id, res.key_id,
 							  res.occurred_at, &d);
-		QuotaSpiEnd(&spi);
-		PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+		PG_RETURN_DATUM(adjust_answer(fcinfo, &spi, &d));
 	}
 	if (strcmp(res.status, "open") != 0)
 		ereport(ERROR,
@@ -584,8 +584,7 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 						  res.occurred_at, &d);
 	}
 	reservation_close(tenant_id, reservation_id, "settled", true, actual, unbilled);
-	QuotaSpiEnd(&spi);
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	PG_RETURN_DATUM(adjust_answer(fcinfo, &spi, &d));
 }
 
 /*
@@ -645,8 +644,7 @@ quota_ext_quota_cancel(PG_FUNCTION_ARGS)
 				 errmsg("reservation %lld is %s", (long long) reservation_id, res.status)));
 	else
 		d.usage_id = release_reservation(tenant_id, reservation_id, &res, "cancelled");
-	QuotaSpiEnd(&spi);
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	PG_RETURN_DATUM(adjust_answer(fcinfo, &spi, &d));
 }
 
 /*
@@ -743,8 +741,7 @@ quota_ext_quota_refund(PG_FUNCTION_ARGS)
 		/* the stored money of the refund row (NULL before: issue 17) */
 		decision_money(extra.price_id, usage_cost(tenant_id, d.usage_id), &d);
 		describe_unlocked(tenant_id, model_id, user_id, key_id, occurred_at, &d);
-		QuotaSpiEnd(&spi);
-		PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+		PG_RETURN_DATUM(adjust_answer(fcinfo, &spi, &d));
 	}
 	refund_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 											&isnull));
@@ -756,8 +753,7 @@ quota_ext_quota_refund(PG_FUNCTION_ARGS)
 	/* with the currency (NULL before: issue 17) and the quotas left */
 	decision_money(extra.price_id, extra.cost_micro, &d);
 	describe_after(rows, n, &d);
-	QuotaSpiEnd(&spi);
-	PG_RETURN_DATUM(decision_datum(fcinfo, &d));
+	PG_RETURN_DATUM(adjust_answer(fcinfo, &spi, &d));
 }
 
 /*

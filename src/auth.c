@@ -159,14 +159,8 @@ quota_touch_one_best_effort(PendingTouch *t)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = QuotaSubxactAbort(oldcontext, oldowner);
 
-		MemoryContextSwitchTo(oldcontext);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
 		ereport(DEBUG1,
 				(errmsg_internal("quota_ext: last_used_at of key %lld of tenant %lld not written at commit: %s",
 								 (long long) t->key_id, (long long) t->tenant_id,
@@ -489,7 +483,7 @@ typedef struct QuotaKeyCacheEntry
 static bool
 quota_key_read(int64 tenant_id, int64 key_id, QuotaKeyCacheEntry *e)
 {
-	static QuotaPlan lookup = {
+	static QuotaPlan lookup = QUOTA_ROW_PLAN(
 		"SELECT k.key_hash, k.user_id, u.role, k.expires_at, k.last_used_at "
 		"FROM quota_ext.api_keys k "
 		"JOIN quota_ext.users u ON u.tenant_id OPERATOR(pg_catalog.=) k.tenant_id "
@@ -500,23 +494,16 @@ quota_key_read(int64 tenant_id, int64 key_id, QuotaKeyCacheEntry *e)
 		"  AND k.revoked_at IS NULL "
 		"  AND (k.expires_at IS NULL OR k.expires_at OPERATOR(pg_catalog.>) pg_catalog.now()) "
 		"  AND u.status OPERATOR(pg_catalog.=) 'active' "
-		"  AND t.status OPERATOR(pg_catalog.=) 'active'",
-		2, {INT8OID, INT8OID}
-	};
-	Datum		values[2];
-	HeapTuple	tup;
+		"  AND t.status OPERATOR(pg_catalog.=) 'active'");
+	HeapTuple	tup = QuotaSpiRow(&lookup, tenant_id, key_id);
 	TupleDesc	desc;
 	bool		isnull;
 	bytea	   *h;
 	char	   *r;
 	Datum		d;
 
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(key_id);
-	QuotaSpiExec(&lookup, values, NULL, false, 1);
-	if (SPI_processed != 1)
+	if (tup == NULL)
 		return false;
-	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	h = DatumGetByteaPP(SPI_getbinval(tup, desc, 1, &isnull));
 	if (isnull || VARSIZE_ANY_EXHDR(h) != PG_SHA256_DIGEST_LENGTH)

@@ -381,11 +381,14 @@ lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from)
 	done = QuotaStorageLockCounters(tenant_id, ids, m, found, starts, used, tids, escrow);
 	if (get_timeout_start_time(DEADLOCK_TIMEOUT) != mark)
 	{
-		/* this call waited for a counter: contention, if it lasts */
+		/* this call waited for a counter (since its last wait began) */
+		int64		wait_us = (int64) (GetCurrentTimestamp() -
+									   get_timeout_start_time(DEADLOCK_TIMEOUT));
+
 		for (i = 0; i < done; i++)
 			if (rows[from + i].auto_slots)
 				QuotaEscrowNote(tenant_id, rows[from + i].quota_id, true,
-											 rows[from + i].slots);
+								rows[from + i].slots, wait_us);
 	}
 	for (i = 0; i < done; i++)
 	{

@@ -62,12 +62,19 @@ put_text(Datum *values, bool *nulls, int i, const char *s)
 		values[i] = CStringGetTextDatum(s);
 }
 
+/* column i: the value v, NULL unless present */
+static void
+put_value(Datum *values, bool *nulls, int i, Datum v, bool present)
+{
+	values[i] = v;
+	nulls[i] = !present;
+}
+
 /* column i: an id, NULL when 0 (none) */
 static void
 put_id(Datum *values, bool *nulls, int i, int64 id)
 {
-	values[i] = Int64GetDatum(id);
-	nulls[i] = id == 0;
+	put_value(values, nulls, i, Int64GetDatum(id), id != 0);
 }
 
 /*
@@ -83,20 +90,16 @@ decision_values(const Decision *d, Datum *values, bool *nulls)
 	put_text(values, nulls, 1, d->denied_by);
 	put_id(values, nulls, 2, d->quota_id);
 	put_text(values, nulls, 3, d->period);
-	values[4] = Int64GetDatum(d->limit);
-	values[5] = Int64GetDatum(d->remaining);
-	nulls[4] = nulls[5] = !d->has_limit;
-	values[6] = TimestampTzGetDatum(d->resets_at);
-	nulls[6] = !d->has_resets;
-	values[7] = Int64GetDatum(d->retry_after);
-	nulls[7] = !d->has_retry;
+	put_value(values, nulls, 4, Int64GetDatum(d->limit), d->has_limit);
+	put_value(values, nulls, 5, Int64GetDatum(d->remaining), d->has_limit);
+	put_value(values, nulls, 6, TimestampTzGetDatum(d->resets_at), d->has_resets);
+	put_value(values, nulls, 7, Int64GetDatum(d->retry_after), d->has_retry);
 	put_id(values, nulls, 8, d->usage_id);
 	put_id(values, nulls, 9, d->reservation_id);
 	values[10] = BoolGetDatum(d->replayed);
-	values[11] = QuotaMicroToNumeric(d->cost_micro);
-	nulls[11] = !d->has_cost;
-	values[12] = QuotaMicroToNumeric(d->remaining_cost_micro);
-	nulls[12] = !d->has_remaining_cost;
+	put_value(values, nulls, 11, QuotaMicroToNumeric(d->cost_micro), d->has_cost);
+	put_value(values, nulls, 12, QuotaMicroToNumeric(d->remaining_cost_micro),
+			  d->has_remaining_cost);
 	put_text(values, nulls, 13, d->currency);
 	/* issue 17: which metric denied, and whose call it was */
 	put_text(values, nulls, 14, d->denied_metric);
@@ -104,8 +107,7 @@ decision_values(const Decision *d, Datum *values, bool *nulls)
 	put_id(values, nulls, 16, d->user_id);
 	put_id(values, nulls, 17, d->key_id);
 	/* units past non-blocking limits (overage, throttle): NULL when denied */
-	values[18] = Int64GetDatum(d->overage);
-	nulls[18] = !d->has_overage;
+	put_value(values, nulls, 18, Int64GetDatum(d->overage), d->has_overage);
 }
 
 Datum

@@ -368,15 +368,7 @@ charge_one_slot(bool wait, int64 tenant_id, QuotaRow *r, int64 amount)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		ReThrowError(edata);
+		ReThrowError(QuotaSubxactAbort(cxt, owner));
 	}
 	PG_END_TRY();
 	if (result == SLOT_CHARGED)
@@ -440,7 +432,7 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied)
 
 		/* automatic escrow counts its callers, and those that found no free slot */
 		if (r->auto_slots)
-			QuotaEscrowNote(tenant_id, r->quota_id, c == SLOT_BUSY, r->slots);
+			QuotaEscrowNote(tenant_id, r->quota_id, c == SLOT_BUSY, r->slots, 0);
 		if (c == SLOT_CHARGED)
 			return;
 		if (c == SLOT_BUSY &&

@@ -18,7 +18,9 @@
  *	   quota stays as it is (exact, only slower).  A call that neither
  *	   waited nor uses escrow touches nothing here.
  *	 - a pass (QuotaEscrowAdaptPass) reads and resets the entries of its
- *	   database and decides: a quota whose callers waited grows to the
+ *	   database and decides: a quota whose callers wait (a single-row
+ *	   counter with half a caller waiting on average, decide_one; an escrow
+ *	   quota whose calls found no free slot a quarter of the time) grows to the
  *	   next power of two at least the number of backends seen (at least 2,
  *	   at most quota_ext.escrow_max_slots), or to twice its slots when a
  *	   quarter of its escrow calls still found no free slot; the pass after
@@ -73,7 +75,7 @@ PG_FUNCTION_INFO_V1(quota_ext_escrow_status);
 #define QUOTA_ESCROW_ENTRIES		256
 #define QUOTA_ESCROW_TENANT_ENTRIES	8
 #define QUOTA_ESCROW_QUIET_PASSES	3
-#define QUOTA_ESCROW_GROW_WAITS		8
+#define QUOTA_ESCROW_CAP_PASSES		50
 #define QUOTA_ESCROW_TRANCHE		"quota_ext_escrow"
 #define QUOTA_ESCROW_MAX_DBS		16
 #define QUOTA_ESCROW_CALL_BUCKETS	4096
@@ -92,6 +94,11 @@ typedef struct EscrowEntry
 	int			slots;			/* the quota's slots as the last call saw them */
 	int			quiet;			/* passes in a row without concurrency */
 	bool		cooldown;		/* re-laid by the last pass: its waits are ours */
+	bool		fresh;			/* no pass has read it yet */
+	uint64		wait_us;		/* single-row: time its calls waited */
+	TimestampTz since;			/* ... since then (made, or the last pass) */
+	int			cap;			/* slots its limit allows at most (0: unknown) */
+	int			cap_passes;		/* passes until the cap is asked again */
 } EscrowEntry;
 
 typedef struct EscrowShared
@@ -233,18 +240,20 @@ entry_find(Oid dbid, Oid schema, int64 tenant_id, int64 quota_id, bool create)
 	free_entry->schema = schema;
 	free_entry->tenant_id = tenant_id;
 	free_entry->quota_id = quota_id;
+	free_entry->fresh = true;
+	free_entry->since = GetCurrentTimestamp();
 	return free_entry;
 }
 
 /*
  * QuotaEscrowNote
  *		A call met quota_id of tenant_id under contention (waited: it waited
- *		for the counter, or found no free escrow slot), or took an escrow
- *		slot (waited false): only quotas under contention or laid out over
- *		slots get here, so only they take entries.
+ *		wait_us for the counter, or found no free escrow slot), or took an
+ *		escrow slot (waited false): only quotas under contention or laid out
+ *		over slots get here, so only they take entries.
  */
 void
-QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited, int slots)
+QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited, int slots, int64 wait_us)
 {
 	EscrowEntry *e;
 	Oid			schema;
@@ -260,6 +269,8 @@ QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited, int slots)
 			e->waits++;
 		else
 			e->calls++;
+		if (wait_us > 0)
+			e->wait_us += (uint64) wait_us;
 		e->procs |= UINT64CONST(1) << (QuotaMyProcNumber() % 64);
 		e->slots = slots;
 	}
@@ -278,9 +289,12 @@ typedef struct EscrowSeen
 	int64		quota_id;
 	uint32		waits;
 	uint32		calls;
+	bool		fresh;			/* its first pass: calls since the start */
+	double		waiters;		/* single-row: callers waiting, on average */
 	int			backends;
 	int			slots;
 	int			quiet;
+	int			cap;
 } EscrowSeen;
 
 static int
@@ -322,6 +336,7 @@ collect(EscrowSeen *seen, Oid schema)
 {
 	int			n = 0;
 	int			i;
+	TimestampTz now = GetCurrentTimestamp();
 
 	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < QUOTA_ESCROW_ENTRIES; i++)
@@ -343,16 +358,29 @@ collect(EscrowSeen *seen, Oid schema)
 		seen[n].calls = e->calls;
 		seen[n].backends = pg_popcount64(e->procs);
 		seen[n].slots = e->slots;
+		seen[n].fresh = e->fresh;
+		if (e->cap > 0 && --e->cap_passes <= 0)
+			e->cap = 0;			/* its limit may have changed: ask again */
+		seen[n].cap = e->cap;
 		if (e->slots <= 1)
 		{
 			/*
 			 * A single-row quota's calls since the last pass; for a new
 			 * entry, since the server started (or the extension was
 			 * created): a chance wait of a quota that has been called many
-			 * times is no contention.
+			 * times is no contention.  And how many of its callers waited
+			 * at a time, on average, since the last pass (the time they
+			 * waited over the time that passed).
 			 */
 			seen[n].calls = sketch_calls(e, true);
+			seen[n].waiters = (now > e->since) ?
+				(double) e->wait_us / (double) (now - e->since) : 0.0;
 		}
+		else
+			seen[n].calls = e->calls + e->waits;	/* every acquisition */
+		e->fresh = false;
+		e->wait_us = 0;
+		e->since = now;
 
 		/*
 		 * A re-layout holds every slot while it lays them out, so the calls
@@ -386,13 +414,18 @@ collect(EscrowSeen *seen, Oid schema)
  *		used).
  */
 static void
-mark_entry(const EscrowSeen *s, bool cooldown, int slots)
+mark_entry(const EscrowSeen *s, bool cooldown, int slots, int cap)
 {
 	EscrowEntry *e;
 
 	LWLockAcquire(escrow_shared->lock, LW_EXCLUSIVE);
 	e = entry_find(MyDatabaseId, s->schema, s->tenant_id, s->quota_id, false);
-	if (e && cooldown)
+	if (e && cap > 0)
+	{
+		e->cap = cap;
+		e->cap_passes = QUOTA_ESCROW_CAP_PASSES;
+	}
+	else if (e && cooldown)
 	{
 		e->cooldown = true;
 		e->slots = slots;
@@ -402,8 +435,10 @@ mark_entry(const EscrowSeen *s, bool cooldown, int slots)
 	LWLockRelease(escrow_shared->lock);
 }
 
-#define cool_down(s, slots)	mark_entry(s, true, slots)
-#define forget(s)			mark_entry(s, false, 0)
+#define cool_down(s, slots)	mark_entry(s, true, slots, 0)
+#define forget(s)			mark_entry(s, false, 0, 0)
+/* its limit allows no more than `slots`: not asked again for a while */
+#define cap_at(s, slots)	mark_entry(s, false, 0, slots)
 
 static int
 pow2_at_least(int x)
@@ -426,18 +461,29 @@ decide_one(const EscrowSeen *s, int slots)
 	int			target = slots;
 
 	/*
-	 * A single-row quota grows when at least half its calls waited, or
-	 * QUOTA_ESCROW_GROW_WAITS of them in one pass: under a spread load (8
-	 * clients over 100 tenants, about 5 calls of a quota a pass) a call meets
-	 * another on the same counter now and then, and the escrow path costs
-	 * more per call than such a wait (doc/performance.md, session 5); a hot
-	 * quota whose calls are short (fsync off, 2 cores for 16 clients) waits
-	 * for fewer than half of them, but many times a pass.
+	 * A single-row quota grows when its counter has a queue: on average at
+	 * least half a caller waited for it since the last pass.  Under a
+	 * spread load (32 clients over 100 tenants) four calls in ten meet
+	 * another on the same counter, each for a moment (about 0.1 callers
+	 * waiting on average); the escrow path costs more per call than such
+	 * waits, and spreading those quotas halved the throughput
+	 * (doc/performance.md, sessions 5 and 6).  A hot quota has a queue
+	 * (16 clients on one quota: many callers waiting at every moment).
+	 * An entry's first pass cannot tell the time (it was made after its
+	 * first wait): it grows when half its calls since the server started
+	 * waited, so a chance wait of a much-called quota is no contention.
+	 *
+	 * An escrow quota grows when a quarter of its calls found no free slot.
 	 */
-	if (s->waits > 0 && slots <= 1 && (uint64) s->waits * 2 < s->calls &&
-		s->waits < QUOTA_ESCROW_GROW_WAITS)
-		target = slots;
-	else if (s->waits > 0)
+	bool		contended;
+
+	if (slots <= 1)
+		contended = s->waits > 0 &&
+			(s->fresh ? (uint64) s->waits * 2 >= s->calls : s->waiters >= 0.5);
+	else
+		contended = s->waits > 0 && (uint64) s->waits * 4 >= s->calls;
+
+	if (contended)
 	{
 		/* as many slots as backends were seen (a power of two) */
 		target = Max(slots, pow2_at_least(Max(s->backends, 2)));
@@ -446,7 +492,7 @@ decide_one(const EscrowSeen *s, int slots)
 		 * With that many slots already, a quarter of the calls still found
 		 * none free: more callers than the mask of 64 backends shows.
 		 */
-		if (target == slots && slots > 1 && (uint64) s->waits * 4 >= s->calls)
+		if (target == slots && slots > 1)
 			target = slots * 2;
 	}
 	else if (s->quiet >= QUOTA_ESCROW_QUIET_PASSES)
@@ -455,6 +501,8 @@ decide_one(const EscrowSeen *s, int slots)
 			return 0;
 		target = 1;
 	}
+	if (s->cap > 0 && target > s->cap)
+		target = Max(slots, s->cap);
 	return Min(target, escrow_max_slots);
 }
 
@@ -523,8 +571,13 @@ adapt_one(const EscrowSeen *s)
 	QuotaSpiExec(&relayout_plan, values, NULL, false, 1);
 	relaid = SPI_processed == 1 &&
 		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	/* not re-laid (its limit allows no more slots, say): nothing to cool down */
-	if (target == 1 || !relaid)
+	/*
+	 * Not re-laid: its limit allows no more slots (the entry remembers it, so
+	 * that the next passes do not ask again), or it folded back.
+	 */
+	if (!relaid && target > slots)
+		cap_at(s, slots);
+	else if (target == 1 || !relaid)
 		forget(s);
 	else
 		cool_down(s, target);

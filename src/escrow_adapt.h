@@ -16,6 +16,7 @@ extern void QuotaEscrowInit(void);
 extern void QuotaEscrowShmemRequest(void);
 extern void QuotaEscrowShmemStartup(void);
 extern void QuotaEscrowCount(int64 tenant_id, int64 quota_id);
-extern void QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited, int slots);
+extern void QuotaEscrowNote(int64 tenant_id, int64 quota_id, bool waited, int slots,
+							int64 wait_us);
 
 #endif							/* QUOTA_ESCROW_ADAPT_H */

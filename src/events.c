@@ -40,6 +40,28 @@ crossing(int64 old_used, int64 new_used, int64 limit, int pct)
 }
 
 /*
+ * EVENT_NARGS: the parameters $1..$7 that both statements of a crossing
+ * take, in this order (event_values fills them): tenant, quota, period
+ * start, kind, threshold, used, limit.
+ */
+#define EVENT_NARGS 7
+#define EVENT_ARGTYPES INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, INT4OID, INT8OID, INT8OID
+
+/* the EVENT_NARGS parameters of a crossing */
+static void
+event_values(Datum *values, int64 tenant_id, QuotaRow *r, const char *kind, int threshold,
+			 int64 limit)
+{
+	values[0] = Int64GetDatum(tenant_id);
+	values[1] = Int64GetDatum(r->quota_id);
+	values[2] = TimestampTzGetDatum(r->start);
+	values[3] = CStringGetTextDatum(kind);
+	values[4] = Int32GetDatum(threshold);
+	values[5] = Int64GetDatum(r->new_used);
+	values[6] = Int64GetDatum(limit);
+}
+
+/*
  * emit_outbox
  *		The crossing as an outbox event (sql/install/52_outbox.sql), in this
  *		transaction: the durable record that consumers read with
@@ -51,23 +73,17 @@ emit_outbox(int64 tenant_id, QuotaRow *r, const char *kind, int threshold, int64
 			int64 event_id)
 {
 	static QuotaPlan plan = {
-		"SELECT quota_ext._event_emit($1, $2, 'quota', $3::pg_catalog.text, "
-		"    pg_catalog.jsonb_build_object('quota_event_id', $4, 'quota_id', $3, "
-		"        'period_start', $5, 'kind', $6, 'threshold', $7, 'used', $8, 'limit', $9))",
-		9, {INT8OID, TEXTOID, INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, INT4OID, INT8OID, INT8OID}
+		"SELECT quota_ext._event_emit($1, $8, 'quota', $2::pg_catalog.text, "
+		"    pg_catalog.jsonb_build_object('quota_event_id', $9, 'quota_id', $2, "
+		"        'period_start', $3, 'kind', $4, 'threshold', $5, 'used', $6, 'limit', $7))",
+		EVENT_NARGS + 2, {EVENT_ARGTYPES, TEXTOID, INT8OID}
 	};
-	Datum		values[9];
+	Datum		values[EVENT_NARGS + 2];
 
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = CStringGetTextDatum(strcmp(kind, "threshold") == 0 ? "quota.threshold"
-									: "quota.soft_limit");
-	values[2] = Int64GetDatum(r->quota_id);
-	values[3] = Int64GetDatum(event_id);
-	values[4] = TimestampTzGetDatum(r->start);
-	values[5] = CStringGetTextDatum(kind);
-	values[6] = Int32GetDatum(threshold);
-	values[7] = Int64GetDatum(r->new_used);
-	values[8] = Int64GetDatum(limit);
+	event_values(values, tenant_id, r, kind, threshold, limit);
+	values[EVENT_NARGS] = CStringGetTextDatum(strcmp(kind, "threshold") == 0 ? "quota.threshold"
+											  : "quota.soft_limit");
+	values[EVENT_NARGS + 1] = Int64GetDatum(event_id);
 	QuotaSpiExec(&plan, values, NULL, false, 0);
 }
 
@@ -80,20 +96,14 @@ emit_event(int64 tenant_id, QuotaRow *r, const char *kind, int threshold, int64 
 		"VALUES ($1, $2, $3, $4, $5, $6, $7) "
 		"ON CONFLICT (tenant_id, quota_id, period_start, kind, threshold) DO NOTHING "
 		"RETURNING event_id",
-		7, {INT8OID, INT8OID, TIMESTAMPTZOID, TEXTOID, INT4OID, INT8OID, INT8OID}
+		EVENT_NARGS, {EVENT_ARGTYPES}
 	};
-	Datum		values[7];
+	Datum		values[EVENT_NARGS];
 	bool		isnull;
 	int64		event_id;
 	StringInfoData payload;
 
-	values[0] = Int64GetDatum(tenant_id);
-	values[1] = Int64GetDatum(r->quota_id);
-	values[2] = TimestampTzGetDatum(r->start);
-	values[3] = CStringGetTextDatum(kind);
-	values[4] = Int32GetDatum(threshold);
-	values[5] = Int64GetDatum(r->new_used);
-	values[6] = Int64GetDatum(limit);
+	event_values(values, tenant_id, r, kind, threshold, limit);
 	QuotaSpiExec(&plan, values, NULL, false, 0);
 	if (SPI_processed == 0)
 		return;					/* already emitted in this period */

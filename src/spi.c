@@ -45,11 +45,13 @@
 #include "spi.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
+#include "utils/resowner.h"
 #include "utils/syscache.h"
 
 static Oid	quota_owner = InvalidOid;
@@ -193,22 +195,57 @@ QuotaSpiExec(QuotaPlan *plan, Datum *values, const char *nulls,
 }
 
 /*
- * QuotaSpiRowValue
+ * QuotaSpiRow
  *		Execute a kept plan whose parameters are ($1 tenant_id, $2 id), both
- *		int8, that returns at most one row; true with the row's first column
- *		in *value when there is a row and that column is not NULL.
+ *		int8, that returns at most one row; the row (its descriptor is
+ *		SPI_tuptable->tupdesc), or NULL when there is none.
  */
-bool
-QuotaSpiRowValue(QuotaPlan *plan, int64 tenant_id, int64 id, Datum *value)
+HeapTuple
+QuotaSpiRow(QuotaPlan *plan, int64 tenant_id, int64 id)
 {
 	Datum		values[2];
-	bool		isnull;
 
 	values[0] = Int64GetDatum(tenant_id);
 	values[1] = Int64GetDatum(id);
 	QuotaSpiExec(plan, values, NULL, false, 1);
-	if (SPI_processed != 1)
+	return SPI_processed == 1 ? SPI_tuptable->vals[0] : NULL;
+}
+
+/*
+ * QuotaSpiRowValue
+ *		QuotaSpiRow's row's first column: true with it in *value when there
+ *		is a row and that column is not NULL.
+ */
+bool
+QuotaSpiRowValue(QuotaPlan *plan, int64 tenant_id, int64 id, Datum *value)
+{
+	HeapTuple	tup = QuotaSpiRow(plan, tenant_id, id);
+	bool		isnull;
+
+	if (tup == NULL)
 		return false;
-	*value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	*value = SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull);
 	return !isnull;
+}
+
+/*
+ * QuotaSubxactAbort
+ *		In the PG_CATCH of an internal subtransaction begun (with
+ *		BeginInternalSubTransaction) in memory context cxt under resource
+ *		owner owner: take the error, roll the subtransaction back, and
+ *		return to cxt and owner.  Returns the error, copied into cxt, for
+ *		the caller to report or rethrow.
+ */
+ErrorData *
+QuotaSubxactAbort(MemoryContext cxt, ResourceOwner owner)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return edata;
 }

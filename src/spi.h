@@ -11,6 +11,7 @@
 #include "quota_ext.h"
 
 #include "executor/spi.h"
+#include "utils/resowner.h"
 
 /* spi.c: privileged SPI with plans prepared once */
 typedef struct QuotaPlan
@@ -32,10 +33,12 @@ extern void QuotaSpiBegin(QuotaSpiState *state);
 extern void QuotaSpiEnd(QuotaSpiState *state);
 extern int	QuotaSpiExec(QuotaPlan *plan, Datum *values, const char *nulls,
 						 bool read_only, long tcount);
-/* a plan of QuotaSpiRowValue: $1 tenant_id, $2 the row's id, both int8 */
+/* a plan of QuotaSpiRow(Value): $1 tenant_id, $2 the row's id, both int8 */
 #define QUOTA_ROW_PLAN(query)	{query, 2, {INT8OID, INT8OID}, NULL}
 
+extern HeapTuple QuotaSpiRow(QuotaPlan *plan, int64 tenant_id, int64 id);
 extern bool QuotaSpiRowValue(QuotaPlan *plan, int64 tenant_id, int64 id, Datum *value);
+extern ErrorData *QuotaSubxactAbort(MemoryContext cxt, ResourceOwner owner);
 extern Oid	QuotaOwnerId(void);
 extern Oid	QuotaSchemaOid(void);
 

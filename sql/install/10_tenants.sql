@@ -307,6 +307,50 @@ $$;
 COMMENT ON FUNCTION quota_ext._check_user(bigint, bigint, bigint) IS
 	'Internal: raise 42704 unless the user and the API key (each if not NULL) are the tenant''s';
 
+-- The row of a user (or of an API key) of the tenant, locked FOR UPDATE for
+-- an admin change, or 42704 (the same text whether the id is another
+-- tenant's or nobody's).  The callers are definer functions that locked the
+-- tenant with _tenant_for_update; these read as they do.
+CREATE FUNCTION quota_ext._user_for_update(tenant_id bigint, user_id bigint)
+	RETURNS quota_ext.users
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	u quota_ext.users;
+BEGIN
+	SELECT * INTO u FROM quota_ext.users
+	 WHERE tenant_id = _user_for_update.tenant_id AND user_id = _user_for_update.user_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'user % does not exist', _user_for_update.user_id USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN u;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._user_for_update(bigint, bigint) IS
+	'Internal: lock a user of the tenant (42704 if it has none of that id)';
+
+CREATE FUNCTION quota_ext._api_key_for_update(tenant_id bigint, key_id bigint)
+	RETURNS quota_ext.api_keys
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+#variable_conflict use_column
+DECLARE
+	k quota_ext.api_keys;
+BEGIN
+	SELECT * INTO k FROM quota_ext.api_keys
+	 WHERE tenant_id = _api_key_for_update.tenant_id AND key_id = _api_key_for_update.key_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'API key % does not exist', _api_key_for_update.key_id USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN k;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._api_key_for_update(bigint, bigint) IS
+	'Internal: lock an API key of the tenant (42704 if it has none of that id)';
+
 -- The tenant (a row from _tenant_for_update) must not be closed.
 CREATE FUNCTION quota_ext._tenant_open(t quota_ext.tenants) RETURNS void
 	LANGUAGE plpgsql IMMUTABLE
@@ -565,11 +609,7 @@ BEGIN
 		RAISE EXCEPTION 'invalid user status "%"', quota_ext._quote_input(user_update.status)
 			USING ERRCODE = 'invalid_parameter_value', HINT = 'Use active or disabled.';
 	END IF;
-	SELECT * INTO old FROM quota_ext.users
-	 WHERE tenant_id = t.tenant_id AND user_id = user_update.user_id FOR UPDATE;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'user % does not exist', user_update.user_id USING ERRCODE = 'undefined_object';
-	END IF;
+	old := quota_ext._user_for_update(t.tenant_id, user_update.user_id);
 	IF old.status = 'removed' THEN
 		RAISE EXCEPTION 'user % was removed', old.user_id
 			USING ERRCODE = 'object_not_in_prerequisite_state';
@@ -648,11 +688,7 @@ DECLARE
 	old quota_ext.api_keys;
 BEGIN
 	IF api_key_revoke.key_id IS NULL THEN PERFORM quota_ext._null_arg('key_id'); END IF;
-	SELECT * INTO old FROM quota_ext.api_keys
-	 WHERE tenant_id = t.tenant_id AND key_id = api_key_revoke.key_id FOR UPDATE;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'API key % does not exist', api_key_revoke.key_id USING ERRCODE = 'undefined_object';
-	END IF;
+	old := quota_ext._api_key_for_update(t.tenant_id, api_key_revoke.key_id);
 	IF old.revoked_at IS NOT NULL THEN
 		RETURN;
 	END IF;
@@ -690,11 +726,7 @@ BEGIN
 	-- Like api_key_create: a closed tenant gets no new credential (rotating
 	-- used to mint one; test/pgtap/03_api_keys.sql).
 	PERFORM quota_ext._tenant_open(t);
-	SELECT * INTO old FROM quota_ext.api_keys
-	 WHERE tenant_id = t.tenant_id AND key_id = api_key_rotate.key_id FOR UPDATE;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'API key % does not exist', api_key_rotate.key_id USING ERRCODE = 'undefined_object';
-	END IF;
+	old := quota_ext._api_key_for_update(t.tenant_id, api_key_rotate.key_id);
 	IF old.revoked_at IS NOT NULL OR old.rotated_to IS NOT NULL
 	   OR (old.expires_at IS NOT NULL AND old.expires_at <= now()) THEN
 		RAISE EXCEPTION 'API key % is revoked, expired or already rotated', old.key_id

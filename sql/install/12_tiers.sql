@@ -218,11 +218,7 @@ DECLARE
 	keys bigint[];
 BEGIN
 	IF user_remove.user_id IS NULL THEN PERFORM quota_ext._null_arg('user_id'); END IF;
-	SELECT * INTO old FROM quota_ext.users
-	 WHERE tenant_id = t.tenant_id AND user_id = user_remove.user_id FOR UPDATE;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'user % does not exist', user_remove.user_id USING ERRCODE = 'undefined_object';
-	END IF;
+	old := quota_ext._user_for_update(t.tenant_id, user_remove.user_id);
 	IF old.status = 'removed' THEN
 		RETURN;
 	END IF;

@@ -713,18 +713,7 @@ BEGIN
 			END IF;
 		END IF;
 	END IF;
-	IF quota_set.user_id IS NOT NULL THEN
-		PERFORM 1 FROM quota_ext.users WHERE tenant_id = t.tenant_id AND user_id = quota_set.user_id;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'user % does not exist', quota_set.user_id USING ERRCODE = 'undefined_object';
-		END IF;
-	END IF;
-	IF quota_set.key_id IS NOT NULL THEN
-		PERFORM 1 FROM quota_ext.api_keys WHERE tenant_id = t.tenant_id AND key_id = quota_set.key_id;
-		IF NOT FOUND THEN
-			RAISE EXCEPTION 'API key % does not exist', quota_set.key_id USING ERRCODE = 'undefined_object';
-		END IF;
-	END IF;
+	PERFORM quota_ext._check_user(t.tenant_id, quota_set.user_id, quota_set.key_id);
 
 	-- FOR NO KEY UPDATE, not FOR UPDATE: a call that writes a counter row
 	-- its own transaction wrote before (a refund after its consume) checks

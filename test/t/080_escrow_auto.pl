@@ -63,6 +63,7 @@ my $slots_sql = qq{SELECT string_agg(q.slots || '/' || (SELECT count(*) FROM quo
 # a wait among many calls would not)
 sub contend
 {
+	my ($hold) = @_;    # seconds the waiter waits at least (default: a moment)
 	my $a = $node->background_psql('postgres');
 	my $b = $node->background_psql('postgres');
 	$a->query_safe(qq{BEGIN; SELECT quota_ext.quota_consume($t1, 'm', 1)});
@@ -71,6 +72,7 @@ sub contend
 		q{SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'
 		   AND query LIKE '%quota_consume%'})
 	  or die 'the second consume never waited';
+	sleep($hold) if $hold;
 	$a->query_safe('COMMIT');
 	$a->quit;
 	$b->quit;
@@ -110,6 +112,18 @@ $node->safe_psql('postgres', qq{SELECT quota_ext.quota_consume($t1, 'm', 1) FROM
 contend();
 is($node->safe_psql('postgres', 'SELECT quota_ext.escrow_adapt()'), '0', 'one wait in many calls: no re-layout');
 is($node->safe_psql('postgres', $slots_sql), '1/1 1/1', 'one wait in many calls: still one row each');
+# after its first pass a single-row quota grows only when its counter has a
+# queue: on average half a caller waiting since the last pass (a spread load
+# meets another caller on a counter for a moment, often; doc/design.md §5)
+sleep(3);
+contend();
+is($node->safe_psql('postgres', 'SELECT quota_ext.escrow_adapt()'), '0',
+	'a moment of waiting in a pass of seconds: no re-layout');
+contend(6);
+is($node->safe_psql('postgres', 'SELECT quota_ext.escrow_adapt()'), '2',
+	'a caller waiting most of the pass: both quotas laid out');
+is($node->safe_psql('postgres', $slots_sql), '2/2 2/2', 'two slots each');
+invariants_ok($node, 'postgres', 'after a queue grew the quotas');
 $node->stop;
 
 # ---------------------------------------------------------------------------
