@@ -485,6 +485,12 @@ QuotaStorageWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 	for (i = 0; i < usage->rd_att->natts; i++)
 		nulls[i] = true;
 	usage_id = u->usage_id != 0 ? u->usage_id : nextval_internal(rels.usage_seq, false);
+	/*
+	 * The row's created_at is read after the transaction has an xid (the
+	 * insert would take one just after): a rollup that reads the watermark
+	 * in between then sees this transaction (_usage_watermark, 50_metering.sql).
+	 */
+	(void) GetTopTransactionId();
 #define SETCOL(col, datum) \
 	do { values[usage_att[col] - 1] = (datum); nulls[usage_att[col] - 1] = false; } while (0)
 	SETCOL(U_TENANT, Int64GetDatum(u->tenant_id));

@@ -29,6 +29,7 @@
 #include "access/genam.h"
 #include "access/table.h"
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
@@ -208,6 +209,14 @@ QuotaSpiWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n, Oid usa
 
 	memset(nulls, ' ', sizeof(nulls));
 	usage_id = u->usage_id != 0 ? u->usage_id : spi_usage_id(usage_seq);
+	/*
+	 * created_at is read after this node's transaction holds an xid, as in
+	 * storage.c: the usage watermark counts on it (50_metering.sql).  On a
+	 * coordinator writing a worker's shard this is the coordinator's xid,
+	 * which keeps its transaction in the coordinator's bound until its
+	 * remote part committed (65_citus.sql, _usage_watermark_citus).
+	 */
+	(void) GetTopTransactionId();
 #define SETARG(i, datum, isnull) \
 	do { values[i] = (datum); nulls[i] = (isnull) ? 'n' : ' '; } while (0)
 	SETARG(0, Int64GetDatum(u->tenant_id), false);

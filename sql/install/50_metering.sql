@@ -321,48 +321,87 @@ COMMENT ON FUNCTION quota_ext.price_lookup(bigint, text, timestamptz) IS
 -- ---------------------------------------------------------------------------
 -- The instant W before which the ledger is final: no transaction still
 -- running can add a usage row with created_at < W.  A row's created_at is
--- clock_timestamp() at its INSERT, which comes after its transaction's start
--- and after the transaction got its xid.  So W = least(now, start of the
--- oldest other transaction that has an xid) — read from the live proc array
+-- the clock of the backend that writes it (storage.c, storage_spi.c), read
+-- after that transaction got its xid (the storage code takes one first) and
+-- so after the transaction's start.  So W = least(now, start of the oldest
+-- other transaction that has an xid) — read from the live proc array
 -- through pg_stat_activity, after pg_stat_clear_snapshot() — bounds every
 -- row still to commit; a transaction without an xid yet writes rows later
 -- than now.  The caller's own transaction is left out: its rows are visible
 -- to it and commit (or roll back) with whatever it writes from them.
 -- Prepared transactions are not in pg_stat_activity: while one holds a lock
 -- on the ledger (it inserted usage) the answer is NULL, "cannot advance".
+-- They are looked for after the proc array was read: a transaction that
+-- prepares in between is then found either way.
 -- Readers must use READ COMMITTED, so that their next statement's snapshot
 -- sees every transaction that ended before W was taken.
+-- On Citus (after distribute()) the rows are written on the workers, and
+-- the bound is taken on every node: _usage_watermark_citus() (65_citus.sql).
 CREATE FUNCTION quota_ext._usage_watermark() RETURNS timestamptz
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	AS $$
-DECLARE
-	now0 timestamptz := clock_timestamp();
-	oldest timestamptz;
 BEGIN
 	IF current_setting('transaction_isolation') <> 'read committed' THEN
 		RAISE EXCEPTION 'metering and billing functions need READ COMMITTED isolation'
 			USING ERRCODE = 'invalid_transaction_state',
 			      HINT = 'Their exactness relies on a new snapshot per statement.';
 	END IF;
+	IF quota_ext._on_citus() THEN
+		RETURN quota_ext._usage_watermark_citus();
+	END IF;
+	RETURN quota_ext._usage_watermark_local(NULL, NULL);
+END
+$$;
+COMMENT ON FUNCTION quota_ext._usage_watermark() IS
+	'Internal: the instant before which no usage row can still appear (NULL while a prepared transaction holds ledger rows)';
+
+-- The bound of this node (above).  citus_txn NULL: a single node, whose
+-- ledger is quota_ext.usage.  Otherwise a node of a Citus cluster, called
+-- by _usage_watermark_citus() for the caller's distributed transaction
+-- (citus_initiator, citus_txn; 0 when it has none): the backends serving
+-- that transaction on this node are the caller's own and left out, and
+-- the ledger is also each shard of it and of its partitions
+-- (quota_ext.usage_<shard id>, usage_p<month>_<shard id>, usage_default_<shard id>).
+CREATE FUNCTION quota_ext._usage_watermark_local(citus_initiator integer, citus_txn bigint)
+	RETURNS timestamptz
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	now0 timestamptz := clock_timestamp();
+	mine integer[] := ARRAY[pg_backend_pid()];
+	oldest timestamptz;
+BEGIN
+	IF citus_txn <> 0 THEN
+		-- (only on Citus: the function exists there only)
+		SELECT mine || array_agg(t.process_id) INTO mine
+		  FROM pg_catalog.get_all_active_transactions() t
+		 WHERE t.initiator_node_identifier = citus_initiator AND t.transaction_number = citus_txn;
+	END IF;
+	PERFORM pg_stat_clear_snapshot();
+	SELECT min(a.xact_start) INTO oldest
+	  FROM pg_stat_activity a
+	 WHERE a.backend_xid IS NOT NULL AND a.pid <> ALL (mine);
 	-- a prepared transaction that may have written ledger rows (a write
 	-- lock on the ledger; a prepared read, which any login can leave behind,
 	-- holds none of these and does not stop billing)
 	IF EXISTS (SELECT 1 FROM pg_locks l
 	            WHERE l.pid IS NULL AND l.locktype = 'relation'
-	              AND l.relation = 'quota_ext.usage'::regclass
-	              AND l.mode NOT IN ('AccessShareLock', 'RowShareLock')) THEN
+	              AND l.mode NOT IN ('AccessShareLock', 'RowShareLock')
+	              AND (l.relation = 'quota_ext.usage'::regclass
+	                   OR (citus_txn IS NOT NULL
+	                       AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+	                       AND l.relation IN (SELECT c.oid FROM pg_class c
+	                                           WHERE c.relnamespace = 'quota_ext'::regnamespace
+	                                             AND c.relname ~ '^usage_(p[0-9]+_|default_)?[0-9]+$')))) THEN
 		RETURN NULL;
 	END IF;
-	PERFORM pg_stat_clear_snapshot();
-	SELECT min(a.xact_start) INTO oldest
-	  FROM pg_stat_activity a
-	 WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid();
 	RETURN least(now0, oldest);
 END
 $$;
-COMMENT ON FUNCTION quota_ext._usage_watermark() IS
-	'Internal: the instant before which no usage row can still appear (NULL while a prepared transaction holds ledger rows)';
+COMMENT ON FUNCTION quota_ext._usage_watermark_local(integer, bigint) IS
+	'Internal: this node''s bound of the usage watermark (NULL while a prepared transaction holds ledger rows); see _usage_watermark()';
 
 -- ---------------------------------------------------------------------------
 -- ledger partitions

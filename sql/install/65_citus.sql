@@ -66,6 +66,68 @@ $$;
 COMMENT ON FUNCTION quota_ext._on_citus() IS
 	'Internal: true once distribute() made quota_ext''s tables Citus tables';
 
+-- The usage watermark on Citus (doc/scaling.md, "The rollup and billing
+-- watermark on Citus").  A usage row is written on the worker holding its
+-- tenant, by a call delegated there or by a transaction run on the
+-- coordinator (or on another node) that routes its statements there; its
+-- created_at is the clock of the node running the storage code, read after
+-- that node's transaction took an xid (storage.c, storage_spi.c).  Each
+-- node's _usage_watermark_local() bounds, on its own clock, the rows still
+-- to be stamped by its transactions, and tells when a prepared transaction
+-- there holds ledger rows; W is the least of the bounds.  Two rounds, each
+-- this node first and then every worker: for any node A that stamps a row
+-- and node B that stores it, A is read (first round) before B (second
+-- round).  If A's transaction had ended by then, B's part of it had
+-- committed (one-phase commit: before A's end) or was prepared (two-phase
+-- commit: seen by B's lock check in the second round, NULL).  No bound is
+-- ever compared with another node's clock, so clock skew between machines
+-- does not make the answer wrong; it only holds back rows stamped by a
+-- fast clock until W passes them.  A worker that cannot be asked stops the
+-- caller (55000): without its bound nothing is known.  The caller's own
+-- distributed transaction is left out on every node, as the caller is on
+-- a single node.
+CREATE FUNCTION quota_ext._usage_watermark_citus() RETURNS timestamptz
+	LANGUAGE plpgsql VOLATILE
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	w timestamptz := 'infinity';
+	me record;
+	cmd text;
+	here timestamptz;
+	r record;
+BEGIN
+	SELECT t.initiator_node_identifier AS node, t.transaction_number AS txn INTO me
+	  FROM pg_catalog.get_current_transaction_id() t;
+	-- the worker's answer as UTC ISO 8601 text (whatever its DateStyle), or 'prepared'
+	cmd := pg_catalog.format('SELECT COALESCE(pg_catalog.to_char(pg_catalog.timezone(%L, quota_ext._usage_watermark_local(%s, %s)), %L), %L)',
+	                         'UTC', me.node, me.txn, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"', 'prepared');
+	FOR pass IN 1 .. 2 LOOP
+		here := quota_ext._usage_watermark_local(me.node, me.txn);
+		IF here IS NULL THEN
+			RETURN NULL;
+		END IF;
+		w := least(w, here);
+		FOR r IN SELECT x.nodename, x.nodeport, x.success, x.result
+		           FROM pg_catalog.run_command_on_workers(cmd) x LOOP
+			IF NOT r.success THEN
+				RAISE EXCEPTION 'the usage watermark needs the open transactions of every node: worker %:% did not answer: %',
+				                r.nodename, r.nodeport, r.result
+					USING ERRCODE = 'object_not_in_prerequisite_state',
+					      HINT = 'Run the rollup or close again when every worker is up.';
+			END IF;
+			IF r.result = 'prepared' THEN
+				RETURN NULL;
+			END IF;
+			w := least(w, r.result::timestamptz);
+		END LOOP;
+	END LOOP;
+	RETURN w;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._usage_watermark_citus() IS
+	'Internal: the usage watermark of a Citus cluster, the least of every node''s bound (NULL while a prepared transaction on any node holds ledger rows)';
+
 -- The functions distribute() delegates (every overload with an argument
 -- named tenant_id): the call goes to the worker holding the tenant's shards.
 CREATE FUNCTION quota_ext._citus_delegated() RETURNS TABLE (f regprocedure, arg_name text)

@@ -762,5 +762,85 @@ like($as_app->(qq{
 	is($invoiced->(''), $all, 'the invoices of the first period are unchanged');
 }
 
+# The rollup watermark on Citus (issue 16): charges still open on a worker
+# and on the coordinator while usage_rollup() reads the watermark.  The
+# watermark must stay below both open rows (they commit after it was read),
+# else that rollup passes them and the next one never adds them: the
+# rolled-up totals would fall short of the ledger.  One charge runs on the
+# worker that holds its tenant, in a transaction of its own there (as a
+# delegated call does); the other runs on the coordinator in a transaction
+# block, the worker holding the shard being written from the coordinator.
+{
+	my $lt = $coord->safe_psql('postgres', "SELECT quota_ext.tenant_create('late', 'enterprise')");
+	$coord->safe_psql('postgres', "SELECT quota_ext.policy_set($lt, 'gpt-x', true)");
+	$coord->safe_psql('postgres', "SELECT quota_ext.quota_set($lt, 'month', 1000, model => 'gpt-x')");
+	my $holder_port = $coord->safe_psql('postgres', q{
+		SELECT p.nodeport FROM pg_dist_shard_placement p
+		 WHERE p.shardid = get_shard_id_for_distribution_column('quota_ext.usage', 1)});
+	my ($holder) = grep { $_->port == $holder_port } ($w1, $w2);
+	my $totals = sub {
+		# per tenant: rolled-up calls and units (usage_daily and
+		# usage_billing_daily) against the ledger's
+		$coord->safe_psql('postgres', q{
+			SELECT coalesce(string_agg(format('tenant %s: ledger %s/%s, usage_daily %s/%s, usage_billing_daily %s/%s',
+			                                  l.tenant_id, l.calls, l.units, d.calls, d.units, b.calls, b.units), '; '
+			                           ORDER BY l.tenant_id), 'equal')
+			  FROM (SELECT tenant_id, sum(calls) AS calls, sum(units) AS units FROM quota_ext.usage GROUP BY 1) l
+			  LEFT JOIN (SELECT tenant_id, sum(calls) AS calls, sum(units) AS units FROM quota_ext.usage_daily GROUP BY 1) d USING (tenant_id)
+			  LEFT JOIN (SELECT tenant_id, sum(calls) AS calls, sum(units) AS units FROM quota_ext.usage_billing_daily GROUP BY 1) b USING (tenant_id)
+			 WHERE (l.calls, l.units) IS DISTINCT FROM (d.calls, d.units)
+			    OR (l.calls, l.units) IS DISTINCT FROM (b.calls, b.units)});
+	};
+	$coord->safe_psql('postgres', 'SELECT quota_ext.usage_rollup()');
+	is($totals->(), 'equal', 'before: the rolled-up totals equal the ledger');
+	my $on_worker = $holder->background_psql('postgres');
+	$on_worker->query_safe('BEGIN');
+	is($on_worker->query_safe(q{SELECT allowed FROM quota_ext.quota_consume(1, 'gpt-x', 1)}), 't',
+		'a charge of tenant 1 on ' . $holder->name . ' (which holds it), its transaction left open');
+	my $on_coord = $coord->background_psql('postgres');
+	$on_coord->query_safe('BEGIN');
+	is($on_coord->query_safe(qq{SELECT allowed FROM quota_ext.quota_consume($lt, 'gpt-x', 3)}), 't',
+		"a charge of tenant $lt on the coordinator, its transaction left open");
+	# the open rows were stamped before this rollup reads the watermark
+	$coord->safe_psql('postgres', 'SELECT quota_ext.usage_rollup()');
+	my $wm = $coord->safe_psql('postgres', q{SELECT watermark FROM quota_ext.rollup_state WHERE name = 'usage_daily'});
+	$on_worker->query_safe('COMMIT');
+	$on_coord->query_safe('COMMIT');
+	$on_worker->quit;
+	$on_coord->quit;
+	is($coord->safe_psql('postgres', qq{
+		SELECT count(*) FROM quota_ext.usage
+		 WHERE tenant_id IN (1, $lt) AND created_at >= '$wm' AND created_at > now() - interval '1 hour'}), '2',
+		"the watermark that rollup stored ($wm) is at or below both open rows' created_at");
+	$coord->safe_psql('postgres', 'SELECT quota_ext.usage_rollup()');
+	is($totals->(), 'equal',
+		'after both committed and another rollup: the rolled-up totals of every tenant equal the ledger (none missed)');
+
+	# a ledger row prepared (two-phase) on the worker: invisible until
+	# COMMIT PREPARED, and no backend holds it; the lock it keeps on the
+	# ledger's shard stops the watermark (the rollup adds nothing).  (Written
+	# into tenant 1's shard directly: Citus refuses to PREPARE a call of
+	# quota_consume, which involved other nodes; its own two-phase commits
+	# leave the same lock between PREPARE and COMMIT PREPARED.)
+	my $shard = $coord->safe_psql('postgres', q{
+		SELECT shard_name('quota_ext.usage'::regclass, get_shard_id_for_distribution_column('quota_ext.usage', 1))});
+	my $model = $coord->safe_psql('postgres', q{SELECT model_id FROM quota_ext.models WHERE name = 'gpt-x'});
+	my $prep = $holder->background_psql('postgres');
+	$prep->query_safe('BEGIN');
+	# (no Citus table in this transaction, or Citus refuses the PREPARE)
+	$prep->query_safe(qq{
+		INSERT INTO $shard (tenant_id, usage_id, created_at, occurred_at, model_id, units, calls, kind)
+		VALUES (1, 950000001, clock_timestamp(), clock_timestamp(), $model, 2, 1, 'consume')});
+	$prep->query_safe(q{PREPARE TRANSACTION 'qx_watermark'});
+	my $wm_before = $coord->safe_psql('postgres', q{SELECT watermark FROM quota_ext.rollup_state WHERE name = 'usage_daily'});
+	is($coord->safe_psql('postgres', q{SELECT quota_ext.usage_rollup()}) . ' '
+	   . $coord->safe_psql('postgres', q{SELECT watermark FROM quota_ext.rollup_state WHERE name = 'usage_daily'}),
+		"0 $wm_before", 'a charge prepared on ' . $holder->name . ': usage_rollup() does not move the watermark');
+	$holder->safe_psql('postgres', q{COMMIT PREPARED 'qx_watermark'});
+	$prep->quit;
+	$coord->safe_psql('postgres', 'SELECT quota_ext.usage_rollup()');
+	is($totals->(), 'equal', 'after COMMIT PREPARED and another rollup: the rolled-up totals equal the ledger');
+}
+
 $_->stop for @nodes;
 done_testing();
