@@ -350,39 +350,37 @@ BEGIN
 	IF quota_ext._on_citus() THEN
 		RETURN quota_ext._usage_watermark_citus();
 	END IF;
-	RETURN quota_ext._usage_watermark_local(NULL, NULL);
+	RETURN quota_ext._usage_watermark_local(false);
 END
 $$;
 COMMENT ON FUNCTION quota_ext._usage_watermark() IS
 	'Internal: the instant before which no usage row can still appear (NULL while a prepared transaction holds ledger rows)';
 
--- The bound of this node (above).  citus_txn NULL: a single node, whose
--- ledger is quota_ext.usage.  Otherwise a node of a Citus cluster, called
--- by _usage_watermark_citus() for the caller's distributed transaction
--- (citus_initiator, citus_txn; 0 when it has none): the backends serving
--- that transaction on this node are the caller's own and left out, and
+-- The bound of this node (above), from the backends of this database.
+-- on_citus false: a single node, whose ledger is quota_ext.usage.
+-- Otherwise a node of a Citus cluster, called by _usage_watermark_citus():
 -- the ledger is also each shard of it and of its partitions
 -- (quota_ext.usage_<shard id>, usage_p<month>_<shard id>, usage_default_<shard id>).
-CREATE FUNCTION quota_ext._usage_watermark_local(citus_initiator integer, citus_txn bigint)
+-- Only the calling backend is left out: a backend that serves the caller's
+-- distributed transaction on a worker is not (any login can claim a Citus
+-- transaction number with assign_distributed_transaction_id(), and so hide
+-- its open charge; review, session 6); it only holds W back by the moment
+-- since that backend's transaction began.  A backend reporting no
+-- transaction start (track_activities off) counts from its own start.
+CREATE FUNCTION quota_ext._usage_watermark_local(on_citus boolean)
 	RETURNS timestamptz
 	LANGUAGE plpgsql VOLATILE
 	SET search_path = pg_catalog, pg_temp
 	AS $$
 DECLARE
 	now0 timestamptz := clock_timestamp();
-	mine integer[] := ARRAY[pg_backend_pid()];
 	oldest timestamptz;
 BEGIN
-	IF citus_txn <> 0 THEN
-		-- (only on Citus: the function exists there only)
-		SELECT mine || array_agg(t.process_id) INTO mine
-		  FROM pg_catalog.get_all_active_transactions() t
-		 WHERE t.initiator_node_identifier = citus_initiator AND t.transaction_number = citus_txn;
-	END IF;
 	PERFORM pg_stat_clear_snapshot();
-	SELECT min(a.xact_start) INTO oldest
+	SELECT min(coalesce(a.xact_start, a.backend_start)) INTO oldest
 	  FROM pg_stat_activity a
-	 WHERE a.backend_xid IS NOT NULL AND a.pid <> ALL (mine);
+	 WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid()
+	   AND a.datid = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
 	-- a prepared transaction that may have written ledger rows (a write
 	-- lock on the ledger; a prepared read, which any login can leave behind,
 	-- holds none of these and does not stop billing)
@@ -390,7 +388,7 @@ BEGIN
 	            WHERE l.pid IS NULL AND l.locktype = 'relation'
 	              AND l.mode NOT IN ('AccessShareLock', 'RowShareLock')
 	              AND (l.relation = 'quota_ext.usage'::regclass
-	                   OR (citus_txn IS NOT NULL
+	                   OR (on_citus
 	                       AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
 	                       AND l.relation IN (SELECT c.oid FROM pg_class c
 	                                           WHERE c.relnamespace = 'quota_ext'::regnamespace
@@ -400,7 +398,7 @@ BEGIN
 	RETURN least(now0, oldest);
 END
 $$;
-COMMENT ON FUNCTION quota_ext._usage_watermark_local(integer, bigint) IS
+COMMENT ON FUNCTION quota_ext._usage_watermark_local(boolean) IS
 	'Internal: this node''s bound of the usage watermark (NULL while a prepared transaction holds ledger rows); see _usage_watermark()';
 
 -- ---------------------------------------------------------------------------

@@ -79,7 +79,7 @@ COMMENT ON TABLE quota_ext.invoice_lines IS
 	'Invoice lines per model and price version: usage of the period, overage units at the overage price, unpriced usage (no price in force when charged: price_id NULL, amount 0, on the invoice in currency XXX), adjustments for earlier periods written after their close';
 
 CREATE FUNCTION quota_ext._billing_close(period_start timestamptz, period_end timestamptz,
-	only_tenant bigint) RETURNS SETOF quota_ext.invoices
+	only_tenant bigint, given_watermark timestamptz DEFAULT NULL) RETURNS SETOF quota_ext.invoices
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 	SET search_path = pg_catalog, pg_temp
 	-- the aggregate of a close holds a group per tenant, model, price
@@ -132,9 +132,16 @@ BEGIN
 	-- On Citus every tenant is closed by itself, each close's statements
 	-- routed to that tenant's shards (doc/design.md §8); one transaction,
 	-- so an error closes no tenant, as on a single node
+	-- (the watermark taken once for all: it asks every node, twice)
 	IF only_tenant IS NULL AND quota_ext._on_citus() THEN
+		w := quota_ext._usage_watermark();
+		IF w IS NULL THEN
+			RAISE EXCEPTION 'a prepared transaction holds usage rows'
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+				      HINT = 'COMMIT PREPARED or ROLLBACK PREPARED it, then close again.';
+		END IF;
 		FOR tid IN SELECT t.tenant_id FROM quota_ext.tenants t WHERE t.created_at < pe ORDER BY 1 LOOP
-			PERFORM FROM quota_ext._billing_close(ps, pe, tid);
+			PERFORM FROM quota_ext._billing_close(ps, pe, tid, w);
 		END LOOP;
 		RETURN QUERY
 		SELECT i.* FROM quota_ext.invoices i
@@ -159,7 +166,7 @@ BEGIN
 			      HINT = 'Billing periods close in order and do not overlap.';
 	END IF;
 
-	w := quota_ext._usage_watermark();
+	w := coalesce(_billing_close.given_watermark, quota_ext._usage_watermark());
 	IF w IS NULL THEN
 		RAISE EXCEPTION 'a prepared transaction holds usage rows'
 			USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -446,7 +453,7 @@ BEGIN
 	 ORDER BY i.tenant_id, i.currency;
 END
 $$;
-COMMENT ON FUNCTION quota_ext._billing_close(timestamptz, timestamptz, bigint) IS
+COMMENT ON FUNCTION quota_ext._billing_close(timestamptz, timestamptz, bigint, timestamptz) IS
 	'Internal: close a billing period for every tenant or one';
 
 CREATE FUNCTION quota_ext.billing_close(period_start timestamptz, period_end timestamptz)

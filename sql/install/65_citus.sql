@@ -92,18 +92,22 @@ CREATE FUNCTION quota_ext._usage_watermark_citus() RETURNS timestamptz
 	AS $$
 DECLARE
 	w timestamptz := 'infinity';
-	me record;
 	cmd text;
 	here timestamptz;
 	r record;
 BEGIN
-	SELECT t.initiator_node_identifier AS node, t.transaction_number AS txn INTO me
-	  FROM pg_catalog.get_current_transaction_id() t;
+	-- run_command_on_workers asks the workers only: from a worker the
+	-- coordinator's open transactions would go unseen
+	IF (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g) <> 0 THEN
+		RAISE EXCEPTION 'usage rollups and billing closes run on the Citus coordinator'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+			      HINT = 'Connect to the coordinator (and schedule them there).';
+	END IF;
 	-- the worker's answer as UTC ISO 8601 text (whatever its DateStyle), or 'prepared'
-	cmd := pg_catalog.format('SELECT COALESCE(pg_catalog.to_char(pg_catalog.timezone(%L, quota_ext._usage_watermark_local(%s, %s)), %L), %L)',
-	                         'UTC', me.node, me.txn, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"', 'prepared');
+	cmd := pg_catalog.format('SELECT COALESCE(pg_catalog.to_char(pg_catalog.timezone(%L, quota_ext._usage_watermark_local(true)), %L), %L)',
+	                         'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"', 'prepared');
 	FOR pass IN 1 .. 2 LOOP
-		here := quota_ext._usage_watermark_local(me.node, me.txn);
+		here := quota_ext._usage_watermark_local(true);
 		IF here IS NULL THEN
 			RETURN NULL;
 		END IF;

@@ -762,6 +762,7 @@ like($as_app->(qq{
 	is($invoiced->(''), $all, 'the invoices of the first period are unchanged');
 }
 
+my $totals_all;
 # The rollup watermark on Citus (issue 16): charges still open on a worker
 # and on the coordinator while usage_rollup() reads the watermark.  The
 # watermark must stay below both open rows (they commit after it was read),
@@ -778,7 +779,7 @@ like($as_app->(qq{
 		SELECT p.nodeport FROM pg_dist_shard_placement p
 		 WHERE p.shardid = get_shard_id_for_distribution_column('quota_ext.usage', 1)});
 	my ($holder) = grep { $_->port == $holder_port } ($w1, $w2);
-	my $totals = sub {
+	my $totals = $totals_all = sub {
 		# per tenant: rolled-up calls and units (usage_daily and
 		# usage_billing_daily) against the ledger's
 		$coord->safe_psql('postgres', q{
@@ -840,6 +841,32 @@ like($as_app->(qq{
 	$prep->quit;
 	$coord->safe_psql('postgres', 'SELECT quota_ext.usage_rollup()');
 	is($totals->(), 'equal', 'after COMMIT PREPARED and another rollup: the rolled-up totals equal the ledger');
+}
+
+# A login that claims the Citus transaction number the rollup's transaction
+# has (any login may call assign_distributed_transaction_id()) does not hide
+# its open charge from that rollup: the watermark leaves out only the calling
+# backend (the attacker's review, session 6; before, every backend of the
+# caller's transaction number on every node was left out).
+{
+	my $forger = $coord->background_psql('postgres');
+	$forger->query_safe('BEGIN');
+	$forger->query_safe(q{SELECT assign_distributed_transaction_id(0, 987654321, now())});
+	is($forger->query_safe(q{SELECT allowed FROM quota_ext.quota_consume(1, 'gpt-x', 1)}), 't',
+		'a charge under a claimed Citus transaction number, its transaction left open');
+	my $row = $forger->query_safe(q{SELECT max(created_at) FROM quota_ext.usage WHERE tenant_id = 1});
+	$coord->safe_psql('postgres', q{
+		BEGIN;
+		SELECT assign_distributed_transaction_id(0, 987654321, now());
+		SELECT quota_ext.usage_rollup();
+		COMMIT;});
+	my $wm = $coord->safe_psql('postgres', q{SELECT watermark FROM quota_ext.rollup_state WHERE name = 'usage_daily'});
+	is($coord->safe_psql('postgres', qq{SELECT '$wm'::timestamptz <= '$row'::timestamptz}), 't',
+		"a rollup under the same number stops its watermark ($wm) at or below the open row ($row)");
+	$forger->query_safe('COMMIT');
+	$forger->quit;
+	$coord->safe_psql('postgres', 'SELECT quota_ext.usage_rollup()');
+	is($totals_all->(), 'equal', 'after it committed and another rollup: the rolled-up totals equal the ledger');
 }
 
 $_->stop for @nodes;
