@@ -22,8 +22,8 @@
  *	   counter with half a caller waiting on average, decide_one; an escrow
  *	   quota whose calls found no free slot a quarter of the time) grows to the
  *	   next power of two at least the number of backends seen (at least 2,
- *	   at most quota_ext.escrow_max_slots), or to twice its slots when a
- *	   quarter of its escrow calls still found no free slot; the pass after
+ *	   at most quota_ext.escrow_max_slots and what its limit allows), or to
+ *	   twice its slots when it has that many already; the pass after
  *	   a re-layout does not count waits (the re-layout held every slot, so
  *	   they say nothing about the slot count); an escrow quota that saw at
  *	   most one backend and no wait in QUOTA_ESCROW_QUIET_PASSES passes in a
@@ -363,7 +363,6 @@ collect(EscrowSeen *seen, Oid schema)
 		seen[n].tenant_id = e->tenant_id;
 		seen[n].quota_id = e->quota_id;
 		seen[n].waits = e->waits;
-		seen[n].calls = e->calls;
 		seen[n].backends = pg_popcount64(e->procs);
 		seen[n].slots = e->slots;
 		seen[n].fresh = e->fresh;
@@ -739,10 +738,15 @@ QuotaEscrowWorkerMain(Datum arg)
 
 			/*
 			 * Its re-layout failed (a tenant held a counter past the lock
-			 * timeout, say): not asked again for a while, so that one
-			 * tenant cannot make every pass wait for it.
+			 * timeout, say): a growth is not asked again for a while, so
+			 * that one tenant cannot make every pass wait for it; a quota
+			 * that was folding back is forgotten (as before: asked again
+			 * only once calls made it an entry and quiet again).
 			 */
-			cap_at(&seen[i], seen[i].slots);
+			if (decide_one(&seen[i], seen[i].slots) > seen[i].slots)
+				cap_at(&seen[i], seen[i].slots);
+			else
+				forget(&seen[i]);
 		}
 		PG_END_TRY();
 	}
