@@ -5,8 +5,9 @@
  *		tenant's concurrent charges do not queue on one row.
  *
  * This file is the escrow algorithm: which slot a charge takes, how a
- * change is laid out over slots, the lock order.  Its statements over slot
- * rows are the storage module's (storage_slots.c); see consume_internal.h
+ * change is laid out over slots, the lock order.  Its reads and writes of
+ * slot rows are the storage module's (the single-slot charge storage.c's,
+ * the other statements storage_slots.c's); see consume_internal.h
  * for how the request path is split.
  *
  *-------------------------------------------------------------------------
@@ -296,7 +297,7 @@ adjust_slots(int64 tenant_id, QuotaRow *r, int64 delta, bool check, bool *moved_
 
 /*
  * charge_one_slot
- *		Run one single-slot charge statement (QuotaSlotChargeOne: SKIP LOCKED
+ *		Run one single-slot charge (QuotaStorageChargeSlot: SKIP LOCKED
  *		or wait) for `amount` in escrow quota r, in a subtransaction.
  *		When it charged a slot, keep it (release the subtransaction into
  *		ours), load the slot into r and return SLOT_CHARGED.  Otherwise roll
@@ -342,8 +343,8 @@ charge_one_slot(bool wait, int64 tenant_id, QuotaRow *r, int64 amount)
 		 */
 		int			first = r->held_slot0 ? 0 : QuotaMyProcNumber() % r->slots;
 
-		QuotaSlotChargeOne(wait, tenant_id, r->quota_id, r->start, amount, r->max_units,
-						   r->slots, first, &c);
+		QuotaStorageChargeSlot(wait, tenant_id, r->quota_id, r->start, amount, r->max_units,
+							   r->slots, first, &c);
 		/* committed total as of the statement: for reporting and events */
 		r->old_used = Min(c.before, r->max_units);
 		/* old_used <= max_units: the difference cannot overflow, a sum could */

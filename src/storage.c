@@ -33,10 +33,12 @@
  *	  (spi.c): the caller's rights were checked before (consume.c, adjust.c).
  * Every usage row and its counter writes go through here (charges,
  * reservations, settlements, releases, refunds; escrow slots too).  The
- * locks without SQL are for single-slot counters of a new charge; escrow
- * slots are taken with SKIP LOCKED statements (storage_slots.c, which
- * escrow.c's acquire_slots runs).  Where Citus manages the counters, both
- * entry points hand over to storage_spi.c.
+ * locks without SQL are for single-slot counters of a new charge and for
+ * the escrow single-slot charge (QuotaStorageChargeSlot, the SKIP LOCKED
+ * statement of storage_slots.c done through the table AM); the exact path's
+ * escrow statements are storage_slots.c's.  Where Citus manages the
+ * counters, the entry points hand over to storage_spi.c (the slot charge to
+ * storage_slots.c's statement).
  *
  *-------------------------------------------------------------------------
  */
@@ -54,6 +56,7 @@
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
+#include "common/int.h"
 #include "executor/executor.h"
 #include "executor/execPartition.h"
 #include "nodes/makefuncs.h"
@@ -369,26 +372,57 @@ storage_insert(ResultRelInfo *rri, EState *estate, TupleTableSlot *slot)
 	list_free(recheck);
 }
 
-/* an executor state with both relations in its range table */
+/* an executor state with the counters (and the ledger, if not NULL) in its range table */
 static EState *
 storage_estate(Relation counters, Relation usage, Snapshot snapshot)
 {
 	EState	   *estate = CreateExecutorState();
 	RangeTblEntry *c = makeNode(RangeTblEntry);
-	RangeTblEntry *u = makeNode(RangeTblEntry);
 
 	c->rtekind = RTE_RELATION;
 	c->relid = RelationGetRelid(counters);
 	c->relkind = counters->rd_rel->relkind;
 	c->rellockmode = RowExclusiveLock;
-	u->rtekind = RTE_RELATION;
-	u->relid = RelationGetRelid(usage);
-	u->relkind = usage->rd_rel->relkind;
-	u->rellockmode = RowExclusiveLock;
-	QuotaExecInitRangeTable(estate, list_make2(c, u));
+	if (usage == NULL)
+		QuotaExecInitRangeTable(estate, list_make1(c));
+	else
+	{
+		RangeTblEntry *u = makeNode(RangeTblEntry);
+
+		u->rtekind = RTE_RELATION;
+		u->relid = RelationGetRelid(usage);
+		u->relkind = usage->rd_rel->relkind;
+		u->rellockmode = RowExclusiveLock;
+		QuotaExecInitRangeTable(estate, list_make2(c, u));
+	}
 	estate->es_snapshot = snapshot;
 	estate->es_output_cid = GetCurrentCommandId(true);
 	return estate;
+}
+
+/*
+ * update_counter
+ *		Write *w over the counter version in oldslot (locked by this
+ *		transaction): its period, used, allowance and events mask.
+ */
+static void
+update_counter(ResultRelInfo *crel, EState *estate, EPQState *epqstate,
+			   TupleTableSlot *oldslot, TupleTableSlot *newslot, const QuotaCounterWrite *w)
+{
+	int			natts = crel->ri_RelationDesc->rd_att->natts;
+
+	slot_getallattrs(oldslot);
+	ExecClearTuple(newslot);
+	memcpy(newslot->tts_values, oldslot->tts_values, sizeof(Datum) * natts);
+	memcpy(newslot->tts_isnull, oldslot->tts_isnull, sizeof(bool) * natts);
+	newslot->tts_values[counter_att[C_USED] - 1] = Int64GetDatum(w->used);
+	newslot->tts_values[counter_att[C_PERIOD_START] - 1] = TimestampTzGetDatum(w->start);
+	newslot->tts_values[counter_att[C_ALLOWANCE] - 1] = Int64GetDatum(w->allowance);
+	newslot->tts_isnull[counter_att[C_ALLOWANCE] - 1] = !w->has_allowance;
+	newslot->tts_values[counter_att[C_MASK] - 1] = Int32GetDatum(w->mask);
+	ExecStoreVirtualTuple(newslot);
+	ExecSimpleRelationUpdate(crel, estate, epqstate, oldslot, newslot);
+	ResetPerTupleExprContext(estate);
 }
 
 /*
@@ -459,20 +493,7 @@ QuotaStorageWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 							  w[i].slot, false, oldslot))
 				elog(ERROR, "locked counter of quota " INT64_FORMAT " slot %d not found",
 					 w[i].quota_id, w[i].slot);
-			slot_getallattrs(oldslot);
-			ExecClearTuple(newslot);
-			memcpy(newslot->tts_values, oldslot->tts_values,
-				   sizeof(Datum) * counters->rd_att->natts);
-			memcpy(newslot->tts_isnull, oldslot->tts_isnull,
-				   sizeof(bool) * counters->rd_att->natts);
-			newslot->tts_values[counter_att[C_USED] - 1] = Int64GetDatum(w[i].used);
-			newslot->tts_values[counter_att[C_PERIOD_START] - 1] = TimestampTzGetDatum(w[i].start);
-			newslot->tts_values[counter_att[C_ALLOWANCE] - 1] = Int64GetDatum(w[i].allowance);
-			newslot->tts_isnull[counter_att[C_ALLOWANCE] - 1] = !w[i].has_allowance;
-			newslot->tts_values[counter_att[C_MASK] - 1] = Int32GetDatum(w[i].mask);
-			ExecStoreVirtualTuple(newslot);
-			ExecSimpleRelationUpdate(crel, estate, &epqstate, oldslot, newslot);
-			ResetPerTupleExprContext(estate);
+			update_counter(crel, estate, &epqstate, oldslot, newslot, &w[i]);
 		}
 		ExecCloseIndices(crel);
 	}
@@ -549,4 +570,248 @@ QuotaStorageWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 	table_close(usage, NoLock);
 	table_close(counters, NoLock);
 	return usage_id;
+}
+
+/* one counter row's columns, from slot */
+static void
+read_counter(TupleTableSlot *slot, int64 quota_id, QuotaCounterWrite *row)
+{
+	bool		isnull;
+	Datum		d;
+
+	memset(row, 0, sizeof(*row));
+	row->quota_id = quota_id;
+	row->slot = DatumGetInt32(slot_getattr(slot, counter_att[C_SLOT], &isnull));
+	row->start = DatumGetTimestampTz(slot_getattr(slot, counter_att[C_PERIOD_START], &isnull));
+	row->used = DatumGetInt64(slot_getattr(slot, counter_att[C_USED], &isnull));
+	d = slot_getattr(slot, counter_att[C_ALLOWANCE], &isnull);
+	row->has_allowance = !isnull;
+	row->allowance = isnull ? 0 : DatumGetInt64(d);
+	row->mask = DatumGetInt32(slot_getattr(slot, counter_att[C_MASK], &isnull));
+	ItemPointerSetInvalid(&row->tid);
+}
+
+static void
+bigint_out_of_range(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+			 errmsg("bigint out of range")));
+}
+
+/*
+ * slot_fits
+ *		Can slot row r take amount in the period that starts at start?
+ *		storage_slots.c's SLOT_FITS: a slot of that period if its allowance
+ *		has room, a slot of an older period (it counts as empty) if the
+ *		smallest share can hold it, a slot of a newer period never.
+ */
+static bool
+slot_fits(const QuotaCounterWrite *r, TimestampTz start, int64 amount, int64 share)
+{
+	int64		room;
+
+	if (r->start == start)
+	{
+		if (!r->has_allowance)
+			return false;		/* NULL in SQL: not a slot that fits */
+		if (pg_sub_s64_overflow(r->allowance, r->used, &room))
+			bigint_out_of_range();
+		return room >= amount;
+	}
+	if (r->start < start)
+		return share >= amount;
+	return false;
+}
+
+/* a slot that fits, with its place in this backend's rotation */
+typedef struct SlotCandidate
+{
+	int32		order;			/* (slot + first) % slots */
+	int32		seen;			/* index order, to keep the sort stable */
+	ItemPointerData tid;
+} SlotCandidate;
+
+static int
+candidate_cmp(const void *a, const void *b)
+{
+	const SlotCandidate *x = a;
+	const SlotCandidate *y = b;
+
+	if (x->order != y->order)
+		return x->order < y->order ? -1 : 1;
+	return x->seen < y->seen ? -1 : (x->seen > y->seen ? 1 : 0);
+}
+
+/*
+ * QuotaStorageChargeSlot
+ *		The escrow single-slot charge (escrow.c's charge_one_slot): take one
+ *		slot of quota_id (of `slots` over `limit`) that can hold amount in
+ *		the period that starts at start, trying the slots in rotation from
+ *		`first`, and charge it; without waiting (SKIP LOCKED) or, with wait,
+ *		waiting for the first slot of the rotation that fits.  What it does is
+ *		what storage_slots.c's SLOT_CHARGE statements do (their comment is
+ *		the specification; Citus runs them, QuotaSlotChargeOne); here it is
+ *		done through the table and index access methods, as the other
+ *		counter writes of this file, at a sixth of the statement's cost
+ *		(doc/performance.md, "Escrow slot charge"):
+ *
+ *		 1. one index scan over the quota's slot rows in a new snapshot (as
+ *			the statement's) gives the committed total in the period
+ *			(res->before), whether any slot fits (res->any_fits) and the
+ *			slots that fit;
+ *		 2. they are locked FOR NO KEY UPDATE in rotation order, as the
+ *			statement's LockRows does: SKIP LOCKED passes over a slot
+ *			another transaction holds; a slot whose latest version (the lock
+ *			follows the update chain) no longer fits stays locked and is
+ *			passed over (its recheck failed: the caller's subtransaction
+ *			releases it when nothing is charged); with wait, only the first
+ *			slot is tried;
+ *		 3. the first slot locked that fits is charged: used + amount, or
+ *			in a newer period used = amount with its default share
+ *			(QuotaSlotShare) and no events yet.
+ */
+void
+QuotaStorageChargeSlot(bool wait, int64 tenant_id, int64 quota_id, TimestampTz start,
+					   int64 amount, int64 limit, int slots, int first,
+					   QuotaSlotCharge *res)
+{
+	StorageRels	rels;
+	Relation	rel;
+	Relation	idx;
+	Snapshot	snapshot;
+	TupleTableSlot *slot;
+	IndexScanDesc scan;
+	ScanKeyData skey[2];
+	SlotCandidate *cands;
+	int			ncands = 0;
+	int			cap = 16;
+	int			nseen = 0;
+	int64		share;
+	int			i;
+
+	find_relations(&rels);
+	if (counters_on_citus)
+	{
+		QuotaSlotChargeOne(wait, tenant_id, quota_id, start, amount, limit, slots, first, res);
+		return;
+	}
+	if (slots < 1)
+		elog(ERROR, "escrow quota " INT64_FORMAT " has %d slots", quota_id, slots);
+	share = limit / slots;		/* the smallest share */
+	memset(res, 0, sizeof(*res));
+	rel = table_open(rels.counters, RowExclusiveLock);
+	idx = index_open(QuotaPrimaryKeyIndex(rel), AccessShareLock);
+	slot = table_slot_create(rel, NULL);
+	snapshot = storage_snapshot();
+
+	/* 1. the slots as of the snapshot */
+	cands = palloc(sizeof(SlotCandidate) * cap);
+	ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(tenant_id));
+	ScanKeyInit(&skey[1], 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(quota_id));
+	scan = QuotaIndexBeginscan(rel, idx, snapshot, 2, 0);
+	index_rescan(scan, skey, 2, NULL, 0);
+	while (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		QuotaCounterWrite r;
+
+		read_counter(slot, quota_id, &r);
+		if (r.start == start && pg_add_s64_overflow(res->before, r.used, &res->before))
+			bigint_out_of_range();
+		if (!slot_fits(&r, start, amount, share))
+			continue;
+		res->any_fits = true;
+		if (ncands == cap)
+		{
+			cap *= 2;
+			cands = repalloc(cands, sizeof(SlotCandidate) * cap);
+		}
+		cands[ncands].order = (int32) (((int64) r.slot + first) % slots);
+		cands[ncands].seen = nseen++;
+		cands[ncands].tid = slot->tts_tid;
+		ncands++;
+	}
+	index_endscan(scan);
+	qsort(cands, ncands, sizeof(SlotCandidate), candidate_cmp);
+	if (wait && ncands > 1)
+		ncands = 1;
+
+	/* 2. lock them in rotation order until one still fits */
+	for (i = 0; i < ncands && !res->charged; i++)
+	{
+		TM_FailureData tmfd;
+		TM_Result	lockres;
+		ItemPointerData tid = cands[i].tid;
+		QuotaCounterWrite r;
+
+		lockres = table_tuple_lock(rel, &tid, snapshot, slot,
+								   GetCurrentCommandId(false),
+								   LockTupleNoKeyExclusive,
+								   wait ? LockWaitBlock : LockWaitSkip,
+								   IsolationUsesXactSnapshot() ? 0 :
+								   TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
+								   &tmfd);
+		switch (lockres)
+		{
+			case TM_Ok:
+				break;
+			case TM_WouldBlock:
+			case TM_SelfModified:
+				continue;		/* held by another; or changed by us: as LockRows */
+			case TM_Updated:
+			case TM_Deleted:
+				if (IsolationUsesXactSnapshot())
+					ereport(ERROR,
+							(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+							 errmsg("could not serialize access due to concurrent %s",
+									lockres == TM_Updated ? "update" : "delete")));
+				if (lockres == TM_Deleted)
+					continue;	/* a re-layout removed it */
+				/* FALLTHROUGH */
+			default:
+				elog(ERROR, "unexpected table_tuple_lock status %u for a slot of quota "
+					 INT64_FORMAT, lockres, quota_id);
+		}
+		/* the locked version: the latest (a newer one when tmfd.traversed) */
+		read_counter(slot, quota_id, &r);
+		if (!slot_fits(&r, start, amount, share))
+			continue;
+
+		/* 3. charge it */
+		if (r.start < start)
+		{
+			r.used = amount;
+			r.has_allowance = true;
+			r.allowance = QuotaSlotShare(limit, slots, r.slot);
+			r.mask = 0;
+			r.start = start;
+		}
+		else if (pg_add_s64_overflow(r.used, amount, &r.used))
+			bigint_out_of_range();
+		{
+			EState	   *estate = storage_estate(rel, NULL, snapshot);
+			ResultRelInfo *crel = makeNode(ResultRelInfo);
+			EPQState	epqstate;
+			TupleTableSlot *newslot = table_slot_create(rel, &estate->es_tupleTable);
+
+			InitResultRelInfo(crel, rel, 1, NULL, 0);
+			estate->es_opened_result_relations = list_make1(crel);
+			QuotaEvalPlanQualInit(&epqstate, estate, NULL, NIL, -1);
+			AfterTriggerBeginQuery();
+			ExecOpenIndices(crel, false);
+			update_counter(crel, estate, &epqstate, slot, newslot, &r);
+			ExecCloseIndices(crel);
+			AfterTriggerEndQuery(estate);
+			EvalPlanQualEnd(&epqstate);
+			ExecResetTupleTable(estate->es_tupleTable, false);
+			FreeExecutorState(estate);
+		}
+		res->charged = true;
+		res->row = r;
+	}
+	pfree(cands);
+	PopActiveSnapshot();
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, NoLock);
 }

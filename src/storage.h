@@ -102,6 +102,10 @@ typedef struct QuotaSlotCharge
 extern void QuotaSlotChargeOne(bool wait, int64 tenant_id, int64 quota_id, TimestampTz start,
 							   int64 amount, int64 limit, int slots, int first,
 							   QuotaSlotCharge *res);
+/* storage.c: the same charge through the table AM (Citus: QuotaSlotChargeOne) */
+extern void QuotaStorageChargeSlot(bool wait, int64 tenant_id, int64 quota_id,
+								   TimestampTz start, int64 amount, int64 limit, int slots,
+								   int first, QuotaSlotCharge *res);
 extern bool QuotaSlotProbe(int64 tenant_id, int64 quota_id, TimestampTz start, int64 amount,
 						   int64 limit, int slots, int64 *before);
 extern void QuotaSlotUndo(int64 tenant_id, int64 quota_id, int32 slot, int64 amount);

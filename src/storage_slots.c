@@ -8,7 +8,10 @@
  * escrow.c holds the escrow algorithm (which slot to take, how to lay a
  * change out over slots, the lock order); it runs the statements here, each
  * a function that binds its parameters and returns the rows it read or
- * wrote as QuotaCounterWrite.  The slot-share rule (QuotaSlotShare) is
+ * wrote as QuotaCounterWrite.  The single-slot charge below is run only
+ * where Citus manages the counters: on a single node storage.c does the
+ * same through the table AM (QuotaStorageChargeSlot), and the statement's
+ * comment is the specification of both.  The slot-share rule (QuotaSlotShare) is
  * written once: the statements below pass its two parts to SQL, and
  * PL/pgSQL (_counters_rebuild, _escrow_relayout, quota_set, the tier syncs)
  * writes counter rows only through quota_ext._counters_lay_out, which
