@@ -304,8 +304,10 @@ adjust_slots(int64 tenant_id, QuotaRow *r, int64 delta, bool check, bool *moved_
  *		the subtransaction back, which also releases any slot row the
  *		statement locked and then rejected on recheck, so that this
  *		transaction holds no slot of r that it did not hold before (see
- *		acquire_slots for why that matters); return SLOT_NONE_FITS if no
- *		slot could hold `amount` as of the statement, else SLOT_BUSY.
+ *		acquire_slots for why that matters); return SLOT_AGAIN if a slot
+ *		it locked had been filled meanwhile (the charge stopped there: a
+ *		new snapshot may find another), SLOT_NONE_FITS if no slot could
+ *		hold `amount` as of the statement, else SLOT_BUSY.
  *		r->old_used and r->new_used get the committed total as of the
  *		statement in every case.
  *
@@ -318,6 +320,7 @@ typedef enum SlotCharge
 {
 	SLOT_CHARGED,
 	SLOT_BUSY,
+	SLOT_AGAIN,
 	SLOT_NONE_FITS
 } SlotCharge;
 
@@ -349,7 +352,9 @@ charge_one_slot(bool wait, int64 tenant_id, QuotaRow *r, int64 amount)
 		r->old_used = Min(c.before, r->max_units);
 		/* old_used <= max_units: the difference cannot overflow, a sum could */
 		r->new_used = (amount > r->max_units - r->old_used) ? r->max_units : r->old_used + amount;
-		if (!c.charged && !c.any_fits)
+		if (!c.charged && c.stopped)
+			result = SLOT_AGAIN;
+		else if (!c.charged && !c.any_fits)
 			result = SLOT_NONE_FITS;
 		else if (c.charged)
 		{
@@ -431,6 +436,11 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied)
 	{
 		SlotCharge	c = charge_one_slot(false, tenant_id, r, amount);
 
+		/* a free slot filled between the snapshot and its lock: once more */
+		if (c == SLOT_AGAIN)
+			c = charge_one_slot(false, tenant_id, r, amount);
+		if (c == SLOT_AGAIN)
+			c = SLOT_BUSY;
 		/* automatic escrow counts its callers, and those that found no free slot */
 		if (r->auto_slots)
 			QuotaEscrowNote(tenant_id, r->quota_id, c == SLOT_BUSY, r->slots, 0);

@@ -654,7 +654,7 @@ candidate_cmp(const void *a, const void *b)
  *		the specification; Citus runs them, QuotaSlotChargeOne); here it is
  *		done through the table and index access methods, as the other
  *		counter writes of this file, at a sixth of the statement's cost
- *		(doc/performance.md, "Escrow slot charge"):
+ *		(doc/performance.md, "The escrow slot charge without SQL"):
  *
  *		 1. one index scan over the quota's slot rows in a new snapshot (as
  *			the statement's) gives the committed total in the period
@@ -662,11 +662,13 @@ candidate_cmp(const void *a, const void *b)
  *			slots that fit;
  *		 2. they are locked FOR NO KEY UPDATE in rotation order, as the
  *			statement's LockRows does: SKIP LOCKED passes over a slot
- *			another transaction holds; a slot whose latest version (the lock
- *			follows the update chain) no longer fits stays locked and is
- *			passed over (its recheck failed: the caller's subtransaction
- *			releases it when nothing is charged); with wait, only the first
- *			slot is tried;
+ *			another transaction holds; with wait, only the first slot is
+ *			tried.  A slot whose latest version (the lock follows the update
+ *			chain) no longer fits stops the charge (res->stopped): it stays
+ *			locked until the caller's subtransaction rolls back, so it must
+ *			not be kept by a charge of a later slot (the statement's
+ *			LockRows passes over it and does keep it: a slot held but not
+ *			written, which design §5's adjustments do not expect);
  *		 3. the first slot locked that fits is charged: used + amount, or
  *			in a newer period used = amount with its default share
  *			(QuotaSlotShare) and no events yet.
@@ -737,7 +739,7 @@ QuotaStorageChargeSlot(bool wait, int64 tenant_id, int64 quota_id, TimestampTz s
 		ncands = 1;
 
 	/* 2. lock them in rotation order until one still fits */
-	for (i = 0; i < ncands && !res->charged; i++)
+	for (i = 0; i < ncands && !res->charged && !res->stopped; i++)
 	{
 		TM_FailureData tmfd;
 		TM_Result	lockres;
@@ -775,7 +777,10 @@ QuotaStorageChargeSlot(bool wait, int64 tenant_id, int64 quota_id, TimestampTz s
 		/* the locked version: the latest (a newer one when tmfd.traversed) */
 		read_counter(slot, quota_id, &r);
 		if (!slot_fits(&r, start, amount, share))
-			continue;
+		{
+			res->stopped = true;
+			break;
+		}
 
 		/* 3. charge it */
 		if (r.start < start)

@@ -97,6 +97,8 @@ typedef struct QuotaSlotCharge
 	QuotaCounterWrite row;		/* the slot as written */
 	int64		before;			/* the quota's committed total as of the statement */
 	bool		any_fits;		/* some slot could hold the amount */
+	bool		stopped;		/* nothing charged: a slot locked no longer fitted
+								 * (storage.c; the caller's rollback releases it) */
 } QuotaSlotCharge;
 
 extern void QuotaSlotChargeOne(bool wait, int64 tenant_id, int64 quota_id, TimestampTz start,
