@@ -555,8 +555,7 @@ key_cache_flat(void *entry, QuotaFlat *f)
 
 	QUOTA_FLAT(f, e->hash);
 	QUOTA_FLAT(f, e->user_id);
-	QUOTA_FLAT(f, e->role);
-	e->role[sizeof(e->role) - 1] = '\0';
+	QUOTA_FLAT_STR(f, e->role);
 	QUOTA_FLAT(f, e->expires_at);
 	QUOTA_FLAT(f, e->last_used_at);
 }

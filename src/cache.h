@@ -54,6 +54,9 @@ extern void QuotaFlatCount(QuotaFlat *f, int *n, int max);
 
 /* one scalar or fixed-size array field */
 #define QUOTA_FLAT(f, field)	QuotaFlatField((f), &(field), sizeof(field))
+/* a fixed-size string field, NUL-terminated however it was read back */
+#define QUOTA_FLAT_STR(f, field) \
+	do { QUOTA_FLAT(f, field); (field)[sizeof(field) - 1] = '\0'; } while (0)
 
 /*
  * One kind of cached answer.  An entry is entrysize bytes that start with

@@ -42,45 +42,36 @@
 #endif
 
 /*
- * QuotaIndexBeginscan: 18 added the instrumentation (EXPLAIN ANALYZE's index
- * searches counter) argument; the extension's probes count nothing.
+ * QUOTA_ARG_SINCE_16(x), QUOTA_ARG_SINCE_18(x): ", x" from that version on,
+ * nothing before, for the functions to which a version added an argument.
+ * The wrappers below are then written once:
+ *   index_beginscan: 18 added the instrumentation (EXPLAIN ANALYZE's index
+ *     searches counter) argument; the extension's probes count nothing.
+ *   RelationGetPrimaryKeyIndex: 18 added deferrable_ok; true keeps the
+ *     meaning of the earlier versions (the primary key's index, deferrable or
+ *     not; the extension's own primary keys are never deferrable).
+ *   ExecInsertIndexTuples: 16 added onlySummarizing (false: every index).
+ *   EvalPlanQualInit: 16 added resultRelations (NIL, as the apply worker).
  */
-#if PG_VERSION_NUM >= 180000
-#define QuotaIndexBeginscan(heap, index, snapshot, nkeys, norderbys) \
-	index_beginscan(heap, index, snapshot, NULL, nkeys, norderbys)
-#else
-#define QuotaIndexBeginscan(heap, index, snapshot, nkeys, norderbys) \
-	index_beginscan(heap, index, snapshot, nkeys, norderbys)
-#endif
-
-/*
- * QuotaPrimaryKeyIndex: 18 added deferrable_ok; true keeps the meaning of
- * the earlier versions (the primary key's index, deferrable or not; the
- * extension's own primary keys are never deferrable).
- */
-#if PG_VERSION_NUM >= 180000
-#define QuotaPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex(rel, true)
-#else
-#define QuotaPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex(rel)
-#endif
-
-/* QuotaExecInsertIndexTuples: 16 added onlySummarizing (false: every index) */
 #if PG_VERSION_NUM >= 160000
-#define QuotaExecInsertIndexTuples(rri, slot, estate, update, noDupErr, specConflict, arbiters) \
-	ExecInsertIndexTuples(rri, slot, estate, update, noDupErr, specConflict, arbiters, false)
+#define QUOTA_ARG_SINCE_16(x) , x
 #else
-#define QuotaExecInsertIndexTuples(rri, slot, estate, update, noDupErr, specConflict, arbiters) \
-	ExecInsertIndexTuples(rri, slot, estate, update, noDupErr, specConflict, arbiters)
+#define QUOTA_ARG_SINCE_16(x)
+#endif
+#if PG_VERSION_NUM >= 180000
+#define QUOTA_ARG_SINCE_18(x) , x
+#else
+#define QUOTA_ARG_SINCE_18(x)
 #endif
 
-/* QuotaEvalPlanQualInit: 16 added resultRelations (NIL, as the apply worker) */
-#if PG_VERSION_NUM >= 160000
+#define QuotaIndexBeginscan(heap, index, snapshot, nkeys, norderbys) \
+	index_beginscan(heap, index, snapshot QUOTA_ARG_SINCE_18(NULL), nkeys, norderbys)
+#define QuotaPrimaryKeyIndex(rel) RelationGetPrimaryKeyIndex(rel QUOTA_ARG_SINCE_18(true))
+#define QuotaExecInsertIndexTuples(rri, slot, estate, update, noDupErr, specConflict, arbiters) \
+	ExecInsertIndexTuples(rri, slot, estate, update, noDupErr, specConflict, arbiters \
+						  QUOTA_ARG_SINCE_16(false))
 #define QuotaEvalPlanQualInit(epq, estate, subplan, rowmarks, param) \
-	EvalPlanQualInit(epq, estate, subplan, rowmarks, param, NIL)
-#else
-#define QuotaEvalPlanQualInit(epq, estate, subplan, rowmarks, param) \
-	EvalPlanQualInit(epq, estate, subplan, rowmarks, param)
-#endif
+	EvalPlanQualInit(epq, estate, subplan, rowmarks, param QUOTA_ARG_SINCE_16(NIL))
 
 /*
  * QuotaRootToChildMap: the map from a partitioned table's rows to a

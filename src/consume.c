@@ -285,12 +285,10 @@ defs_cache_flat(void *entry, QuotaFlat *f)
 
 		QUOTA_FLAT(f, r->quota_id);
 		QUOTA_FLAT(f, r->period);
-		QUOTA_FLAT(f, r->label);
-		r->label[sizeof(r->label) - 1] = '\0';
+		QUOTA_FLAT_STR(f, r->label);
 		QUOTA_FLAT(f, r->metric_calls);
 		QUOTA_FLAT(f, r->metric_cost);
-		QUOTA_FLAT(f, r->currency);
-		r->currency[sizeof(r->currency) - 1] = '\0';
+		QUOTA_FLAT_STR(f, r->currency);
 		QUOTA_FLAT(f, r->max_units);
 		QUOTA_FLAT(f, r->has_soft);
 		QUOTA_FLAT(f, r->soft_limit);

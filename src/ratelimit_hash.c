@@ -54,13 +54,29 @@
  *		vectors_sip128 in assert-enabled builds (quota_rl_siphash_selftest).
  */
 #define QUOTA_ROTL64(x, b)	(((x) << (b)) | ((x) >> (64 - (b))))
-#define QUOTA_SIPROUND \
-	do { \
-		v0 += v1; v1 = QUOTA_ROTL64(v1, 13); v1 ^= v0; v0 = QUOTA_ROTL64(v0, 32); \
-		v2 += v3; v3 = QUOTA_ROTL64(v3, 16); v3 ^= v2; \
-		v0 += v3; v3 = QUOTA_ROTL64(v3, 21); v3 ^= v0; \
-		v2 += v1; v1 = QUOTA_ROTL64(v1, 17); v1 ^= v2; v2 = QUOTA_ROTL64(v2, 32); \
-	} while (0)
+
+/* n SipRounds over the state v[0..3] */
+static inline void
+quota_rl_siprounds(uint64 *v, int n)
+{
+	while (n-- > 0)
+	{
+		v[0] += v[1];
+		v[1] = QUOTA_ROTL64(v[1], 13);
+		v[1] ^= v[0];
+		v[0] = QUOTA_ROTL64(v[0], 32);
+		v[2] += v[3];
+		v[3] = QUOTA_ROTL64(v[3], 16);
+		v[3] ^= v[2];
+		v[0] += v[3];
+		v[3] = QUOTA_ROTL64(v[3], 21);
+		v[3] ^= v[0];
+		v[2] += v[1];
+		v[1] = QUOTA_ROTL64(v[1], 17);
+		v[1] ^= v[2];
+		v[2] = QUOTA_ROTL64(v[2], 32);
+	}
+}
 
 static inline uint64
 quota_rl_le64(const uint8 *p)
@@ -77,61 +93,36 @@ quota_rl_le64(const uint8 *p)
 void
 quota_rl_siphash(const uint8 *in, size_t len, const uint64 *k, uint64 *out)
 {
-	uint64		v0 = UINT64CONST(0x736f6d6570736575) ^ k[0];
-	uint64		v1 = UINT64CONST(0x646f72616e646f6d) ^ k[1] ^ 0xee;
-	uint64		v2 = UINT64CONST(0x6c7967656e657261) ^ k[0];
-	uint64		v3 = UINT64CONST(0x7465646279746573) ^ k[1];
+	uint64		v[4] = {
+		UINT64CONST(0x736f6d6570736575) ^ k[0],
+		UINT64CONST(0x646f72616e646f6d) ^ k[1] ^ 0xee,
+		UINT64CONST(0x6c7967656e657261) ^ k[0],
+		UINT64CONST(0x7465646279746573) ^ k[1],
+	};
 	uint64		b = ((uint64) len) << 56;
 	const uint8 *end = in + (len & ~(size_t) 7);
 	uint64		m;
+	int			i;
 
 	for (; in != end; in += 8)
 	{
 		m = quota_rl_le64(in);
-		v3 ^= m;
-		QUOTA_SIPROUND;
-		QUOTA_SIPROUND;
-		v0 ^= m;
+		v[3] ^= m;
+		quota_rl_siprounds(v, 2);
+		v[0] ^= m;
 	}
-	switch (len & 7)
-	{
-		case 7:
-			b |= ((uint64) in[6]) << 48;
-			/* FALLTHROUGH */
-		case 6:
-			b |= ((uint64) in[5]) << 40;
-			/* FALLTHROUGH */
-		case 5:
-			b |= ((uint64) in[4]) << 32;
-			/* FALLTHROUGH */
-		case 4:
-			b |= ((uint64) in[3]) << 24;
-			/* FALLTHROUGH */
-		case 3:
-			b |= ((uint64) in[2]) << 16;
-			/* FALLTHROUGH */
-		case 2:
-			b |= ((uint64) in[1]) << 8;
-			/* FALLTHROUGH */
-		case 1:
-			b |= (uint64) in[0];
-	}
-	v3 ^= b;
-	QUOTA_SIPROUND;
-	QUOTA_SIPROUND;
-	v0 ^= b;
-	v2 ^= 0xee;
-	QUOTA_SIPROUND;
-	QUOTA_SIPROUND;
-	QUOTA_SIPROUND;
-	QUOTA_SIPROUND;
-	out[0] = v0 ^ v1 ^ v2 ^ v3;
-	v1 ^= 0xdd;
-	QUOTA_SIPROUND;
-	QUOTA_SIPROUND;
-	QUOTA_SIPROUND;
-	QUOTA_SIPROUND;
-	out[1] = v0 ^ v1 ^ v2 ^ v3;
+	/* the last len % 8 bytes, little-endian, under the length byte */
+	for (i = len & 7; i > 0; i--)
+		b |= ((uint64) in[i - 1]) << (8 * (i - 1));
+	v[3] ^= b;
+	quota_rl_siprounds(v, 2);
+	v[0] ^= b;
+	v[2] ^= 0xee;
+	quota_rl_siprounds(v, 4);
+	out[0] = v[0] ^ v[1] ^ v[2] ^ v[3];
+	v[1] ^= 0xdd;
+	quota_rl_siprounds(v, 4);
+	out[1] = v[0] ^ v[1] ^ v[2] ^ v[3];
 }
 
 #ifdef USE_ASSERT_CHECKING

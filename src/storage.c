@@ -514,27 +514,25 @@ QuotaStorageWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 	(void) GetTopTransactionId();
 #define SETCOL(col, datum) \
 	do { values[usage_att[col] - 1] = (datum); nulls[usage_att[col] - 1] = false; } while (0)
+/* a bigint column whose 0 means none: NULL */
+#define SETCOL_ID(col, id) \
+	do { if ((id) != 0) SETCOL(col, Int64GetDatum(id)); } while (0)
 	SETCOL(U_TENANT, Int64GetDatum(u->tenant_id));
 	SETCOL(U_USAGE_ID, Int64GetDatum(usage_id));
 	SETCOL(U_CREATED_AT, TimestampTzGetDatum(GetCurrentTimestamp()));
 	SETCOL(U_OCCURRED_AT, TimestampTzGetDatum(u->occurred_at));
 	SETCOL(U_MODEL, Int64GetDatum(u->model_id));
-	if (u->user_id != 0)
-		SETCOL(U_USER, Int64GetDatum(u->user_id));
-	if (u->key_id != 0)
-		SETCOL(U_KEY, Int64GetDatum(u->key_id));
+	SETCOL_ID(U_USER, u->user_id);
+	SETCOL_ID(U_KEY, u->key_id);
 	SETCOL(U_UNITS, Int64GetDatum(u->units));
 	SETCOL(U_OVERAGE, Int64GetDatum(u->overage));
 	if (u->has_input)
 		SETCOL(U_INPUT, Int64GetDatum(u->input_tokens));
 	if (u->has_output)
 		SETCOL(U_OUTPUT, Int64GetDatum(u->output_tokens));
-	if (u->price_id != 0)
-		SETCOL(U_PRICE, Int64GetDatum(u->price_id));
-	if (u->ref_usage_id != 0)
-		SETCOL(U_REF, Int64GetDatum(u->ref_usage_id));
-	if (u->reservation_id != 0)
-		SETCOL(U_RESERVATION, Int64GetDatum(u->reservation_id));
+	SETCOL_ID(U_PRICE, u->price_id);
+	SETCOL_ID(U_REF, u->ref_usage_id);
+	SETCOL_ID(U_RESERVATION, u->reservation_id);
 	SETCOL(U_CALLS, Int32GetDatum(u->calls));
 	SETCOL(U_KIND, CStringGetTextDatum(u->kind));
 	SETCOL(U_COST, u->cost);
@@ -542,6 +540,7 @@ QuotaStorageWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n)
 		SETCOL(U_IDEM, CStringGetTextDatum(u->idem_key));
 	if (u->metadata != (Datum) 0)
 		SETCOL(U_METADATA, u->metadata);
+#undef SETCOL_ID
 #undef SETCOL
 	ExecStoreVirtualTuple(uslot);
 
