@@ -626,20 +626,16 @@ slot_fits(const QuotaCounterWrite *r, TimestampTz start, int64 amount, int64 sha
 /* a slot that fits, with its place in this backend's rotation */
 typedef struct SlotCandidate
 {
-	int32		order;			/* (slot + first) % slots */
-	int32		seen;			/* index order, to keep the sort stable */
+	int64		rank;			/* (slot + first) % slots, then index order */
 	ItemPointerData tid;
 } SlotCandidate;
 
 static int
 candidate_cmp(const void *a, const void *b)
 {
-	const SlotCandidate *x = a;
-	const SlotCandidate *y = b;
+	int64		d = ((const SlotCandidate *) a)->rank - ((const SlotCandidate *) b)->rank;
 
-	if (x->order != y->order)
-		return x->order < y->order ? -1 : 1;
-	return x->seen < y->seen ? -1 : (x->seen > y->seen ? 1 : 0);
+	return d < 0 ? -1 : (d > 0 ? 1 : 0);
 }
 
 /*
@@ -727,8 +723,7 @@ QuotaStorageChargeSlot(bool wait, int64 tenant_id, int64 quota_id, TimestampTz s
 			cap *= 2;
 			cands = repalloc(cands, sizeof(SlotCandidate) * cap);
 		}
-		cands[ncands].order = (int32) (((int64) r.slot + first) % slots);
-		cands[ncands].seen = nseen++;
+		cands[ncands].rank = ((((int64) r.slot + first) % slots) << 32) + nseen++;
 		cands[ncands].tid = slot->tts_tid;
 		ncands++;
 	}
