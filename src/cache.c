@@ -491,7 +491,8 @@ citus_gen_find(void)
  * citus_generation
  *		The generation in this node's placement of config_generation, read
  *		in a snapshot taken now (before the snapshot of any statement that
- *		fills an entry after it); false when there is no placement here.
+ *		fills an entry after it); false when there is no placement here or
+ *		this transaction moved it.
  */
 static bool
 citus_generation(uint64 *generation)
@@ -514,7 +515,15 @@ citus_generation(uint64 *generation)
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	scan = table_beginscan(rel, snapshot, 0, NULL);
 	tup = heap_getnext(scan, ForwardScanDirection);
-	if (tup != NULL)
+	/*
+	 * A row this transaction wrote (a change made through another node in
+	 * the distributed transaction this backend serves, e.g. a call delegated
+	 * with force_delegation after a change in the same transaction block):
+	 * its own uncommitted configuration must not be cached, as cache_dirty
+	 * says on a single node.
+	 */
+	if (tup != NULL &&
+		!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)))
 	{
 		bool		isnull;
 		Datum		d = heap_getattr(tup, att, RelationGetDescr(rel), &isnull);
