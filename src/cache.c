@@ -66,7 +66,7 @@
  *	- QuotaCacheBegin reads this node's placement (a heap read of the local
  *	  shard, found once per relcache invalidation) in a snapshot taken then,
  *	  with the top bit set, so its numbers never meet the counter's; no
- *	  placement here: no cache;
+ *	  placement here, or a row this transaction wrote: no cache;
  *	- the two-phase commit leaves a window: the coordinator commits first,
  *	  then each worker in turn, so a node may already read g+1 while the
  *	  worker holding the tenant's shards still has the change prepared, not
