@@ -117,6 +117,8 @@ typedef struct PendingTouch
 static List *pending_touches = NIL;
 static bool pending_callbacks_registered = false;
 
+static void quota_touch_cached(int64 tenant_id, int64 key_id);
+
 static void
 quota_touch_run(int64 tenant_id, int64 key_id)
 {
@@ -152,6 +154,7 @@ quota_touch_one_best_effort(PendingTouch *t)
 		QuotaSpiBegin(&spi);
 		quota_touch_run(t->tenant_id, t->key_id);
 		QuotaSpiEnd(&spi);
+		quota_touch_cached(t->tenant_id, t->key_id);
 		PopActiveSnapshot();
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcontext);
@@ -574,6 +577,34 @@ static const QuotaCacheKind key_cache_kind =
 					 key_cache_fill, key_cache_flat, key_cache_current);
 
 /*
+ * quota_touch_cached
+ *		A touch deferred to COMMIT (Citus) was written: the cached key, and
+ *		its shared copy, now say so, and other backends need not touch it
+ *		again within the interval.  Not before: a touch dropped by a
+ *		rollback, a ROLLBACK TO SAVEPOINT or Citus's refusal would otherwise
+ *		keep the key from being touched for the interval.
+ */
+static void
+quota_touch_cached(int64 tenant_id, int64 key_id)
+{
+	QuotaKeyCacheKey ck;
+	QuotaKeyCacheEntry *e;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+
+	if (!QuotaCacheBegin())
+		return;
+	memset(&ck, 0, sizeof(ck));
+	ck.tenant_id = tenant_id;
+	ck.key_id = key_id;
+	e = QuotaCachePeek(&key_cache_kind, &ck);
+	if (e != NULL && e->last_used_at < now)
+	{
+		e->last_used_at = now;
+		QuotaCacheShare(&key_cache_kind, e);
+	}
+}
+
+/*
  * quota_imported_key
  *		A key brought over from another system (api_key_import(), issue
  *		17) has no ids in it: it is found by its SHA-256 (index api_keys_hash;
@@ -717,6 +748,7 @@ QuotaAuthenticate(text *keytext)
 		!RecoveryInProgress() &&
 		e->last_used_at < now - (int64) quota_key_touch_interval * USECS_PER_SEC)
 	{
+		/* (the cache learns of a deferred touch when it is written) */
 		if (QuotaOnCitus())
 			quota_touch_defer(ck.tenant_id, ck.key_id);
 		else
@@ -727,11 +759,11 @@ QuotaAuthenticate(text *keytext)
 				spi_open = true;
 			}
 			quota_touch_run(ck.tenant_id, ck.key_id);
+			e->last_used_at = now;
+			/* other backends that take the shared copy need not touch it again */
+			if (e != &local)
+				QuotaCacheShare(&key_cache_kind, e);
 		}
-		e->last_used_at = now;
-		/* other backends that take the shared copy need not touch it again */
-		if (e != &local)
-			QuotaCacheShare(&key_cache_kind, e);
 	}
 	if (spi_open)
 		QuotaSpiEnd(&spi);

@@ -45,10 +45,8 @@
  *	  move the counter;
  *	- when the library is not preloaded (no shared memory for the counter),
  *	  or quota_ext.config_cache is off;
- *	- on Citus, once quota_ext.distribute() made the tables distributed
- *	  (QuotaOnCitus): a change committed through another node moves no
- *	  counter of this one, so every node reads the tables (doc/scaling.md
- *	  measures the cost).
+ *	- on Citus, on a node without a placement of the reference table
+ *	  quota_ext.config_generation (below).
  * Likewise a database that receives quota_ext's tables through logical
  * replication must turn quota_ext.config_cache off: the apply worker's
  * plain DML does not call config_changed().
@@ -57,6 +55,36 @@
  * another backend, which runs no callback of ours (0A000, as PostgreSQL
  * does for NOTIFY).
  *
+ * On Citus (QuotaOnCitus: quota_ext.distribute() made the tables Citus
+ * tables) a change committed through one node moves no counter of another,
+ * so there the generation is a row instead (doc/scaling.md, "The
+ * configuration cache on Citus"):
+ *	- quota_ext.config_generation, a reference table: config_changed() adds
+ *	  1 to it in the changing transaction, so on every node the number moves
+ *	  exactly when the change commits there (one prepared transaction of
+ *	  Citus's two-phase commit holds both on each worker);
+ *	- QuotaCacheBegin reads this node's placement (a heap read of the local
+ *	  shard, found once per relcache invalidation) in a snapshot taken then,
+ *	  with the top bit set, so its numbers never meet the counter's; no
+ *	  placement here, or a row this transaction wrote: no cache;
+ *	- the two-phase commit leaves a window: the coordinator commits first,
+ *	  then each worker in turn, so a node may already read g+1 while the
+ *	  worker holding the tenant's shards still has the change prepared, not
+ *	  committed.  A fill there would read the old rows and file them under
+ *	  g+1, stale until the next change.  So before a fill runs its queries,
+ *	  one statement routed to the tenant's shards reads the generation on the
+ *	  node that holds them (citus_fill_generation), and the answer is kept
+ *	  (and shared) only when that equals the request's generation; otherwise
+ *	  it is used for this request only and the cache is emptied at the next
+ *	  QuotaCacheBegin.  Every per-tenant table is co-located, so the fill's
+ *	  statements read the same node afterwards, in later snapshots: what they
+ *	  read includes every change up to the request's generation.  A fill's
+ *	  reads of reference tables on this node come after Begin's read here;
+ *	- QuotaConfigUnchanged answers false (a request that waited re-reads).
+ *	After a change's COMMIT returns, every node's placement holds the new
+ *	number, so no request started later uses an older entry; an entry of
+ *	the new number was read on the tenant's node after the change committed
+ *	there.
  * Time-dependent facts are kept with their deadline and checked on every
  * use: a key's expiry, the instant the next price version takes effect.
  * Negative answers (unknown tenant, unknown key) are never cached, so
@@ -104,11 +132,21 @@
 #include "args.h"
 #include "context.h"
 #include "cache.h"
+#include "spi.h"
 #include "storage.h"
 
+#include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
@@ -116,8 +154,12 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/guc.h"
+#include "utils/fmgroids.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 
@@ -202,6 +244,23 @@ static HTAB *cache_tables[QUOTA_CACHE_MAX_KINDS];
 
 /* this transaction wrote to a table the cache is built from */
 static bool cache_dirty = false;
+
+/*
+ * On Citus the generation is quota_ext.config_generation's number, read from
+ * this node's placement, with this bit set: it never equals a number of the
+ * shared-memory counter, so entries of one are never taken for the other's.
+ */
+#define QUOTA_CITUS_GENERATION	(UINT64CONST(1) << 63)
+
+/* Citus: this node's placement of config_generation, found once per invalidation */
+static Oid	citus_gen_logical = InvalidOid;
+static Oid	citus_gen_shard = InvalidOid;	/* none: the cache stays off */
+static AttrNumber citus_gen_att = InvalidAttrNumber;
+static bool citus_gen_known = false;
+static bool citus_gen_callback = false;
+
+/* an entry of this request was not kept: empty the cache at the next Begin */
+static bool cache_forget = false;
 
 /*
  * QuotaCacheShmemRequest
@@ -358,6 +417,178 @@ quota_cache_reset(uint64 generation)
 	memset(cache_tables, 0, sizeof(cache_tables));
 	cache_generation = generation;
 	cache_reset_pending = false;
+	cache_forget = false;
+}
+
+static void
+citus_gen_invalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == citus_gen_logical || relid == citus_gen_shard)
+		citus_gen_known = false;
+}
+
+/*
+ * citus_gen_find
+ *		This node's placement of the reference table config_generation: the
+ *		local shard config_generation_<shard id>, from pg_dist_shard.  None
+ *		(no such shard here, e.g. a coordinator that is not in the metadata,
+ *		or the table is not a Citus table): the cache stays off.
+ */
+static void
+citus_gen_find(void)
+{
+	Oid			nsp = get_namespace_oid(QUOTA_SCHEMA, true);
+	Oid			dist = get_relname_relid("pg_dist_shard", PG_CATALOG_NAMESPACE);
+	Oid			logical = InvalidOid;
+	Oid			shard = InvalidOid;
+	int			nshards = 0;
+	int64		shardid = 0;
+
+	if (!citus_gen_callback)
+	{
+		CacheRegisterRelcacheCallback(citus_gen_invalidate, (Datum) 0);
+		citus_gen_callback = true;
+	}
+	if (OidIsValid(nsp))
+		logical = get_relname_relid("config_generation", nsp);
+	if (OidIsValid(logical) && OidIsValid(dist))
+	{
+		Relation	rel = table_open(dist, AccessShareLock);
+		SysScanDesc scan;
+		ScanKeyData key;
+		HeapTuple	tup;
+
+		/* logicalrelid is its first column, shardid its second */
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(logical));
+		scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
+		while (HeapTupleIsValid(tup = systable_getnext(scan)))
+		{
+			bool		isnull;
+			Datum		d = heap_getattr(tup, 2, RelationGetDescr(rel), &isnull);
+
+			if (!isnull)
+				shardid = DatumGetInt64(d);
+			nshards++;
+		}
+		systable_endscan(scan);
+		table_close(rel, AccessShareLock);
+	}
+	/* a reference table has exactly one shard */
+	if (nshards == 1)
+	{
+		char		name[NAMEDATALEN];
+
+		snprintf(name, sizeof(name), "config_generation_" INT64_FORMAT, shardid);
+		shard = get_relname_relid(name, nsp);
+	}
+	citus_gen_logical = logical;
+	citus_gen_shard = shard;
+	citus_gen_att = OidIsValid(shard) ? get_attnum(shard, "generation") : InvalidAttrNumber;
+	citus_gen_known = true;
+}
+
+/*
+ * citus_generation
+ *		The generation in this node's placement of config_generation, read
+ *		in a snapshot taken now (before the snapshot of any statement that
+ *		fills an entry after it); false when there is no placement here or
+ *		this transaction moved it.
+ */
+static bool
+citus_generation(uint64 *generation)
+{
+	Relation	rel;
+	Snapshot	snapshot;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	AttrNumber	att;
+	bool		ok = false;
+
+	if (!citus_gen_known)
+		citus_gen_find();
+	att = citus_gen_att;
+	if (!OidIsValid(citus_gen_shard) || att == InvalidAttrNumber)
+		return false;
+	rel = try_table_open(citus_gen_shard, AccessShareLock);
+	if (rel == NULL)
+		return false;
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snapshot, 0, NULL);
+	tup = heap_getnext(scan, ForwardScanDirection);
+	/*
+	 * A row this transaction wrote (a change made through another node in
+	 * the distributed transaction this backend serves, e.g. a call delegated
+	 * with force_delegation after a change in the same transaction block):
+	 * its own uncommitted configuration must not be cached, as cache_dirty
+	 * says on a single node.
+	 */
+	if (tup != NULL &&
+		!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, att, RelationGetDescr(rel), &isnull);
+
+		if (!isnull && DatumGetInt64(d) > 0)
+		{
+			*generation = (uint64) DatumGetInt64(d);
+			ok = true;
+		}
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	return ok;
+}
+
+/*
+ * citus_fill_generation
+ *		The generation as the node holding the tenant's shards sees it, read
+ *		there by a statement Citus routes to them (reference table placement
+ *		of that node), before the fill's own statements; 0 when unknown.
+ */
+static uint64
+citus_fill_generation(int64 tenant_id)
+{
+	static QuotaPlan plan = {
+		"SELECT (SELECT g.generation FROM quota_ext.config_generation g), pg_catalog.count(*) "
+		"FROM quota_ext.quotas q "
+		"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.quota_id OPERATOR(pg_catalog.<) 0",
+		1, {INT8OID}
+	};
+	QuotaSpiState spi;
+	Datum		values[1];
+	uint64		generation = 0;
+
+	values[0] = Int64GetDatum(tenant_id);
+	QuotaSpiBegin(&spi);
+	/* not read-only: a fresh snapshot, after QuotaCacheBegin's read */
+	QuotaSpiExec(&plan, values, NULL, false, 1);
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull && DatumGetInt64(d) > 0)
+			generation = (uint64) DatumGetInt64(d) | QUOTA_CITUS_GENERATION;
+	}
+	QuotaSpiEnd(&spi);
+	return generation;
+}
+
+/* config_changed() on Citus: the number moves where and when the change commits */
+static void
+citus_generation_bump(void)
+{
+	static QuotaPlan plan = {
+		"UPDATE quota_ext.config_generation "
+		"SET generation = generation OPERATOR(pg_catalog.+) 1",
+		0, {InvalidOid}
+	};
+	QuotaSpiState spi;
+
+	QuotaSpiBegin(&spi);
+	QuotaSpiExec(&plan, NULL, NULL, false, 0);
+	QuotaSpiEnd(&spi);
 }
 
 /*
@@ -372,11 +603,21 @@ QuotaCacheBegin(void)
 	uint64		generation;
 
 	if (!quota_config_cache || cache_shared == NULL || cache_dirty ||
-		IsolationUsesXactSnapshot() || RecoveryInProgress() || QuotaOnCitus())
+		IsolationUsesXactSnapshot() || RecoveryInProgress())
 		return false;
-	generation = pg_atomic_read_u64(&cache_shared->generation);
-	/* the generation is read before any snapshot a filling query takes */
-	pg_memory_barrier();
+	if (unlikely(QuotaOnCitus()))
+	{
+		/* this node's placement, in a snapshot taken before any fill's */
+		if (!citus_generation(&generation))
+			return false;
+		generation |= QUOTA_CITUS_GENERATION;
+	}
+	else
+	{
+		generation = pg_atomic_read_u64(&cache_shared->generation);
+		/* the generation is read before any snapshot a filling query takes */
+		pg_memory_barrier();
+	}
 	if (generation != cache_generation || cache_reset_pending || cache_cxt == NULL)
 		quota_cache_reset(generation);
 	return true;
@@ -410,7 +651,8 @@ QuotaConfigUnchanged(uint64 stamp)
 {
 	uint64		generation;
 
-	if (stamp == 0 || cache_shared == NULL || cache_dirty || cache_reset_pending)
+	if (stamp == 0 || cache_shared == NULL || cache_dirty || cache_reset_pending ||
+		(stamp & QUOTA_CITUS_GENERATION) != 0)
 		return false;
 	/* read after the lock this request waited for was granted */
 	pg_memory_barrier();
@@ -507,6 +749,7 @@ cache_get(const QuotaCacheKind *kind, const void *key, bool may_fill, void *arg)
 	void	   *e = NULL;
 	char		shared[QUOTA_SHARED_DATA];
 	QuotaFlat	flat;
+	bool		keep = true;
 
 	if (cache_kinds[kind->id] != kind)
 		cache_register(kind);
@@ -534,6 +777,19 @@ cache_get(const QuotaCacheKind *kind, const void *key, bool may_fill, void *arg)
 	if (!may_fill)
 		return NULL;
 
+	/*
+	 * On Citus, the generation where the tenant's shards are, read there
+	 * before the fill's statements: the answer is kept only when it is the
+	 * request's (see the file header).
+	 */
+	if (unlikely((cache_generation & QUOTA_CITUS_GENERATION) != 0))
+	{
+		int64		tenant_id;
+
+		memcpy(&tenant_id, key, sizeof(int64));
+		keep = citus_fill_generation(tenant_id) == cache_generation;
+	}
+
 	/* the query; an answer that must not be cached is forgotten */
 	e = cache_enter(kind, key);
 	*entry_valid(kind, e) = false;
@@ -543,6 +799,13 @@ cache_get(const QuotaCacheKind *kind, const void *key, bool may_fill, void *arg)
 		return NULL;
 	}
 	*entry_valid(kind, e) = true;
+	if (unlikely(!keep))
+	{
+		/* this request's answer; the next QuotaCacheBegin empties the cache */
+		cache_forget = true;
+		cache_reset_pending = true;
+		return e;
+	}
 	QuotaCacheShare(kind, e);
 	return e;
 }
@@ -584,6 +847,9 @@ QuotaCacheShare(const QuotaCacheKind *kind, const void *entry)
 	char		shared[QUOTA_SHARED_DATA];
 	QuotaFlat	flat;
 
+	/* an answer this request may use but not keep (Citus) */
+	if (cache_forget)
+		return;
 	memset(&flat, 0, sizeof(flat));
 	flat.buf = shared;
 	flat.cap = QUOTA_SHARED_DATA;
@@ -789,6 +1055,19 @@ shared_get(int32 kind, const void *key, Size keysize, void *data)
 	return len;
 }
 
+/*
+ * shared_generation
+ *		The generation in force: the shared counter's, or on Citus the one
+ *		this request read (entries of any other are past or not yet known).
+ */
+static uint64
+shared_generation(void)
+{
+	if ((cache_generation & QUOTA_CITUS_GENERATION) != 0)
+		return cache_generation;
+	return pg_atomic_read_u64(&cache_shared->generation);
+}
+
 /* remove the entries of past generations (every partition locked, in order) */
 static void
 shared_sweep(void)
@@ -800,7 +1079,7 @@ shared_sweep(void)
 
 	for (i = 0; i < QUOTA_SHARED_PARTITIONS; i++)
 		LWLockAcquire(&shared_locks[i].lock, LW_EXCLUSIVE);
-	generation = pg_atomic_read_u64(&cache_shared->generation);
+	generation = shared_generation();
 	hash_seq_init(&seq, shared_hash);
 	while ((e = hash_seq_search(&seq)) != NULL)
 		if (e->generation != generation)
@@ -874,7 +1153,7 @@ shared_put(int32 kind, const void *key, Size keysize,
 		 */
 		if (attempt > 0 ||
 			pg_atomic_read_u64(&cache_shared->swept_generation) ==
-			pg_atomic_read_u64(&cache_shared->generation))
+			shared_generation())
 		{
 			pg_atomic_fetch_add_u64(&shared_counters(hash)->refused, 1);
 			return;
@@ -893,6 +1172,9 @@ Datum
 quota_ext_config_changed(PG_FUNCTION_ARGS)
 {
 	cache_dirty = true;
+	/* on Citus every node learns of it from the reference table */
+	if (!creating_extension && QuotaOnCitus())
+		citus_generation_bump();
 	PG_RETURN_VOID();
 }
 

@@ -27,6 +27,25 @@ ALTER TABLE quota_ext.citus_secret ENABLE ROW LEVEL SECURITY;
 ALTER TABLE quota_ext.citus_secret FORCE ROW LEVEL SECURITY;
 SELECT pg_catalog.pg_extension_config_dump('quota_ext.citus_secret', '');
 
+-- The configuration generation on Citus (src/cache.c, doc/scaling.md "The
+-- configuration cache on Citus"): one row, a reference table after
+-- distribute(), so every node has a placement.  On Citus config_changed()
+-- adds 1 in the changing transaction, so the number moves on each node
+-- exactly when the change commits there (the same prepared transaction
+-- holds both); each node's caches compare their entries with it.  Unused on
+-- a single node (the generation is a counter in shared memory there).  Only
+-- the extension owner writes it; the C code reads it as the owner.
+CREATE TABLE quota_ext.config_generation (
+	id         integer PRIMARY KEY CHECK (id OPERATOR(pg_catalog.=) 1),
+	generation bigint NOT NULL CHECK (generation OPERATOR(pg_catalog.>) 0)
+);
+COMMENT ON TABLE quota_ext.config_generation IS
+	'Internal, owner only: the configuration generation on Citus (config_changed() adds 1; every node''s cache compares with its placement)';
+INSERT INTO quota_ext.config_generation (id, generation) VALUES (1, 1);
+REVOKE ALL ON quota_ext.config_generation FROM PUBLIC;
+ALTER TABLE quota_ext.config_generation ENABLE ROW LEVEL SECURITY;
+ALTER TABLE quota_ext.config_generation FORCE ROW LEVEL SECURITY;
+
 -- Raise unless Citus is installed in this database: 55000, with a hint.
 CREATE FUNCTION quota_ext._citus_required(what text) RETURNS void
 	LANGUAGE plpgsql STABLE

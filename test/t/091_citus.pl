@@ -213,25 +213,151 @@ is($coord->safe_psql('postgres', q{
    . $coord->safe_psql('postgres', q{SELECT min(used) FROM quota_ext.quota_counters WHERE tenant_id = 1}), '1 4',
 	'tenant 1 after invoke: 4 calls on each counter and in the ledger');
 
+# The configuration cache is on under Citus (src/cache.c, doc/scaling.md):
+# every node compares its entries with its placement of the reference table
+# quota_ext.config_generation, which every change moves in its own
+# transaction.  The shared level's counters show it is used: a second
+# session on a node finds the key the first one filed (a hit), which cannot
+# happen with the cache off.
+my $cache_counts = sub {
+	my ($node) = @_;
+	return split /\|/, $node->safe_psql('postgres', 'SELECT hits, filed FROM quota_ext.shared_cache_status()');
+};
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'quota_ext.config_generation'::regclass AND partmethod = 'n'}), '1',
+	'config_generation is a reference table');
+my $gen_shard = 'config_generation_' . $coord->safe_psql('postgres', q{
+	SELECT shardid FROM pg_dist_shard WHERE logicalrelid = 'quota_ext.config_generation'::regclass});
+for my $n (@nodes)
+{
+	is($n->safe_psql('postgres', "SELECT to_regclass('quota_ext.$gen_shard') IS NOT NULL"), 't',
+		$n->name . ' has a placement of config_generation (its cache reads it)');
+}
+
 # a key revoked on the coordinator is refused at once on every worker:
-# sessions on both workers authenticate with it twice (a second lookup would
-# be a cache hit on a single node), then it is revoked through the coordinator
-my @sess = map { $_->background_psql('postgres', on_error_stop => 0) } ($w1, $w2);
+# sessions on both workers authenticate with it twice (the second call is a
+# hit of the session's own cache), a second session on each worker once (a
+# hit of the worker's shared level), then it is revoked through the
+# coordinator and every session is refused at its next call
+my @sess = map { $_->background_psql('postgres', on_error_stop => 0) } ($w1, $w2, $w1, $w2);
 for my $i (0, 1)
 {
+	my ($hits0, $filed0) = $cache_counts->($nodes[ $i + 1 ]);
 	for my $round (1, 2)
 	{
 		is($sess[$i]->query_safe(qq{SELECT (quota_ext.authenticate('$bob_key')).tenant_id}), '1',
 			"worker" . ($i + 1) . ": the key authenticates (call $round)");
 	}
+	my ($hits1, $filed1) = $cache_counts->($nodes[ $i + 1 ]);
+	cmp_ok($filed1, '>', $filed0, 'worker' . ($i + 1) . ': the key was filed in the shared cache');
+	is($sess[ $i + 2 ]->query_safe(qq{SELECT (quota_ext.authenticate('$bob_key')).tenant_id}), '1',
+		"worker" . ($i + 1) . ": a second session authenticates with the key");
+	my ($hits2) = $cache_counts->($nodes[ $i + 1 ]);
+	cmp_ok($hits2, '>', $hits1, 'worker' . ($i + 1) . ': the second session found the key in the shared cache (a hit)');
 }
 $coord->safe_psql('postgres', "SELECT quota_ext.api_key_revoke(1, $bob_kid)");
-for my $i (0, 1)
+for my $i (0 .. 3)
 {
+	my $w = 'worker' . ($i % 2 + 1) . ($i > 1 ? ', second session' : '');
 	my $res = $sess[$i]->query(qq{\\set VERBOSITY verbose\nSELECT (quota_ext.authenticate('$bob_key')).tenant_id});
-	is($res, '', 'worker' . ($i + 1) . ': right after the revoke the key gives no tenant');
-	like($sess[$i]->{stderr}, qr/28000/, 'worker' . ($i + 1) . ': the revoked key is refused (28000)');
+	is($res, '', "$w: right after the revoke the key gives no tenant");
+	like($sess[$i]->{stderr}, qr/28000/, "$w: the revoked key is refused (28000)");
 	$sess[$i]->quit;
+}
+
+# a policy changed through the coordinator is applied at once by
+# policy_check on both workers (run there: in a transaction block Citus
+# does not delegate the call), each session having its answer cached first
+{
+	my $pc = q{BEGIN; SELECT x FROM quota_ext.policy_check(1, 'gpt-x') x; COMMIT;};
+	my @ps = map { $_->background_psql('postgres', on_error_stop => 0) } ($w1, $w2);
+	for my $i (0, 1)
+	{
+		is($ps[$i]->query_safe($pc), 't', 'worker' . ($i + 1) . ": policy_check allows (call $_)") for 1 .. 2;
+	}
+	$coord->safe_psql('postgres', q{SELECT quota_ext.policy_set(1, 'gpt-x', false)});
+	is($ps[$_]->query_safe($pc), 'f', 'worker' . ($_ + 1) . ': right after policy_set(..., false) policy_check refuses')
+		for 0, 1;
+	$coord->safe_psql('postgres', q{SELECT quota_ext.policy_set(1, 'gpt-x', true)});
+	is($ps[$_]->query_safe($pc), 't', 'worker' . ($_ + 1) . ': allowed again right after policy_set(..., true)')
+		for 0, 1;
+	$_->quit for @ps;
+}
+
+# a limit lowered through the coordinator is applied at once by delegated
+# quota_consume on both workers: one tenant on each, its definitions cached
+# by the calls before (filed in the shared level of the worker holding it)
+{
+	my %on;
+	while (keys %on < 2)
+	{
+		my $tid = $coord->safe_psql('postgres', q{SELECT quota_ext.tenant_create('lower' || (random() * 1e9)::bigint, 'enterprise')});
+		my $port = $coord->safe_psql('postgres', qq{
+			SELECT p.nodeport FROM pg_dist_shard_placement p
+			 WHERE p.shardid = get_shard_id_for_distribution_column('quota_ext.quota_counters', $tid)});
+		$on{$port} //= $tid;
+	}
+	for my $w ($w1, $w2)
+	{
+		my $tid = $on{ $w->port };
+		$coord->safe_psql('postgres', "SELECT quota_ext.policy_set($tid, 'gpt-x', true)");
+		$coord->safe_psql('postgres', "SELECT quota_ext.quota_set($tid, 'month', 10, model => 'gpt-x')");
+		# (the function alone in the select list: Citus delegates it; the
+		# result row's first field is allowed)
+		my $consume = qq{SELECT quota_ext.quota_consume($tid, 'gpt-x', 1)};
+		my (undef, $filed0) = $cache_counts->($w);
+		like($coord->safe_psql('postgres', $consume), qr/^\(t,/,
+			'tenant ' . $tid . ' on ' . $w->name . ": delegated consume allowed (call $_)") for 1 .. 3;
+		my (undef, $filed1) = $cache_counts->($w);
+		cmp_ok($filed1, '>', $filed0, $w->name . ': the delegated calls filed their configuration in its shared cache');
+		$coord->safe_psql('postgres', "SELECT quota_ext.quota_set($tid, 'month', 3, model => 'gpt-x')");
+		like($coord->safe_psql('postgres', $consume), qr/^\(f,/,
+			'tenant ' . $tid . ' on ' . $w->name . ': right after the limit was lowered to 3, the fourth delegated call is denied');
+	}
+}
+
+# The two-phase-commit window: a change through the coordinator commits
+# there first, then COMMIT PREPARED on each worker in turn.  Held here by
+# hand, deterministically: on the worker holding tenant 1 its policy row and
+# that worker's placement of the generation change in a transaction left
+# PREPAREd, while the coordinator's and the other worker's placements already
+# moved (as after their commits).  Requests on those nodes read the new
+# generation, miss, and fill from the holding worker, where the change is
+# not committed: the answer they get then must not be kept, so right after
+# COMMIT PREPARED every node refuses.
+{
+	my $hold = $coord->safe_psql('postgres', q{
+		SELECT p.nodeport FROM pg_dist_shard_placement p
+		 WHERE p.shardid = get_shard_id_for_distribution_column('quota_ext.policies', 1)});
+	my ($dw, $ow) = $hold == $w1->port ? ($w1, $w2) : ($w2, $w1);
+	my $pol_shard = 'policies_' . $coord->safe_psql('postgres', q{SELECT get_shard_id_for_distribution_column('quota_ext.policies', 1)});
+	# (in a transaction block: run on the node itself, not delegated)
+	my $pc = q{BEGIN; SELECT x FROM quota_ext.policy_check(1, 'gpt-x') x; COMMIT;};
+	my @s = map { $_->background_psql('postgres', on_error_stop => 0) } ($coord, $ow, $dw);
+	my @names = ('coordinator', 'the other worker (' . $ow->name . ')', 'the holding worker (' . $dw->name . ')');
+	is($s[$_]->query_safe($pc), 't', "2PC window: $names[$_] allows before the change (cached)") for 0 .. 2;
+	$dw->safe_psql('postgres', qq{
+		SET citus.enable_manual_changes_to_shards = on;
+		BEGIN;
+		UPDATE quota_ext.$pol_shard SET allowed = false WHERE tenant_id = 1 AND model_pattern = 'gpt-x';
+		UPDATE quota_ext.$gen_shard SET generation = generation + 1;
+		PREPARE TRANSACTION 'quota_cache_window';});
+	for my $n ($coord, $ow)
+	{
+		$n->safe_psql('postgres', qq{
+			SET citus.enable_manual_changes_to_shards = on;
+			UPDATE quota_ext.$gen_shard SET generation = generation + 1;});
+	}
+	# in the window either answer is allowed (the change's COMMIT has not
+	# returned); these are the answers filled from the uncommitted side
+	note("2PC window: $names[$_] answers " . $s[$_]->query_safe($pc)) for 0 .. 2;
+	$dw->safe_psql('postgres', q{COMMIT PREPARED 'quota_cache_window'});
+	is($s[$_]->query_safe($pc), 'f', "2PC window: right after COMMIT PREPARED $names[$_] refuses (no stale entry kept)")
+		for 0 .. 2;
+	is($ow->safe_psql('postgres', $pc), 'f', '2PC window: a new session on the other worker refuses too (shared level)');
+	$_->quit for @s;
+	$coord->safe_psql('postgres', q{SELECT quota_ext.policy_set(1, 'gpt-x', true)});
+	is($coord->safe_psql('postgres', $pc), 't', 'tenant 1 allowed again');
 }
 
 # a tenant's shards moved to the other worker (citus_move_shard_placement,
