@@ -136,9 +136,11 @@ for my $step (@works)
 # delegated (SELECT f(...) runs on the worker that holds the tenant)
 is($coord->safe_psql('postgres', q{SELECT allowed FROM quota_ext.quota_consume(1, 'gpt-x', 1)}), 't',
 	'quota_consume run on the coordinator charges');
-is($coord->safe_psql('postgres', q{SELECT (quota_ext.quota_consume(1, 'gpt-x', 2)).allowed}), 't',
+# (only the function alone in the select list is delegated: `(f(...)).allowed`
+# runs on the coordinator; the decision's text starts with its allowed flag)
+like($coord->safe_psql('postgres', q{SELECT quota_ext.quota_consume(1, 'gpt-x', 2)}), qr/^\(t,/,
 	'quota_consume delegated to the worker charges');
-is($coord->safe_psql('postgres', q{SELECT (quota_ext.quota_reserve(1, 'gpt-x', 1)).allowed}), 't',
+like($coord->safe_psql('postgres', q{SELECT quota_ext.quota_reserve(1, 'gpt-x', 1)}), qr/^\(t,/,
 	'quota_reserve delegated charges');
 # (tenant 1 has two quotas: its tier's monthly calls and the one set above)
 is($coord->safe_psql('postgres', q{
