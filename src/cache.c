@@ -430,10 +430,67 @@ citus_gen_invalidate(Datum arg, Oid relid)
 /*
  * citus_gen_find
  *		This node's placement of the reference table config_generation: the
- *		local shard config_generation_<shard id>, from pg_dist_shard.  None
- *		(no such shard here, e.g. a coordinator that is not in the metadata,
- *		or the table is not a Citus table): the cache stays off.
+ *		local shard config_generation_<shard id>, from pg_dist_shard, if
+ *		pg_dist_placement has an active placement of it in this node's group
+ *		(pg_dist_local_group).  None (no such shard here, e.g. a coordinator
+ *		that is not in the metadata; the table is not a Citus table; a node
+ *		removed or disabled, whose local shard table Citus leaves behind but
+ *		no longer writes): the cache stays off.
  */
+/*
+ * citus_placement_here
+ *		Has this node's group (pg_dist_local_group) an active placement
+ *		(shardstate 1) of shard shardid?  Citus's catalogs, read by column
+ *		number: pg_dist_local_group (groupid), pg_dist_placement
+ *		(placementid, shardid, shardstate, shardlength, groupid).
+ */
+static bool
+citus_placement_here(int64 shardid)
+{
+	Oid			local = get_relname_relid("pg_dist_local_group", PG_CATALOG_NAMESPACE);
+	Oid			placement = get_relname_relid("pg_dist_placement", PG_CATALOG_NAMESPACE);
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tup;
+	bool		isnull;
+	int32		group = -1;
+	bool		found = false;
+
+	if (!OidIsValid(local) || !OidIsValid(placement))
+		return false;
+	rel = table_open(local, AccessShareLock);
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	if (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Datum		d = heap_getattr(tup, 1, RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			group = DatumGetInt32(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (group < 0)
+		return false;
+
+	rel = table_open(placement, AccessShareLock);
+	ScanKeyInit(&key, 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(shardid));
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
+	while (!found && HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Datum		state = heap_getattr(tup, 3, RelationGetDescr(rel), &isnull);
+		Datum		g;
+
+		if (isnull || DatumGetInt32(state) != 1)
+			continue;
+		g = heap_getattr(tup, 5, RelationGetDescr(rel), &isnull);
+		found = !isnull && DatumGetInt32(g) == group;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
 static void
 citus_gen_find(void)
 {
@@ -474,7 +531,7 @@ citus_gen_find(void)
 		table_close(rel, AccessShareLock);
 	}
 	/* a reference table has exactly one shard */
-	if (nshards == 1)
+	if (nshards == 1 && citus_placement_here(shardid))
 	{
 		char		name[NAMEDATALEN];
 
@@ -538,6 +595,34 @@ citus_generation(uint64 *generation)
 	UnregisterSnapshot(snapshot);
 	table_close(rel, AccessShareLock);
 	return ok;
+}
+
+/*
+ * citus_local_reads
+ *		Make the fill's reads of reference tables (tenant, model, price,
+ *		tier) go to this node's own placement, which the request's
+ *		generation was read from: Citus may send a read of a reference table
+ *		to any placement, and one on another node could still hold a change
+ *		that committed here (prepared there), to be filed under the new
+ *		generation.  Local execution on (the default, which a session may
+ *		turn off) and the greedy task assignment (round-robin passes over
+ *		the local placement).  Returns the GUC nest level to pop.  A
+ *		transaction in which Citus already reached a local shard through a
+ *		connection executes nothing locally any more: doc/scaling.md names
+ *		that limit.
+ */
+static int
+citus_local_reads(void)
+{
+	int			nest = NewGUCNestLevel();
+
+	if (GetConfigOption("citus.enable_local_execution", true, false) != NULL)
+		(void) set_config_option("citus.enable_local_execution", "on",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	if (GetConfigOption("citus.task_assignment_policy", true, false) != NULL)
+		(void) set_config_option("citus.task_assignment_policy", "greedy",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	return nest;
 }
 
 /*
@@ -750,6 +835,8 @@ cache_get(const QuotaCacheKind *kind, const void *key, bool may_fill, void *arg)
 	char		shared[QUOTA_SHARED_DATA];
 	QuotaFlat	flat;
 	bool		keep = true;
+	bool		filled;
+	int			nest;
 
 	if (cache_kinds[kind->id] != kind)
 		cache_register(kind);
@@ -793,7 +880,12 @@ cache_get(const QuotaCacheKind *kind, const void *key, bool may_fill, void *arg)
 	/* the query; an answer that must not be cached is forgotten */
 	e = cache_enter(kind, key);
 	*entry_valid(kind, e) = false;
-	if (!kind->fill(e, arg))
+	nest = unlikely((cache_generation & QUOTA_CITUS_GENERATION) != 0) ? citus_local_reads() : 0;
+	filled = kind->fill(e, arg);
+	/* (an ERROR in the fill gives the settings back through the abort) */
+	if (nest > 0)
+		AtEOXact_GUC(true, nest);
+	if (!filled)
 	{
 		hash_search(cache_tables[kind->id], key, HASH_REMOVE, NULL);
 		return NULL;

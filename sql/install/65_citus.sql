@@ -33,7 +33,9 @@ SELECT pg_catalog.pg_extension_config_dump('quota_ext.citus_secret', '');
 -- adds 1 in the changing transaction, so the number moves on each node
 -- exactly when the change commits there (the same prepared transaction
 -- holds both); each node's caches compare their entries with it.  Unused on
--- a single node (the generation is a counter in shared memory there).  Only
+-- a single node (the generation is a counter in shared memory there), so it
+-- is empty until distribute() writes its one row (an install-time row would
+-- be dumped and collide with the next CREATE EXTENSION's on restore).  Only
 -- the extension owner writes it; the C code reads it as the owner.
 CREATE TABLE quota_ext.config_generation (
 	id         integer PRIMARY KEY CHECK (id OPERATOR(pg_catalog.=) 1),
@@ -41,7 +43,6 @@ CREATE TABLE quota_ext.config_generation (
 );
 COMMENT ON TABLE quota_ext.config_generation IS
 	'Internal, owner only: the configuration generation on Citus (config_changed() adds 1; every node''s cache compares with its placement)';
-INSERT INTO quota_ext.config_generation (id, generation) VALUES (1, 1);
 REVOKE ALL ON quota_ext.config_generation FROM PUBLIC;
 ALTER TABLE quota_ext.config_generation ENABLE ROW LEVEL SECURITY;
 ALTER TABLE quota_ext.config_generation FORCE ROW LEVEL SECURITY;
@@ -284,6 +285,19 @@ BEGIN
 		VALUES (1, pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.gen_random_uuid()::pg_catalog.text
 		                              OPERATOR(pg_catalog.||) pg_catalog.gen_random_uuid()::pg_catalog.text, 'UTF8')));
 		RAISE NOTICE 'distribute: made the cluster secret of the tenant context';
+		done := done OPERATOR(pg_catalog.+) 1;
+	END IF;
+
+	-- the configuration generation's one row (src/cache.c): it starts at the
+	-- clock in microseconds, so that a new distribute() after DROP and CREATE
+	-- EXTENSION never gives again a number a running server's shared cache
+	-- level filed entries under (a node's caches stay off until it is there)
+	PERFORM FROM quota_ext.config_generation;
+	IF NOT FOUND THEN
+		INSERT INTO quota_ext.config_generation (id, generation)
+		VALUES (1, (pg_catalog.extract(epoch FROM pg_catalog.clock_timestamp())
+		            OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8);
+		RAISE NOTICE 'distribute: started the configuration generation';
 		done := done OPERATOR(pg_catalog.+) 1;
 	END IF;
 
