@@ -295,7 +295,7 @@ BEGIN
 	PERFORM FROM quota_ext.config_generation;
 	IF NOT FOUND THEN
 		INSERT INTO quota_ext.config_generation (id, generation)
-		VALUES (1, (pg_catalog.extract(epoch FROM pg_catalog.clock_timestamp())
+		VALUES (1, (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp())
 		            OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8);
 		RAISE NOTICE 'distribute: started the configuration generation';
 		done := done OPERATOR(pg_catalog.+) 1;
