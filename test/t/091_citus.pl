@@ -132,12 +132,14 @@ for my $step (@works)
 }
 
 # charges (issue 16): on Citus the storage module (storage.c) goes through SQL naming tenant_id
-# (storage_spi.c); through the coordinator (a call in FROM runs there) and
+# (storage_spi.c); through the coordinator and
 # delegated (SELECT f(...) runs on the worker that holds the tenant)
-is($coord->safe_psql('postgres', q{SELECT allowed FROM quota_ext.quota_consume(1, 'gpt-x', 1)}), 't',
+# (a field of the call's result, `(f(...)).allowed`, is not a call Citus
+# delegates: it runs on the coordinator, and its usage row's id carries group
+# 0; the call alone in the select list, or alone in FROM, is delegated; the
+# decision's text starts with its allowed flag)
+is($coord->safe_psql('postgres', q{SELECT (quota_ext.quota_consume(1, 'gpt-x', 1)).allowed}), 't',
 	'quota_consume run on the coordinator charges');
-# (only the function alone in the select list is delegated: `(f(...)).allowed`
-# runs on the coordinator; the decision's text starts with its allowed flag)
 like($coord->safe_psql('postgres', q{SELECT quota_ext.quota_consume(1, 'gpt-x', 2)}), qr/^\(t,/,
 	'quota_consume delegated to the worker charges');
 like($coord->safe_psql('postgres', q{SELECT quota_ext.quota_reserve(1, 'gpt-x', 1)}), qr/^\(t,/,
