@@ -73,7 +73,7 @@
  *	  committed.  A fill there would read the old rows and file them under
  *	  g+1, stale until the next change.  So before a fill runs its queries,
  *	  one statement routed to the tenant's shards reads the generation on the
- *	  node that holds them (citus_fill_generation), and the answer is kept
+ *	  node that holds them (cache_citus.c, QuotaCitusFillGeneration), and the answer is kept
  *	  (and shared) only when that equals the request's generation; otherwise
  *	  it is used for this request only and the cache is emptied at the next
  *	  QuotaCacheBegin.  Every per-tenant table is co-located, so the fill's
@@ -132,6 +132,7 @@
 #include "args.h"
 #include "context.h"
 #include "cache.h"
+#include "cache_citus.h"
 #include "spi.h"
 #include "storage.h"
 
@@ -245,19 +246,6 @@ static HTAB *cache_tables[QUOTA_CACHE_MAX_KINDS];
 /* this transaction wrote to a table the cache is built from */
 static bool cache_dirty = false;
 
-/*
- * On Citus the generation is quota_ext.config_generation's number, read from
- * this node's placement, with this bit set: it never equals a number of the
- * shared-memory counter, so entries of one are never taken for the other's.
- */
-#define QUOTA_CITUS_GENERATION	(UINT64CONST(1) << 63)
-
-/* Citus: this node's placement of config_generation, found once per invalidation */
-static Oid	citus_gen_logical = InvalidOid;
-static Oid	citus_gen_shard = InvalidOid;	/* none: the cache stays off */
-static AttrNumber citus_gen_att = InvalidAttrNumber;
-static bool citus_gen_known = false;
-static bool citus_gen_callback = false;
 
 /* an entry of this request was not kept: empty the cache at the next Begin */
 static bool cache_forget = false;
@@ -420,261 +408,6 @@ quota_cache_reset(uint64 generation)
 	cache_forget = false;
 }
 
-static void
-citus_gen_invalidate(Datum arg, Oid relid)
-{
-	if (relid == InvalidOid || relid == citus_gen_logical || relid == citus_gen_shard)
-		citus_gen_known = false;
-}
-
-/*
- * citus_gen_find
- *		This node's placement of the reference table config_generation: the
- *		local shard config_generation_<shard id>, from pg_dist_shard, if
- *		pg_dist_placement has an active placement of it in this node's group
- *		(pg_dist_local_group).  None (no such shard here, e.g. a coordinator
- *		that is not in the metadata; the table is not a Citus table; a node
- *		removed or disabled, whose local shard table Citus leaves behind but
- *		no longer writes): the cache stays off.
- */
-/*
- * citus_placement_here
- *		Has this node's group (pg_dist_local_group) an active placement
- *		(shardstate 1) of shard shardid?  Citus's catalogs, read by column
- *		number: pg_dist_local_group (groupid), pg_dist_placement
- *		(placementid, shardid, shardstate, shardlength, groupid).
- */
-static bool
-citus_placement_here(int64 shardid)
-{
-	Oid			local = get_relname_relid("pg_dist_local_group", PG_CATALOG_NAMESPACE);
-	Oid			placement = get_relname_relid("pg_dist_placement", PG_CATALOG_NAMESPACE);
-	Relation	rel;
-	SysScanDesc scan;
-	ScanKeyData key;
-	HeapTuple	tup;
-	bool		isnull;
-	int32		group = -1;
-	bool		found = false;
-
-	if (!OidIsValid(local) || !OidIsValid(placement))
-		return false;
-	rel = table_open(local, AccessShareLock);
-	scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
-	if (HeapTupleIsValid(tup = systable_getnext(scan)))
-	{
-		Datum		d = heap_getattr(tup, 1, RelationGetDescr(rel), &isnull);
-
-		if (!isnull)
-			group = DatumGetInt32(d);
-	}
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	if (group < 0)
-		return false;
-
-	rel = table_open(placement, AccessShareLock);
-	ScanKeyInit(&key, 2, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(shardid));
-	scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
-	while (!found && HeapTupleIsValid(tup = systable_getnext(scan)))
-	{
-		Datum		state = heap_getattr(tup, 3, RelationGetDescr(rel), &isnull);
-		Datum		g;
-
-		if (isnull || DatumGetInt32(state) != 1)
-			continue;
-		g = heap_getattr(tup, 5, RelationGetDescr(rel), &isnull);
-		found = !isnull && DatumGetInt32(g) == group;
-	}
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
-	return found;
-}
-
-static void
-citus_gen_find(void)
-{
-	Oid			nsp = get_namespace_oid(QUOTA_SCHEMA, true);
-	Oid			dist = get_relname_relid("pg_dist_shard", PG_CATALOG_NAMESPACE);
-	Oid			logical = InvalidOid;
-	Oid			shard = InvalidOid;
-	int			nshards = 0;
-	int64		shardid = 0;
-
-	if (!citus_gen_callback)
-	{
-		CacheRegisterRelcacheCallback(citus_gen_invalidate, (Datum) 0);
-		citus_gen_callback = true;
-	}
-	if (OidIsValid(nsp))
-		logical = get_relname_relid("config_generation", nsp);
-	if (OidIsValid(logical) && OidIsValid(dist))
-	{
-		Relation	rel = table_open(dist, AccessShareLock);
-		SysScanDesc scan;
-		ScanKeyData key;
-		HeapTuple	tup;
-
-		/* logicalrelid is its first column, shardid its second */
-		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(logical));
-		scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
-		while (HeapTupleIsValid(tup = systable_getnext(scan)))
-		{
-			bool		isnull;
-			Datum		d = heap_getattr(tup, 2, RelationGetDescr(rel), &isnull);
-
-			if (!isnull)
-				shardid = DatumGetInt64(d);
-			nshards++;
-		}
-		systable_endscan(scan);
-		table_close(rel, AccessShareLock);
-	}
-	/* a reference table has exactly one shard */
-	if (nshards == 1 && citus_placement_here(shardid))
-	{
-		char		name[NAMEDATALEN];
-
-		snprintf(name, sizeof(name), "config_generation_" INT64_FORMAT, shardid);
-		shard = get_relname_relid(name, nsp);
-	}
-	citus_gen_logical = logical;
-	citus_gen_shard = shard;
-	citus_gen_att = OidIsValid(shard) ? get_attnum(shard, "generation") : InvalidAttrNumber;
-	citus_gen_known = true;
-}
-
-/*
- * citus_generation
- *		The generation in this node's placement of config_generation, read
- *		in a snapshot taken now (before the snapshot of any statement that
- *		fills an entry after it); false when there is no placement here or
- *		this transaction moved it.
- */
-static bool
-citus_generation(uint64 *generation)
-{
-	Relation	rel;
-	Snapshot	snapshot;
-	TableScanDesc scan;
-	HeapTuple	tup;
-	AttrNumber	att;
-	bool		ok = false;
-
-	if (!citus_gen_known)
-		citus_gen_find();
-	att = citus_gen_att;
-	if (!OidIsValid(citus_gen_shard) || att == InvalidAttrNumber)
-		return false;
-	rel = try_table_open(citus_gen_shard, AccessShareLock);
-	if (rel == NULL)
-		return false;
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	scan = table_beginscan(rel, snapshot, 0, NULL);
-	tup = heap_getnext(scan, ForwardScanDirection);
-	/*
-	 * A row this transaction wrote (a change made through another node in
-	 * the distributed transaction this backend serves, e.g. a call delegated
-	 * with force_delegation after a change in the same transaction block):
-	 * its own uncommitted configuration must not be cached, as cache_dirty
-	 * says on a single node.
-	 */
-	if (tup != NULL &&
-		!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data)))
-	{
-		bool		isnull;
-		Datum		d = heap_getattr(tup, att, RelationGetDescr(rel), &isnull);
-
-		if (!isnull && DatumGetInt64(d) > 0)
-		{
-			*generation = (uint64) DatumGetInt64(d);
-			ok = true;
-		}
-	}
-	table_endscan(scan);
-	UnregisterSnapshot(snapshot);
-	table_close(rel, AccessShareLock);
-	return ok;
-}
-
-/*
- * citus_local_reads
- *		Make the fill's reads of reference tables (tenant, model, price,
- *		tier) go to this node's own placement, which the request's
- *		generation was read from: Citus may send a read of a reference table
- *		to any placement, and one on another node could still hold a change
- *		that committed here (prepared there), to be filed under the new
- *		generation.  Local execution on (the default, which a session may
- *		turn off) and the greedy task assignment (round-robin passes over
- *		the local placement).  Returns the GUC nest level to pop.  A
- *		transaction in which Citus already reached a local shard through a
- *		connection executes nothing locally any more: doc/scaling.md names
- *		that limit.
- */
-static int
-citus_local_reads(void)
-{
-	int			nest = NewGUCNestLevel();
-
-	if (GetConfigOption("citus.enable_local_execution", true, false) != NULL)
-		(void) set_config_option("citus.enable_local_execution", "on",
-								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	if (GetConfigOption("citus.task_assignment_policy", true, false) != NULL)
-		(void) set_config_option("citus.task_assignment_policy", "greedy",
-								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	return nest;
-}
-
-/*
- * citus_fill_generation
- *		The generation as the node holding the tenant's shards sees it, read
- *		there by a statement Citus routes to them (reference table placement
- *		of that node), before the fill's own statements; 0 when unknown.
- */
-static uint64
-citus_fill_generation(int64 tenant_id)
-{
-	static QuotaPlan plan = {
-		"SELECT (SELECT g.generation FROM quota_ext.config_generation g), pg_catalog.count(*) "
-		"FROM quota_ext.quotas q "
-		"WHERE q.tenant_id OPERATOR(pg_catalog.=) $1 AND q.quota_id OPERATOR(pg_catalog.<) 0",
-		1, {INT8OID}
-	};
-	QuotaSpiState spi;
-	Datum		values[1];
-	uint64		generation = 0;
-
-	values[0] = Int64GetDatum(tenant_id);
-	QuotaSpiBegin(&spi);
-	/* not read-only: a fresh snapshot, after QuotaCacheBegin's read */
-	QuotaSpiExec(&plan, values, NULL, false, 1);
-	if (SPI_processed == 1)
-	{
-		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull && DatumGetInt64(d) > 0)
-			generation = (uint64) DatumGetInt64(d) | QUOTA_CITUS_GENERATION;
-	}
-	QuotaSpiEnd(&spi);
-	return generation;
-}
-
-/* config_changed() on Citus: the number moves where and when the change commits */
-static void
-citus_generation_bump(void)
-{
-	static QuotaPlan plan = {
-		"UPDATE quota_ext.config_generation "
-		"SET generation = generation OPERATOR(pg_catalog.+) 1",
-		0, {InvalidOid}
-	};
-	QuotaSpiState spi;
-
-	QuotaSpiBegin(&spi);
-	QuotaSpiExec(&plan, NULL, NULL, false, 0);
-	QuotaSpiEnd(&spi);
-}
 
 /*
  * QuotaCacheBegin
@@ -693,7 +426,7 @@ QuotaCacheBegin(void)
 	if (unlikely(QuotaOnCitus()))
 	{
 		/* this node's placement, in a snapshot taken before any fill's */
-		if (!citus_generation(&generation))
+		if (!QuotaCitusGeneration(&generation))
 			return false;
 		generation |= QUOTA_CITUS_GENERATION;
 	}
@@ -874,13 +607,13 @@ cache_get(const QuotaCacheKind *kind, const void *key, bool may_fill, void *arg)
 		int64		tenant_id;
 
 		memcpy(&tenant_id, key, sizeof(int64));
-		keep = citus_fill_generation(tenant_id) == cache_generation;
+		keep = QuotaCitusFillGeneration(tenant_id) == cache_generation;
 	}
 
 	/* the query; an answer that must not be cached is forgotten */
 	e = cache_enter(kind, key);
 	*entry_valid(kind, e) = false;
-	nest = unlikely((cache_generation & QUOTA_CITUS_GENERATION) != 0) ? citus_local_reads() : 0;
+	nest = unlikely((cache_generation & QUOTA_CITUS_GENERATION) != 0) ? QuotaCitusLocalReads() : 0;
 	filled = kind->fill(e, arg);
 	/* (an ERROR in the fill gives the settings back through the abort) */
 	if (nest > 0)
@@ -1266,7 +999,7 @@ quota_ext_config_changed(PG_FUNCTION_ARGS)
 	cache_dirty = true;
 	/* on Citus every node learns of it from the reference table */
 	if (!creating_extension && QuotaOnCitus())
-		citus_generation_bump();
+		QuotaCitusGenerationBump();
 	PG_RETURN_VOID();
 }
 
