@@ -80,7 +80,9 @@
  *	  statements read the same node afterwards, in later snapshots: what they
  *	  read includes every change up to the request's generation.  A fill's
  *	  reads of reference tables on this node come after Begin's read here;
- *	- QuotaConfigUnchanged answers false (a request that waited re-reads).
+ *	- QuotaConfigUnchanged (a request that waited for a lock: has anything
+ *	  it read changed?) reads the generation where the tenant's shards are
+ *	  with the same routed statement, in a new snapshot.
  *	After a change's COMMIT returns, every node's placement holds the new
  *	number, so no request started later uses an older entry; an entry of
  *	the new number was read on the tenant's node after the change committed
@@ -463,15 +465,25 @@ QuotaConfigStamp(void)
  *		releases its locks (quota_cache_xact_callback), so a request that
  *		waited for a lock and finds the generation unchanged has nothing new
  *		to read (design §4a).  Always false for stamp 0.
+ *
+ *		On Citus the generation is read where tenant_id's shards are, by
+ *		the statement a fill runs first (QuotaCitusFillGeneration): a change
+ *		moves that node's placement in the transaction that changes the
+ *		tenant's rows there (or, for a reference table, its copy there), so
+ *		the same number means nothing the request read has changed.  A
+ *		request that used an answer read at another generation (a fill not
+ *		kept, cache_reset_pending) reads again.
  */
 bool
-QuotaConfigUnchanged(uint64 stamp)
+QuotaConfigUnchanged(uint64 stamp, int64 tenant_id)
 {
 	uint64		generation;
 
-	if (stamp == 0 || cache_shared == NULL || cache_dirty || cache_reset_pending ||
-		(stamp & QUOTA_CITUS_GENERATION) != 0)
+	if (stamp == 0 || cache_shared == NULL || cache_dirty || cache_reset_pending)
 		return false;
+	if (unlikely((stamp & QUOTA_CITUS_GENERATION) != 0))
+		return stamp == cache_generation &&
+			QuotaCitusFillGeneration(tenant_id) == stamp;
 	/* read after the lock this request waited for was granted */
 	pg_memory_barrier();
 	generation = pg_atomic_read_u64(&cache_shared->generation);

@@ -102,6 +102,6 @@ extern void *QuotaCachePeek(const QuotaCacheKind *kind, const void *key);
 extern void QuotaCacheShare(const QuotaCacheKind *kind, const void *entry);
 extern MemoryContext QuotaCacheContext(void);
 extern uint64 QuotaConfigStamp(void);
-extern bool QuotaConfigUnchanged(uint64 stamp);
+extern bool QuotaConfigUnchanged(uint64 stamp, int64 tenant_id);
 
 #endif							/* QUOTA_CACHE_H */

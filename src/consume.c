@@ -894,7 +894,7 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
 	while (lock_wait_mark() != *mark)
 	{
 		*mark = lock_wait_mark();
-		if (QuotaConfigUnchanged(*stamp))
+		if (QuotaConfigUnchanged(*stamp, req->tenant_id))
 			continue;
 		*stamp = QuotaConfigStamp();
 		if (req->key_authenticated)

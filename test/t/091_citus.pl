@@ -320,6 +320,68 @@ for my $i (0 .. 3)
 	}
 }
 
+# A delegated consume that waited for its tenant's counter asks whether the
+# configuration changed meanwhile by reading the generation where the
+# tenant's shards are (QuotaConfigUnchanged), instead of reading it all
+# again: a charge that waited behind a plain charge goes through; one that
+# waited behind a transaction that also revoked the model's policy is denied
+# (admin_race.spec's case, on Citus).  The holder runs on the coordinator in
+# a transaction block; the waiter is delegated to the worker holding the
+# tenant, where its configuration is cached.
+{
+	my %on;
+	while (keys %on < 2)
+	{
+		my $tid = $coord->safe_psql('postgres', q{SELECT quota_ext.tenant_create('waiter' || (random() * 1e9)::bigint, 'enterprise')});
+		my $port = $coord->safe_psql('postgres', qq{
+			SELECT p.nodeport FROM pg_dist_shard_placement p
+			 WHERE p.shardid = get_shard_id_for_distribution_column('quota_ext.quota_counters', $tid)});
+		$on{$port} //= $tid;
+	}
+	for my $w ($w1, $w2)
+	{
+		my $tid = $on{ $w->port };
+		$coord->safe_psql('postgres', "SELECT quota_ext.policy_set($tid, 'gpt-x', true)");
+		$coord->safe_psql('postgres', "SELECT quota_ext.quota_set($tid, 'month', 100, model => 'gpt-x', slots => 1)");
+		my $consume = qq{SELECT quota_ext.quota_consume($tid, 'gpt-x', 1)};
+		like($coord->safe_psql('postgres', $consume), qr/^\(t,/, "tenant $tid on " . $w->name . ': delegated consume allowed (cached)');
+		for my $revoke (0, 1)
+		{
+			my $what = $revoke ? 'a charge and a policy revoke' : 'a plain charge';
+			my $holder = $coord->background_psql('postgres');
+			$holder->query_safe('BEGIN');
+			is($holder->query_safe(qq{SELECT (quota_ext.quota_consume($tid, 'gpt-x', 1)).allowed}), 't',
+				"tenant $tid: $what on the coordinator, its transaction left open");
+			$holder->query_safe(qq{SELECT quota_ext.policy_set($tid, 'gpt-x', false)}) if $revoke;
+			my ($wout, $werr) = ('', '');
+			my $waiter = IPC::Run::start([ 'psql', '-X', '-At', '-h', $coord->host, '-p', $coord->port,
+				'-d', 'postgres', '-c', $consume ], '>', \$wout, '2>', \$werr);
+			ok($w->poll_query_until('postgres', q{
+				SELECT count(*) > 0 FROM pg_stat_activity
+				 WHERE wait_event_type = 'Lock' AND query LIKE '%quota_consume%'}),
+				"tenant $tid: the delegated consume waits on " . $w->name . " behind $what");
+			$holder->query_safe('COMMIT');
+			$holder->quit;
+			$waiter->finish;
+			if ($revoke)
+			{
+				like($wout, qr/^\(f,/, "tenant $tid: the waiter is denied once the revoke committed (it read the change)")
+					or diag($werr);
+				$coord->safe_psql('postgres', "SELECT quota_ext.policy_set($tid, 'gpt-x', true)");
+			}
+			else
+			{
+				like($wout, qr/^\(t,/, "tenant $tid: the waiter is allowed after the plain charge committed")
+					or diag($werr);
+			}
+		}
+		is($coord->safe_psql('postgres', qq{
+			SELECT sum(c.used) || ' ' || (SELECT sum(u.calls) FROM quota_ext.usage u WHERE u.tenant_id = $tid)
+			  FROM quota_ext.quota_counters c WHERE c.tenant_id = $tid}), '4 4',
+			"tenant $tid: 4 charges, the counter equals the ledger");
+	}
+}
+
 # The two-phase-commit window: a change through the coordinator commits
 # there first, then COMMIT PREPARED on each worker in turn.  Held here by
 # hand, deterministically: on the worker holding tenant 1 its policy row and
