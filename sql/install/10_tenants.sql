@@ -257,7 +257,6 @@ COMMENT ON FUNCTION quota_ext._no_tenant_context(text) IS
 -- first with _check_tenant_access).
 CREATE FUNCTION quota_ext._tenant_exists(tenant_id bigint) RETURNS void
 	LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
 BEGIN
 	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = _tenant_exists.tenant_id;
 	IF NOT FOUND THEN

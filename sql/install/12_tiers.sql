@@ -171,7 +171,6 @@ COMMENT ON FUNCTION quota_ext.tier_set(text, text, bigint, integer, integer, int
 -- tenant override, else the tier's, else false
 CREATE FUNCTION quota_ext.feature_enabled(tenant_id bigint, feature text) RETURNS boolean
 	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
 DECLARE
 	tf jsonb;
 	rf jsonb;

@@ -829,7 +829,6 @@ CREATE FUNCTION quota_ext.usage_report(tenant_id bigint, "from" timestamptz, "to
 	RETURNS TABLE (model text, day date, user_id bigint, currency text, calls bigint, units numeric,
 	               input_tokens numeric, output_tokens numeric, overage_units numeric, cost numeric)
 	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
 DECLARE
 	tz text;
 	d0 date;
@@ -879,7 +878,6 @@ CREATE FUNCTION quota_ext.model_usage_by_consumer(owner_tenant_id bigint, "from"
 	RETURNS TABLE (model text, consumer_tenant_id bigint, calls bigint, units numeric,
 	               input_tokens numeric, output_tokens numeric)
 	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
 BEGIN
 	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('owner_tenant_id'); END IF;
 	IF $2 IS NULL THEN PERFORM quota_ext._null_arg('from'); END IF;

@@ -258,7 +258,6 @@ COMMENT ON FUNCTION quota_ext.event_purge(timestamptz) IS
 
 CREATE FUNCTION quota_ext.event_consumer_drop(tenant_id bigint, consumer text) RETURNS boolean
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
 BEGIN
 	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
 	IF $2 IS NULL THEN PERFORM quota_ext._null_arg('consumer'); END IF;
