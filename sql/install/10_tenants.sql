@@ -586,7 +586,6 @@ COMMENT ON FUNCTION quota_ext.user_update(bigint, bigint, text, text) IS
 CREATE FUNCTION quota_ext._key_holder_check(t quota_ext.tenants, user_id bigint,
 	expires_at timestamptz) RETURNS void
 	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
 DECLARE
 	st text;
 BEGIN

@@ -230,7 +230,6 @@ COMMENT ON FUNCTION quota_ext.user_remove(bigint, bigint) IS
 -- retry with a purged key is then a new request (doc/reference.md).
 CREATE FUNCTION quota_ext.idempotency_purge(older_than interval DEFAULT '7 days') RETURNS bigint
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
 DECLARE
 	t bigint;
 	n bigint;

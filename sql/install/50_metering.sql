@@ -222,7 +222,6 @@ CREATE FUNCTION quota_ext._price_insert(model text, currency text, unit_price nu
 	input_per_1k numeric, output_per_1k numeric, effective_from timestamptz, tenant_id bigint,
 	overage_unit_price numeric) RETURNS bigint
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
 DECLARE
 	mid bigint;
 BEGIN
@@ -279,7 +278,6 @@ COMMENT ON FUNCTION quota_ext.price_clear(text, timestamptz, bigint) IS
 CREATE FUNCTION quota_ext.price_lookup(tenant_id bigint, model text, at timestamptz DEFAULT now())
 	RETURNS SETOF quota_ext.prices
 	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
 DECLARE
 	mid bigint;
 BEGIN
@@ -583,7 +581,6 @@ COMMENT ON FUNCTION quota_ext.usage_partitions_maintain(integer) IS
 CREATE FUNCTION quota_ext.usage_partition_detach(before timestamptz)
 	RETURNS TABLE (partition text, action text)
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
 DECLARE
 	r record;
 	w timestamptz;
