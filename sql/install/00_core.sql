@@ -73,33 +73,28 @@ GRANT USAGE ON SCHEMA quota_ext TO quota_ext_app, quota_ext_admin;
 -- Tenant context (src/context.c).  PARALLEL RESTRICTED: workers do not see
 -- backend memory.
 CREATE FUNCTION quota_ext.current_tenant_id() RETURNS bigint
-	AS 'MODULE_PATHNAME', 'quota_ext_current_tenant_id'
-	LANGUAGE C STABLE PARALLEL RESTRICTED;
+	LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_current_tenant_id';
 COMMENT ON FUNCTION quota_ext.current_tenant_id() IS
 	'The tenant of the current transaction (set by authenticate or set_tenant), or NULL';
 
 CREATE FUNCTION quota_ext.current_context(
 	OUT tenant_id bigint, OUT user_id bigint, OUT key_id bigint, OUT role text)
-	AS 'MODULE_PATHNAME', 'quota_ext_current_context'
-	LANGUAGE C STABLE PARALLEL RESTRICTED;
+	LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_current_context';
 COMMENT ON FUNCTION quota_ext.current_context() IS
 	'The whole tenant context of the current transaction; all NULL without one';
 
 CREATE FUNCTION quota_ext.set_tenant(tenant_id bigint) RETURNS void
-	AS 'MODULE_PATHNAME', 'quota_ext_set_tenant'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_set_tenant';
 COMMENT ON FUNCTION quota_ext.set_tenant(bigint) IS
 	'Privileged (quota_ext_admin): make a tenant the context of this transaction';
 
 CREATE FUNCTION quota_ext.clear_tenant() RETURNS void
-	AS 'MODULE_PATHNAME', 'quota_ext_clear_tenant'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_clear_tenant';
 COMMENT ON FUNCTION quota_ext.clear_tenant() IS
 	'Drop the tenant context before the transaction ends';
 
 CREATE FUNCTION quota_ext._check_tenant_access(tenant_id bigint) RETURNS void
-	AS 'MODULE_PATHNAME', 'quota_ext_check_tenant_access'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_check_tenant_access';
 COMMENT ON FUNCTION quota_ext._check_tenant_access(bigint) IS
 	'Internal: raise unless the caller may act on this tenant';
 
@@ -108,8 +103,7 @@ COMMENT ON FUNCTION quota_ext._check_tenant_access(bigint) IS
 -- _check_tenant_access it judges the session's role as well as the current
 -- one, so it means the same inside SECURITY DEFINER functions.
 CREATE FUNCTION quota_ext._admin_only(what text) RETURNS void
-	AS 'MODULE_PATHNAME', 'quota_ext_admin_only'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_admin_only';
 COMMENT ON FUNCTION quota_ext._admin_only(text) IS
 	'Internal: raise unless the caller is quota_ext_admin without a tenant context';
 
@@ -134,9 +128,7 @@ COMMENT ON FUNCTION quota_ext._admin_only(text) IS
 CREATE FUNCTION quota_ext._secure_tenant_table(tbl regclass, tenant_column name DEFAULT 'tenant_id',
                                                shared_rows boolean DEFAULT false,
                                                app_select boolean DEFAULT true) RETURNS void
-	LANGUAGE plpgsql VOLATILE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	own text := format('%I OPERATOR(pg_catalog.=) quota_ext.current_tenant_id()', tenant_column);
 	global_or text := CASE WHEN shared_rows THEN format('%I IS NULL OR ', tenant_column) ELSE '' END;

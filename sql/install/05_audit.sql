@@ -29,16 +29,13 @@ CREATE INDEX audit_log_at ON quota_ext.audit_log (tenant_id, at);
 -- (src/cache.c); a transaction that calls this makes them all re-read the
 -- tables once it commits.  _audit() calls it, so every admin function does.
 CREATE FUNCTION quota_ext.config_changed() RETURNS void
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED
-	AS 'MODULE_PATHNAME', 'quota_ext_config_changed';
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_config_changed';
 COMMENT ON FUNCTION quota_ext.config_changed() IS
 	'Mark the configuration changed by this transaction: every backend''s cache is emptied when it commits (for direct changes to the tables; the admin functions do it themselves)';
 
 CREATE FUNCTION quota_ext._audit(tenant_id bigint, action text, object_type text,
 	object_id text, before jsonb, after jsonb) RETURNS void
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	SELECT quota_ext.config_changed();
 	INSERT INTO quota_ext.audit_log (tenant_id, actor_tenant_id, action, object_type, object_id, before, after)
 	VALUES ($1, quota_ext.current_tenant_id(), $2, $3, $4, $5, $6)

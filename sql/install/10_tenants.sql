@@ -137,9 +137,7 @@ COMMENT ON TABLE quota_ext.models IS
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION quota_ext._null_arg(arg text) RETURNS void
-	LANGUAGE plpgsql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	RAISE EXCEPTION 'argument "%" must not be null', arg USING ERRCODE = 'null_value_not_allowed';
 END
@@ -151,9 +149,7 @@ COMMENT ON FUNCTION quota_ext._null_arg(text) IS 'Internal: raise 22004 for a NU
 -- input into the log and back (src/args.c QuotaQuoteInput() is the
 -- same rule in C).
 CREATE FUNCTION quota_ext._quote_input(value text) RETURNS text
-	LANGUAGE sql IMMUTABLE PARALLEL SAFE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT CASE WHEN pg_catalog.length($1) OPERATOR(pg_catalog.<=) 64 THEN $1
 	            ELSE pg_catalog.left($1, 64) OPERATOR(pg_catalog.||) '...' END
 	$$;
@@ -163,9 +159,7 @@ COMMENT ON FUNCTION quota_ext._quote_input(text) IS
 -- A display name: 1..maxlen characters, no control characters, no
 -- surrounding white space.
 CREATE FUNCTION quota_ext._check_label(what text, value text, maxlen integer) RETURNS text
-	LANGUAGE plpgsql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF value IS NULL THEN
 		PERFORM quota_ext._null_arg(what);
@@ -181,9 +175,7 @@ $$;
 COMMENT ON FUNCTION quota_ext._check_label(text, text, integer) IS 'Internal: validate a name';
 
 CREATE FUNCTION quota_ext._check_timezone(tz text) RETURNS text
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF tz IS NULL THEN
 		PERFORM quota_ext._null_arg('timezone');
@@ -203,9 +195,7 @@ $$;
 COMMENT ON FUNCTION quota_ext._check_timezone(text) IS 'Internal: validate an IANA time zone name';
 
 CREATE FUNCTION quota_ext._check_role(role text) RETURNS text
-	LANGUAGE plpgsql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF role IS NULL THEN
 		PERFORM quota_ext._null_arg('role');
@@ -223,9 +213,7 @@ COMMENT ON FUNCTION quota_ext._check_role(text) IS 'Internal: validate a user ro
 -- The tenant row for an admin change: checks access, existence, and that
 -- the tenant is not closed; locks the row against concurrent status changes.
 CREATE FUNCTION quota_ext._tenant_for_update(tenant_id bigint) RETURNS quota_ext.tenants
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants;
@@ -254,9 +242,7 @@ COMMENT ON FUNCTION quota_ext._tenant_for_update(bigint) IS 'Internal: lock a te
 -- A change of global rows (a tenant, a global model, a list price) is refused
 -- inside a tenant context; what names it ("create a tenant").
 CREATE FUNCTION quota_ext._no_tenant_context(what text) RETURNS void
-	LANGUAGE plpgsql VOLATILE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF quota_ext.current_tenant_id() IS NOT NULL THEN
 		RAISE EXCEPTION 'cannot % inside a tenant context', what
@@ -270,10 +256,7 @@ COMMENT ON FUNCTION quota_ext._no_tenant_context(text) IS
 -- The tenant must exist (its row visible to the owner: callers check access
 -- first with _check_tenant_access).
 CREATE FUNCTION quota_ext._tenant_exists(tenant_id bigint) RETURNS void
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-#variable_conflict use_column
+	LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	PERFORM 1 FROM quota_ext.tenants t WHERE t.tenant_id = _tenant_exists.tenant_id;
 	IF NOT FOUND THEN
@@ -290,9 +273,7 @@ COMMENT ON FUNCTION quota_ext._tenant_exists(bigint) IS
 -- sees only its own tenant's rows, so learns nothing of another's.
 CREATE FUNCTION quota_ext._check_user(tenant_id bigint, user_id bigint, key_id bigint DEFAULT NULL)
 	RETURNS void
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF $2 IS NOT NULL AND NOT EXISTS (SELECT FROM quota_ext.users u
 	                                   WHERE u.tenant_id = $1 AND u.user_id = $2) THEN
@@ -313,9 +294,7 @@ COMMENT ON FUNCTION quota_ext._check_user(bigint, bigint, bigint) IS
 -- tenant with _tenant_for_update; these read as they do.
 CREATE FUNCTION quota_ext._user_for_update(tenant_id bigint, user_id bigint)
 	RETURNS quota_ext.users
-	LANGUAGE plpgsql VOLATILE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	u quota_ext.users;
@@ -333,9 +312,7 @@ COMMENT ON FUNCTION quota_ext._user_for_update(bigint, bigint) IS
 
 CREATE FUNCTION quota_ext._api_key_for_update(tenant_id bigint, key_id bigint)
 	RETURNS quota_ext.api_keys
-	LANGUAGE plpgsql VOLATILE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	k quota_ext.api_keys;
@@ -353,9 +330,7 @@ COMMENT ON FUNCTION quota_ext._api_key_for_update(bigint, bigint) IS
 
 -- The tenant (a row from _tenant_for_update) must not be closed.
 CREATE FUNCTION quota_ext._tenant_open(t quota_ext.tenants) RETURNS void
-	LANGUAGE plpgsql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF t.status = 'closed' THEN
 		RAISE EXCEPTION 'tenant % is closed', t.tenant_id
@@ -368,8 +343,7 @@ COMMENT ON FUNCTION quota_ext._tenant_open(quota_ext.tenants) IS
 
 CREATE FUNCTION quota_ext._api_key_mint(tenant_id bigint, key_id bigint,
 	OUT api_key text, OUT key_prefix text, OUT key_hash bytea)
-	AS 'MODULE_PATHNAME', 'quota_ext_api_key_mint'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'quota_ext_api_key_mint';
 COMMENT ON FUNCTION quota_ext._api_key_mint(bigint, bigint) IS
 	'Internal: make a new random API key for the given ids and return it with its hash';
 
@@ -379,9 +353,7 @@ COMMENT ON FUNCTION quota_ext._api_key_mint(bigint, bigint) IS
 
 CREATE FUNCTION quota_ext.tenant_create(name text, tier text DEFAULT 'free',
 	timezone text DEFAULT 'UTC', settings jsonb DEFAULT '{}') RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants;
@@ -420,9 +392,7 @@ COMMENT ON FUNCTION quota_ext.tenant_create(text, text, text, jsonb) IS
 CREATE FUNCTION quota_ext.tenant_update(tenant_id bigint, name text DEFAULT NULL,
 	tier text DEFAULT NULL, timezone text DEFAULT NULL, settings jsonb DEFAULT NULL,
 	features jsonb DEFAULT NULL) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	old quota_ext.tenants := quota_ext._tenant_for_update(tenant_update.tenant_id);
@@ -473,9 +443,7 @@ COMMENT ON FUNCTION quota_ext.tenant_update(bigint, text, text, text, jsonb, jso
 
 -- Status changes.  closed is final; suspended tenants cannot authenticate.
 CREATE FUNCTION quota_ext._tenant_set_status(tenant_id bigint, status text) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	old quota_ext.tenants := quota_ext._tenant_for_update(_tenant_set_status.tenant_id);
@@ -498,22 +466,16 @@ $$;
 COMMENT ON FUNCTION quota_ext._tenant_set_status(bigint, text) IS 'Internal: change a tenant''s status';
 
 CREATE FUNCTION quota_ext.tenant_suspend(tenant_id bigint) RETURNS void
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$ SELECT quota_ext._tenant_set_status($1, 'suspended') $$;
+	LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT quota_ext._tenant_set_status($1, 'suspended') $$;
 COMMENT ON FUNCTION quota_ext.tenant_suspend(bigint) IS
 	'Suspend a tenant: its keys stop authenticating until tenant_activate';
 
 CREATE FUNCTION quota_ext.tenant_activate(tenant_id bigint) RETURNS void
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$ SELECT quota_ext._tenant_set_status($1, 'active') $$;
+	LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT quota_ext._tenant_set_status($1, 'active') $$;
 COMMENT ON FUNCTION quota_ext.tenant_activate(bigint) IS 'Reactivate a suspended tenant';
 
 CREATE FUNCTION quota_ext.tenant_close(tenant_id bigint) RETURNS void
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$ SELECT quota_ext._tenant_set_status($1, 'closed') $$;
+	LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT quota_ext._tenant_set_status($1, 'closed') $$;
 COMMENT ON FUNCTION quota_ext.tenant_close(bigint) IS
 	'Close a tenant for good: keys stop working, the rows stay for billing and audit';
 
@@ -523,9 +485,7 @@ COMMENT ON FUNCTION quota_ext.tenant_close(bigint) IS
 
 CREATE FUNCTION quota_ext._key_insert(tenant_id bigint, user_id bigint, name text,
 	expires_at timestamptz, OUT key_id bigint, OUT api_key text)
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	m record;
@@ -547,9 +507,7 @@ COMMENT ON FUNCTION quota_ext._key_insert(bigint, bigint, text, timestamptz) IS
 
 CREATE FUNCTION quota_ext.user_create(tenant_id bigint, email text, role text DEFAULT 'member',
 	OUT user_id bigint, OUT api_key text)
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(user_create.tenant_id);
@@ -594,9 +552,7 @@ COMMENT ON FUNCTION quota_ext.user_create(bigint, text, text) IS
 
 CREATE FUNCTION quota_ext.user_update(tenant_id bigint, user_id bigint,
 	role text DEFAULT NULL, status text DEFAULT NULL) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(user_update.tenant_id);
@@ -629,10 +585,7 @@ COMMENT ON FUNCTION quota_ext.user_update(bigint, bigint, text, text) IS
 -- a user of the tenant that was not removed (locked FOR SHARE).
 CREATE FUNCTION quota_ext._key_holder_check(t quota_ext.tenants, user_id bigint,
 	expires_at timestamptz) RETURNS void
-	LANGUAGE plpgsql VOLATILE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-#variable_conflict use_column
+	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	st text;
 BEGIN
@@ -656,9 +609,7 @@ COMMENT ON FUNCTION quota_ext._key_holder_check(quota_ext.tenants, bigint, times
 CREATE FUNCTION quota_ext.api_key_create(tenant_id bigint, user_id bigint,
 	name text DEFAULT NULL, expires_at timestamptz DEFAULT NULL,
 	OUT key_id bigint, OUT api_key text)
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(api_key_create.tenant_id);
@@ -679,9 +630,7 @@ COMMENT ON FUNCTION quota_ext.api_key_create(bigint, bigint, text, timestamptz) 
 	'Create another API key for a user; the key is shown only here';
 
 CREATE FUNCTION quota_ext.api_key_revoke(tenant_id bigint, key_id bigint) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(api_key_revoke.tenant_id);
@@ -703,9 +652,7 @@ COMMENT ON FUNCTION quota_ext.api_key_revoke(bigint, bigint) IS
 
 CREATE FUNCTION quota_ext.api_key_rotate(tenant_id bigint, key_id bigint,
 	grace interval DEFAULT '1 day', OUT new_key_id bigint, OUT api_key text)
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(api_key_rotate.tenant_id);
@@ -753,9 +700,7 @@ COMMENT ON FUNCTION quota_ext.api_key_rotate(bigint, bigint, interval) IS
 CREATE FUNCTION quota_ext.model_register(name text, provider text DEFAULT NULL,
 	owner_tenant_id bigint DEFAULT NULL, description text DEFAULT NULL,
 	metadata jsonb DEFAULT '{}') RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	m quota_ext.models;
@@ -806,8 +751,7 @@ COMMENT ON TYPE quota_ext.auth_result IS
 
 CREATE FUNCTION quota_ext.authenticate(api_key text)
 	RETURNS quota_ext.auth_result
-	AS 'MODULE_PATHNAME', 'quota_ext_authenticate'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_authenticate';
 COMMENT ON FUNCTION quota_ext.authenticate(text) IS
 	'Check an API key and make its tenant the context of this transaction; one error (28000) for every failure';
 

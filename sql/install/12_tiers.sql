@@ -6,9 +6,7 @@
 -- A tier's name as stored: 'professional' is the built-in 'pro' (the seeds
 -- call it both).  Names stay case-sensitive (test/pgtap/04_admin.sql).
 CREATE FUNCTION quota_ext._tier_name(tier text) RETURNS text
-	LANGUAGE sql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$ SELECT CASE WHEN $1 OPERATOR(pg_catalog.=) 'professional' THEN 'pro' ELSE $1 END $$;
+	LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT CASE WHEN $1 OPERATOR(pg_catalog.=) 'professional' THEN 'pro' ELSE $1 END $$;
 COMMENT ON FUNCTION quota_ext._tier_name(text) IS
 	'Internal: a tier name as stored (professional = pro)';
 
@@ -18,9 +16,7 @@ COMMENT ON FUNCTION quota_ext._tier_name(text) IS
 -- but a restore inserts those (tier_set never does, and only a superuser
 -- can write the table).
 CREATE FUNCTION quota_ext._tier_restore() RETURNS trigger
-	LANGUAGE plpgsql
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF NEW.builtin THEN
 		UPDATE quota_ext.tiers
@@ -49,9 +45,7 @@ CREATE FUNCTION quota_ext.tier_set(tier text, description text DEFAULT NULL,
 	features jsonb DEFAULT NULL, max_users integer DEFAULT NULL,
 	unlimited text[] DEFAULT '{}', monthly_budget numeric DEFAULT NULL,
 	budget_currency text DEFAULT NULL) RETURNS text
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	name text := quota_ext._tier_name(tier_set.tier);
@@ -176,10 +170,7 @@ COMMENT ON FUNCTION quota_ext.tier_set(text, text, bigint, integer, integer, int
 
 -- tenant override, else the tier's, else false
 CREATE FUNCTION quota_ext.feature_enabled(tenant_id bigint, feature text) RETURNS boolean
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-#variable_conflict use_column
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	tf jsonb;
 	rf jsonb;
@@ -207,9 +198,7 @@ COMMENT ON FUNCTION quota_ext.feature_enabled(bigint, text) IS
 -- A member leaves: the user row stays (usage and audit history name it),
 -- marked removed; every key of the user is revoked; idempotent.
 CREATE FUNCTION quota_ext.user_remove(tenant_id bigint, user_id bigint) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(user_remove.tenant_id);
@@ -240,10 +229,7 @@ COMMENT ON FUNCTION quota_ext.user_remove(bigint, bigint) IS
 -- Idempotency keys older than older_than are deleted, tenant by tenant; a
 -- retry with a purged key is then a new request (doc/reference.md).
 CREATE FUNCTION quota_ext.idempotency_purge(older_than interval DEFAULT '7 days') RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-#variable_conflict use_column
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	t bigint;
 	n bigint;
@@ -298,9 +284,7 @@ CREATE INDEX api_keys_hash ON quota_ext.api_keys (key_hash);
 -- the minted keys qxk_..., so a malformed minted key reads no table).
 CREATE FUNCTION quota_ext.api_key_import(tenant_id bigint, user_id bigint, api_key text,
 	name text DEFAULT NULL, expires_at timestamptz DEFAULT NULL) RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(api_key_import.tenant_id);

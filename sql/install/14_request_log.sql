@@ -32,9 +32,7 @@ CREATE FUNCTION quota_ext.request_log_write(tenant_id bigint, endpoint text,
 	request_excerpt text DEFAULT NULL, response_excerpt text DEFAULT NULL,
 	usage_id bigint DEFAULT NULL, user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL)
 	RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	ctx record;
@@ -88,9 +86,7 @@ COMMENT ON FUNCTION quota_ext.request_log_write(bigint, text, integer, integer, 
 
 -- Tenant by tenant, the rows older than the tenant's tier audit_retention.
 CREATE FUNCTION quota_ext.request_log_purge() RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	r record;

@@ -50,9 +50,7 @@ COMMENT ON TABLE quota_ext.policies IS
 -- a parameterised SQL function: routable on Citus (issue 16).
 CREATE FUNCTION quota_ext._model_resolution(tenant_id bigint, model text,
 	OUT model_id bigint, OUT via_public boolean)
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	shared bigint[];
 BEGIN
@@ -98,9 +96,7 @@ COMMENT ON FUNCTION quota_ext._model_resolution(bigint, text) IS
 	'Internal: the model a name means for a tenant (own, then global, then shared, then public) and whether only its being public makes it usable';
 
 CREATE FUNCTION quota_ext._model_resolve(tenant_id bigint, model text) RETURNS bigint
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	RETURN (quota_ext._model_resolution($1, $2)).model_id;
 END
@@ -109,9 +105,7 @@ COMMENT ON FUNCTION quota_ext._model_resolve(bigint, text) IS
 	'Internal: the model a name means for a tenant (_model_resolution''s model_id)';
 
 CREATE FUNCTION quota_ext._model_for(tenant_id bigint, model text) RETURNS bigint
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	mid bigint := quota_ext._model_resolve($1, $2);
 BEGIN
@@ -126,9 +120,7 @@ COMMENT ON FUNCTION quota_ext._model_for(bigint, text) IS
 
 CREATE FUNCTION quota_ext.model_share(owner_tenant_id bigint, model text, grantee_tenant_id bigint)
 	RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	mid bigint;
 	vis text;
@@ -163,9 +155,7 @@ COMMENT ON FUNCTION quota_ext.model_share(bigint, text, bigint) IS
 
 CREATE FUNCTION quota_ext.model_unshare(owner_tenant_id bigint, model text, grantee_tenant_id bigint)
 	RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	mid bigint;
 BEGIN
@@ -187,9 +177,7 @@ COMMENT ON FUNCTION quota_ext.model_unshare(bigint, text, bigint) IS 'Withdraw a
 
 CREATE FUNCTION quota_ext.policy_set(tenant_id bigint, model text, allowed boolean,
 	roles_allowed text[] DEFAULT NULL) RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(policy_set.tenant_id);
@@ -235,9 +223,7 @@ COMMENT ON FUNCTION quota_ext.policy_set(bigint, text, boolean, text[]) IS
 	'Allow or deny a model (or a "prefix*" pattern) for a tenant, optionally only for some roles';
 
 CREATE FUNCTION quota_ext.policy_delete(tenant_id bigint, model text) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(policy_delete.tenant_id);
@@ -260,8 +246,7 @@ COMMENT ON FUNCTION quota_ext.policy_delete(bigint, text) IS
 
 CREATE FUNCTION quota_ext.policy_check(tenant_id bigint, model text, role text DEFAULT NULL)
 	RETURNS boolean
-	AS 'MODULE_PATHNAME', 'quota_ext_policy_check'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_policy_check';
 COMMENT ON FUNCTION quota_ext.policy_check(bigint, text, text) IS
 	'May this tenant (and role; NULL = the authenticated user''s role) use this model?  Default deny';
 

@@ -85,8 +85,7 @@ COMMENT ON TABLE quota_ext.quota_counters IS
 -- The slot-share rule, in one place (src/storage_slots.c): slot i of n gets
 -- limit / n, plus 1 for the first limit % n slots.
 CREATE FUNCTION quota_ext._slot_share(lim bigint, n integer, i integer) RETURNS bigint
-	AS 'MODULE_PATHNAME', 'quota_ext_slot_share'
-	LANGUAGE C IMMUTABLE PARALLEL SAFE;
+	LANGUAGE C IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'quota_ext_slot_share';
 COMMENT ON FUNCTION quota_ext._slot_share(bigint, integer, integer) IS
 	'Internal: the default share of a limit of escrow slot i of n';
 
@@ -102,8 +101,7 @@ COMMENT ON FUNCTION quota_ext._slot_share(bigint, integer, integer) IS
 CREATE FUNCTION quota_ext._counters_lay_out(tenant_id bigint, quota_id bigint,
 	period_start timestamptz, n integer, first integer, keep integer[], total bigint,
 	mask integer, slack bigint) RETURNS void
-	AS 'MODULE_PATHNAME', 'quota_ext_counters_lay_out'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'quota_ext_counters_lay_out';
 COMMENT ON FUNCTION quota_ext._counters_lay_out(bigint, bigint, timestamptz, integer, integer,
 	integer[], bigint, integer, bigint) IS
 	'Internal: write a quota''s counter rows laid out over n slots (the only SQL way to write them)';
@@ -113,9 +111,7 @@ COMMENT ON FUNCTION quota_ext._counters_lay_out(bigint, bigint, timestamptz, int
 -- allowances so that slot 0 holds what it used plus its share of the slack.
 -- Called by quota_set when slots or the limit of a multi-slot quota change.
 CREATE FUNCTION quota_ext._counters_rebuild(tenant_id bigint, quota_id bigint) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	q quota_ext.quotas;
@@ -158,9 +154,7 @@ COMMENT ON FUNCTION quota_ext._counters_rebuild(bigint, bigint) IS
 -- later period than now.
 CREATE FUNCTION quota_ext._escrow_relayout(tenant_id bigint, quota_id bigint, n integer)
 	RETURNS boolean
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	q quota_ext.quotas;
@@ -239,16 +233,14 @@ COMMENT ON FUNCTION quota_ext._escrow_relayout(bigint, bigint, integer) IS
 	'Internal: automatic escrow lays a quota out over n counter rows';
 
 CREATE FUNCTION quota_ext.escrow_adapt() RETURNS integer
-	AS 'MODULE_PATHNAME', 'quota_ext_escrow_adapt'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'quota_ext_escrow_adapt';
 COMMENT ON FUNCTION quota_ext.escrow_adapt() IS
 	'One automatic escrow pass over this database in the current transaction (the background worker runs them on its own): the number of quotas laid out again';
 
 CREATE FUNCTION quota_ext.escrow_status(OUT tenant_id bigint, OUT quota_id bigint,
 	OUT waits bigint, OUT calls bigint, OUT backends integer, OUT quiet_passes integer)
 	RETURNS SETOF record
-	AS 'MODULE_PATHNAME', 'quota_ext_escrow_status'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'quota_ext_escrow_status';
 COMMENT ON FUNCTION quota_ext.escrow_status() IS
 	'Automatic escrow''s entries of this database as the next pass will read them: waits (or calls that found no free slot), escrow calls, distinct backends, quiet passes in a row';
 
@@ -427,8 +419,7 @@ COMMENT ON TYPE quota_ext.decision IS
 
 CREATE FUNCTION quota_ext.period_bounds(period text, timezone text, at timestamptz,
 	OUT period_start timestamptz, OUT period_end timestamptz)
-	AS 'MODULE_PATHNAME', 'quota_ext_period_bounds'
-	LANGUAGE C STABLE PARALLEL SAFE;
+	LANGUAGE C STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'quota_ext_period_bounds';
 COMMENT ON FUNCTION quota_ext.period_bounds(text, text, timestamptz) IS
 	'The calendar period (minute .. year, lifetime; or daily, monthly, ...) containing at, in a time zone';
 
@@ -437,9 +428,7 @@ COMMENT ON FUNCTION quota_ext.period_bounds(text, text, timestamptz) IS
 -- ---------------------------------------------------------------------------
 
 CREATE FUNCTION quota_ext._normalize_period(period text) RETURNS text
-	LANGUAGE plpgsql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF period IS NULL THEN PERFORM quota_ext._null_arg('period'); END IF;
 	RETURN CASE WHEN lower(period) = ANY (ARRAY['minute', 'minutely']) THEN 'minute'
@@ -457,9 +446,7 @@ COMMENT ON FUNCTION quota_ext._normalize_period(text) IS 'Internal: period word 
 -- The tier quota of a metric (tenant-wide, monthly; origin tier or tenant)
 -- of a tenant, locked; all NULL when there is none.
 CREATE FUNCTION quota_ext._tier_quota_row(tenant_id bigint, metric text) RETURNS quota_ext.quotas
-	LANGUAGE plpgsql VOLATILE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	q quota_ext.quotas;
@@ -477,9 +464,7 @@ COMMENT ON FUNCTION quota_ext._tier_quota_row(bigint, text) IS
 -- Create the tier quota (q has no quota_id) or bring its limit to lim.
 CREATE FUNCTION quota_ext._tier_quota_put(tenant_id bigint, q quota_ext.quotas, metric text,
 	lim bigint, currency text) RETURNS void
-	LANGUAGE plpgsql VOLATILE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
 	IF q.quota_id IS NULL THEN
@@ -501,9 +486,7 @@ COMMENT ON FUNCTION quota_ext._tier_quota_put(bigint, quota_ext.quotas, text, bi
 -- tenant-wide monthly calls quota of tiers.monthly_calls, unless the tenant
 -- set its own quota of that scope.
 CREATE FUNCTION quota_ext._tier_quotas_sync(tenant_id bigint) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	lim bigint;
@@ -531,9 +514,7 @@ COMMENT ON FUNCTION quota_ext._tier_quotas_sync(bigint) IS
 -- change of the tier's currency replaces the tier quota (a cost quota counts
 -- one currency).
 CREATE FUNCTION quota_ext._tier_budget_sync(tenant_id bigint) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	b numeric;
@@ -569,9 +550,7 @@ COMMENT ON FUNCTION quota_ext._tier_budget_sync(bigint) IS
 -- Returns the burst to store (0 by default; NULL unless throttled).
 CREATE FUNCTION quota_ext._check_throttle(on_exceed text, per_minute integer, burst integer)
 	RETURNS integer
-	LANGUAGE plpgsql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF $1 = 'throttle' THEN
 		IF $2 IS NULL THEN PERFORM quota_ext._null_arg('throttle_per_minute'); END IF;
@@ -597,9 +576,7 @@ CREATE FUNCTION quota_ext.quota_set(tenant_id bigint, period text, max_units big
 	thresholds integer[] DEFAULT '{80,100}', max_cost numeric DEFAULT NULL,
 	currency text DEFAULT NULL, slots integer DEFAULT NULL, meter text DEFAULT NULL,
 	throttle_per_minute integer DEFAULT NULL, throttle_burst integer DEFAULT NULL) RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(quota_set.tenant_id);
@@ -784,9 +761,7 @@ COMMENT ON FUNCTION quota_ext.quota_set(bigint, text, bigint, text, text, bigint
 	'Create or change the quota of a scope (tenant, or one model, user or key); a money budget with max_cost and currency; slots > 1 spreads a hot quota over escrow rows; on_exceed throttle: past the limit calls pass at throttle_per_minute (burst throttle_burst) as overage; meter => a quota on a named meter; the count of the current period is kept';
 
 CREATE FUNCTION quota_ext.quota_delete(tenant_id bigint, quota_id bigint) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(quota_delete.tenant_id);
@@ -822,8 +797,7 @@ CREATE FUNCTION quota_ext.quota_consume(tenant_id bigint, model text, units bigi
 	role text DEFAULT NULL, input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL,
 	metadata jsonb DEFAULT NULL)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_ext_quota_consume'
-	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'quota_ext_quota_consume';
 COMMENT ON FUNCTION quota_ext.quota_consume(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb) IS
 	'Check policy, rate limits and every applicable quota as one unit; charge all or none; record usage';
 
@@ -832,8 +806,7 @@ CREATE FUNCTION quota_ext.quota_consume_or_raise(tenant_id bigint, model text, u
 	role text DEFAULT NULL, input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL,
 	metadata jsonb DEFAULT NULL)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_ext_quota_consume_or_raise'
-	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'quota_ext_quota_consume_or_raise';
 COMMENT ON FUNCTION quota_ext.quota_consume_or_raise(bigint, text, bigint, text, bigint, bigint, text, bigint, bigint, jsonb) IS
 	'quota_consume that raises on denial: 53400 for quotas and rate limits, 42501 for policy';
 
@@ -843,8 +816,7 @@ CREATE FUNCTION quota_ext.quota_check(tenant_id bigint, model text, units bigint
 	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL, role text DEFAULT NULL,
 	input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_ext_quota_check'
-	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'quota_ext_quota_check';
 COMMENT ON FUNCTION quota_ext.quota_check(bigint, text, bigint, bigint, bigint, text, bigint, bigint) IS
 	'The decision quota_consume would return now (policy, rate limits, every quota, money), without charging, writing or locking anything';
 
@@ -852,8 +824,7 @@ CREATE FUNCTION quota_ext.invoke(api_key text, model text, units bigint DEFAULT 
 	idempotency_key text DEFAULT NULL, input_tokens bigint DEFAULT NULL,
 	output_tokens bigint DEFAULT NULL, metadata jsonb DEFAULT NULL)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_ext_invoke'
-	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'quota_ext_invoke';
 COMMENT ON FUNCTION quota_ext.invoke(text, text, bigint, text, bigint, bigint, jsonb) IS
 	'authenticate + policy + rate limits + quotas + usage record in one call';
 
@@ -862,36 +833,31 @@ CREATE FUNCTION quota_ext.quota_reserve(tenant_id bigint, model text, estimate b
 	user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL, role text DEFAULT NULL,
 	input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL, metadata jsonb DEFAULT NULL)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_ext_quota_reserve'
-	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'quota_ext_quota_reserve';
 COMMENT ON FUNCTION quota_ext.quota_reserve(bigint, text, bigint, interval, text, bigint, bigint, text, bigint, bigint, jsonb) IS
 	'Charge an estimate now (commit it quickly); settle or cancel it later; it expires after ttl';
 
 CREATE FUNCTION quota_ext.quota_settle(tenant_id bigint, reservation_id bigint, actual bigint,
 	input_tokens bigint DEFAULT NULL, output_tokens bigint DEFAULT NULL)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_ext_quota_settle'
-	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'quota_ext_quota_settle';
 COMMENT ON FUNCTION quota_ext.quota_settle(bigint, bigint, bigint, bigint, bigint) IS
 	'Replace a reservation''s estimate by the actual amount (see doc/reference.md for the rule beyond the estimate)';
 
 CREATE FUNCTION quota_ext.quota_cancel(tenant_id bigint, reservation_id bigint)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_ext_quota_cancel'
-	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'quota_ext_quota_cancel';
 COMMENT ON FUNCTION quota_ext.quota_cancel(bigint, bigint) IS
 	'Release a reservation''s whole estimate';
 
 CREATE FUNCTION quota_ext.quota_refund(tenant_id bigint, usage_id bigint)
 	RETURNS quota_ext.decision
-	AS 'MODULE_PATHNAME', 'quota_ext_quota_refund'
-	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'quota_ext_quota_refund';
 COMMENT ON FUNCTION quota_ext.quota_refund(bigint, bigint) IS
 	'Give back a committed consumption, once';
 
 CREATE FUNCTION quota_ext.quota_expire_reservations(batch integer DEFAULT 1000) RETURNS integer
-	AS 'MODULE_PATHNAME', 'quota_ext_quota_expire_reservations'
-	LANGUAGE C VOLATILE PARALLEL UNSAFE;
+	LANGUAGE C VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'quota_ext_quota_expire_reservations';
 COMMENT ON FUNCTION quota_ext.quota_expire_reservations(integer) IS
 	'Release reservations past their expiry (for pg_cron); returns how many';
 
@@ -912,9 +878,7 @@ CREATE FUNCTION quota_ext._quota_status(tenant_id bigint, model text, user_id bi
 	               resets_at timestamptz, on_exceed text, origin text, currency text,
 	               limit_cost numeric, used_cost numeric, remaining_cost numeric,
 	               period_start timestamptz, requests bigint, meter text, meter_kind text)
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	mid bigint;
@@ -1001,9 +965,7 @@ CREATE FUNCTION quota_ext.quota_status(tenant_id bigint, model text DEFAULT NULL
 	               resets_at timestamptz, on_exceed text, origin text, currency text,
 	               limit_cost numeric, used_cost numeric, remaining_cost numeric,
 	               period_start timestamptz, requests bigint, meter text, meter_kind text)
-	LANGUAGE sql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$ SELECT * FROM quota_ext._quota_status($1, $2, $3, $4, true) $$;
+	LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT * FROM quota_ext._quota_status($1, $2, $3, $4, true) $$;
 COMMENT ON FUNCTION quota_ext.quota_status(bigint, text, bigint, bigint) IS
 	'Every quota of a tenant (or those that apply to a model, user, key) with used, remaining, period_start and resets_at now (cost quotas: in micro-units, and as money in limit_cost, used_cost, remaining_cost) and the requests admitted in the period; then its meter quotas (meter, meter_kind; a gauge''s used is its level) unless a model is asked for';
 
@@ -1013,9 +975,7 @@ COMMENT ON FUNCTION quota_ext.quota_status(bigint, text, bigint, bigint) IS
 -- (tenant_id, created_at) index.  Its cost depends on the days in the month
 -- and the rollup lag, not on the number of usage rows.
 CREATE FUNCTION quota_ext.tenant_summary(tenant_id bigint) RETURNS jsonb
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants;

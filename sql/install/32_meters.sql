@@ -118,9 +118,7 @@ COMMENT ON TABLE quota_ext.meter_usage IS
 
 CREATE FUNCTION quota_ext.meter_create(name text, unit text DEFAULT NULL, kind text DEFAULT 'counter')
 	RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	m quota_ext.meters;
@@ -159,9 +157,7 @@ COMMENT ON FUNCTION quota_ext.meter_create(text, text, text) IS
 -- call's exactness comes from its counter or level rows.
 CREATE FUNCTION quota_ext._meter_lookup(tenant_id bigint, meter text, need_meter boolean DEFAULT true,
 	OUT t quota_ext.tenants, OUT m quota_ext.meters)
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF _meter_lookup.tenant_id IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
 	IF _meter_lookup.need_meter AND _meter_lookup.meter IS NULL THEN PERFORM quota_ext._null_arg('meter'); END IF;
@@ -190,16 +186,14 @@ COMMENT ON FUNCTION quota_ext._meter_lookup(bigint, text, boolean) IS
 -- context, or set_tenant) may name any.
 CREATE FUNCTION quota_ext._identity_resolve(tenant_id bigint, user_id bigint, key_id bigint,
 	OUT res_user_id bigint, OUT res_key_id bigint)
-	AS 'MODULE_PATHNAME', 'quota_ext_identity_resolve'
-	LANGUAGE C STABLE PARALLEL RESTRICTED;
+	LANGUAGE C STABLE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_identity_resolve';
 COMMENT ON FUNCTION quota_ext._identity_resolve(bigint, bigint, bigint) IS
 	'Internal: the user and key a call acts as: the context''s by default; a key-authenticated context cannot name others (42501)';
 
 -- At most 10^15 per call either way, like units and tokens (src/args.c,
 -- check_bounded); NULL passes.
 CREATE FUNCTION quota_ext._check_bounded(v bigint, what text) RETURNS void
-	AS 'MODULE_PATHNAME', 'quota_ext_check_bounded'
-	LANGUAGE C IMMUTABLE PARALLEL SAFE;
+	LANGUAGE C IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'quota_ext_check_bounded';
 COMMENT ON FUNCTION quota_ext._check_bounded(bigint, text) IS 'Internal: 22003 when |v| > 10^15 (the bound of one call)';
 
 -- quota_set(meter => ...)'s work: the caller (quota_set) has locked the
@@ -207,9 +201,7 @@ COMMENT ON FUNCTION quota_ext._check_bounded(bigint, text) IS 'Internal: 22003 w
 CREATE FUNCTION quota_ext._meter_quota_set(tenant_id bigint, meter text, period text, period_label text,
 	max_units bigint, on_exceed text, user_id bigint, throttle_per_minute integer, throttle_burst integer)
 	RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	m quota_ext.meters := (quota_ext._meter_lookup(_meter_quota_set.tenant_id, _meter_quota_set.meter)).m;
@@ -278,9 +270,7 @@ COMMENT ON FUNCTION quota_ext._meter_quota_set(bigint, text, text, text, bigint,
 -- when it was used by another.
 CREATE FUNCTION quota_ext._meter_idem_claim(tenant_id bigint, idempotency_key text, op text,
 	meter text, amount bigint) RETURNS quota_ext.decision
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	k quota_ext.idempotency_keys;
@@ -318,9 +308,7 @@ COMMENT ON FUNCTION quota_ext._meter_idem_claim(bigint, text, text, text, bigint
 -- ... and store the decision under it (no key: nothing to store); returns d.
 CREATE FUNCTION quota_ext._meter_idem_store(tenant_id bigint, idempotency_key text, d quota_ext.decision)
 	RETURNS quota_ext.decision
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	UPDATE quota_ext.idempotency_keys k
 	   SET allowed = ($3).allowed, denied_by = ($3).denied_by, quota_id = ($3).quota_id,
 	       period = ($3).period, "limit" = ($3)."limit", remaining = ($3).remaining,
@@ -336,9 +324,7 @@ COMMENT ON FUNCTION quota_ext._meter_idem_store(bigint, text, quota_ext.decision
 -- and key; the caller fills in the rest.
 CREATE FUNCTION quota_ext._meter_decision(tenant_id bigint, user_id bigint, key_id bigint)
 	RETURNS quota_ext.decision
-	LANGUAGE sql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT ROW(true, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, NULL, NULL, NULL,
 	           $1, $2, $3, 0)::quota_ext.decision
 $$;
@@ -349,9 +335,7 @@ CREATE FUNCTION quota_ext.meter_consume(tenant_id bigint, meter text, amount big
 	idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
 	metadata jsonb DEFAULT NULL)
 	RETURNS quota_ext.decision
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	lk record := quota_ext._meter_lookup(meter_consume.tenant_id, meter_consume.meter);
@@ -499,9 +483,7 @@ COMMENT ON FUNCTION quota_ext.meter_consume(bigint, text, bigint, text, bigint, 
 CREATE FUNCTION quota_ext._gauge_move(tenant_id bigint, meter_id bigint, delta bigint,
 	idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL)
 	RETURNS quota_ext.decision
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	d quota_ext.decision;
@@ -554,9 +536,7 @@ COMMENT ON FUNCTION quota_ext._gauge_move(bigint, bigint, bigint, text, bigint) 
 CREATE FUNCTION quota_ext.gauge_adjust(tenant_id bigint, meter text, delta bigint,
 	idempotency_key text DEFAULT NULL)
 	RETURNS quota_ext.decision
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	d quota_ext.decision;
 	lk record := quota_ext._meter_lookup(gauge_adjust.tenant_id, gauge_adjust.meter);
@@ -615,9 +595,7 @@ COMMENT ON FUNCTION quota_ext.gauge_adjust(bigint, text, bigint, text) IS
 -- and they move rarely.  Returns how many rows went.
 CREATE FUNCTION quota_ext._meter_usage_purge_tenant(tenant_id bigint, timezone text, cutoff timestamptz)
 	RETURNS bigint
-	LANGUAGE sql VOLATILE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 	WITH gone AS (
 		DELETE FROM quota_ext.meter_usage u
 		 USING quota_ext.meters mt
@@ -639,9 +617,7 @@ COMMENT ON FUNCTION quota_ext._meter_usage_purge_tenant(bigint, text, timestampt
 -- ... tenant by tenant (each statement routable by tenant_id), with the
 -- tier's audit_retention, as request_log_purge (14_request_log.sql).
 CREATE FUNCTION quota_ext.meter_usage_purge() RETURNS bigint
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	SELECT quota_ext._admin_only('meter_usage_purge');
 	WITH n AS (
 		SELECT coalesce(sum(quota_ext._meter_usage_purge_tenant(t.tenant_id, t.timezone,
@@ -657,9 +633,7 @@ COMMENT ON FUNCTION quota_ext.meter_usage_purge() IS
 -- The built-in gauge 'users' for user_create (+1) and user_remove (-1):
 -- 53400 past the tenant's quota on 'users'.
 CREATE FUNCTION quota_ext._users_gauge(tenant_id bigint, delta bigint, user_id bigint) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	d quota_ext.decision;
 BEGIN
@@ -684,9 +658,7 @@ CREATE FUNCTION quota_ext.meter_status(tenant_id bigint)
 	RETURNS TABLE (meter text, kind text, unit text, quota_id bigint, period text, scope_user_id bigint,
 	               "limit" bigint, used bigint, remaining bigint, period_start timestamptz,
 	               resets_at timestamptz, on_exceed text)
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := (quota_ext._meter_lookup(meter_status.tenant_id, NULL, false)).t;

@@ -14,8 +14,7 @@ CREATE FUNCTION quota_ext.gcra_eval(tat_ns bigint, now_ns bigint, max_burst inte
 	OUT limited boolean, OUT "limit" bigint, OUT remaining bigint,
 	OUT retry_after bigint, OUT reset_after bigint,
 	OUT new_tat_ns bigint, OUT retry_after_ns bigint, OUT reset_after_ns bigint)
-	AS 'MODULE_PATHNAME', 'quota_ext_gcra_eval'
-	LANGUAGE C IMMUTABLE PARALLEL SAFE;
+	LANGUAGE C IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'quota_ext_gcra_eval';
 COMMENT ON FUNCTION quota_ext.gcra_eval(bigint, bigint, integer, integer, integer, integer) IS
 	'GCRA arithmetic of one CL.THROTTLE given the stored TAT and now (ns); new_tat_ns is the TAT to store';
 
@@ -36,23 +35,20 @@ COMMENT ON TYPE quota_ext.rate_limit_result IS
 CREATE FUNCTION quota_ext.rate_limit_check(key text, max_burst integer, count integer,
 	period_seconds integer, quantity integer DEFAULT 1)
 	RETURNS quota_ext.rate_limit_result
-	AS 'MODULE_PATHNAME', 'quota_ext_rate_limit_check'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_rate_limit_check';
 COMMENT ON FUNCTION quota_ext.rate_limit_check(text, integer, integer, integer, integer) IS
 	'redis-cell CL.THROTTLE: count per period_seconds with max_burst, in one namespace shared by all callers; quantity 0 peeks';
 
 CREATE FUNCTION quota_ext.tenant_rate_limit_check(key text, max_burst integer, count integer,
 	period_seconds integer, quantity integer DEFAULT 1)
 	RETURNS quota_ext.rate_limit_result
-	AS 'MODULE_PATHNAME', 'quota_ext_tenant_rate_limit_check'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_tenant_rate_limit_check';
 COMMENT ON FUNCTION quota_ext.tenant_rate_limit_check(text, integer, integer, integer, integer) IS
 	'rate_limit_check in the current tenant''s own namespace (needs a tenant context)';
 
 CREATE FUNCTION quota_ext.rate_limit_status(OUT slots integer, OUT in_use bigint,
 	OUT partitions integer, OUT tenant_entries integer)
-	AS 'MODULE_PATHNAME', 'quota_ext_rate_limit_status'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_rate_limit_status';
 COMMENT ON FUNCTION quota_ext.rate_limit_status() IS
 	'Size of the shared rate-limit table, how many slots hold a bucket, and the most buckets one tenant''s (or rate_limit_check''s) keys may hold';
 
@@ -61,8 +57,7 @@ COMMENT ON FUNCTION quota_ext.rate_limit_status() IS
 -- hold at most quota_ext.rate_limit_tenant_entries buckets each.
 CREATE FUNCTION quota_ext.rate_limit_namespaces(OUT tenant_id bigint, OUT buckets integer)
 	RETURNS SETOF record
-	AS 'MODULE_PATHNAME', 'quota_ext_rate_limit_namespaces'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_rate_limit_namespaces';
 COMMENT ON FUNCTION quota_ext.rate_limit_namespaces() IS
 	'Buckets held by the keys of rate_limit_check() (tenant_id NULL) and by each tenant''s keys of tenant_rate_limit_check(), in this database';
 
@@ -99,9 +94,7 @@ SELECT quota_ext._secure_tenant_table('quota_ext.rate_limits');
 CREATE FUNCTION quota_ext.rate_limit_set(tenant_id bigint, count integer,
 	period_seconds integer, max_burst integer DEFAULT 0, model text DEFAULT NULL,
 	key_id bigint DEFAULT NULL) RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(rate_limit_set.tenant_id);
@@ -148,9 +141,7 @@ COMMENT ON FUNCTION quota_ext.rate_limit_set(bigint, integer, integer, integer, 
 	'Create or change the rate limit of one scope (tenant-wide, a model, an API key, or both); returns its rule_id';
 
 CREATE FUNCTION quota_ext.rate_limit_delete(tenant_id bigint, rule_id bigint) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update(rate_limit_delete.tenant_id);
@@ -175,8 +166,7 @@ CREATE FUNCTION quota_ext.rate_limit_apply(tenant_id bigint, model text DEFAULT 
 	quantity integer DEFAULT 1, key_id bigint DEFAULT NULL,
 	OUT limited boolean, OUT rule_id bigint, OUT "limit" bigint, OUT remaining bigint,
 	OUT retry_after bigint, OUT reset_after bigint)
-	AS 'MODULE_PATHNAME', 'quota_ext_rate_limit_apply'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_rate_limit_apply';
 COMMENT ON FUNCTION quota_ext.rate_limit_apply(bigint, text, integer, bigint) IS
 	'Check and charge every configured rate limit of a tenant (model, key; tier default) all or nothing, as invoke() does';
 
@@ -186,17 +176,14 @@ COMMENT ON FUNCTION quota_ext.rate_limit_apply(bigint, text, integer, bigint) IS
 -- configuration changed and empty every backend's cache for nothing.
 CREATE FUNCTION quota_ext._rate_limit_reset(tenant_id bigint, key text, rule_ids bigint[])
 	RETURNS bigint
-	AS 'MODULE_PATHNAME', 'quota_ext_rate_limit_reset_buckets'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'quota_ext_rate_limit_reset_buckets';
 COMMENT ON FUNCTION quota_ext._rate_limit_reset(bigint, text, bigint[]) IS
 	'Internal: remove rate-limit buckets (see rate_limit_reset)';
 REVOKE ALL ON FUNCTION quota_ext._rate_limit_reset(bigint, text, bigint[]) FROM PUBLIC;
 
 CREATE FUNCTION quota_ext.rate_limit_reset(tenant_id bigint DEFAULT NULL, key text DEFAULT NULL)
 	RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	t quota_ext.tenants;

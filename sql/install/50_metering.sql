@@ -6,9 +6,7 @@
 
 -- An ISO 4217 code: three upper-case letters.
 CREATE FUNCTION quota_ext._check_currency(currency text) RETURNS text
-	LANGUAGE plpgsql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF currency IS NULL THEN PERFORM quota_ext._null_arg('currency'); END IF;
 	IF upper(currency) !~ '^[A-Z]{3}$' THEN
@@ -27,9 +25,7 @@ COMMENT ON FUNCTION quota_ext._check_currency(text) IS 'Internal: validate an IS
 -- (a price per unit or per 1,000 tokens).  NULL passes: the caller decides
 -- whether the argument is optional.
 CREATE FUNCTION quota_ext._check_money(amount numeric, what text, max numeric) RETURNS numeric
-	LANGUAGE plpgsql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF amount IS NULL THEN
 		RETURN NULL;
@@ -55,9 +51,7 @@ COMMENT ON FUNCTION quota_ext._check_money(numeric, text, numeric) IS
 -- Money to micro-units (1e-6) of its currency, exactly: cost quota limits
 -- and counters are kept in micro-units (see doc/metering.md).
 CREATE FUNCTION quota_ext._money_to_micro(amount numeric, what text) RETURNS bigint
-	LANGUAGE plpgsql IMMUTABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	micro numeric := amount * 1000000;
 BEGIN
@@ -122,9 +116,7 @@ COMMENT ON TABLE quota_ext.prices IS
 -- it had cost most of a configuration-cache fill to start (doc/performance.md).
 CREATE FUNCTION quota_ext._price_at(tenant_id bigint, model_id bigint, at timestamptz,
 	OUT price quota_ext.prices, OUT next_change timestamptz)
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	v quota_ext.prices;
 	lvl integer;
@@ -169,9 +161,7 @@ COMMENT ON FUNCTION quota_ext._price_at(bigint, bigint, timestamptz) IS
 
 CREATE FUNCTION quota_ext._price_in_force(tenant_id bigint, model_id bigint, at timestamptz)
 	RETURNS quota_ext.prices
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	RETURN (quota_ext._price_at($1, $2, $3)).price;	-- unpriced: a row of NULLs
 END
@@ -186,9 +176,7 @@ COMMENT ON FUNCTION quota_ext._price_in_force(bigint, bigint, timestamptz) IS
 CREATE FUNCTION quota_ext._price_version_add(mid bigint, tenant_id bigint, label text,
 	currency text, unit_price numeric, input_per_1k numeric, output_per_1k numeric,
 	effective_from timestamptz, overage_unit_price numeric, audit_tenant bigint) RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	p quota_ext.prices;
@@ -233,10 +221,7 @@ COMMENT ON FUNCTION quota_ext._price_version_add(bigint, bigint, text, text, num
 CREATE FUNCTION quota_ext._price_insert(model text, currency text, unit_price numeric,
 	input_per_1k numeric, output_per_1k numeric, effective_from timestamptz, tenant_id bigint,
 	overage_unit_price numeric) RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-#variable_conflict use_column
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	mid bigint;
 BEGIN
@@ -269,9 +254,7 @@ CREATE FUNCTION quota_ext.price_set(model text, currency text, unit_price numeri
 	input_per_1k numeric DEFAULT NULL, output_per_1k numeric DEFAULT NULL,
 	effective_from timestamptz DEFAULT now(), tenant_id bigint DEFAULT NULL,
 	overage_unit_price numeric DEFAULT NULL) RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF currency IS NULL THEN PERFORM quota_ext._null_arg('currency'); END IF;
 	IF unit_price IS NULL AND input_per_1k IS NULL AND output_per_1k IS NULL THEN
@@ -288,18 +271,13 @@ COMMENT ON FUNCTION quota_ext.price_set(text, text, numeric, numeric, numeric, t
 
 CREATE FUNCTION quota_ext.price_clear(model text, effective_from timestamptz DEFAULT now(),
 	tenant_id bigint DEFAULT NULL) RETURNS bigint
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$ SELECT quota_ext._price_insert($1, 'XXX', NULL, NULL, NULL, $2, $3, NULL) $$;
+	LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT quota_ext._price_insert($1, 'XXX', NULL, NULL, NULL, $2, $3, NULL) $$;
 COMMENT ON FUNCTION quota_ext.price_clear(text, timestamptz, bigint) IS
 	'From effective_from: end a tenant''s own price (the list price applies again), or with tenant_id NULL the list price (a default price applies, else the model is unpriced); model ''*'': end a default price';
 
 CREATE FUNCTION quota_ext.price_lookup(tenant_id bigint, model text, at timestamptz DEFAULT now())
 	RETURNS SETOF quota_ext.prices
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-#variable_conflict use_column
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	mid bigint;
 BEGIN
@@ -338,9 +316,7 @@ COMMENT ON FUNCTION quota_ext.price_lookup(bigint, text, timestamptz) IS
 -- On Citus (after distribute()) the rows are written on the workers, and
 -- the bound is taken on every node: _usage_watermark_citus() (65_citus.sql).
 CREATE FUNCTION quota_ext._usage_watermark() RETURNS timestamptz
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF current_setting('transaction_isolation') <> 'read committed' THEN
 		RAISE EXCEPTION 'metering and billing functions need READ COMMITTED isolation'
@@ -369,9 +345,7 @@ COMMENT ON FUNCTION quota_ext._usage_watermark() IS
 -- transaction start (track_activities off) counts from its own start.
 CREATE FUNCTION quota_ext._usage_watermark_local(on_citus boolean)
 	RETURNS timestamptz
-	LANGUAGE plpgsql VOLATILE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	now0 timestamptz := clock_timestamp();
 	oldest timestamptz;
@@ -415,9 +389,7 @@ COMMENT ON FUNCTION quota_ext._usage_watermark_local(boolean) IS
 -- policies on a new partition (reads through the parent use the parent's
 -- policies; these guard direct access).
 CREATE FUNCTION quota_ext._usage_partition_secure(part regclass) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	n text := (SELECT c.relname FROM pg_class c WHERE c.oid = part);
 BEGIN
@@ -439,10 +411,7 @@ COMMENT ON FUNCTION quota_ext._usage_partition_secure(regclass) IS
 -- pause between them in which the queue drains.  false: not granted, and
 -- nothing is held.
 CREATE FUNCTION quota_ext._usage_lock_briefly(part regclass) RETURNS boolean
-	LANGUAGE plpgsql VOLATILE
-	SET search_path = pg_catalog, pg_temp
-	SET lock_timeout = '100ms'
-	AS $$
+	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET lock_timeout = '100ms' AS $$
 BEGIN
 	FOR i IN 1 .. 3 LOOP
 		BEGIN
@@ -488,9 +457,7 @@ COMMENT ON FUNCTION quota_ext._usage_lock_briefly(regclass) IS
 -- as 'skipped'; the next scheduled run makes them.
 CREATE FUNCTION quota_ext.usage_partitions_maintain(months_ahead integer DEFAULT 3)
 	RETURNS TABLE (partition text, action text)
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	first timestamptz := date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
@@ -613,10 +580,7 @@ COMMENT ON FUNCTION quota_ext.usage_partitions_maintain(integer) IS
 -- returned as 'skipped') for the next scheduled run.
 CREATE FUNCTION quota_ext.usage_partition_detach(before timestamptz)
 	RETURNS TABLE (partition text, action text)
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-#variable_conflict use_column
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r record;
 	w timestamptz;
@@ -738,9 +702,7 @@ COMMENT ON TABLE quota_ext.rollup_state IS
 	'Rollup watermarks: every usage row with created_at before watermark is in usage_daily';
 
 CREATE FUNCTION quota_ext.usage_rollup() RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	w_old timestamptz;
 	w_new timestamptz;
@@ -820,14 +782,11 @@ CREATE FUNCTION quota_ext._usage_days(tenant_id bigint, from_day date, to_day da
 	RETURNS TABLE (day date, model_id bigint, user_id bigint, currency text, calls bigint,
 	               units numeric, input_tokens numeric, output_tokens numeric,
 	               overage_units numeric, cost numeric)
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	-- The ledger tail's bound is known only at run time, so its plan is
+	-- SET jit = off: the ledger tail's bound is known only at run time, so its plan is
 	-- costed for a third of the ledger: past ~5M rows that crosses
 	-- jit_above_cost and every summary paid ~18 ms of JIT compilation for
 	-- a handful of rows.
-	SET jit = off
-	AS $$
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
 	tid bigint := _usage_days.tenant_id;
@@ -866,10 +825,7 @@ CREATE FUNCTION quota_ext.usage_report(tenant_id bigint, "from" timestamptz, "to
 	group_by text DEFAULT 'model')
 	RETURNS TABLE (model text, day date, user_id bigint, currency text, calls bigint, units numeric,
 	               input_tokens numeric, output_tokens numeric, overage_units numeric, cost numeric)
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-#variable_conflict use_column
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	tz text;
 	d0 date;
@@ -918,10 +874,7 @@ CREATE FUNCTION quota_ext.model_usage_by_consumer(owner_tenant_id bigint, "from"
 	"to" timestamptz)
 	RETURNS TABLE (model text, consumer_tenant_id bigint, calls bigint, units numeric,
 	               input_tokens numeric, output_tokens numeric)
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-#variable_conflict use_column
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('owner_tenant_id'); END IF;
 	IF $2 IS NULL THEN PERFORM quota_ext._null_arg('from'); END IF;

@@ -74,9 +74,7 @@ COMMENT ON TABLE quota_ext.event_consumers IS
 -- transaction id is taken before the event id is drawn (see above).
 CREATE FUNCTION quota_ext._event_emit(tenant_id bigint, event_type text, object_type text,
 	object_id text, payload jsonb) RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	x xid8 := pg_current_xact_id();
 	id bigint := nextval('quota_ext.outbox_id_seq');
@@ -100,9 +98,7 @@ REVOKE ALL ON FUNCTION quota_ext._event_emit(bigint, text, text, text, jsonb) FR
 -- (a key-authenticated context: only a tenant admin's key), or 0 for
 -- quota_ext_admin without a context (anyone else: 42501)
 CREATE FUNCTION quota_ext._event_scope(what text) RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	t bigint := quota_ext.current_tenant_id();
 BEGIN
@@ -128,9 +124,7 @@ COMMENT ON FUNCTION quota_ext._event_scope(text) IS
 -- Internal: the consumer row, locked (created on first use)
 CREATE FUNCTION quota_ext._event_consumer(scope bigint, consumer text)
 	RETURNS quota_ext.event_consumers
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	c quota_ext.event_consumers;
 BEGIN
@@ -157,9 +151,7 @@ COMMENT ON FUNCTION quota_ext._event_consumer(bigint, text) IS 'Internal: a cons
 -- Internal: the delivery horizon: events whose writer is below it are
 -- final (every transaction below it has ended, and this one is not below it)
 CREATE FUNCTION quota_ext._event_horizon() RETURNS xid8
-	LANGUAGE sql VOLATILE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT CASE WHEN x.own IS NOT NULL AND x.own OPERATOR(pg_catalog.<) x.xmin THEN x.own ELSE x.xmin END
 	  FROM (SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) AS xmin,
 	               pg_catalog.pg_current_xact_id_if_assigned() AS own) x
@@ -170,9 +162,7 @@ COMMENT ON FUNCTION quota_ext._event_horizon() IS
 CREATE FUNCTION quota_ext.event_poll(consumer text, "limit" integer DEFAULT 100)
 	RETURNS TABLE (event_id bigint, tenant_id bigint, event_type text, object_type text,
 	               object_id text, payload jsonb, created_at timestamptz)
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	scope bigint := quota_ext._event_scope('event_poll');
 	c quota_ext.event_consumers;
@@ -207,9 +197,7 @@ COMMENT ON FUNCTION quota_ext.event_poll(text, integer) IS
 	'The next events (at most limit) after the consumer''s cursor, in delivery order; does not move the cursor (event_ack does).  In a tenant context: that tenant''s events and consumers; quota_ext_admin without one: every tenant''s';
 
 CREATE FUNCTION quota_ext.event_ack(consumer text, upto bigint) RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	scope bigint := quota_ext._event_scope('event_ack');
 	c quota_ext.event_consumers;
@@ -248,9 +236,7 @@ COMMENT ON FUNCTION quota_ext.event_ack(text, bigint) IS
 -- them has acknowledged.  A consumer that is gone must be dropped, or it
 -- keeps every event after its cursor.
 CREATE FUNCTION quota_ext.event_purge(before timestamptz) RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	n bigint;
 BEGIN
@@ -271,10 +257,7 @@ COMMENT ON FUNCTION quota_ext.event_purge(timestamptz) IS
 	'Delete outbox events created before "before" that every consumer able to see them has acknowledged; returns how many';
 
 CREATE FUNCTION quota_ext.event_consumer_drop(tenant_id bigint, consumer text) RETURNS boolean
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
-#variable_conflict use_column
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
 	IF $2 IS NULL THEN PERFORM quota_ext._null_arg('consumer'); END IF;

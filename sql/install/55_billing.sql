@@ -80,12 +80,9 @@ COMMENT ON TABLE quota_ext.invoice_lines IS
 
 CREATE FUNCTION quota_ext._billing_close(period_start timestamptz, period_end timestamptz,
 	only_tenant bigint, given_watermark timestamptz DEFAULT NULL) RETURNS SETOF quota_ext.invoices
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	-- the aggregate of a close holds a group per tenant, model, price
+	-- SET work_mem: the aggregate of a close holds a group per tenant, model, price
 	-- version and kind: in memory, not spilled, for some 10^5 groups
-	SET work_mem = '64MB'
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET work_mem = '64MB' AS $$
 #variable_conflict use_column
 DECLARE
 	ps timestamptz := _billing_close.period_start;
@@ -458,17 +455,13 @@ COMMENT ON FUNCTION quota_ext._billing_close(timestamptz, timestamptz, bigint, t
 
 CREATE FUNCTION quota_ext.billing_close(period_start timestamptz, period_end timestamptz)
 	RETURNS SETOF quota_ext.invoices
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$ SELECT * FROM quota_ext._billing_close($1, $2, NULL) $$;
+	LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT * FROM quota_ext._billing_close($1, $2, NULL) $$;
 COMMENT ON FUNCTION quota_ext.billing_close(timestamptz, timestamptz) IS
 	'Close a billing period for every tenant: draft invoices per tenant and currency (idempotent; returns the period''s invoices)';
 
 CREATE FUNCTION quota_ext.billing_close(tenant_id bigint, period_start timestamptz,
 	period_end timestamptz) RETURNS SETOF quota_ext.invoices
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('tenant_id'); END IF;
 	RETURN QUERY SELECT * FROM quota_ext._billing_close($2, $3, $1);
@@ -479,9 +472,7 @@ COMMENT ON FUNCTION quota_ext.billing_close(bigint, timestamptz, timestamptz) IS
 
 CREATE FUNCTION quota_ext._invoice_for_update(tenant_id bigint, invoice_id bigint)
 	RETURNS quota_ext.invoices
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
 	i quota_ext.invoices;
@@ -506,9 +497,7 @@ COMMENT ON FUNCTION quota_ext._invoice_for_update(bigint, bigint) IS 'Internal: 
 -- payload only says which invoice to read; the listener reads it through
 -- row-level security and trusts the row, never the payload (SECURITY.md).
 CREATE FUNCTION quota_ext._invoice_notify(i quota_ext.invoices, event text) RETURNS void
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	SELECT pg_catalog.pg_notify('quota_ext_invoices', pg_catalog.jsonb_build_object(
 		'event', $2, 'invoice_id', $1.invoice_id, 'tenant_id', $1.tenant_id)::pg_catalog.text)
 	$$;
@@ -518,9 +507,7 @@ COMMENT ON FUNCTION quota_ext._invoice_notify(quota_ext.invoices, text) IS
 -- Internal: an invoice event as an outbox row (52_outbox.sql), in the
 -- transaction of the change
 CREATE FUNCTION quota_ext._invoice_event(i quota_ext.invoices, event text) RETURNS bigint
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	SELECT quota_ext._event_emit($1.tenant_id, $2, 'invoice', $1.invoice_id::pg_catalog.text,
 		pg_catalog.jsonb_build_object('invoice_id', $1.invoice_id, 'tenant_id', $1.tenant_id,
 			'status', $1.status, 'invoice_number', $1.invoice_number,
@@ -534,9 +521,7 @@ COMMENT ON FUNCTION quota_ext._invoice_event(quota_ext.invoices, text) IS
 
 CREATE FUNCTION quota_ext.invoice_issue(tenant_id bigint, invoice_id bigint)
 	RETURNS quota_ext.invoices
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	old quota_ext.invoices := quota_ext._invoice_for_update($1, $2);
 	new quota_ext.invoices;
@@ -566,9 +551,7 @@ COMMENT ON FUNCTION quota_ext.invoice_issue(bigint, bigint) IS
 
 CREATE FUNCTION quota_ext.invoice_void(tenant_id bigint, invoice_id bigint, reason text DEFAULT NULL)
 	RETURNS quota_ext.invoices
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	old quota_ext.invoices := quota_ext._invoice_for_update($1, $2);
 	new quota_ext.invoices;
@@ -605,9 +588,7 @@ COMMENT ON FUNCTION quota_ext.invoice_void(bigint, bigint, text) IS
 CREATE FUNCTION quota_ext.invoice_mark_paid(tenant_id bigint, invoice_id bigint,
 	paid_at timestamptz, reference text)
 	RETURNS quota_ext.invoices
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	old quota_ext.invoices;
 	new quota_ext.invoices;

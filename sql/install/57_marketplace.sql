@@ -127,9 +127,7 @@ COMMENT ON TABLE quota_ext.payout_lines IS
 -- is checked and locked like every admin change); 42704 when the owner has
 -- no model of that name.
 CREATE FUNCTION quota_ext._owned_model(owner_tenant_id bigint, model text) RETURNS quota_ext.models
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	m quota_ext.models;
 BEGIN
@@ -151,9 +149,7 @@ COMMENT ON FUNCTION quota_ext._owned_model(bigint, text) IS
 
 CREATE FUNCTION quota_ext.model_visibility_set(owner_tenant_id bigint, model text, visibility text)
 	RETURNS text
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	m quota_ext.models;
 BEGIN
@@ -210,9 +206,7 @@ CREATE FUNCTION quota_ext.model_listing()
 	RETURNS TABLE (model_id bigint, model text, provider text, description text, visibility text,
 	               currency text, unit_price numeric, input_per_1k numeric, output_per_1k numeric,
 	               overage_unit_price numeric)
-	LANGUAGE sql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	SELECT m.model_id, m.name, m.provider, m.description, m.visibility,
 	       p.currency, p.unit_price, p.input_per_1k, p.output_per_1k, p.overage_unit_price
 	  FROM quota_ext.models m
@@ -241,9 +235,7 @@ CREATE FUNCTION quota_ext.model_price_set(owner_tenant_id bigint, model text, cu
 	unit_price numeric DEFAULT NULL, input_per_1k numeric DEFAULT NULL,
 	output_per_1k numeric DEFAULT NULL, effective_from timestamptz DEFAULT now(),
 	overage_unit_price numeric DEFAULT NULL) RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	m quota_ext.models := quota_ext._owned_model($1, $2);
 BEGIN
@@ -262,9 +254,7 @@ COMMENT ON FUNCTION quota_ext.model_price_set(bigint, text, text, numeric, numer
 
 CREATE FUNCTION quota_ext.model_price_clear(owner_tenant_id bigint, model text,
 	effective_from timestamptz DEFAULT now()) RETURNS bigint
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	SELECT quota_ext._price_version_add(m.model_id, NULL, m.name, 'XXX', NULL, NULL, NULL, $3, NULL,
 	                                    m.owner_tenant_id)
 	  FROM quota_ext._owned_model($1, $2) m
@@ -274,9 +264,7 @@ COMMENT ON FUNCTION quota_ext.model_price_clear(bigint, text, timestamptz) IS
 
 CREATE FUNCTION quota_ext.model_revenue_share_set(owner_tenant_id bigint, model text,
 	platform_pct numeric) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	m quota_ext.models;
 	old quota_ext.model_revenue_shares;
@@ -306,9 +294,7 @@ COMMENT ON FUNCTION quota_ext.model_revenue_share_set(bigint, text, numeric) IS
 -- Internal: an access request event in a tenant's outbox
 CREATE FUNCTION quota_ext._model_access_event(tenant_id bigint, event text,
 	r quota_ext.model_access_requests) RETURNS bigint
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	SELECT quota_ext._event_emit($1, $2, 'model_access_request', $3.request_id::pg_catalog.text,
 		pg_catalog.jsonb_build_object('request_id', $3.request_id, 'model_id', $3.model_id,
 			'model', (SELECT m.name FROM quota_ext.models m
@@ -324,9 +310,7 @@ COMMENT ON FUNCTION quota_ext._model_access_event(bigint, text, quota_ext.model_
 -- Idempotent while pending: the pending request's id again.
 CREATE FUNCTION quota_ext.model_access_request(tenant_id bigint, model_id bigint, note text DEFAULT NULL)
 	RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update($1);
 	m quota_ext.models;
@@ -401,9 +385,7 @@ COMMENT ON FUNCTION quota_ext.model_access_request(bigint, bigint, text) IS
 CREATE FUNCTION quota_ext.model_access_decide(owner_tenant_id bigint, consumer_tenant_id bigint,
 	request_id bigint, approve boolean, reason text DEFAULT NULL)
 	RETURNS quota_ext.model_access_requests
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	t quota_ext.tenants := quota_ext._tenant_for_update($1);
 	r quota_ext.model_access_requests;
@@ -454,9 +436,7 @@ CREATE FUNCTION quota_ext.model_access_requests_received(owner_tenant_id bigint,
 	only_status text DEFAULT NULL)
 	RETURNS TABLE (request_id bigint, consumer_tenant_id bigint, model text, status text,
 	               note text, requested_at timestamptz, decided_at timestamptz)
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF $1 IS NULL THEN PERFORM quota_ext._null_arg('owner_tenant_id'); END IF;
 	PERFORM quota_ext._check_tenant_access($1);
@@ -477,9 +457,7 @@ COMMENT ON FUNCTION quota_ext.model_access_requests_received(bigint, text) IS
 
 -- Internal: an owner's payout statement event
 CREATE FUNCTION quota_ext._payout_event(p quota_ext.payouts, event text) RETURNS bigint
-	LANGUAGE sql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 	SELECT quota_ext._event_emit($1.tenant_id, $2, 'payout', $1.payout_id::pg_catalog.text,
 	                             pg_catalog.to_jsonb($1))
 	$$;
@@ -496,9 +474,7 @@ COMMENT ON FUNCTION quota_ext._payout_event(quota_ext.payouts, text) IS
 -- at a time) gets lines and payout.updated.
 CREATE FUNCTION quota_ext._payouts_add(ps timestamptz, pe timestamptz, tids bigint[], inv_ids bigint[])
 	RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	g record;
 	p quota_ext.payouts;
@@ -559,9 +535,7 @@ COMMENT ON FUNCTION quota_ext._payouts_add(timestamptz, timestamptz, bigint[], b
 -- take an owner's payout for other consumers).  Reads the owner's rows.
 CREATE FUNCTION quota_ext._payout_floor(owner bigint, currency text, consumer bigint, model_id bigint,
 	invoiced numeric) RETURNS numeric
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	so_far numeric;
 	paid numeric;
@@ -584,9 +558,7 @@ COMMENT ON FUNCTION quota_ext._payout_floor(bigint, text, bigint, bigint, numeri
 -- consumers were invoiced and not voided (an attacker's review: the owner
 -- kept the payout of a voided invoice).  invoice_void runs it once.
 CREATE FUNCTION quota_ext._payouts_reverse(inv quota_ext.invoices) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	p quota_ext.payouts;
 BEGIN
@@ -633,9 +605,7 @@ COMMENT ON FUNCTION quota_ext._payouts_reverse(quota_ext.invoices) IS
 
 -- A statement's totals from its lines, audited and announced
 CREATE FUNCTION quota_ext._payout_total(owner bigint, payout_id bigint, made boolean) RETURNS void
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	p quota_ext.payouts;
 BEGIN
@@ -664,9 +634,7 @@ COMMENT ON FUNCTION quota_ext._payout_total(bigint, bigint, boolean) IS
 -- policies); it runs as the owner and reads the tenant's share by
 -- tenant_id.  Without a context: global and default prices only.
 CREATE FUNCTION quota_ext.price_list_visible(model_id bigint) RETURNS boolean
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	m quota_ext.models;
 	ct bigint := quota_ext.current_tenant_id();

@@ -8,9 +8,7 @@
 -- are kept for quota_ext.audit_retention_global, by default the longest
 -- tier retention.
 CREATE FUNCTION quota_ext.audit_purge() RETURNS bigint
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	g_text text := nullif(current_setting('quota_ext.audit_retention_global', true), '');
 	g interval;
@@ -58,14 +56,12 @@ CREATE FUNCTION quota_ext.request_stats(
 	OUT denied_rate_limit bigint, OUT denied_policy bigint, OUT denied_tenant bigint,
 	OUT replayed bigint)
 	RETURNS SETOF record
-	AS 'MODULE_PATHNAME', 'quota_ext_request_stats'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_request_stats';
 COMMENT ON FUNCTION quota_ext.request_stats() IS
 	'Decisions per tenant since server start (shared memory; empty when the library is not preloaded)';
 
 CREATE FUNCTION quota_ext.request_stats_reset() RETURNS void
-	AS 'MODULE_PATHNAME', 'quota_ext_request_stats_reset'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_request_stats_reset';
 COMMENT ON FUNCTION quota_ext.request_stats_reset() IS
 	'Zero the request counters of every tenant';
 
@@ -76,15 +72,13 @@ COMMENT ON FUNCTION quota_ext.request_stats_reset() IS
 CREATE FUNCTION quota_ext.shared_cache_status(OUT capacity integer,
 	OUT tenant_entries integer, OUT entries bigint, OUT hits bigint, OUT misses bigint,
 	OUT filed bigint, OUT refused bigint)
-	AS 'MODULE_PATHNAME', 'quota_ext_shared_cache_status'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_shared_cache_status';
 COMMENT ON FUNCTION quota_ext.shared_cache_status() IS
 	'The shared configuration cache: capacity, most entries per tenant, entries, and hits, misses, filed and refused answers since server start';
 
 CREATE FUNCTION quota_ext.shared_cache_tenants(OUT tenant_id bigint, OUT entries integer)
 	RETURNS SETOF record
-	AS 'MODULE_PATHNAME', 'quota_ext_shared_cache_tenants'
-	LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+	LANGUAGE C VOLATILE PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'quota_ext_shared_cache_tenants';
 COMMENT ON FUNCTION quota_ext.shared_cache_tenants() IS
 	'Entries of each tenant of this database in the shared configuration cache';
 
@@ -142,9 +136,7 @@ COMMENT ON VIEW quota_ext.threshold_events IS
 -- Prometheus text exposition of what the caller may see (label values
 -- escaped as the format asks: backslash, double quote, newline).
 CREATE FUNCTION quota_ext.metrics() RETURNS text
-	LANGUAGE sql VOLATILE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 	WITH s AS MATERIALIZED (SELECT * FROM quota_ext.request_stats())
 	SELECT concat_ws(E'\n',
 		'# HELP quota_ext_tenant_quota_usage Fraction of the limit used in the current period.',

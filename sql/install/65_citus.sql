@@ -49,9 +49,7 @@ ALTER TABLE quota_ext.config_generation FORCE ROW LEVEL SECURITY;
 
 -- Raise unless Citus is installed in this database: 55000, with a hint.
 CREATE FUNCTION quota_ext._citus_required(what text) RETURNS void
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	PERFORM FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'citus';
 	IF NOT FOUND THEN
@@ -69,9 +67,7 @@ COMMENT ON FUNCTION quota_ext._citus_required(text) IS
 -- shells left empty); C code asks QuotaOnCitus().  Dynamic: pg_dist_*
 -- exist only with Citus.
 CREATE FUNCTION quota_ext._on_citus() RETURNS boolean
-	LANGUAGE plpgsql STABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r boolean;
 BEGIN
@@ -107,9 +103,7 @@ COMMENT ON FUNCTION quota_ext._on_citus() IS
 -- distributed transaction is left out on every node, as the caller is on
 -- a single node.
 CREATE FUNCTION quota_ext._usage_watermark_citus() RETURNS timestamptz
-	LANGUAGE plpgsql VOLATILE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	w timestamptz := 'infinity';
 	cmd text;
@@ -155,9 +149,7 @@ COMMENT ON FUNCTION quota_ext._usage_watermark_citus() IS
 -- The functions distribute() delegates (every overload with an argument
 -- named tenant_id): the call goes to the worker holding the tenant's shards.
 CREATE FUNCTION quota_ext._citus_delegated() RETURNS TABLE (f regprocedure, arg_name text)
-	LANGUAGE sql STABLE
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT p.oid::pg_catalog.regprocedure, 'tenant_id'::pg_catalog.text
 	  FROM pg_catalog.pg_proc p
 	 WHERE p.pronamespace OPERATOR(pg_catalog.=) 'quota_ext'::pg_catalog.regnamespace
@@ -169,9 +161,7 @@ COMMENT ON FUNCTION quota_ext._citus_delegated() IS
 	'Internal: the functions distribute() delegates by their tenant_id argument';
 
 CREATE PROCEDURE quota_ext.distribute()
-	LANGUAGE plpgsql SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r record;
 	w record;
@@ -322,9 +312,7 @@ COMMENT ON PROCEDURE quota_ext.distribute() IS
 
 CREATE FUNCTION quota_ext.distribution_status()
 	RETURNS TABLE (object text, kind text, detail text)
-	LANGUAGE plpgsql STABLE SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	AS $$
+	LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	PERFORM quota_ext._admin_only('distribution_status');
 	-- without Citus nothing is distributed: no rows (distribute() is the one

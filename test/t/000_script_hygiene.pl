@@ -24,8 +24,8 @@ for my $f (@scripts)
 	unlike($code, qr/\bIF\s+NOT\s+EXISTS\b/i, "$f: no IF NOT EXISTS");
 	unlike($code, qr/['"\$]\@ext(schema|owner)\@/i, "$f: no quoted \@extschema\@/\@extowner\@");
 
-	# every CREATE FUNCTION ... SECURITY DEFINER statement has SET search_path
-	my @defs = ($code =~ /(CREATE\s+FUNCTION\b.*?(?:\$\$|\$[a-z_]+\$|'MODULE_PATHNAME'))/gsi);
+	# every CREATE FUNCTION / PROCEDURE ... SECURITY DEFINER statement has SET search_path
+	my @defs = ($code =~ /(CREATE\s+(?:FUNCTION|PROCEDURE)\b.*?(?:\$\$|\$[a-z_]+\$|'MODULE_PATHNAME'))/gsi);
 	my ($n_definer, $n_pinned) = (0, 0);
 	for my $head (@defs)
 	{
@@ -42,6 +42,28 @@ for my $f (@scripts)
 		}
 	}
 	is($n_pinned, $n_definer, "$f: all $n_definer SECURITY DEFINER functions pin search_path");
+
+	# The house layout (doc/design.md, "SQL scripts"): a function's
+	# attributes stand on one line after its signature, ending in its AS, so
+	# the pinned path shows on that line; every SQL and PL/pgSQL function
+	# pins it there (C functions resolve no names through it).
+	my (@split, @unpinned);
+	for my $head (@defs)
+	{
+		my ($name) = $head =~ /CREATE\s+\w+\s+(\S+?)\(/i;
+		my ($attrs) = $head =~ /^\t(LANGUAGE [^\n]*\bAS (?:\$\$|'MODULE_PATHNAME'))$/m;
+		if (!defined $attrs)
+		{
+			push @split, $name;
+		}
+		elsif ($attrs =~ /^LANGUAGE (?:sql|plpgsql)\b/i
+			&& $attrs !~ /\bSET search_path = pg_catalog, pg_temp\b/)
+		{
+			push @unpinned, $name;
+		}
+	}
+	is(join(', ', @split),    '', "$f: every function's attributes on one line");
+	is(join(', ', @unpinned), '', "$f: every SQL and PL/pgSQL function pins search_path on that line");
 }
 
 # SQL that C code runs through SPI is planned with the owner's privileges
