@@ -893,17 +893,30 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
 	TIMESTAMP_NOEND(infinity);
 	while (lock_wait_mark() != *mark)
 	{
+		bool		unchanged;
+
 		*mark = lock_wait_mark();
-		if (QuotaConfigUnchanged(*stamp, req->tenant_id))
+		unchanged = QuotaConfigUnchanged(*stamp, req->tenant_id);
+		/*
+		 * On Citus the counters are locked again all the same: a statement
+		 * that waited may have been routed before a shard move it waited
+		 * for switched the tenant's placement, and what it locked and read
+		 * is the old shard's (091_citus lost updates under a move without
+		 * this).  The definitions then come from the cache.
+		 */
+		if (unchanged && (rows == NULL || !QuotaOnCitus()))
 			continue;
-		*stamp = QuotaConfigStamp();
-		if (req->key_authenticated)
-			QuotaKeyRecheck(req->tenant_id, req->key_id);
-		QuotaPolicyEvaluateFresh(req->tenant_id, req->model, req->role, pol);
-		if (!pol->tenant_found || !pol->tenant_active || !pol->allowed)
-			return false;
-		/* the counters locked are the model's that was resolved first */
-		pol->model_id = model_id;
+		if (!unchanged)
+		{
+			*stamp = QuotaConfigStamp();
+			if (req->key_authenticated)
+				QuotaKeyRecheck(req->tenant_id, req->key_id);
+			QuotaPolicyEvaluateFresh(req->tenant_id, req->model, req->role, pol);
+			if (!pol->tenant_found || !pol->tenant_active || !pol->allowed)
+				return false;
+			/* the counters locked are the model's that was resolved first */
+			pol->model_id = model_id;
+		}
 		if (rows)
 		{
 			int64		held[QUOTA_MAX_QUOTAS];
@@ -916,7 +929,7 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
 				if (rows[i].locked || rows[i].held_slot0)
 					held[nheld++] = rows[i].quota_id;
 			*n = lock_counters(req->tenant_id, model_id, req->user_id, req->key_id,
-							   infinity, true, rows, next);
+							   infinity, !unchanged, rows, next);
 			for (i = 0; i < *n; i++)
 				for (j = 0; j < nheld; j++)
 					if (rows[i].slots > 1 && rows[i].quota_id == held[j])
