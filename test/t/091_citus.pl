@@ -288,19 +288,26 @@ for my $i (0 .. 3)
 	$_->quit for @ps;
 }
 
-# a limit lowered through the coordinator is applied at once by delegated
-# quota_consume on both workers: one tenant on each, its definitions cached
-# by the calls before (filed in the shared level of the worker holding it)
-{
+# new tenants until one lives on each worker: port => tenant id
+my $tenant_on_each_worker = sub {
+	my ($prefix) = @_;
 	my %on;
 	while (keys %on < 2)
 	{
-		my $tid = $coord->safe_psql('postgres', q{SELECT quota_ext.tenant_create('lower' || (random() * 1e9)::bigint, 'enterprise')});
+		my $tid = $coord->safe_psql('postgres', qq{SELECT quota_ext.tenant_create('$prefix' || (random() * 1e9)::bigint, 'enterprise')});
 		my $port = $coord->safe_psql('postgres', qq{
 			SELECT p.nodeport FROM pg_dist_shard_placement p
 			 WHERE p.shardid = get_shard_id_for_distribution_column('quota_ext.quota_counters', $tid)});
 		$on{$port} //= $tid;
 	}
+	return %on;
+};
+
+# a limit lowered through the coordinator is applied at once by delegated
+# quota_consume on both workers: one tenant on each, its definitions cached
+# by the calls before (filed in the shared level of the worker holding it)
+{
+	my %on = $tenant_on_each_worker->('lower');
 	for my $w ($w1, $w2)
 	{
 		my $tid = $on{ $w->port };
@@ -329,15 +336,7 @@ for my $i (0 .. 3)
 # a transaction block; the waiter is delegated to the worker holding the
 # tenant, where its configuration is cached.
 {
-	my %on;
-	while (keys %on < 2)
-	{
-		my $tid = $coord->safe_psql('postgres', q{SELECT quota_ext.tenant_create('waiter' || (random() * 1e9)::bigint, 'enterprise')});
-		my $port = $coord->safe_psql('postgres', qq{
-			SELECT p.nodeport FROM pg_dist_shard_placement p
-			 WHERE p.shardid = get_shard_id_for_distribution_column('quota_ext.quota_counters', $tid)});
-		$on{$port} //= $tid;
-	}
+	my %on = $tenant_on_each_worker->('waiter');
 	for my $w ($w1, $w2)
 	{
 		my $tid = $on{ $w->port };
