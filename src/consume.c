@@ -885,7 +885,8 @@ lock_wait_mark(void)
  */
 static bool
 recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
-				   QuotaPolicyResult *pol, QuotaRow *rows, int *n, int *next)
+				   uint64 *placement_epoch, QuotaPolicyResult *pol, QuotaRow *rows,
+				   int *n, int *next)
 {
 	int64		model_id = pol->model_id;
 	TimestampTz infinity;
@@ -898,14 +899,20 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
 		*mark = lock_wait_mark();
 		unchanged = QuotaConfigUnchanged(*stamp, req->tenant_id);
 		/*
-		 * On Citus the counters are locked again all the same: a statement
-		 * that waited may have been routed before a shard move it waited
-		 * for switched the tenant's placement, and what it locked and read
-		 * is the old shard's (091_citus lost updates under a move without
-		 * this).  The definitions then come from the cache.
+		 * On Citus a statement that waited may have been routed before a
+		 * shard move it waited for switched the tenant's placement: what it
+		 * locked and read is the old shard's (091_citus lost updates under
+		 * a move without this).  A move invalidates quota_counters' relcache
+		 * in the transaction that switches the placement, so when that
+		 * count moved the counters are locked again (the definitions then
+		 * come from the cache).
 		 */
-		if (unchanged && (rows == NULL || !QuotaOnCitus()))
+		if (unchanged &&
+			(rows == NULL || !QuotaOnCitus() ||
+			 QuotaCountersInvalidations() == *placement_epoch))
 			continue;
+		if (rows && QuotaOnCitus())
+			*placement_epoch = QuotaCountersInvalidations();
 		if (!unchanged)
 		{
 			*stamp = QuotaConfigStamp();
@@ -963,6 +970,8 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 	/* invoke() took it before it read the key */
 	uint64		config_stamp = req->key_authenticated ? req->config_stamp : QuotaConfigStamp();
 	bool		escrow_denied = false;
+	/* quota_counters' relcache invalidations before its counters were locked (Citus) */
+	uint64		placement_epoch = 0;
 
 	memset(d, 0, sizeof(*d));
 	memset(&extra, 0, sizeof(extra));
@@ -1009,9 +1018,12 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 
 		tz = cstring_to_text(pol.timezone);
 		TIMESTAMP_NOEND(infinity);
+		if (QuotaOnCitus())
+			placement_epoch = QuotaCountersInvalidations();
 		n = lock_counters(req->tenant_id, pol.model_id, req->user_id, req->key_id,
 						  infinity, false, rows, &next);
-		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, rows, &n, &next))
+		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &placement_epoch, &pol,
+								rows, &n, &next))
 		{
 			d->allowed = false;
 			d->denied_by = pol.tenant_active ? denied_policy : denied_tenant;
@@ -1059,7 +1071,7 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 			i++;
 		}
 		/* taking every slot of an escrow quota may have waited too */
-		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &pol, NULL, NULL, NULL))
+		if (!recheck_after_wait(req, &wait_mark, &config_stamp, &placement_epoch, &pol, NULL, NULL, NULL))
 		{
 			release_slots(req->tenant_id, rows, n);
 			d->allowed = false;

@@ -100,9 +100,18 @@ static const char *const counter_cols[C_NCOLS] = {
 };
 static AttrNumber counter_att[C_NCOLS];
 
+/*
+ * relcache invalidations of quota_counters seen (QuotaCountersInvalidations):
+ * matched against the OID last found, which an invalidation does not reset
+ */
+static uint64 counters_invalidations = 0;
+static Oid	counters_seen = InvalidOid;
+
 static void
 storage_invalidate(Datum arg, Oid relid)
 {
+	if (relid == InvalidOid || relid == counters_seen)
+		counters_invalidations++;
 	if (relid == InvalidOid || relid == counters_relid || relid == usage_relid ||
 		relid == usage_seqid)
 	{
@@ -189,6 +198,7 @@ find_relations(StorageRels *rels)
 	usage_seqid = get_relname_relid("usage_id_seq", nsp);
 	if (!OidIsValid(counters_relid) || !OidIsValid(usage_relid) || !OidIsValid(usage_seqid))
 		elog(ERROR, "quota_ext's counters or ledger not found");
+	counters_seen = counters_relid;
 	counters_on_citus = citus_managed(counters_relid);
 	rels->counters = counters_relid;
 	rels->usage = usage_relid;
@@ -214,6 +224,26 @@ QuotaOnCitus(void)
 
 	find_relations(&rels);
 	return counters_on_citus;
+}
+
+/*
+ * QuotaCountersInvalidations
+ *		How many relcache invalidations of quota_counters this backend has
+ *		processed, after processing those queued now.  On Citus a change of
+ *		a shard's placements (a shard move) invalidates the distributed
+ *		table's relcache on every node with metadata, in the transaction
+ *		that changes pg_dist_placement (Citus's trigger on it), so a call
+ *		that waited for a move's locks sees the number moved (consume.c,
+ *		recheck_after_wait).  Any other invalidation moves it too.
+ */
+uint64
+QuotaCountersInvalidations(void)
+{
+	StorageRels rels;
+
+	find_relations(&rels);
+	AcceptInvalidationMessages();
+	return counters_invalidations;
 }
 
 /* as a non-read-only SPI statement: see earlier changes, a new snapshot */

@@ -78,6 +78,7 @@ extern int	QuotaStorageLockCounters(int64 tenant_id, const int64 *qids, int n,
 									 ItemPointerData *tids, bool *escrow);
 extern int64 QuotaStorageWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n);
 extern bool QuotaOnCitus(void);
+extern uint64 QuotaCountersInvalidations(void);
 
 /* storage_spi.c: the same as SQL statements naming tenant_id */
 extern int	QuotaSpiLockCounters(int64 tenant_id, const int64 *qids, int n,
