@@ -363,16 +363,19 @@ lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from)
 	int64		used[QUOTA_MAX_QUOTAS];
 	ItemPointerData tids[QUOTA_MAX_QUOTAS];
 	TimestampTz mark;
+	bool		adapt;
 
 	while (k < *n && rows[k].slots == 1 && !rows[k].locked)
 		k++;
 	m = k - from;
 	if (m == 0)
 		return from;
+	/* no growth on Citus (escrow_adapt.c): its waits need no entry */
+	adapt = !QuotaOnCitus();
 	for (i = 0; i < m; i++)
 	{
 		ids[i] = rows[from + i].quota_id;
-		if (rows[from + i].auto_slots)
+		if (rows[from + i].auto_slots && adapt)
 			QuotaEscrowCount(tenant_id, ids[i]);
 	}
 	mark = get_timeout_start_time(DEADLOCK_TIMEOUT);
@@ -384,7 +387,7 @@ lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from)
 									   get_timeout_start_time(DEADLOCK_TIMEOUT));
 
 		for (i = 0; i < done; i++)
-			if (rows[from + i].auto_slots)
+			if (rows[from + i].auto_slots && adapt)
 				QuotaEscrowNote(tenant_id, rows[from + i].quota_id, true,
 								rows[from + i].slots, wait_us);
 	}
@@ -899,20 +902,15 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
 		*mark = lock_wait_mark();
 		unchanged = QuotaConfigUnchanged(*stamp, req->tenant_id);
 		/*
-		 * On Citus a statement that waited may have been routed before a
-		 * shard move it waited for switched the tenant's placement: what it
-		 * locked and read is the old shard's (091_citus lost updates under
-		 * a move without this).  A move invalidates quota_counters' relcache
-		 * in the transaction that switches the placement, so when that
-		 * count moved the counters are locked again (the definitions then
-		 * come from the cache).
+		 * On Citus a statement that waited for a shard move may have been
+		 * routed to the old placement (091_citus lost updates): the move
+		 * invalidates quota_counters' relcache, and then the counters are
+		 * locked again (definitions from the cache).
 		 */
 		if (unchanged &&
 			(rows == NULL || !QuotaOnCitus() ||
 			 QuotaCountersInvalidations() == *placement_epoch))
 			continue;
-		if (rows && QuotaOnCitus())
-			*placement_epoch = QuotaCountersInvalidations();
 		if (!unchanged)
 		{
 			*stamp = QuotaConfigStamp();
@@ -935,6 +933,7 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
 			for (i = 0; i < *n; i++)
 				if (rows[i].locked || rows[i].held_slot0)
 					held[nheld++] = rows[i].quota_id;
+			*placement_epoch = QuotaOnCitus() ? QuotaCountersInvalidations() : 0;
 			*n = lock_counters(req->tenant_id, model_id, req->user_id, req->key_id,
 							   infinity, !unchanged, rows, next);
 			for (i = 0; i < *n; i++)
@@ -970,8 +969,7 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 	/* invoke() took it before it read the key */
 	uint64		config_stamp = req->key_authenticated ? req->config_stamp : QuotaConfigStamp();
 	bool		escrow_denied = false;
-	/* quota_counters' relcache invalidations before its counters were locked (Citus) */
-	uint64		placement_epoch = 0;
+	uint64		placement_epoch = 0;	/* QuotaCountersInvalidations (Citus) */
 
 	memset(d, 0, sizeof(*d));
 	memset(&extra, 0, sizeof(extra));
