@@ -328,6 +328,41 @@ $$;
 COMMENT ON FUNCTION quota_ext._api_key_for_update(bigint, bigint) IS
 	'Internal: lock an API key of the tenant (42704 if it has none of that id)';
 
+-- An admin delete of one configuration row: lock the tenant
+-- (_tenant_for_update), refuse a NULL key (22004, named arg), delete the
+-- tenant's row of tbl whose key_col is key, audit it (action, object_type,
+-- the row's id_col as its id) and answer it as jsonb.  No row: 42704 with
+-- the text missing, or NULL (changing nothing) when missing is NULL.
+CREATE FUNCTION quota_ext._row_delete(tenant_id bigint, tbl regclass, key_col name, key anyelement,
+	object_type text, missing text, arg text DEFAULT NULL, id_col name DEFAULT NULL,
+	action text DEFAULT NULL) RETURNS jsonb
+	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t quota_ext.tenants := quota_ext._tenant_for_update($1);
+	r record;
+	n bigint;
+BEGIN
+	IF $4 IS NULL THEN PERFORM quota_ext._null_arg(coalesce($7, $3)); END IF;
+	-- RETURNING the row, not to_jsonb of it: Citus takes only immutable
+	-- functions there
+	EXECUTE pg_catalog.format('DELETE FROM %s r WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 '
+	                          'AND r.%I OPERATOR(pg_catalog.=) $2 RETURNING r.*', $2, $3)
+	   INTO r USING t.tenant_id, $4;
+	GET DIAGNOSTICS n = ROW_COUNT;	-- EXECUTE leaves FOUND alone
+	IF n = 0 THEN
+		IF $6 IS NOT NULL THEN
+			RAISE EXCEPTION '%', $6 USING ERRCODE = 'undefined_object';
+		END IF;
+		RETURN NULL;
+	END IF;
+	PERFORM quota_ext._audit(t.tenant_id, coalesce($9, $5 || '_delete'), $5,
+	                         to_jsonb(r) ->> coalesce($8, $3), to_jsonb(r), NULL);
+	RETURN to_jsonb(r);
+END
+$$;
+COMMENT ON FUNCTION quota_ext._row_delete(bigint, regclass, name, anyelement, text, text, text, name, text) IS
+	'Internal: delete and audit one configuration row of a tenant (42704 with the text missing when there is none)';
+
 -- The tenant (a row from _tenant_for_update) must not be closed.
 CREATE FUNCTION quota_ext._tenant_open(t quota_ext.tenants) RETURNS void
 	LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$

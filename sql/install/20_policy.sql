@@ -224,21 +224,10 @@ COMMENT ON FUNCTION quota_ext.policy_set(bigint, text, boolean, text[]) IS
 
 CREATE FUNCTION quota_ext.policy_delete(tenant_id bigint, model text) RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-	t quota_ext.tenants := quota_ext._tenant_for_update(policy_delete.tenant_id);
-	old quota_ext.policies;
 BEGIN
-	IF policy_delete.model IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
-	DELETE FROM quota_ext.policies
-	 WHERE tenant_id = t.tenant_id AND model_pattern = policy_delete.model
-	RETURNING * INTO old;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'policy for model "%" does not exist', quota_ext._quote_input(policy_delete.model)
-			USING ERRCODE = 'undefined_object';
-	END IF;
-	PERFORM quota_ext._audit(t.tenant_id, 'policy_delete', 'policy', old.policy_id::text,
-	                         to_jsonb(old), NULL);
+	PERFORM quota_ext._row_delete($1, 'quota_ext.policies', 'model_pattern', $2, 'policy',
+		pg_catalog.format('policy for model "%s" does not exist', quota_ext._quote_input($2)),
+		arg => 'model', id_col => 'policy_id');
 END
 $$;
 COMMENT ON FUNCTION quota_ext.policy_delete(bigint, text) IS

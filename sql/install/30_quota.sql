@@ -762,28 +762,15 @@ COMMENT ON FUNCTION quota_ext.quota_set(bigint, text, bigint, text, text, bigint
 
 CREATE FUNCTION quota_ext.quota_delete(tenant_id bigint, quota_id bigint) RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-	t quota_ext.tenants := quota_ext._tenant_for_update(quota_delete.tenant_id);
-	old quota_ext.quotas;
 BEGIN
-	IF quota_delete.quota_id IS NULL THEN PERFORM quota_ext._null_arg('quota_id'); END IF;
-	DELETE FROM quota_ext.quotas WHERE tenant_id = t.tenant_id AND quota_id = quota_delete.quota_id
-	RETURNING * INTO old;
-	IF NOT FOUND THEN
+	IF quota_ext._row_delete($1, 'quota_ext.quotas', 'quota_id', $2, 'quota', NULL) IS NULL THEN
 		-- a meter quota (its counter goes with it)
-		DELETE FROM quota_ext.meter_quotas mq
-		 WHERE mq.tenant_id = t.tenant_id AND mq.quota_id = quota_delete.quota_id;
-		IF FOUND THEN
-			PERFORM quota_ext._audit(t.tenant_id, 'quota_delete', 'meter_quota', quota_delete.quota_id::text,
-			                         NULL, NULL);
-			RETURN;
-		END IF;
-		RAISE EXCEPTION 'quota % does not exist', quota_delete.quota_id USING ERRCODE = 'undefined_object';
+		PERFORM quota_ext._row_delete($1, 'quota_ext.meter_quotas', 'quota_id', $2, 'meter_quota',
+			pg_catalog.format('quota %s does not exist', $2), action => 'quota_delete');
+	ELSE
+		-- a deleted tenant-wide monthly quota gives the tier default back
+		PERFORM quota_ext._tier_quotas_sync($1);
 	END IF;
-	PERFORM quota_ext._audit(t.tenant_id, 'quota_delete', 'quota', old.quota_id::text, to_jsonb(old), NULL);
-	-- a deleted tenant-wide monthly quota gives the tier default back
-	PERFORM quota_ext._tier_quotas_sync(t.tenant_id);
 END
 $$;
 COMMENT ON FUNCTION quota_ext.quota_delete(bigint, bigint) IS 'Remove a quota (its counter goes with it)';

@@ -142,21 +142,9 @@ COMMENT ON FUNCTION quota_ext.rate_limit_set(bigint, integer, integer, integer, 
 
 CREATE FUNCTION quota_ext.rate_limit_delete(tenant_id bigint, rule_id bigint) RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
-DECLARE
-	t quota_ext.tenants := quota_ext._tenant_for_update(rate_limit_delete.tenant_id);
-	old quota_ext.rate_limits;
 BEGIN
-	IF rate_limit_delete.rule_id IS NULL THEN PERFORM quota_ext._null_arg('rule_id'); END IF;
-	DELETE FROM quota_ext.rate_limits
-	 WHERE tenant_id = t.tenant_id AND rule_id = rate_limit_delete.rule_id
-	RETURNING * INTO old;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'rate limit % does not exist', rate_limit_delete.rule_id
-			USING ERRCODE = 'undefined_object';
-	END IF;
-	PERFORM quota_ext._audit(t.tenant_id, 'rate_limit_delete', 'rate_limit',
-	                         old.rule_id::text, to_jsonb(old), NULL);
+	PERFORM quota_ext._row_delete($1, 'quota_ext.rate_limits', 'rule_id', $2, 'rate_limit',
+		pg_catalog.format('rate limit %s does not exist', $2));
 END
 $$;
 COMMENT ON FUNCTION quota_ext.rate_limit_delete(bigint, bigint) IS
