@@ -410,6 +410,7 @@ release_reservation(int64 tenant_id, int64 reservation_id, Reservation *res,
 	Decision	ignored;
 	int64		usage_id;
 	UsageExtra	extra;
+	QuotaUsageRow u;
 
 	memset(&ignored, 0, sizeof(ignored));
 	memset(&extra, 0, sizeof(extra));
@@ -420,10 +421,13 @@ release_reservation(int64 tenant_id, int64 reservation_id, Reservation *res,
 	extra.tokens.output = -extra.tokens.output;
 	adjust_counters(tenant_id, res->occurred_at, res->model_id, res->user_id, res->key_id,
 					-1, -res->estimate, -res->cost_micro, false, rows, &n, &ignored);
-	usage_id = write_usage(tenant_id, 0, res->occurred_at, "release", res->model_id,
-						   res->user_id, res->key_id, -1, -res->estimate,
-						   overage_change(rows, n), res->usage_id,
-						   reservation_id, NULL, rows, n, &extra);
+	u = (QuotaUsageRow) {
+		.tenant_id = tenant_id, .occurred_at = res->occurred_at, .kind = "release",
+		.model_id = res->model_id, .user_id = res->user_id, .key_id = res->key_id,
+		.calls = -1, .units = -res->estimate, .overage = overage_change(rows, n),
+		.ref_usage_id = res->usage_id, .reservation_id = reservation_id
+	};
+	usage_id = write_usage(&u, rows, n, &extra);
 	reservation_close(tenant_id, reservation_id, status, false, 0, 0);
 	return usage_id;
 }
@@ -557,15 +561,18 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 		if (adjust_counters(tenant_id, res.occurred_at, res.model_id, res.user_id, res.key_id,
 							0, delta, extra.cost_micro, true, rows, &n, &d))
 		{
+			QuotaUsageRow u = {
+				.tenant_id = tenant_id, .occurred_at = res.occurred_at, .kind = "settle",
+				.model_id = res.model_id, .user_id = res.user_id, .key_id = res.key_id,
+				.units = delta, .overage = overage_change(rows, n),
+				.ref_usage_id = res.usage_id, .reservation_id = reservation_id
+			};
 			int			i;
 
 			for (i = 0; i < n; i++)
 				if (rows[i].touched)
 					emit_events(tenant_id, &rows[i]);
-			d.usage_id = write_usage(tenant_id, 0, res.occurred_at, "settle", res.model_id,
-									 res.user_id, res.key_id, 0, delta,
-									 overage_change(rows, n), res.usage_id,
-									 reservation_id, NULL, rows, n, &extra);
+			d.usage_id = write_usage(&u, rows, n, &extra);
 			d.cost_micro = actual_cost;
 			describe_after(rows, n, &d);
 		}
@@ -691,6 +698,7 @@ quota_ext_quota_refund(PG_FUNCTION_ARGS)
 	int			n;
 	Decision	d;
 	UsageExtra	extra;
+	QuotaUsageRow u;
 
 	usage_id = give_back_args(fcinfo, "quota_refund()", "usage_id", &tenant_id, &d);
 
@@ -747,9 +755,13 @@ quota_ext_quota_refund(PG_FUNCTION_ARGS)
 											&isnull));
 	adjust_counters(tenant_id, occurred_at, model_id, user_id, key_id, -1, -units,
 					extra.cost_micro, false, rows, &n, &d);
-	d.usage_id = write_usage(tenant_id, refund_id, occurred_at, "refund", model_id, user_id,
-							 key_id, -1, -units, overage_change(rows, n), usage_id, 0, NULL,
-							 rows, n, &extra);
+	u = (QuotaUsageRow) {
+		.tenant_id = tenant_id, .usage_id = refund_id, .occurred_at = occurred_at,
+		.kind = "refund", .model_id = model_id, .user_id = user_id, .key_id = key_id,
+		.calls = -1, .units = -units, .overage = overage_change(rows, n),
+		.ref_usage_id = usage_id
+	};
+	d.usage_id = write_usage(&u, rows, n, &extra);
 	/* with the currency (NULL before: issue 17) and the quotas left */
 	decision_money(extra.price_id, extra.cost_micro, &d);
 	describe_after(rows, n, &d);

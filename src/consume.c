@@ -450,16 +450,14 @@ lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
 
 /*
  * write_usage
- *		The usage row plus the touched counters (storage.c).  Returns the
- *		usage id.
+ *		The usage row (*row: what the caller knows of it; extra, if any, adds
+ *		money, tokens and metadata) plus the touched counters (storage.c).
+ *		Returns the usage id.
  */
 int64
-write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char *kind,
-			int64 model_id, int64 user_id, int64 key_id, int32 calls, int64 units,
-			int64 overage, int64 ref_usage_id, int64 reservation_id, const char *idem_key,
-			QuotaRow *rows, int nrows, const UsageExtra *extra)
+write_usage(const QuotaUsageRow *row, QuotaRow *rows, int nrows, const UsageExtra *extra)
 {
-	QuotaUsageRow u;
+	QuotaUsageRow u = *row;
 	QuotaCounterWrite *w;
 	int			cap = nrows + 1;
 	int			n = 0;
@@ -496,20 +494,6 @@ write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char
 		}
 	}
 
-	memset(&u, 0, sizeof(u));
-	u.tenant_id = tenant_id;
-	u.usage_id = usage_id;
-	u.occurred_at = occurred_at;
-	u.kind = kind;
-	u.model_id = model_id;
-	u.user_id = user_id;
-	u.key_id = key_id;
-	u.calls = calls;
-	u.units = units;
-	u.overage = overage;
-	u.ref_usage_id = ref_usage_id;
-	u.reservation_id = reservation_id;
-	u.idem_key = idem_key;
 	u.cost = QuotaMicroToNumeric(extra ? extra->cost_micro : 0);
 	if (extra)
 	{
@@ -1080,16 +1064,19 @@ QuotaConsume(const ConsumeRequest *req, Decision *d)
 						  req->units, extra.cost_micro, d, &overage) &&
 			throttle_quotas(req->tenant_id, rows, n, false, clock, d))
 		{
+			QuotaUsageRow u = {
+				.tenant_id = req->tenant_id, .occurred_at = at,
+				.kind = req->reserve ? "reserve" : "consume", .model_id = pol.model_id,
+				.user_id = req->user_id, .key_id = req->key_id, .calls = 1,
+				.units = req->units, .overage = overage, .idem_key = req->idem_key
+			};
+
 			/* events first: escrow slots record theirs in the row written below */
 			for (i = 0; i < n; i++)
 				emit_events(req->tenant_id, &rows[i]);
 			if (req->reserve)
-				reservation_id = next_reservation_id();
-			d->usage_id = write_usage(req->tenant_id, 0, at,
-									  req->reserve ? "reserve" : "consume",
-									  pol.model_id, req->user_id, req->key_id, 1,
-									  req->units, overage, 0, reservation_id,
-									  req->idem_key, rows, n, &extra);
+				u.reservation_id = reservation_id = next_reservation_id();
+			d->usage_id = write_usage(&u, rows, n, &extra);
 			if (req->reserve)
 			{
 				insert_reservation(req->tenant_id, reservation_id, d->usage_id, at,

@@ -175,6 +175,8 @@ extern QUOTA_PRIVATE void decision_quota(Decision *d, const QuotaRow *r, int64 u
 extern QUOTA_PRIVATE int lock_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
 			  TimestampTz created_before, bool fresh, QuotaRow *rows, int *next);
 extern QUOTA_PRIVATE int lock_run(int64 tenant_id, QuotaRow *rows, int *n, int from);
+extern QUOTA_PRIVATE int64 write_usage(const QuotaUsageRow *row, QuotaRow *rows, int nrows,
+									  const UsageExtra *extra);
 /* ... also read by check.c (quota_check) and adjust.c */
 extern QUOTA_PRIVATE int parse_quota_rows(QuotaRow *rows, int first);
 extern QUOTA_PRIVATE void bind_scope(Datum *values, char *nulls, int64 tenant_id, int64 model_id,
@@ -203,10 +205,6 @@ extern QUOTA_PRIVATE TimestampTz charge_instant(QuotaRow *rows, int n);
 /* check.c */
 extern QUOTA_PRIVATE int read_counters(int64 tenant_id, int64 model_id, int64 user_id, int64 key_id,
 			  TimestampTz created_before, QuotaRow *rows);
-extern QUOTA_PRIVATE int64 write_usage(int64 tenant_id, int64 usage_id, TimestampTz occurred_at, const char *kind,
-			int64 model_id, int64 user_id, int64 key_id, int32 calls, int64 units,
-			int64 overage, int64 ref_usage_id, int64 reservation_id, const char *idem_key,
-			QuotaRow *rows, int nrows, const UsageExtra *extra);
 
 /* escrow.c */
 extern QUOTA_PRIVATE bool lay_out_slots(QuotaRow *r, int k, int64 delta, bool check);
