@@ -7,7 +7,9 @@
  *		(QuotaCitusFillGeneration), the fill's reads kept on this node
  *		(QuotaCitusLocalReads) and config_changed()'s bump
  *		(QuotaCitusGenerationBump).  Why and how: cache.c's header and
- *		doc/scaling.md, "The configuration cache on Citus".
+ *		doc/scaling.md, "The configuration cache on Citus".  Also, from the
+ *		same placement catalogs, whether a tenant's counters are on this
+ *		node (QuotaCitusCountersHere, for consume.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -25,7 +27,9 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
+#include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -110,15 +114,64 @@ citus_placement_here(int64 shardid)
 	return found;
 }
 
+/*
+ * citus_shard_of
+ *		A shard of relid (pg_dist_shard: logicalrelid, shardid, shardstorage,
+ *		shardminvalue, shardmaxvalue): with hash, the one whose range of
+ *		hashes holds *hash, else the last one found; 0 when none.  *nshards,
+ *		if given, gets how many shards relid has.
+ */
+static int64
+citus_shard_of(Oid relid, const int32 *hash, int *nshards)
+{
+	Oid			dist = get_relname_relid("pg_dist_shard", PG_CATALOG_NAMESPACE);
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tup;
+	int64		shardid = 0;
+	int			n = 0;
+
+	if (!OidIsValid(relid) || !OidIsValid(dist))
+		return 0;
+	rel = table_open(dist, AccessShareLock);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		TupleDesc	desc = RelationGetDescr(rel);
+		bool		isnull;
+		bool		nomin;
+		bool		nomax;
+		Datum		id = heap_getattr(tup, 2, desc, &isnull);
+		Datum		lo = heap_getattr(tup, 4, desc, &nomin);
+		Datum		hi = heap_getattr(tup, 5, desc, &nomax);
+
+		n++;
+		if (isnull || (hash != NULL &&
+					   (nomin || nomax ||
+						*hash < pg_strtoint32(TextDatumGetCString(lo)) ||
+						*hash > pg_strtoint32(TextDatumGetCString(hi)))))
+			continue;
+		shardid = DatumGetInt64(id);
+		if (hash != NULL)
+			break;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (nshards)
+		*nshards = n;
+	return shardid;
+}
+
 static void
 citus_gen_find(void)
 {
 	Oid			nsp = get_namespace_oid(QUOTA_SCHEMA, true);
-	Oid			dist = get_relname_relid("pg_dist_shard", PG_CATALOG_NAMESPACE);
 	Oid			logical = InvalidOid;
 	Oid			shard = InvalidOid;
 	int			nshards = 0;
-	int64		shardid = 0;
+	int64		shardid;
 
 	if (!citus_gen_callback)
 	{
@@ -127,28 +180,7 @@ citus_gen_find(void)
 	}
 	if (OidIsValid(nsp))
 		logical = get_relname_relid("config_generation", nsp);
-	if (OidIsValid(logical) && OidIsValid(dist))
-	{
-		Relation	rel = table_open(dist, AccessShareLock);
-		SysScanDesc scan;
-		ScanKeyData key;
-		HeapTuple	tup;
-
-		/* logicalrelid is its first column, shardid its second */
-		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(logical));
-		scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
-		while (HeapTupleIsValid(tup = systable_getnext(scan)))
-		{
-			bool		isnull;
-			Datum		d = heap_getattr(tup, 2, RelationGetDescr(rel), &isnull);
-
-			if (!isnull)
-				shardid = DatumGetInt64(d);
-			nshards++;
-		}
-		systable_endscan(scan);
-		table_close(rel, AccessShareLock);
-	}
+	shardid = citus_shard_of(logical, NULL, &nshards);
 	/* a reference table has exactly one shard */
 	if (nshards == 1 && citus_placement_here(shardid))
 	{
@@ -161,6 +193,46 @@ citus_gen_find(void)
 	citus_gen_shard = shard;
 	citus_gen_att = OidIsValid(shard) ? get_attnum(shard, "generation") : InvalidAttrNumber;
 	citus_gen_known = true;
+}
+
+/*
+ * QuotaCitusCountersHere
+ *		Does this node hold an active placement of the quota_counters shard
+ *		that holds tenant_id, so that a statement on the tenant's counters
+ *		runs, and waits, in this backend (a call delegated to the tenant's
+ *		worker) rather than on another node (a charge run on the coordinator:
+ *		consume.c, recheck_after_wait)?  Citus hashes a bigint distribution
+ *		column with hashint8 and gives each shard a range of hashes.  False
+ *		when not known.  Answers are kept per tenant while epoch
+ *		(quota_counters' relcache invalidations, which a placement change
+ *		moves) stays the same.
+ */
+#define COUNTERS_HERE_SLOTS 64
+
+bool
+QuotaCitusCountersHere(int64 tenant_id, uint64 epoch)
+{
+	static struct
+	{
+		int64		tenant_id;
+		uint64		epoch;
+		bool		valid;
+		bool		here;
+	}			kept[COUNTERS_HERE_SLOTS];
+	int			k = (int) ((uint64) tenant_id % COUNTERS_HERE_SLOTS);
+	Oid			nsp = get_namespace_oid(QUOTA_SCHEMA, true);
+	int32		hash = DatumGetInt32(DirectFunctionCall1(hashint8, Int64GetDatum(tenant_id)));
+	int64		shardid;
+
+	if (kept[k].valid && kept[k].tenant_id == tenant_id && kept[k].epoch == epoch)
+		return kept[k].here;
+	shardid = OidIsValid(nsp) ?
+		citus_shard_of(get_relname_relid("quota_counters", nsp), &hash, NULL) : 0;
+	kept[k].tenant_id = tenant_id;
+	kept[k].epoch = epoch;
+	kept[k].here = shardid != 0 && citus_placement_here(shardid);
+	kept[k].valid = true;
+	return kept[k].here;
 }
 
 /*

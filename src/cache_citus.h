@@ -2,7 +2,8 @@
  *
  * cache_citus.h
  *		The configuration cache's generation on Citus (cache_citus.c),
- *		called by cache.c only.
+ *		called by cache.c; and whether a tenant's counters are on this node
+ *		(consume.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -22,5 +23,6 @@ extern bool QuotaCitusGeneration(uint64 *generation);
 extern uint64 QuotaCitusFillGeneration(int64 tenant_id);
 extern int	QuotaCitusLocalReads(void);
 extern void QuotaCitusGenerationBump(void);
+extern bool QuotaCitusCountersHere(int64 tenant_id, uint64 epoch);
 
 #endif							/* QUOTA_CACHE_CITUS_H */

@@ -60,6 +60,7 @@
 #include "spi.h"
 #include "context.h"
 #include "cache.h"
+#include "cache_citus.h"
 #include "args.h"
 #include "auth.h"
 #include "period.h"
@@ -877,12 +878,21 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
 {
 	int64		model_id = pol->model_id;
 	TimestampTz infinity;
+	bool		remote;
 
 	TIMESTAMP_NOEND(infinity);
-	while (lock_wait_mark() != *mark)
+	/*
+	 * On Citus the statements on the tenant's counters may run on another
+	 * node (a charge run on the coordinator: a transaction block, invoke),
+	 * which waits there, unseen by this backend's mark: such a request
+	 * checks once as if it had waited (091_citus).
+	 */
+	remote = QuotaOnCitus() && !QuotaCitusCountersHere(req->tenant_id, *placement_epoch);
+	while (remote || lock_wait_mark() != *mark)
 	{
 		bool		unchanged;
 
+		remote = false;
 		*mark = lock_wait_mark();
 		unchanged = QuotaConfigUnchanged(*stamp, req->tenant_id);
 		/*

@@ -131,6 +131,22 @@ for my $step (@works)
 	is($rc, 0, "through the coordinator: $step->[0]") or diag($err);
 }
 
+# the admin deletes (one DELETE naming tenant_id, built by _row_delete and
+# routed to the tenant's shard) remove the row and audit it
+is($coord->safe_psql('postgres', q{
+	SELECT quota_ext.policy_set(2, 'gpt-*', true) > 0;
+	SELECT quota_ext.rate_limit_set(2, 10, 60) AS rule \gset
+	SELECT quota_ext.quota_set(2, 'day', 5, model => 'gpt-x') AS q \gset
+	SELECT quota_ext.policy_delete(2, 'gpt-*'), quota_ext.rate_limit_delete(2, :rule),
+	       quota_ext.quota_delete(2, :q);
+	SELECT (SELECT count(*) FROM quota_ext.policies WHERE tenant_id = 2) || ' '
+	    || (SELECT count(*) FROM quota_ext.rate_limits WHERE tenant_id = 2) || ' '
+	    || (SELECT count(*) FROM quota_ext.quotas WHERE tenant_id = 2 AND quota_id = :q) || ' '
+	    || (SELECT string_agg(action || ':' || (before IS NOT NULL), ',' ORDER BY action)
+	          FROM quota_ext.audit_log WHERE tenant_id = 2 AND action LIKE '%_delete')}),
+	"t\n||\n0 0 0 policy_delete:true,quota_delete:true,rate_limit_delete:true",
+	'policy_delete, rate_limit_delete and quota_delete through the coordinator delete and audit');
+
 # charges (issue 16): on Citus the storage module (storage.c) goes through SQL naming tenant_id
 # (storage_spi.c); through the coordinator and
 # delegated (SELECT f(...) runs on the worker that holds the tenant)
@@ -348,10 +364,17 @@ my $tenant_on_each_worker = sub {
 		my $tid = $on{ $w->port };
 		$coord->safe_psql('postgres', "SELECT quota_ext.policy_set($tid, 'gpt-x', true)");
 		$coord->safe_psql('postgres', "SELECT quota_ext.quota_set($tid, 'month', 100, model => 'gpt-x', slots => 1)");
-		my $consume = qq{SELECT quota_ext.quota_consume($tid, 'gpt-x', 1)};
-		like($coord->safe_psql('postgres', $consume), qr/^\(t,/, "tenant $tid on " . $w->name . ': delegated consume allowed (cached)');
-		for my $revoke (0, 1)
+		my %consume = (
+			# alone in the select list: delegated to the worker
+			delegated => qq{SELECT quota_ext.quota_consume($tid, 'gpt-x', 1)},
+			# a field of the result: runs on the coordinator, its counter
+			# statements (and their waits) on the worker
+			coordinator => qq{SELECT (quota_ext.quota_consume($tid, 'gpt-x', 1)).allowed});
+		like($coord->safe_psql('postgres', $consume{delegated}), qr/^\(t,/, "tenant $tid on " . $w->name . ': delegated consume allowed (cached)');
+		for my $case ([ 'delegated', 0 ], [ 'delegated', 1 ], [ 'coordinator', 0 ], [ 'coordinator', 1 ])
 		{
+			my ($where, $revoke) = @$case;
+			my $consume = $consume{$where};
 			my $what = $revoke ? 'a charge and a policy revoke' : 'a plain charge';
 			my $holder = $coord->background_psql('postgres');
 			$holder->query_safe('BEGIN');
@@ -363,27 +386,29 @@ my $tenant_on_each_worker = sub {
 				'-d', 'postgres', '-c', $consume ], '>', \$wout, '2>', \$werr);
 			ok($w->poll_query_until('postgres', q{
 				SELECT count(*) > 0 FROM pg_stat_activity
-				 WHERE wait_event_type = 'Lock' AND query LIKE '%quota_consume%'}),
-				"tenant $tid: the delegated consume waits on " . $w->name . " behind $what");
+				 WHERE wait_event_type = 'Lock' AND (query LIKE '%quota_consume%' OR query LIKE '%quota_counters%')}),
+				"tenant $tid: the $where consume waits on " . $w->name . " behind $what");
 			$holder->query_safe('COMMIT');
 			$holder->quit;
 			$waiter->finish;
 			if ($revoke)
 			{
-				like($wout, qr/^\(f,/, "tenant $tid: the waiter is denied once the revoke committed (it read the change)")
-					or diag($werr);
+				like($wout, $where eq 'delegated' ? qr/^\(f,/ : qr/^f$/,
+					"tenant $tid: the $where waiter is denied once the revoke committed (it read the change)")
+					or diag("$wout $werr");
 				$coord->safe_psql('postgres', "SELECT quota_ext.policy_set($tid, 'gpt-x', true)");
 			}
 			else
 			{
-				like($wout, qr/^\(t,/, "tenant $tid: the waiter is allowed after the plain charge committed")
-					or diag($werr);
+				like($wout, $where eq 'delegated' ? qr/^\(t,/ : qr/^t$/,
+					"tenant $tid: the $where waiter is allowed after the plain charge committed")
+					or diag("$wout $werr");
 			}
 		}
 		is($coord->safe_psql('postgres', qq{
 			SELECT sum(c.used) || ' ' || (SELECT sum(u.calls) FROM quota_ext.usage u WHERE u.tenant_id = $tid)
-			  FROM quota_ext.quota_counters c WHERE c.tenant_id = $tid}), '4 4',
-			"tenant $tid: 4 charges, the counter equals the ledger");
+			  FROM quota_ext.quota_counters c WHERE c.tenant_id = $tid}), '7 7',
+			"tenant $tid: 7 charges, the counter equals the ledger");
 	}
 }
 
