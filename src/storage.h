@@ -101,7 +101,7 @@ extern int	QuotaSpiLockCounters(int64 tenant_id, const int64 *qids, int n,
 								 ItemPointerData *tids, bool *escrow);
 extern int64 QuotaSpiWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n,
 						   Oid usage_seq);
-extern bool QuotaSpiWriteCounter(int64 tenant_id, const QuotaCounterWrite *w, bool insert);
+extern void QuotaSpiWriteCounter(int64 tenant_id, const QuotaCounterWrite *w, bool insert);
 
 /* storage_slots.c: the slot-share rule */
 extern int64 QuotaSlotShare(int64 limit, int slots, int i);

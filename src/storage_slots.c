@@ -626,7 +626,7 @@ quota_ext_counters_lay_out(PG_FUNCTION_ARGS)
 		w.has_allowance = k > 1;
 		if (w.has_allowance)
 			w.allowance = w.used + QuotaSlotShare(slack, k, nkeep + i - first);
-		(void) QuotaSpiWriteCounter(tenant_id, &w, true);
+		QuotaSpiWriteCounter(tenant_id, &w, true);
 	}
 	QuotaSpiEnd(&spi);
 	PG_RETURN_VOID();

@@ -164,7 +164,7 @@ QuotaSpiLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
  *		With insert (_counters_lay_out, PL/pgSQL re-layouts, which pass no
  *		values read) the row is written as it is, or inserted when missing.
  */
-bool
+void
 QuotaSpiWriteCounter(int64 tenant_id, const QuotaCounterWrite *w, bool insert)
 {
 	static QuotaPlan update = {
@@ -222,19 +222,18 @@ QuotaSpiWriteCounter(int64 tenant_id, const QuotaCounterWrite *w, bool insert)
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("counter of quota %lld changed after this transaction locked it",
 							(long long) w->quota_id),
-					 errdetail("Slot %d no longer holds the values read under the lock (used %lld). "
-							   "On Citus a shard move or re-layout can switch the row's placement "
-							   "between the lock and the update.",
+					 errdetail("Slot %d no longer holds the values read under the lock (used %lld): "
+							   "on Citus a shard move can switch the row's placement between the "
+							   "lock and the update.",
 							   w->slot, (long long) w->seen_used),
 					 errhint("Retry the statement: it locks the counter again where it is now.")));
-		return true;
+		return;
 	}
 	QuotaSpiExec(&update, values, nulls, false, 0);
 	if (SPI_processed > 0)
-		return true;
+		return;
 	/* ON CONFLICT: a row of that slot committed since this statement's snapshot */
 	QuotaSpiExec(&upsert, values, nulls, false, 0);
-	return true;
 }
 
 int64
@@ -257,7 +256,7 @@ QuotaSpiWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n, Oid usa
 
 	/* each a compare-and-set: 40001 when the row is not as locked */
 	for (i = 0; i < n; i++)
-		(void) QuotaSpiWriteCounter(u->tenant_id, &w[i], false);
+		QuotaSpiWriteCounter(u->tenant_id, &w[i], false);
 
 	memset(nulls, ' ', sizeof(nulls));
 	usage_id = u->usage_id != 0 ? u->usage_id : spi_usage_id(usage_seq);

@@ -461,38 +461,41 @@ my $tenant_on_each_worker = sub {
 # nothing lost, nothing counted twice.  A charge whose counter was locked on
 # the old placement and is written after the switch gets 40001 from the
 # compare-and-set of its UPDATE (storage_spi.c); pgbench retries those
-# (--max-tries), as a client should, and every charge succeeds in the end.
-my $retries_note = sub {
-	my ($what, $bout) = @_;
+# (--max-tries), as a client should, and every round succeeds in the end.
+# $move_under_load: run `script` $rounds times on each of 4 clients while
+# the tenant's shards move; checks the move, the rounds and the placement.
+my $move_under_load = sub {
+	my ($tenant, $what, $script, $rounds) = @_;
+	my ($shard, $from) = split /\|/, $coord->safe_psql('postgres', qq{
+		SELECT s, p.nodeport FROM get_shard_id_for_distribution_column('quota_ext.quota_counters', $tenant) s
+		  JOIN pg_dist_shard_placement p ON p.shardid = s});
+	my $to = $from == $w1->port ? $w2->port : $w1->port;
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	PostgreSQL::Test::Utils::append_to_file("$dir/move.sql", $script);
+	my ($bout, $berr) = ('', '');
+	my $bench = IPC::Run::start([ 'pgbench', '-n', '-c', 4, '-j', 2, '-t', $rounds, '--max-tries=100',
+		'-f', "$dir/move.sql", '-h', $coord->host, '-p', $coord->port, 'postgres' ],
+		'>', \$bout, '2>', \$berr);
+	my ($rc, $out, $err) = $coord->psql('postgres', qq{
+		SELECT citus_move_shard_placement($shard, '127.0.0.1', $from, '127.0.0.1', $to,
+		                                  shard_transfer_mode => 'block_writes')});
+	is($rc, 0, "tenant ${tenant}'s shards moved from port $from to $to under $what") or diag($err);
+	$bench->finish;
+	my $total = 4 * $rounds;
+	like($bout, qr{number of transactions actually processed: $total/$total},
+		"pgbench: $total rounds of $what during the move, none failed") or diag($berr);
 	my ($retried) = $bout =~ /^(number of transactions retried: .*)$/m;
-	note("$what: " . ($retried // 'no retry line'));
+	note("$what during the move: " . ($retried // 'no retry line'));
+	is($coord->safe_psql('postgres', qq{
+		SELECT p.nodeport FROM pg_dist_shard_placement p
+		 WHERE p.shardid = get_shard_id_for_distribution_column('quota_ext.quota_counters', $tenant)}), $to,
+		"tenant $tenant now lives on the other worker");
 };
 {
 	my $mt = $coord->safe_psql('postgres', "SELECT quota_ext.tenant_create('mover', 'enterprise')");
 	$coord->safe_psql('postgres', "SELECT quota_ext.policy_set($mt, 'gpt-x', true)");
 	$coord->safe_psql('postgres', "SELECT quota_ext.quota_set($mt, 'month', 1000000, model => 'gpt-x')");
-	my ($shard, $from) = split /\|/, $coord->safe_psql('postgres', qq{
-		SELECT s, p.nodeport FROM get_shard_id_for_distribution_column('quota_ext.quota_counters', $mt) s
-		  JOIN pg_dist_shard_placement p ON p.shardid = s});
-	my $to = $from == $w1->port ? $w2->port : $w1->port;
-	my $dir = PostgreSQL::Test::Utils::tempdir();
-	PostgreSQL::Test::Utils::append_to_file("$dir/move.sql", "SELECT quota_ext.quota_consume($mt, 'gpt-x', 1);\n");
-	my ($bout, $berr) = ('', '');
-	my $bench = IPC::Run::start([ 'pgbench', '-n', '-c', 4, '-j', 2, '-t', 150, '--max-tries=100',
-		'-f', "$dir/move.sql", '-h', $coord->host, '-p', $coord->port, 'postgres' ],
-		'>', \$bout, '2>', \$berr);
-	($rc, $out, $err) = $coord->psql('postgres', qq{
-		SELECT citus_move_shard_placement($shard, '127.0.0.1', $from, '127.0.0.1', $to,
-		                                  shard_transfer_mode => 'block_writes')});
-	is($rc, 0, "tenant ${mt}'s shards moved from port $from to $to while charged") or diag($err);
-	$bench->finish;
-	like($bout, qr{number of transactions actually processed: 600/600}, 'pgbench: 600 charges during the move, none failed')
-		or diag($berr);
-	$retries_note->('charges during the move', $bout);
-	is($coord->safe_psql('postgres', qq{
-		SELECT p.nodeport FROM pg_dist_shard_placement p
-		 WHERE p.shardid = get_shard_id_for_distribution_column('quota_ext.quota_counters', $mt)}), $to,
-		'the tenant now lives on the other worker');
+	$move_under_load->($mt, 'delegated consume', "SELECT quota_ext.quota_consume($mt, 'gpt-x', 1);\n", 150);
 	is($coord->safe_psql('postgres', qq{
 		SELECT sum(c.used) || ' ' || (SELECT count(*) || ' ' || sum(u.calls) FROM quota_ext.usage u WHERE u.tenant_id = $mt)
 		  FROM quota_ext.quota_counters c WHERE c.tenant_id = $mt}), '600 600 600',
@@ -502,9 +505,9 @@ my $retries_note = sub {
 # adjustments and escrow slots during a move: a tenant with a single-row
 # calls quota, a single-row units quota and a units quota over 4 escrow
 # slots; pgbench consumes and refunds (the refund runs on the coordinator,
-# statement by statement; quota_settle and quota_cancel do not run on Citus
-# yet, doc/scaling.md) while its shards move.  Every counter equals the
-# ledger after.
+# statement by statement; quota_settle does not run on Citus yet,
+# doc/scaling.md) while its shards move.  Every counter equals the ledger
+# after.
 {
 	my $at = $coord->safe_psql('postgres', "SELECT quota_ext.tenant_create('adjuster', 'enterprise')");
 	$coord->safe_psql('postgres', qq{
@@ -518,33 +521,11 @@ my $retries_note = sub {
 		                  ',' ORDER BY q.quota_id)
 		  FROM quota_ext.quotas q WHERE q.tenant_id = $at}), 'calls 1 1,units 1 1,units 4 4',
 		"tenant $at: a calls and a units quota on one row each, a units quota over 4 slots");
-	my ($shard, $from) = split /\|/, $coord->safe_psql('postgres', qq{
-		SELECT s, p.nodeport FROM get_shard_id_for_distribution_column('quota_ext.quota_counters', $at) s
-		  JOIN pg_dist_shard_placement p ON p.shardid = s});
-	my $to = $from == $w1->port ? $w2->port : $w1->port;
-	my $dir = PostgreSQL::Test::Utils::tempdir();
-	PostgreSQL::Test::Utils::append_to_file("$dir/adjust.sql", qq{\\set u random(1, 5)
+	$move_under_load->($at, 'consume, refund and consume', qq{\\set u random(1, 5)
 SELECT usage_id AS uid FROM quota_ext.quota_consume($at, 'gpt-x', :u) \\gset
 SELECT quota_ext.quota_refund($at, :uid);
 SELECT quota_ext.quota_consume($at, 'gpt-x', 2);
-});
-	my ($bout, $berr) = ('', '');
-	my $bench = IPC::Run::start([ 'pgbench', '-n', '-c', 4, '-j', 2, '-t', 40, '--max-tries=100',
-		'-f', "$dir/adjust.sql", '-h', $coord->host, '-p', $coord->port, 'postgres' ],
-		'>', \$bout, '2>', \$berr);
-	($rc, $out, $err) = $coord->psql('postgres', qq{
-		SELECT citus_move_shard_placement($shard, '127.0.0.1', $from, '127.0.0.1', $to,
-		                                  shard_transfer_mode => 'block_writes')});
-	is($rc, 0, "tenant ${at}'s shards moved from port $from to $to while adjusted") or diag($err);
-	$bench->finish;
-	like($bout, qr{number of transactions actually processed: 160/160},
-		'pgbench: 160 rounds of consume, refund and consume during the move, none failed')
-		or diag($berr);
-	$retries_note->('adjustments during the move', $bout);
-	is($coord->safe_psql('postgres', qq{
-		SELECT p.nodeport FROM pg_dist_shard_placement p
-		 WHERE p.shardid = get_shard_id_for_distribution_column('quota_ext.quota_counters', $at)}), $to,
-		'the adjusted tenant now lives on the other worker');
+}, 40);
 	my ($calls, $units, $rows) = split /\|/, $coord->safe_psql('postgres', qq{
 		SELECT sum(u.calls), sum(u.units), count(*) FROM quota_ext.usage u WHERE u.tenant_id = $at});
 	# each round nets 1 call and 2 units (its first consume is refunded); a
