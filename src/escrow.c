@@ -488,7 +488,7 @@ acquire_slots(int64 tenant_id, QuotaRow *r, int64 amount, bool denied)
 		{
 			/* the slot row as the exact path laid it out, with the events */
 			r->upd[0].mask |= due;
-			(void) QuotaSpiWriteCounter(tenant_id, &r->upd[0], false);
+			QuotaSpiWriteCounter(tenant_id, &r->upd[0], false);
 		}
 	}
 }

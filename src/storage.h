@@ -70,6 +70,21 @@ typedef struct QuotaCounterWrite
 	int64		allowance;
 	int32		mask;			/* events_mask */
 	ItemPointerData tid;		/* where it was locked, if known (else invalid) */
+
+	/*
+	 * The row as this transaction read it under its lock: on Citus a write
+	 * of a counter the caller locked (QuotaSpiWriteCounter, insert false)
+	 * is a compare-and-set against it, because a shard move may switch the
+	 * row's placement between the lock and the write (storage_spi.c).  The
+	 * allowance is compared only for a slot row read whole (storage_slots.c):
+	 * the hot path's lock reads only whether there is one.
+	 */
+	bool		seen;			/* set: seen_* hold the row as locked */
+	bool		seen_whole;		/* the allowance was read too */
+	TimestampTz seen_start;
+	int64		seen_used;
+	bool		seen_has_allowance;
+	int64		seen_allowance;
 } QuotaCounterWrite;
 
 /* storage.c: the hot path (table access method; storage_spi.c on Citus) */
@@ -86,7 +101,7 @@ extern int	QuotaSpiLockCounters(int64 tenant_id, const int64 *qids, int n,
 								 ItemPointerData *tids, bool *escrow);
 extern int64 QuotaSpiWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n,
 						   Oid usage_seq);
-extern bool QuotaSpiWriteCounter(int64 tenant_id, const QuotaCounterWrite *w, bool insert);
+extern void QuotaSpiWriteCounter(int64 tenant_id, const QuotaCounterWrite *w, bool insert);
 
 /* storage_slots.c: the slot-share rule */
 extern int64 QuotaSlotShare(int64 limit, int slots, int i);

@@ -156,6 +156,13 @@ slot_row(HeapTuple tup, TupleDesc desc, int64 quota_id, QuotaCounterWrite *row)
 	row->allowance = isnull ? 0 : DatumGetInt64(d);
 	row->mask = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
 	ItemPointerSetInvalid(&row->tid);
+	/* as read: a later write of it compares against this (QuotaSpiWriteCounter) */
+	row->seen = true;
+	row->seen_whole = true;
+	row->seen_start = row->start;
+	row->seen_used = row->used;
+	row->seen_has_allowance = row->has_allowance;
+	row->seen_allowance = row->allowance;
 }
 
 /* the rows of the last statement (SLOT_COLUMNS) into a palloc'd array */
@@ -619,7 +626,7 @@ quota_ext_counters_lay_out(PG_FUNCTION_ARGS)
 		w.has_allowance = k > 1;
 		if (w.has_allowance)
 			w.allowance = w.used + QuotaSlotShare(slack, k, nkeep + i - first);
-		(void) QuotaSpiWriteCounter(tenant_id, &w, true);
+		QuotaSpiWriteCounter(tenant_id, &w, true);
 	}
 	QuotaSpiEnd(&spi);
 	PG_RETURN_VOID();

@@ -13,6 +13,8 @@
  * storage.c: SELECT ... FOR NO KEY UPDATE in the caller's order (a deleted
  * counter is not found), one UPDATE per counter row, one INSERT of the
  * usage row; all as the extension's owner in the caller's SPI connection.
+ * Each UPDATE of a locked counter is a compare-and-set against the values
+ * read under the lock (QuotaSpiWriteCounter says why: shard moves).
  *
  * Usage ids are unique across nodes: the node's own usage_id_seq gives n
  * and the id is group * 2^48 + n, group being the node's Citus group id
@@ -137,14 +139,32 @@ QuotaSpiLockCounters(int64 tenant_id, const int64 *qids, int n, bool *found,
 
 /*
  * QuotaSpiWriteCounter
- *		Write one counter row (locked by this transaction) of tenant_id: the
- *		Citus path of QuotaSpiWrite, a slot row escrow.c lays out, and a row
- *		_counters_lay_out writes.  A row that exists is updated in place (a
- *		call waiting for it follows the update to the new version, where a
- *		deleted row would tell it that the quota is gone); one that does not
- *		is inserted when insert is set, else false is returned.
+ *		Write one counter row of tenant_id: the Citus path of QuotaSpiWrite,
+ *		a slot row escrow.c lays out, and a row _counters_lay_out writes.  A
+ *		row that exists is updated in place (a call waiting for it follows
+ *		the update to the new version, where a deleted row would tell it
+ *		that the quota is gone).
+ *
+ *		Without insert the caller locked the row and read it (w->seen), and
+ *		the write is a compare-and-set: the row must still be as read (used
+ *		and period_start, and the allowance of a slot row read whole), else
+ *		40001.  On Citus the lock is a SELECT ... FOR NO KEY UPDATE, which
+ *		Citus runs as a read, taking no shard metadata lock: a shard move
+ *		(block_writes) may copy the shard and switch its placement between
+ *		that lock and this UPDATE, which Citus then routes to the new
+ *		placement, where another transaction may have counted meanwhile.
+ *		Writing the absolute value there would lose that count (the session
+ *		8 review's H2 and M1, doc/scaling.md); the comparison finds it.  Once
+ *		the UPDATE has run, Citus holds the shard's metadata lock until the
+ *		transaction ends, so a later write of the same transaction cannot be
+ *		moved under.  Equal values are safe to overwrite: used is a sum, and
+ *		the new value was computed from the old one in the same period.
+ *		The events mask is not compared (a lost bit repeats one event).
+ *
+ *		With insert (_counters_lay_out, PL/pgSQL re-layouts, which pass no
+ *		values read) the row is written as it is, or inserted when missing.
  */
-bool
+void
 QuotaSpiWriteCounter(int64 tenant_id, const QuotaCounterWrite *w, bool insert)
 {
 	static QuotaPlan update = {
@@ -153,6 +173,18 @@ QuotaSpiWriteCounter(int64 tenant_id, const QuotaCounterWrite *w, bool insert)
 		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 AND quota_id OPERATOR(pg_catalog.=) $2 "
 		"  AND slot OPERATOR(pg_catalog.=) $3",
 		7, {INT8OID, INT8OID, INT4OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID}
+	};
+	static QuotaPlan compare_and_set = {
+		"UPDATE quota_ext.quota_counters c "
+		"SET used = $4, period_start = $5, allowance = $6, events_mask = $7 "
+		"WHERE c.tenant_id OPERATOR(pg_catalog.=) $1 AND c.quota_id OPERATOR(pg_catalog.=) $2 "
+		"  AND c.slot OPERATOR(pg_catalog.=) $3 "
+		"  AND c.used OPERATOR(pg_catalog.=) $8 "
+		"  AND c.period_start OPERATOR(pg_catalog.=) $9 "
+		"  AND (NOT $10 OR c.allowance OPERATOR(pg_catalog.=) $11 "
+		"       OR (c.allowance IS NULL AND $11 IS NULL))",
+		11, {INT8OID, INT8OID, INT4OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID,
+			 INT8OID, TIMESTAMPTZOID, BOOLOID, INT8OID}
 	};
 	static QuotaPlan upsert = {
 		"INSERT INTO quota_ext.quota_counters AS c "
@@ -163,8 +195,8 @@ QuotaSpiWriteCounter(int64 tenant_id, const QuotaCounterWrite *w, bool insert)
 		"       allowance = excluded.allowance, events_mask = excluded.events_mask",
 		7, {INT8OID, INT8OID, INT4OID, INT8OID, TIMESTAMPTZOID, INT8OID, INT4OID}
 	};
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[11];
+	char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	values[0] = Int64GetDatum(tenant_id);
 	values[1] = Int64GetDatum(w->quota_id);
@@ -174,14 +206,34 @@ QuotaSpiWriteCounter(int64 tenant_id, const QuotaCounterWrite *w, bool insert)
 	values[5] = Int64GetDatum(w->allowance);
 	nulls[5] = w->has_allowance ? ' ' : 'n';
 	values[6] = Int32GetDatum(w->mask);
+	if (!insert)
+	{
+		if (!w->seen)
+			elog(ERROR, "counter of quota " INT64_FORMAT " slot %d written without its locked values",
+				 w->quota_id, w->slot);
+		values[7] = Int64GetDatum(w->seen_used);
+		values[8] = TimestampTzGetDatum(w->seen_start);
+		values[9] = BoolGetDatum(w->seen_whole);
+		values[10] = Int64GetDatum(w->seen_allowance);
+		nulls[10] = w->seen_has_allowance ? ' ' : 'n';
+		QuotaSpiExec(&compare_and_set, values, nulls, false, 0);
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("counter of quota %lld changed after this transaction locked it",
+							(long long) w->quota_id),
+					 errdetail("Slot %d no longer holds the values read under the lock (used %lld): "
+							   "on Citus a shard move can switch the row's placement between the "
+							   "lock and the update.",
+							   w->slot, (long long) w->seen_used),
+					 errhint("Retry the statement: it locks the counter again where it is now.")));
+		return;
+	}
 	QuotaSpiExec(&update, values, nulls, false, 0);
 	if (SPI_processed > 0)
-		return true;
-	if (!insert)
-		return false;
+		return;
 	/* ON CONFLICT: a row of that slot committed since this statement's snapshot */
 	QuotaSpiExec(&upsert, values, nulls, false, 0);
-	return true;
 }
 
 int64
@@ -202,10 +254,9 @@ QuotaSpiWrite(const QuotaUsageRow *u, const QuotaCounterWrite *w, int n, Oid usa
 	int64		usage_id;
 	int			i;
 
+	/* each a compare-and-set: 40001 when the row is not as locked */
 	for (i = 0; i < n; i++)
-		if (!QuotaSpiWriteCounter(u->tenant_id, &w[i], false))
-			elog(ERROR, "locked counter of quota " INT64_FORMAT " slot %d not found",
-				 w[i].quota_id, w[i].slot);
+		QuotaSpiWriteCounter(u->tenant_id, &w[i], false);
 
 	memset(nulls, ' ', sizeof(nulls));
 	usage_id = u->usage_id != 0 ? u->usage_id : spi_usage_id(usage_seq);
