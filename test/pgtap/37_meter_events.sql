@@ -9,7 +9,7 @@
 BEGIN;
 \ir metering_helpers.psql
 \i test/invariant.sql
-SELECT plan(53);
+SELECT plan(61);
 
 \o /dev/null
 SELECT quota_ext.tenant_create('me-a', 'enterprise') AS ta \gset
@@ -60,11 +60,15 @@ ROLLBACK TO SAVEPOINT s;
 SELECT is((SELECT count(*) FROM quota_ext.quota_events WHERE tenant_id = :ta), 0::bigint,
 	'... rolled back: no event');
 SELECT is((SELECT count(*) FROM quota_ext.outbox WHERE tenant_id = :ta), 0::bigint, '... and no outbox event');
-SELECT results_eq(format($$SELECT allowed FROM quota_ext.meter_consume(%s, 'ev_gpu', 1)$$, :ta), $$VALUES (true)$$,
-	'to 80 of 100');
+SELECT results_eq(format($$SELECT allowed, replayed FROM quota_ext.meter_consume(%s, 'ev_gpu', 1, 'me-idem')$$, :ta),
+	$$VALUES (true, false)$$, 'to 80 of 100 (with an idempotency key)');
 SELECT results_eq(format($$SELECT kind, threshold, used, "limit", period_start FROM quota_ext.quota_events WHERE tenant_id = %s AND quota_id = %s ORDER BY event_id$$, :ta, :qgpu),
 	format($$VALUES ('threshold'::text, 80, 80::bigint, 100::bigint, %L::timestamptz)$$, :'month_start'),
 	'crossing 80 percent: one event in the quota''s current period');
+SELECT results_eq(format($$SELECT allowed, replayed FROM quota_ext.meter_consume(%s, 'ev_gpu', 1, 'me-idem')$$, :ta),
+	$$VALUES (true, true)$$, 'the same call again: replayed');
+SELECT is((SELECT count(*) FROM quota_ext.quota_events WHERE tenant_id = :ta AND quota_id = :qgpu), 1::bigint,
+	'... charges nothing and emits nothing');
 SELECT results_eq(format($$SELECT allowed FROM quota_ext.meter_consume(%s, 'ev_gpu', 19)$$, :ta), $$VALUES (true)$$,
 	'to 99 of 100');
 SELECT is((SELECT count(*) FROM quota_ext.quota_events WHERE tenant_id = :ta AND quota_id = :qgpu), 1::bigint,
@@ -106,6 +110,20 @@ SELECT is((SELECT array_agg(k ORDER BY k) FROM quota_ext.outbox o, jsonb_object_
 	'a meter quota''s outbox payload has the keys of a model-call quota''s, and meter');
 SELECT is((SELECT payload->>'meter' FROM quota_ext.outbox WHERE tenant_id = :ta AND object_id <> :'qgpu'), NULL,
 	'... (a model-call quota''s has no meter)');
+
+-- a new period emits again: the quota's count and events moved back to
+-- last month, as if they had happened then
+UPDATE quota_ext.meter_counters SET period_start = :'month_start'::timestamptz - interval '1 month'
+ WHERE tenant_id = :ta AND quota_id = :qgpu;
+UPDATE quota_ext.quota_events SET period_start = :'month_start'::timestamptz - interval '1 month'
+ WHERE tenant_id = :ta AND quota_id = :qgpu;
+UPDATE quota_ext.meter_usage SET occurred_at = occurred_at - interval '1 month'
+ WHERE tenant_id = :ta AND meter_id = (SELECT meter_id FROM quota_ext.meters WHERE name = 'ev_gpu');
+SELECT results_eq(format($$SELECT allowed, remaining FROM quota_ext.meter_consume(%s, 'ev_gpu', 85)$$, :ta), $$VALUES (true, 15::bigint)$$,
+	'in a new period the count starts at 0: 85 of 100');
+SELECT results_eq(format($$SELECT threshold, used, period_start FROM quota_ext.quota_events WHERE tenant_id = %s AND quota_id = %s AND period_start = %L ORDER BY event_id$$, :ta, :qgpu, :'month_start'),
+	format($$VALUES (80, 85::bigint, %L::timestamptz)$$, :'month_start'),
+	'... crossing 80 percent again: an event of the new period');
 
 -- ---------------------------------------------------------------------------
 -- soft limit, custom thresholds, several crossings in one call
@@ -168,6 +186,20 @@ SELECT is((SELECT count(*) FROM quota_ext.quota_events WHERE tenant_id = :ta AND
 SELECT is((SELECT count(*) FROM quota_ext.outbox WHERE tenant_id = :ta AND object_id = :'qdisk' AND event_type = 'quota.threshold'
               AND payload->>'meter' = 'ev_disk' AND payload->>'period_start' = '-infinity'), 2::bigint,
 	'the gauge''s two outbox events');
+-- a gauge's soft limit
+\o /dev/null
+SELECT quota_ext.meter_create('ev_seats', 'seats', 'gauge');
+\o
+SELECT quota_ext.quota_set(:ta, 'lifetime', 20, meter => 'ev_seats', on_exceed => 'alert', soft_limit => 3,
+                           thresholds => '{200}') AS qseats \gset
+SELECT results_eq(format($$SELECT allowed FROM quota_ext.gauge_adjust(%s, 'ev_seats', 3)$$, :ta), $$VALUES (true)$$,
+	'a gauge to its soft limit 3');
+SELECT results_eq(format($$SELECT o.event_type, o.payload->>'limit', o.payload->>'meter' FROM quota_ext.outbox o WHERE o.tenant_id = %s AND o.object_id = '%s'$$, :ta, :qseats),
+	$$VALUES ('quota.soft_limit'::text, '3'::text, 'ev_seats'::text)$$, '... its soft-limit event in the outbox');
+SELECT results_eq(format($$SELECT allowed FROM quota_ext.gauge_adjust(%s, 'ev_seats', 37)$$, :ta), $$VALUES (true)$$,
+	'up to 40 of 20 (alert)');
+SELECT results_eq(format($$SELECT kind, threshold, used FROM quota_ext.quota_events WHERE tenant_id = %s AND quota_id = %s ORDER BY event_id$$, :ta, :qseats),
+	$$VALUES ('soft_limit'::text, 0, 3::bigint), ('threshold', 200, 40)$$, '... crosses 200 percent (thresholds up to 1000 percent)');
 -- the built-in gauge users
 \o /dev/null
 SELECT quota_ext.quota_set(:ta, 'lifetime', 5, meter => 'users') AS qusers \gset
