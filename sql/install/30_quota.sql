@@ -598,27 +598,14 @@ BEGIN
 	END IF;
 	IF m IS NULL THEN PERFORM quota_ext._null_arg('metric'); END IF;
 	-- a quota on a named meter (32_meters.sql): units of the meter, per
-	-- tenant or user, many meters per scope
-	IF quota_set.meter IS NOT NULL THEN
-		IF quota_set.model IS NOT NULL OR quota_set.key_id IS NOT NULL OR m NOT IN ('calls', 'units')
-		   OR quota_set.max_cost IS NOT NULL OR cur IS NOT NULL OR quota_set.soft_limit IS NOT NULL
-		   OR quota_set.slots IS NOT NULL THEN
-			RAISE EXCEPTION 'a meter quota counts units of its meter, tenant-wide or for one user'
-				USING ERRCODE = 'invalid_parameter_value',
-				      HINT = 'Leave model, key_id, metric, max_cost, currency, soft_limit and slots out.';
-		END IF;
-		IF lim IS NULL THEN PERFORM quota_ext._null_arg('max_units'); END IF;
-		IF quota_set.on_exceed IS NULL THEN PERFORM quota_ext._null_arg('on_exceed'); END IF;
-		IF lim < 0 THEN
-			RAISE EXCEPTION 'max_units must not be negative' USING ERRCODE = 'invalid_parameter_value';
-		END IF;
-		IF quota_set.on_exceed <> ALL (ARRAY['block', 'alert', 'overage', 'throttle']) THEN
-			RAISE EXCEPTION 'invalid on_exceed "%"', quota_ext._quote_input(quota_set.on_exceed)
-				USING ERRCODE = 'invalid_parameter_value', HINT = 'Use block, alert, overage or throttle.';
-		END IF;
-		RETURN quota_ext._meter_quota_set(t.tenant_id, quota_set.meter, p, lower(quota_set.period), lim,
-		                                  quota_set.on_exceed, quota_set.user_id,
-		                                  quota_set.throttle_per_minute, quota_set.throttle_burst);
+	-- tenant or user, many meters per scope; limit, soft limit, on_exceed,
+	-- throttle and thresholds are checked below as for any units quota
+	IF quota_set.meter IS NOT NULL
+	   AND (quota_set.model IS NOT NULL OR quota_set.key_id IS NOT NULL OR m NOT IN ('calls', 'units')
+	        OR quota_set.max_cost IS NOT NULL OR cur IS NOT NULL OR quota_set.slots IS NOT NULL) THEN
+		RAISE EXCEPTION 'a meter quota counts units of its meter, tenant-wide or for one user'
+			USING ERRCODE = 'invalid_parameter_value',
+			      HINT = 'Leave model, key_id, metric, max_cost, currency and slots out.';
 	END IF;
 	-- a money budget: max_cost (and currency) instead of max_units
 	IF quota_set.max_cost IS NOT NULL AND m = 'calls' THEN
@@ -678,6 +665,12 @@ BEGIN
 				USING ERRCODE = 'invalid_parameter_value';
 		END IF;
 	END LOOP;
+	IF quota_set.meter IS NOT NULL THEN
+		RETURN quota_ext._meter_quota_set(t.tenant_id, quota_set.meter, p, lower(quota_set.period), lim,
+		                                  quota_set.on_exceed, quota_set.user_id,
+		                                  quota_set.throttle_per_minute, burst, quota_set.soft_limit,
+		                                  quota_set.thresholds);
+	END IF;
 	IF quota_set.model IS NOT NULL THEN
 		mid := quota_ext._model_for(t.tenant_id, quota_set.model);
 		-- a model's cost quota must count in the currency of its price now

@@ -16,6 +16,10 @@
 -- them (doc/metering.md §7).  meter_consume locks the counters of every
 -- meter quota it charges in quota_id order, checks them all, then charges
 -- them all or none; gauge_adjust locks the tenant's level row of the gauge.
+-- A charge that moves a meter quota's count across one of its thresholds
+-- (percent of the limit) or its soft limit emits the event a model-call
+-- quota would (quota_events, NOTIFY quota_ext_events, the outbox), once
+-- per quota, period and threshold (_meter_event).
 
 CREATE SEQUENCE quota_ext.meter_id_seq;
 
@@ -50,8 +54,11 @@ CREATE TABLE quota_ext.meter_quotas (
 	period_label   text NOT NULL,
 	user_id        bigint,
 	max_units      bigint NOT NULL CHECK (max_units OPERATOR(pg_catalog.>=) 0),
+	soft_limit     bigint CHECK (soft_limit OPERATOR(pg_catalog.>=) 0),
 	on_exceed      text NOT NULL DEFAULT 'block'
 	               CHECK (on_exceed OPERATOR(pg_catalog.=) ANY (ARRAY['block', 'alert', 'overage', 'throttle'])),
+	-- percentages of max_units whose crossing is an event, as in quotas
+	thresholds     integer[] NOT NULL DEFAULT '{80,100}',
 	-- on_exceed 'throttle': past the limit, calls pass at this rate (GCRA)
 	throttle_per_minute integer CHECK (throttle_per_minute OPERATOR(pg_catalog.>) 0),
 	throttle_burst integer CHECK (throttle_burst OPERATOR(pg_catalog.>=) 0),
@@ -197,9 +204,11 @@ CREATE FUNCTION quota_ext._check_bounded(v bigint, what text) RETURNS void
 COMMENT ON FUNCTION quota_ext._check_bounded(bigint, text) IS 'Internal: 22003 when |v| > 10^15 (the bound of one call)';
 
 -- quota_set(meter => ...)'s work: the caller (quota_set) has locked the
--- tenant and checked period, limit, on_exceed and the user.
+-- tenant and checked period, limit, soft limit, on_exceed, throttle (the
+-- burst to store), thresholds and the user.
 CREATE FUNCTION quota_ext._meter_quota_set(tenant_id bigint, meter text, period text, period_label text,
-	max_units bigint, on_exceed text, user_id bigint, throttle_per_minute integer, throttle_burst integer)
+	max_units bigint, on_exceed text, user_id bigint, throttle_per_minute integer, throttle_burst integer,
+	soft_limit bigint, thresholds integer[])
 	RETURNS bigint
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -207,7 +216,6 @@ DECLARE
 	m quota_ext.meters := (quota_ext._meter_lookup(_meter_quota_set.tenant_id, _meter_quota_set.meter)).m;
 	old quota_ext.meter_quotas;
 	new quota_ext.meter_quotas;
-	burst integer;
 BEGIN
 	PERFORM quota_ext._check_user(_meter_quota_set.tenant_id, _meter_quota_set.user_id);
 	IF m.kind = 'gauge' THEN
@@ -223,18 +231,18 @@ BEGIN
 				HINT = 'Use on_exceed => ''block'' or ''alert''.';
 		END IF;
 	END IF;
-	burst := quota_ext._check_throttle(_meter_quota_set.on_exceed, _meter_quota_set.throttle_per_minute,
-	                                   _meter_quota_set.throttle_burst);
 	SELECT * INTO old FROM quota_ext.meter_quotas q
 	 WHERE q.tenant_id = _meter_quota_set.tenant_id AND q.meter_id = m.meter_id
 	   AND q.period = _meter_quota_set.period AND q.user_id IS NOT DISTINCT FROM _meter_quota_set.user_id
 	 FOR UPDATE;
 	IF old.quota_id IS NULL THEN
 		INSERT INTO quota_ext.meter_quotas (tenant_id, meter_id, period, period_label, user_id, max_units,
-		                                    on_exceed, throttle_per_minute, throttle_burst)
+		                                    soft_limit, on_exceed, thresholds, throttle_per_minute,
+		                                    throttle_burst)
 		VALUES (_meter_quota_set.tenant_id, m.meter_id, _meter_quota_set.period, _meter_quota_set.period_label,
-		        _meter_quota_set.user_id, _meter_quota_set.max_units, _meter_quota_set.on_exceed,
-		        _meter_quota_set.throttle_per_minute, burst)
+		        _meter_quota_set.user_id, _meter_quota_set.max_units, _meter_quota_set.soft_limit,
+		        _meter_quota_set.on_exceed, _meter_quota_set.thresholds, _meter_quota_set.throttle_per_minute,
+		        _meter_quota_set.throttle_burst)
 		RETURNING * INTO new;
 		IF m.kind = 'counter' THEN
 			INSERT INTO quota_ext.meter_counters (tenant_id, quota_id) VALUES (new.tenant_id, new.quota_id);
@@ -242,9 +250,10 @@ BEGIN
 	ELSE
 		UPDATE quota_ext.meter_quotas q
 		   SET period_label = _meter_quota_set.period_label, max_units = _meter_quota_set.max_units,
-		       on_exceed = _meter_quota_set.on_exceed,
+		       soft_limit = _meter_quota_set.soft_limit, on_exceed = _meter_quota_set.on_exceed,
+		       thresholds = _meter_quota_set.thresholds,
 		       throttle_per_minute = _meter_quota_set.throttle_per_minute,
-		       throttle_burst = burst,
+		       throttle_burst = _meter_quota_set.throttle_burst,
 		       updated_at = now()
 		 WHERE q.tenant_id = old.tenant_id AND q.quota_id = old.quota_id
 		RETURNING * INTO new;
@@ -254,7 +263,7 @@ BEGIN
 	RETURN new.quota_id;
 END
 $$;
-COMMENT ON FUNCTION quota_ext._meter_quota_set(bigint, text, text, text, bigint, text, bigint, integer, integer) IS
+COMMENT ON FUNCTION quota_ext._meter_quota_set(bigint, text, text, text, bigint, text, bigint, integer, integer, bigint, integer[]) IS
 	'Internal: quota_set(meter => ...): create or change the quota of a meter, period and scope';
 
 -- ---------------------------------------------------------------------------
@@ -331,6 +340,71 @@ $$;
 COMMENT ON FUNCTION quota_ext._meter_decision(bigint, bigint, bigint) IS
 	'Internal: an allowed decision of a meter call for a tenant, user and key (overage 0)';
 
+-- Threshold and soft-limit events of meter quotas: what src/events.c does
+-- for model-call quotas, in the same table, channel and outbox, so a
+-- consumer sees no difference between the two kinds.  A charge that moves
+-- a quota's period count from old_used (below) to new_used (at or above) a
+-- mark crosses it: thresholds[i] percent of max_units, or the soft limit.
+-- Listed in the order src/events.c emits them (thresholds as given, then
+-- the soft limit); numeric arithmetic: max_units * 1000 may pass bigint.
+CREATE FUNCTION quota_ext._meter_crossings(old_used bigint, new_used bigint, max_units bigint,
+	soft_limit bigint, thresholds integer[])
+	RETURNS TABLE (kind text, threshold integer, "limit" bigint)
+	LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT x.kind, x.threshold, x."limit"
+	  FROM (SELECT 'threshold'::text AS kind, th.pct AS threshold, $3 AS "limit", th.ord
+	          FROM unnest($5) WITH ORDINALITY AS th (pct, ord)
+	         WHERE $1::numeric * 100 < $3::numeric * th.pct AND $2::numeric * 100 >= $3::numeric * th.pct
+	        UNION ALL
+	        SELECT 'soft_limit', 0, $4, 1000
+	         WHERE $1 < $4 AND $2 >= $4) x
+	 ORDER BY x.ord
+$$;
+COMMENT ON FUNCTION quota_ext._meter_crossings(bigint, bigint, bigint, bigint, integer[]) IS
+	'Internal: the thresholds (percent of max_units) and soft limit that a meter quota''s count crosses going from old_used to new_used';
+
+-- One crossing of a meter quota, emitted at most once per quota, period
+-- (period_start; -infinity for a gauge's lifetime quota), kind and
+-- threshold: the row of quota_events (its unique key: a concurrent or
+-- later crossing of the same mark in the period inserts nothing, like
+-- src/events.c's INSERT ... ON CONFLICT DO NOTHING), then NOTIFY
+-- quota_ext_events with the same ids-only payload and the outbox event
+-- quota.threshold or quota.soft_limit with the payload of src/events.c's
+-- plus the meter's name.  All in the caller's transaction: a rolled-back
+-- charge emits nothing.
+CREATE FUNCTION quota_ext._meter_event(tenant_id bigint, quota_id bigint, meter_id bigint,
+	period_start timestamptz, kind text, threshold integer, used bigint, "limit" bigint) RETURNS void
+	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+	id bigint;
+	nm text;
+BEGIN
+	INSERT INTO quota_ext.quota_events (tenant_id, quota_id, period_start, kind, threshold, used, "limit")
+	VALUES (_meter_event.tenant_id, _meter_event.quota_id, _meter_event.period_start, _meter_event.kind,
+	        _meter_event.threshold, _meter_event.used, _meter_event."limit")
+	ON CONFLICT (tenant_id, quota_id, period_start, kind, threshold) DO NOTHING
+	RETURNING event_id INTO id;
+	IF id IS NULL THEN
+		RETURN;  -- already emitted in this period
+	END IF;
+	SELECT mt.name INTO nm FROM quota_ext.meters mt WHERE mt.meter_id = _meter_event.meter_id;
+	-- ids only, as src/events.c: the listener reads the row (SECURITY.md)
+	PERFORM pg_notify('quota_ext_events',
+	                  jsonb_build_object('event_id', id, 'tenant_id', _meter_event.tenant_id)::text);
+	PERFORM quota_ext._event_emit(_meter_event.tenant_id, 'quota.' || _meter_event.kind, 'quota',
+	                              _meter_event.quota_id::text,
+	                              jsonb_build_object('quota_event_id', id, 'quota_id', _meter_event.quota_id,
+	                                                 'period_start', _meter_event.period_start,
+	                                                 'kind', _meter_event.kind,
+	                                                 'threshold', _meter_event.threshold,
+	                                                 'used', _meter_event.used, 'limit', _meter_event."limit",
+	                                                 'meter', nm));
+END
+$$;
+COMMENT ON FUNCTION quota_ext._meter_event(bigint, bigint, bigint, timestamptz, text, integer, bigint, bigint) IS
+	'Internal: emit one threshold or soft-limit crossing of a meter quota (quota_events, NOTIFY quota_ext_events, outbox) once per quota, period, kind and threshold';
+
 CREATE FUNCTION quota_ext.meter_consume(tenant_id bigint, meter text, amount bigint,
 	idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL, key_id bigint DEFAULT NULL,
 	metadata jsonb DEFAULT NULL)
@@ -355,6 +429,13 @@ DECLARE
 	starts timestamptz[] := '{}';
 	uses bigint[] := '{}';
 	tats bigint[] := '{}';
+	-- the crossings the charge makes, emitted once it is charged: quota
+	-- (index into qids), kind, threshold, limit
+	ev_q integer[] := '{}';
+	ev_kind text[] := '{}';
+	ev_th integer[] := '{}';
+	ev_lim bigint[] := '{}';
+	e record;
 	uid bigint;
 	kid bigint;
 	kuid bigint;
@@ -403,7 +484,8 @@ BEGIN
 		-- every quota of the meter in the call's scope, counters locked in
 		-- quota_id order (the same order in every call: no deadlock)
 		FOR r IN SELECT q.quota_id, q.period, q.period_label, q.max_units, q.on_exceed,
-		                q.throttle_per_minute, q.throttle_burst, c.period_start, c.used, c.tat_ns
+		                q.throttle_per_minute, q.throttle_burst, q.soft_limit, q.thresholds,
+		                c.period_start, c.used, c.tat_ns
 		           FROM quota_ext.meter_quotas q
 		           JOIN quota_ext.meter_counters c ON c.tenant_id = q.tenant_id AND c.quota_id = q.quota_id
 		          WHERE q.tenant_id = t.tenant_id AND q.meter_id = m.meter_id
@@ -417,6 +499,15 @@ BEGIN
 			starts := starts || cur;
 			uses := uses || (used_now + meter_consume.amount);
 			tats := tats || r.tat_ns;
+			IF meter_consume.amount > 0 THEN
+				FOR e IN SELECT x.* FROM quota_ext._meter_crossings(used_now, used_now + meter_consume.amount,
+				                                                   r.max_units, r.soft_limit, r.thresholds) x LOOP
+					ev_q := ev_q || cardinality(qids);
+					ev_kind := ev_kind || e.kind;
+					ev_th := ev_th || e.threshold;
+					ev_lim := ev_lim || e."limit";
+				END LOOP;
+			END IF;
 			IF used_now + meter_consume.amount > r.max_units THEN
 				-- past the limit: a blocking quota denies; a throttled one
 				-- passes at its GCRA rate (the new TAT stored only if the
@@ -469,6 +560,10 @@ BEGIN
 			VALUES (t.tenant_id, m.meter_id, now_ts, uid, kid, meter_consume.amount,
 			        over, meter_consume.idempotency_key, meter_consume.metadata)
 			RETURNING usage_id INTO d.usage_id;
+			FOR i IN 1 .. cardinality(ev_q) LOOP
+				PERFORM quota_ext._meter_event(t.tenant_id, qids[ev_q[i]], m.meter_id, starts[ev_q[i]], ev_kind[i],
+				                               ev_th[i], uses[ev_q[i]], ev_lim[i]);
+			END LOOP;
 		END IF;
 	END IF;
 	RETURN quota_ext._meter_idem_store(t.tenant_id, meter_consume.idempotency_key, d);
@@ -480,6 +575,7 @@ COMMENT ON FUNCTION quota_ext.meter_consume(bigint, text, bigint, text, bigint, 
 -- Move a tenant's gauge by delta: the one writer of meter_levels.  Locks
 -- the level row; below 0 raises 22003; above a blocking quota's limit
 -- (only when going up) answers allowed = false, denied_metric 'gauge'.
+-- Going up across its quota's thresholds or soft limit: their events.
 CREATE FUNCTION quota_ext._gauge_move(tenant_id bigint, meter_id bigint, delta bigint,
 	idempotency_key text DEFAULT NULL, user_id bigint DEFAULT NULL)
 	RETURNS quota_ext.decision
@@ -527,6 +623,12 @@ BEGIN
 	        d.overage, _gauge_move.idempotency_key)
 	RETURNING usage_id INTO d.usage_id;
 	d.remaining := CASE WHEN cap IS NOT NULL THEN greatest(cap - lvl - _gauge_move.delta, 0) END;
+	-- going up across a threshold or the soft limit of its (lifetime) quota
+	IF _gauge_move.delta > 0 AND q.quota_id IS NOT NULL THEN
+		PERFORM quota_ext._meter_event(_gauge_move.tenant_id, q.quota_id, _gauge_move.meter_id, '-infinity',
+		                               x.kind, x.threshold, lvl + _gauge_move.delta, x."limit")
+		   FROM quota_ext._meter_crossings(lvl, lvl + _gauge_move.delta, q.max_units, q.soft_limit, q.thresholds) x;
+	END IF;
 	RETURN d;
 END
 $$;

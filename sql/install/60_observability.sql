@@ -124,14 +124,21 @@ SELECT d.tenant_id, t.name, d.currency::text AS currency, sum(d.cost) AS cost_th
 COMMENT ON VIEW quota_ext.top_tenants_by_cost IS
 	'Cost per tenant and currency in the tenant''s current month, ranked (as of the last usage_rollup)';
 
+-- A quota id names a model-call quota or a meter quota (one sequence):
+-- a meter quota's crossing shows its meter, and its metric as quota_status
+-- shows it (units of a counter, gauge).
 CREATE VIEW quota_ext.threshold_events WITH (security_invoker = true, security_barrier = true) AS
-SELECT e.tenant_id, e.event_id, e.quota_id, q.period_label AS period, q.metric, m.name AS model,
-       e.kind, e.threshold, e.used, e."limit", e.period_start, e.created_at
+SELECT e.tenant_id, e.event_id, e.quota_id, coalesce(q.period_label, mq.period_label) AS period,
+       coalesce(q.metric, CASE mt.kind WHEN 'gauge' THEN 'gauge' WHEN 'counter' THEN 'units' END) AS metric,
+       m.name AS model, e.kind, e.threshold, e.used, e."limit", e.period_start, e.created_at,
+       mt.name AS meter
   FROM quota_ext.quota_events e
   LEFT JOIN quota_ext.quotas q ON q.tenant_id = e.tenant_id AND q.quota_id = e.quota_id
-  LEFT JOIN quota_ext.models m ON m.model_id = q.model_id;
+  LEFT JOIN quota_ext.models m ON m.model_id = q.model_id
+  LEFT JOIN quota_ext.meter_quotas mq ON mq.tenant_id = e.tenant_id AND mq.quota_id = e.quota_id
+  LEFT JOIN quota_ext.meters mt ON mt.meter_id = mq.meter_id;
 COMMENT ON VIEW quota_ext.threshold_events IS
-	'Threshold and soft-limit crossings with their quota';
+	'Threshold and soft-limit crossings with their quota (model-call or meter quota: then its meter)';
 
 -- Prometheus text exposition of what the caller may see (label values
 -- escaped as the format asks: backslash, double quote, newline).

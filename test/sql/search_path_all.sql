@@ -83,11 +83,13 @@ BEGIN
 	UPDATE quota_ext.usage x SET occurred_at = e1 WHERE x.tenant_id = a AND x.occurred_at >= now();
 	e2 := now() - interval '1 microsecond';
 	inv2 := (SELECT i.invoice_id FROM quota_ext.billing_close(a, e1, e2) i WHERE i.currency = 'EUR');
-	-- meters (issue 17): a counter and a gauge with a quota each
+	-- meters (issue 17): a counter and a gauge with a quota each; the calls
+	-- below cross the counter's threshold and the gauge's soft limit, so
+	-- their events (_meter_event) run under the hostile paths too
 	PERFORM quota_ext.meter_create(p || 'gpu', 'hours');
 	PERFORM quota_ext.meter_create(p || 'disk', 'GB', 'gauge');
-	PERFORM quota_ext.quota_set(a, 'day', 100, meter => p || 'gpu');
-	PERFORM quota_ext.quota_set(a, 'lifetime', 10, meter => p || 'disk');
+	PERFORM quota_ext.quota_set(a, 'day', 100, meter => p || 'gpu', thresholds => '{3}');
+	PERFORM quota_ext.quota_set(a, 'lifetime', 10, meter => p || 'disk', soft_limit => 4);
 	INSERT INTO public.spa_fix VALUES (s, 'a', a), (s, 'b', b), (s, 'c', c), (s, 'u', u), (s, 'kid', kid),
 		(s, 'kid2', kid2), (s, 'kid3', kid3), (s, 'key', key), (s, 'q', q), (s, 'qd', qd), (s, 'rule', rule),
 		(s, 'ruled', ruled), (s, 'r1', r1), (s, 'r2', r2), (s, 'r3', r3), (s, 'u1', u1), (s, 'g', p || 'g'),
