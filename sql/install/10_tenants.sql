@@ -333,7 +333,7 @@ COMMENT ON FUNCTION quota_ext._api_key_for_update(bigint, bigint) IS
 -- tenant's row of tbl whose key_col is key, audit it (action, object_type,
 -- the row's id_col as its id) and answer it as jsonb.  No row: 42704 with
 -- the text missing, or NULL (changing nothing) when missing is NULL.
-CREATE FUNCTION quota_ext._row_delete(tenant_id bigint, tbl regclass, key_col name, key anyelement,
+CREATE FUNCTION quota_ext._row_delete(tenant_id bigint, tbl regclass, key_col name, key text,
 	object_type text, missing text, arg text DEFAULT NULL, id_col name DEFAULT NULL,
 	action text DEFAULT NULL) RETURNS jsonb
 	LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -343,10 +343,14 @@ DECLARE
 	n bigint;
 BEGIN
 	IF $4 IS NULL THEN PERFORM quota_ext._null_arg(coalesce($7, $3)); END IF;
-	-- RETURNING the row, not to_jsonb of it: Citus takes only immutable
+	-- the key as text, cast to its column's type (a polymorphic argument
+	-- would make a call with NULLs fail before the privilege check); the
+	-- row RETURNING, not to_jsonb of it: Citus takes only immutable
 	-- functions there
 	EXECUTE pg_catalog.format('DELETE FROM %s r WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 '
-	                          'AND r.%I OPERATOR(pg_catalog.=) $2 RETURNING r.*', $2, $3)
+	                          'AND r.%I OPERATOR(pg_catalog.=) $2::%s RETURNING r.*', $2, $3,
+	                          (SELECT a.atttypid::regtype FROM pg_catalog.pg_attribute a
+	                            WHERE a.attrelid = $2 AND a.attname = $3))
 	   INTO r USING t.tenant_id, $4;
 	GET DIAGNOSTICS n = ROW_COUNT;	-- EXECUTE leaves FOUND alone
 	IF n = 0 THEN
@@ -360,7 +364,7 @@ BEGIN
 	RETURN to_jsonb(r);
 END
 $$;
-COMMENT ON FUNCTION quota_ext._row_delete(bigint, regclass, name, anyelement, text, text, text, name, text) IS
+COMMENT ON FUNCTION quota_ext._row_delete(bigint, regclass, name, text, text, text, text, name, text) IS
 	'Internal: delete and audit one configuration row of a tenant (42704 with the text missing when there is none)';
 
 -- The tenant (a row from _tenant_for_update) must not be closed.

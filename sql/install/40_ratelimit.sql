@@ -143,7 +143,7 @@ COMMENT ON FUNCTION quota_ext.rate_limit_set(bigint, integer, integer, integer, 
 CREATE FUNCTION quota_ext.rate_limit_delete(tenant_id bigint, rule_id bigint) RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-	PERFORM quota_ext._row_delete($1, 'quota_ext.rate_limits', 'rule_id', $2, 'rate_limit',
+	PERFORM quota_ext._row_delete($1, 'quota_ext.rate_limits', 'rule_id', $2::text, 'rate_limit',
 		pg_catalog.format('rate limit %s does not exist', $2));
 END
 $$;
