@@ -314,14 +314,17 @@ reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
 	/*
 	 * pg_catalog.max: this runs as the extension owner but is planned under
 	 * the caller's search_path, so an unqualified max() let a hostile
-	 * max(bigint) run as the owner (test/sql/search_path_all.sql).
+	 * max(bigint) run as the owner (test/sql/search_path_all.sql).  The
+	 * subquery names the tenant argument, not r.tenant_id: Citus routes a
+	 * statement with FOR NO KEY UPDATE only when every table in it is
+	 * pinned to one shard by a value (091_citus settles and cancels).
 	 */
 	static QuotaPlan plan = QUOTA_ROW_PLAN(
 		"SELECT r.usage_id, r.occurred_at, r.model_id, r.user_id, r.key_id, r.estimate, "
 		"       r.actual, r.status, "
 		"       (SELECT pg_catalog.max(u.usage_id) FROM quota_ext.usage u "
-		"         WHERE u.tenant_id OPERATOR(pg_catalog.=) r.tenant_id "
-		"           AND u.reservation_id OPERATOR(pg_catalog.=) r.reservation_id "
+		"         WHERE u.tenant_id OPERATOR(pg_catalog.=) $1 "
+		"           AND u.reservation_id OPERATOR(pg_catalog.=) $2 "
 		"           AND u.kind OPERATOR(pg_catalog.<>) 'reserve'), "
 		"       r.price_id, r.cost, r.input_tokens, r.output_tokens, r.unbilled "
 		"FROM quota_ext.reservations r "

@@ -165,6 +165,14 @@ DECLARE
 	slack bigint;
 	free integer[];
 BEGIN
+	-- On Citus a write first: Citus holds a shard move off for the rest of a
+	-- transaction that wrote to the shard group, not for one that only
+	-- locked rows with SELECT ... FOR UPDATE, so everything locked, read and
+	-- written below is on one placement (doc/scaling.md, the compare-and-set)
+	IF quota_ext._on_citus() THEN
+		UPDATE quota_ext.quotas SET slots = slots
+		 WHERE tenant_id = _escrow_relayout.tenant_id AND quota_id = _escrow_relayout.quota_id;
+	END IF;
 	SELECT * INTO q FROM quota_ext.quotas
 	 WHERE tenant_id = _escrow_relayout.tenant_id AND quota_id = _escrow_relayout.quota_id
 	   FOR NO KEY UPDATE;
@@ -756,9 +764,9 @@ COMMENT ON FUNCTION quota_ext.quota_set(bigint, text, bigint, text, text, bigint
 CREATE FUNCTION quota_ext.quota_delete(tenant_id bigint, quota_id bigint) RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-	IF quota_ext._row_delete($1, 'quota_ext.quotas', 'quota_id', $2, 'quota', NULL) IS NULL THEN
+	IF quota_ext._row_delete($1, 'quota_ext.quotas', 'quota_id', $2::text, 'quota', NULL) IS NULL THEN
 		-- a meter quota (its counter goes with it)
-		PERFORM quota_ext._row_delete($1, 'quota_ext.meter_quotas', 'quota_id', $2, 'meter_quota',
+		PERFORM quota_ext._row_delete($1, 'quota_ext.meter_quotas', 'quota_id', $2::text, 'meter_quota',
 			pg_catalog.format('quota %s does not exist', $2), action => 'quota_delete');
 	ELSE
 		-- a deleted tenant-wide monthly quota gives the tier default back
