@@ -477,15 +477,12 @@ write_usage(const QuotaUsageRow *row, QuotaRow *rows, int nrows, const UsageExtr
 			continue;
 		if (r->slots == 1)
 		{
-			w[n].quota_id = r->quota_id;
-			w[n].used = r->new_used;
-			w[n].start = r->start;
-			w[n].tid = r->counter_tid;
-			/* as locked (lock_run): a Citus write compares against it */
-			w[n].seen = true;
-			w[n].seen_start = r->counter_start;
-			w[n].seen_used = r->used;
-			n++;
+			/* seen_*: as locked (lock_run), what a Citus write compares */
+			w[n++] = (QuotaCounterWrite) {
+				.quota_id = r->quota_id, .used = r->new_used, .start = r->start,
+				.tid = r->counter_tid, .seen = true, .seen_start = r->counter_start,
+				.seen_used = r->used
+			};
 			continue;
 		}
 		for (j = 0; j < r->nupd; j++)
@@ -886,10 +883,8 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
 
 	TIMESTAMP_NOEND(infinity);
 	/*
-	 * On Citus the statements on the tenant's counters may run on another
-	 * node (a charge run on the coordinator: a transaction block, invoke),
-	 * which waits there, unseen by this backend's mark: such a request
-	 * checks once as if it had waited (091_citus).
+	 * On Citus a charge whose counters are on another node (run on the
+	 * coordinator) waits there, unseen by the mark: it checks once anyway.
 	 */
 	remote = QuotaOnCitus() && !QuotaCitusCountersHere(req->tenant_id, *placement_epoch);
 	while (remote || lock_wait_mark() != *mark)
@@ -904,9 +899,8 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
 		 * routed to the old placement: the move invalidates quota_counters'
 		 * relcache, and then the counters are locked again (definitions from
 		 * the cache).  The write's compare-and-set (storage_spi.c) would
-		 * catch the stale values anyway, as 40001: this spares the caller
-		 * that retry in the common case (091_citus without it: 3 of 600
-		 * charges retried per move; with it: none).
+		 * catch it as 40001; this spares the caller that retry (091_citus
+		 * without it: 3 of 600 charges retried per move; with it: none).
 		 */
 		if (unchanged &&
 			(rows == NULL || !QuotaOnCitus() ||
