@@ -375,7 +375,8 @@ reservation_close(int64 tenant_id, int64 reservation_id, const char *status,
 		"UPDATE quota_ext.reservations SET status = $3, actual = $4, unbilled = $5, "
 		"       closed_at = pg_catalog.now() "
 		"WHERE tenant_id OPERATOR(pg_catalog.=) $1 "
-		"  AND reservation_id OPERATOR(pg_catalog.=) $2",
+		"  AND reservation_id OPERATOR(pg_catalog.=) $2 "
+		"  AND status OPERATOR(pg_catalog.=) 'open'",
 		5, {INT8OID, INT8OID, TEXTOID, INT8OID, INT8OID}
 	};
 	Datum		values[5];
@@ -389,6 +390,17 @@ reservation_close(int64 tenant_id, int64 reservation_id, const char *status,
 		nulls[3] = 'n';
 	values[4] = Int64GetDatum(unbilled);
 	QuotaSpiExec(&plan, values, nulls, false, 0);
+	/*
+	 * The row was locked open (reservation_lock); on Citus that lock is a
+	 * read a shard move can switch under, and the open row may then have
+	 * been closed on the new placement (doc/scaling.md)
+	 */
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("reservation %lld was closed after this transaction locked it",
+						(long long) reservation_id),
+				 errhint("Retry the statement.")));
 }
 
 static void

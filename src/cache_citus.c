@@ -9,7 +9,7 @@
  *		(QuotaCitusGenerationBump).  Why and how: cache.c's header and
  *		doc/scaling.md, "The configuration cache on Citus".  Also, from the
  *		same placement catalogs, whether a tenant's counters are on this
- *		node (QuotaCitusCountersHere, for consume.c).
+ *		node (QuotaCitusCountersLocal, for consume.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -33,6 +33,7 @@
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
@@ -115,25 +116,34 @@ citus_placement_here(int64 shardid)
 }
 
 /*
- * citus_shard_of
- *		A shard of relid (pg_dist_shard: logicalrelid, shardid, shardstorage,
- *		shardminvalue, shardmaxvalue): with hash, the one whose range of
- *		hashes holds *hash, else the last one found; 0 when none.  *nshards,
- *		if given, gets how many shards relid has.
+ * citus_shards
+ *		The shards of relid (pg_dist_shard: logicalrelid, shardid,
+ *		shardstorage, shardminvalue, shardmaxvalue), palloc'd, *n of them: a
+ *		hash-distributed table's with their range of hashes, a reference
+ *		table's one without.
  */
-static int64
-citus_shard_of(Oid relid, const int32 *hash, int *nshards)
+typedef struct CitusShard
+{
+	int64		shardid;
+	bool		has_range;
+	int32		lo;
+	int32		hi;
+} CitusShard;
+
+static CitusShard *
+citus_shards(Oid relid, int *n)
 {
 	Oid			dist = get_relname_relid("pg_dist_shard", PG_CATALOG_NAMESPACE);
 	Relation	rel;
 	SysScanDesc scan;
 	ScanKeyData key;
 	HeapTuple	tup;
-	int64		shardid = 0;
-	int			n = 0;
+	int			cap = 32;
+	CitusShard *shards = palloc(sizeof(CitusShard) * cap);
 
+	*n = 0;
 	if (!OidIsValid(relid) || !OidIsValid(dist))
-		return 0;
+		return shards;
 	rel = table_open(dist, AccessShareLock);
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
 	scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
@@ -146,22 +156,21 @@ citus_shard_of(Oid relid, const int32 *hash, int *nshards)
 		Datum		id = heap_getattr(tup, 2, desc, &isnull);
 		Datum		lo = heap_getattr(tup, 4, desc, &nomin);
 		Datum		hi = heap_getattr(tup, 5, desc, &nomax);
+		CitusShard *sh;
 
-		n++;
-		if (isnull || (hash != NULL &&
-					   (nomin || nomax ||
-						*hash < pg_strtoint32(TextDatumGetCString(lo)) ||
-						*hash > pg_strtoint32(TextDatumGetCString(hi)))))
+		if (isnull)
 			continue;
-		shardid = DatumGetInt64(id);
-		if (hash != NULL)
-			break;
+		if (*n == cap)
+			shards = repalloc(shards, sizeof(CitusShard) * (cap *= 2));
+		sh = &shards[(*n)++];
+		sh->shardid = DatumGetInt64(id);
+		sh->has_range = !nomin && !nomax;
+		sh->lo = sh->has_range ? pg_strtoint32(TextDatumGetCString(lo)) : 0;
+		sh->hi = sh->has_range ? pg_strtoint32(TextDatumGetCString(hi)) : 0;
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
-	if (nshards)
-		*nshards = n;
-	return shardid;
+	return shards;
 }
 
 static void
@@ -170,8 +179,9 @@ citus_gen_find(void)
 	Oid			nsp = get_namespace_oid(QUOTA_SCHEMA, true);
 	Oid			logical = InvalidOid;
 	Oid			shard = InvalidOid;
-	int			nshards = 0;
+	int			nshards;
 	int64		shardid;
+	CitusShard *shards;
 
 	if (!citus_gen_callback)
 	{
@@ -180,7 +190,9 @@ citus_gen_find(void)
 	}
 	if (OidIsValid(nsp))
 		logical = get_relname_relid("config_generation", nsp);
-	shardid = citus_shard_of(logical, NULL, &nshards);
+	shards = citus_shards(logical, &nshards);
+	shardid = nshards == 1 ? shards[0].shardid : 0;
+	pfree(shards);
 	/* a reference table has exactly one shard */
 	if (nshards == 1 && citus_placement_here(shardid))
 	{
@@ -196,43 +208,69 @@ citus_gen_find(void)
 }
 
 /*
- * QuotaCitusCountersHere
- *		Does this node hold an active placement of the quota_counters shard
- *		that holds tenant_id, so that a statement on the tenant's counters
- *		runs, and waits, in this backend (a call delegated to the tenant's
- *		worker) rather than on another node (a charge run on the coordinator:
- *		consume.c, recheck_after_wait)?  Citus hashes a bigint distribution
- *		column with hashint8 and gives each shard a range of hashes.  False
- *		when not known.  Answers are kept per tenant while epoch
+ * QuotaCitusCountersLocal
+ *		Does a statement on tenant_id's counters run, and wait, in this
+ *		backend: is the quota_counters shard that holds the tenant placed on
+ *		this node, and is Citus's local execution on?  Yes for a call
+ *		delegated to the tenant's worker; no for a charge run on the
+ *		coordinator, whose statements (and waits) run on the worker
+ *		(consume.c, recheck_after_wait).  Citus hashes a bigint distribution
+ *		column with hashint8 and gives each shard a range of hashes; the
+ *		ranges and whether each shard is placed here are read once per epoch
  *		(quota_counters' relcache invalidations, which a placement change
- *		moves) stays the same.
+ *		moves).  False when not known.  A transaction that has already
+ *		reached a local placement over a connection (Citus then turns local
+ *		execution off for it) is not seen (doc/scaling.md).
  */
-#define COUNTERS_HERE_SLOTS 64
+typedef struct CountersShard
+{
+	int32		lo;
+	int32		hi;
+	bool		here;
+} CountersShard;
+
+static CountersShard *counters_shards = NULL;
+static int	ncounters_shards = 0;
+static uint64 counters_shards_epoch = 0;
+static bool counters_shards_known = false;
 
 bool
-QuotaCitusCountersHere(int64 tenant_id, uint64 epoch)
+QuotaCitusCountersLocal(int64 tenant_id, uint64 epoch)
 {
-	static struct
-	{
-		int64		tenant_id;
-		uint64		epoch;
-		bool		valid;
-		bool		here;
-	}			kept[COUNTERS_HERE_SLOTS];
-	int			k = (int) ((uint64) tenant_id % COUNTERS_HERE_SLOTS);
-	Oid			nsp = get_namespace_oid(QUOTA_SCHEMA, true);
 	int32		hash = DatumGetInt32(DirectFunctionCall1(hashint8, Int64GetDatum(tenant_id)));
-	int64		shardid;
+	const char *local = GetConfigOption("citus.enable_local_execution", true, false);
+	int			i;
 
-	if (kept[k].valid && kept[k].tenant_id == tenant_id && kept[k].epoch == epoch)
-		return kept[k].here;
-	shardid = OidIsValid(nsp) ?
-		citus_shard_of(get_relname_relid("quota_counters", nsp), &hash, NULL) : 0;
-	kept[k].tenant_id = tenant_id;
-	kept[k].epoch = epoch;
-	kept[k].here = shardid != 0 && citus_placement_here(shardid);
-	kept[k].valid = true;
-	return kept[k].here;
+	if (local == NULL || strcmp(local, "on") != 0)
+		return false;
+	if (!counters_shards_known || counters_shards_epoch != epoch)
+	{
+		Oid			nsp = get_namespace_oid(QUOTA_SCHEMA, true);
+		int			n;
+		CitusShard *shards = citus_shards(OidIsValid(nsp) ?
+										  get_relname_relid("quota_counters", nsp) : InvalidOid,
+										  &n);
+		CountersShard *kept = MemoryContextAlloc(TopMemoryContext,
+												 sizeof(CountersShard) * Max(n, 1));
+
+		ncounters_shards = 0;
+		for (i = 0; i < n; i++)
+			if (shards[i].has_range)
+				kept[ncounters_shards++] = (CountersShard) {
+					.lo = shards[i].lo, .hi = shards[i].hi,
+					.here = citus_placement_here(shards[i].shardid)
+				};
+		pfree(shards);
+		if (counters_shards)
+			pfree(counters_shards);
+		counters_shards = kept;
+		counters_shards_epoch = epoch;
+		counters_shards_known = true;
+	}
+	for (i = 0; i < ncounters_shards; i++)
+		if (hash >= counters_shards[i].lo && hash <= counters_shards[i].hi)
+			return counters_shards[i].here;
+	return false;
 }
 
 /*

@@ -23,6 +23,6 @@ extern bool QuotaCitusGeneration(uint64 *generation);
 extern uint64 QuotaCitusFillGeneration(int64 tenant_id);
 extern int	QuotaCitusLocalReads(void);
 extern void QuotaCitusGenerationBump(void);
-extern bool QuotaCitusCountersHere(int64 tenant_id, uint64 epoch);
+extern bool QuotaCitusCountersLocal(int64 tenant_id, uint64 epoch);
 
 #endif							/* QUOTA_CACHE_CITUS_H */

@@ -883,10 +883,12 @@ recheck_after_wait(const ConsumeRequest *req, TimestampTz *mark, uint64 *stamp,
 
 	TIMESTAMP_NOEND(infinity);
 	/*
-	 * On Citus a charge whose counters are on another node (run on the
-	 * coordinator) waits there, unseen by the mark: it checks once anyway.
+	 * On Citus a charge whose counter statements run elsewhere (on the
+	 * coordinator; local execution off) waits there, unseen by the mark.
 	 */
-	remote = QuotaOnCitus() && !QuotaCitusCountersHere(req->tenant_id, *placement_epoch);
+	remote = QuotaOnCitus() &&
+		(QuotaCountersInvalidations() != *placement_epoch ||
+		 !QuotaCitusCountersLocal(req->tenant_id, *placement_epoch));
 	while (remote || lock_wait_mark() != *mark)
 	{
 		bool		unchanged;

@@ -429,6 +429,9 @@ DECLARE
 	starts timestamptz[] := '{}';
 	uses bigint[] := '{}';
 	tats bigint[] := '{}';
+	-- each counter as locked: its write is a compare-and-set against it
+	seen_starts timestamptz[] := '{}';
+	seen_uses bigint[] := '{}';
 	-- the crossings the charge makes, emitted once it is charged: quota
 	-- (index into qids), kind, threshold, limit
 	ev_q integer[] := '{}';
@@ -499,6 +502,8 @@ BEGIN
 			starts := starts || cur;
 			uses := uses || (used_now + meter_consume.amount);
 			tats := tats || r.tat_ns;
+			seen_starts := seen_starts || r.period_start;
+			seen_uses := seen_uses || r.used;
 			IF meter_consume.amount > 0 THEN
 				FOR e IN SELECT x.* FROM quota_ext._meter_crossings(used_now, used_now + meter_consume.amount,
 				                                                   r.max_units, r.soft_limit, r.thresholds) x LOOP
@@ -549,11 +554,21 @@ BEGIN
 		END LOOP;
 		IF d.allowed THEN
 			d.overage := over;
-			-- all or nothing: every counter charged, one ledger row
+			-- all or nothing: every counter charged, one ledger row.  Each
+			-- write requires the row as locked: on Citus the lock above is a
+			-- read that holds no shard move off, and a move may switch the
+			-- placement before this write, where another call counted
+			-- (doc/scaling.md, "Every counter UPDATE is a compare-and-set")
 			FOR i IN 1 .. cardinality(qids) LOOP
 				UPDATE quota_ext.meter_counters c
 				   SET period_start = starts[i], used = uses[i], tat_ns = tats[i]
-				 WHERE c.tenant_id = t.tenant_id AND c.quota_id = qids[i];
+				 WHERE c.tenant_id = t.tenant_id AND c.quota_id = qids[i]
+				   AND c.used = seen_uses[i] AND c.period_start = seen_starts[i];
+				IF NOT FOUND THEN
+					RAISE EXCEPTION 'counter of meter quota % changed after this transaction locked it', qids[i]
+						USING ERRCODE = 'serialization_failure',
+						      HINT = 'Retry the statement: it locks the counter again where it is now.';
+				END IF;
 			END LOOP;
 			INSERT INTO quota_ext.meter_usage (tenant_id, meter_id, occurred_at, user_id, key_id, amount,
 			                                   overage, idempotency_key, metadata)
