@@ -15,6 +15,7 @@
  */
 #include "quota_ext.h"
 #include "cache_citus.h"
+#include "storage.h"
 #include "spi.h"
 
 #include "access/genam.h"
@@ -27,6 +28,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_type.h"
+#include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/fmgrprotos.h"
@@ -117,8 +119,8 @@ citus_placement_here(int64 shardid)
 
 /*
  * citus_shards
- *		The shards of relid (pg_dist_shard: logicalrelid, shardid,
- *		shardstorage, shardminvalue, shardmaxvalue), palloc'd, *n of them: a
+ *		The shards of relid (pg_dist_shard: logicalrelid first, shardid,
+ *		shardminvalue, shardmaxvalue), palloc'd, *n of them: a
  *		hash-distributed table's with their range of hashes, a reference
  *		table's one without.
  */
@@ -140,9 +142,18 @@ citus_shards(Oid relid, int *n)
 	HeapTuple	tup;
 	int			cap = 32;
 	CitusShard *shards = palloc(sizeof(CitusShard) * cap);
+	AttrNumber	id_att;
+	AttrNumber	lo_att;
+	AttrNumber	hi_att;
 
 	*n = 0;
 	if (!OidIsValid(relid) || !OidIsValid(dist))
+		return shards;
+	/* by name: the table keeps a dropped column (shardalias) before the bounds */
+	id_att = get_attnum(dist, "shardid");
+	lo_att = get_attnum(dist, "shardminvalue");
+	hi_att = get_attnum(dist, "shardmaxvalue");
+	if (id_att == InvalidAttrNumber || lo_att == InvalidAttrNumber || hi_att == InvalidAttrNumber)
 		return shards;
 	rel = table_open(dist, AccessShareLock);
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
@@ -153,9 +164,9 @@ citus_shards(Oid relid, int *n)
 		bool		isnull;
 		bool		nomin;
 		bool		nomax;
-		Datum		id = heap_getattr(tup, 2, desc, &isnull);
-		Datum		lo = heap_getattr(tup, 4, desc, &nomin);
-		Datum		hi = heap_getattr(tup, 5, desc, &nomax);
+		Datum		id = heap_getattr(tup, id_att, desc, &isnull);
+		Datum		lo = heap_getattr(tup, lo_att, desc, &nomin);
+		Datum		hi = heap_getattr(tup, hi_att, desc, &nomax);
 		CitusShard *sh;
 
 		if (isnull)
@@ -271,6 +282,23 @@ QuotaCitusCountersLocal(int64 tenant_id, uint64 epoch)
 		if (hash >= counters_shards[i].lo && hash <= counters_shards[i].hi)
 			return counters_shards[i].here;
 	return false;
+}
+
+/*
+ * quota_ext._citus_counters_local(tenant_id bigint) RETURNS boolean
+ *		QuotaCitusCountersLocal at the current invalidation count (owner
+ *		only; 091_citus asks it on every node).
+ */
+PG_FUNCTION_INFO_V1(quota_ext_citus_counters_local);
+
+Datum
+quota_ext_citus_counters_local(PG_FUNCTION_ARGS)
+{
+	/* not STRICT: a call with NULL would be folded away before the privilege check */
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	PG_RETURN_BOOL(QuotaOnCitus() &&
+				   QuotaCitusCountersLocal(PG_GETARG_INT64(0), QuotaCountersInvalidations()));
 }
 
 /*

@@ -82,6 +82,14 @@ $$;
 COMMENT ON FUNCTION quota_ext._on_citus() IS
 	'Internal: true once distribute() made quota_ext''s tables Citus tables';
 
+-- Whether a charge for the tenant here runs its counter statements, and
+-- waits, in its own backend (src/cache_citus.c, QuotaCitusCountersLocal):
+-- for 091_citus, which asks it on every node.
+CREATE FUNCTION quota_ext._citus_counters_local(tenant_id bigint) RETURNS boolean
+	LANGUAGE C VOLATILE AS 'MODULE_PATHNAME', 'quota_ext_citus_counters_local';
+COMMENT ON FUNCTION quota_ext._citus_counters_local(bigint) IS
+	'Internal: does a charge for the tenant on this node run its counter statements locally (Citus)?';
+
 -- The usage watermark on Citus (doc/scaling.md, "The rollup and billing
 -- watermark on Citus").  A usage row is written on the worker holding its
 -- tenant, by a call delegated there or by a transaction run on the

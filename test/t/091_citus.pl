@@ -165,6 +165,17 @@ is($coord->safe_psql('postgres', q{
 	SELECT string_agg(c.used || ' ' || (SELECT sum(u.calls) FROM quota_ext.usage u WHERE u.tenant_id = 1), ',')
 	  FROM quota_ext.quota_counters c WHERE c.tenant_id = 1}), '3 3,3 3',
 	'tenant 1: each counter equals the ledger, seen through the coordinator');
+# where a charge for tenant 1 runs its counter statements in its own backend
+# (and so sees its own waits): only on the worker holding the tenant's shard;
+# elsewhere recheck_after_wait asks anyway (QuotaCitusCountersLocal)
+{
+	my $holder = $coord->safe_psql('postgres', q{
+		SELECT p.nodeport FROM pg_dist_shard_placement p
+		 WHERE p.shardid = get_shard_id_for_distribution_column('quota_ext.quota_counters', 1)});
+	is(join(' ', map { $_->safe_psql('postgres', 'SELECT quota_ext._citus_counters_local(1)') } ($coord, $w1, $w2)),
+		join(' ', 'f', map { $_->port == $holder ? 't' : 'f' } ($w1, $w2)),
+		'tenant 1\'s counters are local on the worker holding them only (coordinator, worker1, worker2)');
+}
 # reservations settled and cancelled through the coordinator (the reservation's
 # lock names the tenant argument for every table it reads, so Citus routes it):
 # a settle delegated, a cancel run on the coordinator; each counter equals the
@@ -529,6 +540,23 @@ my $move_under_load = sub {
 		SELECT sum(c.used) || ' ' || (SELECT count(*) || ' ' || sum(u.calls) FROM quota_ext.usage u WHERE u.tenant_id = $mt)
 		  FROM quota_ext.quota_counters c WHERE c.tenant_id = $mt}), '600 600 600',
 		'after the move: 600 charged, 600 usage rows, the counter equals the ledger');
+}
+
+# a counter meter during a move: meter_consume runs on the coordinator, its
+# counter locked by a routed SELECT ... FOR NO KEY UPDATE and written with a
+# compare-and-set (40001 and a retry if the move switched in between); the
+# counter equals the meter's ledger after
+{
+	my $gt = $coord->safe_psql('postgres', "SELECT quota_ext.tenant_create('metered', 'enterprise')");
+	$coord->safe_psql('postgres', qq{
+		SELECT quota_ext.meter_create('gpu_seconds', 's');
+		SELECT quota_ext.quota_set($gt, 'month', 1000000, meter => 'gpu_seconds');});
+	$move_under_load->($gt, 'meter_consume', "SELECT quota_ext.meter_consume($gt, 'gpu_seconds', 2);\n", 100);
+	is($coord->safe_psql('postgres', qq{
+		SELECT sum(c.used) || ' ' || (SELECT count(*) || ' ' || sum(u.amount) FROM quota_ext.meter_usage u
+		                              WHERE u.tenant_id = $gt)
+		  FROM quota_ext.meter_counters c WHERE c.tenant_id = $gt}), '800 400 800',
+		'after the move: 400 meter charges of 2, the meter counter equals its ledger');
 }
 
 # adjustments and escrow slots during a move: a tenant with a single-row
