@@ -432,12 +432,7 @@ DECLARE
 	-- each counter as locked: its write is a compare-and-set against it
 	seen_starts timestamptz[] := '{}';
 	seen_uses bigint[] := '{}';
-	w_q bigint;
-	w_start timestamptz;
-	w_used bigint;
-	w_tat bigint;
-	w_seen_start timestamptz;
-	w_seen_used bigint;
+	w record;
 	-- the crossings the charge makes, emitted once it is charged: quota
 	-- (index into qids), kind, threshold, limit
 	ev_q integer[] := '{}';
@@ -568,18 +563,14 @@ BEGIN
 			-- (scalars in the statement: Citus 13.2's deparser crashes the
 			-- backend on an array subscript there, bench/citus says the same)
 			FOR i IN 1 .. cardinality(qids) LOOP
-				w_q := qids[i];
-				w_start := starts[i];
-				w_used := uses[i];
-				w_tat := tats[i];
-				w_seen_start := seen_starts[i];
-				w_seen_used := seen_uses[i];
+				SELECT qids[i] AS quota_id, starts[i] AS start, uses[i] AS used, tats[i] AS tat,
+				       seen_starts[i] AS seen_start, seen_uses[i] AS seen_used INTO w;
 				UPDATE quota_ext.meter_counters c
-				   SET period_start = w_start, used = w_used, tat_ns = w_tat
-				 WHERE c.tenant_id = t.tenant_id AND c.quota_id = w_q
-				   AND c.used = w_seen_used AND c.period_start = w_seen_start;
+				   SET period_start = w.start, used = w.used, tat_ns = w.tat
+				 WHERE c.tenant_id = t.tenant_id AND c.quota_id = w.quota_id
+				   AND c.used = w.seen_used AND c.period_start = w.seen_start;
 				IF NOT FOUND THEN
-					RAISE EXCEPTION 'counter of meter quota % changed after this transaction locked it', w_q
+					RAISE EXCEPTION 'counter of meter quota % changed after this transaction locked it', w.quota_id
 						USING ERRCODE = 'serialization_failure',
 						      HINT = 'Retry the statement: it locks the counter again where it is now.';
 				END IF;
