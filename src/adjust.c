@@ -300,7 +300,6 @@ typedef struct Reservation
 	bool		has_actual;
 	int64		actual;
 	char		status[16];
-	int64		closing_usage_id;
 	int64		unbilled;
 	int64		price_id;		/* 0: unpriced */
 	int64		cost_micro;		/* of the estimate */
@@ -311,22 +310,10 @@ typedef struct Reservation
 static bool
 reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
 {
-	/*
-	 * pg_catalog.max: this runs as the extension owner but is planned under
-	 * the caller's search_path, so an unqualified max() let a hostile
-	 * max(bigint) run as the owner (test/sql/search_path_all.sql).  The
-	 * subquery names the tenant argument, not r.tenant_id: Citus routes a
-	 * statement with FOR NO KEY UPDATE only when every table in it is
-	 * pinned to one shard by a value (091_citus settles and cancels).
-	 */
 	static QuotaPlan plan = QUOTA_ROW_PLAN(
 		"SELECT r.usage_id, r.occurred_at, r.model_id, r.user_id, r.key_id, r.estimate, "
-		"       r.actual, r.status, "
-		"       (SELECT pg_catalog.max(u.usage_id) FROM quota_ext.usage u "
-		"         WHERE u.tenant_id OPERATOR(pg_catalog.=) $1 "
-		"           AND u.reservation_id OPERATOR(pg_catalog.=) $2 "
-		"           AND u.kind OPERATOR(pg_catalog.<>) 'reserve'), "
-		"       r.price_id, r.cost, r.input_tokens, r.output_tokens, r.unbilled "
+		"       r.actual, r.status, r.price_id, r.cost, r.input_tokens, r.output_tokens, "
+		"       r.unbilled "
 		"FROM quota_ext.reservations r "
 		"WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 "
 		"  AND r.reservation_id OPERATOR(pg_catalog.=) $2 "
@@ -352,19 +339,39 @@ reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
 	res->actual = isnull ? 0 : DatumGetInt64(v);
 	strlcpy(res->status, SPI_getvalue(tup, desc, 8), sizeof(res->status));
 	v = SPI_getbinval(tup, desc, 9, &isnull);
-	res->closing_usage_id = isnull ? 0 : DatumGetInt64(v);
-	v = SPI_getbinval(tup, desc, 10, &isnull);
 	res->price_id = isnull ? 0 : DatumGetInt64(v);
-	res->cost_micro = QuotaNumericToMicro(SPI_getbinval(tup, desc, 11, &isnull));
+	res->cost_micro = QuotaNumericToMicro(SPI_getbinval(tup, desc, 10, &isnull));
 	memset(&res->tokens, 0, sizeof(res->tokens));
-	v = SPI_getbinval(tup, desc, 12, &isnull);
+	v = SPI_getbinval(tup, desc, 11, &isnull);
 	res->tokens.has_input = !isnull;
 	res->tokens.input = isnull ? 0 : DatumGetInt64(v);
-	v = SPI_getbinval(tup, desc, 13, &isnull);
+	v = SPI_getbinval(tup, desc, 12, &isnull);
 	res->tokens.has_output = !isnull;
 	res->tokens.output = isnull ? 0 : DatumGetInt64(v);
-	res->unbilled = DatumGetInt64(SPI_getbinval(tup, desc, 14, &isnull));
+	res->unbilled = DatumGetInt64(SPI_getbinval(tup, desc, 13, &isnull));
 	return true;
+}
+
+/*
+ * The ledger row that closed a locked reservation (its settle or release
+ * row); 0 when none (a settle that changed nothing).  A statement of its
+ * own, for the replays only: as a subquery of reservation_lock it was read
+ * with the snapshot taken before the row lock's wait, so a replay that
+ * waited for the closing call answered the reserve row (test/specs/
+ * reservation_race.spec).  pg_catalog.max: planned under the caller's
+ * search_path (test/sql/search_path_all.sql).
+ */
+static int64
+reservation_closing_usage(int64 tenant_id, int64 reservation_id)
+{
+	static QuotaPlan plan = QUOTA_ROW_PLAN(
+		"SELECT pg_catalog.max(u.usage_id) FROM quota_ext.usage u "
+		"WHERE u.tenant_id OPERATOR(pg_catalog.=) $1 "
+		"  AND u.reservation_id OPERATOR(pg_catalog.=) $2 "
+		"  AND u.kind OPERATOR(pg_catalog.<>) 'reserve'");
+	Datum		v;
+
+	return QuotaSpiRowValue(&plan, tenant_id, reservation_id, &v) ? DatumGetInt64(v) : 0;
 }
 
 static void
@@ -515,6 +522,8 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 	d.key_id = res.key_id;
 	if (strcmp(res.status, "settled") == 0 && res.has_actual && res.actual == actual)
 	{
+		int64		closing = reservation_closing_usage(tenant_id, reservation_id);
+
 		/*
 		 * The same answer as the first settle: not allowed when its excess
 		 * could not be charged.  (It said allowed = true before; found by
@@ -523,7 +532,7 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 		d.allowed = (res.unbilled == 0);
 		d.denied_by = d.allowed ? NULL : denied_quota;
 		d.replayed = true;
-		d.usage_id = res.closing_usage_id ? res.closing_usage_id : res.usage_id;
+		d.usage_id = closing ? closing : res.usage_id;
 
 		/*
 		 * The stored money, as the first settle answered it: the estimate's
@@ -531,8 +540,7 @@ quota_ext_quota_settle(PG_FUNCTION_ARGS)
 		 * the excess was not charged).  NULL before (issue 17).
 		 */
 		decision_money(res.price_id,
-					   res.cost_micro + (res.closing_usage_id ?
-										 usage_cost(tenant_id, res.closing_usage_id) : 0),
+					   res.cost_micro + (closing ? usage_cost(tenant_id, closing) : 0),
 					   &d);
 		if (d.allowed)
 			describe_unlocked(tenant_id, res.model_id, res.user_id, res.key_id,
@@ -658,7 +666,7 @@ quota_ext_quota_cancel(PG_FUNCTION_ARGS)
 	if (strcmp(res.status, "cancelled") == 0)
 	{
 		d.replayed = true;
-		d.usage_id = res.closing_usage_id;
+		d.usage_id = reservation_closing_usage(tenant_id, reservation_id);
 	}
 	else if (strcmp(res.status, "open") != 0)
 		ereport(ERROR,
