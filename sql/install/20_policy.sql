@@ -118,22 +118,39 @@ $$;
 COMMENT ON FUNCTION quota_ext._model_for(bigint, text) IS
 	'Internal: _model_resolve, or 42704 when the name means no model for the tenant';
 
+-- Internal: an owner's model by name, for a change by its owner (the owner
+-- is checked and locked like every admin change); 42704 when the owner has
+-- no model of that name.
+CREATE FUNCTION quota_ext._owned_model(owner_tenant_id bigint, model text) RETURNS quota_ext.models
+	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	m quota_ext.models;
+BEGIN
+	IF $2 IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
+	PERFORM quota_ext._tenant_for_update($1);
+	SELECT * INTO m FROM quota_ext.models x
+	 WHERE x.owner_tenant_id = $1 AND x.name = $2
+	 FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input($2)
+			USING ERRCODE = 'undefined_object',
+			      HINT = 'The owner names one of its own models.';
+	END IF;
+	RETURN m;
+END
+$$;
+COMMENT ON FUNCTION quota_ext._owned_model(bigint, text) IS
+	'Internal: lock an owner''s model of a name (42704 if it owns none)';
+
 CREATE FUNCTION quota_ext.model_share(owner_tenant_id bigint, model text, grantee_tenant_id bigint)
 	RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-	mid bigint;
-	vis text;
+	-- locked: a concurrent model_visibility_set(..., 'private') waits
+	m quota_ext.models := quota_ext._owned_model(owner_tenant_id, model);
 BEGIN
-	IF model IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
-	PERFORM quota_ext._tenant_for_update(owner_tenant_id);
 	IF grantee_tenant_id IS NULL THEN PERFORM quota_ext._null_arg('grantee_tenant_id'); END IF;
-	SELECT m.model_id, m.visibility INTO mid, vis FROM quota_ext.models m
-	 WHERE m.owner_tenant_id = model_share.owner_tenant_id AND m.name = model_share.model;
-	IF mid IS NULL THEN
-		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input(model) USING ERRCODE = 'undefined_object';
-	END IF;
-	IF vis = 'private' THEN
+	IF m.visibility = 'private' THEN
 		RAISE EXCEPTION 'model "%" is private', quota_ext._quote_input(model)
 			USING ERRCODE = 'object_not_in_prerequisite_state',
 			      HINT = 'A private model is its owner''s only: model_visibility_set(owner, model, ''tenant'') first.';
@@ -142,10 +159,10 @@ BEGIN
 	IF NOT FOUND OR grantee_tenant_id = owner_tenant_id THEN
 		RAISE EXCEPTION 'tenant % does not exist', grantee_tenant_id USING ERRCODE = 'undefined_object';
 	END IF;
-	INSERT INTO quota_ext.model_shares (tenant_id, model_id) VALUES (grantee_tenant_id, mid)
+	INSERT INTO quota_ext.model_shares (tenant_id, model_id) VALUES (grantee_tenant_id, m.model_id)
 	ON CONFLICT DO NOTHING;
 	IF FOUND THEN
-		PERFORM quota_ext._audit(owner_tenant_id, 'model_share', 'model', mid::text, NULL,
+		PERFORM quota_ext._audit(owner_tenant_id, 'model_share', 'model', m.model_id::text, NULL,
 		                         jsonb_build_object('grantee_tenant_id', grantee_tenant_id));
 	END IF;
 END
@@ -157,19 +174,15 @@ CREATE FUNCTION quota_ext.model_unshare(owner_tenant_id bigint, model text, gran
 	RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-	mid bigint;
+	m quota_ext.models := quota_ext._owned_model(owner_tenant_id, model);
 BEGIN
-	IF model IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
 	IF grantee_tenant_id IS NULL THEN PERFORM quota_ext._null_arg('grantee_tenant_id'); END IF;
-	PERFORM quota_ext._tenant_for_update(owner_tenant_id);
-	SELECT m.model_id INTO mid FROM quota_ext.models m
-	 WHERE m.owner_tenant_id = model_unshare.owner_tenant_id AND m.name = model_unshare.model;
-	DELETE FROM quota_ext.model_shares s WHERE s.tenant_id = grantee_tenant_id AND s.model_id = mid;
+	DELETE FROM quota_ext.model_shares s WHERE s.tenant_id = grantee_tenant_id AND s.model_id = m.model_id;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'model "%" is not shared with tenant %', quota_ext._quote_input(model), grantee_tenant_id
 			USING ERRCODE = 'undefined_object';
 	END IF;
-	PERFORM quota_ext._audit(owner_tenant_id, 'model_unshare', 'model', mid::text,
+	PERFORM quota_ext._audit(owner_tenant_id, 'model_unshare', 'model', m.model_id::text,
 	                         jsonb_build_object('grantee_tenant_id', grantee_tenant_id), NULL);
 END
 $$;

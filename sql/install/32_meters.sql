@@ -634,8 +634,15 @@ BEGIN
 		d.remaining := greatest(cap - lvl, 0);
 		RETURN d;
 	END IF;
+	-- compare-and-set, as every counter write after a lock: on Citus the
+	-- lock above is a read a shard move can switch under (doc/scaling.md)
 	UPDATE quota_ext.meter_levels l SET level = lvl + _gauge_move.delta
-	 WHERE l.tenant_id = _gauge_move.tenant_id AND l.meter_id = _gauge_move.meter_id;
+	 WHERE l.tenant_id = _gauge_move.tenant_id AND l.meter_id = _gauge_move.meter_id
+	   AND l.level = lvl;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'gauge level of meter % changed after this transaction locked it', _gauge_move.meter_id
+			USING ERRCODE = 'serialization_failure', HINT = 'Retry the statement.';
+	END IF;
 	d.overage := CASE WHEN cap IS NOT NULL AND _gauge_move.delta > 0
 	                  THEN greatest(0, least(_gauge_move.delta, lvl + _gauge_move.delta - cap)) ELSE 0 END;
 	INSERT INTO quota_ext.meter_usage (tenant_id, meter_id, occurred_at, user_id, amount, overage, idempotency_key)

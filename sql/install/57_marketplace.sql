@@ -123,30 +123,6 @@ CREATE TABLE quota_ext.payout_lines (
 COMMENT ON TABLE quota_ext.payout_lines IS
 	'Payout statement lines: per consumer tenant and model, the sum of one close''s invoice lines (invoiced), what the statement takes of it (gross: never more back than was paid, _payout_floor), the platform''s share (rounded to micro-units) and the owner''s payout (gross - share)';
 
--- Internal: an owner's model by name, for a change by its owner (the owner
--- is checked and locked like every admin change); 42704 when the owner has
--- no model of that name.
-CREATE FUNCTION quota_ext._owned_model(owner_tenant_id bigint, model text) RETURNS quota_ext.models
-	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-	m quota_ext.models;
-BEGIN
-	IF $2 IS NULL THEN PERFORM quota_ext._null_arg('model'); END IF;
-	PERFORM quota_ext._tenant_for_update($1);
-	SELECT * INTO m FROM quota_ext.models x
-	 WHERE x.owner_tenant_id = $1 AND x.name = $2
-	 FOR UPDATE;
-	IF NOT FOUND THEN
-		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input($2)
-			USING ERRCODE = 'undefined_object',
-			      HINT = 'The owner names one of its own models.';
-	END IF;
-	RETURN m;
-END
-$$;
-COMMENT ON FUNCTION quota_ext._owned_model(bigint, text) IS
-	'Internal: lock an owner''s model of a name (42704 if it owns none)';
-
 CREATE FUNCTION quota_ext.model_visibility_set(owner_tenant_id bigint, model text, visibility text)
 	RETURNS text
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

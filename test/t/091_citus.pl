@@ -559,11 +559,50 @@ my $move_under_load = sub {
 		'after the move: 400 meter charges of 2, the meter counter equals its ledger');
 }
 
+# gauges through the coordinator and during a move: gauge_adjust locks the
+# level row by a routed SELECT ... FOR NO KEY UPDATE and writes it with a
+# compare-and-set (40001 and a retry if the move switched in between); past a
+# blocking quota it answers allowed = false, below 0 it raises 22003;
+# user_create moves the built-in gauge 'users', whose tier cap holds.  The
+# level equals the sum of the gauge's ledger after.
+{
+	my $gg = $coord->safe_psql('postgres', "SELECT quota_ext.tenant_create('gauged', 'enterprise')");
+	$coord->safe_psql('postgres', qq{
+		SELECT quota_ext.meter_create('seats', 'seat', 'gauge');
+		SELECT quota_ext.quota_set($gg, 'lifetime', 10, meter => 'seats');});
+	is($coord->safe_psql('postgres', qq{
+		SELECT string_agg(x, ' ' ORDER BY n) FROM (
+		  SELECT 1 AS n, (SELECT allowed || '/' || remaining FROM quota_ext.gauge_adjust($gg, 'seats', 7)) AS x
+		  UNION ALL SELECT 2, (SELECT allowed || '/' || denied_metric FROM quota_ext.gauge_adjust($gg, 'seats', 4))
+		  UNION ALL SELECT 3, (SELECT allowed || '/' || remaining FROM quota_ext.gauge_adjust($gg, 'seats', -5))) s}),
+		'true/3 false/gauge true/8',
+		'gauge_adjust through the coordinator: up, refused past the cap, down');
+	my ($rc, $out, $err) = $coord->psql('postgres', "SELECT quota_ext.gauge_adjust($gg, 'seats', -3)");
+	like($err, qr/cannot go below 0/, 'gauge_adjust below 0 is refused (22003) on Citus too');
+	$coord->safe_psql('postgres', "SELECT quota_ext.quota_set($gg, 'lifetime', 2, meter => 'users')");
+	$coord->safe_psql('postgres', qq{
+		SELECT quota_ext.user_create($gg, 'a\@x', 'member');
+		SELECT quota_ext.user_create($gg, 'b\@x', 'member');});
+	($rc, $out, $err) = $coord->psql('postgres', "SELECT quota_ext.user_create($gg, 'c\@x', 'member')");
+	like($err, qr/has 2 users, the most its quota on users allows/,
+		"user_create past the tenant's quota on 'users' is refused (54000)");
+	is($coord->safe_psql('postgres', "SELECT count(*) FROM quota_ext.users u WHERE u.tenant_id = $gg"), '2',
+		'...and created no user');
+	$move_under_load->($gg, 'gauge_adjust',
+		"SELECT quota_ext.gauge_adjust($gg, 'seats', 1);\nSELECT quota_ext.gauge_adjust($gg, 'seats', -1);\n", 100);
+	is($coord->safe_psql('postgres', qq{
+		SELECT string_agg(m.name || '=' || l.level || '/' || coalesce(
+		         (SELECT sum(u.amount) FROM quota_ext.meter_usage u
+		           WHERE u.tenant_id = $gg AND u.meter_id = l.meter_id), 0), ' ' ORDER BY m.name)
+		  FROM quota_ext.meter_levels l JOIN quota_ext.meters m ON m.meter_id = l.meter_id
+		 WHERE l.tenant_id = $gg}), 'seats=2/2 users=2/2',
+		'after the move: 800 gauge moves, every level equals its ledger');
+}
+
 # adjustments and escrow slots during a move: a tenant with a single-row
 # calls quota, a single-row units quota and a units quota over 4 escrow
 # slots; pgbench consumes and refunds (the refund runs on the coordinator,
-# statement by statement; quota_settle does not run on Citus yet,
-# doc/scaling.md) while its shards move.  Every counter equals the ledger
+# statement by statement) while its shards move.  Every counter equals the ledger
 # after.
 {
 	my $at = $coord->safe_psql('postgres', "SELECT quota_ext.tenant_create('adjuster', 'enterprise')");
