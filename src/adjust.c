@@ -358,8 +358,8 @@ reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
  * own, for the replays only: as a subquery of reservation_lock it was read
  * with the snapshot taken before the row lock's wait, so a replay that
  * waited for the closing call answered the reserve row (test/specs/
- * reservation_race.spec).  pg_catalog.max: planned under the caller's
- * search_path (test/sql/search_path_all.sql).
+ * reservation_race.spec).  Qualified throughout, as every statement the
+ * owner runs (test/sql/search_path_all.sql).
  */
 static int64
 reservation_closing_usage(int64 tenant_id, int64 reservation_id)

@@ -120,7 +120,9 @@ COMMENT ON FUNCTION quota_ext._model_for(bigint, text) IS
 
 -- Internal: an owner's model by name, for a change by its owner (the owner
 -- is checked and locked like every admin change); 42704 when the owner has
--- no model of that name.
+-- no model of that name.  NO KEY: no writer changes a model's key, and the
+-- rows that reference it (quotas, prices, policies: FOR KEY SHARE) do not
+-- wait on it.
 CREATE FUNCTION quota_ext._owned_model(owner_tenant_id bigint, model text) RETURNS quota_ext.models
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -130,7 +132,7 @@ BEGIN
 	PERFORM quota_ext._tenant_for_update($1);
 	SELECT * INTO m FROM quota_ext.models x
 	 WHERE x.owner_tenant_id = $1 AND x.name = $2
-	 FOR UPDATE;
+	 FOR NO KEY UPDATE;
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'model "%" does not exist', quota_ext._quote_input($2)
 			USING ERRCODE = 'undefined_object',
@@ -146,7 +148,6 @@ CREATE FUNCTION quota_ext.model_share(owner_tenant_id bigint, model text, grante
 	RETURNS void
 	LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-	-- locked: a concurrent model_visibility_set(..., 'private') waits
 	m quota_ext.models := quota_ext._owned_model(owner_tenant_id, model);
 BEGIN
 	IF grantee_tenant_id IS NULL THEN PERFORM quota_ext._null_arg('grantee_tenant_id'); END IF;

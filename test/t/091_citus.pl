@@ -563,8 +563,10 @@ my $move_under_load = sub {
 # level row by a routed SELECT ... FOR NO KEY UPDATE and writes it with a
 # compare-and-set (40001 and a retry if the move switched in between); past a
 # blocking quota it answers allowed = false, below 0 it raises 22003;
-# user_create moves the built-in gauge 'users', whose tier cap holds.  The
-# level equals the sum of the gauge's ledger after.
+# user_create moves the built-in gauge 'users', and the tenant's quota on it
+# refuses a third user (53400).  Each pgbench round moves the gauge up and
+# down in one transaction, so a round retried after a 40001 redoes both; the
+# level equals the sum of its ledger after, and is back where it was.
 {
 	my $gg = $coord->safe_psql('postgres', "SELECT quota_ext.tenant_create('gauged', 'enterprise')");
 	$coord->safe_psql('postgres', qq{
@@ -577,19 +579,23 @@ my $move_under_load = sub {
 		  UNION ALL SELECT 3, (SELECT allowed || '/' || remaining FROM quota_ext.gauge_adjust($gg, 'seats', -5))) s}),
 		'true/3 false/gauge true/8',
 		'gauge_adjust through the coordinator: up, refused past the cap, down');
-	my ($rc, $out, $err) = $coord->psql('postgres', "SELECT quota_ext.gauge_adjust($gg, 'seats', -3)");
-	like($err, qr/cannot go below 0/, 'gauge_adjust below 0 is refused (22003) on Citus too');
+	my ($rc, $out, $err) = $coord->psql('postgres',
+		"\\set VERBOSITY verbose\nSELECT quota_ext.gauge_adjust($gg, 'seats', -3)");
+	like($err, qr/22003: gauge "seats" of tenant $gg cannot go below 0/,
+		'gauge_adjust below 0 is refused (22003) on Citus too');
 	$coord->safe_psql('postgres', "SELECT quota_ext.quota_set($gg, 'lifetime', 2, meter => 'users')");
 	$coord->safe_psql('postgres', qq{
 		SELECT quota_ext.user_create($gg, 'a\@x', 'member');
 		SELECT quota_ext.user_create($gg, 'b\@x', 'member');});
-	($rc, $out, $err) = $coord->psql('postgres', "SELECT quota_ext.user_create($gg, 'c\@x', 'member')");
-	like($err, qr/has 2 users, the most its quota on users allows/,
-		"user_create past the tenant's quota on 'users' is refused (54000)");
+	($rc, $out, $err) = $coord->psql('postgres',
+		"\\set VERBOSITY verbose\nSELECT quota_ext.user_create($gg, 'c\@x', 'member')");
+	like($err, qr/53400: tenant $gg has 2 users, the most its quota on users allows/,
+		"user_create past the tenant's quota on 'users' is refused (53400)");
 	is($coord->safe_psql('postgres', "SELECT count(*) FROM quota_ext.users u WHERE u.tenant_id = $gg"), '2',
 		'...and created no user');
 	$move_under_load->($gg, 'gauge_adjust',
-		"SELECT quota_ext.gauge_adjust($gg, 'seats', 1);\nSELECT quota_ext.gauge_adjust($gg, 'seats', -1);\n", 100);
+		"BEGIN;\nSELECT quota_ext.gauge_adjust($gg, 'seats', 1);\nSELECT quota_ext.gauge_adjust($gg, 'seats', -1);\nCOMMIT;\n",
+		100);
 	is($coord->safe_psql('postgres', qq{
 		SELECT string_agg(m.name || '=' || l.level || '/' || coalesce(
 		         (SELECT sum(u.amount) FROM quota_ext.meter_usage u
