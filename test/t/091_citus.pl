@@ -179,7 +179,8 @@ is($coord->safe_psql('postgres', q{
 # reservations settled and cancelled through the coordinator (the reservation's
 # lock names the tenant argument for every table it reads, so Citus routes it):
 # a settle delegated, a cancel run on the coordinator; each counter equals the
-# ledger after
+# ledger after; the replays of both (run on the coordinator) answer the rows
+# the first calls wrote (the closing row read in a statement of its own)
 like($coord->safe_psql('postgres', q{
 	SELECT quota_ext.policy_set(2, 'gpt-x', true) > 0;
 	SELECT (quota_ext.quota_reserve(2, 'gpt-x', 5)).reservation_id AS r1 \gset
@@ -189,9 +190,14 @@ like($coord->safe_psql('postgres', q{
 	SELECT string_agg(r.status, ',' ORDER BY r.reservation_id) FROM quota_ext.reservations r
 	 WHERE r.tenant_id = 2;
 	SELECT bool_and(c.used = (SELECT sum(u.calls) FROM quota_ext.usage u WHERE u.tenant_id = 2))
-	  FROM quota_ext.quota_counters c WHERE c.tenant_id = 2}),
-	qr/^t\n\(t,[^\n]*\nt\nsettled,cancelled\nt$/,
-	'quota_settle (delegated) and quota_cancel (on the coordinator) through the coordinator; counters equal the ledger');
+	  FROM quota_ext.quota_counters c WHERE c.tenant_id = 2;
+	SELECT (quota_ext.quota_settle(2, :r1, 3)).usage_id AS s1 \gset
+	SELECT (quota_ext.quota_cancel(2, :r2)).usage_id AS c1 \gset
+	SELECT string_agg(u.kind, ',' ORDER BY u.kind) FROM quota_ext.usage u
+	 WHERE u.tenant_id = 2 AND u.usage_id IN (:s1, :c1)}),
+	qr/^t\n\(t,[^\n]*\nt\nsettled,cancelled\nt\nrelease,settle$/,
+	'quota_settle (delegated) and quota_cancel (on the coordinator) through the coordinator; counters equal the ledger; '
+	  . 'their replays answer the settle and release rows');
 for my $n (@nodes)
 {
 	# (a query would go through Citus to the shards: the local heap's size)
