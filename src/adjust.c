@@ -358,12 +358,13 @@ reservation_lock(int64 tenant_id, int64 reservation_id, Reservation *res)
  * own, for the replays only: as a subquery of reservation_lock it was read
  * with the snapshot taken before the row lock's wait, so a replay that
  * waited for the closing call answered the reserve row (test/specs/
- * reservation_race.spec).  The closing row was written by the call that set
- * closed_at (now(), its transaction's start) and after it (created_at is the
- * clock); on Citus the two may come from two nodes' clocks, hence the ten
- * minutes' margin.  The bound lets the executor skip the ledger's months
- * before the close (run-time pruning: EXPLAIN ANALYZE shows them "never
- * executed"), where a settle that wrote no row read all of them.
+ * reservation_race.spec).  The closing row was written in the transaction
+ * that set closed_at (now(), its start), so its created_at (the clock, read
+ * at the write) is not earlier; ten minutes' margin for a clock stepped back,
+ * or two nodes' clocks on Citus; a closed row without closed_at (edited by
+ * hand) reads every month.  The bound lets the executor skip the ledger's
+ * months before the close (run-time pruning: EXPLAIN ANALYZE shows them
+ * "never executed"), where a settle that wrote no row read all of them.
  * Qualified throughout, as every statement the owner runs
  * (test/sql/search_path_all.sql).
  */
@@ -376,7 +377,9 @@ reservation_closing_usage(int64 tenant_id, int64 reservation_id)
 		"  AND u.reservation_id OPERATOR(pg_catalog.=) $2 "
 		"  AND u.kind OPERATOR(pg_catalog.<>) 'reserve' "
 		"  AND u.created_at OPERATOR(pg_catalog.>=) "
-		"      (SELECT r.closed_at OPERATOR(pg_catalog.-) '10 minutes'::pg_catalog.interval "
+		"      (SELECT COALESCE(r.closed_at OPERATOR(pg_catalog.-) "
+		"                       '10 minutes'::pg_catalog.interval, "
+		"                       '-infinity'::pg_catalog.timestamptz) "
 		"         FROM quota_ext.reservations r "
 		"        WHERE r.tenant_id OPERATOR(pg_catalog.=) $1 "
 		"          AND r.reservation_id OPERATOR(pg_catalog.=) $2)");
