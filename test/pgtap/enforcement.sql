@@ -333,7 +333,15 @@ SELECT throws_ok(format('SELECT quota_ext.model_unshare(%s, %L, %s)', :b, 'tap-b
 -- quota_consume_or_raise: 53400 with the numbers in DETAIL; 42501 for
 -- policy and for an inactive tenant
 -- ---------------------------------------------------------------------
-SELECT quota_ext.tenant_create('tap-raise', 'enterprise', 'Asia/Kolkata') AS r \gset
+-- The tenant's time zone is one where it is about noon now, so that no local
+-- midnight (a new daily period) falls while this file runs: with
+-- Asia/Kolkata a run at 18:30 UTC failed (the reset time it expected was
+-- that of the day before).  Etc/GMT-14 to Etc/GMT+12 cover every hour.
+SELECT z.name AS rtz FROM pg_timezone_names z
+ WHERE z.name ~ '^Etc/GMT[+-][0-9]+$'
+   AND extract(hour FROM clock_timestamp() AT TIME ZONE z.name) = 12
+ ORDER BY z.name LIMIT 1 \gset
+SELECT quota_ext.tenant_create('tap-raise', 'enterprise', :'rtz') AS r \gset
 SELECT quota_ext.policy_set(:r, 'tap-m', true) > 0 AS ok \gset
 SELECT quota_ext.quota_set(:r, 'daily', 10, metric => 'units') AS r_q \gset
 SELECT is((quota_ext.quota_consume_or_raise(:r, 'tap-m', 7)).remaining, 3::bigint, 'allowed: returns the decision');
@@ -344,7 +352,7 @@ SELECT matches(pg_temp.detail(format('SELECT quota_ext.quota_consume_or_raise(%s
                'DETAIL: quota, units asked, remaining, limit and reset time');
 SELECT is(pg_temp.detail(format('SELECT quota_ext.quota_consume_or_raise(%s, %L, 5)', :r, 'tap-m')),
           format('Quota %s: requested 5 units; 3 of 10 remain until %s.', :r_q,
-                 (date_trunc('day', now() AT TIME ZONE 'Asia/Kolkata') + interval '1 day') AT TIME ZONE 'Asia/Kolkata'),
+                 (date_trunc('day', clock_timestamp() AT TIME ZONE :'rtz') + interval '1 day') AT TIME ZONE :'rtz'),
           'DETAIL: the reset time is the next local midnight');
 SELECT quota_ext.tenant_create('tap-raise2', 'enterprise') AS r2 \gset
 SELECT quota_ext.policy_set(:r2, 'tap-m', true) > 0 AS ok \gset
